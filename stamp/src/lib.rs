@@ -1,0 +1,522 @@
+//! The tenant stamp: the one implementation of signing (gateway) and verifying
+//! (backends) the `X-Tenant` / `X-Tenant-Signature` header pair.
+//!
+//! The wire format is specified in `docs/stamp.md`; the test vector there is
+//! checked by the unit tests at the bottom of this file.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use sha2::Sha256;
+
+/// Header carrying the tenant's schema name.
+pub const TENANT_HEADER: &str = "x-tenant";
+/// Header carrying version, key id, timestamp and signature.
+pub const SIGNATURE_HEADER: &str = "x-tenant-signature";
+/// The only stamp version this crate produces and accepts.
+pub const VERSION: &str = "v1";
+/// Default accepted clock skew between signer and verifier, in seconds.
+pub const DEFAULT_MAX_SKEW_SECS: u64 = 30;
+/// Shortest secret we accept (bytes).
+pub const MIN_SECRET_LEN: usize = 16;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Why a stamp was refused. Each variant has a stable machine-readable code.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StampError {
+    #[error("request carries no tenant stamp")]
+    Missing,
+    #[error("malformed stamp: {0}")]
+    Malformed(&'static str),
+    #[error("unsupported stamp version")]
+    UnsupportedVersion,
+    #[error("unknown stamp key id")]
+    UnknownKey,
+    #[error("stamp signature does not match")]
+    BadSignature,
+    #[error("stamp timestamp is outside the accepted window of {max_skew_secs}s")]
+    Expired { max_skew_secs: u64 },
+}
+
+impl StampError {
+    /// Stable code for JSON error bodies and logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StampError::Missing => "stamp_missing",
+            StampError::Malformed(_) => "stamp_malformed",
+            StampError::UnsupportedVersion => "stamp_unsupported_version",
+            StampError::UnknownKey => "stamp_unknown_key",
+            StampError::BadSignature => "stamp_bad_signature",
+            StampError::Expired { .. } => "stamp_expired",
+        }
+    }
+}
+
+/// Errors building keys from configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("stamp key `{id}`: environment variable `{var}` is not set")]
+    MissingEnv { id: String, var: String },
+    #[error("stamp key `{id}`: secret must be at least {MIN_SECRET_LEN} bytes")]
+    TooShort { id: String },
+    #[error("stamp key id `{0}` is invalid: use 1-64 characters from [A-Za-z0-9._-]")]
+    BadId(String),
+    #[error("stamp key id `{0}` is configured twice")]
+    Duplicate(String),
+    #[error("no stamp keys configured")]
+    Empty,
+    #[error("signing key `{0}` is not among the configured keys")]
+    UnknownSigningKey(String),
+}
+
+/// One key as written in a config file: the secret itself comes from the environment.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    /// Key id sent in the stamp (`kid=`).
+    pub id: String,
+    /// Name of the environment variable holding the secret.
+    pub secret_env: String,
+}
+
+/// A shared secret with its id.
+#[derive(Clone)]
+pub struct Key {
+    id: String,
+    secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("id", &self.id)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+fn valid_key_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl Key {
+    pub fn new(id: impl Into<String>, secret: impl Into<Vec<u8>>) -> Result<Key, KeyError> {
+        let id = id.into();
+        let secret = secret.into();
+        if !valid_key_id(&id) {
+            return Err(KeyError::BadId(id));
+        }
+        if secret.len() < MIN_SECRET_LEN {
+            return Err(KeyError::TooShort { id });
+        }
+        Ok(Key { id, secret })
+    }
+
+    /// Resolve a configured key, reading its secret from the environment.
+    pub fn from_config(cfg: &KeyConfig) -> Result<Key, KeyError> {
+        let secret = std::env::var(&cfg.secret_env).map_err(|_| KeyError::MissingEnv {
+            id: cfg.id.clone(),
+            var: cfg.secret_env.clone(),
+        })?;
+        Key::new(cfg.id.clone(), secret.into_bytes())
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn mac(&self) -> HmacSha256 {
+        // HMAC accepts keys of any length; this cannot fail.
+        HmacSha256::new_from_slice(&self.secret).expect("HMAC accepts any key length")
+    }
+}
+
+/// The request facts a stamp binds.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    pub tenant: &'a str,
+    pub method: &'a str,
+    /// Host as normalised by [`normalize_host`].
+    pub host: &'a str,
+    /// Path of the request target, without the query, as sent on the wire.
+    pub path: &'a str,
+}
+
+/// Build the canonical string (see docs/stamp.md, "Canonical string").
+pub fn canonical_string(kid: &str, ts: u64, req: &Request<'_>) -> String {
+    let mut s = String::with_capacity(
+        32 + kid.len() + req.tenant.len() + req.method.len() + req.host.len() + req.path.len(),
+    );
+    // Writing to a String cannot fail.
+    let _ = write!(
+        s,
+        "{VERSION}\n{kid}\n{ts}\n{}\n{}\n{}\n{}",
+        req.tenant, req.method, req.host, req.path
+    );
+    s
+}
+
+/// Host normalisation both sides apply: ASCII lower-case, port removed, one
+/// trailing dot removed.
+pub fn normalize_host(host: &str) -> String {
+    let host = host.trim();
+    let without_port = if let Some(rest) = host.strip_prefix('[') {
+        // IPv6 literal: keep the brackets, drop anything after `]`.
+        match rest.find(']') {
+            Some(end) => &host[..end + 2],
+            None => host,
+        }
+    } else {
+        match host.rfind(':') {
+            Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+            _ => host,
+        }
+    };
+    let trimmed = without_port.strip_suffix('.').unwrap_or(without_port);
+    trimmed.to_ascii_lowercase()
+}
+
+fn valid_tenant(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 63
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Signs requests with one key (the gateway side).
+#[derive(Debug, Clone)]
+pub struct Signer {
+    key: Key,
+}
+
+impl Signer {
+    pub fn new(key: Key) -> Signer {
+        Signer { key }
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.key.id
+    }
+
+    /// The value of the `X-Tenant-Signature` header for `req` at unix time `ts`.
+    pub fn sign(&self, req: &Request<'_>, ts: u64) -> String {
+        let mut mac = self.key.mac();
+        mac.update(canonical_string(&self.key.id, ts, req).as_bytes());
+        let sig = hex::encode(mac.finalize().into_bytes());
+        format!("{VERSION};kid={};ts={ts};sig={sig}", self.key.id)
+    }
+}
+
+/// The parsed `X-Tenant-Signature` header.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ParsedSignature<'a> {
+    pub kid: &'a str,
+    pub ts: u64,
+    pub sig: [u8; 32],
+}
+
+/// Parse `v1;kid=<id>;ts=<unix>;sig=<64 hex>` (spaces around `;` allowed).
+pub fn parse_signature(value: &str) -> Result<ParsedSignature<'_>, StampError> {
+    let mut parts = value.split(';').map(str::trim);
+    let version = parts.next().unwrap_or_default();
+    if version != VERSION {
+        return if version.starts_with('v') {
+            Err(StampError::UnsupportedVersion)
+        } else {
+            Err(StampError::Malformed(
+                "signature header must start with the version",
+            ))
+        };
+    }
+    let mut field = |name: &str| -> Result<&str, StampError> {
+        let part = parts
+            .next()
+            .ok_or(StampError::Malformed("signature header is incomplete"))?;
+        part.strip_prefix(name)
+            .and_then(|p| p.strip_prefix('='))
+            .ok_or(StampError::Malformed(
+                "signature header fields must be kid, ts, sig in order",
+            ))
+    };
+    let kid = field("kid")?;
+    let ts = field("ts")?;
+    let sig = field("sig")?;
+    if parts.next().is_some() {
+        return Err(StampError::Malformed("signature header has extra fields"));
+    }
+    if !valid_key_id(kid) {
+        return Err(StampError::Malformed("bad key id"));
+    }
+    if ts.is_empty() || ts.len() > 12 || !ts.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(StampError::Malformed("ts must be unix seconds"));
+    }
+    let ts: u64 = ts
+        .parse()
+        .map_err(|_| StampError::Malformed("ts must be unix seconds"))?;
+    let mut raw = [0u8; 32];
+    if sig.len() != 64 || hex::decode_to_slice(sig, &mut raw).is_err() {
+        return Err(StampError::Malformed("sig must be 64 hex digits"));
+    }
+    Ok(ParsedSignature { kid, ts, sig: raw })
+}
+
+/// Verifies stamps against any of several keys (the backend side).
+#[derive(Debug, Clone)]
+pub struct Verifier {
+    keys: HashMap<String, Key>,
+    max_skew_secs: u64,
+}
+
+impl Verifier {
+    pub fn new(keys: Vec<Key>, max_skew_secs: u64) -> Result<Verifier, KeyError> {
+        if keys.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        let mut map = HashMap::new();
+        for k in keys {
+            if map.contains_key(&k.id) {
+                return Err(KeyError::Duplicate(k.id));
+            }
+            map.insert(k.id.clone(), k);
+        }
+        Ok(Verifier {
+            keys: map,
+            max_skew_secs,
+        })
+    }
+
+    /// Verify a request. `tenant_headers` are all values of `X-Tenant`,
+    /// `signature_headers` all values of `X-Tenant-Signature` (more than one
+    /// of either is malformed). `host` is the raw Host header. Returns the
+    /// verified tenant.
+    pub fn verify<'a>(
+        &self,
+        tenant_headers: &[&'a str],
+        signature_headers: &[&str],
+        method: &str,
+        host: &str,
+        path: &str,
+        now: u64,
+    ) -> Result<&'a str, StampError> {
+        let (tenant, signature) = match (tenant_headers, signature_headers) {
+            ([], []) => return Err(StampError::Missing),
+            ([t], [s]) => (*t, *s),
+            ([], _) | (_, []) => {
+                return Err(StampError::Malformed(
+                    "tenant and signature headers must both be present",
+                ))
+            }
+            _ => {
+                return Err(StampError::Malformed(
+                    "stamp headers must appear exactly once",
+                ))
+            }
+        };
+        if !valid_tenant(tenant) {
+            return Err(StampError::Malformed("bad tenant value"));
+        }
+        let parsed = parse_signature(signature)?;
+        let key = self.keys.get(parsed.kid).ok_or(StampError::UnknownKey)?;
+        let host = normalize_host(host);
+        let req = Request {
+            tenant,
+            method,
+            host: &host,
+            path,
+        };
+        let mut mac = key.mac();
+        mac.update(canonical_string(parsed.kid, parsed.ts, &req).as_bytes());
+        mac.verify_slice(&parsed.sig)
+            .map_err(|_| StampError::BadSignature)?;
+        // Checked after the signature so a forged timestamp cannot probe the window.
+        if now.abs_diff(parsed.ts) > self.max_skew_secs {
+            return Err(StampError::Expired {
+                max_skew_secs: self.max_skew_secs,
+            });
+        }
+        Ok(tenant)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // The test vector published in docs/stamp.md.
+    const SECRET: &str = "test-secret-0123456789abcdef";
+    const EXPECTED: &str =
+        "v1;kid=k1;ts=1700000000;sig=a4060d32a52e25785b958fde9ec5ca1d7156524f0e617f9473087ecedfaefe1d";
+
+    fn vector_req() -> Request<'static> {
+        Request {
+            tenant: "ferrari",
+            method: "GET",
+            host: "ferrari.myapp.localhost",
+            path: "/projects/1/tasks",
+        }
+    }
+
+    fn signer(id: &str, secret: &str) -> Signer {
+        Signer::new(Key::new(id, secret.as_bytes().to_vec()).unwrap())
+    }
+
+    fn verifier() -> Verifier {
+        Verifier::new(
+            vec![
+                Key::new("k1", SECRET.as_bytes().to_vec()).unwrap(),
+                Key::new("k2", b"second-secret-fedcba9876543210".to_vec()).unwrap(),
+            ],
+            30,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn test_vector_matches_doc() {
+        assert_eq!(
+            canonical_string("k1", 1_700_000_000, &vector_req()),
+            "v1\nk1\n1700000000\nferrari\nGET\nferrari.myapp.localhost\n/projects/1/tasks"
+        );
+        assert_eq!(
+            signer("k1", SECRET).sign(&vector_req(), 1_700_000_000),
+            EXPECTED
+        );
+    }
+
+    #[test]
+    fn round_trip_with_either_key() {
+        let v = verifier();
+        for s in [
+            signer("k1", SECRET),
+            signer("k2", "second-secret-fedcba9876543210"),
+        ] {
+            let h = s.sign(&vector_req(), 1000);
+            let got = v.verify(
+                &["ferrari"],
+                &[&h],
+                "GET",
+                "Ferrari.MyApp.localhost:8080",
+                "/projects/1/tasks",
+                1010,
+            );
+            assert_eq!(got, Ok("ferrari"));
+        }
+    }
+
+    #[test]
+    fn every_tampering_is_refused() {
+        let v = verifier();
+        let h = signer("k1", SECRET).sign(&vector_req(), 1000);
+        let host = "ferrari.myapp.localhost";
+        let p = "/projects/1/tasks";
+        assert_eq!(
+            v.verify(&[], &[], "GET", host, p, 1000),
+            Err(StampError::Missing)
+        );
+        assert_eq!(
+            v.verify(&["mclaren"], &[&h], "GET", host, p, 1000),
+            Err(StampError::BadSignature)
+        );
+        assert_eq!(
+            v.verify(&["ferrari"], &[&h], "POST", host, p, 1000),
+            Err(StampError::BadSignature)
+        );
+        assert_eq!(
+            v.verify(
+                &["ferrari"],
+                &[&h],
+                "GET",
+                "mclaren.myapp.localhost",
+                p,
+                1000
+            ),
+            Err(StampError::BadSignature)
+        );
+        assert_eq!(
+            v.verify(&["ferrari"], &[&h], "GET", host, "/projects", 1000),
+            Err(StampError::BadSignature)
+        );
+        assert_eq!(
+            v.verify(&["ferrari"], &[&h], "GET", host, p, 1031),
+            Err(StampError::Expired { max_skew_secs: 30 })
+        );
+        assert_eq!(
+            v.verify(&["ferrari"], &[&h], "GET", host, p, 969),
+            Err(StampError::Expired { max_skew_secs: 30 })
+        );
+        assert!(matches!(
+            v.verify(&["ferrari", "ferrari"], &[&h], "GET", host, p, 1000),
+            Err(StampError::Malformed(_))
+        ));
+        assert!(matches!(
+            v.verify(&["ferrari"], &[], "GET", host, p, 1000),
+            Err(StampError::Malformed(_))
+        ));
+        let unknown = signer("k9", SECRET).sign(&vector_req(), 1000);
+        assert_eq!(
+            v.verify(&["ferrari"], &[&unknown], "GET", host, p, 1000),
+            Err(StampError::UnknownKey)
+        );
+        let wrong_secret = signer("k1", "another-secret-entirely!!").sign(&vector_req(), 1000);
+        assert_eq!(
+            v.verify(&["ferrari"], &[&wrong_secret], "GET", host, p, 1000),
+            Err(StampError::BadSignature)
+        );
+        let v2 = h.replacen("v1;", "v2;", 1);
+        assert_eq!(
+            v.verify(&["ferrari"], &[&v2], "GET", host, p, 1000),
+            Err(StampError::UnsupportedVersion)
+        );
+    }
+
+    #[test]
+    fn parse_rejects_garbage() {
+        for bad in [
+            "",
+            "v1",
+            "v1;kid=k1",
+            "v1;ts=1;kid=k1;sig=00",
+            "v1;kid=k1;ts=abc;sig=00",
+            "v1;kid=k1;ts=1;sig=zz",
+            "x;kid=k1;ts=1;sig=00",
+        ] {
+            assert!(parse_signature(bad).is_err(), "{bad:?} should not parse");
+        }
+    }
+
+    #[test]
+    fn host_normalisation() {
+        assert_eq!(
+            normalize_host("Ferrari.MyApp.localhost:8080"),
+            "ferrari.myapp.localhost"
+        );
+        assert_eq!(normalize_host("example.com."), "example.com");
+        assert_eq!(normalize_host("[::1]:443"), "[::1]");
+        assert_eq!(normalize_host("example.com"), "example.com");
+    }
+
+    #[test]
+    fn key_rules() {
+        assert!(matches!(
+            Key::new("k1", b"short".to_vec()),
+            Err(KeyError::TooShort { .. })
+        ));
+        assert!(matches!(
+            Key::new("bad id", SECRET.as_bytes().to_vec()),
+            Err(KeyError::BadId(_))
+        ));
+        assert!(matches!(Verifier::new(vec![], 30), Err(KeyError::Empty)));
+        let k = || Key::new("k1", SECRET.as_bytes().to_vec()).unwrap();
+        assert!(matches!(
+            Verifier::new(vec![k(), k()], 30),
+            Err(KeyError::Duplicate(_))
+        ));
+    }
+}

@@ -1,0 +1,252 @@
+//! Tenancy naming rules, one implementation for every binary:
+//! which schema names are acceptable, how to quote them, and how a Host
+//! header or a configured domain is normalised (lower-case, no port, no
+//! trailing dot, IDN to punycode) or refused.
+
+use std::net::Ipv6Addr;
+
+/// Longest PostgreSQL identifier (NAMEDATALEN - 1).
+pub const MAX_SCHEMA_NAME_LEN: usize = 63;
+/// Longest DNS name in presentation form without the trailing dot.
+pub const MAX_HOST_LEN: usize = 253;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchemaNameError {
+    #[error("schema name must not be empty")]
+    Empty,
+    #[error("schema name is longer than {MAX_SCHEMA_NAME_LEN} characters")]
+    TooLong,
+    #[error("schema name must start with a-z or _ and contain only a-z, 0-9 and _")]
+    BadCharacters,
+    #[error("schema name `{0}` is reserved")]
+    Reserved(String),
+}
+
+/// A tenant schema name: `^[a-z_][a-z0-9_]{0,62}$`, not `public`,
+/// `information_schema` or `pg_*`.
+pub fn validate_schema_name(name: &str) -> Result<(), SchemaNameError> {
+    if name.is_empty() {
+        return Err(SchemaNameError::Empty);
+    }
+    if name.len() > MAX_SCHEMA_NAME_LEN {
+        return Err(SchemaNameError::TooLong);
+    }
+    let mut bytes = name.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+    if !first_ok || !bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
+        return Err(SchemaNameError::BadCharacters);
+    }
+    if name == "public" || name == "information_schema" || name.starts_with("pg_") {
+        return Err(SchemaNameError::Reserved(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// Quote an identifier for SQL (`"name"`, inner quotes doubled). Used even
+/// for validated names, as defence in depth.
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("host is empty")]
+    Empty,
+    #[error("host is longer than {MAX_HOST_LEN} bytes")]
+    TooLong,
+    #[error("host has an empty label")]
+    EmptyLabel,
+    #[error("host label is longer than 63 bytes")]
+    LabelTooLong,
+    #[error("host contains characters outside a-z, 0-9, '-' and '_'")]
+    BadCharacters,
+    #[error("host has an invalid port")]
+    BadPort,
+    #[error("a port is not allowed here")]
+    PortNotAllowed,
+    #[error("host is not a valid internationalised domain name")]
+    BadIdn,
+    #[error("host is not a valid IPv6 literal")]
+    BadIpv6,
+}
+
+/// Normalise a Host header value (`name[:port]` or `[v6][:port]`).
+/// Returns the lower-case, punycode, port-less, trailing-dot-less name.
+pub fn normalize_host(raw: &str) -> Result<String, HostError> {
+    normalize(raw, true)
+}
+
+/// Normalise a domain as stored in the domain table: like [`normalize_host`]
+/// but a port is an error.
+pub fn normalize_domain(raw: &str) -> Result<String, HostError> {
+    normalize(raw, false)
+}
+
+fn normalize(raw: &str, allow_port: bool) -> Result<String, HostError> {
+    if raw.is_empty() {
+        return Err(HostError::Empty);
+    }
+    if let Some(rest) = raw.strip_prefix('[') {
+        let end = rest.find(']').ok_or(HostError::BadIpv6)?;
+        let addr: Ipv6Addr = rest[..end].parse().map_err(|_| HostError::BadIpv6)?;
+        check_port(&rest[end + 1..], allow_port)?;
+        return Ok(format!("[{addr}]"));
+    }
+    let name = match raw.rfind(':') {
+        Some(i) => {
+            check_port(&raw[i..], allow_port)?;
+            &raw[..i]
+        }
+        None => raw,
+    };
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return Err(HostError::Empty);
+    }
+    let ascii = if name.is_ascii()
+        && !name
+            .split('.')
+            .any(|l| l.len() >= 4 && l[..4].eq_ignore_ascii_case("xn--"))
+    {
+        name.to_ascii_lowercase()
+    } else {
+        let converted = idna::domain_to_ascii_strict(name).map_err(|_| HostError::BadIdn)?;
+        if converted.is_empty() {
+            return Err(HostError::BadIdn);
+        }
+        converted
+    };
+    validate_ascii_host(&ascii)?;
+    Ok(ascii)
+}
+
+fn check_port(suffix: &str, allow_port: bool) -> Result<(), HostError> {
+    if suffix.is_empty() {
+        return Ok(());
+    }
+    let port = suffix.strip_prefix(':').ok_or(HostError::BadPort)?;
+    if !allow_port {
+        return Err(HostError::PortNotAllowed);
+    }
+    if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(HostError::BadPort);
+    }
+    port.parse::<u16>()
+        .map(|_| ())
+        .map_err(|_| HostError::BadPort)
+}
+
+fn validate_ascii_host(host: &str) -> Result<(), HostError> {
+    if host.len() > MAX_HOST_LEN {
+        return Err(HostError::TooLong);
+    }
+    for label in host.split('.') {
+        if label.is_empty() {
+            return Err(HostError::EmptyLabel);
+        }
+        if label.len() > 63 {
+            return Err(HostError::LabelTooLong);
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+            || label.starts_with('-')
+            || label.ends_with('-')
+        {
+            return Err(HostError::BadCharacters);
+        }
+    }
+    Ok(())
+}
+
+/// Whether `host` is `base` itself or one of its subdomains (any depth).
+pub fn is_under(host: &str, base: &str) -> bool {
+    host == base
+        || (host.len() > base.len()
+            && host.ends_with(base)
+            && host.as_bytes()[host.len() - base.len() - 1] == b'.')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names() {
+        for ok in ["ferrari", "_x", "a1_b2", &"a".repeat(63)] {
+            assert_eq!(validate_schema_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "public",
+            "pg_catalog",
+            "information_schema",
+            "Ferrari",
+            "1abc",
+            "a-b",
+            "a\"b",
+            "a;drop",
+            "a b",
+            &"a".repeat(64),
+        ] {
+            assert!(
+                validate_schema_name(bad).is_err(),
+                "{bad:?} should be refused"
+            );
+        }
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+
+    #[test]
+    fn hosts() {
+        assert_eq!(
+            normalize_host("Ferrari.MyApp.localhost:8080").as_deref(),
+            Ok("ferrari.myapp.localhost")
+        );
+        assert_eq!(normalize_host("example.com.").as_deref(), Ok("example.com"));
+        assert_eq!(
+            normalize_host("bücher.example").as_deref(),
+            Ok("xn--bcher-kva.example")
+        );
+        assert_eq!(
+            normalize_host("XN--BCHER-KVA.example").as_deref(),
+            Ok("xn--bcher-kva.example")
+        );
+        assert_eq!(normalize_host("[::1]:443").as_deref(), Ok("[::1]"));
+        assert_eq!(normalize_host("127.0.0.1:80").as_deref(), Ok("127.0.0.1"));
+        for bad in [
+            "",
+            ":80",
+            "a..b",
+            ".a",
+            "a b",
+            "a/b",
+            "a:99999",
+            "a:x",
+            "a:",
+            "-a.com",
+            "a_.com:1:2",
+            "[::1",
+            "[zz]",
+            "a@b",
+        ] {
+            assert!(normalize_host(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert_eq!(
+            normalize_host(&format!("{}.com", "a".repeat(64))),
+            Err(HostError::LabelTooLong)
+        );
+        let long = vec!["a".repeat(50); 6].join(".");
+        assert_eq!(normalize_host(&long), Err(HostError::TooLong));
+        assert_eq!(normalize_domain("a.com:80"), Err(HostError::PortNotAllowed));
+    }
+
+    #[test]
+    fn under() {
+        assert!(is_under("a.myapp.com", "myapp.com"));
+        assert!(is_under("myapp.com", "myapp.com"));
+        assert!(!is_under("evilmyapp.com", "myapp.com"));
+    }
+}

@@ -1,0 +1,545 @@
+//! Test support for the end-to-end suites: a throwaway PostgreSQL cluster
+//! (initdb + pg_ctl on a free port), the project's real binaries started as
+//! child processes and stopped by PID, readiness by polling with a bound,
+//! and a signer for hand-made stamps.
+
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub const STAMP_KEY_ID: &str = "k1";
+pub const STAMP_SECRET: &str = "e2e-stamp-secret-0123456789abcdef";
+pub const STAMP_KEY2_ID: &str = "k2";
+pub const STAMP_SECRET2: &str = "e2e-rotated-secret-fedcba9876543210";
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Poll `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(
+        &SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(200),
+    )
+    .is_ok()
+}
+
+/// The workspace's target directory, derived from the running test binary.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("target dir")
+}
+
+/// Path of a workspace binary (built by `cargo build --workspace` before tests).
+pub fn bin(name: &str) -> PathBuf {
+    let p = target_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+fn am_root() -> bool {
+    static ROOT: OnceLock<bool> = OnceLock::new();
+    *ROOT.get_or_init(|| {
+        Command::new("id")
+            .arg("-u")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+            .unwrap_or(false)
+    })
+}
+
+fn pg_bindir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PG_BINDIR") {
+        return PathBuf::from(dir);
+    }
+    let mut versions: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join("bin"))
+                .filter(|p| p.join("initdb").exists())
+                .collect()
+        })
+        .unwrap_or_default();
+    versions.sort_by_key(|p| {
+        p.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    versions.pop().expect("PostgreSQL server binaries not found under /usr/lib/postgresql (run scripts/test.sh, which installs them)")
+}
+
+/// Run a PostgreSQL binary, as the `postgres` user when we are root.
+fn pg_command(tool: &str) -> Command {
+    let path = pg_bindir().join(tool);
+    if am_root() {
+        let mut c = Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+fn run_ok(mut cmd: Command, what: &str) -> Result<Output> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("spawn {what}"))?;
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(out)
+}
+
+/// A throwaway PostgreSQL cluster on 127.0.0.1 and a free port.
+pub struct Postgres {
+    dir: tempfile::TempDir,
+    pub port: u16,
+    running: bool,
+}
+
+impl Postgres {
+    pub fn start() -> Result<Postgres> {
+        let dir = tempfile::Builder::new().prefix("tg-pg-").tempdir()?;
+        if am_root() {
+            run_ok(
+                {
+                    let mut c = Command::new("chown");
+                    c.arg("postgres:postgres").arg(dir.path());
+                    c
+                },
+                "chown",
+            )?;
+        }
+        let data = dir.path().join("data");
+        let mut initdb = pg_command("initdb");
+        initdb
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+                "-D",
+            ])
+            .arg(&data);
+        run_ok(initdb, "initdb")?;
+        let mut pg = Postgres {
+            dir,
+            port: 0,
+            running: false,
+        };
+        pg.port = free_port();
+        pg.start_server()?;
+        Ok(pg)
+    }
+
+    /// Start the server on this cluster's data dir and port (again).
+    pub fn start_server(&mut self) -> Result<()> {
+        let mut ctl = pg_command("pg_ctl");
+        let opts = format!(
+            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{}' -c fsync=off \
+             -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+            self.port,
+            self.dir.path().display()
+        );
+        ctl.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .arg("-l")
+            .arg(self.dir.path().join("server.log"))
+            .args(["-w", "-t", "60", "-o", &opts, "start"]);
+        run_ok(ctl, "pg_ctl start").map_err(|e| {
+            let log =
+                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+            e.context(log)
+        })?;
+        self.running = true;
+        Ok(())
+    }
+
+    /// Stop the server (fast shutdown: open sessions are disconnected).
+    pub fn stop_server(&mut self) -> Result<()> {
+        let mut ctl = pg_command("pg_ctl");
+        ctl.arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-w", "-t", "60", "-m", "fast", "stop"]);
+        run_ok(ctl, "pg_ctl stop")?;
+        self.running = false;
+        Ok(())
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Run SQL with psql (from the same PostgreSQL installation).
+    pub fn psql(&self, sql: &str) -> Result<String> {
+        let mut c = Command::new(pg_bindir().join("psql"));
+        c.args([
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            &self.url(),
+            "-c",
+            sql,
+        ]);
+        let out = run_ok(c, "psql")?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if self.running {
+            let mut ctl = pg_command("pg_ctl");
+            ctl.arg("-D").arg(self.dir.path().join("data")).args([
+                "-w",
+                "-t",
+                "30",
+                "-m",
+                "immediate",
+                "stop",
+            ]);
+            let _ = ctl.stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+    }
+}
+
+/// A child process stopped by PID when dropped (SIGTERM, then SIGKILL).
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Proc> {
+        let file = std::fs::File::create(&log)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("spawn {name}"))?;
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Send a signal by PID.
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args(["-s", sig, &self.child.id().to_string()])
+            .status();
+    }
+
+    /// SIGTERM and wait (bounded) for exit; returns whether it exited in time.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        self.signal("TERM");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() && !self.terminate(Duration::from_secs(5))
+        {
+            self.kill();
+        }
+    }
+}
+
+/// Wait until `GET http://127.0.0.1:<port><path>` answers 200, or the process dies.
+pub fn wait_healthy(proc_: &mut Proc, port: u16, path: &str, timeout: Duration) -> Result<()> {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let client = http::client();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = proc_.exited() {
+            bail!(
+                "{} exited ({status}) before becoming healthy:\n{}",
+                proc_.name,
+                proc_.log()
+            );
+        }
+        if client
+            .get(&url)
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} not healthy at {url} after {timeout:?}:\n{}",
+                proc_.name,
+                proc_.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Minimal blocking HTTP client: reqwest's async client on a private runtime.
+pub mod http {
+    pub use ::reqwest::Method;
+
+    pub struct Client {
+        rt: tokio::runtime::Runtime,
+        client: ::reqwest::Client,
+    }
+
+    pub struct Req<'a> {
+        rt: &'a tokio::runtime::Runtime,
+        rb: ::reqwest::RequestBuilder,
+    }
+
+    pub struct Resp {
+        pub status: u16,
+        pub headers: ::reqwest::header::HeaderMap,
+        pub body: String,
+    }
+
+    impl Resp {
+        pub fn status(&self) -> ::reqwest::StatusCode {
+            ::reqwest::StatusCode::from_u16(self.status).expect("status")
+        }
+        pub fn json(&self) -> serde_json::Value {
+            serde_json::from_str(&self.body)
+                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+        }
+    }
+
+    pub fn client() -> Client {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = ::reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .no_proxy()
+            .build()
+            .expect("client");
+        Client { rt, client }
+    }
+
+    impl Client {
+        pub fn get(&self, url: &str) -> Req<'_> {
+            Req {
+                rt: &self.rt,
+                rb: self.client.get(url),
+            }
+        }
+        pub fn request(&self, method: ::reqwest::Method, url: &str) -> Req<'_> {
+            Req {
+                rt: &self.rt,
+                rb: self.client.request(method, url),
+            }
+        }
+    }
+
+    impl Req<'_> {
+        pub fn header(self, k: &str, v: &str) -> Self {
+            Req {
+                rt: self.rt,
+                rb: self.rb.header(k, v),
+            }
+        }
+        pub fn json(self, v: &serde_json::Value) -> Self {
+            Req {
+                rt: self.rt,
+                rb: self.rb.json(v),
+            }
+        }
+        pub fn body(self, b: impl Into<::reqwest::Body>) -> Self {
+            Req {
+                rt: self.rt,
+                rb: self.rb.body(b),
+            }
+        }
+        pub fn send(self) -> ::reqwest::Result<Resp> {
+            self.rt.block_on(async move {
+                let r = self.rb.send().await?;
+                let status = r.status().as_u16();
+                let headers = r.headers().clone();
+                let body = r.text().await?;
+                Ok(Resp {
+                    status,
+                    headers,
+                    body,
+                })
+            })
+        }
+    }
+}
+
+/// Write a file into `dir` and return its path.
+pub fn write_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let p = dir.join(name);
+    let mut f = std::fs::File::create(&p).expect("create file");
+    f.write_all(contents.as_bytes()).expect("write file");
+    p
+}
+
+/// Environment every binary gets: database URL and both stamp secrets.
+pub fn common_env(cmd: &mut Command, db_url: &str) {
+    cmd.env("DATABASE_URL", db_url)
+        .env("TG_STAMP_KEY_K1", STAMP_SECRET)
+        .env("TG_STAMP_KEY_K2", STAMP_SECRET2)
+        .env("RUST_LOG", "info,sqlx=warn")
+        .env_remove("UPSTREAM_APP_CONFIG");
+}
+
+/// Run an upstream-app CLI command against `db_url`.
+pub fn app_cli(db_url: &str, args: &[&str]) -> Output {
+    let mut c = Command::new(bin("upstream-app"));
+    common_env(&mut c, db_url);
+    c.args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run upstream-app")
+}
+
+/// Run an upstream-app CLI command that must succeed; returns stdout.
+pub fn app_cli_ok(db_url: &str, args: &[&str]) -> String {
+    let out = app_cli(db_url, args);
+    assert!(
+        out.status.success(),
+        "upstream-app {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A running upstream-app server.
+pub struct UpstreamApp {
+    pub proc_: Proc,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl UpstreamApp {
+    /// Start with both stamp keys accepted; `extra` is appended to the TOML.
+    pub fn start(db_url: &str, extra: &str) -> Result<UpstreamApp> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let cfg = format!(
+            "listen = \"127.0.0.1:{port}\"\n{extra}\n\
+             [stamp]\nkeys = [{{ id = \"k1\", secret_env = \"TG_STAMP_KEY_K1\" }}, {{ id = \"k2\", secret_env = \"TG_STAMP_KEY_K2\" }}]\n"
+        );
+        let path = write_file(dir.path(), "upstream-app.toml", &cfg);
+        let mut c = Command::new(bin("upstream-app"));
+        common_env(&mut c, db_url);
+        c.arg("--config").arg(&path).arg("serve");
+        let mut proc_ = Proc::spawn("upstream-app", c, dir.path().join("app.log"))?;
+        wait_healthy(&mut proc_, port, "/healthz", Duration::from_secs(30))?;
+        Ok(UpstreamApp {
+            proc_,
+            port,
+            _dir: dir,
+        })
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+/// Current unix time in seconds.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Sign like the gateway does, with key k1 (or k2 with `rotated`).
+pub fn sign(tenant: &str, method: &str, host: &str, path: &str, ts: u64, rotated: bool) -> String {
+    let key = if rotated {
+        stamp::Key::new(STAMP_KEY2_ID, STAMP_SECRET2.as_bytes().to_vec())
+    } else {
+        stamp::Key::new(STAMP_KEY_ID, STAMP_SECRET.as_bytes().to_vec())
+    };
+    let signer = stamp::Signer::new(key.expect("test key"));
+    signer.sign(
+        &stamp::Request {
+            tenant,
+            method,
+            host: &stamp::normalize_host(host),
+            path,
+        },
+        ts,
+    )
+}
