@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use hmac::{Hmac, Mac};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 /// Header carrying the tenant's schema name.
@@ -73,7 +73,7 @@ pub enum KeyError {
 }
 
 /// One key as written in a config file: the secret itself comes from the environment.
-#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct KeyConfig {
     /// Key id sent in the stamp (`kid=`).
@@ -151,9 +151,8 @@ pub struct Request<'a> {
 
 /// Build the canonical string (see docs/stamp.md, "Canonical string").
 pub fn canonical_string(kid: &str, ts: u64, req: &Request<'_>) -> String {
-    let mut s = String::with_capacity(
-        32 + kid.len() + req.tenant.len() + req.method.len() + req.host.len() + req.path.len(),
-    );
+    let mut s =
+        String::with_capacity(32 + kid.len() + req.tenant.len() + req.method.len() + req.host.len() + req.path.len());
     // Writing to a String cannot fail.
     let _ = write!(
         s,
@@ -184,10 +183,7 @@ pub fn normalize_host(host: &str) -> String {
 }
 
 fn valid_tenant(t: &str) -> bool {
-    !t.is_empty()
-        && t.len() <= 63
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !t.is_empty() && t.len() <= 63 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Signs requests with one key (the gateway side).
@@ -230,9 +226,7 @@ pub fn parse_signature(value: &str) -> Result<ParsedSignature<'_>, StampError> {
         return if version.starts_with('v') {
             Err(StampError::UnsupportedVersion)
         } else {
-            Err(StampError::Malformed(
-                "signature header must start with the version",
-            ))
+            Err(StampError::Malformed("signature header must start with the version"))
         };
     }
     let mut field = |name: &str| -> Result<&str, StampError> {
@@ -313,11 +307,7 @@ impl Verifier {
                     "tenant and signature headers must both be present",
                 ))
             }
-            _ => {
-                return Err(StampError::Malformed(
-                    "stamp headers must appear exactly once",
-                ))
-            }
+            _ => return Err(StampError::Malformed("stamp headers must appear exactly once")),
         };
         if !valid_tenant(tenant) {
             return Err(StampError::Malformed("bad tenant value"));
@@ -333,8 +323,7 @@ impl Verifier {
         };
         let mut mac = key.mac();
         mac.update(canonical_string(parsed.kid, parsed.ts, &req).as_bytes());
-        mac.verify_slice(&parsed.sig)
-            .map_err(|_| StampError::BadSignature)?;
+        mac.verify_slice(&parsed.sig).map_err(|_| StampError::BadSignature)?;
         // Checked after the signature so a forged timestamp cannot probe the window.
         if now.abs_diff(parsed.ts) > self.max_skew_secs {
             return Err(StampError::Expired {
@@ -384,19 +373,13 @@ mod tests {
             canonical_string("k1", 1_700_000_000, &vector_req()),
             "v1\nk1\n1700000000\nferrari\nGET\nferrari.myapp.localhost\n/projects/1/tasks"
         );
-        assert_eq!(
-            signer("k1", SECRET).sign(&vector_req(), 1_700_000_000),
-            EXPECTED
-        );
+        assert_eq!(signer("k1", SECRET).sign(&vector_req(), 1_700_000_000), EXPECTED);
     }
 
     #[test]
     fn round_trip_with_either_key() {
         let v = verifier();
-        for s in [
-            signer("k1", SECRET),
-            signer("k2", "second-secret-fedcba9876543210"),
-        ] {
+        for s in [signer("k1", SECRET), signer("k2", "second-secret-fedcba9876543210")] {
             let h = s.sign(&vector_req(), 1000);
             let got = v.verify(
                 &["ferrari"],
@@ -416,10 +399,7 @@ mod tests {
         let h = signer("k1", SECRET).sign(&vector_req(), 1000);
         let host = "ferrari.myapp.localhost";
         let p = "/projects/1/tasks";
-        assert_eq!(
-            v.verify(&[], &[], "GET", host, p, 1000),
-            Err(StampError::Missing)
-        );
+        assert_eq!(v.verify(&[], &[], "GET", host, p, 1000), Err(StampError::Missing));
         assert_eq!(
             v.verify(&["mclaren"], &[&h], "GET", host, p, 1000),
             Err(StampError::BadSignature)
@@ -429,14 +409,7 @@ mod tests {
             Err(StampError::BadSignature)
         );
         assert_eq!(
-            v.verify(
-                &["ferrari"],
-                &[&h],
-                "GET",
-                "mclaren.myapp.localhost",
-                p,
-                1000
-            ),
+            v.verify(&["ferrari"], &[&h], "GET", "mclaren.myapp.localhost", p, 1000),
             Err(StampError::BadSignature)
         );
         assert_eq!(
@@ -514,9 +487,6 @@ mod tests {
         ));
         assert!(matches!(Verifier::new(vec![], 30), Err(KeyError::Empty)));
         let k = || Key::new("k1", SECRET.as_bytes().to_vec()).unwrap();
-        assert!(matches!(
-            Verifier::new(vec![k(), k()], 30),
-            Err(KeyError::Duplicate(_))
-        ));
+        assert!(matches!(Verifier::new(vec![k(), k()], 30), Err(KeyError::Duplicate(_))));
     }
 }

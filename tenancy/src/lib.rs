@@ -32,9 +32,7 @@ pub fn validate_schema_name(name: &str) -> Result<(), SchemaNameError> {
         return Err(SchemaNameError::TooLong);
     }
     let mut bytes = name.bytes();
-    let first_ok = bytes
-        .next()
-        .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+    let first_ok = bytes.next().is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
     if !first_ok || !bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
         return Err(SchemaNameError::BadCharacters);
     }
@@ -133,9 +131,7 @@ fn check_port(suffix: &str, allow_port: bool) -> Result<(), HostError> {
     if port.is_empty() || port.len() > 5 || !port.bytes().all(|b| b.is_ascii_digit()) {
         return Err(HostError::BadPort);
     }
-    port.parse::<u16>()
-        .map(|_| ())
-        .map_err(|_| HostError::BadPort)
+    port.parse::<u16>().map(|_| ()).map_err(|_| HostError::BadPort)
 }
 
 fn validate_ascii_host(host: &str) -> Result<(), HostError> {
@@ -164,9 +160,7 @@ fn validate_ascii_host(host: &str) -> Result<(), HostError> {
 /// Whether `host` is `base` itself or one of its subdomains (any depth).
 pub fn is_under(host: &str, base: &str) -> bool {
     host == base
-        || (host.len() > base.len()
-            && host.ends_with(base)
-            && host.as_bytes()[host.len() - base.len() - 1] == b'.')
+        || (host.len() > base.len() && host.ends_with(base) && host.as_bytes()[host.len() - base.len() - 1] == b'.')
 }
 
 #[cfg(test)]
@@ -191,10 +185,7 @@ mod tests {
             "a b",
             &"a".repeat(64),
         ] {
-            assert!(
-                validate_schema_name(bad).is_err(),
-                "{bad:?} should be refused"
-            );
+            assert!(validate_schema_name(bad).is_err(), "{bad:?} should be refused");
         }
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
@@ -206,10 +197,7 @@ mod tests {
             Ok("ferrari.myapp.localhost")
         );
         assert_eq!(normalize_host("example.com.").as_deref(), Ok("example.com"));
-        assert_eq!(
-            normalize_host("bücher.example").as_deref(),
-            Ok("xn--bcher-kva.example")
-        );
+        assert_eq!(normalize_host("bücher.example").as_deref(), Ok("xn--bcher-kva.example"));
         assert_eq!(
             normalize_host("XN--BCHER-KVA.example").as_deref(),
             Ok("xn--bcher-kva.example")

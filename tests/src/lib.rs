@@ -40,11 +40,7 @@ pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool)
 }
 
 pub fn port_open(port: u16) -> bool {
-    TcpStream::connect_timeout(
-        &SocketAddr::from(([127, 0, 0, 1], port)),
-        Duration::from_millis(200),
-    )
-    .is_ok()
+    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
 }
 
 /// The workspace's target directory, derived from the running test binary.
@@ -98,7 +94,9 @@ fn pg_bindir() -> PathBuf {
             .and_then(|v| v.parse::<u32>().ok())
             .unwrap_or(0)
     });
-    versions.pop().expect("PostgreSQL server binaries not found under /usr/lib/postgresql (run scripts/test.sh, which installs them)")
+    versions.pop().expect(
+        "PostgreSQL server binaries not found under /usr/lib/postgresql (run scripts/test.sh, which installs them)",
+    )
 }
 
 /// Run a PostgreSQL binary, as the `postgres` user when we are root.
@@ -190,8 +188,7 @@ impl Postgres {
             .arg(self.dir.path().join("server.log"))
             .args(["-w", "-t", "60", "-o", &opts, "start"]);
         run_ok(ctl, "pg_ctl start").map_err(|e| {
-            let log =
-                std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+            let log = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
             e.context(log)
         })?;
         self.running = true;
@@ -237,14 +234,9 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         if self.running {
             let mut ctl = pg_command("pg_ctl");
-            ctl.arg("-D").arg(self.dir.path().join("data")).args([
-                "-w",
-                "-t",
-                "30",
-                "-m",
-                "immediate",
-                "stop",
-            ]);
+            ctl.arg("-D")
+                .arg(self.dir.path().join("data"))
+                .args(["-w", "-t", "30", "-m", "immediate", "stop"]);
             let _ = ctl.stdout(Stdio::null()).stderr(Stdio::null()).status();
         }
     }
@@ -313,8 +305,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() && !self.terminate(Duration::from_secs(5))
-        {
+        if self.child.try_wait().ok().flatten().is_none() && !self.terminate(Duration::from_secs(5)) {
             self.kill();
         }
     }
@@ -333,11 +324,7 @@ pub fn wait_healthy(proc_: &mut Proc, port: u16, path: &str, timeout: Duration) 
                 proc_.log()
             );
         }
-        if client
-            .get(&url)
-            .send()
-            .is_ok_and(|r| r.status().is_success())
-        {
+        if client.get(&url).send().is_ok_and(|r| r.status().is_success()) {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -376,8 +363,7 @@ pub mod http {
             ::reqwest::StatusCode::from_u16(self.status).expect("status")
         }
         pub fn json(&self) -> serde_json::Value {
-            serde_json::from_str(&self.body)
-                .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+            serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
         }
     }
 
@@ -434,11 +420,7 @@ pub mod http {
                 let status = r.status().as_u16();
                 let headers = r.headers().clone();
                 let body = r.text().await?;
-                Ok(Resp {
-                    status,
-                    headers,
-                    body,
-                })
+                Ok(Resp { status, headers, body })
             })
         }
     }
@@ -465,10 +447,7 @@ pub fn common_env(cmd: &mut Command, db_url: &str) {
 pub fn app_cli(db_url: &str, args: &[&str]) -> Output {
     let mut c = Command::new(bin("upstream-app"));
     common_env(&mut c, db_url);
-    c.args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run upstream-app")
+    c.args(args).stdin(Stdio::null()).output().expect("run upstream-app")
 }
 
 /// Run an upstream-app CLI command that must succeed; returns stdout.
@@ -493,8 +472,12 @@ pub struct UpstreamApp {
 impl UpstreamApp {
     /// Start with both stamp keys accepted; `extra` is appended to the TOML.
     pub fn start(db_url: &str, extra: &str) -> Result<UpstreamApp> {
+        UpstreamApp::start_on(db_url, extra, free_port())
+    }
+
+    /// Start on a given port (e.g. to bring a killed backend back).
+    pub fn start_on(db_url: &str, extra: &str, port: u16) -> Result<UpstreamApp> {
         let dir = tempfile::tempdir()?;
-        let port = free_port();
         let cfg = format!(
             "listen = \"127.0.0.1:{port}\"\n{extra}\n\
              [stamp]\nkeys = [{{ id = \"k1\", secret_env = \"TG_STAMP_KEY_K1\" }}, {{ id = \"k2\", secret_env = \"TG_STAMP_KEY_K2\" }}]\n"
@@ -505,11 +488,7 @@ impl UpstreamApp {
         c.arg("--config").arg(&path).arg("serve");
         let mut proc_ = Proc::spawn("upstream-app", c, dir.path().join("app.log"))?;
         wait_healthy(&mut proc_, port, "/healthz", Duration::from_secs(30))?;
-        Ok(UpstreamApp {
-            proc_,
-            port,
-            _dir: dir,
-        })
+        Ok(UpstreamApp { proc_, port, _dir: dir })
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -542,4 +521,153 @@ pub fn sign(tenant: &str, method: &str, host: &str, path: &str, ts: u64, rotated
         },
         ts,
     )
+}
+
+/// A running gateway (plain HTTP) with its admin listener.
+pub struct Gateway {
+    pub proc_: Proc,
+    pub port: u16,
+    pub admin_port: u16,
+    pub dir: tempfile::TempDir,
+}
+
+/// `[pools.<name>]` sections for backends on these ports (fast health checks).
+pub fn pools_toml(pools: &[(&str, &[u16])]) -> String {
+    let mut s = String::new();
+    for (name, ports) in pools {
+        let list: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
+        s.push_str(&format!(
+            "[pools.{name}]\nbackends = [{}]\nhealth_check_interval_ms = 200\nhealth_check_threshold = 1\nconnect_timeout_ms = 500\n\n",
+            list.join(", ")
+        ));
+    }
+    s
+}
+
+impl Gateway {
+    /// Start a gateway on free ports. `body` is appended to the generated
+    /// `[listen]` section (so it may add more sections, e.g. pools).
+    pub fn start(db_url: &str, body: &str) -> Result<Gateway> {
+        Gateway::start_with_grace(db_url, body, 1)
+    }
+
+    /// Like `start`, with `listen.shutdown_grace_secs` set.
+    pub fn start_with_grace(db_url: &str, body: &str, grace_secs: u64) -> Result<Gateway> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let admin_port = free_port();
+        let cfg = format!(
+            "[listen]\nhttp = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin_port}\"\nthreads = 2\nshutdown_grace_secs = {grace_secs}\n\n{body}"
+        );
+        let path = write_file(dir.path(), "gateway.toml", &cfg);
+        let mut c = Command::new(bin("gateway"));
+        common_env(&mut c, db_url);
+        c.arg("--config").arg(&path);
+        let mut proc_ = Proc::spawn("gateway", c, dir.path().join("gateway.log"))?;
+        wait_healthy(&mut proc_, admin_port, "/healthz", Duration::from_secs(30))?;
+        wait_until("gateway public port", Duration::from_secs(10), || port_open(port))?;
+        let gw = Gateway {
+            proc_,
+            port,
+            admin_port,
+            dir,
+        };
+        // Ready for tests once cache invalidation is live (so nothing cached
+        // before it can be marked stale by the first LISTEN).
+        wait_until("invalidation listener", Duration::from_secs(20), || {
+            gw.metric("tenant_gateway_invalidation_listener_up") == 1.0
+        })?;
+        Ok(gw)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The value of an unlabelled metric (or the sum over its label sets).
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = http::client()
+            .get(&format!("http://127.0.0.1:{}/metrics", self.admin_port))
+            .send()
+            .map(|r| r.body)
+            .unwrap_or_default();
+        metric_sum(&text, name, &[])
+    }
+
+    /// Wait until `/readyz` reports every listed backend of `pool` with `healthy`.
+    pub fn wait_backend(&self, pool: &str, backend_port: u16, healthy: bool, timeout: Duration) -> Result<()> {
+        let client = http::client();
+        let url = format!("http://127.0.0.1:{}/readyz", self.admin_port);
+        let key = format!("127.0.0.1:{backend_port}");
+        wait_until(&format!("backend {key} healthy={healthy}"), timeout, || {
+            client
+                .get(&url)
+                .send()
+                .ok()
+                .and_then(|r| serde_json::from_str::<serde_json::Value>(&r.body).ok())
+                .is_some_and(|v| v["pools"][pool][&key] == healthy)
+        })
+    }
+}
+
+/// Sum of the samples of metric `name` whose labels include all of `labels`.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = match series.find('{') {
+                Some(i) => (&series[..i], &series[i..]),
+                None => (series, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            if !labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))) {
+                return None;
+            }
+            value.parse::<f64>().ok()
+        })
+        .sum()
+}
+
+/// Send raw bytes to 127.0.0.1:`port` and read the response head and body
+/// (until the peer closes or `Content-Length` is satisfied).
+pub fn raw_http(port: u16, request: &str) -> Result<(u16, String)> {
+    use std::io::Read;
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(request.as_bytes())?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if buf.is_empty() => return Err(e.into()),
+            Err(_) => break,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse::<usize>().ok());
+            if len.is_some_and(|len| buf.len() >= end + 4 + len) {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .with_context(|| format!("no HTTP status in {text:?}"))?;
+    Ok((status, text))
 }

@@ -7,9 +7,20 @@ use std::process::Command;
 #[test]
 fn python_verifier_from_the_doc_agrees_with_the_rust_signer() {
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/stamp.md")).unwrap();
-    let code = doc.split("```python\n").nth(1).and_then(|rest| rest.split("```").next()).expect("python block");
+    let code = doc
+        .split("```python\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("python block");
     let now = e2e::unix_now();
-    let fresh = e2e::sign("mclaren", "POST", "McLaren.myapp.localhost:8443", "/projects/7", now, false);
+    let fresh = e2e::sign(
+        "mclaren",
+        "POST",
+        "McLaren.myapp.localhost:8443",
+        "/projects/7",
+        now,
+        false,
+    );
     let script = format!(
         r#"{code}
 keys = {{"k1": "test-secret-0123456789abcdef"}}
@@ -32,7 +43,16 @@ print("ok")
 "#,
         secret = e2e::STAMP_SECRET,
     );
-    let out = Command::new("python3").arg("-c").arg(&script).output().expect("python3 is required");
-    assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("python3 is required");
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
 }

@@ -16,10 +16,7 @@ pub enum AdminError {
         reason: tenancy::SchemaNameError,
     },
     #[error("invalid domain `{domain}`: {reason}")]
-    Domain {
-        domain: String,
-        reason: tenancy::HostError,
-    },
+    Domain { domain: String, reason: tenancy::HostError },
     #[error("tenant `{0}` does not exist")]
     NoSuchTenant(String),
     #[error("tenant `{0}` already exists")]
@@ -37,10 +34,7 @@ pub enum AdminError {
     #[error("invalid tenant name: must be 1-200 characters")]
     BadName,
     #[error("migrating schema `{schema}` failed: {source}")]
-    Migrate {
-        schema: String,
-        source: MigrateError,
-    },
+    Migrate { schema: String, source: MigrateError },
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -60,10 +54,7 @@ pub struct SchemaReport {
 
 /// `migrate`: shared schema first, then every tenant schema that is not
 /// tombstoned. Every schema is tried; the caller reports failures.
-pub async fn migrate_all(
-    pool: &PgPool,
-    migrations: &Migrations,
-) -> Result<Vec<SchemaReport>, AdminError> {
+pub async fn migrate_all(pool: &PgPool, migrations: &Migrations) -> Result<Vec<SchemaReport>, AdminError> {
     let mut reports = Vec::new();
     let shared = migrate_one(pool, "public", &migrations.shared).await;
     let shared_failed = shared.is_err();
@@ -74,11 +65,10 @@ pub async fn migrate_all(
     if shared_failed {
         return Ok(reports);
     }
-    let schemas: Vec<String> = sqlx::query_scalar(
-        "SELECT schema_name FROM public.tenants WHERE status <> 'deleted' ORDER BY schema_name",
-    )
-    .fetch_all(pool)
-    .await?;
+    let schemas: Vec<String> =
+        sqlx::query_scalar("SELECT schema_name FROM public.tenants WHERE status <> 'deleted' ORDER BY schema_name")
+            .fetch_all(pool)
+            .await?;
     for schema in schemas {
         let result = migrate_one(pool, &schema, &migrations.tenant).await;
         reports.push(SchemaReport { schema, result });
@@ -86,11 +76,7 @@ pub async fn migrate_all(
     Ok(reports)
 }
 
-async fn migrate_one(
-    pool: &PgPool,
-    schema: &str,
-    set: &[migrate::Migration],
-) -> Result<Vec<String>, MigrateError> {
+async fn migrate_one(pool: &PgPool, schema: &str, set: &[migrate::Migration]) -> Result<Vec<String>, MigrateError> {
     let mut tx = pool.begin().await?;
     let applied = migrate::apply(&mut tx, schema, set).await?;
     tx.commit().await?;
@@ -112,25 +98,20 @@ pub async fn create_tenant(
     if name.is_empty() || name.chars().count() > 200 {
         return Err(AdminError::BadName);
     }
-    let domains = domains
-        .iter()
-        .map(|d| normalize(d))
-        .collect::<Result<Vec<_>, _>>()?;
+    let domains = domains.iter().map(|d| normalize(d)).collect::<Result<Vec<_>, _>>()?;
     let mut tx = pool.begin().await?;
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO public.tenants (schema_name, name) VALUES ($1, $2) RETURNING id",
-    )
-    .bind(schema)
-    .bind(name)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(|e| {
-        if unique_violation(&e) {
-            AdminError::TenantExists(schema.into())
-        } else {
-            e.into()
-        }
-    })?;
+    let id: i64 = sqlx::query_scalar("INSERT INTO public.tenants (schema_name, name) VALUES ($1, $2) RETURNING id")
+        .bind(schema)
+        .bind(name)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(|e| {
+            if unique_violation(&e) {
+                AdminError::TenantExists(schema.into())
+            } else {
+                e.into()
+            }
+        })?;
     sqlx::raw_sql(&format!("CREATE SCHEMA {}", tenancy::quote_ident(schema)))
         .execute(&mut *tx)
         .await
@@ -171,12 +152,10 @@ async fn insert_domain(
     primary: bool,
 ) -> Result<(), AdminError> {
     if primary {
-        sqlx::query(
-            "UPDATE public.domains SET is_primary = false WHERE tenant_id = $1 AND is_primary",
-        )
-        .bind(tenant_id)
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query("UPDATE public.domains SET is_primary = false WHERE tenant_id = $1 AND is_primary")
+            .bind(tenant_id)
+            .execute(&mut *conn)
+            .await?;
     }
     sqlx::query("INSERT INTO public.domains (domain, tenant_id, is_primary) VALUES ($1, $2, $3)")
         .bind(domain)
@@ -194,10 +173,7 @@ async fn insert_domain(
     Ok(())
 }
 
-async fn tenant_row(
-    conn: &mut sqlx::PgConnection,
-    schema: &str,
-) -> Result<(i64, String), AdminError> {
+async fn tenant_row(conn: &mut sqlx::PgConnection, schema: &str) -> Result<(i64, String), AdminError> {
     sqlx::query_as("SELECT id, status FROM public.tenants WHERE schema_name = $1 FOR UPDATE")
         .bind(schema)
         .fetch_optional(&mut *conn)
@@ -213,11 +189,7 @@ pub enum StatusChange {
     Delete,
 }
 
-pub async fn change_status(
-    pool: &PgPool,
-    schema: &str,
-    change: StatusChange,
-) -> Result<(), AdminError> {
+pub async fn change_status(pool: &PgPool, schema: &str, change: StatusChange) -> Result<(), AdminError> {
     let mut tx = pool.begin().await?;
     let (id, status) = tenant_row(&mut tx, schema).await?;
     let (allowed_from, sql, action): (&[&str], &str, &'static str) = match change {
@@ -245,6 +217,20 @@ pub async fn change_status(
         });
     }
     sqlx::query(sql).bind(id).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// `tenant pin` / `tenant unpin`: route a tenant to a dedicated backend pool
+/// (a pool name from the gateway's config), or back to the default pool.
+pub async fn set_backend_pool(pool: &PgPool, schema: &str, backend_pool: Option<&str>) -> Result<(), AdminError> {
+    let mut tx = pool.begin().await?;
+    let (id, _) = tenant_row(&mut tx, schema).await?;
+    sqlx::query("UPDATE public.tenants SET backend_pool = $2 WHERE id = $1")
+        .bind(id)
+        .bind(backend_pool)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     Ok(())
 }
@@ -280,12 +266,7 @@ pub async fn purge(pool: &PgPool, age: Duration) -> Result<Vec<String>, AdminErr
     Ok(purged)
 }
 
-pub async fn add_domain(
-    pool: &PgPool,
-    domain: &str,
-    schema: &str,
-    primary: bool,
-) -> Result<String, AdminError> {
+pub async fn add_domain(pool: &PgPool, domain: &str, schema: &str, primary: bool) -> Result<String, AdminError> {
     let domain = normalize(domain)?;
     let mut tx = pool.begin().await?;
     let (id, _) = tenant_row(&mut tx, schema).await?;

@@ -87,10 +87,7 @@ impl Default for JobsConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("config file {path}: {message}")]
     Parse { path: String, message: String },
     #[error("config key `{key}`: {reason}")]
@@ -142,10 +139,7 @@ impl Config {
     pub fn database_url(&self) -> Result<String, ConfigError> {
         std::env::var(&self.database.url_env).map_err(|_| ConfigError::Invalid {
             key: "database.url_env",
-            reason: format!(
-                "environment variable `{}` is not set",
-                self.database.url_env
-            ),
+            reason: format!("environment variable `{}` is not set", self.database.url_env),
         })
     }
 

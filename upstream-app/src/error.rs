@@ -22,19 +22,11 @@ impl ApiError {
     }
 
     pub fn not_found(what: &'static str) -> ApiError {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("{what} not found"),
-        )
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("{what} not found"))
     }
 
     pub fn invalid(message: impl Into<String>) -> ApiError {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "validation_failed",
-            message,
-        )
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "validation_failed", message)
     }
 }
 
@@ -54,11 +46,7 @@ impl From<sqlx::Error> for ApiError {
                 "database is busy, retry later",
             );
         }
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal",
-            "internal error",
-        )
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
     }
 }
 

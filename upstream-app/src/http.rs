@@ -5,8 +5,9 @@
 use std::time::Instant;
 
 use axum::body::Bytes;
+use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{Path, Request};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -30,12 +31,12 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/whoami", get(whoami))
+        .route("/slow/{ms}", get(slow))
+        .route("/ws", get(ws_echo))
         .route("/projects", get(list_projects).post(create_project))
         .route(
             "/projects/{id}",
-            get(get_project)
-                .patch(update_project)
-                .delete(delete_project),
+            get(get_project).patch(update_project).delete(delete_project),
         )
         .route("/projects/{id}/tasks", get(list_tasks).post(create_task))
         .route(
@@ -93,48 +94,90 @@ fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
         };
         ApiError::new(
             status,
-            if e.is_data() {
-                "validation_failed"
-            } else {
-                "bad_json"
-            },
+            if e.is_data() { "validation_failed" } else { "bad_json" },
             e.to_string(),
         )
     })
 }
 
 fn parse_id(raw: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_id",
-            format!("`{raw}` is not a valid id"),
-        )
-    })
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "bad_id", format!("`{raw}` is not a valid id")))
 }
 
 fn check_len(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
     let n = value.trim().chars().count();
     if n == 0 || value.chars().count() > max {
-        return Err(ApiError::invalid(format!(
-            "`{field}` must be 1-{max} characters"
-        )));
+        return Err(ApiError::invalid(format!("`{field}` must be 1-{max} characters")));
     }
     Ok(())
 }
 
-async fn whoami(mut t: TenantTx) -> Result<Json<Value>, ApiError> {
+/// The verified tenant, the schema the database reports, and the forwarding
+/// headers this backend received (so tests can see what the gateway sent).
+async fn whoami(mut t: TenantTx, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
     let (schema, search_path): (Option<String>, String) =
         sqlx::query_as("SELECT current_schema()::text, current_setting('search_path')")
             .fetch_one(&mut *t.tx)
             .await?;
     t.tx.commit().await?;
-    Ok(Json(
-        json!({ "tenant": t.tenant, "schema": schema, "search_path": search_path }),
-    ))
+    let all = |name: &str| -> Vec<&str> { headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect() };
+    let tenant_headers: Vec<String> = headers
+        .iter()
+        .filter(|(n, _)| n.as_str().replace('_', "-").starts_with("x-tenant"))
+        .map(|(n, v)| format!("{}: {}", n, v.to_str().unwrap_or("?")))
+        .collect();
+    Ok(Json(json!({
+        "tenant": t.tenant,
+        "schema": schema,
+        "search_path": search_path,
+        "host": all("host"),
+        "x_forwarded_for": all("x-forwarded-for"),
+        "x_forwarded_host": all("x-forwarded-host"),
+        "x_forwarded_proto": all("x-forwarded-proto"),
+        "forwarded": all("forwarded"),
+        "request_id": all("x-request-id"),
+        "tenant_headers": tenant_headers,
+    })))
 }
 
-const PROJECT_COLS: &str = "id, name, task_count, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')";
+/// Answers after `ms` milliseconds (at most 10 s): for drain and timeout tests.
+async fn slow(t: TenantTx, Path(ms): Path<String>) -> Result<Json<Value>, ApiError> {
+    let ms: u64 = ms
+        .parse()
+        .ok()
+        .filter(|m| *m <= 10_000)
+        .ok_or_else(|| ApiError::invalid("ms must be 0-10000"))?;
+    tracing::info!(ms, "slow request started");
+    drop(t.tx);
+    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+    Ok(Json(json!({ "tenant": t.tenant, "slept_ms": ms })))
+}
+
+/// WebSocket echo: every text message comes back prefixed with the tenant.
+async fn ws_echo(t: TenantTx, ws: WebSocketUpgrade) -> Response {
+    let tenant = t.tenant.clone();
+    drop(t);
+    ws.on_upgrade(move |mut socket| async move {
+        while let Some(Ok(msg)) = socket.recv().await {
+            match msg {
+                Message::Text(text) => {
+                    let reply = format!("{tenant}: {}", text.as_str());
+                    if socket.send(Message::Text(reply.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+    })
+}
+
+const PROJECT_COLS: &str =
+    "id, name, task_count, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')";
 const TASK_COLS: &str = "id, project_id, title, done";
 
 type ProjectRow = (i64, String, i32, String);
@@ -156,21 +199,14 @@ struct ProjectInput {
 }
 
 async fn list_projects(mut t: TenantTx) -> Result<Json<Value>, ApiError> {
-    let rows: Vec<ProjectRow> = sqlx::query_as(&format!(
-        "SELECT {PROJECT_COLS} FROM projects ORDER BY id LIMIT 1000"
-    ))
-    .fetch_all(&mut *t.tx)
-    .await?;
+    let rows: Vec<ProjectRow> = sqlx::query_as(&format!("SELECT {PROJECT_COLS} FROM projects ORDER BY id LIMIT 1000"))
+        .fetch_all(&mut *t.tx)
+        .await?;
     t.tx.commit().await?;
-    Ok(Json(Value::Array(
-        rows.into_iter().map(project_json).collect(),
-    )))
+    Ok(Json(Value::Array(rows.into_iter().map(project_json).collect())))
 }
 
-async fn create_project(
-    mut t: TenantTx,
-    body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+async fn create_project(mut t: TenantTx, body: Bytes) -> Result<(StatusCode, Json<Value>), ApiError> {
     let input: ProjectInput = parse_body(&body)?;
     check_len("name", &input.name, 200)?;
     let row: ProjectRow = sqlx::query_as(&format!(
@@ -185,22 +221,15 @@ async fn create_project(
 
 async fn get_project(mut t: TenantTx, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
-    let row: Option<ProjectRow> = sqlx::query_as(&format!(
-        "SELECT {PROJECT_COLS} FROM projects WHERE id = $1"
-    ))
-    .bind(id)
-    .fetch_optional(&mut *t.tx)
-    .await?;
+    let row: Option<ProjectRow> = sqlx::query_as(&format!("SELECT {PROJECT_COLS} FROM projects WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&mut *t.tx)
+        .await?;
     t.tx.commit().await?;
-    row.map(|r| Json(project_json(r)))
-        .ok_or(ApiError::not_found("project"))
+    row.map(|r| Json(project_json(r))).ok_or(ApiError::not_found("project"))
 }
 
-async fn update_project(
-    mut t: TenantTx,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+async fn update_project(mut t: TenantTx, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let id = parse_id(&id)?;
     let input: ProjectInput = parse_body(&body)?;
     check_len("name", &input.name, 200)?;
@@ -212,8 +241,7 @@ async fn update_project(
     .fetch_optional(&mut *t.tx)
     .await?;
     t.tx.commit().await?;
-    row.map(|r| Json(project_json(r)))
-        .ok_or(ApiError::not_found("project"))
+    row.map(|r| Json(project_json(r))).ok_or(ApiError::not_found("project"))
 }
 
 async fn delete_project(mut t: TenantTx, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
@@ -262,9 +290,7 @@ async fn list_tasks(mut t: TenantTx, Path(id): Path<String>) -> Result<Json<Valu
     .fetch_all(&mut *t.tx)
     .await?;
     t.tx.commit().await?;
-    Ok(Json(Value::Array(
-        rows.into_iter().map(task_json).collect(),
-    )))
+    Ok(Json(Value::Array(rows.into_iter().map(task_json).collect())))
 }
 
 async fn create_task(
@@ -305,10 +331,7 @@ fn parse_ids(raw: &(String, String)) -> Result<(i64, i64), ApiError> {
     Ok((parse_id(&raw.0)?, parse_id(&raw.1)?))
 }
 
-async fn get_task(
-    mut t: TenantTx,
-    Path(ids): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+async fn get_task(mut t: TenantTx, Path(ids): Path<(String, String)>) -> Result<Json<Value>, ApiError> {
     let (pid, tid) = parse_ids(&ids)?;
     let row: Option<TaskRow> = sqlx::query_as(&format!(
         "SELECT {TASK_COLS} FROM tasks WHERE project_id = $1 AND id = $2"
@@ -318,15 +341,10 @@ async fn get_task(
     .fetch_optional(&mut *t.tx)
     .await?;
     t.tx.commit().await?;
-    row.map(|r| Json(task_json(r)))
-        .ok_or(ApiError::not_found("task"))
+    row.map(|r| Json(task_json(r))).ok_or(ApiError::not_found("task"))
 }
 
-async fn update_task(
-    mut t: TenantTx,
-    Path(ids): Path<(String, String)>,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+async fn update_task(mut t: TenantTx, Path(ids): Path<(String, String)>, body: Bytes) -> Result<Json<Value>, ApiError> {
     let (pid, tid) = parse_ids(&ids)?;
     let patch: TaskPatch = parse_body(&body)?;
     if let Some(title) = &patch.title {
@@ -343,14 +361,10 @@ async fn update_task(
     .fetch_optional(&mut *t.tx)
     .await?;
     t.tx.commit().await?;
-    row.map(|r| Json(task_json(r)))
-        .ok_or(ApiError::not_found("task"))
+    row.map(|r| Json(task_json(r))).ok_or(ApiError::not_found("task"))
 }
 
-async fn delete_task(
-    mut t: TenantTx,
-    Path(ids): Path<(String, String)>,
-) -> Result<StatusCode, ApiError> {
+async fn delete_task(mut t: TenantTx, Path(ids): Path<(String, String)>) -> Result<StatusCode, ApiError> {
     let (pid, tid) = parse_ids(&ids)?;
     let n = sqlx::query("DELETE FROM tasks WHERE project_id = $1 AND id = $2")
         .bind(pid)
@@ -378,13 +392,11 @@ async fn create_job(mut t: TenantTx, body: Bytes) -> Result<impl IntoResponse, A
             crate::jobs::KINDS.join(", ")
         )));
     }
-    let id: i64 = sqlx::query_scalar(
-        "INSERT INTO public.jobs (tenant_id, kind) VALUES ($1, $2) RETURNING id",
-    )
-    .bind(t.tenant_id)
-    .bind(&input.kind)
-    .fetch_one(&mut *t.tx)
-    .await?;
+    let id: i64 = sqlx::query_scalar("INSERT INTO public.jobs (tenant_id, kind) VALUES ($1, $2) RETURNING id")
+        .bind(t.tenant_id)
+        .bind(&input.kind)
+        .fetch_one(&mut *t.tx)
+        .await?;
     t.tx.commit().await?;
     Ok((
         StatusCode::ACCEPTED,

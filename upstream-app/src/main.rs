@@ -84,6 +84,16 @@ enum TenantCmd {
         #[arg(long, value_parser = admin::parse_age)]
         older_than: Duration,
     },
+    /// Send a tenant only to a dedicated backend pool of the gateway.
+    Pin {
+        schema: String,
+        #[arg(long)]
+        pool: String,
+    },
+    /// Send a tenant back to the default pool.
+    Unpin {
+        schema: String,
+    },
     List,
 }
 
@@ -146,10 +156,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             shared_migrations,
             tenant_migrations,
         } => {
-            let migrations = migrate::Migrations::with_overrides(
-                shared_migrations.as_deref(),
-                tenant_migrations.as_deref(),
-            )?;
+            let migrations =
+                migrate::Migrations::with_overrides(shared_migrations.as_deref(), tenant_migrations.as_deref())?;
             let pool = connect(&cfg).await?;
             let reports = admin::migrate_all(&pool, &migrations).await?;
             let mut failed = Vec::new();
@@ -166,10 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if failed.is_empty() {
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!(
-                    "error: migration failed for schema(s): {}",
-                    failed.join(", ")
-                );
+                eprintln!("error: migration failed for schema(s): {}", failed.join(", "));
                 Ok(ExitCode::FAILURE)
             }
         }
@@ -182,8 +187,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     domains,
                     tenant_migrations,
                 } => {
-                    let migrations =
-                        migrate::Migrations::with_overrides(None, tenant_migrations.as_deref())?;
+                    let migrations = migrate::Migrations::with_overrides(None, tenant_migrations.as_deref())?;
                     admin::create_tenant(&pool, &migrations, &schema, &name, &domains).await?;
                     println!("created tenant {schema}");
                 }
@@ -203,6 +207,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     for schema in admin::purge(&pool, older_than).await? {
                         println!("purged {schema}");
                     }
+                }
+                TenantCmd::Pin { schema, pool: name } => {
+                    admin::set_backend_pool(&pool, &schema, Some(&name)).await?;
+                    println!("pinned tenant {schema} to pool {name}");
+                }
+                TenantCmd::Unpin { schema } => {
+                    admin::set_backend_pool(&pool, &schema, None).await?;
+                    println!("unpinned tenant {schema}");
                 }
                 TenantCmd::List => {
                     for line in admin::list_tenants(&pool).await? {

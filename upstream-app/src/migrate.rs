@@ -30,10 +30,7 @@ pub enum MigrateError {
     #[error("migration version {0} appears twice")]
     DuplicateVersion(i64),
     #[error("cannot read migrations from {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("migration {version} ({name}) was changed after it was applied (checksum differs)")]
     Changed { version: i64, name: String },
     #[error("migration {version} ({name}) failed: {source}")]
@@ -57,13 +54,8 @@ impl Migrations {
     /// The migrations compiled into this binary.
     pub fn embedded() -> Migrations {
         let conv = |files: &[(&str, &str)]| {
-            build(
-                files
-                    .iter()
-                    .map(|(n, s)| (n.to_string(), s.to_string()))
-                    .collect(),
-            )
-            .expect("embedded migrations are well-formed (checked by unit test)")
+            build(files.iter().map(|(n, s)| (n.to_string(), s.to_string())).collect())
+                .expect("embedded migrations are well-formed (checked by unit test)")
         };
         Migrations {
             shared: conv(embedded::SHARED),
@@ -72,10 +64,7 @@ impl Migrations {
     }
 
     /// Embedded sets, each optionally replaced by the `.sql` files of a directory.
-    pub fn with_overrides(
-        shared: Option<&Path>,
-        tenant: Option<&Path>,
-    ) -> Result<Migrations, MigrateError> {
+    pub fn with_overrides(shared: Option<&Path>, tenant: Option<&Path>) -> Result<Migrations, MigrateError> {
         let mut m = Migrations::embedded();
         if let Some(dir) = shared {
             m.shared = from_dir(dir)?;
@@ -112,9 +101,7 @@ fn build(files: Vec<(String, String)>) -> Result<Vec<Migration>, MigrateError> {
     for (name, sql) in files {
         let version = name
             .split_once('_')
-            .filter(|(v, rest)| {
-                !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && rest.ends_with(".sql")
-            })
+            .filter(|(v, rest)| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) && rest.ends_with(".sql"))
             .and_then(|(v, _)| v.parse::<i64>().ok())
             .ok_or_else(|| MigrateError::BadName(name.clone()))?;
         if out.iter().any(|m| m.version == version) {
@@ -157,10 +144,9 @@ pub async fn apply(
     )
     .execute(&mut *conn)
     .await?;
-    let applied: Vec<(i64, String)> =
-        sqlx::query_as("SELECT version, checksum FROM tg_schema_migrations")
-            .fetch_all(&mut *conn)
-            .await?;
+    let applied: Vec<(i64, String)> = sqlx::query_as("SELECT version, checksum FROM tg_schema_migrations")
+        .fetch_all(&mut *conn)
+        .await?;
     let mut done = Vec::new();
     for m in migrations {
         match applied.iter().find(|(v, _)| *v == m.version) {
@@ -181,14 +167,12 @@ pub async fn apply(
                 name: m.name.clone(),
                 source,
             })?;
-        sqlx::query(
-            "INSERT INTO tg_schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
-        )
-        .bind(m.version)
-        .bind(&m.name)
-        .bind(&m.checksum)
-        .execute(&mut *conn)
-        .await?;
+        sqlx::query("INSERT INTO tg_schema_migrations (version, name, checksum) VALUES ($1, $2, $3)")
+            .bind(m.version)
+            .bind(&m.name)
+            .bind(&m.checksum)
+            .execute(&mut *conn)
+            .await?;
         done.push(m.name.clone());
     }
     Ok(done)

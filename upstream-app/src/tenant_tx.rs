@@ -61,28 +61,19 @@ impl FromRequestParts<AppState> for TenantTx {
             .to_owned();
 
         let mut tx = state.pool.begin().await?;
-        let row: Option<(i64, String)> = sqlx::query_as(
-            "SELECT id, status FROM public.tenants WHERE schema_name = $1 FOR SHARE",
-        )
-        .bind(&tenant)
-        .fetch_optional(&mut *tx)
-        .await?;
+        let row: Option<(i64, String)> =
+            sqlx::query_as("SELECT id, status FROM public.tenants WHERE schema_name = $1 FOR SHARE")
+                .bind(&tenant)
+                .fetch_optional(&mut *tx)
+                .await?;
         let forbidden = |code, msg: &str| {
             tracing::warn!(tenant = %tenant, check = code, "tenant refused");
-            ApiError::new(
-                StatusCode::FORBIDDEN,
-                code,
-                format!("tenant `{tenant}` {msg}"),
-            )
+            ApiError::new(StatusCode::FORBIDDEN, code, format!("tenant `{tenant}` {msg}"))
         };
         let tenant_id = match row {
             None => return Err(forbidden("tenant_unknown", "does not exist")),
-            Some((_, status)) if status == "suspended" => {
-                return Err(forbidden("tenant_suspended", "is suspended"))
-            }
-            Some((_, status)) if status == "deleted" => {
-                return Err(forbidden("tenant_deleted", "is deleted"))
-            }
+            Some((_, status)) if status == "suspended" => return Err(forbidden("tenant_suspended", "is suspended")),
+            Some((_, status)) if status == "deleted" => return Err(forbidden("tenant_deleted", "is deleted")),
             Some((id, _)) => id,
         };
         sqlx::query("SELECT set_config('search_path', $1, true)")
@@ -90,10 +81,6 @@ impl FromRequestParts<AppState> for TenantTx {
             .execute(&mut *tx)
             .await?;
         tracing::Span::current().record("tenant", tracing::field::display(&tenant));
-        Ok(TenantTx {
-            tenant,
-            tenant_id,
-            tx,
-        })
+        Ok(TenantTx { tenant, tenant_id, tx })
     }
 }

@@ -1,0 +1,546 @@
+//! Typed gateway configuration (`config/gateway.toml`). Every default lives in
+//! this file; `validate` refuses a bad config with the offending key named.
+//! Secrets (database URL, stamp key) are read from environment variables
+//! whose names the config gives.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("config file {path}: {message}")]
+    Parse { path: String, message: String },
+    #[error("config key `{key}`: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        reason: reason.into(),
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub listen: ListenConfig,
+    pub database: DatabaseConfig,
+    pub tenant: TenantConfig,
+    pub stamp: StampConfig,
+    pub headers: HeadersConfig,
+    pub pages: PagesConfig,
+    /// Named backend pools; `default` is required.
+    pub pools: BTreeMap<String, PoolConfig>,
+    /// Pool for the bare base domain (django-tenants' public tenant), if any.
+    pub landing_pool: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ListenConfig {
+    /// Public plain-HTTP listener.
+    pub http: SocketAddr,
+    /// Admin listener (`/healthz`, `/readyz`); keep it off public interfaces.
+    pub admin: SocketAddr,
+    /// Worker threads of the proxy service.
+    pub threads: usize,
+    /// Seconds in-flight requests get to finish after SIGTERM.
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DatabaseConfig {
+    /// Environment variable holding the PostgreSQL URL.
+    pub url_env: String,
+    pub max_connections: u32,
+    /// Bound on acquiring a connection (fails fast while the database is down).
+    pub connect_timeout_ms: u64,
+    /// `statement_timeout` for the lookup query.
+    pub query_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QueryPreset {
+    /// Our schema: `public.domains` joined to `public.tenants`.
+    Default,
+    /// An existing django-tenants database: `customers_domain` joined to `customers_client`.
+    DjangoTenants,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantConfig {
+    /// Which built-in lookup query to use when `query` is not set.
+    pub preset: QueryPreset,
+    /// Custom lookup query: `$1` is the normalised host; returns
+    /// (schema_name text, status text[, pool text]).
+    pub query: Option<String>,
+    /// LISTEN channel carrying invalidated host names.
+    pub notify_channel: String,
+    /// Look up `example.com` for `www.example.com` (django-tenants style).
+    pub strip_www: bool,
+    /// Base domains of the service (`myapp.com` for `*.myapp.com`).
+    pub base_domains: Vec<String>,
+    pub cache: CacheConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Bound on cached known hosts.
+    pub max_entries: u64,
+    /// Bound on cached unknown hosts (separate, so floods cannot evict tenants).
+    pub negative_max_entries: u64,
+    pub positive_ttl_secs: u64,
+    pub negative_ttl_secs: u64,
+    /// While the database is unreachable, serve cached tenants up to this age.
+    pub max_stale_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StampConfig {
+    /// The key the gateway signs with (see docs/stamp.md).
+    pub signing_key: stamp::KeyConfig,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeadersConfig {
+    /// Peers (CIDRs) whose X-Forwarded-* / Forwarded headers are appended to
+    /// rather than overwritten.
+    pub trusted_proxies: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PagesConfig {
+    /// Status for tombstoned tenants: 404 (default, reveals nothing) or 410.
+    pub deleted_status: u16,
+    /// Replace the built-in page bodies: one entry per kind
+    /// (`bad_request`, `not_found`, `suspended`, `deleted`, `unavailable`, `misdirected`, `bad_gateway`).
+    pub custom: BTreeMap<String, PageFiles>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageFiles {
+    pub html_file: Option<PathBuf>,
+    pub json_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// `host:port` of each backend (plain HTTP).
+    pub backends: Vec<String>,
+    #[serde(default = "defaults::health_path")]
+    pub health_check_path: String,
+    #[serde(default = "defaults::health_interval_ms")]
+    pub health_check_interval_ms: u64,
+    /// Consecutive failures before a backend is ejected / successes before re-admitted.
+    #[serde(default = "defaults::health_threshold")]
+    pub health_check_threshold: usize,
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    #[serde(default = "defaults::read_timeout_ms")]
+    pub read_timeout_ms: u64,
+    #[serde(default = "defaults::write_timeout_ms")]
+    pub write_timeout_ms: u64,
+    /// How long an idle upstream keep-alive connection is kept.
+    #[serde(default = "defaults::idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+}
+
+mod defaults {
+    pub fn health_path() -> String {
+        "/healthz".into()
+    }
+    pub fn health_interval_ms() -> u64 {
+        1000
+    }
+    pub fn health_threshold() -> usize {
+        2
+    }
+    pub fn connect_timeout_ms() -> u64 {
+        1000
+    }
+    pub fn read_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn write_timeout_ms() -> u64 {
+        30_000
+    }
+    pub fn idle_timeout_secs() -> u64 {
+        60
+    }
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            http: SocketAddr::from(([0, 0, 0, 0], 8080)),
+            admin: SocketAddr::from(([127, 0, 0, 1], 9090)),
+            threads: 2,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        DatabaseConfig {
+            url_env: "DATABASE_URL".into(),
+            max_connections: 4,
+            connect_timeout_ms: 1000,
+            query_timeout_ms: 2000,
+        }
+    }
+}
+
+impl Default for TenantConfig {
+    fn default() -> Self {
+        TenantConfig {
+            preset: QueryPreset::Default,
+            query: None,
+            notify_channel: "tenant_gateway".into(),
+            strip_www: false,
+            base_domains: Vec::new(),
+            cache: CacheConfig::default(),
+        }
+    }
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_entries: 100_000,
+            negative_max_entries: 10_000,
+            positive_ttl_secs: 60,
+            negative_ttl_secs: 10,
+            max_stale_secs: 3600,
+        }
+    }
+}
+
+impl Default for StampConfig {
+    fn default() -> Self {
+        StampConfig {
+            signing_key: stamp::KeyConfig {
+                id: "k1".into(),
+                secret_env: "TG_STAMP_KEY_K1".into(),
+            },
+        }
+    }
+}
+
+impl Default for PagesConfig {
+    fn default() -> Self {
+        PagesConfig {
+            deleted_status: 404,
+            custom: BTreeMap::new(),
+        }
+    }
+}
+
+/// The page kinds a config may customise.
+pub const PAGE_KINDS: &[&str] = &[
+    "bad_request",
+    "not_found",
+    "suspended",
+    "deleted",
+    "unavailable",
+    "misdirected",
+    "bad_gateway",
+];
+
+/// Built-in lookup queries. Columns: schema_name, status, backend pool (nullable).
+pub fn preset_query(preset: QueryPreset) -> &'static str {
+    match preset {
+        QueryPreset::Default => {
+            "SELECT t.schema_name, t.status, t.backend_pool \
+               FROM public.domains d JOIN public.tenants t ON t.id = d.tenant_id \
+              WHERE d.domain = $1"
+        }
+        QueryPreset::DjangoTenants => {
+            "SELECT c.schema_name, 'active'::text, NULL::text \
+               FROM customers_domain d JOIN customers_client c ON c.id = d.tenant_id \
+              WHERE d.domain = $1"
+        }
+    }
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The lookup query in effect.
+    pub fn lookup_query(&self) -> &str {
+        self.tenant
+            .query
+            .as_deref()
+            .unwrap_or_else(|| preset_query(self.tenant.preset))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.listen.threads == 0 {
+            return Err(invalid("listen.threads", "must be at least 1"));
+        }
+        if self.listen.http == self.listen.admin {
+            return Err(invalid("listen.admin", "must differ from listen.http"));
+        }
+        if self.database.max_connections == 0 {
+            return Err(invalid("database.max_connections", "must be at least 1"));
+        }
+        if let Some(q) = &self.tenant.query {
+            if !q.contains("$1") {
+                return Err(invalid("tenant.query", "must use $1 for the host name"));
+            }
+        }
+        if self.tenant.notify_channel.is_empty()
+            || !self
+                .tenant
+                .notify_channel
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            return Err(invalid(
+                "tenant.notify_channel",
+                "must be a plain identifier [A-Za-z0-9_]",
+            ));
+        }
+        for (i, d) in self.tenant.base_domains.iter().enumerate() {
+            match tenancy::normalize_domain(d) {
+                Ok(n) if n == *d => {}
+                Ok(n) => {
+                    return Err(invalid(
+                        format!("tenant.base_domains[{i}]"),
+                        format!("write it normalised: `{n}`"),
+                    ))
+                }
+                Err(e) => return Err(invalid(format!("tenant.base_domains[{i}]"), format!("`{d}`: {e}"))),
+            }
+        }
+        let c = &self.tenant.cache;
+        for (key, v) in [
+            ("tenant.cache.max_entries", c.max_entries),
+            ("tenant.cache.negative_max_entries", c.negative_max_entries),
+            ("tenant.cache.positive_ttl_secs", c.positive_ttl_secs),
+            ("tenant.cache.negative_ttl_secs", c.negative_ttl_secs),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be positive"));
+            }
+        }
+        if c.max_stale_secs < c.positive_ttl_secs {
+            return Err(invalid(
+                "tenant.cache.max_stale_secs",
+                "must be at least tenant.cache.positive_ttl_secs",
+            ));
+        }
+        for (i, cidr) in self.headers.trusted_proxies.iter().enumerate() {
+            if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+                return Err(invalid(
+                    format!("headers.trusted_proxies[{i}]"),
+                    format!("`{cidr}` is not an IP or CIDR"),
+                ));
+            }
+        }
+        if !matches!(self.pages.deleted_status, 404 | 410) {
+            return Err(invalid("pages.deleted_status", "must be 404 or 410"));
+        }
+        for (kind, files) in &self.pages.custom {
+            if !PAGE_KINDS.contains(&kind.as_str()) {
+                return Err(invalid(
+                    format!("pages.custom.{kind}"),
+                    format!("unknown page; known: {}", PAGE_KINDS.join(", ")),
+                ));
+            }
+            for (field, f) in [("html_file", &files.html_file), ("json_file", &files.json_file)] {
+                if let Some(f) = f {
+                    if !f.is_file() {
+                        return Err(invalid(
+                            format!("pages.custom.{kind}.{field}"),
+                            format!("{} is not a readable file", f.display()),
+                        ));
+                    }
+                }
+            }
+        }
+        if !self.pools.contains_key("default") {
+            return Err(invalid("pools.default", "a `default` pool is required"));
+        }
+        for (name, pool) in &self.pools {
+            let key = |k: &str| format!("pools.{name}.{k}");
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            {
+                return Err(invalid(format!("pools.{name}"), "pool names use a-z, 0-9, '_' and '-'"));
+            }
+            if pool.backends.is_empty() {
+                return Err(invalid(key("backends"), "at least one backend is required"));
+            }
+            for (i, b) in pool.backends.iter().enumerate() {
+                if b.parse::<SocketAddr>().is_err() {
+                    return Err(invalid(
+                        format!("pools.{name}.backends[{i}]"),
+                        format!("`{b}` is not an address of the form ip:port"),
+                    ));
+                }
+            }
+            if !pool.health_check_path.starts_with('/') {
+                return Err(invalid(key("health_check_path"), "must start with /"));
+            }
+            for (k, v) in [
+                ("health_check_interval_ms", pool.health_check_interval_ms),
+                ("connect_timeout_ms", pool.connect_timeout_ms),
+                ("read_timeout_ms", pool.read_timeout_ms),
+                ("write_timeout_ms", pool.write_timeout_ms),
+            ] {
+                if v == 0 {
+                    return Err(invalid(key(k), "must be positive"));
+                }
+            }
+            if pool.health_check_threshold == 0 {
+                return Err(invalid(key("health_check_threshold"), "must be at least 1"));
+            }
+        }
+        if let Some(lp) = &self.landing_pool {
+            if !self.pools.contains_key(lp) {
+                return Err(invalid("landing_pool", format!("no pool named `{lp}` in [pools]")));
+            }
+            if self.tenant.base_domains.is_empty() {
+                return Err(invalid("landing_pool", "needs tenant.base_domains"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolve the environment: database URL and signing key.
+    pub fn secrets(&self) -> Result<Secrets, ConfigError> {
+        let url = std::env::var(&self.database.url_env).map_err(|_| {
+            invalid(
+                "database.url_env",
+                format!("environment variable `{}` is not set", self.database.url_env),
+            )
+        })?;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(invalid(
+                "database.url_env",
+                format!(
+                    "`{}` must hold a postgres:// or postgresql:// URL",
+                    self.database.url_env
+                ),
+            ));
+        }
+        url.parse::<sqlx::postgres::PgConnectOptions>().map_err(|e| {
+            invalid(
+                "database.url_env",
+                format!("`{}` is not a valid PostgreSQL URL: {e}", self.database.url_env),
+            )
+        })?;
+        let key = stamp::Key::from_config(&self.stamp.signing_key)
+            .map_err(|e| invalid("stamp.signing_key", e.to_string()))?;
+        Ok(Secrets {
+            database_url: url,
+            signer: stamp::Signer::new(key),
+        })
+    }
+
+    /// The effective config as TOML (contains no secrets: only env var names).
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}"))
+    }
+}
+
+pub struct Secrets {
+    pub database_url: String,
+    pub signer: stamp::Signer,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<Config, String> {
+        let c: Config = toml::from_str(s).map_err(|e| e.to_string())?;
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    const MIN: &str = "[pools.default]\nbackends = [\"127.0.0.1:8081\"]\n";
+
+    #[test]
+    fn minimal_config_is_valid() {
+        let c = parse(MIN).unwrap();
+        assert_eq!(c.tenant.cache.positive_ttl_secs, 60);
+        assert_eq!(c.pools["default"].health_check_path, "/healthz");
+        assert!(c.lookup_query().contains("public.domains"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let cases = [
+            (format!("{MIN}bogus = 1\n"), "bogus"),
+            (format!("{MIN}[tenant]\nbogus_key = 1\n"), "bogus_key"),
+            (
+                "[pools.big]\nbackends = [\"127.0.0.1:1\"]\n".to_string(),
+                "pools.default",
+            ),
+            (
+                "[pools.default]\nbackends = [\"http://nope\"]\n".to_string(),
+                "pools.default.backends[0]",
+            ),
+            ("[pools.default]\nbackends = []\n".to_string(), "pools.default.backends"),
+            (format!("{MIN}landing_pool = \"landing\"\n"), "landing_pool"),
+            (
+                format!("{MIN}[headers]\ntrusted_proxies = [\"10.0.0.0/99\"]\n"),
+                "headers.trusted_proxies[0]",
+            ),
+            (
+                format!("{MIN}[tenant.cache]\nnegative_ttl_secs = 0\n"),
+                "tenant.cache.negative_ttl_secs",
+            ),
+            (
+                format!("{MIN}[tenant]\nbase_domains = [\"MyApp.com\"]\n"),
+                "tenant.base_domains[0]",
+            ),
+            (format!("{MIN}[tenant]\nquery = \"SELECT 1\"\n"), "tenant.query"),
+        ];
+        for (text, key) in cases {
+            let err = parse(&text).unwrap_err();
+            assert!(err.contains(key), "expected `{key}` in: {err}");
+        }
+    }
+
+    #[test]
+    fn effective_config_round_trips_without_secrets() {
+        std::env::set_var("TG_TEST_SECRET_NEVER_PRINTED", "super-secret-value-123456");
+        let mut c = parse(MIN).unwrap();
+        c.stamp.signing_key.secret_env = "TG_TEST_SECRET_NEVER_PRINTED".into();
+        let text = c.to_toml();
+        assert!(!text.contains("super-secret-value"));
+        let back: Config = toml::from_str(&text).unwrap();
+        back.validate().unwrap();
+    }
+}

@@ -1,0 +1,402 @@
+//! The request path, phase by phase (Pingora's `ProxyHttp`):
+//!
+//! 1. `request_filter`: normalise the host, resolve the tenant through the
+//!    cache, refuse with a gateway page (400/403/404/410/503) without touching
+//!    a backend, or pick the tenant's pool.
+//! 2. `upstream_peer`: next healthy backend of that pool not tried yet.
+//! 3. `upstream_request_filter`: strip every client tenant header, set the
+//!    forwarding headers, stamp `X-Tenant` + signature.
+//! 4. `logging`: one access-log line per request.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use ipnet::IpNet;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_load_balancing::Backend;
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::metrics::Metrics;
+use crate::pages::{wants_json, PageKind, Pages};
+use crate::tenant::cache::{Resolution, TenantCache};
+use crate::tenant::{host, Status, Tenant};
+use crate::upstream::pool::{Pool, Pools};
+
+pub struct Gateway {
+    pub cache: Arc<TenantCache>,
+    pub pools: Arc<Pools>,
+    pub signer: stamp::Signer,
+    pub pages: Pages,
+    pub strip_www: bool,
+    pub base_domains: Vec<String>,
+    pub landing: Option<Arc<Pool>>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Per-request state.
+pub struct Ctx {
+    start: Instant,
+    request_id: String,
+    host: Option<String>,
+    tenant: Option<Arc<Tenant>>,
+    pool: Option<Arc<Pool>>,
+    tried: Vec<Backend>,
+    /// Set when the gateway answered by itself.
+    page: Option<PageKind>,
+}
+
+/// Whether a header name is one clients must never send upstream:
+/// `x-tenant` or `x-tenant-*`, case-insensitive, `_` counting as `-`.
+pub fn is_tenant_header(name: &str) -> bool {
+    const PREFIX: &[u8] = b"x-tenant";
+    let b = name.as_bytes();
+    if b.len() < PREFIX.len() {
+        return false;
+    }
+    let norm = |c: u8| if c == b'_' { b'-' } else { c.to_ascii_lowercase() };
+    b[..PREFIX.len()].iter().zip(PREFIX).all(|(c, p)| norm(*c) == *p)
+        && (b.len() == PREFIX.len() || norm(b[PREFIX.len()]) == b'-')
+}
+
+/// A client-supplied request id we are willing to pass on.
+fn acceptable_request_id(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Gateway {
+    /// Answer with one of the gateway's own pages. Returns `Ok(true)` for
+    /// `request_filter` ("response sent").
+    async fn respond(&self, session: &mut Session, ctx: &mut Ctx, kind: PageKind) -> Result<bool> {
+        self.respond_page(session, ctx, kind, false).await
+    }
+
+    /// `close`: tell the client this connection ends after the page.
+    async fn respond_page(&self, session: &mut Session, ctx: &mut Ctx, kind: PageKind, close: bool) -> Result<bool> {
+        ctx.page = Some(kind);
+        self.metrics.requests.with_label_values(&[kind.name()]).inc();
+        let page = self.pages.get(kind);
+        let json = wants_json(session.req_header().headers.get(ACCEPT).and_then(|v| v.to_str().ok()));
+        let (body, ctype) = if json {
+            (page.json.clone(), "application/json")
+        } else {
+            (page.html.clone(), "text/html; charset=utf-8")
+        };
+        let mut resp = ResponseHeader::build(page.status, Some(4))?;
+        resp.insert_header(CONTENT_TYPE, ctype)?;
+        resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
+        resp.insert_header("cache-control", "no-store")?;
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if close {
+            // Pingora writes `Connection` from its keepalive state.
+            session.set_keepalive(None);
+        }
+        let head = session.req_header().method == http::Method::HEAD;
+        session.write_response_header(Box::new(resp), head).await?;
+        if !head {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(true)
+    }
+
+    fn client_ip(session: &Session) -> Option<IpAddr> {
+        session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+    }
+
+    fn trusted(&self, ip: Option<IpAddr>) -> bool {
+        ip.is_some_and(|ip| self.trusted_proxies.iter().any(|n| n.contains(&ip)))
+    }
+
+    /// X-Forwarded-*, Forwarded: overwritten, unless the peer is a trusted proxy
+    /// (then appended to / kept).
+    fn forwarding_headers(&self, req: &mut RequestHeader, ip: Option<IpAddr>, host: &str) -> Result<()> {
+        let trusted = self.trusted(ip);
+        let ip_text = ip.map(|i| i.to_string()).unwrap_or_else(|| "unknown".into());
+        let existing = |req: &RequestHeader, name: &str| -> Option<String> {
+            let vals: Vec<&str> = req
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            (!vals.is_empty()).then(|| vals.join(", "))
+        };
+        let xff = match existing(req, "x-forwarded-for") {
+            Some(prev) if trusted => format!("{prev}, {ip_text}"),
+            _ => ip_text.clone(),
+        };
+        req.insert_header("x-forwarded-for", xff)?;
+        let proto = match existing(req, "x-forwarded-proto") {
+            Some(prev) if trusted => prev,
+            _ => "http".to_string(),
+        };
+        req.insert_header("x-forwarded-proto", proto)?;
+        req.insert_header("x-forwarded-host", host)?;
+        let for_value = match ip {
+            Some(IpAddr::V6(v6)) => format!("\"[{v6}]\""),
+            _ => ip_text,
+        };
+        let mine = format!("for={for_value};host={host};proto=http");
+        let fwd = match existing(req, "forwarded") {
+            Some(prev) if trusted => format!("{prev}, {mine}"),
+            _ => mine,
+        };
+        req.insert_header("forwarded", fwd)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            start: Instant::now(),
+            request_id: String::new(),
+            host: None,
+            tenant: None,
+            pool: None,
+            tried: Vec::new(),
+            page: None,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        ctx.request_id = session
+            .req_header()
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| acceptable_request_id(v))
+            .map(str::to_owned)
+            .unwrap_or_else(new_request_id);
+
+        let host = match host::request_host(session.req_header()) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::debug!(error = %e, request_id = %ctx.request_id, "bad host");
+                return self.respond(session, ctx, PageKind::BadRequest).await;
+            }
+        };
+        if self.landing.is_some() && self.base_domains.contains(&host) {
+            ctx.pool = self.landing.clone();
+            ctx.host = Some(host);
+            self.metrics.requests.with_label_values(&["landing"]).inc();
+            return Ok(false);
+        }
+        let resolution = self.cache.resolve(host::lookup_name(&host, self.strip_www)).await;
+        ctx.host = Some(host);
+        let tenant = match resolution {
+            Resolution::Found(t) => t,
+            Resolution::NotFound => return self.respond(session, ctx, PageKind::NotFound).await,
+            Resolution::Unavailable => return self.respond(session, ctx, PageKind::Unavailable).await,
+        };
+        match tenant.status {
+            Status::Active => {}
+            Status::Suspended => {
+                ctx.tenant = Some(tenant);
+                return self.respond(session, ctx, PageKind::Suspended).await;
+            }
+            Status::Deleted => {
+                ctx.tenant = Some(tenant);
+                return self.respond(session, ctx, PageKind::Deleted).await;
+            }
+        }
+        // A pinned tenant goes to its pool and nowhere else.
+        let pool = match &tenant.pool {
+            None => Some(self.pools.default_pool().clone()),
+            Some(name) => self.pools.get(name).cloned(),
+        };
+        let Some(pool) = pool else {
+            tracing::error!(tenant = %tenant.schema, pool = ?tenant.pool, "tenant is pinned to a pool that is not configured");
+            ctx.tenant = Some(tenant);
+            return self.respond(session, ctx, PageKind::Unavailable).await;
+        };
+        ctx.pool = Some(pool);
+        ctx.tenant = Some(tenant);
+        self.metrics.requests.with_label_values(&["proxied"]).inc();
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let pool = ctx
+            .pool
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no pool chosen"))?;
+        let backend = pool
+            .select(&ctx.tried)
+            .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "no backend available"))?;
+        let peer = pool.peer(&backend);
+        ctx.tried.push(backend);
+        Ok(peer)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // Nothing was sent yet: safe to try another backend of the same pool.
+        if ctx.pool.as_ref().is_some_and(|p| ctx.tried.len() < p.len()) {
+            self.metrics.upstream_retries.inc();
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // 1. No client-supplied tenant header survives, whatever its spelling.
+        let doomed: Vec<http::HeaderName> = req
+            .headers
+            .keys()
+            .filter(|n| is_tenant_header(n.as_str()))
+            .cloned()
+            .collect();
+        for name in doomed {
+            req.remove_header(&name);
+        }
+        let host = ctx.host.as_deref().unwrap_or_default().to_owned();
+        self.forwarding_headers(req, Self::client_ip(session), &host)?;
+        req.insert_header("x-request-id", ctx.request_id.as_str())?;
+        // 2. Origin-form URI and the normalised Host, exactly what is signed.
+        if req.uri.authority().is_some() {
+            let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+            let uri: http::Uri = pq
+                .parse()
+                .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad request target"))?;
+            req.set_uri(uri);
+        }
+        req.insert_header(HOST, host.as_str())?;
+        // 3. The stamp.
+        if let Some(tenant) = &ctx.tenant {
+            let sig = self.signer.sign(
+                &stamp::Request {
+                    tenant: &tenant.schema,
+                    method: req.method.as_str(),
+                    host: &host,
+                    path: req.uri.path(),
+                },
+                unix_now(),
+            );
+            req.insert_header(stamp::TENANT_HEADER, &*tenant.schema)?;
+            req.insert_header(stamp::SIGNATURE_HEADER, sig)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let code = match e.etype() {
+            ErrorType::HTTPStatus(code) => *code,
+            _ => match e.esource() {
+                pingora_error::ErrorSource::Upstream => 502,
+                pingora_error::ErrorSource::Downstream => match e.etype() {
+                    ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                    _ => 400,
+                },
+                _ => 500,
+            },
+        };
+        if code == 502 || code == 504 {
+            if self
+                .respond_page(session, ctx, PageKind::BadGateway, true)
+                .await
+                .is_err()
+            {
+                return FailToProxy {
+                    error_code: 0,
+                    can_reuse_downstream: false,
+                };
+            }
+        } else if code > 0 {
+            let _ = session.respond_error(code).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let req = session.req_header();
+        tracing::info!(
+            target: "access",
+            tenant = %ctx.tenant.as_ref().map(|t| &*t.schema).unwrap_or("-"),
+            host = %ctx.host.as_deref().unwrap_or("-"),
+            method = %req.method,
+            path = %req.uri.path(),
+            status,
+            pool = %ctx.pool.as_ref().map(|p| &*p.name).unwrap_or("-"),
+            backend = %ctx.tried.last().map(|b| b.addr.to_string()).unwrap_or_else(|| "-".into()),
+            attempts = ctx.tried.len(),
+            page = %ctx.page.map(|p| p.name()).unwrap_or("-"),
+            latency_ms = ctx.start.elapsed().as_secs_f64() * 1e3,
+            request_id = %ctx.request_id,
+            error = %e.map(|e| e.to_string()).as_deref().unwrap_or("-"),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenant_header_spellings() {
+        for yes in [
+            "x-tenant",
+            "X-Tenant",
+            "x_tenant",
+            "X_TENANT",
+            "x-tenant-signature",
+            "x_tenant_id",
+            "x-tenant_",
+            "x-tenant-",
+        ] {
+            assert!(is_tenant_header(yes), "{yes}");
+        }
+        for no in [
+            "x-tenants",
+            "x-tenantx",
+            "tenant",
+            "x-forwarded-for",
+            "x-ten",
+            "xx-tenant",
+        ] {
+            assert!(!is_tenant_header(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(acceptable_request_id("abc-123"));
+        assert!(!acceptable_request_id(""));
+        assert!(!acceptable_request_id("has space"));
+        assert!(!acceptable_request_id(&"a".repeat(129)));
+        assert_eq!(new_request_id().len(), 32);
+    }
+}

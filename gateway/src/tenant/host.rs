@@ -1,0 +1,104 @@
+//! Which host a request is for: the Host header (or HTTP/2 `:authority`),
+//! checked against an absolute-form request URI, then normalised by the
+//! shared `tenancy` rules (lower-case, no port, no trailing dot, punycode).
+
+use http::header::HOST;
+use pingora_http::RequestHeader;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadHost {
+    #[error("request has no Host")]
+    Missing,
+    #[error("request has more than one Host header")]
+    Duplicate,
+    #[error("Host is not valid text")]
+    NotText,
+    #[error("absolute request URI names a different host than the Host header")]
+    Mismatch,
+    #[error("malformed host: {0}")]
+    Malformed(#[from] tenancy::HostError),
+}
+
+/// The normalised host of a request.
+pub fn request_host(req: &RequestHeader) -> Result<String, BadHost> {
+    let mut values = req.headers.get_all(HOST).iter();
+    let header = values.next();
+    if values.next().is_some() {
+        return Err(BadHost::Duplicate);
+    }
+    let header = header.map(|v| v.to_str().map_err(|_| BadHost::NotText)).transpose()?;
+    let authority = req.uri.authority().map(|a| a.as_str());
+    if authority.is_some_and(|a| a.contains('@')) {
+        return Err(BadHost::Malformed(tenancy::HostError::BadCharacters));
+    }
+    match (header, authority) {
+        (Some(h), Some(a)) => {
+            let h = tenancy::normalize_host(h)?;
+            if tenancy::normalize_host(a)? != h {
+                return Err(BadHost::Mismatch);
+            }
+            Ok(h)
+        }
+        (Some(h), None) => Ok(tenancy::normalize_host(h)?),
+        (None, Some(a)) => Ok(tenancy::normalize_host(a)?),
+        (None, None) => Err(BadHost::Missing),
+    }
+}
+
+/// The name to look up in the domain table for a normalised host.
+pub fn lookup_name(host: &str, strip_www: bool) -> &str {
+    match host.strip_prefix("www.") {
+        Some(rest) if strip_www && rest.contains('.') => rest,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(uri: &str, hosts: &[&str]) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
+        for h in hosts {
+            r.append_header("Host", *h).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn host_sources() {
+        assert_eq!(
+            request_host(&req("/", &["Ferrari.MyApp.localhost:8080"])).unwrap(),
+            "ferrari.myapp.localhost"
+        );
+        assert_eq!(
+            request_host(&req("http://a.example/x", &["A.example"])).unwrap(),
+            "a.example"
+        );
+        assert_eq!(request_host(&req("http://a.example/x", &[])).unwrap(), "a.example");
+        assert_eq!(
+            request_host(&req("http://b.example/x", &["a.example"])),
+            Err(BadHost::Mismatch)
+        );
+        assert_eq!(
+            request_host(&req("/", &["a.example", "b.example"])),
+            Err(BadHost::Duplicate)
+        );
+        assert_eq!(request_host(&req("/", &[])), Err(BadHost::Missing));
+        assert!(matches!(
+            request_host(&req("/", &["a..example"])),
+            Err(BadHost::Malformed(_))
+        ));
+        assert!(matches!(
+            request_host(&req("http://u@a.example/", &["a.example"])),
+            Err(BadHost::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn www() {
+        assert_eq!(lookup_name("www.shop.com", true), "shop.com");
+        assert_eq!(lookup_name("www.shop.com", false), "www.shop.com");
+        assert_eq!(lookup_name("www.com", true), "www.com");
+    }
+}

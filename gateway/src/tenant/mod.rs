@@ -1,0 +1,28 @@
+//! Tenant resolution: Host → normalised name → cached lookup in the domain
+//! table → a [`Tenant`] (or a reason to refuse the request).
+
+pub mod cache;
+pub mod host;
+pub mod invalidate;
+pub mod lookup;
+
+use std::sync::Arc;
+
+/// A tenant's lifecycle state as stored in the tenant table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Active,
+    Suspended,
+    Deleted,
+}
+
+/// What the domain table says about a host. Shared by `Arc`: the request
+/// path clones a pointer, never the strings.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Tenant {
+    /// Schema name: the value stamped into `X-Tenant`.
+    pub schema: Arc<str>,
+    pub status: Status,
+    /// Dedicated backend pool, if the tenant is pinned to one.
+    pub pool: Option<Arc<str>>,
+}

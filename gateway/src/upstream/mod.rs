@@ -1,0 +1,2 @@
+//! Backend pools: where a request goes once its tenant is known.
+pub mod pool;

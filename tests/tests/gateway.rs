@@ -1,0 +1,670 @@
+//! The gateway data path end to end: real gateway processes in front of real
+//! upstream-app processes, one (or two) real PostgreSQL clusters, real HTTP
+//! clients. Two tenants and a hostile client in every test.
+
+use std::time::{Duration, Instant};
+
+use e2e::http::{self, Resp};
+use e2e::*;
+use serde_json::{json, Value};
+
+/// PostgreSQL with ferrari and mclaren (subdomains and custom domains), an
+/// upstream-app pool of two, and one gateway.
+struct Stack {
+    pg: Postgres,
+    apps: Vec<UpstreamApp>,
+    gw: Gateway,
+    client: http::Client,
+}
+
+fn tenants(pg: &Postgres) {
+    app_cli_ok(&pg.url(), &["migrate"]);
+    let f = [
+        "tenant",
+        "create",
+        "ferrari",
+        "--name",
+        "Ferrari",
+        "--domain",
+        "ferrari.myapp.localhost",
+    ];
+    app_cli_ok(&pg.url(), &[&f[..], &["--domain", "www.ferrari-cars.test"]].concat());
+    let m = [
+        "tenant",
+        "create",
+        "mclaren",
+        "--name",
+        "McLaren",
+        "--domain",
+        "mclaren.myapp.localhost",
+    ];
+    app_cli_ok(&pg.url(), &[&m[..], &["--domain", "mclaren-racing.test"]].concat());
+}
+
+fn stack(extra: &str) -> Stack {
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    let apps = vec![
+        UpstreamApp::start(&pg.url(), "").unwrap(),
+        UpstreamApp::start(&pg.url(), "").unwrap(),
+    ];
+    let pools = pools_toml(&[("default", &[apps[0].port, apps[1].port])]);
+    let gw = Gateway::start(
+        &pg.url(),
+        &format!("[tenant]\nbase_domains = [\"myapp.localhost\"]\n{extra}\n{pools}"),
+    )
+    .unwrap();
+    Stack {
+        pg,
+        apps,
+        gw,
+        client: http::client(),
+    }
+}
+
+impl Stack {
+    fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
+        let mut r = self.client.get(&self.gw.url(path)).header("host", host);
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        r.send().expect("request through gateway")
+    }
+
+    fn post(&self, host: &str, path: &str, body: Value) -> Resp {
+        self.client
+            .request(http::Method::POST, &self.gw.url(path))
+            .header("host", host)
+            .json(&body)
+            .send()
+            .expect("request through gateway")
+    }
+
+    fn whoami(&self, host: &str, headers: &[(&str, &str)]) -> Value {
+        let r = self.get(host, "/whoami", headers);
+        assert_eq!(r.status, 200, "{host}: {}", r.body);
+        r.json()
+    }
+}
+
+fn names(v: &Value) -> Vec<String> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|p| p["name"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+#[test]
+fn tenants_are_isolated_through_the_gateway() {
+    let s = stack("");
+    assert_eq!(
+        s.post("ferrari.myapp.localhost", "/projects", json!({ "name": "F1" }))
+            .status,
+        201
+    );
+    assert_eq!(
+        s.post("www.ferrari-cars.test", "/projects", json!({ "name": "F2" }))
+            .status,
+        201
+    );
+    assert_eq!(
+        s.post("mclaren-racing.test", "/projects", json!({ "name": "M1" }))
+            .status,
+        201
+    );
+    // One keep-alive client alternates hosts on reused connections, both to
+    // the gateway and from the gateway to the backends.
+    for _ in 0..10 {
+        for host in [
+            "ferrari.myapp.localhost",
+            "WWW.Ferrari-Cars.test.",
+            "www.ferrari-cars.test:8080",
+        ] {
+            assert_eq!(names(&s.get(host, "/projects", &[]).json()), ["F1", "F2"], "{host}");
+        }
+        for host in ["mclaren.myapp.localhost", "mclaren-racing.test"] {
+            assert_eq!(names(&s.get(host, "/projects", &[]).json()), ["M1"], "{host}");
+            assert_eq!(
+                s.get(host, "/projects/2", &[]).status,
+                404,
+                "mclaren must not see ferrari's project 2"
+            );
+        }
+    }
+    let who = s.whoami("mclaren-racing.test", &[]);
+    assert_eq!(
+        (who["tenant"].as_str(), who["schema"].as_str()),
+        (Some("mclaren"), Some("mclaren"))
+    );
+    // The backend got the normalised host and exactly one stamp.
+    assert_eq!(who["host"], json!(["mclaren-racing.test"]));
+    assert_eq!(who["tenant_headers"].as_array().unwrap().len(), 2, "{who}");
+    // Both backends served traffic (round robin).
+    for app in &s.apps {
+        assert!(app.proc_.log().contains("tenant=ferrari"), "a backend got no traffic");
+    }
+    let access = s.gw.proc_.log();
+    let line = access
+        .lines()
+        .find(|l| l.contains("access") && l.contains("tenant=mclaren") && l.contains("GET"))
+        .unwrap_or_else(|| panic!("no access log line for mclaren:\n{access}"));
+    for field in [
+        "host=",
+        "method=GET",
+        "path=",
+        "status=200",
+        "pool=default",
+        "backend=127.0.0.1:",
+        "latency_ms=",
+        "request_id=",
+    ] {
+        assert!(line.contains(field), "access log lacks {field}: {line}");
+    }
+}
+
+#[test]
+fn spoofed_headers_never_change_the_tenant() {
+    let s = stack("");
+    let host = "ferrari.myapp.localhost";
+    let spoofs: &[&[(&str, &str)]] = &[
+        &[("X-Tenant", "mclaren")],
+        &[("x-tenant", "mclaren")],
+        &[("X_Tenant", "mclaren")],
+        &[("X-Tenant-Signature", "v1;kid=k1;ts=1;sig=00")],
+        &[("X-Tenant", "mclaren"), ("X-Tenant", "mclaren")],
+        &[("x_tenant_signature", "forged"), ("X-TENANT-ID", "mclaren")],
+        &[("Forwarded", "for=1.2.3.4;host=mclaren.myapp.localhost;proto=https")],
+        &[("X-Forwarded-Host", "mclaren.myapp.localhost")],
+        &[("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-Proto", "https")],
+    ];
+    for headers in spoofs {
+        let who = s.whoami(host, headers);
+        assert_eq!(who["tenant"], "ferrari", "{headers:?}: {who}");
+        assert_eq!(who["schema"], "ferrari", "{headers:?}");
+        let stamped: Vec<&str> = who["tenant_headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(
+            stamped.len(),
+            2,
+            "{headers:?}: client tenant headers survived: {stamped:?}"
+        );
+        assert!(stamped.contains(&"x-tenant: ferrari"), "{stamped:?}");
+        assert_eq!(who["x_forwarded_for"], json!(["127.0.0.1"]), "{headers:?}");
+        assert_eq!(who["x_forwarded_host"], json!([host]));
+        assert_eq!(who["x_forwarded_proto"], json!(["http"]));
+        assert_eq!(
+            who["forwarded"],
+            json!([format!("for=127.0.0.1;host={host};proto=http")])
+        );
+    }
+    // A request id is added when absent and kept when sane.
+    let who = s.whoami(host, &[]);
+    assert_eq!(who["request_id"].as_array().unwrap()[0].as_str().unwrap().len(), 32);
+    let who = s.whoami(host, &[("X-Request-Id", "abc-123")]);
+    assert_eq!(who["request_id"], json!(["abc-123"]));
+    // Absolute-form URI naming another tenant than Host: refused.
+    let (status, _) = raw_http(
+        s.gw.port,
+        "GET http://mclaren.myapp.localhost/whoami HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(status, 400);
+    // Absolute-form agreeing with Host: fine, and the tenant is Host's.
+    let (status, body) = raw_http(
+        s.gw.port,
+        "GET http://ferrari.myapp.localhost/whoami HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"tenant\":\"ferrari\""), "{body}");
+    // Two Host headers: refused.
+    let (status, _) = raw_http(
+        s.gw.port,
+        "GET /whoami HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nHost: mclaren.myapp.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(status, 400);
+}
+
+#[test]
+fn status_pages_are_served_without_a_backend() {
+    let s = stack("");
+    app_cli_ok(
+        &s.pg.url(),
+        &[
+            "tenant",
+            "create",
+            "paused",
+            "--name",
+            "P",
+            "--domain",
+            "paused.myapp.localhost",
+        ],
+    );
+    app_cli_ok(&s.pg.url(), &["tenant", "suspend", "paused"]);
+    app_cli_ok(
+        &s.pg.url(),
+        &[
+            "tenant",
+            "create",
+            "gone",
+            "--name",
+            "G",
+            "--domain",
+            "gone.myapp.localhost",
+        ],
+    );
+    app_cli_ok(&s.pg.url(), &["tenant", "delete", "gone"]);
+    let probe = "/probe-never-forwarded";
+    let cases = [
+        ("nobody.myapp.localhost", 404, "not_found"),
+        ("evil.example", 404, "not_found"),
+        ("paused.myapp.localhost", 403, "suspended"),
+        ("gone.myapp.localhost", 404, "deleted"),
+        ("bad..host", 400, "bad_request"),
+        ("under_score-.test", 400, "bad_request"),
+    ];
+    for (host, status, kind) in cases {
+        let html = s.get(host, probe, &[("accept", "text/html")]);
+        assert_eq!(html.status, status, "{host}: {}", html.body);
+        assert!(
+            html.headers["content-type"].to_str().unwrap().starts_with("text/html"),
+            "{host}"
+        );
+        assert!(html.body.contains("<html>"), "{host}");
+        let j = s.get(host, probe, &[("accept", "application/json")]);
+        assert_eq!(j.status, status);
+        assert_eq!(j.json()["error"], kind, "{host}");
+    }
+    let long = format!("{}.test", vec!["a"; 130].join("."));
+    assert_eq!(s.get(&long, probe, &[]).status, 400);
+    let (status, _) = raw_http(
+        s.gw.port,
+        &format!("GET {probe} HTTP/1.1\r\nHost: a\u{7f}b\r\nConnection: close\r\n\r\n"),
+    )
+    .unwrap();
+    assert_eq!(status, 400);
+    for app in &s.apps {
+        assert!(!app.proc_.log().contains(probe), "a refused request reached a backend");
+    }
+    // The unknown host costs one query even when asked again.
+    let before = s.gw.metric("tenant_gateway_db_queries_total");
+    for _ in 0..20 {
+        assert_eq!(s.get("nobody.myapp.localhost", "/", &[]).status, 404);
+    }
+    assert_eq!(s.gw.metric("tenant_gateway_db_queries_total"), before);
+}
+
+#[test]
+fn cache_costs_one_query_per_name_and_floods_do_not_evict_tenants() {
+    let s = stack("");
+    let q = |s: &Stack| s.gw.metric("tenant_gateway_db_queries_total");
+    let base = q(&s);
+    // Concurrent misses for one name are coalesced into one query.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let port = s.gw.port;
+    let fire = |hosts: Vec<String>, concurrency: usize| -> Vec<u16> {
+        rt.block_on(async move {
+            let client = reqwest::Client::builder().no_proxy().build().unwrap();
+            let hosts = std::sync::Arc::new(hosts);
+            let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..concurrency {
+                let (client, hosts, next) = (client.clone(), hosts.clone(), next.clone());
+                set.spawn(async move {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(h) = hosts.get(i) else { break };
+                        let r = client
+                            .get(format!("http://127.0.0.1:{port}/whoami"))
+                            .header("host", h)
+                            .send()
+                            .await;
+                        out.push(r.map(|r| r.status().as_u16()).unwrap_or(0));
+                    }
+                    out
+                });
+            }
+            let mut all = Vec::new();
+            while let Some(r) = set.join_next().await {
+                all.extend(r.unwrap());
+            }
+            all
+        })
+    };
+    let statuses = fire(vec!["ferrari.myapp.localhost".to_string(); 1000], 16);
+    assert!(
+        statuses.iter().all(|s| *s == 200),
+        "{:?}",
+        statuses.iter().filter(|s| **s != 200).collect::<Vec<_>>()
+    );
+    assert_eq!(q(&s) - base, 1.0, "1,000 requests for one host must cost one query");
+
+    // Warm a second hot tenant, then flood with 1,000 random unknown names
+    // (10 requests each), hot tenants interleaved.
+    assert_eq!(s.get("mclaren.myapp.localhost", "/whoami", &[]).status, 200);
+    let before_flood = q(&s);
+    let mut hosts = Vec::new();
+    let seed: u64 = rand::random();
+    for round in 0..10 {
+        for i in 0..1000u64 {
+            hosts.push(format!("r{:x}.myapp.localhost", seed.wrapping_add(i)));
+            if i % 100 == round {
+                hosts.push("ferrari.myapp.localhost".into());
+                hosts.push("mclaren.myapp.localhost".into());
+            }
+        }
+    }
+    let statuses = fire(hosts, 16);
+    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 200);
+    assert_eq!(statuses.iter().filter(|s| **s == 404).count(), 10_000);
+    let flood_queries = q(&s) - before_flood;
+    assert!(
+        flood_queries <= 1000.0 + 0.0,
+        "{flood_queries} queries for 1,000 distinct unknown names"
+    );
+    // Hot tenants stayed cached throughout: asking again costs nothing.
+    let after = q(&s);
+    for _ in 0..50 {
+        assert_eq!(s.get("ferrari.myapp.localhost", "/whoami", &[]).status, 200);
+        assert_eq!(s.get("mclaren.myapp.localhost", "/whoami", &[]).status, 200);
+    }
+    assert_eq!(q(&s), after, "hot tenants were evicted by the flood");
+}
+
+#[test]
+fn notify_moves_a_domain_on_every_gateway_within_a_second() {
+    let s = stack("");
+    let pools = pools_toml(&[("default", &[s.apps[0].port, s.apps[1].port])]);
+    let gw2 = Gateway::start(&s.pg.url(), &pools).unwrap();
+    let client = http::client();
+    let tenant_on = |gw: &Gateway| -> String {
+        let r = client
+            .get(&gw.url("/whoami"))
+            .header("host", "www.ferrari-cars.test")
+            .send()
+            .unwrap();
+        r.json()["tenant"].as_str().unwrap_or_default().to_owned()
+    };
+    // Both cached as ferrari (positive TTL is 60 s: only NOTIFY can move them).
+    assert_eq!(tenant_on(&s.gw), "ferrari");
+    assert_eq!(tenant_on(&gw2), "ferrari");
+    s.pg.psql(
+        "UPDATE public.domains SET tenant_id = (SELECT id FROM public.tenants WHERE schema_name = 'mclaren') \
+         WHERE domain = 'www.ferrari-cars.test'",
+    )
+    .unwrap();
+    let moved = Instant::now();
+    wait_until("both gateways route to mclaren", Duration::from_secs(1), || {
+        tenant_on(&s.gw) == "mclaren" && tenant_on(&gw2) == "mclaren"
+    })
+    .unwrap_or_else(|e| panic!("{e} (after {:?})", moved.elapsed()));
+    // Suspending a tenant is a change too.
+    app_cli_ok(&s.pg.url(), &["tenant", "suspend", "mclaren"]);
+    wait_until("suspension seen", Duration::from_secs(1), || {
+        client
+            .get(&gw2.url("/"))
+            .header("host", "mclaren.myapp.localhost")
+            .send()
+            .unwrap()
+            .status
+            == 403
+    })
+    .unwrap();
+    // A removed domain disappears.
+    app_cli_ok(&s.pg.url(), &["domain", "remove", "mclaren-racing.test"]);
+    wait_until("removal seen", Duration::from_secs(1), || {
+        client
+            .get(&s.gw.url("/"))
+            .header("host", "mclaren-racing.test")
+            .send()
+            .unwrap()
+            .status
+            == 404
+    })
+    .unwrap();
+}
+
+#[test]
+fn database_outage_serves_cached_tenants_and_503s_unknown_hosts() {
+    // The gateway's domain table lives in its own cluster, so stopping it
+    // leaves the backends (and their database) running.
+    let mut routing = Postgres::start().unwrap();
+    tenants(&routing);
+    let s = stack("");
+    let pools = pools_toml(&[("default", &[s.apps[0].port, s.apps[1].port])]);
+    let gw = Gateway::start(&routing.url(), &pools).unwrap();
+    let get = |host: &str| s.client.get(&gw.url("/whoami")).header("host", host).send().unwrap();
+    assert_eq!(get("ferrari.myapp.localhost").status, 200);
+    assert_eq!(get("never-seen.test").status, 404);
+    routing.stop_server().unwrap();
+    wait_until("gateway noticed the outage", Duration::from_secs(10), || {
+        gw.metric("tenant_gateway_invalidation_listener_up") == 0.0
+    })
+    .unwrap();
+    for _ in 0..20 {
+        let r = get("ferrari.myapp.localhost");
+        assert_eq!(r.status, 200, "cached tenant must keep working: {}", r.body);
+        assert_eq!(r.json()["tenant"], "ferrari");
+        assert_eq!(
+            get("mclaren.myapp.localhost").status,
+            503,
+            "never cached, database down"
+        );
+        assert_eq!(get("another-unknown.test").status, 503);
+    }
+    assert!(gw.metric("tenant_gateway_cache_stale_served_total") >= 1.0);
+    routing.start_server().unwrap();
+    wait_until("new hosts resolve again", Duration::from_secs(15), || {
+        get("mclaren.myapp.localhost").status == 200
+    })
+    .unwrap();
+    assert_eq!(get("mclaren.myapp.localhost").json()["tenant"], "mclaren");
+    // And invalidation works again over the re-established LISTEN.
+    routing
+        .psql("DELETE FROM public.domains WHERE domain = 'ferrari.myapp.localhost'")
+        .unwrap();
+    wait_until("NOTIFY after reconnect", Duration::from_secs(5), || {
+        get("ferrari.myapp.localhost").status == 404
+    })
+    .unwrap();
+}
+
+#[test]
+fn backend_failure_and_dedicated_pools() {
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    let a = UpstreamApp::start(&pg.url(), "").unwrap();
+    let mut b = UpstreamApp::start(&pg.url(), "").unwrap();
+    let big = UpstreamApp::start(&pg.url(), "").unwrap();
+    let pools = pools_toml(&[("default", &[a.port, b.port]), ("big", &[big.port])]);
+    let gw = Gateway::start(&pg.url(), &pools).unwrap();
+    app_cli_ok(&pg.url(), &["tenant", "pin", "mclaren", "--pool", "big"]);
+    let client = http::client();
+    let get = |host: &str| {
+        client
+            .get(&gw.url("/whoami"))
+            .header("host", host)
+            .send()
+            .unwrap_or_else(|e| panic!("{host}: {e}\n{}", gw.proc_.log()))
+    };
+    wait_until("pin seen", Duration::from_secs(2), || {
+        get("mclaren.myapp.localhost");
+        big.proc_.log().contains("tenant=mclaren")
+    })
+    .unwrap();
+    for _ in 0..20 {
+        assert_eq!(get("mclaren.myapp.localhost").json()["tenant"], "mclaren");
+        assert_eq!(get("ferrari.myapp.localhost").json()["tenant"], "ferrari");
+    }
+    assert!(
+        !a.proc_.log().contains("tenant=mclaren") && !b.proc_.log().contains("tenant=mclaren"),
+        "pinned tenant reached the default pool"
+    );
+    assert!(
+        !big.proc_.log().contains("tenant=ferrari"),
+        "default tenant reached the dedicated pool"
+    );
+
+    // Kill one default backend: every request still succeeds.
+    b.proc_.kill();
+    for i in 0..40 {
+        let r = get("ferrari.myapp.localhost");
+        assert_eq!(r.status, 200, "request {i} failed with one backend down: {}", r.body);
+    }
+    gw.wait_backend("default", b.port, false, Duration::from_secs(5))
+        .unwrap();
+    // Bring it back on the same port: re-admitted, and it gets traffic again.
+    let port = b.port;
+    b = UpstreamApp::start_on(&pg.url(), "", port).unwrap();
+    gw.wait_backend("default", b.port, true, Duration::from_secs(5))
+        .unwrap();
+    wait_until("revived backend gets traffic", Duration::from_secs(5), || {
+        get("ferrari.myapp.localhost");
+        b.proc_.log().contains("tenant=ferrari")
+    })
+    .unwrap();
+    // A dedicated pool that is entirely down fails the pinned tenant only; it never spills over.
+    drop(big);
+    let r = get("mclaren.myapp.localhost");
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(!a.proc_.log().contains("tenant=mclaren") && !b.proc_.log().contains("tenant=mclaren"));
+    assert_eq!(get("ferrari.myapp.localhost").status, 200);
+}
+
+#[test]
+fn websocket_upgrades_pass_through_with_the_tenant() {
+    let s = stack("");
+    for (host, tenant) in [
+        ("ferrari.myapp.localhost", "ferrari"),
+        ("mclaren-racing.test", "mclaren"),
+    ] {
+        let reply = ws_echo_once(s.gw.port, host, "hello").unwrap();
+        assert_eq!(reply, format!("{tenant}: hello"));
+    }
+}
+
+/// Minimal RFC 6455 client: upgrade, send one masked text frame, read one frame.
+fn ws_echo_once(port: u16, host: &str, msg: &str) -> anyhow::Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Tenant: mclaren\r\n\r\n"
+    )?;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte)?;
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    anyhow::ensure!(head.starts_with("HTTP/1.1 101"), "no upgrade: {head}");
+    let mask = [1u8, 2, 3, 4];
+    let mut frame = vec![0x81, 0x80 | msg.len() as u8];
+    frame.extend_from_slice(&mask);
+    frame.extend(msg.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&frame)?;
+    let mut hdr = [0u8; 2];
+    s.read_exact(&mut hdr)?;
+    anyhow::ensure!(hdr[0] == 0x81 && hdr[1] < 126, "unexpected frame header {hdr:?}");
+    let mut payload = vec![0u8; hdr[1] as usize];
+    s.read_exact(&mut payload)?;
+    Ok(String::from_utf8(payload)?)
+}
+
+#[test]
+fn sigterm_drains_in_flight_requests() {
+    let mut s = stack("");
+    let pools = pools_toml(&[("default", &[s.apps[0].port, s.apps[1].port])]);
+    s.gw = Gateway::start_with_grace(&s.pg.url(), &pools, 4).unwrap();
+    let port = s.gw.port;
+    let inflight = std::thread::spawn(move || {
+        http::client()
+            .get(&format!("http://127.0.0.1:{port}/slow/1500"))
+            .header("host", "ferrari.myapp.localhost")
+            .send()
+    });
+    wait_until("slow request reached a backend", Duration::from_secs(10), || {
+        s.apps.iter().any(|a| a.proc_.log().contains("slow request started"))
+    })
+    .unwrap();
+    s.gw.proc_.signal("TERM");
+    let r = inflight.join().unwrap().expect("in-flight request completes");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["tenant"], "ferrari");
+    // New connections are refused while draining.
+    assert!(!port_open(port), "still accepting connections after SIGTERM");
+    assert!(
+        s.gw.proc_.terminate(Duration::from_secs(15)),
+        "gateway did not exit after SIGTERM"
+    );
+    assert!(!port_open(port), "listener still open after shutdown");
+}
+
+#[test]
+fn bad_config_names_the_key() {
+    let pg = Postgres::start().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ok_pool = "[pools.default]\nbackends = [\"127.0.0.1:1\"]\n";
+    let cases = [
+        (format!("{ok_pool}\n[tenant]\nstrip_wwww = true\n"), "strip_wwww"),
+        (
+            "[pools.big]\nbackends = [\"127.0.0.1:1\"]\n".to_string(),
+            "pools.default",
+        ),
+        (
+            "[pools.default]\nbackends = [\"http://127.0.0.1:1/\"]\n".to_string(),
+            "pools.default.backends[0]",
+        ),
+        (
+            format!("[database]\nurl_env = \"TG_BAD_URL\"\n{ok_pool}"),
+            "database.url_env",
+        ),
+        (
+            format!("[database]\nurl_env = \"TG_UNSET_VAR\"\n{ok_pool}"),
+            "database.url_env",
+        ),
+        (
+            format!("[stamp]\nsigning_key = {{ id = \"k1\", secret_env = \"TG_UNSET_VAR\" }}\n{ok_pool}"),
+            "stamp.signing_key",
+        ),
+        (format!("landing_pool = \"nope\"\n{ok_pool}"), "landing_pool"),
+    ];
+    for (i, (text, key)) in cases.iter().enumerate() {
+        let path = write_file(dir.path(), &format!("bad{i}.toml"), text);
+        for sub in [&["check-config"][..], &[][..]] {
+            let mut c = std::process::Command::new(bin("gateway"));
+            common_env(&mut c, &pg.url());
+            c.env("TG_BAD_URL", "mysql://nope").env_remove("TG_UNSET_VAR");
+            let out = c.arg("--config").arg(&path).args(sub).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(!out.status.success(), "config {i} accepted:\n{text}");
+            assert!(err.contains(key), "config {i}: error does not name `{key}`: {err}");
+        }
+    }
+    // check-config prints the effective config, without secrets.
+    let path = write_file(dir.path(), "good.toml", ok_pool);
+    let mut c = std::process::Command::new(bin("gateway"));
+    common_env(&mut c, &pg.url());
+    let out = c.arg("check-config").arg("--config").arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("positive_ttl_secs = 60") && text.contains("secret_env = \"TG_STAMP_KEY_K1\""),
+        "{text}"
+    );
+    assert!(!text.contains(STAMP_SECRET), "secret printed");
+}
