@@ -94,6 +94,7 @@ struct SideTasks {
     pools: Arc<Pools>,
     database_url: String,
     channel: String,
+    connect_timeout: Duration,
 }
 
 #[async_trait]
@@ -104,6 +105,7 @@ impl BackgroundService for SideTasks {
             self.database_url.clone(),
             self.channel.clone(),
             self.cache.clone(),
+            self.connect_timeout,
         ));
         for pool in self.pools.all() {
             tasks.spawn(pool.clone().run_health_checks());
@@ -188,6 +190,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
             pools,
             database_url: secrets.database_url,
             channel: cfg.tenant.notify_channel.clone(),
+            connect_timeout: Duration::from_millis(cfg.database.connect_timeout_ms),
         },
     ));
     tracing::info!(http = %cfg.listen.http, admin = %cfg.listen.admin, "gateway starting");

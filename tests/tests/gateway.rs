@@ -451,7 +451,7 @@ fn database_outage_serves_cached_tenants_and_503s_unknown_hosts() {
     wait_until("gateway noticed the outage", Duration::from_secs(10), || {
         gw.metric("tenant_gateway_invalidation_listener_up") == 0.0
     })
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.proc_.log()));
     for _ in 0..20 {
         let r = get("ferrari.myapp.localhost");
         assert_eq!(r.status, 200, "cached tenant must keep working: {}", r.body);
@@ -667,4 +667,56 @@ fn bad_config_names_the_key() {
         "{text}"
     );
     assert!(!text.contains(STAMP_SECRET), "secret printed");
+}
+
+#[test]
+fn django_tenants_preset_fronts_an_existing_database() {
+    // An existing django-tenants schema, with our NOTIFY triggers installed from config/.
+    let dj = Postgres::start().unwrap();
+    dj.psql(
+        "CREATE TABLE customers_client (id serial PRIMARY KEY, schema_name varchar(63) UNIQUE NOT NULL, name varchar(100));
+         CREATE TABLE customers_domain (id serial PRIMARY KEY, domain varchar(253) UNIQUE NOT NULL,
+                                        tenant_id integer NOT NULL REFERENCES customers_client(id), is_primary boolean NOT NULL DEFAULT true);
+         INSERT INTO customers_client (schema_name, name) VALUES ('ferrari', 'F'), ('mclaren', 'M');
+         INSERT INTO customers_domain (domain, tenant_id) VALUES ('ferrari.shop.test', 1), ('mclaren.shop.test', 2);",
+    )
+    .unwrap();
+    let sql = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/django-tenants-notify.sql"
+    ))
+    .unwrap();
+    dj.psql(&sql).unwrap();
+    // The backends keep their own database (they verify the stamp against it).
+    let s = stack("");
+    let pools = pools_toml(&[("default", &[s.apps[0].port])]);
+    let gw = Gateway::start(&dj.url(), &format!("[tenant]\npreset = \"django-tenants\"\n{pools}")).unwrap();
+    let tenant_of = |host: &str| {
+        let r = s.client.get(&gw.url("/whoami")).header("host", host).send().unwrap();
+        (
+            r.status,
+            r.json()
+                .get("tenant")
+                .and_then(|t| t.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    assert_eq!(tenant_of("ferrari.shop.test"), (200, "ferrari".into()));
+    assert_eq!(tenant_of("mclaren.shop.test"), (200, "mclaren".into()));
+    assert_eq!(
+        s.client
+            .get(&gw.url("/"))
+            .header("host", "other.shop.test")
+            .send()
+            .unwrap()
+            .status,
+        404
+    );
+    dj.psql("UPDATE customers_domain SET tenant_id = 2 WHERE domain = 'ferrari.shop.test'")
+        .unwrap();
+    wait_until("django domain moved", Duration::from_secs(1), || {
+        tenant_of("ferrari.shop.test").1 == "mclaren"
+    })
+    .unwrap();
 }

@@ -58,7 +58,8 @@ mod tests {
     use super::*;
 
     fn req(uri: &str, hosts: &[&str]) -> RequestHeader {
-        let mut r = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        r.set_uri(uri.parse().unwrap());
         for h in hosts {
             r.append_header("Host", *h).unwrap();
         }

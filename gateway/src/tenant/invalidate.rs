@@ -7,15 +7,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::PgListener;
+use sqlx::postgres::{PgListener, PgPoolOptions};
 
 use super::cache::TenantCache;
 
-pub async fn run(url: String, channel: String, cache: Arc<TenantCache>) {
+pub async fn run(url: String, channel: String, cache: Arc<TenantCache>, connect_timeout: Duration) {
     let mut backoff = Duration::from_millis(100);
     loop {
         let listener = async {
-            let mut l = PgListener::connect(&url).await?;
+            // A pool of one so connecting is bounded by our timeout (the
+            // listener's own default waits 30 s while the database is down).
+            let pool = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(connect_timeout)
+                .connect_lazy(&url)?;
+            let mut l = PgListener::connect_with(&pool).await?;
+            // Report a lost connection at once instead of reconnecting inside try_recv.
+            l.eager_reconnect(false);
             l.listen(&channel).await?;
             Ok::<_, sqlx::Error>(l)
         }
