@@ -37,8 +37,6 @@ pub struct Config {
     pub pages: PagesConfig,
     /// Named backend pools; `default` is required.
     pub pools: BTreeMap<String, PoolConfig>,
-    /// Pool for the bare base domain (django-tenants' public tenant), if any.
-    pub landing_pool: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -89,6 +87,8 @@ pub struct TenantConfig {
     pub strip_www: bool,
     /// Base domains of the service (`myapp.com` for `*.myapp.com`).
     pub base_domains: Vec<String>,
+    /// Pool for the bare base domain (django-tenants' public tenant), if any.
+    pub landing_pool: Option<String>,
     pub cache: CacheConfig,
 }
 
@@ -214,6 +214,7 @@ impl Default for TenantConfig {
             notify_channel: "tenant_gateway".into(),
             strip_www: false,
             base_domains: Vec::new(),
+            landing_pool: None,
             cache: CacheConfig::default(),
         }
     }
@@ -425,12 +426,15 @@ impl Config {
                 return Err(invalid(key("health_check_threshold"), "must be at least 1"));
             }
         }
-        if let Some(lp) = &self.landing_pool {
+        if let Some(lp) = &self.tenant.landing_pool {
             if !self.pools.contains_key(lp) {
-                return Err(invalid("landing_pool", format!("no pool named `{lp}` in [pools]")));
+                return Err(invalid(
+                    "tenant.landing_pool",
+                    format!("no pool named `{lp}` in [pools]"),
+                ));
             }
             if self.tenant.base_domains.is_empty() {
-                return Err(invalid("landing_pool", "needs tenant.base_domains"));
+                return Err(invalid("tenant.landing_pool", "needs tenant.base_domains"));
             }
         }
         Ok(())
@@ -512,7 +516,10 @@ mod tests {
                 "pools.default.backends[0]",
             ),
             ("[pools.default]\nbackends = []\n".to_string(), "pools.default.backends"),
-            (format!("{MIN}landing_pool = \"landing\"\n"), "landing_pool"),
+            (
+                format!("{MIN}[tenant]\nlanding_pool = \"landing\"\n"),
+                "tenant.landing_pool",
+            ),
             (
                 format!("{MIN}[headers]\ntrusted_proxies = [\"10.0.0.0/99\"]\n"),
                 "headers.trusted_proxies[0]",

@@ -164,7 +164,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         pages,
         strip_www: cfg.tenant.strip_www,
         base_domains: cfg.tenant.base_domains.clone(),
-        landing: cfg.landing_pool.as_deref().and_then(|p| pools.get(p).cloned()),
+        landing: cfg.tenant.landing_pool.as_deref().and_then(|p| pools.get(p).cloned()),
         trusted_proxies,
         metrics: metrics.clone(),
     };

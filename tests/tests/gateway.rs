@@ -641,7 +641,10 @@ fn bad_config_names_the_key() {
             format!("[stamp]\nsigning_key = {{ id = \"k1\", secret_env = \"TG_UNSET_VAR\" }}\n{ok_pool}"),
             "stamp.signing_key",
         ),
-        (format!("landing_pool = \"nope\"\n{ok_pool}"), "landing_pool"),
+        (
+            format!("[tenant]\nlanding_pool = \"nope\"\n{ok_pool}"),
+            "tenant.landing_pool",
+        ),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         let path = write_file(dir.path(), &format!("bad{i}.toml"), text);
@@ -719,4 +722,78 @@ fn django_tenants_preset_fronts_an_existing_database() {
         tenant_of("ferrari.shop.test").1 == "mclaren"
     })
     .unwrap();
+}
+
+#[test]
+fn optional_behaviours_www_landing_trusted_proxies_pages_timeouts() {
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    let app = UpstreamApp::start(&pg.url(), "").unwrap();
+    let landing = UpstreamApp::start(&pg.url(), "").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let page = write_file(dir.path(), "404.json", "{\"error\":\"custom_not_found\"}");
+    let body = format!(
+        "[tenant]\nlanding_pool = \"landing\"\nstrip_www = true\nbase_domains = [\"myapp.localhost\"]\n\
+         [headers]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\
+         [pages]\ndeleted_status = 410\n[pages.custom.not_found]\njson_file = \"{}\"\n\
+         {}[pools.default]\nbackends = [\"127.0.0.1:{}\"]\nread_timeout_ms = 400\nhealth_check_interval_ms = 200\n",
+        page.display(),
+        pools_toml(&[("landing", &[landing.port])]),
+        app.port
+    );
+    let gw = Gateway::start(&pg.url(), &body).unwrap();
+    let client = http::client();
+    let get = |host: &str, path: &str, headers: &[(&str, &str)]| {
+        let mut r = client.get(&gw.url(path)).header("host", host);
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        r.send().unwrap()
+    };
+    // www. is stripped before the lookup: www.mclaren-racing.test → mclaren-racing.test.
+    assert_eq!(
+        get("www.mclaren-racing.test", "/whoami", &[]).json()["tenant"],
+        "mclaren"
+    );
+    // The bare base domain goes to the landing pool, unstamped, client stamps stripped.
+    let r = get(
+        "myapp.localhost",
+        "/whoami",
+        &[("x-tenant", "ferrari"), ("x-tenant-signature", "v1;kid=k1;ts=1;sig=00")],
+    );
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(r.json()["error"], "stamp_missing");
+    assert!(
+        landing.proc_.log().contains("path=/whoami"),
+        "landing backend not reached"
+    );
+    // A trusted proxy's X-Forwarded-For is appended to, not replaced.
+    let who = get(
+        "ferrari.myapp.localhost",
+        "/whoami",
+        &[("x-forwarded-for", "203.0.113.7"), ("x-forwarded-proto", "https")],
+    )
+    .json();
+    assert_eq!(who["x_forwarded_for"], json!(["203.0.113.7, 127.0.0.1"]));
+    assert_eq!(who["x_forwarded_proto"], json!(["https"]));
+    assert_eq!(who["tenant"], "ferrari");
+    // Custom page and configured status for deleted tenants.
+    assert_eq!(
+        get("nobody.test", "/", &[("accept", "application/json")]).json()["error"],
+        "custom_not_found"
+    );
+    app_cli_ok(&pg.url(), &["tenant", "delete", "mclaren"]);
+    wait_until("tombstone seen", Duration::from_secs(2), || {
+        get("mclaren.myapp.localhost", "/", &[]).status == 410
+    })
+    .unwrap();
+    // A backend slower than read_timeout_ms: the gateway gives up with 502, quickly.
+    let start = Instant::now();
+    let r = get("ferrari.myapp.localhost", "/slow/3000", &[]);
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert!(
+        start.elapsed() < Duration::from_millis(2500),
+        "read timeout not applied: {:?}",
+        start.elapsed()
+    );
 }
