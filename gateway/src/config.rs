@@ -35,6 +35,7 @@ pub struct Config {
     pub stamp: StampConfig,
     pub headers: HeadersConfig,
     pub pages: PagesConfig,
+    pub tls: TlsConfig,
     /// Named backend pools; `default` is required.
     pub pools: BTreeMap<String, PoolConfig>,
 }
@@ -135,6 +136,66 @@ pub struct PagesConfig {
 pub struct PageFiles {
     pub html_file: Option<PathBuf>,
     pub json_file: Option<PathBuf>,
+}
+
+/// A certificate chain and its private key, both PEM files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFiles {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnknownSni {
+    /// Fail the handshake with an alert.
+    Alert,
+    /// Present `tls.default_certificate`.
+    Default,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    /// HTTPS listener; TLS is off when absent.
+    pub listen: Option<SocketAddr>,
+    /// Certificates loaded at start and on SIGHUP (names come from their SANs).
+    pub certificates: Vec<CertFiles>,
+    /// Directory of `<name>.pem` + `<name>.key` pairs, loaded at start and on SIGHUP.
+    pub cert_dir: Option<PathBuf>,
+    /// What a ClientHello for a name without a certificate gets.
+    pub unknown_sni: UnknownSni,
+    /// Certificate for unknown names when `unknown_sni = "default"` (use one
+    /// that names no tenant).
+    pub default_certificate: Option<CertFiles>,
+    /// Answer plain HTTP with 308 to HTTPS.
+    pub redirect_http: bool,
+    /// Port written into redirects (default: the port of `tls.listen`; omitted when 443).
+    pub redirect_port: Option<u16>,
+    /// Path prefixes served over plain HTTP instead of redirected
+    /// (`/.well-known/acme-challenge/` is always exempt).
+    pub redirect_exempt: Vec<String>,
+    /// TLS session resumption (tickets and a session cache).
+    pub session_resumption: bool,
+    pub handshake_timeout_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            listen: None,
+            certificates: Vec::new(),
+            cert_dir: None,
+            unknown_sni: UnknownSni::Alert,
+            default_certificate: None,
+            redirect_http: true,
+            redirect_port: None,
+            redirect_exempt: Vec::new(),
+            session_resumption: true,
+            handshake_timeout_ms: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -386,6 +447,7 @@ impl Config {
                 }
             }
         }
+        self.validate_tls()?;
         if !self.pools.contains_key("default") {
             return Err(invalid("pools.default", "a `default` pool is required"));
         }
@@ -436,6 +498,56 @@ impl Config {
             if self.tenant.base_domains.is_empty() {
                 return Err(invalid("tenant.landing_pool", "needs tenant.base_domains"));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_tls(&self) -> Result<(), ConfigError> {
+        let t = &self.tls;
+        let Some(addr) = t.listen else {
+            if !t.certificates.is_empty() || t.cert_dir.is_some() {
+                return Err(invalid("tls.listen", "certificates are configured but no TLS listener"));
+            }
+            return Ok(());
+        };
+        if addr == self.listen.http || addr == self.listen.admin {
+            return Err(invalid("tls.listen", "must differ from listen.http and listen.admin"));
+        }
+        if t.certificates.is_empty() && t.cert_dir.is_none() {
+            return Err(invalid("tls.certificates", "TLS is on but no certificates or cert_dir are configured"));
+        }
+        for (i, c) in t.certificates.iter().enumerate() {
+            for (field, p) in [("cert_file", &c.cert_file), ("key_file", &c.key_file)] {
+                if !p.is_file() {
+                    return Err(invalid(format!("tls.certificates[{i}].{field}"), format!("{} is not a readable file", p.display())));
+                }
+            }
+        }
+        if let Some(d) = &t.cert_dir {
+            if !d.is_dir() {
+                return Err(invalid("tls.cert_dir", format!("{} is not a directory", d.display())));
+            }
+        }
+        match (t.unknown_sni, &t.default_certificate) {
+            (UnknownSni::Default, None) => {
+                return Err(invalid("tls.default_certificate", "required when tls.unknown_sni = \"default\""))
+            }
+            (_, Some(c)) => {
+                for (field, p) in [("cert_file", &c.cert_file), ("key_file", &c.key_file)] {
+                    if !p.is_file() {
+                        return Err(invalid(format!("tls.default_certificate.{field}"), format!("{} is not a readable file", p.display())));
+                    }
+                }
+            }
+            _ => {}
+        }
+        for (i, p) in t.redirect_exempt.iter().enumerate() {
+            if !p.starts_with('/') {
+                return Err(invalid(format!("tls.redirect_exempt[{i}]"), "must start with /"));
+            }
+        }
+        if t.handshake_timeout_ms == 0 {
+            return Err(invalid("tls.handshake_timeout_ms", "must be positive"));
         }
         Ok(())
     }

@@ -11,6 +11,7 @@ mod metrics;
 mod pages;
 mod proxy;
 mod tenant;
+mod tls;
 mod upstream;
 
 use std::path::PathBuf;
@@ -45,6 +46,30 @@ enum Command {
     Run,
     /// Validate the config (and its environment) and print the effective config without secrets.
     CheckConfig,
+    /// Development certificates (a local CA and certificates it signs).
+    #[command(subcommand)]
+    Certs(CertsCmd),
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Create the dev CA (once) and a wildcard certificate for a base domain.
+    Dev {
+        #[arg(long, default_value = "certs/dev")]
+        dir: PathBuf,
+        #[arg(long, default_value = "myapp.localhost")]
+        domain: String,
+    },
+    /// Issue a certificate for some names, signed by the dev CA.
+    Issue {
+        #[arg(long, default_value = "certs/dev")]
+        dir: PathBuf,
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        /// Output path without extension (writes .pem and .key).
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn init_logging() {
@@ -67,6 +92,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => check_config(&cli.config),
         Command::Run => run(&cli.config),
+        Command::Certs(cmd) => certs(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -77,11 +103,62 @@ fn main() -> ExitCode {
     }
 }
 
+fn certs(cmd: CertsCmd) -> anyhow::Result<()> {
+    match cmd {
+        CertsCmd::Dev { dir, domain } => {
+            let domain = tenancy::normalize_domain(&domain).map_err(|e| anyhow::anyhow!("--domain {domain}: {e}"))?;
+            let (ca, _) = tls::devcerts::ensure_ca(&dir)?;
+            let names = vec![format!("*.{domain}"), domain];
+            let (cert, key) = tls::devcerts::issue(&dir, &names, &dir.join("wildcard"))?;
+            println!("CA:       {}\ncert:     {}\nkey:      {}", ca.display(), cert.display(), key.display());
+        }
+        CertsCmd::Issue { dir, names, out } => {
+            let (cert, key) = tls::devcerts::issue(&dir, &names, &out)?;
+            println!("cert:     {}\nkey:      {}", cert.display(), key.display());
+        }
+    }
+    Ok(())
+}
+
+/// Certificates named by `[tls]`: the configured pairs, the cert directory, the default.
+fn load_certs(cfg: &config::TlsConfig) -> anyhow::Result<(Vec<tls::store::Cert>, Option<tls::store::Cert>)> {
+    let mut certs = Vec::new();
+    for (i, files) in cfg.certificates.iter().enumerate() {
+        certs.push(tls::store::Cert::load(files).with_context(|| format!("config key `tls.certificates[{i}]`"))?);
+    }
+    if let Some(dir) = &cfg.cert_dir {
+        for files in tls::store::dir_pairs(dir).context("config key `tls.cert_dir`")? {
+            certs.push(tls::store::Cert::load(&files).context("config key `tls.cert_dir`")?);
+        }
+    }
+    let default = match (&cfg.unknown_sni, &cfg.default_certificate) {
+        (config::UnknownSni::Default, Some(files)) => {
+            Some(tls::store::Cert::load(files).context("config key `tls.default_certificate`")?)
+        }
+        _ => None,
+    };
+    Ok((certs, default))
+}
+
+/// Log what is loaded and export each name's expiry.
+fn publish_cert_metrics(store: &tls::store::CertStore, metrics: &metrics::Metrics) {
+    metrics.cert_expiry.reset();
+    for cert in store.all() {
+        tracing::info!(names = ?cert.names, not_after = cert.not_after, source = %cert.source, "certificate loaded");
+        for name in &cert.names {
+            metrics.cert_expiry.with_label_values(&[name.as_str()]).set(cert.not_after);
+        }
+    }
+}
+
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = Config::load(path)?;
     cfg.secrets()?;
     pages::Pages::load(&cfg.pages)?;
     Pools::from_config(&cfg)?;
+    if cfg.tls.listen.is_some() {
+        load_certs(&cfg.tls)?;
+    }
     println!("# {}: OK\n# lookup query: {}\n", path.display(), cfg.lookup_query());
     print!("{}", cfg.to_toml());
     Ok(())
@@ -95,6 +172,9 @@ struct SideTasks {
     database_url: String,
     channel: String,
     connect_timeout: Duration,
+    /// TLS certificate store and its config, for SIGHUP reloads.
+    tls: Option<(Arc<tls::store::CertStore>, config::TlsConfig)>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 #[async_trait]
@@ -117,6 +197,27 @@ impl BackgroundService for SideTasks {
                 Err(e) => tracing::error!(error = %e, "config key `tenant.query`: the lookup query does not work against this database"),
             }
         });
+        if let Some((store, cfg)) = self.tls.clone() {
+            let metrics = self.metrics.clone();
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                Ok(mut hup) => {
+                    tasks.spawn(async move {
+                        while hup.recv().await.is_some() {
+                            match load_certs(&cfg) {
+                                Ok((certs, default)) => {
+                                    let n = certs.len();
+                                    store.replace_files(certs, default);
+                                    publish_cert_metrics(&store, &metrics);
+                                    tracing::info!(certificates = n, "SIGHUP: certificates reloaded");
+                                }
+                                Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: reload failed; keeping the loaded certificates"),
+                            }
+                        }
+                    });
+                }
+                Err(e) => tracing::error!(error = %e, "cannot install the SIGHUP handler"),
+            }
+        }
         let _ = shutdown.changed().await;
         tasks.abort_all();
     }
@@ -157,17 +258,48 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    // TLS: certificates, the SNI registry, redirects.
+    let cert_store = Arc::new(tls::store::CertStore::new());
+    let sni = Arc::new(tls::accept::SniRegistry::default());
+    let tls_routing = match cfg.tls.listen {
+        None => None,
+        Some(addr) => {
+            let (certs, default) = load_certs(&cfg.tls)?;
+            cert_store.replace_files(certs, default);
+            publish_cert_metrics(&cert_store, &metrics);
+            let redirect = cfg.tls.redirect_http.then(|| proxy::Redirect {
+                port: cfg.tls.redirect_port.unwrap_or(addr.port()),
+                exempt: cfg.tls.redirect_exempt.clone(),
+            });
+            Some(Arc::new(proxy::TlsRouting { sni: sni.clone(), redirect }))
+        }
+    };
+
     let gateway = proxy::Gateway {
         cache: cache.clone(),
         pools: pools.clone(),
         signer: secrets.signer,
-        pages,
+        pages: Arc::new(pages),
         strip_www: cfg.tenant.strip_www,
         base_domains: cfg.tenant.base_domains.clone(),
         landing: cfg.tenant.landing_pool.as_deref().and_then(|p| pools.get(p).cloned()),
         trusted_proxies,
         metrics: metrics.clone(),
+        tls: tls_routing,
     };
+    if let Some(addr) = cfg.tls.listen {
+        let app = Arc::new(pingora_proxy::http_proxy(&server.configuration, gateway.clone()));
+        server.add_service(tls::accept::TlsService {
+            name: "tls".into(),
+            addr,
+            app,
+            config: tls::accept::server_config(cert_store.clone(), cfg.tls.session_resumption)
+                .context("building the TLS server config")?,
+            sni,
+            handshake_timeout: Duration::from_millis(cfg.tls.handshake_timeout_ms),
+            metrics: metrics.clone(),
+        });
+    }
     let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, gateway, "tenant-gateway");
     proxy.add_tcp(&cfg.listen.http.to_string());
     server.add_service(proxy);
@@ -175,7 +307,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let mut admin = Service::new(
         "admin".to_string(),
         admin::Admin {
-            metrics,
+            metrics: metrics.clone(),
             pools: pools.clone(),
             cache: cache.clone(),
         },
@@ -191,6 +323,8 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
             database_url: secrets.database_url,
             channel: cfg.tenant.notify_channel.clone(),
             connect_timeout: Duration::from_millis(cfg.database.connect_timeout_ms),
+            tls: cfg.tls.listen.map(|_| (cert_store.clone(), cfg.tls.clone())),
+            metrics,
         },
     ));
     tracing::info!(http = %cfg.listen.http, admin = %cfg.listen.admin, "gateway starting");

@@ -18,6 +18,10 @@ pub struct Metrics {
     pub upstream_retries: IntCounter,
     pub cache_entries: IntGauge,
     pub invalidation_connected: IntGauge,
+    /// TLS handshakes by result: ok, failed, timeout.
+    pub tls_handshakes: IntCounterVec,
+    /// notAfter of every loaded certificate, by name.
+    pub cert_expiry: prometheus::IntGaugeVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -59,7 +63,21 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(invalidation_connected.clone()))
             .expect("unique metric");
+        let tls_handshakes = IntCounterVec::new(
+            Opts::new("tenant_gateway_tls_handshakes_total", "TLS handshakes by result (ok, failed, timeout)."),
+            &["result"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(tls_handshakes.clone())).expect("unique metric");
+        let cert_expiry = prometheus::IntGaugeVec::new(
+            Opts::new("tenant_gateway_certificate_expiry_timestamp_seconds", "notAfter of each loaded certificate, by name."),
+            &["name"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(cert_expiry.clone())).expect("unique metric");
         Metrics {
+            tls_handshakes,
+            cert_expiry,
             invalidation_connected,
             cache_hits: counter(
                 &r,

@@ -25,19 +25,40 @@ use crate::metrics::Metrics;
 use crate::pages::{wants_json, PageKind, Pages};
 use crate::tenant::cache::{Resolution, TenantCache};
 use crate::tenant::{host, Status, Tenant};
+use crate::tls::accept::SniRegistry;
 use crate::upstream::pool::{Pool, Pools};
 
+#[derive(Clone)]
 pub struct Gateway {
     pub cache: Arc<TenantCache>,
     pub pools: Arc<Pools>,
     pub signer: stamp::Signer,
-    pub pages: Pages,
+    pub pages: Arc<Pages>,
     pub strip_www: bool,
     pub base_domains: Vec<String>,
     pub landing: Option<Arc<Pool>>,
     pub trusted_proxies: Vec<IpNet>,
     pub metrics: Arc<Metrics>,
+    pub tls: Option<Arc<TlsRouting>>,
 }
+
+/// What the request path needs to know about TLS.
+pub struct TlsRouting {
+    /// SNI of live TLS connections (for the Host/SNI check).
+    pub sni: Arc<SniRegistry>,
+    /// Plain-HTTP → HTTPS redirects, when enabled.
+    pub redirect: Option<Redirect>,
+}
+
+pub struct Redirect {
+    /// Port in the Location header (omitted when 443).
+    pub port: u16,
+    /// Path prefixes served over plain HTTP.
+    pub exempt: Vec<String>,
+}
+
+/// Always served over plain HTTP (ACME HTTP-01 validation).
+pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// Per-request state.
 pub struct Ctx {
@@ -49,6 +70,8 @@ pub struct Ctx {
     tried: Vec<Backend>,
     /// Set when the gateway answered by itself.
     page: Option<PageKind>,
+    /// The request arrived over TLS.
+    tls: bool,
 }
 
 /// Whether a header name is one clients must never send upstream:
@@ -115,6 +138,39 @@ impl Gateway {
         Ok(true)
     }
 
+    /// 308 to the same host and path over HTTPS.
+    async fn redirect_to_https(&self, session: &mut Session, ctx: &mut Ctx, host: &str, port: u16) -> Result<bool> {
+        let pq = session.req_header().uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let location = if port == 443 { format!("https://{host}{pq}") } else { format!("https://{host}:{port}{pq}") };
+        let mut resp = ResponseHeader::build(308, Some(4))?;
+        resp.insert_header(http::header::LOCATION, location.as_str())?;
+        resp.insert_header(CONTENT_LENGTH, "0")?;
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        self.metrics.requests.with_label_values(&["redirect"]).inc();
+        ctx.host = Some(host.to_owned());
+        session.write_response_header(Box::new(resp), true).await?;
+        Ok(true)
+    }
+
+    /// Host and SNI name the same tenant (or the connection has no SNI).
+    async fn sni_agrees(&self, session: &Session, host: &str, tenant: &Tenant) -> bool {
+        let Some(tls) = &self.tls else { return true };
+        let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) else { return true };
+        let sni = match tls.sni.get(peer) {
+            Some(Some(sni)) => sni,
+            // No SNI (e.g. an IP literal): nothing to disagree with.
+            Some(None) | None => return true,
+        };
+        let Ok(sni) = tenancy::normalize_host(&sni) else { return false };
+        if sni == host {
+            return true;
+        }
+        match self.cache.resolve(host::lookup_name(&sni, self.strip_www)).await {
+            Resolution::Found(t) => t.schema == tenant.schema,
+            _ => false,
+        }
+    }
+
     fn client_ip(session: &Session) -> Option<IpAddr> {
         session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
     }
@@ -125,7 +181,8 @@ impl Gateway {
 
     /// X-Forwarded-*, Forwarded: overwritten, unless the peer is a trusted proxy
     /// (then appended to / kept).
-    fn forwarding_headers(&self, req: &mut RequestHeader, ip: Option<IpAddr>, host: &str) -> Result<()> {
+    fn forwarding_headers(&self, req: &mut RequestHeader, ip: Option<IpAddr>, host: &str, tls: bool) -> Result<()> {
+        let scheme = if tls { "https" } else { "http" };
         let trusted = self.trusted(ip);
         let ip_text = ip.map(|i| i.to_string()).unwrap_or_else(|| "unknown".into());
         let existing = |req: &RequestHeader, name: &str| -> Option<String> {
@@ -144,7 +201,7 @@ impl Gateway {
         req.insert_header("x-forwarded-for", xff)?;
         let proto = match existing(req, "x-forwarded-proto") {
             Some(prev) if trusted => prev,
-            _ => "http".to_string(),
+            _ => scheme.to_string(),
         };
         req.insert_header("x-forwarded-proto", proto)?;
         req.insert_header("x-forwarded-host", host)?;
@@ -152,7 +209,7 @@ impl Gateway {
             Some(IpAddr::V6(v6)) => format!("\"[{v6}]\""),
             _ => ip_text,
         };
-        let mine = format!("for={for_value};host={host};proto=http");
+        let mine = format!("for={for_value};host={host};proto={scheme}");
         let fwd = match existing(req, "forwarded") {
             Some(prev) if trusted => format!("{prev}, {mine}"),
             _ => mine,
@@ -175,6 +232,7 @@ impl ProxyHttp for Gateway {
             pool: None,
             tried: Vec::new(),
             page: None,
+            tls: false,
         }
     }
 
@@ -195,6 +253,15 @@ impl ProxyHttp for Gateway {
                 return self.respond(session, ctx, PageKind::BadRequest).await;
             }
         };
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        if !ctx.tls {
+            if let Some(r) = self.tls.as_ref().and_then(|t| t.redirect.as_ref()) {
+                let path = session.req_header().uri.path();
+                if !path.starts_with(ACME_CHALLENGE_PREFIX) && !r.exempt.iter().any(|p| path.starts_with(p.as_str())) {
+                    return self.redirect_to_https(session, ctx, &host, r.port).await;
+                }
+            }
+        }
         if self.landing.is_some() && self.base_domains.contains(&host) {
             ctx.pool = self.landing.clone();
             ctx.host = Some(host);
@@ -208,6 +275,10 @@ impl ProxyHttp for Gateway {
             Resolution::NotFound => return self.respond(session, ctx, PageKind::NotFound).await,
             Resolution::Unavailable => return self.respond(session, ctx, PageKind::Unavailable).await,
         };
+        if ctx.tls && !self.sni_agrees(session, ctx.host.as_deref().unwrap_or_default(), &tenant).await {
+            ctx.tenant = Some(tenant);
+            return self.respond(session, ctx, PageKind::Misdirected).await;
+        }
         match tenant.status {
             Status::Active => {}
             Status::Suspended => {
@@ -280,7 +351,7 @@ impl ProxyHttp for Gateway {
             req.remove_header(&name);
         }
         let host = ctx.host.as_deref().unwrap_or_default().to_owned();
-        self.forwarding_headers(req, Self::client_ip(session), &host)?;
+        self.forwarding_headers(req, Self::client_ip(session), &host, ctx.tls)?;
         req.insert_header("x-request-id", ctx.request_id.as_str())?;
         // 2. Origin-form URI and the normalised Host, exactly what is signed.
         if req.uri.authority().is_some() {

@@ -1,0 +1,309 @@
+//! Our TLS accept path. Pingora 0.9's rustls listener takes one static
+//! certificate, so this module owns the TLS listener: accept TCP, read the
+//! ClientHello with tokio-rustls' `LazyConfigAcceptor` (SNI, ALPN), pick the
+//! server config, finish the handshake, and hand the decrypted stream to
+//! Pingora's HTTP proxy app (`ServerApp::process_new`) inside a Pingora
+//! `Service`, so graceful shutdown works as for Pingora's own listeners.
+//!
+//! Pingora learns the negotiated ALPN (HTTP/2 vs 1.1) from
+//! `Ssl::selected_alpn_proto`, the client address from the socket digest,
+//! and that the connection is TLS from the SSL digest. The SNI of each live
+//! connection is kept in [`SniRegistry`] for the Host/SNI (421) check.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::tls::SslDigest;
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, TimingDigest, UniqueID,
+    UniqueIDType, ALPN,
+};
+use pingora_core::server::{ListenFds, ShutdownWatch};
+use pingora_core::services::Service;
+use rustls::server::{Acceptor, ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::LazyConfigAcceptor;
+
+use super::store::CertStore;
+use crate::metrics::Metrics;
+
+/// SNI of every live TLS connection, by client address.
+#[derive(Default)]
+pub struct SniRegistry(Mutex<HashMap<SocketAddr, Option<Arc<str>>>>);
+
+impl SniRegistry {
+    /// `None`: not a live TLS connection; `Some(None)`: TLS without SNI.
+    pub fn get(&self, peer: &SocketAddr) -> Option<Option<Arc<str>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(peer).cloned()
+    }
+
+    fn register(self: &Arc<Self>, peer: SocketAddr, sni: Option<Arc<str>>) -> SniGuard {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(peer, sni);
+        SniGuard { registry: self.clone(), peer }
+    }
+}
+
+struct SniGuard {
+    registry: Arc<SniRegistry>,
+    peer: SocketAddr,
+}
+
+impl Drop for SniGuard {
+    fn drop(&mut self) {
+        self.registry.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.peer);
+    }
+}
+
+/// Picks the certificate for each handshake from the store.
+#[derive(Debug)]
+struct StoreResolver(Arc<CertStore>);
+
+impl std::fmt::Debug for CertStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CertStore")
+    }
+}
+
+impl ResolvesServerCert for StoreResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.0.resolve(hello.server_name()).map(|c| c.key.clone())
+    }
+}
+
+/// The server config shared by every handshake: TLS 1.2 and 1.3, rustls'
+/// default ciphers, ALPN h2 + http/1.1, certificates from the store,
+/// resumption (tickets and a session cache) unless disabled.
+pub fn server_config(store: Arc<CertStore>, resumption: bool) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let mut cfg = ServerConfig::builder_with_provider(super::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(StoreResolver(store)));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if resumption {
+        cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+        cfg.session_storage = ServerSessionMemoryCache::new(20_000);
+    } else {
+        cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        cfg.send_tls13_tickets = 0;
+    }
+    Ok(Arc::new(cfg))
+}
+
+/// A decrypted TLS connection, as Pingora's HTTP stack sees it.
+pub struct TlsConn {
+    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    fd: RawFd,
+    socket_digest: Arc<SocketDigest>,
+    ssl_digest: Arc<SslDigest>,
+    alpn: Option<ALPN>,
+    established: SystemTime,
+    handshake: Duration,
+}
+
+impl TlsConn {
+    fn new(tls: tokio_rustls::server::TlsStream<TcpStream>, handshake: Duration) -> TlsConn {
+        let (tcp, conn) = tls.get_ref();
+        let fd = tcp.as_raw_fd();
+        let alpn = match conn.alpn_protocol() {
+            Some(b"h2") => Some(ALPN::H2),
+            Some(b"http/1.1") => Some(ALPN::H1),
+            _ => None,
+        };
+        let cipher = conn.negotiated_cipher_suite().and_then(|c| c.suite().as_str()).unwrap_or("unknown");
+        let version = conn.protocol_version().and_then(|v| v.as_str()).unwrap_or("unknown");
+        let ssl_digest = Arc::new(SslDigest::new(cipher, version, None, None, Vec::new()));
+        TlsConn {
+            socket_digest: Arc::new(SocketDigest::from_raw_fd(fd)),
+            tls,
+            fd,
+            ssl_digest,
+            alpn,
+            established: SystemTime::now(),
+            handshake,
+        }
+    }
+}
+
+impl std::fmt::Debug for TlsConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConn").field("fd", &self.fd).field("alpn", &self.alpn).finish()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for TlsConn {
+    async fn shutdown(&mut self) {
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.tls).await;
+    }
+}
+
+impl UniqueID for TlsConn {
+    fn id(&self) -> UniqueIDType {
+        self.fd as UniqueIDType
+    }
+}
+
+impl Ssl for TlsConn {
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        Some(self.ssl_digest.clone())
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.alpn.clone()
+    }
+}
+
+impl GetTimingDigest for TlsConn {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        vec![Some(TimingDigest {
+            established_ts: self.established,
+            establishment_duration: Some(self.handshake),
+            ..TimingDigest::default()
+        })]
+    }
+}
+
+impl GetProxyDigest for TlsConn {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
+        None
+    }
+}
+
+impl GetSocketDigest for TlsConn {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        Some(self.socket_digest.clone())
+    }
+}
+
+#[async_trait]
+impl Peek for TlsConn {}
+
+/// The TLS listener as a Pingora service.
+pub struct TlsService<A> {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub app: Arc<A>,
+    pub config: Arc<ServerConfig>,
+    pub sni: Arc<SniRegistry>,
+    pub handshake_timeout: Duration,
+    pub metrics: Arc<Metrics>,
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> Service for TlsService<A> {
+    async fn start_service(&mut self, _fds: Option<ListenFds>, mut shutdown: ShutdownWatch, _listeners_per_fd: usize) {
+        let listener = match TcpListener::bind(self.addr).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(addr = %self.addr, error = %e, "config key `tls.listen`: cannot bind");
+                std::process::exit(1);
+            }
+        };
+        tracing::info!(addr = %self.addr, "TLS listener ready");
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, peer)) => {
+                        let conn = Connection {
+                            app: self.app.clone(),
+                            config: self.config.clone(),
+                            sni: self.sni.clone(),
+                            timeout: self.handshake_timeout,
+                            metrics: self.metrics.clone(),
+                            shutdown: shutdown.clone(),
+                        };
+                        tokio::spawn(conn.serve(tcp, peer));
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "TLS accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
+            }
+        }
+        tracing::info!(addr = %self.addr, "TLS listener closed");
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+struct Connection<A> {
+    app: Arc<A>,
+    config: Arc<ServerConfig>,
+    sni: Arc<SniRegistry>,
+    timeout: Duration,
+    metrics: Arc<Metrics>,
+    shutdown: ShutdownWatch,
+}
+
+impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
+    async fn serve(self, tcp: TcpStream, peer: SocketAddr) {
+        let _ = tcp.set_nodelay(true);
+        let started = std::time::Instant::now();
+        let handshake = async {
+            let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await?;
+            let sni: Option<Arc<str>> = start.client_hello().server_name().map(Arc::from);
+            let tls = start.into_stream(self.config.clone()).await?;
+            Ok::<_, std::io::Error>((tls, sni))
+        };
+        let (tls, sni) = match tokio::time::timeout(self.timeout, handshake).await {
+            Ok(Ok(done)) => done,
+            Ok(Err(e)) => {
+                self.metrics.tls_handshakes.with_label_values(&["failed"]).inc();
+                tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                self.metrics.tls_handshakes.with_label_values(&["timeout"]).inc();
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        self.metrics.tls_handshakes.with_label_values(&["ok"]).inc();
+        let _guard = self.sni.register(peer, sni);
+        let mut stream: pingora_core::protocols::Stream = Box::new(TlsConn::new(tls, started.elapsed()));
+        while let Some(next) = self.app.process_new(stream, &self.shutdown).await {
+            stream = next;
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! The certificate store: an in-memory map from host name to certified key,
+//! swapped atomically on reload. Exact names win over wildcards; a wildcard
+//! `*.myapp.com` covers exactly one label (`a.myapp.com`, not `a.b.myapp.com`,
+//! not `myapp.com`). An unknown name gets the configured default certificate
+//! or no certificate (the handshake fails with an alert): never another
+//! tenant's certificate.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::sign::CertifiedKey;
+
+use crate::config::CertFiles;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("{path}: {reason}")]
+    File { path: String, reason: String },
+    #[error("certificate has no usable DNS names")]
+    NoNames,
+    #[error("invalid certificate or key: {0}")]
+    Invalid(String),
+}
+
+/// One certificate with what the store needs to know about it.
+#[derive(Debug)]
+pub struct Cert {
+    pub key: Arc<CertifiedKey>,
+    /// DNS names from the leaf's subjectAltName (lower-case; `*.x` for wildcards).
+    pub names: Vec<String>,
+    /// notAfter, unix seconds.
+    pub not_after: i64,
+    /// Where it came from (file path or `runtime`), for logs.
+    pub source: String,
+}
+
+impl Cert {
+    /// Build from PEM text (chain, then key).
+    pub fn from_pem(chain_pem: &[u8], key_pem: &[u8], source: &str) -> Result<Cert, CertError> {
+        let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &chain_pem[..])
+            .collect::<Result<_, _>>()
+            .map_err(|e| CertError::Invalid(format!("certificate PEM: {e}")))?;
+        let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut &key_pem[..])
+            .map_err(|e| CertError::Invalid(format!("key PEM: {e}")))?
+            .ok_or_else(|| CertError::Invalid("no private key in key PEM".into()))?;
+        Cert::from_der(chain, key, source)
+    }
+
+    pub fn from_der(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>, source: &str) -> Result<Cert, CertError> {
+        let leaf = chain.first().ok_or_else(|| CertError::Invalid("empty certificate chain".into()))?;
+        let (names, not_after) = leaf_info(leaf)?;
+        let signing_key = super::provider()
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| CertError::Invalid(format!("private key: {e}")))?;
+        let certified = CertifiedKey::new(chain, signing_key);
+        certified.keys_match().map_err(|e| CertError::Invalid(format!("key does not match certificate: {e}")))?;
+        Ok(Cert { key: Arc::new(certified), names, not_after, source: source.to_owned() })
+    }
+
+    pub fn load(files: &CertFiles) -> Result<Cert, CertError> {
+        let read = |p: &Path| {
+            std::fs::read(p).map_err(|e| CertError::File { path: p.display().to_string(), reason: e.to_string() })
+        };
+        let chain = read(&files.cert_file)?;
+        let key = read(&files.key_file)?;
+        Cert::from_pem(&chain, &key, &files.cert_file.display().to_string()).map_err(|e| match e {
+            CertError::File { .. } => e,
+            other => CertError::File { path: files.cert_file.display().to_string(), reason: other.to_string() },
+        })
+    }
+}
+
+/// DNS SANs and notAfter of a leaf certificate.
+pub fn leaf_info(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), CertError> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| CertError::Invalid(format!("X.509: {e}")))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = cert.subject_alternative_name() {
+        for gn in &san.value.general_names {
+            if let GeneralName::DNSName(n) = gn {
+                names.push(n.trim_end_matches('.').to_ascii_lowercase());
+            }
+        }
+    }
+    if names.is_empty() {
+        return Err(CertError::NoNames);
+    }
+    Ok((names, cert.validity().not_after.timestamp()))
+}
+
+#[derive(Default)]
+struct Snapshot {
+    exact: HashMap<String, Arc<Cert>>,
+    /// `*.myapp.com` is stored under `myapp.com`.
+    wildcard: HashMap<String, Arc<Cert>>,
+}
+
+/// Certificates by name. Cheap to read on every handshake.
+pub struct CertStore {
+    /// Certificates from config files and the cert directory (replaced on reload).
+    files: RwLock<Arc<Snapshot>>,
+    default: RwLock<Option<Arc<Cert>>>,
+}
+
+fn insert(snap: &mut Snapshot, cert: &Arc<Cert>) {
+    for name in &cert.names {
+        match name.strip_prefix("*.") {
+            Some(parent) => snap.wildcard.insert(parent.to_owned(), cert.clone()),
+            None => snap.exact.insert(name.clone(), cert.clone()),
+        };
+    }
+}
+
+impl CertStore {
+    pub fn new() -> CertStore {
+        CertStore { files: RwLock::new(Arc::default()), default: RwLock::new(None) }
+    }
+
+    /// Replace the file-backed certificates (start-up and SIGHUP).
+    pub fn replace_files(&self, certs: Vec<Cert>, default: Option<Cert>) {
+        let mut snap = Snapshot::default();
+        for c in certs {
+            insert(&mut snap, &Arc::new(c));
+        }
+        *self.files.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snap);
+        *self.default.write().unwrap_or_else(|p| p.into_inner()) = default.map(Arc::new);
+    }
+
+    /// The certificate for an SNI name, exact before wildcard.
+    pub fn lookup(&self, sni: &str) -> Option<Arc<Cert>> {
+        let sni = sni.trim_end_matches('.').to_ascii_lowercase();
+        let files = self.files.read().unwrap_or_else(|p| p.into_inner()).clone();
+        if let Some(c) = files.exact.get(&sni) {
+            return Some(c.clone());
+        }
+        // One label only: the parent must itself have a dot (no `*.com`).
+        let parent = sni.split_once('.').map(|(_, p)| p).filter(|p| p.contains('.'))?;
+        files.wildcard.get(parent).cloned()
+    }
+
+    /// The certificate to present: the name's own, else the default (if configured).
+    pub fn resolve(&self, sni: Option<&str>) -> Option<Arc<Cert>> {
+        sni.and_then(|s| self.lookup(s))
+            .or_else(|| self.default.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
+    /// Every certificate with its names and expiry (for metrics).
+    pub fn all(&self) -> Vec<Arc<Cert>> {
+        let mut out: Vec<Arc<Cert>> = Vec::new();
+        let files = self.files.read().unwrap_or_else(|p| p.into_inner()).clone();
+        for c in files.exact.values().chain(files.wildcard.values()) {
+            if !out.iter().any(|o| Arc::ptr_eq(o, c)) {
+                out.push(c.clone());
+            }
+        }
+        out
+    }
+}
+
+impl Default for CertStore {
+    fn default() -> Self {
+        CertStore::new()
+    }
+}
+
+/// Certificate pairs found in a directory: `<name>.pem` with `<name>.key`.
+pub fn dir_pairs(dir: &Path) -> Result<Vec<CertFiles>, CertError> {
+    let rd = std::fs::read_dir(dir).map_err(|e| CertError::File { path: dir.display().to_string(), reason: e.to_string() })?;
+    let mut pairs = Vec::new();
+    for entry in rd.flatten() {
+        let p = entry.path();
+        if p.extension().is_some_and(|e| e == "pem") {
+            let key: PathBuf = p.with_extension("key");
+            if key.exists() {
+                pairs.push(CertFiles { cert_file: p, key_file: key });
+            }
+        }
+    }
+    pairs.sort_by(|a, b| a.cert_file.cmp(&b.cert_file));
+    Ok(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(names: &[&str]) -> Cert {
+        let ck = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+        Cert::from_pem(ck.cert.pem().as_bytes(), ck.signing_key.serialize_pem().as_bytes(), "test").unwrap()
+    }
+
+    #[test]
+    fn exact_beats_wildcard_and_wildcards_cover_one_label() {
+        let store = CertStore::new();
+        store.replace_files(vec![cert(&["*.myapp.com"]), cert(&["special.myapp.com"])], None);
+        assert_eq!(store.lookup("a.myapp.com").unwrap().names, ["*.myapp.com"]);
+        assert_eq!(store.lookup("A.MyApp.com.").unwrap().names, ["*.myapp.com"]);
+        assert_eq!(store.lookup("special.myapp.com").unwrap().names, ["special.myapp.com"]);
+        assert!(store.lookup("a.b.myapp.com").is_none());
+        assert!(store.lookup("myapp.com").is_none());
+        assert!(store.lookup("evil.com").is_none());
+        assert!(store.resolve(Some("evil.com")).is_none());
+        assert!(store.resolve(None).is_none());
+    }
+
+    #[test]
+    fn default_and_reload() {
+        let store = CertStore::new();
+        store.replace_files(vec![cert(&["*.myapp.com"])], Some(cert(&["fallback.invalid"])));
+        assert!(store.lookup("shop.example").is_none());
+        assert_eq!(store.resolve(Some("shop.example")).unwrap().names, ["fallback.invalid"]);
+        store.replace_files(vec![cert(&["*.myapp.com"]), cert(&["shop.example", "www.shop.example"])], None);
+        assert_eq!(store.lookup("www.shop.example").unwrap().names, ["shop.example", "www.shop.example"]);
+        assert!(store.resolve(Some("other.example")).is_none());
+        assert_eq!(store.all().len(), 2);
+    }
+
+    #[test]
+    fn mismatched_key_is_refused() {
+        let a = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+        let b = rcgen::generate_simple_self_signed(vec!["b.test".to_string()]).unwrap();
+        assert!(Cert::from_pem(a.cert.pem().as_bytes(), b.signing_key.serialize_pem().as_bytes(), "t").is_err());
+    }
+}
