@@ -514,12 +514,18 @@ impl Config {
             return Err(invalid("tls.listen", "must differ from listen.http and listen.admin"));
         }
         if t.certificates.is_empty() && t.cert_dir.is_none() {
-            return Err(invalid("tls.certificates", "TLS is on but no certificates or cert_dir are configured"));
+            return Err(invalid(
+                "tls.certificates",
+                "TLS is on but no certificates or cert_dir are configured",
+            ));
         }
         for (i, c) in t.certificates.iter().enumerate() {
             for (field, p) in [("cert_file", &c.cert_file), ("key_file", &c.key_file)] {
                 if !p.is_file() {
-                    return Err(invalid(format!("tls.certificates[{i}].{field}"), format!("{} is not a readable file", p.display())));
+                    return Err(invalid(
+                        format!("tls.certificates[{i}].{field}"),
+                        format!("{} is not a readable file", p.display()),
+                    ));
                 }
             }
         }
@@ -530,12 +536,18 @@ impl Config {
         }
         match (t.unknown_sni, &t.default_certificate) {
             (UnknownSni::Default, None) => {
-                return Err(invalid("tls.default_certificate", "required when tls.unknown_sni = \"default\""))
+                return Err(invalid(
+                    "tls.default_certificate",
+                    "required when tls.unknown_sni = \"default\"",
+                ))
             }
             (_, Some(c)) => {
                 for (field, p) in [("cert_file", &c.cert_file), ("key_file", &c.key_file)] {
                     if !p.is_file() {
-                        return Err(invalid(format!("tls.default_certificate.{field}"), format!("{} is not a readable file", p.display())));
+                        return Err(invalid(
+                            format!("tls.default_certificate.{field}"),
+                            format!("{} is not a readable file", p.display()),
+                        ));
                     }
                 }
             }

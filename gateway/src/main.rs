@@ -110,7 +110,12 @@ fn certs(cmd: CertsCmd) -> anyhow::Result<()> {
             let (ca, _) = tls::devcerts::ensure_ca(&dir)?;
             let names = vec![format!("*.{domain}"), domain];
             let (cert, key) = tls::devcerts::issue(&dir, &names, &dir.join("wildcard"))?;
-            println!("CA:       {}\ncert:     {}\nkey:      {}", ca.display(), cert.display(), key.display());
+            println!(
+                "CA:       {}\ncert:     {}\nkey:      {}",
+                ca.display(),
+                cert.display(),
+                key.display()
+            );
         }
         CertsCmd::Issue { dir, names, out } => {
             let (cert, key) = tls::devcerts::issue(&dir, &names, &out)?;
@@ -146,7 +151,10 @@ fn publish_cert_metrics(store: &tls::store::CertStore, metrics: &metrics::Metric
     for cert in store.all() {
         tracing::info!(names = ?cert.names, not_after = cert.not_after, source = %cert.source, "certificate loaded");
         for name in &cert.names {
-            metrics.cert_expiry.with_label_values(&[name.as_str()]).set(cert.not_after);
+            metrics
+                .cert_expiry
+                .with_label_values(&[name.as_str()])
+                .set(cert.not_after);
         }
     }
 }
@@ -271,7 +279,10 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
                 port: cfg.tls.redirect_port.unwrap_or(addr.port()),
                 exempt: cfg.tls.redirect_exempt.clone(),
             });
-            Some(Arc::new(proxy::TlsRouting { sni: sni.clone(), redirect }))
+            Some(Arc::new(proxy::TlsRouting {
+                sni: sni.clone(),
+                redirect,
+            }))
         }
     };
 

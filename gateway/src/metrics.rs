@@ -64,13 +64,19 @@ impl Metrics {
         r.register(Box::new(invalidation_connected.clone()))
             .expect("unique metric");
         let tls_handshakes = IntCounterVec::new(
-            Opts::new("tenant_gateway_tls_handshakes_total", "TLS handshakes by result (ok, failed, timeout)."),
+            Opts::new(
+                "tenant_gateway_tls_handshakes_total",
+                "TLS handshakes by result (ok, failed, timeout).",
+            ),
             &["result"],
         )
         .expect("valid metric");
         r.register(Box::new(tls_handshakes.clone())).expect("unique metric");
         let cert_expiry = prometheus::IntGaugeVec::new(
-            Opts::new("tenant_gateway_certificate_expiry_timestamp_seconds", "notAfter of each loaded certificate, by name."),
+            Opts::new(
+                "tenant_gateway_certificate_expiry_timestamp_seconds",
+                "notAfter of each loaded certificate, by name.",
+            ),
             &["name"],
         )
         .expect("valid metric");

@@ -140,8 +140,17 @@ impl Gateway {
 
     /// 308 to the same host and path over HTTPS.
     async fn redirect_to_https(&self, session: &mut Session, ctx: &mut Ctx, host: &str, port: u16) -> Result<bool> {
-        let pq = session.req_header().uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-        let location = if port == 443 { format!("https://{host}{pq}") } else { format!("https://{host}:{port}{pq}") };
+        let pq = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let location = if port == 443 {
+            format!("https://{host}{pq}")
+        } else {
+            format!("https://{host}:{port}{pq}")
+        };
         let mut resp = ResponseHeader::build(308, Some(4))?;
         resp.insert_header(http::header::LOCATION, location.as_str())?;
         resp.insert_header(CONTENT_LENGTH, "0")?;
@@ -155,13 +164,17 @@ impl Gateway {
     /// Host and SNI name the same tenant (or the connection has no SNI).
     async fn sni_agrees(&self, session: &Session, host: &str, tenant: &Tenant) -> bool {
         let Some(tls) = &self.tls else { return true };
-        let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) else { return true };
+        let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) else {
+            return true;
+        };
         let sni = match tls.sni.get(peer) {
             Some(Some(sni)) => sni,
             // No SNI (e.g. an IP literal): nothing to disagree with.
             Some(None) | None => return true,
         };
-        let Ok(sni) = tenancy::normalize_host(&sni) else { return false };
+        let Ok(sni) = tenancy::normalize_host(&sni) else {
+            return false;
+        };
         if sni == host {
             return true;
         }
@@ -275,7 +288,11 @@ impl ProxyHttp for Gateway {
             Resolution::NotFound => return self.respond(session, ctx, PageKind::NotFound).await,
             Resolution::Unavailable => return self.respond(session, ctx, PageKind::Unavailable).await,
         };
-        if ctx.tls && !self.sni_agrees(session, ctx.host.as_deref().unwrap_or_default(), &tenant).await {
+        if ctx.tls
+            && !self
+                .sni_agrees(session, ctx.host.as_deref().unwrap_or_default(), &tenant)
+                .await
+        {
             ctx.tenant = Some(tenant);
             return self.respond(session, ctx, PageKind::Misdirected).await;
         }

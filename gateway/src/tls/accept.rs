@@ -49,7 +49,10 @@ impl SniRegistry {
 
     fn register(self: &Arc<Self>, peer: SocketAddr, sni: Option<Arc<str>>) -> SniGuard {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(peer, sni);
-        SniGuard { registry: self.clone(), peer }
+        SniGuard {
+            registry: self.clone(),
+            peer,
+        }
     }
 }
 
@@ -60,7 +63,11 @@ struct SniGuard {
 
 impl Drop for SniGuard {
     fn drop(&mut self) {
-        self.registry.0.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.peer);
+        self.registry
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.peer);
     }
 }
 
@@ -119,7 +126,10 @@ impl TlsConn {
             Some(b"http/1.1") => Some(ALPN::H1),
             _ => None,
         };
-        let cipher = conn.negotiated_cipher_suite().and_then(|c| c.suite().as_str()).unwrap_or("unknown");
+        let cipher = conn
+            .negotiated_cipher_suite()
+            .and_then(|c| c.suite().as_str())
+            .unwrap_or("unknown");
         let version = conn.protocol_version().and_then(|v| v.as_str()).unwrap_or("unknown");
         let ssl_digest = Arc::new(SslDigest::new(cipher, version, None, None, Vec::new()));
         TlsConn {
@@ -136,7 +146,10 @@ impl TlsConn {
 
 impl std::fmt::Debug for TlsConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsConn").field("fd", &self.fd).field("alpn", &self.alpn).finish()
+        f.debug_struct("TlsConn")
+            .field("fd", &self.fd)
+            .field("alpn", &self.alpn)
+            .finish()
     }
 }
 

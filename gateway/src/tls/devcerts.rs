@@ -17,7 +17,10 @@ pub enum DevCertError {
 }
 
 fn write(path: &Path, contents: &str, private: bool) -> Result<(), DevCertError> {
-    let io = |source| DevCertError::Io { path: path.display().to_string(), source };
+    let io = |source| DevCertError::Io {
+        path: path.display().to_string(),
+        source,
+    };
     std::fs::write(path, contents).map_err(io)?;
     if private {
         use std::os::unix::fs::PermissionsExt;
@@ -27,20 +30,32 @@ fn write(path: &Path, contents: &str, private: bool) -> Result<(), DevCertError>
 }
 
 fn read(path: &Path) -> Result<String, DevCertError> {
-    std::fs::read_to_string(path).map_err(|source| DevCertError::Io { path: path.display().to_string(), source })
+    std::fs::read_to_string(path).map_err(|source| DevCertError::Io {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Create `ca.pem`/`ca.key` in `dir` unless they exist; return their paths.
 pub fn ensure_ca(dir: &Path) -> Result<(PathBuf, PathBuf), DevCertError> {
-    std::fs::create_dir_all(dir).map_err(|source| DevCertError::Io { path: dir.display().to_string(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| DevCertError::Io {
+        path: dir.display().to_string(),
+        source,
+    })?;
     let (cert, key) = (dir.join("ca.pem"), dir.join("ca.key"));
     if cert.exists() && key.exists() {
         return Ok((cert, key));
     }
     let mut params = CertificateParams::new(Vec::<String>::new())?;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, "Tenant Gateway development CA");
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Tenant Gateway development CA");
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     let kp = KeyPair::generate()?;
     let ca = params.self_signed(&kp)?;
     write(&cert, &ca.pem(), false)?;
@@ -55,7 +70,9 @@ pub fn issue(ca_dir: &Path, names: &[String], out: &Path) -> Result<(PathBuf, Pa
     let ca_kp = KeyPair::from_pem(&read(&ca_key)?)?;
     let issuer = Issuer::from_ca_cert_pem(&read(&ca_cert)?, ca_kp)?;
     let mut params = CertificateParams::new(names.to_vec())?;
-    params.distinguished_name.push(DnType::CommonName, names.first().cloned().unwrap_or_default());
+    params
+        .distinguished_name
+        .push(DnType::CommonName, names.first().cloned().unwrap_or_default());
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     let kp = KeyPair::generate()?;
@@ -75,7 +92,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let names = vec!["*.myapp.localhost".to_string(), "myapp.localhost".to_string()];
         let (cert, key) = issue(dir.path(), &names, &dir.path().join("wildcard")).unwrap();
-        let files = crate::config::CertFiles { cert_file: cert, key_file: key };
+        let files = crate::config::CertFiles {
+            cert_file: cert,
+            key_file: key,
+        };
         let loaded = crate::tls::store::Cert::load(&files).unwrap();
         assert_eq!(loaded.names, names);
         // The CA is reused, not regenerated.

@@ -48,27 +48,46 @@ impl Cert {
         Cert::from_der(chain, key, source)
     }
 
-    pub fn from_der(chain: Vec<CertificateDer<'static>>, key: PrivateKeyDer<'static>, source: &str) -> Result<Cert, CertError> {
-        let leaf = chain.first().ok_or_else(|| CertError::Invalid("empty certificate chain".into()))?;
+    pub fn from_der(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        source: &str,
+    ) -> Result<Cert, CertError> {
+        let leaf = chain
+            .first()
+            .ok_or_else(|| CertError::Invalid("empty certificate chain".into()))?;
         let (names, not_after) = leaf_info(leaf)?;
         let signing_key = super::provider()
             .key_provider
             .load_private_key(key)
             .map_err(|e| CertError::Invalid(format!("private key: {e}")))?;
         let certified = CertifiedKey::new(chain, signing_key);
-        certified.keys_match().map_err(|e| CertError::Invalid(format!("key does not match certificate: {e}")))?;
-        Ok(Cert { key: Arc::new(certified), names, not_after, source: source.to_owned() })
+        certified
+            .keys_match()
+            .map_err(|e| CertError::Invalid(format!("key does not match certificate: {e}")))?;
+        Ok(Cert {
+            key: Arc::new(certified),
+            names,
+            not_after,
+            source: source.to_owned(),
+        })
     }
 
     pub fn load(files: &CertFiles) -> Result<Cert, CertError> {
         let read = |p: &Path| {
-            std::fs::read(p).map_err(|e| CertError::File { path: p.display().to_string(), reason: e.to_string() })
+            std::fs::read(p).map_err(|e| CertError::File {
+                path: p.display().to_string(),
+                reason: e.to_string(),
+            })
         };
         let chain = read(&files.cert_file)?;
         let key = read(&files.key_file)?;
         Cert::from_pem(&chain, &key, &files.cert_file.display().to_string()).map_err(|e| match e {
             CertError::File { .. } => e,
-            other => CertError::File { path: files.cert_file.display().to_string(), reason: other.to_string() },
+            other => CertError::File {
+                path: files.cert_file.display().to_string(),
+                reason: other.to_string(),
+            },
         })
     }
 }
@@ -116,7 +135,10 @@ fn insert(snap: &mut Snapshot, cert: &Arc<Cert>) {
 
 impl CertStore {
     pub fn new() -> CertStore {
-        CertStore { files: RwLock::new(Arc::default()), default: RwLock::new(None) }
+        CertStore {
+            files: RwLock::new(Arc::default()),
+            default: RwLock::new(None),
+        }
     }
 
     /// Replace the file-backed certificates (start-up and SIGHUP).
@@ -168,14 +190,20 @@ impl Default for CertStore {
 
 /// Certificate pairs found in a directory: `<name>.pem` with `<name>.key`.
 pub fn dir_pairs(dir: &Path) -> Result<Vec<CertFiles>, CertError> {
-    let rd = std::fs::read_dir(dir).map_err(|e| CertError::File { path: dir.display().to_string(), reason: e.to_string() })?;
+    let rd = std::fs::read_dir(dir).map_err(|e| CertError::File {
+        path: dir.display().to_string(),
+        reason: e.to_string(),
+    })?;
     let mut pairs = Vec::new();
     for entry in rd.flatten() {
         let p = entry.path();
         if p.extension().is_some_and(|e| e == "pem") {
             let key: PathBuf = p.with_extension("key");
             if key.exists() {
-                pairs.push(CertFiles { cert_file: p, key_file: key });
+                pairs.push(CertFiles {
+                    cert_file: p,
+                    key_file: key,
+                });
             }
         }
     }
@@ -189,7 +217,12 @@ mod tests {
 
     fn cert(names: &[&str]) -> Cert {
         let ck = rcgen::generate_simple_self_signed(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        Cert::from_pem(ck.cert.pem().as_bytes(), ck.signing_key.serialize_pem().as_bytes(), "test").unwrap()
+        Cert::from_pem(
+            ck.cert.pem().as_bytes(),
+            ck.signing_key.serialize_pem().as_bytes(),
+            "test",
+        )
+        .unwrap()
     }
 
     #[test]
@@ -212,8 +245,14 @@ mod tests {
         store.replace_files(vec![cert(&["*.myapp.com"])], Some(cert(&["fallback.invalid"])));
         assert!(store.lookup("shop.example").is_none());
         assert_eq!(store.resolve(Some("shop.example")).unwrap().names, ["fallback.invalid"]);
-        store.replace_files(vec![cert(&["*.myapp.com"]), cert(&["shop.example", "www.shop.example"])], None);
-        assert_eq!(store.lookup("www.shop.example").unwrap().names, ["shop.example", "www.shop.example"]);
+        store.replace_files(
+            vec![cert(&["*.myapp.com"]), cert(&["shop.example", "www.shop.example"])],
+            None,
+        );
+        assert_eq!(
+            store.lookup("www.shop.example").unwrap().names,
+            ["shop.example", "www.shop.example"]
+        );
         assert!(store.resolve(Some("other.example")).is_none());
         assert_eq!(store.all().len(), 2);
     }
