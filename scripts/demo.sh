@@ -5,12 +5,13 @@
 # starts two upstream-apps and the gateway in front of them, seeds a project per
 # tenant through the gateway, and prints what to curl. Ctrl-C stops everything.
 #
-# Ports (override with env): DEMO_HTTP_PORT=8080 DEMO_ADMIN_PORT=9090
-# DEMO_APP_PORTS="8081 8082" DEMO_PG_PORT=54329
+# Ports (override with env): DEMO_HTTP_PORT=8080 DEMO_HTTPS_PORT=8443
+# DEMO_ADMIN_PORT=9090 DEMO_APP_PORTS="8081 8082" DEMO_PG_PORT=54329
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD/.demo"
 HTTP_PORT="${DEMO_HTTP_PORT:-8080}"
+HTTPS_PORT="${DEMO_HTTPS_PORT:-8443}"
 ADMIN_PORT="${DEMO_ADMIN_PORT:-9090}"
 APP_PORTS=(${DEMO_APP_PORTS:-8081 8082})
 PG_PORT="${DEMO_PG_PORT:-54329}"
@@ -18,6 +19,12 @@ PG_PORT="${DEMO_PG_PORT:-54329}"
 scripts/deps.sh demo
 cargo build --workspace --bins
 BIN="$PWD/target/debug"
+
+# Dev CA, wildcard for *.myapp.localhost, and a certificate for ferrari's custom domain.
+"$BIN/gateway" certs dev --dir certs/dev --domain myapp.localhost >/dev/null
+mkdir -p certs/dev/custom
+[ -f certs/dev/custom/ferrari-cars.pem ] || \
+  "$BIN/gateway" certs issue --dir certs/dev --name www.ferrari-cars.localhost --out certs/dev/custom/ferrari-cars >/dev/null
 
 PGBIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -70,6 +77,12 @@ shutdown_grace_secs = 2
 [tenant]
 base_domains = ["myapp.localhost"]
 
+[tls]
+listen = "127.0.0.1:$HTTPS_PORT"
+certificates = [{ cert_file = "$PWD/certs/dev/wildcard.pem", key_file = "$PWD/certs/dev/wildcard.key" }]
+cert_dir = "$PWD/certs/dev/custom"
+redirect_exempt = ["/healthz"]
+
 [pools.default]
 backends = [${backends%, }]
 TOML
@@ -83,7 +96,7 @@ wait_for() { # url
 for port in "${APP_PORTS[@]}"; do wait_for "http://127.0.0.1:$port/healthz"; done
 wait_for "http://127.0.0.1:$ADMIN_PORT/readyz"
 
-gw() { curl -fsS -H "Host: $1" "http://127.0.0.1:$HTTP_PORT$2" "${@:3}"; }
+gw() { curl -fsS --cacert certs/dev/ca.pem --resolve "$1:$HTTPS_PORT:127.0.0.1" "https://$1:$HTTPS_PORT$2" "${@:3}"; }
 for t in ferrari mclaren; do
   if [ "$(gw "$t.myapp.localhost" /projects)" = "[]" ]; then
     gw "$t.myapp.localhost" /projects -X POST -H 'content-type: application/json' \
@@ -95,11 +108,12 @@ cat <<TXT
 
 Tenant Gateway demo is running (logs: $ROOT/logs, Ctrl-C to stop).
 
-  curl http://ferrari.myapp.localhost:$HTTP_PORT/projects
-  curl http://mclaren.myapp.localhost:$HTTP_PORT/whoami
-  curl -H 'Host: www.ferrari-cars.localhost' http://127.0.0.1:$HTTP_PORT/projects
-  curl -H 'X-Tenant: mclaren' http://ferrari.myapp.localhost:$HTTP_PORT/whoami   # spoofing is ignored
-  curl -i http://nobody.myapp.localhost:$HTTP_PORT/                              # 404 from the gateway
+  curl --cacert certs/dev/ca.pem https://ferrari.myapp.localhost:$HTTPS_PORT/projects
+  curl --cacert certs/dev/ca.pem https://mclaren.myapp.localhost:$HTTPS_PORT/whoami
+  curl --cacert certs/dev/ca.pem https://www.ferrari-cars.localhost:$HTTPS_PORT/projects   # custom domain, own cert
+  curl --cacert certs/dev/ca.pem -H 'X-Tenant: mclaren' https://ferrari.myapp.localhost:$HTTPS_PORT/whoami  # spoof ignored
+  curl -i --cacert certs/dev/ca.pem https://nobody.myapp.localhost:$HTTPS_PORT/       # 404 from the gateway
+  curl -i http://ferrari.myapp.localhost:$HTTP_PORT/projects                          # 308 to HTTPS
   curl http://127.0.0.1:$ADMIN_PORT/metrics
 
 Operator CLI (same database):
