@@ -54,6 +54,14 @@ impl ServeHttp for Admin {
             "/metrics" => {
                 let (known, _unknown) = self.cache.entry_counts();
                 self.metrics.cache_entries.set(i64::try_from(known).unwrap_or(i64::MAX));
+                for pool in self.pools.all() {
+                    for (backend, up) in pool.health() {
+                        self.metrics
+                            .backend_up
+                            .with_label_values(&[&*pool.name, backend.as_str()])
+                            .set(i64::from(up));
+                    }
+                }
                 reply(200, "text/plain; version=0.0.4", self.metrics.render())
             }
             _ => reply(404, "text/plain", "not found\n".into()),

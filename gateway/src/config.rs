@@ -36,6 +36,7 @@ pub struct Config {
     pub headers: HeadersConfig,
     pub pages: PagesConfig,
     pub tls: TlsConfig,
+    pub metrics: MetricsConfig,
     /// Named backend pools; `default` is required.
     pub pools: BTreeMap<String, PoolConfig>,
 }
@@ -136,6 +137,21 @@ pub struct PagesConfig {
 pub struct PageFiles {
     pub html_file: Option<PathBuf>,
     pub json_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Distinct tenant label values; further tenants are folded into `other`.
+    pub max_tenant_labels: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            max_tenant_labels: 10_000,
+        }
+    }
 }
 
 /// A certificate chain and its private key, both PEM files.
@@ -448,6 +464,9 @@ impl Config {
             }
         }
         self.validate_tls()?;
+        if self.metrics.max_tenant_labels == 0 {
+            return Err(invalid("metrics.max_tenant_labels", "must be at least 1"));
+        }
         if !self.pools.contains_key("default") {
             return Err(invalid("pools.default", "a `default` pool is required"));
         }

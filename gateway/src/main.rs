@@ -236,7 +236,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let secrets = cfg.secrets()?;
     let pages = pages::Pages::load(&cfg.pages)?;
     let pools = Arc::new(Pools::from_config(&cfg)?);
-    let metrics = Arc::new(metrics::Metrics::new());
+    let metrics = Arc::new(metrics::Metrics::new(cfg.metrics.max_tenant_labels));
     let lookup = tenant::lookup::Lookup::new(
         &secrets.database_url,
         cfg.database.max_connections,

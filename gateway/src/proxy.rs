@@ -21,6 +21,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_load_balancing::Backend;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::metrics::tenant::{method_index, rejection_index, Observation};
 use crate::metrics::Metrics;
 use crate::pages::{wants_json, PageKind, Pages};
 use crate::tenant::cache::{Resolution, TenantCache};
@@ -72,6 +73,10 @@ pub struct Ctx {
     page: Option<PageKind>,
     /// The request arrived over TLS.
     tls: bool,
+    /// Sent to the landing pool (bare base domain).
+    landing: bool,
+    /// Counted in `requests_in_flight`.
+    in_flight: bool,
 }
 
 /// Whether a header name is one clients must never send upstream:
@@ -113,7 +118,6 @@ impl Gateway {
     /// `close`: tell the client this connection ends after the page.
     async fn respond_page(&self, session: &mut Session, ctx: &mut Ctx, kind: PageKind, close: bool) -> Result<bool> {
         ctx.page = Some(kind);
-        self.metrics.requests.with_label_values(&[kind.name()]).inc();
         let page = self.pages.get(kind);
         let json = wants_json(session.req_header().headers.get(ACCEPT).and_then(|v| v.to_str().ok()));
         let (body, ctype) = if json {
@@ -155,7 +159,6 @@ impl Gateway {
         resp.insert_header(http::header::LOCATION, location.as_str())?;
         resp.insert_header(CONTENT_LENGTH, "0")?;
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-        self.metrics.requests.with_label_values(&["redirect"]).inc();
         ctx.host = Some(host.to_owned());
         session.write_response_header(Box::new(resp), true).await?;
         Ok(true)
@@ -182,6 +185,26 @@ impl Gateway {
             Resolution::Found(t) => t.schema == tenant.schema,
             _ => false,
         }
+    }
+
+    /// Per-tenant metrics for one finished request (atomics only).
+    fn record(&self, session: &Session, e: Option<&Error>, ctx: &Ctx, status: u16) {
+        let tenants = &self.metrics.tenants;
+        let stats = match &ctx.tenant {
+            Some(t) => t.stats.get_or_init(|| tenants.for_tenant(&t.schema)),
+            None if ctx.landing => tenants.landing(),
+            None => tenants.unknown(),
+        };
+        stats.observe(&Observation {
+            method_index: method_index(&session.req_header().method),
+            status,
+            seconds: ctx.start.elapsed().as_secs_f64(),
+            request_bytes: session.body_bytes_read() as u64,
+            response_bytes: session.body_bytes_sent() as u64,
+            upstream_error: e.is_some_and(|e| *e.esource() == pingora_error::ErrorSource::Upstream),
+            retries: ctx.tried.len().saturating_sub(1) as u64,
+            rejection: ctx.page.and_then(|p| rejection_index(p.name())),
+        });
     }
 
     fn client_ip(session: &Session) -> Option<IpAddr> {
@@ -246,10 +269,14 @@ impl ProxyHttp for Gateway {
             tried: Vec::new(),
             page: None,
             tls: false,
+            landing: false,
+            in_flight: false,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        self.metrics.requests_in_flight.inc();
+        ctx.in_flight = true;
         ctx.request_id = session
             .req_header()
             .headers
@@ -278,7 +305,7 @@ impl ProxyHttp for Gateway {
         if self.landing.is_some() && self.base_domains.contains(&host) {
             ctx.pool = self.landing.clone();
             ctx.host = Some(host);
-            self.metrics.requests.with_label_values(&["landing"]).inc();
+            ctx.landing = true;
             return Ok(false);
         }
         let resolution = self.cache.resolve(host::lookup_name(&host, self.strip_www)).await;
@@ -319,7 +346,6 @@ impl ProxyHttp for Gateway {
         };
         ctx.pool = Some(pool);
         ctx.tenant = Some(tenant);
-        self.metrics.requests.with_label_values(&["proxied"]).inc();
         Ok(false)
     }
 
@@ -429,7 +455,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        if ctx.in_flight {
+            self.metrics.requests_in_flight.dec();
+        }
         let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        self.record(session, e, ctx, status);
         let req = session.req_header();
         tracing::info!(
             target: "access",

@@ -62,8 +62,14 @@ pub struct TenantCache {
 
 impl TenantCache {
     pub fn new(lookup: Lookup, cfg: &CacheConfig, metrics: Arc<Metrics>) -> TenantCache {
+        let evictions = metrics.cache_evictions.clone();
         let positive = Cache::builder()
             .max_capacity(cfg.max_entries)
+            .eviction_listener(move |_k, _v, cause| {
+                if cause == moka::notification::RemovalCause::Size {
+                    evictions.inc();
+                }
+            })
             .time_to_live(Duration::from_secs(cfg.max_stale_secs))
             .build();
         let negative = Cache::builder()

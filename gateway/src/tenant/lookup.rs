@@ -104,6 +104,7 @@ impl Lookup {
             schema: Arc::from(schema),
             status,
             pool: pool.map(Arc::from),
+            stats: Default::default(),
         }))
     }
 }

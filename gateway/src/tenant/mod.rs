@@ -6,7 +6,9 @@ pub mod host;
 pub mod invalidate;
 pub mod lookup;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use crate::metrics::tenant::TenantStats;
 
 /// A tenant's lifecycle state as stored in the tenant table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,11 +20,13 @@ pub enum Status {
 
 /// What the domain table says about a host. Shared by `Arc`: the request
 /// path clones a pointer, never the strings.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Tenant {
     /// Schema name: the value stamped into `X-Tenant`.
     pub schema: Arc<str>,
     pub status: Status,
     /// Dedicated backend pool, if the tenant is pinned to one.
     pub pool: Option<Arc<str>>,
+    /// This tenant's metric handles, attached on first use.
+    pub stats: OnceLock<Arc<TenantStats>>,
 }

@@ -280,6 +280,19 @@ impl<A: ServerApp + Send + Sync + 'static> Service for TlsService<A> {
     }
 }
 
+/// Runs `f` when dropped (however the connection task ends).
+struct OnDrop<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
+fn scopeguard<F: FnMut()>(f: F) -> OnDrop<F> {
+    OnDrop(f)
+}
+
 struct Connection<A> {
     app: Arc<A>,
     config: Arc<ServerConfig>,
@@ -313,6 +326,8 @@ impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
             }
         };
         self.metrics.tls_handshakes.with_label_values(&["ok"]).inc();
+        self.metrics.tls_connections.inc();
+        let _open = scopeguard(|| self.metrics.tls_connections.dec());
         let _guard = self.sni.register(peer, sni);
         let mut stream: pingora_core::protocols::Stream = Box::new(TlsConn::new(tls, started.elapsed()));
         while let Some(next) = self.app.process_new(stream, &self.shutdown).await {

@@ -1,7 +1,12 @@
-//! Prometheus metrics. Handles are created once and shared, so the request
-//! path only bumps atomics. (Per-tenant series come with the metrics issue.)
+//! Prometheus metrics. Gateway-wide handles are created once and shared;
+//! per-tenant series live in [`tenant`], cached on each tenant's cache
+//! entry. The request path only bumps atomics.
 
-use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+pub mod tenant;
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
 
 pub struct Metrics {
     registry: Registry,
@@ -14,8 +19,13 @@ pub struct Metrics {
     pub lookup_errors: IntCounter,
     pub lookup_seconds: Histogram,
     pub notify_invalidations: IntCounter,
-    pub requests: IntCounterVec,
     pub upstream_retries: IntCounter,
+    pub cache_evictions: IntCounter,
+    pub requests_in_flight: IntGauge,
+    pub tls_connections: IntGauge,
+    /// 1 healthy / 0 ejected, by pool and backend (refreshed at scrape).
+    pub backend_up: IntGaugeVec,
+    pub tenants: tenant::TenantMetrics,
     pub cache_entries: IntGauge,
     pub invalidation_connected: IntGauge,
     /// TLS handshakes by result: ok, failed, timeout.
@@ -30,8 +40,14 @@ fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     c
 }
 
+fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
 impl Metrics {
-    pub fn new() -> Metrics {
+    pub fn new(max_tenant_labels: usize) -> Metrics {
         let r = Registry::new();
         let lookup_seconds = Histogram::with_opts(
             HistogramOpts::new(
@@ -44,15 +60,15 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(lookup_seconds.clone())).expect("unique metric");
-        let requests = IntCounterVec::new(
+        let backend_up = IntGaugeVec::new(
             Opts::new(
-                "tenant_gateway_requests_total",
-                "Requests by outcome of tenant resolution.",
+                "tenant_gateway_backend_up",
+                "1 if the backend passes health checks, by pool and backend.",
             ),
-            &["outcome"],
+            &["pool", "backend"],
         )
         .expect("valid metric");
-        r.register(Box::new(requests.clone())).expect("unique metric");
+        r.register(Box::new(backend_up.clone())).expect("unique metric");
         let cache_entries =
             IntGauge::new("tenant_gateway_cache_entries", "Known hosts currently cached.").expect("valid metric");
         r.register(Box::new(cache_entries.clone())).expect("unique metric");
@@ -130,25 +146,29 @@ impl Metrics {
                 "tenant_gateway_upstream_retries_total",
                 "Requests retried on another backend after a connect failure.",
             ),
+            cache_evictions: counter(
+                &r,
+                "tenant_gateway_cache_evictions_total",
+                "Known hosts evicted from the cache by its size bound.",
+            ),
+            requests_in_flight: gauge(&r, "tenant_gateway_requests_in_flight", "Requests being handled."),
+            tls_connections: gauge(&r, "tenant_gateway_tls_connections_active", "Open TLS connections."),
+            backend_up,
+            tenants: tenant::TenantMetrics::new(max_tenant_labels),
             lookup_seconds,
-            requests,
             cache_entries,
             registry: r,
         }
     }
 
-    /// Text exposition format.
+    /// Text exposition format: gateway-wide families, then per-tenant ones.
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             return format!("# encode error: {e}\n");
         }
-        String::from_utf8(buf).unwrap_or_default()
-    }
-}
-
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
+        let mut out = String::from_utf8(buf).unwrap_or_default();
+        self.tenants.render(&mut out);
+        out
     }
 }

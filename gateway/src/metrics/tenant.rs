@@ -1,0 +1,358 @@
+//! Per-tenant metrics with bounded cardinality and no locks or allocation on
+//! the request path.
+//!
+//! Each tenant's counters are plain atomics in a [`TenantStats`], created
+//! once per schema name and cached on the tenant's cache entry (`Tenant`),
+//! so recording a request is a handful of `fetch_add`s. At most `cap`
+//! distinct tenants get their own series; later ones share `other` and
+//! `tenant_gateway_tenant_label_overflow_total` counts each tenant folded.
+//! Requests with no tenant (unknown or malformed hosts) count under the fixed
+//! label `unknown`, the landing pool under `landing`. Rendered in the text
+//! exposition format at scrape time.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+/// Methods with their own series; everything else is `other`.
+pub const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"];
+/// Status classes.
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Why the gateway refused a request itself.
+pub const REJECTIONS: [&str; 6] = [
+    "not_found",
+    "suspended",
+    "deleted",
+    "misdirected",
+    "unavailable",
+    "bad_request",
+];
+/// Request duration histogram buckets, seconds.
+pub const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+pub const OTHER: &str = "other";
+pub const UNKNOWN: &str = "unknown";
+pub const LANDING: &str = "landing";
+
+/// One tenant's counters.
+pub struct TenantStats {
+    label: Arc<str>,
+    requests: [[AtomicU64; CLASSES.len()]; METHODS.len()],
+    duration_buckets: [AtomicU64; BUCKETS.len()],
+    duration_sum_nanos: AtomicU64,
+    duration_count: AtomicU64,
+    request_bytes: AtomicU64,
+    response_bytes: AtomicU64,
+    upstream_errors: AtomicU64,
+    upstream_retries: AtomicU64,
+    rejected: [AtomicU64; REJECTIONS.len()],
+}
+
+/// What one finished request contributes.
+pub struct Observation {
+    pub method_index: usize,
+    pub status: u16,
+    pub seconds: f64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub upstream_error: bool,
+    pub retries: u64,
+    pub rejection: Option<usize>,
+}
+
+pub fn method_index(method: &http::Method) -> usize {
+    METHODS
+        .iter()
+        .position(|m| *m == method.as_str())
+        .unwrap_or(METHODS.len() - 1)
+}
+
+pub fn rejection_index(name: &str) -> Option<usize> {
+    REJECTIONS.iter().position(|r| *r == name)
+}
+
+impl std::fmt::Debug for TenantStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantStats").field("label", &self.label).finish()
+    }
+}
+
+impl TenantStats {
+    fn new(label: &str) -> TenantStats {
+        TenantStats {
+            label: Arc::from(label),
+            requests: Default::default(),
+            duration_buckets: Default::default(),
+            duration_sum_nanos: AtomicU64::new(0),
+            duration_count: AtomicU64::new(0),
+            request_bytes: AtomicU64::new(0),
+            response_bytes: AtomicU64::new(0),
+            upstream_errors: AtomicU64::new(0),
+            upstream_retries: AtomicU64::new(0),
+            rejected: Default::default(),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn observe(&self, o: &Observation) {
+        let class = usize::from(o.status / 100).clamp(1, 5) - 1;
+        self.requests[o.method_index.min(METHODS.len() - 1)][class].fetch_add(1, Relaxed);
+        // Cumulative buckets are summed at render time; record the first bucket that fits.
+        if let Some(b) = BUCKETS.iter().position(|le| o.seconds <= *le) {
+            self.duration_buckets[b].fetch_add(1, Relaxed);
+        }
+        self.duration_sum_nanos.fetch_add((o.seconds * 1e9) as u64, Relaxed);
+        self.duration_count.fetch_add(1, Relaxed);
+        self.request_bytes.fetch_add(o.request_bytes, Relaxed);
+        self.response_bytes.fetch_add(o.response_bytes, Relaxed);
+        if o.upstream_error {
+            self.upstream_errors.fetch_add(1, Relaxed);
+        }
+        if o.retries > 0 {
+            self.upstream_retries.fetch_add(o.retries, Relaxed);
+        }
+        if let Some(r) = o.rejection {
+            self.rejected[r.min(REJECTIONS.len() - 1)].fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// All tenants' stats, bounded by `cap` distinct labels.
+pub struct TenantMetrics {
+    cap: usize,
+    by_tenant: Mutex<HashMap<Arc<str>, Arc<TenantStats>>>,
+    other: Arc<TenantStats>,
+    unknown: Arc<TenantStats>,
+    landing: Arc<TenantStats>,
+    overflow: AtomicU64,
+}
+
+impl TenantMetrics {
+    pub fn new(cap: usize) -> TenantMetrics {
+        TenantMetrics {
+            cap,
+            by_tenant: Mutex::new(HashMap::new()),
+            other: Arc::new(TenantStats::new(OTHER)),
+            unknown: Arc::new(TenantStats::new(UNKNOWN)),
+            landing: Arc::new(TenantStats::new(LANDING)),
+            overflow: AtomicU64::new(0),
+        }
+    }
+
+    /// The stats for a tenant: its own while under the cap, else `other`.
+    /// Called once per tenant cache entry, not per request.
+    pub fn for_tenant(&self, schema: &str) -> Arc<TenantStats> {
+        let mut map = self.by_tenant.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = map.get(schema) {
+            return s.clone();
+        }
+        if map.len() >= self.cap {
+            self.overflow.fetch_add(1, Relaxed);
+            return self.other.clone();
+        }
+        let s = Arc::new(TenantStats::new(schema));
+        map.insert(Arc::from(schema), s.clone());
+        s
+    }
+
+    pub fn unknown(&self) -> &Arc<TenantStats> {
+        &self.unknown
+    }
+
+    pub fn landing(&self) -> &Arc<TenantStats> {
+        &self.landing
+    }
+
+    /// Text exposition of every per-tenant family.
+    pub fn render(&self, out: &mut String) {
+        let mut all: Vec<Arc<TenantStats>> = self
+            .by_tenant
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.label.cmp(&b.label));
+        for fixed in [&self.other, &self.unknown, &self.landing] {
+            if fixed.duration_count.load(Relaxed) > 0 {
+                all.push(fixed.clone());
+            }
+        }
+        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        };
+        family(
+            out,
+            "tenant_gateway_tenant_requests_total",
+            "counter",
+            "Requests by tenant, method and status class.",
+        );
+        for s in &all {
+            for (mi, m) in METHODS.iter().enumerate() {
+                for (ci, c) in CLASSES.iter().enumerate() {
+                    let v = s.requests[mi][ci].load(Relaxed);
+                    if v > 0 {
+                        let _ = writeln!(
+                            out,
+                            "tenant_gateway_tenant_requests_total{{tenant=\"{}\",method=\"{m}\",class=\"{c}\"}} {v}",
+                            s.label
+                        );
+                    }
+                }
+            }
+        }
+        family(
+            out,
+            "tenant_gateway_tenant_request_duration_seconds",
+            "histogram",
+            "Request duration by tenant, seconds.",
+        );
+        for s in &all {
+            let mut cumulative = 0;
+            for (i, le) in BUCKETS.iter().enumerate() {
+                cumulative += s.duration_buckets[i].load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "tenant_gateway_tenant_request_duration_seconds_bucket{{tenant=\"{}\",le=\"{le}\"}} {cumulative}",
+                    s.label
+                );
+            }
+            let count = s.duration_count.load(Relaxed);
+            let sum = s.duration_sum_nanos.load(Relaxed) as f64 / 1e9;
+            let l = &s.label;
+            let _ = writeln!(
+                out,
+                "tenant_gateway_tenant_request_duration_seconds_bucket{{tenant=\"{l}\",le=\"+Inf\"}} {count}"
+            );
+            let _ = writeln!(
+                out,
+                "tenant_gateway_tenant_request_duration_seconds_sum{{tenant=\"{l}\"}} {sum}"
+            );
+            let _ = writeln!(
+                out,
+                "tenant_gateway_tenant_request_duration_seconds_count{{tenant=\"{l}\"}} {count}"
+            );
+        }
+        let simple: [(&str, &str, fn(&TenantStats) -> u64); 4] = [
+            (
+                "tenant_gateway_tenant_request_bytes_total",
+                "Request body bytes received, by tenant.",
+                |s| s.request_bytes.load(Relaxed),
+            ),
+            (
+                "tenant_gateway_tenant_response_bytes_total",
+                "Response body bytes sent, by tenant.",
+                |s| s.response_bytes.load(Relaxed),
+            ),
+            (
+                "tenant_gateway_tenant_upstream_errors_total",
+                "Requests that failed talking to a backend, by tenant.",
+                |s| s.upstream_errors.load(Relaxed),
+            ),
+            (
+                "tenant_gateway_tenant_upstream_retries_total",
+                "Retries on another backend, by tenant.",
+                |s| s.upstream_retries.load(Relaxed),
+            ),
+        ];
+        for (name, help, get) in simple {
+            family(out, name, "counter", help);
+            for s in &all {
+                let _ = writeln!(out, "{name}{{tenant=\"{}\"}} {}", s.label, get(s));
+            }
+        }
+        family(
+            out,
+            "tenant_gateway_tenant_rejected_total",
+            "counter",
+            "Requests the gateway refused itself, by tenant and reason.",
+        );
+        for s in &all {
+            for (ri, r) in REJECTIONS.iter().enumerate() {
+                let v = s.rejected[ri].load(Relaxed);
+                if v > 0 {
+                    let _ = writeln!(
+                        out,
+                        "tenant_gateway_tenant_rejected_total{{tenant=\"{}\",reason=\"{r}\"}} {v}",
+                        s.label
+                    );
+                }
+            }
+        }
+        family(
+            out,
+            "tenant_gateway_tenant_label_overflow_total",
+            "counter",
+            "Tenants folded into the `other` label by the cap.",
+        );
+        let _ = writeln!(
+            out,
+            "tenant_gateway_tenant_label_overflow_total {}",
+            self.overflow.load(Relaxed)
+        );
+        family(
+            out,
+            "tenant_gateway_tenant_labels",
+            "gauge",
+            "Distinct tenant label values in use.",
+        );
+        let _ = writeln!(out, "tenant_gateway_tenant_labels {}", all.len());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obs(status: u16, seconds: f64) -> Observation {
+        Observation {
+            method_index: 0,
+            status,
+            seconds,
+            request_bytes: 10,
+            response_bytes: 100,
+            upstream_error: false,
+            retries: 0,
+            rejection: None,
+        }
+    }
+
+    #[test]
+    fn cap_folds_into_other_and_counts() {
+        let m = TenantMetrics::new(2);
+        let a = m.for_tenant("a");
+        assert!(Arc::ptr_eq(&a, &m.for_tenant("a")));
+        m.for_tenant("b");
+        assert_eq!(m.for_tenant("c").label(), OTHER);
+        assert_eq!(m.for_tenant("d").label(), OTHER);
+        assert_eq!(m.overflow.load(Relaxed), 2);
+        m.for_tenant("c").observe(&obs(200, 0.01));
+        let mut text = String::new();
+        m.render(&mut text);
+        assert!(text.contains("tenant_gateway_tenant_label_overflow_total 3"));
+        assert!(text.contains("tenant=\"other\",method=\"GET\",class=\"2xx\"} 1"));
+        assert!(text.contains("tenant_gateway_tenant_labels 3"), "{text}");
+    }
+
+    #[test]
+    fn histogram_is_cumulative() {
+        let m = TenantMetrics::new(10);
+        let s = m.for_tenant("t");
+        s.observe(&obs(200, 0.0005));
+        s.observe(&obs(503, 0.3));
+        s.observe(&obs(404, 60.0));
+        let mut text = String::new();
+        m.render(&mut text);
+        assert!(text.contains("_bucket{tenant=\"t\",le=\"0.001\"} 1"), "{text}");
+        assert!(text.contains("_bucket{tenant=\"t\",le=\"0.5\"} 2"));
+        assert!(text.contains("_bucket{tenant=\"t\",le=\"10\"} 2"));
+        assert!(text.contains("_bucket{tenant=\"t\",le=\"+Inf\"} 3"));
+        assert!(text.contains("_count{tenant=\"t\"} 3"));
+        assert!(text.contains("class=\"5xx\"} 1"));
+    }
+}
