@@ -2,10 +2,10 @@
 # Installs the Debian packages the project needs, only those that are missing.
 # Usage: scripts/deps.sh [demo|test|bench]
 set -euo pipefail
-want=(cmake postgresql curl ca-certificates)
+want=(cmake postgresql curl ca-certificates python3)
 case "${1:-test}" in
   demo) ;;
-  test) ;;
+  test) want+=(prometheus) ;;
   bench) want+=(nginx haproxy caddy wrk nghttp2-client) ;;
   *) echo "usage: $0 [demo|test|bench]" >&2; exit 2 ;;
 esac

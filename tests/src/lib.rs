@@ -859,3 +859,41 @@ pub mod tls {
         names
     }
 }
+
+/// GET `path` once per host (as the Host header) against 127.0.0.1:`port`,
+/// `concurrency` at a time; returns the statuses (0 for transport errors).
+pub fn fire_requests(port: u16, path: &str, hosts: Vec<String>, concurrency: usize) -> Vec<u16> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let url = format!("http://127.0.0.1:{port}{path}");
+    rt.block_on(async move {
+        let client = reqwest::Client::builder().no_proxy().build().expect("client");
+        let hosts = Arc::new(hosts);
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..concurrency {
+            let (client, hosts, next, url) = (client.clone(), hosts.clone(), next.clone(), url.clone());
+            set.spawn(async move {
+                let mut out = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(h) = hosts.get(i) else { break };
+                    let r = client.get(&url).header("host", h).send().await;
+                    out.push(r.map(|r| r.status().as_u16()).unwrap_or(0));
+                }
+                out
+            });
+        }
+        let mut all = Vec::new();
+        while let Some(r) = set.join_next().await {
+            all.extend(r.expect("request task"));
+        }
+        all
+    })
+}

@@ -306,42 +306,8 @@ fn cache_costs_one_query_per_name_and_floods_do_not_evict_tenants() {
     let q = |s: &Stack| s.gw.metric("tenant_gateway_db_queries_total");
     let base = q(&s);
     // Concurrent misses for one name are coalesced into one query.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
     let port = s.gw.port;
-    let fire = |hosts: Vec<String>, concurrency: usize| -> Vec<u16> {
-        rt.block_on(async move {
-            let client = reqwest::Client::builder().no_proxy().build().unwrap();
-            let hosts = std::sync::Arc::new(hosts);
-            let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-            let mut set = tokio::task::JoinSet::new();
-            for _ in 0..concurrency {
-                let (client, hosts, next) = (client.clone(), hosts.clone(), next.clone());
-                set.spawn(async move {
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(h) = hosts.get(i) else { break };
-                        let r = client
-                            .get(format!("http://127.0.0.1:{port}/whoami"))
-                            .header("host", h)
-                            .send()
-                            .await;
-                        out.push(r.map(|r| r.status().as_u16()).unwrap_or(0));
-                    }
-                    out
-                });
-            }
-            let mut all = Vec::new();
-            while let Some(r) = set.join_next().await {
-                all.extend(r.unwrap());
-            }
-            all
-        })
-    };
+    let fire = |hosts: Vec<String>, concurrency: usize| fire_requests(port, "/whoami", hosts, concurrency);
     let statuses = fire(vec!["ferrari.myapp.localhost".to_string(); 1000], 16);
     assert!(
         statuses.iter().all(|s| *s == 200),

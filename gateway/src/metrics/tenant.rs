@@ -7,8 +7,9 @@
 //! distinct tenants get their own series; later ones share `other` and
 //! `tenant_gateway_tenant_label_overflow_total` counts each tenant folded.
 //! Requests with no tenant (unknown or malformed hosts) count under the fixed
-//! label `unknown`, the landing pool under `landing`. Rendered in the text
-//! exposition format at scrape time.
+//! label `unknown`, the landing pool under `landing`; both are always present,
+//! so the label values are at most `cap` + `other` + these two. Rendered in
+//! the text exposition format at scrape time.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -178,11 +179,13 @@ impl TenantMetrics {
             .cloned()
             .collect();
         all.sort_by(|a, b| a.label.cmp(&b.label));
-        for fixed in [&self.other, &self.unknown, &self.landing] {
-            if fixed.duration_count.load(Relaxed) > 0 {
-                all.push(fixed.clone());
-            }
+        // `unknown` and `landing` are always present, so traffic never adds
+        // a label value; `other` appears once the cap is reached.
+        if self.overflow.load(Relaxed) > 0 || self.other.duration_count.load(Relaxed) > 0 {
+            all.push(self.other.clone());
         }
+        all.push(self.unknown.clone());
+        all.push(self.landing.clone());
         let family = |out: &mut String, name: &str, kind: &str, help: &str| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         };
@@ -336,7 +339,8 @@ mod tests {
         m.render(&mut text);
         assert!(text.contains("tenant_gateway_tenant_label_overflow_total 3"));
         assert!(text.contains("tenant=\"other\",method=\"GET\",class=\"2xx\"} 1"));
-        assert!(text.contains("tenant_gateway_tenant_labels 3"), "{text}");
+        // a, b, other, unknown, landing
+        assert!(text.contains("tenant_gateway_tenant_labels 5"), "{text}");
     }
 
     #[test]

@@ -1,0 +1,390 @@
+//! Metrics, dashboards and alerts against the real thing: promtool checks and
+//! unit-tests the alert rules; a real Prometheus scrapes a gateway serving
+//! several tenants and evaluates every PromQL expression of the dashboards
+//! and rules; counters match the traffic exactly; tenant labels are capped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use e2e::tls::{dev_certs, probe};
+use e2e::*;
+use serde_json::Value;
+
+fn grafana_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../grafana")
+}
+
+fn tool_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .expect("run promtool (scripts/deps.sh installs prometheus)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+#[test]
+fn promtool_checks_and_unit_tests_the_rules() {
+    let g = grafana_dir();
+    let out = tool_ok(
+        Command::new("promtool")
+            .arg("check")
+            .arg("rules")
+            .arg(g.join("alerts.yml")),
+    );
+    assert!(out.contains("SUCCESS: 6 rules found"), "{out}");
+    tool_ok(
+        Command::new("promtool")
+            .arg("test")
+            .arg("rules")
+            .arg(g.join("alerts_test.yml")),
+    );
+    tool_ok(
+        Command::new("promtool")
+            .arg("check")
+            .arg("config")
+            .arg(g.join("prometheus.yml")),
+    );
+}
+
+struct Prometheus {
+    _proc: Proc,
+    port: u16,
+    client: http::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(target_port: u16) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let cfg = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
+             scrape_configs:\n  - job_name: tenant-gateway\n    static_configs:\n      - targets: [\"127.0.0.1:{target_port}\"]\n",
+            grafana_dir().join("alerts.yml").display()
+        );
+        let path = write_file(dir.path(), "prometheus.yml", &cfg);
+        let mut c = Command::new("prometheus");
+        c.arg(format!("--config.file={}", path.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"));
+        let mut proc_ = Proc::spawn("prometheus", c, dir.path().join("prometheus.log")).unwrap();
+        wait_healthy(&mut proc_, port, "/-/ready", Duration::from_secs(60)).unwrap();
+        Prometheus {
+            _proc: proc_,
+            port,
+            client: http::client(),
+            _dir: dir,
+        }
+    }
+
+    /// Instant query; `Err` carries Prometheus' error (e.g. a parse error).
+    fn query(&self, q: &str) -> Result<Vec<Value>, String> {
+        let url = format!("http://127.0.0.1:{}/api/v1/query", self.port);
+        let r = self
+            .client
+            .request(http::Method::POST, &url)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("query={}", urlencode(q)))
+            .send()
+            .map_err(|e| e.to_string())?;
+        let v = r.json();
+        if v["status"] != "success" {
+            return Err(format!("{}: {}", v["errorType"], v["error"]));
+        }
+        Ok(v["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Every PromQL expression of a dashboard: (panel title, expr).
+fn dashboard_exprs(path: &Path) -> Vec<(String, String)> {
+    let d: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().expect("panels") {
+        let targets = p["targets"].as_array().expect("targets");
+        assert!(
+            !targets.is_empty(),
+            "{}: panel {} has no query",
+            path.display(),
+            p["title"]
+        );
+        for t in targets {
+            out.push((
+                p["title"].as_str().unwrap_or_default().to_owned(),
+                t["expr"].as_str().expect("expr").to_owned(),
+            ));
+        }
+    }
+    out
+}
+
+fn rule_exprs() -> Vec<(String, String)> {
+    // The rules file is simple YAML: take each `expr:` (inline or block).
+    let text = std::fs::read_to_string(grafana_dir().join("alerts.yml")).unwrap();
+    let mut out = Vec::new();
+    let mut lines = text.lines().peekable();
+    let mut alert = String::new();
+    while let Some(l) = lines.next() {
+        let t = l.trim();
+        if let Some(a) = t.strip_prefix("- alert:") {
+            alert = a.trim().to_owned();
+        } else if let Some(e) = t.strip_prefix("expr:") {
+            let e = e.trim();
+            if e == "|" {
+                let mut block = Vec::new();
+                while let Some(n) = lines.peek() {
+                    if n.trim().is_empty() || n.trim().starts_with("for:") {
+                        break;
+                    }
+                    block.push(lines.next().unwrap_or_default().trim().to_owned());
+                }
+                out.push((alert.clone(), block.join(" ")));
+            } else {
+                out.push((alert.clone(), e.to_owned()));
+            }
+        }
+    }
+    assert_eq!(out.len(), 6, "{out:?}");
+    out
+}
+
+#[test]
+fn every_dashboard_and_alert_expression_works_against_real_prometheus() {
+    let pg = Postgres::start().unwrap();
+    app_cli_ok(&pg.url(), &["migrate"]);
+    for t in ["ferrari", "mclaren", "paused"] {
+        app_cli_ok(
+            &pg.url(),
+            &[
+                "tenant",
+                "create",
+                t,
+                "--name",
+                t,
+                "--domain",
+                &format!("{t}.myapp.localhost"),
+            ],
+        );
+    }
+    app_cli_ok(&pg.url(), &["tenant", "suspend", "paused"]);
+    let app = UpstreamApp::start(&pg.url(), "").unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path());
+    let body = format!(
+        "[tls]\nlisten = \"127.0.0.1:{{TLS_PORT}}\"\nredirect_http = false\n\
+         certificates = [{{ cert_file = \"{0}/wildcard.pem\", key_file = \"{0}/wildcard.key\" }}]\n{1}",
+        certs.path().display(),
+        pools_toml(&[("default", &[app.port])])
+    );
+    let gw = Gateway::start(&pg.url(), &body).unwrap();
+    let prom = Prometheus::start(gw.admin_port);
+
+    // Traffic for several tenants, refused requests, unknown hosts (lookups),
+    // TLS handshakes good and bad, kept going while the queries run.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (port, tls_port) = (gw.port, gw.tls_port);
+    let traffic = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut round = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let mut hosts = vec!["ferrari.myapp.localhost".to_string(); 6];
+                hosts.extend(vec!["mclaren.myapp.localhost".to_string(); 3]);
+                hosts.push("paused.myapp.localhost".into());
+                hosts.push(format!("unknown-{round}.myapp.localhost"));
+                fire_requests(port, "/projects", hosts, 4);
+                let _ = probe(tls_port, Some("ferrari.myapp.localhost"), &["h2"]);
+                let _ = probe(tls_port, Some("no-cert.example"), &[]);
+                round += 1;
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    wait_until("Prometheus sees traffic rates", Duration::from_secs(60), || {
+        prom.query("sum(rate(tenant_gateway_tenant_requests_total[5s])) > 0")
+            .is_ok_and(|r| !r.is_empty())
+    })
+    .unwrap();
+
+    let tenants = ["ferrari", "mclaren", "paused"];
+    let mut failures = Vec::new();
+    for file in ["overview.json", "tenant.json", "certificates.json"] {
+        for (title, expr) in dashboard_exprs(&grafana_dir().join("dashboards").join(file)) {
+            let expr = expr.replace("$__rate_interval", "10s");
+            let candidates: Vec<String> = if expr.contains("$tenant") {
+                tenants.iter().map(|t| expr.replace("$tenant", t)).collect()
+            } else {
+                vec![expr.clone()]
+            };
+            // Data may need a scrape or two to show up: bounded retry.
+            let ok = wait_until(&format!("{file} / {title}"), Duration::from_secs(15), || {
+                candidates.iter().any(|q| prom.query(q).is_ok_and(|r| !r.is_empty()))
+            });
+            if ok.is_err() {
+                failures.push(format!("{file} / {title}: {expr} -> {:?}", prom.query(&candidates[0])));
+            }
+        }
+    }
+    for (alert, expr) in rule_exprs() {
+        if let Err(e) = prom.query(&expr) {
+            failures.push(format!("alert {alert}: {expr} -> {e}"));
+        }
+    }
+    // The tenant variable's values come from the same series.
+    let labels = prom
+        .client
+        .get(&format!(
+            "http://127.0.0.1:{}/api/v1/label/tenant/values?match[]=tenant_gateway_tenant_requests_total",
+            prom.port
+        ))
+        .send()
+        .unwrap()
+        .json();
+    for t in tenants {
+        assert!(labels["data"].as_array().unwrap().iter().any(|v| v == t), "{labels}");
+    }
+    stop.store(true, Ordering::Relaxed);
+    traffic.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "queries without data or failing:\n{}",
+        failures.join("\n")
+    );
+}
+
+fn scrape(gw: &Gateway) -> String {
+    http::client()
+        .get(&format!("http://127.0.0.1:{}/metrics", gw.admin_port))
+        .send()
+        .unwrap()
+        .body
+}
+
+fn tenant_label_values(text: &str) -> std::collections::BTreeSet<String> {
+    text.lines()
+        .filter(|l| {
+            l.starts_with("tenant_gateway_tenant_requests_total{")
+                || l.starts_with("tenant_gateway_tenant_request_duration_seconds_count{")
+        })
+        .filter_map(|l| l.split("tenant=\"").nth(1)?.split('"').next().map(str::to_owned))
+        .collect()
+}
+
+#[test]
+fn counters_match_reality_and_tenant_labels_are_capped() {
+    let pg = Postgres::start().unwrap();
+    app_cli_ok(&pg.url(), &["migrate"]);
+    for t in ["ferrari", "mclaren"] {
+        app_cli_ok(
+            &pg.url(),
+            &[
+                "tenant",
+                "create",
+                t,
+                "--name",
+                t,
+                "--domain",
+                &format!("{t}.myapp.localhost"),
+            ],
+        );
+    }
+    let app = UpstreamApp::start(&pg.url(), "").unwrap();
+    // Real tenants from the domain table, plus any tNNNNN.bench.test as a
+    // synthetic tenant (so 20,000 tenants need no 20,000 schemas).
+    let query = "SELECT t.schema_name, t.status, t.backend_pool FROM public.domains d JOIN public.tenants t ON t.id = d.tenant_id WHERE d.domain = $1 \
+                 UNION ALL SELECT substring($1 from '^(t[0-9]+)[.]bench[.]test$'), 'active', NULL::text WHERE $1 ~ '^t[0-9]+[.]bench[.]test$'";
+    let body = format!(
+        "[tenant]\nquery = \"{query}\"\n{}",
+        pools_toml(&[("default", &[app.port])])
+    );
+    let gw = Gateway::start(&pg.url(), &body).unwrap();
+
+    let (n, m) = (123usize, 45usize);
+    let mut hosts = vec!["ferrari.myapp.localhost".to_string(); n];
+    hosts.extend(vec!["mclaren.myapp.localhost".to_string(); m]);
+    let statuses = fire_requests(gw.port, "/whoami", hosts, 8);
+    assert!(statuses.iter().all(|s| *s == 200));
+    let text = scrape(&gw);
+    assert_eq!(
+        metric_sum(&text, "tenant_gateway_tenant_requests_total", &[("tenant", "ferrari")]),
+        n as f64
+    );
+    assert_eq!(
+        metric_sum(&text, "tenant_gateway_tenant_requests_total", &[("tenant", "mclaren")]),
+        m as f64
+    );
+    assert_eq!(
+        metric_sum(
+            &text,
+            "tenant_gateway_tenant_requests_total",
+            &[("tenant", "ferrari"), ("class", "2xx"), ("method", "GET")]
+        ),
+        n as f64
+    );
+    assert_eq!(
+        metric_sum(
+            &text,
+            "tenant_gateway_tenant_request_duration_seconds_count",
+            &[("tenant", "mclaren")]
+        ),
+        m as f64
+    );
+    assert!(
+        metric_sum(
+            &text,
+            "tenant_gateway_tenant_response_bytes_total",
+            &[("tenant", "ferrari")]
+        ) > 0.0
+    );
+
+    // 20,000 distinct tenants: at most cap (10,000) own labels + `other`.
+    let bench: Vec<String> = (0..20_000).map(|i| format!("t{i:05}.bench.test")).collect();
+    let statuses = fire_requests(gw.port, "/", bench, 32);
+    assert_eq!(statuses.len(), 20_000);
+    assert!(
+        statuses.iter().all(|s| *s != 0 && *s != 404),
+        "synthetic tenants must resolve"
+    );
+    let text = scrape(&gw);
+    let labels = tenant_label_values(&text);
+    let fixed = ["unknown", "landing"];
+    let tenant_labels = labels.iter().filter(|l| !fixed.contains(&l.as_str())).count();
+    assert!(tenant_labels <= 10_001, "{tenant_labels} tenant label values");
+    assert!(labels.contains("other"));
+    assert!(metric_sum(&text, "tenant_gateway_tenant_label_overflow_total", &[]) >= 10_000.0 - 2.0);
+    // Every request is counted somewhere: own label or `other`.
+    assert_eq!(
+        metric_sum(&text, "tenant_gateway_tenant_requests_total", &[]) as usize,
+        n + m + 20_000
+    );
+    // Unknown hosts add no label value, and the raw Host never becomes one.
+    let unknown: Vec<String> = (0..500).map(|i| format!("nobody{i}.example")).collect();
+    let statuses = fire_requests(gw.port, "/", unknown, 16);
+    assert!(statuses.iter().all(|s| *s == 404));
+    let after = tenant_label_values(&scrape(&gw));
+    assert_eq!(after, labels, "unknown hosts changed the tenant label set");
+    assert_eq!(
+        metric_sum(
+            &scrape(&gw),
+            "tenant_gateway_tenant_requests_total",
+            &[("tenant", "unknown")]
+        ),
+        500.0
+    );
+}
