@@ -36,6 +36,8 @@ pub const OTHER: &str = "other";
 pub const UNKNOWN: &str = "unknown";
 pub const LANDING: &str = "landing";
 
+type Getter = fn(&TenantStats) -> u64;
+
 /// One tenant's counters.
 pub struct TenantStats {
     label: Arc<str>,
@@ -241,7 +243,7 @@ impl TenantMetrics {
                 "tenant_gateway_tenant_request_duration_seconds_count{{tenant=\"{l}\"}} {count}"
             );
         }
-        let simple: [(&str, &str, fn(&TenantStats) -> u64); 4] = [
+        let simple: [(&str, &str, Getter); 4] = [
             (
                 "tenant_gateway_tenant_request_bytes_total",
                 "Request body bytes received, by tenant.",
