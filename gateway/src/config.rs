@@ -37,6 +37,7 @@ pub struct Config {
     pub pages: PagesConfig,
     pub tls: TlsConfig,
     pub metrics: MetricsConfig,
+    pub acme: AcmeConfig,
     /// Named backend pools; `default` is required.
     pub pools: BTreeMap<String, PoolConfig>,
 }
@@ -150,6 +151,80 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             max_tenant_labels: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum ChallengeKind {
+    #[serde(rename = "http-01")]
+    Http01,
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
+}
+
+/// External account binding (some CAs require it).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EabConfig {
+    pub kid: String,
+    /// Environment variable holding the base64url HMAC key.
+    pub hmac_key_env: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AcmeConfig {
+    /// Obtain and renew certificates for tenants' custom domains.
+    pub enabled: bool,
+    /// ACME directory (Let's Encrypt production by default; staging:
+    /// https://acme-staging-v02.api.letsencrypt.org/directory).
+    pub directory_url: String,
+    /// Contact URIs, e.g. `mailto:ops@example.com`.
+    pub contact: Vec<String>,
+    /// PEM file with the root to trust for the directory's HTTPS (e.g. Pebble's);
+    /// the system roots when absent.
+    pub ca_root: Option<PathBuf>,
+    pub eab: Option<EabConfig>,
+    /// Challenge types in order of preference; the next is tried when one fails.
+    pub challenges: Vec<ChallengeKind>,
+    /// Environment variable holding the 32-byte key (64 hex digits) that
+    /// encrypts private keys and account credentials at rest.
+    pub key_env: String,
+    /// Names that need certificates: `SELECT <domain>` rows; active tenants only.
+    pub domains_query: String,
+    /// How often to look for missing, expiring or due-for-retry certificates.
+    pub check_interval_secs: u64,
+    /// How long a handshake for an eligible name without a certificate waits.
+    pub on_demand_timeout_ms: u64,
+    /// Retry backoff after a failed order: base doubling per failure, capped, with jitter.
+    pub retry_base_secs: u64,
+    pub retry_max_secs: u64,
+    /// New orders allowed per hour, across all names.
+    pub orders_per_hour: u32,
+    /// New orders allowed per week per registered domain (Let's Encrypt allows 50).
+    pub orders_per_domain_per_week: u32,
+}
+
+impl Default for AcmeConfig {
+    fn default() -> Self {
+        AcmeConfig {
+            enabled: false,
+            directory_url: "https://acme-v02.api.letsencrypt.org/directory".into(),
+            contact: Vec::new(),
+            ca_root: None,
+            eab: None,
+            challenges: vec![ChallengeKind::Http01, ChallengeKind::TlsAlpn01],
+            key_env: "TG_CERT_KEY".into(),
+            domains_query: "SELECT d.domain FROM public.domains d JOIN public.tenants t ON t.id = d.tenant_id \
+                            WHERE t.status = 'active'"
+                .into(),
+            check_interval_secs: 60,
+            on_demand_timeout_ms: 10_000,
+            retry_base_secs: 60,
+            retry_max_secs: 86_400,
+            orders_per_hour: 50,
+            orders_per_domain_per_week: 20,
         }
     }
 }
@@ -464,6 +539,7 @@ impl Config {
             }
         }
         self.validate_tls()?;
+        self.validate_acme()?;
         if self.metrics.max_tenant_labels == 0 {
             return Err(invalid("metrics.max_tenant_labels", "must be at least 1"));
         }
@@ -581,6 +657,50 @@ impl Config {
             return Err(invalid("tls.handshake_timeout_ms", "must be positive"));
         }
         Ok(())
+    }
+
+    fn validate_acme(&self) -> Result<(), ConfigError> {
+        let a = &self.acme;
+        if !a.enabled {
+            return Ok(());
+        }
+        if self.tls.listen.is_none() {
+            return Err(invalid("acme.enabled", "needs a TLS listener (tls.listen)"));
+        }
+        if !(a.directory_url.starts_with("https://") || a.directory_url.starts_with("http://")) {
+            return Err(invalid("acme.directory_url", "must be an http(s) URL"));
+        }
+        if a.challenges.is_empty() {
+            return Err(invalid("acme.challenges", "at least one of http-01, tls-alpn-01"));
+        }
+        if let Some(root) = &a.ca_root {
+            if !root.is_file() {
+                return Err(invalid("acme.ca_root", format!("{} is not a readable file", root.display())));
+            }
+        }
+        for c in &a.contact {
+            if !c.starts_with("mailto:") {
+                return Err(invalid("acme.contact", format!("`{c}` must be a mailto: URI")));
+            }
+        }
+        if a.check_interval_secs == 0 || a.retry_base_secs == 0 || a.retry_max_secs < a.retry_base_secs {
+            return Err(invalid("acme.retry_base_secs", "intervals must be positive and retry_max_secs >= retry_base_secs"));
+        }
+        if a.orders_per_hour == 0 || a.orders_per_domain_per_week == 0 {
+            return Err(invalid("acme.orders_per_hour", "rate limits must be positive"));
+        }
+        Ok(())
+    }
+
+    /// The key encrypting private keys at rest (ACME).
+    pub fn acme_key(&self) -> Result<[u8; 32], ConfigError> {
+        let raw = std::env::var(&self.acme.key_env)
+            .map_err(|_| invalid("acme.key_env", format!("environment variable `{}` is not set", self.acme.key_env)))?;
+        let mut key = [0u8; 32];
+        hex::decode_to_slice(raw.trim(), &mut key).map_err(|_| {
+            invalid("acme.key_env", format!("`{}` must hold 64 hex digits (32 bytes)", self.acme.key_env))
+        })?;
+        Ok(key)
     }
 
     /// Resolve the environment: database URL and signing key.

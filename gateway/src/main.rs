@@ -49,6 +49,17 @@ enum Command {
     /// Development certificates (a local CA and certificates it signs).
     #[command(subcommand)]
     Certs(CertsCmd),
+    /// ACME certificates of custom domains (needs the config's database).
+    #[command(subcommand)]
+    Acme(AcmeCmd),
+}
+
+#[derive(Subcommand)]
+enum AcmeCmd {
+    /// Every custom domain with its certificate status.
+    Status,
+    /// Force a renewal now (one gateway of the fleet orders it).
+    Renew { name: String },
 }
 
 #[derive(Subcommand)]
@@ -93,6 +104,7 @@ fn main() -> ExitCode {
         Command::CheckConfig => check_config(&cli.config),
         Command::Run => run(&cli.config),
         Command::Certs(cmd) => certs(cmd),
+        Command::Acme(cmd) => acme_cmd(&cli.config, cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -123,6 +135,33 @@ fn certs(cmd: CertsCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn acme_cmd(path: &std::path::Path, cmd: AcmeCmd) -> anyhow::Result<()> {
+    let cfg = Config::load(path)?;
+    let secrets = cfg.secrets()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let db = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_millis(cfg.database.connect_timeout_ms.max(2000)))
+            .connect(&secrets.database_url)
+            .await
+            .context("cannot connect to PostgreSQL")?;
+        match cmd {
+            AcmeCmd::Status => {
+                for line in tls::acme::status_report(&db, &cfg.acme, &cfg.tenant.base_domains).await? {
+                    println!("{line}");
+                }
+            }
+            AcmeCmd::Renew { name } => {
+                let name = tenancy::normalize_domain(&name).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+                tls::acme::force_renewal(&db, &name).await?;
+                println!("renewal of {name} requested");
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Certificates named by `[tls]`: the configured pairs, the cert directory, the default.
@@ -162,6 +201,9 @@ fn publish_cert_metrics(store: &tls::store::CertStore, metrics: &metrics::Metric
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = Config::load(path)?;
     cfg.secrets()?;
+    if cfg.acme.enabled {
+        cfg.acme_key()?;
+    }
     pages::Pages::load(&cfg.pages)?;
     Pools::from_config(&cfg)?;
     if cfg.tls.listen.is_some() {
@@ -182,6 +224,7 @@ struct SideTasks {
     connect_timeout: Duration,
     /// TLS certificate store and its config, for SIGHUP reloads.
     tls: Option<(Arc<tls::store::CertStore>, config::TlsConfig)>,
+    acme: Option<Arc<tls::acme::Acme>>,
     metrics: Arc<metrics::Metrics>,
 }
 
@@ -197,6 +240,9 @@ impl BackgroundService for SideTasks {
         ));
         for pool in self.pools.all() {
             tasks.spawn(pool.clone().run_health_checks());
+        }
+        if let Some(acme) = &self.acme {
+            tasks.spawn(acme.clone().run());
         }
         let cache = self.cache.clone();
         tasks.spawn(async move {
@@ -286,6 +332,28 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         }
     };
 
+    let acme = if cfg.acme.enabled {
+        let key = cfg.acme_key()?;
+        let opts: sqlx::postgres::PgConnectOptions =
+            secrets.database_url.parse().context("config key `database.url_env`")?;
+        let db = tenant::lookup::lazy_pool(
+            opts.application_name("tenant-gateway-acme"),
+            4,
+            Duration::from_millis(cfg.database.connect_timeout_ms),
+        );
+        Some(Arc::new(tls::acme::Acme::new(
+            cfg.acme.clone(),
+            db,
+            &key,
+            cert_store.clone(),
+            cache.clone(),
+            cfg.tenant.base_domains.clone(),
+            metrics.clone(),
+        )))
+    } else {
+        None
+    };
+
     let gateway = proxy::Gateway {
         cache: cache.clone(),
         pools: pools.clone(),
@@ -297,6 +365,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         trusted_proxies,
         metrics: metrics.clone(),
         tls: tls_routing,
+        acme: acme.clone(),
     };
     if let Some(addr) = cfg.tls.listen {
         let app = Arc::new(pingora_proxy::http_proxy(&server.configuration, gateway.clone()));
@@ -306,6 +375,8 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
             app,
             config: tls::accept::server_config(cert_store.clone(), cfg.tls.session_resumption)
                 .context("building the TLS server config")?,
+            store: cert_store.clone(),
+            acme: acme.clone(),
             sni,
             handshake_timeout: Duration::from_millis(cfg.tls.handshake_timeout_ms),
             metrics: metrics.clone(),
@@ -335,6 +406,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
             channel: cfg.tenant.notify_channel.clone(),
             connect_timeout: Duration::from_millis(cfg.database.connect_timeout_ms),
             tls: cfg.tls.listen.map(|_| (cert_store.clone(), cfg.tls.clone())),
+            acme,
             metrics,
         },
     ));

@@ -41,6 +41,8 @@ pub struct Gateway {
     pub trusted_proxies: Vec<IpNet>,
     pub metrics: Arc<Metrics>,
     pub tls: Option<Arc<TlsRouting>>,
+    /// ACME: HTTP-01 challenges are answered from the database.
+    pub acme: Option<Arc<crate::tls::acme::Acme>>,
 }
 
 /// What the request path needs to know about TLS.
@@ -139,6 +141,20 @@ impl Gateway {
         if !head {
             session.write_response_body(Some(body), true).await?;
         }
+        Ok(true)
+    }
+
+    /// The HTTP-01 key authorization (200 text/plain) or 404.
+    async fn respond_challenge(&self, session: &mut Session, ctx: &mut Ctx, answer: Option<String>) -> Result<bool> {
+        let Some(body) = answer else {
+            return self.respond(session, ctx, PageKind::NotFound).await;
+        };
+        let mut resp = ResponseHeader::build(200, Some(4))?;
+        resp.insert_header(CONTENT_TYPE, "text/plain")?;
+        resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
+        resp.insert_header("cache-control", "no-store")?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(bytes::Bytes::from(body)), true).await?;
         Ok(true)
     }
 
@@ -294,6 +310,13 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        if let (Some(acme), false) = (&self.acme, ctx.tls) {
+            if let Some(token) = session.req_header().uri.path().strip_prefix(ACME_CHALLENGE_PREFIX) {
+                let answer = acme.http01(token).await;
+                ctx.host = Some(host);
+                return self.respond_challenge(session, ctx, answer).await;
+            }
+        }
         if !ctx.tls {
             if let Some(r) = self.tls.as_ref().and_then(|t| t.redirect.as_ref()) {
                 let path = session.req_header().uri.path();

@@ -22,8 +22,11 @@ pub enum SchemaNameError {
     Reserved(String),
 }
 
+/// The gateway's own schema (certificates, ACME state): never a tenant's.
+pub const GATEWAY_SCHEMA: &str = "tenant_gateway";
+
 /// A tenant schema name: `^[a-z_][a-z0-9_]{0,62}$`, not `public`,
-/// `information_schema` or `pg_*`.
+/// `information_schema`, `pg_*` or the gateway's own schema.
 pub fn validate_schema_name(name: &str) -> Result<(), SchemaNameError> {
     if name.is_empty() {
         return Err(SchemaNameError::Empty);
@@ -36,7 +39,7 @@ pub fn validate_schema_name(name: &str) -> Result<(), SchemaNameError> {
     if !first_ok || !bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
         return Err(SchemaNameError::BadCharacters);
     }
-    if name == "public" || name == "information_schema" || name.starts_with("pg_") {
+    if name == "public" || name == "information_schema" || name == GATEWAY_SCHEMA || name.starts_with("pg_") {
         return Err(SchemaNameError::Reserved(name.to_owned()));
     }
     Ok(())

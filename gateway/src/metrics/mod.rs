@@ -26,6 +26,8 @@ pub struct Metrics {
     /// 1 healthy / 0 ejected, by pool and backend (refreshed at scrape).
     pub backend_up: IntGaugeVec,
     pub tenants: tenant::TenantMetrics,
+    /// ACME orders by name and result (issued, failed, rate_limited).
+    pub acme_orders: IntCounterVec,
     pub cache_entries: IntGauge,
     pub invalidation_connected: IntGauge,
     /// TLS handshakes by result: ok, failed, timeout.
@@ -97,7 +99,14 @@ impl Metrics {
         )
         .expect("valid metric");
         r.register(Box::new(cert_expiry.clone())).expect("unique metric");
+        let acme_orders = IntCounterVec::new(
+            Opts::new("tenant_gateway_acme_orders_total", "ACME orders by name and result (issued, failed, rate_limited)."),
+            &["name", "result"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(acme_orders.clone())).expect("unique metric");
         Metrics {
+            acme_orders,
             tls_handshakes,
             cert_expiry,
             invalidation_connected,

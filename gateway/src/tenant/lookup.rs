@@ -30,6 +30,18 @@ fn maintenance_runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
+/// A pool that connects on first use. sqlx spawns the pool's maintenance
+/// task on the current runtime; the pool outlives any one Pingora service
+/// runtime, so it gets its own.
+pub fn lazy_pool(opts: PgConnectOptions, max_connections: u32, connect_timeout: Duration) -> PgPool {
+    let _guard = maintenance_runtime().enter();
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(0)
+        .acquire_timeout(connect_timeout)
+        .connect_lazy_with(opts)
+}
+
 pub struct Lookup {
     pool: PgPool,
     query: Arc<str>,

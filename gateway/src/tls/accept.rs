@@ -34,6 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::LazyConfigAcceptor;
 
+use super::acme::Acme;
 use super::store::CertStore;
 use crate::metrics::Metrics;
 
@@ -103,6 +104,29 @@ pub fn server_config(store: Arc<CertStore>, resumption: bool) -> Result<Arc<Serv
         cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         cfg.send_tls13_tickets = 0;
     }
+    Ok(Arc::new(cfg))
+}
+
+/// ALPN protocol of TLS-ALPN-01 validation (RFC 8737).
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
+
+#[derive(Debug)]
+struct FixedKey(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for FixedKey {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// A one-off config presenting the TLS-ALPN-01 challenge certificate.
+fn challenge_config(key: Arc<CertifiedKey>) -> std::io::Result<Arc<ServerConfig>> {
+    let mut cfg = ServerConfig::builder_with_provider(super::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(std::io::Error::other)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(FixedKey(key)));
+    cfg.alpn_protocols = vec![ACME_TLS_ALPN.to_vec()];
     Ok(Arc::new(cfg))
 }
 
@@ -234,6 +258,8 @@ pub struct TlsService<A> {
     pub addr: SocketAddr,
     pub app: Arc<A>,
     pub config: Arc<ServerConfig>,
+    pub store: Arc<CertStore>,
+    pub acme: Option<Arc<Acme>>,
     pub sni: Arc<SniRegistry>,
     pub handshake_timeout: Duration,
     pub metrics: Arc<Metrics>,
@@ -258,6 +284,8 @@ impl<A: ServerApp + Send + Sync + 'static> Service for TlsService<A> {
                         let conn = Connection {
                             app: self.app.clone(),
                             config: self.config.clone(),
+                            store: self.store.clone(),
+                            acme: self.acme.clone(),
                             sni: self.sni.clone(),
                             timeout: self.handshake_timeout,
                             metrics: self.metrics.clone(),
@@ -296,6 +324,8 @@ fn scopeguard<F: FnMut()>(f: F) -> OnDrop<F> {
 struct Connection<A> {
     app: Arc<A>,
     config: Arc<ServerConfig>,
+    store: Arc<CertStore>,
+    acme: Option<Arc<Acme>>,
     sni: Arc<SniRegistry>,
     timeout: Duration,
     metrics: Arc<Metrics>,
@@ -308,7 +338,22 @@ impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
         let started = std::time::Instant::now();
         let handshake = async {
             let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await?;
-            let sni: Option<Arc<str>> = start.client_hello().server_name().map(Arc::from);
+            let hello = start.client_hello();
+            let sni: Option<Arc<str>> = hello.server_name().map(Arc::from);
+            let acme_tls = hello.alpn().is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+            if let (Some(acme), Some(name)) = (&self.acme, &sni) {
+                if acme_tls {
+                    // TLS-ALPN-01 validation: answer with the challenge certificate, then close.
+                    let key = acme.alpn_key(name).await.ok_or_else(|| std::io::Error::other("no TLS-ALPN-01 challenge"))?;
+                    let mut tls = start.into_stream(challenge_config(key)?).await?;
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+                    return Err(std::io::Error::other("acme-tls/1 validation answered"));
+                }
+                if self.store.lookup(name).is_none() {
+                    // On demand: an eligible name waits (bounded) for its certificate.
+                    acme.on_demand(name).await;
+                }
+            }
             let tls = start.into_stream(self.config.clone()).await?;
             Ok::<_, std::io::Error>((tls, sni))
         };

@@ -3,6 +3,7 @@
 //! decrypted streams to Pingora's HTTP proxy app.
 
 pub mod accept;
+pub mod acme;
 pub mod devcerts;
 pub mod store;
 

@@ -30,13 +30,20 @@ pub struct Cert {
     pub key: Arc<CertifiedKey>,
     /// DNS names from the leaf's subjectAltName (lower-case; `*.x` for wildcards).
     pub names: Vec<String>,
-    /// notAfter, unix seconds.
+    /// notBefore and notAfter, unix seconds.
+    pub not_before: i64,
     pub not_after: i64,
     /// Where it came from (file path or `runtime`), for logs.
     pub source: String,
 }
 
 impl Cert {
+    /// Renewal is due once a third of the lifetime remains.
+    pub fn renewal_due(&self, now: i64) -> bool {
+        let lifetime = (self.not_after - self.not_before).max(0);
+        now >= self.not_after - lifetime / 3
+    }
+
     /// Build from PEM text (chain, then key).
     pub fn from_pem(chain_pem: &[u8], key_pem: &[u8], source: &str) -> Result<Cert, CertError> {
         let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut &chain_pem[..])
@@ -56,7 +63,7 @@ impl Cert {
         let leaf = chain
             .first()
             .ok_or_else(|| CertError::Invalid("empty certificate chain".into()))?;
-        let (names, not_after) = leaf_info(leaf)?;
+        let (names, not_before, not_after) = leaf_info(leaf)?;
         let signing_key = super::provider()
             .key_provider
             .load_private_key(key)
@@ -68,6 +75,7 @@ impl Cert {
         Ok(Cert {
             key: Arc::new(certified),
             names,
+            not_before,
             not_after,
             source: source.to_owned(),
         })
@@ -92,8 +100,8 @@ impl Cert {
     }
 }
 
-/// DNS SANs and notAfter of a leaf certificate.
-pub fn leaf_info(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), CertError> {
+/// DNS SANs, notBefore and notAfter of a leaf certificate.
+pub fn leaf_info(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64, i64), CertError> {
     use x509_parser::prelude::*;
     let (_, cert) = X509Certificate::from_der(der.as_ref()).map_err(|e| CertError::Invalid(format!("X.509: {e}")))?;
     let mut names = Vec::new();
@@ -107,7 +115,7 @@ pub fn leaf_info(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), CertErr
     if names.is_empty() {
         return Err(CertError::NoNames);
     }
-    Ok((names, cert.validity().not_after.timestamp()))
+    Ok((names, cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp()))
 }
 
 #[derive(Default)]
@@ -121,6 +129,9 @@ struct Snapshot {
 pub struct CertStore {
     /// Certificates from config files and the cert directory (replaced on reload).
     files: RwLock<Arc<Snapshot>>,
+    /// Certificates issued by ACME (from the database), by exact name; they
+    /// win over file certificates and survive file reloads.
+    issued: RwLock<HashMap<String, Arc<Cert>>>,
     default: RwLock<Option<Arc<Cert>>>,
 }
 
@@ -137,6 +148,7 @@ impl CertStore {
     pub fn new() -> CertStore {
         CertStore {
             files: RwLock::new(Arc::default()),
+            issued: RwLock::default(),
             default: RwLock::new(None),
         }
     }
@@ -151,9 +163,26 @@ impl CertStore {
         *self.default.write().unwrap_or_else(|p| p.into_inner()) = default.map(Arc::new);
     }
 
-    /// The certificate for an SNI name, exact before wildcard.
+    /// Add or replace an issued certificate for its names; served from the next handshake.
+    pub fn add_issued(&self, cert: Cert) {
+        let cert = Arc::new(cert);
+        let mut issued = self.issued.write().unwrap_or_else(|p| p.into_inner());
+        for name in &cert.names {
+            issued.insert(name.clone(), cert.clone());
+        }
+    }
+
+    /// The issued (ACME) certificate for exactly this name, if any.
+    pub fn issued(&self, name: &str) -> Option<Arc<Cert>> {
+        self.issued.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    /// The certificate for an SNI name: issued, then exact file, then wildcard.
     pub fn lookup(&self, sni: &str) -> Option<Arc<Cert>> {
         let sni = sni.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(c) = self.issued(&sni) {
+            return Some(c);
+        }
         let files = self.files.read().unwrap_or_else(|p| p.into_inner()).clone();
         if let Some(c) = files.exact.get(&sni) {
             return Some(c.clone());
@@ -173,7 +202,8 @@ impl CertStore {
     pub fn all(&self) -> Vec<Arc<Cert>> {
         let mut out: Vec<Arc<Cert>> = Vec::new();
         let files = self.files.read().unwrap_or_else(|p| p.into_inner()).clone();
-        for c in files.exact.values().chain(files.wildcard.values()) {
+        let issued = self.issued.read().unwrap_or_else(|p| p.into_inner());
+        for c in files.exact.values().chain(files.wildcard.values()).chain(issued.values()) {
             if !out.iter().any(|o| Arc::ptr_eq(o, c)) {
                 out.push(c.clone());
             }
@@ -255,6 +285,12 @@ mod tests {
         );
         assert!(store.resolve(Some("other.example")).is_none());
         assert_eq!(store.all().len(), 2);
+        // Issued certificates win and survive file reloads.
+        store.add_issued(cert(&["shop.example"]));
+        assert_eq!(store.lookup("shop.example").unwrap().names, ["shop.example"]);
+        store.replace_files(vec![], None);
+        assert!(store.lookup("shop.example").is_some());
+        assert!(store.lookup("www.shop.example").is_none());
     }
 
     #[test]

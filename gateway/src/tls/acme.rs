@@ -1,0 +1,779 @@
+//! Automatic certificates for tenants' custom domains (ACME, instant-acme).
+//!
+//! - Guard: only names in the domain table whose tenant is active and that
+//!   are not under a base domain (the wildcard covers those) ever get an
+//!   order; the check goes through the tenant cache, so floods of random
+//!   SNI names cost no queries beyond the cache's.
+//! - When: proactively (domain NOTIFY, periodic scan for missing, expiring or
+//!   due-for-retry names), on demand at a handshake (bounded wait), and on an
+//!   operator's `gateway acme renew`.
+//! - Fleet: one order per name across all gateways (PostgreSQL advisory lock
+//!   on the name, released by the server if a holder dies); challenges live
+//!   in the database so any gateway answers HTTP-01 or TLS-ALPN-01;
+//!   certificates live in the database (keys AES-256-GCM encrypted) and every
+//!   gateway loads them on NOTIFY.
+//! - Renewal at a third of the lifetime; failures back off exponentially
+//!   with jitter, capped; the last certificate keeps being served; global
+//!   and per-registered-domain order rate limits.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
+use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Row};
+use tokio::sync::mpsc;
+
+use super::store::{Cert, CertStore};
+use crate::config::{AcmeConfig, ChallengeKind};
+use crate::metrics::Metrics;
+use crate::tenant::cache::{Resolution, TenantCache};
+use crate::tenant::Status;
+
+const MIGRATION: &str = include_str!("../../migrations/0001_acme.sql");
+const CERTS_CHANNEL: &str = "tenant_gateway_certs";
+const RENEW_CHANNEL: &str = "tenant_gateway_acme";
+const MIGRATION_LOCK: i64 = 0x7467_6163_6d65; // "tgacme"
+const ACCOUNT_LOCK: i64 = 0x7467_6163_6374; // "tgacct"
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("ACME: {0}")]
+    Acme(#[from] instant_acme::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+fn other(e: impl std::fmt::Display) -> AcmeError {
+    AcmeError::Other(e.to_string())
+}
+
+/// AES-256-GCM with a random nonce per message; the row's identity is the
+/// associated data, so a ciphertext cannot be moved to another row.
+pub struct Seal(LessSafeKey);
+
+impl Seal {
+    pub fn new(key: &[u8; 32]) -> Seal {
+        Seal(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte AES-256 key")))
+    }
+
+    pub fn seal(&self, aad: &str, plain: &[u8]) -> Result<Vec<u8>, AcmeError> {
+        let mut nonce = [0u8; 12];
+        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| other("no randomness"))?;
+        let mut buf = plain.to_vec();
+        self.0
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), Aad::from(aad.as_bytes()), &mut buf)
+            .map_err(|_| other("encryption failed"))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&buf);
+        Ok(out)
+    }
+
+    pub fn open(&self, aad: &str, data: &[u8]) -> Result<Vec<u8>, AcmeError> {
+        if data.len() < 12 + 16 {
+            return Err(other("ciphertext too short"));
+        }
+        let (nonce, rest) = data.split_at(12);
+        let nonce = Nonce::try_assume_unique_for_key(nonce).map_err(|_| other("bad nonce"))?;
+        let mut buf = rest.to_vec();
+        let plain = self
+            .0
+            .open_in_place(nonce, Aad::from(aad.as_bytes()), &mut buf)
+            .map_err(|_| other("decryption failed (wrong acme.key_env key?)"))?;
+        Ok(plain.to_vec())
+    }
+}
+
+/// `example.co.uk` → `co.uk` would be wrong, but without the public suffix
+/// list we approximate the registered domain by the last two labels.
+pub fn registered_domain(name: &str) -> String {
+    let labels: Vec<&str> = name.rsplitn(3, '.').collect();
+    match labels.as_slice() {
+        [tld, second, ..] => format!("{second}.{tld}"),
+        _ => name.to_owned(),
+    }
+}
+
+/// Backoff before retry number `failures`: base·2^(failures-1), capped, ±50 % jitter.
+pub fn backoff(base: Duration, max: Duration, failures: u32, jitter: f64) -> Duration {
+    let exp = base.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(30)));
+    let capped = exp.min(max);
+    capped.mul_f64(jitter.clamp(0.5, 1.5)).min(max)
+}
+
+pub struct Acme {
+    cfg: AcmeConfig,
+    db: PgPool,
+    seal: Seal,
+    store: Arc<CertStore>,
+    cache: Arc<TenantCache>,
+    base_domains: Vec<String>,
+    metrics: Arc<Metrics>,
+    gateway_id: String,
+    account: tokio::sync::Mutex<Option<Account>>,
+    wanted: mpsc::UnboundedSender<(String, bool)>,
+    wanted_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, bool)>>>,
+    in_progress: Mutex<HashSet<String>>,
+    alpn_keys: Mutex<HashMap<String, (String, Arc<CertifiedKey>)>>,
+}
+
+impl Acme {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: AcmeConfig,
+        db: PgPool,
+        key: &[u8; 32],
+        store: Arc<CertStore>,
+        cache: Arc<TenantCache>,
+        base_domains: Vec<String>,
+        metrics: Arc<Metrics>,
+    ) -> Acme {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        Acme {
+            cfg,
+            db,
+            seal: Seal::new(key),
+            store,
+            cache,
+            base_domains,
+            metrics,
+            gateway_id: format!("{}:{}", host.trim(), std::process::id()),
+            account: tokio::sync::Mutex::new(None),
+            wanted: tx,
+            wanted_rx: Mutex::new(Some(rx)),
+            in_progress: Mutex::default(),
+            alpn_keys: Mutex::default(),
+        }
+    }
+
+    /// Create the gateway's schema (idempotent, serialised across the fleet).
+    pub async fn migrate(db: &PgPool) -> Result<(), AcmeError> {
+        // One multi-statement simple query runs as one implicit transaction,
+        // so the advisory lock serialises concurrent gateways.
+        let script = format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK});\n{MIGRATION}");
+        sqlx::raw_sql(&script).execute(db).await?;
+        Ok(())
+    }
+
+    /// The guard: in the domain table, tenant active, not under a base domain.
+    pub async fn eligible(&self, name: &str) -> bool {
+        if self.base_domains.iter().any(|b| tenancy::is_under(name, b)) {
+            return false;
+        }
+        matches!(self.cache.resolve(name).await, Resolution::Found(t) if t.status == Status::Active)
+    }
+
+    // ---- serving challenges (any gateway) ----
+
+    /// The key authorization for an HTTP-01 token, if a challenge is pending.
+    pub async fn http01(&self, token: &str) -> Option<String> {
+        if token.is_empty() || token.len() > 128 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return None;
+        }
+        sqlx::query_scalar("SELECT key_authorization FROM tenant_gateway.acme_challenges WHERE kind = 'http-01' AND key = $1")
+            .bind(token)
+            .fetch_optional(&self.db)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// The TLS-ALPN-01 challenge certificate for a name, if a challenge is pending.
+    pub async fn alpn_key(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let ka: String = sqlx::query_scalar(
+            "SELECT key_authorization FROM tenant_gateway.acme_challenges WHERE kind = 'tls-alpn-01' AND key = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.db)
+        .await
+        .ok()
+        .flatten()?;
+        if let Some((cached_ka, key)) = self.alpn_keys.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+            if *cached_ka == ka {
+                return Some(key.clone());
+            }
+        }
+        let key = match alpn_challenge_key(name, &ka) {
+            Ok(k) => Arc::new(k),
+            Err(e) => {
+                tracing::warn!(name, error = %e, "cannot build the TLS-ALPN-01 certificate");
+                return None;
+            }
+        };
+        self.alpn_keys.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), (ka, key.clone()));
+        Some(key)
+    }
+
+    /// A handshake for `name` found no certificate: if the name is eligible,
+    /// ask for one and wait (bounded) until it is in the store.
+    pub async fn on_demand(&self, name: &str) {
+        if self.store.lookup(name).is_some() || !self.eligible(name).await {
+            return;
+        }
+        let _ = self.wanted.send((name.to_owned(), false));
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.on_demand_timeout_ms);
+        while tokio::time::Instant::now() < deadline {
+            if self.store.issued(name).is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!(name, "on-demand certificate not ready in time; handshake falls back");
+    }
+
+    // ---- certificates in the database ----
+
+    async fn load_one(&self, name: &str) -> Result<Option<Arc<Cert>>, AcmeError> {
+        let row = sqlx::query("SELECT chain_pem, key_enc FROM tenant_gateway.certificates WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.db)
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let chain: String = row.try_get(0)?;
+        let key_enc: Vec<u8> = row.try_get(1)?;
+        let key = self.seal.open(&format!("cert:{name}"), &key_enc)?;
+        let cert = Cert::from_pem(chain.as_bytes(), &key, &format!("database:{name}")).map_err(other)?;
+        self.metrics.cert_expiry.with_label_values(&[name]).set(cert.not_after);
+        self.store.add_issued(cert);
+        Ok(self.store.issued(name))
+    }
+
+    async fn load_all(&self) -> Result<usize, AcmeError> {
+        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM tenant_gateway.certificates").fetch_all(&self.db).await?;
+        let mut n = 0;
+        for name in names {
+            match self.load_one(&name).await {
+                Ok(Some(_)) => n += 1,
+                Ok(None) => {}
+                Err(e) => tracing::error!(name, error = %e, "cannot load stored certificate"),
+            }
+        }
+        Ok(n)
+    }
+
+    // ---- the worker ----
+
+    /// Runs for the life of the gateway.
+    pub async fn run(self: Arc<Self>) {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match Acme::migrate(&self.db).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ACME: cannot prepare the tenant_gateway schema; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        match self.load_all().await {
+            Ok(n) => tracing::info!(certificates = n, "ACME: stored certificates loaded"),
+            Err(e) => tracing::error!(error = %e, "ACME: cannot load stored certificates"),
+        }
+        tokio::spawn(self.clone().listen());
+        let Some(mut rx) = self.wanted_rx.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let mut tick = tokio::time::interval(Duration::from_secs(self.cfg.check_interval_secs));
+        loop {
+            tokio::select! {
+                Some((name, force)) = rx.recv() => self.spawn_attempt(name, force),
+                _ = tick.tick() => {
+                    if let Err(e) = self.scan().await {
+                        tracing::warn!(error = %e, "ACME: scan failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// NOTIFY: new certificates (load), forced renewals and domain changes (order).
+    async fn listen(self: Arc<Self>) {
+        loop {
+            let mut l = match self.listener().await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ACME: cannot LISTEN; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            // Anything missed while not listening: reload and rescan.
+            let _ = self.load_all().await;
+            let _ = self.scan().await;
+            while let Ok(Some(n)) = l.try_recv().await {
+                match n.channel() {
+                    CERTS_CHANNEL => {
+                        if let Err(e) = self.load_one(n.payload()).await {
+                            tracing::error!(name = n.payload(), error = %e, "ACME: cannot load new certificate");
+                        }
+                    }
+                    RENEW_CHANNEL => self.spawn_attempt(n.payload().to_owned(), true),
+                    _ => {
+                        for name in serde_json::from_str::<Vec<String>>(n.payload()).unwrap_or_default() {
+                            self.spawn_attempt(name, false);
+                        }
+                    }
+                }
+            }
+            tracing::warn!("ACME: LISTEN connection lost; reconnecting");
+        }
+    }
+
+    async fn listener(&self) -> Result<PgListener, sqlx::Error> {
+        let mut l = PgListener::connect_with(&self.db).await?;
+        l.eager_reconnect(false);
+        l.listen_all([CERTS_CHANNEL, RENEW_CHANNEL, "tenant_gateway"]).await?;
+        Ok(l)
+    }
+
+    /// Names that lack a certificate, need renewal or were forced.
+    async fn scan(self: &Arc<Self>) -> Result<(), AcmeError> {
+        let names: Vec<String> = sqlx::query_scalar(&self.cfg.domains_query).fetch_all(&self.db).await?;
+        let now = unix_now();
+        for name in names {
+            if self.base_domains.iter().any(|b| tenancy::is_under(&name, b)) {
+                continue;
+            }
+            if self.store.issued(&name).is_none_or(|c| c.renewal_due(now)) {
+                self.spawn_attempt(name, false);
+            }
+        }
+        let forced: Vec<String> =
+            sqlx::query_scalar("SELECT name FROM tenant_gateway.acme_names WHERE force_renew").fetch_all(&self.db).await?;
+        for name in forced {
+            self.spawn_attempt(name, true);
+        }
+        Ok(())
+    }
+
+    fn spawn_attempt(self: &Arc<Self>, name: String, force: bool) {
+        if !self.in_progress.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone()) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.attempt(&name, force).await {
+                tracing::warn!(name, error = %e, "ACME: attempt failed");
+            }
+            me.in_progress.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+        });
+    }
+
+    async fn attempt(&self, name: &str, force_hint: bool) -> Result<(), AcmeError> {
+        if !self.eligible(name).await {
+            tracing::debug!(name, "ACME: not eligible; no order");
+            return Ok(());
+        }
+        sqlx::query("INSERT INTO tenant_gateway.acme_names (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+            .bind(name)
+            .execute(&self.db)
+            .await?;
+        let (due, forced): (bool, bool) =
+            sqlx::query_as("SELECT next_attempt_at <= now(), force_renew FROM tenant_gateway.acme_names WHERE name = $1")
+                .bind(name)
+                .fetch_one(&self.db)
+                .await?;
+        let now = unix_now();
+        if !forced && self.store.issued(name).is_some_and(|c| !c.renewal_due(now)) {
+            return Ok(());
+        }
+        if !due {
+            tracing::debug!(name, force_hint, "ACME: backing off");
+            return Ok(());
+        }
+        // One order per name across the fleet; the server drops the lock if we die.
+        let mut conn = self.db.acquire().await?;
+        let lock_key = format!("tenant_gateway.acme:{name}");
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
+            .bind(&lock_key)
+            .fetch_one(&mut *conn)
+            .await?;
+        if !locked {
+            tracing::debug!(name, "ACME: another gateway holds the order lock");
+            return Ok(());
+        }
+        let result = self.locked_attempt(name).await;
+        let _ = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))").bind(&lock_key).execute(&mut *conn).await;
+        result
+    }
+
+    async fn locked_attempt(&self, name: &str) -> Result<(), AcmeError> {
+        // Re-read under the lock: another gateway may have just finished.
+        let (due, forced): (bool, bool) =
+            sqlx::query_as("SELECT next_attempt_at <= now(), force_renew FROM tenant_gateway.acme_names WHERE name = $1")
+                .bind(name)
+                .fetch_one(&self.db)
+                .await?;
+        let stored = self.load_one(name).await?;
+        if !due || (!forced && stored.is_some_and(|c| !c.renewal_due(unix_now()))) {
+            return Ok(());
+        }
+        if let Some(why) = self.rate_limited(name).await? {
+            tracing::warn!(name, reason = %why, "ACME: rate limit holds back the order for {name}: {why}");
+            self.metrics.acme_orders.with_label_values(&[name, "rate_limited"]).inc();
+            sqlx::query("UPDATE tenant_gateway.acme_names SET next_attempt_at = now() + interval '10 minutes', last_error = $2, updated_at = now() WHERE name = $1")
+                .bind(name)
+                .bind(format!("rate limited: {why}"))
+                .execute(&self.db)
+                .await?;
+            return Ok(());
+        }
+        let order_id: i64 = sqlx::query_scalar(
+            "INSERT INTO tenant_gateway.acme_orders (name, registered_domain, gateway) VALUES ($1, $2, $3) RETURNING id",
+        )
+        .bind(name)
+        .bind(registered_domain(name))
+        .bind(&self.gateway_id)
+        .fetch_one(&self.db)
+        .await?;
+        sqlx::query("UPDATE tenant_gateway.acme_names SET ordering_since = now(), updated_at = now() WHERE name = $1")
+            .bind(name)
+            .execute(&self.db)
+            .await?;
+        tracing::info!(name, gateway = %self.gateway_id, "ACME: ordering a certificate");
+        let outcome = self.order(name).await;
+        sqlx::query("DELETE FROM tenant_gateway.acme_challenges WHERE name = $1").bind(name).execute(&self.db).await?;
+        match outcome {
+            Ok((chain, key_pem)) => {
+                let cert = Cert::from_pem(chain.as_bytes(), key_pem.as_bytes(), name).map_err(other)?;
+                let key_enc = self.seal.seal(&format!("cert:{name}"), key_pem.as_bytes())?;
+                sqlx::query(
+                    "INSERT INTO tenant_gateway.certificates (name, chain_pem, key_enc, not_before, not_after, issued_at)
+                     VALUES ($1, $2, $3, to_timestamp($4), to_timestamp($5), now())
+                     ON CONFLICT (name) DO UPDATE SET chain_pem = EXCLUDED.chain_pem, key_enc = EXCLUDED.key_enc,
+                         not_before = EXCLUDED.not_before, not_after = EXCLUDED.not_after, issued_at = now()",
+                )
+                .bind(name)
+                .bind(&chain)
+                .bind(&key_enc)
+                .bind(cert.not_before as f64)
+                .bind(cert.not_after as f64)
+                .execute(&self.db)
+                .await?;
+                sqlx::query(
+                    "UPDATE tenant_gateway.acme_names SET failures = 0, last_error = NULL, force_renew = false,
+                         ordering_since = NULL, next_attempt_at = now(), updated_at = now() WHERE name = $1",
+                )
+                .bind(name)
+                .execute(&self.db)
+                .await?;
+                sqlx::query("UPDATE tenant_gateway.acme_orders SET result = 'issued' WHERE id = $1").bind(order_id).execute(&self.db).await?;
+                self.metrics.cert_expiry.with_label_values(&[name]).set(cert.not_after);
+                self.store.add_issued(cert);
+                self.metrics.acme_orders.with_label_values(&[name, "issued"]).inc();
+                tracing::info!(name, "ACME: certificate issued and stored");
+                Ok(())
+            }
+            Err(e) => {
+                let failures: i32 = sqlx::query_scalar(
+                    "UPDATE tenant_gateway.acme_names SET failures = failures + 1, last_error = $2, ordering_since = NULL,
+                         updated_at = now() WHERE name = $1 RETURNING failures",
+                )
+                .bind(name)
+                .bind(e.to_string())
+                .fetch_one(&self.db)
+                .await?;
+                let jitter = 0.5 + f64::from(rand::random::<u32>()) / f64::from(u32::MAX);
+                let wait = backoff(
+                    Duration::from_secs(self.cfg.retry_base_secs),
+                    Duration::from_secs(self.cfg.retry_max_secs),
+                    u32::try_from(failures).unwrap_or(1),
+                    jitter,
+                );
+                sqlx::query("UPDATE tenant_gateway.acme_names SET next_attempt_at = now() + make_interval(secs => $2) WHERE name = $1")
+                    .bind(name)
+                    .bind(wait.as_secs_f64())
+                    .execute(&self.db)
+                    .await?;
+                sqlx::query("UPDATE tenant_gateway.acme_orders SET result = 'failed' WHERE id = $1").bind(order_id).execute(&self.db).await?;
+                self.metrics.acme_orders.with_label_values(&[name, "failed"]).inc();
+                tracing::warn!(name, failures, retry_in_secs = wait.as_secs_f64(), error = %e, "ACME: order failed; keeping the current certificate");
+                Ok(())
+            }
+        }
+    }
+
+    async fn rate_limited(&self, name: &str) -> Result<Option<String>, AcmeError> {
+        let (hour, week): (i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE started_at > now() - interval '1 hour'),
+                    count(*) FILTER (WHERE registered_domain = $1 AND started_at > now() - interval '7 days')
+               FROM tenant_gateway.acme_orders WHERE started_at > now() - interval '7 days'",
+        )
+        .bind(registered_domain(name))
+        .fetch_one(&self.db)
+        .await?;
+        if hour >= i64::from(self.cfg.orders_per_hour) {
+            return Ok(Some(format!("{hour} orders in the last hour (acme.orders_per_hour)")));
+        }
+        if week >= i64::from(self.cfg.orders_per_domain_per_week) {
+            return Ok(Some(format!(
+                "{week} orders for {} this week (acme.orders_per_domain_per_week)",
+                registered_domain(name)
+            )));
+        }
+        Ok(None)
+    }
+
+    async fn account(&self) -> Result<Account, AcmeError> {
+        let mut slot = self.account.lock().await;
+        if let Some(a) = &*slot {
+            return Ok(a.clone());
+        }
+        let dir = &self.cfg.directory_url;
+        let aad = format!("account:{dir}");
+        let mut conn = self.db.acquire().await?;
+        sqlx::query("SELECT pg_advisory_lock($1)").bind(ACCOUNT_LOCK).execute(&mut *conn).await?;
+        let result = self.load_or_create_account(dir, &aad).await;
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(ACCOUNT_LOCK).execute(&mut *conn).await;
+        let account = result?;
+        *slot = Some(account.clone());
+        Ok(account)
+    }
+
+    fn account_builder(&self) -> Result<instant_acme::AccountBuilder, AcmeError> {
+        Ok(match &self.cfg.ca_root {
+            Some(root) => Account::builder_with_root(root)?,
+            None => Account::builder()?,
+        })
+    }
+
+    /// Under the account lock: the stored account, or a new one (stored encrypted).
+    async fn load_or_create_account(&self, dir: &str, aad: &str) -> Result<Account, AcmeError> {
+        let stored: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT credentials_enc FROM tenant_gateway.acme_accounts WHERE directory = $1")
+                .bind(dir)
+                .fetch_optional(&self.db)
+                .await?;
+        if let Some(enc) = stored {
+            let creds: AccountCredentials = serde_json::from_slice(&self.seal.open(aad, &enc)?).map_err(other)?;
+            return Ok(self.account_builder()?.from_credentials(creds).await?);
+        }
+        let contact: Vec<&str> = self.cfg.contact.iter().map(String::as_str).collect();
+        let eab = match &self.cfg.eab {
+            Some(e) => {
+                use base64::Engine;
+                let raw = std::env::var(&e.hmac_key_env).map_err(|_| other(format!("{} is not set", e.hmac_key_env)))?;
+                let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw.trim()).map_err(other)?;
+                Some(ExternalAccountKey::new(e.kid.clone(), &key))
+            }
+            None => None,
+        };
+        let new = NewAccount { contact: &contact, terms_of_service_agreed: true, only_return_existing: false };
+        let (account, creds) = self.account_builder()?.create(&new, dir.to_owned(), eab.as_ref()).await?;
+        let enc = self.seal.seal(aad, &serde_json::to_vec(&creds).map_err(other)?)?;
+        sqlx::query("INSERT INTO tenant_gateway.acme_accounts (directory, credentials_enc) VALUES ($1, $2)")
+            .bind(dir)
+            .bind(enc)
+            .execute(&self.db)
+            .await?;
+        tracing::info!(directory = %dir, "ACME: account created");
+        Ok(account)
+    }
+
+    /// Try each configured challenge type in turn.
+    async fn order(&self, name: &str) -> Result<(String, String), AcmeError> {
+        let account = self.account().await?;
+        let mut last = AcmeError::Other("no challenge type configured".into());
+        for kind in &self.cfg.challenges {
+            match self.order_with(&account, name, *kind).await {
+                Ok(done) => return Ok(done),
+                Err(e) => {
+                    tracing::warn!(name, challenge = ?kind, error = %e, "ACME: order failed with this challenge");
+                    sqlx::query("DELETE FROM tenant_gateway.acme_challenges WHERE name = $1").bind(name).execute(&self.db).await?;
+                    last = e;
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn order_with(&self, account: &Account, name: &str, kind: ChallengeKind) -> Result<(String, String), AcmeError> {
+        let identifiers = [Identifier::Dns(name.to_owned())];
+        let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
+        {
+            let mut authzs = order.authorizations();
+            while let Some(authz) = authzs.next().await {
+                let mut authz = authz?;
+                match authz.status {
+                    AuthorizationStatus::Pending => {}
+                    AuthorizationStatus::Valid => continue,
+                    other_status => return Err(other(format!("authorization is {other_status:?}"))),
+                }
+                let ctype = match kind {
+                    ChallengeKind::Http01 => ChallengeType::Http01,
+                    ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
+                };
+                let mut challenge = authz.challenge(ctype).ok_or_else(|| other(format!("the CA offers no {kind:?} challenge")))?;
+                let ka = challenge.key_authorization();
+                let (db_kind, key) = match kind {
+                    ChallengeKind::Http01 => ("http-01", challenge.token.clone()),
+                    ChallengeKind::TlsAlpn01 => ("tls-alpn-01", name.to_owned()),
+                };
+                sqlx::query(
+                    "INSERT INTO tenant_gateway.acme_challenges (kind, key, name, key_authorization) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (kind, key) DO UPDATE SET key_authorization = EXCLUDED.key_authorization, created_at = now()",
+                )
+                .bind(db_kind)
+                .bind(&key)
+                .bind(name)
+                .bind(ka.as_str())
+                .execute(&self.db)
+                .await?;
+                challenge.set_ready().await?;
+            }
+        }
+        let policy = RetryPolicy::new().initial_delay(Duration::from_millis(200)).timeout(Duration::from_secs(60));
+        let status = order.poll_ready(&policy).await?;
+        if status != OrderStatus::Ready {
+            let detail = order.state().error.as_ref().and_then(|p| p.detail.clone()).unwrap_or_else(|| format!("{status:?}"));
+            return Err(other(format!("order not ready: {detail}")));
+        }
+        let key = rcgen::KeyPair::generate().map_err(other)?;
+        let csr = rcgen::CertificateParams::new(vec![name.to_owned()])
+            .and_then(|p| p.serialize_request(&key))
+            .map_err(other)?;
+        order.finalize_csr(csr.der()).await?;
+        let chain = order.poll_certificate(&policy).await?;
+        Ok((chain, key.serialize_pem()))
+    }
+}
+
+/// The self-signed certificate carrying the acmeIdentifier extension
+/// (RFC 8737), served only to `acme-tls/1` ClientHellos. Its critical
+/// extension makes webpki refuse it, so it is built as a `CertifiedKey`.
+fn alpn_challenge_key(name: &str, key_authorization: &str) -> Result<CertifiedKey, AcmeError> {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key_authorization.as_bytes());
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).map_err(other)?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest.as_ref())];
+    let key = rcgen::KeyPair::generate().map_err(other)?;
+    let cert = params.self_signed(&key).map_err(other)?;
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let signing = super::provider().key_provider.load_private_key(der).map_err(other)?;
+    Ok(CertifiedKey::new(vec![cert.der().clone()], signing))
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// `gateway acme status`: every custom domain with its certificate state.
+pub async fn status_report(db: &PgPool, cfg: &AcmeConfig, base_domains: &[String]) -> Result<Vec<String>, AcmeError> {
+    Acme::migrate(db).await?;
+    let mut names: Vec<String> = sqlx::query_scalar(&cfg.domains_query).fetch_all(db).await?;
+    names.retain(|n| !base_domains.iter().any(|b| tenancy::is_under(n, b)));
+    let known: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM tenant_gateway.acme_names UNION SELECT name FROM tenant_gateway.certificates",
+    )
+    .fetch_all(db)
+    .await?;
+    for k in known {
+        if !names.contains(&k) {
+            names.push(k);
+        }
+    }
+    names.sort();
+    let mut lines = vec![format!("{:<40} {:<10} DETAIL", "DOMAIN", "STATUS")];
+    for name in names {
+        let cert: Option<(String, bool)> = sqlx::query_as(
+            "SELECT to_char(not_after AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS\"Z\"'),
+                    now() >= not_after - (not_after - not_before) / 3
+               FROM tenant_gateway.certificates WHERE name = $1",
+        )
+        .bind(&name)
+        .fetch_optional(db)
+        .await?;
+        let state: Option<(i32, Option<String>, String, bool, bool)> = sqlx::query_as(
+            "SELECT failures, last_error, to_char(next_attempt_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS\"Z\"'),
+                    ordering_since IS NOT NULL, force_renew
+               FROM tenant_gateway.acme_names WHERE name = $1",
+        )
+        .bind(&name)
+        .fetch_optional(db)
+        .await?;
+        let (status, detail) = match (&cert, &state) {
+            (_, Some((f, err, next, _, _))) if *f > 0 => (
+                "failing",
+                format!(
+                    "{} failures, last error: {}; next retry {next}{}",
+                    f,
+                    err.as_deref().unwrap_or("?"),
+                    cert.as_ref().map(|(until, _)| format!("; serving the certificate valid until {until}")).unwrap_or_default()
+                ),
+            ),
+            (_, Some((_, _, _, true, _))) => ("pending", "order in progress".to_owned()),
+            (Some((until, due)), Some((_, _, _, _, forced))) => (
+                "valid",
+                format!("until {until}{}", if *forced { " (renewal forced)" } else if *due { " (renewal due)" } else { "" }),
+            ),
+            (Some((until, _)), None) => ("valid", format!("until {until}")),
+            (None, _) => ("none", "no certificate yet".to_owned()),
+        };
+        lines.push(format!("{name:<40} {status:<10} {detail}"));
+    }
+    Ok(lines)
+}
+
+/// `gateway acme renew <name>`: force a renewal (picked up by one gateway).
+pub async fn force_renewal(db: &PgPool, name: &str) -> Result<(), AcmeError> {
+    Acme::migrate(db).await?;
+    sqlx::query(
+        "INSERT INTO tenant_gateway.acme_names (name, force_renew, next_attempt_at) VALUES ($1, true, now())
+         ON CONFLICT (name) DO UPDATE SET force_renew = true, next_attempt_at = now(), updated_at = now()",
+    )
+    .bind(name)
+    .execute(db)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)").bind(RENEW_CHANNEL).bind(name).execute(db).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seal_round_trip_and_binding() {
+        let s = Seal::new(&[7u8; 32]);
+        let c = s.seal("cert:a.test", b"-----BEGIN PRIVATE KEY-----").unwrap();
+        assert!(!c.windows(7).any(|w| w == b"PRIVATE"));
+        assert_eq!(s.open("cert:a.test", &c).unwrap(), b"-----BEGIN PRIVATE KEY-----");
+        assert!(s.open("cert:b.test", &c).is_err(), "ciphertext moved to another row");
+        assert!(Seal::new(&[8u8; 32]).open("cert:a.test", &c).is_err(), "wrong key");
+    }
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters() {
+        let (b, m) = (Duration::from_secs(10), Duration::from_secs(100));
+        assert_eq!(backoff(b, m, 1, 1.0), Duration::from_secs(10));
+        assert_eq!(backoff(b, m, 2, 1.0), Duration::from_secs(20));
+        assert_eq!(backoff(b, m, 3, 1.0), Duration::from_secs(40));
+        assert_eq!(backoff(b, m, 30, 1.0), m);
+        assert_eq!(backoff(b, m, 1, 0.5), Duration::from_secs(5));
+        assert!(backoff(b, m, 30, 1.5) <= m);
+    }
+
+    #[test]
+    fn registered_domains() {
+        assert_eq!(registered_domain("www.ferrari-cars.com"), "ferrari-cars.com");
+        assert_eq!(registered_domain("ferrari-cars.com"), "ferrari-cars.com");
+        assert_eq!(registered_domain("localhost"), "localhost");
+    }
+
+    #[test]
+    fn alpn_certificate_is_built() {
+        let k = alpn_challenge_key("shop.test", "token.thumbprint").unwrap();
+        assert_eq!(k.cert.len(), 1);
+    }
+}
