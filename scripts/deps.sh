@@ -5,7 +5,7 @@ set -euo pipefail
 want=(cmake postgresql curl ca-certificates python3)
 case "${1:-test}" in
   demo) ;;
-  test) want+=(prometheus) ;;
+  test) want+=(prometheus pebble) ;;
   bench) want+=(nginx haproxy caddy wrk nghttp2-client) ;;
   *) echo "usage: $0 [demo|test|bench]" >&2; exit 2 ;;
 esac

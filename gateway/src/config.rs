@@ -675,7 +675,10 @@ impl Config {
         }
         if let Some(root) = &a.ca_root {
             if !root.is_file() {
-                return Err(invalid("acme.ca_root", format!("{} is not a readable file", root.display())));
+                return Err(invalid(
+                    "acme.ca_root",
+                    format!("{} is not a readable file", root.display()),
+                ));
             }
         }
         for c in &a.contact {
@@ -684,7 +687,10 @@ impl Config {
             }
         }
         if a.check_interval_secs == 0 || a.retry_base_secs == 0 || a.retry_max_secs < a.retry_base_secs {
-            return Err(invalid("acme.retry_base_secs", "intervals must be positive and retry_max_secs >= retry_base_secs"));
+            return Err(invalid(
+                "acme.retry_base_secs",
+                "intervals must be positive and retry_max_secs >= retry_base_secs",
+            ));
         }
         if a.orders_per_hour == 0 || a.orders_per_domain_per_week == 0 {
             return Err(invalid("acme.orders_per_hour", "rate limits must be positive"));
@@ -694,11 +700,18 @@ impl Config {
 
     /// The key encrypting private keys at rest (ACME).
     pub fn acme_key(&self) -> Result<[u8; 32], ConfigError> {
-        let raw = std::env::var(&self.acme.key_env)
-            .map_err(|_| invalid("acme.key_env", format!("environment variable `{}` is not set", self.acme.key_env)))?;
+        let raw = std::env::var(&self.acme.key_env).map_err(|_| {
+            invalid(
+                "acme.key_env",
+                format!("environment variable `{}` is not set", self.acme.key_env),
+            )
+        })?;
         let mut key = [0u8; 32];
         hex::decode_to_slice(raw.trim(), &mut key).map_err(|_| {
-            invalid("acme.key_env", format!("`{}` must hold 64 hex digits (32 bytes)", self.acme.key_env))
+            invalid(
+                "acme.key_env",
+                format!("`{}` must hold 64 hex digits (32 bytes)", self.acme.key_env),
+            )
         })?;
         Ok(key)
     }

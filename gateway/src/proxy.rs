@@ -154,7 +154,9 @@ impl Gateway {
         resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
         resp.insert_header("cache-control", "no-store")?;
         session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(bytes::Bytes::from(body)), true).await?;
+        session
+            .write_response_body(Some(bytes::Bytes::from(body)), true)
+            .await?;
         Ok(true)
     }
 

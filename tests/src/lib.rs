@@ -453,6 +453,7 @@ pub fn common_env(cmd: &mut Command, db_url: &str) {
     cmd.env("DATABASE_URL", db_url)
         .env("TG_STAMP_KEY_K1", STAMP_SECRET)
         .env("TG_STAMP_KEY_K2", STAMP_SECRET2)
+        .env("TG_CERT_KEY", CERT_KEY_HEX)
         .env("RUST_LOG", "info,sqlx=warn")
         .env_remove("UPSTREAM_APP_CONFIG");
 }
@@ -547,6 +548,27 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
 }
 
+/// The three listening ports of a gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct GatewayPorts {
+    pub http: u16,
+    pub admin: u16,
+    pub tls: u16,
+}
+
+impl GatewayPorts {
+    pub fn free() -> GatewayPorts {
+        GatewayPorts {
+            http: free_port(),
+            admin: free_port(),
+            tls: free_port(),
+        }
+    }
+}
+
+/// The key the test gateways encrypt stored private keys with.
+pub const CERT_KEY_HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
 /// `[pools.<name>]` sections for backends on these ports (fast health checks).
 pub fn pools_toml(pools: &[(&str, &[u16])]) -> String {
     let mut s = String::new();
@@ -569,10 +591,17 @@ impl Gateway {
 
     /// Like `start`, with `listen.shutdown_grace_secs` set.
     pub fn start_with_grace(db_url: &str, body: &str, grace_secs: u64) -> Result<Gateway> {
+        Gateway::start_with_ports(db_url, body, grace_secs, GatewayPorts::free())
+    }
+
+    /// Start on ports chosen beforehand (e.g. handed to Pebble first).
+    pub fn start_with_ports(db_url: &str, body: &str, grace_secs: u64, ports: GatewayPorts) -> Result<Gateway> {
         let dir = tempfile::tempdir()?;
-        let port = free_port();
-        let admin_port = free_port();
-        let tls_port = free_port();
+        let GatewayPorts {
+            http: port,
+            admin: admin_port,
+            tls: tls_port,
+        } = ports;
         let body = body.replace("{TLS_PORT}", &tls_port.to_string());
         let cfg = format!(
             "[listen]\nhttp = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin_port}\"\nthreads = 2\nshutdown_grace_secs = {grace_secs}\n\n{body}"
@@ -896,4 +925,130 @@ pub fn fire_requests(port: u16, path: &str, hosts: Vec<String>, concurrency: usi
         }
         all
     })
+}
+
+/// Debian's Pebble (Let's Encrypt's test CA) on loopback, validating against
+/// the given gateway ports, with every name resolving to 127.0.0.1 through
+/// pebble-challtestsrv's DNS.
+pub struct Pebble {
+    pebble: Option<Proc>,
+    _challtestsrv: Proc,
+    dir: tempfile::TempDir,
+    pub port: u16,
+    pub management_port: u16,
+    dns_port: u16,
+    ca: PathBuf,
+}
+
+impl Pebble {
+    /// `ca_dir` holds the dev CA (`gateway certs dev`), which signs Pebble's
+    /// own HTTPS certificate. `validity_secs`: lifetime of issued certificates.
+    pub fn start(ca_dir: &Path, http_port: u16, tls_port: u16, validity_secs: u64) -> Result<Pebble> {
+        let dir = tempfile::tempdir()?;
+        tls::issue(ca_dir, &["127.0.0.1", "localhost"], &dir.path().join("server"));
+        let (port, management_port, dns_port, chall_mgmt) = (free_port(), free_port(), free_port(), free_port());
+        let cfg = serde_json::json!({ "pebble": {
+            "listenAddress": format!("127.0.0.1:{port}"),
+            "managementListenAddress": format!("127.0.0.1:{management_port}"),
+            "certificate": dir.path().join("server.pem"),
+            "privateKey": dir.path().join("server.key"),
+            "httpPort": http_port,
+            "tlsPort": tls_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+            "certificateValidityPeriod": validity_secs,
+        }});
+        write_file(dir.path(), "pebble.json", &cfg.to_string());
+        let mut c = Command::new("pebble-challtestsrv");
+        c.args([
+            "-management",
+            &format!("127.0.0.1:{chall_mgmt}"),
+            "-dns01",
+            &format!("127.0.0.1:{dns_port}"),
+        ])
+        .args([
+            "-http01",
+            "",
+            "-https01",
+            "",
+            "-tlsalpn01",
+            "",
+            "-defaultIPv4",
+            "127.0.0.1",
+            "-defaultIPv6",
+            "",
+        ]);
+        let challtestsrv = Proc::spawn("pebble-challtestsrv", c, dir.path().join("challtestsrv.log"))?;
+        wait_until("challtestsrv", Duration::from_secs(20), || port_open(chall_mgmt))?;
+        let mut p = Pebble {
+            pebble: None,
+            _challtestsrv: challtestsrv,
+            ca: ca_dir.join("ca.pem"),
+            dir,
+            port,
+            management_port,
+            dns_port,
+        };
+        p.start_pebble()?;
+        Ok(p)
+    }
+
+    /// (Re)start the Pebble process on the same ports. A restarted Pebble
+    /// has a new root and forgets accounts, like a CA wiping its state.
+    pub fn start_pebble(&mut self) -> Result<()> {
+        let mut c = Command::new("pebble");
+        c.arg("-config")
+            .arg(self.dir.path().join("pebble.json"))
+            .args(["-dnsserver", &format!("127.0.0.1:{}", self.dns_port)])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .env("PEBBLE_AUTHZREUSE", "0");
+        let log = self.dir.path().join(format!("pebble-{}.log", rand::random::<u32>()));
+        let mut proc_ = Proc::spawn("pebble", c, log)?;
+        let port = self.port;
+        wait_until("pebble", Duration::from_secs(20), || {
+            port_open(port) || proc_.exited().is_some()
+        })?;
+        if let Some(status) = proc_.exited() {
+            bail!("pebble exited ({status}):\n{}", proc_.log());
+        }
+        self.pebble = Some(proc_);
+        Ok(())
+    }
+
+    pub fn stop_pebble(&mut self) {
+        if let Some(mut p) = self.pebble.take() {
+            p.kill();
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.pebble.as_ref().map(|p| p.log()).unwrap_or_default()
+    }
+
+    pub fn directory(&self) -> String {
+        format!("https://127.0.0.1:{}/dir", self.port)
+    }
+
+    /// The dev CA, which Pebble's HTTPS certificate chains to (for `acme.ca_root`).
+    pub fn directory_ca(&self) -> &Path {
+        &self.ca
+    }
+
+    /// The root Pebble issues under (new at every Pebble start).
+    pub fn issuing_root(&self) -> Result<PathBuf> {
+        let client = http::client_with(
+            ::reqwest::Client::builder().use_preconfigured_tls(tls::client_config(&self.ca, &["http/1.1"])),
+        );
+        let r = client
+            .get(&format!("https://127.0.0.1:{}/roots/0", self.management_port))
+            .send()
+            .context("fetch Pebble root")?;
+        anyhow::ensure!(r.status == 200, "Pebble root: {} {}", r.status, r.body);
+        Ok(write_file(
+            self.dir.path(),
+            &format!("root-{}.pem", rand::random::<u32>()),
+            &r.body,
+        ))
+    }
 }

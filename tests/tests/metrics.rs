@@ -183,16 +183,31 @@ fn every_dashboard_and_alert_expression_works_against_real_prometheus() {
         );
     }
     app_cli_ok(&pg.url(), &["tenant", "suspend", "paused"]);
+    app_cli_ok(
+        &pg.url(),
+        &["domain", "add", "www.ferrari-cars.test", "--tenant", "ferrari"],
+    );
     let app = UpstreamApp::start(&pg.url(), "").unwrap();
     let certs = tempfile::tempdir().unwrap();
     dev_certs(certs.path());
+    // ACME against Pebble too, so the certificates dashboard has ACME series.
+    let ports = GatewayPorts::free();
+    let pebble = Pebble::start(certs.path(), ports.http, ports.tls, 3600).unwrap();
     let body = format!(
-        "[tls]\nlisten = \"127.0.0.1:{{TLS_PORT}}\"\nredirect_http = false\n\
-         certificates = [{{ cert_file = \"{0}/wildcard.pem\", key_file = \"{0}/wildcard.key\" }}]\n{1}",
+        "[tenant]\nbase_domains = [\"myapp.localhost\"]\n\
+         [tls]\nlisten = \"127.0.0.1:{{TLS_PORT}}\"\nredirect_http = false\n\
+         certificates = [{{ cert_file = \"{0}/wildcard.pem\", key_file = \"{0}/wildcard.key\" }}]\n\
+         [acme]\nenabled = true\ndirectory_url = \"{2}\"\nca_root = \"{3}\"\ncheck_interval_secs = 1\n{1}",
         certs.path().display(),
-        pools_toml(&[("default", &[app.port])])
+        pools_toml(&[("default", &[app.port])]),
+        pebble.directory(),
+        pebble.directory_ca().display(),
     );
-    let gw = Gateway::start(&pg.url(), &body).unwrap();
+    let gw = Gateway::start_with_ports(&pg.url(), &body, 1, ports).unwrap();
+    wait_until("ACME certificate", Duration::from_secs(60), || {
+        probe(ports.tls, Some("www.ferrari-cars.test"), &[]).is_ok_and(|p| p.names == ["www.ferrari-cars.test"])
+    })
+    .unwrap();
     let prom = Prometheus::start(gw.admin_port);
 
     // Traffic for several tenants, refused requests, unknown hosts (lookups),

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub tenants: tenant::TenantMetrics,
     /// ACME orders by name and result (issued, failed, rate_limited).
     pub acme_orders: IntCounterVec,
+    pub acme_scans: IntCounter,
     pub cache_entries: IntGauge,
     pub invalidation_connected: IntGauge,
     /// TLS handshakes by result: ok, failed, timeout.
@@ -100,12 +101,20 @@ impl Metrics {
         .expect("valid metric");
         r.register(Box::new(cert_expiry.clone())).expect("unique metric");
         let acme_orders = IntCounterVec::new(
-            Opts::new("tenant_gateway_acme_orders_total", "ACME orders by name and result (issued, failed, rate_limited)."),
+            Opts::new(
+                "tenant_gateway_acme_orders_total",
+                "ACME orders by name and result (issued, failed, rate_limited).",
+            ),
             &["name", "result"],
         )
         .expect("valid metric");
         r.register(Box::new(acme_orders.clone())).expect("unique metric");
         Metrics {
+            acme_scans: counter(
+                &r,
+                "tenant_gateway_acme_scans_total",
+                "ACME scans for missing, expiring or due certificates.",
+            ),
             acme_orders,
             tls_handshakes,
             cert_expiry,

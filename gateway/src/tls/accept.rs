@@ -340,11 +340,16 @@ impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
             let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await?;
             let hello = start.client_hello();
             let sni: Option<Arc<str>> = hello.server_name().map(Arc::from);
-            let acme_tls = hello.alpn().is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+            let acme_tls = hello
+                .alpn()
+                .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
             if let (Some(acme), Some(name)) = (&self.acme, &sni) {
                 if acme_tls {
                     // TLS-ALPN-01 validation: answer with the challenge certificate, then close.
-                    let key = acme.alpn_key(name).await.ok_or_else(|| std::io::Error::other("no TLS-ALPN-01 challenge"))?;
+                    let key = acme
+                        .alpn_key(name)
+                        .await
+                        .ok_or_else(|| std::io::Error::other("no TLS-ALPN-01 challenge"))?;
                     let mut tls = start.into_stream(challenge_config(key)?).await?;
                     let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
                     return Err(std::io::Error::other("acme-tls/1 validation answered"));

@@ -63,7 +63,9 @@ pub struct Seal(LessSafeKey);
 
 impl Seal {
     pub fn new(key: &[u8; 32]) -> Seal {
-        Seal(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, key).expect("32-byte AES-256 key")))
+        Seal(LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, key).expect("32-byte AES-256 key"),
+        ))
     }
 
     pub fn seal(&self, aad: &str, plain: &[u8]) -> Result<Vec<u8>, AcmeError> {
@@ -177,15 +179,22 @@ impl Acme {
 
     /// The key authorization for an HTTP-01 token, if a challenge is pending.
     pub async fn http01(&self, token: &str) -> Option<String> {
-        if token.is_empty() || token.len() > 128 || !token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        if token.is_empty()
+            || token.len() > 128
+            || !token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
             return None;
         }
-        sqlx::query_scalar("SELECT key_authorization FROM tenant_gateway.acme_challenges WHERE kind = 'http-01' AND key = $1")
-            .bind(token)
-            .fetch_optional(&self.db)
-            .await
-            .ok()
-            .flatten()
+        sqlx::query_scalar(
+            "SELECT key_authorization FROM tenant_gateway.acme_challenges WHERE kind = 'http-01' AND key = $1",
+        )
+        .bind(token)
+        .fetch_optional(&self.db)
+        .await
+        .ok()
+        .flatten()
     }
 
     /// The TLS-ALPN-01 challenge certificate for a name, if a challenge is pending.
@@ -210,7 +219,10 @@ impl Acme {
                 return None;
             }
         };
-        self.alpn_keys.lock().unwrap_or_else(|p| p.into_inner()).insert(name.to_owned(), (ka, key.clone()));
+        self.alpn_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), (ka, key.clone()));
         Some(key)
     }
 
@@ -249,7 +261,9 @@ impl Acme {
     }
 
     async fn load_all(&self) -> Result<usize, AcmeError> {
-        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM tenant_gateway.certificates").fetch_all(&self.db).await?;
+        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM tenant_gateway.certificates")
+            .fetch_all(&self.db)
+            .await?;
         let mut n = 0;
         for name in names {
             match self.load_one(&name).await {
@@ -281,7 +295,9 @@ impl Acme {
             Err(e) => tracing::error!(error = %e, "ACME: cannot load stored certificates"),
         }
         tokio::spawn(self.clone().listen());
-        let Some(mut rx) = self.wanted_rx.lock().unwrap_or_else(|p| p.into_inner()).take() else { return };
+        let Some(mut rx) = self.wanted_rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
         let mut tick = tokio::time::interval(Duration::from_secs(self.cfg.check_interval_secs));
         loop {
             tokio::select! {
@@ -337,6 +353,7 @@ impl Acme {
 
     /// Names that lack a certificate, need renewal or were forced.
     async fn scan(self: &Arc<Self>) -> Result<(), AcmeError> {
+        self.metrics.acme_scans.inc();
         let names: Vec<String> = sqlx::query_scalar(&self.cfg.domains_query).fetch_all(&self.db).await?;
         let now = unix_now();
         for name in names {
@@ -347,8 +364,9 @@ impl Acme {
                 self.spawn_attempt(name, false);
             }
         }
-        let forced: Vec<String> =
-            sqlx::query_scalar("SELECT name FROM tenant_gateway.acme_names WHERE force_renew").fetch_all(&self.db).await?;
+        let forced: Vec<String> = sqlx::query_scalar("SELECT name FROM tenant_gateway.acme_names WHERE force_renew")
+            .fetch_all(&self.db)
+            .await?;
         for name in forced {
             self.spawn_attempt(name, true);
         }
@@ -356,7 +374,12 @@ impl Acme {
     }
 
     fn spawn_attempt(self: &Arc<Self>, name: String, force: bool) {
-        if !self.in_progress.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone()) {
+        if !self
+            .in_progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone())
+        {
             return;
         }
         let me = self.clone();
@@ -377,11 +400,12 @@ impl Acme {
             .bind(name)
             .execute(&self.db)
             .await?;
-        let (due, forced): (bool, bool) =
-            sqlx::query_as("SELECT next_attempt_at <= now(), force_renew FROM tenant_gateway.acme_names WHERE name = $1")
-                .bind(name)
-                .fetch_one(&self.db)
-                .await?;
+        let (due, forced): (bool, bool) = sqlx::query_as(
+            "SELECT next_attempt_at <= now(), force_renew FROM tenant_gateway.acme_names WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_one(&self.db)
+        .await?;
         let now = unix_now();
         if !forced && self.store.issued(name).is_some_and(|c| !c.renewal_due(now)) {
             return Ok(());
@@ -402,24 +426,31 @@ impl Acme {
             return Ok(());
         }
         let result = self.locked_attempt(name).await;
-        let _ = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))").bind(&lock_key).execute(&mut *conn).await;
+        let _ = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
+            .bind(&lock_key)
+            .execute(&mut *conn)
+            .await;
         result
     }
 
     async fn locked_attempt(&self, name: &str) -> Result<(), AcmeError> {
         // Re-read under the lock: another gateway may have just finished.
-        let (due, forced): (bool, bool) =
-            sqlx::query_as("SELECT next_attempt_at <= now(), force_renew FROM tenant_gateway.acme_names WHERE name = $1")
-                .bind(name)
-                .fetch_one(&self.db)
-                .await?;
+        let (due, forced): (bool, bool) = sqlx::query_as(
+            "SELECT next_attempt_at <= now(), force_renew FROM tenant_gateway.acme_names WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_one(&self.db)
+        .await?;
         let stored = self.load_one(name).await?;
         if !due || (!forced && stored.is_some_and(|c| !c.renewal_due(unix_now()))) {
             return Ok(());
         }
         if let Some(why) = self.rate_limited(name).await? {
             tracing::warn!(name, reason = %why, "ACME: rate limit holds back the order for {name}: {why}");
-            self.metrics.acme_orders.with_label_values(&[name, "rate_limited"]).inc();
+            self.metrics
+                .acme_orders
+                .with_label_values(&[name, "rate_limited"])
+                .inc();
             sqlx::query("UPDATE tenant_gateway.acme_names SET next_attempt_at = now() + interval '10 minutes', last_error = $2, updated_at = now() WHERE name = $1")
                 .bind(name)
                 .bind(format!("rate limited: {why}"))
@@ -441,7 +472,10 @@ impl Acme {
             .await?;
         tracing::info!(name, gateway = %self.gateway_id, "ACME: ordering a certificate");
         let outcome = self.order(name).await;
-        sqlx::query("DELETE FROM tenant_gateway.acme_challenges WHERE name = $1").bind(name).execute(&self.db).await?;
+        sqlx::query("DELETE FROM tenant_gateway.acme_challenges WHERE name = $1")
+            .bind(name)
+            .execute(&self.db)
+            .await?;
         match outcome {
             Ok((chain, key_pem)) => {
                 let cert = Cert::from_pem(chain.as_bytes(), key_pem.as_bytes(), name).map_err(other)?;
@@ -466,7 +500,10 @@ impl Acme {
                 .bind(name)
                 .execute(&self.db)
                 .await?;
-                sqlx::query("UPDATE tenant_gateway.acme_orders SET result = 'issued' WHERE id = $1").bind(order_id).execute(&self.db).await?;
+                sqlx::query("UPDATE tenant_gateway.acme_orders SET result = 'issued' WHERE id = $1")
+                    .bind(order_id)
+                    .execute(&self.db)
+                    .await?;
                 self.metrics.cert_expiry.with_label_values(&[name]).set(cert.not_after);
                 self.store.add_issued(cert);
                 self.metrics.acme_orders.with_label_values(&[name, "issued"]).inc();
@@ -494,7 +531,10 @@ impl Acme {
                     .bind(wait.as_secs_f64())
                     .execute(&self.db)
                     .await?;
-                sqlx::query("UPDATE tenant_gateway.acme_orders SET result = 'failed' WHERE id = $1").bind(order_id).execute(&self.db).await?;
+                sqlx::query("UPDATE tenant_gateway.acme_orders SET result = 'failed' WHERE id = $1")
+                    .bind(order_id)
+                    .execute(&self.db)
+                    .await?;
                 self.metrics.acme_orders.with_label_values(&[name, "failed"]).inc();
                 tracing::warn!(name, failures, retry_in_secs = wait.as_secs_f64(), error = %e, "ACME: order failed; keeping the current certificate");
                 Ok(())
@@ -531,9 +571,15 @@ impl Acme {
         let dir = &self.cfg.directory_url;
         let aad = format!("account:{dir}");
         let mut conn = self.db.acquire().await?;
-        sqlx::query("SELECT pg_advisory_lock($1)").bind(ACCOUNT_LOCK).execute(&mut *conn).await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(ACCOUNT_LOCK)
+            .execute(&mut *conn)
+            .await?;
         let result = self.load_or_create_account(dir, &aad).await;
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1)").bind(ACCOUNT_LOCK).execute(&mut *conn).await;
+        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(ACCOUNT_LOCK)
+            .execute(&mut *conn)
+            .await;
         let account = result?;
         *slot = Some(account.clone());
         Ok(account)
@@ -561,14 +607,24 @@ impl Acme {
         let eab = match &self.cfg.eab {
             Some(e) => {
                 use base64::Engine;
-                let raw = std::env::var(&e.hmac_key_env).map_err(|_| other(format!("{} is not set", e.hmac_key_env)))?;
-                let key = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(raw.trim()).map_err(other)?;
+                let raw =
+                    std::env::var(&e.hmac_key_env).map_err(|_| other(format!("{} is not set", e.hmac_key_env)))?;
+                let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(raw.trim())
+                    .map_err(other)?;
                 Some(ExternalAccountKey::new(e.kid.clone(), &key))
             }
             None => None,
         };
-        let new = NewAccount { contact: &contact, terms_of_service_agreed: true, only_return_existing: false };
-        let (account, creds) = self.account_builder()?.create(&new, dir.to_owned(), eab.as_ref()).await?;
+        let new = NewAccount {
+            contact: &contact,
+            terms_of_service_agreed: true,
+            only_return_existing: false,
+        };
+        let (account, creds) = self
+            .account_builder()?
+            .create(&new, dir.to_owned(), eab.as_ref())
+            .await?;
         let enc = self.seal.seal(aad, &serde_json::to_vec(&creds).map_err(other)?)?;
         sqlx::query("INSERT INTO tenant_gateway.acme_accounts (directory, credentials_enc) VALUES ($1, $2)")
             .bind(dir)
@@ -581,6 +637,22 @@ impl Acme {
 
     /// Try each configured challenge type in turn.
     async fn order(&self, name: &str) -> Result<(String, String), AcmeError> {
+        let result = self.order_each(name).await;
+        if let Err(e) = &result {
+            // The CA no longer knows our account (e.g. it was wiped): start over next time.
+            if e.to_string().contains("accountDoesNotExist") {
+                tracing::warn!(directory = %self.cfg.directory_url, "ACME: account unknown to the CA; a new one will be created");
+                *self.account.lock().await = None;
+                sqlx::query("DELETE FROM tenant_gateway.acme_accounts WHERE directory = $1")
+                    .bind(&self.cfg.directory_url)
+                    .execute(&self.db)
+                    .await?;
+            }
+        }
+        result
+    }
+
+    async fn order_each(&self, name: &str) -> Result<(String, String), AcmeError> {
         let account = self.account().await?;
         let mut last = AcmeError::Other("no challenge type configured".into());
         for kind in &self.cfg.challenges {
@@ -588,7 +660,10 @@ impl Acme {
                 Ok(done) => return Ok(done),
                 Err(e) => {
                     tracing::warn!(name, challenge = ?kind, error = %e, "ACME: order failed with this challenge");
-                    sqlx::query("DELETE FROM tenant_gateway.acme_challenges WHERE name = $1").bind(name).execute(&self.db).await?;
+                    sqlx::query("DELETE FROM tenant_gateway.acme_challenges WHERE name = $1")
+                        .bind(name)
+                        .execute(&self.db)
+                        .await?;
                     last = e;
                 }
             }
@@ -596,7 +671,12 @@ impl Acme {
         Err(last)
     }
 
-    async fn order_with(&self, account: &Account, name: &str, kind: ChallengeKind) -> Result<(String, String), AcmeError> {
+    async fn order_with(
+        &self,
+        account: &Account,
+        name: &str,
+        kind: ChallengeKind,
+    ) -> Result<(String, String), AcmeError> {
         let identifiers = [Identifier::Dns(name.to_owned())];
         let mut order = account.new_order(&NewOrder::new(&identifiers)).await?;
         {
@@ -612,7 +692,9 @@ impl Acme {
                     ChallengeKind::Http01 => ChallengeType::Http01,
                     ChallengeKind::TlsAlpn01 => ChallengeType::TlsAlpn01,
                 };
-                let mut challenge = authz.challenge(ctype).ok_or_else(|| other(format!("the CA offers no {kind:?} challenge")))?;
+                let mut challenge = authz
+                    .challenge(ctype)
+                    .ok_or_else(|| other(format!("the CA offers no {kind:?} challenge")))?;
                 let ka = challenge.key_authorization();
                 let (db_kind, key) = match kind {
                     ChallengeKind::Http01 => ("http-01", challenge.token.clone()),
@@ -631,10 +713,17 @@ impl Acme {
                 challenge.set_ready().await?;
             }
         }
-        let policy = RetryPolicy::new().initial_delay(Duration::from_millis(200)).timeout(Duration::from_secs(60));
+        let policy = RetryPolicy::new()
+            .initial_delay(Duration::from_millis(200))
+            .timeout(Duration::from_secs(60));
         let status = order.poll_ready(&policy).await?;
         if status != OrderStatus::Ready {
-            let detail = order.state().error.as_ref().and_then(|p| p.detail.clone()).unwrap_or_else(|| format!("{status:?}"));
+            let detail = order
+                .state()
+                .error
+                .as_ref()
+                .and_then(|p| p.detail.clone())
+                .unwrap_or_else(|| format!("{status:?}"));
             return Err(other(format!("order not ready: {detail}")));
         }
         let key = rcgen::KeyPair::generate().map_err(other)?;
@@ -709,13 +798,24 @@ pub async fn status_report(db: &PgPool, cfg: &AcmeConfig, base_domains: &[String
                     "{} failures, last error: {}; next retry {next}{}",
                     f,
                     err.as_deref().unwrap_or("?"),
-                    cert.as_ref().map(|(until, _)| format!("; serving the certificate valid until {until}")).unwrap_or_default()
+                    cert.as_ref()
+                        .map(|(until, _)| format!("; serving the certificate valid until {until}"))
+                        .unwrap_or_default()
                 ),
             ),
             (_, Some((_, _, _, true, _))) => ("pending", "order in progress".to_owned()),
             (Some((until, due)), Some((_, _, _, _, forced))) => (
                 "valid",
-                format!("until {until}{}", if *forced { " (renewal forced)" } else if *due { " (renewal due)" } else { "" }),
+                format!(
+                    "until {until}{}",
+                    if *forced {
+                        " (renewal forced)"
+                    } else if *due {
+                        " (renewal due)"
+                    } else {
+                        ""
+                    }
+                ),
             ),
             (Some((until, _)), None) => ("valid", format!("until {until}")),
             (None, _) => ("none", "no certificate yet".to_owned()),
@@ -735,7 +835,11 @@ pub async fn force_renewal(db: &PgPool, name: &str) -> Result<(), AcmeError> {
     .bind(name)
     .execute(db)
     .await?;
-    sqlx::query("SELECT pg_notify($1, $2)").bind(RENEW_CHANNEL).bind(name).execute(db).await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(RENEW_CHANNEL)
+        .bind(name)
+        .execute(db)
+        .await?;
     Ok(())
 }
 

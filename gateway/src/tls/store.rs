@@ -115,7 +115,11 @@ pub fn leaf_info(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64, i64), Ce
     if names.is_empty() {
         return Err(CertError::NoNames);
     }
-    Ok((names, cert.validity().not_before.timestamp(), cert.validity().not_after.timestamp()))
+    Ok((
+        names,
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    ))
 }
 
 #[derive(Default)]
@@ -203,7 +207,12 @@ impl CertStore {
         let mut out: Vec<Arc<Cert>> = Vec::new();
         let files = self.files.read().unwrap_or_else(|p| p.into_inner()).clone();
         let issued = self.issued.read().unwrap_or_else(|p| p.into_inner());
-        for c in files.exact.values().chain(files.wildcard.values()).chain(issued.values()) {
+        for c in files
+            .exact
+            .values()
+            .chain(files.wildcard.values())
+            .chain(issued.values())
+        {
             if !out.iter().any(|o| Arc::ptr_eq(o, c)) {
                 out.push(c.clone());
             }

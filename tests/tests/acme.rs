@@ -1,0 +1,357 @@
+//! ACME against Debian's Pebble on loopback: custom domains get certificates
+//! without restarts (HTTP-01 and TLS-ALPN-01), two gateways place exactly one
+//! order, the guard never orders for unknown or suspended names, renewal
+//! survives the CA being down, and stored certificates survive restarts with
+//! their keys encrypted.
+
+use std::path::Path;
+use std::time::Duration;
+
+use e2e::tls::{dev_certs, https_client, probe};
+use e2e::*;
+
+const CUSTOM: &str = "www.ferrari-cars.test";
+
+fn tenants(pg: &Postgres) {
+    app_cli_ok(&pg.url(), &["migrate"]);
+    app_cli_ok(
+        &pg.url(),
+        &[
+            "tenant",
+            "create",
+            "ferrari",
+            "--name",
+            "F",
+            "--domain",
+            "ferrari.myapp.localhost",
+        ],
+    );
+    app_cli_ok(
+        &pg.url(),
+        &[
+            "tenant",
+            "create",
+            "mclaren",
+            "--name",
+            "M",
+            "--domain",
+            "mclaren.myapp.localhost",
+        ],
+    );
+}
+
+/// Gateway config with ACME on, pointing at `pebble`.
+fn acme_body(certs: &Path, pebble: &Pebble, challenges: &str, app_port: u16) -> String {
+    format!(
+        "[tenant]\nbase_domains = [\"myapp.localhost\"]\n\
+         [tls]\nlisten = \"127.0.0.1:{{TLS_PORT}}\"\n\
+         certificates = [{{ cert_file = \"{0}/wildcard.pem\", key_file = \"{0}/wildcard.key\" }}]\n\
+         [acme]\nenabled = true\ndirectory_url = \"{1}\"\nca_root = \"{2}\"\ncontact = [\"mailto:ops@myapp.localhost\"]\n\
+         challenges = [{challenges}]\ncheck_interval_secs = 1\nretry_base_secs = 1\nretry_max_secs = 3\non_demand_timeout_ms = 8000\n{3}",
+        certs.display(),
+        pebble.directory(),
+        pebble.directory_ca().display(),
+        pools_toml(&[("default", &[app_port])]),
+    )
+}
+
+fn orders(pg: &Postgres) -> i64 {
+    pg.psql("SELECT count(*) FROM tenant_gateway.acme_orders")
+        .unwrap_or_else(|_| "0".into())
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Wait until `name` is served with a certificate that chains to Pebble's
+/// current root, then fetch through it.
+fn wait_issued(pebble: &Pebble, tls_port: u16, name: &str, timeout: Duration) {
+    wait_until(&format!("certificate for {name}"), timeout, || {
+        probe(tls_port, Some(name), &["http/1.1"]).is_ok_and(|p| p.names == [name])
+    })
+    .unwrap_or_else(|e| panic!("{e}\nPebble log:\n{}", pebble.log()));
+    let root = pebble.issuing_root().unwrap();
+    let client = https_client(&root, tls_port, &[name], &["http/1.1"]);
+    let r = client
+        .get(&format!("https://{name}:{tls_port}/whoami"))
+        .send()
+        .expect("verified HTTPS to the issued certificate");
+    assert_eq!(r.json()["tenant"], "ferrari");
+}
+
+fn issue_on_domain_add(challenges: &str) {
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    let app = UpstreamApp::start(&pg.url(), "").unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path());
+    let ports = GatewayPorts::free();
+    let pebble = Pebble::start(certs.path(), ports.http, ports.tls, 3600).unwrap();
+    let gw = Gateway::start_with_ports(
+        &pg.url(),
+        &acme_body(certs.path(), &pebble, challenges, app.port),
+        1,
+        ports,
+    )
+    .unwrap();
+    assert!(
+        probe(ports.tls, Some(CUSTOM), &[]).is_err(),
+        "no certificate before the domain exists"
+    );
+    // The tenant adds a custom domain: no restart, the gateway gets a certificate.
+    app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
+    wait_issued(&pebble, ports.tls, CUSTOM, Duration::from_secs(60));
+    assert_eq!(orders(&pg), 1);
+    let log = gw.proc_.log();
+    assert!(log.contains("certificate issued and stored"), "{log}");
+    let metrics = http::client()
+        .get(&format!("http://127.0.0.1:{}/metrics", ports.admin))
+        .send()
+        .unwrap()
+        .body;
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "tenant_gateway_acme_orders_total",
+            &[("name", CUSTOM), ("result", "issued")]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn custom_domain_gets_a_certificate_via_http_01() {
+    issue_on_domain_add("\"http-01\"");
+}
+
+#[test]
+fn custom_domain_gets_a_certificate_via_tls_alpn_01() {
+    issue_on_domain_add("\"tls-alpn-01\"");
+}
+
+#[test]
+fn two_gateways_place_one_order_and_both_serve_it() {
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    let app = UpstreamApp::start(&pg.url(), "").unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path());
+    let (a_ports, b_ports) = (GatewayPorts::free(), GatewayPorts::free());
+    // Pebble validates against gateway B only: when A holds the order, B answers from the database.
+    let pebble = Pebble::start(certs.path(), b_ports.http, b_ports.tls, 3600).unwrap();
+    let body = acme_body(certs.path(), &pebble, "\"http-01\"", app.port);
+    let a = Gateway::start_with_ports(&pg.url(), &body, 1, a_ports).unwrap();
+    let b = Gateway::start_with_ports(&pg.url(), &body, 1, b_ports).unwrap();
+    // Either gateway answers a pending HTTP-01 challenge from the database.
+    pg.psql("INSERT INTO tenant_gateway.acme_challenges (kind, key, name, key_authorization) VALUES ('http-01', 'tok_en-1', 'x.test', 'tok_en-1.thumb')").unwrap();
+    for gw in [&a, &b] {
+        let (status, resp) = raw_http(
+            gw.port,
+            "GET /.well-known/acme-challenge/tok_en-1 HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{resp}");
+        assert!(resp.ends_with("tok_en-1.thumb"), "{resp}");
+        let (status, _) = raw_http(
+            gw.port,
+            "GET /.well-known/acme-challenge/unknown HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(status, 404);
+    }
+    pg.psql("DELETE FROM tenant_gateway.acme_challenges").unwrap();
+
+    app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
+    wait_issued(&pebble, b_ports.tls, CUSTOM, Duration::from_secs(60));
+    wait_issued(&pebble, a_ports.tls, CUSTOM, Duration::from_secs(10));
+    // Both gateways scan a few more times: still exactly one order.
+    wait_scans(&[&a, &b], 3);
+    let logs = || format!("{}{}", a.proc_.log(), b.proc_.log());
+    assert_eq!(orders(&pg), 1, "exactly one order for a new domain across the fleet");
+    let ordered_by: String = pg.psql("SELECT gateway FROM tenant_gateway.acme_orders").unwrap();
+    assert_eq!(
+        logs().matches("ACME: ordering a certificate").count(),
+        1,
+        "ordered by {ordered_by}"
+    );
+}
+
+#[test]
+fn unknown_and_suspended_names_never_cause_an_order() {
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    app_cli_ok(
+        &pg.url(),
+        &[
+            "tenant",
+            "create",
+            "paused",
+            "--name",
+            "P",
+            "--domain",
+            "paused.myapp.localhost",
+        ],
+    );
+    app_cli_ok(&pg.url(), &["domain", "add", "shop.paused.test", "--tenant", "paused"]);
+    app_cli_ok(&pg.url(), &["tenant", "suspend", "paused"]);
+    let app = UpstreamApp::start(&pg.url(), "").unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path());
+    let ports = GatewayPorts::free();
+    let pebble = Pebble::start(certs.path(), ports.http, ports.tls, 3600).unwrap();
+    let gw = Gateway::start_with_ports(
+        &pg.url(),
+        &acme_body(certs.path(), &pebble, "\"http-01\"", app.port),
+        1,
+        ports,
+    )
+    .unwrap();
+    let seed: u32 = rand::random();
+    for i in 0..1000u32 {
+        let name = format!("r{:x}.evil-{i}.example", seed.wrapping_add(i));
+        assert!(probe(ports.tls, Some(&name), &[]).is_err(), "{name} got a certificate");
+    }
+    for _ in 0..5 {
+        assert!(probe(ports.tls, Some("shop.paused.test"), &[]).is_err());
+        // Names under the base domain use the wildcard, never an order.
+        assert!(probe(ports.tls, Some("ferrari.myapp.localhost"), &[]).is_ok());
+    }
+    // A few scan cycles pass, still nothing ordered.
+    wait_scans(&[&gw], 3);
+    assert_eq!(orders(&pg), 0, "{}", gw.proc_.log());
+    assert_eq!(pg.psql("SELECT count(*) FROM tenant_gateway.acme_names").unwrap(), "0");
+}
+
+#[test]
+fn renewal_survives_the_ca_being_down_and_restarts_order_nothing() {
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
+    let app = UpstreamApp::start(&pg.url(), "").unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path());
+    let ports = GatewayPorts::free();
+    let mut pebble = Pebble::start(certs.path(), ports.http, ports.tls, 3600).unwrap();
+    let body = acme_body(certs.path(), &pebble, "\"http-01\"", app.port);
+    let mut gw = Gateway::start_with_ports(&pg.url(), &body, 1, ports).unwrap();
+    // Start-up finds the domain without a certificate and orders one.
+    wait_issued(&pebble, ports.tls, CUSTOM, Duration::from_secs(60));
+    let first = pg
+        .psql("SELECT md5(chain_pem) FROM tenant_gateway.certificates")
+        .unwrap();
+
+    // Keys at rest are not plaintext.
+    assert_eq!(
+        pg.psql(
+            "SELECT count(*) FROM tenant_gateway.certificates WHERE encode(key_enc, 'escape') LIKE '%PRIVATE KEY%'"
+        )
+        .unwrap(),
+        "0"
+    );
+    assert_eq!(
+        pg.psql(
+            "SELECT count(*) FROM tenant_gateway.acme_accounts WHERE encode(credentials_enc, 'escape') LIKE '%key%'"
+        )
+        .unwrap(),
+        "0"
+    );
+
+    // Restart: the stored certificate is served at once, no new order.
+    let before = orders(&pg);
+    drop(gw);
+    gw = Gateway::start_with_ports(&pg.url(), &body, 1, ports).unwrap();
+    assert_eq!(probe(ports.tls, Some(CUSTOM), &[]).unwrap().names, [CUSTOM]);
+    wait_scans(&[&gw], 3);
+    assert_eq!(orders(&pg), before, "a restart must not order again");
+
+    // The CA goes away; an operator forces a renewal; it fails and backs off
+    // while the old certificate keeps being served.
+    pebble.stop_pebble();
+    let renew = gateway_cli(&pg.url(), &gw, &["acme", "renew", CUSTOM]);
+    assert!(renew.contains("renewal of www.ferrari-cars.test requested"), "{renew}");
+    wait_until("two failed attempts", Duration::from_secs(30), || {
+        pg.psql(&format!(
+            "SELECT failures FROM tenant_gateway.acme_names WHERE name = '{CUSTOM}'"
+        ))
+        .is_ok_and(|f| f.parse::<i32>().unwrap_or(0) >= 2)
+    })
+    .unwrap();
+    let status = gateway_cli(&pg.url(), &gw, &["acme", "status"]);
+    let line = status
+        .lines()
+        .find(|l| l.starts_with(CUSTOM))
+        .unwrap_or_else(|| panic!("{status}"));
+    assert!(
+        line.contains("failing") && line.contains("next retry") && line.contains("serving the certificate"),
+        "{line}"
+    );
+    assert_eq!(
+        probe(ports.tls, Some(CUSTOM), &[]).unwrap().names,
+        [CUSTOM],
+        "old certificate must keep serving"
+    );
+    assert_eq!(
+        pg.psql("SELECT md5(chain_pem) FROM tenant_gateway.certificates")
+            .unwrap(),
+        first
+    );
+    // Each failure was a real attempt, spaced by the back-off (base 1 s, ±50 % jitter).
+    let failed: i32 = pg
+        .psql("SELECT count(*) FROM tenant_gateway.acme_orders WHERE result = 'failed'")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(failed >= 2);
+    let spread: f64 = pg
+        .psql("SELECT extract(epoch FROM max(started_at) - min(started_at)) FROM tenant_gateway.acme_orders WHERE result = 'failed'")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        spread >= 0.5 * f64::from(failed - 1),
+        "{failed} failures within {spread} s: no back-off"
+    );
+
+    // The CA returns: the renewal goes through and the new certificate is served.
+    pebble.start_pebble().unwrap();
+    wait_until("renewed certificate stored", Duration::from_secs(60), || {
+        pg.psql("SELECT md5(chain_pem) FROM tenant_gateway.certificates")
+            .is_ok_and(|m| m != first)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.proc_.log()));
+    wait_issued(&pebble, ports.tls, CUSTOM, Duration::from_secs(20));
+    let status = gateway_cli(&pg.url(), &gw, &["acme", "status"]);
+    let line = status.lines().find(|l| l.starts_with(CUSTOM)).unwrap();
+    assert!(line.contains("valid"), "{line}");
+}
+
+/// Wait until each gateway has completed `n` more ACME scans (bounded).
+fn wait_scans(gws: &[&Gateway], n: u32) {
+    let start: Vec<f64> = gws
+        .iter()
+        .map(|g| g.metric("tenant_gateway_acme_scans_total"))
+        .collect();
+    wait_until("ACME scans", Duration::from_secs(30), || {
+        gws.iter()
+            .zip(&start)
+            .all(|(g, s)| g.metric("tenant_gateway_acme_scans_total") >= s + f64::from(n))
+    })
+    .unwrap();
+}
+
+/// Run `gateway <args>` with the running gateway's config.
+fn gateway_cli(db_url: &str, gw: &Gateway, args: &[&str]) -> String {
+    let mut c = std::process::Command::new(bin("gateway"));
+    common_env(&mut c, db_url);
+    let out = c
+        .arg("--config")
+        .arg(gw.dir.path().join("gateway.toml"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "gateway {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
