@@ -129,6 +129,25 @@ fn custom_domain_gets_a_certificate_via_tls_alpn_01() {
 }
 
 #[test]
+fn a_failing_challenge_type_falls_back_to_the_next() {
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    let app = UpstreamApp::start(&pg.url(), "").unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path());
+    let ports = GatewayPorts::free();
+    // Pebble's TLS-ALPN-01 validation goes to a port nobody listens on.
+    let pebble = Pebble::start(certs.path(), ports.http, free_port(), 3600).unwrap();
+    let body = acme_body(certs.path(), &pebble, "\"tls-alpn-01\", \"http-01\"", app.port);
+    let gw = Gateway::start_with_ports(&pg.url(), &body, 1, ports).unwrap();
+    app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
+    wait_issued(&pebble, ports.tls, CUSTOM, Duration::from_secs(60));
+    let log = gw.proc_.log();
+    assert!(log.contains("order failed with this challenge") && log.contains("TlsAlpn01"), "{log}");
+    assert_eq!(orders(&pg), 1, "the fallback is part of the same order attempt");
+}
+
+#[test]
 fn two_gateways_place_one_order_and_both_serve_it() {
     let pg = Postgres::start().unwrap();
     tenants(&pg);
