@@ -418,8 +418,8 @@ impl ProxyHttp for Gateway {
         for name in doomed {
             req.remove_header(&name);
         }
-        let host = ctx.host.as_deref().unwrap_or_default().to_owned();
-        self.forwarding_headers(req, Self::client_ip(session), &host, ctx.tls)?;
+        let host = ctx.host.as_deref().unwrap_or_default();
+        self.forwarding_headers(req, Self::client_ip(session), host, ctx.tls)?;
         req.insert_header("x-request-id", ctx.request_id.as_str())?;
         // 2. Origin-form URI and the normalised Host, exactly what is signed.
         if req.uri.authority().is_some() {
@@ -429,14 +429,14 @@ impl ProxyHttp for Gateway {
                 .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad request target"))?;
             req.set_uri(uri);
         }
-        req.insert_header(HOST, host.as_str())?;
+        req.insert_header(HOST, host)?;
         // 3. The stamp.
         if let Some(tenant) = &ctx.tenant {
             let sig = self.signer.sign(
                 &stamp::Request {
                     tenant: &tenant.schema,
                     method: req.method.as_str(),
-                    host: &host,
+                    host,
                     path: req.uri.path(),
                 },
                 unix_now(),

@@ -143,7 +143,10 @@ fn a_failing_challenge_type_falls_back_to_the_next() {
     app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
     wait_issued(&pebble, ports.tls, CUSTOM, Duration::from_secs(60));
     let log = gw.proc_.log();
-    assert!(log.contains("order failed with this challenge") && log.contains("TlsAlpn01"), "{log}");
+    assert!(
+        log.contains("order failed with this challenge") && log.contains("TlsAlpn01"),
+        "{log}"
+    );
     assert_eq!(orders(&pg), 1, "the fallback is part of the same order attempt");
 }
 

@@ -520,35 +520,11 @@ fn websocket_upgrades_pass_through_with_the_tenant() {
     }
 }
 
-/// Minimal RFC 6455 client: upgrade, send one masked text frame, read one frame.
 fn ws_echo_once(port: u16, host: &str, msg: &str) -> anyhow::Result<String> {
-    use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "GET /ws HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Tenant: mclaren\r\n\r\n"
-    )?;
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte)?;
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head);
-    anyhow::ensure!(head.starts_with("HTTP/1.1 101"), "no upgrade: {head}");
-    let mask = [1u8, 2, 3, 4];
-    let mut frame = vec![0x81, 0x80 | msg.len() as u8];
-    frame.extend_from_slice(&mask);
-    frame.extend(msg.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    s.write_all(&frame)?;
-    let mut hdr = [0u8; 2];
-    s.read_exact(&mut hdr)?;
-    anyhow::ensure!(hdr[0] == 0x81 && hdr[1] < 126, "unexpected frame header {hdr:?}");
-    let mut payload = vec![0u8; hdr[1] as usize];
-    s.read_exact(&mut payload)?;
-    Ok(String::from_utf8(payload)?)
+    ws::upgrade(&mut s, host)?;
+    ws::round_trip(&mut s, msg)
 }
 
 #[test]

@@ -291,6 +291,20 @@ fn scrape(gw: &Gateway) -> String {
         .body
 }
 
+/// Scrape once `tenant_requests_total{labels}` has reached `expected`.
+/// Requests are counted in Pingora's logging phase, which runs after the
+/// response has reached the client, so the last few may land a moment after
+/// the client has its answers. Overcounting still fails: the wait ends at
+/// the deadline and the caller's exact assertions see the real value.
+fn scrape_settled(gw: &Gateway, labels: &[(&str, &str)], expected: f64) -> String {
+    let mut text = String::new();
+    let _ = wait_until("request counters to settle", Duration::from_secs(10), || {
+        text = scrape(gw);
+        metric_sum(&text, "tenant_gateway_tenant_requests_total", labels) >= expected
+    });
+    text
+}
+
 fn tenant_label_values(text: &str) -> std::collections::BTreeSet<String> {
     text.lines()
         .filter(|l| {
@@ -335,7 +349,7 @@ fn counters_match_reality_and_tenant_labels_are_capped() {
     hosts.extend(vec!["mclaren.myapp.localhost".to_string(); m]);
     let statuses = fire_requests(gw.port, "/whoami", hosts, 8);
     assert!(statuses.iter().all(|s| *s == 200));
-    let text = scrape(&gw);
+    let text = scrape_settled(&gw, &[], (n + m) as f64);
     assert_eq!(
         metric_sum(&text, "tenant_gateway_tenant_requests_total", &[("tenant", "ferrari")]),
         n as f64
@@ -376,7 +390,7 @@ fn counters_match_reality_and_tenant_labels_are_capped() {
         statuses.iter().all(|s| *s != 0 && *s != 404),
         "synthetic tenants must resolve"
     );
-    let text = scrape(&gw);
+    let text = scrape_settled(&gw, &[], (n + m + 20_000) as f64);
     let labels = tenant_label_values(&text);
     let fixed = ["unknown", "landing"];
     let tenant_labels = labels.iter().filter(|l| !fixed.contains(&l.as_str())).count();
@@ -392,11 +406,12 @@ fn counters_match_reality_and_tenant_labels_are_capped() {
     let unknown: Vec<String> = (0..500).map(|i| format!("nobody{i}.example")).collect();
     let statuses = fire_requests(gw.port, "/", unknown, 16);
     assert!(statuses.iter().all(|s| *s == 404));
-    let after = tenant_label_values(&scrape(&gw));
+    let settled = scrape_settled(&gw, &[("tenant", "unknown")], 500.0);
+    let after = tenant_label_values(&settled);
     assert_eq!(after, labels, "unknown hosts changed the tenant label set");
     assert_eq!(
         metric_sum(
-            &scrape(&gw),
+            &settled,
             "tenant_gateway_tenant_requests_total",
             &[("tenant", "unknown")]
         ),

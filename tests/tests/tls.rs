@@ -422,3 +422,39 @@ fn h2_requests(ca: &Path, port: u16, sni: &str, authorities: &[&str]) -> Vec<u16
         out
     })
 }
+
+/// Over TLS the gateway buffers plaintext until Pingora flushes. An upgraded
+/// connection must still see every frame promptly, in both directions, for
+/// both tenants, with frames smaller and larger than that buffer.
+#[test]
+fn websocket_over_tls_round_trips_every_frame() {
+    let s = tls_stack("", 1);
+    for (host, tenant) in [
+        ("ferrari.myapp.localhost", "ferrari"),
+        ("mclaren.myapp.localhost", "mclaren"),
+    ] {
+        let mut ws = wss_connect(&s.ca, s.gw.tls_port, host).unwrap();
+        for msg in [
+            "one".to_string(),
+            "two".to_string(),
+            "x".repeat(40_000),
+            "three".to_string(),
+        ] {
+            let reply = ws::round_trip(&mut ws, &msg).unwrap();
+            assert_eq!(reply.len(), tenant.len() + 2 + msg.len());
+            assert_eq!(reply, format!("{tenant}: {msg}"), "{host}");
+        }
+    }
+}
+
+type Wss = rustls::StreamOwned<rustls::ClientConnection, std::net::TcpStream>;
+
+fn wss_connect(ca: &Path, port: u16, host: &str) -> anyhow::Result<Wss> {
+    let cfg = std::sync::Arc::new(e2e::tls::client_config(ca, &["http/1.1"]));
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())?;
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut s = rustls::StreamOwned::new(rustls::ClientConnection::new(cfg, name)?, tcp);
+    ws::upgrade(&mut s, host)?;
+    Ok(s)
+}

@@ -32,6 +32,9 @@ pub enum Resolution {
     Unavailable,
 }
 
+/// Stored inline in the cache (no extra allocation per entry): the shared
+/// tenant, when it was fetched and under which epoch.
+#[derive(Clone)]
 struct Positive {
     tenant: Arc<Tenant>,
     fetched: Instant,
@@ -45,7 +48,7 @@ const DB_RETRY_AFTER: Duration = Duration::from_millis(250);
 
 pub struct TenantCache {
     lookup: Lookup,
-    positive: Cache<Arc<str>, Arc<Positive>>,
+    positive: Cache<Arc<str>, Positive>,
     negative: Cache<Arc<str>, u64>,
     inflight: Mutex<HashMap<Arc<str>, Arc<OnceCell<Outcome>>>>,
     /// Bumped by `clear`: entries of older epochs are stale.
@@ -185,11 +188,11 @@ impl TenantCache {
                     self.negative.invalidate(&key);
                     self.positive.insert(
                         key,
-                        Arc::new(Positive {
+                        Positive {
                             tenant: t.clone(),
                             fetched: Instant::now(),
                             epoch,
-                        }),
+                        },
                     );
                 }
                 Ok(Some(t))

@@ -130,9 +130,14 @@ fn challenge_config(key: Arc<CertifiedKey>) -> std::io::Result<Arc<ServerConfig>
     Ok(Arc::new(cfg))
 }
 
+/// Plaintext buffered until Pingora flushes (as its own plain-TCP stream
+/// does): a response's head and body leave as one TLS record and one write
+/// instead of one each.
+const TLS_WRITE_BUFFER: usize = 16 * 1024;
+
 /// A decrypted TLS connection, as Pingora's HTTP stack sees it.
 pub struct TlsConn {
-    tls: tokio_rustls::server::TlsStream<TcpStream>,
+    tls: tokio::io::BufWriter<tokio_rustls::server::TlsStream<TcpStream>>,
     fd: RawFd,
     socket_digest: Arc<SocketDigest>,
     ssl_digest: Arc<SslDigest>,
@@ -158,7 +163,7 @@ impl TlsConn {
         let ssl_digest = Arc::new(SslDigest::new(cipher, version, None, None, Vec::new()));
         TlsConn {
             socket_digest: Arc::new(SocketDigest::from_raw_fd(fd)),
-            tls,
+            tls: tokio::io::BufWriter::with_capacity(TLS_WRITE_BUFFER, tls),
             fd,
             ssl_digest,
             alpn,

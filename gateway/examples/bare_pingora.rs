@@ -1,0 +1,61 @@
+//! The floor for the benchmark: a Pingora proxy with no tenancy at all
+//! (round robin over the backends, one header set). `bench/run.py` runs it
+//! next to the gateway so the table shows what Pingora itself costs.
+//!
+//! Usage: bare_pingora LISTEN BACKEND [BACKEND...]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::Server;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::Result;
+use pingora_http::RequestHeader;
+use pingora_proxy::{ProxyHttp, Session};
+
+// Same allocator as the gateway, so the difference is the tenancy work.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+struct Bare {
+    backends: Vec<String>,
+    next: AtomicUsize,
+}
+
+#[async_trait]
+impl ProxyHttp for Bare {
+    type CTX = ();
+
+    fn new_ctx(&self) {}
+
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.backends.len();
+        Ok(Box::new(HttpPeer::new(self.backends[i].as_str(), false, String::new())))
+    }
+
+    async fn upstream_request_filter(&self, _s: &mut Session, req: &mut RequestHeader, _ctx: &mut ()) -> Result<()> {
+        req.insert_header("x-tenant", "bare")
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((listen, backends)) = args.split_first().filter(|(_, b)| !b.is_empty()) else {
+        eprintln!("usage: bare_pingora LISTEN BACKEND [BACKEND...]");
+        std::process::exit(2);
+    };
+    let conf = ServerConf {
+        threads: 1,
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let bare = Bare {
+        backends: backends.to_vec(),
+        next: AtomicUsize::new(0),
+    };
+    let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, bare);
+    proxy.add_tcp(listen);
+    server.add_service(proxy);
+    server.run_forever();
+}
