@@ -3,7 +3,9 @@
 //! keys and values shaped like ours, counted by a counting allocator.
 //! `bench/RESULTS.md` quotes its output next to the RSS measurement.
 //!
-//! Usage: cargo run --release -p gateway --example cache_footprint
+//! Usage: cargo run --release -p gateway --example cache_footprint [-- --no-ttl]
+//! (`--no-ttl`: the same cache without moka's time-to-live, i.e. what a
+//! design that checks freshness itself would pay.)
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
@@ -48,10 +50,13 @@ struct Positive {
 
 fn main() {
     const N: usize = 100_000;
-    let cache: moka::sync::Cache<Arc<str>, Positive> = moka::sync::Cache::builder()
-        .max_capacity(200_000)
-        .time_to_live(Duration::from_secs(3600))
-        .build();
+    let ttl = !std::env::args().any(|a| a == "--no-ttl");
+    let builder = moka::sync::Cache::builder().max_capacity(200_000);
+    let cache: moka::sync::Cache<Arc<str>, Positive> = if ttl {
+        builder.time_to_live(Duration::from_secs(3600)).build()
+    } else {
+        builder.build()
+    };
     cache.run_pending_tasks();
     let names: Vec<(String, String)> = (0..N)
         .map(|i| (format!("m{i:06}.mem.bench"), format!("m{i:06}")))
@@ -81,7 +86,7 @@ fn main() {
     cache.run_pending_tasks();
     let total = LIVE.load(Ordering::Relaxed) - base;
     let n = N as f64;
-    println!("entries: {}", cache.entry_count());
+    println!("entries: {} (moka time-to-live: {ttl})", cache.entry_count());
     println!("heap bytes per entry: {:.0}", total as f64 / n);
     println!("  key + tenant record (our allocations): {:.0}", ours as f64 / n);
     println!("  moka bookkeeping: {:.0}", (total - ours) as f64 / n);
