@@ -43,6 +43,16 @@ struct Positive {
 
 type Outcome = Result<Option<Arc<Tenant>>, ()>;
 
+/// A cache lookup without the database.
+enum Cached {
+    Fresh(Arc<Tenant>),
+    /// Known not to exist (negative entry of the current epoch).
+    Unknown,
+    /// Ask the database; an expired or old-epoch entry, if any, is the
+    /// stale-if-error fallback.
+    Miss(Option<Positive>),
+}
+
 /// After a failed query, skip the database for this long (fail fast, no storm).
 const DB_RETRY_AFTER: Duration = Duration::from_millis(250);
 
@@ -104,46 +114,41 @@ impl TenantCache {
 
     /// Resolve a normalised host name.
     pub async fn resolve(&self, host: &str) -> Resolution {
-        let epoch = self.epoch.load(Ordering::Acquire);
-        let cached = self.positive.get(host);
-        match &cached {
-            Some(p) if p.epoch == epoch && p.fetched.elapsed() < self.positive_ttl => {
+        let stale = match self.cached(host) {
+            Cached::Fresh(t) => {
                 self.metrics.cache_hits.inc();
-                return Resolution::Found(p.tenant.clone());
+                return Resolution::Found(t);
             }
-            Some(_) => {}
-            None => {
-                if self.negative.get(host) == Some(epoch) {
-                    self.metrics.cache_negative_hits.inc();
-                    return Resolution::NotFound;
-                }
+            Cached::Unknown => {
+                self.metrics.cache_negative_hits.inc();
+                return Resolution::NotFound;
             }
-        }
+            Cached::Miss(stale) => stale,
+        };
         self.metrics.cache_misses.inc();
         match self.fetch(host).await {
             Ok(Some(t)) => Resolution::Found(t),
             Ok(None) => Resolution::NotFound,
-            Err(()) => match cached {
+            Err(()) => match stale {
                 Some(p) if p.fetched.elapsed() < self.max_stale => {
                     self.metrics.cache_stale_served.inc();
-                    Resolution::Found(p.tenant.clone())
+                    Resolution::Found(p.tenant)
                 }
                 _ => Resolution::Unavailable,
             },
         }
     }
 
-    /// A fresh cached answer, if one appeared meanwhile.
-    fn fresh(&self, host: &str) -> Option<Outcome> {
+    /// What the cache can answer without the database: the one definition
+    /// of "fresh" (current epoch, younger than the positive TTL).
+    fn cached(&self, host: &str) -> Cached {
         let epoch = self.epoch.load(Ordering::Acquire);
-        if let Some(p) = self.positive.get(host) {
-            if p.epoch == epoch && p.fetched.elapsed() < self.positive_ttl {
-                return Some(Ok(Some(p.tenant.clone())));
-            }
-        } else if self.negative.get(host) == Some(epoch) {
-            return Some(Ok(None));
+        match self.positive.get(host) {
+            Some(p) if p.epoch == epoch && p.fetched.elapsed() < self.positive_ttl => Cached::Fresh(p.tenant),
+            Some(p) => Cached::Miss(Some(p)),
+            None if self.negative.get(host) == Some(epoch) => Cached::Unknown,
+            None => Cached::Miss(None),
         }
-        None
     }
 
     fn now_ms(&self) -> u64 {
@@ -166,8 +171,11 @@ impl TenantCache {
     }
 
     async fn query(&self, key: Arc<str>) -> Outcome {
-        if let Some(done) = self.fresh(&key) {
-            return done;
+        // Answered meanwhile by a query that finished while we queued.
+        match self.cached(&key) {
+            Cached::Fresh(t) => return Ok(Some(t)),
+            Cached::Unknown => return Ok(None),
+            Cached::Miss(_) => {}
         }
         if self.now_ms() < self.db_retry_at_ms.load(Ordering::Relaxed) {
             return Err(());
