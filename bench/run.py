@@ -149,12 +149,14 @@ def hosts():
     return tenants + custom
 
 
-def write_lua(host_file):
-    lua = WORK / "hosts.lua"
+def write_lua(host_file, name="hosts.lua", start="math.random(#hosts)"):
+    """A wrk script cycling through the hosts in `host_file` (with a spoofed
+    X-Tenant), starting after the Lua expression `start`."""
+    lua = WORK / name
     lua.write_text(f"""
 local hosts = {{}}
 for line in io.lines("{host_file}") do hosts[#hosts + 1] = line end
-local i = math.random(#hosts)
+local i = {start}
 request = function()
   i = i % #hosts + 1
   -- wrk.format replaces wrk.headers with this table: keep -H headers (Connection: close).
@@ -506,9 +508,7 @@ def cold_cache(url, backends, certs, lua):
     import random
     random.Random(7).shuffle(names)
     distinct.write_text("".join(n + "\n" for n in names))
-    cold_lua = WORK / "cold.lua"
-    cold_lua.write_text(lua.read_text().replace(str(WORK / "hosts.txt"), str(distinct)).replace(
-        "local i = math.random(#hosts)", "local i = 0"))
+    cold_lua = write_lua(distinct, "cold.lua", "0")
     q0 = metric(gw.admin, "tenant_gateway_db_queries_total")
     wrk(f"http://127.0.0.1:{gw.http}/", 16, lua)  # warms the known tenants
     q1 = metric(gw.admin, "tenant_gateway_db_queries_total")
@@ -544,10 +544,8 @@ def memory(url, backends, certs, pgbin):
     names = [(h, t) for h, t in hosts()] + [(f"m{i:06d}.mem.bench", f"m{i:06d}") for i in range(1, extra + 1)]
     f = WORK / "mem.txt"
     f.write_text("".join(n + "\n" for n, _ in names))
-    mem_lua = WORK / "mem.lua"
     # One pass over the list, continuing where the previous wrk run stopped.
-    mem_lua.write_text((WORK / "hosts.lua").read_text().replace(str(WORK / "hosts.txt"), str(f)).replace(
-        "local i = math.random(#hosts)", 'local i = tonumber(os.getenv("START") or "0")'))
+    mem_lua = write_lua(f, "mem.lua", 'tonumber(os.getenv("START") or "0")')
     gw = Gateway(url, backends, certs, "[tenant.cache]\nmax_entries = 200000")
     wrk(f"http://127.0.0.1:{gw.http}/", 4, None)  # touch the allocator's steady state
     half = len(names) // 2

@@ -477,6 +477,41 @@ pub fn app_cli_ok(db_url: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// `upstream-app tenant create SCHEMA --name SCHEMA --domain D...` (must succeed).
+pub fn create_tenant(db_url: &str, schema: &str, domains: &[&str]) {
+    let mut args = vec!["tenant", "create", schema, "--name", schema];
+    for d in domains {
+        args.extend(["--domain", d]);
+    }
+    app_cli_ok(db_url, &args);
+}
+
+/// Migrate, then the two tenants most suites use: ferrari
+/// (ferrari.myapp.localhost, www.ferrari-cars.test) and mclaren
+/// (mclaren.myapp.localhost, mclaren-racing.test).
+pub fn two_tenants(pg: &Postgres) {
+    app_cli_ok(&pg.url(), &["migrate"]);
+    create_tenant(
+        &pg.url(),
+        "ferrari",
+        &["ferrari.myapp.localhost", "www.ferrari-cars.test"],
+    );
+    create_tenant(
+        &pg.url(),
+        "mclaren",
+        &["mclaren.myapp.localhost", "mclaren-racing.test"],
+    );
+}
+
+/// The `name` of every object in a JSON array (e.g. a project list).
+pub fn names(v: &serde_json::Value) -> Vec<String> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|p| p["name"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
 /// A running upstream-app server.
 pub struct UpstreamApp {
     pub proc_: Proc,
@@ -637,12 +672,15 @@ impl Gateway {
 
     /// The value of an unlabelled metric (or the sum over its label sets).
     pub fn metric(&self, name: &str) -> f64 {
-        let text = http::client()
+        metric_sum(&self.scrape().unwrap_or_default(), name, &[])
+    }
+
+    /// The admin listener's `/metrics` text.
+    pub fn scrape(&self) -> ::reqwest::Result<String> {
+        http::client()
             .get(&format!("http://127.0.0.1:{}/metrics", self.admin_port))
             .send()
             .map(|r| r.body)
-            .unwrap_or_default();
-        metric_sum(&text, name, &[])
     }
 
     /// Wait until `/readyz` reports every listed backend of `pool` with `healthy`.

@@ -14,30 +14,8 @@ const CUSTOM: &str = "www.ferrari-cars.test";
 
 fn tenants(pg: &Postgres) {
     app_cli_ok(&pg.url(), &["migrate"]);
-    app_cli_ok(
-        &pg.url(),
-        &[
-            "tenant",
-            "create",
-            "ferrari",
-            "--name",
-            "F",
-            "--domain",
-            "ferrari.myapp.localhost",
-        ],
-    );
-    app_cli_ok(
-        &pg.url(),
-        &[
-            "tenant",
-            "create",
-            "mclaren",
-            "--name",
-            "M",
-            "--domain",
-            "mclaren.myapp.localhost",
-        ],
-    );
+    create_tenant(&pg.url(), "ferrari", &["ferrari.myapp.localhost"]);
+    create_tenant(&pg.url(), "mclaren", &["mclaren.myapp.localhost"]);
 }
 
 /// Gateway config with ACME on, pointing at `pebble`.
@@ -53,6 +31,37 @@ fn acme_body(certs: &Path, pebble: &Pebble, challenges: &str, app_port: u16) -> 
         pebble.directory_ca().display(),
         pools_toml(&[("default", &[app_port])]),
     )
+}
+
+/// One upstream-app, dev certificates, Pebble validating against this
+/// gateway's own ports, and the gateway with ACME on. Fields drop in order:
+/// the gateway stops before Pebble.
+struct AcmeStack {
+    gw: Gateway,
+    pebble: Pebble,
+    ports: GatewayPorts,
+    /// The gateway's config, for restarting it.
+    body: String,
+    _app: UpstreamApp,
+    _certs: tempfile::TempDir,
+}
+
+fn acme_stack(pg: &Postgres, challenges: &str) -> AcmeStack {
+    let app = UpstreamApp::start(&pg.url(), "").unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path());
+    let ports = GatewayPorts::free();
+    let pebble = Pebble::start(certs.path(), ports.http, ports.tls, 3600).unwrap();
+    let body = acme_body(certs.path(), &pebble, challenges, app.port);
+    let gw = Gateway::start_with_ports(&pg.url(), &body, 1, ports).unwrap();
+    AcmeStack {
+        gw,
+        pebble,
+        ports,
+        body,
+        _app: app,
+        _certs: certs,
+    }
 }
 
 fn orders(pg: &Postgres) -> i64 {
@@ -81,33 +90,18 @@ fn wait_issued(pebble: &Pebble, tls_port: u16, name: &str, timeout: Duration) {
 fn issue_on_domain_add(challenges: &str) {
     let pg = Postgres::start().unwrap();
     tenants(&pg);
-    let app = UpstreamApp::start(&pg.url(), "").unwrap();
-    let certs = tempfile::tempdir().unwrap();
-    dev_certs(certs.path());
-    let ports = GatewayPorts::free();
-    let pebble = Pebble::start(certs.path(), ports.http, ports.tls, 3600).unwrap();
-    let gw = Gateway::start_with_ports(
-        &pg.url(),
-        &acme_body(certs.path(), &pebble, challenges, app.port),
-        1,
-        ports,
-    )
-    .unwrap();
+    let st = acme_stack(&pg, challenges);
     assert!(
-        probe(ports.tls, Some(CUSTOM), &[]).is_err(),
+        probe(st.ports.tls, Some(CUSTOM), &[]).is_err(),
         "no certificate before the domain exists"
     );
     // The tenant adds a custom domain: no restart, the gateway gets a certificate.
     app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
-    wait_issued(&pebble, ports.tls, CUSTOM, Duration::from_secs(60));
+    wait_issued(&st.pebble, st.ports.tls, CUSTOM, Duration::from_secs(60));
     assert_eq!(orders(&pg), 1);
-    let log = gw.proc_.log();
+    let log = st.gw.proc_.log();
     assert!(log.contains("certificate issued and stored"), "{log}");
-    let metrics = http::client()
-        .get(&format!("http://127.0.0.1:{}/metrics", ports.admin))
-        .send()
-        .unwrap()
-        .body;
+    let metrics = st.gw.scrape().unwrap();
     assert_eq!(
         metric_sum(
             &metrics,
@@ -201,45 +195,26 @@ fn two_gateways_place_one_order_and_both_serve_it() {
 fn unknown_and_suspended_names_never_cause_an_order() {
     let pg = Postgres::start().unwrap();
     tenants(&pg);
-    app_cli_ok(
-        &pg.url(),
-        &[
-            "tenant",
-            "create",
-            "paused",
-            "--name",
-            "P",
-            "--domain",
-            "paused.myapp.localhost",
-        ],
-    );
+    create_tenant(&pg.url(), "paused", &["paused.myapp.localhost"]);
     app_cli_ok(&pg.url(), &["domain", "add", "shop.paused.test", "--tenant", "paused"]);
     app_cli_ok(&pg.url(), &["tenant", "suspend", "paused"]);
-    let app = UpstreamApp::start(&pg.url(), "").unwrap();
-    let certs = tempfile::tempdir().unwrap();
-    dev_certs(certs.path());
-    let ports = GatewayPorts::free();
-    let pebble = Pebble::start(certs.path(), ports.http, ports.tls, 3600).unwrap();
-    let gw = Gateway::start_with_ports(
-        &pg.url(),
-        &acme_body(certs.path(), &pebble, "\"http-01\"", app.port),
-        1,
-        ports,
-    )
-    .unwrap();
+    let st = acme_stack(&pg, "\"http-01\"");
     let seed: u32 = rand::random();
     for i in 0..1000u32 {
         let name = format!("r{:x}.evil-{i}.example", seed.wrapping_add(i));
-        assert!(probe(ports.tls, Some(&name), &[]).is_err(), "{name} got a certificate");
+        assert!(
+            probe(st.ports.tls, Some(&name), &[]).is_err(),
+            "{name} got a certificate"
+        );
     }
     for _ in 0..5 {
-        assert!(probe(ports.tls, Some("shop.paused.test"), &[]).is_err());
+        assert!(probe(st.ports.tls, Some("shop.paused.test"), &[]).is_err());
         // Names under the base domain use the wildcard, never an order.
-        assert!(probe(ports.tls, Some("ferrari.myapp.localhost"), &[]).is_ok());
+        assert!(probe(st.ports.tls, Some("ferrari.myapp.localhost"), &[]).is_ok());
     }
     // A few scan cycles pass, still nothing ordered.
-    wait_scans(&[&gw], 3);
-    assert_eq!(orders(&pg), 0, "{}", gw.proc_.log());
+    wait_scans(&[&st.gw], 3);
+    assert_eq!(orders(&pg), 0, "{}", st.gw.proc_.log());
     assert_eq!(pg.psql("SELECT count(*) FROM tenant_gateway.acme_names").unwrap(), "0");
 }
 
@@ -248,15 +223,9 @@ fn renewal_survives_the_ca_being_down_and_restarts_order_nothing() {
     let pg = Postgres::start().unwrap();
     tenants(&pg);
     app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
-    let app = UpstreamApp::start(&pg.url(), "").unwrap();
-    let certs = tempfile::tempdir().unwrap();
-    dev_certs(certs.path());
-    let ports = GatewayPorts::free();
-    let mut pebble = Pebble::start(certs.path(), ports.http, ports.tls, 3600).unwrap();
-    let body = acme_body(certs.path(), &pebble, "\"http-01\"", app.port);
-    let mut gw = Gateway::start_with_ports(&pg.url(), &body, 1, ports).unwrap();
+    let mut st = acme_stack(&pg, "\"http-01\"");
     // Start-up finds the domain without a certificate and orders one.
-    wait_issued(&pebble, ports.tls, CUSTOM, Duration::from_secs(60));
+    wait_issued(&st.pebble, st.ports.tls, CUSTOM, Duration::from_secs(60));
     let first = pg
         .psql("SELECT md5(chain_pem) FROM tenant_gateway.certificates")
         .unwrap();
@@ -279,16 +248,16 @@ fn renewal_survives_the_ca_being_down_and_restarts_order_nothing() {
 
     // Restart: the stored certificate is served at once, no new order.
     let before = orders(&pg);
-    drop(gw);
-    gw = Gateway::start_with_ports(&pg.url(), &body, 1, ports).unwrap();
-    assert_eq!(probe(ports.tls, Some(CUSTOM), &[]).unwrap().names, [CUSTOM]);
-    wait_scans(&[&gw], 3);
+    drop(st.gw);
+    st.gw = Gateway::start_with_ports(&pg.url(), &st.body, 1, st.ports).unwrap();
+    assert_eq!(probe(st.ports.tls, Some(CUSTOM), &[]).unwrap().names, [CUSTOM]);
+    wait_scans(&[&st.gw], 3);
     assert_eq!(orders(&pg), before, "a restart must not order again");
 
     // The CA goes away; an operator forces a renewal; it fails and backs off
     // while the old certificate keeps being served.
-    pebble.stop_pebble();
-    let renew = gateway_cli(&pg.url(), &gw, &["acme", "renew", CUSTOM]);
+    st.pebble.stop_pebble();
+    let renew = gateway_cli(&pg.url(), &st.gw, &["acme", "renew", CUSTOM]);
     assert!(renew.contains("renewal of www.ferrari-cars.test requested"), "{renew}");
     wait_until("two failed attempts", Duration::from_secs(30), || {
         pg.psql(&format!(
@@ -297,7 +266,7 @@ fn renewal_survives_the_ca_being_down_and_restarts_order_nothing() {
         .is_ok_and(|f| f.parse::<i32>().unwrap_or(0) >= 2)
     })
     .unwrap();
-    let status = gateway_cli(&pg.url(), &gw, &["acme", "status"]);
+    let status = gateway_cli(&pg.url(), &st.gw, &["acme", "status"]);
     let line = status
         .lines()
         .find(|l| l.starts_with(CUSTOM))
@@ -307,7 +276,7 @@ fn renewal_survives_the_ca_being_down_and_restarts_order_nothing() {
         "{line}"
     );
     assert_eq!(
-        probe(ports.tls, Some(CUSTOM), &[]).unwrap().names,
+        probe(st.ports.tls, Some(CUSTOM), &[]).unwrap().names,
         [CUSTOM],
         "old certificate must keep serving"
     );
@@ -334,14 +303,14 @@ fn renewal_survives_the_ca_being_down_and_restarts_order_nothing() {
     );
 
     // The CA returns: the renewal goes through and the new certificate is served.
-    pebble.start_pebble().unwrap();
+    st.pebble.start_pebble().unwrap();
     wait_until("renewed certificate stored", Duration::from_secs(60), || {
         pg.psql("SELECT md5(chain_pem) FROM tenant_gateway.certificates")
             .is_ok_and(|m| m != first)
     })
-    .unwrap_or_else(|e| panic!("{e}\n{}", gw.proc_.log()));
-    wait_issued(&pebble, ports.tls, CUSTOM, Duration::from_secs(20));
-    let status = gateway_cli(&pg.url(), &gw, &["acme", "status"]);
+    .unwrap_or_else(|e| panic!("{e}\n{}", st.gw.proc_.log()));
+    wait_issued(&st.pebble, st.ports.tls, CUSTOM, Duration::from_secs(20));
+    let status = gateway_cli(&pg.url(), &st.gw, &["acme", "status"]);
     let line = status.lines().find(|l| l.starts_with(CUSTOM)).unwrap();
     assert!(line.contains("valid"), "{line}");
 }

@@ -17,33 +17,9 @@ struct Stack {
     client: http::Client,
 }
 
-fn tenants(pg: &Postgres) {
-    app_cli_ok(&pg.url(), &["migrate"]);
-    let f = [
-        "tenant",
-        "create",
-        "ferrari",
-        "--name",
-        "Ferrari",
-        "--domain",
-        "ferrari.myapp.localhost",
-    ];
-    app_cli_ok(&pg.url(), &[&f[..], &["--domain", "www.ferrari-cars.test"]].concat());
-    let m = [
-        "tenant",
-        "create",
-        "mclaren",
-        "--name",
-        "McLaren",
-        "--domain",
-        "mclaren.myapp.localhost",
-    ];
-    app_cli_ok(&pg.url(), &[&m[..], &["--domain", "mclaren-racing.test"]].concat());
-}
-
 fn stack(extra: &str) -> Stack {
     let pg = Postgres::start().unwrap();
-    tenants(&pg);
+    two_tenants(&pg);
     let apps = vec![
         UpstreamApp::start(&pg.url(), "").unwrap(),
         UpstreamApp::start(&pg.url(), "").unwrap(),
@@ -85,14 +61,6 @@ impl Stack {
         assert_eq!(r.status, 200, "{host}: {}", r.body);
         r.json()
     }
-}
-
-fn names(v: &Value) -> Vec<String> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|p| p["name"].as_str().unwrap_or_default().to_owned())
-        .collect()
 }
 
 #[test]
@@ -234,31 +202,9 @@ fn spoofed_headers_never_change_the_tenant() {
 #[test]
 fn status_pages_are_served_without_a_backend() {
     let s = stack("");
-    app_cli_ok(
-        &s.pg.url(),
-        &[
-            "tenant",
-            "create",
-            "paused",
-            "--name",
-            "P",
-            "--domain",
-            "paused.myapp.localhost",
-        ],
-    );
+    create_tenant(&s.pg.url(), "paused", &["paused.myapp.localhost"]);
     app_cli_ok(&s.pg.url(), &["tenant", "suspend", "paused"]);
-    app_cli_ok(
-        &s.pg.url(),
-        &[
-            "tenant",
-            "create",
-            "gone",
-            "--name",
-            "G",
-            "--domain",
-            "gone.myapp.localhost",
-        ],
-    );
+    create_tenant(&s.pg.url(), "gone", &["gone.myapp.localhost"]);
     app_cli_ok(&s.pg.url(), &["tenant", "delete", "gone"]);
     let probe = "/probe-never-forwarded";
     let cases = [
@@ -406,7 +352,7 @@ fn database_outage_serves_cached_tenants_and_503s_unknown_hosts() {
     // The gateway's domain table lives in its own cluster, so stopping it
     // leaves the backends (and their database) running.
     let mut routing = Postgres::start().unwrap();
-    tenants(&routing);
+    two_tenants(&routing);
     let s = stack("");
     let pools = pools_toml(&[("default", &[s.apps[0].port, s.apps[1].port])]);
     let gw = Gateway::start(&routing.url(), &pools).unwrap();
@@ -449,7 +395,7 @@ fn database_outage_serves_cached_tenants_and_503s_unknown_hosts() {
 #[test]
 fn backend_failure_and_dedicated_pools() {
     let pg = Postgres::start().unwrap();
-    tenants(&pg);
+    two_tenants(&pg);
     let a = UpstreamApp::start(&pg.url(), "").unwrap();
     let mut b = UpstreamApp::start(&pg.url(), "").unwrap();
     let big = UpstreamApp::start(&pg.url(), "").unwrap();
@@ -669,7 +615,7 @@ fn django_tenants_preset_fronts_an_existing_database() {
 #[test]
 fn optional_behaviours_www_landing_trusted_proxies_pages_timeouts() {
     let pg = Postgres::start().unwrap();
-    tenants(&pg);
+    two_tenants(&pg);
     let app = UpstreamApp::start(&pg.url(), "").unwrap();
     let landing = UpstreamApp::start(&pg.url(), "").unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -169,18 +169,7 @@ fn every_dashboard_and_alert_expression_works_against_real_prometheus() {
     let pg = Postgres::start().unwrap();
     app_cli_ok(&pg.url(), &["migrate"]);
     for t in ["ferrari", "mclaren", "paused"] {
-        app_cli_ok(
-            &pg.url(),
-            &[
-                "tenant",
-                "create",
-                t,
-                "--name",
-                t,
-                "--domain",
-                &format!("{t}.myapp.localhost"),
-            ],
-        );
+        create_tenant(&pg.url(), t, &[&format!("{t}.myapp.localhost")]);
     }
     app_cli_ok(&pg.url(), &["tenant", "suspend", "paused"]);
     app_cli_ok(
@@ -283,14 +272,6 @@ fn every_dashboard_and_alert_expression_works_against_real_prometheus() {
     );
 }
 
-fn scrape(gw: &Gateway) -> String {
-    http::client()
-        .get(&format!("http://127.0.0.1:{}/metrics", gw.admin_port))
-        .send()
-        .unwrap()
-        .body
-}
-
 /// Scrape once `tenant_requests_total{labels}` has reached `expected`.
 /// Requests are counted in Pingora's logging phase, which runs after the
 /// response has reached the client, so the last few may land a moment after
@@ -299,7 +280,7 @@ fn scrape(gw: &Gateway) -> String {
 fn scrape_settled(gw: &Gateway, labels: &[(&str, &str)], expected: f64) -> String {
     let mut text = String::new();
     let _ = wait_until("request counters to settle", Duration::from_secs(10), || {
-        text = scrape(gw);
+        text = gw.scrape().unwrap();
         metric_sum(&text, "tenant_gateway_tenant_requests_total", labels) >= expected
     });
     text
@@ -320,18 +301,7 @@ fn counters_match_reality_and_tenant_labels_are_capped() {
     let pg = Postgres::start().unwrap();
     app_cli_ok(&pg.url(), &["migrate"]);
     for t in ["ferrari", "mclaren"] {
-        app_cli_ok(
-            &pg.url(),
-            &[
-                "tenant",
-                "create",
-                t,
-                "--name",
-                t,
-                "--domain",
-                &format!("{t}.myapp.localhost"),
-            ],
-        );
+        create_tenant(&pg.url(), t, &[&format!("{t}.myapp.localhost")]);
     }
     let app = UpstreamApp::start(&pg.url(), "").unwrap();
     // Real tenants from the domain table, plus any tNNNNN.bench.test as a

@@ -19,34 +19,10 @@ struct TlsStack {
     ca: PathBuf,
 }
 
-fn tenants(pg: &Postgres) {
-    app_cli_ok(&pg.url(), &["migrate"]);
-    let f = [
-        "tenant",
-        "create",
-        "ferrari",
-        "--name",
-        "F",
-        "--domain",
-        "ferrari.myapp.localhost",
-    ];
-    app_cli_ok(&pg.url(), &[&f[..], &["--domain", "www.ferrari-cars.test"]].concat());
-    let m = [
-        "tenant",
-        "create",
-        "mclaren",
-        "--name",
-        "M",
-        "--domain",
-        "mclaren.myapp.localhost",
-    ];
-    app_cli_ok(&pg.url(), &[&m[..], &["--domain", "mclaren-racing.test"]].concat());
-}
-
 /// `extra_tls` is appended to the `[tls]` section.
 fn tls_stack(extra_tls: &str, grace: u64) -> TlsStack {
     let pg = Postgres::start().unwrap();
-    tenants(&pg);
+    two_tenants(&pg);
     let apps = vec![
         UpstreamApp::start(&pg.url(), "").unwrap(),
         UpstreamApp::start(&pg.url(), "").unwrap(),
@@ -119,11 +95,7 @@ fn sni_picks_wildcard_custom_and_runtime_added_certificates() {
         .unwrap();
     assert_eq!(who.json()["tenant"], "mclaren");
     // Expiry and handshake failures are counted.
-    let metrics = http::client()
-        .get(&format!("http://127.0.0.1:{}/metrics", s.gw.admin_port))
-        .send()
-        .unwrap()
-        .body;
+    let metrics = s.gw.scrape().unwrap();
     assert!(
         metric_sum(
             &metrics,

@@ -19,18 +19,7 @@ fn setup(extra_cfg: &str, tenants: &[&str]) -> Env {
     let pg = Postgres::start().expect("postgres");
     app_cli_ok(&pg.url(), &["migrate"]);
     for t in tenants {
-        app_cli_ok(
-            &pg.url(),
-            &[
-                "tenant",
-                "create",
-                t,
-                "--name",
-                t,
-                "--domain",
-                &format!("{t}.myapp.localhost"),
-            ],
-        );
+        create_tenant(&pg.url(), t, &[&format!("{t}.myapp.localhost")]);
     }
     let app = UpstreamApp::start(&pg.url(), extra_cfg).expect("upstream-app");
     Env {
@@ -72,14 +61,6 @@ impl Env {
         }
         req.send().expect("request")
     }
-}
-
-fn names(v: &Value) -> Vec<String> {
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|p| p["name"].as_str().unwrap_or_default().to_owned())
-        .collect()
 }
 
 #[test]
@@ -430,18 +411,7 @@ fn hostile_schema_names_are_refused_and_nothing_is_left() {
     }
     assert_eq!(pg.psql("SELECT count(*) FROM public.tenants").unwrap(), "0");
     // A failure half-way (domain already taken) leaves no tenant row and no schema.
-    app_cli_ok(
-        &pg.url(),
-        &[
-            "tenant",
-            "create",
-            "ferrari",
-            "--name",
-            "F",
-            "--domain",
-            "ferrari.myapp.localhost",
-        ],
-    );
+    create_tenant(&pg.url(), "ferrari", &["ferrari.myapp.localhost"]);
     let out = app_cli(
         &pg.url(),
         &[
@@ -513,7 +483,7 @@ fn migrate_reaches_every_tenant_once() {
     assert!(first.contains("public: applied"), "{first}");
     let tenants: Vec<String> = (0..50).map(|i| format!("t{i:02}")).collect();
     for t in &tenants {
-        app_cli_ok(&pg.url(), &["tenant", "create", t, "--name", t]);
+        create_tenant(&pg.url(), t, &[]);
     }
     // A new tenant migration, alongside the shipped ones.
     let dir = tempfile::tempdir().unwrap();
