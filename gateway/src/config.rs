@@ -65,6 +65,10 @@ pub struct DatabaseConfig {
     pub connect_timeout_ms: u64,
     /// `statement_timeout` for the lookup query.
     pub query_timeout_ms: u64,
+    /// Niceness (0-19) of the thread that runs lookups of uncached names.
+    /// When the CPU is saturated, requests for cached tenants then come
+    /// first and a flood of unknown names slows down only itself.
+    pub lookup_nice: i32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -94,6 +98,9 @@ pub struct TenantConfig {
     pub landing_pool: Option<String>,
     pub cache: CacheConfig,
 }
+
+/// Upper bound of the cache's time settings (its clock is 32-bit).
+pub const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -354,6 +361,7 @@ impl Default for DatabaseConfig {
             max_connections: 4,
             connect_timeout_ms: 1000,
             query_timeout_ms: 2000,
+            lookup_nice: 10,
         }
     }
 }
@@ -463,6 +471,9 @@ impl Config {
         if self.database.max_connections == 0 {
             return Err(invalid("database.max_connections", "must be at least 1"));
         }
+        if !(0..=19).contains(&self.database.lookup_nice) {
+            return Err(invalid("database.lookup_nice", "must be between 0 and 19"));
+        }
         if let Some(q) = &self.tenant.query {
             if !q.contains("$1") {
                 return Err(invalid("tenant.query", "must use $1 for the host name"));
@@ -501,6 +512,15 @@ impl Config {
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be positive"));
+            }
+        }
+        for (key, v) in [
+            ("tenant.cache.positive_ttl_secs", c.positive_ttl_secs),
+            ("tenant.cache.negative_ttl_secs", c.negative_ttl_secs),
+            ("tenant.cache.max_stale_secs", c.max_stale_secs),
+        ] {
+            if v > MAX_TTL_SECS {
+                return Err(invalid(key, format!("must be at most {MAX_TTL_SECS} (one year)")));
             }
         }
         if c.max_stale_secs < c.positive_ttl_secs {
@@ -809,6 +829,11 @@ mod tests {
                 "tenant.base_domains[0]",
             ),
             (format!("{MIN}[tenant]\nquery = \"SELECT 1\"\n"), "tenant.query"),
+            (format!("{MIN}[database]\nlookup_nice = 20\n"), "database.lookup_nice"),
+            (
+                format!("{MIN}[tenant.cache]\nmax_stale_secs = 99999999999\n"),
+                "tenant.cache.max_stale_secs",
+            ),
         ];
         for (text, key) in cases {
             let err = parse(&text).unwrap_err();

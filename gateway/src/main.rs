@@ -293,6 +293,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         cfg.database.max_connections,
         Duration::from_millis(cfg.database.connect_timeout_ms),
         Duration::from_millis(cfg.database.query_timeout_ms),
+        cfg.database.lookup_nice,
     )
     .context("config key `database.url_env`")?
     .with_query(cfg.lookup_query());

@@ -248,7 +248,27 @@ fn status_pages_are_served_without_a_backend() {
 
 #[test]
 fn cache_costs_one_query_per_name_and_floods_do_not_evict_tenants() {
-    let s = stack("");
+    let s = stack("[database]\nlookup_nice = 7\n");
+    // Lookups of uncached names run on their own thread at the configured
+    // niceness, so a flood of them yields the CPU to cached tenants.
+    let pid = s.gw.proc_.pid();
+    let threads: Vec<(String, i64)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+            let (comm, rest) = stat.split_once(" (")?.1.rsplit_once(") ")?;
+            // Fields after the command name: state is field 3, nice field 19.
+            Some((comm.to_string(), rest.split(' ').nth(16)?.parse().ok()?))
+        })
+        .collect();
+    assert!(threads.contains(&("tenant-lookup".into(), 7)), "{threads:?}");
+    assert!(
+        threads
+            .iter()
+            .filter(|(c, _)| c != "tenant-lookup")
+            .all(|(_, n)| *n == 0),
+        "{threads:?}"
+    );
     let q = |s: &Stack| s.gw.metric("tenant_gateway_db_queries_total");
     let base = q(&s);
     // Concurrent misses for one name are coalesced into one query.

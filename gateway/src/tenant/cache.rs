@@ -1,24 +1,29 @@
 //! The tenant cache in front of the lookup query.
 //!
-//! - Known hosts live in a bounded moka cache; an entry is fresh for
+//! - Known hosts live in a bounded [`HostTable`]; an entry is fresh for
 //!   `positive_ttl` and kept up to `max_stale` so it can be served while the
 //!   database is unreachable (stale-if-error).
 //! - Unknown hosts live in a *separate*, separately bounded cache with
 //!   `negative_ttl`, so a flood of random subdomains cannot evict tenants.
 //! - Concurrent misses for one name share one query (per-name `OnceCell`).
 //! - `invalidate` (NOTIFY) evicts names; `clear` (listener reconnect) marks
-//!   everything stale by bumping an epoch, so the next request revalidates
-//!   but a database outage can still fall back to the old answer.
+//!   every known host stale, so the next request revalidates but a database
+//!   outage can still fall back to the old answer.
+//! - A query that overlapped an invalidation or a clear answers its request
+//!   but is not kept: it is inserted, then removed again if the change
+//!   counter moved, so a NOTIFY can never be overtaken by an older row.
+//! - Times are stored as 32-bit ticks of 100 ms since start (wrapping after
+//!   13 years), to keep an entry at 32 bytes plus its host name.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use moka::sync::Cache;
 use tokio::sync::OnceCell;
 
 use super::lookup::Lookup;
+use super::table::HostTable;
 use super::Tenant;
 use crate::config::CacheConfig;
 use crate::metrics::Metrics;
@@ -32,25 +37,26 @@ pub enum Resolution {
     Unavailable,
 }
 
-/// Stored inline in the cache (no extra allocation per entry): the shared
-/// tenant, when it was fetched and under which epoch.
-#[derive(Clone)]
-struct Positive {
+/// A cached tenant that may not be fresh: the stale-if-error fallback.
+struct Stale {
     tenant: Arc<Tenant>,
-    fetched: Instant,
-    epoch: u64,
+    fetched: Tick,
 }
+
+/// 100 ms since the cache was created (entries' stamps: when their query started).
+type Tick = u32;
+const TICK_MS: u64 = 100;
 
 type Outcome = Result<Option<Arc<Tenant>>, ()>;
 
 /// A cache lookup without the database.
 enum Cached {
     Fresh(Arc<Tenant>),
-    /// Known not to exist (negative entry of the current epoch).
+    /// Known not to exist (a fresh negative entry).
     Unknown,
-    /// Ask the database; an expired or old-epoch entry, if any, is the
+    /// Ask the database; an expired or stale entry, if any, is the
     /// stale-if-error fallback.
-    Miss(Option<Positive>),
+    Miss(Option<Stale>),
 }
 
 /// After a failed query, skip the database for this long (fail fast, no storm).
@@ -58,15 +64,15 @@ const DB_RETRY_AFTER: Duration = Duration::from_millis(250);
 
 pub struct TenantCache {
     lookup: Lookup,
-    positive: Cache<Arc<str>, Positive>,
-    negative: Cache<Arc<str>, u64>,
+    positive: HostTable<Arc<Tenant>>,
+    negative: HostTable<()>,
     inflight: Mutex<HashMap<Arc<str>, Arc<OnceCell<Outcome>>>>,
-    /// Bumped by `clear`: entries of older epochs are stale.
-    epoch: AtomicU64,
-    /// Bumped by every invalidation: a query that overlapped one is not cached.
+    /// Bumped by every invalidation and clear: a query that overlapped one is
+    /// not kept.
     changes: AtomicU64,
-    positive_ttl: Duration,
-    max_stale: Duration,
+    positive_ttl: Tick,
+    negative_ttl: Tick,
+    max_stale: Tick,
     started: Instant,
     /// Milliseconds since `started` before which the database is not retried.
     db_retry_at_ms: AtomicU64,
@@ -75,29 +81,16 @@ pub struct TenantCache {
 
 impl TenantCache {
     pub fn new(lookup: Lookup, cfg: &CacheConfig, metrics: Arc<Metrics>) -> TenantCache {
-        let evictions = metrics.cache_evictions.clone();
-        let positive = Cache::builder()
-            .max_capacity(cfg.max_entries)
-            .eviction_listener(move |_k, _v, cause| {
-                if cause == moka::notification::RemovalCause::Size {
-                    evictions.inc();
-                }
-            })
-            .time_to_live(Duration::from_secs(cfg.max_stale_secs))
-            .build();
-        let negative = Cache::builder()
-            .max_capacity(cfg.negative_max_entries)
-            .time_to_live(Duration::from_secs(cfg.negative_ttl_secs))
-            .build();
+        let ticks = |secs: u64| Tick::try_from(secs.saturating_mul(1000 / TICK_MS)).unwrap_or(Tick::MAX);
         TenantCache {
             lookup,
-            positive,
-            negative,
+            positive: HostTable::new(cfg.max_entries),
+            negative: HostTable::new(cfg.negative_max_entries),
             inflight: Mutex::new(HashMap::new()),
-            epoch: AtomicU64::new(0),
             changes: AtomicU64::new(0),
-            positive_ttl: Duration::from_secs(cfg.positive_ttl_secs),
-            max_stale: Duration::from_secs(cfg.max_stale_secs),
+            positive_ttl: ticks(cfg.positive_ttl_secs),
+            negative_ttl: ticks(cfg.negative_ttl_secs),
+            max_stale: ticks(cfg.max_stale_secs),
             started: Instant::now(),
             db_retry_at_ms: AtomicU64::new(0),
             metrics,
@@ -130,7 +123,7 @@ impl TenantCache {
             Ok(Some(t)) => Resolution::Found(t),
             Ok(None) => Resolution::NotFound,
             Err(()) => match stale {
-                Some(p) if p.fetched.elapsed() < self.max_stale => {
+                Some(p) if self.age(p.fetched) < self.max_stale => {
                     self.metrics.cache_stale_served.inc();
                     Resolution::Found(p.tenant)
                 }
@@ -140,19 +133,31 @@ impl TenantCache {
     }
 
     /// What the cache can answer without the database: the one definition
-    /// of "fresh" (current epoch, younger than the positive TTL).
+    /// of "fresh" (not marked stale, younger than the TTL).
     fn cached(&self, host: &str) -> Cached {
-        let epoch = self.epoch.load(Ordering::Acquire);
-        match self.positive.get(host) {
-            Some(p) if p.epoch == epoch && p.fetched.elapsed() < self.positive_ttl => Cached::Fresh(p.tenant),
-            Some(p) => Cached::Miss(Some(p)),
-            None if self.negative.get(host) == Some(epoch) => Cached::Unknown,
-            None => Cached::Miss(None),
+        match self.positive.get(host, |t| self.age(t) >= self.max_stale) {
+            Some(p) if !p.stale && self.age(p.stamp) < self.positive_ttl => Cached::Fresh(p.value),
+            Some(p) => Cached::Miss(Some(Stale {
+                tenant: p.value,
+                fetched: p.stamp,
+            })),
+            None => match self.negative.get(host, |t| self.age(t) >= self.negative_ttl) {
+                Some(_) => Cached::Unknown,
+                None => Cached::Miss(None),
+            },
         }
     }
 
     fn now_ms(&self) -> u64 {
         u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn tick(&self) -> Tick {
+        (self.now_ms() / TICK_MS) as Tick
+    }
+
+    fn age(&self, fetched: Tick) -> Tick {
+        self.tick().wrapping_sub(fetched)
     }
 
     /// One query per name at a time; everybody waiting shares its outcome.
@@ -180,35 +185,40 @@ impl TenantCache {
         if self.now_ms() < self.db_retry_at_ms.load(Ordering::Relaxed) {
             return Err(());
         }
-        let epoch = self.epoch.load(Ordering::Acquire);
-        let changes = self.changes.load(Ordering::Acquire);
+        let fetched = self.tick();
+        let changes = self.changes.load(Ordering::SeqCst);
         self.metrics.lookup_queries.inc();
         let start = Instant::now();
         let result = self.lookup.find(&key).await;
         self.metrics.lookup_seconds.observe(start.elapsed().as_secs_f64());
-        // An invalidation during the query may have been meant for this name:
-        // answer the request, but do not cache a possibly stale row.
-        let cacheable = self.changes.load(Ordering::Acquire) == changes;
+        // An invalidation or clear during the query may have been meant for
+        // this name: answer the request, but do not keep a possibly stale row.
+        // Insert first, then check: a change counted after the check runs its
+        // eviction after this insert.
+        let overlapped = || self.changes.load(Ordering::SeqCst) != changes;
         match result {
             Ok(Some(t)) => {
                 let t = Arc::new(t);
-                if cacheable {
-                    self.negative.invalidate(&key);
-                    self.positive.insert(
-                        key,
-                        Positive {
-                            tenant: t.clone(),
-                            fetched: Instant::now(),
-                            epoch,
-                        },
-                    );
+                if !overlapped() {
+                    self.negative.remove(&key);
+                    let swept = self
+                        .positive
+                        .insert(&key, t.clone(), fetched, |t| self.age(t) >= self.max_stale);
+                    self.metrics.cache_evictions.inc_by(swept.evicted as u64);
+                    if overlapped() {
+                        self.positive.remove(&key);
+                    }
                 }
                 Ok(Some(t))
             }
             Ok(None) => {
-                if cacheable {
-                    self.positive.invalidate(&key);
-                    self.negative.insert(key, epoch);
+                if !overlapped() {
+                    self.positive.remove(&key);
+                    self.negative
+                        .insert(&key, (), fetched, |t| self.age(t) >= self.negative_ttl);
+                    if overlapped() {
+                        self.negative.remove(&key);
+                    }
                 }
                 Ok(None)
             }
@@ -224,10 +234,10 @@ impl TenantCache {
 
     /// Evict these names (NOTIFY from the database).
     pub fn invalidate<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
-        self.changes.fetch_add(1, Ordering::AcqRel);
+        self.changes.fetch_add(1, Ordering::SeqCst);
         for name in names {
-            self.positive.invalidate(name);
-            self.negative.invalidate(name);
+            self.positive.remove(name);
+            self.negative.remove(name);
             self.metrics.notify_invalidations.inc();
         }
     }
@@ -235,14 +245,15 @@ impl TenantCache {
     /// Mark every entry stale (the invalidation channel was interrupted, so
     /// changes may have been missed). Stale entries still serve during an outage.
     pub fn clear(&self) {
-        self.changes.fetch_add(1, Ordering::AcqRel);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.negative.invalidate_all();
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        self.positive.mark_all_stale();
+        self.negative.clear();
         self.metrics.cache_clears.inc();
     }
 
-    /// Entries currently held (approximate; for metrics and the benchmark).
+    /// Entries currently held (expired ones until found; for metrics and
+    /// the benchmark).
     pub fn entry_counts(&self) -> (u64, u64) {
-        (self.positive.entry_count(), self.negative.entry_count())
+        (self.positive.len() as u64, self.negative.len() as u64)
     }
 }

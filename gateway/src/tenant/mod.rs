@@ -5,6 +5,7 @@ pub mod cache;
 pub mod host;
 pub mod invalidate;
 pub mod lookup;
+pub mod table;
 
 use std::sync::{Arc, OnceLock};
 
@@ -19,14 +20,15 @@ pub enum Status {
 }
 
 /// What the domain table says about a host. Shared by `Arc`: the request
-/// path clones a pointer, never the strings.
+/// path clones a pointer, never the strings (so they are plain boxes: no
+/// reference count of their own, 16 bytes less per cached tenant).
 #[derive(Debug)]
 pub struct Tenant {
     /// Schema name: the value stamped into `X-Tenant`.
-    pub schema: Arc<str>,
+    pub schema: Box<str>,
     pub status: Status,
     /// Dedicated backend pool, if the tenant is pinned to one.
-    pub pool: Option<Arc<str>>,
+    pub pool: Option<Box<str>>,
     /// This tenant's metric handles, attached on first use.
     pub stats: OnceLock<Arc<TenantStats>>,
 }
