@@ -551,10 +551,12 @@ def cold_cache(url, backends, certs, lua):
 
 
 def memory(url, backends, certs, pgbin):
-    """RSS growth per cached domain, as the slope between half and all of
-    100,000 domains (fixed costs such as runtime
-    buffers and the allocator's warm-up cancel out). Every extra domain has
-    its own tenant, so the per-domain tenant record counts as overhead."""
+    """RSS growth per cached domain, two ways: from the warmed-up empty
+    gateway to 100,000 domains (includes the tables' spare capacity), and the
+    slope between half and all of them (fixed costs cancel out, but a table
+    that doubled just before the first sample hides its growth). The larger
+    one is held against the target. Every extra domain has its own tenant,
+    so the per-domain tenant record counts as overhead."""
     extra = 100_000 - TENANTS - CUSTOM
     subprocess.run([str(pgbin / "psql"), "-q", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", f"""
         INSERT INTO public.tenants (schema_name, name)
@@ -570,7 +572,7 @@ def memory(url, backends, certs, pgbin):
     gw = Gateway(url, backends, certs, "[tenant.cache]\nmax_entries = 200000")
     wrk(f"http://127.0.0.1:{gw.http}/", 4, None)  # touch the allocator's steady state
     half = len(names) // 2
-    samples = {}
+    samples = {0: (metric(gw.admin, "tenant_gateway_cache_entries"), rss_kib(gw.pid))}
     done = 0
     deadline = time.time() + 180
     for target in (half, len(names)):
@@ -581,12 +583,15 @@ def memory(url, backends, certs, pgbin):
             done += int(re.search(r"(\d+) requests in", out).group(1))
         samples[target] = (metric(gw.admin, "tenant_gateway_cache_entries"), rss_kib(gw.pid))
     os.killpg(gw.pid, 9)
-    (e1, r1), (e2, r2) = samples[half], samples[len(names)]
+    (e0, r0), (e1, r1), (e2, r2) = samples[0], samples[half], samples[len(names)]
     strings = sum(len(n) + len(t) for n, t in names) / len(names)  # host key + schema name
-    per = (r2 - r1) * 1024 / max(e2 - e1, 1)
-    return (f"- {int(e1):,} → {int(e2):,} cached domains (each its own tenant): RSS {r1 / 1024:.1f} → {r2 / 1024:.1f} MiB, "
-            f"{per:.0f} bytes per cached domain, of which {strings:.0f} are the host and schema strings: "
-            f"**{per - strings:.0f} bytes of overhead per domain** (target: under 200).")
+    whole = (r2 - r0) * 1024 / max(e2 - e0, 1)
+    slope = (r2 - r1) * 1024 / max(e2 - e1, 1)
+    per = max(whole, slope)
+    return (f"- {int(e0):,} → {int(e1):,} → {int(e2):,} cached domains (each its own tenant): RSS {r0 / 1024:.1f} → "
+            f"{r1 / 1024:.1f} → {r2 / 1024:.1f} MiB: {whole:.0f} bytes per domain from empty, {slope:.0f} on the second "
+            f"half; of each, {strings:.0f} are the host and schema strings: "
+            f"**{per - strings:.0f} bytes of overhead per domain** (the larger; target: under 200).")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,8 @@ fn main() {
     };
     let conf = ServerConf {
         threads: 1,
+        // As the gateway runs by default (`listen.work_stealing = false`).
+        work_stealing: false,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

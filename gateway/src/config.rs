@@ -51,6 +51,10 @@ pub struct ListenConfig {
     pub admin: SocketAddr,
     /// Worker threads of the proxy service.
     pub threads: usize,
+    /// Pingora's work-stealing runtime (tasks move between threads). Off:
+    /// each thread runs the connections it accepted, like nginx workers;
+    /// 20-25 % less CPU per request in `bench/` (see bench/RESULTS.md).
+    pub work_stealing: bool,
     /// Seconds in-flight requests get to finish after SIGTERM.
     pub shutdown_grace_secs: u64,
 }
@@ -349,6 +353,7 @@ impl Default for ListenConfig {
             http: SocketAddr::from(([0, 0, 0, 0], 8080)),
             admin: SocketAddr::from(([127, 0, 0, 1], 9090)),
             threads: 2,
+            work_stealing: false,
             shutdown_grace_secs: 10,
         }
     }

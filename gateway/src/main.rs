@@ -313,6 +313,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         threads: cfg.listen.threads,
         grace_period_seconds: Some(cfg.listen.shutdown_grace_secs),
         graceful_shutdown_timeout_seconds: Some(1),
+        work_stealing: cfg.listen.work_stealing,
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
