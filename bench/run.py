@@ -507,6 +507,12 @@ def main():
     (ROOT / "bench" / "results-latest.md").write_text(text)
 
 
+def start_walker(port, lua):
+    """16 connections walking the distinct-host list once, on CPU 1."""
+    return subprocess.Popen(["taskset", "-c", "1", "wrk", "-t1", "-c16", f"-d{DURATION}s", "-s", str(lua),
+                             f"http://127.0.0.1:{port}/"], stdout=subprocess.PIPE, text=True)
+
+
 def cold_cache(url, backends, certs, lua):
     gw = Gateway(url, backends, certs)
     distinct = WORK / "cold.txt"
@@ -521,8 +527,7 @@ def cold_cache(url, backends, certs, lua):
     q1 = metric(gw.admin, "tenant_gateway_db_queries_total")
     warm = wrk(f"http://127.0.0.1:{gw.http}/", 4, lua)  # warm-cache p99, same load as below
     # Known-tenant latency while a second client walks 100,000 distinct hosts.
-    walker = subprocess.Popen(["taskset", "-c", "1", "wrk", "-t1", "-c16", f"-d{DURATION}s", "-s", str(cold_lua),
-                               f"http://127.0.0.1:{gw.http}/"], stdout=subprocess.PIPE, text=True)
+    walker = start_walker(gw.http, cold_lua)
     during = wrk(f"http://127.0.0.1:{gw.http}/", 4, lua)
     walked = walker.communicate()[0]
     walked_reqs = int(re.search(r"(\d+) requests in", walked).group(1))
@@ -535,8 +540,7 @@ def cold_cache(url, backends, certs, lua):
     os.killpg(gw.pid, 9)
     gw = Gateway(url, backends, certs)
     direct_warm = wrk(f"http://127.0.0.1:{backends[0]}/", 4, lua)
-    walker = subprocess.Popen(["taskset", "-c", "1", "wrk", "-t1", "-c16", f"-d{DURATION}s", "-s", str(cold_lua),
-                               f"http://127.0.0.1:{gw.http}/"], stdout=subprocess.PIPE, text=True)
+    walker = start_walker(gw.http, cold_lua)
     direct_during = wrk(f"http://127.0.0.1:{backends[0]}/", 4, lua)
     walker.communicate()
     os.killpg(gw.pid, 9)

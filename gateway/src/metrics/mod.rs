@@ -37,78 +37,86 @@ pub struct Metrics {
     pub cert_expiry: prometheus::IntGaugeVec,
 }
 
+/// Register a metric (built from constants: names are valid and unique).
+fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M) -> M {
+    r.register(Box::new(m.clone())).expect("unique metric");
+    m
+}
+
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help).expect("valid metric");
-    r.register(Box::new(c.clone())).expect("unique metric");
-    c
+    register(r, IntCounter::new(name, help).expect("valid metric"))
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help).expect("valid metric");
-    r.register(Box::new(g.clone())).expect("unique metric");
-    g
+    register(r, IntGauge::new(name, help).expect("valid metric"))
 }
 
 impl Metrics {
     pub fn new(max_tenant_labels: usize) -> Metrics {
         let r = Registry::new();
-        let lookup_seconds = Histogram::with_opts(
-            HistogramOpts::new(
-                "tenant_gateway_lookup_duration_seconds",
-                "Latency of the tenant lookup query.",
+        let lookup_seconds = register(
+            &r,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "tenant_gateway_lookup_duration_seconds",
+                    "Latency of the tenant lookup query.",
+                )
+                .buckets(vec![
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ]),
             )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ]),
-        )
-        .expect("valid metric");
-        r.register(Box::new(lookup_seconds.clone())).expect("unique metric");
-        let backend_up = IntGaugeVec::new(
-            Opts::new(
-                "tenant_gateway_backend_up",
-                "1 if the backend passes health checks, by pool and backend.",
-            ),
-            &["pool", "backend"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(backend_up.clone())).expect("unique metric");
-        let cache_entries =
-            IntGauge::new("tenant_gateway_cache_entries", "Known hosts currently cached.").expect("valid metric");
-        r.register(Box::new(cache_entries.clone())).expect("unique metric");
-        let invalidation_connected = IntGauge::new(
+            .expect("valid metric"),
+        );
+        let backend_up = register(
+            &r,
+            IntGaugeVec::new(
+                Opts::new(
+                    "tenant_gateway_backend_up",
+                    "1 if the backend passes health checks, by pool and backend.",
+                ),
+                &["pool", "backend"],
+            )
+            .expect("valid metric"),
+        );
+        let cache_entries = gauge(&r, "tenant_gateway_cache_entries", "Known hosts currently cached.");
+        let invalidation_connected = gauge(
+            &r,
             "tenant_gateway_invalidation_listener_up",
             "1 while the LISTEN connection for cache invalidation is established.",
-        )
-        .expect("valid metric");
-        r.register(Box::new(invalidation_connected.clone()))
-            .expect("unique metric");
-        let tls_handshakes = IntCounterVec::new(
-            Opts::new(
-                "tenant_gateway_tls_handshakes_total",
-                "TLS handshakes by result (ok, failed, timeout).",
-            ),
-            &["result"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(tls_handshakes.clone())).expect("unique metric");
-        let cert_expiry = prometheus::IntGaugeVec::new(
-            Opts::new(
-                "tenant_gateway_certificate_expiry_timestamp_seconds",
-                "notAfter of each loaded certificate, by name.",
-            ),
-            &["name"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(cert_expiry.clone())).expect("unique metric");
-        let acme_orders = IntCounterVec::new(
-            Opts::new(
-                "tenant_gateway_acme_orders_total",
-                "ACME orders by name and result (issued, failed, rate_limited).",
-            ),
-            &["name", "result"],
-        )
-        .expect("valid metric");
-        r.register(Box::new(acme_orders.clone())).expect("unique metric");
+        );
+        let tls_handshakes = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tenant_gateway_tls_handshakes_total",
+                    "TLS handshakes by result (ok, failed, timeout).",
+                ),
+                &["result"],
+            )
+            .expect("valid metric"),
+        );
+        let cert_expiry = register(
+            &r,
+            prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "tenant_gateway_certificate_expiry_timestamp_seconds",
+                    "notAfter of each loaded certificate, by name.",
+                ),
+                &["name"],
+            )
+            .expect("valid metric"),
+        );
+        let acme_orders = register(
+            &r,
+            IntCounterVec::new(
+                Opts::new(
+                    "tenant_gateway_acme_orders_total",
+                    "ACME orders by name and result (issued, failed, rate_limited).",
+                ),
+                &["name", "result"],
+            )
+            .expect("valid metric"),
+        );
         Metrics {
             acme_scans: counter(
                 &r,

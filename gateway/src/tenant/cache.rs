@@ -47,6 +47,11 @@ struct Stale {
 type Tick = u32;
 const TICK_MS: u64 = 100;
 
+/// Ticks from `fetched` to `now` (wrapping: right for ages under 13 years).
+fn age(now: Tick, fetched: Tick) -> Tick {
+    now.wrapping_sub(fetched)
+}
+
 type Outcome = Result<Option<Arc<Tenant>>, ()>;
 
 /// A cache lookup without the database.
@@ -123,7 +128,7 @@ impl TenantCache {
             Ok(Some(t)) => Resolution::Found(t),
             Ok(None) => Resolution::NotFound,
             Err(()) => match stale {
-                Some(p) if self.age(p.fetched) < self.max_stale => {
+                Some(p) if age(self.tick(), p.fetched) < self.max_stale => {
                     self.metrics.cache_stale_served.inc();
                     Resolution::Found(p.tenant)
                 }
@@ -135,13 +140,14 @@ impl TenantCache {
     /// What the cache can answer without the database: the one definition
     /// of "fresh" (not marked stale, younger than the TTL).
     fn cached(&self, host: &str) -> Cached {
-        match self.positive.get(host, |t| self.age(t) >= self.max_stale) {
-            Some(p) if !p.stale && self.age(p.stamp) < self.positive_ttl => Cached::Fresh(p.value),
+        let now = self.tick();
+        match self.positive.get(host, |t| age(now, t) >= self.max_stale) {
+            Some(p) if !p.stale && age(now, p.stamp) < self.positive_ttl => Cached::Fresh(p.value),
             Some(p) => Cached::Miss(Some(Stale {
                 tenant: p.value,
                 fetched: p.stamp,
             })),
-            None => match self.negative.get(host, |t| self.age(t) >= self.negative_ttl) {
+            None => match self.negative.get(host, |t| age(now, t) >= self.negative_ttl) {
                 Some(_) => Cached::Unknown,
                 None => Cached::Miss(None),
             },
@@ -154,10 +160,6 @@ impl TenantCache {
 
     fn tick(&self) -> Tick {
         (self.now_ms() / TICK_MS) as Tick
-    }
-
-    fn age(&self, fetched: Tick) -> Tick {
-        self.tick().wrapping_sub(fetched)
     }
 
     /// One query per name at a time; everybody waiting shares its outcome.
@@ -191,6 +193,7 @@ impl TenantCache {
         let start = Instant::now();
         let result = self.lookup.find(&key).await;
         self.metrics.lookup_seconds.observe(start.elapsed().as_secs_f64());
+        let now = self.tick();
         // An invalidation or clear during the query may have been meant for
         // this name: answer the request, but do not keep a possibly stale row.
         // Insert first, then check: a change counted after the check runs its
@@ -203,7 +206,7 @@ impl TenantCache {
                     self.negative.remove(&key);
                     let swept = self
                         .positive
-                        .insert(&key, t.clone(), fetched, |t| self.age(t) >= self.max_stale);
+                        .insert(&key, t.clone(), fetched, |t| age(now, t) >= self.max_stale);
                     self.metrics.cache_evictions.inc_by(swept.evicted as u64);
                     if overlapped() {
                         self.positive.remove(&key);
@@ -215,7 +218,7 @@ impl TenantCache {
                 if !overlapped() {
                     self.positive.remove(&key);
                     self.negative
-                        .insert(&key, (), fetched, |t| self.age(t) >= self.negative_ttl);
+                        .insert(&key, (), fetched, |t| age(now, t) >= self.negative_ttl);
                     if overlapped() {
                         self.negative.remove(&key);
                     }

@@ -28,15 +28,18 @@ pub enum LookupError {
 /// The lookup thread's runtime (also hosts its pool's maintenance task).
 fn lookup_runtime(nice: i32) -> &'static tokio::runtime::Runtime {
     static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("tenant-lookup")
-            .on_thread_start(move || lower_priority(nice))
-            .enable_all()
-            .build()
-            .expect("cannot start the tenant lookup runtime")
-    })
+    RT.get_or_init(|| one_thread_runtime("tenant-lookup", nice))
+}
+
+/// A runtime of one worker thread of its own, at niceness `nice`.
+fn one_thread_runtime(name: &'static str, nice: i32) -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name(name)
+        .on_thread_start(move || lower_priority(nice))
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("cannot start the {name} runtime: {e}"))
 }
 
 /// Raise the calling thread's niceness (Linux: per thread).
@@ -53,14 +56,7 @@ fn lower_priority(nice: i32) {
 
 fn maintenance_runtime() -> &'static tokio::runtime::Runtime {
     static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("db-maintenance")
-            .enable_all()
-            .build()
-            .expect("cannot start the database maintenance runtime")
-    })
+    RT.get_or_init(|| one_thread_runtime("db-maintenance", 0))
 }
 
 /// A pool that connects on first use. sqlx spawns the pool's maintenance
@@ -68,11 +64,15 @@ fn maintenance_runtime() -> &'static tokio::runtime::Runtime {
 /// runtime, so it gets its own.
 pub fn lazy_pool(opts: PgConnectOptions, max_connections: u32, connect_timeout: Duration) -> PgPool {
     let _guard = maintenance_runtime().enter();
+    pool_options(max_connections, connect_timeout).connect_lazy_with(opts)
+}
+
+/// Bounded, no idle minimum, fail fast while the database is down.
+fn pool_options(max_connections: u32, connect_timeout: Duration) -> PgPoolOptions {
     PgPoolOptions::new()
         .max_connections(max_connections)
         .min_connections(0)
         .acquire_timeout(connect_timeout)
-        .connect_lazy_with(opts)
 }
 
 pub struct Lookup {
@@ -98,10 +98,7 @@ impl Lookup {
         // lookup runtime, where its connections are used.
         let rt = lookup_runtime(nice);
         let _guard = rt.enter();
-        let pool = PgPoolOptions::new()
-            .max_connections(max_connections)
-            .min_connections(0)
-            .acquire_timeout(connect_timeout)
+        let pool = pool_options(max_connections, connect_timeout)
             // No ping before every query (a second round trip per lookup):
             // a connection found dead is retried once instead (`find`).
             .test_before_acquire(false)
