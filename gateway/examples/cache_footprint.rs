@@ -1,6 +1,6 @@
 //! What the gateway's memory per cached domain is made of: heap bytes per
 //! entry of the tenant cache's table (`gateway/src/tenant/table.rs`, compiled
-//! in as is) holding values shaped like the cache's, counted by a counting
+//! in as is) holding the real tenant records (`tenant/record.rs`), counted by a counting
 //! allocator. `bench/RESULTS.md` quotes its output next to the RSS
 //! measurement of the running gateway.
 //!
@@ -13,6 +13,18 @@ use std::sync::Arc;
 #[path = "../src/tenant/table.rs"]
 #[allow(dead_code)]
 mod table;
+
+#[path = "../src/tenant/record.rs"]
+#[allow(dead_code)]
+mod record;
+
+/// The record holds a pointer to its metric handles; what they point to is
+/// not per-domain memory (one per metric label, capped), so a stand-in.
+mod metrics {
+    pub mod tenant {
+        pub struct TenantStats;
+    }
+}
 
 struct Counting;
 
@@ -32,18 +44,9 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
-/// Shaped like `tenant::Tenant` (schema, status, pool, metric handle slot).
-#[allow(dead_code)]
-struct Tenant {
-    schema: Box<str>,
-    status: u8,
-    pool: Option<Box<str>>,
-    stats: std::sync::OnceLock<Arc<()>>,
-}
-
 fn main() {
     const N: usize = 100_000;
-    let cache: table::HostTable<Arc<Tenant>> = table::HostTable::new(200_000);
+    let cache: table::HostTable<Arc<record::Tenant>> = table::HostTable::new(200_000);
     let names: Vec<(String, String)> = (0..N)
         .map(|i| (format!("m{i:06}.mem.bench"), format!("m{i:06}")))
         .collect();
@@ -52,12 +55,10 @@ fn main() {
     let mut tenants = 0isize;
     for (host, schema) in &names {
         let before = LIVE.load(Ordering::Relaxed);
-        let tenant = Arc::new(Tenant {
-            schema: Box::from(schema.as_str()),
-            status: 0,
-            pool: None,
-            stats: Default::default(),
-        });
+        let Some(tenant) = record::Tenant::new(schema, record::Status::Active, None) else {
+            unreachable!("short names")
+        };
+        let tenant = Arc::new(tenant);
         tenants += LIVE.load(Ordering::Relaxed) - before;
         cache.insert(host, tenant, 1, |_| false);
     }

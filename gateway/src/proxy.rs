@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::pages::{wants_json, PageKind, Pages};
 use crate::tenant::cache::{Resolution, TenantCache};
 use crate::tenant::{host, Status, Tenant};
-use crate::tls::accept::SniRegistry;
+use crate::tls::accept::{Sni, SniRegistry};
 use crate::upstream::pool::{Pool, Pools};
 
 #[derive(Clone)]
@@ -100,7 +100,17 @@ fn acceptable_request_id(v: &str) -> bool {
 }
 
 fn new_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+    let mut hex = [0u8; 32];
+    // 16 bytes always fit 32 hex digits.
+    let _ = hex::encode_to_slice(rand::random::<u128>().to_be_bytes(), &mut hex);
+    String::from_utf8_lossy(&hex).into_owned()
+}
+
+/// Whether `name` carries exactly one value and it is `value` (then setting
+/// it would change nothing and the header-map work can be skipped).
+fn already(req: &RequestHeader, name: impl http::header::AsHeaderName, value: &str) -> bool {
+    let mut all = req.headers.get_all(name).iter();
+    matches!((all.next(), all.next()), (Some(v), None) if v.as_bytes() == value.as_bytes())
 }
 
 fn unix_now() -> u64 {
@@ -189,18 +199,16 @@ impl Gateway {
             return true;
         };
         let sni = match tls.sni.get(peer) {
-            Some(Some(sni)) => sni,
+            Some(Sni::Name(sni)) => sni,
+            Some(Sni::Invalid) => return false,
             // No SNI (e.g. an IP literal): nothing to disagree with.
-            Some(None) | None => return true,
+            Some(Sni::Absent) | None => return true,
         };
-        let Ok(sni) = tenancy::normalize_host(&sni) else {
-            return false;
-        };
-        if sni == host {
+        if &*sni == host {
             return true;
         }
         match self.cache.resolve(host::lookup_name(&sni, self.strip_www)).await {
-            Resolution::Found(t) => t.schema == tenant.schema,
+            Resolution::Found(t) => t.schema() == tenant.schema(),
             _ => false,
         }
     }
@@ -209,7 +217,7 @@ impl Gateway {
     fn record(&self, session: &Session, e: Option<&Error>, ctx: &Ctx, status: u16) {
         let tenants = &self.metrics.tenants;
         let stats = match &ctx.tenant {
-            Some(t) => t.stats.get_or_init(|| tenants.for_tenant(&t.schema)),
+            Some(t) => t.stats(|| tenants.for_tenant(t.schema())),
             None if ctx.landing => tenants.landing(),
             None => tenants.unknown(),
         };
@@ -239,7 +247,12 @@ impl Gateway {
         let scheme = if tls { "https" } else { "http" };
         let trusted = self.trusted(ip);
         let ip_text = ip.map(|i| i.to_string()).unwrap_or_else(|| "unknown".into());
+        // What an untrusted client sent is overwritten, so only a trusted
+        // peer's values are read at all.
         let existing = |req: &RequestHeader, name: &str| -> Option<String> {
+            if !trusted {
+                return None;
+            }
             let vals: Vec<&str> = req
                 .headers
                 .get_all(name)
@@ -248,27 +261,25 @@ impl Gateway {
                 .collect();
             (!vals.is_empty()).then(|| vals.join(", "))
         };
-        let xff = match existing(req, "x-forwarded-for") {
-            Some(prev) if trusted => format!("{prev}, {ip_text}"),
-            _ => ip_text.clone(),
+        let mine = match ip {
+            Some(IpAddr::V6(v6)) => format!("for=\"[{v6}]\";host={host};proto={scheme}"),
+            _ => format!("for={ip_text};host={host};proto={scheme}"),
         };
-        req.insert_header("x-forwarded-for", xff)?;
-        let proto = match existing(req, "x-forwarded-proto") {
-            Some(prev) if trusted => prev,
-            _ => scheme.to_string(),
-        };
-        req.insert_header("x-forwarded-proto", proto)?;
-        req.insert_header("x-forwarded-host", host)?;
-        let for_value = match ip {
-            Some(IpAddr::V6(v6)) => format!("\"[{v6}]\""),
-            _ => ip_text,
-        };
-        let mine = format!("for={for_value};host={host};proto={scheme}");
         let fwd = match existing(req, "forwarded") {
-            Some(prev) if trusted => format!("{prev}, {mine}"),
-            _ => mine,
+            Some(prev) => format!("{prev}, {mine}"),
+            None => mine,
         };
         req.insert_header("forwarded", fwd)?;
+        let xff = match existing(req, "x-forwarded-for") {
+            Some(prev) => format!("{prev}, {ip_text}"),
+            None => ip_text,
+        };
+        req.insert_header("x-forwarded-for", xff)?;
+        match existing(req, "x-forwarded-proto") {
+            Some(prev) => req.insert_header("x-forwarded-proto", prev)?,
+            None => req.insert_header("x-forwarded-proto", scheme)?,
+        }
+        req.insert_header("x-forwarded-host", host)?;
         Ok(())
     }
 }
@@ -360,12 +371,12 @@ impl ProxyHttp for Gateway {
             }
         }
         // A pinned tenant goes to its pool and nowhere else.
-        let pool = match &tenant.pool {
+        let pool = match tenant.pool() {
             None => Some(self.pools.default_pool().clone()),
             Some(name) => self.pools.get(name).cloned(),
         };
         let Some(pool) = pool else {
-            tracing::error!(tenant = %tenant.schema, pool = ?tenant.pool, "tenant is pinned to a pool that is not configured");
+            tracing::error!(tenant = %tenant.schema(), pool = ?tenant.pool(), "tenant is pinned to a pool that is not configured");
             ctx.tenant = Some(tenant);
             return self.respond(session, ctx, PageKind::Unavailable).await;
         };
@@ -420,7 +431,10 @@ impl ProxyHttp for Gateway {
         }
         let host = ctx.host.as_deref().unwrap_or_default();
         self.forwarding_headers(req, Self::client_ip(session), host, ctx.tls)?;
-        req.insert_header("x-request-id", ctx.request_id.as_str())?;
+        // A client's own acceptable id is already there as the only one.
+        if !already(req, "x-request-id", &ctx.request_id) {
+            req.insert_header("x-request-id", ctx.request_id.as_str())?;
+        }
         // 2. Origin-form URI and the normalised Host, exactly what is signed.
         if req.uri.authority().is_some() {
             let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
@@ -429,19 +443,21 @@ impl ProxyHttp for Gateway {
                 .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad request target"))?;
             req.set_uri(uri);
         }
-        req.insert_header(HOST, host)?;
+        if !already(req, HOST, host) {
+            req.insert_header(HOST, host)?;
+        }
         // 3. The stamp.
         if let Some(tenant) = &ctx.tenant {
             let sig = self.signer.sign(
                 &stamp::Request {
-                    tenant: &tenant.schema,
+                    tenant: tenant.schema(),
                     method: req.method.as_str(),
                     host,
                     path: req.uri.path(),
                 },
                 unix_now(),
             );
-            req.insert_header(stamp::TENANT_HEADER, &*tenant.schema)?;
+            req.insert_header(stamp::TENANT_HEADER, tenant.schema())?;
             req.insert_header(stamp::SIGNATURE_HEADER, sig)?;
         }
         Ok(())
@@ -488,7 +504,7 @@ impl ProxyHttp for Gateway {
         let req = session.req_header();
         tracing::info!(
             target: "access",
-            tenant = %ctx.tenant.as_ref().map(|t| &*t.schema).unwrap_or("-"),
+            tenant = %ctx.tenant.as_ref().map(|t| t.schema()).unwrap_or("-"),
             host = %ctx.host.as_deref().unwrap_or("-"),
             method = %req.method,
             path = %req.uri.path(),

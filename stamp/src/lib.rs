@@ -82,11 +82,13 @@ pub struct KeyConfig {
     pub secret_env: String,
 }
 
-/// A shared secret with its id.
+/// A shared secret with its id. Only the keyed HMAC state is kept (the
+/// secret's inner and outer pads already hashed), so each stamp costs the
+/// message's blocks and not the key's.
 #[derive(Clone)]
 pub struct Key {
     id: String,
-    secret: Vec<u8>,
+    keyed: HmacSha256,
 }
 
 impl std::fmt::Debug for Key {
@@ -116,7 +118,9 @@ impl Key {
         if secret.len() < MIN_SECRET_LEN {
             return Err(KeyError::TooShort { id });
         }
-        Ok(Key { id, secret })
+        // HMAC accepts keys of any length; this cannot fail.
+        let keyed = HmacSha256::new_from_slice(&secret).expect("HMAC accepts any key length");
+        Ok(Key { id, keyed })
     }
 
     /// Resolve a configured key, reading its secret from the environment.
@@ -132,9 +136,13 @@ impl Key {
         &self.id
     }
 
-    fn mac(&self) -> HmacSha256 {
-        // HMAC accepts keys of any length; this cannot fail.
-        HmacSha256::new_from_slice(&self.secret).expect("HMAC accepts any key length")
+    /// The MAC of the canonical string of `req` at `ts`, fed straight into
+    /// the hash (no intermediate string).
+    fn mac(&self, kid: &str, ts: u64, req: &Request<'_>) -> HmacSha256 {
+        let mut mac = self.keyed.clone();
+        // Writing into a hash cannot fail.
+        let _ = write_canonical(&mut MacWriter(&mut mac), kid, ts, req);
+        mac
     }
 }
 
@@ -154,12 +162,29 @@ pub fn canonical_string(kid: &str, ts: u64, req: &Request<'_>) -> String {
     let mut s =
         String::with_capacity(32 + kid.len() + req.tenant.len() + req.method.len() + req.host.len() + req.path.len());
     // Writing to a String cannot fail.
-    let _ = write!(
-        s,
+    let _ = write_canonical(&mut s, kid, ts, req);
+    s
+}
+
+/// The one definition of the canonical string's bytes, written to a string
+/// (for [`canonical_string`]) or straight into a MAC (for signing and
+/// verifying).
+fn write_canonical(w: &mut impl std::fmt::Write, kid: &str, ts: u64, req: &Request<'_>) -> std::fmt::Result {
+    write!(
+        w,
         "{VERSION}\n{kid}\n{ts}\n{}\n{}\n{}\n{}",
         req.tenant, req.method, req.host, req.path
-    );
-    s
+    )
+}
+
+/// Lets `write!` feed a MAC.
+struct MacWriter<'a>(&'a mut HmacSha256);
+
+impl std::fmt::Write for MacWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.update(s.as_bytes());
+        Ok(())
+    }
 }
 
 /// Host normalisation both sides apply: ASCII lower-case, port removed, one
@@ -203,10 +228,15 @@ impl Signer {
 
     /// The value of the `X-Tenant-Signature` header for `req` at unix time `ts`.
     pub fn sign(&self, req: &Request<'_>, ts: u64) -> String {
-        let mut mac = self.key.mac();
-        mac.update(canonical_string(&self.key.id, ts, req).as_bytes());
-        let sig = hex::encode(mac.finalize().into_bytes());
-        format!("{VERSION};kid={};ts={ts};sig={sig}", self.key.id)
+        let digest = self.key.mac(&self.key.id, ts, req).finalize().into_bytes();
+        let mut sig = [0u8; 64];
+        // 32 bytes always fit 64 hex digits.
+        let _ = hex::encode_to_slice(digest, &mut sig);
+        let mut out = String::with_capacity(VERSION.len() + self.key.id.len() + 36 + sig.len());
+        // Writing to a String cannot fail.
+        let _ = write!(out, "{VERSION};kid={};ts={ts};sig=", self.key.id);
+        out.push_str(std::str::from_utf8(&sig).unwrap_or_default());
+        out
     }
 }
 
@@ -321,8 +351,7 @@ impl Verifier {
             host: &host,
             path,
         };
-        let mut mac = key.mac();
-        mac.update(canonical_string(parsed.kid, parsed.ts, &req).as_bytes());
+        let mac = key.mac(parsed.kid, parsed.ts, &req);
         mac.verify_slice(&parsed.sig).map_err(|_| StampError::BadSignature)?;
         // Checked after the signature so a forged timestamp cannot probe the window.
         if now.abs_diff(parsed.ts) > self.max_skew_secs {

@@ -176,10 +176,7 @@ async fn find_on(pool: &PgPool, query: &str, host: &str) -> Result<Option<Tenant
     } else {
         None
     };
-    Ok(Some(Tenant {
-        schema: schema.into_boxed_str(),
-        status,
-        pool: pool.map(String::into_boxed_str),
-        stats: Default::default(),
-    }))
+    Tenant::new(&schema, status, pool.as_deref())
+        .map(Some)
+        .ok_or_else(|| bad("schema name too long".into()))
 }

@@ -38,17 +38,38 @@ use super::acme::Acme;
 use super::store::CertStore;
 use crate::metrics::Metrics;
 
+/// The SNI of a live TLS connection, normalised once at the handshake (not
+/// on every request of the connection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sni {
+    /// The client sent no SNI (e.g. it connected to an IP literal).
+    Absent,
+    /// The name, normalised like a Host header.
+    Name(Arc<str>),
+    /// An SNI that is not a valid host name: agrees with no Host.
+    Invalid,
+}
+
+impl Sni {
+    fn from_hello(name: Option<&str>) -> Sni {
+        match name {
+            None => Sni::Absent,
+            Some(n) => tenancy::normalize_host(n).map_or(Sni::Invalid, |h| Sni::Name(h.into())),
+        }
+    }
+}
+
 /// SNI of every live TLS connection, by client address.
 #[derive(Default)]
-pub struct SniRegistry(Mutex<HashMap<SocketAddr, Option<Arc<str>>>>);
+pub struct SniRegistry(Mutex<HashMap<SocketAddr, Sni>>);
 
 impl SniRegistry {
-    /// `None`: not a live TLS connection; `Some(None)`: TLS without SNI.
-    pub fn get(&self, peer: &SocketAddr) -> Option<Option<Arc<str>>> {
+    /// `None`: not a live TLS connection.
+    pub fn get(&self, peer: &SocketAddr) -> Option<Sni> {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).get(peer).cloned()
     }
 
-    fn register(self: &Arc<Self>, peer: SocketAddr, sni: Option<Arc<str>>) -> SniGuard {
+    fn register(self: &Arc<Self>, peer: SocketAddr, sni: Sni) -> SniGuard {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(peer, sni);
         SniGuard {
             registry: self.clone(),
@@ -383,10 +404,25 @@ impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
         self.metrics.tls_handshakes.with_label_values(&["ok"]).inc();
         self.metrics.tls_connections.inc();
         let _open = scopeguard(|| self.metrics.tls_connections.dec());
-        let _guard = self.sni.register(peer, sni);
+        let _guard = self.sni.register(peer, Sni::from_hello(sni.as_deref()));
         let mut stream: pingora_core::protocols::Stream = Box::new(TlsConn::new(tls, started.elapsed()));
         while let Some(next) = self.app.process_new(stream, &self.shutdown).await {
             stream = next;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sni_is_normalised_at_the_handshake() {
+        assert_eq!(Sni::from_hello(None), Sni::Absent);
+        assert_eq!(
+            Sni::from_hello(Some("Acme.MyApp.Test.")),
+            Sni::Name(Arc::from("acme.myapp.test"))
+        );
+        assert_eq!(Sni::from_hello(Some("bad name!")), Sni::Invalid);
     }
 }

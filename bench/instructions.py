@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""Instructions per request, counted by valgrind's callgrind: the gateway
+next to bare Pingora (gateway/examples/bare_pingora.rs) on the same HTTP/1.1
+keep-alive load. Unlike CPU time on a shared VM (±20 % run to run) the count
+is the same on every run, so it is what before/after comparisons of request
+path changes use (bench/RESULTS.md).
+
+Usage: python3 bench/instructions.py [N_REQUESTS]   (after bench/run.sh has
+built the release binaries and installed valgrind, h2load and PostgreSQL)
+
+Caveat: under valgrind the CPU reports no SHA extensions, so SHA-256 (the
+stamp's HMAC) runs in software and costs several times what it costs
+natively; the table shows it on a separate line.
+"""
+
+import collections
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run as R  # noqa: E402
+
+SHA = re.compile(r"sha2::sha256::")
+
+
+def parse(path):
+    """Self cost per function and inclusive cost per call edge."""
+    names, self_cost, edges = {}, collections.Counter(), collections.Counter()
+    fn = cfn = None
+    pending = False
+
+    def name(tok):
+        m = re.match(r"\((\d+)\)(?:\s+(.*))?", tok)
+        if not m:
+            return tok
+        if m.group(2):
+            names[m.group(1)] = m.group(2)
+        return names[m.group(1)]
+
+    for line in open(path):
+        if line.startswith("fn="):
+            fn = name(line[3:].strip())
+        elif line.startswith("cfn="):
+            cfn = name(line[4:].strip())
+        elif line.startswith("calls="):
+            pending = True
+        elif line[:1].isdigit() or line[:1] in "+-*":
+            parts = line.split()
+            if len(parts) < 2:
+                continue
+            if pending:
+                edges[(fn, cfn)] += int(parts[1])
+                pending = False
+            else:
+                self_cost[fn] += int(parts[1])
+    return self_cost, edges
+
+
+def profile(which, backends, url, certs, n):
+    out = R.WORK / f"callgrind.{which}"
+    vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+
+    def spawn(name, args, cpu, env=None):
+        p = subprocess.Popen(vg + args, env={**os.environ, **(env or {})}, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=open(R.WORK / f"valgrind.{which}.log", "w"))
+        R.PROCS.append(p)
+        return p
+
+    spawn_before, wait_before = R.spawn, R.wait_port
+    R.spawn = spawn
+    R.wait_port = lambda port, timeout=30: wait_before(port, 300)  # valgrind starts slowly
+    try:
+        peer = R.Gateway(url, backends, certs) if which == "gateway" else R.BarePingora(backends)
+    finally:
+        R.spawn, R.wait_port = spawn_before, wait_before
+
+    def load(count):
+        done = subprocess.run(["h2load", "--h1", "-n", str(count), "-c", "16", "-H", ":authority: t0001.myapp.bench",
+                               f"http://127.0.0.1:{peer.http}/"], capture_output=True, text=True, timeout=600).stdout
+        m = re.search(r"(\d+) succeeded", done)
+        if not m or int(m.group(1)) != count:
+            raise SystemExit(f"{which}: not every request succeeded:\n{done}")
+
+    load(2000)  # warm: tenant cache, upstream connections
+    subprocess.run(["callgrind_control", "-z", str(peer.pid)], capture_output=True, check=True)
+    load(n)
+    subprocess.run(["callgrind_control", "-d", str(peer.pid)], capture_output=True, check=True)
+    deadline = time.time() + 60
+    dumps = []
+    while time.time() < deadline and not dumps:
+        dumps = sorted(p for p in R.WORK.glob(f"callgrind.{which}.*") if p.stat().st_size > 0)
+        time.sleep(0.2)
+    os.killpg(peer.pid, 9)
+    if not dumps:
+        raise SystemExit(f"{which}: callgrind wrote no dump")
+    time.sleep(1)  # the dump is written before callgrind_control returns; let the file settle
+    return parse(dumps[-1])
+
+
+def main():
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+    if not shutil.which("valgrind"):
+        raise SystemExit("valgrind is not installed (bench/run.sh installs it)")
+    _, _, url = R.setup_database()
+    certs = R.make_certs()
+    backends = R.start_backends()
+    results = {w: profile(w, backends, url, certs, n) for w in ("bare", "gateway")}
+    total = {w: sum(s.values()) / n for w, (s, _) in results.items()}
+    sha = {w: sum(c for f, c in s.items() if SHA.search(f)) / n for w, (s, _) in results.items()}
+    print(f"Instructions per HTTP/1.1 keep-alive request ({n:,} requests, 16 connections, one tenant):\n")
+    print("| | bare Pingora | tenant-gateway |\n| --- | ---: | ---: |")
+    print(f"| total | {total['bare']:,.0f} | {total['gateway']:,.0f} |")
+    print(f"| of which SHA-256 (software under valgrind) | {sha['bare']:,.0f} | {sha['gateway']:,.0f} |")
+    print(f"| without SHA-256 | {total['bare'] - sha['bare']:,.0f} | {total['gateway'] - sha['gateway']:,.0f} |")
+    s, edges = results["gateway"]
+    inclusive = collections.Counter(s)
+    for (caller, callee), c in edges.items():
+        if caller != callee:
+            inclusive[caller] += c
+    print("\nThe gateway's own hooks and helpers (inclusive, per request):\n")
+    for f, c in inclusive.most_common():
+        if re.search(r"^(<)?(gateway|stamp|tenancy)::", f) and "drop_in_place" not in f and c / n >= 100:
+            print(f"- {c / n:,.0f}  {f}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        for p in R.PROCS:
+            try:
+                os.killpg(p.pid, 9)
+            except OSError:
+                pass
+        for cmd in R.CLEANUP:
+            subprocess.run(cmd, capture_output=True)
