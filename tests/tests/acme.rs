@@ -1,6 +1,7 @@
 //! ACME against Debian's Pebble on loopback: custom domains get certificates
 //! without restarts (HTTP-01 and TLS-ALPN-01), two gateways place exactly one
-//! order, the guard never orders for unknown or suspended names, renewal
+//! order, the guard never orders for unknown or suspended names, tenants
+//! under one public suffix do not share an order limit, renewal
 //! survives the CA being down, and stored certificates survive restarts with
 //! their keys encrypted.
 
@@ -19,13 +20,15 @@ fn tenants(pg: &Postgres) {
 }
 
 /// Gateway config with ACME on, pointing at `pebble`.
-fn acme_body(certs: &Path, pebble: &Pebble, challenges: &str, app_port: u16) -> String {
+/// `acme_extra`: more `[acme]` keys, one per line.
+fn acme_body(certs: &Path, pebble: &Pebble, challenges: &str, app_port: u16, acme_extra: &str) -> String {
     format!(
         "[tenant]\nbase_domains = [\"myapp.localhost\"]\n\
          [tls]\nlisten = \"127.0.0.1:{{TLS_PORT}}\"\n\
          certificates = [{{ cert_file = \"{0}/wildcard.pem\", key_file = \"{0}/wildcard.key\" }}]\n\
          [acme]\nenabled = true\ndirectory_url = \"{1}\"\nca_root = \"{2}\"\ncontact = [\"mailto:ops@myapp.localhost\"]\n\
-         challenges = [{challenges}]\ncheck_interval_secs = 1\nretry_base_secs = 1\nretry_max_secs = 3\non_demand_timeout_ms = 8000\n{3}",
+         challenges = [{challenges}]\ncheck_interval_secs = 1\nretry_base_secs = 1\nretry_max_secs = 3\non_demand_timeout_ms = 8000\n\
+         {acme_extra}{3}",
         certs.display(),
         pebble.directory(),
         pebble.directory_ca().display(),
@@ -47,12 +50,16 @@ struct AcmeStack {
 }
 
 fn acme_stack(pg: &Postgres, challenges: &str) -> AcmeStack {
+    acme_stack_with(pg, challenges, "")
+}
+
+fn acme_stack_with(pg: &Postgres, challenges: &str, acme_extra: &str) -> AcmeStack {
     let app = UpstreamApp::start(&pg.url(), "").unwrap();
     let certs = tempfile::tempdir().unwrap();
     dev_certs(certs.path());
     let ports = GatewayPorts::free();
     let pebble = Pebble::start(certs.path(), ports.http, ports.tls, 3600).unwrap();
-    let body = acme_body(certs.path(), &pebble, challenges, app.port);
+    let body = acme_body(certs.path(), &pebble, challenges, app.port, acme_extra);
     let gw = Gateway::start_with_ports(&pg.url(), &body, 1, ports).unwrap();
     AcmeStack {
         gw,
@@ -72,8 +79,8 @@ fn orders(pg: &Postgres) -> i64 {
 }
 
 /// Wait until `name` is served with a certificate that chains to Pebble's
-/// current root, then fetch through it.
-fn wait_issued(pebble: &Pebble, tls_port: u16, name: &str, timeout: Duration) {
+/// current root, then fetch through it and land on `tenant`.
+fn wait_issued_for(pebble: &Pebble, tls_port: u16, name: &str, tenant: &str, timeout: Duration) {
     wait_until(&format!("certificate for {name}"), timeout, || {
         probe(tls_port, Some(name), &["http/1.1"]).is_ok_and(|p| p.names == [name])
     })
@@ -84,7 +91,12 @@ fn wait_issued(pebble: &Pebble, tls_port: u16, name: &str, timeout: Duration) {
         .get(&format!("https://{name}:{tls_port}/whoami"))
         .send()
         .expect("verified HTTPS to the issued certificate");
-    assert_eq!(r.json()["tenant"], "ferrari");
+    assert_eq!(r.json()["tenant"], tenant);
+}
+
+/// [`wait_issued_for`] the tenant of [`CUSTOM`].
+fn wait_issued(pebble: &Pebble, tls_port: u16, name: &str, timeout: Duration) {
+    wait_issued_for(pebble, tls_port, name, "ferrari", timeout);
 }
 
 fn issue_on_domain_add(challenges: &str) {
@@ -132,7 +144,7 @@ fn a_failing_challenge_type_falls_back_to_the_next() {
     let ports = GatewayPorts::free();
     // Pebble's TLS-ALPN-01 validation goes to a port nobody listens on.
     let pebble = Pebble::start(certs.path(), ports.http, free_port(), 3600).unwrap();
-    let body = acme_body(certs.path(), &pebble, "\"tls-alpn-01\", \"http-01\"", app.port);
+    let body = acme_body(certs.path(), &pebble, "\"tls-alpn-01\", \"http-01\"", app.port, "");
     let gw = Gateway::start_with_ports(&pg.url(), &body, 1, ports).unwrap();
     app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
     wait_issued(&pebble, ports.tls, CUSTOM, Duration::from_secs(60));
@@ -142,6 +154,48 @@ fn a_failing_challenge_type_falls_back_to_the_next() {
         "{log}"
     );
     assert_eq!(orders(&pg), 1, "the fallback is part of the same order attempt");
+}
+
+/// Tenants under one public suffix never share the per-domain order limit
+/// (one tenant's burst of domains cannot hold back another's), while one
+/// tenant's names under its own registrable domain do share it.
+#[test]
+fn order_limit_is_per_registrable_domain_not_per_public_suffix() {
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    let st = acme_stack_with(&pg, "\"http-01\"", "orders_per_domain_per_week = 1\n");
+    app_cli_ok(
+        &pg.url(),
+        &["domain", "add", "shop.ferrari.co.uk", "--tenant", "ferrari"],
+    );
+    wait_issued_for(
+        &st.pebble,
+        st.ports.tls,
+        "shop.ferrari.co.uk",
+        "ferrari",
+        Duration::from_secs(60),
+    );
+    // Another tenant under the same public suffix has a limit of its own.
+    app_cli_ok(
+        &pg.url(),
+        &["domain", "add", "www.mclaren.co.uk", "--tenant", "mclaren"],
+    );
+    wait_issued_for(
+        &st.pebble,
+        st.ports.tls,
+        "www.mclaren.co.uk",
+        "mclaren",
+        Duration::from_secs(60),
+    );
+    // The first tenant's second name under ferrari.co.uk is over its limit.
+    app_cli_ok(&pg.url(), &["domain", "add", "eu.ferrari.co.uk", "--tenant", "ferrari"]);
+    wait_until(
+        "the rate limit to hold back eu.ferrari.co.uk",
+        Duration::from_secs(30),
+        || st.gw.proc_.log().contains("1 orders for ferrari.co.uk this week"),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", st.gw.proc_.log()));
+    assert_eq!(orders(&pg), 2, "no order for the held-back name");
 }
 
 #[test]
@@ -154,7 +208,7 @@ fn two_gateways_place_one_order_and_both_serve_it() {
     let (a_ports, b_ports) = (GatewayPorts::free(), GatewayPorts::free());
     // Pebble validates against gateway B only: when A holds the order, B answers from the database.
     let pebble = Pebble::start(certs.path(), b_ports.http, b_ports.tls, 3600).unwrap();
-    let body = acme_body(certs.path(), &pebble, "\"http-01\"", app.port);
+    let body = acme_body(certs.path(), &pebble, "\"http-01\"", app.port, "");
     let a = Gateway::start_with_ports(&pg.url(), &body, 1, a_ports).unwrap();
     let b = Gateway::start_with_ports(&pg.url(), &body, 1, b_ports).unwrap();
     // Either gateway answers a pending HTTP-01 challenge from the database.

@@ -35,6 +35,19 @@ pub const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.
 pub const OTHER: &str = "other";
 pub const UNKNOWN: &str = "unknown";
 pub const LANDING: &str = "landing";
+/// Prefix of the label of a tenant whose schema is named like one of the
+/// gateway's own buckets above. A colon cannot occur in a schema name, so no
+/// tenant's label can equal a bucket's or another tenant's.
+pub const RESERVED_PREFIX: &str = "schema:";
+
+/// The `tenant` label value for a schema.
+pub fn tenant_label(schema: &str) -> std::borrow::Cow<'_, str> {
+    if [OTHER, UNKNOWN, LANDING].contains(&schema) {
+        format!("{RESERVED_PREFIX}{schema}").into()
+    } else {
+        schema.into()
+    }
+}
 
 type Getter = fn(&TenantStats) -> u64;
 
@@ -158,7 +171,7 @@ impl TenantMetrics {
             self.overflow.fetch_add(1, Relaxed);
             return self.other.clone();
         }
-        let s = Arc::new(TenantStats::new(schema));
+        let s = Arc::new(TenantStats::new(&tenant_label(schema)));
         map.insert(Arc::from(schema), s.clone());
         s
     }
@@ -343,6 +356,30 @@ mod tests {
         assert!(text.contains("tenant=\"other\",method=\"GET\",class=\"2xx\"} 1"));
         // a, b, other, unknown, landing
         assert!(text.contains("tenant_gateway_tenant_labels 5"), "{text}");
+    }
+
+    #[test]
+    fn tenants_named_like_a_bucket_get_their_own_label() {
+        let m = TenantMetrics::new(10);
+        for name in [OTHER, UNKNOWN, LANDING] {
+            let t = m.for_tenant(name);
+            assert_eq!(t.label(), format!("schema:{name}"));
+            t.observe(&obs(200, 0.01));
+        }
+        assert_eq!(m.for_tenant("others").label(), "others");
+        let mut text = String::new();
+        m.render(&mut text);
+        for name in [OTHER, UNKNOWN, LANDING] {
+            assert!(
+                text.contains(&format!("tenant=\"schema:{name}\",method=\"GET\",class=\"2xx\"}} 1")),
+                "{text}"
+            );
+            // The gateway's own buckets saw none of those requests.
+            assert!(
+                !text.contains(&format!("tenant=\"{name}\",method=\"GET\",class=\"2xx\"}} 1")),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //!   gateway loads them on NOTIFY.
 //! - Renewal at a third of the lifetime; failures back off exponentially
 //!   with jitter, capped; the last certificate keeps being served; global
-//!   and per-registered-domain order rate limits.
+//!   and per-registrable-domain (Public Suffix List) order rate limits.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -95,14 +95,13 @@ impl Seal {
     }
 }
 
-/// `example.co.uk` → `co.uk` would be wrong, but without the public suffix
-/// list we approximate the registered domain by the last two labels.
+/// The unit of the per-domain order limit: the registrable domain (public
+/// suffix plus one label) by the Public Suffix List compiled into the `psl`
+/// crate, so `shop.ferrari.co.uk` counts against `ferrari.co.uk` and tenants
+/// under the same public suffix (`co.uk`, `github.io`) never share a limit.
+/// A name that is itself a public suffix, or a single label, is its own unit.
 pub fn registered_domain(name: &str) -> String {
-    let labels: Vec<&str> = name.rsplitn(3, '.').collect();
-    match labels.as_slice() {
-        [tld, second, ..] => format!("{second}.{tld}"),
-        _ => name.to_owned(),
-    }
+    psl::domain_str(name).unwrap_or(name).to_owned()
 }
 
 /// Backoff before retry number `failures`: base·2^(failures-1), capped, ±50 % jitter.
@@ -873,6 +872,13 @@ mod tests {
         assert_eq!(registered_domain("www.ferrari-cars.com"), "ferrari-cars.com");
         assert_eq!(registered_domain("ferrari-cars.com"), "ferrari-cars.com");
         assert_eq!(registered_domain("localhost"), "localhost");
+        // Two tenants under one public suffix are two units, not one.
+        assert_eq!(registered_domain("shop.ferrari.co.uk"), "ferrari.co.uk");
+        assert_eq!(registered_domain("www.mclaren.co.uk"), "mclaren.co.uk");
+        assert_eq!(registered_domain("a.b.ferrari.github.io"), "ferrari.github.io");
+        assert_eq!(registered_domain("co.uk"), "co.uk");
+        // Not on the list: the last two labels.
+        assert_eq!(registered_domain("www.ferrari-cars.test"), "ferrari-cars.test");
     }
 
     #[test]
