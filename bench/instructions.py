@@ -89,16 +89,16 @@ def profile(which, backends, url, certs, n):
     subprocess.run(["callgrind_control", "-z", str(peer.pid)], capture_output=True, check=True)
     load(n)
     subprocess.run(["callgrind_control", "-d", str(peer.pid)], capture_output=True, check=True)
+    # A dump is complete once its closing `totals:` line is written.
     deadline = time.time() + 60
-    dumps = []
-    while time.time() < deadline and not dumps:
-        dumps = sorted(p for p in R.WORK.glob(f"callgrind.{which}.*") if p.stat().st_size > 0)
+    dump = None
+    while time.time() < deadline and dump is None:
+        dump = next((p for p in sorted(R.WORK.glob(f"callgrind.{which}.*")) if "\ntotals:" in p.read_text()), None)
         time.sleep(0.2)
     os.killpg(peer.pid, 9)
-    if not dumps:
-        raise SystemExit(f"{which}: callgrind wrote no dump")
-    time.sleep(1)  # the dump is written before callgrind_control returns; let the file settle
-    return parse(dumps[-1])
+    if dump is None:
+        raise SystemExit(f"{which}: callgrind wrote no complete dump")
+    return parse(dump)
 
 
 def main():

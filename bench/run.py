@@ -430,6 +430,18 @@ def measure(peer, fn, lua):
     return r
 
 
+def peer_rows(items):
+    """A scenario's rows of the other proxies (not us, not the no-tenancy
+    floor, not the direct ceiling) that had no errors."""
+    return [(n, m) for n, m in items if n in PEER_NAMES and not m["errors"]]
+
+
+def cheapest_peer(items):
+    """(name, row) of the peer with the least CPU per request, or None."""
+    measured = [(n, m) for n, m in peer_rows(items) if m["cpu_us_per_req"] == m["cpu_us_per_req"]]
+    return min(measured, key=lambda x: x[1]["cpu_us_per_req"], default=None)
+
+
 def fmt(x, nd=1):
     return "n/a" if x != x else f"{x:,.{nd}f}"
 
@@ -497,11 +509,9 @@ def main():
     for title, name, med in rows:
         by_scn.setdefault(title, []).append((name, med))
     for title, items in by_scn.items():
-        # Peers: the other proxies (not us, not the no-tenancy floor, not the direct ceiling).
-        peers_only = [m for n, m in items if n in PEER_NAMES and not m["errors"]]
-        cpus = [m["cpu_us_per_req"] for m in peers_only if m["cpu_us_per_req"] == m["cpu_us_per_req"]]
-        best_cpu = min(cpus) if cpus else float("nan")
-        best_rps = max((m["rps"] for m in peers_only), default=float("nan"))
+        best = cheapest_peer(items)
+        best_cpu = best[1]["cpu_us_per_req"] if best else float("nan")
+        best_rps = max((m["rps"] for _, m in peer_rows(items)), default=float("nan"))
         for name, m in items:
             cpu_ratio = m["cpu_us_per_req"] / best_cpu
             rps_ratio = m["rps"] / best_rps
@@ -511,10 +521,10 @@ def main():
                          f"{int(m['errors'])} |")
     lines += ["", "What 0.8× the best peer leaves for user-space work (if the proxy's kernel time equalled the best peer's):", ""]
     for title, items in by_scn.items():
-        peers_only = [(n, m) for n, m in items if n in PEER_NAMES and not m["errors"] and m["cpu_us_per_req"] == m["cpu_us_per_req"]]
-        if not peers_only:
+        best = cheapest_peer(items)
+        if not best:
             continue
-        n, m = min(peers_only, key=lambda x: x[1]["cpu_us_per_req"])
+        n, m = best
         ours = dict(items).get(Gateway.name)
         room = 0.8 * m["cpu_us_per_req"] - m["kernel_us_per_req"]
         lines.append(f"- {title}: best peer {n} {fmt(m['cpu_us_per_req'])} µs ({fmt(m['kernel_us_per_req'])} in the kernel); "

@@ -136,12 +136,12 @@ impl Key {
         &self.id
     }
 
-    /// The MAC of the canonical string of `req` at `ts`, fed straight into
-    /// the hash (no intermediate string).
-    fn mac(&self, kid: &str, ts: u64, req: &Request<'_>) -> HmacSha256 {
+    /// The MAC of the canonical string of `req` at `ts` under this key's id,
+    /// fed straight into the hash (no intermediate string).
+    fn mac(&self, ts: u64, req: &Request<'_>) -> HmacSha256 {
         let mut mac = self.keyed.clone();
         // Writing into a hash cannot fail.
-        let _ = write_canonical(&mut MacWriter(&mut mac), kid, ts, req);
+        let _ = write_canonical(&mut MacWriter(&mut mac), &self.id, ts, req);
         mac
     }
 }
@@ -228,7 +228,7 @@ impl Signer {
 
     /// The value of the `X-Tenant-Signature` header for `req` at unix time `ts`.
     pub fn sign(&self, req: &Request<'_>, ts: u64) -> String {
-        let digest = self.key.mac(&self.key.id, ts, req).finalize().into_bytes();
+        let digest = self.key.mac(ts, req).finalize().into_bytes();
         let mut sig = [0u8; 64];
         // 32 bytes always fit 64 hex digits.
         let _ = hex::encode_to_slice(digest, &mut sig);
@@ -351,7 +351,8 @@ impl Verifier {
             host: &host,
             path,
         };
-        let mac = key.mac(parsed.kid, parsed.ts, &req);
+        // `key` was found by `parsed.kid`, so its id is the signed one.
+        let mac = key.mac(parsed.ts, &req);
         mac.verify_slice(&parsed.sig).map_err(|_| StampError::BadSignature)?;
         // Checked after the signature so a forged timestamp cannot probe the window.
         if now.abs_diff(parsed.ts) > self.max_skew_secs {
