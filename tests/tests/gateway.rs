@@ -175,6 +175,32 @@ fn spoofed_headers_never_change_the_tenant() {
     assert_eq!(who["request_id"].as_array().unwrap()[0].as_str().unwrap().len(), 32);
     let who = s.whoami(host, &[("X-Request-Id", "abc-123")]);
     assert_eq!(who["request_id"], json!(["abc-123"]));
+    // A second id, or one that is not sane, never reaches the backend: it
+    // sees exactly one id (the gateway only skips re-setting an id, or Host,
+    // when the request already carries exactly that value).
+    let (status, body) = raw_http(
+        s.gw.port,
+        "GET /whoami HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nX-Request-Id: abc-123\r\nX-Request-Id: evil\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"request_id\":[\"abc-123\"]"), "{body}");
+    let (status, body) = raw_http(
+        s.gw.port,
+        "GET /whoami HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nX-Request-Id: has space\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("has space"), "{body}");
+    // A Host spelled differently reaches the backend normalised.
+    let (status, body) = raw_http(
+        s.gw.port,
+        "GET /whoami HTTP/1.1\r\nHost: FERRARI.MyApp.localhost.\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"host\":[\"ferrari.myapp.localhost\"]"), "{body}");
+    assert!(body.contains("\"tenant\":\"ferrari\""), "{body}");
     // Absolute-form URI naming another tenant than Host: refused.
     let (status, _) = raw_http(
         s.gw.port,
