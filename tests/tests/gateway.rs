@@ -47,6 +47,17 @@ impl Stack {
         r.send().expect("request through gateway")
     }
 
+    /// `GET target` written byte for byte (for what an HTTP client library
+    /// will not send: repeated or odd headers, absolute-form targets).
+    fn raw_get(&self, target: &str, headers: &[&str]) -> (u16, String) {
+        let head: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+        raw_http(
+            self.gw.port,
+            &format!("GET {target} HTTP/1.1\r\n{head}Connection: close\r\n\r\n"),
+        )
+        .unwrap()
+    }
+
     fn post(&self, host: &str, path: &str, body: Value) -> Resp {
         self.client
             .request(http::Method::POST, &self.gw.url(path))
@@ -178,50 +189,42 @@ fn spoofed_headers_never_change_the_tenant() {
     // A second id, or one that is not sane, never reaches the backend: it
     // sees exactly one id (the gateway only skips re-setting an id, or Host,
     // when the request already carries exactly that value).
-    let (status, body) = raw_http(
-        s.gw.port,
-        "GET /whoami HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nX-Request-Id: abc-123\r\nX-Request-Id: evil\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
+    let (status, body) = s.raw_get(
+        "/whoami",
+        &[
+            "Host: ferrari.myapp.localhost",
+            "X-Request-Id: abc-123",
+            "X-Request-Id: evil",
+        ],
+    );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"request_id\":[\"abc-123\"]"), "{body}");
-    let (status, body) = raw_http(
-        s.gw.port,
-        "GET /whoami HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nX-Request-Id: has space\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
+    let (status, body) = s.raw_get("/whoami", &["Host: ferrari.myapp.localhost", "X-Request-Id: has space"]);
     assert_eq!(status, 200, "{body}");
     assert!(!body.contains("has space"), "{body}");
     // A Host spelled differently reaches the backend normalised.
-    let (status, body) = raw_http(
-        s.gw.port,
-        "GET /whoami HTTP/1.1\r\nHost: FERRARI.MyApp.localhost.\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
+    let (status, body) = s.raw_get("/whoami", &["Host: FERRARI.MyApp.localhost."]);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"host\":[\"ferrari.myapp.localhost\"]"), "{body}");
     assert!(body.contains("\"tenant\":\"ferrari\""), "{body}");
     // Absolute-form URI naming another tenant than Host: refused.
-    let (status, _) = raw_http(
-        s.gw.port,
-        "GET http://mclaren.myapp.localhost/whoami HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
+    let (status, _) = s.raw_get(
+        "http://mclaren.myapp.localhost/whoami",
+        &["Host: ferrari.myapp.localhost"],
+    );
     assert_eq!(status, 400);
     // Absolute-form agreeing with Host: fine, and the tenant is Host's.
-    let (status, body) = raw_http(
-        s.gw.port,
-        "GET http://ferrari.myapp.localhost/whoami HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
+    let (status, body) = s.raw_get(
+        "http://ferrari.myapp.localhost/whoami",
+        &["Host: ferrari.myapp.localhost"],
+    );
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"tenant\":\"ferrari\""), "{body}");
     // Two Host headers: refused.
-    let (status, _) = raw_http(
-        s.gw.port,
-        "GET /whoami HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nHost: mclaren.myapp.localhost\r\nConnection: close\r\n\r\n",
-    )
-    .unwrap();
+    let (status, _) = s.raw_get(
+        "/whoami",
+        &["Host: ferrari.myapp.localhost", "Host: mclaren.myapp.localhost"],
+    );
     assert_eq!(status, 400);
 }
 
