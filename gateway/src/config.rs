@@ -38,6 +38,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub metrics: MetricsConfig,
     pub acme: AcmeConfig,
+    pub limits: LimitsConfig,
     /// Named backend pools; `default` is required.
     pub pools: BTreeMap<String, PoolConfig>,
 }
@@ -69,6 +70,15 @@ pub struct DatabaseConfig {
     pub connect_timeout_ms: u64,
     /// `statement_timeout` for the lookup query.
     pub query_timeout_ms: u64,
+    /// Client-side bound on one whole lookup (waiting for a connection and
+    /// the query): past it the request gets the 503 page, whatever the
+    /// server does (`statement_timeout` needs a server that answers).
+    pub lookup_deadline_ms: u64,
+    /// How often the invalidation listener's connection is probed with a
+    /// query (a partitioned database is noticed within interval + timeout).
+    pub health_check_interval_ms: u64,
+    /// Deadline of that probe.
+    pub health_check_timeout_ms: u64,
     /// Niceness (0-19) of the thread that runs lookups of uncached names.
     /// When the CPU is saturated, requests for cached tenants then come
     /// first and a flood of unknown names slows down only itself.
@@ -140,7 +150,8 @@ pub struct PagesConfig {
     /// Status for tombstoned tenants: 404 (default, reveals nothing) or 410.
     pub deleted_status: u16,
     /// Replace the built-in page bodies: one entry per kind
-    /// (`bad_request`, `not_found`, `suspended`, `deleted`, `unavailable`, `misdirected`, `bad_gateway`).
+    /// (`bad_request`, `not_found`, `suspended`, `deleted`, `unavailable`, `misdirected`, `bad_gateway`,
+    /// `gateway_timeout`, `misconfigured`).
     pub custom: BTreeMap<String, PageFiles>,
 }
 
@@ -240,6 +251,57 @@ impl Default for AcmeConfig {
     }
 }
 
+/// Bounds on what one client can hold on the public listeners (see
+/// docs/operations.md, "Limits and timeouts").
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Open connections per public listener. Default: derived from the file
+    /// descriptor limit (a quarter of it, less a reserve, each).
+    pub max_connections: Option<usize>,
+    /// Open connections per client address (IPv6: per /64), both public
+    /// listeners together. Default: max_connections / 16, at least 64.
+    pub max_connections_per_ip: Option<usize>,
+    /// From accept (or a keep-alive request's first byte) to the end of the
+    /// request head; past it the connection is cut.
+    pub request_head_timeout_ms: u64,
+    /// A keep-alive connection with no next request is closed after this.
+    pub idle_timeout_ms: u64,
+    /// Minimum average request-body rate in bytes per second, counting only
+    /// time spent waiting for the client; 0 disables.
+    pub min_body_rate: u64,
+    /// Waiting time a body may take before the minimum rate applies.
+    pub body_rate_grace_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: None,
+            max_connections_per_ip: None,
+            request_head_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            min_body_rate: 500,
+            body_rate_grace_ms: 10_000,
+        }
+    }
+}
+
+/// File descriptors kept for everything but client connections (database,
+/// backends' health checks, certificates, logs).
+const FD_RESERVE: u64 = 256;
+
+/// The connection caps in effect for a file descriptor limit: each client
+/// connection may hold a backend connection too, over two public listeners.
+pub fn connection_caps(cfg: &LimitsConfig, nofile: u64) -> (usize, usize) {
+    let derived = usize::try_from(nofile.saturating_sub(FD_RESERVE) / 4)
+        .unwrap_or(usize::MAX)
+        .max(1);
+    let total = cfg.max_connections.unwrap_or(derived);
+    let per_ip = cfg.max_connections_per_ip.unwrap_or((total / 16).max(64).min(total));
+    (total, per_ip)
+}
+
 /// A certificate chain and its private key, both PEM files.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -275,8 +337,10 @@ pub struct TlsConfig {
     pub redirect_http: bool,
     /// Port written into redirects (default: the port of `tls.listen`; omitted when 443).
     pub redirect_port: Option<u16>,
-    /// Path prefixes served over plain HTTP instead of redirected
-    /// (`/.well-known/acme-challenge/` is always exempt).
+    /// Paths served over plain HTTP instead of redirected: each exempts
+    /// itself and everything below it, matched on whole segments of the
+    /// normalised path (`/healthz` exempts `/healthz` and `/healthz/x`, not
+    /// `/healthzzz`). `/.well-known/acme-challenge/` is exempt when ACME is on.
     pub redirect_exempt: Vec<String>,
     /// TLS session resumption (tickets and a session cache).
     pub session_resumption: bool,
@@ -366,6 +430,9 @@ impl Default for DatabaseConfig {
             max_connections: 4,
             connect_timeout_ms: 1000,
             query_timeout_ms: 2000,
+            lookup_deadline_ms: 2500,
+            health_check_interval_ms: 1000,
+            health_check_timeout_ms: 2000,
             lookup_nice: 10,
         }
     }
@@ -426,6 +493,8 @@ pub const PAGE_KINDS: &[&str] = &[
     "unavailable",
     "misdirected",
     "bad_gateway",
+    "gateway_timeout",
+    "misconfigured",
 ];
 
 /// Built-in lookup queries. Columns: schema_name, status, backend pool (nullable).
@@ -565,6 +634,7 @@ impl Config {
         }
         self.validate_tls()?;
         self.validate_acme()?;
+        self.validate_limits()?;
         if self.metrics.max_tenant_labels == 0 {
             return Err(invalid("metrics.max_tenant_labels", "must be at least 1"));
         }
@@ -674,12 +744,34 @@ impl Config {
             _ => {}
         }
         for (i, p) in t.redirect_exempt.iter().enumerate() {
-            if !p.starts_with('/') {
-                return Err(invalid(format!("tls.redirect_exempt[{i}]"), "must start with /"));
+            if let Err(reason) = crate::route::exempt_path_ok(p) {
+                return Err(invalid(format!("tls.redirect_exempt[{i}]"), reason));
             }
         }
         if t.handshake_timeout_ms == 0 {
             return Err(invalid("tls.handshake_timeout_ms", "must be positive"));
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_connections == Some(0) {
+            return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        if l.max_connections_per_ip == Some(0) {
+            return Err(invalid("limits.max_connections_per_ip", "must be at least 1"));
+        }
+        for (key, v) in [
+            ("limits.request_head_timeout_ms", l.request_head_timeout_ms),
+            ("limits.idle_timeout_ms", l.idle_timeout_ms),
+            ("database.lookup_deadline_ms", self.database.lookup_deadline_ms),
+            ("database.health_check_interval_ms", self.database.health_check_interval_ms),
+            ("database.health_check_timeout_ms", self.database.health_check_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(key, "must be positive"));
+            }
         }
         Ok(())
     }
@@ -839,11 +931,34 @@ mod tests {
                 format!("{MIN}[tenant.cache]\nmax_stale_secs = 99999999999\n"),
                 "tenant.cache.max_stale_secs",
             ),
+            (format!("{MIN}[limits]\nmax_connections = 0\n"), "limits.max_connections"),
+            (
+                format!("{MIN}[limits]\nrequest_head_timeout_ms = 0\n"),
+                "limits.request_head_timeout_ms",
+            ),
+            (
+                format!("{MIN}[database]\nlookup_deadline_ms = 0\n"),
+                "database.lookup_deadline_ms",
+            ),
         ];
         for (text, key) in cases {
             let err = parse(&text).unwrap_err();
             assert!(err.contains(key), "expected `{key}` in: {err}");
         }
+    }
+
+    #[test]
+    fn connection_caps_follow_the_file_limit_unless_set() {
+        let d = LimitsConfig::default();
+        assert_eq!(connection_caps(&d, 20_000), (4936, 308));
+        assert_eq!(connection_caps(&d, 1024), (192, 64));
+        assert_eq!(connection_caps(&d, 100), (1, 1));
+        let set = LimitsConfig {
+            max_connections: Some(1000),
+            max_connections_per_ip: Some(10),
+            ..d
+        };
+        assert_eq!(connection_caps(&set, 20_000), (1000, 10));
     }
 
     #[test]

@@ -7,9 +7,11 @@
 
 mod admin;
 mod config;
+mod conn;
 mod metrics;
 mod pages;
 mod proxy;
+mod route;
 mod tenant;
 mod tls;
 mod upstream;
@@ -223,10 +225,11 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
 /// health checks, and a start-up check of the lookup query.
 struct SideTasks {
     cache: Arc<TenantCache>,
+    lookup: Arc<tenant::lookup::Lookup>,
     pools: Arc<Pools>,
     database_url: String,
     channel: String,
-    connect_timeout: Duration,
+    listen_timing: tenant::invalidate::ListenTiming,
     /// TLS certificate store and its config, for SIGHUP reloads.
     tls: Option<(Arc<tls::store::CertStore>, config::TlsConfig)>,
     acme: Option<Arc<tls::acme::Acme>>,
@@ -241,7 +244,7 @@ impl BackgroundService for SideTasks {
             self.database_url.clone(),
             self.channel.clone(),
             self.cache.clone(),
-            self.connect_timeout,
+            self.listen_timing,
         ));
         for pool in self.pools.all() {
             tasks.spawn(pool.clone().run_health_checks());
@@ -249,9 +252,9 @@ impl BackgroundService for SideTasks {
         if let Some(acme) = &self.acme {
             tasks.spawn(acme.clone().run());
         }
-        let cache = self.cache.clone();
+        let lookup = self.lookup.clone();
         tasks.spawn(async move {
-            match cache.lookup().check_query().await {
+            match lookup.check_query().await {
                 Ok(()) => tracing::info!("tenant lookup query checked against the database"),
                 Err(e) => tracing::error!(error = %e, "config key `tenant.query`: the lookup query does not work against this database"),
             }
@@ -282,12 +285,26 @@ impl BackgroundService for SideTasks {
     }
 }
 
+/// Raise the soft file-descriptor limit to the hard limit (connection caps
+/// are derived from it); returns the limit in effect.
+fn raise_file_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
+            tracing::warn!(error = %e, soft, "cannot raise the file descriptor limit");
+            soft
+        }
+    }
+}
+
 fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = Config::load(path)?;
     let secrets = cfg.secrets()?;
     let pages = pages::Pages::load(&cfg.pages)?;
     let pools = Arc::new(Pools::from_config(&cfg)?);
     let metrics = Arc::new(metrics::Metrics::new(cfg.metrics.max_tenant_labels));
+    let nofile = raise_file_limit();
     let lookup = tenant::lookup::Lookup::new(
         &secrets.database_url,
         cfg.database.max_connections,
@@ -297,7 +314,13 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     )
     .context("config key `database.url_env`")?
     .with_query(cfg.lookup_query());
-    let cache = Arc::new(TenantCache::new(lookup, &cfg.tenant.cache, metrics.clone()));
+    let lookup = Arc::new(lookup);
+    let cache = Arc::new(TenantCache::new(
+        lookup.clone(),
+        &cfg.tenant.cache,
+        Duration::from_millis(cfg.database.lookup_deadline_ms),
+        metrics.clone(),
+    ));
     let trusted_proxies = cfg
         .headers
         .trusted_proxies
@@ -319,9 +342,25 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    // TLS: certificates, the SNI registry, redirects.
+    // Public listeners: bound now (a port in use is a start-up error), with
+    // connection caps derived from the file limit unless configured.
+    let (max_total, max_per_ip) = config::connection_caps(&cfg.limits, nofile);
+    tracing::info!(nofile, max_connections = max_total, max_connections_per_ip = max_per_ip, "connection caps");
+    let per_ip = conn::limits::PerIp::new(max_per_ip);
+    let timeouts = conn::deadline::Timeouts {
+        head: Duration::from_millis(cfg.limits.request_head_timeout_ms),
+        idle: Duration::from_millis(cfg.limits.idle_timeout_ms),
+        min_body_rate: cfg.limits.min_body_rate,
+        body_grace: Duration::from_millis(cfg.limits.body_rate_grace_ms),
+    };
+    let http_socket = conn::listener::bind(cfg.listen.http).context("config key `listen.http`: cannot bind")?;
+    let tls_socket = match cfg.tls.listen {
+        Some(addr) => Some(conn::listener::bind(addr).context("config key `tls.listen`: cannot bind")?),
+        None => None,
+    };
+
+    // TLS: certificates, redirects.
     let cert_store = Arc::new(tls::store::CertStore::new());
-    let sni = Arc::new(tls::accept::SniRegistry::default());
     let tls_routing = match cfg.tls.listen {
         None => None,
         Some(addr) => {
@@ -332,10 +371,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
                 port: cfg.tls.redirect_port.unwrap_or(addr.port()),
                 exempt: cfg.tls.redirect_exempt.clone(),
             });
-            Some(Arc::new(proxy::TlsRouting {
-                sni: sni.clone(),
-                redirect,
-            }))
+            Some(Arc::new(proxy::TlsRouting { redirect }))
         }
     };
 
@@ -374,24 +410,34 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         tls: tls_routing,
         acme: acme.clone(),
     };
-    if let Some(addr) = cfg.tls.listen {
+    if let Some(socket) = tls_socket {
         let app = Arc::new(pingora_proxy::http_proxy(&server.configuration, gateway.clone()));
-        server.add_service(tls::accept::TlsService {
-            name: "tls".into(),
-            addr,
+        server.add_service(conn::listener::Listener {
+            name: "https",
+            socket: Some(socket),
             app,
-            config: tls::accept::server_config(cert_store.clone(), cfg.tls.session_resumption)
-                .context("building the TLS server config")?,
-            store: cert_store.clone(),
-            acme: acme.clone(),
-            sni,
-            handshake_timeout: Duration::from_millis(cfg.tls.handshake_timeout_ms),
+            handshake: Arc::new(tls::accept::TlsHandshake {
+                config: tls::accept::server_config(cert_store.clone(), cfg.tls.session_resumption)
+                    .context("building the TLS server config")?,
+                store: cert_store.clone(),
+                acme: acme.clone(),
+                timeout: Duration::from_millis(cfg.tls.handshake_timeout_ms),
+                metrics: metrics.clone(),
+            }),
+            limits: conn::limits::ConnLimits::new(max_total, per_ip.clone()),
+            timeouts,
             metrics: metrics.clone(),
         });
     }
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(&server.configuration, gateway, "tenant-gateway");
-    proxy.add_tcp(&cfg.listen.http.to_string());
-    server.add_service(proxy);
+    server.add_service(conn::listener::Listener {
+        name: "http",
+        socket: Some(http_socket),
+        app: Arc::new(pingora_proxy::http_proxy(&server.configuration, gateway)),
+        handshake: Arc::new(conn::listener::Plain),
+        limits: conn::limits::ConnLimits::new(max_total, per_ip),
+        timeouts,
+        metrics: metrics.clone(),
+    });
 
     let mut admin = Service::new(
         "admin".to_string(),
@@ -408,10 +454,15 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         "side-tasks",
         SideTasks {
             cache,
+            lookup,
             pools,
             database_url: secrets.database_url,
             channel: cfg.tenant.notify_channel.clone(),
-            connect_timeout: Duration::from_millis(cfg.database.connect_timeout_ms),
+            listen_timing: tenant::invalidate::ListenTiming {
+                connect_timeout: Duration::from_millis(cfg.database.connect_timeout_ms),
+                health_interval: Duration::from_millis(cfg.database.health_check_interval_ms),
+                health_timeout: Duration::from_millis(cfg.database.health_check_timeout_ms),
+            },
             tls: cfg.tls.listen.map(|_| (cert_store.clone(), cfg.tls.clone())),
             acme,
             metrics,

@@ -17,6 +17,9 @@ pub enum PageKind {
     Unavailable,
     Misdirected,
     BadGateway,
+    GatewayTimeout,
+    /// The database holds a row for this host the gateway refuses.
+    Misconfigured,
 }
 
 impl PageKind {
@@ -29,10 +32,12 @@ impl PageKind {
             PageKind::Unavailable => "unavailable",
             PageKind::Misdirected => "misdirected",
             PageKind::BadGateway => "bad_gateway",
+            PageKind::GatewayTimeout => "gateway_timeout",
+            PageKind::Misconfigured => "misconfigured",
         }
     }
 
-    fn all() -> [PageKind; 7] {
+    fn all() -> [PageKind; 9] {
         [
             PageKind::BadRequest,
             PageKind::NotFound,
@@ -41,6 +46,8 @@ impl PageKind {
             PageKind::Unavailable,
             PageKind::Misdirected,
             PageKind::BadGateway,
+            PageKind::GatewayTimeout,
+            PageKind::Misconfigured,
         ]
     }
 
@@ -53,6 +60,11 @@ impl PageKind {
             PageKind::Unavailable => ("Service unavailable", "Please try again in a moment."),
             PageKind::Misdirected => ("Misdirected request", "This connection cannot serve this host."),
             PageKind::BadGateway => ("Bad gateway", "The site's servers could not be reached."),
+            PageKind::GatewayTimeout => ("Gateway timeout", "The site's servers did not answer in time."),
+            PageKind::Misconfigured => (
+                "Service unavailable",
+                "This site is not configured correctly; its operator can see why in the gateway's log.",
+            ),
         }
     }
 }
@@ -89,6 +101,8 @@ impl Pages {
                 PageKind::Unavailable => 503,
                 PageKind::Misdirected => 421,
                 PageKind::BadGateway => 502,
+                PageKind::GatewayTimeout => 504,
+                PageKind::Misconfigured => 503,
             };
             let (title, text) = kind.default_text();
             let mut html = Bytes::from(format!(

@@ -1,12 +1,17 @@
 //! The request path, phase by phase (Pingora's `ProxyHttp`):
 //!
-//! 1. `request_filter`: normalise the host, resolve the tenant through the
-//!    cache, refuse with a gateway page (400/403/404/410/503) without touching
-//!    a backend, or pick the tenant's pool.
+//! 1. `request_filter`: normalise the host, answer ACME challenges, redirect
+//!    plain HTTP for hosts we serve (path policy in [`crate::route`]),
+//!    resolve the tenant through the cache, refuse with a gateway page
+//!    (400/403/404/410/421/503) without touching a backend, or pick the
+//!    tenant's pool.
 //! 2. `upstream_peer`: next healthy backend of that pool not tried yet.
 //! 3. `upstream_request_filter`: strip every client tenant header, set the
 //!    forwarding headers, stamp `X-Tenant` + signature.
-//! 4. `logging`: one access-log line per request.
+//! 4. `response_filter`: while the process shuts down, responses say
+//!    `Connection: close` so keep-alive clients reconnect elsewhere.
+//! 5. `fail_to_proxy`: 502/504 pages for backend failures and timeouts.
+//! 6. `logging`: one access-log line per request.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -21,12 +26,13 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_load_balancing::Backend;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
+use crate::conn::stream::{ConnFacts, Sni};
 use crate::metrics::tenant::{method_index, rejection_index, Observation};
 use crate::metrics::Metrics;
 use crate::pages::{wants_json, PageKind, Pages};
 use crate::tenant::cache::{Resolution, TenantCache};
+use crate::route;
 use crate::tenant::{host, Status, Tenant};
-use crate::tls::accept::{Sni, SniRegistry};
 use crate::upstream::pool::{Pool, Pools};
 
 #[derive(Clone)]
@@ -47,8 +53,6 @@ pub struct Gateway {
 
 /// What the request path needs to know about TLS.
 pub struct TlsRouting {
-    /// SNI of live TLS connections (for the Host/SNI check).
-    pub sni: Arc<SniRegistry>,
     /// Plain-HTTP → HTTPS redirects, when enabled.
     pub redirect: Option<Redirect>,
 }
@@ -56,12 +60,9 @@ pub struct TlsRouting {
 pub struct Redirect {
     /// Port in the Location header (omitted when 443).
     pub port: u16,
-    /// Path prefixes served over plain HTTP.
+    /// Paths served over plain HTTP (see [`route::exempt`]).
     pub exempt: Vec<String>,
 }
-
-/// Always served over plain HTTP (ACME HTTP-01 validation).
-pub const ACME_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// Per-request state.
 pub struct Ctx {
@@ -142,7 +143,7 @@ impl Gateway {
         resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
         resp.insert_header("cache-control", "no-store")?;
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-        if close {
+        if close || session.is_process_shutting_down() {
             // Pingora writes `Connection` from its keepalive state.
             session.set_keepalive(None);
         }
@@ -192,22 +193,20 @@ impl Gateway {
         Ok(true)
     }
 
-    /// Host and SNI name the same tenant (or the connection has no SNI).
+    /// Host and SNI name the same tenant. The SNI comes with the
+    /// connection itself; a TLS request whose connection facts are missing
+    /// fails closed. A client that sent no SNI (an IP literal) has nothing
+    /// to disagree with.
     async fn sni_agrees(&self, session: &Session, host: &str, tenant: &Tenant) -> bool {
-        let Some(tls) = &self.tls else { return true };
-        let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) else {
-            return true;
+        let sni = match ConnFacts::of(session.digest()).map(|f| &f.tls) {
+            Some(Some(Sni::Name(sni))) => sni,
+            Some(Some(Sni::Absent)) => return true,
+            Some(Some(Sni::Invalid)) | Some(None) | None => return false,
         };
-        let sni = match tls.sni.get(peer) {
-            Some(Sni::Name(sni)) => sni,
-            Some(Sni::Invalid) => return false,
-            // No SNI (e.g. an IP literal): nothing to disagree with.
-            Some(Sni::Absent) | None => return true,
-        };
-        if &*sni == host {
+        if &**sni == host {
             return true;
         }
-        match self.cache.resolve(host::lookup_name(&sni, self.strip_www)).await {
+        match self.cache.resolve(host::lookup_name(sni, self.strip_www)).await {
             Resolution::Found(t) => t.schema() == tenant.schema(),
             _ => false,
         }
@@ -328,22 +327,29 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        if let (Some(acme), false) = (&self.acme, ctx.tls) {
-            if let Some(token) = session.req_header().uri.path().strip_prefix(ACME_CHALLENGE_PREFIX) {
-                let answer = acme.http01(token).await;
-                ctx.host = Some(host);
-                return self.respond_challenge(session, ctx, answer).await;
-            }
-        }
         if !ctx.tls {
-            if let Some(r) = self.tls.as_ref().and_then(|t| t.redirect.as_ref()) {
-                let path = session.req_header().uri.path();
-                if !path.starts_with(ACME_CHALLENGE_PREFIX) && !r.exempt.iter().any(|p| path.starts_with(p.as_str())) {
-                    return self.redirect_to_https(session, ctx, &host, r.port).await;
+            if let Some(acme) = &self.acme {
+                match route::acme_token(session.req_header().uri.path()) {
+                    None => {}
+                    Some(token) => {
+                        let answer = match token {
+                            Ok(token) => acme.http01(token).await,
+                            Err(()) => None,
+                        };
+                        ctx.host = Some(host);
+                        return self.respond_challenge(session, ctx, answer).await;
+                    }
                 }
             }
         }
+        let redirect = match self.tls.as_ref().and_then(|t| t.redirect.as_ref()) {
+            Some(r) if !ctx.tls && !route::exempt(session.req_header().uri.path(), &r.exempt) => Some(r.port),
+            _ => None,
+        };
         if self.landing.is_some() && self.base_domains.contains(&host) {
+            if let Some(port) = redirect {
+                return self.redirect_to_https(session, ctx, &host, port).await;
+            }
             ctx.pool = self.landing.clone();
             ctx.host = Some(host);
             ctx.landing = true;
@@ -355,7 +361,15 @@ impl ProxyHttp for Gateway {
             Resolution::Found(t) => t,
             Resolution::NotFound => return self.respond(session, ctx, PageKind::NotFound).await,
             Resolution::Unavailable => return self.respond(session, ctx, PageKind::Unavailable).await,
+            Resolution::Misconfigured => return self.respond(session, ctx, PageKind::Misconfigured).await,
         };
+        // Plain HTTP is redirected only for hosts we serve: no open redirect.
+        if let Some(port) = redirect {
+            // Counted like before the lookup existed: not as a tenant's request.
+            drop(tenant);
+            let host = ctx.host.take().unwrap_or_default();
+            return self.redirect_to_https(session, ctx, &host, port).await;
+        }
         if ctx.tls
             && !self
                 .sni_agrees(session, ctx.host.as_deref().unwrap_or_default(), &tenant)
@@ -468,9 +482,22 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn response_filter(&self, session: &mut Session, _resp: &mut ResponseHeader, _ctx: &mut Ctx) -> Result<()> {
+        // Shutting down: this response is the connection's last.
+        if session.is_process_shutting_down() {
+            session.set_keepalive(None);
+        }
+        Ok(())
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,
+            ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+                if *e.esource() == pingora_error::ErrorSource::Upstream =>
+            {
+                504
+            }
             _ => match e.esource() {
                 pingora_error::ErrorSource::Upstream => 502,
                 pingora_error::ErrorSource::Downstream => match e.etype() {
@@ -481,8 +508,13 @@ impl ProxyHttp for Gateway {
             },
         };
         if code == 502 || code == 504 {
+            let kind = if code == 504 {
+                PageKind::GatewayTimeout
+            } else {
+                PageKind::BadGateway
+            };
             if self
-                .respond_page(session, ctx, PageKind::BadGateway, true)
+                .respond_page(session, ctx, kind, true)
                 .await
                 .is_err()
             {

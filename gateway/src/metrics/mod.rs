@@ -35,6 +35,24 @@ pub struct Metrics {
     pub tls_handshakes: IntCounterVec,
     /// notAfter of every loaded certificate, by name.
     pub cert_expiry: prometheus::IntGaugeVec,
+    /// Open connections by public listener (http, https).
+    pub connections_open: IntGaugeVec,
+    /// Connections closed at accept, by listener and reason.
+    pub connections_refused: IntCounterVec,
+    /// Connections cut by a deadline, by kind.
+    pub deadline_hits: IntCounterVec,
+    /// Lookups that hit the client-side deadline.
+    pub lookup_timeouts: IntCounter,
+    /// Rows the lookup query returned that the gateway refuses.
+    pub bad_rows: IntCounter,
+    /// Background refreshes of entries past `positive_ttl` (stale-while-revalidate).
+    pub cache_refreshes: IntCounter,
+    /// 1 while the database answers the invalidation listener's health query.
+    pub database_up: IntGauge,
+}
+
+fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
 }
 
 /// Register a metric (built from constants: names are valid and unique).
@@ -118,6 +136,49 @@ impl Metrics {
             .expect("valid metric"),
         );
         Metrics {
+            connections_open: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tenant_gateway_connections_open",
+                        "Open client connections by public listener.",
+                    ),
+                    &["listener"],
+                )
+                .expect("valid metric"),
+            ),
+            connections_refused: counter_vec(
+                &r,
+                "tenant_gateway_connections_refused_total",
+                "Client connections closed at accept, by listener and reason (listener_cap, per_ip_cap, accept_error).",
+                &["listener", "reason"],
+            ),
+            deadline_hits: counter_vec(
+                &r,
+                "tenant_gateway_deadline_hits_total",
+                "Client connections cut by a deadline, by kind (tls_handshake, request_head, body_rate, idle).",
+                &["kind"],
+            ),
+            lookup_timeouts: counter(
+                &r,
+                "tenant_gateway_db_timeouts_total",
+                "Tenant lookups that hit the client-side deadline (database.lookup_deadline_ms).",
+            ),
+            bad_rows: counter(
+                &r,
+                "tenant_gateway_db_bad_rows_total",
+                "Rows of the lookup query the gateway refused (bad schema name or status); that host only.",
+            ),
+            cache_refreshes: counter(
+                &r,
+                "tenant_gateway_cache_background_refreshes_total",
+                "Lookups run in the background for cached tenants past positive_ttl or marked stale.",
+            ),
+            database_up: gauge(
+                &r,
+                "tenant_gateway_database_up",
+                "1 while the database answers the invalidation listener's health query within its deadline.",
+            ),
             acme_scans: counter(
                 &r,
                 "tenant_gateway_acme_scans_total",

@@ -1,32 +1,48 @@
 //! The tenant cache in front of the lookup query.
 //!
 //! - Known hosts live in a bounded [`HostTable`]; an entry is fresh for
-//!   `positive_ttl` and kept up to `max_stale` so it can be served while the
-//!   database is unreachable (stale-if-error).
-//! - Unknown hosts live in a *separate*, separately bounded cache with
-//!   `negative_ttl`, so a flood of random subdomains cannot evict tenants.
-//! - Concurrent misses for one name share one query (per-name `OnceCell`).
-//! - `invalidate` (NOTIFY) evicts names; `clear` (listener reconnect) marks
-//!   every known host stale, so the next request revalidates but a database
-//!   outage can still fall back to the old answer.
-//! - A query that overlapped an invalidation or a clear answers its request
-//!   but is not kept: it is inserted, then removed again if the change
-//!   counter moved, so a NOTIFY can never be overtaken by an older row.
+//!   `positive_ttl`. Past it, and up to `max_stale`, it is still served at
+//!   once while one background query refreshes it (stale-while-revalidate):
+//!   a cached tenant never waits for the database.
+//! - Entries marked stale by `clear` (the invalidation channel was
+//!   interrupted, so a change may have been missed) are revalidated before
+//!   use while the database is known to answer; while it is not, they are
+//!   served and refreshed in the background like expired ones.
+//! - Unknown hosts, and hosts whose row the gateway refuses (a bad schema
+//!   name or status: that host's problem only, never a database outage),
+//!   live in a *separate*, separately bounded cache with `negative_ttl`, so
+//!   a flood of random subdomains cannot evict tenants.
+//! - Every query has a client-side deadline; a failure or timeout opens a
+//!   short fail-fast window in which uncached hosts get 503 at once.
+//! - Concurrent misses for one name share one query (per-name `OnceCell`);
+//!   the entry goes when the query is answered or its last waiter leaves.
+//! - `invalidate` (NOTIFY) evicts names. A query that overlapped an
+//!   invalidation or a clear answers its request but is not kept: it is
+//!   inserted, then removed again if the change counter moved, so a NOTIFY
+//!   can never be overtaken by an older row.
 //! - Times are stored as 32-bit ticks of 100 ms since start (wrapping after
 //!   13 years), to keep an entry at 32 bytes plus its host name.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
-use super::lookup::Lookup;
+use super::lookup::LookupError;
 use super::table::HostTable;
 use super::Tenant;
 use crate::config::CacheConfig;
 use crate::metrics::Metrics;
+
+/// Where tenants come from (the lookup query; a fake in tests).
+#[async_trait]
+pub trait TenantSource: Send + Sync + 'static {
+    /// `Ok(None)`: the host is not in the domain table.
+    async fn find(&self, host: &str) -> Result<Option<Tenant>, LookupError>;
+}
 
 /// The answer for one host.
 #[derive(Debug, Clone)]
@@ -35,12 +51,15 @@ pub enum Resolution {
     NotFound,
     /// The database cannot be asked and nothing usable is cached.
     Unavailable,
+    /// The database holds a row for this host that the gateway refuses.
+    Misconfigured,
 }
 
-/// A cached tenant that may not be fresh: the stale-if-error fallback.
-struct Stale {
-    tenant: Arc<Tenant>,
-    fetched: Tick,
+/// What the negative table remembers about a host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Negative {
+    Unknown,
+    BadRow,
 }
 
 /// 100 ms since the cache was created (entries' stamps: when their query started).
@@ -52,25 +71,32 @@ fn age(now: Tick, fetched: Tick) -> Tick {
     now.wrapping_sub(fetched)
 }
 
-type Outcome = Result<Option<Arc<Tenant>>, ()>;
+/// What one query found (shared by everybody who waited for it).
+#[derive(Debug, Clone)]
+enum Answer {
+    Tenant(Arc<Tenant>),
+    Unknown,
+    BadRow,
+}
+
+type Outcome = Result<Answer, ()>;
 
 /// A cache lookup without the database.
 enum Cached {
     Fresh(Arc<Tenant>),
-    /// Known not to exist (a fresh negative entry).
-    Unknown,
-    /// Ask the database; an expired or stale entry, if any, is the
-    /// stale-if-error fallback.
-    Miss(Option<Stale>),
+    Negative(Negative),
+    /// Usable but due: past `positive_ttl`, or marked stale (`marked`).
+    Due { tenant: Arc<Tenant>, marked: bool },
+    Miss,
 }
 
 /// After a failed query, skip the database for this long (fail fast, no storm).
 const DB_RETRY_AFTER: Duration = Duration::from_millis(250);
 
 pub struct TenantCache {
-    lookup: Lookup,
+    source: Arc<dyn TenantSource>,
     positive: HostTable<Arc<Tenant>>,
-    negative: HostTable<()>,
+    negative: HostTable<Negative>,
     inflight: Mutex<HashMap<Arc<str>, Arc<OnceCell<Outcome>>>>,
     /// Bumped by every invalidation and clear: a query that overlapped one is
     /// not kept.
@@ -78,17 +104,26 @@ pub struct TenantCache {
     positive_ttl: Tick,
     negative_ttl: Tick,
     max_stale: Tick,
+    deadline: Duration,
     started: Instant,
     /// Milliseconds since `started` before which the database is not retried.
     db_retry_at_ms: AtomicU64,
+    /// The invalidation listener is connected and its health query answers.
+    listener_up: AtomicBool,
     metrics: Arc<Metrics>,
 }
 
 impl TenantCache {
-    pub fn new(lookup: Lookup, cfg: &CacheConfig, metrics: Arc<Metrics>) -> TenantCache {
+    /// `deadline` bounds each query (database.lookup_deadline_ms).
+    pub fn new(
+        source: Arc<dyn TenantSource>,
+        cfg: &CacheConfig,
+        deadline: Duration,
+        metrics: Arc<Metrics>,
+    ) -> TenantCache {
         let ticks = |secs: u64| Tick::try_from(secs.saturating_mul(1000 / TICK_MS)).unwrap_or(Tick::MAX);
         TenantCache {
-            lookup,
+            source,
             positive: HostTable::new(cfg.max_entries),
             negative: HostTable::new(cfg.negative_max_entries),
             inflight: Mutex::new(HashMap::new()),
@@ -96,8 +131,10 @@ impl TenantCache {
             positive_ttl: ticks(cfg.positive_ttl_secs),
             negative_ttl: ticks(cfg.negative_ttl_secs),
             max_stale: ticks(cfg.max_stale_secs),
+            deadline,
             started: Instant::now(),
             db_retry_at_ms: AtomicU64::new(0),
+            listener_up: AtomicBool::new(false),
             metrics,
         }
     }
@@ -106,35 +143,74 @@ impl TenantCache {
         &self.metrics
     }
 
-    pub fn lookup(&self) -> &Lookup {
-        &self.lookup
-    }
-
     /// Resolve a normalised host name.
-    pub async fn resolve(&self, host: &str) -> Resolution {
-        let stale = match self.cached(host) {
+    pub async fn resolve(self: &Arc<Self>, host: &str) -> Resolution {
+        match self.cached(host) {
             Cached::Fresh(t) => {
                 self.metrics.cache_hits.inc();
-                return Resolution::Found(t);
+                Resolution::Found(t)
             }
-            Cached::Unknown => {
+            Cached::Negative(n) => {
                 self.metrics.cache_negative_hits.inc();
-                return Resolution::NotFound;
-            }
-            Cached::Miss(stale) => stale,
-        };
-        self.metrics.cache_misses.inc();
-        match self.fetch(host).await {
-            Ok(Some(t)) => Resolution::Found(t),
-            Ok(None) => Resolution::NotFound,
-            Err(()) => match stale {
-                Some(p) if age(self.tick(), p.fetched) < self.max_stale => {
-                    self.metrics.cache_stale_served.inc();
-                    Resolution::Found(p.tenant)
+                match n {
+                    Negative::Unknown => Resolution::NotFound,
+                    Negative::BadRow => Resolution::Misconfigured,
                 }
-                _ => Resolution::Unavailable,
-            },
+            }
+            Cached::Due { tenant, marked } if marked && self.database_answers() => {
+                // A change may have been missed and the database can say: ask,
+                // falling back to the old answer if it fails after all.
+                self.metrics.cache_misses.inc();
+                match self.fetch(host).await {
+                    Ok(answer) => answer.into(),
+                    Err(()) => {
+                        self.metrics.cache_stale_served.inc();
+                        Resolution::Found(tenant)
+                    }
+                }
+            }
+            Cached::Due { tenant, marked } => {
+                self.metrics.cache_hits.inc();
+                if marked {
+                    self.metrics.cache_stale_served.inc();
+                }
+                self.refresh_in_background(host);
+                Resolution::Found(tenant)
+            }
+            Cached::Miss => {
+                self.metrics.cache_misses.inc();
+                match self.fetch(host).await {
+                    Ok(answer) => answer.into(),
+                    Err(()) => Resolution::Unavailable,
+                }
+            }
         }
+    }
+
+    /// The database is believed to answer: the listener's health query
+    /// passes and no query failed in the last fail-fast window.
+    fn database_answers(&self) -> bool {
+        self.listener_up.load(Ordering::Acquire) && self.now_ms() >= self.db_retry_at_ms.load(Ordering::Relaxed)
+    }
+
+    /// Set by the invalidation listener.
+    pub fn set_listener_up(&self, up: bool) {
+        self.listener_up.store(up, Ordering::Release);
+    }
+
+    /// One background query for `host`, unless one is running or the
+    /// database is in its fail-fast window.
+    fn refresh_in_background(self: &Arc<Self>, host: &str) {
+        if self.now_ms() < self.db_retry_at_ms.load(Ordering::Relaxed)
+            || self.inflight.lock().unwrap_or_else(|p| p.into_inner()).contains_key(host)
+        {
+            return;
+        }
+        self.metrics.cache_refreshes.inc();
+        let (me, host) = (self.clone(), host.to_owned());
+        tokio::spawn(async move {
+            let _ = me.fetch(&host).await;
+        });
     }
 
     /// What the cache can answer without the database: the one definition
@@ -143,13 +219,13 @@ impl TenantCache {
         let now = self.tick();
         match self.positive.get(host, |t| age(now, t) >= self.max_stale) {
             Some(p) if !p.stale && age(now, p.stamp) < self.positive_ttl => Cached::Fresh(p.value),
-            Some(p) => Cached::Miss(Some(Stale {
+            Some(p) => Cached::Due {
                 tenant: p.value,
-                fetched: p.stamp,
-            })),
+                marked: p.stale,
+            },
             None => match self.negative.get(host, |t| age(now, t) >= self.negative_ttl) {
-                Some(_) => Cached::Unknown,
-                None => Cached::Miss(None),
+                Some(n) => Cached::Negative(n.value),
+                None => Cached::Miss,
             },
         }
     }
@@ -169,20 +245,23 @@ impl TenantCache {
             let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
             inflight.entry(key.clone()).or_default().clone()
         };
-        let outcome = cell.get_or_init(|| self.query(key.clone())).await.clone();
-        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if inflight.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            inflight.remove(&key);
-        }
-        outcome
+        // Removes the entry when answered, or when the last waiter is
+        // cancelled (a client that went away), whichever comes first.
+        let _leave = Leave {
+            inflight: &self.inflight,
+            key: &key,
+            cell: &cell,
+        };
+        cell.get_or_init(|| self.query(key.clone())).await.clone()
     }
 
     async fn query(&self, key: Arc<str>) -> Outcome {
         // Answered meanwhile by a query that finished while we queued.
         match self.cached(&key) {
-            Cached::Fresh(t) => return Ok(Some(t)),
-            Cached::Unknown => return Ok(None),
-            Cached::Miss(_) => {}
+            Cached::Fresh(t) => return Ok(Answer::Tenant(t)),
+            Cached::Negative(Negative::Unknown) => return Ok(Answer::Unknown),
+            Cached::Negative(Negative::BadRow) => return Ok(Answer::BadRow),
+            Cached::Due { .. } | Cached::Miss => {}
         }
         if self.now_ms() < self.db_retry_at_ms.load(Ordering::Relaxed) {
             return Err(());
@@ -191,7 +270,13 @@ impl TenantCache {
         let changes = self.changes.load(Ordering::SeqCst);
         self.metrics.lookup_queries.inc();
         let start = Instant::now();
-        let result = self.lookup.find(&key).await;
+        let result = match tokio::time::timeout(self.deadline, self.source.find(&key)).await {
+            Ok(r) => r,
+            Err(_) => {
+                self.metrics.lookup_timeouts.inc();
+                Err(LookupError::Deadline(self.deadline))
+            }
+        };
         self.metrics.lookup_seconds.observe(start.elapsed().as_secs_f64());
         let now = self.tick();
         // An invalidation or clear during the query may have been meant for
@@ -199,6 +284,16 @@ impl TenantCache {
         // Insert first, then check: a change counted after the check runs its
         // eviction after this insert.
         let overlapped = || self.changes.load(Ordering::SeqCst) != changes;
+        let negative = |n: Negative| {
+            if !overlapped() {
+                self.positive.remove(&key);
+                self.negative
+                    .insert(&key, n, fetched, |t| age(now, t) >= self.negative_ttl);
+                if overlapped() {
+                    self.negative.remove(&key);
+                }
+            }
+        };
         match result {
             Ok(Some(t)) => {
                 let t = Arc::new(t);
@@ -212,18 +307,18 @@ impl TenantCache {
                         self.positive.remove(&key);
                     }
                 }
-                Ok(Some(t))
+                Ok(Answer::Tenant(t))
             }
             Ok(None) => {
-                if !overlapped() {
-                    self.positive.remove(&key);
-                    self.negative
-                        .insert(&key, (), fetched, |t| age(now, t) >= self.negative_ttl);
-                    if overlapped() {
-                        self.negative.remove(&key);
-                    }
-                }
-                Ok(None)
+                negative(Negative::Unknown);
+                Ok(Answer::Unknown)
+            }
+            Err(e @ LookupError::BadRow { .. }) => {
+                // That host's problem only: no fail-fast window for the others.
+                self.metrics.bad_rows.inc();
+                tracing::warn!(host = %key, error = %e, "tenant lookup: refusing the row for this host");
+                negative(Negative::BadRow);
+                Ok(Answer::BadRow)
             }
             Err(e) => {
                 self.metrics.lookup_errors.inc();
@@ -258,5 +353,262 @@ impl TenantCache {
     /// the benchmark).
     pub fn entry_counts(&self) -> (u64, u64) {
         (self.positive.len() as u64, self.negative.len() as u64)
+    }
+
+    /// Names with a query in flight (for tests).
+    #[cfg(test)]
+    fn inflight_len(&self) -> usize {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+impl From<Answer> for Resolution {
+    fn from(a: Answer) -> Resolution {
+        match a {
+            Answer::Tenant(t) => Resolution::Found(t),
+            Answer::Unknown => Resolution::NotFound,
+            Answer::BadRow => Resolution::Misconfigured,
+        }
+    }
+}
+
+/// Leaves the in-flight map when a waiter is done or dropped.
+struct Leave<'a> {
+    inflight: &'a Mutex<HashMap<Arc<str>, Arc<OnceCell<Outcome>>>>,
+    key: &'a Arc<str>,
+    cell: &'a Arc<OnceCell<Outcome>>,
+}
+
+impl Drop for Leave<'_> {
+    fn drop(&mut self) {
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let ours = inflight.get(self.key).is_some_and(|c| Arc::ptr_eq(c, self.cell));
+        // Answered, or nobody but the map and this waiter holds the cell.
+        if ours && (self.cell.initialized() || Arc::strong_count(self.cell) <= 2) {
+            inflight.remove(self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::tenant::Status;
+
+    /// A domain table in memory whose answers can be held back.
+    #[derive(Default)]
+    struct Fake {
+        rows: Mutex<HashMap<String, Result<Option<&'static str>, &'static str>>>,
+        queries: AtomicUsize,
+        /// While set, queries wait for `release` (a frozen database).
+        frozen: AtomicBool,
+        release: tokio::sync::Notify,
+    }
+
+    impl Fake {
+        fn set(&self, host: &str, row: Result<Option<&'static str>, &'static str>) {
+            self.rows.lock().unwrap().insert(host.into(), row);
+        }
+    }
+
+    #[async_trait]
+    impl TenantSource for Fake {
+        async fn find(&self, host: &str) -> Result<Option<Tenant>, LookupError> {
+            // The row is read first: a frozen query answers what it read.
+            let row = self.rows.lock().unwrap().get(host).cloned().unwrap_or(Ok(None));
+            self.queries.fetch_add(1, Ordering::SeqCst);
+            if self.frozen.load(Ordering::SeqCst) {
+                self.release.notified().await;
+            }
+            match row {
+                Ok(Some(schema)) => Ok(Tenant::new(schema, Status::Active, None)),
+                Ok(None) => Ok(None),
+                Err("bad") => Err(LookupError::BadRow {
+                    host: host.into(),
+                    reason: "schema `public` is reserved".into(),
+                }),
+                Err(_) => Err(LookupError::Task("database down".into())),
+            }
+        }
+    }
+
+    fn cache(fake: &Arc<Fake>, ttl: u64) -> Arc<TenantCache> {
+        let cfg = CacheConfig {
+            positive_ttl_secs: ttl,
+            ..CacheConfig::default()
+        };
+        let c = TenantCache::new(
+            fake.clone(),
+            &cfg,
+            Duration::from_millis(200),
+            Arc::new(Metrics::new(10)),
+        );
+        c.set_listener_up(true);
+        Arc::new(c)
+    }
+
+    fn schema(r: &Resolution) -> Option<&str> {
+        match r {
+            Resolution::Found(t) => Some(t.schema()),
+            _ => None,
+        }
+    }
+
+    /// Make every cached entry older than its TTL.
+    fn age_entries(c: &TenantCache, ticks: Tick) {
+        for shard_key in ["a.test", "b.test", "new.test"] {
+            if let Some(f) = c.positive.get(shard_key, |_| false) {
+                c.positive
+                    .insert(shard_key, f.value, c.tick().wrapping_sub(ticks), |_| false);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_frozen_database_answers_uncached_hosts_503_within_the_deadline() {
+        let fake = Arc::new(Fake::default());
+        let c = cache(&fake, 60);
+        fake.frozen.store(true, Ordering::SeqCst);
+        let start = Instant::now();
+        let waiters: Vec<_> = (0..5)
+            .map(|_| {
+                let c = c.clone();
+                tokio::spawn(async move { c.resolve("new.test").await })
+            })
+            .collect();
+        for w in waiters {
+            assert!(matches!(w.await.unwrap(), Resolution::Unavailable));
+        }
+        assert!(start.elapsed() < Duration::from_secs(2));
+        // Coalesced: one query for five waiters; then fail fast, no query.
+        assert_eq!(fake.queries.load(Ordering::SeqCst), 1);
+        assert!(matches!(c.resolve("other.test").await, Resolution::Unavailable));
+        assert_eq!(fake.queries.load(Ordering::SeqCst), 1);
+        assert_eq!(c.inflight_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn expired_entries_are_served_at_once_and_refreshed_in_the_background() {
+        let fake = Arc::new(Fake::default());
+        fake.set("a.test", Ok(Some("alpha")));
+        let c = cache(&fake, 1);
+        assert_eq!(schema(&c.resolve("a.test").await), Some("alpha"));
+        age_entries(&c, 20);
+        fake.frozen.store(true, Ordering::SeqCst);
+        let start = Instant::now();
+        for _ in 0..10 {
+            assert_eq!(schema(&c.resolve("a.test").await), Some("alpha"));
+        }
+        assert!(start.elapsed() < Duration::from_millis(100), "{:?}", start.elapsed());
+        // One background refresh at a time.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(fake.queries.load(Ordering::SeqCst), 2);
+        // The database answers again with a new tenant for the host.
+        fake.frozen.store(false, Ordering::SeqCst);
+        fake.set("a.test", Ok(Some("beta")));
+        let refreshed = async {
+            loop {
+                if schema(&c.resolve("a.test").await) == Some("beta") {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), refreshed).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn marked_entries_revalidate_while_the_database_answers_and_not_otherwise() {
+        let fake = Arc::new(Fake::default());
+        fake.set("a.test", Ok(Some("alpha")));
+        let c = cache(&fake, 60);
+        c.resolve("a.test").await;
+        fake.set("a.test", Ok(Some("beta")));
+        c.clear();
+        // Listener up: the missed change is picked up before use.
+        assert_eq!(schema(&c.resolve("a.test").await), Some("beta"));
+        c.clear();
+        c.set_listener_up(false);
+        fake.frozen.store(true, Ordering::SeqCst);
+        let start = Instant::now();
+        assert_eq!(schema(&c.resolve("a.test").await), Some("beta"));
+        assert!(start.elapsed() < Duration::from_millis(100));
+    }
+
+    #[tokio::test]
+    async fn a_bad_row_is_that_hosts_problem_only() {
+        let fake = Arc::new(Fake::default());
+        fake.set("public.test", Err("bad"));
+        fake.set("b.test", Ok(Some("beta")));
+        let c = cache(&fake, 60);
+        assert!(matches!(c.resolve("public.test").await, Resolution::Misconfigured));
+        // No fail-fast window: another new host is looked up and found.
+        assert_eq!(schema(&c.resolve("b.test").await), Some("beta"));
+        // Negatively cached: no second query for the bad host.
+        let before = fake.queries.load(Ordering::SeqCst);
+        assert!(matches!(c.resolve("public.test").await, Resolution::Misconfigured));
+        assert_eq!(fake.queries.load(Ordering::SeqCst), before);
+        // A NOTIFY for the fixed row takes effect.
+        fake.set("public.test", Ok(Some("public_site")));
+        c.invalidate(["public.test"]);
+        assert_eq!(schema(&c.resolve("public.test").await), Some("public_site"));
+    }
+
+    #[tokio::test]
+    async fn database_errors_open_the_fail_fast_window_and_stale_entries_survive_it() {
+        let fake = Arc::new(Fake::default());
+        fake.set("a.test", Ok(Some("alpha")));
+        let c = cache(&fake, 60);
+        c.resolve("a.test").await;
+        fake.set("new.test", Err("down"));
+        assert!(matches!(c.resolve("new.test").await, Resolution::Unavailable));
+        c.clear();
+        // Listener up but inside the fail-fast window: served, not asked.
+        let before = fake.queries.load(Ordering::SeqCst);
+        assert_eq!(schema(&c.resolve("a.test").await), Some("alpha"));
+        assert_eq!(fake.queries.load(Ordering::SeqCst), before);
+    }
+
+    #[tokio::test]
+    async fn cancelled_waiters_leave_no_entry_behind() {
+        let fake = Arc::new(Fake::default());
+        fake.frozen.store(true, Ordering::SeqCst);
+        let c = cache(&fake, 60);
+        let waiting = {
+            let c = c.clone();
+            tokio::spawn(async move { c.resolve("gone.test").await })
+        };
+        while c.inflight_len() == 0 {
+            tokio::task::yield_now().await;
+        }
+        waiting.abort();
+        let _ = waiting.await;
+        assert_eq!(c.inflight_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn an_invalidation_during_a_query_is_not_overtaken() {
+        let fake = Arc::new(Fake::default());
+        fake.set("a.test", Ok(Some("alpha")));
+        let c = cache(&fake, 60);
+        fake.frozen.store(true, Ordering::SeqCst);
+        let q = {
+            let c = c.clone();
+            tokio::spawn(async move { c.resolve("a.test").await })
+        };
+        while fake.queries.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // The row changes and its NOTIFY arrives while the query is out.
+        fake.set("a.test", Ok(Some("beta")));
+        c.invalidate(["a.test"]);
+        fake.release.notify_one();
+        // The request gets what its query read, but it is not kept.
+        assert_eq!(schema(&q.await.unwrap()), Some("alpha"));
+        assert!(matches!(c.cached("a.test"), Cached::Miss));
+        fake.frozen.store(false, Ordering::SeqCst);
+        assert_eq!(schema(&c.resolve("a.test").await), Some("beta"));
     }
 }

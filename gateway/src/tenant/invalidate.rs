@@ -1,8 +1,16 @@
 //! Fleet-wide cache invalidation: one LISTEN connection per gateway. The
 //! database triggers (shared migration 0003) NOTIFY a JSON array of changed
-//! host names; we evict them. When the connection drops we mark the whole
-//! cache stale, reconnect with capped backoff, and mark it stale again once
-//! LISTEN is re-established (anything in between may have been missed).
+//! host names; we evict them.
+//!
+//! The connection is also the gateway's view of database health: every
+//! `health_check_interval` it runs `SELECT 1` with a deadline on that very
+//! connection, so a partitioned or frozen server (connection open, nothing
+//! answers) is noticed within interval + deadline, not only a closed one.
+//! When either happens the cache is marked stale and told the database is
+//! down (cached tenants are then served without waiting for it), and we
+//! reconnect with backoff capped at one second; once LISTEN is
+//! re-established the cache is marked stale again (anything in between may
+//! have been missed) and told the database answers.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,64 +19,113 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 
 use super::cache::TenantCache;
 
-pub async fn run(url: String, channel: String, cache: Arc<TenantCache>, connect_timeout: Duration) {
-    let mut backoff = Duration::from_millis(100);
+/// Timing of the listener (from `[database]`).
+#[derive(Debug, Clone, Copy)]
+pub struct ListenTiming {
+    pub connect_timeout: Duration,
+    pub health_interval: Duration,
+    pub health_timeout: Duration,
+}
+
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// A returning database is noticed within this (plus one connect).
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+async fn connect(url: &str, channel: &str, connect_timeout: Duration) -> Result<PgListener, sqlx::Error> {
+    // A pool of one so connecting is bounded by our timeout (the listener's
+    // own default waits 30 s while the database is down).
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(connect_timeout)
+        .connect_lazy(url)?;
+    let mut l = PgListener::connect_with(&pool).await?;
+    // Report a lost connection at once instead of reconnecting inside try_recv.
+    l.eager_reconnect(false);
+    l.listen(channel).await?;
+    Ok(l)
+}
+
+/// Why a listening session ended.
+enum Lost {
+    Closed,
+    Error(sqlx::Error),
+    Unhealthy(String),
+}
+
+/// Serve one connected listener until it is lost.
+async fn listen(listener: &mut PgListener, cache: &TenantCache, timing: ListenTiming) -> Lost {
+    let mut probe = tokio::time::interval(timing.health_interval);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    probe.tick().await;
     loop {
-        let listener = async {
-            // A pool of one so connecting is bounded by our timeout (the
-            // listener's own default waits 30 s while the database is down).
-            let pool = PgPoolOptions::new()
-                .max_connections(1)
-                .acquire_timeout(connect_timeout)
-                .connect_lazy(&url)?;
-            let mut l = PgListener::connect_with(&pool).await?;
-            // Report a lost connection at once instead of reconnecting inside try_recv.
-            l.eager_reconnect(false);
-            l.listen(&channel).await?;
-            Ok::<_, sqlx::Error>(l)
-        }
-        .await;
-        let mut listener = match listener {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "tenant invalidation: cannot LISTEN");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                continue;
-            }
-        };
-        backoff = Duration::from_millis(100);
-        cache.clear();
-        cache.metrics().invalidation_connected.set(1);
-        tracing::info!(channel = %channel, "tenant invalidation: listening");
-        loop {
-            match listener.try_recv().await {
+        tokio::select! {
+            // try_recv is cancel-safe (sqlx reads whole messages or nothing).
+            n = listener.try_recv() => match n {
                 Ok(Some(n)) => match serde_json::from_str::<Vec<String>>(n.payload()) {
                     Ok(names) => {
                         tracing::debug!(?names, "tenant invalidation");
                         cache.invalidate(names.iter().map(String::as_str));
                     }
                     Err(_) => {
-                        tracing::warn!(
-                            payload = n.payload(),
-                            "tenant invalidation: unexpected payload; clearing cache"
-                        );
+                        tracing::warn!(payload = n.payload(), "tenant invalidation: unexpected payload; clearing cache");
                         cache.clear();
                     }
                 },
-                Ok(None) => {
-                    cache.metrics().invalidation_connected.set(0);
-                    tracing::warn!("tenant invalidation: connection lost; cache marked stale");
-                    cache.clear();
-                    break;
-                }
-                Err(e) => {
-                    cache.metrics().invalidation_connected.set(0);
-                    tracing::warn!(error = %e, "tenant invalidation: connection error; cache marked stale");
-                    cache.clear();
-                    break;
+                Ok(None) => return Lost::Closed,
+                Err(e) => return Lost::Error(e),
+            },
+            _ = probe.tick() => {
+                let health = sqlx::query("SELECT 1").execute(&mut *listener);
+                match tokio::time::timeout(timing.health_timeout, health).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => return Lost::Error(e),
+                    Err(_) => return Lost::Unhealthy(format!("no answer to the health query within {:?}", timing.health_timeout)),
                 }
             }
         }
+    }
+}
+
+pub async fn run(url: String, channel: String, cache: Arc<TenantCache>, timing: ListenTiming) {
+    let metrics = || cache.metrics();
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let connecting = tokio::time::timeout(
+            timing.connect_timeout + timing.health_timeout,
+            connect(&url, &channel, timing.connect_timeout),
+        );
+        let mut listener = match connecting.await {
+            Ok(Ok(l)) => l,
+            failed => {
+                let error = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "connecting timed out".to_owned(),
+                };
+                tracing::warn!(error, retry_in_ms = backoff.as_millis() as u64, "tenant invalidation: cannot LISTEN");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = BACKOFF_MIN;
+        cache.clear();
+        cache.set_listener_up(true);
+        metrics().invalidation_connected.set(1);
+        metrics().database_up.set(1);
+        tracing::info!(channel = %channel, "tenant invalidation: listening");
+        let lost = listen(&mut listener, &cache, timing).await;
+        cache.set_listener_up(false);
+        metrics().invalidation_connected.set(0);
+        metrics().database_up.set(0);
+        cache.clear();
+        match lost {
+            Lost::Closed => tracing::warn!("tenant invalidation: connection lost; cache marked stale"),
+            Lost::Error(e) => tracing::warn!(error = %e, "tenant invalidation: connection error; cache marked stale"),
+            Lost::Unhealthy(why) => {
+                tracing::warn!(reason = %why, "tenant invalidation: database not answering; cache marked stale")
+            }
+        }
+        // Dropping a listener whose server does not answer must not block us.
+        drop(listener);
     }
 }

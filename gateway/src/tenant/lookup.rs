@@ -13,6 +13,7 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Column, Executor, PgPool, Row, Statement};
 
+use super::cache::TenantSource;
 use super::{Status, Tenant};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,8 @@ pub enum LookupError {
     BadRow { host: String, reason: String },
     #[error("lookup task failed: {0}")]
     Task(String),
+    #[error("no answer within the lookup deadline ({0:?})")]
+    Deadline(std::time::Duration),
 }
 
 /// The lookup thread's runtime (also hosts its pool's maintenance task).
@@ -136,13 +139,27 @@ impl Lookup {
         Ok(())
     }
 
-    /// Look one host up, on the lookup thread. `Ok(None)`: not in the domain table.
-    pub async fn find(&self, host: &str) -> Result<Option<Tenant>, LookupError> {
+}
+
+#[async_trait::async_trait]
+impl TenantSource for Lookup {
+    /// Look one host up, on the lookup thread. `Ok(None)`: not in the domain
+    /// table. Dropping the future (the cache's deadline) aborts the query, so
+    /// a stuck query gives its pooled connection back.
+    async fn find(&self, host: &str) -> Result<Option<Tenant>, LookupError> {
         let (pool, query, name) = (self.pool.clone(), self.query.clone(), host.to_owned());
-        self.rt
-            .spawn(async move { find_on(&pool, &query, &name).await })
-            .await
-            .map_err(|e| LookupError::Task(e.to_string()))?
+        let task = self.rt.spawn(async move { find_on(&pool, &query, &name).await });
+        let _abort = AbortOnDrop(task.abort_handle());
+        task.await.map_err(|e| LookupError::Task(e.to_string()))?
+    }
+}
+
+/// Aborts a spawned task when dropped (a no-op once it has finished).
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -1,97 +1,40 @@
-//! Our TLS accept path. Pingora 0.9's rustls listener takes one static
-//! certificate, so this module owns the TLS listener: accept TCP, read the
-//! ClientHello with tokio-rustls' `LazyConfigAcceptor` (SNI, ALPN), pick the
-//! server config, finish the handshake, and hand the decrypted stream to
-//! Pingora's HTTP proxy app (`ServerApp::process_new`) inside a Pingora
-//! `Service`, so graceful shutdown works as for Pingora's own listeners.
+//! Our TLS handshake. Pingora 0.9's rustls listener takes one static
+//! certificate, so the HTTPS listener ([`crate::conn::listener`]) runs this
+//! handshake instead: read the ClientHello with tokio-rustls'
+//! `LazyConfigAcceptor` (SNI, ALPN), answer TLS-ALPN-01 validation, wait
+//! (bounded) for an on-demand certificate, finish the handshake under a total
+//! deadline, and hand the decrypted stream to Pingora's HTTP app.
 //!
 //! Pingora learns the negotiated ALPN (HTTP/2 vs 1.1) from
 //! `Ssl::selected_alpn_proto`, the client address from the socket digest,
-//! and that the connection is TLS from the SSL digest. The SNI of each live
-//! connection is kept in [`SniRegistry`] for the Host/SNI (421) check.
+//! and that the connection is TLS from the SSL digest. The SNI travels with
+//! the connection itself ([`ConnFacts`]) for the Host/SNI (421) check.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
 use pingora_core::protocols::tls::SslDigest;
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, TimingDigest, UniqueID,
     UniqueIDType, ALPN,
 };
-use pingora_core::server::{ListenFds, ShutdownWatch};
-use pingora_core::services::Service;
 use rustls::server::{Acceptor, ClientHello, ResolvesServerCert, ServerSessionMemoryCache};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio_rustls::LazyConfigAcceptor;
 
 use super::acme::Acme;
 use super::store::CertStore;
+use crate::conn::listener::Handshake;
+use crate::conn::stream::{ConnFacts, Sni};
 use crate::metrics::Metrics;
-
-/// The SNI of a live TLS connection, normalised once at the handshake (not
-/// on every request of the connection).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Sni {
-    /// The client sent no SNI (e.g. it connected to an IP literal).
-    Absent,
-    /// The name, normalised like a Host header.
-    Name(Arc<str>),
-    /// An SNI that is not a valid host name: agrees with no Host.
-    Invalid,
-}
-
-impl Sni {
-    fn from_hello(name: Option<&str>) -> Sni {
-        match name {
-            None => Sni::Absent,
-            Some(n) => tenancy::normalize_host(n).map_or(Sni::Invalid, |h| Sni::Name(h.into())),
-        }
-    }
-}
-
-/// SNI of every live TLS connection, by client address.
-#[derive(Default)]
-pub struct SniRegistry(Mutex<HashMap<SocketAddr, Sni>>);
-
-impl SniRegistry {
-    /// `None`: not a live TLS connection.
-    pub fn get(&self, peer: &SocketAddr) -> Option<Sni> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).get(peer).cloned()
-    }
-
-    fn register(self: &Arc<Self>, peer: SocketAddr, sni: Sni) -> SniGuard {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(peer, sni);
-        SniGuard {
-            registry: self.clone(),
-            peer,
-        }
-    }
-}
-
-struct SniGuard {
-    registry: Arc<SniRegistry>,
-    peer: SocketAddr,
-}
-
-impl Drop for SniGuard {
-    fn drop(&mut self) {
-        self.registry
-            .0
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.peer);
-    }
-}
 
 /// Picks the certificate for each handshake from the store.
 #[derive(Debug)]
@@ -165,10 +108,19 @@ pub struct TlsConn {
     alpn: Option<ALPN>,
     established: SystemTime,
     handshake: Duration,
+    /// Counts this connection in `tls_connections` while it lives.
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for TlsConn {
+    fn drop(&mut self) {
+        self.metrics.tls_connections.dec();
+    }
 }
 
 impl TlsConn {
-    fn new(tls: tokio_rustls::server::TlsStream<TcpStream>, handshake: Duration) -> TlsConn {
+    fn new(tls: tokio_rustls::server::TlsStream<TcpStream>, handshake: Duration, metrics: Arc<Metrics>) -> TlsConn {
+        metrics.tls_connections.inc();
         let (tcp, conn) = tls.get_ref();
         let fd = tcp.as_raw_fd();
         let alpn = match conn.alpn_protocol() {
@@ -190,6 +142,7 @@ impl TlsConn {
             alpn,
             established: SystemTime::now(),
             handshake,
+            metrics,
         }
     }
 }
@@ -278,151 +231,70 @@ impl GetSocketDigest for TlsConn {
 #[async_trait]
 impl Peek for TlsConn {}
 
-/// The TLS listener as a Pingora service.
-pub struct TlsService<A> {
-    pub name: String,
-    pub addr: SocketAddr,
-    pub app: Arc<A>,
+/// The HTTPS listener's handshake step.
+pub struct TlsHandshake {
     pub config: Arc<ServerConfig>,
     pub store: Arc<CertStore>,
     pub acme: Option<Arc<Acme>>,
-    pub sni: Arc<SniRegistry>,
-    pub handshake_timeout: Duration,
+    /// Total deadline from accept to a finished handshake.
+    pub timeout: Duration,
     pub metrics: Arc<Metrics>,
 }
 
-#[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> Service for TlsService<A> {
-    async fn start_service(&mut self, _fds: Option<ListenFds>, mut shutdown: ShutdownWatch, _listeners_per_fd: usize) {
-        let listener = match TcpListener::bind(self.addr).await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!(addr = %self.addr, error = %e, "config key `tls.listen`: cannot bind");
-                std::process::exit(1);
+impl TlsHandshake {
+    async fn run(&self, tcp: TcpStream) -> std::io::Result<(tokio_rustls::server::TlsStream<TcpStream>, Option<Arc<str>>)> {
+        let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await?;
+        let hello = start.client_hello();
+        let sni: Option<Arc<str>> = hello.server_name().map(Arc::from);
+        let acme_tls = hello
+            .alpn()
+            .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
+        if let (Some(acme), Some(name)) = (&self.acme, &sni) {
+            if acme_tls {
+                // TLS-ALPN-01 validation: answer with the challenge certificate, then close.
+                let key = acme
+                    .alpn_key(name)
+                    .await
+                    .ok_or_else(|| std::io::Error::other("no TLS-ALPN-01 challenge"))?;
+                let mut tls = start.into_stream(challenge_config(key)?).await?;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
+                return Err(std::io::Error::other("acme-tls/1 validation answered"));
             }
-        };
-        tracing::info!(addr = %self.addr, "TLS listener ready");
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => break,
-                accepted = listener.accept() => match accepted {
-                    Ok((tcp, peer)) => {
-                        let conn = Connection {
-                            app: self.app.clone(),
-                            config: self.config.clone(),
-                            store: self.store.clone(),
-                            acme: self.acme.clone(),
-                            sni: self.sni.clone(),
-                            timeout: self.handshake_timeout,
-                            metrics: self.metrics.clone(),
-                            shutdown: shutdown.clone(),
-                        };
-                        tokio::spawn(conn.serve(tcp, peer));
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "TLS accept failed");
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                    }
-                }
+            if self.store.lookup(name).is_none() {
+                // On demand: an eligible name waits (bounded) for its certificate.
+                acme.on_demand(name).await;
             }
         }
-        tracing::info!(addr = %self.addr, "TLS listener closed");
-    }
-
-    fn name(&self) -> &str {
-        &self.name
+        let tls = start.into_stream(self.config.clone()).await?;
+        Ok((tls, sni))
     }
 }
 
-/// Runs `f` when dropped (however the connection task ends).
-struct OnDrop<F: FnMut()>(F);
+#[async_trait]
+impl Handshake for TlsHandshake {
+    type Stream = TlsConn;
 
-impl<F: FnMut()> Drop for OnDrop<F> {
-    fn drop(&mut self) {
-        (self.0)()
-    }
-}
-
-fn scopeguard<F: FnMut()>(f: F) -> OnDrop<F> {
-    OnDrop(f)
-}
-
-struct Connection<A> {
-    app: Arc<A>,
-    config: Arc<ServerConfig>,
-    store: Arc<CertStore>,
-    acme: Option<Arc<Acme>>,
-    sni: Arc<SniRegistry>,
-    timeout: Duration,
-    metrics: Arc<Metrics>,
-    shutdown: ShutdownWatch,
-}
-
-impl<A: ServerApp + Send + Sync + 'static> Connection<A> {
-    async fn serve(self, tcp: TcpStream, peer: SocketAddr) {
+    async fn handshake(&self, tcp: TcpStream, peer: SocketAddr) -> Option<(TlsConn, ConnFacts)> {
         let _ = tcp.set_nodelay(true);
         let started = std::time::Instant::now();
-        let handshake = async {
-            let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await?;
-            let hello = start.client_hello();
-            let sni: Option<Arc<str>> = hello.server_name().map(Arc::from);
-            let acme_tls = hello
-                .alpn()
-                .is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN));
-            if let (Some(acme), Some(name)) = (&self.acme, &sni) {
-                if acme_tls {
-                    // TLS-ALPN-01 validation: answer with the challenge certificate, then close.
-                    let key = acme
-                        .alpn_key(name)
-                        .await
-                        .ok_or_else(|| std::io::Error::other("no TLS-ALPN-01 challenge"))?;
-                    let mut tls = start.into_stream(challenge_config(key)?).await?;
-                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
-                    return Err(std::io::Error::other("acme-tls/1 validation answered"));
-                }
-                if self.store.lookup(name).is_none() {
-                    // On demand: an eligible name waits (bounded) for its certificate.
-                    acme.on_demand(name).await;
-                }
-            }
-            let tls = start.into_stream(self.config.clone()).await?;
-            Ok::<_, std::io::Error>((tls, sni))
-        };
-        let (tls, sni) = match tokio::time::timeout(self.timeout, handshake).await {
+        let (tls, sni) = match tokio::time::timeout(self.timeout, self.run(tcp)).await {
             Ok(Ok(done)) => done,
             Ok(Err(e)) => {
                 self.metrics.tls_handshakes.with_label_values(&["failed"]).inc();
                 tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                return;
+                return None;
             }
             Err(_) => {
                 self.metrics.tls_handshakes.with_label_values(&["timeout"]).inc();
+                self.metrics.deadline_hits.with_label_values(&["tls_handshake"]).inc();
                 tracing::debug!(%peer, "TLS handshake timed out");
-                return;
+                return None;
             }
         };
         self.metrics.tls_handshakes.with_label_values(&["ok"]).inc();
-        self.metrics.tls_connections.inc();
-        let _open = scopeguard(|| self.metrics.tls_connections.dec());
-        let _guard = self.sni.register(peer, Sni::from_hello(sni.as_deref()));
-        let mut stream: pingora_core::protocols::Stream = Box::new(TlsConn::new(tls, started.elapsed()));
-        while let Some(next) = self.app.process_new(stream, &self.shutdown).await {
-            stream = next;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sni_is_normalised_at_the_handshake() {
-        assert_eq!(Sni::from_hello(None), Sni::Absent);
-        assert_eq!(
-            Sni::from_hello(Some("Acme.MyApp.Test.")),
-            Sni::Name(Arc::from("acme.myapp.test"))
-        );
-        assert_eq!(Sni::from_hello(Some("bad name!")), Sni::Invalid);
+        let facts = ConnFacts {
+            tls: Some(Sni::from_hello(sni.as_deref())),
+        };
+        Some((TlsConn::new(tls, started.elapsed(), self.metrics.clone()), facts))
     }
 }

@@ -1,0 +1,332 @@
+//! The per-connection deadlines of HTTP/1 as a pure state machine over the
+//! bytes a connection reads and writes (no I/O, no clock: callers pass
+//! `Instant`s). [`super::stream::Guarded`] drives it from the socket.
+//!
+//! Pingora's read timeout is per read, so a client trickling one byte at a
+//! time keeps a request head open forever. Here a connection is always in
+//! one phase:
+//!
+//! - `Head`: reading a request head; it must be complete (blank line seen)
+//!   by `head_deadline`. The first request's clock starts at accept (so a
+//!   client that never sends a byte is cut too), later ones at their first
+//!   byte.
+//! - `Body`: head complete, the response not started; the body must arrive
+//!   at `min_body_rate` on average, counting only time spent waiting for the
+//!   client (a backend that reads slowly does not count against the client),
+//!   once that waiting exceeds `body_grace`.
+//! - `Responded`: the response has started; the next bytes read begin the
+//!   next request (keep-alive).
+//! - `Idle`: a keep-alive connection waiting for its next request; it is
+//!   closed quietly at `idle` after the last response.
+//! - `Tunnel`: upgraded (101) or HTTP/2: none of the above applies.
+
+use std::time::{Duration, Instant};
+
+/// Deadlines of one connection (`[limits]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub head: Duration,
+    pub idle: Duration,
+    /// Bytes per second; 0 disables the body rate check.
+    pub min_body_rate: u64,
+    pub body_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Head,
+    Body,
+    Responded,
+    Idle,
+    Tunnel,
+}
+
+/// What a read must turn into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Carry on.
+    Ok,
+    /// The request head took too long: fail the read (the request is cut).
+    HeadTimeout,
+    /// The body arrives slower than the minimum rate: fail the read.
+    BodyTooSlow,
+    /// Keep-alive idle time is over: end the connection quietly (EOF).
+    IdleTimeout,
+}
+
+/// Recognises the end of a request head across reads: a line feed, an
+/// optional carriage return, a line feed (`\r\n\r\n` or a bare `\n\n`, as
+/// the HTTP/1 parser accepts both).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeadScanner {
+    after_lf: bool,
+}
+
+impl HeadScanner {
+    /// Feed bytes; `Some(i)`: the head ends just before `bytes[i]`.
+    pub fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
+        for (i, &b) in bytes.iter().enumerate() {
+            match b {
+                b'\n' if self.after_lf => {
+                    self.after_lf = false;
+                    return Some(i + 1);
+                }
+                b'\n' => self.after_lf = true,
+                b'\r' => {}
+                _ => self.after_lf = false,
+            }
+        }
+        None
+    }
+}
+
+/// The state of one connection.
+#[derive(Debug, Clone)]
+pub struct ConnDeadlines {
+    t: Timeouts,
+    phase: Phase,
+    scanner: HeadScanner,
+    /// `Head`: when the head must be complete; `Idle`: when to close.
+    deadline: Instant,
+    body_bytes: u64,
+    /// Time spent waiting for the client's body so far.
+    body_waited: Duration,
+    /// A read is pending since (for the body's waiting time).
+    waiting_since: Option<Instant>,
+}
+
+/// `HTTP/1.x 1xx`: an informational response (100 Continue, 101 Switching).
+fn informational(head: &[u8]) -> Option<u16> {
+    if head.len() < 12 || !head.starts_with(b"HTTP/1.") || head[8] != b' ' {
+        return None;
+    }
+    let code = &head[9..12];
+    if code[0] != b'1' || !code.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(code.iter().fold(0u16, |n, d| n * 10 + u16::from(d - b'0')))
+}
+
+impl ConnDeadlines {
+    /// A new HTTP/1 connection accepted at `now`.
+    pub fn http1(t: Timeouts, now: Instant) -> ConnDeadlines {
+        ConnDeadlines {
+            t,
+            phase: Phase::Head,
+            scanner: HeadScanner::default(),
+            deadline: now + t.head,
+            body_bytes: 0,
+            body_waited: Duration::ZERO,
+            waiting_since: None,
+        }
+    }
+
+    /// A connection with no HTTP/1 deadlines (HTTP/2).
+    pub fn tunnel(t: Timeouts, now: Instant) -> ConnDeadlines {
+        ConnDeadlines {
+            phase: Phase::Tunnel,
+            ..ConnDeadlines::http1(t, now)
+        }
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// The instant a pending read must be woken at, if any.
+    pub fn wake_at(&self) -> Option<Instant> {
+        matches!(self.phase, Phase::Head | Phase::Idle).then_some(self.deadline)
+    }
+
+    /// `bytes` were read; `now` is asked only when the phase needs a clock.
+    pub fn on_data(&mut self, bytes: &[u8], now: impl FnOnce() -> Instant) -> Verdict {
+        match self.phase {
+            Phase::Tunnel => Verdict::Ok,
+            Phase::Idle | Phase::Responded => {
+                // The first byte of the next request starts its head clock.
+                self.phase = Phase::Head;
+                self.scanner = HeadScanner::default();
+                self.deadline = now() + self.t.head;
+                self.scan(bytes);
+                Verdict::Ok
+            }
+            Phase::Head => {
+                self.scan(bytes);
+                Verdict::Ok
+            }
+            Phase::Body => {
+                self.body_bytes += bytes.len() as u64;
+                if let Some(since) = self.waiting_since.take() {
+                    self.body_waited += now().saturating_duration_since(since);
+                }
+                self.body_verdict()
+            }
+        }
+    }
+
+    fn scan(&mut self, bytes: &[u8]) {
+        if let Some(end) = self.scanner.feed(bytes) {
+            self.phase = Phase::Body;
+            self.body_bytes = (bytes.len() - end) as u64;
+            self.body_waited = Duration::ZERO;
+            self.waiting_since = None;
+        }
+    }
+
+    fn body_verdict(&self) -> Verdict {
+        if self.t.min_body_rate == 0 || self.body_waited <= self.t.body_grace {
+            return Verdict::Ok;
+        }
+        let needed = self.t.min_body_rate as f64 * self.body_waited.as_secs_f64();
+        if (self.body_bytes as f64) < needed {
+            Verdict::BodyTooSlow
+        } else {
+            Verdict::Ok
+        }
+    }
+
+    /// A read found nothing to read at `now`.
+    pub fn on_pending(&mut self, now: Instant) -> Verdict {
+        match self.phase {
+            Phase::Head if now >= self.deadline => Verdict::HeadTimeout,
+            Phase::Idle if now >= self.deadline => Verdict::IdleTimeout,
+            Phase::Responded => {
+                self.phase = Phase::Idle;
+                self.deadline = now + self.t.idle;
+                Verdict::Ok
+            }
+            Phase::Body => {
+                self.waiting_since.get_or_insert(now);
+                Verdict::Ok
+            }
+            _ => Verdict::Ok,
+        }
+    }
+
+    /// The connection writes `bytes` (the start of a write).
+    pub fn on_write(&mut self, bytes: &[u8]) {
+        match self.phase {
+            Phase::Head | Phase::Body => match informational(bytes) {
+                Some(101) => self.phase = Phase::Tunnel,
+                // 100 Continue and friends: the request goes on.
+                Some(_) => {}
+                None => self.phase = Phase::Responded,
+            },
+            Phase::Responded | Phase::Idle | Phase::Tunnel => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Timeouts = Timeouts {
+        head: Duration::from_secs(10),
+        idle: Duration::from_secs(60),
+        min_body_rate: 100,
+        body_grace: Duration::from_secs(5),
+    };
+
+    fn secs(start: Instant, s: u64) -> Instant {
+        start + Duration::from_secs(s)
+    }
+
+    #[test]
+    fn head_end_is_found_across_reads_and_line_endings() {
+        let mut s = HeadScanner::default();
+        assert_eq!(s.feed(b"GET / HTTP/1.1\r\nHost: a\r\n"), None);
+        assert_eq!(s.feed(b"\r"), None);
+        assert_eq!(s.feed(b"\nbody"), Some(1));
+        let mut s = HeadScanner::default();
+        assert_eq!(s.feed(b"GET / HTTP/1.1\nHost: a\n\nx"), Some(24));
+        let mut s = HeadScanner::default();
+        assert_eq!(s.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX: \n"), None);
+    }
+
+    #[test]
+    fn a_trickled_head_times_out_at_the_deadline() {
+        let t0 = Instant::now();
+        let mut c = ConnDeadlines::http1(T, t0);
+        for i in 0..9 {
+            assert_eq!(c.on_data(b"G", || secs(t0, i)), Verdict::Ok);
+            assert_eq!(c.on_pending(secs(t0, i)), Verdict::Ok);
+        }
+        assert_eq!(c.wake_at(), Some(secs(t0, 10)));
+        assert_eq!(c.on_pending(secs(t0, 10)), Verdict::HeadTimeout);
+    }
+
+    #[test]
+    fn a_client_that_sends_nothing_is_cut_at_the_head_deadline() {
+        let t0 = Instant::now();
+        let mut c = ConnDeadlines::http1(T, t0);
+        assert_eq!(c.on_pending(secs(t0, 9)), Verdict::Ok);
+        assert_eq!(c.on_pending(secs(t0, 10)), Verdict::HeadTimeout);
+    }
+
+    #[test]
+    fn keep_alive_idle_then_next_head_gets_a_fresh_deadline() {
+        let t0 = Instant::now();
+        let mut c = ConnDeadlines::http1(T, t0);
+        c.on_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", || t0);
+        assert_eq!(c.phase(), Phase::Body);
+        c.on_write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        assert_eq!(c.phase(), Phase::Responded);
+        assert_eq!(c.on_pending(secs(t0, 20)), Verdict::Ok);
+        assert_eq!(c.phase(), Phase::Idle);
+        assert_eq!(c.on_pending(secs(t0, 79)), Verdict::Ok);
+        // The next request's first byte arrives before the idle deadline.
+        c.on_data(b"GET", || secs(t0, 79));
+        assert_eq!(c.phase(), Phase::Head);
+        assert_eq!(c.on_pending(secs(t0, 88)), Verdict::Ok);
+        assert_eq!(c.on_pending(secs(t0, 89)), Verdict::HeadTimeout);
+    }
+
+    #[test]
+    fn idle_keep_alive_is_closed_quietly() {
+        let t0 = Instant::now();
+        let mut c = ConnDeadlines::http1(T, t0);
+        c.on_data(b"GET / HTTP/1.1\r\n\r\n", || t0);
+        c.on_write(b"HTTP/1.1 404 Not Found\r\n\r\n");
+        c.on_pending(t0);
+        assert_eq!(c.on_pending(secs(t0, 60)), Verdict::IdleTimeout);
+    }
+
+    #[test]
+    fn slow_body_is_cut_but_a_slow_backend_does_not_count() {
+        let t0 = Instant::now();
+        let mut c = ConnDeadlines::http1(T, t0);
+        c.on_data(b"POST / HTTP/1.1\r\ncontent-length: 9999\r\n\r\n", || t0);
+        // 1 byte every 3 s of waiting for the client.
+        let mut now = t0;
+        let mut verdict = Verdict::Ok;
+        for _ in 0..4 {
+            c.on_pending(now);
+            now += Duration::from_secs(3);
+            verdict = c.on_data(b"x", || now);
+        }
+        assert_eq!(verdict, Verdict::BodyTooSlow);
+
+        // Fast body, then a long time not reading (backend busy): no waiting counted.
+        let mut c = ConnDeadlines::http1(T, t0);
+        c.on_data(b"POST / HTTP/1.1\r\n\r\n", || t0);
+        assert_eq!(c.on_data(&[0u8; 4096], || t0), Verdict::Ok);
+        c.on_pending(secs(t0, 100));
+        assert_eq!(c.on_data(&[0u8; 4096], || secs(t0, 100)), Verdict::Ok);
+    }
+
+    #[test]
+    fn upgrades_and_continues() {
+        let t0 = Instant::now();
+        let mut c = ConnDeadlines::http1(T, t0);
+        c.on_data(b"POST / HTTP/1.1\r\nexpect: 100-continue\r\n\r\n", || t0);
+        c.on_write(b"HTTP/1.1 100 Continue\r\n\r\n");
+        assert_eq!(c.phase(), Phase::Body);
+        let mut c = ConnDeadlines::http1(T, t0);
+        c.on_data(b"GET /ws HTTP/1.1\r\nupgrade: websocket\r\n\r\n", || t0);
+        c.on_write(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
+        assert_eq!(c.phase(), Phase::Tunnel);
+        assert_eq!(c.on_pending(secs(t0, 1000)), Verdict::Ok);
+        assert_eq!(c.wake_at(), None);
+    }
+}

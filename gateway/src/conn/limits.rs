@@ -1,0 +1,211 @@
+//! Connection caps of the public listeners: a total per listener and a cap
+//! per client address shared by both listeners, so one client cannot take
+//! the file descriptors every other tenant's visitors need.
+//!
+//! Written here rather than taken from a crate: this is counting, not rate
+//! limiting (rate-limit crates such as `governor` bound events per second,
+//! not concurrent holders), and the count must be released by a guard when a
+//! connection ends however its task ends.
+//!
+//! IPv6 clients are counted per /64: a single host usually owns a whole /64,
+//! so counting per address would let it open 2^64 "clients".
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Why a connection was refused (the `reason` label of the refusal metric).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The listener holds `max_connections` already.
+    Total,
+    /// This client address (or IPv6 /64) holds `max_connections_per_ip`.
+    PerIp,
+}
+
+impl Refusal {
+    pub fn label(self) -> &'static str {
+        match self {
+            Refusal::Total => "listener_cap",
+            Refusal::PerIp => "per_ip_cap",
+        }
+    }
+}
+
+/// The key a client is counted under: its IPv4 address, or its IPv6 /64.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+const SHARDS: usize = 16;
+
+/// Open connections per client, shared by the public listeners.
+pub struct PerIp {
+    max: usize,
+    shards: [Mutex<HashMap<IpAddr, u32>>; SHARDS],
+}
+
+impl PerIp {
+    pub fn new(max: usize) -> Arc<PerIp> {
+        Arc::new(PerIp {
+            max,
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+        })
+    }
+
+    fn shard(&self, key: &IpAddr) -> std::sync::MutexGuard<'_, HashMap<IpAddr, u32>> {
+        let h = match key {
+            IpAddr::V4(v4) => u32::from(*v4) as usize,
+            IpAddr::V6(v6) => (u128::from(*v6) >> 64) as usize,
+        };
+        // Counting only: a poisoned shard still holds valid counts.
+        self.shards[h.wrapping_mul(0x9E37_79B9) % SHARDS]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn acquire(&self, key: IpAddr) -> bool {
+        let mut shard = self.shard(&key);
+        let n = shard.entry(key).or_insert(0);
+        if *n as usize >= self.max {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn release(&self, key: IpAddr) {
+        let mut shard = self.shard(&key);
+        if let Some(n) = shard.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                shard.remove(&key);
+            }
+        }
+    }
+
+    /// Clients currently counted.
+    #[cfg(test)]
+    fn clients(&self) -> usize {
+        (0..SHARDS).map(|i| self.shards[i].lock().unwrap_or_else(|p| p.into_inner()).len()).sum()
+    }
+}
+
+/// One listener's caps.
+pub struct ConnLimits {
+    max_total: usize,
+    open: AtomicUsize,
+    per_ip: Arc<PerIp>,
+}
+
+impl ConnLimits {
+    pub fn new(max_total: usize, per_ip: Arc<PerIp>) -> Arc<ConnLimits> {
+        Arc::new(ConnLimits {
+            max_total,
+            open: AtomicUsize::new(0),
+            per_ip,
+        })
+    }
+
+    /// Admit a connection from `ip`, or say why not. The permit releases
+    /// both counts when dropped.
+    pub fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<ConnPermit, Refusal> {
+        let prev = self.open.fetch_add(1, Ordering::AcqRel);
+        if prev >= self.max_total {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::Total);
+        }
+        let key = client_key(ip);
+        if !self.per_ip.acquire(key) {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal::PerIp);
+        }
+        Ok(ConnPermit {
+            limits: self.clone(),
+            key,
+        })
+    }
+
+    /// Connections open on this listener.
+    #[cfg(test)]
+    fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+}
+
+/// One admitted connection; dropping it frees its place.
+pub struct ConnPermit {
+    limits: Arc<ConnLimits>,
+    key: IpAddr,
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        self.limits.per_ip.release(self.key);
+        self.limits.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn per_ip_cap_leaves_room_for_other_clients() {
+        let per_ip = PerIp::new(2);
+        let l = ConnLimits::new(10, per_ip.clone());
+        let a1 = l.admit(ip("10.0.0.1")).unwrap();
+        let _a2 = l.admit(ip("10.0.0.1")).unwrap();
+        assert_eq!(l.admit(ip("10.0.0.1")).err(), Some(Refusal::PerIp));
+        let _b = l.admit(ip("10.0.0.2")).unwrap();
+        assert_eq!(l.open(), 3);
+        drop(a1);
+        let _a3 = l.admit(ip("10.0.0.1")).unwrap();
+        assert_eq!(per_ip.clients(), 2);
+    }
+
+    #[test]
+    fn total_cap_and_release() {
+        let l = ConnLimits::new(2, PerIp::new(10));
+        let a = l.admit(ip("10.0.0.1")).unwrap();
+        let b = l.admit(ip("10.0.0.2")).unwrap();
+        assert_eq!(l.admit(ip("10.0.0.3")).err(), Some(Refusal::Total));
+        drop((a, b));
+        assert_eq!(l.open(), 0);
+        assert!(l.admit(ip("10.0.0.3")).is_ok());
+    }
+
+    #[test]
+    fn ipv6_counts_per_64_and_mapped_v4_as_v4() {
+        let per_ip = PerIp::new(1);
+        let l = ConnLimits::new(10, per_ip.clone());
+        let _a = l.admit(ip("2001:db8:1:2::1")).unwrap();
+        assert_eq!(l.admit(ip("2001:db8:1:2::ffff")).err(), Some(Refusal::PerIp));
+        assert!(l.admit(ip("2001:db8:1:3::1")).is_ok());
+        let _v4 = l.admit(ip("192.0.2.1")).unwrap();
+        assert_eq!(l.admit(ip("::ffff:192.0.2.1")).err(), Some(Refusal::PerIp));
+    }
+
+    #[test]
+    fn shared_per_ip_across_listeners() {
+        let per_ip = PerIp::new(1);
+        let http = ConnLimits::new(10, per_ip.clone());
+        let tls = ConnLimits::new(10, per_ip);
+        let _a = http.admit(ip("10.0.0.1")).unwrap();
+        assert_eq!(tls.admit(ip("10.0.0.1")).err(), Some(Refusal::PerIp));
+    }
+}

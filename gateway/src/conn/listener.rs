@@ -1,0 +1,149 @@
+//! One public listener as a Pingora service: accept, admit under the
+//! connection caps (refusing cheaply: the socket is closed at once and the
+//! refusal counted), run the listener's handshake (none for plain HTTP, TLS
+//! for HTTPS), wrap the stream in [`Guarded`] and hand it to Pingora's HTTP
+//! app. Both public listeners go through here, so both get the same caps and
+//! deadlines; the admin listener stays a plain Pingora service.
+//!
+//! The socket is bound by the caller before the server starts (a port in
+//! use is a start-up error naming the config key, not a failure inside a
+//! running service). Connections are spread over the proxy's runtime threads.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::{Ssl, IO};
+use pingora_core::server::{ListenFds, ShutdownWatch};
+use pingora_core::services::Service;
+use tokio::net::{TcpListener, TcpStream};
+
+use super::deadline::{ConnDeadlines, Timeouts};
+use super::limits::ConnLimits;
+use super::stream::{ConnFacts, Guarded};
+use crate::metrics::Metrics;
+
+/// What a listener does between accepting a connection and serving HTTP on it.
+#[async_trait]
+pub trait Handshake: Send + Sync + 'static {
+    type Stream: IO + Ssl;
+    /// `None`: the connection ends here (failed handshake, ACME validation answered).
+    async fn handshake(&self, tcp: TcpStream, peer: SocketAddr) -> Option<(Self::Stream, ConnFacts)>;
+}
+
+/// Plain HTTP: the TCP stream as Pingora's own stream type.
+pub struct Plain;
+
+#[async_trait]
+impl Handshake for Plain {
+    type Stream = pingora_core::protocols::l4::stream::Stream;
+    async fn handshake(&self, tcp: TcpStream, _peer: SocketAddr) -> Option<(Self::Stream, ConnFacts)> {
+        let _ = tcp.set_nodelay(true);
+        Some((tcp.into(), ConnFacts { tls: None }))
+    }
+}
+
+pub struct Listener<A, H> {
+    /// The service name and the `listener` label of its metrics.
+    pub name: &'static str,
+    pub socket: Option<std::net::TcpListener>,
+    pub app: Arc<A>,
+    pub handshake: Arc<H>,
+    pub limits: Arc<ConnLimits>,
+    pub timeouts: Timeouts,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Bind `addr` now (blocking; at start-up).
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = std::net::TcpListener::bind(addr)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static, H: Handshake> Service for Listener<A, H> {
+    async fn start_service(&mut self, _fds: Option<ListenFds>, mut shutdown: ShutdownWatch, _per_fd: usize) {
+        let listener = match self.socket.take().map(TcpListener::from_std) {
+            Some(Ok(l)) => l,
+            Some(Err(e)) => {
+                tracing::error!(listener = self.name, error = %e, "cannot register the listening socket");
+                return;
+            }
+            None => return,
+        };
+        let addr = listener.local_addr().ok();
+        tracing::info!(listener = self.name, addr = ?addr, "listener ready");
+        let open = self.metrics.connections_open.with_label_values(&[self.name]);
+        let refused = |reason: &str| self.metrics.connections_refused.with_label_values(&[self.name, reason]);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.changed() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors (or similar): back off briefly.
+                        refused("accept_error").inc();
+                        tracing::warn!(listener = self.name, error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        continue;
+                    }
+                }
+            };
+            let permit = match self.limits.admit(peer.ip()) {
+                Ok(p) => p,
+                Err(why) => {
+                    refused(why.label()).inc();
+                    tracing::debug!(listener = self.name, %peer, reason = why.label(), "connection refused");
+                    // Dropping the socket closes it.
+                    continue;
+                }
+            };
+            let (app, handshake, metrics, timeouts) = (
+                self.app.clone(),
+                self.handshake.clone(),
+                self.metrics.clone(),
+                self.timeouts,
+            );
+            let (open, shutdown) = (open.clone(), shutdown.clone());
+            let accepted_at = Instant::now();
+            pingora_runtime::current_handle().spawn(async move {
+                open.inc();
+                let _open = OnDrop(|| open.dec());
+                let Some((stream, facts)) = handshake.handshake(tcp, peer).await else {
+                    return;
+                };
+                let deadlines = |h2: bool| {
+                    if h2 {
+                        ConnDeadlines::tunnel(timeouts, accepted_at)
+                    } else {
+                        ConnDeadlines::http1(timeouts, accepted_at)
+                    }
+                };
+                let mut stream: pingora_core::protocols::Stream =
+                    Box::new(Guarded::new(stream, deadlines, facts, permit, metrics));
+                while let Some(next) = app.process_new(stream, &shutdown).await {
+                    stream = next;
+                }
+            });
+        }
+        tracing::info!(listener = self.name, "listener closed");
+        // Wakes keep-alive connections waiting for a next request, so they close.
+        self.app.cleanup().await;
+    }
+
+    fn name(&self) -> &str {
+        self.name
+    }
+}
+
+/// Runs `f` when dropped (however the connection task ends).
+pub struct OnDrop<F: FnMut()>(pub F);
+
+impl<F: FnMut()> Drop for OnDrop<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}

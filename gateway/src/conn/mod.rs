@@ -1,0 +1,9 @@
+//! Public connections: caps on how many a listener and a client may hold
+//! ([`limits`]), deadlines on how long a request head, body or idle
+//! keep-alive may take ([`deadline`], enforced by [`stream::Guarded`]), and
+//! the accept loop both public listeners share ([`listener`]).
+
+pub mod deadline;
+pub mod limits;
+pub mod listener;
+pub mod stream;

@@ -1,0 +1,275 @@
+//! [`Guarded`]: the stream every public connection is served through. It
+//! enforces the connection's deadlines ([`super::deadline`]), holds its
+//! place under the connection caps ([`super::limits`]) for as long as it
+//! lives, and carries the facts of the connection (TLS, SNI) to the request
+//! path inside the connection's own digest, so nothing per connection lives
+//! in global state.
+//!
+//! Pingora reads the facts back through `Session::digest()`: the digest's
+//! `proxy_digest.user_data` slot (meant for data a connection wants to carry,
+//! unused on downstream connections) holds a [`ConnFacts`].
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use async_trait::async_trait;
+use pingora_core::protocols::raw_connect::ProxyDigest;
+use pingora_core::protocols::tls::SslDigest;
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, TimingDigest, UniqueID,
+    UniqueIDType, ALPN,
+};
+use pingora_http::ResponseHeader;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::Sleep;
+
+use super::deadline::{ConnDeadlines, Phase, Verdict};
+use super::limits::ConnPermit;
+use crate::metrics::Metrics;
+
+/// The SNI of a TLS connection, normalised once at the handshake.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sni {
+    /// The client sent no SNI (e.g. it connected to an IP literal).
+    Absent,
+    /// The name, normalised like a Host header.
+    Name(Arc<str>),
+    /// An SNI that is not a valid host name: agrees with no Host.
+    Invalid,
+}
+
+impl Sni {
+    pub fn from_hello(name: Option<&str>) -> Sni {
+        match name {
+            None => Sni::Absent,
+            Some(n) => tenancy::normalize_host(n).map_or(Sni::Invalid, |h| Sni::Name(h.into())),
+        }
+    }
+}
+
+/// What the request path may ask about the connection a request came on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnFacts {
+    /// `Some` for TLS connections: the SNI of the handshake.
+    pub tls: Option<Sni>,
+}
+
+impl ConnFacts {
+    /// The facts as a digest Pingora hands back with every request.
+    /// (`None` only if a bare status line cannot be built: the request
+    /// path then finds no facts and fails closed.)
+    fn into_digest(self) -> Option<Arc<ProxyDigest>> {
+        // A status-only header: never sent anywhere, it only fills the slot.
+        let header = ResponseHeader::build_no_case(200, Some(0)).ok()?;
+        Some(Arc::new(ProxyDigest::new(Box::new(header), Some(Box::new(self)))))
+    }
+
+    /// The facts of the connection a request arrived on (`None` when the
+    /// connection was not accepted by our listeners).
+    pub fn of(digest: Option<&pingora_core::protocols::Digest>) -> Option<&ConnFacts> {
+        digest?
+            .proxy_digest
+            .as_ref()?
+            .user_data
+            .as_ref()?
+            .downcast_ref::<ConnFacts>()
+    }
+}
+
+/// A public connection: its stream, deadlines, cap permit and facts.
+pub struct Guarded<S> {
+    inner: S,
+    deadlines: ConnDeadlines,
+    sleep: Option<Pin<Box<Sleep>>>,
+    facts: Option<Arc<ProxyDigest>>,
+    metrics: Arc<Metrics>,
+    _permit: ConnPermit,
+}
+
+impl<S: Ssl> Guarded<S> {
+    pub fn new(
+        inner: S,
+        deadlines: impl FnOnce(bool) -> ConnDeadlines,
+        facts: ConnFacts,
+        permit: ConnPermit,
+        metrics: Arc<Metrics>,
+    ) -> Guarded<S> {
+        let h2 = inner.selected_alpn_proto() == Some(ALPN::H2);
+        Guarded {
+            inner,
+            deadlines: deadlines(h2),
+            sleep: None,
+            facts: facts.into_digest(),
+            metrics,
+            _permit: permit,
+        }
+    }
+}
+
+impl<S> Guarded<S> {
+    /// Wake the task at `at` (the phase's deadline) if nothing comes sooner.
+    fn arm(&mut self, at: Instant, cx: &mut Context<'_>) {
+        let at = tokio::time::Instant::from_std(at);
+        let sleep = match &mut self.sleep {
+            Some(s) => {
+                if s.deadline() != at {
+                    s.as_mut().reset(at);
+                }
+                s
+            }
+            None => self.sleep.insert(Box::pin(tokio::time::sleep_until(at))),
+        };
+        if sleep.as_mut().poll(cx).is_ready() {
+            // Already due: poll again so the read sees the deadline.
+            cx.waker().wake_by_ref();
+        }
+    }
+}
+
+fn timed_out(what: &'static str) -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, what)
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                let new = &buf.filled()[before..];
+                if new.is_empty() {
+                    return Poll::Ready(Ok(()));
+                }
+                match this.deadlines.on_data(new, Instant::now) {
+                    Verdict::BodyTooSlow => {
+                        this.metrics.deadline_hits.with_label_values(&["body_rate"]).inc();
+                        Poll::Ready(Err(timed_out("request body slower than limits.min_body_rate")))
+                    }
+                    _ => Poll::Ready(Ok(())),
+                }
+            }
+            Poll::Pending if this.deadlines.phase() == Phase::Tunnel => Poll::Pending,
+            Poll::Pending => match this.deadlines.on_pending(Instant::now()) {
+                Verdict::HeadTimeout => {
+                    this.metrics.deadline_hits.with_label_values(&["request_head"]).inc();
+                    Poll::Ready(Err(timed_out("request head not complete within limits.request_head_timeout_ms")))
+                }
+                Verdict::IdleTimeout => {
+                    this.metrics.deadline_hits.with_label_values(&["idle"]).inc();
+                    // End of stream: the connection closes quietly.
+                    Poll::Ready(Ok(()))
+                }
+                Verdict::BodyTooSlow | Verdict::Ok => {
+                    if let Some(at) = this.deadlines.wake_at() {
+                        this.arm(at, cx);
+                    }
+                    Poll::Pending
+                }
+            },
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if matches!(this.deadlines.phase(), Phase::Head | Phase::Body) && !buf.is_empty() {
+            this.deadlines.on_write(buf);
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if matches!(this.deadlines.phase(), Phase::Head | Phase::Body) {
+            if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+                this.deadlines.on_write(first);
+            }
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+impl<S> std::fmt::Debug for Guarded<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded").field("phase", &self.deadlines.phase()).finish()
+    }
+}
+
+#[async_trait]
+impl<S: Shutdown + Send> Shutdown for Guarded<S> {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl<S: UniqueID> UniqueID for Guarded<S> {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl<S: Ssl> Ssl for Guarded<S> {
+    fn get_ssl_digest(&self) -> Option<Arc<SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
+
+impl<S: GetTimingDigest> GetTimingDigest for Guarded<S> {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+}
+
+impl<S> GetProxyDigest for Guarded<S> {
+    fn get_proxy_digest(&self) -> Option<Arc<ProxyDigest>> {
+        self.facts.clone()
+    }
+}
+
+impl<S: GetSocketDigest> GetSocketDigest for Guarded<S> {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+}
+
+#[async_trait]
+impl<S: Peek + Send> Peek for Guarded<S> {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sni_is_normalised_at_the_handshake() {
+        assert_eq!(Sni::from_hello(None), Sni::Absent);
+        assert_eq!(
+            Sni::from_hello(Some("Acme.MyApp.Test.")),
+            Sni::Name(Arc::from("acme.myapp.test"))
+        );
+        assert_eq!(Sni::from_hello(Some("bad name!")), Sni::Invalid);
+    }
+}
