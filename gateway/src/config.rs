@@ -766,8 +766,14 @@ impl Config {
             ("limits.request_head_timeout_ms", l.request_head_timeout_ms),
             ("limits.idle_timeout_ms", l.idle_timeout_ms),
             ("database.lookup_deadline_ms", self.database.lookup_deadline_ms),
-            ("database.health_check_interval_ms", self.database.health_check_interval_ms),
-            ("database.health_check_timeout_ms", self.database.health_check_timeout_ms),
+            (
+                "database.health_check_interval_ms",
+                self.database.health_check_interval_ms,
+            ),
+            (
+                "database.health_check_timeout_ms",
+                self.database.health_check_timeout_ms,
+            ),
         ] {
             if v == 0 {
                 return Err(invalid(key, "must be positive"));
@@ -931,7 +937,10 @@ mod tests {
                 format!("{MIN}[tenant.cache]\nmax_stale_secs = 99999999999\n"),
                 "tenant.cache.max_stale_secs",
             ),
-            (format!("{MIN}[limits]\nmax_connections = 0\n"), "limits.max_connections"),
+            (
+                format!("{MIN}[limits]\nmax_connections = 0\n"),
+                "limits.max_connections",
+            ),
             (
                 format!("{MIN}[limits]\nrequest_head_timeout_ms = 0\n"),
                 "limits.request_head_timeout_ms",

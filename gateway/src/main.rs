@@ -345,7 +345,12 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     // Public listeners: bound now (a port in use is a start-up error), with
     // connection caps derived from the file limit unless configured.
     let (max_total, max_per_ip) = config::connection_caps(&cfg.limits, nofile);
-    tracing::info!(nofile, max_connections = max_total, max_connections_per_ip = max_per_ip, "connection caps");
+    tracing::info!(
+        nofile,
+        max_connections = max_total,
+        max_connections_per_ip = max_per_ip,
+        "connection caps"
+    );
     let per_ip = conn::limits::PerIp::new(max_per_ip);
     let timeouts = conn::deadline::Timeouts {
         head: Duration::from_millis(cfg.limits.request_head_timeout_ms),

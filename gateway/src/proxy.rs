@@ -30,8 +30,8 @@ use crate::conn::stream::{ConnFacts, Sni};
 use crate::metrics::tenant::{method_index, rejection_index, Observation};
 use crate::metrics::Metrics;
 use crate::pages::{wants_json, PageKind, Pages};
-use crate::tenant::cache::{Resolution, TenantCache};
 use crate::route;
+use crate::tenant::cache::{Resolution, TenantCache};
 use crate::tenant::{host, Status, Tenant};
 use crate::upstream::pool::{Pool, Pools};
 
@@ -513,11 +513,7 @@ impl ProxyHttp for Gateway {
             } else {
                 PageKind::BadGateway
             };
-            if self
-                .respond_page(session, ctx, kind, true)
-                .await
-                .is_err()
-            {
+            if self.respond_page(session, ctx, kind, true).await.is_err() {
                 return FailToProxy {
                     error_code: 0,
                     can_reuse_downstream: false,

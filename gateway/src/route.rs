@@ -111,7 +111,10 @@ mod tests {
     #[test]
     fn challenge_tokens_are_one_base64url_segment() {
         assert_eq!(acme_token("/x"), None);
-        assert_eq!(acme_token("/.well-known/acme-challenge/abc-DEF_12"), Some(Ok("abc-DEF_12")));
+        assert_eq!(
+            acme_token("/.well-known/acme-challenge/abc-DEF_12"),
+            Some(Ok("abc-DEF_12"))
+        );
         assert_eq!(acme_token("/.well-known/acme-challenge/../../x"), Some(Err(())));
         assert_eq!(acme_token("/.well-known/acme-challenge/"), Some(Err(())));
         assert_eq!(acme_token("/.well-known/acme-challenge/a/b"), Some(Err(())));

@@ -132,6 +132,7 @@ pub struct Postgres {
     dir: tempfile::TempDir,
     pub port: u16,
     running: bool,
+    frozen: bool,
 }
 
 impl Postgres {
@@ -167,6 +168,7 @@ impl Postgres {
             dir,
             port: 0,
             running: false,
+            frozen: false,
         };
         pg.port = free_port();
         pg.start_server()?;
@@ -210,6 +212,32 @@ impl Postgres {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    /// The postmaster's PID (first line of `postmaster.pid`).
+    fn postmaster_pid(&self) -> Result<String> {
+        let text = std::fs::read_to_string(self.dir.path().join("data/postmaster.pid"))?;
+        text.lines().next().map(str::to_owned).context("empty postmaster.pid")
+    }
+
+    /// A partition as the gateway sees it: SIGSTOP the postmaster and every
+    /// backend, so connections stay open and nothing answers.
+    pub fn freeze(&mut self) -> Result<()> {
+        let pid = self.postmaster_pid()?;
+        run_ok(signal_cmd("kill", &["-STOP", &pid]), "kill -STOP postmaster")?;
+        // pkill exits 1 when nothing matched; the postmaster always has children.
+        run_ok(signal_cmd("pkill", &["-STOP", "-P", &pid]), "pkill -STOP backends")?;
+        self.frozen = true;
+        Ok(())
+    }
+
+    /// Undo `freeze` (SIGCONT).
+    pub fn thaw(&mut self) -> Result<()> {
+        let pid = self.postmaster_pid()?;
+        run_ok(signal_cmd("pkill", &["-CONT", "-P", &pid]), "pkill -CONT backends")?;
+        run_ok(signal_cmd("kill", &["-CONT", &pid]), "kill -CONT postmaster")?;
+        self.frozen = false;
+        Ok(())
+    }
+
     /// Run SQL with psql (from the same PostgreSQL installation).
     pub fn psql(&self, sql: &str) -> Result<String> {
         let mut c = Command::new(pg_bindir().join("psql"));
@@ -230,8 +258,17 @@ impl Postgres {
     }
 }
 
+fn signal_cmd(tool: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(tool);
+    c.args(args);
+    c
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
+        if self.frozen {
+            let _ = self.thaw();
+        }
         if self.running {
             let mut ctl = pg_command("pg_ctl");
             ctl.arg("-D")

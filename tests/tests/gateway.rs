@@ -724,10 +724,15 @@ fn optional_behaviours_www_landing_trusted_proxies_pages_timeouts() {
         get("mclaren.myapp.localhost", "/", &[]).status == 410
     })
     .unwrap();
-    // A backend slower than read_timeout_ms: the gateway gives up with 502, quickly.
+    // A backend slower than read_timeout_ms: the gateway gives up with the 504 page, quickly.
     let start = Instant::now();
-    let r = get("ferrari.myapp.localhost", "/slow/3000", &[]);
-    assert_eq!(r.status, 502, "{}", r.body);
+    let r = get(
+        "ferrari.myapp.localhost",
+        "/slow/3000",
+        &[("accept", "application/json")],
+    );
+    assert_eq!(r.status, 504, "{}", r.body);
+    assert_eq!(r.json()["error"], "gateway_timeout");
     assert!(
         start.elapsed() < Duration::from_millis(2500),
         "read timeout not applied: {:?}",

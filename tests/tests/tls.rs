@@ -285,7 +285,7 @@ fn host_sni_mismatch_is_421_and_unknown_sni_never_gets_a_tenant_certificate() {
 }
 
 #[test]
-fn plain_http_redirects_with_308_except_acme_challenges_and_the_allow_list() {
+fn plain_http_redirects_with_308_except_the_allow_list() {
     let s = tls_stack("", 1);
     let (status, head) = raw_http(
         s.gw.port,
@@ -301,8 +301,16 @@ fn plain_http_redirects_with_308_except_acme_challenges_and_the_allow_list() {
     // Malformed hosts are still refused, not redirected.
     let (status, _) = raw_http(s.gw.port, "GET / HTTP/1.1\r\nHost: a..b\r\nConnection: close\r\n\r\n").unwrap();
     assert_eq!(status, 400);
-    // The ACME challenge path and the configured allow-list go through over HTTP.
-    for path in ["/.well-known/acme-challenge/token123", "/public/anything"] {
+    // With ACME off, the challenge path is nothing special: redirected like
+    // any other path (it never reaches a backend over plain HTTP).
+    let (status, _) = raw_http(
+        s.gw.port,
+        "GET /.well-known/acme-challenge/token123 HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(status, 308);
+    // The configured allow-list goes through over HTTP.
+    for path in ["/public/anything"] {
         let (status, head) = raw_http(
             s.gw.port,
             &format!("GET {path} HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nConnection: close\r\n\r\n"),

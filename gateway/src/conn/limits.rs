@@ -97,7 +97,9 @@ impl PerIp {
     /// Clients currently counted.
     #[cfg(test)]
     fn clients(&self) -> usize {
-        (0..SHARDS).map(|i| self.shards[i].lock().unwrap_or_else(|p| p.into_inner()).len()).sum()
+        (0..SHARDS)
+            .map(|i| self.shards[i].lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
     }
 }
 

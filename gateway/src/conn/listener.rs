@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
-use pingora_core::protocols::{Ssl, IO};
+use std::os::unix::io::AsRawFd;
+
+use pingora_core::protocols::{GetSocketDigest, SocketDigest, Ssl, IO};
 use pingora_core::server::{ListenFds, ShutdownWatch};
 use pingora_core::services::Service;
 use tokio::net::{TcpListener, TcpStream};
@@ -39,9 +41,14 @@ pub struct Plain;
 #[async_trait]
 impl Handshake for Plain {
     type Stream = pingora_core::protocols::l4::stream::Stream;
-    async fn handshake(&self, tcp: TcpStream, _peer: SocketAddr) -> Option<(Self::Stream, ConnFacts)> {
+    async fn handshake(&self, tcp: TcpStream, peer: SocketAddr) -> Option<(Self::Stream, ConnFacts)> {
         let _ = tcp.set_nodelay(true);
-        Some((tcp.into(), ConnFacts { tls: None }))
+        // As Pingora's own listener does: the digest answers the client address.
+        let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
+        let _ = digest.peer_addr.set(Some(peer.into()));
+        let mut stream: Self::Stream = tcp.into();
+        stream.set_socket_digest(digest);
+        Some((stream, ConnFacts { tls: None }))
     }
 }
 

@@ -155,7 +155,9 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
             Poll::Pending => match this.deadlines.on_pending(Instant::now()) {
                 Verdict::HeadTimeout => {
                     this.metrics.deadline_hits.with_label_values(&["request_head"]).inc();
-                    Poll::Ready(Err(timed_out("request head not complete within limits.request_head_timeout_ms")))
+                    Poll::Ready(Err(timed_out(
+                        "request head not complete within limits.request_head_timeout_ms",
+                    )))
                 }
                 Verdict::IdleTimeout => {
                     this.metrics.deadline_hits.with_label_values(&["idle"]).inc();
@@ -208,7 +210,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
 
 impl<S> std::fmt::Debug for Guarded<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Guarded").field("phase", &self.deadlines.phase()).finish()
+        f.debug_struct("Guarded")
+            .field("phase", &self.deadlines.phase())
+            .finish()
     }
 }
 

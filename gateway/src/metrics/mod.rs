@@ -52,7 +52,10 @@ pub struct Metrics {
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    register(r, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
+    register(
+        r,
+        IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+    )
 }
 
 /// Register a metric (built from constants: names are valid and unique).

@@ -86,7 +86,10 @@ enum Cached {
     Fresh(Arc<Tenant>),
     Negative(Negative),
     /// Usable but due: past `positive_ttl`, or marked stale (`marked`).
-    Due { tenant: Arc<Tenant>, marked: bool },
+    Due {
+        tenant: Arc<Tenant>,
+        marked: bool,
+    },
     Miss,
 }
 
@@ -202,7 +205,11 @@ impl TenantCache {
     /// database is in its fail-fast window.
     fn refresh_in_background(self: &Arc<Self>, host: &str) {
         if self.now_ms() < self.db_retry_at_ms.load(Ordering::Relaxed)
-            || self.inflight.lock().unwrap_or_else(|p| p.into_inner()).contains_key(host)
+            || self
+                .inflight
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(host)
         {
             return;
         }

@@ -101,7 +101,11 @@ pub async fn run(url: String, channel: String, cache: Arc<TenantCache>, timing: 
                     Ok(Err(e)) => e.to_string(),
                     _ => "connecting timed out".to_owned(),
                 };
-                tracing::warn!(error, retry_in_ms = backoff.as_millis() as u64, "tenant invalidation: cannot LISTEN");
+                tracing::warn!(
+                    error,
+                    retry_in_ms = backoff.as_millis() as u64,
+                    "tenant invalidation: cannot LISTEN"
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;

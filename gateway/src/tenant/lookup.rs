@@ -138,7 +138,6 @@ impl Lookup {
         tracing::debug!(?columns, "lookup query checked");
         Ok(())
     }
-
 }
 
 #[async_trait::async_trait]

@@ -242,7 +242,10 @@ pub struct TlsHandshake {
 }
 
 impl TlsHandshake {
-    async fn run(&self, tcp: TcpStream) -> std::io::Result<(tokio_rustls::server::TlsStream<TcpStream>, Option<Arc<str>>)> {
+    async fn run(
+        &self,
+        tcp: TcpStream,
+    ) -> std::io::Result<(tokio_rustls::server::TlsStream<TcpStream>, Option<Arc<str>>)> {
         let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await?;
         let hello = start.client_hello();
         let sni: Option<Arc<str>> = hello.server_name().map(Arc::from);

@@ -1,0 +1,406 @@
+//! Availability under a hostile client or a stalled dependency: one client
+//! over its connection cap, a trickled request head, a frozen (SIGSTOP) or
+//! stopped PostgreSQL, a bad row, path and SNI tricks. Two tenants in every
+//! test; the other tenant must keep being served correctly and promptly.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use e2e::http;
+use e2e::tls::{client_config, dev_certs, https_client};
+use e2e::*;
+
+/// Backends on their own cluster (`app_pg`), the gateway's domain table on
+/// another (`routing`), so the routing database can be frozen or stopped
+/// while the backends keep working.
+struct Stack {
+    routing: Postgres,
+    _app_pg: Postgres,
+    apps: Vec<UpstreamApp>,
+    gw: Gateway,
+    _certs: tempfile::TempDir,
+    ca: PathBuf,
+}
+
+/// `extra` is appended to the `[tls]` section (and may open further sections).
+fn stack(extra: &str) -> Stack {
+    let routing = Postgres::start().unwrap();
+    two_tenants(&routing);
+    let app_pg = Postgres::start().unwrap();
+    two_tenants(&app_pg);
+    let apps = vec![
+        UpstreamApp::start(&app_pg.url(), "").unwrap(),
+        UpstreamApp::start(&app_pg.url(), "").unwrap(),
+    ];
+    let certs = tempfile::tempdir().unwrap();
+    let ca = dev_certs(certs.path());
+    let body = format!(
+        "[tenant]\nbase_domains = [\"myapp.localhost\"]\n\
+         [tls]\nlisten = \"127.0.0.1:{{TLS_PORT}}\"\nredirect_exempt = [\"/healthz\"]\n\
+         certificates = [{{ cert_file = \"{}\", key_file = \"{}\" }}]\n{extra}\n{}",
+        certs.path().join("wildcard.pem").display(),
+        certs.path().join("wildcard.key").display(),
+        pools_toml(&[("default", &[apps[0].port, apps[1].port])]),
+    );
+    let gw = Gateway::start(&routing.url(), &body).unwrap();
+    Stack {
+        routing,
+        _app_pg: app_pg,
+        apps,
+        gw,
+        _certs: certs,
+        ca,
+    }
+}
+
+impl Stack {
+    fn https(&self) -> http::Client {
+        https_client(
+            &self.ca,
+            self.gw.tls_port,
+            &["ferrari.myapp.localhost", "mclaren.myapp.localhost"],
+            &["http/1.1"],
+        )
+    }
+
+    fn https_url(&self, host: &str, path: &str) -> String {
+        format!("https://{host}:{}{path}", self.gw.tls_port)
+    }
+
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_sum(&self.gw.scrape().unwrap_or_default(), name, labels)
+    }
+}
+
+/// `n` TCP connections to `port` from source address `from` (a loopback
+/// alias), held open by the caller.
+fn connections_from(from: &str, port: u16, n: usize) -> Vec<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..n {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+            let conn = tokio::time::timeout(Duration::from_secs(5), socket.connect(([127, 0, 0, 1], port).into()))
+                .await
+                .expect("connect in time")
+                .expect("connect");
+            held.push(conn.into_std().unwrap());
+        }
+        held
+    })
+}
+
+#[test]
+fn one_client_over_its_connection_cap_cannot_starve_another_clients_tls() {
+    let s = stack("[limits]\nmax_connections = 40\nmax_connections_per_ip = 25\n");
+    // A hostile client (127.0.0.2) opens three times its cap on each listener.
+    let hostile_tls = connections_from("127.0.0.2", s.gw.tls_port, 75);
+    let hostile_http = connections_from("127.0.0.2", s.gw.port, 75);
+    wait_until("hostile connections refused", Duration::from_secs(10), || {
+        s.metric(
+            "tenant_gateway_connections_refused_total",
+            &[("listener", "https"), ("reason", "per_ip_cap")],
+        ) >= 50.0
+            && s.metric(
+                "tenant_gateway_connections_refused_total",
+                &[("listener", "http"), ("reason", "per_ip_cap")],
+            ) >= 50.0
+    })
+    .unwrap();
+    // Its cap is shared by both listeners: 25 in all, not 25 each.
+    let open = s.metric("tenant_gateway_connections_open", &[]);
+    assert!(open <= 25.0, "open connections {open}");
+    // Another client's TLS request succeeds, promptly, for both tenants.
+    for host in ["ferrari.myapp.localhost", "mclaren.myapp.localhost"] {
+        let start = Instant::now();
+        let r = s.https().get(&s.https_url(host, "/whoami")).send().unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.json()["tenant"], host.split('.').next().unwrap());
+        assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+    }
+    // A second hostile address fills the listener's total cap: refused as such.
+    let hostile3 = connections_from("127.0.0.3", s.gw.tls_port, 50);
+    wait_until("listener cap reached", Duration::from_secs(10), || {
+        s.metric(
+            "tenant_gateway_connections_refused_total",
+            &[("listener", "https"), ("reason", "listener_cap")],
+        ) >= 1.0
+    })
+    .unwrap();
+    // Once the hostile clients leave, their places are free again.
+    drop((hostile_tls, hostile_http, hostile3));
+    wait_until("places released", Duration::from_secs(10), || {
+        s.metric("tenant_gateway_connections_open", &[]) <= 2.0
+    })
+    .unwrap();
+    let r = s
+        .https()
+        .get(&s.https_url("ferrari.myapp.localhost", "/whoami"))
+        .send()
+        .unwrap();
+    assert_eq!(r.status, 200);
+}
+
+/// Trickle a request head one byte at a time until the server closes the
+/// connection; returns how long the connection lived.
+fn trickle<S: Read + Write>(stream: &mut S, start: Instant, limit: Duration) -> Duration {
+    stream
+        .write_all(b"GET /whoami HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\n")
+        .unwrap();
+    let mut buf = [0u8; 512];
+    while start.elapsed() < limit {
+        if stream.write_all(b"X").and_then(|_| stream.flush()).is_err() {
+            return start.elapsed();
+        }
+        // The socket's read timeout paces the trickle (one byte per 250 ms).
+        match stream.read(&mut buf) {
+            Ok(_) => return start.elapsed(),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return start.elapsed(),
+        }
+    }
+    panic!("the trickled head was still open after {limit:?}");
+}
+
+#[test]
+fn a_trickled_request_head_is_cut_at_the_deadline_on_both_listeners() {
+    let s = stack("[limits]\nrequest_head_timeout_ms = 1500\n");
+    let deadline = Duration::from_millis(1500);
+    let limit = Duration::from_secs(8);
+    // Plain HTTP.
+    let start = Instant::now();
+    let mut tcp = TcpStream::connect(("127.0.0.1", s.gw.port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(250))).unwrap();
+    let lived = trickle(&mut tcp, start, limit);
+    assert!(lived >= deadline - Duration::from_millis(100), "cut early: {lived:?}");
+    // HTTPS: the deadline counts from accept, the handshake included.
+    let start = Instant::now();
+    let tcp = TcpStream::connect(("127.0.0.1", s.gw.tls_port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(250))).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("ferrari.myapp.localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(client_config(&s.ca, &["http/1.1"])), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    let lived = trickle(&mut tls, start, limit);
+    assert!(lived >= deadline - Duration::from_millis(100), "cut early: {lived:?}");
+    assert!(
+        s.metric("tenant_gateway_deadline_hits_total", &[("kind", "request_head")]) >= 2.0,
+        "{}",
+        s.gw.scrape().unwrap_or_default()
+    );
+    // The other tenant was never affected; a normal request takes no deadline.
+    let r = s
+        .https()
+        .get(&s.https_url("mclaren.myapp.localhost", "/whoami"))
+        .send()
+        .unwrap();
+    assert_eq!(r.json()["tenant"], "mclaren");
+}
+
+#[test]
+fn a_frozen_database_never_hangs_a_request_and_invalidation_resumes() {
+    let mut s = stack(
+        "redirect_http = false\n[database]\nlookup_deadline_ms = 1000\nhealth_check_interval_ms = 300\nhealth_check_timeout_ms = 700\n\
+         [tenant.cache]\npositive_ttl_secs = 1\n",
+    );
+    let client = http::client();
+    let get = |host: &str| {
+        let start = Instant::now();
+        let r = client
+            .get(&s.gw.url("/whoami"))
+            .header("host", host)
+            .header("accept", "application/json")
+            .send()
+            .unwrap();
+        (r, start.elapsed())
+    };
+    assert_eq!(get("ferrari.myapp.localhost").0.json()["tenant"], "ferrari");
+    s.routing.freeze().unwrap();
+    // Never cached: the 503 page within the lookup deadline + 1 s.
+    let (r, took) = get("mclaren.myapp.localhost");
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.json()["error"], "unavailable");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    // Cached, and past positive_ttl by the time the refresh counter moves:
+    // served at once every time while one background refresh waits.
+    let mut served = 0;
+    wait_until("an entry past its TTL served", Duration::from_secs(10), || {
+        let (r, took) = get("ferrari.myapp.localhost");
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(took < Duration::from_millis(750), "cached tenant waited {took:?}");
+        served += 1;
+        s.metric("tenant_gateway_cache_background_refreshes_total", &[]) >= 1.0
+    })
+    .unwrap();
+    for _ in 0..10 {
+        let (r, took) = get("ferrari.myapp.localhost");
+        assert_eq!(r.json()["tenant"], "ferrari");
+        assert!(took < Duration::from_millis(750), "cached tenant waited {took:?}");
+    }
+    assert!(served >= 1);
+    // The partition is noticed by the listener's health query.
+    wait_until("database marked down", Duration::from_secs(5), || {
+        s.metric("tenant_gateway_database_up", &[]) == 0.0
+    })
+    .unwrap();
+    s.routing.thaw().unwrap();
+    // Invalidation works again within 2 s of SIGCONT.
+    wait_until("listener back", Duration::from_secs(2), || {
+        s.metric("tenant_gateway_invalidation_listener_up", &[]) == 1.0
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    assert_eq!(get("ferrari.myapp.localhost").0.json()["tenant"], "ferrari");
+    s.routing
+        .psql(
+            "UPDATE public.domains SET is_primary = false, \
+               tenant_id = (SELECT id FROM public.tenants WHERE schema_name = 'mclaren') \
+             WHERE domain = 'ferrari.myapp.localhost'",
+        )
+        .unwrap();
+    wait_until("NOTIFY moves the domain", Duration::from_secs(1), || {
+        get("ferrari.myapp.localhost").0.json()["tenant"] == "mclaren"
+    })
+    .unwrap();
+}
+
+fn p99(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[(v.len() * 99).div_ceil(100) - 1]
+}
+
+#[test]
+fn a_stopped_database_does_not_slow_cached_tenants() {
+    let mut s = stack("redirect_http = false\n");
+    let client = http::client();
+    let timed = |host: &str| {
+        let start = Instant::now();
+        let r = client.get(&s.gw.url("/whoami")).header("host", host).send().unwrap();
+        assert_eq!(r.status, 200, "{}", r.body);
+        start.elapsed()
+    };
+    let hosts = ["ferrari.myapp.localhost", "mclaren.myapp.localhost"];
+    let before: Vec<Duration> = (0..200).map(|i| timed(hosts[i % 2])).collect();
+    s.routing.stop_server().unwrap();
+    let after: Vec<Duration> = (0..200).map(|i| timed(hosts[i % 2])).collect();
+    let (b, a) = (p99(before), p99(after));
+    // 3x, with a floor so sub-millisecond noise on a busy machine cannot fail it.
+    let bound = 3 * b.max(Duration::from_millis(10));
+    assert!(a <= bound, "p99 before {b:?}, after {a:?} (bound {bound:?})");
+}
+
+#[test]
+fn a_bad_row_is_that_hosts_problem_only() {
+    let s = stack("redirect_http = false\n");
+    // A django-tenants style public tenant: a schema the gateway refuses.
+    s.routing
+        .psql(
+            "ALTER TABLE public.tenants DROP CONSTRAINT tenants_schema_name_check; \
+             INSERT INTO public.tenants (schema_name, name) VALUES ('public', 'Public'); \
+             INSERT INTO public.domains (domain, tenant_id) \
+               SELECT 'public-site.test', id FROM public.tenants WHERE schema_name = 'public'",
+        )
+        .unwrap();
+    let hosts: Vec<String> = (0..8).map(|i| format!("new{i}.test")).collect();
+    for (i, h) in hosts.iter().enumerate() {
+        let tenant = if i % 2 == 0 { "ferrari" } else { "mclaren" };
+        app_cli_ok(&s.routing.url(), &["domain", "add", h, "--tenant", tenant]);
+    }
+    // Every row above has been announced (NOTIFY), so no query below overlaps one.
+    wait_until("domain NOTIFYs seen", Duration::from_secs(5), || {
+        s.metric("tenant_gateway_notify_invalidations_total", &[]) >= 9.0
+    })
+    .unwrap();
+    let client = http::client();
+    let get = |host: &str| {
+        client
+            .get(&s.gw.url("/whoami"))
+            .header("host", host)
+            .header("accept", "application/json")
+            .send()
+            .unwrap()
+    };
+    for (i, h) in hosts.iter().enumerate() {
+        // The bad host gets its own clear page...
+        let r = get("public-site.test");
+        assert_eq!(r.status, 503, "{}", r.body);
+        assert_eq!(r.json()["error"], "misconfigured");
+        // ...and a new, never-cached host right after it is unaffected.
+        let r = get(h);
+        assert_eq!(r.status, 200, "{h}: {}", r.body);
+        let want = if i % 2 == 0 { "ferrari" } else { "mclaren" };
+        assert_eq!(r.json()["tenant"], want);
+    }
+    // Negatively cached: one query for the bad host, however often asked.
+    assert_eq!(s.metric("tenant_gateway_db_bad_rows_total", &[]), 1.0);
+    assert_eq!(s.metric("tenant_gateway_db_errors_total", &[]), 0.0);
+    assert!(
+        s.gw.proc_.log().contains("public-site.test"),
+        "bad row not logged with its host"
+    );
+}
+
+#[test]
+fn plain_http_exemptions_are_path_safe_and_sni_travels_with_the_connection() {
+    let s = stack("");
+    let plain = |path: &str, host: &str| {
+        raw_http(
+            s.gw.port,
+            &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+        .unwrap()
+        .0
+    };
+    let ferrari = "ferrari.myapp.localhost";
+    // Exempt: the path itself and below, on segment boundaries.
+    assert_eq!(plain("/healthz", ferrari), 200);
+    for sneaky in [
+        "/healthzzz",
+        "/healthz/../whoami",
+        "/healthz/%2e%2e/whoami",
+        "/.well-known/acme-challenge/../../whoami",
+        "/.well-known/acme-challenge/token",
+    ] {
+        assert_eq!(plain(sneaky, ferrari), 308, "{sneaky}");
+    }
+    for app in &s.apps {
+        let log = app.proc_.log();
+        assert!(
+            !log.contains("whoami"),
+            "a sneaky path reached a backend over plain HTTP"
+        );
+        assert!(
+            !log.contains("acme-challenge"),
+            "the ACME prefix reached a backend with ACME off"
+        );
+    }
+    // No open redirect: an unknown host gets the 404 page, not a 308.
+    assert_eq!(plain("/", "attacker.example"), 404);
+    // SNI ferrari, Host mclaren: 421 on every connection, however many open
+    // and close around it (the SNI is the connection's own, never looked up).
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let (ca, port) = (s.ca.clone(), s.gw.tls_port);
+            std::thread::spawn(move || {
+                (0..25)
+                    .map(|_| {
+                        https_client(&ca, port, &["ferrari.myapp.localhost"], &["http/1.1"])
+                            .get(&format!("https://ferrari.myapp.localhost:{port}/whoami"))
+                            .header("host", "mclaren.myapp.localhost")
+                            .send()
+                            .unwrap()
+                            .status
+                    })
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    for t in threads {
+        assert!(t.join().unwrap().iter().all(|&st| st == 421));
+    }
+}
