@@ -310,7 +310,7 @@ fn plain_http_redirects_with_308_except_the_allow_list() {
     .unwrap();
     assert_eq!(status, 308);
     // The configured allow-list goes through over HTTP.
-    for path in ["/public/anything"] {
+    for path in ["/public/anything", "/public"] {
         let (status, head) = raw_http(
             s.gw.port,
             &format!("GET {path} HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nConnection: close\r\n\r\n"),
