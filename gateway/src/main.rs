@@ -352,6 +352,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         "connection caps"
     );
     let per_ip = conn::limits::PerIp::new(max_per_ip);
+    let drain = Arc::new(conn::drain::Drain::default());
     let timeouts = conn::deadline::Timeouts {
         head: Duration::from_millis(cfg.limits.request_head_timeout_ms),
         idle: Duration::from_millis(cfg.limits.idle_timeout_ms),
@@ -432,6 +433,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
             limits: conn::limits::ConnLimits::new(max_total, per_ip.clone()),
             timeouts,
             metrics: metrics.clone(),
+            drain: drain.clone(),
         });
     }
     server.add_service(conn::listener::Listener {
@@ -442,6 +444,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         limits: conn::limits::ConnLimits::new(max_total, per_ip),
         timeouts,
         metrics: metrics.clone(),
+        drain,
     });
 
     let mut admin = Service::new(

@@ -27,6 +27,10 @@ struct Stack {
 
 /// `extra` is appended to the `[tls]` section (and may open further sections).
 fn stack(extra: &str) -> Stack {
+    stack_with_grace(extra, 1)
+}
+
+fn stack_with_grace(extra: &str, grace_secs: u64) -> Stack {
     let routing = Postgres::start().unwrap();
     two_tenants(&routing);
     let app_pg = Postgres::start().unwrap();
@@ -45,7 +49,7 @@ fn stack(extra: &str) -> Stack {
         certs.path().join("wildcard.key").display(),
         pools_toml(&[("default", &[apps[0].port, apps[1].port])]),
     );
-    let gw = Gateway::start(&routing.url(), &body).unwrap();
+    let gw = Gateway::start_with_grace(&routing.url(), &body, grace_secs).unwrap();
     Stack {
         routing,
         _app_pg: app_pg,
@@ -403,4 +407,45 @@ fn plain_http_exemptions_are_path_safe_and_sni_travels_with_the_connection() {
     for t in threads {
         assert!(t.join().unwrap().iter().all(|&st| st == 421));
     }
+}
+
+#[test]
+fn sigterm_closes_websockets_with_1001_and_ends_keep_alive_politely() {
+    let mut s = stack_with_grace("redirect_http = false\n", 5);
+    // An upgraded WebSocket, echoing.
+    let mut socket = TcpStream::connect(("127.0.0.1", s.gw.port)).unwrap();
+    socket.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    ws::upgrade(&mut socket, "ferrari.myapp.localhost").unwrap();
+    assert_eq!(ws::round_trip(&mut socket, "hi").unwrap(), "ferrari: hi");
+    // A request in flight on a keep-alive connection, for the other tenant.
+    let port = s.gw.port;
+    let inflight = std::thread::spawn(move || {
+        http::client()
+            .get(&format!("http://127.0.0.1:{port}/slow/1500"))
+            .header("host", "mclaren.myapp.localhost")
+            .send()
+    });
+    wait_until("slow request reached a backend", Duration::from_secs(10), || {
+        s.apps.iter().any(|a| a.proc_.log().contains("slow request started"))
+    })
+    .unwrap();
+    s.gw.proc_.signal("TERM");
+    // The WebSocket gets a close frame, status 1001 (going away), then the end.
+    let mut frame = [0u8; 4];
+    socket.read_exact(&mut frame).unwrap();
+    assert_eq!(frame, [0x88, 0x02, 0x03, 0xE9]);
+    let mut rest = Vec::new();
+    let _ = socket.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "bytes after the close frame: {rest:?}");
+    // The in-flight response completes and tells the client to reconnect.
+    let r = inflight.join().unwrap().expect("in-flight request completes");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["tenant"], "mclaren");
+    assert_eq!(
+        r.headers.get("connection").and_then(|v| v.to_str().ok()),
+        Some("close"),
+        "{:?}",
+        r.headers
+    );
+    assert!(s.gw.proc_.terminate(Duration::from_secs(15)), "gateway did not exit");
 }

@@ -18,7 +18,9 @@
 //!   next request (keep-alive).
 //! - `Idle`: a keep-alive connection waiting for its next request; it is
 //!   closed quietly at `idle` after the last response.
-//! - `Tunnel`: upgraded (101) or HTTP/2: none of the above applies.
+//! - `WebSocket`: upgraded to WebSocket (closed politely at shutdown, see
+//!   [`super::ws`]); `Tunnel`: another upgrade, or HTTP/2. None of the
+//!   deadlines above applies to either.
 
 use std::time::{Duration, Instant};
 
@@ -38,6 +40,7 @@ pub enum Phase {
     Body,
     Responded,
     Idle,
+    WebSocket,
     Tunnel,
 }
 
@@ -141,7 +144,7 @@ impl ConnDeadlines {
     /// `bytes` were read; `now` is asked only when the phase needs a clock.
     pub fn on_data(&mut self, bytes: &[u8], now: impl FnOnce() -> Instant) -> Verdict {
         match self.phase {
-            Phase::Tunnel => Verdict::Ok,
+            Phase::Tunnel | Phase::WebSocket => Verdict::Ok,
             Phase::Idle | Phase::Responded => {
                 // The first byte of the next request starts its head clock.
                 self.phase = Phase::Head;
@@ -207,12 +210,13 @@ impl ConnDeadlines {
     pub fn on_write(&mut self, bytes: &[u8]) {
         match self.phase {
             Phase::Head | Phase::Body => match informational(bytes) {
+                Some(101) if super::ws::upgrades_to_websocket(bytes) => self.phase = Phase::WebSocket,
                 Some(101) => self.phase = Phase::Tunnel,
                 // 100 Continue and friends: the request goes on.
                 Some(_) => {}
                 None => self.phase = Phase::Responded,
             },
-            Phase::Responded | Phase::Idle | Phase::Tunnel => {}
+            Phase::Responded | Phase::Idle | Phase::WebSocket | Phase::Tunnel => {}
         }
     }
 }
@@ -324,9 +328,13 @@ mod tests {
         assert_eq!(c.phase(), Phase::Body);
         let mut c = ConnDeadlines::http1(T, t0);
         c.on_data(b"GET /ws HTTP/1.1\r\nupgrade: websocket\r\n\r\n", || t0);
-        c.on_write(b"HTTP/1.1 101 Switching Protocols\r\n\r\n");
-        assert_eq!(c.phase(), Phase::Tunnel);
+        c.on_write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
+        assert_eq!(c.phase(), Phase::WebSocket);
         assert_eq!(c.on_pending(secs(t0, 1000)), Verdict::Ok);
         assert_eq!(c.wake_at(), None);
+        let mut c = ConnDeadlines::http1(T, t0);
+        c.on_data(b"GET / HTTP/1.1\r\nupgrade: h2c\r\n\r\n", || t0);
+        c.on_write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n");
+        assert_eq!(c.phase(), Phase::Tunnel);
     }
 }

@@ -23,8 +23,9 @@ use pingora_core::services::Service;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::deadline::{ConnDeadlines, Timeouts};
+use super::drain::Drain;
 use super::limits::ConnLimits;
-use super::stream::{ConnFacts, Guarded};
+use super::stream::{ConnFacts, Guarded, Guards};
 use crate::metrics::Metrics;
 
 /// What a listener does between accepting a connection and serving HTTP on it.
@@ -61,6 +62,8 @@ pub struct Listener<A, H> {
     pub limits: Arc<ConnLimits>,
     pub timeouts: Timeouts,
     pub metrics: Arc<Metrics>,
+    /// Started when this listener stops accepting (shared by all listeners).
+    pub drain: Arc<Drain>,
 }
 
 /// Bind `addr` now (blocking; at start-up).
@@ -108,12 +111,12 @@ impl<A: ServerApp + Send + Sync + 'static, H: Handshake> Service for Listener<A,
                     continue;
                 }
             };
-            let (app, handshake, metrics, timeouts) = (
-                self.app.clone(),
-                self.handshake.clone(),
-                self.metrics.clone(),
-                self.timeouts,
-            );
+            let (app, handshake, timeouts) = (self.app.clone(), self.handshake.clone(), self.timeouts);
+            let guards = Guards {
+                permit,
+                drain: self.drain.clone(),
+                metrics: self.metrics.clone(),
+            };
             let (open, shutdown) = (open.clone(), shutdown.clone());
             let accepted_at = Instant::now();
             pingora_runtime::current_handle().spawn(async move {
@@ -130,13 +133,15 @@ impl<A: ServerApp + Send + Sync + 'static, H: Handshake> Service for Listener<A,
                     }
                 };
                 let mut stream: pingora_core::protocols::Stream =
-                    Box::new(Guarded::new(stream, deadlines, facts, permit, metrics));
+                    Box::new(Guarded::new(stream, deadlines, facts, guards));
                 while let Some(next) = app.process_new(stream, &shutdown).await {
                     stream = next;
                 }
             });
         }
         tracing::info!(listener = self.name, "listener closed");
+        // Upgraded WebSocket connections say goodbye (close frame 1001).
+        self.drain.start();
         // Wakes keep-alive connections waiting for a next request, so they close.
         self.app.cleanup().await;
     }

@@ -5,6 +5,10 @@
 //! path inside the connection's own digest, so nothing per connection lives
 //! in global state.
 //!
+//! At shutdown a WebSocket connection gets a close frame (1001, going away)
+//! between two of the backend's frames, and then reads end of stream, so
+//! Pingora ends the tunnel and closes the backend side too.
+//!
 //! Pingora reads the facts back through `Session::digest()`: the digest's
 //! `proxy_digest.user_data` slot (meant for data a connection wants to carry,
 //! unused on downstream connections) holds a [`ConnFacts`].
@@ -12,7 +16,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
 use async_trait::async_trait;
@@ -27,7 +31,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
 use super::deadline::{ConnDeadlines, Phase, Verdict};
+use super::drain::{Drain, DrainWait};
 use super::limits::ConnPermit;
+use super::ws::{FrameTracker, CLOSE_GOING_AWAY};
 use crate::metrics::Metrics;
 
 /// The SNI of a TLS connection, normalised once at the handshake.
@@ -87,6 +93,21 @@ pub struct Guarded<S> {
     facts: Option<Arc<ProxyDigest>>,
     metrics: Arc<Metrics>,
     _permit: ConnPermit,
+    drain: Arc<Drain>,
+    drain_wait: DrainWait,
+    /// WebSocket: frames written to the client so far.
+    frames: FrameTracker,
+    /// Bytes of the close frame written, once closing began.
+    closing: Option<usize>,
+    /// The reader waiting for a frame boundary to close at.
+    close_waker: Option<Waker>,
+}
+
+/// What a public connection is guarded by.
+pub struct Guards {
+    pub permit: ConnPermit,
+    pub drain: Arc<Drain>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl<S: Ssl> Guarded<S> {
@@ -94,8 +115,7 @@ impl<S: Ssl> Guarded<S> {
         inner: S,
         deadlines: impl FnOnce(bool) -> ConnDeadlines,
         facts: ConnFacts,
-        permit: ConnPermit,
-        metrics: Arc<Metrics>,
+        guards: Guards,
     ) -> Guarded<S> {
         let h2 = inner.selected_alpn_proto() == Some(ALPN::H2);
         Guarded {
@@ -103,8 +123,50 @@ impl<S: Ssl> Guarded<S> {
             deadlines: deadlines(h2),
             sleep: None,
             facts: facts.into_digest(),
-            metrics,
-            _permit: permit,
+            metrics: guards.metrics,
+            _permit: guards.permit,
+            drain: guards.drain,
+            drain_wait: None,
+            frames: FrameTracker::default(),
+            closing: None,
+            close_waker: None,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Guarded<S> {
+    /// WebSocket at shutdown: `None` while reading goes on as usual; else
+    /// the close frame is (being) written and the read then ends the stream.
+    fn poll_close(&mut self, cx: &mut Context<'_>) -> Option<Poll<std::io::Result<()>>> {
+        if self.closing.is_none() {
+            if !self.drain.poll_started(cx, &mut self.drain_wait) {
+                return None;
+            }
+            if !self.frames.at_boundary() {
+                // Mid-frame: the writer wakes us when the frame is complete.
+                self.close_waker = Some(cx.waker().clone());
+                return None;
+            }
+            self.closing = Some(0);
+            self.metrics.websocket_closes.inc();
+        }
+        let mut written = self.closing.unwrap_or(0);
+        while written < CLOSE_GOING_AWAY.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &CLOSE_GOING_AWAY[written..]) {
+                Poll::Ready(Ok(n)) if n > 0 => written += n,
+                // The client is gone: nothing left to be polite to.
+                Poll::Ready(_) => return Some(Poll::Ready(Ok(()))),
+                Poll::Pending => {
+                    self.closing = Some(written);
+                    return Some(Poll::Pending);
+                }
+            }
+        }
+        self.closing = Some(written);
+        match Pin::new(&mut self.inner).poll_flush(cx) {
+            Poll::Pending => Some(Poll::Pending),
+            // End of stream: Pingora ends the tunnel.
+            Poll::Ready(_) => Some(Poll::Ready(Ok(()))),
         }
     }
 }
@@ -133,9 +195,14 @@ fn timed_out(what: &'static str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::TimedOut, what)
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if this.deadlines.phase() == Phase::WebSocket {
+            if let Some(closed) = this.poll_close(cx) {
+                return closed;
+            }
+        }
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
@@ -179,8 +246,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for Guarded<S> {
 impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        if matches!(this.deadlines.phase(), Phase::Head | Phase::Body) && !buf.is_empty() {
-            this.deadlines.on_write(buf);
+        match this.deadlines.phase() {
+            Phase::Head | Phase::Body if !buf.is_empty() => this.deadlines.on_write(buf),
+            Phase::WebSocket => return this.poll_write_frames(cx, buf),
+            _ => {}
         }
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
@@ -196,15 +265,42 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        if matches!(this.deadlines.phase(), Phase::Head | Phase::Body) {
-            if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
-                this.deadlines.on_write(first);
+        match this.deadlines.phase() {
+            Phase::Head | Phase::Body => {
+                if let Some(first) = bufs.iter().find(|b| !b.is_empty()) {
+                    this.deadlines.on_write(first);
+                }
             }
+            Phase::WebSocket => {
+                let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+                return this.poll_write_frames(cx, first);
+            }
+            _ => {}
         }
         Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Guarded<S> {
+    /// WebSocket writes: frames are followed, and nothing more is sent once
+    /// the close frame went out (the data is dropped: the connection ends).
+    fn poll_write_frames(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        if self.closing.is_some() {
+            return Poll::Ready(Ok(buf.len()));
+        }
+        let written = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written {
+            self.frames.feed(&buf[..n]);
+            if self.frames.at_boundary() {
+                if let Some(w) = self.close_waker.take() {
+                    w.wake();
+                }
+            }
+        }
+        written
     }
 }
 

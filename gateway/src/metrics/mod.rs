@@ -49,6 +49,8 @@ pub struct Metrics {
     pub cache_refreshes: IntCounter,
     /// 1 while the database answers the invalidation listener's health query.
     pub database_up: IntGauge,
+    /// WebSocket connections sent a close frame at shutdown.
+    pub websocket_closes: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -176,6 +178,11 @@ impl Metrics {
                 &r,
                 "tenant_gateway_cache_background_refreshes_total",
                 "Lookups run in the background for cached tenants past positive_ttl or marked stale.",
+            ),
+            websocket_closes: counter(
+                &r,
+                "tenant_gateway_websocket_shutdown_closes_total",
+                "WebSocket connections sent a close frame (1001, going away) at shutdown.",
             ),
             database_up: gauge(
                 &r,
