@@ -329,6 +329,16 @@ fn renewal_survives_the_ca_being_down_and_restarts_order_nothing() {
         line.contains("failing") && line.contains("next retry") && line.contains("serving the certificate"),
         "{line}"
     );
+    // Every attempt that ended is recorded: an order row without a result
+    // belongs to a live lease (an attempt still running), nothing else.
+    assert_eq!(
+        pg.psql(
+            "SELECT count(*) FROM tenant_gateway.acme_orders o WHERE o.result IS NULL AND NOT EXISTS
+               (SELECT 1 FROM tenant_gateway.acme_names n WHERE n.name = o.name AND n.lease_until > now())"
+        )
+        .unwrap(),
+        "0"
+    );
     assert_eq!(
         probe(st.ports.tls, Some(CUSTOM), &[]).unwrap().names,
         [CUSTOM],
