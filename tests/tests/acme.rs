@@ -2,8 +2,9 @@
 //! without restarts (HTTP-01 and TLS-ALPN-01), two gateways place exactly one
 //! order, the guard never orders for unknown or suspended names, tenants
 //! under one public suffix do not share an order limit, renewal
-//! survives the CA being down, and stored certificates survive restarts with
-//! their keys encrypted.
+//! survives the CA being down, stored certificates survive restarts with
+//! their keys encrypted, and many names at once queue for order slots while
+//! every challenge is still answered.
 
 use std::path::Path;
 use std::time::Duration;

@@ -39,10 +39,11 @@
 //!   runs here at a time) is taken over at once. The ACME account is no
 //!   longer created under a lock either: if two gateways of a fresh fleet
 //!   create one at once, the first stored wins and the other stays unused.
-//! - Every database step of order work is bounded by `QUERY_DEADLINE` (5 s
-//!   for a challenge answer, `ANSWER_DEADLINE`); the CA exchange of one
-//!   attempt by `ORDER_DEADLINE` (5 min: account, order, both challenge
-//!   types' validation polls of up to 60 s, finalisation, download).
+//! - Every database step of order work is bounded by `QUERY_DEADLINE` (10 s),
+//!   reading a challenge answer by `ANSWER_DEADLINE` (5 s), and the CA
+//!   exchange of one attempt by `ORDER_DEADLINE` (5 min: account, order,
+//!   both challenge types' validation polls of up to 60 s, finalisation,
+//!   download).
 //! - A claimed attempt always ends in one transaction that frees the lease:
 //!   issued (certificate, reset failures), or failed (failures + 1, error,
 //!   back-off `next_attempt_at`, order row `failed`) also when the order
