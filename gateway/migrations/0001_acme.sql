@@ -28,6 +28,12 @@ CREATE TABLE IF NOT EXISTS tenant_gateway.acme_names (
     ordering_since   timestamptz,
     updated_at       timestamptz NOT NULL DEFAULT now()
 );
+-- The order lease: one order per name across the fleet without holding a
+-- connection during the ACME exchange (see gateway/src/tls/acme.rs). NULL
+-- when free; an expired lease is free.
+ALTER TABLE tenant_gateway.acme_names
+    ADD COLUMN IF NOT EXISTS lease_owner text,
+    ADD COLUMN IF NOT EXISTS lease_until timestamptz;
 
 CREATE TABLE IF NOT EXISTS tenant_gateway.acme_challenges (
     kind               text NOT NULL CHECK (kind IN ('http-01', 'tls-alpn-01')),

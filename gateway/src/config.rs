@@ -226,6 +226,8 @@ pub struct AcmeConfig {
     pub orders_per_hour: u32,
     /// New orders allowed per week per registered domain (Let's Encrypt allows 50).
     pub orders_per_domain_per_week: u32,
+    /// Orders this gateway runs at once; further names wait for a slot.
+    pub max_concurrent_orders: u32,
 }
 
 impl Default for AcmeConfig {
@@ -247,6 +249,7 @@ impl Default for AcmeConfig {
             retry_max_secs: 86_400,
             orders_per_hour: 50,
             orders_per_domain_per_week: 20,
+            max_concurrent_orders: 4,
         }
     }
 }
@@ -818,6 +821,9 @@ impl Config {
         if a.orders_per_hour == 0 || a.orders_per_domain_per_week == 0 {
             return Err(invalid("acme.orders_per_hour", "rate limits must be positive"));
         }
+        if a.max_concurrent_orders == 0 {
+            return Err(invalid("acme.max_concurrent_orders", "must be at least 1"));
+        }
         Ok(())
     }
 
@@ -968,6 +974,26 @@ mod tests {
             ..d
         };
         assert_eq!(connection_caps(&set, 20_000), (1000, 10));
+    }
+
+    #[test]
+    fn acme_needs_at_least_one_order_slot() {
+        let acme = |slots: &str| {
+            format!(
+                "{MIN}[tls]\nlisten = \"127.0.0.1:8443\"\ncert_dir = {:?}\n[acme]\nenabled = true\n{slots}",
+                std::env::temp_dir()
+            )
+        };
+        assert_eq!(parse(&acme("")).unwrap().acme.max_concurrent_orders, 4);
+        assert_eq!(
+            parse(&acme("max_concurrent_orders = 1\n"))
+                .unwrap()
+                .acme
+                .max_concurrent_orders,
+            1
+        );
+        let err = parse(&acme("max_concurrent_orders = 0\n")).unwrap_err();
+        assert!(err.contains("acme.max_concurrent_orders"), "{err}");
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! without restarts (HTTP-01 and TLS-ALPN-01), two gateways place exactly one
 //! order, the guard never orders for unknown or suspended names, tenants
 //! under one public suffix do not share an order limit, renewal
-//! survives the CA being down, and stored certificates survive restarts with
-//! their keys encrypted.
+//! survives the CA being down, stored certificates survive restarts with
+//! their keys encrypted, and many names at once queue for order slots while
+//! every challenge is still answered.
 
 use std::path::Path;
 use std::time::Duration;
@@ -329,6 +330,16 @@ fn renewal_survives_the_ca_being_down_and_restarts_order_nothing() {
         line.contains("failing") && line.contains("next retry") && line.contains("serving the certificate"),
         "{line}"
     );
+    // Every attempt that ended is recorded: an order row without a result
+    // belongs to a live lease (an attempt still running), nothing else.
+    assert_eq!(
+        pg.psql(
+            "SELECT count(*) FROM tenant_gateway.acme_orders o WHERE o.result IS NULL AND NOT EXISTS
+               (SELECT 1 FROM tenant_gateway.acme_names n WHERE n.name = o.name AND n.lease_until > now())"
+        )
+        .unwrap(),
+        "0"
+    );
     assert_eq!(
         probe(st.ports.tls, Some(CUSTOM), &[]).unwrap().names,
         [CUSTOM],
@@ -367,6 +378,102 @@ fn renewal_survives_the_ca_being_down_and_restarts_order_nothing() {
     let status = gateway_cli(&pg.url(), &st.gw, &["acme", "status"]);
     let line = status.lines().find(|l| l.starts_with(CUSTOM)).unwrap();
     assert!(line.contains("valid"), "{line}");
+}
+
+/// Twenty custom domains arrive at once with three order slots: all get
+/// certificates, at most three orders run at a time (the rest wait for a
+/// slot), and every HTTP-01 validation request is answered (challenge
+/// answers have their own connections, which orders cannot take).
+#[test]
+fn twenty_domains_at_once_queue_for_order_slots_and_every_challenge_is_answered() {
+    const SLOTS: f64 = 3.0;
+    const NAMES: usize = 20;
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    let st = acme_stack_with(&pg, "\"http-01\"", "max_concurrent_orders = 3\n");
+    // One transaction: the domain trigger NOTIFYs all twenty at commit.
+    pg.psql(&format!(
+        "INSERT INTO public.domains (domain, tenant_id)
+         SELECT 'www.team' || lpad(i::text, 2, '0') || '.test', t.id
+           FROM generate_series(1, {NAMES}) i, public.tenants t WHERE t.schema_name = 'ferrari'"
+    ))
+    .unwrap();
+    let (mut most_running, mut most_waiting) = (0.0f64, 0.0f64);
+    wait_until("twenty certificates stored", Duration::from_secs(120), || {
+        if let Ok(m) = st.gw.scrape() {
+            most_running = most_running.max(metric_sum(&m, "tenant_gateway_acme_orders_in_progress", &[]));
+            most_waiting = most_waiting.max(metric_sum(&m, "tenant_gateway_acme_orders_waiting", &[]));
+        }
+        pg.psql("SELECT count(*) FROM tenant_gateway.certificates")
+            .is_ok_and(|n| n == NAMES.to_string())
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}\nPebble log:\n{}", st.gw.proc_.log(), st.pebble.log()));
+    assert!(
+        most_running <= SLOTS,
+        "{most_running} orders ran at once with {SLOTS} slots"
+    );
+    assert!(
+        most_running >= 1.0 && most_waiting >= 1.0,
+        "orders should have queued: running {most_running}, waiting {most_waiting}"
+    );
+    for i in 1..=NAMES {
+        wait_issued(
+            &st.pebble,
+            st.ports.tls,
+            &format!("www.team{i:02}.test"),
+            Duration::from_secs(30),
+        );
+    }
+
+    // Bookkeeping: one issued order per name, nothing failed or left pending.
+    assert_eq!(
+        pg.psql(
+            "SELECT count(*) FILTER (WHERE result = 'issued'), count(*) FILTER (WHERE result IS DISTINCT FROM 'issued')
+               FROM tenant_gateway.acme_orders"
+        )
+        .unwrap(),
+        format!("{NAMES}|0")
+    );
+    assert_eq!(
+        pg.psql(
+            "SELECT count(*) FROM tenant_gateway.acme_names
+              WHERE failures > 0 OR lease_owner IS NOT NULL OR ordering_since IS NOT NULL"
+        )
+        .unwrap(),
+        "0"
+    );
+    let status = gateway_cli(&pg.url(), &st.gw, &["acme", "status"]);
+    assert_eq!(status.matches(" valid ").count(), NAMES, "{status}");
+
+    // Every validation request Pebble made got its answer: as many 200s in
+    // the access log as Pebble's HTTP validations, and no other status.
+    let validations = st.pebble.log().matches("Attempting to validate w/ HTTP").count();
+    assert!(validations >= NAMES, "{}", st.pebble.log());
+    let answered = || {
+        let log = st.gw.proc_.log();
+        let lines: Vec<String> = log
+            .lines()
+            .filter(|l| l.contains("access") && l.contains("path=/.well-known/acme-challenge/"))
+            .map(str::to_owned)
+            .collect();
+        lines
+    };
+    wait_until("an access-log line per validation", Duration::from_secs(10), || {
+        answered().len() >= validations
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", st.gw.proc_.log()));
+    let lines = answered();
+    assert_eq!(lines.len(), validations, "{lines:#?}");
+    assert!(lines.iter().all(|l| l.contains("status=200")), "{lines:#?}");
+    let pebble_log = st.pebble.log();
+    assert!(!pebble_log.contains("Non-200 status code"), "{pebble_log}");
+    assert_eq!(
+        pebble_log.matches("set VALID by completed challenge").count(),
+        NAMES,
+        "{pebble_log}"
+    );
+    let log = st.gw.proc_.log();
+    assert!(!log.contains("cannot read the challenge answer"), "{log}");
 }
 
 /// Wait until each gateway has completed `n` more ACME scans (bounded).

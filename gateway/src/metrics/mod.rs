@@ -29,6 +29,10 @@ pub struct Metrics {
     /// ACME orders by name and result (issued, failed, rate_limited).
     pub acme_orders: IntCounterVec,
     pub acme_scans: IntCounter,
+    /// ACME orders holding one of the `acme.max_concurrent_orders` slots.
+    pub acme_orders_in_progress: IntGauge,
+    /// ACME order attempts waiting for a slot.
+    pub acme_orders_waiting: IntGauge,
     pub cache_entries: IntGauge,
     pub invalidation_connected: IntGauge,
     /// TLS handshakes by result: ok, failed, timeout.
@@ -195,6 +199,16 @@ impl Metrics {
                 "ACME scans for missing, expiring or due certificates.",
             ),
             acme_orders,
+            acme_orders_in_progress: gauge(
+                &r,
+                "tenant_gateway_acme_orders_in_progress",
+                "ACME orders running (at most acme.max_concurrent_orders).",
+            ),
+            acme_orders_waiting: gauge(
+                &r,
+                "tenant_gateway_acme_orders_waiting",
+                "ACME order attempts waiting for a slot (acme.max_concurrent_orders).",
+            ),
             tls_handshakes,
             cert_expiry,
             invalidation_connected,

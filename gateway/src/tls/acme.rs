@@ -7,16 +7,53 @@
 //! - When: proactively (domain NOTIFY, periodic scan for missing, expiring or
 //!   due-for-retry names), on demand at a handshake (bounded wait), and on an
 //!   operator's `gateway acme renew`.
-//! - Fleet: one order per name across all gateways (PostgreSQL advisory lock
-//!   on the name, released by the server if a holder dies); challenges live
-//!   in the database so any gateway answers HTTP-01 or TLS-ALPN-01;
-//!   certificates live in the database (keys AES-256-GCM encrypted) and every
-//!   gateway loads them on NOTIFY.
+//! - Fleet: one order per name across all gateways (a lease on the name's
+//!   `acme_names` row, see Bounds); challenges live in the database so any
+//!   gateway answers HTTP-01 or TLS-ALPN-01; certificates live in the
+//!   database (keys AES-256-GCM encrypted) and every gateway loads them on
+//!   NOTIFY.
 //! - Renewal at a third of the lifetime; failures back off exponentially
 //!   with jitter, capped; the last certificate keeps being served; global
 //!   and per-registrable-domain (Public Suffix List) order rate limits.
+//!
+//! Bounds: orders must never starve the database connections that answer
+//! challenges, and every attempt ends with its bookkeeping written.
+//!
+//! - At most `acme.max_concurrent_orders` orders run in this gateway; further
+//!   attempts wait for a slot ([`Slots`], a semaphore) holding no database
+//!   connection. Gauges: `tenant_gateway_acme_orders_in_progress` and
+//!   `tenant_gateway_acme_orders_waiting`.
+//! - Three pools: order work (bookkeeping, scans, certificate loads; the pool
+//!   handed to [`Acme::new`]), challenge answers (`ANSWER_CONNECTIONS`
+//!   connections, used by [`Acme::http01`] and [`Acme::alpn_key`] only) and
+//!   LISTEN (one connection, held by the listener only).
+//! - The per-name exclusion is a lease row (`lease_owner`, `lease_until`),
+//!   claimed and released by single statements, not a session advisory lock:
+//!   a session lock pins a pooled connection for the whole ACME exchange
+//!   (minutes when the CA is slow), so concurrent orders would empty any
+//!   pool sized below them, and a dedicated pool per slot would still cost
+//!   a server connection per running order for nothing. A lease costs a
+//!   connection only for the length of a statement. If a gateway dies
+//!   mid-order its lease expires after `LEASE` = `ORDER_DEADLINE` +
+//!   `LEASE_GRACE`; a lease left by this very process (one attempt per name
+//!   runs here at a time) is taken over at once. The ACME account is no
+//!   longer created under a lock either: if two gateways of a fresh fleet
+//!   create one at once, the first stored wins and the other stays unused.
+//! - Every database step of order work is bounded by `QUERY_DEADLINE` (10 s),
+//!   reading a challenge answer by `ANSWER_DEADLINE` (5 s), and the CA
+//!   exchange of one attempt by `ORDER_DEADLINE` (5 min: account, order,
+//!   both challenge types' validation polls of up to 60 s, finalisation,
+//!   download).
+//! - A claimed attempt always ends in one transaction that frees the lease:
+//!   issued (certificate, reset failures), or failed (failures + 1, error,
+//!   back-off `next_attempt_at`, order row `failed`) also when the order
+//!   errs, times out or its certificate cannot be stored; written once more
+//!   after a transient database error. `gateway acme status` shows
+//!   "pending" only while a lease is live, so an attempt that ended (or
+//!   whose gateway died) never leaves a name pending.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,11 +62,12 @@ use instant_acme::{
     Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey, Identifier, NewAccount,
     NewOrder, OrderStatus, RetryPolicy,
 };
+use prometheus::IntGauge;
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::store::{Cert, CertStore};
 use crate::config::{AcmeConfig, ChallengeKind};
@@ -41,7 +79,22 @@ const MIGRATION: &str = include_str!("../../migrations/0001_acme.sql");
 const CERTS_CHANNEL: &str = "tenant_gateway_certs";
 const RENEW_CHANNEL: &str = "tenant_gateway_acme";
 const MIGRATION_LOCK: i64 = 0x7467_6163_6d65; // "tgacme"
-const ACCOUNT_LOCK: i64 = 0x7467_6163_6374; // "tgacct"
+/// Connections of the challenge-answer pool.
+const ANSWER_CONNECTIONS: u32 = 2;
+/// Bound on one database step of order work (a query or a short transaction).
+const QUERY_DEADLINE: Duration = Duration::from_secs(10);
+/// Bound on reading one challenge answer (the CA's own request waits for it).
+const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
+/// Bound on the CA exchange of one order attempt.
+const ORDER_DEADLINE: Duration = Duration::from_secs(300);
+/// Beyond `ORDER_DEADLINE`, the lease covers the bounded steps before the
+/// order (four) and the final record (two tries): at most a minute.
+const LEASE_GRACE: Duration = Duration::from_secs(120);
+const LEASE: Duration = ORDER_DEADLINE.saturating_add(LEASE_GRACE);
+/// SET clause freeing a name's lease (and with it the "pending" status).
+const FREE_LEASE: &str = "lease_owner = NULL, lease_until = NULL, ordering_since = NULL, updated_at = now()";
+/// How long a rate-limited name waits before the next try.
+const RATE_LIMITED_RETRY: &str = "10 minutes";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
@@ -49,12 +102,135 @@ pub enum AcmeError {
     Db(#[from] sqlx::Error),
     #[error("ACME: {0}")]
     Acme(#[from] instant_acme::Error),
+    #[error("{what} took longer than {limit:?}")]
+    Timeout { what: &'static str, limit: Duration },
     #[error("{0}")]
     Other(String),
 }
 
+impl AcmeError {
+    /// Worth one more try: the database was briefly unreachable, busy or slow.
+    fn is_transient(&self) -> bool {
+        match self {
+            AcmeError::Timeout { .. } => true,
+            AcmeError::Db(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed) => true,
+            AcmeError::Db(sqlx::Error::Database(e)) => e.code().is_some_and(|c| transient_sqlstate(&c)),
+            _ => false,
+        }
+    }
+}
+
+/// SQLSTATEs worth one retry: connection exceptions (class 08), serialization
+/// failure and deadlock, too many connections, lock not available, and the
+/// server shutting down or restarting.
+fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || matches!(
+            code,
+            "40001" | "40P01" | "53300" | "55P03" | "57P01" | "57P02" | "57P03"
+        )
+}
+
 fn other(e: impl std::fmt::Display) -> AcmeError {
     AcmeError::Other(e.to_string())
+}
+
+/// Run `step` under `limit`.
+async fn bounded_by<T, E>(
+    limit: Duration,
+    what: &'static str,
+    step: impl Future<Output = Result<T, E>>,
+) -> Result<T, AcmeError>
+where
+    AcmeError: From<E>,
+{
+    match tokio::time::timeout(limit, step).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(AcmeError::Timeout { what, limit }),
+    }
+}
+
+/// One database step of order work, under [`QUERY_DEADLINE`].
+async fn bounded<T, E>(what: &'static str, step: impl Future<Output = Result<T, E>>) -> Result<T, AcmeError>
+where
+    AcmeError: From<E>,
+{
+    bounded_by(QUERY_DEADLINE, what, step).await
+}
+
+/// [`bounded_by`], run once more after a transient failure.
+async fn retry_once<T, F, Fut>(limit: Duration, what: &'static str, mut step: F) -> Result<T, AcmeError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, AcmeError>>,
+{
+    match bounded_by(limit, what, step()).await {
+        Err(e) if e.is_transient() => {
+            tracing::warn!(error = %e, "ACME: {what} failed; trying once more");
+            bounded_by(limit, what, step()).await
+        }
+        done => done,
+    }
+}
+
+/// +1 on a gauge for as long as it lives (also when its future is dropped).
+struct GaugeHold(IntGauge);
+
+impl GaugeHold {
+    fn new(gauge: &IntGauge) -> GaugeHold {
+        gauge.inc();
+        GaugeHold(gauge.clone())
+    }
+}
+
+impl Drop for GaugeHold {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The cap on concurrent orders in this gateway, with its two gauges.
+struct Slots {
+    permits: Arc<Semaphore>,
+    waiting: IntGauge,
+    running: IntGauge,
+}
+
+/// One order slot. Field order matters: the running gauge drops before the
+/// permit, so the gauge never shows more than the cap.
+struct Slot {
+    _running: GaugeHold,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Slots {
+    fn new(cap: u32, waiting: IntGauge, running: IntGauge) -> Slots {
+        Slots {
+            permits: Arc::new(Semaphore::new(usize::try_from(cap.max(1)).unwrap_or(1))),
+            waiting,
+            running,
+        }
+    }
+
+    /// Wait (counted in the waiting gauge) for a free slot.
+    async fn acquire(&self) -> Result<Slot, AcmeError> {
+        let _waiting = GaugeHold::new(&self.waiting);
+        let permit = self.permits.clone().acquire_owned().await.map_err(other)?;
+        Ok(Slot {
+            _running: GaugeHold::new(&self.running),
+            _permit: permit,
+        })
+    }
+}
+
+/// What the checks under a fresh lease decided.
+enum Prepared {
+    /// Another gateway just stored a good certificate.
+    NotNeeded,
+    /// Held back by a rate limit (the reason).
+    RateLimited(String),
+    /// Go: the new `acme_orders` row.
+    Order(i64),
 }
 
 /// AES-256-GCM with a random nonce per message; the row's identity is the
@@ -113,13 +289,21 @@ pub fn backoff(base: Duration, max: Duration, failures: u32, jitter: f64) -> Dur
 
 pub struct Acme {
     cfg: AcmeConfig,
+    /// Order work: bookkeeping, scans, certificate loads, the account.
     db: PgPool,
+    /// Challenge answers only, so orders can never starve them.
+    answers: PgPool,
+    /// The LISTEN connection only.
+    listen_db: PgPool,
     seal: Seal,
     store: Arc<CertStore>,
     cache: Arc<TenantCache>,
     base_domains: Vec<String>,
     metrics: Arc<Metrics>,
     gateway_id: String,
+    /// This process as a lease owner: the gateway id and a random nonce.
+    lease_owner: String,
+    slots: Slots,
     account: tokio::sync::Mutex<Option<Account>>,
     wanted: mpsc::UnboundedSender<(String, bool)>,
     wanted_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, bool)>>>,
@@ -128,6 +312,8 @@ pub struct Acme {
 }
 
 impl Acme {
+    /// `db` is the pool for order work; the challenge-answer and LISTEN
+    /// pools are opened alongside it with the same connect options.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: AcmeConfig,
@@ -140,15 +326,33 @@ impl Acme {
     ) -> Acme {
         let (tx, rx) = mpsc::unbounded_channel();
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let gateway_id = format!("{}:{}", host.trim(), std::process::id());
+        let opts = (*db.connect_options()).clone();
+        let acquire = db.options().get_acquire_timeout();
+        let answers = crate::tenant::lookup::lazy_pool(
+            opts.clone().application_name("tenant-gateway-acme-answers"),
+            ANSWER_CONNECTIONS,
+            acquire,
+        );
+        let listen_db =
+            crate::tenant::lookup::lazy_pool(opts.application_name("tenant-gateway-acme-listen"), 1, acquire);
         Acme {
+            slots: Slots::new(
+                cfg.max_concurrent_orders,
+                metrics.acme_orders_waiting.clone(),
+                metrics.acme_orders_in_progress.clone(),
+            ),
             cfg,
             db,
+            answers,
+            listen_db,
             seal: Seal::new(key),
             store,
             cache,
             base_domains,
             metrics,
-            gateway_id: format!("{}:{}", host.trim(), std::process::id()),
+            lease_owner: format!("{gateway_id}/{:08x}", rand::random::<u32>()),
+            gateway_id,
             account: tokio::sync::Mutex::new(None),
             wanted: tx,
             wanted_rx: Mutex::new(Some(rx)),
@@ -186,26 +390,29 @@ impl Acme {
         {
             return None;
         }
-        sqlx::query_scalar(
-            "SELECT key_authorization FROM tenant_gateway.acme_challenges WHERE kind = 'http-01' AND key = $1",
+        self.challenge_answer("http-01", token).await
+    }
+
+    /// A pending challenge's key authorization, from the answers' own pool.
+    async fn challenge_answer(&self, kind: &'static str, key: &str) -> Option<String> {
+        let query = sqlx::query_scalar(
+            "SELECT key_authorization FROM tenant_gateway.acme_challenges WHERE kind = $1 AND key = $2",
         )
-        .bind(token)
-        .fetch_optional(&self.db)
-        .await
-        .ok()
-        .flatten()
+        .bind(kind)
+        .bind(key)
+        .fetch_optional(&self.answers);
+        match bounded_by(ANSWER_DEADLINE, "reading a challenge answer", query).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::warn!(kind, key, error = %e, "ACME: cannot read the challenge answer");
+                None
+            }
+        }
     }
 
     /// The TLS-ALPN-01 challenge certificate for a name, if a challenge is pending.
     pub async fn alpn_key(&self, name: &str) -> Option<Arc<CertifiedKey>> {
-        let ka: String = sqlx::query_scalar(
-            "SELECT key_authorization FROM tenant_gateway.acme_challenges WHERE kind = 'tls-alpn-01' AND key = $1",
-        )
-        .bind(name)
-        .fetch_optional(&self.db)
-        .await
-        .ok()
-        .flatten()?;
+        let ka = self.challenge_answer("tls-alpn-01", name).await?;
         if let Some((cached_ka, key)) = self.alpn_keys.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
             if *cached_ka == ka {
                 return Some(key.clone());
@@ -245,10 +452,13 @@ impl Acme {
     // ---- certificates in the database ----
 
     async fn load_one(&self, name: &str) -> Result<Option<Arc<Cert>>, AcmeError> {
-        let row = sqlx::query("SELECT chain_pem, key_enc FROM tenant_gateway.certificates WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.db)
-            .await?;
+        let row = bounded(
+            "loading a certificate",
+            sqlx::query("SELECT chain_pem, key_enc FROM tenant_gateway.certificates WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.db),
+        )
+        .await?;
         let Some(row) = row else { return Ok(None) };
         let chain: String = row.try_get(0)?;
         let key_enc: Vec<u8> = row.try_get(1)?;
@@ -260,9 +470,11 @@ impl Acme {
     }
 
     async fn load_all(&self) -> Result<usize, AcmeError> {
-        let names: Vec<String> = sqlx::query_scalar("SELECT name FROM tenant_gateway.certificates")
-            .fetch_all(&self.db)
-            .await?;
+        let names: Vec<String> = bounded(
+            "listing stored certificates",
+            sqlx::query_scalar("SELECT name FROM tenant_gateway.certificates").fetch_all(&self.db),
+        )
+        .await?;
         let mut n = 0;
         for name in names {
             match self.load_one(&name).await {
@@ -280,7 +492,7 @@ impl Acme {
     pub async fn run(self: Arc<Self>) {
         let mut delay = Duration::from_millis(200);
         loop {
-            match Acme::migrate(&self.db).await {
+            match bounded("preparing the schema", Acme::migrate(&self.db)).await {
                 Ok(()) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, "ACME: cannot prepare the tenant_gateway schema; retrying");
@@ -313,7 +525,7 @@ impl Acme {
     /// NOTIFY: new certificates (load), forced renewals and domain changes (order).
     async fn listen(self: Arc<Self>) {
         loop {
-            let mut l = match self.listener().await {
+            let mut l = match bounded("connecting the ACME listener", self.listener()).await {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(error = %e, "ACME: cannot LISTEN; retrying");
@@ -343,8 +555,9 @@ impl Acme {
         }
     }
 
+    /// The listener holds the LISTEN pool's one connection, nobody else's.
     async fn listener(&self) -> Result<PgListener, sqlx::Error> {
-        let mut l = PgListener::connect_with(&self.db).await?;
+        let mut l = PgListener::connect_with(&self.listen_db).await?;
         l.eager_reconnect(false);
         l.listen_all([CERTS_CHANNEL, RENEW_CHANNEL, "tenant_gateway"]).await?;
         Ok(l)
@@ -353,7 +566,11 @@ impl Acme {
     /// Names that lack a certificate, need renewal or were forced.
     async fn scan(self: &Arc<Self>) -> Result<(), AcmeError> {
         self.metrics.acme_scans.inc();
-        let names: Vec<String> = sqlx::query_scalar(&self.cfg.domains_query).fetch_all(&self.db).await?;
+        let names: Vec<String> = bounded(
+            "listing custom domains",
+            sqlx::query_scalar(&self.cfg.domains_query).fetch_all(&self.db),
+        )
+        .await?;
         let now = unix_now();
         for name in names {
             if self.base_domains.iter().any(|b| tenancy::is_under(&name, b)) {
@@ -363,9 +580,11 @@ impl Acme {
                 self.spawn_attempt(name, false);
             }
         }
-        let forced: Vec<String> = sqlx::query_scalar("SELECT name FROM tenant_gateway.acme_names WHERE force_renew")
-            .fetch_all(&self.db)
-            .await?;
+        let forced: Vec<String> = bounded(
+            "listing forced renewals",
+            sqlx::query_scalar("SELECT name FROM tenant_gateway.acme_names WHERE force_renew").fetch_all(&self.db),
+        )
+        .await?;
         for name in forced {
             self.spawn_attempt(name, true);
         }
@@ -395,15 +614,21 @@ impl Acme {
             tracing::debug!(name, "ACME: not eligible; no order");
             return Ok(());
         }
-        sqlx::query("INSERT INTO tenant_gateway.acme_names (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
-            .bind(name)
-            .execute(&self.db)
-            .await?;
-        let (due, forced): (bool, bool) = sqlx::query_as(
-            "SELECT next_attempt_at <= now(), force_renew FROM tenant_gateway.acme_names WHERE name = $1",
+        bounded(
+            "registering the name",
+            sqlx::query("INSERT INTO tenant_gateway.acme_names (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+                .bind(name)
+                .execute(&self.db),
         )
-        .bind(name)
-        .fetch_one(&self.db)
+        .await?;
+        let (due, forced): (bool, bool) = bounded(
+            "reading the name's state",
+            sqlx::query_as(
+                "SELECT next_attempt_at <= now(), force_renew FROM tenant_gateway.acme_names WHERE name = $1",
+            )
+            .bind(name)
+            .fetch_one(&self.db),
+        )
         .await?;
         let now = unix_now();
         if !forced && self.store.issued(name).is_some_and(|c| !c.renewal_due(now)) {
@@ -413,113 +638,182 @@ impl Acme {
             tracing::debug!(name, force_hint, "ACME: backing off");
             return Ok(());
         }
-        // One order per name across the fleet; the server drops the lock if we die.
-        let mut conn = self.db.acquire().await?;
-        let lock_key = format!("tenant_gateway.acme:{name}");
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtextextended($1, 0))")
-            .bind(&lock_key)
-            .fetch_one(&mut *conn)
-            .await?;
-        if !locked {
-            tracing::debug!(name, "ACME: another gateway holds the order lock");
+        // Wait for one of this gateway's order slots, holding no connection.
+        let _slot = self.slots.acquire().await?;
+        // One order per name across the fleet.
+        let Some(forced) = self.claim(name).await? else {
+            tracing::debug!(
+                name,
+                "ACME: another gateway holds the order lease (or the name is not due)"
+            );
             return Ok(());
-        }
-        let result = self.locked_attempt(name).await;
-        let _ = sqlx::query("SELECT pg_advisory_unlock(hashtextextended($1, 0))")
-            .bind(&lock_key)
-            .execute(&mut *conn)
-            .await;
-        result
-    }
-
-    async fn locked_attempt(&self, name: &str) -> Result<(), AcmeError> {
-        // Re-read under the lock: another gateway may have just finished.
-        let (due, forced): (bool, bool) = sqlx::query_as(
-            "SELECT next_attempt_at <= now(), force_renew FROM tenant_gateway.acme_names WHERE name = $1",
-        )
-        .bind(name)
-        .fetch_one(&self.db)
-        .await?;
-        let stored = self.load_one(name).await?;
-        if !due || (!forced && stored.is_some_and(|c| !c.renewal_due(unix_now()))) {
-            return Ok(());
-        }
-        if let Some(why) = self.rate_limited(name).await? {
-            tracing::warn!(name, reason = %why, "ACME: rate limit holds back the order for {name}: {why}");
-            self.metrics
-                .acme_orders
-                .with_label_values(&[name, "rate_limited"])
-                .inc();
-            sqlx::query("UPDATE tenant_gateway.acme_names SET next_attempt_at = now() + interval '10 minutes', last_error = $2, updated_at = now() WHERE name = $1")
-                .bind(name)
-                .bind(format!("rate limited: {why}"))
-                .execute(&self.db)
-                .await?;
-            return Ok(());
-        }
-        let order_id: i64 = sqlx::query_scalar(
-            "INSERT INTO tenant_gateway.acme_orders (name, registered_domain, gateway) VALUES ($1, $2, $3) RETURNING id",
-        )
-        .bind(name)
-        .bind(registered_domain(name))
-        .bind(&self.gateway_id)
-        .fetch_one(&self.db)
-        .await?;
-        sqlx::query("UPDATE tenant_gateway.acme_names SET ordering_since = now(), updated_at = now() WHERE name = $1")
-            .bind(name)
-            .execute(&self.db)
-            .await?;
-        tracing::info!(name, gateway = %self.gateway_id, "ACME: ordering a certificate");
-        let outcome = self.order(name).await;
-        sqlx::query("DELETE FROM tenant_gateway.acme_challenges WHERE name = $1")
-            .bind(name)
-            .execute(&self.db)
-            .await?;
-        match outcome {
-            Ok((chain, key_pem)) => {
-                let cert = Cert::from_pem(chain.as_bytes(), key_pem.as_bytes(), name).map_err(other)?;
-                let key_enc = self.seal.seal(&format!("cert:{name}"), key_pem.as_bytes())?;
-                sqlx::query(
-                    "INSERT INTO tenant_gateway.certificates (name, chain_pem, key_enc, not_before, not_after, issued_at)
-                     VALUES ($1, $2, $3, to_timestamp($4), to_timestamp($5), now())
-                     ON CONFLICT (name) DO UPDATE SET chain_pem = EXCLUDED.chain_pem, key_enc = EXCLUDED.key_enc,
-                         not_before = EXCLUDED.not_before, not_after = EXCLUDED.not_after, issued_at = now()",
-                )
-                .bind(name)
-                .bind(&chain)
-                .bind(&key_enc)
-                .bind(cert.not_before as f64)
-                .bind(cert.not_after as f64)
-                .execute(&self.db)
-                .await?;
-                sqlx::query(
-                    "UPDATE tenant_gateway.acme_names SET failures = 0, last_error = NULL, force_renew = false,
-                         ordering_since = NULL, next_attempt_at = now(), updated_at = now() WHERE name = $1",
-                )
-                .bind(name)
-                .execute(&self.db)
-                .await?;
-                sqlx::query("UPDATE tenant_gateway.acme_orders SET result = 'issued' WHERE id = $1")
-                    .bind(order_id)
-                    .execute(&self.db)
-                    .await?;
-                self.metrics.cert_expiry.with_label_values(&[name]).set(cert.not_after);
-                self.store.add_issued(cert);
-                self.metrics.acme_orders.with_label_values(&[name, "issued"]).inc();
-                tracing::info!(name, "ACME: certificate issued and stored");
-                Ok(())
+        };
+        match self.prepare(name, forced).await {
+            Ok(Prepared::Order(order_id)) => self.run_order(name, order_id).await,
+            Ok(Prepared::NotNeeded) => self.release(name, None).await,
+            Ok(Prepared::RateLimited(why)) => {
+                tracing::warn!(name, reason = %why, "ACME: rate limit holds back the order for {name}: {why}");
+                self.metrics
+                    .acme_orders
+                    .with_label_values(&[name, "rate_limited"])
+                    .inc();
+                self.release(name, Some(&why)).await
             }
             Err(e) => {
-                let failures: i32 = sqlx::query_scalar(
-                    "UPDATE tenant_gateway.acme_names SET failures = failures + 1, last_error = $2, ordering_since = NULL,
-                         updated_at = now() WHERE name = $1 RETURNING failures",
-                )
+                if let Err(e) = self.release(name, None).await {
+                    tracing::error!(name, error = %e, "ACME: cannot free the order lease; it expires on its own");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Take the name's order lease if it is due and the lease is free,
+    /// expired, or left by this process (which runs one attempt per name at
+    /// a time). `Some(force_renew)` when taken.
+    async fn claim(&self, name: &str) -> Result<Option<bool>, AcmeError> {
+        bounded(
+            "claiming the order lease",
+            sqlx::query_scalar(
+                "UPDATE tenant_gateway.acme_names
+                    SET lease_owner = $2, lease_until = now() + make_interval(secs => $3),
+                        ordering_since = now(), updated_at = now()
+                  WHERE name = $1 AND next_attempt_at <= now()
+                    AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until <= now())
+              RETURNING force_renew",
+            )
+            .bind(name)
+            .bind(&self.lease_owner)
+            .bind(LEASE.as_secs_f64())
+            .fetch_optional(&self.db),
+        )
+        .await
+    }
+
+    /// Free the lease without an order; `held_back`: a rate limit's reason.
+    async fn release(&self, name: &str, held_back: Option<&str>) -> Result<(), AcmeError> {
+        let sql = match held_back {
+            None => format!("UPDATE tenant_gateway.acme_names SET {FREE_LEASE} WHERE name = $1 AND lease_owner = $2"),
+            Some(_) => format!(
+                "UPDATE tenant_gateway.acme_names SET {FREE_LEASE}, next_attempt_at = now() + interval '{RATE_LIMITED_RETRY}',
+                     last_error = $3 WHERE name = $1 AND lease_owner = $2"
+            ),
+        };
+        let last_error = held_back.map(|why| format!("rate limited: {why}"));
+        let (sql, last_error) = (&sql, &last_error);
+        retry_once(QUERY_DEADLINE, "freeing the order lease", || async move {
+            sqlx::query(sql)
                 .bind(name)
-                .bind(e.to_string())
-                .fetch_one(&self.db)
+                .bind(&self.lease_owner)
+                .bind(last_error)
+                .execute(&self.db)
                 .await?;
-                let jitter = 0.5 + f64::from(rand::random::<u32>()) / f64::from(u32::MAX);
-                let wait = backoff(
+            Ok(())
+        })
+        .await
+    }
+
+    /// Under a fresh lease: re-check (another gateway may have just
+    /// finished), apply the rate limits, log the order.
+    async fn prepare(&self, name: &str, forced: bool) -> Result<Prepared, AcmeError> {
+        let stored = self.load_one(name).await?;
+        if !forced && stored.is_some_and(|c| !c.renewal_due(unix_now())) {
+            return Ok(Prepared::NotNeeded);
+        }
+        if let Some(why) = self.rate_limited(name).await? {
+            return Ok(Prepared::RateLimited(why));
+        }
+        let order_id = bounded(
+            "logging the order",
+            sqlx::query_scalar(
+                "INSERT INTO tenant_gateway.acme_orders (name, registered_domain, gateway) VALUES ($1, $2, $3) RETURNING id",
+            )
+            .bind(name)
+            .bind(registered_domain(name))
+            .bind(&self.gateway_id)
+            .fetch_one(&self.db),
+        )
+        .await?;
+        Ok(Prepared::Order(order_id))
+    }
+
+    /// The order under `ORDER_DEADLINE`, then its record, whatever happened.
+    async fn run_order(&self, name: &str, order_id: i64) -> Result<(), AcmeError> {
+        tracing::info!(name, gateway = %self.gateway_id, "ACME: ordering a certificate");
+        let issued = match bounded_by(ORDER_DEADLINE, "the order", self.order(name)).await {
+            Ok((chain, key_pem)) => self.store_issued(name, order_id, &chain, &key_pem).await,
+            Err(e) => Err(e),
+        };
+        let Err(e) = issued else { return Ok(()) };
+        self.metrics.acme_orders.with_label_values(&[name, "failed"]).inc();
+        let (failures, wait) = self.record_failure(name, order_id, &e.to_string()).await.map_err(|write| {
+            tracing::error!(name, error = %write, order_error = %e, "ACME: cannot record the failed order; its lease expires on its own");
+            write
+        })?;
+        tracing::warn!(name, failures, retry_in_secs = wait.as_secs_f64(), error = %e, "ACME: order failed; keeping the current certificate");
+        Ok(())
+    }
+
+    /// Store a new certificate and end the attempt as issued (one transaction).
+    async fn store_issued(&self, name: &str, order_id: i64, chain: &str, key_pem: &str) -> Result<(), AcmeError> {
+        let cert = Cert::from_pem(chain.as_bytes(), key_pem.as_bytes(), name).map_err(other)?;
+        let key_enc = self.seal.seal(&format!("cert:{name}"), key_pem.as_bytes())?;
+        let (not_before, not_after) = (cert.not_before as f64, cert.not_after as f64);
+        let key_enc = &key_enc;
+        retry_once(QUERY_DEADLINE, "storing the certificate", || async move {
+            let mut tx = self.db.begin().await?;
+            sqlx::query(
+                "INSERT INTO tenant_gateway.certificates (name, chain_pem, key_enc, not_before, not_after, issued_at)
+                 VALUES ($1, $2, $3, to_timestamp($4), to_timestamp($5), now())
+                 ON CONFLICT (name) DO UPDATE SET chain_pem = EXCLUDED.chain_pem, key_enc = EXCLUDED.key_enc,
+                     not_before = EXCLUDED.not_before, not_after = EXCLUDED.not_after, issued_at = now()",
+            )
+            .bind(name)
+            .bind(chain)
+            .bind(key_enc)
+            .bind(not_before)
+            .bind(not_after)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(&format!(
+                "UPDATE tenant_gateway.acme_names SET failures = 0, last_error = NULL, force_renew = false,
+                     next_attempt_at = now(), {FREE_LEASE} WHERE name = $1 AND lease_owner = $2"
+            ))
+            .bind(name)
+            .bind(&self.lease_owner)
+            .execute(&mut *tx)
+            .await?;
+            end_order(&mut tx, name, order_id, "issued").await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await?;
+        self.metrics.cert_expiry.with_label_values(&[name]).set(cert.not_after);
+        self.store.add_issued(cert);
+        self.metrics.acme_orders.with_label_values(&[name, "issued"]).inc();
+        tracing::info!(name, "ACME: certificate issued and stored");
+        Ok(())
+    }
+
+    /// End the attempt as failed (one transaction): failures + 1, the error,
+    /// the back-off, the lease freed. Returns the failures and the back-off
+    /// (none when another gateway has taken over the expired lease).
+    async fn record_failure(&self, name: &str, order_id: i64, error: &str) -> Result<(i32, Duration), AcmeError> {
+        let jitter = 0.5 + f64::from(rand::random::<u32>()) / f64::from(u32::MAX);
+        retry_once(QUERY_DEADLINE, "recording the failed order", || async move {
+            let mut tx = self.db.begin().await?;
+            let failures: Option<i32> = sqlx::query_scalar(&format!(
+                "UPDATE tenant_gateway.acme_names SET failures = failures + 1, last_error = $3, {FREE_LEASE}
+                  WHERE name = $1 AND lease_owner = $2 RETURNING failures"
+            ))
+            .bind(name)
+            .bind(&self.lease_owner)
+            .bind(error)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let mut wait = Duration::ZERO;
+            if let Some(failures) = failures {
+                wait = backoff(
                     Duration::from_secs(self.cfg.retry_base_secs),
                     Duration::from_secs(self.cfg.retry_max_secs),
                     u32::try_from(failures).unwrap_or(1),
@@ -528,27 +822,27 @@ impl Acme {
                 sqlx::query("UPDATE tenant_gateway.acme_names SET next_attempt_at = now() + make_interval(secs => $2) WHERE name = $1")
                     .bind(name)
                     .bind(wait.as_secs_f64())
-                    .execute(&self.db)
+                    .execute(&mut *tx)
                     .await?;
-                sqlx::query("UPDATE tenant_gateway.acme_orders SET result = 'failed' WHERE id = $1")
-                    .bind(order_id)
-                    .execute(&self.db)
-                    .await?;
-                self.metrics.acme_orders.with_label_values(&[name, "failed"]).inc();
-                tracing::warn!(name, failures, retry_in_secs = wait.as_secs_f64(), error = %e, "ACME: order failed; keeping the current certificate");
-                Ok(())
             }
-        }
+            end_order(&mut tx, name, order_id, "failed").await?;
+            tx.commit().await?;
+            Ok((failures.unwrap_or(0), wait))
+        })
+        .await
     }
 
     async fn rate_limited(&self, name: &str) -> Result<Option<String>, AcmeError> {
-        let (hour, week): (i64, i64) = sqlx::query_as(
-            "SELECT count(*) FILTER (WHERE started_at > now() - interval '1 hour'),
-                    count(*) FILTER (WHERE registered_domain = $1 AND started_at > now() - interval '7 days')
-               FROM tenant_gateway.acme_orders WHERE started_at > now() - interval '7 days'",
+        let (hour, week): (i64, i64) = bounded(
+            "counting recent orders",
+            sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE started_at > now() - interval '1 hour'),
+                        count(*) FILTER (WHERE registered_domain = $1 AND started_at > now() - interval '7 days')
+                   FROM tenant_gateway.acme_orders WHERE started_at > now() - interval '7 days'",
+            )
+            .bind(registered_domain(name))
+            .fetch_one(&self.db),
         )
-        .bind(registered_domain(name))
-        .fetch_one(&self.db)
         .await?;
         if hour >= i64::from(self.cfg.orders_per_hour) {
             return Ok(Some(format!("{hour} orders in the last hour (acme.orders_per_hour)")));
@@ -567,19 +861,7 @@ impl Acme {
         if let Some(a) = &*slot {
             return Ok(a.clone());
         }
-        let dir = &self.cfg.directory_url;
-        let aad = format!("account:{dir}");
-        let mut conn = self.db.acquire().await?;
-        sqlx::query("SELECT pg_advisory_lock($1)")
-            .bind(ACCOUNT_LOCK)
-            .execute(&mut *conn)
-            .await?;
-        let result = self.load_or_create_account(dir, &aad).await;
-        let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-            .bind(ACCOUNT_LOCK)
-            .execute(&mut *conn)
-            .await;
-        let account = result?;
+        let account = self.load_or_create_account().await?;
         *slot = Some(account.clone());
         Ok(account)
     }
@@ -591,16 +873,28 @@ impl Acme {
         })
     }
 
-    /// Under the account lock: the stored account, or a new one (stored encrypted).
-    async fn load_or_create_account(&self, dir: &str, aad: &str) -> Result<Account, AcmeError> {
-        let stored: Option<Vec<u8>> =
+    /// The stored account for the directory, if any (decrypted).
+    async fn stored_account(&self, dir: &str, aad: &str) -> Result<Option<Account>, AcmeError> {
+        let stored: Option<Vec<u8>> = bounded(
+            "loading the ACME account",
             sqlx::query_scalar("SELECT credentials_enc FROM tenant_gateway.acme_accounts WHERE directory = $1")
                 .bind(dir)
-                .fetch_optional(&self.db)
-                .await?;
-        if let Some(enc) = stored {
-            let creds: AccountCredentials = serde_json::from_slice(&self.seal.open(aad, &enc)?).map_err(other)?;
-            return Ok(self.account_builder()?.from_credentials(creds).await?);
+                .fetch_optional(&self.db),
+        )
+        .await?;
+        let Some(enc) = stored else { return Ok(None) };
+        let creds: AccountCredentials = serde_json::from_slice(&self.seal.open(aad, &enc)?).map_err(other)?;
+        Ok(Some(self.account_builder()?.from_credentials(creds).await?))
+    }
+
+    /// The stored account, or a new one (stored encrypted). No lock is held
+    /// across the CA exchange: when two gateways create one at once, the
+    /// first stored wins and the other's stays unused at the CA.
+    async fn load_or_create_account(&self) -> Result<Account, AcmeError> {
+        let dir = &self.cfg.directory_url;
+        let aad = format!("account:{dir}");
+        if let Some(account) = self.stored_account(dir, &aad).await? {
+            return Ok(account);
         }
         let contact: Vec<&str> = self.cfg.contact.iter().map(String::as_str).collect();
         let eab = match &self.cfg.eab {
@@ -624,12 +918,24 @@ impl Acme {
             .account_builder()?
             .create(&new, dir.to_owned(), eab.as_ref())
             .await?;
-        let enc = self.seal.seal(aad, &serde_json::to_vec(&creds).map_err(other)?)?;
-        sqlx::query("INSERT INTO tenant_gateway.acme_accounts (directory, credentials_enc) VALUES ($1, $2)")
+        let enc = self.seal.seal(&aad, &serde_json::to_vec(&creds).map_err(other)?)?;
+        let stored = bounded(
+            "storing the ACME account",
+            sqlx::query(
+                "INSERT INTO tenant_gateway.acme_accounts (directory, credentials_enc) VALUES ($1, $2)
+                 ON CONFLICT (directory) DO NOTHING",
+            )
             .bind(dir)
             .bind(enc)
-            .execute(&self.db)
-            .await?;
+            .execute(&self.db),
+        )
+        .await?;
+        if stored.rows_affected() == 0 {
+            if let Some(theirs) = self.stored_account(dir, &aad).await? {
+                tracing::info!(directory = %dir, "ACME: another gateway stored an account first; using it");
+                return Ok(theirs);
+            }
+        }
         tracing::info!(directory = %dir, "ACME: account created");
         Ok(account)
     }
@@ -642,10 +948,13 @@ impl Acme {
             if e.to_string().contains("accountDoesNotExist") {
                 tracing::warn!(directory = %self.cfg.directory_url, "ACME: account unknown to the CA; a new one will be created");
                 *self.account.lock().await = None;
-                sqlx::query("DELETE FROM tenant_gateway.acme_accounts WHERE directory = $1")
-                    .bind(&self.cfg.directory_url)
-                    .execute(&self.db)
-                    .await?;
+                bounded(
+                    "forgetting the ACME account",
+                    sqlx::query("DELETE FROM tenant_gateway.acme_accounts WHERE directory = $1")
+                        .bind(&self.cfg.directory_url)
+                        .execute(&self.db),
+                )
+                .await?;
             }
         }
         result
@@ -659,10 +968,13 @@ impl Acme {
                 Ok(done) => return Ok(done),
                 Err(e) => {
                     tracing::warn!(name, challenge = ?kind, error = %e, "ACME: order failed with this challenge");
-                    sqlx::query("DELETE FROM tenant_gateway.acme_challenges WHERE name = $1")
-                        .bind(name)
-                        .execute(&self.db)
-                        .await?;
+                    bounded(
+                        "clearing challenges",
+                        sqlx::query("DELETE FROM tenant_gateway.acme_challenges WHERE name = $1")
+                            .bind(name)
+                            .execute(&self.db),
+                    )
+                    .await?;
                     last = e;
                 }
             }
@@ -699,15 +1011,18 @@ impl Acme {
                     ChallengeKind::Http01 => ("http-01", challenge.token.clone()),
                     ChallengeKind::TlsAlpn01 => ("tls-alpn-01", name.to_owned()),
                 };
-                sqlx::query(
-                    "INSERT INTO tenant_gateway.acme_challenges (kind, key, name, key_authorization) VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (kind, key) DO UPDATE SET key_authorization = EXCLUDED.key_authorization, created_at = now()",
+                bounded(
+                    "publishing the challenge",
+                    sqlx::query(
+                        "INSERT INTO tenant_gateway.acme_challenges (kind, key, name, key_authorization) VALUES ($1, $2, $3, $4)
+                         ON CONFLICT (kind, key) DO UPDATE SET key_authorization = EXCLUDED.key_authorization, created_at = now()",
+                    )
+                    .bind(db_kind)
+                    .bind(&key)
+                    .bind(name)
+                    .bind(ka.as_str())
+                    .execute(&self.db),
                 )
-                .bind(db_kind)
-                .bind(&key)
-                .bind(name)
-                .bind(ka.as_str())
-                .execute(&self.db)
                 .await?;
                 challenge.set_ready().await?;
             }
@@ -733,6 +1048,26 @@ impl Acme {
         let chain = order.poll_certificate(&policy).await?;
         Ok((chain, key.serialize_pem()))
     }
+}
+
+/// The end of an order attempt inside its final transaction: the order
+/// row's result, and the name's challenges gone.
+async fn end_order(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    name: &str,
+    order_id: i64,
+    result: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE tenant_gateway.acme_orders SET result = $2 WHERE id = $1")
+        .bind(order_id)
+        .bind(result)
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query("DELETE FROM tenant_gateway.acme_challenges WHERE name = $1")
+        .bind(name)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// The self-signed certificate carrying the acmeIdentifier extension
@@ -784,7 +1119,7 @@ pub async fn status_report(db: &PgPool, cfg: &AcmeConfig, base_domains: &[String
         .await?;
         let state: Option<(i32, Option<String>, String, bool, bool)> = sqlx::query_as(
             "SELECT failures, last_error, to_char(next_attempt_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS\"Z\"'),
-                    ordering_since IS NOT NULL, force_renew
+                    coalesce(lease_until > now(), false), force_renew
                FROM tenant_gateway.acme_names WHERE name = $1",
         )
         .bind(&name)
@@ -879,6 +1214,120 @@ mod tests {
         assert_eq!(registered_domain("co.uk"), "co.uk");
         // Not on the list: the last two labels.
         assert_eq!(registered_domain("www.ferrari-cars.test"), "ferrari-cars.test");
+    }
+
+    #[test]
+    fn transient_errors_are_the_database_being_briefly_away() {
+        let timeout = AcmeError::Timeout {
+            what: "x",
+            limit: Duration::from_secs(1),
+        };
+        assert!(timeout.is_transient());
+        assert!(AcmeError::Db(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(AcmeError::Db(sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into())).is_transient());
+        assert!(!AcmeError::Db(sqlx::Error::RowNotFound).is_transient());
+        assert!(!AcmeError::Other("bad certificate".into()).is_transient());
+        for code in ["08006", "08001", "40001", "40P01", "53300", "55P03", "57P01"] {
+            assert!(transient_sqlstate(code), "{code}");
+        }
+        for code in ["23505", "42P01", "22P02", "57014"] {
+            assert!(!transient_sqlstate(code), "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bounded_steps_end_at_their_deadline() {
+        let never = std::future::pending::<Result<(), AcmeError>>();
+        let e = bounded_by(Duration::from_millis(10), "a stuck query", never)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                AcmeError::Timeout {
+                    what: "a stuck query",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("a stuck query took longer than"), "{e}");
+        let done = bounded_by(Duration::from_secs(60), "x", async { Ok::<_, sqlx::Error>(7) }).await;
+        assert_eq!(done.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn retry_once_retries_transient_errors_only_and_once() {
+        let calls = std::cell::Cell::new(0);
+        let r = retry_once(Duration::from_secs(60), "x", || async {
+            calls.set(calls.get() + 1);
+            if calls.get() == 1 {
+                Err(AcmeError::Db(sqlx::Error::PoolTimedOut))
+            } else {
+                Ok(calls.get())
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 2);
+
+        calls.set(0);
+        let r: Result<(), _> = retry_once(Duration::from_secs(60), "x", || async {
+            calls.set(calls.get() + 1);
+            Err(AcmeError::Db(sqlx::Error::PoolTimedOut))
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls.get(), 2, "one retry, not more");
+
+        calls.set(0);
+        let r: Result<(), _> = retry_once(Duration::from_secs(60), "x", || async {
+            calls.set(calls.get() + 1);
+            Err(AcmeError::Other("not transient".into()))
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn slots_cap_orders_and_count_the_waiting() {
+        let waiting = IntGauge::new("waiting", "w").unwrap();
+        let running = IntGauge::new("running", "r").unwrap();
+        let slots = Slots::new(2, waiting.clone(), running.clone());
+        let first = slots.acquire().await.unwrap();
+        let _second = slots.acquire().await.unwrap();
+        assert_eq!((running.get(), waiting.get()), (2, 0));
+        // A third waits (it can never finish while both slots are held).
+        let mut third = Box::pin(slots.acquire());
+        assert!(tokio::time::timeout(Duration::from_millis(20), &mut third)
+            .await
+            .is_err());
+        assert_eq!((running.get(), waiting.get()), (2, 1));
+        // A waiter that gives up is no longer counted.
+        let mut fourth = Box::pin(slots.acquire());
+        assert!(tokio::time::timeout(Duration::from_millis(20), &mut fourth)
+            .await
+            .is_err());
+        assert_eq!(waiting.get(), 2);
+        drop(fourth);
+        assert_eq!(waiting.get(), 1);
+        // A slot freed goes to the waiter; running never exceeds the cap.
+        drop(first);
+        assert!(running.get() <= 2);
+        let third = tokio::time::timeout(Duration::from_secs(30), third)
+            .await
+            .expect("the freed slot")
+            .unwrap();
+        assert_eq!((running.get(), waiting.get()), (2, 0));
+        drop(third);
+        assert_eq!(running.get(), 1);
+    }
+
+    #[test]
+    fn the_lease_outlives_every_bounded_step_of_an_attempt() {
+        // Before the order: claim, certificate load, rate limit, order row;
+        // after it: the final record, tried twice.
+        assert!(LEASE >= ORDER_DEADLINE + QUERY_DEADLINE * 6);
     }
 
     #[test]
