@@ -228,7 +228,15 @@ fn two_gateways_place_one_order_and_both_serve_it() {
         )
         .unwrap();
         assert_eq!(status, 404);
+        // Not a token: answered 404 by the gateway, never passed to a backend.
+        let (status, _) = raw_http(
+            gw.port,
+            "GET /.well-known/acme-challenge/../../whoami HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        assert_eq!(status, 404);
     }
+    assert!(!app.proc_.log().contains("whoami"), "a challenge path reached the backend");
     pg.psql("DELETE FROM tenant_gateway.acme_challenges").unwrap();
 
     app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
