@@ -66,11 +66,22 @@ pub struct Listener<A, H> {
     pub drain: Arc<Drain>,
 }
 
+/// Accept queue length asked of the kernel (capped by `net.core.somaxconn`):
+/// a burst of connections waits there instead of being dropped and retried.
+const BACKLOG: i32 = 65_535;
+
 /// Bind `addr` now (blocking; at start-up).
 pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
-    let socket = std::net::TcpListener::bind(addr)?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
     socket.set_nonblocking(true)?;
-    Ok(socket)
+    Ok(socket.into())
 }
 
 #[async_trait]
