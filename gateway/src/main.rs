@@ -416,8 +416,17 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         tls: tls_routing,
         acme: acme.clone(),
     };
+    // HTTP/2 connections carry no HTTP/1 head deadlines; their idle bound is h2's own.
+    let server_conf = server.configuration.clone();
+    let proxy_app = |gateway: proxy::Gateway| {
+        let mut app = pingora_proxy::http_proxy(&server_conf, gateway);
+        let mut options = pingora_core::apps::HttpServerOptions::default();
+        options.h2_idle_timeout = Some(timeouts.idle);
+        app.server_options = Some(options);
+        Arc::new(app)
+    };
     if let Some(socket) = tls_socket {
-        let app = Arc::new(pingora_proxy::http_proxy(&server.configuration, gateway.clone()));
+        let app = proxy_app(gateway.clone());
         server.add_service(conn::listener::Listener {
             name: "https",
             socket: Some(socket),
@@ -439,7 +448,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     server.add_service(conn::listener::Listener {
         name: "http",
         socket: Some(http_socket),
-        app: Arc::new(pingora_proxy::http_proxy(&server.configuration, gateway)),
+        app: proxy_app(gateway),
         handshake: Arc::new(conn::listener::Plain),
         limits: conn::limits::ConnLimits::new(max_total, per_ip),
         timeouts,
