@@ -236,7 +236,10 @@ fn two_gateways_place_one_order_and_both_serve_it() {
         .unwrap();
         assert_eq!(status, 404);
     }
-    assert!(!app.proc_.log().contains("whoami"), "a challenge path reached the backend");
+    assert!(
+        !app.proc_.log().contains("whoami"),
+        "a challenge path reached the backend"
+    );
     pg.psql("DELETE FROM tenant_gateway.acme_challenges").unwrap();
 
     app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);

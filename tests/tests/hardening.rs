@@ -174,8 +174,8 @@ fn trickle<S: Read + Write>(stream: &mut S, start: Instant, limit: Duration) -> 
 }
 
 #[test]
-fn a_trickled_request_head_is_cut_at_the_deadline_on_both_listeners() {
-    let s = stack("[limits]\nrequest_head_timeout_ms = 1500\n");
+fn a_trickled_request_head_or_body_is_cut_at_the_deadline_on_both_listeners() {
+    let s = stack("redirect_http = false\n[limits]\nrequest_head_timeout_ms = 1500\nmin_body_rate = 100\nbody_rate_grace_ms = 1000\n");
     let deadline = Duration::from_millis(1500);
     let limit = Duration::from_secs(8);
     // Plain HTTP.
@@ -198,6 +198,33 @@ fn a_trickled_request_head_is_cut_at_the_deadline_on_both_listeners() {
         "{}",
         s.gw.scrape().unwrap_or_default()
     );
+    // A request body trickled below the minimum rate is cut too (once the
+    // client has been waited for longer than the grace).
+    let start = Instant::now();
+    let mut tcp = TcpStream::connect(("127.0.0.1", s.gw.port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(250))).unwrap();
+    tcp.write_all(b"POST /projects HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nContent-Length: 100000\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let cut = loop {
+        assert!(
+            start.elapsed() < limit,
+            "a trickled body was still open after {limit:?}"
+        );
+        if tcp.write_all(b"x").is_err() {
+            break start.elapsed();
+        }
+        match tcp.read(&mut buf) {
+            Ok(_) => break start.elapsed(),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break start.elapsed(),
+        }
+    };
+    assert!(cut >= Duration::from_millis(900), "cut before the grace: {cut:?}");
+    wait_until("body rate cut counted", Duration::from_secs(5), || {
+        s.metric("tenant_gateway_deadline_hits_total", &[("kind", "body_rate")]) >= 1.0
+    })
+    .unwrap();
     // The other tenant was never affected; a normal request takes no deadline.
     let r = s
         .https()
