@@ -131,10 +131,4 @@ if __name__ == "__main__":
     try:
         main()
     finally:
-        for p in R.PROCS:
-            try:
-                os.killpg(p.pid, 9)
-            except OSError:
-                pass
-        for cmd in R.CLEANUP:
-            subprocess.run(cmd, capture_output=True)
+        R.cleanup()

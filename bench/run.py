@@ -637,14 +637,19 @@ def memory(url, backends, certs, pgbin):
             f"**{per - strings:.0f} bytes of overhead per domain** (the larger; target: under 200).")
 
 
+def cleanup():
+    """Stop everything this run started (by process group) and the database."""
+    for p in PROCS:
+        try:
+            os.killpg(p.pid, 9)
+        except OSError:
+            pass
+    for cmd in CLEANUP:
+        subprocess.run(cmd, capture_output=True)
+
+
 if __name__ == "__main__":
     try:
         main()
     finally:
-        for p in PROCS:
-            try:
-                os.killpg(p.pid, 9)
-            except OSError:
-                pass
-        for cmd in CLEANUP:
-            subprocess.run(cmd, capture_output=True)
+        cleanup()

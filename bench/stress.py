@@ -219,10 +219,4 @@ if __name__ == "__main__":
     try:
         main()
     finally:
-        for p in run.PROCS:
-            try:
-                os.killpg(p.pid, 9)
-            except OSError:
-                pass
-        for cmd in run.CLEANUP:
-            subprocess.run(cmd, capture_output=True)
+        run.cleanup()
