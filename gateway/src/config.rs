@@ -104,13 +104,64 @@ pub struct TenantConfig {
     pub query: Option<String>,
     /// LISTEN channel carrying invalidated host names.
     pub notify_channel: String,
-    /// Look up `example.com` for `www.example.com` (django-tenants style).
-    pub strip_www: bool,
+    /// Look up `example.com` for `www.example.com`, as django-tenants'
+    /// `remove_www` does (any leading `www.`). Default: on with the
+    /// django-tenants preset, off otherwise.
+    pub strip_www: Option<bool>,
+    /// The schema whose domains are served as the public tenant (stamped
+    /// with this name), as django-tenants' `PUBLIC_SCHEMA_NAME`. Default:
+    /// `public` with the django-tenants preset; none otherwise (then a row
+    /// naming a reserved schema is refused as misconfigured).
+    pub public_schema: Option<String>,
+    /// The django-tenants preset's tables and columns.
+    pub django: DjangoConfig,
     /// Base domains of the service (`myapp.com` for `*.myapp.com`).
     pub base_domains: Vec<String>,
     /// Pool for the bare base domain (django-tenants' public tenant), if any.
     pub landing_pool: Option<String>,
     pub cache: CacheConfig,
+}
+
+/// Where a django-tenants app keeps its tenants and domains (the tables of
+/// `TENANT_MODEL` and `TENANT_DOMAIN_MODEL`: `<app_label>_<model>`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DjangoConfig {
+    /// Table of `TENANT_MODEL` (columns `id`, `schema_name`).
+    pub tenant_table: String,
+    /// Table of `TENANT_DOMAIN_MODEL` (columns `id`, `domain`, `tenant_id`).
+    pub domain_table: String,
+    /// A boolean column of the tenant table: false serves the `suspended`
+    /// page. None: every tenant is active.
+    pub active_column: Option<String>,
+}
+
+impl Default for DjangoConfig {
+    fn default() -> Self {
+        DjangoConfig {
+            tenant_table: "customers_client".into(),
+            domain_table: "customers_domain".into(),
+            active_column: None,
+        }
+    }
+}
+
+/// A table (optionally `schema.table`) or column name, quoted for SQL.
+fn quoted_ident(name: &str) -> Option<String> {
+    let part_ok = |p: &str| {
+        let mut b = p.bytes();
+        b.next().is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+            && b.all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'$')
+            && p.len() <= 63
+    };
+    let parts: Vec<&str> = name.split('.').collect();
+    (parts.len() <= 2 && parts.iter().all(|p| part_ok(p))).then(|| {
+        parts
+            .iter()
+            .map(|p| tenancy::quote_ident(p))
+            .collect::<Vec<_>>()
+            .join(".")
+    })
 }
 
 /// Upper bound of the cache's time settings (its clock is 32-bit).
@@ -213,8 +264,9 @@ pub struct AcmeConfig {
     /// Environment variable holding the 32-byte key (64 hex digits) that
     /// encrypts private keys and account credentials at rest.
     pub key_env: String,
-    /// Names that need certificates: `SELECT <domain>` rows; active tenants only.
-    pub domains_query: String,
+    /// Names that need certificates: `SELECT <domain>` rows; active tenants
+    /// only. Default: derived from `tenant.preset` (see `Config::acme_domains_query`).
+    pub domains_query: Option<String>,
     /// How often to look for missing, expiring or due-for-retry certificates.
     pub check_interval_secs: u64,
     /// How long a handshake for an eligible name without a certificate waits.
@@ -240,9 +292,7 @@ impl Default for AcmeConfig {
             eab: None,
             challenges: vec![ChallengeKind::Http01, ChallengeKind::TlsAlpn01],
             key_env: "TG_CERT_KEY".into(),
-            domains_query: "SELECT d.domain FROM public.domains d JOIN public.tenants t ON t.id = d.tenant_id \
-                            WHERE t.status = 'active'"
-                .into(),
+            domains_query: None,
             check_interval_secs: 60,
             on_demand_timeout_ms: 10_000,
             retry_base_secs: 60,
@@ -374,6 +424,13 @@ pub struct PoolConfig {
     pub backends: Vec<String>,
     #[serde(default = "defaults::health_path")]
     pub health_check_path: String,
+    /// Host header of the health check (a Django app answers only hosts in
+    /// its ALLOWED_HOSTS).
+    #[serde(default = "defaults::health_host")]
+    pub health_check_host: String,
+    /// Statuses that count as healthy.
+    #[serde(default = "defaults::health_statuses")]
+    pub health_check_statuses: Vec<u16>,
     #[serde(default = "defaults::health_interval_ms")]
     pub health_check_interval_ms: u64,
     /// Consecutive failures before a backend is ejected / successes before re-admitted.
@@ -393,6 +450,12 @@ pub struct PoolConfig {
 mod defaults {
     pub fn health_path() -> String {
         "/healthz".into()
+    }
+    pub fn health_host() -> String {
+        "localhost".into()
+    }
+    pub fn health_statuses() -> Vec<u16> {
+        vec![200]
     }
     pub fn health_interval_ms() -> u64 {
         1000
@@ -447,7 +510,9 @@ impl Default for TenantConfig {
             preset: QueryPreset::Default,
             query: None,
             notify_channel: "tenant_gateway".into(),
-            strip_www: false,
+            strip_www: None,
+            public_schema: None,
+            django: DjangoConfig::default(),
             base_domains: Vec::new(),
             landing_pool: None,
             cache: CacheConfig::default(),
@@ -500,19 +565,55 @@ pub const PAGE_KINDS: &[&str] = &[
     "misconfigured",
 ];
 
-/// Built-in lookup queries. Columns: schema_name, status, backend pool (nullable).
-pub fn preset_query(preset: QueryPreset) -> &'static str {
-    match preset {
-        QueryPreset::Default => {
-            "SELECT t.schema_name, t.status, t.backend_pool \
+/// Our own schema's lookup (domains are stored lower-case, a CHECK says so).
+const DEFAULT_LOOKUP: &str = "SELECT t.schema_name, t.status, t.backend_pool \
                FROM public.domains d JOIN public.tenants t ON t.id = d.tenant_id \
-              WHERE d.domain = $1"
+              WHERE d.domain = $1";
+
+const DEFAULT_ACME_DOMAINS: &str = "SELECT d.domain FROM public.domains d JOIN public.tenants t ON t.id = d.tenant_id \
+                            WHERE t.status = 'active'";
+
+/// The django-tenants tables, quoted (validated by `validate`).
+struct DjangoSql {
+    tenant: String,
+    domain: String,
+    active: Option<String>,
+}
+
+impl DjangoSql {
+    fn new(d: &DjangoConfig) -> DjangoSql {
+        let q = |n: &str| quoted_ident(n).unwrap_or_else(|| tenancy::quote_ident(n));
+        DjangoSql {
+            tenant: q(&d.tenant_table),
+            domain: q(&d.domain_table),
+            active: d.active_column.as_deref().map(q),
         }
-        QueryPreset::DjangoTenants => {
-            "SELECT c.schema_name, 'active'::text, NULL::text \
-               FROM customers_domain d JOIN customers_client c ON c.id = d.tenant_id \
-              WHERE d.domain = $1"
-        }
+    }
+
+    /// Domains are stored as typed: matched case-insensitively (the
+    /// triggers install an index on `lower(domain)`), an exact-case row first.
+    fn lookup(&self) -> String {
+        let status = match &self.active {
+            Some(col) => format!("CASE WHEN c.{col} THEN 'active' ELSE 'suspended' END"),
+            None => "'active'::text".into(),
+        };
+        format!(
+            "SELECT c.schema_name, {status}, NULL::text \
+               FROM {} d JOIN {} c ON c.id = d.tenant_id \
+              WHERE lower(d.domain) = $1 ORDER BY d.domain = $1 DESC, d.id LIMIT 1",
+            self.domain, self.tenant
+        )
+    }
+
+    fn acme_domains(&self) -> String {
+        let active = match &self.active {
+            Some(col) => format!(" WHERE c.{col}"),
+            None => String::new(),
+        };
+        format!(
+            "SELECT DISTINCT lower(d.domain) FROM {} d JOIN {} c ON c.id = d.tenant_id{active}",
+            self.domain, self.tenant
+        )
     }
 }
 
@@ -531,11 +632,45 @@ impl Config {
     }
 
     /// The lookup query in effect.
-    pub fn lookup_query(&self) -> &str {
+    pub fn lookup_query(&self) -> String {
+        match (&self.tenant.query, self.tenant.preset) {
+            (Some(q), _) => q.clone(),
+            (None, QueryPreset::Default) => DEFAULT_LOOKUP.into(),
+            (None, QueryPreset::DjangoTenants) => DjangoSql::new(&self.tenant.django).lookup(),
+        }
+    }
+
+    /// The ACME domains query in effect.
+    pub fn acme_domains_query(&self) -> String {
+        match (&self.acme.domains_query, self.tenant.preset) {
+            (Some(q), _) => q.clone(),
+            (None, QueryPreset::Default) => DEFAULT_ACME_DOMAINS.into(),
+            (None, QueryPreset::DjangoTenants) => DjangoSql::new(&self.tenant.django).acme_domains(),
+        }
+    }
+
+    /// `[acme]` with the domains query in effect filled in.
+    pub fn acme_effective(&self) -> AcmeConfig {
+        AcmeConfig {
+            domains_query: Some(self.acme_domains_query()),
+            ..self.acme.clone()
+        }
+    }
+
+    /// Whether a leading `www.` is stripped before the lookup.
+    pub fn strip_www(&self) -> bool {
         self.tenant
-            .query
-            .as_deref()
-            .unwrap_or_else(|| preset_query(self.tenant.preset))
+            .strip_www
+            .unwrap_or(self.tenant.preset == QueryPreset::DjangoTenants)
+    }
+
+    /// The public tenant's schema, if any.
+    pub fn public_schema(&self) -> Option<&str> {
+        match (&self.tenant.public_schema, self.tenant.preset) {
+            (Some(s), _) => Some(s),
+            (None, QueryPreset::DjangoTenants) => Some("public"),
+            (None, QueryPreset::Default) => None,
+        }
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -567,6 +702,26 @@ impl Config {
                 "tenant.notify_channel",
                 "must be a plain identifier [A-Za-z0-9_]",
             ));
+        }
+        for (key, name) in [
+            ("tenant.django.tenant_table", Some(&self.tenant.django.tenant_table)),
+            ("tenant.django.domain_table", Some(&self.tenant.django.domain_table)),
+            ("tenant.django.active_column", self.tenant.django.active_column.as_ref()),
+        ] {
+            if name.is_some_and(|n| quoted_ident(n).is_none()) {
+                return Err(invalid(
+                    key,
+                    "must be an SQL identifier ([A-Za-z_][A-Za-z0-9_$]*, optionally schema.table)",
+                ));
+            }
+        }
+        if let Some(p) = &self.tenant.public_schema {
+            if !stamp::is_valid_tenant_name(p) {
+                return Err(invalid(
+                    "tenant.public_schema",
+                    "must be a schema name (1-63 bytes, no quotes, `\\`, `;` or control characters, not pg_*)",
+                ));
+            }
         }
         for (i, d) in self.tenant.base_domains.iter().enumerate() {
             match tenancy::normalize_domain(d) {
@@ -664,8 +819,24 @@ impl Config {
                     ));
                 }
             }
-            if !pool.health_check_path.starts_with('/') {
-                return Err(invalid(key("health_check_path"), "must start with /"));
+            if !pool.health_check_path.starts_with('/') || pool.health_check_path.parse::<http::Uri>().is_err() {
+                return Err(invalid(key("health_check_path"), "must be a path starting with /"));
+            }
+            if tenancy::normalize_host(&pool.health_check_host).is_err()
+                || http::HeaderValue::from_str(&pool.health_check_host).is_err()
+            {
+                return Err(invalid(
+                    key("health_check_host"),
+                    "must be a host name (with an optional :port)",
+                ));
+            }
+            if pool.health_check_statuses.is_empty()
+                || pool.health_check_statuses.iter().any(|s| !(100..=599).contains(s))
+            {
+                return Err(invalid(
+                    key("health_check_statuses"),
+                    "must list HTTP statuses (100-599)",
+                ));
             }
             for (k, v) in [
                 ("health_check_interval_ms", pool.health_check_interval_ms),
@@ -905,6 +1076,9 @@ mod tests {
         assert_eq!(c.tenant.cache.positive_ttl_secs, 60);
         assert_eq!(c.pools["default"].health_check_path, "/healthz");
         assert!(c.lookup_query().contains("public.domains"));
+        assert!(!c.strip_www());
+        assert_eq!(c.public_schema(), None);
+        assert!(c.acme_domains_query().contains("public.domains"));
     }
 
     #[test]
@@ -959,6 +1133,49 @@ mod tests {
         for (text, key) in cases {
             let err = parse(&text).unwrap_err();
             assert!(err.contains(key), "expected `{key}` in: {err}");
+        }
+    }
+
+    #[test]
+    fn django_tenants_preset_follows_the_app_tables() {
+        let c = parse(&format!(
+            "{MIN}[tenant]\npreset = \"django-tenants\"\n[tenant.django]\ntenant_table = \"tenants_client\"\n\
+             domain_table = \"tenants_domain\"\nactive_column = \"is_active\"\n"
+        ))
+        .unwrap();
+        let q = c.lookup_query();
+        assert!(q.contains("FROM \"tenants_domain\" d JOIN \"tenants_client\" c"), "{q}");
+        assert!(q.contains("lower(d.domain) = $1"), "{q}");
+        assert!(
+            q.contains("CASE WHEN c.\"is_active\" THEN 'active' ELSE 'suspended' END"),
+            "{q}"
+        );
+        let a = c.acme_domains_query();
+        assert!(
+            a.contains("\"tenants_domain\"") && a.contains("WHERE c.\"is_active\""),
+            "{a}"
+        );
+        assert!(c.strip_www());
+        assert_eq!(c.public_schema(), Some("public"));
+        let off = parse(&format!(
+            "{MIN}[tenant]\npreset = \"django-tenants\"\nstrip_www = false\npublic_schema = \"www_site\"\n"
+        ))
+        .unwrap();
+        assert!(!off.strip_www());
+        assert_eq!(off.public_schema(), Some("www_site"));
+        for (text, key) in [
+            (
+                "[tenant.django]\ntenant_table = \"a; DROP TABLE x\"\n",
+                "tenant.django.tenant_table",
+            ),
+            (
+                "[tenant.django]\nactive_column = \"is active\"\n",
+                "tenant.django.active_column",
+            ),
+            ("[tenant]\npublic_schema = \"pg_catalog\"\n", "tenant.public_schema"),
+        ] {
+            let err = parse(&format!("{MIN}{text}")).unwrap_err();
+            assert!(err.contains(key), "{err}");
         }
     }
 

@@ -157,7 +157,7 @@ fn acme_cmd(path: &std::path::Path, cmd: AcmeCmd) -> anyhow::Result<()> {
             .context("cannot connect to PostgreSQL")?;
         match cmd {
             AcmeCmd::Status => {
-                for line in tls::acme::status_report(&db, &cfg.acme, &cfg.tenant.base_domains).await? {
+                for line in tls::acme::status_report(&db, &cfg.acme_effective(), &cfg.tenant.base_domains).await? {
                     println!("{line}");
                 }
             }
@@ -216,7 +216,14 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     if cfg.tls.listen.is_some() {
         load_certs(&cfg.tls)?;
     }
-    println!("# {}: OK\n# lookup query: {}\n", path.display(), cfg.lookup_query());
+    println!(
+        "# {}: OK\n# lookup query: {}\n# ACME domains query: {}\n# strip www.: {}; public schema: {}\n",
+        path.display(),
+        cfg.lookup_query(),
+        cfg.acme_domains_query(),
+        cfg.strip_www(),
+        cfg.public_schema().unwrap_or("none")
+    );
     print!("{}", cfg.to_toml());
     Ok(())
 }
@@ -313,7 +320,8 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         cfg.database.lookup_nice,
     )
     .context("config key `database.url_env`")?
-    .with_query(cfg.lookup_query());
+    .with_query(&cfg.lookup_query())
+    .with_public_schema(cfg.public_schema());
     let lookup = Arc::new(lookup);
     let cache = Arc::new(TenantCache::new(
         lookup.clone(),
@@ -391,7 +399,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
             Duration::from_millis(cfg.database.connect_timeout_ms),
         );
         Some(Arc::new(tls::acme::Acme::new(
-            cfg.acme.clone(),
+            cfg.acme_effective(),
             db,
             &key,
             cert_store.clone(),
@@ -408,7 +416,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         pools: pools.clone(),
         signer: secrets.signer,
         pages: Arc::new(pages),
-        strip_www: cfg.tenant.strip_www,
+        strip_www: cfg.strip_www(),
         base_domains: cfg.tenant.base_domains.clone(),
         landing: cfg.tenant.landing_pool.as_deref().and_then(|p| pools.get(p).cloned()),
         trusted_proxies,

@@ -467,16 +467,19 @@ impl ProxyHttp for Gateway {
         }
         // 3. The stamp.
         if let Some(tenant) = &ctx.tenant {
+            // The wire form: the schema name itself unless it has characters
+            // a header cannot carry as is (docs/stamp.md, "Tenant names").
+            let wire = stamp::encode_tenant(tenant.schema());
             let sig = self.signer.sign(
                 &stamp::Request {
-                    tenant: tenant.schema(),
+                    tenant: &wire,
                     method: req.method.as_str(),
                     host,
                     path: req.uri.path(),
                 },
                 unix_now(),
             );
-            req.insert_header(stamp::TENANT_HEADER, tenant.schema())?;
+            req.insert_header(stamp::TENANT_HEADER, &*wire)?;
             req.insert_header(stamp::SIGNATURE_HEADER, sig)?;
         }
         Ok(())

@@ -1,9 +1,14 @@
 //! The tenant stamp: the one implementation of signing (gateway) and verifying
 //! (backends) the `X-Tenant` / `X-Tenant-Signature` header pair.
 //!
-//! The wire format is specified in `docs/stamp.md`; the test vector there is
-//! checked by the unit tests at the bottom of this file.
+//! The wire format and the verification algorithm are specified in
+//! `docs/stamp.md`; the shared vectors (`stamp/vectors.json`, also run by
+//! the Python package's tests) are checked by the unit tests at the bottom
+//! of this file.
 
+mod tenant;
+
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
@@ -21,6 +26,8 @@ pub const VERSION: &str = "v1";
 pub const DEFAULT_MAX_SKEW_SECS: u64 = 30;
 /// Shortest secret we accept (bytes).
 pub const MIN_SECRET_LEN: usize = 16;
+
+pub use tenant::{decode_tenant, encode_tenant, is_valid_tenant_name, MAX_TENANT_NAME_BYTES};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -149,6 +156,7 @@ impl Key {
 /// The request facts a stamp binds.
 #[derive(Debug, Clone, Copy)]
 pub struct Request<'a> {
+    /// The tenant's wire form ([`encode_tenant`]): exactly the `X-Tenant` value.
     pub tenant: &'a str,
     pub method: &'a str,
     /// Host as normalised by [`normalize_host`].
@@ -187,10 +195,15 @@ impl std::fmt::Write for MacWriter<'_> {
     }
 }
 
-/// Host normalisation both sides apply: ASCII lower-case, port removed, one
-/// trailing dot removed.
+/// Optional whitespace of the contract: space and horizontal tab only.
+fn trim_ows(s: &str) -> &str {
+    s.trim_matches(|c| c == ' ' || c == '\t')
+}
+
+/// Host normalisation both sides apply: surrounding spaces and tabs removed,
+/// port removed, one trailing dot removed, ASCII lower-case (only ASCII).
 pub fn normalize_host(host: &str) -> String {
-    let host = host.trim();
+    let host = trim_ows(host);
     let without_port = if let Some(rest) = host.strip_prefix('[') {
         // IPv6 literal: keep the brackets, drop anything after `]`.
         match rest.find(']') {
@@ -205,10 +218,6 @@ pub fn normalize_host(host: &str) -> String {
     };
     let trimmed = without_port.strip_suffix('.').unwrap_or(without_port);
     trimmed.to_ascii_lowercase()
-}
-
-fn valid_tenant(t: &str) -> bool {
-    !t.is_empty() && t.len() <= 63 && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Signs requests with one key (the gateway side).
@@ -248,12 +257,16 @@ pub struct ParsedSignature<'a> {
     pub sig: [u8; 32],
 }
 
-/// Parse `v1;kid=<id>;ts=<unix>;sig=<64 hex>` (spaces around `;` allowed).
+/// Parse `v1;kid=<id>;ts=<unix>;sig=<64 hex>` (spaces and tabs around `;`
+/// allowed). Steps 2 and 3 of the algorithm in docs/stamp.md: another
+/// version (`v` and digits) is unsupported, anything else off the grammar
+/// malformed.
 pub fn parse_signature(value: &str) -> Result<ParsedSignature<'_>, StampError> {
-    let mut parts = value.split(';').map(str::trim);
+    let mut parts = value.split(';').map(trim_ows);
     let version = parts.next().unwrap_or_default();
     if version != VERSION {
-        return if version.starts_with('v') {
+        let digits = version.strip_prefix('v').unwrap_or_default();
+        return if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
             Err(StampError::UnsupportedVersion)
         } else {
             Err(StampError::Malformed("signature header must start with the version"))
@@ -278,8 +291,13 @@ pub fn parse_signature(value: &str) -> Result<ParsedSignature<'_>, StampError> {
     if !valid_key_id(kid) {
         return Err(StampError::Malformed("bad key id"));
     }
-    if ts.is_empty() || ts.len() > 12 || !ts.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(StampError::Malformed("ts must be unix seconds"));
+    // ASCII digits, no leading zero: the text signed is the number's own.
+    if ts.is_empty()
+        || ts.len() > 12
+        || !ts.bytes().all(|b| b.is_ascii_digit())
+        || (ts.len() > 1 && ts.starts_with('0'))
+    {
+        return Err(StampError::Malformed("ts must be unix seconds without leading zeros"));
     }
     let ts: u64 = ts
         .parse()
@@ -316,10 +334,11 @@ impl Verifier {
         })
     }
 
-    /// Verify a request. `tenant_headers` are all values of `X-Tenant`,
-    /// `signature_headers` all values of `X-Tenant-Signature` (more than one
-    /// of either is malformed). `host` is the raw Host header. Returns the
-    /// verified tenant.
+    /// Verify a request (steps 1-7 of docs/stamp.md, in that order).
+    /// `tenant_headers` are all values of `X-Tenant`, `signature_headers` all
+    /// values of `X-Tenant-Signature` (more than one of either is malformed).
+    /// `host` is the raw Host header. Returns the verified tenant's name
+    /// (decoded from its wire form).
     pub fn verify<'a>(
         &self,
         tenant_headers: &[&'a str],
@@ -328,7 +347,7 @@ impl Verifier {
         host: &str,
         path: &str,
         now: u64,
-    ) -> Result<&'a str, StampError> {
+    ) -> Result<Cow<'a, str>, StampError> {
         let (tenant, signature) = match (tenant_headers, signature_headers) {
             ([], []) => return Err(StampError::Missing),
             ([t], [s]) => (*t, *s),
@@ -339,10 +358,8 @@ impl Verifier {
             }
             _ => return Err(StampError::Malformed("stamp headers must appear exactly once")),
         };
-        if !valid_tenant(tenant) {
-            return Err(StampError::Malformed("bad tenant value"));
-        }
         let parsed = parse_signature(signature)?;
+        let name = decode_tenant(tenant).ok_or(StampError::Malformed("bad tenant value"))?;
         let key = self.keys.get(parsed.kid).ok_or(StampError::UnknownKey)?;
         let host = normalize_host(host);
         let req = Request {
@@ -360,7 +377,7 @@ impl Verifier {
                 max_skew_secs: self.max_skew_secs,
             });
         }
-        Ok(tenant)
+        Ok(name)
     }
 }
 
@@ -419,7 +436,7 @@ mod tests {
                 "/projects/1/tasks",
                 1010,
             );
-            assert_eq!(got, Ok("ferrari"));
+            assert_eq!(got.as_deref(), Ok("ferrari"));
         }
     }
 
@@ -503,6 +520,79 @@ mod tests {
         assert_eq!(normalize_host("example.com."), "example.com");
         assert_eq!(normalize_host("[::1]:443"), "[::1]");
         assert_eq!(normalize_host("example.com"), "example.com");
+    }
+
+    /// The shared vectors (stamp/vectors.json), also run by the Python package.
+    #[test]
+    fn shared_vectors() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../vectors.json")).expect("vectors.json is JSON");
+        let keys: Vec<Key> = doc["keys"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .map(|(id, s)| Key::new(id.as_str(), s.as_str().unwrap().as_bytes().to_vec()).unwrap())
+            .collect();
+        let max_skew = doc["max_skew"].as_u64().unwrap();
+        let v = Verifier::new(keys.clone(), max_skew).unwrap();
+        let strs = |x: &serde_json::Value| -> Vec<String> {
+            x.as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().unwrap().to_owned())
+                .collect()
+        };
+        let vectors = doc["vectors"].as_array().unwrap();
+        assert!(vectors.len() >= 60);
+        for t in vectors {
+            let name = t["name"].as_str().unwrap();
+            let (tenants, sigs) = (strs(&t["x_tenant"]), strs(&t["x_tenant_signature"]));
+            let tenants: Vec<&str> = tenants.iter().map(String::as_str).collect();
+            let sigs: Vec<&str> = sigs.iter().map(String::as_str).collect();
+            let now = t.get("now").unwrap_or(&doc["now"]).as_u64().unwrap();
+            let (method, host, path) = (
+                t["method"].as_str().unwrap(),
+                t["host"].as_str().unwrap(),
+                t["path"].as_str().unwrap(),
+            );
+            let got = v.verify(&tenants, &sigs, method, host, path, now);
+            match t["result"].get("tenant").and_then(|x| x.as_str()) {
+                Some(want) => {
+                    assert_eq!(got.as_deref(), Ok(want), "{name}");
+                    // The signer produces the same stamp when it is in canonical form.
+                    let parsed = parse_signature(sigs[0]).unwrap();
+                    let key = keys.iter().find(|k| k.id() == parsed.kid).unwrap().clone();
+                    let host = normalize_host(host);
+                    let req = Request {
+                        tenant: tenants[0],
+                        method,
+                        host: &host,
+                        path,
+                    };
+                    let signed = Signer::new(key).sign(&req, parsed.ts);
+                    if !sigs[0].contains([' ', '\t']) && sigs[0] == sigs[0].to_ascii_lowercase() {
+                        assert_eq!(signed, sigs[0], "{name}");
+                    }
+                    assert_eq!(encode_tenant(want), tenants[0], "{name}");
+                }
+                None => {
+                    let want = t["result"]["error"].as_str().unwrap();
+                    assert_eq!(got.map_err(|e| e.code()), Err(want), "{name}");
+                }
+            }
+        }
+        for h in doc["host_normalization"].as_array().unwrap() {
+            assert_eq!(
+                normalize_host(h["in"].as_str().unwrap()),
+                h["out"].as_str().unwrap(),
+                "{h}"
+            );
+        }
+        for e in doc["tenant_encoding"].as_array().unwrap() {
+            let (n, w) = (e["name"].as_str().unwrap(), e["wire"].as_str().unwrap());
+            assert_eq!(encode_tenant(n), w);
+            assert_eq!(decode_tenant(w).as_deref(), Some(n));
+        }
     }
 
     #[test]

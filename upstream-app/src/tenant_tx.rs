@@ -58,7 +58,7 @@ impl FromRequestParts<AppState> for TenantTx {
                 unix_now(),
             )
             .inspect_err(|e| tracing::warn!(check = e.code(), "stamp refused"))?
-            .to_owned();
+            .into_owned();
 
         let mut tx = state.pool.begin().await?;
         let row: Option<(i64, String)> =

@@ -47,8 +47,10 @@ pub fn request_host(req: &RequestHeader) -> Result<String, BadHost> {
 
 /// The name to look up in the domain table for a normalised host.
 pub fn lookup_name(host: &str, strip_www: bool) -> &str {
+    // As django-tenants' `remove_www`: any leading `www.` (also before a
+    // single label, e.g. `www.localhost`).
     match host.strip_prefix("www.") {
-        Some(rest) if strip_www && rest.contains('.') => rest,
+        Some(rest) if strip_www && !rest.is_empty() => rest,
         _ => host,
     }
 }
@@ -100,6 +102,10 @@ mod tests {
     fn www() {
         assert_eq!(lookup_name("www.shop.com", true), "shop.com");
         assert_eq!(lookup_name("www.shop.com", false), "www.shop.com");
-        assert_eq!(lookup_name("www.com", true), "www.com");
+        // As django-tenants' remove_www: any leading `www.`.
+        assert_eq!(lookup_name("www.com", true), "com");
+        assert_eq!(lookup_name("www.localhost", true), "localhost");
+        assert_eq!(lookup_name("www.", true), "www.");
+        assert_eq!(lookup_name("wwwx.shop.com", true), "wwwx.shop.com");
     }
 }

@@ -81,6 +81,9 @@ fn pool_options(max_connections: u32, connect_timeout: Duration) -> PgPoolOption
 pub struct Lookup {
     pool: PgPool,
     query: Arc<str>,
+    /// The public tenant's schema (`tenant.public_schema`), the one reserved
+    /// name a row may carry.
+    public_schema: Option<Arc<str>>,
     rt: &'static tokio::runtime::Runtime,
 }
 
@@ -109,12 +112,18 @@ impl Lookup {
         Ok(Lookup {
             pool,
             query: Arc::from(""),
+            public_schema: None,
             rt,
         })
     }
 
     pub fn with_query(mut self, query: &str) -> Lookup {
         self.query = Arc::from(query);
+        self
+    }
+
+    pub fn with_public_schema(mut self, public: Option<&str>) -> Lookup {
+        self.public_schema = public.map(Arc::from);
         self
     }
 
@@ -147,7 +156,10 @@ impl TenantSource for Lookup {
     /// a stuck query gives its pooled connection back.
     async fn find(&self, host: &str) -> Result<Option<Tenant>, LookupError> {
         let (pool, query, name) = (self.pool.clone(), self.query.clone(), host.to_owned());
-        let task = self.rt.spawn(async move { find_on(&pool, &query, &name).await });
+        let public = self.public_schema.clone();
+        let task = self
+            .rt
+            .spawn(async move { find_on(&pool, &query, &name, public.as_deref()).await });
         let _abort = AbortOnDrop(task.abort_handle());
         task.await.map_err(|e| LookupError::Task(e.to_string()))?
     }
@@ -162,7 +174,25 @@ impl Drop for AbortOnDrop {
     }
 }
 
-async fn find_on(pool: &PgPool, query: &str, host: &str) -> Result<Option<Tenant>, LookupError> {
+/// A schema a row may name: any name the stamp carries (django-tenants'
+/// rule), except PostgreSQL's and the gateway's own schemas, and `public`
+/// unless it is the configured public tenant.
+pub fn acceptable_schema(schema: &str, public: Option<&str>) -> Result<(), String> {
+    if public == Some(schema) {
+        return Ok(());
+    }
+    if !stamp::is_valid_tenant_name(schema) {
+        return Err(
+            "not a schema name the stamp carries (1-63 bytes; no quotes, `\\`, `;`, NUL, CR or LF; not pg_*)".into(),
+        );
+    }
+    if ["public", "information_schema", tenancy::GATEWAY_SCHEMA].contains(&schema) {
+        return Err("reserved schema (set tenant.public_schema to serve the public tenant)".into());
+    }
+    Ok(())
+}
+
+async fn find_on(pool: &PgPool, query: &str, host: &str, public: Option<&str>) -> Result<Option<Tenant>, LookupError> {
     let fetch = || sqlx::query(query).bind(host).fetch_optional(pool);
     let row = match fetch().await {
         // A pooled connection the server closed (restart, idle kill): sqlx
@@ -179,7 +209,7 @@ async fn find_on(pool: &PgPool, query: &str, host: &str) -> Result<Option<Tenant
         reason,
     };
     let schema: String = row.try_get(0).map_err(|e| bad(e.to_string()))?;
-    tenancy::validate_schema_name(&schema).map_err(|e| bad(format!("schema `{schema}`: {e}")))?;
+    acceptable_schema(&schema, public).map_err(|e| bad(format!("schema `{schema}`: {e}")))?;
     let status: String = row.try_get(1).map_err(|e| bad(e.to_string()))?;
     let status = match status.as_str() {
         "active" => Status::Active,
@@ -195,4 +225,31 @@ async fn find_on(pool: &PgPool, query: &str, host: &str) -> Result<Option<Tenant
     Tenant::new(&schema, status, pool.as_deref())
         .map(Some)
         .ok_or_else(|| bad("schema name too long".into()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::acceptable_schema;
+
+    #[test]
+    fn rows_may_name_any_schema_django_tenants_accepts_but_reserved_ones() {
+        for ok in ["ferrari", "acme-eu", "Acme.EU", "café", "big tenant"] {
+            assert!(acceptable_schema(ok, None).is_ok(), "{ok}");
+        }
+        for bad in [
+            "public",
+            "information_schema",
+            "tenant_gateway",
+            "pg_catalog",
+            "PG_x",
+            "a;b",
+            "a\"b",
+            "",
+        ] {
+            assert!(acceptable_schema(bad, None).is_err(), "{bad}");
+        }
+        assert!(acceptable_schema("public", Some("public")).is_ok());
+        assert!(acceptable_schema("public", Some("www_site")).is_err());
+        assert!(acceptable_schema(&"x".repeat(64), None).is_err());
+    }
 }

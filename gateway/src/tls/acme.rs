@@ -568,7 +568,7 @@ impl Acme {
         self.metrics.acme_scans.inc();
         let names: Vec<String> = bounded(
             "listing custom domains",
-            sqlx::query_scalar(&self.cfg.domains_query).fetch_all(&self.db),
+            sqlx::query_scalar(self.cfg.domains_query.as_deref().unwrap_or_default()).fetch_all(&self.db),
         )
         .await?;
         let now = unix_now();
@@ -1094,7 +1094,9 @@ fn unix_now() -> i64 {
 /// `gateway acme status`: every custom domain with its certificate state.
 pub async fn status_report(db: &PgPool, cfg: &AcmeConfig, base_domains: &[String]) -> Result<Vec<String>, AcmeError> {
     Acme::migrate(db).await?;
-    let mut names: Vec<String> = sqlx::query_scalar(&cfg.domains_query).fetch_all(db).await?;
+    let mut names: Vec<String> = sqlx::query_scalar(cfg.domains_query.as_deref().unwrap_or_default())
+        .fetch_all(db)
+        .await?;
     names.retain(|n| !base_domains.iter().any(|b| tenancy::is_under(n, b)));
     let known: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM tenant_gateway.acme_names UNION SELECT name FROM tenant_gateway.certificates",

@@ -34,7 +34,18 @@ impl Pool {
         };
         let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(cfg.backends.iter().map(String::as_str))
             .map_err(|e| err(e.to_string()))?;
-        let mut hc = HttpHealthCheck::new("localhost", false);
+        let mut hc = HttpHealthCheck::new(&cfg.health_check_host, false);
+        let healthy = cfg.health_check_statuses.clone();
+        hc.validator = Some(Box::new(move |resp| {
+            if healthy.contains(&resp.status.as_u16()) {
+                Ok(())
+            } else {
+                pingora_error::Error::e_explain(
+                    pingora_error::ErrorType::HTTPStatus(resp.status.as_u16()),
+                    "health check status not in health_check_statuses",
+                )
+            }
+        }));
         hc.req.set_uri(
             cfg.health_check_path
                 .parse()
