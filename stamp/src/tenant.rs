@@ -21,12 +21,9 @@ fn plain(b: u8) -> bool {
 /// LF, not starting with `pg_` in any case (django-tenants' rule).
 pub fn is_valid_tenant_name(name: &str) -> bool {
     let b = name.as_bytes();
-    !b.is_empty()
-        && b.len() <= MAX_TENANT_NAME_BYTES
-        && !b
-            .iter()
-            .any(|c| matches!(c, b'"' | b'\'' | b'\\' | b';' | 0 | b'\r' | b'\n'))
-        && !(b.len() >= 3 && b[..3].eq_ignore_ascii_case(b"pg_"))
+    let forbidden = |c: &u8| matches!(c, b'"' | b'\'' | b'\\' | b';' | 0 | b'\r' | b'\n');
+    let reserved = b.get(..3).is_some_and(|p| p.eq_ignore_ascii_case(b"pg_"));
+    (1..=MAX_TENANT_NAME_BYTES).contains(&b.len()) && !b.iter().any(forbidden) && !reserved
 }
 
 /// The wire form of a name (borrowed when the name is its own wire form).
