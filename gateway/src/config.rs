@@ -147,7 +147,7 @@ impl Default for DjangoConfig {
 }
 
 /// A table (optionally `schema.table`) or column name, quoted for SQL.
-fn quoted_ident(name: &str) -> Option<String> {
+pub fn quoted_ident(name: &str) -> Option<String> {
     let part_ok = |p: &str| {
         let mut b = p.bytes();
         b.next().is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')

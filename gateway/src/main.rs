@@ -14,6 +14,7 @@ mod proxy;
 mod route;
 mod tenant;
 mod tls;
+mod triggers;
 mod upstream;
 
 use std::path::PathBuf;
@@ -54,6 +55,19 @@ enum Command {
     /// ACME certificates of custom domains (needs the config's database).
     #[command(subcommand)]
     Acme(AcmeCmd),
+    /// NOTIFY triggers for a django-tenants database (tenant.preset = "django-tenants").
+    #[command(subcommand)]
+    Triggers(TriggersCmd),
+}
+
+#[derive(Subcommand)]
+enum TriggersCmd {
+    /// Print the SQL that installs them (for the configured tables and channel).
+    Print,
+    /// Install them (idempotent) in the config's database.
+    Install,
+    /// Remove them.
+    Remove,
 }
 
 #[derive(Subcommand)]
@@ -112,6 +126,7 @@ fn main() -> ExitCode {
         Command::Run => run(&cli.config),
         Command::Certs(cmd) => certs(cmd),
         Command::Acme(cmd) => acme_cmd(&cli.config, cmd),
+        Command::Triggers(cmd) => triggers_cmd(&cli.config, cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -169,6 +184,46 @@ fn acme_cmd(path: &std::path::Path, cmd: AcmeCmd) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+fn triggers_cmd(path: &std::path::Path, cmd: TriggersCmd) -> anyhow::Result<()> {
+    let cfg = Config::load(path)?;
+    if cfg.tenant.preset != config::QueryPreset::DjangoTenants {
+        anyhow::bail!(
+            "config key `tenant.preset`: triggers are for the django-tenants preset (the default schema has its own, \
+             in upstream-app's migrations)"
+        );
+    }
+    let (django, channel) = (&cfg.tenant.django, &cfg.tenant.notify_channel);
+    let sql = match cmd {
+        TriggersCmd::Print => {
+            print!("{}", triggers::install_sql(django, channel)?);
+            return Ok(());
+        }
+        TriggersCmd::Install => triggers::install_sql(django, channel)?,
+        TriggersCmd::Remove => triggers::remove_sql(django)?,
+    };
+    let secrets = cfg.secrets()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&secrets.database_url)
+            .await
+            .context("cannot connect to PostgreSQL")?;
+        sqlx::raw_sql(&sql)
+            .execute(&mut conn)
+            .await
+            .context("running the trigger SQL")?;
+        anyhow::Ok(())
+    })?;
+    println!(
+        "triggers {}",
+        if sql.starts_with("DROP") {
+            "removed"
+        } else {
+            "installed"
+        }
+    );
+    Ok(())
 }
 
 /// Certificates named by `[tls]`: the configured pairs, the cert directory, the default.
