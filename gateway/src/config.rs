@@ -1122,6 +1122,14 @@ mod tests {
                 "limits.max_connections",
             ),
             (
+                "[pools.default]\nbackends = [\"127.0.0.1:1\"]\nhealth_check_statuses = [99]\n".to_string(),
+                "pools.default.health_check_statuses",
+            ),
+            (
+                "[pools.default]\nbackends = [\"127.0.0.1:1\"]\nhealth_check_host = \"a b\"\n".to_string(),
+                "pools.default.health_check_host",
+            ),
+            (
                 format!("{MIN}[limits]\nrequest_head_timeout_ms = 0\n"),
                 "limits.request_head_timeout_ms",
             ),
