@@ -375,6 +375,8 @@ pub fn wait_healthy(proc_: &mut Proc, port: u16, path: &str, timeout: Duration) 
     }
 }
 
+pub mod django;
+
 /// Minimal blocking HTTP client: reqwest's async client on a private runtime.
 pub mod http {
     pub use ::reqwest::{Method, Version};
