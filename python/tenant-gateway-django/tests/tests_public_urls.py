@@ -1,0 +1,3 @@
+"""An empty URLconf for the test settings."""
+
+urlpatterns: list[object] = []

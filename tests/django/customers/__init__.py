@@ -1,0 +1,1 @@
+"""Shared app: the tenants (``Client``) and their host names (``Domain``)."""

@@ -1,0 +1,7 @@
+"""App config of ``customers``."""
+
+from django.apps import AppConfig
+
+
+class CustomersConfig(AppConfig):
+    name = "customers"

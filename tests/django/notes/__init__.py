@@ -1,0 +1,1 @@
+"""Tenant app: each tenant's schema has its own notes."""

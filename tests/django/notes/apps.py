@@ -1,0 +1,7 @@
+"""App config of ``notes``."""
+
+from django.apps import AppConfig
+
+
+class NotesConfig(AppConfig):
+    name = "notes"
