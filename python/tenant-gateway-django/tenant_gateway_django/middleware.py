@@ -132,7 +132,7 @@ class TenantGatewayMiddleware(MiddlewareMixin):
 
     def get_tenant(self, tenant_model: type[Model], schema_name: str) -> Model:
         """The tenant whose schema the stamp names (override to customise)."""
-        return tenant_model.objects.get(schema_name=schema_name)  # type: ignore[attr-defined]
+        return tenant_model.objects.get(schema_name=schema_name)
 
     def verify_request(self, request: HttpRequest) -> str:
         """The stamped tenant name of ``request``; raises :class:`StampError`."""
@@ -151,7 +151,7 @@ class TenantGatewayMiddleware(MiddlewareMixin):
 
         # As TenantMainMiddleware: the connection must first be at the public
         # schema, as this is where the tenant metadata is stored.
-        connection.set_schema_to_public()
+        connection.set_schema_to_public()  # type: ignore[attr-defined]
 
         try:
             schema_name = self.verify_request(request)
@@ -162,7 +162,7 @@ class TenantGatewayMiddleware(MiddlewareMixin):
         tenant_model = get_tenant_model()
         try:
             tenant = self.get_tenant(tenant_model, schema_name)
-        except tenant_model.DoesNotExist:  # type: ignore[attr-defined]
+        except tenant_model.DoesNotExist:
             logger.warning("stamped tenant %r does not exist", schema_name)
             return _error("tenant_unknown", f"no tenant with schema {schema_name!r}", 403)
 
