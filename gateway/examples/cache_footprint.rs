@@ -26,6 +26,13 @@ mod metrics {
     }
 }
 
+/// Likewise the tenant's limiter (one per limited tenant, shared by its
+/// domains, and none when no limits are configured).
+mod limits {
+    #[derive(Debug)]
+    pub struct Limiter;
+}
+
 struct Counting;
 
 static LIVE: AtomicIsize = AtomicIsize::new(0);

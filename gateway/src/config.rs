@@ -325,6 +325,50 @@ pub struct LimitsConfig {
     pub min_body_rate: u64,
     /// Waiting time a body may take before the minimum rate applies.
     pub body_rate_grace_ms: u64,
+    /// Per-tenant fairness defaults (a tenant's row may override them).
+    pub tenant: TenantLimitsConfig,
+    /// Per client address within a tenant.
+    pub client: ClientLimitsConfig,
+}
+
+/// `[limits.tenant]`: each tenant's requests per second (token bucket) and
+/// requests in flight to the backends, per gateway process.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TenantLimitsConfig {
+    /// Requests per second; 0: unlimited.
+    pub rps: u32,
+    /// Requests allowed at once above the rate (bucket size); default: rps.
+    pub burst: Option<u32>,
+    /// Requests in flight to the backends; 0: unlimited.
+    pub max_concurrent: u32,
+    /// How long a request over max_concurrent waits for a slot before 503.
+    pub queue_timeout_ms: u64,
+    /// Requests of one tenant waiting for a slot at once; more get 503 at once.
+    pub max_queued: u32,
+}
+
+impl Default for TenantLimitsConfig {
+    fn default() -> Self {
+        TenantLimitsConfig {
+            rps: 0,
+            burst: None,
+            max_concurrent: 0,
+            queue_timeout_ms: 100,
+            max_queued: 64,
+        }
+    }
+}
+
+/// `[limits.client]`: requests per second of one client address within one
+/// tenant (so a tenant's abusive client does not spend the tenant's budget).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientLimitsConfig {
+    /// Requests per second; 0: off.
+    pub rps: u32,
+    /// Default: rps.
+    pub burst: Option<u32>,
 }
 
 impl Default for LimitsConfig {
@@ -336,6 +380,8 @@ impl Default for LimitsConfig {
             idle_timeout_ms: 60_000,
             min_body_rate: 500,
             body_rate_grace_ms: 10_000,
+            tenant: TenantLimitsConfig::default(),
+            client: ClientLimitsConfig::default(),
         }
     }
 }
@@ -563,10 +609,13 @@ pub const PAGE_KINDS: &[&str] = &[
     "bad_gateway",
     "gateway_timeout",
     "misconfigured",
+    "rate_limited",
+    "busy",
 ];
 
 /// Our own schema's lookup (domains are stored lower-case, a CHECK says so).
-const DEFAULT_LOOKUP: &str = "SELECT t.schema_name, t.status, t.backend_pool \
+const DEFAULT_LOOKUP: &str = "SELECT t.schema_name, t.status, t.backend_pool, \
+                    t.rate_limit_rps, t.rate_limit_burst, t.max_concurrent \
                FROM public.domains d JOIN public.tenants t ON t.id = d.tenant_id \
               WHERE d.domain = $1";
 
@@ -646,6 +695,23 @@ impl Config {
             (Some(q), _) => q.clone(),
             (None, QueryPreset::Default) => DEFAULT_ACME_DOMAINS.into(),
             (None, QueryPreset::DjangoTenants) => DjangoSql::new(&self.tenant.django).acme_domains(),
+        }
+    }
+
+    /// The limits registry's settings.
+    pub fn limits_settings(&self) -> crate::limits::LimitsSettings {
+        let t = &self.limits.tenant;
+        let c = &self.limits.client;
+        crate::limits::LimitsSettings {
+            defaults: crate::limits::LimitSpec {
+                rps: t.rps,
+                burst: t.burst.unwrap_or(t.rps).max(1),
+                max_concurrent: t.max_concurrent,
+            },
+            queue_timeout: std::time::Duration::from_millis(t.queue_timeout_ms),
+            max_queued: t.max_queued,
+            client_rps: c.rps,
+            client_burst: c.burst.unwrap_or(c.rps).max(1),
         }
     }
 
@@ -932,6 +998,20 @@ impl Config {
         let l = &self.limits;
         if l.max_connections == Some(0) {
             return Err(invalid("limits.max_connections", "must be at least 1"));
+        }
+        for (key, burst) in [
+            ("limits.tenant.burst", l.tenant.burst),
+            ("limits.client.burst", l.client.burst),
+        ] {
+            if burst == Some(0) {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if l.tenant.max_concurrent > 0 && l.tenant.queue_timeout_ms == 0 && l.tenant.max_queued > 0 {
+            return Err(invalid(
+                "limits.tenant.queue_timeout_ms",
+                "must be positive while requests may queue (or set max_queued = 0)",
+            ));
         }
         if l.max_connections_per_ip == Some(0) {
             return Err(invalid("limits.max_connections_per_ip", "must be at least 1"));

@@ -8,6 +8,7 @@
 mod admin;
 mod config;
 mod conn;
+mod limits;
 mod metrics;
 mod pages;
 mod proxy;
@@ -287,6 +288,7 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
 /// health checks, and a start-up check of the lookup query.
 struct SideTasks {
     cache: Arc<TenantCache>,
+    limits: Arc<limits::Limits>,
     lookup: Arc<tenant::lookup::Lookup>,
     pools: Arc<Pools>,
     database_url: String,
@@ -302,6 +304,15 @@ struct SideTasks {
 impl BackgroundService for SideTasks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tasks = tokio::task::JoinSet::new();
+        let limits = self.limits.clone();
+        tasks.spawn(async move {
+            // Limiters of tenants no longer cached, idle per-client state.
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                limits.sweep();
+            }
+        });
         tasks.spawn(tenant::invalidate::run(
             self.database_url.clone(),
             self.channel.clone(),
@@ -367,6 +378,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let pools = Arc::new(Pools::from_config(&cfg)?);
     let metrics = Arc::new(metrics::Metrics::new(cfg.metrics.max_tenant_labels));
     let nofile = raise_file_limit();
+    let limits = Arc::new(limits::Limits::new(cfg.limits_settings()));
     let lookup = tenant::lookup::Lookup::new(
         &secrets.database_url,
         cfg.database.max_connections,
@@ -376,7 +388,8 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     )
     .context("config key `database.url_env`")?
     .with_query(&cfg.lookup_query())
-    .with_public_schema(cfg.public_schema());
+    .with_public_schema(cfg.public_schema())
+    .with_limits(limits.clone());
     let lookup = Arc::new(lookup);
     let cache = Arc::new(TenantCache::new(
         lookup.clone(),
@@ -478,6 +491,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         metrics: metrics.clone(),
         tls: tls_routing,
         acme: acme.clone(),
+        limits: limits.clone(),
     };
     // HTTP/2 connections carry no HTTP/1 head deadlines; their idle bound is h2's own.
     let server_conf = server.configuration.clone();
@@ -534,6 +548,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         "side-tasks",
         SideTasks {
             cache,
+            limits,
             lookup,
             pools,
             database_url: secrets.database_url,

@@ -20,6 +20,10 @@ pub enum PageKind {
     GatewayTimeout,
     /// The database holds a row for this host the gateway refuses.
     Misconfigured,
+    /// The tenant (or this client of it) is over its request rate.
+    RateLimited,
+    /// The tenant's requests in flight stayed at its cap.
+    Busy,
 }
 
 impl PageKind {
@@ -34,10 +38,12 @@ impl PageKind {
             PageKind::BadGateway => "bad_gateway",
             PageKind::GatewayTimeout => "gateway_timeout",
             PageKind::Misconfigured => "misconfigured",
+            PageKind::RateLimited => "rate_limited",
+            PageKind::Busy => "busy",
         }
     }
 
-    fn all() -> [PageKind; 9] {
+    fn all() -> [PageKind; 11] {
         [
             PageKind::BadRequest,
             PageKind::NotFound,
@@ -48,6 +54,8 @@ impl PageKind {
             PageKind::BadGateway,
             PageKind::GatewayTimeout,
             PageKind::Misconfigured,
+            PageKind::RateLimited,
+            PageKind::Busy,
         ]
     }
 
@@ -64,6 +72,14 @@ impl PageKind {
             PageKind::Misconfigured => (
                 "Service unavailable",
                 "This site is not configured correctly; its operator can see why in the gateway's log.",
+            ),
+            PageKind::RateLimited => (
+                "Too many requests",
+                "This site is receiving too many requests; please retry shortly.",
+            ),
+            PageKind::Busy => (
+                "Service busy",
+                "This site is handling too many requests at once; please retry shortly.",
             ),
         }
     }
@@ -103,6 +119,8 @@ impl Pages {
                 PageKind::BadGateway => 502,
                 PageKind::GatewayTimeout => 504,
                 PageKind::Misconfigured => 503,
+                PageKind::RateLimited => 429,
+                PageKind::Busy => 503,
             };
             let (title, text) = kind.default_text();
             let mut html = Bytes::from(format!(

@@ -27,6 +27,7 @@ use pingora_load_balancing::Backend;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::conn::stream::{ConnFacts, Sni};
+use crate::limits::{Limits, Refused};
 use crate::metrics::tenant::{method_index, rejection_index, Observation};
 use crate::metrics::Metrics;
 use crate::pages::{wants_json, PageKind, Pages};
@@ -49,6 +50,8 @@ pub struct Gateway {
     pub tls: Option<Arc<TlsRouting>>,
     /// ACME: HTTP-01 challenges are answered from the database.
     pub acme: Option<Arc<crate::tls::acme::Acme>>,
+    /// Per-tenant rate and concurrency limits.
+    pub limits: Arc<Limits>,
 }
 
 /// What the request path needs to know about TLS.
@@ -80,6 +83,10 @@ pub struct Ctx {
     landing: bool,
     /// Counted in `requests_in_flight`.
     in_flight: bool,
+    /// The tenant's concurrency slot, held until the request ends.
+    slot: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Held back by a limit: the rejection reason.
+    limited: Option<&'static str>,
 }
 
 /// Whether a header name is one clients must never send upstream:
@@ -125,11 +132,19 @@ impl Gateway {
     /// Answer with one of the gateway's own pages. Returns `Ok(true)` for
     /// `request_filter` ("response sent").
     async fn respond(&self, session: &mut Session, ctx: &mut Ctx, kind: PageKind) -> Result<bool> {
-        self.respond_page(session, ctx, kind, false).await
+        self.respond_page(session, ctx, kind, false, None).await
     }
 
-    /// `close`: tell the client this connection ends after the page.
-    async fn respond_page(&self, session: &mut Session, ctx: &mut Ctx, kind: PageKind, close: bool) -> Result<bool> {
+    /// `close`: tell the client this connection ends after the page;
+    /// `retry_after`: seconds for a `Retry-After` header.
+    async fn respond_page(
+        &self,
+        session: &mut Session,
+        ctx: &mut Ctx,
+        kind: PageKind,
+        close: bool,
+        retry_after: Option<u64>,
+    ) -> Result<bool> {
         ctx.page = Some(kind);
         let page = self.pages.get(kind);
         let json = wants_json(session.req_header().headers.get(ACCEPT).and_then(|v| v.to_str().ok()));
@@ -143,6 +158,9 @@ impl Gateway {
         resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
         resp.insert_header("cache-control", "no-store")?;
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(secs) = retry_after {
+            resp.insert_header(http::header::RETRY_AFTER, secs.to_string())?;
+        }
         if close || session.is_process_shutting_down() {
             // Pingora writes `Connection` from its keepalive state.
             session.set_keepalive(None);
@@ -228,7 +246,7 @@ impl Gateway {
             response_bytes: session.body_bytes_sent() as u64,
             upstream_error: e.is_some_and(|e| *e.esource() == pingora_error::ErrorSource::Upstream),
             retries: ctx.tried.len().saturating_sub(1) as u64,
-            rejection: ctx.page.and_then(|p| rejection_index(p.name())),
+            rejection: ctx.limited.or(ctx.page.map(|p| p.name())).and_then(rejection_index),
         });
     }
 
@@ -304,6 +322,8 @@ impl ProxyHttp for Gateway {
             tls: false,
             landing: false,
             in_flight: false,
+            slot: None,
+            limited: None,
         }
     }
 
@@ -399,6 +419,23 @@ impl ProxyHttp for Gateway {
             ctx.tenant = Some(tenant);
             return self.respond(session, ctx, PageKind::Unavailable).await;
         };
+        // Fairness: the tenant's rate and in-flight cap (and its clients').
+        if let Some(limiter) = tenant.limiter() {
+            match self.limits.admit(limiter, Self::client_ip(session)).await {
+                Ok(slot) => ctx.slot = slot,
+                Err(refused) => {
+                    let (kind, reason) = match refused {
+                        Refused::Rate { .. } => (PageKind::RateLimited, "rate_limited"),
+                        Refused::ClientRate { .. } => (PageKind::RateLimited, "client_rate_limited"),
+                        Refused::Busy { .. } => (PageKind::Busy, "busy"),
+                    };
+                    ctx.limited = Some(reason);
+                    ctx.tenant = Some(tenant);
+                    let retry = refused.retry_after_secs();
+                    return self.respond_page(session, ctx, kind, false, Some(retry)).await;
+                }
+            }
+        }
         ctx.pool = Some(pool);
         ctx.tenant = Some(tenant);
         Ok(false)
@@ -516,7 +553,7 @@ impl ProxyHttp for Gateway {
             } else {
                 PageKind::BadGateway
             };
-            if self.respond_page(session, ctx, kind, true).await.is_err() {
+            if self.respond_page(session, ctx, kind, true, None).await.is_err() {
                 return FailToProxy {
                     error_code: 0,
                     can_reuse_downstream: false,

@@ -1,10 +1,11 @@
-//! A real, unmodified-in-spirit django-tenants app (Django + django-tenants
-//! + gunicorn from PyPI, tests/django/) behind the real gateway, set up the
-//! way the README's "Fronting a django-tenants app" tells a Django developer:
-//! the `tenant-gateway-django` middleware instead of TenantMainMiddleware,
-//! triggers from its management command, the gateway's django-tenants preset
-//! and a health check the app answers. Tenants and domains are made through
-//! the ORM (`Client(...).save()`, `Domain.objects.create(...)`).
+//! A real django-tenants app (Django, django-tenants and gunicorn from
+//! PyPI; the project in tests/django/) behind the real gateway, set up the
+//! way the README's "Fronting a django-tenants app" tells a Django
+//! developer: the `tenant-gateway-django` middleware instead of
+//! TenantMainMiddleware, triggers from its management command, the
+//! gateway's django-tenants preset and a health check the app answers.
+//! Tenants and domains are made through the ORM (`Client(...).save()`,
+//! `Domain.objects.create(...)`).
 
 use std::time::{Duration, Instant};
 

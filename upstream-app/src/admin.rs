@@ -235,6 +235,48 @@ pub async fn set_backend_pool(pool: &PgPool, schema: &str, backend_pool: Option<
     Ok(())
 }
 
+/// Overrides of the gateway's per-tenant limits (None: keep the default).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TenantLimits {
+    pub rps: Option<u32>,
+    pub burst: Option<u32>,
+    pub max_concurrent: Option<u32>,
+}
+
+/// `tenant limits`: set the given overrides (the others keep their value),
+/// or clear all of them (`None`).
+pub async fn set_limits(pool: &PgPool, schema: &str, limits: Option<TenantLimits>) -> Result<(), AdminError> {
+    let mut tx = pool.begin().await?;
+    let (id, _) = tenant_row(&mut tx, schema).await?;
+    let as_db = |v: Option<u32>| v.map(|v| i32::try_from(v).unwrap_or(i32::MAX));
+    match limits {
+        None => {
+            sqlx::query(
+                "UPDATE public.tenants SET rate_limit_rps = NULL, rate_limit_burst = NULL, max_concurrent = NULL \
+                  WHERE id = $1",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+        }
+        Some(l) => {
+            sqlx::query(
+                "UPDATE public.tenants SET rate_limit_rps = coalesce($2, rate_limit_rps), \
+                        rate_limit_burst = coalesce($3, rate_limit_burst), \
+                        max_concurrent = coalesce($4, max_concurrent) WHERE id = $1",
+            )
+            .bind(id)
+            .bind(as_db(l.rps))
+            .bind(as_db(l.burst))
+            .bind(as_db(l.max_concurrent))
+            .execute(&mut *tx)
+            .await?
+        }
+    };
+    tx.commit().await?;
+    Ok(())
+}
+
 /// `tenant purge --older-than`: drop schemas (and rows) of tenants tombstoned
 /// longer ago than `age`. Returns the purged schema names.
 pub async fn purge(pool: &PgPool, age: Duration) -> Result<Vec<String>, AdminError> {

@@ -94,6 +94,22 @@ enum TenantCmd {
     Unpin {
         schema: String,
     },
+    /// Per-tenant limits the gateway enforces (overriding its [limits.tenant]
+    /// defaults; 0 = unlimited); `--clear` returns to the defaults.
+    Limits {
+        schema: String,
+        /// Requests per second.
+        #[arg(long)]
+        rps: Option<u32>,
+        /// Requests allowed at once above the rate (bucket size).
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Requests in flight to the backends at once.
+        #[arg(long)]
+        max_concurrent: Option<u32>,
+        #[arg(long, conflicts_with_all = ["rps", "burst", "max_concurrent"])]
+        clear: bool,
+    },
     List,
 }
 
@@ -215,6 +231,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 TenantCmd::Unpin { schema } => {
                     admin::set_backend_pool(&pool, &schema, None).await?;
                     println!("unpinned tenant {schema}");
+                }
+                TenantCmd::Limits {
+                    schema,
+                    rps,
+                    burst,
+                    max_concurrent,
+                    clear,
+                } => {
+                    let limits = admin::TenantLimits {
+                        rps,
+                        burst,
+                        max_concurrent,
+                    };
+                    admin::set_limits(&pool, &schema, (!clear).then_some(limits)).await?;
+                    println!("limits of tenant {schema} set");
                 }
                 TenantCmd::List => {
                     for line in admin::list_tenants(&pool).await? {

@@ -1,6 +1,7 @@
 //! The one SQL query that maps a host name to a tenant. Configurable (see
 //! `tenant.query` / `tenant.preset`); columns by position: schema name,
-//! status, optional backend pool.
+//! status, optional backend pool, and optionally the tenant's limit
+//! overrides (requests per second, burst, max concurrent; NULL: default).
 //!
 //! Queries run on their own runtime thread, at a lower scheduling priority
 //! (`database.lookup_nice`): the client work of a lookup (sqlx, two socket
@@ -15,6 +16,7 @@ use sqlx::{Column, Executor, PgPool, Row, Statement};
 
 use super::cache::TenantSource;
 use super::{Status, Tenant};
+use crate::limits::{Limits, Overrides};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
@@ -84,6 +86,7 @@ pub struct Lookup {
     /// The public tenant's schema (`tenant.public_schema`), the one reserved
     /// name a row may carry.
     public_schema: Option<Arc<str>>,
+    limits: Option<Arc<Limits>>,
     rt: &'static tokio::runtime::Runtime,
 }
 
@@ -113,12 +116,19 @@ impl Lookup {
             pool,
             query: Arc::from(""),
             public_schema: None,
+            limits: None,
             rt,
         })
     }
 
     pub fn with_query(mut self, query: &str) -> Lookup {
         self.query = Arc::from(query);
+        self
+    }
+
+    /// Tenants found get their limiter from `limits`.
+    pub fn with_limits(mut self, limits: Arc<Limits>) -> Lookup {
+        self.limits = Some(limits);
         self
     }
 
@@ -138,9 +148,9 @@ impl Lookup {
             })
             .await
             .map_err(|e| e.to_string())??;
-        if !(2..=3).contains(&columns.len()) {
+        if ![2, 3, 6].contains(&columns.len()) {
             return Err(format!(
-                "returns {} columns; expected schema_name, status[, pool]",
+                "returns {} columns; expected schema_name, status[, pool[, rps, burst, max_concurrent]]",
                 columns.len()
             ));
         }
@@ -156,10 +166,14 @@ impl TenantSource for Lookup {
     /// a stuck query gives its pooled connection back.
     async fn find(&self, host: &str) -> Result<Option<Tenant>, LookupError> {
         let (pool, query, name) = (self.pool.clone(), self.query.clone(), host.to_owned());
-        let public = self.public_schema.clone();
-        let task = self
-            .rt
-            .spawn(async move { find_on(&pool, &query, &name, public.as_deref()).await });
+        let (public, limits) = (self.public_schema.clone(), self.limits.clone());
+        let task = self.rt.spawn(async move {
+            let found = find_on(&pool, &query, &name, public.as_deref()).await?;
+            Ok(found.map(|(tenant, overrides)| {
+                let limiter = limits.as_ref().and_then(|l| l.limiter(tenant.schema(), overrides));
+                tenant.with_limiter(limiter)
+            }))
+        });
         let _abort = AbortOnDrop(task.abort_handle());
         task.await.map_err(|e| LookupError::Task(e.to_string()))?
     }
@@ -192,7 +206,12 @@ pub fn acceptable_schema(schema: &str, public: Option<&str>) -> Result<(), Strin
     Ok(())
 }
 
-async fn find_on(pool: &PgPool, query: &str, host: &str, public: Option<&str>) -> Result<Option<Tenant>, LookupError> {
+async fn find_on(
+    pool: &PgPool,
+    query: &str,
+    host: &str,
+    public: Option<&str>,
+) -> Result<Option<(Tenant, Overrides)>, LookupError> {
     let fetch = || sqlx::query(query).bind(host).fetch_optional(pool);
     let row = match fetch().await {
         // A pooled connection the server closed (restart, idle kill): sqlx
@@ -222,9 +241,21 @@ async fn find_on(pool: &PgPool, query: &str, host: &str, public: Option<&str>) -
     } else {
         None
     };
-    Tenant::new(&schema, status, pool.as_deref())
-        .map(Some)
-        .ok_or_else(|| bad("schema name too long".into()))
+    let limit = |i: usize| -> Result<Option<u32>, LookupError> {
+        if row.len() <= i {
+            return Ok(None);
+        }
+        let v: Option<i32> = row.try_get(i).map_err(|e| bad(e.to_string()))?;
+        v.map(|v| u32::try_from(v).map_err(|_| bad(format!("limit column {} is negative", i + 1))))
+            .transpose()
+    };
+    let overrides = Overrides {
+        rps: limit(3)?,
+        burst: limit(4)?,
+        max_concurrent: limit(5)?,
+    };
+    let tenant = Tenant::new(&schema, status, pool.as_deref()).ok_or_else(|| bad("schema name too long".into()))?;
+    Ok(Some((tenant, overrides)))
 }
 
 #[cfg(test)]

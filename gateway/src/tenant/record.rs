@@ -1,13 +1,15 @@
 //! The cached tenant record: what the domain table says about a host, kept
 //! small because the cache holds one per tenant (up to `cache.max_entries`).
-//! 32 bytes behind its `Arc` plus one string allocation: the schema and the
-//! pinned pool's name share it, and the metric handle is a single pointer.
+//! 40 bytes behind its `Arc` plus one string allocation: the schema and the
+//! pinned pool's name share it, the metric handle is a single pointer, and
+//! so is the tenant's limiter (shared with the limit registry).
 
 use std::marker::PhantomData;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Arc;
 
+use crate::limits::Limiter;
 use crate::metrics::tenant::TenantStats;
 
 /// A tenant's lifecycle state as stored in the tenant table.
@@ -26,6 +28,8 @@ pub struct Tenant {
     names: Box<str>,
     /// This tenant's metric handles, attached on first use.
     stats: AttachOnce<TenantStats>,
+    /// Its rate and concurrency limits (None: unlimited).
+    limiter: Option<Arc<Limiter>>,
     schema_len: u32,
     pinned: bool,
     pub status: Status,
@@ -43,10 +47,21 @@ impl Tenant {
         Some(Tenant {
             names,
             stats: AttachOnce::default(),
+            limiter: None,
             schema_len,
             pinned: pool.is_some(),
             status,
         })
+    }
+
+    /// With its limiter (from [`crate::limits::Limits::limiter`]).
+    pub fn with_limiter(mut self, limiter: Option<Arc<Limiter>>) -> Tenant {
+        self.limiter = limiter;
+        self
+    }
+
+    pub fn limiter(&self) -> Option<&Limiter> {
+        self.limiter.as_deref()
     }
 
     /// Schema name: the value stamped into `X-Tenant`.
@@ -142,7 +157,7 @@ mod tests {
 
     #[test]
     fn record_is_small() {
-        assert_eq!(std::mem::size_of::<Tenant>(), 32);
+        assert_eq!(std::mem::size_of::<Tenant>(), 40);
     }
 
     #[test]
