@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Runs every check and test: formatting, clippy, unit tests and the end-to-end
-# suites (which start their own PostgreSQL, upstreams and gateways on loopback).
+# Runs every check and test: formatting, clippy, unit tests, the Python
+# package's tests, and the end-to-end suites (which start their own PostgreSQL,
+# upstreams, Django apps under gunicorn and gateways on loopback).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh test
+scripts/python-env.sh    # target/python-venv: Django, django-tenants, gunicorn, our package
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo build --workspace --bins --quiet
+target/python-venv/bin/pytest -q -p no:cacheprovider python/tenant-gateway-django/tests
 cargo test --workspace --quiet
