@@ -1,0 +1,210 @@
+//! Noisy neighbours: per-tenant rate and concurrency limits, end to end.
+//! Two tenants on one backend pool; one floods or stalls, the other must
+//! keep being served promptly. Limits come from the config and from the
+//! tenant's row (set with `upstream-app tenant limits`, picked up by NOTIFY).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use e2e::http;
+use e2e::*;
+
+struct Stack {
+    pg: Postgres,
+    apps: Vec<UpstreamApp>,
+    gw: Gateway,
+}
+
+fn stack(limits: &str) -> Stack {
+    let pg = Postgres::start().unwrap();
+    two_tenants(&pg);
+    let apps = vec![
+        UpstreamApp::start(&pg.url(), "").unwrap(),
+        UpstreamApp::start(&pg.url(), "").unwrap(),
+    ];
+    let pools = pools_toml(&[("default", &[apps[0].port, apps[1].port])]);
+    let gw = Gateway::start(
+        &pg.url(),
+        &format!("[tenant]\nbase_domains = [\"myapp.localhost\"]\n{limits}\n{pools}"),
+    )
+    .unwrap();
+    Stack { pg, apps, gw }
+}
+
+fn p99(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[(v.len() * 99).div_ceil(100) - 1]
+}
+
+/// `n` sequential requests for `host`; every one must succeed. Their latencies.
+fn timed(client: &http::Client, port: u16, host: &str, n: usize) -> Vec<Duration> {
+    (0..n)
+        .map(|_| {
+            let start = Instant::now();
+            let r = client
+                .get(&format!("http://127.0.0.1:{port}/whoami"))
+                .header("host", host)
+                .send()
+                .unwrap();
+            assert_eq!(r.status, 200, "{host}: {}", r.body);
+            start.elapsed()
+        })
+        .collect()
+}
+
+#[test]
+fn a_flooding_tenant_gets_429_while_the_other_is_served_promptly() {
+    // A generous default; ferrari's plan allows 20 requests per second.
+    let s = stack("[limits.tenant]\nrps = 1000\n");
+    app_cli_ok(
+        &s.pg.url(),
+        &["tenant", "limits", "ferrari", "--rps", "20", "--burst", "20"],
+    );
+    let port = s.gw.port;
+    let client = http::client();
+    let mclaren = "mclaren.myapp.localhost";
+    let before = p99(timed(&client, port, mclaren, 200));
+    // ferrari floods at some 30-40 times its 20 requests per second.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood: Vec<_> = (0..1)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let client = http::client();
+                let (mut ok, mut limited, mut retry_after) = (0u64, 0u64, true);
+                while !stop.load(Ordering::Relaxed) {
+                    let r = client
+                        .get(&format!("http://127.0.0.1:{port}/whoami"))
+                        .header("host", "ferrari.myapp.localhost")
+                        .header("accept", "application/json")
+                        .send()
+                        .unwrap();
+                    match r.status {
+                        200 => ok += 1,
+                        429 => {
+                            limited += 1;
+                            retry_after &= r.headers.get("retry-after").is_some_and(|v| v == "1")
+                                && r.json()["error"] == "rate_limited";
+                        }
+                        other => panic!("flood got {other}: {}", r.body),
+                    }
+                }
+                (ok, limited, retry_after)
+            })
+        })
+        .collect();
+    wait_until("the flood is being limited", Duration::from_secs(10), || {
+        s.gw.scrape().is_ok_and(|m| {
+            metric_sum(
+                &m,
+                "tenant_gateway_tenant_rejected_total",
+                &[("tenant", "ferrari"), ("reason", "rate_limited")],
+            ) >= 50.0
+        })
+    })
+    .unwrap();
+    let started = Instant::now();
+    let during = p99(timed(&client, port, mclaren, 200));
+    let flood_secs = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut limited) = (0, 0);
+    for t in flood {
+        let (o, l, retry_after) = t.join().unwrap();
+        assert!(retry_after, "a 429 without Retry-After: 1 or the JSON page");
+        ok += o;
+        limited += l;
+    }
+    assert!(limited > 10 * ok.max(1) / 2, "flood: {ok} served, {limited} limited");
+    eprintln!("mclaren p99 unloaded {before:?}, during the flood {during:?}; flood: {ok} served, {limited} limited");
+    // Generous: 2x the unloaded p99, with a floor for sub-millisecond noise.
+    let bound = 2 * before.max(Duration::from_millis(20));
+    assert!(
+        during <= bound,
+        "mclaren p99 {during:?} during the flood (unloaded {before:?}, bound {bound:?}, {flood_secs:.1} s)"
+    );
+}
+
+#[test]
+fn a_tenants_override_in_the_database_takes_effect_within_a_second() {
+    let s = stack("[limits.tenant]\nrps = 1000\n");
+    let client = http::client();
+    let get = |host: &str| client.get(&s.gw.url("/whoami")).header("host", host).send().unwrap();
+    assert_eq!(get("ferrari.myapp.localhost").status, 200);
+    app_cli_ok(
+        &s.pg.url(),
+        &["tenant", "limits", "ferrari", "--rps", "1", "--burst", "1"],
+    );
+    let start = Instant::now();
+    wait_until("override applied", Duration::from_secs(1), || {
+        let first = get("ferrari.myapp.localhost").status;
+        let second = get("ferrari.myapp.localhost");
+        first == 200 && second.status == 429 && second.headers.contains_key("retry-after")
+    })
+    .unwrap();
+    assert!(start.elapsed() < Duration::from_secs(1));
+    // The other tenant keeps the default.
+    for _ in 0..5 {
+        assert_eq!(get("mclaren.myapp.localhost").status, 200);
+    }
+    app_cli_ok(&s.pg.url(), &["tenant", "limits", "ferrari", "--clear"]);
+    wait_until("override cleared", Duration::from_secs(2), || {
+        (0..3).all(|_| get("ferrari.myapp.localhost").status == 200)
+    })
+    .unwrap();
+}
+
+#[test]
+fn the_concurrency_cap_holds_under_a_slow_backend() {
+    let s = stack("[limits.tenant]\nmax_concurrent = 2\nqueue_timeout_ms = 300\nmax_queued = 2\n");
+    let port = s.gw.port;
+    let slow: Vec<_> = (0..8)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let r = http::client()
+                    .get(&format!("http://127.0.0.1:{port}/slow/2000"))
+                    .header("host", "ferrari.myapp.localhost")
+                    .send()
+                    .unwrap();
+                (r.status, r.headers.get("retry-after").is_some())
+            })
+        })
+        .collect();
+    // Meanwhile the other tenant is not held up by ferrari's cap.
+    wait_until("slow requests at the backends", Duration::from_secs(10), || {
+        s.apps
+            .iter()
+            .map(|a| a.proc_.log().matches("slow request started").count())
+            .sum::<usize>()
+            >= 2
+    })
+    .unwrap();
+    let client = http::client();
+    let other = timed(&client, port, "mclaren.myapp.localhost", 20);
+    assert!(p99(other) < Duration::from_secs(1));
+    let results: Vec<(u16, bool)> = slow.into_iter().map(|t| t.join().unwrap()).collect();
+    let served = results.iter().filter(|(st, _)| *st == 200).count();
+    let busy: Vec<_> = results.iter().filter(|(st, _)| *st == 503).collect();
+    assert_eq!(served, 2, "{results:?}");
+    assert_eq!(busy.len(), 6, "{results:?}");
+    assert!(
+        busy.iter().all(|(_, retry)| *retry),
+        "503 without Retry-After: {results:?}"
+    );
+    // The backends never saw more than the cap: exactly the served ones started.
+    let started: usize = s
+        .apps
+        .iter()
+        .map(|a| a.proc_.log().matches("slow request started").count())
+        .sum();
+    assert_eq!(started, 2);
+    let m = s.gw.scrape().unwrap();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "tenant_gateway_tenant_rejected_total",
+            &[("tenant", "ferrari"), ("reason", "busy")]
+        ),
+        6.0
+    );
+}
