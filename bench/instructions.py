@@ -7,6 +7,8 @@ path changes use (bench/RESULTS.md).
 
 Usage: python3 bench/instructions.py [N_REQUESTS]   (after bench/run.sh has
 built the release binaries and installed valgrind, h2load and PostgreSQL)
+       python3 bench/instructions.py --limits [N]   the gateway with per-tenant
+       limits on (far above the load) next to the same gateway with them off
 
 Caveat: under valgrind the CPU reports no SHA extensions, so SHA-256 (the
 stamp's HMAC) runs in software and costs several times what it costs
@@ -60,7 +62,7 @@ def parse(path):
     return self_cost, edges
 
 
-def profile(which, backends, url, certs, n):
+def profile(which, backends, url, certs, n, extra=""):
     out = R.WORK / f"callgrind.{which}"
     vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
 
@@ -74,7 +76,7 @@ def profile(which, backends, url, certs, n):
     R.spawn = spawn
     R.wait_port = lambda port, timeout=30: wait_before(port, 300)  # valgrind starts slowly
     try:
-        peer = R.Gateway(url, backends, certs) if which == "gateway" else R.BarePingora(backends)
+        peer = R.Gateway(url, backends, certs, extra) if which.startswith("gateway") else R.BarePingora(backends)
     finally:
         R.spawn, R.wait_port = spawn_before, wait_before
 
@@ -101,7 +103,41 @@ def profile(which, backends, url, certs, n):
     return parse(dump)
 
 
+LIMITS_ON = """
+[limits.tenant]
+rps = 10000000
+max_concurrent = 1000000
+[limits.client]
+rps = 10000000
+"""
+
+
+def limits_cost(n):
+    """Instructions per request with limits on vs off (every request checked)."""
+    _, _, url = R.setup_database()
+    certs = R.make_certs()
+    backends = R.start_backends()
+    runs = {"off": profile("gateway", backends, url, certs, n), "on": profile("gateway-limits", backends, url, certs, n, LIMITS_ON)}
+    total = {w: sum(s.values()) / n for w, (s, _) in runs.items()}
+    sha = {w: sum(c for f, c in s.items() if SHA.search(f)) / n for w, (s, _) in runs.items()}
+    print(f"Instructions per HTTP/1.1 keep-alive request ({n:,} requests, 16 connections, one tenant):\n")
+    print("| | limits off | limits on | difference |\n| --- | ---: | ---: | ---: |")
+    d = total["on"] - total["off"]
+    print(f"| total | {total['off']:,.0f} | {total['on']:,.0f} | {d:+,.0f} ({100 * d / total['off']:+.2f} %) |")
+    ns = {w: total[w] - sha[w] for w in total}
+    d = ns["on"] - ns["off"]
+    print(f"| without SHA-256 | {ns['off']:,.0f} | {ns['on']:,.0f} | {d:+,.0f} ({100 * d / ns['off']:+.2f} %) |")
+    s, _ = runs["on"]
+    print("\nThe limiter's own functions (self cost per request):\n")
+    for f, c in collections.Counter(s).most_common():
+        if re.search(r"(governor|gateway::limits|tokio::sync::semaphore|dashmap)", f) and c / n >= 10:
+            print(f"- {c / n:,.0f}  {f}")
+
+
 def main():
+    if "--limits" in sys.argv:
+        rest = [a for a in sys.argv[1:] if a != "--limits"]
+        return limits_cost(int(rest[0]) if rest else 10_000)
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
     if not shutil.which("valgrind"):
         raise SystemExit("valgrind is not installed (bench/run.sh installs it)")
