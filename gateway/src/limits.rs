@@ -6,6 +6,9 @@
 //!
 //! - Rates are GCRA (the `governor` crate: a token bucket with burst kept in
 //!   one atomic word); the per-client limiter is governor's keyed limiter.
+//!   Pingora's own `pingora-limits` estimates rates (a count-min sketch over
+//!   a sliding window), which fits "how busy is this key" but not a bucket
+//!   with a burst and a time until the next token (`Retry-After`).
 //! - Concurrency is a tokio semaphore per tenant; a request over the cap
 //!   waits (FIFO) up to `queue_timeout`, at most `max_queued` at a time, then
 //!   gets 503 with `Retry-After`.

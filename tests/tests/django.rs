@@ -33,6 +33,11 @@ fn stack() -> Stack {
     let pg = Postgres::start().unwrap();
     let app = Django::start(&pg.url(), 2).unwrap();
     fixture(&pg, &["create-public", "--domain", "public.test"]);
+    // The bare base domain is the public tenant's too (django-tenants' usual setup).
+    fixture(
+        &pg,
+        &["add-domain", "--schema", "public", "--domain", "myapp.localhost"],
+    );
     fixture(
         &pg,
         &[
@@ -124,6 +129,8 @@ fn tenants_public_tenant_and_orm_changes_through_the_gateway() {
         ("www.acme-eu.myapp.localhost", "acme-eu"),
         ("public.test", "public"),
         ("www.public.test", "public"),
+        ("myapp.localhost", "public"),
+        ("www.myapp.localhost", "public"),
     ] {
         let r = s.get(host, &[]);
         assert_eq!(r.status, 200, "{host}: {}", r.body);
