@@ -103,21 +103,12 @@ def profile(which, backends, url, certs, n, extra=""):
     return parse(dump)
 
 
-LIMITS_ON = """
-[limits.tenant]
-rps = 10000000
-max_concurrent = 1000000
-[limits.client]
-rps = 10000000
-"""
-
-
 def limits_cost(n):
     """Instructions per request with limits on vs off (every request checked)."""
     _, _, url = R.setup_database()
     certs = R.make_certs()
     backends = R.start_backends()
-    runs = {"off": profile("gateway", backends, url, certs, n), "on": profile("gateway-limits", backends, url, certs, n, LIMITS_ON)}
+    runs = {"off": profile("gateway", backends, url, certs, n), "on": profile("gateway-limits", backends, url, certs, n, R.LIMITS_ON)}
     total = {w: sum(s.values()) / n for w, (s, _) in runs.items()}
     sha = {w: sum(c for f, c in s.items() if SHA.search(f)) / n for w, (s, _) in runs.items()}
     print(f"Instructions per HTTP/1.1 keep-alive request ({n:,} requests, 16 connections, one tenant):\n")

@@ -25,15 +25,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run  # noqa: E402  (the benchmark's setup helpers)
 
-LIMITS_ON = """
-[limits.tenant]
-rps = 10000000
-max_concurrent = 1000000
-[limits.client]
-rps = 10000000
-"""
-
-
 def flood(port, host, seconds):
     """wrk on CPU 1 flooding `host` in the background."""
     return subprocess.Popen(["taskset", "-c", "1", "wrk", "-t1", "-c64", f"-d{seconds}s", "-H", f"Host: {host}",
@@ -43,15 +34,10 @@ def flood(port, host, seconds):
 def main():
     if not (run.REL / "gateway").exists():
         raise SystemExit("build first: bench/run.sh (or cargo build --release -p gateway -p upstream-app)")
-    pgbin, _, url = run.setup_database()
-    certs = run.make_certs()
-    host_file = run.WORK / "hosts.txt"
-    host_file.write_text("".join(h + "\n" for h, _ in run.hosts()[:1000]))
-    lua = run.write_lua(host_file)
-    backends = run.start_backends()
+    pgbin, url, certs, lua, backends = run.setup_rig()
     off = run.Gateway(url, backends, certs)
     off.name = "limits off"
-    on = run.Gateway(url, backends, certs, extra=LIMITS_ON)
+    on = run.Gateway(url, backends, certs, extra=run.LIMITS_ON)
     on.name = "limits on"
     for g in (off, on):
         run.wrk(f"http://127.0.0.1:{g.http}/", 16, lua)

@@ -173,6 +173,26 @@ end
     return lua
 
 
+def setup_rig(n_hosts=1000):
+    """Database, certificates, a wrk script over the first `n_hosts` hosts and
+    the two backends: what every side scenario (stress, limits) starts from."""
+    pgbin, _, url = setup_database()
+    certs = make_certs()
+    host_file = WORK / "hosts.txt"
+    host_file.write_text("".join(h + "\n" for h, _ in hosts()[:n_hosts]))
+    return pgbin, url, certs, write_lua(host_file), start_backends()
+
+
+# Per-tenant limits far above any load here: every request is checked, none refused.
+LIMITS_ON = """
+[limits.tenant]
+rps = 10000000
+max_concurrent = 1000000
+[limits.client]
+rps = 10000000
+"""
+
+
 def start_backends():
     ports = [free_port(), free_port()]
     servers = "\n".join(f"server {{ listen 127.0.0.1:{p}; location / {{ return 200 \"ok\\n\"; }} }}" for p in ports)

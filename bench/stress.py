@@ -142,12 +142,7 @@ def main():
     if not (run.REL / "gateway").exists():
         raise SystemExit("build first: bench/stress.sh")
     fds = raise_fd_limit(200_000)
-    _, _, url = run.setup_database()
-    certs = run.make_certs()
-    host_file = run.WORK / "hosts.txt"
-    host_file.write_text("".join(h + "\n" for h, _ in run.hosts()[:1000]))
-    lua = run.write_lua(host_file)
-    backends = run.start_backends()
+    _, url, certs, lua, backends = run.setup_rig()
     gw = run.Gateway(url, backends, certs)
     admin = gw.admin
     # As gateway/src/config.rs derives them from the file limit.
