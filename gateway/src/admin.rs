@@ -1,21 +1,47 @@
 //! The admin listener (never the public port): `/healthz` (process is up),
-//! `/readyz` (the default pool has a healthy backend), `/metrics`.
+//! `/readyz` (the default pool has a healthy backend; with `?database=1`
+//! also the database answers), `/metrics`, and the operator API under
+//! `/api/v1/` (JSON, `Authorization: Bearer <token>`; off unless
+//! `admin.token_env` names a token):
+//!
+//! - `GET  /api/v1/explain?host=H`: what the gateway does with a host and
+//!   why (normalised and lookup names, cache state and age, tenant, status,
+//!   pool and backend health, the certificate SNI would select, ACME state,
+//!   limits, the answer a request gets);
+//! - `POST /api/v1/purge?host=H` or `?all=1`: forget cached answers;
+//! - `GET  /api/v1/certs`: every loaded certificate and its expiry;
+//! - `POST /api/v1/certs/renew?name=N`: force an ACME renewal;
+//! - `POST /api/v1/reload`: reload the certificate files (as SIGHUP).
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use http::Response;
+use http::{Method, Response};
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
+use serde_json::{json, Value};
 
+use crate::config::TlsConfig;
 use crate::metrics::Metrics;
-use crate::tenant::cache::TenantCache;
+use crate::tenant::cache::{Resolution, TenantCache};
+use crate::tenant::{host, Status};
+use crate::tls::acme::Acme;
+use crate::tls::store::CertStore;
 use crate::upstream::pool::Pools;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
     pub pools: Arc<Pools>,
     pub cache: Arc<TenantCache>,
+    /// The operator API's bearer token; `None`: the API is off.
+    pub token: Option<String>,
+    pub strip_www: bool,
+    pub base_domains: Vec<String>,
+    pub landing: bool,
+    pub certs: Arc<CertStore>,
+    /// The `[tls]` config, for reloads (None without TLS).
+    pub tls: Option<TlsConfig>,
+    pub acme: Option<Arc<Acme>>,
 }
 
 fn reply(status: u16, ctype: &str, body: String) -> Response<Vec<u8>> {
@@ -29,42 +55,308 @@ fn reply(status: u16, ctype: &str, body: String) -> Response<Vec<u8>> {
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
+fn json_reply(status: u16, v: Value) -> Response<Vec<u8>> {
+    reply(status, "application/json", format!("{v}\n"))
+}
+
+fn error(status: u16, code: &str, message: &str) -> Response<Vec<u8>> {
+    json_reply(status, json!({ "error": code, "message": message }))
+}
+
+/// The value of `key` in a query string (percent-decoding `%XX` and `+`).
+fn query_param(query: Option<&str>, key: &str) -> Option<String> {
+    let pair = query?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == key).then_some(v)
+    })?;
+    let bytes = pair.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Constant-time comparison of the presented token with ours.
+fn token_matches(presented: &[u8], ours: &[u8]) -> bool {
+    presented.len() == ours.len() && presented.iter().zip(ours).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+fn status_name(s: Status) -> &'static str {
+    match s {
+        Status::Active => "active",
+        Status::Suspended => "suspended",
+        Status::Deleted => "deleted",
+    }
+}
+
+impl Admin {
+    fn readyz(&self, query: Option<&str>) -> Response<Vec<u8>> {
+        let pools: serde_json::Map<String, Value> = self
+            .pools
+            .all()
+            .map(|p| {
+                let backends: serde_json::Map<String, Value> =
+                    p.health().into_iter().map(|(a, ok)| (a, Value::Bool(ok))).collect();
+                (p.name.to_string(), Value::Object(backends))
+            })
+            .collect();
+        let backends_ready = self.pools.default_pool().health().iter().any(|(_, ok)| *ok);
+        let database = self.metrics.database_up.get() == 1;
+        let want_db = query_param(query, "database").is_some_and(|v| v == "1" || v == "true");
+        let ready = backends_ready && (database || !want_db);
+        let body = json!({ "ready": ready, "pools": pools, "database": database });
+        json_reply(if ready { 200 } else { 503 }, body)
+    }
+
+    fn metrics_text(&self) -> Response<Vec<u8>> {
+        let (known, _unknown) = self.cache.entry_counts();
+        self.metrics.cache_entries.set(i64::try_from(known).unwrap_or(i64::MAX));
+        for pool in self.pools.all() {
+            for (backend, up) in pool.health() {
+                self.metrics
+                    .backend_up
+                    .with_label_values(&[&*pool.name, backend.as_str()])
+                    .set(i64::from(up));
+            }
+        }
+        reply(200, "text/plain; version=0.0.4", self.metrics.render())
+    }
+
+    /// `explain`: resolves the host as a request would (the cache state is
+    /// reported as it was before).
+    async fn explain(&self, raw: &str) -> Response<Vec<u8>> {
+        let normalized = match tenancy::normalize_host(raw) {
+            Ok(h) => h,
+            Err(e) => {
+                return json_reply(
+                    200,
+                    json!({ "host": raw, "valid": false, "reason": e.to_string(), "answer": "bad_request (400)" }),
+                )
+            }
+        };
+        let lookup = host::lookup_name(&normalized, self.strip_www).to_owned();
+        let base = self.base_domains.iter().find(|b| tenancy::is_under(&normalized, b));
+        let (cache_state, cache_age) = self.cache.peek(&lookup);
+        let mut out = json!({
+            "host": raw,
+            "valid": true,
+            "normalized": normalized,
+            "lookup_name": lookup,
+            "base_domain": base,
+            "cache": { "state": cache_state, "age_secs": cache_age },
+        });
+        let landing = self.landing && self.base_domains.contains(&normalized);
+        let (answer, pool_name) = if landing {
+            ("landing pool (unstamped)".to_string(), Some("landing".to_string()))
+        } else {
+            match self.cache.resolve(&lookup).await {
+                Resolution::Found(t) => {
+                    let pool = t.pool().unwrap_or("default").to_owned();
+                    out["tenant"] = json!({
+                        "schema": t.schema(),
+                        "x_tenant": stamp::encode_tenant(t.schema()),
+                        "status": status_name(t.status),
+                        "pinned_pool": t.pool(),
+                        "limits": t.limiter().map(|l| {
+                            let s = l.spec();
+                            json!({ "rps": s.rps, "burst": s.burst, "max_concurrent": s.max_concurrent })
+                        }),
+                    });
+                    let answer = match t.status {
+                        Status::Active if self.pools.get(&pool).is_some() => format!("proxied to pool {pool}"),
+                        Status::Active => format!("unavailable (503): pool {pool} is not configured"),
+                        Status::Suspended => "suspended (403)".into(),
+                        Status::Deleted => "deleted (404 or 410)".into(),
+                    };
+                    (answer, Some(pool))
+                }
+                Resolution::NotFound => ("not_found (404)".into(), None),
+                Resolution::Unavailable => ("unavailable (503): the database cannot be asked".into(), None),
+                Resolution::Misconfigured => (
+                    "misconfigured (503): the row for this host is refused; see the gateway log".into(),
+                    None,
+                ),
+            }
+        };
+        out["answer"] = json!(answer);
+        if let Some(p) = pool_name.as_deref().and_then(|n| self.pools.get(n)) {
+            let backends: serde_json::Map<String, Value> =
+                p.health().into_iter().map(|(a, ok)| (a, Value::Bool(ok))).collect();
+            out["pool"] = json!({ "name": &*p.name, "backends": backends });
+        }
+        // The certificate a handshake with this SNI gets.
+        out["certificate"] = match self.certs.resolve(Some(&normalized)) {
+            Some(c) => json!({
+                "names": c.names,
+                "not_after": c.not_after,
+                "days_left": (c.not_after - unix_now()) / 86_400,
+                "source": c.source.clone(),
+            }),
+            None => Value::Null,
+        };
+        if let Some(acme) = &self.acme {
+            out["acme"] = match acme.name_state(&normalized).await {
+                Ok(state) => json!({ "eligible": acme.eligible(&normalized).await, "order": state }),
+                Err(e) => json!({ "error": e.to_string() }),
+            };
+        }
+        json_reply(200, out)
+    }
+
+    fn certs(&self) -> Response<Vec<u8>> {
+        let now = unix_now();
+        let list: Vec<Value> = self
+            .certs
+            .all()
+            .iter()
+            .map(|c| {
+                json!({
+                    "names": c.names,
+                    "not_after": c.not_after,
+                    "days_left": (c.not_after - now) / 86_400,
+                    "source": c.source.clone(),
+                })
+            })
+            .collect();
+        json_reply(200, json!({ "certificates": list }))
+    }
+
+    async fn api(&self, method: &Method, path: &str, query: Option<&str>) -> Response<Vec<u8>> {
+        match (method, path) {
+            (&Method::GET, "/api/v1/explain") => match query_param(query, "host") {
+                Some(h) => self.explain(&h).await,
+                None => error(400, "missing_host", "give ?host=NAME"),
+            },
+            (&Method::POST, "/api/v1/purge") => {
+                if query_param(query, "all").is_some_and(|v| v == "1" || v == "true") {
+                    self.cache.purge_all();
+                    tracing::info!("operator API: purged the whole tenant cache");
+                    return json_reply(200, json!({ "purged": "all" }));
+                }
+                let Some(raw) = query_param(query, "host") else {
+                    return error(400, "missing_host", "give ?host=NAME or ?all=1");
+                };
+                match tenancy::normalize_host(&raw) {
+                    Ok(h) => {
+                        let name = host::lookup_name(&h, self.strip_www).to_owned();
+                        self.cache.purge(&name);
+                        tracing::info!(host = %name, "operator API: purged from the tenant cache");
+                        json_reply(200, json!({ "purged": name }))
+                    }
+                    Err(e) => error(400, "bad_host", &e.to_string()),
+                }
+            }
+            (&Method::GET, "/api/v1/certs") => self.certs(),
+            (&Method::POST, "/api/v1/certs/renew") => {
+                let (Some(acme), Some(name)) = (&self.acme, query_param(query, "name")) else {
+                    return error(400, "no_acme_or_name", "ACME must be on and ?name=NAME given");
+                };
+                match tenancy::normalize_domain(&name) {
+                    Ok(n) => match acme.renew(&n).await {
+                        Ok(()) => json_reply(202, json!({ "renewal_requested": n })),
+                        Err(e) => error(503, "database", &e.to_string()),
+                    },
+                    Err(e) => error(400, "bad_name", &e.to_string()),
+                }
+            }
+            (&Method::POST, "/api/v1/reload") => {
+                let Some(tls) = &self.tls else {
+                    return error(400, "no_tls", "TLS is off: there are no certificate files to reload");
+                };
+                match crate::tls::files::load_certs(tls) {
+                    Ok((certs, default)) => {
+                        let n = certs.len();
+                        self.certs.replace_files(certs, default);
+                        crate::tls::files::publish_cert_metrics(&self.certs, &self.metrics);
+                        tracing::info!(certificates = n, "operator API: certificates reloaded");
+                        json_reply(200, json!({ "reloaded": "certificates", "files": n }))
+                    }
+                    // A failed reload keeps what is loaded, and says why.
+                    Err(e) => error(422, "reload_refused", &format!("{e:#}")),
+                }
+            }
+            _ => error(404, "not_found", "unknown operator API endpoint"),
+        }
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        match session.req_header().uri.path() {
+        let req = session.req_header();
+        let (method, path, query) = (
+            req.method.clone(),
+            req.uri.path().to_owned(),
+            req.uri.query().map(str::to_owned),
+        );
+        match path.as_str() {
             "/healthz" => reply(200, "text/plain", "ok\n".into()),
-            "/readyz" => {
-                let pools: serde_json::Map<String, serde_json::Value> = self
-                    .pools
-                    .all()
-                    .map(|p| {
-                        let backends: serde_json::Map<String, serde_json::Value> = p
-                            .health()
-                            .into_iter()
-                            .map(|(a, ok)| (a, serde_json::Value::Bool(ok)))
-                            .collect();
-                        (p.name.to_string(), serde_json::Value::Object(backends))
-                    })
-                    .collect();
-                let ready = self.pools.default_pool().health().iter().any(|(_, ok)| *ok);
-                let body = serde_json::json!({ "ready": ready, "pools": pools });
-                reply(if ready { 200 } else { 503 }, "application/json", format!("{body}\n"))
-            }
-            "/metrics" => {
-                let (known, _unknown) = self.cache.entry_counts();
-                self.metrics.cache_entries.set(i64::try_from(known).unwrap_or(i64::MAX));
-                for pool in self.pools.all() {
-                    for (backend, up) in pool.health() {
-                        self.metrics
-                            .backend_up
-                            .with_label_values(&[&*pool.name, backend.as_str()])
-                            .set(i64::from(up));
-                    }
+            "/readyz" => self.readyz(query.as_deref()),
+            "/metrics" => self.metrics_text(),
+            p if p.starts_with("/api/") => {
+                let Some(token) = &self.token else {
+                    return error(404, "api_off", "the operator API is off: set admin.token_env");
+                };
+                let presented = req
+                    .headers
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                    .unwrap_or_default();
+                if !token_matches(presented, token.as_bytes()) {
+                    tracing::warn!(path = p, "operator API: refused (bad or missing token)");
+                    return error(401, "unauthorized", "Authorization: Bearer <admin token> required");
                 }
-                reply(200, "text/plain; version=0.0.4", self.metrics.render())
+                self.api(&method, p, query.as_deref()).await
             }
             _ => reply(404, "text/plain", "not found\n".into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        assert_eq!(
+            query_param(Some("host=Shop.Example.com%3A443&x=1"), "host").as_deref(),
+            Some("Shop.Example.com:443")
+        );
+        assert_eq!(query_param(Some("a=1&all=1"), "all").as_deref(), Some("1"));
+        assert_eq!(query_param(Some("a=1"), "host"), None);
+        assert_eq!(query_param(None, "host"), None);
+        assert_eq!(query_param(Some("host=%zz"), "host"), None);
+    }
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(token_matches(b"secret-token", b"secret-token"));
+        assert!(!token_matches(b"secret-toke", b"secret-token"));
+        assert!(!token_matches(b"", b"secret-token"));
+        assert!(!token_matches(b"secret-tokeN", b"secret-token"));
     }
 }

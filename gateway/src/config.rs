@@ -39,6 +39,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub acme: AcmeConfig,
     pub limits: LimitsConfig,
+    pub admin: AdminConfig,
     /// Named backend pools; `default` is required.
     pub pools: BTreeMap<String, PoolConfig>,
 }
@@ -302,6 +303,15 @@ impl Default for AcmeConfig {
             max_concurrent_orders: 4,
         }
     }
+}
+
+/// The operator API on the admin listener.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Environment variable holding the operator API's bearer token (at
+    /// least 16 characters). Unset: the API is off (404).
+    pub token_env: Option<String>,
 }
 
 /// Bounds on what one client can hold on the public listeners (see
@@ -1076,6 +1086,22 @@ impl Config {
             return Err(invalid("acme.max_concurrent_orders", "must be at least 1"));
         }
         Ok(())
+    }
+
+    /// The operator API's token, if the API is on.
+    pub fn admin_token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(var) = &self.admin.token_env else {
+            return Ok(None);
+        };
+        let token = std::env::var(var)
+            .map_err(|_| invalid("admin.token_env", format!("environment variable `{var}` is not set")))?;
+        if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid(
+                "admin.token_env",
+                format!("`{var}` must hold at least 16 visible ASCII characters"),
+            ));
+        }
+        Ok(Some(token))
     }
 
     /// The key encrypting private keys at rest (ACME).

@@ -115,8 +115,7 @@ impl std::fmt::Debug for Limiter {
 }
 
 impl Limiter {
-    #[cfg(test)]
-    fn spec(&self) -> LimitSpec {
+    pub fn spec(&self) -> LimitSpec {
         self.spec
     }
 }

@@ -6,6 +6,7 @@
 //! on the public listener, and the admin service on its own listener.
 
 mod admin;
+mod admin_client;
 mod config;
 mod conn;
 mod limits;
@@ -56,6 +57,16 @@ enum Command {
     /// ACME certificates of custom domains (needs the config's database).
     #[command(subcommand)]
     Acme(AcmeCmd),
+    /// Operator API: what the gateway does with HOST and why (JSON).
+    Explain { host: String },
+    /// Operator API: forget HOST's cached answer (or every one with --all).
+    Purge {
+        host: Option<String>,
+        #[arg(long, conflicts_with = "host")]
+        all: bool,
+    },
+    /// Operator API: reload the certificate files (as SIGHUP).
+    Reload,
     /// NOTIFY triggers for a django-tenants database (tenant.preset = "django-tenants").
     #[command(subcommand)]
     Triggers(TriggersCmd),
@@ -128,6 +139,11 @@ fn main() -> ExitCode {
         Command::Certs(cmd) => certs(cmd),
         Command::Acme(cmd) => acme_cmd(&cli.config, cmd),
         Command::Triggers(cmd) => triggers_cmd(&cli.config, cmd),
+        Command::Explain { host } => api_cmd(&cli.config, "GET", "/api/v1/explain", &[("host", &host)]),
+        Command::Purge { host: Some(h), .. } => api_cmd(&cli.config, "POST", "/api/v1/purge", &[("host", &h)]),
+        Command::Purge { host: None, all: true } => api_cmd(&cli.config, "POST", "/api/v1/purge", &[("all", "1")]),
+        Command::Purge { host: None, all: false } => Err(anyhow::anyhow!("give a HOST or --all")),
+        Command::Reload => api_cmd(&cli.config, "POST", "/api/v1/reload", &[]),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -187,6 +203,16 @@ fn acme_cmd(path: &std::path::Path, cmd: AcmeCmd) -> anyhow::Result<()> {
     })
 }
 
+fn api_cmd(path: &std::path::Path, method: &str, api: &str, params: &[(&str, &str)]) -> anyhow::Result<()> {
+    let cfg = Config::load(path)?;
+    let body = admin_client::call(&cfg, method, api, params)?;
+    match serde_json::from_str::<serde_json::Value>(&body) {
+        Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or(body)),
+        Err(_) => println!("{body}"),
+    }
+    Ok(())
+}
+
 fn triggers_cmd(path: &std::path::Path, cmd: TriggersCmd) -> anyhow::Result<()> {
     let cfg = Config::load(path)?;
     if cfg.tenant.preset != config::QueryPreset::DjangoTenants {
@@ -227,50 +253,17 @@ fn triggers_cmd(path: &std::path::Path, cmd: TriggersCmd) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Certificates named by `[tls]`: the configured pairs, the cert directory, the default.
-fn load_certs(cfg: &config::TlsConfig) -> anyhow::Result<(Vec<tls::store::Cert>, Option<tls::store::Cert>)> {
-    let mut certs = Vec::new();
-    for (i, files) in cfg.certificates.iter().enumerate() {
-        certs.push(tls::store::Cert::load(files).with_context(|| format!("config key `tls.certificates[{i}]`"))?);
-    }
-    if let Some(dir) = &cfg.cert_dir {
-        for files in tls::store::dir_pairs(dir).context("config key `tls.cert_dir`")? {
-            certs.push(tls::store::Cert::load(&files).context("config key `tls.cert_dir`")?);
-        }
-    }
-    let default = match (&cfg.unknown_sni, &cfg.default_certificate) {
-        (config::UnknownSni::Default, Some(files)) => {
-            Some(tls::store::Cert::load(files).context("config key `tls.default_certificate`")?)
-        }
-        _ => None,
-    };
-    Ok((certs, default))
-}
-
-/// Log what is loaded and export each name's expiry.
-fn publish_cert_metrics(store: &tls::store::CertStore, metrics: &metrics::Metrics) {
-    metrics.cert_expiry.reset();
-    for cert in store.all() {
-        tracing::info!(names = ?cert.names, not_after = cert.not_after, source = %cert.source, "certificate loaded");
-        for name in &cert.names {
-            metrics
-                .cert_expiry
-                .with_label_values(&[name.as_str()])
-                .set(cert.not_after);
-        }
-    }
-}
-
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = Config::load(path)?;
     cfg.secrets()?;
+    cfg.admin_token()?;
     if cfg.acme.enabled {
         cfg.acme_key()?;
     }
     pages::Pages::load(&cfg.pages)?;
     Pools::from_config(&cfg)?;
     if cfg.tls.listen.is_some() {
-        load_certs(&cfg.tls)?;
+        tls::files::load_certs(&cfg.tls)?;
     }
     println!(
         "# {}: OK\n# lookup query: {}\n# ACME domains query: {}\n# strip www.: {}; public schema: {}\n",
@@ -338,11 +331,11 @@ impl BackgroundService for SideTasks {
                 Ok(mut hup) => {
                     tasks.spawn(async move {
                         while hup.recv().await.is_some() {
-                            match load_certs(&cfg) {
+                            match tls::files::load_certs(&cfg) {
                                 Ok((certs, default)) => {
                                     let n = certs.len();
                                     store.replace_files(certs, default);
-                                    publish_cert_metrics(&store, &metrics);
+                                    tls::files::publish_cert_metrics(&store, &metrics);
                                     tracing::info!(certificates = n, "SIGHUP: certificates reloaded");
                                 }
                                 Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: reload failed; keeping the loaded certificates"),
@@ -375,6 +368,7 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = Config::load(path)?;
     let secrets = cfg.secrets()?;
     let pages = pages::Pages::load(&cfg.pages)?;
+    let admin_token = cfg.admin_token()?;
     let pools = Arc::new(Pools::from_config(&cfg)?);
     let metrics = Arc::new(metrics::Metrics::new(cfg.metrics.max_tenant_labels));
     let nofile = raise_file_limit();
@@ -446,9 +440,9 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     let tls_routing = match cfg.tls.listen {
         None => None,
         Some(addr) => {
-            let (certs, default) = load_certs(&cfg.tls)?;
+            let (certs, default) = tls::files::load_certs(&cfg.tls)?;
             cert_store.replace_files(certs, default);
-            publish_cert_metrics(&cert_store, &metrics);
+            tls::files::publish_cert_metrics(&cert_store, &metrics);
             let redirect = cfg.tls.redirect_http.then(|| proxy::Redirect {
                 port: cfg.tls.redirect_port.unwrap_or(addr.port()),
                 exempt: cfg.tls.redirect_exempt.clone(),
@@ -539,6 +533,13 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             pools: pools.clone(),
             cache: cache.clone(),
+            token: admin_token,
+            strip_www: cfg.strip_www(),
+            base_domains: cfg.tenant.base_domains.clone(),
+            landing: cfg.tenant.landing_pool.is_some(),
+            certs: cert_store.clone(),
+            tls: cfg.tls.listen.map(|_| cfg.tls.clone()),
+            acme: acme.clone(),
         },
     );
     admin.add_tcp(&cfg.listen.admin.to_string());

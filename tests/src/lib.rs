@@ -493,6 +493,7 @@ pub fn common_env(cmd: &mut Command, db_url: &str) {
         .env("TG_STAMP_KEY_K1", STAMP_SECRET)
         .env("TG_STAMP_KEY_K2", STAMP_SECRET2)
         .env("TG_CERT_KEY", CERT_KEY_HEX)
+        .env("TG_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("RUST_LOG", "info,sqlx=warn")
         .env_remove("UPSTREAM_APP_CONFIG");
 }
@@ -640,6 +641,9 @@ impl GatewayPorts {
     }
 }
 
+/// The operator API token of the test gateways (`admin.token_env = "TG_ADMIN_TOKEN"`).
+pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";
+
 /// The key the test gateways encrypt stored private keys with.
 pub const CERT_KEY_HEX: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
@@ -712,6 +716,18 @@ impl Gateway {
     /// The value of an unlabelled metric (or the sum over its label sets).
     pub fn metric(&self, name: &str) -> f64 {
         metric_sum(&self.scrape().unwrap_or_default(), name, &[])
+    }
+
+    /// `METHOD /api/v1/<path>` on the admin listener with `token` (None: no
+    /// Authorization header): (status, JSON body or Null).
+    pub fn api(&self, method: http::Method, path: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+        let client = http::client();
+        let mut r = client.request(method, &format!("http://127.0.0.1:{}/api/v1/{path}", self.admin_port));
+        if let Some(t) = token {
+            r = r.header("authorization", &format!("Bearer {t}"));
+        }
+        let r = r.send().expect("admin listener answers");
+        (r.status, serde_json::from_str(&r.body).unwrap_or_default())
     }
 
     /// The admin listener's `/metrics` text.

@@ -29,7 +29,7 @@ fn acme_body(certs: &Path, pebble: &Pebble, challenges: &str, app_port: u16, acm
          certificates = [{{ cert_file = \"{0}/wildcard.pem\", key_file = \"{0}/wildcard.key\" }}]\n\
          [acme]\nenabled = true\ndirectory_url = \"{1}\"\nca_root = \"{2}\"\ncontact = [\"mailto:ops@myapp.localhost\"]\n\
          challenges = [{challenges}]\ncheck_interval_secs = 1\nretry_base_secs = 1\nretry_max_secs = 3\non_demand_timeout_ms = 8000\n\
-         {acme_extra}{3}",
+         {acme_extra}[admin]\ntoken_env = \"TG_ADMIN_TOKEN\"\n{3}",
         certs.display(),
         pebble.directory(),
         pebble.directory_ca().display(),
@@ -123,6 +123,19 @@ fn issue_on_domain_add(challenges: &str) {
         ),
         1.0
     );
+    // The operator API explains the custom domain: its tenant, its ACME
+    // certificate and order state.
+    let (status, v) = st.gw.api(
+        e2e::http::Method::GET,
+        &format!("explain?host={CUSTOM}"),
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["tenant"]["schema"], "ferrari", "{v}");
+    assert_eq!(v["certificate"]["names"], serde_json::json!([CUSTOM]), "{v}");
+    assert!(v["certificate"]["days_left"].as_i64().is_some(), "{v}");
+    assert_eq!(v["acme"]["eligible"], true, "{v}");
+    assert_eq!(v["acme"]["order"]["failures"], 0, "{v}");
 }
 
 #[test]

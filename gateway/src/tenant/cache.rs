@@ -356,6 +356,36 @@ impl TenantCache {
         self.metrics.cache_clears.inc();
     }
 
+    /// What the cache holds for `host`, without asking the database (the
+    /// operator API's `explain`): a state name and the entry's age.
+    pub fn peek(&self, host: &str) -> (&'static str, Option<u64>) {
+        let now = self.tick();
+        let secs = |stamp: Tick| Some(u64::from(age(now, stamp)) * TICK_MS / 1000);
+        match self.positive.get(host, |t| age(now, t) >= self.max_stale) {
+            Some(p) if p.stale => ("stale", secs(p.stamp)),
+            Some(p) if age(now, p.stamp) < self.positive_ttl => ("fresh", secs(p.stamp)),
+            Some(p) => ("due", secs(p.stamp)),
+            None => match self.negative.get(host, |t| age(now, t) >= self.negative_ttl) {
+                Some(n) if n.value == Negative::BadRow => ("misconfigured", secs(n.stamp)),
+                Some(n) => ("unknown", secs(n.stamp)),
+                None => ("absent", None),
+            },
+        }
+    }
+
+    /// Forget `host` (operator purge): its next request asks the database.
+    pub fn purge(&self, host: &str) {
+        self.invalidate([host]);
+    }
+
+    /// Forget everything (operator purge): every next request asks the database.
+    pub fn purge_all(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        self.positive.clear();
+        self.negative.clear();
+        self.metrics.cache_clears.inc();
+    }
+
     /// Entries currently held (expired ones until found; for metrics and
     /// the benchmark).
     pub fn entry_counts(&self) -> (u64, u64) {

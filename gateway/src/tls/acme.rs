@@ -371,6 +371,32 @@ impl Acme {
     }
 
     /// The guard: in the domain table, tenant active, not under a base domain.
+    /// A name's order state, for the operator API (`None`: never ordered).
+    pub async fn name_state(&self, name: &str) -> Result<Option<serde_json::Value>, AcmeError> {
+        let row: Option<(i32, Option<String>, i64, bool, bool)> = sqlx::query_as(
+            "SELECT failures, last_error, extract(epoch FROM next_attempt_at)::bigint, force_renew, \
+                    coalesce(lease_until > now(), false) \
+               FROM tenant_gateway.acme_names WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.answers)
+        .await?;
+        Ok(row.map(|(failures, last_error, next_attempt, forced, ordering)| {
+            serde_json::json!({
+                "failures": failures,
+                "last_error": last_error,
+                "next_attempt_at": next_attempt,
+                "force_renew": forced,
+                "ordering": ordering,
+            })
+        }))
+    }
+
+    /// Ask the fleet to renew `name` now (as `gateway acme renew`).
+    pub async fn renew(&self, name: &str) -> Result<(), AcmeError> {
+        force_renewal(&self.db, name).await
+    }
+
     pub async fn eligible(&self, name: &str) -> bool {
         if self.base_domains.iter().any(|b| tenancy::is_under(name, b)) {
             return false;

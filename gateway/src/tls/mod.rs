@@ -5,6 +5,7 @@
 pub mod accept;
 pub mod acme;
 pub mod devcerts;
+pub mod files;
 pub mod store;
 
 use std::sync::Arc;

@@ -1,0 +1,166 @@
+//! The operator API on the admin listener: explain a host (tenant
+//! subdomain, custom domain with its own certificate, unknown host,
+//! suspended tenant), purge, reload, token authentication, and that none of
+//! it is reachable on the public listeners. The CLI speaks to it too.
+
+use std::time::Duration;
+
+use e2e::http::Method;
+use e2e::tls::{dev_certs, issue};
+use e2e::*;
+use serde_json::Value;
+
+struct Stack {
+    pg: Postgres,
+    _apps: Vec<UpstreamApp>,
+    gw: Gateway,
+    _certs: tempfile::TempDir,
+}
+
+/// ferrari (with a custom domain and its own certificate) and mclaren;
+/// `admin` is appended to the config (e.g. the `[admin]` section).
+fn stack(admin: &str) -> Stack {
+    let pg = Postgres::start().unwrap();
+    two_tenants(&pg);
+    let apps = vec![UpstreamApp::start(&pg.url(), "").unwrap()];
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path());
+    let custom = certs.path().join("custom");
+    std::fs::create_dir_all(&custom).unwrap();
+    issue(certs.path(), &["www.ferrari-cars.test"], &custom.join("ferrari-cars"));
+    let body = format!(
+        "[tenant]\nbase_domains = [\"myapp.localhost\"]\n\
+         [tls]\nlisten = \"127.0.0.1:{{TLS_PORT}}\"\ncert_dir = \"{}\"\n\
+         certificates = [{{ cert_file = \"{}\", key_file = \"{}\" }}]\n{admin}\n{}",
+        custom.display(),
+        certs.path().join("wildcard.pem").display(),
+        certs.path().join("wildcard.key").display(),
+        pools_toml(&[("default", &[apps[0].port])]),
+    );
+    let gw = Gateway::start(&pg.url(), &body).unwrap();
+    gw.wait_backend("default", apps[0].port, true, Duration::from_secs(10))
+        .unwrap();
+    Stack {
+        pg,
+        _apps: apps,
+        gw,
+        _certs: certs,
+    }
+}
+
+const API_ON: &str = "[admin]\ntoken_env = \"TG_ADMIN_TOKEN\"\n";
+
+fn explain(s: &Stack, host: &str) -> Value {
+    let (status, v) =
+        s.gw.api(Method::GET, &format!("explain?host={host}"), Some(ADMIN_TOKEN));
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+#[test]
+fn explain_says_what_happens_to_a_host_and_why() {
+    let s = stack(API_ON);
+    // A tenant subdomain: not cached yet, then cached.
+    let v = explain(&s, "Ferrari.MyApp.localhost:8443");
+    assert_eq!(v["normalized"], "ferrari.myapp.localhost");
+    assert_eq!(v["base_domain"], "myapp.localhost");
+    assert_eq!(v["cache"]["state"], "absent", "{v}");
+    assert_eq!(v["tenant"]["schema"], "ferrari");
+    assert_eq!(v["tenant"]["status"], "active");
+    assert_eq!(v["answer"], "proxied to pool default");
+    assert_eq!(v["pool"]["name"], "default");
+    assert!(
+        v["pool"]["backends"].as_object().unwrap().values().all(|up| up == true),
+        "{v}"
+    );
+    assert_eq!(
+        v["certificate"]["names"],
+        serde_json::json!(["*.myapp.localhost", "myapp.localhost"])
+    );
+    assert!(v["certificate"]["days_left"].as_i64().unwrap() > 300, "{v}");
+    let v = explain(&s, "ferrari.myapp.localhost");
+    assert_eq!(v["cache"]["state"], "fresh", "{v}");
+    // A custom domain with its own certificate (www. is not stripped here).
+    let v = explain(&s, "www.ferrari-cars.test");
+    assert_eq!(v["tenant"]["schema"], "ferrari");
+    assert_eq!(v["base_domain"], Value::Null);
+    assert_eq!(v["certificate"]["names"], serde_json::json!(["www.ferrari-cars.test"]));
+    // An unknown host: 404, then cached as unknown; no certificate (alert).
+    let v = explain(&s, "nobody.example");
+    assert_eq!(v["answer"], "not_found (404)");
+    assert_eq!(v["certificate"], Value::Null);
+    assert_eq!(explain(&s, "nobody.example")["cache"]["state"], "unknown");
+    // A suspended tenant.
+    app_cli_ok(&s.pg.url(), &["tenant", "suspend", "mclaren"]);
+    wait_until("suspension seen", Duration::from_secs(2), || {
+        explain(&s, "mclaren.myapp.localhost")["tenant"]["status"] == "suspended"
+    })
+    .unwrap();
+    assert_eq!(explain(&s, "mclaren.myapp.localhost")["answer"], "suspended (403)");
+    // A malformed host.
+    let v = explain(&s, "a..b");
+    assert_eq!(v["valid"], false, "{v}");
+    // Purge one host, then everything.
+    assert_eq!(explain(&s, "ferrari.myapp.localhost")["cache"]["state"], "fresh");
+    let (st, v) =
+        s.gw.api(Method::POST, "purge?host=Ferrari.MyApp.localhost", Some(ADMIN_TOKEN));
+    assert_eq!((st, v["purged"].as_str()), (200, Some("ferrari.myapp.localhost")));
+    assert_eq!(explain(&s, "ferrari.myapp.localhost")["cache"]["state"], "absent");
+    let (st, _) = s.gw.api(Method::POST, "purge?all=1", Some(ADMIN_TOKEN));
+    assert_eq!(st, 200);
+    assert_eq!(explain(&s, "www.ferrari-cars.test")["cache"]["state"], "absent");
+    // Certificates and reload.
+    let (st, v) = s.gw.api(Method::GET, "certs", Some(ADMIN_TOKEN));
+    assert_eq!(st, 200);
+    assert_eq!(v["certificates"].as_array().unwrap().len(), 2, "{v}");
+    let (st, v) = s.gw.api(Method::POST, "reload", Some(ADMIN_TOKEN));
+    assert_eq!((st, v["reloaded"].as_str()), (200, Some("certificates")), "{v}");
+    // /readyz can include the database.
+    let ready = http::client()
+        .get(&format!("http://127.0.0.1:{}/readyz?database=1", s.gw.admin_port))
+        .send()
+        .unwrap();
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(ready.json()["database"], true);
+    // The CLI speaks to the same API.
+    let mut cli = std::process::Command::new(bin("gateway"));
+    common_env(&mut cli, &s.pg.url());
+    let out = cli
+        .arg("--config")
+        .arg(s.gw.dir.path().join("gateway.toml"))
+        .args(["explain", "mclaren.myapp.localhost"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tenant"]["schema"], "mclaren");
+}
+
+#[test]
+fn the_api_needs_its_token_and_is_never_on_the_public_listeners() {
+    let s = stack(API_ON);
+    for token in [None, Some("wrong-token-0123456789"), Some("")] {
+        let (status, v) = s.gw.api(Method::GET, "explain?host=ferrari.myapp.localhost", token);
+        assert_eq!((status, v["error"].as_str()), (401, Some("unauthorized")), "{token:?}");
+    }
+    let (status, _) = s.gw.api(Method::POST, "purge?all=1", None);
+    assert_eq!(status, 401);
+    // The public listeners know nothing of it: a request for the path is an
+    // ordinary request (here: for an unknown host), never the API.
+    for host in ["127.0.0.1", "ferrari.myapp.localhost"] {
+        let (status, text) = raw_http(
+            s.gw.port,
+            &format!(
+                "GET /api/v1/explain?host=ferrari.myapp.localhost HTTP/1.1\r\nHost: {host}\r\n\
+                 Authorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .unwrap();
+        assert!(!text.contains("lookup_name"), "{host}: {status} {text}");
+        assert!(matches!(status, 308 | 404), "{host}: {status}");
+    }
+    // Without a token configured the API is off.
+    let off = stack("");
+    let (status, v) = off.gw.api(Method::GET, "explain?host=x.test", Some(ADMIN_TOKEN));
+    assert_eq!((status, v["error"].as_str()), (404, Some("api_off")));
+}
