@@ -59,6 +59,10 @@ pub struct ListenConfig {
     pub work_stealing: bool,
     /// Seconds in-flight requests get to finish after SIGTERM.
     pub shutdown_grace_secs: u64,
+    /// Unix socket over which a running gateway hands its listening sockets
+    /// to a new one started with `--upgrade` (on SIGQUIT). One per gateway
+    /// on a host.
+    pub upgrade_sock: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -541,6 +545,7 @@ impl Default for ListenConfig {
             threads: 2,
             work_stealing: false,
             shutdown_grace_secs: 10,
+            upgrade_sock: PathBuf::from("/tmp/tenant-gateway-upgrade.sock"),
         }
     }
 }

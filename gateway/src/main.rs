@@ -41,6 +41,10 @@ use crate::upstream::pool::Pools;
 struct Cli {
     #[arg(long, global = true, env = "GATEWAY_CONFIG", default_value = "config/gateway.toml")]
     config: PathBuf,
+    /// Take the listening sockets over from the running gateway (zero-downtime
+    /// upgrade: start this, then send SIGQUIT to the old process).
+    #[arg(long, global = true)]
+    upgrade: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -135,7 +139,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => check_config(&cli.config),
-        Command::Run => run(&cli.config),
+        Command::Run => run(&cli.config, cli.upgrade),
         Command::Certs(cmd) => certs(cmd),
         Command::Acme(cmd) => acme_cmd(&cli.config, cmd),
         Command::Triggers(cmd) => triggers_cmd(&cli.config, cmd),
@@ -364,7 +368,7 @@ fn raise_file_limit() -> u64 {
     }
 }
 
-fn run(path: &std::path::Path) -> anyhow::Result<()> {
+fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
     let cfg = Config::load(path)?;
     let secrets = cfg.secrets()?;
     let pages = pages::Pages::load(&cfg.pages)?;
@@ -407,9 +411,15 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         grace_period_seconds: Some(cfg.listen.shutdown_grace_secs),
         graceful_shutdown_timeout_seconds: Some(1),
         work_stealing: cfg.listen.work_stealing,
+        upgrade_sock: cfg.listen.upgrade_sock.display().to_string(),
         ..ServerConf::default()
     };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
+    let opt = pingora_core::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    // With --upgrade: waits for the running gateway's sockets (sent on SIGQUIT).
     server.bootstrap();
 
     // Public listeners: bound now (a port in use is a start-up error), with
@@ -429,10 +439,14 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         min_body_rate: cfg.limits.min_body_rate,
         body_grace: Duration::from_millis(cfg.limits.body_rate_grace_ms),
     };
-    let http_socket = conn::listener::bind(cfg.listen.http).context("config key `listen.http`: cannot bind")?;
-    let tls_socket = match cfg.tls.listen {
-        Some(addr) => Some(conn::listener::bind(addr).context("config key `tls.listen`: cannot bind")?),
-        None => None,
+    // Upgrading: the sockets come from the previous process instead.
+    let http_socket = match upgrade {
+        false => Some(conn::listener::bind(cfg.listen.http).context("config key `listen.http`: cannot bind")?),
+        true => None,
+    };
+    let tls_socket = match (cfg.tls.listen, upgrade) {
+        (Some(addr), false) => Some(conn::listener::bind(addr).context("config key `tls.listen`: cannot bind")?),
+        _ => None,
     };
 
     // TLS: certificates, redirects.
@@ -496,11 +510,12 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         app.server_options = Some(options);
         Arc::new(app)
     };
-    if let Some(socket) = tls_socket {
+    if let Some(addr) = cfg.tls.listen {
         let app = proxy_app(gateway.clone());
         server.add_service(conn::listener::Listener {
             name: "https",
-            socket: Some(socket),
+            addr,
+            socket: tls_socket,
             app,
             handshake: Arc::new(tls::accept::TlsHandshake {
                 config: tls::accept::server_config(cert_store.clone(), cfg.tls.session_resumption)
@@ -518,7 +533,8 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
     }
     server.add_service(conn::listener::Listener {
         name: "http",
-        socket: Some(http_socket),
+        addr: cfg.listen.http,
+        socket: http_socket,
         app: proxy_app(gateway),
         handshake: Arc::new(conn::listener::Plain),
         limits: conn::limits::ConnLimits::new(max_total, per_ip),

@@ -682,7 +682,9 @@ impl Gateway {
         } = ports;
         let body = body.replace("{TLS_PORT}", &tls_port.to_string());
         let cfg = format!(
-            "[listen]\nhttp = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin_port}\"\nthreads = 2\nshutdown_grace_secs = {grace_secs}\n\n{body}"
+            "[listen]\nhttp = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin_port}\"\nthreads = 2\nshutdown_grace_secs = {grace_secs}\n\
+             upgrade_sock = \"{}\"\n\n{body}",
+            dir.path().join("upgrade.sock").display()
         );
         let path = write_file(dir.path(), "gateway.toml", &cfg);
         let mut c = Command::new(bin("gateway"));
@@ -711,6 +713,22 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// Start a new gateway process with this one's config and `--upgrade`,
+    /// and wait until it waits for the sockets (then SIGQUIT this one).
+    pub fn upgrade(&self, db_url: &str) -> Result<Proc> {
+        let mut c = Command::new(bin("gateway"));
+        common_env(&mut c, db_url);
+        c.arg("--config")
+            .arg(self.dir.path().join("gateway.toml"))
+            .arg("--upgrade");
+        let proc_ = Proc::spawn("gateway-upgraded", c, self.dir.path().join("gateway-upgraded.log"))?;
+        let sock = self.dir.path().join("upgrade.sock");
+        wait_until("the new process waits for the sockets", Duration::from_secs(30), || {
+            sock.exists()
+        })?;
+        Ok(proc_)
     }
 
     /// The value of an unlabelled metric (or the sum over its label sets).

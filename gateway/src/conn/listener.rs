@@ -7,7 +7,11 @@
 //!
 //! The socket is bound by the caller before the server starts (a port in
 //! use is a start-up error naming the config key, not a failure inside a
-//! running service). Connections are spread over the proxy's runtime threads.
+//! running service), and entered in Pingora's table of listening sockets,
+//! which a graceful upgrade (SIGQUIT) hands to the new process. In that new
+//! process (`gateway --upgrade`) the socket comes from the table instead: the
+//! same listening socket, so no connection is refused during the hand-off.
+//! Connections are spread over the proxy's runtime threads.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -56,6 +60,8 @@ impl Handshake for Plain {
 pub struct Listener<A, H> {
     /// The service name and the `listener` label of its metrics.
     pub name: &'static str,
+    pub addr: SocketAddr,
+    /// Bound at start-up; `None` when upgrading (taken from the table).
     pub socket: Option<std::net::TcpListener>,
     pub app: Arc<A>,
     pub handshake: Arc<H>,
@@ -86,14 +92,20 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static, H: Handshake> Service for Listener<A, H> {
-    async fn start_service(&mut self, _fds: Option<ListenFds>, mut shutdown: ShutdownWatch, _per_fd: usize) {
-        let listener = match self.socket.take().map(TcpListener::from_std) {
-            Some(Ok(l)) => l,
-            Some(Err(e)) => {
+    async fn start_service(&mut self, fds: Option<ListenFds>, mut shutdown: ShutdownWatch, _per_fd: usize) {
+        let socket = match socket_for(self.addr, self.socket.take(), fds.as_ref()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(listener = self.name, addr = %self.addr, error = %e, "no listening socket");
+                return;
+            }
+        };
+        let listener = match TcpListener::from_std(socket) {
+            Ok(l) => l,
+            Err(e) => {
                 tracing::error!(listener = self.name, error = %e, "cannot register the listening socket");
                 return;
             }
-            None => return,
         };
         let addr = listener.local_addr().ok();
         tracing::info!(listener = self.name, addr = ?addr, "listener ready");
@@ -159,6 +171,39 @@ impl<A: ServerApp + Send + Sync + 'static, H: Handshake> Service for Listener<A,
 
     fn name(&self) -> &str {
         self.name
+    }
+}
+
+/// This listener's socket: the one bound at start-up (entered in the table
+/// so an upgrade hands it on), or the one an upgrade handed over, or (an
+/// address the old process did not listen on) a new one.
+fn socket_for(
+    addr: SocketAddr,
+    bound: Option<std::net::TcpListener>,
+    fds: Option<&ListenFds>,
+) -> std::io::Result<std::net::TcpListener> {
+    let key = addr.to_string();
+    match (bound, fds) {
+        (Some(socket), Some(fds)) => {
+            fds.lock().add(key, socket.as_raw_fd());
+            Ok(socket)
+        }
+        (Some(socket), None) => Ok(socket),
+        (None, fds) => match fds.and_then(|f| f.lock().get(&key).copied()) {
+            Some(fd) => {
+                let socket = super::handoff::listener_from_fd(fd);
+                socket.set_nonblocking(true)?;
+                tracing::info!(%addr, "listening socket taken over from the previous process");
+                Ok(socket)
+            }
+            None => {
+                let socket = bind(addr)?;
+                if let Some(fds) = fds {
+                    fds.lock().add(key, socket.as_raw_fd());
+                }
+                Ok(socket)
+            }
+        },
     }
 }
 

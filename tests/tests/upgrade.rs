@@ -1,0 +1,116 @@
+//! Zero-downtime upgrade: under continuous HTTP and HTTPS load for two
+//! tenants, a new gateway process takes the listening sockets over
+//! (`gateway --upgrade`, then SIGQUIT to the old one) while the old one
+//! drains. No request may fail and no connection may be refused; a
+//! WebSocket on the old process ends with a close frame.
+
+use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use e2e::tls::{dev_certs, https_client};
+use e2e::*;
+
+#[test]
+fn an_upgrade_under_load_fails_no_request_and_refuses_no_connection() {
+    let pg = Postgres::start().unwrap();
+    two_tenants(&pg);
+    let app = UpstreamApp::start(&pg.url(), "").unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let ca = dev_certs(certs.path());
+    let body = format!(
+        "[tenant]\nbase_domains = [\"myapp.localhost\"]\n\
+         [tls]\nlisten = \"127.0.0.1:{{TLS_PORT}}\"\nredirect_http = false\n\
+         certificates = [{{ cert_file = \"{0}/wildcard.pem\", key_file = \"{0}/wildcard.key\" }}]\n{1}",
+        certs.path().display(),
+        pools_toml(&[("default", &[app.port])]),
+    );
+    let mut old = Gateway::start_with_grace(&pg.url(), &body, 3).unwrap();
+    let (port, tls_port) = (old.port, old.tls_port);
+
+    // A WebSocket on the old process.
+    let mut ws = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    ws.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    ws::upgrade(&mut ws, "ferrari.myapp.localhost").unwrap();
+    assert_eq!(ws::round_trip(&mut ws, "hi").unwrap(), "ferrari: hi");
+
+    // Continuous load: a new connection per request, HTTP and HTTPS, both tenants.
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = |tls: bool| {
+        let (stop, ca) = (stop.clone(), ca.clone());
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let tenant = if i.is_multiple_of(2) { "ferrari" } else { "mclaren" };
+                let host = format!("{tenant}.myapp.localhost");
+                i += 1;
+                let result = if tls {
+                    https_client(&ca, tls_port, &[&host], &["http/1.1"])
+                        .get(&format!("https://{host}:{tls_port}/whoami"))
+                        .header("connection", "close")
+                        .send()
+                        .map(|r| (r.status, r.body))
+                        .map_err(|e| e.to_string())
+                } else {
+                    raw_http(
+                        port,
+                        &format!("GET /whoami HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+                    )
+                    .map_err(|e| e.to_string())
+                };
+                match result {
+                    Ok((200, body)) if body.contains(&format!("\"tenant\":\"{tenant}\"")) => ok += 1,
+                    other => failed.push(format!("{host}: {other:?}")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    let (plain, secure) = (load(false), load(true));
+    wait_until("load is flowing", Duration::from_secs(10), || {
+        old.metric("tenant_gateway_tenant_requests_total") >= 20.0
+    })
+    .unwrap();
+
+    // The upgrade: the new process waits for the sockets, the old one hands them over.
+    let mut new = old.upgrade(&pg.url()).unwrap();
+    old.proc_.signal("QUIT");
+    // The WebSocket on the old process ends with a close frame (1001).
+    let mut frame = [0u8; 4];
+    ws.read_exact(&mut frame).unwrap();
+    assert_eq!(frame, [0x88, 0x02, 0x03, 0xE9]);
+    wait_until("the old process exits", Duration::from_secs(60), || {
+        old.proc_.exited().is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", old.proc_.log()));
+    // The new process serves on the same ports.
+    let served_before = new_requests(&new);
+    wait_until("the new process serves", Duration::from_secs(10), || {
+        new_requests(&new) >= served_before + 20
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", new.log()));
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for (name, t) in [("http", plain), ("https", secure)] {
+        let (ok, failed) = t.join().unwrap();
+        assert!(
+            failed.is_empty(),
+            "{name}: {} of {} failed: {:?}",
+            failed.len(),
+            ok as usize + failed.len(),
+            &failed[..failed.len().min(5)]
+        );
+        total += ok;
+    }
+    eprintln!("{total} requests across the upgrade, none failed");
+    assert!(total >= 40, "too little load to say anything: {total}");
+    assert!(new.log().contains("listening socket taken over"), "{}", new.log());
+    new.terminate(Duration::from_secs(15));
+}
+
+/// Access-log lines of the new process.
+fn new_requests(p: &Proc) -> usize {
+    p.log().matches(" access: ").count()
+}
