@@ -37,7 +37,8 @@ pub struct Admin {
     pub token: Option<String>,
     pub strip_www: bool,
     pub base_domains: Vec<String>,
-    pub landing: bool,
+    /// The landing pool's name (`tenant.landing_pool`), if any.
+    pub landing: Option<String>,
     pub certs: Arc<CertStore>,
     /// The `[tls]` config, for reloads (None without TLS).
     pub tls: Option<TlsConfig>,
@@ -161,9 +162,9 @@ impl Admin {
             "base_domain": base,
             "cache": { "state": cache_state, "age_secs": cache_age },
         });
-        let landing = self.landing && self.base_domains.contains(&normalized);
-        let (answer, pool_name) = if landing {
-            ("landing pool (unstamped)".to_string(), Some("landing".to_string()))
+        let landing = self.landing.as_ref().filter(|_| self.base_domains.contains(&normalized));
+        let (answer, pool_name) = if let Some(pool) = landing {
+            (format!("landing pool {pool} (unstamped)"), Some(pool.clone()))
         } else {
             match self.cache.resolve(&lookup).await {
                 Resolution::Found(t) => {

@@ -552,7 +552,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
             token: admin_token,
             strip_www: cfg.strip_www(),
             base_domains: cfg.tenant.base_domains.clone(),
-            landing: cfg.tenant.landing_pool.is_some(),
+            landing: cfg.tenant.landing_pool.clone(),
             certs: cert_store.clone(),
             tls: cfg.tls.listen.map(|_| cfg.tls.clone()),
             acme: acme.clone(),
