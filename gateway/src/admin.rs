@@ -162,7 +162,10 @@ impl Admin {
             "base_domain": base,
             "cache": { "state": cache_state, "age_secs": cache_age },
         });
-        let landing = self.landing.as_ref().filter(|_| self.base_domains.contains(&normalized));
+        let landing = self
+            .landing
+            .as_ref()
+            .filter(|_| self.base_domains.contains(&normalized));
         let (answer, pool_name) = if let Some(pool) = landing {
             (format!("landing pool {pool} (unstamped)"), Some(pool.clone()))
         } else {
