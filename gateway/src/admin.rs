@@ -23,15 +23,18 @@ use serde_json::{json, Value};
 
 use crate::config::TlsConfig;
 use crate::metrics::Metrics;
+use crate::reload::{Live, Reloader};
 use crate::tenant::cache::{Resolution, TenantCache};
 use crate::tenant::{host, Status};
 use crate::tls::acme::Acme;
 use crate::tls::store::CertStore;
-use crate::upstream::pool::Pools;
 
 pub struct Admin {
     pub metrics: Arc<Metrics>,
-    pub pools: Arc<Pools>,
+    /// Pools (and pages) in effect.
+    pub live: Arc<arc_swap::ArcSwap<Live>>,
+    /// Config reloads (`POST /api/v1/reload`).
+    pub reloader: Arc<Reloader>,
     pub cache: Arc<TenantCache>,
     /// The operator API's bearer token; `None`: the API is off.
     pub token: Option<String>,
@@ -108,7 +111,8 @@ fn status_name(s: Status) -> &'static str {
 
 impl Admin {
     fn readyz(&self, query: Option<&str>) -> Response<Vec<u8>> {
-        let pools: serde_json::Map<String, Value> = self
+        let live = self.live.load_full();
+        let pools: serde_json::Map<String, Value> = live
             .pools
             .all()
             .map(|p| {
@@ -117,7 +121,7 @@ impl Admin {
                 (p.name.to_string(), Value::Object(backends))
             })
             .collect();
-        let backends_ready = self.pools.default_pool().health().iter().any(|(_, ok)| *ok);
+        let backends_ready = live.pools.default_pool().health().iter().any(|(_, ok)| *ok);
         let database = self.metrics.database_up.get() == 1;
         let want_db = query_param(query, "database").is_some_and(|v| v == "1" || v == "true");
         let ready = backends_ready && (database || !want_db);
@@ -128,7 +132,7 @@ impl Admin {
     fn metrics_text(&self) -> Response<Vec<u8>> {
         let (known, _unknown) = self.cache.entry_counts();
         self.metrics.cache_entries.set(i64::try_from(known).unwrap_or(i64::MAX));
-        for pool in self.pools.all() {
+        for pool in self.live.load_full().pools.all() {
             for (backend, up) in pool.health() {
                 self.metrics
                     .backend_up
@@ -162,6 +166,7 @@ impl Admin {
             "base_domain": base,
             "cache": { "state": cache_state, "age_secs": cache_age },
         });
+        let live = self.live.load_full();
         let landing = self
             .landing
             .as_ref()
@@ -183,7 +188,7 @@ impl Admin {
                         }),
                     });
                     let answer = match t.status {
-                        Status::Active if self.pools.get(&pool).is_some() => format!("proxied to pool {pool}"),
+                        Status::Active if live.pools.get(&pool).is_some() => format!("proxied to pool {pool}"),
                         Status::Active => format!("unavailable (503): pool {pool} is not configured"),
                         Status::Suspended => "suspended (403)".into(),
                         Status::Deleted => "deleted (404 or 410)".into(),
@@ -199,7 +204,7 @@ impl Admin {
             }
         };
         out["answer"] = json!(answer);
-        if let Some(p) = pool_name.as_deref().and_then(|n| self.pools.get(n)) {
+        if let Some(p) = pool_name.as_deref().and_then(|n| live.pools.get(n)) {
             let backends: serde_json::Map<String, Value> =
                 p.health().into_iter().map(|(a, ok)| (a, Value::Bool(ok))).collect();
             out["pool"] = json!({ "name": &*p.name, "backends": backends });
@@ -280,20 +285,31 @@ impl Admin {
                 }
             }
             (&Method::POST, "/api/v1/reload") => {
-                let Some(tls) = &self.tls else {
-                    return error(400, "no_tls", "TLS is off: there are no certificate files to reload");
-                };
-                match crate::tls::files::load_certs(tls) {
-                    Ok((certs, default)) => {
-                        let n = certs.len();
-                        self.certs.replace_files(certs, default);
-                        crate::tls::files::publish_cert_metrics(&self.certs, &self.metrics);
-                        tracing::info!(certificates = n, "operator API: certificates reloaded");
-                        json_reply(200, json!({ "reloaded": "certificates", "files": n }))
+                // The config first (pools, pages, limits); refused as a whole if invalid.
+                let changed = match self.reloader.reload() {
+                    Ok(changed) => changed,
+                    Err(e) => {
+                        tracing::error!(error = %e, "operator API: config reload refused; the running config stays");
+                        return error(422, "reload_refused", &e.to_string());
                     }
-                    // A failed reload keeps what is loaded, and says why.
-                    Err(e) => error(422, "reload_refused", &format!("{e:#}")),
+                };
+                tracing::info!(?changed, "operator API: config reloaded");
+                let mut files = None;
+                if let Some(tls) = &self.tls {
+                    match crate::tls::files::load_certs(tls) {
+                        Ok((certs, default)) => {
+                            files = Some(certs.len());
+                            self.certs.replace_files(certs, default);
+                            crate::tls::files::publish_cert_metrics(&self.certs, &self.metrics);
+                        }
+                        // A failed reload keeps what is loaded, and says why.
+                        Err(e) => return error(422, "reload_refused", &format!("{e:#}")),
+                    }
                 }
+                json_reply(
+                    200,
+                    json!({ "reloaded": "config", "changed": changed, "certificate_files": files }),
+                )
             }
             _ => error(404, "not_found", "unknown operator API endpoint"),
         }

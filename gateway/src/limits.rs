@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -127,19 +128,18 @@ fn ceil_secs(d: Duration) -> u64 {
 
 const SHARDS: usize = 16;
 
-/// Every tenant's limiter, and the per-client limiter.
+/// Every tenant's limiter, and the per-client limiter. The settings can be
+/// replaced on a running gateway ([`Limits::set_settings`], config reload).
 pub struct Limits {
-    defaults: LimitSpec,
-    queue_timeout: Duration,
-    max_queued: u32,
+    settings: ArcSwap<LimitsSettings>,
     shards: [Mutex<HashMap<Arc<str>, Arc<Limiter>>>; SHARDS],
     hasher: RandomState,
-    client: Option<DefaultKeyedRateLimiter<(u64, IpAddr)>>,
+    client: ArcSwapOption<DefaultKeyedRateLimiter<(u64, IpAddr)>>,
     clock: DefaultClock,
 }
 
 /// What `[limits.tenant]` and `[limits.client]` say.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LimitsSettings {
     pub defaults: LimitSpec,
     pub queue_timeout: Duration,
@@ -151,14 +151,27 @@ pub struct LimitsSettings {
 impl Limits {
     pub fn new(s: LimitsSettings) -> Limits {
         Limits {
-            defaults: s.defaults,
-            queue_timeout: s.queue_timeout,
-            max_queued: s.max_queued,
+            settings: ArcSwap::from_pointee(s),
             shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
             hasher: RandomState::new(),
-            client: quota(s.client_rps, s.client_burst).map(RateLimiter::keyed),
+            client: ArcSwapOption::from(quota(s.client_rps, s.client_burst).map(|q| Arc::new(RateLimiter::keyed(q)))),
             clock: DefaultClock::default(),
         }
+    }
+
+    /// New settings (config reload); `false` if nothing changed. Tenants get
+    /// limiters of the new defaults when next looked up.
+    pub fn set_settings(&self, s: LimitsSettings) -> bool {
+        let old = **self.settings.load();
+        if old == s {
+            return false;
+        }
+        if (old.client_rps, old.client_burst) != (s.client_rps, s.client_burst) {
+            self.client
+                .store(quota(s.client_rps, s.client_burst).map(|q| Arc::new(RateLimiter::keyed(q))));
+        }
+        self.settings.store(Arc::new(s));
+        true
     }
 
     fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Limiter>>> {
@@ -172,8 +185,8 @@ impl Limits {
     /// its spec is the same, else a fresh one. `None` when the tenant is
     /// unlimited and no per-client limit is configured.
     pub fn limiter(&self, schema: &str, overrides: Overrides) -> Option<Arc<Limiter>> {
-        let spec = self.defaults.with(overrides);
-        if spec.unlimited() && self.client.is_none() {
+        let spec = self.settings.load().defaults.with(overrides);
+        if spec.unlimited() && self.client.load().is_none() {
             return None;
         }
         let key = self.hasher.hash_one(schema);
@@ -199,7 +212,8 @@ impl Limits {
         limiter: &Limiter,
         client: Option<IpAddr>,
     ) -> Result<Option<OwnedSemaphorePermit>, Refused> {
-        if let (Some(per_client), Some(ip)) = (&self.client, client) {
+        let settings = **self.settings.load();
+        if let (Some(per_client), Some(ip)) = (self.client.load().as_deref(), client) {
             if let Err(not_until) = per_client.check_key(&(limiter.key, ip)) {
                 return Err(Refused::ClientRate {
                     retry_after_secs: ceil_secs(not_until.wait_time_from(self.clock.now())),
@@ -219,11 +233,11 @@ impl Limits {
         }
         // Over the cap: queue briefly, boundedly.
         let busy = Refused::Busy { retry_after_secs: 1 };
-        if limiter.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
+        if limiter.queued.fetch_add(1, Ordering::AcqRel) >= settings.max_queued {
             limiter.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(busy);
         }
-        let waited = tokio::time::timeout(self.queue_timeout, slots.clone().acquire_owned()).await;
+        let waited = tokio::time::timeout(settings.queue_timeout, slots.clone().acquire_owned()).await;
         limiter.queued.fetch_sub(1, Ordering::AcqRel);
         match waited {
             Ok(Ok(permit)) => Ok(Some(permit)),
@@ -239,7 +253,7 @@ impl Limits {
                 .unwrap_or_else(|p| p.into_inner())
                 .retain(|_, l| Arc::strong_count(l) > 1);
         }
-        if let Some(c) = &self.client {
+        if let Some(c) = self.client.load().as_deref() {
             c.retain_recent();
             c.shrink_to_fit();
         }

@@ -13,6 +13,7 @@ mod limits;
 mod metrics;
 mod pages;
 mod proxy;
+mod reload;
 mod route;
 mod tenant;
 mod tls;
@@ -287,7 +288,7 @@ struct SideTasks {
     cache: Arc<TenantCache>,
     limits: Arc<limits::Limits>,
     lookup: Arc<tenant::lookup::Lookup>,
-    pools: Arc<Pools>,
+    reloader: Arc<reload::Reloader>,
     database_url: String,
     channel: String,
     listen_timing: tenant::invalidate::ListenTiming,
@@ -316,9 +317,7 @@ impl BackgroundService for SideTasks {
             self.cache.clone(),
             self.listen_timing,
         ));
-        for pool in self.pools.all() {
-            tasks.spawn(pool.clone().run_health_checks());
-        }
+        self.reloader.start_health_checks();
         if let Some(acme) = &self.acme {
             tasks.spawn(acme.clone().run());
         }
@@ -329,26 +328,30 @@ impl BackgroundService for SideTasks {
                 Err(e) => tracing::error!(error = %e, "config key `tenant.query`: the lookup query does not work against this database"),
             }
         });
-        if let Some((store, cfg)) = self.tls.clone() {
-            let metrics = self.metrics.clone();
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-                Ok(mut hup) => {
-                    tasks.spawn(async move {
-                        while hup.recv().await.is_some() {
-                            match tls::files::load_certs(&cfg) {
-                                Ok((certs, default)) => {
-                                    let n = certs.len();
-                                    store.replace_files(certs, default);
-                                    tls::files::publish_cert_metrics(&store, &metrics);
-                                    tracing::info!(certificates = n, "SIGHUP: certificates reloaded");
-                                }
-                                Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: reload failed; keeping the loaded certificates"),
-                            }
+        // SIGHUP: the config (pools, pages, limits) and the certificate files.
+        let (reloader, tls_files, metrics) = (self.reloader.clone(), self.tls.clone(), self.metrics.clone());
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tasks.spawn(async move {
+                    while hup.recv().await.is_some() {
+                        match reloader.reload() {
+                            Ok(changed) => tracing::info!(?changed, "SIGHUP: config reloaded"),
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: config reload refused; the running config stays"),
                         }
-                    });
-                }
-                Err(e) => tracing::error!(error = %e, "cannot install the SIGHUP handler"),
+                        let Some((store, cfg)) = &tls_files else { continue };
+                        match tls::files::load_certs(cfg) {
+                            Ok((certs, default)) => {
+                                let n = certs.len();
+                                store.replace_files(certs, default);
+                                tls::files::publish_cert_metrics(store, &metrics);
+                                tracing::info!(certificates = n, "SIGHUP: certificates reloaded");
+                            }
+                            Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: reload failed; keeping the loaded certificates"),
+                        }
+                    }
+                });
             }
+            Err(e) => tracing::error!(error = %e, "cannot install the SIGHUP handler"),
         }
         let _ = shutdown.changed().await;
         tasks.abort_all();
@@ -371,9 +374,8 @@ fn raise_file_limit() -> u64 {
 fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
     let cfg = Config::load(path)?;
     let secrets = cfg.secrets()?;
-    let pages = pages::Pages::load(&cfg.pages)?;
     let admin_token = cfg.admin_token()?;
-    let pools = Arc::new(Pools::from_config(&cfg)?);
+    let live = Arc::new(arc_swap::ArcSwap::from_pointee(reload::Live::from_config(&cfg)?));
     let metrics = Arc::new(metrics::Metrics::new(cfg.metrics.max_tenant_labels));
     let nofile = raise_file_limit();
     let limits = Arc::new(limits::Limits::new(cfg.limits_settings()));
@@ -487,14 +489,19 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         None
     };
 
+    let reloader = Arc::new(reload::Reloader::new(
+        path.to_path_buf(),
+        cfg.clone(),
+        live.clone(),
+        limits.clone(),
+        cache.clone(),
+    ));
     let gateway = proxy::Gateway {
         cache: cache.clone(),
-        pools: pools.clone(),
+        live: live.clone(),
         signer: secrets.signer,
-        pages: Arc::new(pages),
         strip_www: cfg.strip_www(),
         base_domains: cfg.tenant.base_domains.clone(),
-        landing: cfg.tenant.landing_pool.as_deref().and_then(|p| pools.get(p).cloned()),
         trusted_proxies,
         metrics: metrics.clone(),
         tls: tls_routing,
@@ -547,7 +554,8 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         "admin".to_string(),
         admin::Admin {
             metrics: metrics.clone(),
-            pools: pools.clone(),
+            live,
+            reloader: reloader.clone(),
             cache: cache.clone(),
             token: admin_token,
             strip_www: cfg.strip_www(),
@@ -567,7 +575,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
             cache,
             limits,
             lookup,
-            pools,
+            reloader,
             database_url: secrets.database_url,
             channel: cfg.tenant.notify_channel.clone(),
             listen_timing: tenant::invalidate::ListenTiming {

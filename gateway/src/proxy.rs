@@ -30,21 +30,21 @@ use crate::conn::stream::{ConnFacts, Sni};
 use crate::limits::{Limits, Refused};
 use crate::metrics::tenant::{method_index, rejection_index, Observation};
 use crate::metrics::Metrics;
-use crate::pages::{wants_json, PageKind, Pages};
+use crate::pages::{wants_json, PageKind};
+use crate::reload::Live;
 use crate::route;
 use crate::tenant::cache::{Resolution, TenantCache};
 use crate::tenant::{host, Status, Tenant};
-use crate::upstream::pool::{Pool, Pools};
+use crate::upstream::pool::Pool;
 
 #[derive(Clone)]
 pub struct Gateway {
     pub cache: Arc<TenantCache>,
-    pub pools: Arc<Pools>,
+    /// Pools, pages and the landing pool in effect (swapped by a config reload).
+    pub live: Arc<arc_swap::ArcSwap<Live>>,
     pub signer: stamp::Signer,
-    pub pages: Arc<Pages>,
     pub strip_www: bool,
     pub base_domains: Vec<String>,
-    pub landing: Option<Arc<Pool>>,
     pub trusted_proxies: Vec<IpNet>,
     pub metrics: Arc<Metrics>,
     pub tls: Option<Arc<TlsRouting>>,
@@ -146,14 +146,16 @@ impl Gateway {
         retry_after: Option<u64>,
     ) -> Result<bool> {
         ctx.page = Some(kind);
-        let page = self.pages.get(kind);
         let json = wants_json(session.req_header().headers.get(ACCEPT).and_then(|v| v.to_str().ok()));
-        let (body, ctype) = if json {
-            (page.json.clone(), "application/json")
-        } else {
-            (page.html.clone(), "text/html; charset=utf-8")
+        let (status, body, ctype) = {
+            let live = self.live.load();
+            let page = live.pages.get(kind);
+            match json {
+                true => (page.status, page.json.clone(), "application/json"),
+                false => (page.status, page.html.clone(), "text/html; charset=utf-8"),
+            }
         };
-        let mut resp = ResponseHeader::build(page.status, Some(4))?;
+        let mut resp = ResponseHeader::build(status, Some(4))?;
         resp.insert_header(CONTENT_TYPE, ctype)?;
         resp.insert_header(CONTENT_LENGTH, body.len().to_string())?;
         resp.insert_header("cache-control", "no-store")?;
@@ -366,11 +368,12 @@ impl ProxyHttp for Gateway {
             Some(r) if !ctx.tls && !route::exempt(session.req_header().uri.path(), &r.exempt) => Some(r.port),
             _ => None,
         };
-        if self.landing.is_some() && self.base_domains.contains(&host) {
+        let live = self.live.load_full();
+        if live.landing.is_some() && self.base_domains.contains(&host) {
             if let Some(port) = redirect {
                 return self.redirect_to_https(session, ctx, &host, port).await;
             }
-            ctx.pool = self.landing.clone();
+            ctx.pool = live.landing.clone();
             ctx.host = Some(host);
             ctx.landing = true;
             return Ok(false);
@@ -411,8 +414,8 @@ impl ProxyHttp for Gateway {
         }
         // A pinned tenant goes to its pool and nowhere else.
         let pool = match tenant.pool() {
-            None => Some(self.pools.default_pool().clone()),
-            Some(name) => self.pools.get(name).cloned(),
+            None => Some(live.pools.default_pool().clone()),
+            Some(name) => live.pools.get(name).cloned(),
         };
         let Some(pool) = pool else {
             tracing::error!(tenant = %tenant.schema(), pool = ?tenant.pool(), "tenant is pinned to a pool that is not configured");

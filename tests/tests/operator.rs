@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use e2e::http;
 use e2e::http::Method;
 use e2e::tls::{dev_certs, issue};
 use e2e::*;
@@ -114,7 +115,12 @@ fn explain_says_what_happens_to_a_host_and_why() {
     assert_eq!(st, 200);
     assert_eq!(v["certificates"].as_array().unwrap().len(), 2, "{v}");
     let (st, v) = s.gw.api(Method::POST, "reload", Some(ADMIN_TOKEN));
-    assert_eq!((st, v["reloaded"].as_str()), (200, Some("certificates")), "{v}");
+    assert_eq!((st, v["reloaded"].as_str()), (200, Some("config")), "{v}");
+    assert_eq!(
+        (v["changed"].as_array().map(Vec::len), v["certificate_files"].as_u64()),
+        (Some(0), Some(2)),
+        "{v}"
+    );
     // /readyz can include the database.
     let ready = http::client()
         .get(&format!("http://127.0.0.1:{}/readyz?database=1", s.gw.admin_port))
@@ -163,4 +169,62 @@ fn the_api_needs_its_token_and_is_never_on_the_public_listeners() {
     let off = stack("");
     let (status, v) = off.gw.api(Method::GET, "explain?host=x.test", Some(ADMIN_TOKEN));
     assert_eq!((status, v["error"].as_str()), (404, Some("api_off")));
+}
+
+#[test]
+fn config_reload_swaps_pools_and_limits_and_refuses_a_bad_file() {
+    let s = stack(&format!("redirect_http = false\n{API_ON}"));
+    let other = UpstreamApp::start(&s.pg.url(), "").unwrap();
+    let path = s.gw.dir.path().join("gateway.toml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let first = s._apps[0].port.to_string();
+    // The default pool moves to another backend; ferrari's plan gets a limit.
+    let moved = original.replace(&format!("127.0.0.1:{first}"), &format!("127.0.0.1:{}", other.port))
+        + "\n[limits.tenant]\nrps = 1\nburst = 1\n";
+    std::fs::write(&path, &moved).unwrap();
+    let (status, v) = s.gw.api(Method::POST, "reload", Some(ADMIN_TOKEN));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["changed"], serde_json::json!(["pools", "limits"]), "{v}");
+    s.gw.wait_backend("default", other.port, true, Duration::from_secs(10))
+        .unwrap();
+    let get = || {
+        http::client()
+            .get(&s.gw.url("/whoami"))
+            .header("host", "mclaren.myapp.localhost")
+            .send()
+            .unwrap()
+            .status
+    };
+    wait_until("limit and new pool in effect", Duration::from_secs(5), || {
+        let (a, b) = (get(), get());
+        a == 200 && b == 429
+    })
+    .unwrap();
+    assert!(
+        other.proc_.log().contains("path=/whoami"),
+        "the new backend was not used"
+    );
+    // A file that fails validation is refused as a whole, naming the key.
+    std::fs::write(&path, format!("{moved}\n[pools.broken]\nbackends = []\n")).unwrap();
+    let (status, v) = s.gw.api(Method::POST, "reload", Some(ADMIN_TOKEN));
+    assert_eq!(status, 422, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("pools.broken.backends"), "{v}");
+    // So is a change that needs a new process; the running config stays.
+    std::fs::write(&path, moved.replace("threads = 2", "threads = 3")).unwrap();
+    let (status, v) = s.gw.api(Method::POST, "reload", Some(ADMIN_TOKEN));
+    assert_eq!(status, 422, "{v}");
+    assert!(v["message"].as_str().unwrap().contains("listen"), "{v}");
+    let explained = explain(&s, "mclaren.myapp.localhost");
+    assert_eq!(
+        explained["pool"]["backends"][format!("127.0.0.1:{}", other.port)],
+        true,
+        "{explained}"
+    );
+    // SIGHUP reloads the config too: back to the original, unlimited.
+    std::fs::write(&path, &original).unwrap();
+    s.gw.proc_.signal("HUP");
+    wait_until("SIGHUP reload in effect", Duration::from_secs(5), || {
+        (0..3).all(|_| get() == 200)
+    })
+    .unwrap();
 }
