@@ -68,8 +68,12 @@ pub struct ListenConfig {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DatabaseConfig {
-    /// Environment variable holding the PostgreSQL URL.
+    /// Environment variable holding the PostgreSQL URL (the primary: LISTEN,
+    /// ACME coordination, and lookups unless `lookup_url_env` is set).
     pub url_env: String,
+    /// Environment variable holding a URL for lookups only: a streaming
+    /// replica or a pooler. Unset: lookups use `url_env`.
+    pub lookup_url_env: Option<String>,
     pub max_connections: u32,
     /// Bound on acquiring a connection (fails fast while the database is down).
     pub connect_timeout_ms: u64,
@@ -554,6 +558,7 @@ impl Default for DatabaseConfig {
     fn default() -> Self {
         DatabaseConfig {
             url_env: "DATABASE_URL".into(),
+            lookup_url_env: None,
             max_connections: 4,
             connect_timeout_ms: 1000,
             query_timeout_ms: 2000,
@@ -1152,7 +1157,26 @@ impl Config {
         })?;
         let key = stamp::Key::from_config(&self.stamp.signing_key)
             .map_err(|e| invalid("stamp.signing_key", e.to_string()))?;
+        let lookup_url = match &self.database.lookup_url_env {
+            None => None,
+            Some(var) => {
+                let u = std::env::var(var).map_err(|_| {
+                    invalid(
+                        "database.lookup_url_env",
+                        format!("environment variable `{var}` is not set"),
+                    )
+                })?;
+                u.parse::<sqlx::postgres::PgConnectOptions>().map_err(|e| {
+                    invalid(
+                        "database.lookup_url_env",
+                        format!("`{var}` is not a valid PostgreSQL URL: {e}"),
+                    )
+                })?;
+                Some(u)
+            }
+        };
         Ok(Secrets {
+            lookup_url,
             database_url: url,
             signer: stamp::Signer::new(key),
         })
@@ -1166,6 +1190,8 @@ impl Config {
 
 pub struct Secrets {
     pub database_url: String,
+    /// Lookups' own URL (`database.lookup_url_env`), if any.
+    pub lookup_url: Option<String>,
     pub signer: stamp::Signer,
 }
 

@@ -380,7 +380,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
     let nofile = raise_file_limit();
     let limits = Arc::new(limits::Limits::new(cfg.limits_settings()));
     let lookup = tenant::lookup::Lookup::new(
-        &secrets.database_url,
+        secrets.lookup_url.as_deref().unwrap_or(&secrets.database_url),
         cfg.database.max_connections,
         Duration::from_millis(cfg.database.connect_timeout_ms),
         Duration::from_millis(cfg.database.query_timeout_ms),
@@ -390,6 +390,16 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
     .with_query(&cfg.lookup_query())
     .with_public_schema(cfg.public_schema())
     .with_limits(limits.clone());
+    let lookup = match &secrets.lookup_url {
+        Some(_) => lookup
+            .with_replica(
+                &secrets.database_url,
+                Duration::from_millis(cfg.database.connect_timeout_ms),
+                metrics.lookup_primary_fallbacks.clone(),
+            )
+            .context("config key `database.url_env`")?,
+        None => lookup,
+    };
     let lookup = Arc::new(lookup);
     let cache = Arc::new(TenantCache::new(
         lookup.clone(),
@@ -582,6 +592,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
                 connect_timeout: Duration::from_millis(cfg.database.connect_timeout_ms),
                 health_interval: Duration::from_millis(cfg.database.health_check_interval_ms),
                 health_timeout: Duration::from_millis(cfg.database.health_check_timeout_ms),
+                track_lsn: secrets.lookup_url.is_some(),
             },
             tls: cfg.tls.listen.map(|_| (cert_store.clone(), cfg.tls.clone())),
             acme,

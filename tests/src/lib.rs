@@ -175,6 +175,48 @@ impl Postgres {
         Ok(pg)
     }
 
+    /// A streaming replica of `primary` (pg_basebackup -R) on a free port,
+    /// started and replaying.
+    pub fn replica_of(primary: &Postgres) -> Result<Postgres> {
+        let dir = tempfile::Builder::new().prefix("tg-pg-replica-").tempdir()?;
+        if am_root() {
+            run_ok(
+                {
+                    let mut c = Command::new("chown");
+                    c.arg("postgres:postgres").arg(dir.path());
+                    c
+                },
+                "chown",
+            )?;
+        }
+        let mut base = pg_command("pg_basebackup");
+        base.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary.port.to_string(),
+            "-U",
+            "postgres",
+            "-R",
+            "-X",
+            "stream",
+            "-D",
+        ])
+        .arg(dir.path().join("data"));
+        run_ok(base, "pg_basebackup")?;
+        let mut replica = Postgres {
+            dir,
+            port: free_port(),
+            running: false,
+            frozen: false,
+        };
+        replica.start_server()?;
+        wait_until("the replica replays", Duration::from_secs(30), || {
+            replica.psql("SELECT pg_is_in_recovery()").is_ok_and(|r| r == "t")
+        })?;
+        Ok(replica)
+    }
+
     /// Start the server on this cluster's data dir and port (again).
     pub fn start_server(&mut self) -> Result<()> {
         let mut ctl = pg_command("pg_ctl");
@@ -674,6 +716,17 @@ impl Gateway {
 
     /// Start on ports chosen beforehand (e.g. handed to Pebble first).
     pub fn start_with_ports(db_url: &str, body: &str, grace_secs: u64, ports: GatewayPorts) -> Result<Gateway> {
+        Gateway::start_with_env(db_url, body, grace_secs, ports, &[])
+    }
+
+    /// Like `start_with_ports`, with more environment variables.
+    pub fn start_with_env(
+        db_url: &str,
+        body: &str,
+        grace_secs: u64,
+        ports: GatewayPorts,
+        env: &[(&str, &str)],
+    ) -> Result<Gateway> {
         let dir = tempfile::tempdir()?;
         let GatewayPorts {
             http: port,
@@ -689,6 +742,7 @@ impl Gateway {
         let path = write_file(dir.path(), "gateway.toml", &cfg);
         let mut c = Command::new(bin("gateway"));
         common_env(&mut c, db_url);
+        c.envs(env.iter().copied());
         c.arg("--config").arg(&path);
         let mut proc_ = Proc::spawn("gateway", c, dir.path().join("gateway.log"))?;
         wait_healthy(&mut proc_, admin_port, "/healthz", Duration::from_secs(30))?;

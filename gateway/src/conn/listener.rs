@@ -72,6 +72,11 @@ pub struct Listener<A, H> {
     pub drain: Arc<Drain>,
 }
 
+/// How long after the listener closes idle connections are closed (within
+/// the shutdown grace period): a client that just connected gets its
+/// request served instead of a closed connection.
+const IDLE_CLOSE_DELAY: Duration = Duration::from_secs(1);
+
 /// Accept queue length asked of the kernel (capped by `net.core.somaxconn`):
 /// a burst of connections waits there instead of being dropped and retried.
 const BACKLOG: i32 = 65_535;
@@ -165,7 +170,11 @@ impl<A: ServerApp + Send + Sync + 'static, H: Handshake> Service for Listener<A,
         tracing::info!(listener = self.name, "listener closed");
         // Upgraded WebSocket connections say goodbye (close frame 1001).
         self.drain.start();
-        // Wakes keep-alive connections waiting for a next request, so they close.
+        // Connections accepted just before the close may not have sent their
+        // first request yet: give them a moment (their responses say
+        // `Connection: close`), then wake the idle keep-alive connections so
+        // they close.
+        tokio::time::sleep(IDLE_CLOSE_DELAY).await;
         self.app.cleanup().await;
     }
 

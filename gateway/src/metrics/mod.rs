@@ -55,6 +55,8 @@ pub struct Metrics {
     pub database_up: IntGauge,
     /// WebSocket connections sent a close frame at shutdown.
     pub websocket_closes: IntCounter,
+    /// Lookups sent to the primary because the replica lagged behind a NOTIFY.
+    pub lookup_primary_fallbacks: IntCounter,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -182,6 +184,11 @@ impl Metrics {
                 &r,
                 "tenant_gateway_cache_background_refreshes_total",
                 "Lookups run in the background for cached tenants past positive_ttl or marked stale.",
+            ),
+            lookup_primary_fallbacks: counter(
+                &r,
+                "tenant_gateway_db_primary_fallbacks_total",
+                "Lookups sent to the primary because the read replica had not replayed the newest NOTIFY yet.",
             ),
             websocket_closes: counter(
                 &r,

@@ -40,8 +40,11 @@ use crate::metrics::Metrics;
 /// Where tenants come from (the lookup query; a fake in tests).
 #[async_trait]
 pub trait TenantSource: Send + Sync + 'static {
-    /// `Ok(None)`: the host is not in the domain table.
-    async fn find(&self, host: &str) -> Result<Option<Tenant>, LookupError>;
+    /// `Ok(None)`: the host is not in the domain table. `fresh_as_of`: the
+    /// answer must include every change up to this WAL position of the
+    /// primary (the newest NOTIFY's; 0: none), so a lagging read replica's
+    /// older row is never the answer.
+    async fn find(&self, host: &str, fresh_as_of: u64) -> Result<Option<Tenant>, LookupError>;
 }
 
 /// The answer for one host.
@@ -113,6 +116,8 @@ pub struct TenantCache {
     db_retry_at_ms: AtomicU64,
     /// The invalidation listener is connected and its health query answers.
     listener_up: AtomicBool,
+    /// The primary's WAL position at the newest NOTIFY (see `TenantSource::find`).
+    fresh_as_of: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
@@ -138,6 +143,7 @@ impl TenantCache {
             started: Instant::now(),
             db_retry_at_ms: AtomicU64::new(0),
             listener_up: AtomicBool::new(false),
+            fresh_as_of: AtomicU64::new(0),
             metrics,
         }
     }
@@ -277,7 +283,8 @@ impl TenantCache {
         let changes = self.changes.load(Ordering::SeqCst);
         self.metrics.lookup_queries.inc();
         let start = Instant::now();
-        let result = match tokio::time::timeout(self.deadline, self.source.find(&key)).await {
+        let fresh_as_of = self.fresh_as_of.load(Ordering::SeqCst);
+        let result = match tokio::time::timeout(self.deadline, self.source.find(&key, fresh_as_of)).await {
             Ok(r) => r,
             Err(_) => {
                 self.metrics.lookup_timeouts.inc();
@@ -335,6 +342,12 @@ impl TenantCache {
                 Err(())
             }
         }
+    }
+
+    /// Answers from now on must be as fresh as the primary's WAL position
+    /// `lsn` (read right after a NOTIFY, before its names are evicted).
+    pub fn require_fresh_as_of(&self, lsn: u64) {
+        self.fresh_as_of.fetch_max(lsn, Ordering::SeqCst);
     }
 
     /// Evict these names (NOTIFY from the database).
@@ -452,7 +465,7 @@ mod tests {
 
     #[async_trait]
     impl TenantSource for Fake {
-        async fn find(&self, host: &str) -> Result<Option<Tenant>, LookupError> {
+        async fn find(&self, host: &str, _fresh_as_of: u64) -> Result<Option<Tenant>, LookupError> {
             // The row is read first: a frozen query answers what it read.
             let row = self.rows.lock().unwrap().get(host).cloned().unwrap_or(Ok(None));
             self.queries.fetch_add(1, Ordering::SeqCst);

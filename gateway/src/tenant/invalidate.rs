@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::PgPool;
 
 use super::cache::TenantCache;
 
@@ -25,6 +26,9 @@ pub struct ListenTiming {
     pub connect_timeout: Duration,
     pub health_interval: Duration,
     pub health_timeout: Duration,
+    /// Lookups read a replica: read the primary's WAL position after each
+    /// NOTIFY, so answers older than the change are not cached.
+    pub track_lsn: bool,
 }
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -52,8 +56,14 @@ enum Lost {
     Unhealthy(String),
 }
 
-/// Serve one connected listener until it is lost.
-async fn listen(listener: &mut PgListener, cache: &TenantCache, timing: ListenTiming) -> Lost {
+/// Serve one connected listener until it is lost. `primary`: a connection
+/// to read the primary's WAL position after a NOTIFY (replica lookups).
+async fn listen(
+    listener: &mut PgListener,
+    cache: &TenantCache,
+    timing: ListenTiming,
+    primary: Option<&PgPool>,
+) -> Lost {
     let mut probe = tokio::time::interval(timing.health_interval);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     probe.tick().await;
@@ -64,6 +74,21 @@ async fn listen(listener: &mut PgListener, cache: &TenantCache, timing: ListenTi
                 Ok(Some(n)) => match serde_json::from_str::<Vec<String>>(n.payload()) {
                     Ok(names) => {
                         tracing::debug!(?names, "tenant invalidation");
+                        if let Some(primary) = primary {
+                            // The change is committed, so its commit record is at or
+                            // before the insert position now (the write position can
+                            // still be behind it with synchronous_commit = off).
+                            let lsn = sqlx::query_scalar::<_, String>("SELECT pg_current_wal_insert_lsn()::text")
+                                .fetch_one(primary);
+                            match tokio::time::timeout(timing.health_timeout, lsn).await {
+                                Ok(Ok(text)) => match super::lookup::parse_lsn(&text) {
+                                    Some(lsn) => cache.require_fresh_as_of(lsn),
+                                    None => tracing::warn!(lsn = text, "tenant invalidation: unreadable WAL position"),
+                                },
+                                Ok(Err(e)) => return Lost::Error(e),
+                                Err(_) => return Lost::Unhealthy("no answer for the WAL position".into()),
+                            }
+                        }
                         cache.invalidate(names.iter().map(String::as_str));
                     }
                     Err(_) => {
@@ -88,6 +113,15 @@ async fn listen(listener: &mut PgListener, cache: &TenantCache, timing: ListenTi
 
 pub async fn run(url: String, channel: String, cache: Arc<TenantCache>, timing: ListenTiming) {
     let metrics = || cache.metrics();
+    let primary = match timing.track_lsn {
+        true => PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(timing.connect_timeout)
+            .connect_lazy(&url)
+            .map_err(|e| tracing::error!(error = %e, "tenant invalidation: no pool for the WAL position"))
+            .ok(),
+        false => None,
+    };
     let mut backoff = BACKOFF_MIN;
     loop {
         let connecting = tokio::time::timeout(
@@ -117,7 +151,7 @@ pub async fn run(url: String, channel: String, cache: Arc<TenantCache>, timing: 
         metrics().invalidation_connected.set(1);
         metrics().database_up.set(1);
         tracing::info!(channel = %channel, "tenant invalidation: listening");
-        let lost = listen(&mut listener, &cache, timing).await;
+        let lost = listen(&mut listener, &cache, timing, primary.as_ref()).await;
         cache.set_listener_up(false);
         metrics().invalidation_connected.set(0);
         metrics().database_up.set(0);

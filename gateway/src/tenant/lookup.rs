@@ -3,11 +3,19 @@
 //! status, optional backend pool, and optionally the tenant's limit
 //! overrides (requests per second, burst, max concurrent; NULL: default).
 //!
+//! Lookups may read a streaming replica or go through a transaction-mode
+//! pooler (`database.lookup_url_env`); LISTEN stays on the primary. After a
+//! NOTIFY the cache requires answers as fresh as the primary's WAL position
+//! at that moment: a replica that has not replayed that far is not asked
+//! (the lookup goes to the primary instead), so its older row can never be
+//! cached over the change.
+//!
 //! Queries run on their own runtime thread, at a lower scheduling priority
 //! (`database.lookup_nice`): the client work of a lookup (sqlx, two socket
 //! round trips) costs more CPU than proxying a request, so under a flood of
 //! uncached names it must not take the CPU from cached tenants' requests.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -87,7 +95,24 @@ pub struct Lookup {
     /// name a row may carry.
     public_schema: Option<Arc<str>>,
     limits: Option<Arc<Limits>>,
+    /// Lookups read a replica; this is the primary to fall back to.
+    replica: Option<Arc<Replica>>,
     rt: &'static tokio::runtime::Runtime,
+}
+
+/// The replica side of lookups.
+struct Replica {
+    primary: PgPool,
+    /// The newest replay position the replica reported.
+    seen: AtomicU64,
+    /// Lookups sent to the primary because the replica lagged.
+    fallbacks: prometheus::IntCounter,
+}
+
+/// A `pg_lsn` as text (`16/B374D848`) as a number.
+pub fn parse_lsn(text: &str) -> Option<u64> {
+    let (hi, lo) = text.trim().split_once('/')?;
+    Some(u64::from_str_radix(hi, 16).ok()? << 32 | u64::from_str_radix(lo, 16).ok()?)
 }
 
 impl Lookup {
@@ -117,8 +142,30 @@ impl Lookup {
             query: Arc::from(""),
             public_schema: None,
             limits: None,
+            replica: None,
             rt,
         })
+    }
+
+    /// Lookups read the replica at this lookup's URL; `primary_url` is asked
+    /// instead while the replica lags behind the newest NOTIFY.
+    pub fn with_replica(
+        mut self,
+        primary_url: &str,
+        connect_timeout: Duration,
+        fallbacks: prometheus::IntCounter,
+    ) -> Result<Lookup, sqlx::Error> {
+        let opts: PgConnectOptions = primary_url.parse()?;
+        let _guard = self.rt.enter();
+        let primary = pool_options(2, connect_timeout)
+            .test_before_acquire(false)
+            .connect_lazy_with(opts.application_name("tenant-gateway-fallback"));
+        self.replica = Some(Arc::new(Replica {
+            primary,
+            seen: AtomicU64::new(0),
+            fallbacks,
+        }));
+        Ok(self)
     }
 
     pub fn with_query(mut self, query: &str) -> Lookup {
@@ -164,10 +211,14 @@ impl TenantSource for Lookup {
     /// Look one host up, on the lookup thread. `Ok(None)`: not in the domain
     /// table. Dropping the future (the cache's deadline) aborts the query, so
     /// a stuck query gives its pooled connection back.
-    async fn find(&self, host: &str) -> Result<Option<Tenant>, LookupError> {
+    async fn find(&self, host: &str, fresh_as_of: u64) -> Result<Option<Tenant>, LookupError> {
         let (pool, query, name) = (self.pool.clone(), self.query.clone(), host.to_owned());
-        let (public, limits) = (self.public_schema.clone(), self.limits.clone());
+        let (public, limits, replica) = (self.public_schema.clone(), self.limits.clone(), self.replica.clone());
         let task = self.rt.spawn(async move {
+            let pool = match replica {
+                Some(r) => r.pool_for(pool, fresh_as_of).await,
+                None => pool,
+            };
             let found = find_on(&pool, &query, &name, public.as_deref()).await?;
             Ok(found.map(|(tenant, overrides)| {
                 let limiter = limits.as_ref().and_then(|l| l.limiter(tenant.schema(), overrides));
@@ -176,6 +227,32 @@ impl TenantSource for Lookup {
         });
         let _abort = AbortOnDrop(task.abort_handle());
         task.await.map_err(|e| LookupError::Task(e.to_string()))?
+    }
+}
+
+impl Replica {
+    /// The replica, if it has replayed up to `fresh_as_of` (asked in a
+    /// statement of its own, before the lookup's snapshot is taken), else
+    /// the primary.
+    async fn pool_for(&self, replica: PgPool, fresh_as_of: u64) -> PgPool {
+        if self.seen.load(Ordering::SeqCst) >= fresh_as_of {
+            return replica;
+        }
+        let replayed: Result<Option<String>, _> = sqlx::query_scalar("SELECT pg_last_wal_replay_lsn()::text")
+            .fetch_one(&replica)
+            .await;
+        if let Some(lsn) = replayed.ok().flatten().as_deref().and_then(parse_lsn) {
+            self.seen.fetch_max(lsn, Ordering::SeqCst);
+            if lsn >= fresh_as_of {
+                return replica;
+            }
+        }
+        self.fallbacks.inc();
+        tracing::debug!(
+            fresh_as_of,
+            "replica behind the newest NOTIFY: this lookup reads the primary"
+        );
+        self.primary.clone()
     }
 }
 
@@ -260,7 +337,15 @@ async fn find_on(
 
 #[cfg(test)]
 mod tests {
-    use super::acceptable_schema;
+    use super::{acceptable_schema, parse_lsn};
+
+    #[test]
+    fn lsns_compare_as_numbers() {
+        assert_eq!(parse_lsn("0/0"), Some(0));
+        assert_eq!(parse_lsn("16/B374D848"), Some(0x16_B374_D848));
+        assert!(parse_lsn("1/0") > parse_lsn("0/FFFFFFFF"));
+        assert_eq!(parse_lsn("nope"), None);
+    }
 
     #[test]
     fn rows_may_name_any_schema_django_tenants_accepts_but_reserved_ones() {
