@@ -74,6 +74,9 @@ pub struct DatabaseConfig {
     /// Environment variable holding a URL for lookups only: a streaming
     /// replica or a pooler. Unset: lookups use `url_env`.
     pub lookup_url_env: Option<String>,
+    /// Named prepared statements for lookups; turn off behind a
+    /// transaction-mode pooler that cannot keep them (PgBouncer < 1.21).
+    pub lookup_prepared_statements: bool,
     pub max_connections: u32,
     /// Bound on acquiring a connection (fails fast while the database is down).
     pub connect_timeout_ms: u64,
@@ -559,6 +562,7 @@ impl Default for DatabaseConfig {
         DatabaseConfig {
             url_env: "DATABASE_URL".into(),
             lookup_url_env: None,
+            lookup_prepared_statements: true,
             max_connections: 4,
             connect_timeout_ms: 1000,
             query_timeout_ms: 2000,

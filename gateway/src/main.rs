@@ -389,7 +389,8 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
     .context("config key `database.url_env`")?
     .with_query(&cfg.lookup_query())
     .with_public_schema(cfg.public_schema())
-    .with_limits(limits.clone());
+    .with_limits(limits.clone())
+    .with_prepared_statements(cfg.database.lookup_prepared_statements);
     let lookup = match &secrets.lookup_url {
         Some(_) => lookup
             .with_replica(

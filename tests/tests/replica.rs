@@ -16,7 +16,7 @@ fn lookups_read_the_replica_and_its_lag_never_overtakes_a_notify() {
     let replica = Postgres::replica_of(&primary).unwrap();
     let app = UpstreamApp::start(&primary.url(), "").unwrap();
     let body = format!(
-        "[database]\nlookup_url_env = \"TG_LOOKUP_URL\"\n[tenant]\nbase_domains = [\"myapp.localhost\"]\n{}",
+        "[database]\nlookup_url_env = \"TG_LOOKUP_URL\"\nlookup_prepared_statements = false\n[tenant]\nbase_domains = [\"myapp.localhost\"]\n{}",
         pools_toml(&[("default", &[app.port])])
     );
     let env = [("TG_LOOKUP_URL", replica.url())];

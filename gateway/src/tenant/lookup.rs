@@ -97,6 +97,8 @@ pub struct Lookup {
     limits: Option<Arc<Limits>>,
     /// Lookups read a replica; this is the primary to fall back to.
     replica: Option<Arc<Replica>>,
+    /// Named prepared statements (off behind a transaction-mode pooler).
+    prepared: bool,
     rt: &'static tokio::runtime::Runtime,
 }
 
@@ -143,6 +145,7 @@ impl Lookup {
             public_schema: None,
             limits: None,
             replica: None,
+            prepared: true,
             rt,
         })
     }
@@ -170,6 +173,13 @@ impl Lookup {
 
     pub fn with_query(mut self, query: &str) -> Lookup {
         self.query = Arc::from(query);
+        self
+    }
+
+    /// Unnamed statements instead of named prepared ones (a transaction-mode
+    /// pooler such as PgBouncer before 1.21 cannot keep prepared statements).
+    pub fn with_prepared_statements(mut self, prepared: bool) -> Lookup {
+        self.prepared = prepared;
         self
     }
 
@@ -214,12 +224,13 @@ impl TenantSource for Lookup {
     async fn find(&self, host: &str, fresh_as_of: u64) -> Result<Option<Tenant>, LookupError> {
         let (pool, query, name) = (self.pool.clone(), self.query.clone(), host.to_owned());
         let (public, limits, replica) = (self.public_schema.clone(), self.limits.clone(), self.replica.clone());
+        let prepared = self.prepared;
         let task = self.rt.spawn(async move {
             let pool = match replica {
                 Some(r) => r.pool_for(pool, fresh_as_of).await,
                 None => pool,
             };
-            let found = find_on(&pool, &query, &name, public.as_deref()).await?;
+            let found = find_on(&pool, &query, &name, public.as_deref(), prepared).await?;
             Ok(found.map(|(tenant, overrides)| {
                 let limiter = limits.as_ref().and_then(|l| l.limiter(tenant.schema(), overrides));
                 tenant.with_limiter(limiter)
@@ -288,8 +299,9 @@ async fn find_on(
     query: &str,
     host: &str,
     public: Option<&str>,
+    prepared: bool,
 ) -> Result<Option<(Tenant, Overrides)>, LookupError> {
-    let fetch = || sqlx::query(query).bind(host).fetch_optional(pool);
+    let fetch = || sqlx::query(query).persistent(prepared).bind(host).fetch_optional(pool);
     let row = match fetch().await {
         // A pooled connection the server closed (restart, idle kill): sqlx
         // drops it; one retry gets a fresh one.
