@@ -39,11 +39,11 @@ impl ProxyHttp for Bare {
     }
 }
 
-fn main() {
+fn main() -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((listen, backends)) = args.split_first().filter(|(_, b)| !b.is_empty()) else {
         eprintln!("usage: bare_pingora LISTEN BACKEND [BACKEND...]");
-        std::process::exit(2);
+        return std::process::ExitCode::from(2);
     };
     let conf = ServerConf {
         threads: 1,

@@ -15,6 +15,7 @@ mod pages;
 mod proxy;
 mod reload;
 mod route;
+mod sys;
 mod tenant;
 mod tls;
 mod triggers;
@@ -390,7 +391,8 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
     .with_query(&cfg.lookup_query())
     .with_public_schema(cfg.public_schema())
     .with_limits(limits.clone())
-    .with_prepared_statements(cfg.database.lookup_prepared_statements);
+    .with_prepared_statements(cfg.database.lookup_prepared_statements)
+    .with_metrics(metrics.clone());
     let lookup = match &secrets.lookup_url {
         Some(_) => lookup
             .with_replica(

@@ -235,8 +235,15 @@ impl Gateway {
     /// Per-tenant metrics for one finished request (atomics only).
     fn record(&self, session: &Session, e: Option<&Error>, ctx: &Ctx, status: u16) {
         let tenants = &self.metrics.tenants;
+        let owned;
         let stats = match &ctx.tenant {
-            Some(t) => t.stats(|| tenants.for_tenant(t.schema())),
+            Some(t) => match t.stats() {
+                Some(s) => s,
+                None => {
+                    owned = tenants.for_tenant(t.schema());
+                    &owned
+                }
+            },
             None if ctx.landing => tenants.landing(),
             None => tenants.unknown(),
         };

@@ -200,7 +200,7 @@ fn socket_for(
         (Some(socket), None) => Ok(socket),
         (None, fds) => match fds.and_then(|f| f.lock().get(&key).copied()) {
             Some(fd) => {
-                let socket = super::handoff::listener_from_fd(fd);
+                let socket = crate::sys::listener_from_fd(fd);
                 socket.set_nonblocking(true)?;
                 tracing::info!(%addr, "listening socket taken over from the previous process");
                 Ok(socket)

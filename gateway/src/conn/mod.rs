@@ -6,7 +6,6 @@
 
 pub mod deadline;
 pub mod drain;
-pub mod handoff;
 pub mod limits;
 pub mod listener;
 pub mod stream;

@@ -60,10 +60,8 @@ fn lower_priority(nice: i32) {
     if nice == 0 {
         return;
     }
-    // SAFETY: two system calls on the calling thread; no memory is shared.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
-    if rc != 0 {
-        tracing::warn!(nice, error = %std::io::Error::last_os_error(), "cannot lower the lookup thread's priority");
+    if let Err(error) = crate::sys::set_thread_niceness(nice) {
+        tracing::warn!(nice, %error, "cannot lower the lookup thread's priority");
     }
 }
 
@@ -95,6 +93,8 @@ pub struct Lookup {
     /// name a row may carry.
     public_schema: Option<Arc<str>>,
     limits: Option<Arc<Limits>>,
+    /// Records get their metric handles from here.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
     /// Lookups read a replica; this is the primary to fall back to.
     replica: Option<Arc<Replica>>,
     /// Named prepared statements (off behind a transaction-mode pooler).
@@ -144,6 +144,7 @@ impl Lookup {
             query: Arc::from(""),
             public_schema: None,
             limits: None,
+            metrics: None,
             replica: None,
             prepared: true,
             rt,
@@ -180,6 +181,12 @@ impl Lookup {
     /// pooler such as PgBouncer before 1.21 cannot keep prepared statements).
     pub fn with_prepared_statements(mut self, prepared: bool) -> Lookup {
         self.prepared = prepared;
+        self
+    }
+
+    /// Tenants found get their metric handles attached.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> Lookup {
+        self.metrics = Some(metrics);
         self
     }
 
@@ -224,6 +231,7 @@ impl TenantSource for Lookup {
     async fn find(&self, host: &str, fresh_as_of: u64) -> Result<Option<Tenant>, LookupError> {
         let (pool, query, name) = (self.pool.clone(), self.query.clone(), host.to_owned());
         let (public, limits, replica) = (self.public_schema.clone(), self.limits.clone(), self.replica.clone());
+        let metrics = self.metrics.clone();
         let prepared = self.prepared;
         let task = self.rt.spawn(async move {
             let pool = match replica {
@@ -233,7 +241,14 @@ impl TenantSource for Lookup {
             let found = find_on(&pool, &query, &name, public.as_deref(), prepared).await?;
             Ok(found.map(|(tenant, overrides)| {
                 let limiter = limits.as_ref().and_then(|l| l.limiter(tenant.schema(), overrides));
-                tenant.with_limiter(limiter)
+                let tenant = tenant.with_limiter(limiter);
+                match &metrics {
+                    Some(m) => {
+                        let stats = m.tenants.for_tenant(tenant.schema());
+                        tenant.with_stats(stats)
+                    }
+                    None => tenant,
+                }
             }))
         });
         let _abort = AbortOnDrop(task.abort_handle());

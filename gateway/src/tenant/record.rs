@@ -1,12 +1,10 @@
 //! The cached tenant record: what the domain table says about a host, kept
 //! small because the cache holds one per tenant (up to `cache.max_entries`).
 //! 40 bytes behind its `Arc` plus one string allocation: the schema and the
-//! pinned pool's name share it, the metric handle is a single pointer, and
-//! so is the tenant's limiter (shared with the limit registry).
+//! pinned pool's name share it; the metric handle and the limiter are one
+//! pointer each, attached when the lookup builds the record (no lazily set
+//! cell on the request path).
 
-use std::marker::PhantomData;
-use std::ptr;
-use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Arc;
 
 use crate::limits::Limiter;
@@ -26,8 +24,8 @@ pub enum Status {
 pub struct Tenant {
     /// The schema name followed by the pinned pool's name (if any).
     names: Box<str>,
-    /// This tenant's metric handles, attached on first use.
-    stats: AttachOnce<TenantStats>,
+    /// This tenant's metric handles (None: not attached; the caller finds them).
+    stats: Option<Arc<TenantStats>>,
     /// Its rate and concurrency limits (None: unlimited).
     limiter: Option<Arc<Limiter>>,
     schema_len: u32,
@@ -46,7 +44,7 @@ impl Tenant {
         };
         Some(Tenant {
             names,
-            stats: AttachOnce::default(),
+            stats: None,
             limiter: None,
             schema_len,
             pinned: pool.is_some(),
@@ -75,79 +73,15 @@ impl Tenant {
             .then(|| self.names.get(self.schema_len as usize..).unwrap_or_default())
     }
 
-    /// This tenant's metric handles, attached by `init` on first use.
-    pub fn stats(&self, init: impl FnOnce() -> Arc<TenantStats>) -> &TenantStats {
-        self.stats.get_or_init(init)
-    }
-}
-
-/// An `Arc<T>` set at most once, in one pointer (a `OnceLock<Arc<T>>` takes
-/// two words). Concurrent first uses may both run `init`; one wins, the
-/// other's `Arc` is dropped.
-pub struct AttachOnce<T> {
-    ptr: AtomicPtr<T>,
-    /// Send/Sync as an `Arc<T>` is, not as a raw pointer is.
-    _owns: PhantomData<Arc<T>>,
-}
-
-impl<T> Default for AttachOnce<T> {
-    fn default() -> Self {
-        AttachOnce {
-            ptr: AtomicPtr::new(ptr::null_mut()),
-            _owns: PhantomData,
-        }
-    }
-}
-
-impl<T> AttachOnce<T> {
-    pub fn get(&self) -> Option<&T> {
-        let p = self.ptr.load(Ordering::Acquire);
-        // SAFETY: a non-null pointer came from `Arc::into_raw` in
-        // `get_or_init` and that reference is released only in `drop`, which
-        // `&self` outlives.
-        unsafe { p.as_ref() }
+    /// With its metric handles (from the per-tenant metrics).
+    pub fn with_stats(mut self, stats: Arc<TenantStats>) -> Tenant {
+        self.stats = Some(stats);
+        self
     }
 
-    pub fn get_or_init(&self, init: impl FnOnce() -> Arc<T>) -> &T {
-        if let Some(v) = self.get() {
-            return v;
-        }
-        let new = Arc::into_raw(init()).cast_mut();
-        match self
-            .ptr
-            .compare_exchange(ptr::null_mut(), new, Ordering::AcqRel, Ordering::Acquire)
-        {
-            // SAFETY: `new` is now owned by the slot (see `get`).
-            Ok(_) => unsafe { &*new },
-            Err(existing) => {
-                // SAFETY: `new` lost the race and was never shared; give its
-                // reference back. `existing` is owned by the slot.
-                unsafe {
-                    drop(Arc::from_raw(new));
-                    &*existing
-                }
-            }
-        }
-    }
-}
-
-impl<T> Drop for AttachOnce<T> {
-    fn drop(&mut self) {
-        let p = *self.ptr.get_mut();
-        if !p.is_null() {
-            // SAFETY: the slot's one reference, from `Arc::into_raw`.
-            unsafe { drop(Arc::from_raw(p)) }
-        }
-    }
-}
-
-impl<T> std::fmt::Debug for AttachOnce<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.get().is_some() {
-            "AttachOnce(set)"
-        } else {
-            "AttachOnce(unset)"
-        })
+    /// This tenant's metric handles, if attached.
+    pub fn stats(&self) -> Option<&TenantStats> {
+        self.stats.as_deref()
     }
 }
 
@@ -169,38 +103,5 @@ mod tests {
         // An empty pool name is still a pin (to a pool that cannot exist).
         let t = Tenant::new("acme", Status::Active, Some("")).expect("short");
         assert_eq!(t.pool(), Some(""));
-    }
-
-    #[test]
-    fn attach_once_keeps_the_first_and_releases_everything() {
-        let first = Arc::new(1u32);
-        let second = Arc::new(2u32);
-        let slot = AttachOnce::default();
-        assert!(slot.get().is_none());
-        assert_eq!(*slot.get_or_init(|| first.clone()), 1);
-        assert_eq!(*slot.get_or_init(|| second.clone()), 1);
-        assert_eq!((Arc::strong_count(&first), Arc::strong_count(&second)), (2, 1));
-        drop(slot);
-        assert_eq!(Arc::strong_count(&first), 1);
-    }
-
-    #[test]
-    fn attach_once_races_settle_on_one_value() {
-        let slot = Arc::new(AttachOnce::default());
-        let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let threads: Vec<_> = (0..8)
-            .map(|i| {
-                let (slot, made) = (slot.clone(), made.clone());
-                std::thread::spawn(move || {
-                    *slot.get_or_init(|| {
-                        made.fetch_add(1, Ordering::Relaxed);
-                        Arc::new(i)
-                    })
-                })
-            })
-            .collect();
-        let seen: Vec<usize> = threads.into_iter().map(|t| t.join().expect("no panic")).collect();
-        assert!(seen.iter().all(|v| *v == seen[0]));
-        assert!(made.load(Ordering::Relaxed) >= 1);
     }
 }
