@@ -103,7 +103,12 @@ fn connections_from(from: &str, port: u16, n: usize) -> Vec<TcpStream> {
 
 #[test]
 fn one_client_over_its_connection_cap_cannot_starve_another_clients_tls() {
-    let s = stack("[limits]\nmax_connections = 40\nmax_connections_per_ip = 25\n");
+    // Held connections must outlive a slow machine's test: the handshake and
+    // head deadlines (tested elsewhere) would otherwise free their places.
+    let s = stack(
+        "handshake_timeout_ms = 120000\n[limits]\nmax_connections = 40\nmax_connections_per_ip = 25\n\
+         request_head_timeout_ms = 120000\n",
+    );
     // A hostile client (127.0.0.2) opens three times its cap on each listener.
     let hostile_tls = connections_from("127.0.0.2", s.gw.tls_port, 75);
     let hostile_http = connections_from("127.0.0.2", s.gw.port, 75);
