@@ -66,19 +66,28 @@ pub struct HeadScanner {
 }
 
 impl HeadScanner {
-    /// Feed bytes; `Some(i)`: the head ends just before `bytes[i]`.
+    /// Feed bytes; `Some(i)`: the head ends just before `bytes[i]`. Jumps
+    /// from line feed to line feed (`memchr`): a line is blank when nothing
+    /// but carriage returns stand between two line feeds.
     pub fn feed(&mut self, bytes: &[u8]) -> Option<usize> {
-        for (i, &b) in bytes.iter().enumerate() {
-            match b {
-                b'\n' if self.after_lf => {
-                    self.after_lf = false;
-                    return Some(i + 1);
-                }
-                b'\n' => self.after_lf = true,
-                b'\r' => {}
-                _ => self.after_lf = false,
+        let blank = |seg: &[u8]| seg.iter().all(|&c| c == b'\r');
+        let mut start = 0;
+        for lf in memchr::memchr_iter(b'\n', bytes) {
+            // The bytes since the previous line feed (carried over from the
+            // previous read for the first one).
+            let after_lf = if start == 0 { self.after_lf } else { true };
+            if after_lf && blank(&bytes[start..lf]) {
+                self.after_lf = false;
+                return Some(lf + 1);
             }
+            start = lf + 1;
         }
+        let tail_blank = blank(&bytes[start..]);
+        self.after_lf = if start == 0 {
+            self.after_lf && tail_blank
+        } else {
+            tail_blank
+        };
         None
     }
 }
@@ -246,6 +255,19 @@ mod tests {
         assert_eq!(s.feed(b"GET / HTTP/1.1\nHost: a\n\nx"), Some(24));
         let mut s = HeadScanner::default();
         assert_eq!(s.feed(b"GET / HTTP/1.1\r\nHost: a\r\nX: \n"), None);
+        // Split anywhere, one byte at a time: the same end.
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nX: y\r\n\r\nbody";
+        let mut s = HeadScanner::default();
+        let end = head
+            .iter()
+            .enumerate()
+            .find_map(|(i, b)| s.feed(std::slice::from_ref(b)).map(|_| i + 1));
+        assert_eq!(end, Some(head.len() - 4));
+        let mut s = HeadScanner::default();
+        assert_eq!(s.feed(b"A\n\r\r"), None);
+        assert_eq!(s.feed(b"\n"), Some(1));
+        let mut s = HeadScanner::default();
+        assert_eq!(s.feed(b"A\n\rB\n"), None);
     }
 
     #[test]
