@@ -127,6 +127,17 @@ fn run_ok(mut cmd: Command, what: &str) -> Result<Output> {
     Ok(out)
 }
 
+/// A temporary directory the `postgres` user owns (when we are root).
+fn postgres_dir(prefix: &str) -> Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;
+    if am_root() {
+        let mut c = Command::new("chown");
+        c.arg("postgres:postgres").arg(dir.path());
+        run_ok(c, "chown")?;
+    }
+    Ok(dir)
+}
+
 /// A throwaway PostgreSQL cluster on 127.0.0.1 and a free port.
 pub struct Postgres {
     dir: tempfile::TempDir,
@@ -137,17 +148,7 @@ pub struct Postgres {
 
 impl Postgres {
     pub fn start() -> Result<Postgres> {
-        let dir = tempfile::Builder::new().prefix("tg-pg-").tempdir()?;
-        if am_root() {
-            run_ok(
-                {
-                    let mut c = Command::new("chown");
-                    c.arg("postgres:postgres").arg(dir.path());
-                    c
-                },
-                "chown",
-            )?;
-        }
+        let dir = postgres_dir("tg-pg-")?;
         let data = dir.path().join("data");
         let mut initdb = pg_command("initdb");
         initdb
@@ -178,17 +179,7 @@ impl Postgres {
     /// A streaming replica of `primary` (pg_basebackup -R) on a free port,
     /// started and replaying.
     pub fn replica_of(primary: &Postgres) -> Result<Postgres> {
-        let dir = tempfile::Builder::new().prefix("tg-pg-replica-").tempdir()?;
-        if am_root() {
-            run_ok(
-                {
-                    let mut c = Command::new("chown");
-                    c.arg("postgres:postgres").arg(dir.path());
-                    c
-                },
-                "chown",
-            )?;
-        }
+        let dir = postgres_dir("tg-pg-replica-")?;
         let mut base = pg_command("pg_basebackup");
         base.args([
             "-h",
@@ -767,6 +758,25 @@ impl Gateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// `gateway --config <this gateway's config> ARGS` against `db_url`; its
+    /// stdout (panics with stderr if it fails).
+    pub fn cli(&self, db_url: &str, args: &[&str]) -> String {
+        let mut c = Command::new(bin("gateway"));
+        common_env(&mut c, db_url);
+        let out = c
+            .arg("--config")
+            .arg(self.dir.path().join("gateway.toml"))
+            .args(args)
+            .output()
+            .expect("run the gateway CLI");
+        assert!(
+            out.status.success(),
+            "gateway {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Start a new gateway process with this one's config and `--upgrade`,

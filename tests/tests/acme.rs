@@ -336,7 +336,7 @@ fn renewal_survives_the_ca_being_down_and_restarts_order_nothing() {
     // The CA goes away; an operator forces a renewal; it fails and backs off
     // while the old certificate keeps being served.
     st.pebble.stop_pebble();
-    let renew = gateway_cli(&pg.url(), &st.gw, &["acme", "renew", CUSTOM]);
+    let renew = &st.gw.cli(&pg.url(), &["acme", "renew", CUSTOM]);
     assert!(renew.contains("renewal of www.ferrari-cars.test requested"), "{renew}");
     wait_until("two failed attempts", Duration::from_secs(30), || {
         pg.psql(&format!(
@@ -345,7 +345,7 @@ fn renewal_survives_the_ca_being_down_and_restarts_order_nothing() {
         .is_ok_and(|f| f.parse::<i32>().unwrap_or(0) >= 2)
     })
     .unwrap();
-    let status = gateway_cli(&pg.url(), &st.gw, &["acme", "status"]);
+    let status = &st.gw.cli(&pg.url(), &["acme", "status"]);
     let line = status
         .lines()
         .find(|l| l.starts_with(CUSTOM))
@@ -399,7 +399,7 @@ fn renewal_survives_the_ca_being_down_and_restarts_order_nothing() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", st.gw.proc_.log()));
     wait_issued(&st.pebble, st.ports.tls, CUSTOM, Duration::from_secs(20));
-    let status = gateway_cli(&pg.url(), &st.gw, &["acme", "status"]);
+    let status = &st.gw.cli(&pg.url(), &["acme", "status"]);
     let line = status.lines().find(|l| l.starts_with(CUSTOM)).unwrap();
     assert!(line.contains("valid"), "{line}");
 }
@@ -466,7 +466,7 @@ fn twenty_domains_at_once_queue_for_order_slots_and_every_challenge_is_answered(
         .unwrap(),
         "0"
     );
-    let status = gateway_cli(&pg.url(), &st.gw, &["acme", "status"]);
+    let status = &st.gw.cli(&pg.url(), &["acme", "status"]);
     assert_eq!(status.matches(" valid ").count(), NAMES, "{status}");
 
     // Every validation request Pebble made got its answer: as many 200s in
@@ -512,22 +512,4 @@ fn wait_scans(gws: &[&Gateway], n: u32) {
             .all(|(g, s)| g.metric("tenant_gateway_acme_scans_total") >= s + f64::from(n))
     })
     .unwrap();
-}
-
-/// Run `gateway <args>` with the running gateway's config.
-fn gateway_cli(db_url: &str, gw: &Gateway, args: &[&str]) -> String {
-    let mut c = std::process::Command::new(bin("gateway"));
-    common_env(&mut c, db_url);
-    let out = c
-        .arg("--config")
-        .arg(gw.dir.path().join("gateway.toml"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "gateway {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }

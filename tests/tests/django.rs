@@ -152,16 +152,7 @@ fn tenants_public_tenant_and_orm_changes_through_the_gateway() {
     assert_eq!(s.get("nobody.myapp.localhost", &[]).status, 404);
     // The ACME domains query follows the preset: custom domains, lower-cased,
     // not those under a base domain (the wildcard covers them).
-    let mut cli = std::process::Command::new(bin("gateway"));
-    common_env(&mut cli, &s.pg.url());
-    let out = cli
-        .arg("--config")
-        .arg(s.gw.dir.path().join("gateway.toml"))
-        .args(["acme", "status"])
-        .output()
-        .unwrap();
-    let status = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{status}{}", String::from_utf8_lossy(&out.stderr));
+    let status = s.gw.cli(&s.pg.url(), &["acme", "status"]);
     assert!(
         status.contains("ferrari-cars.test") && status.contains("public.test"),
         "{status}"

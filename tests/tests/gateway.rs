@@ -634,18 +634,7 @@ fn django_tenants_preset_fronts_an_existing_database() {
         ),
     )
     .unwrap();
-    let cli = |args: &[&str]| {
-        let mut c = std::process::Command::new(bin("gateway"));
-        common_env(&mut c, &dj.url());
-        let out = c
-            .arg("--config")
-            .arg(gw.dir.path().join("gateway.toml"))
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let cli = |args: &[&str]| gw.cli(&dj.url(), args);
     assert!(cli(&["triggers", "print"]).contains("ON \"tenants_domain\" (lower(domain))"));
     cli(&["triggers", "install"]);
     cli(&["triggers", "install"]); // idempotent

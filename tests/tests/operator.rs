@@ -129,16 +129,7 @@ fn explain_says_what_happens_to_a_host_and_why() {
     assert_eq!(ready.status, 200, "{}", ready.body);
     assert_eq!(ready.json()["database"], true);
     // The CLI speaks to the same API.
-    let mut cli = std::process::Command::new(bin("gateway"));
-    common_env(&mut cli, &s.pg.url());
-    let out = cli
-        .arg("--config")
-        .arg(s.gw.dir.path().join("gateway.toml"))
-        .args(["explain", "mclaren.myapp.localhost"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: Value = serde_json::from_str(&s.gw.cli(&s.pg.url(), &["explain", "mclaren.myapp.localhost"])).unwrap();
     assert_eq!(v["tenant"]["schema"], "mclaren");
 }
 
