@@ -21,7 +21,6 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::{json, Value};
 
-use crate::config::TlsConfig;
 use crate::metrics::Metrics;
 use crate::reload::{Live, Reloader};
 use crate::tenant::cache::{Resolution, TenantCache};
@@ -43,8 +42,6 @@ pub struct Admin {
     /// The landing pool's name (`tenant.landing_pool`), if any.
     pub landing: Option<String>,
     pub certs: Arc<CertStore>,
-    /// The `[tls]` config, for reloads (None without TLS).
-    pub tls: Option<TlsConfig>,
     pub acme: Option<Arc<Acme>>,
 }
 
@@ -294,18 +291,11 @@ impl Admin {
                     }
                 };
                 tracing::info!(?changed, "operator API: config reloaded");
-                let mut files = None;
-                if let Some(tls) = &self.tls {
-                    match crate::tls::files::load_certs(tls) {
-                        Ok((certs, default)) => {
-                            files = Some(certs.len());
-                            self.certs.replace_files(certs, default);
-                            crate::tls::files::publish_cert_metrics(&self.certs, &self.metrics);
-                        }
-                        // A failed reload keeps what is loaded, and says why.
-                        Err(e) => return error(422, "reload_refused", &format!("{e:#}")),
-                    }
-                }
+                let files = match self.reloader.reload_certificates() {
+                    Ok(n) => n,
+                    // A failed reload keeps what is loaded, and says why.
+                    Err(e) => return error(422, "reload_refused", &format!("{e:#}")),
+                };
                 json_reply(
                     200,
                     json!({ "reloaded": "config", "changed": changed, "certificate_files": files }),

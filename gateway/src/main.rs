@@ -71,7 +71,7 @@ enum Command {
         #[arg(long, conflicts_with = "host")]
         all: bool,
     },
-    /// Operator API: reload the certificate files (as SIGHUP).
+    /// Operator API: reload the config's pools, pages and limits, and the certificate files (as SIGHUP).
     Reload,
     /// NOTIFY triggers for a django-tenants database (tenant.preset = "django-tenants").
     #[command(subcommand)]
@@ -293,10 +293,7 @@ struct SideTasks {
     database_url: String,
     channel: String,
     listen_timing: tenant::invalidate::ListenTiming,
-    /// TLS certificate store and its config, for SIGHUP reloads.
-    tls: Option<(Arc<tls::store::CertStore>, config::TlsConfig)>,
     acme: Option<Arc<tls::acme::Acme>>,
-    metrics: Arc<metrics::Metrics>,
 }
 
 #[async_trait]
@@ -330,7 +327,7 @@ impl BackgroundService for SideTasks {
             }
         });
         // SIGHUP: the config (pools, pages, limits) and the certificate files.
-        let (reloader, tls_files, metrics) = (self.reloader.clone(), self.tls.clone(), self.metrics.clone());
+        let reloader = self.reloader.clone();
         match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(mut hup) => {
                 tasks.spawn(async move {
@@ -339,14 +336,9 @@ impl BackgroundService for SideTasks {
                             Ok(changed) => tracing::info!(?changed, "SIGHUP: config reloaded"),
                             Err(e) => tracing::error!(error = %e, "SIGHUP: config reload refused; the running config stays"),
                         }
-                        let Some((store, cfg)) = &tls_files else { continue };
-                        match tls::files::load_certs(cfg) {
-                            Ok((certs, default)) => {
-                                let n = certs.len();
-                                store.replace_files(certs, default);
-                                tls::files::publish_cert_metrics(store, &metrics);
-                                tracing::info!(certificates = n, "SIGHUP: certificates reloaded");
-                            }
+                        match reloader.reload_certificates() {
+                            Ok(Some(n)) => tracing::info!(certificates = n, "SIGHUP: certificates reloaded"),
+                            Ok(None) => {}
                             Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: reload failed; keeping the loaded certificates"),
                         }
                     }
@@ -508,6 +500,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         live.clone(),
         limits.clone(),
         cache.clone(),
+        cfg.tls.listen.map(|_| (cert_store.clone(), metrics.clone())),
     ));
     let gateway = proxy::Gateway {
         cache: cache.clone(),
@@ -575,7 +568,6 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
             base_domains: cfg.tenant.base_domains.clone(),
             landing: cfg.tenant.landing_pool.clone(),
             certs: cert_store.clone(),
-            tls: cfg.tls.listen.map(|_| cfg.tls.clone()),
             acme: acme.clone(),
         },
     );
@@ -597,9 +589,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
                 health_timeout: Duration::from_millis(cfg.database.health_check_timeout_ms),
                 track_lsn: secrets.lookup_url.is_some(),
             },
-            tls: cfg.tls.listen.map(|_| (cert_store.clone(), cfg.tls.clone())),
             acme,
-            metrics,
         },
     ));
     tracing::info!(http = %cfg.listen.http, admin = %cfg.listen.admin, "gateway starting");

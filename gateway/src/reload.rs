@@ -8,6 +8,8 @@
 //!
 //! The request path reads pools, pages and the landing pool from one
 //! [`Live`] snapshot behind an `ArcSwap` (one atomic load per request).
+//! The certificate files of `[tls]` are re-read here too, for SIGHUP and
+//! the API alike.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -16,8 +18,10 @@ use arc_swap::ArcSwap;
 
 use crate::config::{Config, ConfigError};
 use crate::limits::Limits;
+use crate::metrics::Metrics;
 use crate::pages::{PageError, Pages};
 use crate::tenant::cache::TenantCache;
+use crate::tls::store::CertStore;
 use crate::upstream::pool::{Pool, PoolError, Pools};
 
 /// What the request path reads on every request, swapped whole on reload.
@@ -87,6 +91,8 @@ pub struct Reloader {
     cache: Arc<TenantCache>,
     /// The health-check tasks of the pools in effect.
     health: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// Where the `[tls]` certificate files go (None without TLS).
+    certs: Option<(Arc<CertStore>, Arc<Metrics>)>,
 }
 
 impl Reloader {
@@ -96,6 +102,7 @@ impl Reloader {
         live: Arc<ArcSwap<Live>>,
         limits: Arc<Limits>,
         cache: Arc<TenantCache>,
+        certs: Option<(Arc<CertStore>, Arc<Metrics>)>,
     ) -> Reloader {
         Reloader {
             path,
@@ -104,7 +111,22 @@ impl Reloader {
             limits,
             cache,
             health: Mutex::new(Vec::new()),
+            certs,
         }
+    }
+
+    /// Re-read the `[tls]` certificate files of the running config; how many
+    /// were loaded (None without TLS). A failure keeps the loaded set.
+    pub fn reload_certificates(&self) -> anyhow::Result<Option<usize>> {
+        let Some((store, metrics)) = &self.certs else {
+            return Ok(None);
+        };
+        let tls = self.running.lock().unwrap_or_else(|p| p.into_inner()).tls.clone();
+        let (certs, default) = crate::tls::files::load_certs(&tls)?;
+        let n = certs.len();
+        store.replace_files(certs, default);
+        crate::tls::files::publish_cert_metrics(store, metrics);
+        Ok(Some(n))
     }
 
     /// (Re)start the health checks of the pools in effect, on the current runtime.
