@@ -18,18 +18,7 @@ struct Stack {
 }
 
 fn stack(extra: &str) -> Stack {
-    let pg = Postgres::start().unwrap();
-    two_tenants(&pg);
-    let apps = vec![
-        UpstreamApp::start(&pg.url(), "").unwrap(),
-        UpstreamApp::start(&pg.url(), "").unwrap(),
-    ];
-    let pools = pools_toml(&[("default", &[apps[0].port, apps[1].port])]);
-    let gw = Gateway::start(
-        &pg.url(),
-        &format!("[tenant]\nbase_domains = [\"myapp.localhost\"]\n{extra}\n{pools}"),
-    )
-    .unwrap();
+    let (pg, apps, gw) = two_tenant_stack(extra);
     Stack {
         pg,
         apps,
@@ -535,7 +524,7 @@ fn sigterm_drains_in_flight_requests() {
             .send()
     });
     wait_until("slow request reached a backend", Duration::from_secs(10), || {
-        s.apps.iter().any(|a| a.proc_.log().contains("slow request started"))
+        slow_requests_started(&s.apps) >= 1
     })
     .unwrap();
     s.gw.proc_.signal("TERM");

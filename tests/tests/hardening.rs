@@ -458,7 +458,7 @@ fn sigterm_closes_websockets_with_1001_and_ends_keep_alive_politely() {
             .send()
     });
     wait_until("slow request reached a backend", Duration::from_secs(10), || {
-        s.apps.iter().any(|a| a.proc_.log().contains("slow request started"))
+        slow_requests_started(&s.apps) >= 1
     })
     .unwrap();
     s.gw.proc_.signal("TERM");

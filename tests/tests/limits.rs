@@ -17,18 +17,7 @@ struct Stack {
 }
 
 fn stack(limits: &str) -> Stack {
-    let pg = Postgres::start().unwrap();
-    two_tenants(&pg);
-    let apps = vec![
-        UpstreamApp::start(&pg.url(), "").unwrap(),
-        UpstreamApp::start(&pg.url(), "").unwrap(),
-    ];
-    let pools = pools_toml(&[("default", &[apps[0].port, apps[1].port])]);
-    let gw = Gateway::start(
-        &pg.url(),
-        &format!("[tenant]\nbase_domains = [\"myapp.localhost\"]\n{limits}\n{pools}"),
-    )
-    .unwrap();
+    let (pg, apps, gw) = two_tenant_stack(limits);
     Stack { pg, apps, gw }
 }
 
@@ -172,11 +161,7 @@ fn the_concurrency_cap_holds_under_a_slow_backend() {
         .collect();
     // Meanwhile the other tenant is not held up by ferrari's cap.
     wait_until("slow requests at the backends", Duration::from_secs(10), || {
-        s.apps
-            .iter()
-            .map(|a| a.proc_.log().matches("slow request started").count())
-            .sum::<usize>()
-            >= 2
+        slow_requests_started(&s.apps) >= 2
     })
     .unwrap();
     let client = http::client();
@@ -192,11 +177,7 @@ fn the_concurrency_cap_holds_under_a_slow_backend() {
         "503 without Retry-After: {results:?}"
     );
     // The backends never saw more than the cap: exactly the served ones started.
-    let started: usize = s
-        .apps
-        .iter()
-        .map(|a| a.proc_.log().matches("slow request started").count())
-        .sum();
+    let started = slow_requests_started(&s.apps);
     assert_eq!(started, 2);
     let m = s.gw.scrape().unwrap();
     assert_eq!(

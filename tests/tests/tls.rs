@@ -339,11 +339,7 @@ fn sigterm_completes_in_flight_requests_on_open_tls_connections() {
     let h1 = spawn(&["http/1.1"], "/slow/1500");
     let h2 = spawn(&["h2"], "/slow/1600");
     wait_until("both slow requests reached backends", Duration::from_secs(10), || {
-        s.apps
-            .iter()
-            .map(|a| a.proc_.log().matches("slow request started").count())
-            .sum::<usize>()
-            >= 2
+        slow_requests_started(&s.apps) >= 2
     })
     .unwrap();
     let t = Instant::now();
