@@ -11,7 +11,15 @@
 //! - `POST /api/v1/purge?host=H` or `?all=1`: forget cached answers;
 //! - `GET  /api/v1/certs`: every loaded certificate and its expiry;
 //! - `POST /api/v1/certs/renew?name=N`: force an ACME renewal;
-//! - `POST /api/v1/reload`: reload the certificate files (as SIGHUP).
+//! - `POST /api/v1/reload`: reload the certificate files (as SIGHUP);
+//! - custom hostnames (with `custom_domains.verification = "required"`):
+//!   `POST /api/v1/hostnames?name=N&tenant=T[&method=txt|http|cname][&preverified=1]`
+//!   claims a name and answers the verification instructions;
+//!   `GET /api/v1/hostnames[?status=S]` lists claims;
+//!   `GET /api/v1/hostnames/status?name=N` shows one (claim, instructions,
+//!   certificate, history); `POST /api/v1/hostnames/retry?name=N` checks
+//!   again now; `POST /api/v1/hostnames/remove?name=N` (or `DELETE
+//!   /api/v1/hostnames?name=N`) removes it.
 
 use std::sync::Arc;
 
@@ -43,6 +51,17 @@ pub struct Admin {
     pub landing: Option<String>,
     pub certs: Arc<CertStore>,
     pub acme: Option<Arc<Acme>>,
+    /// Custom-hostname claims (None: verification is off).
+    pub hostnames: Option<HostnamesApi>,
+}
+
+/// What the hostname endpoints need.
+pub struct HostnamesApi {
+    pub store: crate::hostnames::store::Store,
+    pub cfg: crate::hostnames::settings::CustomDomainsConfig,
+    /// The schema is prepared before the first claim is touched (the
+    /// checkers prepare it too, in the background, at start-up).
+    pub schema: tokio::sync::OnceCell<()>,
 }
 
 fn reply(status: u16, ctype: &str, body: String) -> Response<Vec<u8>> {
@@ -103,6 +122,7 @@ fn status_name(s: Status) -> &'static str {
         Status::Active => "active",
         Status::Suspended => "suspended",
         Status::Deleted => "deleted",
+        Status::Unverified => "unverified",
     }
 }
 
@@ -189,6 +209,9 @@ impl Admin {
                         Status::Active => format!("unavailable (503): pool {pool} is not configured"),
                         Status::Suspended => "suspended (403)".into(),
                         Status::Deleted => "deleted (404 or 410)".into(),
+                        Status::Unverified => {
+                            "unverified (404): custom hostname without an active claim of this tenant".into()
+                        }
                     };
                     (answer, Some(pool))
                 }
@@ -301,7 +324,70 @@ impl Admin {
                     json!({ "reloaded": "config", "changed": changed, "certificate_files": files }),
                 )
             }
+            (m, p) if p == "/api/v1/hostnames" || p.starts_with("/api/v1/hostnames/") => {
+                self.hostnames(m, p, query).await
+            }
             _ => error(404, "not_found", "unknown operator API endpoint"),
+        }
+    }
+
+    async fn hostnames(&self, method: &Method, path: &str, query: Option<&str>) -> Response<Vec<u8>> {
+        let Some(h) = &self.hostnames else {
+            return error(
+                404,
+                "verification_off",
+                "custom hostname claims are off (custom_domains.verification = \"none\")",
+            );
+        };
+        let prepared = h.schema.get_or_try_init(|| crate::schema::migrate(h.store.db())).await;
+        if let Err(e) = prepared {
+            return error(
+                503,
+                "database",
+                &format!("cannot prepare the tenant_gateway schema: {e}"),
+            );
+        }
+        let ops = crate::hostnames::ops::Ops {
+            store: &h.store,
+            cfg: &h.cfg,
+            base_domains: &self.base_domains,
+            strip_www: self.strip_www,
+        };
+        let name = query_param(query, "name");
+        let need_name = || error(400, "missing_name", "give ?name=HOSTNAME");
+        let result = match (method, path) {
+            (&Method::GET, "/api/v1/hostnames") => ops.list(query_param(query, "status").as_deref()).await,
+            (&Method::POST, "/api/v1/hostnames") => {
+                let (Some(name), Some(tenant)) = (name, query_param(query, "tenant")) else {
+                    return error(400, "missing_argument", "give ?name=HOSTNAME&tenant=SCHEMA");
+                };
+                let method = match query_param(query, "method") {
+                    None => None,
+                    Some(m) => match crate::hostnames::policy::Method::parse(&m) {
+                        Some(m) => Some(m),
+                        None => return error(400, "bad_method", "method is one of txt, http, cname"),
+                    },
+                };
+                let preverified = query_param(query, "preverified").is_some_and(|v| v == "1" || v == "true");
+                ops.add(&name, &tenant, method, preverified, "api").await
+            }
+            (&Method::GET, "/api/v1/hostnames/status") => match name {
+                Some(n) => ops.status(&n).await,
+                None => return need_name(),
+            },
+            (&Method::POST, "/api/v1/hostnames/retry") => match name {
+                Some(n) => ops.retry(&n, "api").await,
+                None => return need_name(),
+            },
+            (&Method::POST, "/api/v1/hostnames/remove") | (&Method::DELETE, "/api/v1/hostnames") => match name {
+                Some(n) => ops.remove(&n, "api").await,
+                None => return need_name(),
+            },
+            _ => return error(404, "not_found", "unknown operator API endpoint"),
+        };
+        match result {
+            Ok(v) => json_reply(200, v),
+            Err(e) => error(e.http_status(), "hostnames", &e.to_string()),
         }
     }
 }

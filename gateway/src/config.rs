@@ -40,6 +40,8 @@ pub struct Config {
     pub acme: AcmeConfig,
     pub limits: LimitsConfig,
     pub admin: AdminConfig,
+    /// Custom hostnames: ownership verification before routing.
+    pub custom_domains: crate::hostnames::settings::CustomDomainsConfig,
     /// Named backend pools; `default` is required.
     pub pools: BTreeMap<String, PoolConfig>,
 }
@@ -292,6 +294,9 @@ pub struct AcmeConfig {
     pub orders_per_domain_per_week: u32,
     /// Orders this gateway runs at once; further names wait for a slot.
     pub max_concurrent_orders: u32,
+    /// How long a retired certificate (its name removed: no longer
+    /// presented) stays stored before it is deleted.
+    pub removed_certificate_grace_secs: u64,
 }
 
 impl Default for AcmeConfig {
@@ -312,6 +317,7 @@ impl Default for AcmeConfig {
             orders_per_hour: 50,
             orders_per_domain_per_week: 20,
             max_concurrent_orders: 4,
+            removed_certificate_grace_secs: 86_400,
         }
     }
 }
@@ -634,6 +640,7 @@ pub const PAGE_KINDS: &[&str] = &[
     "gateway_timeout",
     "misconfigured",
     "rate_limited",
+    "unverified",
     "busy",
 ];
 
@@ -882,6 +889,9 @@ impl Config {
         }
         self.validate_tls()?;
         self.validate_acme()?;
+        if let Some(first) = self.custom_domains.problems().into_iter().next() {
+            return Err(first);
+        }
         self.validate_limits()?;
         if self.metrics.max_tenant_labels == 0 {
             return Err(invalid("metrics.max_tenant_labels", "must be at least 1"));

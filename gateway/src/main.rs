@@ -9,12 +9,14 @@ mod admin;
 mod admin_client;
 mod config;
 mod conn;
+mod hostnames;
 mod limits;
 mod metrics;
 mod pages;
 mod proxy;
 mod reload;
 mod route;
+mod schema;
 mod sys;
 mod tenant;
 mod tls;
@@ -76,6 +78,37 @@ enum Command {
     /// NOTIFY triggers for a django-tenants database (tenant.preset = "django-tenants").
     #[command(subcommand)]
     Triggers(TriggersCmd),
+    /// Custom hostnames: claims, ownership verification, removal (needs the config's database).
+    #[command(subcommand)]
+    Hostnames(HostnamesCmd),
+}
+
+#[derive(Subcommand)]
+enum HostnamesCmd {
+    /// Claim NAME for a tenant and print what its owner must publish.
+    Add {
+        name: String,
+        /// The tenant's schema name.
+        #[arg(long)]
+        tenant: String,
+        /// txt, http or cname (default: the first of custom_domains.methods).
+        #[arg(long)]
+        method: Option<String>,
+        /// The operator vouches for the name: no check (logged).
+        #[arg(long)]
+        preverified: bool,
+    },
+    /// A claim's status, instructions, certificate and history.
+    Status { name: String },
+    /// Every claim (optionally of one status).
+    List {
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Check again now (a failed or expired claim gets a new window).
+    Retry { name: String },
+    /// Remove a claim: unrouted and its certificate retired at once on every gateway.
+    Remove { name: String },
 }
 
 #[derive(Subcommand)]
@@ -144,6 +177,7 @@ fn main() -> ExitCode {
         Command::Run => run(&cli.config, cli.upgrade),
         Command::Certs(cmd) => certs(cmd),
         Command::Acme(cmd) => acme_cmd(&cli.config, cmd),
+        Command::Hostnames(cmd) => hostnames_cmd(&cli.config, cmd),
         Command::Triggers(cmd) => triggers_cmd(&cli.config, cmd),
         Command::Explain { host } => api_cmd(&cli.config, "GET", "/api/v1/explain", &[("host", &host)]),
         Command::Purge { host: Some(h), .. } => api_cmd(&cli.config, "POST", "/api/v1/purge", &[("host", &h)]),
@@ -207,6 +241,63 @@ fn acme_cmd(path: &std::path::Path, cmd: AcmeCmd) -> anyhow::Result<()> {
         }
         Ok(())
     })
+}
+
+fn hostnames_cmd(path: &std::path::Path, cmd: HostnamesCmd) -> anyhow::Result<()> {
+    let cfg = Config::load(path)?;
+    let secrets = cfg.secrets()?;
+    if !cfg.custom_domains.required() {
+        eprintln!(
+            "note: custom_domains.verification = \"none\": claims are recorded but routing does not consult them"
+        );
+    }
+    let actor = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let v = rt.block_on(async {
+        let db = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_millis(cfg.database.connect_timeout_ms.max(2000)))
+            .connect(&secrets.database_url)
+            .await
+            .context("cannot connect to PostgreSQL")?;
+        schema::migrate(&db)
+            .await
+            .context("preparing the tenant_gateway schema")?;
+        let store = hostnames::store::Store::new(db, &cfg.tenant.notify_channel);
+        let ops = hostnames::ops::Ops {
+            store: &store,
+            cfg: &cfg.custom_domains,
+            base_domains: &cfg.tenant.base_domains,
+            strip_www: cfg.strip_www(),
+        };
+        let v = match cmd {
+            HostnamesCmd::Add {
+                name,
+                tenant,
+                method,
+                preverified,
+            } => {
+                let method = method
+                    .map(|m| {
+                        hostnames::policy::Method::parse(&m)
+                            .filter(|m| *m != hostnames::policy::Method::Operator)
+                            .ok_or_else(|| anyhow::anyhow!("--method: one of txt, http, cname"))
+                    })
+                    .transpose()?;
+                ops.add(&name, &tenant, method, preverified, &actor).await?
+            }
+            HostnamesCmd::Status { name } => ops.status(&name).await?,
+            HostnamesCmd::List { status } => ops.list(status.as_deref()).await?,
+            HostnamesCmd::Retry { name } => ops.retry(&name, &actor).await?,
+            HostnamesCmd::Remove { name } => ops.remove(&name, &actor).await?,
+        };
+        anyhow::Ok(v)
+    })?;
+    if let Some(summary) = v["instructions"]["summary"].as_str() {
+        eprintln!("{summary}");
+    }
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
 }
 
 fn api_cmd(path: &std::path::Path, method: &str, api: &str, params: &[(&str, &str)]) -> anyhow::Result<()> {
@@ -294,6 +385,8 @@ struct SideTasks {
     channel: String,
     listen_timing: tenant::invalidate::ListenTiming,
     acme: Option<Arc<tls::acme::Acme>>,
+    /// The custom-hostname checkers and their database (verification on).
+    hostnames: Option<(Arc<hostnames::worker::Worker>, sqlx::PgPool)>,
 }
 
 #[async_trait]
@@ -309,15 +402,27 @@ impl BackgroundService for SideTasks {
                 limits.sweep();
             }
         });
+        let on_change = self
+            .acme
+            .clone()
+            .map(|acme| Arc::new(move |names: Vec<String>| acme.names_changed(names)) as tenant::invalidate::OnChange);
         tasks.spawn(tenant::invalidate::run(
             self.database_url.clone(),
             self.channel.clone(),
             self.cache.clone(),
             self.listen_timing,
+            on_change,
         ));
         self.reloader.start_health_checks();
         if let Some(acme) = &self.acme {
             tasks.spawn(acme.clone().run());
+        }
+        if let Some((worker, db)) = &self.hostnames {
+            let (worker, db) = (worker.clone(), db.clone());
+            tasks.spawn(async move {
+                schema::migrate_until_done(&db, Duration::from_secs(10)).await;
+                worker.run().await;
+            });
         }
         let lookup = self.lookup.clone();
         tasks.spawn(async move {
@@ -394,6 +499,10 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
             )
             .context("config key `database.url_env`")?,
         None => lookup,
+    };
+    let lookup = match cfg.custom_domains.required() {
+        true => lookup.with_claims(&cfg.tenant.base_domains),
+        false => lookup,
     };
     let lookup = Arc::new(lookup);
     let cache = Arc::new(TenantCache::new(
@@ -494,6 +603,28 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         None
     };
 
+    let hostnames = if cfg.custom_domains.required() {
+        let opts: sqlx::postgres::PgConnectOptions =
+            secrets.database_url.parse().context("config key `database.url_env`")?;
+        let connect = Duration::from_millis(cfg.database.connect_timeout_ms);
+        let db = tenant::lookup::lazy_pool(opts.clone().application_name("tenant-gateway-hostnames"), 4, connect);
+        let listen_db = tenant::lookup::lazy_pool(opts.application_name("tenant-gateway-hostnames-listen"), 1, connect);
+        let checker =
+            hostnames::check::Checker::new(&cfg.custom_domains).context("config key `custom_domains.resolver`")?;
+        let store = hostnames::store::Store::new(db.clone(), &cfg.tenant.notify_channel);
+        let worker = Arc::new(hostnames::worker::Worker::new(
+            store.clone(),
+            listen_db,
+            checker,
+            cfg.custom_domains.clone(),
+            cfg.lookup_query(),
+            metrics.clone(),
+        ));
+        Some((worker, db, store))
+    } else {
+        None
+    };
+
     let reloader = Arc::new(reload::Reloader::new(
         path.to_path_buf(),
         cfg.clone(),
@@ -569,6 +700,11 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
             landing: cfg.tenant.landing_pool.clone(),
             certs: cert_store.clone(),
             acme: acme.clone(),
+            hostnames: hostnames.as_ref().map(|(_, _, store)| admin::HostnamesApi {
+                store: store.clone(),
+                cfg: cfg.custom_domains.clone(),
+                schema: tokio::sync::OnceCell::new(),
+            }),
         },
     );
     admin.add_tcp(&cfg.listen.admin.to_string());
@@ -590,6 +726,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
                 track_lsn: secrets.lookup_url.is_some(),
             },
             acme,
+            hostnames: hostnames.map(|(worker, db, _)| (worker, db)),
         },
     ));
     tracing::info!(http = %cfg.listen.http, admin = %cfg.listen.admin, "gateway starting");

@@ -24,6 +24,8 @@ pub enum PageKind {
     RateLimited,
     /// The tenant's requests in flight stayed at its cap.
     Busy,
+    /// A custom hostname whose ownership is not verified (yet).
+    Unverified,
 }
 
 impl PageKind {
@@ -40,10 +42,11 @@ impl PageKind {
             PageKind::Misconfigured => "misconfigured",
             PageKind::RateLimited => "rate_limited",
             PageKind::Busy => "busy",
+            PageKind::Unverified => "unverified",
         }
     }
 
-    fn all() -> [PageKind; 11] {
+    fn all() -> [PageKind; 12] {
         [
             PageKind::BadRequest,
             PageKind::NotFound,
@@ -56,6 +59,7 @@ impl PageKind {
             PageKind::Misconfigured,
             PageKind::RateLimited,
             PageKind::Busy,
+            PageKind::Unverified,
         ]
     }
 
@@ -81,6 +85,7 @@ impl PageKind {
                 "Service busy",
                 "This site is handling too many requests at once; please retry shortly.",
             ),
+            PageKind::Unverified => ("Not found", "No site is served for this host yet."),
         }
     }
 }
@@ -121,6 +126,7 @@ impl Pages {
                 PageKind::Misconfigured => 503,
                 PageKind::RateLimited => 429,
                 PageKind::Busy => 503,
+                PageKind::Unverified => 404,
             };
             let (title, text) = kind.default_text();
             let mut html = Bytes::from(format!(

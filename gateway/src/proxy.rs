@@ -393,6 +393,11 @@ impl ProxyHttp for Gateway {
             Resolution::Unavailable => return self.respond(session, ctx, PageKind::Unavailable).await,
             Resolution::Misconfigured => return self.respond(session, ctx, PageKind::Misconfigured).await,
         };
+        // A custom hostname without an active claim of this tenant is not
+        // the tenant's (yet): no redirect, no tenant attribution.
+        if tenant.status == Status::Unverified {
+            return self.respond(session, ctx, PageKind::Unverified).await;
+        }
         // Plain HTTP is redirected only for hosts we serve: no open redirect.
         if let Some(port) = redirect {
             // Counted like before the lookup existed: not as a tenant's request.
@@ -418,6 +423,7 @@ impl ProxyHttp for Gateway {
                 ctx.tenant = Some(tenant);
                 return self.respond(session, ctx, PageKind::Deleted).await;
             }
+            Status::Unverified => return self.respond(session, ctx, PageKind::Unverified).await,
         }
         // A pinned tenant goes to its pool and nowhere else.
         let pool = match tenant.pool() {

@@ -57,6 +57,12 @@ pub struct Metrics {
     pub websocket_closes: IntCounter,
     /// Lookups sent to the primary because the replica lagged behind a NOTIFY.
     pub lookup_primary_fallbacks: IntCounter,
+    /// Custom-hostname claims by status (the whole fleet's, from the database).
+    pub hostnames: IntGaugeVec,
+    /// Age of the oldest pending claim (0: none pending).
+    pub hostnames_oldest_pending_seconds: IntGauge,
+    /// Ownership checks this gateway ran, by method and result.
+    pub hostname_checks: IntCounterVec,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -206,6 +212,28 @@ impl Metrics {
                 "ACME scans for missing, expiring or due certificates.",
             ),
             acme_orders,
+            hostnames: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tenant_gateway_custom_hostnames",
+                        "Custom-hostname claims by status (pending, verified, active, failed, expired, removed), fleet-wide.",
+                    ),
+                    &["status"],
+                )
+                .expect("valid metric"),
+            ),
+            hostnames_oldest_pending_seconds: gauge(
+                &r,
+                "tenant_gateway_custom_hostnames_oldest_pending_seconds",
+                "Age of the oldest pending custom-hostname claim (0 when none is pending).",
+            ),
+            hostname_checks: counter_vec(
+                &r,
+                "tenant_gateway_custom_hostname_checks_total",
+                "Ownership checks run by this gateway, by method and result (proven, not_yet, other_proof).",
+                &["method", "result"],
+            ),
             acme_orders_in_progress: gauge(
                 &r,
                 "tenant_gateway_acme_orders_in_progress",

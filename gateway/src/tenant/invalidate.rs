@@ -63,6 +63,7 @@ async fn listen(
     cache: &TenantCache,
     timing: ListenTiming,
     primary: Option<&PgPool>,
+    on_change: Option<&OnChange>,
 ) -> Lost {
     let mut probe = tokio::time::interval(timing.health_interval);
     probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -90,6 +91,9 @@ async fn listen(
                             }
                         }
                         cache.invalidate(names.iter().map(String::as_str));
+                        if let Some(f) = on_change {
+                            f(names);
+                        }
                     }
                     Err(_) => {
                         tracing::warn!(payload = n.payload(), "tenant invalidation: unexpected payload; clearing cache");
@@ -111,7 +115,17 @@ async fn listen(
     }
 }
 
-pub async fn run(url: String, channel: String, cache: Arc<TenantCache>, timing: ListenTiming) {
+/// Called with the names of every NOTIFY after the cache dropped them (the
+/// certificate side acts on domain changes through it).
+pub type OnChange = Arc<dyn Fn(Vec<String>) + Send + Sync>;
+
+pub async fn run(
+    url: String,
+    channel: String,
+    cache: Arc<TenantCache>,
+    timing: ListenTiming,
+    on_change: Option<OnChange>,
+) {
     let metrics = || cache.metrics();
     let primary = match timing.track_lsn {
         true => PgPoolOptions::new()
@@ -151,7 +165,7 @@ pub async fn run(url: String, channel: String, cache: Arc<TenantCache>, timing: 
         metrics().invalidation_connected.set(1);
         metrics().database_up.set(1);
         tracing::info!(channel = %channel, "tenant invalidation: listening");
-        let lost = listen(&mut listener, &cache, timing, primary.as_ref()).await;
+        let lost = listen(&mut listener, &cache, timing, primary.as_ref(), on_change.as_ref()).await;
         cache.set_listener_up(false);
         metrics().invalidation_connected.set(0);
         metrics().database_up.set(0);

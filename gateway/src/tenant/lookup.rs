@@ -24,6 +24,7 @@ use sqlx::{Column, Executor, PgPool, Row, Statement};
 
 use super::cache::TenantSource;
 use super::{Status, Tenant};
+use crate::hostnames::policy::HostnameStatus;
 use crate::limits::{Limits, Overrides};
 
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +100,26 @@ pub struct Lookup {
     replica: Option<Arc<Replica>>,
     /// Named prepared statements (off behind a transaction-mode pooler).
     prepared: bool,
+    /// Custom hostnames need an active claim (`custom_domains.verification`).
+    claims: Option<Arc<Claims>>,
     rt: &'static tokio::runtime::Runtime,
+}
+
+/// The lookup of a custom hostname also reads its claim, in the same query.
+struct Claims {
+    /// `SELECT claim status, claim tenant, <lookup columns> ...`.
+    query: Arc<str>,
+    base_domains: Vec<String>,
+}
+
+/// The lookup query with the host's claim in front of its columns. The
+/// configured query stays a subquery, so any query works unchanged.
+pub fn with_claim_columns(query: &str) -> String {
+    let inner = query.trim().trim_end_matches(';');
+    format!(
+        "SELECT h.status, h.tenant, q.* FROM ({inner}) q \
+         LEFT JOIN tenant_gateway.custom_hostnames h ON h.name = $1"
+    )
 }
 
 /// The replica side of lookups.
@@ -147,6 +167,7 @@ impl Lookup {
             metrics: None,
             replica: None,
             prepared: true,
+            claims: None,
             rt,
         })
     }
@@ -179,6 +200,16 @@ impl Lookup {
 
     /// Unnamed statements instead of named prepared ones (a transaction-mode
     /// pooler such as PgBouncer before 1.21 cannot keep prepared statements).
+    /// Custom hostnames (outside `base_domains`) route only with an active
+    /// claim of the row's tenant.
+    pub fn with_claims(mut self, base_domains: &[String]) -> Lookup {
+        self.claims = Some(Arc::new(Claims {
+            query: with_claim_columns(&self.query).into(),
+            base_domains: base_domains.to_vec(),
+        }));
+        self
+    }
+
     pub fn with_prepared_statements(mut self, prepared: bool) -> Lookup {
         self.prepared = prepared;
         self
@@ -229,7 +260,13 @@ impl TenantSource for Lookup {
     /// table. Dropping the future (the cache's deadline) aborts the query, so
     /// a stuck query gives its pooled connection back.
     async fn find(&self, host: &str, fresh_as_of: u64) -> Result<Option<Tenant>, LookupError> {
-        let (pool, query, name) = (self.pool.clone(), self.query.clone(), host.to_owned());
+        let claimed = self
+            .claims
+            .as_ref()
+            .filter(|c| crate::hostnames::needs_claim(host, &c.base_domains));
+        let query = claimed.map_or_else(|| self.query.clone(), |c| c.query.clone());
+        let claimed = claimed.is_some();
+        let (pool, name) = (self.pool.clone(), host.to_owned());
         let (public, limits, replica) = (self.public_schema.clone(), self.limits.clone(), self.replica.clone());
         let metrics = self.metrics.clone();
         let prepared = self.prepared;
@@ -238,7 +275,7 @@ impl TenantSource for Lookup {
                 Some(r) => r.pool_for(pool, fresh_as_of).await,
                 None => pool,
             };
-            let found = find_on(&pool, &query, &name, public.as_deref(), prepared).await?;
+            let found = find_on(&pool, &query, &name, public.as_deref(), prepared, claimed).await?;
             Ok(found.map(|(tenant, overrides)| {
                 let limiter = limits.as_ref().and_then(|l| l.limiter(tenant.schema(), overrides));
                 let tenant = tenant.with_limiter(limiter);
@@ -315,6 +352,7 @@ async fn find_on(
     host: &str,
     public: Option<&str>,
     prepared: bool,
+    claimed: bool,
 ) -> Result<Option<(Tenant, Overrides)>, LookupError> {
     let fetch = || sqlx::query(query).persistent(prepared).bind(host).fetch_optional(pool);
     let row = match fetch().await {
@@ -331,25 +369,39 @@ async fn find_on(
         host: host.to_owned(),
         reason,
     };
-    let schema: String = row.try_get(0).map_err(|e| bad(e.to_string()))?;
+    // With claims, the claim's status and tenant come first.
+    let at = if claimed { 2 } else { 0 };
+    let columns = row.len() - at;
+    let schema: String = row.try_get(at).map_err(|e| bad(e.to_string()))?;
     acceptable_schema(&schema, public).map_err(|e| bad(format!("schema `{schema}`: {e}")))?;
-    let status: String = row.try_get(1).map_err(|e| bad(e.to_string()))?;
-    let status = match status.as_str() {
+    let status: String = row.try_get(at + 1).map_err(|e| bad(e.to_string()))?;
+    let mut status = match status.as_str() {
         "active" => Status::Active,
         "suspended" => Status::Suspended,
         "deleted" => Status::Deleted,
         other => return Err(bad(format!("unknown status `{other}`"))),
     };
-    let pool: Option<String> = if row.len() > 2 {
-        row.try_get(2).map_err(|e| bad(e.to_string()))?
+    if claimed {
+        let claim_status: Option<String> = row.try_get(0).map_err(|e| bad(e.to_string()))?;
+        let claim_tenant: Option<String> = row.try_get(1).map_err(|e| bad(e.to_string()))?;
+        let claim = claim_status
+            .as_deref()
+            .and_then(HostnameStatus::parse)
+            .zip(claim_tenant.as_deref());
+        if !crate::hostnames::policy::routes(&schema, claim) {
+            status = Status::Unverified;
+        }
+    }
+    let pool: Option<String> = if columns > 2 {
+        row.try_get(at + 2).map_err(|e| bad(e.to_string()))?
     } else {
         None
     };
     let limit = |i: usize| -> Result<Option<u32>, LookupError> {
-        if row.len() <= i {
+        if columns <= i {
             return Ok(None);
         }
-        let v: Option<i32> = row.try_get(i).map_err(|e| bad(e.to_string()))?;
+        let v: Option<i32> = row.try_get(at + i).map_err(|e| bad(e.to_string()))?;
         v.map(|v| u32::try_from(v).map_err(|_| bad(format!("limit column {} is negative", i + 1))))
             .transpose()
     };

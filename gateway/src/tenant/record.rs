@@ -16,6 +16,9 @@ pub enum Status {
     Active,
     Suspended,
     Deleted,
+    /// A custom hostname whose claim is not active for this tenant
+    /// (`hostnames::policy::routes`): not routed, no certificate.
+    Unverified,
 }
 
 /// What the domain table says about a host. Shared by `Arc`: the request

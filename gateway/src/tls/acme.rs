@@ -75,10 +75,8 @@ use crate::metrics::Metrics;
 use crate::tenant::cache::{Resolution, TenantCache};
 use crate::tenant::Status;
 
-const MIGRATION: &str = include_str!("../../migrations/0001_acme.sql");
 const CERTS_CHANNEL: &str = "tenant_gateway_certs";
 const RENEW_CHANNEL: &str = "tenant_gateway_acme";
-const MIGRATION_LOCK: i64 = 0x7467_6163_6d65; // "tgacme"
 /// Connections of the challenge-answer pool.
 const ANSWER_CONNECTIONS: u32 = 2;
 /// Bound on one database step of order work (a query or a short transaction).
@@ -363,11 +361,7 @@ impl Acme {
 
     /// Create the gateway's schema (idempotent, serialised across the fleet).
     pub async fn migrate(db: &PgPool) -> Result<(), AcmeError> {
-        // One multi-statement simple query runs as one implicit transaction,
-        // so the advisory lock serialises concurrent gateways.
-        let script = format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK});\n{MIGRATION}");
-        sqlx::raw_sql(&script).execute(db).await?;
-        Ok(())
+        Ok(crate::schema::migrate(db).await?)
     }
 
     /// The guard: in the domain table, tenant active, not under a base domain.
@@ -480,12 +474,18 @@ impl Acme {
     async fn load_one(&self, name: &str) -> Result<Option<Arc<Cert>>, AcmeError> {
         let row = bounded(
             "loading a certificate",
-            sqlx::query("SELECT chain_pem, key_enc FROM tenant_gateway.certificates WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.db),
+            sqlx::query(
+                "SELECT chain_pem, key_enc, removed_at IS NOT NULL FROM tenant_gateway.certificates WHERE name = $1",
+            )
+            .bind(name)
+            .fetch_optional(&self.db),
         )
         .await?;
         let Some(row) = row else { return Ok(None) };
+        if row.try_get::<bool, _>(2)? {
+            self.unpresent(name);
+            return Ok(None);
+        }
         let chain: String = row.try_get(0)?;
         let key_enc: Vec<u8> = row.try_get(1)?;
         let key = self.seal.open(&format!("cert:{name}"), &key_enc)?;
@@ -495,10 +495,86 @@ impl Acme {
         Ok(self.store.issued(name))
     }
 
+    /// Stop presenting a name's issued certificate in this gateway.
+    fn unpresent(&self, name: &str) {
+        if self.store.remove_issued(name) {
+            let _ = self.metrics.cert_expiry.remove_label_values(&[name]);
+            tracing::info!(name, "ACME: certificate retired; no longer presented");
+        }
+    }
+
+    /// Whether `name` is still served (routed to a tenant in any state):
+    /// `None` when the database cannot tell.
+    async fn served(&self, name: &str) -> Option<bool> {
+        match self.cache.resolve(name).await {
+            Resolution::Found(t) => Some(t.status != Status::Unverified),
+            Resolution::NotFound => Some(false),
+            Resolution::Unavailable | Resolution::Misconfigured => None,
+        }
+    }
+
+    /// Names whose domain rows or claims changed (called after the tenant
+    /// cache dropped them): a presented certificate of a name no longer
+    /// served is retired fleet-wide; a name that needs one gets an attempt.
+    pub fn names_changed(self: &Arc<Self>, names: Vec<String>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            for name in names {
+                if me.base_domains.iter().any(|b| tenancy::is_under(&name, b)) {
+                    continue;
+                }
+                if me.store.issued(&name).is_some() && me.served(&name).await == Some(false) {
+                    if let Err(e) = me.retire(&name).await {
+                        tracing::error!(name, error = %e, "ACME: cannot retire the certificate of a removed name");
+                    }
+                } else {
+                    me.spawn_attempt(name, false);
+                }
+            }
+        });
+    }
+
+    /// Retire a name's stored certificate: the update NOTIFYs every gateway,
+    /// which drop it; its material is deleted after the grace period.
+    async fn retire(&self, name: &str) -> Result<(), AcmeError> {
+        self.unpresent(name);
+        bounded(
+            "retiring a certificate",
+            sqlx::query(
+                "UPDATE tenant_gateway.certificates SET removed_at = now() WHERE name = $1 AND removed_at IS NULL",
+            )
+            .bind(name)
+            .execute(&self.db),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Delete certificates retired longer than `removed_certificate_grace_secs`.
+    async fn delete_retired(&self) -> Result<(), AcmeError> {
+        let deleted: Vec<String> = bounded(
+            "deleting retired certificates",
+            sqlx::query_scalar(
+                "WITH gone AS (DELETE FROM tenant_gateway.certificates
+                                WHERE removed_at < now() - make_interval(secs => $1) RETURNING name)
+                 DELETE FROM tenant_gateway.acme_names n USING gone WHERE n.name = gone.name AND n.lease_owner IS NULL
+                 RETURNING n.name",
+            )
+            .bind(self.cfg.removed_certificate_grace_secs as f64)
+            .fetch_all(&self.db),
+        )
+        .await?;
+        if !deleted.is_empty() {
+            tracing::info!(names = ?deleted, "ACME: retired certificates deleted after the grace period");
+        }
+        Ok(())
+    }
+
     async fn load_all(&self) -> Result<usize, AcmeError> {
         let names: Vec<String> = bounded(
             "listing stored certificates",
-            sqlx::query_scalar("SELECT name FROM tenant_gateway.certificates").fetch_all(&self.db),
+            sqlx::query_scalar("SELECT name FROM tenant_gateway.certificates WHERE removed_at IS NULL")
+                .fetch_all(&self.db),
         )
         .await?;
         let mut n = 0;
@@ -548,7 +624,8 @@ impl Acme {
         }
     }
 
-    /// NOTIFY: new certificates (load), forced renewals and domain changes (order).
+    /// NOTIFY: new or retired certificates (load or drop) and forced
+    /// renewals. Domain changes arrive through [`Acme::names_changed`].
     async fn listen(self: Arc<Self>) {
         loop {
             let mut l = match bounded("connecting the ACME listener", self.listener()).await {
@@ -570,11 +647,7 @@ impl Acme {
                         }
                     }
                     RENEW_CHANNEL => self.spawn_attempt(n.payload().to_owned(), true),
-                    _ => {
-                        for name in serde_json::from_str::<Vec<String>>(n.payload()).unwrap_or_default() {
-                            self.spawn_attempt(name, false);
-                        }
-                    }
+                    _ => {}
                 }
             }
             tracing::warn!("ACME: LISTEN connection lost; reconnecting");
@@ -585,7 +658,7 @@ impl Acme {
     async fn listener(&self) -> Result<PgListener, sqlx::Error> {
         let mut l = PgListener::connect_with(&self.listen_db).await?;
         l.eager_reconnect(false);
-        l.listen_all([CERTS_CHANNEL, RENEW_CHANNEL, "tenant_gateway"]).await?;
+        l.listen_all([CERTS_CHANNEL, RENEW_CHANNEL]).await?;
         Ok(l)
     }
 
@@ -597,6 +670,19 @@ impl Acme {
             sqlx::query_scalar(self.cfg.domains_query.as_deref().unwrap_or_default()).fetch_all(&self.db),
         )
         .await?;
+        // Certificates presented for names no longer in the list (removed
+        // while no gateway listened, or a tenant no longer active): look again.
+        let listed: HashSet<&str> = names.iter().map(String::as_str).collect();
+        let unlisted: Vec<String> = self
+            .store
+            .issued_names()
+            .into_iter()
+            .filter(|n| !listed.contains(n.as_str()))
+            .collect();
+        if !unlisted.is_empty() {
+            self.names_changed(unlisted);
+        }
+        self.delete_retired().await?;
         let now = unix_now();
         for name in names {
             if self.base_domains.iter().any(|b| tenancy::is_under(&name, b)) {

@@ -176,6 +176,26 @@ impl CertStore {
         }
     }
 
+    /// Stop presenting the issued certificate of a name (retired: the name
+    /// is no longer served). Whether there was one.
+    pub fn remove_issued(&self, name: &str) -> bool {
+        self.issued
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+            .is_some()
+    }
+
+    /// Names with an issued certificate.
+    pub fn issued_names(&self) -> Vec<String> {
+        self.issued
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// The issued (ACME) certificate for exactly this name, if any.
     pub fn issued(&self, name: &str) -> Option<Arc<Cert>> {
         self.issued.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()

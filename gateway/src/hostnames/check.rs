@@ -1,0 +1,212 @@
+//! One ownership check of a claim: DNS through hickory-resolver (the
+//! configured server or the system's, no answer cache so a record the
+//! customer just published is seen), HTTP through hyper on an address that
+//! same resolver gave. Every check is bounded by `check_timeout_ms`.
+//!
+//! The HTTP method must reach the customer's own server: the gateway never
+//! serves claim tokens itself (a name already pointed at the platform would
+//! otherwise prove any tenant's claim), and a name without an active claim
+//! gets the gateway's 404 page, not a token.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_resolver::config::{NameServerConfigGroup, ResolveHosts, ResolverConfig, ResolverOpts};
+use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::TokioResolver;
+use http_body_util::{BodyExt, Empty, Limited};
+
+use super::policy::{self, Finding, Method};
+use super::settings::CustomDomainsConfig;
+
+/// Longest HTTP body read: a token is 32 bytes.
+const MAX_BODY: usize = 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckerError {
+    #[error("cannot read the system's DNS configuration: {0}")]
+    SystemConfig(#[from] hickory_resolver::ResolveError),
+}
+
+pub struct Checker {
+    resolver: TokioResolver,
+    http_port: u16,
+    timeout: Duration,
+    cname_target: Option<String>,
+    cname_addresses: Vec<IpAddr>,
+}
+
+impl Checker {
+    pub fn new(cfg: &CustomDomainsConfig) -> Result<Checker, CheckerError> {
+        let timeout = Duration::from_millis(cfg.check_timeout_ms);
+        let mut builder = match cfg.resolver {
+            Some(addr) => TokioResolver::builder_with_config(
+                ResolverConfig::from_parts(
+                    None,
+                    Vec::new(),
+                    NameServerConfigGroup::from_ips_clear(&[addr.ip()], addr.port(), true),
+                ),
+                TokioConnectionProvider::default(),
+            ),
+            None => TokioResolver::builder_tokio()?,
+        };
+        let opts: &mut ResolverOpts = builder.options_mut();
+        opts.cache_size = 0;
+        opts.use_hosts_file = ResolveHosts::Never;
+        opts.timeout = timeout;
+        opts.attempts = 1;
+        Ok(Checker {
+            resolver: builder.build(),
+            http_port: cfg.http_port,
+            timeout,
+            cname_target: cfg.cname_target.clone(),
+            cname_addresses: cfg.cname_addresses.clone(),
+        })
+    }
+
+    /// Check `name` for `token` by `method`, within the check timeout.
+    pub async fn check(&self, name: &str, method: Method, token: &str) -> Finding {
+        let run = async {
+            match method {
+                Method::Txt => self.txt(name, token).await,
+                Method::Http => self.http(name, token).await,
+                Method::Cname => self.cname(name).await,
+                Method::Operator => Finding::Proven,
+            }
+        };
+        match tokio::time::timeout(self.timeout, run).await {
+            Ok(found) => found,
+            Err(_) => not_yet(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+
+    async fn txt(&self, name: &str, token: &str) -> Finding {
+        let record = fqdn(&policy::txt_record_name(name));
+        match self.resolver.txt_lookup(record.as_str()).await {
+            Ok(found) => {
+                let values: Vec<String> = found
+                    .iter()
+                    .map(|txt| {
+                        txt.txt_data()
+                            .iter()
+                            .map(|part| String::from_utf8_lossy(part))
+                            .collect::<String>()
+                    })
+                    .collect();
+                if values.iter().any(|v| v.trim() == token) {
+                    Finding::Proven
+                } else {
+                    Finding::NotYet {
+                        other_proof: !values.is_empty(),
+                        detail: format!("TXT {record} holds {} other value(s)", values.len()),
+                    }
+                }
+            }
+            Err(e) if e.is_no_records_found() => not_yet(format!("no TXT record {record}")),
+            Err(e) => not_yet(format!("TXT {record}: {e}")),
+        }
+    }
+
+    async fn http(&self, name: &str, token: &str) -> Finding {
+        let addrs = match self.resolver.lookup_ip(fqdn(name).as_str()).await {
+            Ok(found) => found.iter().collect::<Vec<_>>(),
+            Err(e) => return not_yet(format!("cannot resolve {name}: {e}")),
+        };
+        let Some(ip) = addrs.first() else {
+            return not_yet(format!("{name} has no address"));
+        };
+        match fetch(SocketAddr::new(*ip, self.http_port), name).await {
+            Ok((200, body)) if body.trim() == token => Finding::Proven,
+            Ok((200, _)) => Finding::NotYet {
+                other_proof: true,
+                detail: format!("http://{name}{} serves another value", policy::HTTP_PATH),
+            },
+            Ok((status, _)) => not_yet(format!("http://{name}{} answered {status}", policy::HTTP_PATH)),
+            Err(e) => not_yet(format!("http://{name}{}: {e}", policy::HTTP_PATH)),
+        }
+    }
+
+    async fn cname(&self, name: &str) -> Finding {
+        let Some(target) = &self.cname_target else {
+            return not_yet("no cname_target configured".into());
+        };
+        if let Ok(found) = self.resolver.lookup(fqdn(name).as_str(), RecordType::CNAME).await {
+            let targets: Vec<String> = found
+                .record_iter()
+                .filter_map(|r| match r.data() {
+                    RData::CNAME(c) => Some(c.0.to_ascii().trim_end_matches('.').to_ascii_lowercase()),
+                    _ => None,
+                })
+                .collect();
+            if targets.iter().any(|t| t == target) {
+                return Finding::Proven;
+            }
+            if !targets.is_empty() {
+                return Finding::NotYet {
+                    other_proof: true,
+                    detail: format!("{name} is a CNAME to {}", targets.join(", ")),
+                };
+            }
+        }
+        if self.cname_addresses.is_empty() {
+            return not_yet(format!("{name} has no CNAME to {target}"));
+        }
+        match self.resolver.lookup_ip(fqdn(name).as_str()).await {
+            Ok(found) => {
+                let ips: Vec<IpAddr> = found.iter().collect();
+                if !ips.is_empty() && ips.iter().all(|ip| self.cname_addresses.contains(ip)) {
+                    Finding::Proven
+                } else {
+                    Finding::NotYet {
+                        other_proof: !ips.is_empty(),
+                        detail: format!("{name} points at {ips:?}, not only at the platform's addresses"),
+                    }
+                }
+            }
+            Err(e) => not_yet(format!("cannot resolve {name}: {e}")),
+        }
+    }
+}
+
+fn not_yet(detail: String) -> Finding {
+    Finding::NotYet {
+        other_proof: false,
+        detail,
+    }
+}
+
+/// Absolute, so no search domain is appended.
+fn fqdn(name: &str) -> String {
+    format!("{name}.")
+}
+
+/// GET the well-known path from `addr` with `name` as Host: status and
+/// (at most `MAX_BODY` bytes of) body. No redirects are followed.
+async fn fetch(addr: SocketAddr, name: &str) -> Result<(u16, String), String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connecting to {addr}: {e}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    let driver = tokio::spawn(conn);
+    let request = http::Request::get(policy::HTTP_PATH)
+        .header(http::header::HOST, name)
+        .header(http::header::USER_AGENT, "tenant-gateway-verification")
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let result = async {
+        let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let body = Limited::new(response.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|e| format!("reading the body: {e}"))?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+    .await;
+    driver.abort();
+    result
+}

@@ -1,0 +1,148 @@
+//! The operator's actions on claims, shared by the CLI (`gateway hostnames
+//! …`, straight to the database) and the operator API (`/api/v1/hostnames`):
+//! argument checks, then the store, answered as JSON a product can show.
+
+use serde_json::{json, Value};
+
+use super::policy::{self, HostnameStatus, Method};
+use super::settings::CustomDomainsConfig;
+use super::store::{Claim, Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    #[error("`{name}` is not a host name: {reason}")]
+    BadName { name: String, reason: String },
+    #[error("`{0}` is under a base domain (tenant.base_domains): it needs no claim")]
+    BaseDomain(String),
+    #[error("`{0}` is not a tenant schema name")]
+    BadTenant(String),
+    #[error("method `{0}` is not allowed here (custom_domains.methods)")]
+    MethodNotAllowed(&'static str),
+    #[error("unknown status `{0}`")]
+    BadStatus(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the actions need to know of the config.
+pub struct Ops<'a> {
+    pub store: &'a Store,
+    pub cfg: &'a CustomDomainsConfig,
+    pub base_domains: &'a [String],
+    pub strip_www: bool,
+}
+
+impl Ops<'_> {
+    fn name(&self, raw: &str) -> Result<String, OpsError> {
+        let name = super::claim_name(raw, self.strip_www).map_err(|e| OpsError::BadName {
+            name: raw.to_owned(),
+            reason: e.to_string(),
+        })?;
+        if !super::needs_claim(&name, self.base_domains) {
+            return Err(OpsError::BaseDomain(name));
+        }
+        Ok(name)
+    }
+
+    /// Claim a name for a tenant; the answer carries the instructions.
+    pub async fn add(
+        &self,
+        raw: &str,
+        tenant: &str,
+        method: Option<Method>,
+        preverified: bool,
+        actor: &str,
+    ) -> Result<Value, OpsError> {
+        let name = self.name(raw)?;
+        if !stamp::is_valid_tenant_name(tenant) {
+            return Err(OpsError::BadTenant(tenant.to_owned()));
+        }
+        let method = method.unwrap_or_else(|| self.cfg.default_method());
+        if !preverified && !self.cfg.methods.contains(&method) {
+            return Err(OpsError::MethodNotAllowed(method.as_str()));
+        }
+        let claim = self
+            .store
+            .add(
+                &name,
+                tenant,
+                method,
+                self.cfg.verification_window_secs,
+                preverified,
+                actor,
+            )
+            .await?;
+        Ok(self.describe(&claim))
+    }
+
+    /// A claim, its instructions, its certificate and its history.
+    pub async fn status(&self, raw: &str) -> Result<Value, OpsError> {
+        let name = self.name(raw)?;
+        let claim = self
+            .store
+            .get(&name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(name.clone()))?;
+        let mut v = self.describe(&claim);
+        v["certificate"] = self.store.certificate(&name).await?;
+        v["events"] = Value::Array(self.store.events(&name).await?);
+        Ok(v)
+    }
+
+    pub async fn list(&self, status: Option<&str>) -> Result<Value, OpsError> {
+        let status = status
+            .map(|s| HostnameStatus::parse(s).ok_or_else(|| OpsError::BadStatus(s.to_owned())))
+            .transpose()?;
+        let claims = self.store.list(status).await?;
+        Ok(Value::Array(
+            claims
+                .iter()
+                .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
+                .collect(),
+        ))
+    }
+
+    pub async fn retry(&self, raw: &str, actor: &str) -> Result<Value, OpsError> {
+        let name = self.name(raw)?;
+        let claim = self
+            .store
+            .retry(&name, self.cfg.verification_window_secs, actor)
+            .await?;
+        Ok(self.describe(&claim))
+    }
+
+    pub async fn remove(&self, raw: &str, actor: &str) -> Result<Value, OpsError> {
+        let name = self.name(raw)?;
+        let claim = self.store.remove(&name, actor).await?;
+        Ok(self.describe(&claim))
+    }
+
+    fn describe(&self, c: &Claim) -> Value {
+        let mut v = serde_json::to_value(c).unwrap_or_else(|_| json!({}));
+        v["routed"] = json!(c.status == HostnameStatus::Active);
+        if matches!(
+            c.status,
+            HostnameStatus::Pending | HostnameStatus::Failed | HostnameStatus::Expired
+        ) {
+            let i = policy::instructions(&c.name, c.method, &c.token, self.cfg.cname_target.as_deref());
+            v["instructions"] = serde_json::to_value(i).unwrap_or(Value::Null);
+        }
+        v
+    }
+}
+
+impl OpsError {
+    /// The operator API's status for this error.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            OpsError::BadName { .. }
+            | OpsError::BaseDomain(_)
+            | OpsError::BadTenant(_)
+            | OpsError::MethodNotAllowed(_)
+            | OpsError::BadStatus(_) => 400,
+            OpsError::Store(StoreError::NotFound(_)) => 404,
+            OpsError::Store(StoreError::ClaimedByOther { .. } | StoreError::NotRetryable { .. }) => 409,
+            OpsError::Store(StoreError::Database(_) | StoreError::BadRow { .. }) => 503,
+        }
+    }
+}

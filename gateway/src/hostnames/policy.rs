@@ -1,0 +1,303 @@
+//! The custom-hostname lifecycle as pure functions over plain types: the
+//! states and methods, whether a claim lets a host route, what a check's
+//! result does to a claim, the check back-off, and the instructions a
+//! product shows its customer. No I/O here; `store` and `worker` act on it.
+
+use std::time::Duration;
+
+/// Where a claim is in its lifecycle (`custom_hostnames.status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HostnameStatus {
+    /// Created; not routed, no certificate ordered; checks run.
+    Pending,
+    /// Ownership proven; waiting for the domain table to map the name to
+    /// the claim's tenant.
+    Verified,
+    /// Routed; certificate ordered.
+    Active,
+    /// The window ended while the name showed someone else's proof.
+    Failed,
+    /// The window ended with no proof seen.
+    Expired,
+    /// Removed by an operator; its certificate is no longer presented.
+    Removed,
+}
+
+impl HostnameStatus {
+    pub const ALL: [HostnameStatus; 6] = [
+        HostnameStatus::Pending,
+        HostnameStatus::Verified,
+        HostnameStatus::Active,
+        HostnameStatus::Failed,
+        HostnameStatus::Expired,
+        HostnameStatus::Removed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostnameStatus::Pending => "pending",
+            HostnameStatus::Verified => "verified",
+            HostnameStatus::Active => "active",
+            HostnameStatus::Failed => "failed",
+            HostnameStatus::Expired => "expired",
+            HostnameStatus::Removed => "removed",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<HostnameStatus> {
+        HostnameStatus::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// States `retry` moves back to `pending` (a new window, the same token).
+    pub fn retryable(self) -> bool {
+        matches!(
+            self,
+            HostnameStatus::Pending | HostnameStatus::Failed | HostnameStatus::Expired
+        )
+    }
+}
+
+/// How a claim proves ownership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// A TXT record `_tenant-gateway.<name>` holding the token.
+    Txt,
+    /// The token served at `http://<name>/.well-known/tenant-gateway/verification.txt`.
+    Http,
+    /// The name points at the platform (CNAME to the target, or only the
+    /// target's addresses). Binds no tenant: opt-in (`custom_domains.methods`).
+    Cname,
+    /// An operator vouched for the name (`--preverified`); no check.
+    Operator,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Txt => "txt",
+            Method::Http => "http",
+            Method::Cname => "cname",
+            Method::Operator => "operator",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Method> {
+        [Method::Txt, Method::Http, Method::Cname, Method::Operator]
+            .into_iter()
+            .find(|m| m.as_str() == s)
+    }
+}
+
+/// The TXT record's name for a hostname.
+pub fn txt_record_name(name: &str) -> String {
+    format!("_tenant-gateway.{name}")
+}
+
+/// The path the HTTP method fetches (plain HTTP, the name as Host).
+pub const HTTP_PATH: &str = "/.well-known/tenant-gateway/verification.txt";
+
+/// A new claim's token: 128 random bits as 32 lower-case hex digits, so the
+/// proof for one (hostname, tenant) claim never proves another.
+pub fn new_token() -> String {
+    hex::encode(rand::random::<[u8; 16]>())
+}
+
+/// What the domain table's row for a host and that host's claim say about
+/// routing it. `claim`: the claim's status and tenant, if there is a claim.
+/// A host routes only through an active claim of the very tenant the row
+/// names; anything else (no claim, not yet active, removed, or a row that
+/// moved to another tenant) keeps it unrouted.
+pub fn routes(row_tenant: &str, claim: Option<(HostnameStatus, &str)>) -> bool {
+    matches!(claim, Some((HostnameStatus::Active, tenant)) if tenant == row_tenant)
+}
+
+/// What one check found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// The proof is there.
+    Proven,
+    /// No proof; `other_proof`: the record or file exists but holds another
+    /// value (someone else's token, a typo). `detail` says what was seen.
+    NotYet { other_proof: bool, detail: String },
+}
+
+/// A pending claim's next state after a check at `now` (seconds).
+/// `verify_by`: end of its window; `saw_other`: an earlier check found
+/// another value; `routable`: the domain table maps the name to the claim's
+/// tenant.
+pub fn after_check(finding: &Finding, routable: bool, now: i64, verify_by: i64, saw_other: bool) -> HostnameStatus {
+    match finding {
+        Finding::Proven if routable => HostnameStatus::Active,
+        Finding::Proven => HostnameStatus::Verified,
+        Finding::NotYet { other_proof, .. } if now >= verify_by => {
+            if saw_other || *other_proof {
+                HostnameStatus::Failed
+            } else {
+                HostnameStatus::Expired
+            }
+        }
+        Finding::NotYet { .. } => HostnameStatus::Pending,
+    }
+}
+
+/// Delay before a pending claim's next check: 5 s doubling per check,
+/// capped at `interval`, with ±25 % jitter (`jitter` in 0..1) so a bulk
+/// import does not check in lock step. A customer who just published the
+/// proof waits at most `interval` (or asks for a retry).
+pub fn next_check_delay(checks: u32, interval: Duration, jitter: f64) -> Duration {
+    let base = Duration::from_secs(5).saturating_mul(1u32 << checks.min(20));
+    let capped = base.min(interval);
+    capped.mul_f64(0.75 + 0.5 * jitter.clamp(0.0, 1.0)).min(interval)
+}
+
+/// What a product shows its customer to prove a claim.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Instructions {
+    pub method: Method,
+    /// One human-readable sentence.
+    pub summary: String,
+    /// TXT: the record's name and value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub txt_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub txt_value: Option<String>,
+    /// HTTP: the URL and the exact body.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_body: Option<String>,
+    /// CNAME: the target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cname_target: Option<String>,
+}
+
+/// The instructions for a claim on `name` with `token`.
+pub fn instructions(name: &str, method: Method, token: &str, cname_target: Option<&str>) -> Instructions {
+    let mut i = Instructions {
+        method,
+        summary: String::new(),
+        txt_name: None,
+        txt_value: None,
+        http_url: None,
+        http_body: None,
+        cname_target: None,
+    };
+    match method {
+        Method::Txt => {
+            let record = txt_record_name(name);
+            i.summary = format!("Add a DNS TXT record named {record} with the value {token}.");
+            i.txt_name = Some(record);
+            i.txt_value = Some(token.to_owned());
+        }
+        Method::Http => {
+            let url = format!("http://{name}{HTTP_PATH}");
+            i.summary = format!("Serve the text {token} at {url} (plain HTTP, status 200, nothing else in the body).");
+            i.http_url = Some(url);
+            i.http_body = Some(token.to_owned());
+        }
+        Method::Cname => {
+            let target = cname_target.unwrap_or_default();
+            i.summary = format!("Point {name} at {target} with a DNS CNAME record.");
+            i.cname_target = Some(target.to_owned());
+        }
+        Method::Operator => i.summary = "Vouched for by an operator; nothing to publish.".into(),
+    }
+    i
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_an_active_claim_of_the_rows_own_tenant_routes() {
+        assert!(routes("acme", Some((HostnameStatus::Active, "acme"))));
+        assert!(!routes("acme", None));
+        assert!(
+            !routes("acme", Some((HostnameStatus::Active, "globex"))),
+            "a row that moved"
+        );
+        for st in HostnameStatus::ALL {
+            if st != HostnameStatus::Active {
+                assert!(!routes("acme", Some((st, "acme"))), "{st:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_check_moves_a_claim_along_its_lifecycle() {
+        let none = Finding::NotYet {
+            other_proof: false,
+            detail: "no TXT record".into(),
+        };
+        let other = Finding::NotYet {
+            other_proof: true,
+            detail: "TXT holds another value".into(),
+        };
+        assert_eq!(
+            after_check(&Finding::Proven, true, 10, 100, false),
+            HostnameStatus::Active
+        );
+        assert_eq!(
+            after_check(&Finding::Proven, false, 10, 100, false),
+            HostnameStatus::Verified
+        );
+        // Proof counts even at the last moment.
+        assert_eq!(
+            after_check(&Finding::Proven, true, 100, 100, true),
+            HostnameStatus::Active
+        );
+        assert_eq!(after_check(&none, true, 10, 100, false), HostnameStatus::Pending);
+        assert_eq!(after_check(&other, true, 10, 100, false), HostnameStatus::Pending);
+        assert_eq!(after_check(&none, true, 100, 100, false), HostnameStatus::Expired);
+        assert_eq!(after_check(&other, true, 100, 100, false), HostnameStatus::Failed);
+        assert_eq!(after_check(&none, true, 100, 100, true), HostnameStatus::Failed);
+    }
+
+    #[test]
+    fn checks_back_off_up_to_the_interval() {
+        let i = Duration::from_secs(60);
+        assert!(next_check_delay(0, i, 0.5) == Duration::from_secs(5));
+        assert!(next_check_delay(1, i, 0.5) == Duration::from_secs(10));
+        assert!(next_check_delay(30, i, 1.0) <= i);
+        assert!(next_check_delay(30, i, 0.0) >= i.mul_f64(0.75));
+        assert_eq!(next_check_delay(3, Duration::from_secs(1), 1.0), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn tokens_are_fresh_per_claim() {
+        let (a, b) = (new_token(), new_token());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    }
+
+    #[test]
+    fn instructions_name_the_record_url_and_target() {
+        let t = instructions("shop.example.com", Method::Txt, "abc", None);
+        assert_eq!(t.txt_name.as_deref(), Some("_tenant-gateway.shop.example.com"));
+        assert_eq!(t.txt_value.as_deref(), Some("abc"));
+        let h = instructions("shop.example.com", Method::Http, "abc", None);
+        assert_eq!(
+            h.http_url.as_deref(),
+            Some("http://shop.example.com/.well-known/tenant-gateway/verification.txt")
+        );
+        assert_eq!(h.http_body.as_deref(), Some("abc"));
+        let c = instructions("shop.example.com", Method::Cname, "abc", Some("edge.myapp.com"));
+        assert_eq!(c.cname_target.as_deref(), Some("edge.myapp.com"));
+        assert!(c.summary.contains("edge.myapp.com"));
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for st in HostnameStatus::ALL {
+            assert_eq!(HostnameStatus::parse(st.as_str()), Some(st));
+        }
+        for m in [Method::Txt, Method::Http, Method::Cname, Method::Operator] {
+            assert_eq!(Method::parse(m.as_str()), Some(m));
+        }
+        assert!(HostnameStatus::Expired.retryable() && !HostnameStatus::Active.retryable());
+    }
+}

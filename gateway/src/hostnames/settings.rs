@@ -1,0 +1,159 @@
+//! `[custom_domains]`: whether custom hostnames need proof of ownership, by
+//! which methods, and how the checks run. Validation names every key.
+
+use std::net::{IpAddr, SocketAddr};
+
+use serde::{Deserialize, Serialize};
+
+use super::policy::Method;
+use crate::config::ConfigError;
+
+/// Whether a custom hostname (outside `tenant.base_domains`) must be proven
+/// before it routes and gets a certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verification {
+    /// Only names with an active claim (`gateway hostnames add`) route.
+    Required,
+    /// Any row in the domain table routes (operators who add domains
+    /// themselves; the behaviour before claims existed).
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CustomDomainsConfig {
+    pub verification: Verification,
+    /// Methods a claim may use; the first is the default. `cname` proves
+    /// only that the name points here, not which tenant may have it: add it
+    /// only if tenants cannot claim names they do not control otherwise.
+    pub methods: Vec<Method>,
+    /// The `cname` method's target (e.g. `edge.myapp.com`).
+    pub cname_target: Option<String>,
+    /// Addresses that also count as pointing here for `cname` (an apex
+    /// cannot hold a CNAME): every A/AAAA record of the name must be one.
+    pub cname_addresses: Vec<IpAddr>,
+    /// DNS server for the checks (`ip:port`); the system's resolvers when unset.
+    pub resolver: Option<SocketAddr>,
+    /// Port the `http` method connects to (80 in production).
+    pub http_port: u16,
+    /// Longest wait between two checks of a pending claim (they start at
+    /// 5 s and double); also how often verified claims are re-examined.
+    pub check_interval_secs: u64,
+    /// Bound on one check (DNS queries, or connecting and reading the file).
+    pub check_timeout_ms: u64,
+    /// How long a claim stays pending before it expires (or fails).
+    pub verification_window_secs: u64,
+    /// Checks this gateway runs at once.
+    pub max_concurrent_checks: u32,
+}
+
+impl Default for CustomDomainsConfig {
+    fn default() -> Self {
+        CustomDomainsConfig {
+            verification: Verification::Required,
+            methods: vec![Method::Txt, Method::Http],
+            cname_target: None,
+            cname_addresses: Vec::new(),
+            resolver: None,
+            http_port: 80,
+            check_interval_secs: 60,
+            check_timeout_ms: 5_000,
+            verification_window_secs: 7 * 86_400,
+            max_concurrent_checks: 16,
+        }
+    }
+}
+
+fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: format!("custom_domains.{key}"),
+        reason: reason.into(),
+    }
+}
+
+impl CustomDomainsConfig {
+    pub fn required(&self) -> bool {
+        self.verification == Verification::Required
+    }
+
+    /// Every problem with the section, each naming its key.
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut out = Vec::new();
+        if self.methods.is_empty() {
+            out.push(invalid("methods", "at least one of txt, http, cname"));
+        }
+        if self.methods.contains(&Method::Operator) {
+            out.push(invalid(
+                "methods",
+                "`operator` is not a check (use `gateway hostnames add --preverified`)",
+            ));
+        }
+        if self.methods.contains(&Method::Cname) {
+            match &self.cname_target {
+                None => out.push(invalid("cname_target", "required when methods include cname")),
+                Some(t) if tenancy::normalize_domain(t).ok().as_deref() != Some(t.as_str()) => {
+                    out.push(invalid("cname_target", format!("`{t}` is not a lower-case host name")))
+                }
+                Some(_) => {}
+            }
+        }
+        if self.http_port == 0 {
+            out.push(invalid("http_port", "must be a port number"));
+        }
+        if self.check_interval_secs == 0 {
+            out.push(invalid("check_interval_secs", "must be positive"));
+        }
+        if self.check_timeout_ms == 0 {
+            out.push(invalid("check_timeout_ms", "must be positive"));
+        }
+        if self.verification_window_secs < self.check_interval_secs {
+            out.push(invalid(
+                "verification_window_secs",
+                "must be at least check_interval_secs",
+            ));
+        }
+        if self.max_concurrent_checks == 0 {
+            out.push(invalid("max_concurrent_checks", "must be at least 1"));
+        }
+        out
+    }
+
+    /// The method a claim gets when none is asked for.
+    pub fn default_method(&self) -> Method {
+        self.methods.first().copied().unwrap_or(Method::Txt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let c = CustomDomainsConfig {
+            methods: vec![Method::Cname, Method::Operator],
+            check_interval_secs: 0,
+            max_concurrent_checks: 0,
+            ..CustomDomainsConfig::default()
+        };
+        let keys: Vec<String> = c
+            .problems()
+            .into_iter()
+            .map(|e| match e {
+                ConfigError::Invalid { key, .. } => key,
+                other => panic!("{other}"),
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "custom_domains.methods",
+                "custom_domains.cname_target",
+                "custom_domains.check_interval_secs",
+                "custom_domains.max_concurrent_checks"
+            ]
+        );
+        assert!(CustomDomainsConfig::default().problems().is_empty());
+    }
+}

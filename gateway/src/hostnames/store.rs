@@ -1,0 +1,478 @@
+//! The claims in PostgreSQL (`tenant_gateway.custom_hostnames`, migration
+//! 0002): every statement the CLI, the operator API and the checkers run.
+//! A change that affects routing commits together with a NOTIFY of the name
+//! on the tenant channel (every gateway's cache drops it) and an event row
+//! naming who made it.
+
+use serde::Serialize;
+use sqlx::{PgPool, Postgres, Row, Transaction};
+
+use super::policy::{self, HostnameStatus, Method};
+
+/// Wakes the checkers at once (a new claim, a retry).
+pub const WAKE_CHANNEL: &str = "tenant_gateway_hostnames";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error(
+        "`{name}` is claimed by tenant `{tenant}` ({status}); remove that claim first (`gateway hostnames remove`)"
+    )]
+    ClaimedByOther {
+        name: String,
+        tenant: String,
+        status: &'static str,
+    },
+    #[error("no claim for `{0}`")]
+    NotFound(String),
+    #[error("`{name}` is {status}: only pending, failed or expired claims can be retried")]
+    NotRetryable { name: String, status: &'static str },
+    #[error("the database holds an unknown {what} `{value}` for `{name}`")]
+    BadRow {
+        name: String,
+        what: &'static str,
+        value: String,
+    },
+}
+
+/// One claim, as stored. Times are Unix seconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Claim {
+    pub name: String,
+    pub tenant: String,
+    pub status: HostnameStatus,
+    pub method: Method,
+    #[serde(skip)]
+    pub token: String,
+    pub created_at: i64,
+    pub verify_by: i64,
+    pub verified_at: Option<i64>,
+    pub activated_at: Option<i64>,
+    pub removed_at: Option<i64>,
+    pub checks: i32,
+    pub next_check_at: i64,
+    pub last_checked_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub saw_other_proof: bool,
+}
+
+const COLUMNS: &str = "name, tenant, status, method, token, \
+    extract(epoch FROM created_at)::bigint, extract(epoch FROM verify_by)::bigint, \
+    extract(epoch FROM verified_at)::bigint, extract(epoch FROM activated_at)::bigint, \
+    extract(epoch FROM removed_at)::bigint, checks, extract(epoch FROM next_check_at)::bigint, \
+    extract(epoch FROM last_checked_at)::bigint, last_error, saw_other_proof";
+
+fn claim(row: &sqlx::postgres::PgRow) -> Result<Claim, StoreError> {
+    let name: String = row.try_get(0)?;
+    let status: String = row.try_get(2)?;
+    let method: String = row.try_get(3)?;
+    let bad = |what, value: String| StoreError::BadRow {
+        name: name.clone(),
+        what,
+        value,
+    };
+    Ok(Claim {
+        status: HostnameStatus::parse(&status).ok_or_else(|| bad("status", status.clone()))?,
+        method: Method::parse(&method).ok_or_else(|| bad("method", method.clone()))?,
+        tenant: row.try_get(1)?,
+        token: row.try_get(4)?,
+        created_at: row.try_get(5)?,
+        verify_by: row.try_get(6)?,
+        verified_at: row.try_get(7)?,
+        activated_at: row.try_get(8)?,
+        removed_at: row.try_get(9)?,
+        checks: row.try_get(10)?,
+        next_check_at: row.try_get(11)?,
+        last_checked_at: row.try_get(12)?,
+        last_error: row.try_get(13)?,
+        saw_other_proof: row.try_get(14)?,
+        name,
+    })
+}
+
+/// Where routing changes are announced (`tenant.notify_channel`).
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: PgPool,
+    channel: String,
+}
+
+impl Store {
+    pub fn new(db: PgPool, channel: &str) -> Store {
+        Store {
+            db,
+            channel: channel.to_owned(),
+        }
+    }
+
+    pub fn db(&self) -> &PgPool {
+        &self.db
+    }
+
+    pub async fn get(&self, name: &str) -> Result<Option<Claim>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM tenant_gateway.custom_hostnames WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.db)
+        .await?;
+        row.as_ref().map(claim).transpose()
+    }
+
+    /// Claims, optionally of one status, by name.
+    pub async fn list(&self, status: Option<HostnameStatus>) -> Result<Vec<Claim>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM tenant_gateway.custom_hostnames \
+              WHERE $1::text IS NULL OR status = $1 ORDER BY name"
+        ))
+        .bind(status.map(HostnameStatus::as_str))
+        .fetch_all(&self.db)
+        .await?;
+        rows.iter().map(claim).collect()
+    }
+
+    /// Claim `name` for `tenant`: a new pending claim with a fresh token
+    /// (`preverified`: verified by the operator, no check). Adding the same
+    /// claim again returns it unchanged; a name another tenant holds (in any
+    /// state but removed) is refused: moving a name is `remove` + `add`.
+    pub async fn add(
+        &self,
+        name: &str,
+        tenant: &str,
+        method: Method,
+        window_secs: u64,
+        preverified: bool,
+        actor: &str,
+    ) -> Result<Claim, StoreError> {
+        let mut tx = self.db.begin().await?;
+        let existing = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM tenant_gateway.custom_hostnames WHERE name = $1 FOR UPDATE"
+        ))
+        .bind(name)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(row) = existing {
+            let c = claim(&row)?;
+            if c.status != HostnameStatus::Removed {
+                if c.tenant == tenant && !preverified {
+                    return Ok(c);
+                }
+                if c.tenant != tenant {
+                    return Err(StoreError::ClaimedByOther {
+                        name: name.to_owned(),
+                        tenant: c.tenant,
+                        status: c.status.as_str(),
+                    });
+                }
+            }
+        }
+        let (status, method, event) = match preverified {
+            true => (HostnameStatus::Verified, Method::Operator, "preverified"),
+            false => (HostnameStatus::Pending, method, "added"),
+        };
+        sqlx::query(
+            "INSERT INTO tenant_gateway.custom_hostnames (name, tenant, status, method, token, verify_by, verified_at)
+             VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), CASE WHEN $7 THEN now() END)
+             ON CONFLICT (name) DO UPDATE SET
+                 tenant = EXCLUDED.tenant, status = EXCLUDED.status, method = EXCLUDED.method,
+                 token = EXCLUDED.token, created_at = now(), updated_at = now(),
+                 verify_by = EXCLUDED.verify_by, verified_at = EXCLUDED.verified_at,
+                 activated_at = NULL, removed_at = NULL, checks = 0, next_check_at = now(),
+                 last_checked_at = NULL, last_error = NULL, saw_other_proof = false,
+                 lease_owner = NULL, lease_until = NULL",
+        )
+        .bind(name)
+        .bind(tenant)
+        .bind(status.as_str())
+        .bind(method.as_str())
+        .bind(policy::new_token())
+        .bind(window_secs as f64)
+        .bind(preverified)
+        .execute(&mut *tx)
+        .await?;
+        self.event(&mut tx, name, tenant, event, actor, Some(method.as_str()))
+            .await?;
+        self.announce(&mut tx, name).await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(WAKE_CHANNEL)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(
+            name,
+            tenant,
+            actor,
+            event,
+            method = method.as_str(),
+            "custom hostname claimed"
+        );
+        self.get(name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(name.to_owned()))
+    }
+
+    /// Check again now; a failed or expired claim gets a new window (same token).
+    pub async fn retry(&self, name: &str, window_secs: u64, actor: &str) -> Result<Claim, StoreError> {
+        let mut tx = self.db.begin().await?;
+        let Some(c) = self.locked(&mut tx, name).await? else {
+            return Err(StoreError::NotFound(name.to_owned()));
+        };
+        if !c.status.retryable() {
+            return Err(StoreError::NotRetryable {
+                name: name.to_owned(),
+                status: c.status.as_str(),
+            });
+        }
+        sqlx::query(
+            "UPDATE tenant_gateway.custom_hostnames SET status = 'pending', next_check_at = now(), updated_at = now(),
+                    verify_by = CASE WHEN status = 'pending' THEN verify_by ELSE now() + make_interval(secs => $2) END,
+                    saw_other_proof = CASE WHEN status = 'pending' THEN saw_other_proof ELSE false END
+              WHERE name = $1",
+        )
+        .bind(name)
+        .bind(window_secs as f64)
+        .execute(&mut *tx)
+        .await?;
+        self.event(&mut tx, name, &c.tenant, "retry", actor, Some(c.status.as_str()))
+            .await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(WAKE_CHANNEL)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(name, tenant = %c.tenant, actor, "custom hostname: check requested");
+        self.get(name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(name.to_owned()))
+    }
+
+    /// Remove a claim: not routed, its certificate no longer presented by
+    /// any gateway (the certificate row's update NOTIFYs them), its stored
+    /// material deleted after `acme.removed_certificate_grace_secs`.
+    pub async fn remove(&self, name: &str, actor: &str) -> Result<Claim, StoreError> {
+        let mut tx = self.db.begin().await?;
+        let Some(c) = self.locked(&mut tx, name).await? else {
+            return Err(StoreError::NotFound(name.to_owned()));
+        };
+        if c.status != HostnameStatus::Removed {
+            sqlx::query(
+                "UPDATE tenant_gateway.custom_hostnames
+                    SET status = 'removed', removed_at = now(), updated_at = now(), lease_owner = NULL, lease_until = NULL
+                  WHERE name = $1",
+            )
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+            retire_certificate(&mut tx, name).await?;
+            self.event(&mut tx, name, &c.tenant, "removed", actor, Some(c.status.as_str()))
+                .await?;
+            self.announce(&mut tx, name).await?;
+        }
+        tx.commit().await?;
+        tracing::info!(name, tenant = %c.tenant, actor, "custom hostname removed");
+        self.get(name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(name.to_owned()))
+    }
+
+    /// The claim's history, oldest first: (event, tenant, actor, detail, unix time).
+    pub async fn events(&self, name: &str) -> Result<Vec<serde_json::Value>, StoreError> {
+        let rows: Vec<(String, String, String, Option<String>, i64)> = sqlx::query_as(
+            "SELECT event, tenant, actor, detail, extract(epoch FROM at)::bigint
+               FROM tenant_gateway.custom_hostname_events WHERE name = $1 ORDER BY id",
+        )
+        .bind(name)
+        .fetch_all(&self.db)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(event, tenant, actor, detail, at)| {
+                serde_json::json!({"event": event, "tenant": tenant, "actor": actor, "detail": detail, "at": at})
+            })
+            .collect())
+    }
+
+    /// The certificate side of a name, separate from its claim: stored or
+    /// not, expiry, retired, and the ACME order state.
+    pub async fn certificate(&self, name: &str) -> Result<serde_json::Value, StoreError> {
+        let cert: Option<(i64, Option<i64>)> = sqlx::query_as(
+            "SELECT extract(epoch FROM not_after)::bigint, extract(epoch FROM removed_at)::bigint
+               FROM tenant_gateway.certificates WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.db)
+        .await?;
+        let order: Option<(i32, Option<String>, bool)> = sqlx::query_as(
+            "SELECT failures, last_error, coalesce(lease_until > now(), false)
+               FROM tenant_gateway.acme_names WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.db)
+        .await?;
+        let status = match (&cert, &order) {
+            (Some((_, Some(_))), _) => "retired",
+            (Some(_), _) => "issued",
+            (None, Some((_, _, true))) => "ordering",
+            (None, Some((f, _, _))) if *f > 0 => "failed",
+            _ => "none",
+        };
+        Ok(serde_json::json!({
+            "status": status,
+            "not_after": cert.as_ref().map(|c| c.0),
+            "retired_at": cert.as_ref().and_then(|c| c.1),
+            "order_failures": order.as_ref().map(|o| o.0),
+            "order_error": order.and_then(|o| o.1),
+        }))
+    }
+
+    // ---- the checkers ----
+
+    /// Lease up to `limit` claims due for a check (pending) or for a
+    /// routability look (verified) to `owner` for `lease_secs`.
+    pub async fn take_due(&self, owner: &str, lease_secs: f64, limit: i64) -> Result<Vec<Claim>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "UPDATE tenant_gateway.custom_hostnames
+                SET lease_owner = $1, lease_until = now() + make_interval(secs => $2)
+              WHERE name IN (SELECT name FROM tenant_gateway.custom_hostnames
+                              WHERE status IN ('pending', 'verified') AND next_check_at <= now()
+                                AND (lease_owner IS NULL OR lease_until <= now())
+                              ORDER BY next_check_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+          RETURNING {COLUMNS}"
+        ))
+        .bind(owner)
+        .bind(lease_secs)
+        .bind(limit)
+        .fetch_all(&self.db)
+        .await?;
+        rows.iter().map(claim).collect()
+    }
+
+    /// Write a check's outcome and free the lease (only if `owner` still
+    /// holds it). `detail`: what the check saw (None: proven).
+    pub async fn record(
+        &self,
+        c: &Claim,
+        owner: &str,
+        next: HostnameStatus,
+        detail: Option<&str>,
+        other_proof: bool,
+        next_check_secs: f64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.db.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE tenant_gateway.custom_hostnames
+                SET status = $3, checks = checks + CASE WHEN status = 'pending' THEN 1 ELSE 0 END,
+                    last_checked_at = now(), last_error = $4, saw_other_proof = saw_other_proof OR $5,
+                    next_check_at = now() + make_interval(secs => $6), updated_at = now(),
+                    verified_at = CASE WHEN $3 IN ('verified', 'active') THEN coalesce(verified_at, now()) END,
+                    activated_at = CASE WHEN $3 = 'active' THEN now() END,
+                    lease_owner = NULL, lease_until = NULL
+              WHERE name = $1 AND lease_owner = $2 AND status = $7",
+        )
+        .bind(&c.name)
+        .bind(owner)
+        .bind(next.as_str())
+        .bind(detail)
+        .bind(other_proof)
+        .bind(next_check_secs)
+        .bind(c.status.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 1 && next != c.status {
+            self.event(&mut tx, &c.name, &c.tenant, next.as_str(), "checker", detail)
+                .await?;
+            if next == HostnameStatus::Active {
+                // A certificate retired while the name was away serves again.
+                sqlx::query(
+                    "UPDATE tenant_gateway.certificates SET removed_at = NULL WHERE name = $1 AND removed_at IS NOT NULL",
+                )
+                .bind(&c.name)
+                .execute(&mut *tx)
+                .await?;
+            }
+            self.announce(&mut tx, &c.name).await?;
+        }
+        tx.commit().await?;
+        if updated == 1 && next != c.status {
+            tracing::info!(name = %c.name, tenant = %c.tenant, from = c.status.as_str(), to = next.as_str(), detail, "custom hostname status changed");
+        }
+        Ok(())
+    }
+
+    /// Claims by status and the oldest pending claim's age (seconds).
+    pub async fn counts(&self) -> Result<(Vec<(HostnameStatus, i64)>, i64), StoreError> {
+        let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT status, count(*), extract(epoch FROM now() - min(created_at))::bigint
+               FROM tenant_gateway.custom_hostnames GROUP BY status",
+        )
+        .fetch_all(&self.db)
+        .await?;
+        let mut oldest_pending = 0;
+        let mut counts = Vec::new();
+        for (status, n, oldest) in rows {
+            if let Some(st) = HostnameStatus::parse(&status) {
+                if st == HostnameStatus::Pending {
+                    oldest_pending = oldest.unwrap_or(0);
+                }
+                counts.push((st, n));
+            }
+        }
+        Ok((counts, oldest_pending))
+    }
+
+    async fn locked(&self, tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<Option<Claim>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM tenant_gateway.custom_hostnames WHERE name = $1 FOR UPDATE"
+        ))
+        .bind(name)
+        .fetch_optional(&mut **tx)
+        .await?;
+        row.as_ref().map(claim).transpose()
+    }
+
+    async fn event(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        name: &str,
+        tenant: &str,
+        event: &str,
+        actor: &str,
+        detail: Option<&str>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tenant_gateway.custom_hostname_events (name, tenant, event, actor, detail) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(name)
+        .bind(tenant)
+        .bind(event)
+        .bind(actor)
+        .bind(detail)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Every gateway's cache drops `name` when the transaction commits.
+    async fn announce(&self, tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<(), StoreError> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(&self.channel)
+            .bind(serde_json::json!([name]).to_string())
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// Stop presenting a name's certificate everywhere (the update NOTIFYs the
+/// certificate channel) and start its grace period.
+pub async fn retire_certificate(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE tenant_gateway.certificates SET removed_at = now() WHERE name = $1 AND removed_at IS NULL")
+        .bind(name)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}

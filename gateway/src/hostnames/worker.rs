@@ -1,0 +1,222 @@
+//! The checkers: every gateway runs one; claims due for a check are leased
+//! to one gateway at a time (`take_due`: `FOR UPDATE SKIP LOCKED` plus a
+//! lease that outlives a crashed checker by a bounded time), checked at
+//! most `max_concurrent_checks` at once, and written back with their next
+//! check time (back-off capped at `check_interval_secs`). A new claim or a
+//! retry wakes the checkers through NOTIFY; otherwise they poll the indexed
+//! `next_check_at` every few seconds (one query, whatever the number of
+//! claims). Also refreshes the claim gauges.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Row};
+
+use super::check::Checker;
+use super::policy::{self, Finding, HostnameStatus};
+use super::settings::CustomDomainsConfig;
+use super::store::{Claim, Store, WAKE_CHANNEL};
+use crate::metrics::Metrics;
+
+/// Longest wait between two looks for due claims.
+const POLL_MAX: Duration = Duration::from_secs(5);
+/// How often the claim gauges are refreshed.
+const GAUGES_EVERY: Duration = Duration::from_secs(15);
+
+pub struct Worker {
+    store: Store,
+    listen_db: PgPool,
+    checker: Checker,
+    cfg: CustomDomainsConfig,
+    /// The lookup query in effect: a claim becomes active only when it maps
+    /// the name to the claim's tenant.
+    lookup_query: String,
+    owner: String,
+    metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    pub fn new(
+        store: Store,
+        listen_db: PgPool,
+        checker: Checker,
+        cfg: CustomDomainsConfig,
+        lookup_query: String,
+        metrics: Arc<Metrics>,
+    ) -> Worker {
+        let owner = format!(
+            "{}:{}:{:08x}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "gateway".into()),
+            std::process::id(),
+            rand::random::<u32>()
+        );
+        Worker {
+            store,
+            listen_db,
+            checker,
+            cfg,
+            lookup_query,
+            owner,
+            metrics,
+        }
+    }
+
+    /// Runs for the life of the gateway (the schema is prepared by the caller).
+    pub async fn run(self: Arc<Self>) {
+        let (wake_tx, mut wake) = tokio::sync::mpsc::channel::<()>(1);
+        tokio::spawn(self.clone().listen(wake_tx));
+        let poll = POLL_MAX.min(Duration::from_secs(self.cfg.check_interval_secs));
+        let mut tick = tokio::time::interval(poll);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut gauges = tokio::time::interval(GAUGES_EVERY);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.round().await,
+                Some(()) = wake.recv() => self.round().await,
+                _ = gauges.tick() => self.refresh_gauges().await,
+            }
+        }
+    }
+
+    async fn listen(self: Arc<Self>, wake: tokio::sync::mpsc::Sender<()>) {
+        loop {
+            let mut l = match PgListener::connect_with(&self.listen_db).await {
+                Ok(mut l) => {
+                    l.eager_reconnect(false);
+                    match l.listen(WAKE_CHANNEL).await {
+                        Ok(()) => l,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "custom hostnames: cannot LISTEN; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "custom hostnames: cannot LISTEN; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            while let Ok(Some(_)) = l.try_recv().await {
+                // A full channel already holds a wake-up: nothing lost.
+                let _ = wake.try_send(());
+            }
+            tracing::warn!("custom hostnames: LISTEN connection lost; reconnecting");
+        }
+    }
+
+    /// Lease the due claims and handle them, `max_concurrent_checks` at a time.
+    async fn round(self: &Arc<Self>) {
+        let cap = self.cfg.max_concurrent_checks as usize;
+        let lease = Duration::from_millis(self.cfg.check_timeout_ms) * 2 + Duration::from_secs(30);
+        let due = match self
+            .store
+            .take_due(&self.owner, lease.as_secs_f64(), (cap * 4) as i64)
+            .await
+        {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!(error = %e, "custom hostnames: cannot read due claims");
+                return;
+            }
+        };
+        let mut running = tokio::task::JoinSet::new();
+        for claim in due {
+            while running.len() >= cap {
+                running.join_next().await;
+            }
+            let me = self.clone();
+            running.spawn(async move { me.handle(claim).await });
+        }
+        while running.join_next().await.is_some() {}
+    }
+
+    async fn handle(&self, c: Claim) {
+        let now = unix_now();
+        let interval = Duration::from_secs(self.cfg.check_interval_secs);
+        let (next, detail, other, delay) = match c.status {
+            HostnameStatus::Pending => {
+                let finding = self.checker.check(&c.name, c.method, &c.token).await;
+                let result = match &finding {
+                    Finding::Proven => "proven",
+                    Finding::NotYet { other_proof: true, .. } => "other_proof",
+                    Finding::NotYet { .. } => "not_yet",
+                };
+                self.metrics
+                    .hostname_checks
+                    .with_label_values(&[c.method.as_str(), result])
+                    .inc();
+                let routable = finding == Finding::Proven && self.routable(&c).await;
+                let next = policy::after_check(&finding, routable, now, c.verify_by, c.saw_other_proof);
+                let jitter = f64::from(rand::random::<u32>()) / f64::from(u32::MAX);
+                let delay = match next {
+                    HostnameStatus::Pending => policy::next_check_delay(c.checks.max(0) as u32, interval, jitter),
+                    _ => interval,
+                };
+                match finding {
+                    Finding::Proven if next == HostnameStatus::Verified => (next, Some(unroutable(&c)), false, delay),
+                    Finding::Proven => (next, None, false, delay),
+                    Finding::NotYet { other_proof, detail } => (next, Some(detail), other_proof, delay),
+                }
+            }
+            HostnameStatus::Verified => match self.routable(&c).await {
+                true => (HostnameStatus::Active, None, false, interval),
+                false => (HostnameStatus::Verified, Some(unroutable(&c)), false, interval),
+            },
+            // Leased in another state only if it changed in between: free it.
+            other => (other, c.last_error.clone(), false, interval),
+        };
+        if let Err(e) = self
+            .store
+            .record(&c, &self.owner, next, detail.as_deref(), other, delay.as_secs_f64())
+            .await
+        {
+            tracing::warn!(name = %c.name, error = %e, "custom hostnames: cannot record a check; its lease expires on its own");
+        }
+    }
+
+    /// Whether the lookup query maps the claim's name to the claim's tenant
+    /// (read on the primary, right after the proof).
+    async fn routable(&self, c: &Claim) -> bool {
+        let row = sqlx::query(&self.lookup_query)
+            .bind(&c.name)
+            .fetch_optional(self.store.db())
+            .await;
+        match row {
+            Ok(Some(row)) => row.try_get::<String, _>(0).is_ok_and(|schema| schema == c.tenant),
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(name = %c.name, error = %e, "custom hostnames: lookup query failed");
+                false
+            }
+        }
+    }
+
+    async fn refresh_gauges(&self) {
+        match self.store.counts().await {
+            Ok((counts, oldest)) => {
+                for st in HostnameStatus::ALL {
+                    let n = counts.iter().find(|(s, _)| *s == st).map_or(0, |(_, n)| *n);
+                    self.metrics.hostnames.with_label_values(&[st.as_str()]).set(n);
+                }
+                self.metrics.hostnames_oldest_pending_seconds.set(oldest);
+            }
+            Err(e) => tracing::debug!(error = %e, "custom hostnames: cannot count claims"),
+        }
+    }
+}
+
+fn unroutable(c: &Claim) -> String {
+    format!(
+        "ownership proven; the domain table does not map {} to tenant {} yet",
+        c.name, c.tenant
+    )
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

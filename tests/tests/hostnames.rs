@@ -1,0 +1,443 @@
+//! Custom hostnames with ownership verification (`[custom_domains]`
+//! verification = "required"), against a real DNS server on loopback
+//! (Debian's pebble-challtestsrv), Pebble as the CA and real PostgreSQL:
+//! a pending name is neither routed nor ordered, even when a client sends
+//! its SNI; the TXT token and the HTTP token prove a claim; a token proves
+//! only its own (name, tenant) claim and a name moves between tenants only
+//! by an operator's logged remove + add; removal stops the certificate
+//! being presented on two gateways within a second and the stored
+//! certificate is deleted after its grace period; a claim nobody proves
+//! expires and can be retried.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use e2e::tls::{dev_certs, https_client, probe};
+use e2e::*;
+
+const SHOP: &str = "shop.ferrari-cars.test";
+
+fn tenants(pg: &Postgres) {
+    app_cli_ok(&pg.url(), &["migrate"]);
+    create_tenant(&pg.url(), "ferrari", &["ferrari.myapp.localhost"]);
+    create_tenant(&pg.url(), "mclaren", &["mclaren.myapp.localhost"]);
+}
+
+/// `[custom_domains]` with checks against `dns_port`, every second.
+fn verification(dns_port: u16, http_port: u16, methods: &str, window_secs: u64) -> String {
+    format!(
+        "[custom_domains]\nverification = \"required\"\nmethods = [{methods}]\nresolver = \"127.0.0.1:{dns_port}\"\n\
+         http_port = {http_port}\ncheck_interval_secs = 1\ncheck_timeout_ms = 3000\nverification_window_secs = {window_secs}\n"
+    )
+}
+
+/// TLS + ACME against `pebble` (whose DNS also answers the checks).
+fn acme_body(certs: &Path, pebble: &Pebble, app_port: u16, grace_secs: u64) -> String {
+    format!(
+        "[tenant]\nbase_domains = [\"myapp.localhost\"]\n\
+         [tls]\nlisten = \"127.0.0.1:{{TLS_PORT}}\"\n\
+         certificates = [{{ cert_file = \"{0}/wildcard.pem\", key_file = \"{0}/wildcard.key\" }}]\n\
+         [acme]\nenabled = true\ndirectory_url = \"{1}\"\nca_root = \"{2}\"\n\
+         challenges = [\"http-01\"]\ncheck_interval_secs = 1\nretry_base_secs = 1\nretry_max_secs = 3\non_demand_timeout_ms = 8000\n\
+         removed_certificate_grace_secs = {grace_secs}\n\
+         [admin]\ntoken_env = \"TG_ADMIN_TOKEN\"\n{3}{4}",
+        certs.display(),
+        pebble.directory(),
+        pebble.directory_ca().display(),
+        verification(pebble.dns().port, 80, "\"txt\", \"http\"", 7 * 86_400),
+        pools_toml(&[("default", &[app_port])]),
+    )
+}
+
+fn json(text: String) -> serde_json::Value {
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+}
+
+/// A claim's row field, read straight from the database.
+fn claim_field(pg: &Postgres, name: &str, column: &str) -> String {
+    pg.psql(&format!(
+        "SELECT {column} FROM tenant_gateway.custom_hostnames WHERE name = '{name}'"
+    ))
+    .unwrap_or_default()
+}
+
+/// Wait until the checkers have looked at `name` at least `n` times.
+fn wait_checks(pg: &Postgres, name: &str, n: i64) {
+    wait_until(&format!("{n} checks of {name}"), Duration::from_secs(30), || {
+        claim_field(pg, name, "checks").parse::<i64>().unwrap_or(0) >= n
+    })
+    .unwrap();
+}
+
+fn wait_status(pg: &Postgres, name: &str, status: &str, timeout: Duration) {
+    wait_until(&format!("{name} {status}"), timeout, || {
+        claim_field(pg, name, "status") == status
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {name} is {} ({})",
+            claim_field(pg, name, "status"),
+            claim_field(pg, name, "last_error")
+        )
+    });
+}
+
+/// Status of a plain-HTTP request for `host` (unverified names get the
+/// 404 page before any redirect to HTTPS).
+fn http_status(port: u16, host: &str) -> u16 {
+    raw_http(
+        port,
+        &format!("GET /whoami HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    )
+    .map(|(status, _)| status)
+    .unwrap_or(0)
+}
+
+fn orders(pg: &Postgres) -> i64 {
+    pg.psql("SELECT count(*) FROM tenant_gateway.acme_orders")
+        .unwrap_or_else(|_| "0".into())
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Wait until `name` is presented with Pebble's certificate and a verified
+/// HTTPS request for it lands on `tenant`.
+fn wait_served(pebble: &Pebble, tls_port: u16, name: &str, tenant: &str) {
+    wait_until(&format!("certificate for {name}"), Duration::from_secs(60), || {
+        probe(tls_port, Some(name), &["http/1.1"]).is_ok_and(|p| p.names == [name])
+    })
+    .unwrap_or_else(|e| panic!("{e}\nPebble log:\n{}", pebble.log()));
+    let root = pebble.issuing_root().unwrap();
+    let client = https_client(&root, tls_port, &[name], &["http/1.1"]);
+    wait_until(&format!("{name} routed to {tenant}"), Duration::from_secs(10), || {
+        client
+            .get(&format!("https://{name}:{tls_port}/whoami"))
+            .send()
+            .is_ok_and(|r| r.status == 200 && r.json()["tenant"] == tenant)
+    })
+    .unwrap();
+}
+
+fn presented(tls_port: u16, name: &str) -> bool {
+    probe(tls_port, Some(name), &["http/1.1"]).is_ok_and(|p| p.names.iter().any(|n| n == name))
+}
+
+#[test]
+fn a_claim_routes_and_gets_a_certificate_only_once_proven_by_its_own_token() {
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    let app = UpstreamApp::start(&pg.url(), "").unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path());
+    let ports = GatewayPorts::free();
+    let pebble = Pebble::start(certs.path(), ports.http, ports.tls, 3600).unwrap();
+    let gw =
+        Gateway::start_with_ports(&pg.url(), &acme_body(certs.path(), &pebble, app.port, 86_400), 1, ports).unwrap();
+    let txt = format!("_tenant-gateway.{SHOP}");
+
+    // The tenant's product adds the domain row: without a claim it routes nowhere.
+    app_cli_ok(&pg.url(), &["domain", "add", SHOP, "--tenant", "ferrari"]);
+    assert_eq!(http_status(ports.http, SHOP), 404);
+    let added = json(gw.cli(&pg.url(), &["hostnames", "add", SHOP, "--tenant", "ferrari"]));
+    assert_eq!(added["status"], "pending");
+    assert_eq!(added["routed"], false);
+    assert_eq!(added["instructions"]["txt_name"], txt);
+    let token_a = added["instructions"]["txt_value"].as_str().unwrap().to_owned();
+    assert_eq!(token_a.len(), 32);
+
+    // (a) Pending, with someone else's value published: not routed, and no
+    // order even when clients send the name as SNI.
+    pebble.dns().set_txt(&txt, "someone-elses-token");
+    wait_checks(&pg, SHOP, 2);
+    for _ in 0..3 {
+        assert!(!presented(ports.tls, SHOP), "no certificate for a pending name");
+    }
+    assert_eq!(http_status(ports.http, SHOP), 404);
+    assert_eq!(orders(&pg), 0, "a pending name gets no order");
+    let status = json(gw.cli(&pg.url(), &["hostnames", "status", SHOP]));
+    assert_eq!(status["status"], "pending");
+    assert_eq!(status["saw_other_proof"], true);
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("other value"),
+        "{status}"
+    );
+    assert_eq!(status["certificate"]["status"], "none");
+    let (code, explain) = gw.api(http::Method::GET, &format!("explain?host={SHOP}"), Some(ADMIN_TOKEN));
+    assert_eq!(code, 200);
+    assert!(
+        explain["answer"].as_str().unwrap_or_default().starts_with("unverified"),
+        "{explain}"
+    );
+
+    // (b) The owner publishes the token: verified within the check
+    // interval, then active (the row maps the name to ferrari), routed,
+    // and a certificate is ordered.
+    pebble.dns().set_txt(&txt, &token_a);
+    wait_status(&pg, SHOP, "active", Duration::from_secs(20));
+    wait_served(&pebble, ports.tls, SHOP, "ferrari");
+    let status = json(gw.cli(&pg.url(), &["hostnames", "status", SHOP]));
+    assert_eq!(status["routed"], true);
+    assert_eq!(status["certificate"]["status"], "issued");
+
+    // (d) Another tenant cannot claim the name while ferrari holds it
+    // (CLI and API alike).
+    let out = gw.cli_output(&pg.url(), &["hostnames", "add", SHOP, "--tenant", "mclaren"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("claimed by tenant `ferrari`"), "{stderr}");
+    let (code, body) = gw.api(
+        http::Method::POST,
+        &format!("hostnames?name={SHOP}&tenant=mclaren"),
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(code, 409, "{body}");
+
+    // The app moves the row to mclaren on its own: the name now routes to
+    // nobody (ferrari's claim does not cover mclaren), and its certificate
+    // is no longer presented.
+    pg.psql(&format!(
+        "UPDATE public.domains SET tenant_id = (SELECT id FROM public.tenants WHERE schema_name = 'mclaren') \
+          WHERE domain = '{SHOP}'"
+    ))
+    .unwrap();
+    wait_until("moved row unrouted", Duration::from_secs(10), || {
+        http_status(ports.http, SHOP) == 404 && !presented(ports.tls, SHOP)
+    })
+    .unwrap();
+
+    // The operator moves the name explicitly: remove, then mclaren's own
+    // claim with a fresh token. Ferrari's token, still published, does
+    // not prove mclaren's claim.
+    let removed = gw.cli_output(&pg.url(), &["hostnames", "remove", SHOP]);
+    assert!(removed.status.success());
+    let removal_log = String::from_utf8_lossy(&removed.stderr).into_owned();
+    assert!(
+        removal_log.contains("custom hostname removed") && removal_log.contains("actor=\"cli:"),
+        "{removal_log}"
+    );
+    let added_b = json(gw.cli(&pg.url(), &["hostnames", "add", SHOP, "--tenant", "mclaren"]));
+    let token_b = added_b["instructions"]["txt_value"].as_str().unwrap().to_owned();
+    assert_ne!(token_a, token_b);
+    let before = claim_field(&pg, SHOP, "checks").parse::<i64>().unwrap_or(0);
+    wait_checks(&pg, SHOP, before + 3);
+    assert_eq!(claim_field(&pg, SHOP, "status"), "pending");
+    assert_eq!(claim_field(&pg, SHOP, "saw_other_proof"), "t");
+    assert_eq!(http_status(ports.http, SHOP), 404);
+    pebble.dns().set_txt(&txt, &token_b);
+    wait_status(&pg, SHOP, "active", Duration::from_secs(20));
+    wait_served(&pebble, ports.tls, SHOP, "mclaren");
+
+    // Every step is in the claim's history, the operator's with who did it.
+    let history = json(gw.cli(&pg.url(), &["hostnames", "status", SHOP]))["events"].clone();
+    let steps: Vec<(String, String, String)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap_or_default().to_owned(),
+                e["tenant"].as_str().unwrap_or_default().to_owned(),
+                e["actor"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let events: Vec<(&str, &str)> = steps.iter().map(|(e, t, _)| (e.as_str(), t.as_str())).collect();
+    assert_eq!(
+        events,
+        [
+            ("added", "ferrari"),
+            ("active", "ferrari"),
+            ("removed", "ferrari"),
+            ("added", "mclaren"),
+            ("active", "mclaren")
+        ]
+    );
+    assert!(steps[2].2.starts_with("cli:"), "{steps:?}");
+    assert_eq!(steps[1].2, "checker");
+}
+
+#[test]
+fn the_http_token_proves_a_claim_and_an_unproven_claim_expires() {
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    let app = UpstreamApp::start(&pg.url(), "").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let dns = DnsServer::start(dir.path()).unwrap();
+    // The customer's own web server (every name resolves to 127.0.0.1).
+    let file = Arc::new(Mutex::new("not the token".to_owned()));
+    let web_port = serve_text(file.clone());
+    let body = format!(
+        "[tenant]\nbase_domains = [\"myapp.localhost\"]\n[admin]\ntoken_env = \"TG_ADMIN_TOKEN\"\n{}{}",
+        verification(dns.port, web_port, "\"http\", \"txt\"", 20),
+        pools_toml(&[("default", &[app.port])]),
+    );
+    let gw = Gateway::start(&pg.url(), &body).unwrap();
+    app_cli_ok(&pg.url(), &["domain", "add", SHOP, "--tenant", "ferrari"]);
+
+    // (c) Claimed through the operator API; the default method is http.
+    let (code, added) = gw.api(
+        http::Method::POST,
+        &format!("hostnames?name={SHOP}&tenant=ferrari"),
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(code, 200, "{added}");
+    assert_eq!(added["method"], "http");
+    assert_eq!(
+        added["instructions"]["http_url"],
+        format!("http://{SHOP}/.well-known/tenant-gateway/verification.txt")
+    );
+    let token = added["instructions"]["http_body"].as_str().unwrap().to_owned();
+    wait_checks(&pg, SHOP, 2);
+    assert_eq!(claim_field(&pg, SHOP, "status"), "pending");
+    assert_eq!(claim_field(&pg, SHOP, "saw_other_proof"), "t");
+    assert_eq!(http_status(gw.port, SHOP), 404);
+    *file.lock().unwrap() = token;
+    wait_status(&pg, SHOP, "active", Duration::from_secs(15));
+    wait_until("routed", Duration::from_secs(10), || {
+        http::client()
+            .get(&gw.url("/whoami"))
+            .header("host", SHOP)
+            .send()
+            .is_ok_and(|r| r.status == 200 && r.json()["tenant"] == "ferrari")
+    })
+    .unwrap();
+    let (code, status) = gw.api(
+        http::Method::GET,
+        &format!("hostnames/status?name={SHOP}"),
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(code, 200);
+    assert_eq!(status["status"], "active");
+    assert_eq!(status["certificate"]["status"], "none", "ACME is off here");
+
+    // A claim nobody proves expires at the end of its window (20 s here);
+    // a retry opens a new one. The name was never routed.
+    app_cli_ok(&pg.url(), &["domain", "add", "nowhere.test", "--tenant", "mclaren"]);
+    let (code, _) = gw.api(
+        http::Method::POST,
+        "hostnames?name=nowhere.test&tenant=mclaren&method=txt",
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(code, 200);
+    wait_status(&pg, "nowhere.test", "expired", Duration::from_secs(60));
+    assert_eq!(http_status(gw.port, "nowhere.test"), 404);
+    let (code, retried) = gw.api(
+        http::Method::POST,
+        "hostnames/retry?name=nowhere.test",
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(code, 200, "{retried}");
+    assert_eq!(retried["status"], "pending");
+    let (code, listed) = gw.api(http::Method::GET, "hostnames?status=pending", Some(ADMIN_TOKEN));
+    assert_eq!(code, 200);
+    assert_eq!(names(&listed), ["nowhere.test"]);
+    // Retrying an active claim is refused; bad arguments get a 400.
+    let (code, _) = gw.api(
+        http::Method::POST,
+        &format!("hostnames/retry?name={SHOP}"),
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(code, 409);
+    let (code, _) = gw.api(
+        http::Method::POST,
+        "hostnames?name=tenant.myapp.localhost&tenant=ferrari",
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(code, 400, "base-domain names need no claim");
+
+    // Metrics: checks by method and result, claims by status.
+    wait_until("claim gauges", Duration::from_secs(40), || {
+        let m = gw.scrape().unwrap_or_default();
+        metric_sum(&m, "tenant_gateway_custom_hostnames", &[("status", "active")]) == 1.0
+            && metric_sum(&m, "tenant_gateway_custom_hostnames", &[("status", "pending")]) == 1.0
+    })
+    .unwrap();
+    let m = gw.scrape().unwrap();
+    assert!(
+        metric_sum(
+            &m,
+            "tenant_gateway_custom_hostname_checks_total",
+            &[("method", "http"), ("result", "other_proof")]
+        ) >= 1.0
+    );
+    assert_eq!(
+        metric_sum(
+            &m,
+            "tenant_gateway_custom_hostname_checks_total",
+            &[("method", "http"), ("result", "proven")]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn removal_stops_the_certificate_on_two_gateways_within_a_second() {
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    let (claimed, row_only) = ("removed-claim.test", "removed-row.test");
+    app_cli_ok(&pg.url(), &["domain", "add", claimed, "--tenant", "ferrari"]);
+    app_cli_ok(&pg.url(), &["domain", "add", row_only, "--tenant", "ferrari"]);
+    let app = UpstreamApp::start(&pg.url(), "").unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path());
+    let (ports1, ports2) = (GatewayPorts::free(), GatewayPorts::free());
+    let pebble = Pebble::start(certs.path(), ports1.http, ports1.tls, 3600).unwrap();
+    let body = acme_body(certs.path(), &pebble, app.port, 2);
+    let gw1 = Gateway::start_with_ports(&pg.url(), &body, 1, ports1).unwrap();
+    let gw2 = Gateway::start_with_ports(&pg.url(), &body, 1, ports2).unwrap();
+    for name in [claimed, row_only] {
+        let added = json(gw1.cli(
+            &pg.url(),
+            &["hostnames", "add", name, "--tenant", "ferrari", "--preverified"],
+        ));
+        assert_eq!(added["method"], "operator");
+        wait_status(&pg, name, "active", Duration::from_secs(20));
+        wait_served(&pebble, ports1.tls, name, "ferrari");
+        wait_until(
+            &format!("{name} on the second gateway"),
+            Duration::from_secs(20),
+            || presented(ports2.tls, name),
+        )
+        .unwrap();
+    }
+
+    // The operator removes a claim.
+    gw2.cli(&pg.url(), &["hostnames", "remove", claimed]);
+    let since = Instant::now();
+    wait_until("certificate gone from both gateways", Duration::from_secs(5), || {
+        !presented(ports1.tls, claimed) && !presented(ports2.tls, claimed)
+    })
+    .unwrap();
+    let took = since.elapsed();
+    assert!(took <= Duration::from_secs(1), "took {took:?}");
+    assert_eq!(http_status(ports1.http, claimed), 404);
+
+    // The app deletes a domain row (the claim stays active).
+    app_cli_ok(&pg.url(), &["domain", "remove", row_only]);
+    let since = Instant::now();
+    wait_until("certificate gone from both gateways", Duration::from_secs(5), || {
+        !presented(ports1.tls, row_only) && !presented(ports2.tls, row_only)
+    })
+    .unwrap();
+    let took = since.elapsed();
+    assert!(took <= Duration::from_secs(1), "took {took:?}");
+    // Still presented: the other names' certificates are untouched.
+    let wildcard = probe(ports1.tls, Some("ferrari.myapp.localhost"), &["http/1.1"]).unwrap();
+    assert!(wildcard.names.iter().any(|n| n == "*.myapp.localhost"), "{wildcard:?}");
+
+    // After the grace period (2 s here) the stored material is deleted.
+    wait_until("retired certificates deleted", Duration::from_secs(30), || {
+        pg.psql("SELECT count(*) FROM tenant_gateway.certificates")
+            .is_ok_and(|n| n == "0")
+    })
+    .unwrap();
+    // A restarted gateway presents nothing for them either.
+    drop(gw2);
+    let gw2 = Gateway::start_with_ports(&pg.url(), &body, 1, ports2).unwrap();
+    assert!(!presented(ports2.tls, claimed) && !presented(ports2.tls, row_only));
+    drop(gw2);
+}
