@@ -95,8 +95,19 @@ wait_for() { # url
 }
 for port in "${APP_PORTS[@]}"; do wait_for "http://127.0.0.1:$port/healthz"; done
 wait_for "http://127.0.0.1:$ADMIN_PORT/readyz"
-
 gw() { curl -fsS --cacert certs/dev/ca.pem --resolve "$1:$HTTPS_PORT:127.0.0.1" "https://$1:$HTTPS_PORT$2" "${@:3}"; }
+
+# Custom domains route only with an active claim ([custom_domains]
+# verification = "required", the default). The demo's operator vouches for
+# its own two (logged as preverified); a tenant-typed domain would get a
+# pending claim and instructions instead: `gateway hostnames add NAME --tenant T`.
+"$BIN/gateway" --config "$ROOT/gateway.toml" hostnames add www.ferrari-cars.localhost --tenant ferrari --preverified >/dev/null
+"$BIN/gateway" --config "$ROOT/gateway.toml" hostnames add mclaren-racing.localhost --tenant mclaren --preverified >/dev/null
+for _ in $(seq 1 300); do
+  [ "$(gw www.ferrari-cars.localhost /whoami -o /dev/null -w '%{http_code}' 2>/dev/null)" = 200 ] && break
+  sleep 0.1
+done
+
 for t in ferrari mclaren; do
   if [ "$(gw "$t.myapp.localhost" /projects)" = "[]" ]; then
     gw "$t.myapp.localhost" /projects -X POST -H 'content-type: application/json' \
@@ -118,6 +129,7 @@ Tenant Gateway demo is running (logs: $ROOT/logs, Ctrl-C to stop).
 
 Operator CLI (same database):
   DATABASE_URL=$DATABASE_URL target/debug/upstream-app tenant list
+  DATABASE_URL=$DATABASE_URL TG_STAMP_KEY_K1=... target/debug/gateway --config $ROOT/gateway.toml hostnames list
 
 TXT
 wait "${PIDS[-1]}"

@@ -1,13 +1,15 @@
 //! The gateway's own schema (`tenant_gateway`): ACME state and certificates
-//! (0001), custom-hostname claims and retired certificates (0002). Every
+//! (0001), custom-hostname claims and retired certificates (0002), the
+//! indexes that keep certificate scans proportional to what is due (0003). Every
 //! gateway applies the migrations at start-up; they are idempotent and
 //! serialised across the fleet by a transaction-scoped advisory lock.
 
 use sqlx::PgPool;
 
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     include_str!("../migrations/0001_acme.sql"),
     include_str!("../migrations/0002_hostnames.sql"),
+    include_str!("../migrations/0003_certificate_scale.sql"),
 ];
 const MIGRATION_LOCK: i64 = 0x7467_6163_6d65; // "tgacme"
 
