@@ -149,6 +149,9 @@ impl Admin {
     fn metrics_text(&self) -> Response<Vec<u8>> {
         let (known, _unknown) = self.cache.entry_counts();
         self.metrics.cache_entries.set(i64::try_from(known).unwrap_or(i64::MAX));
+        self.metrics
+            .certificates_in_memory
+            .set(i64::try_from(self.certs.issued_len()).unwrap_or(i64::MAX));
         for pool in self.live.load_full().pools.all() {
             for (backend, up) in pool.health() {
                 self.metrics

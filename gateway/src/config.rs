@@ -297,6 +297,9 @@ pub struct AcmeConfig {
     /// How long a retired certificate (its name removed: no longer
     /// presented) stays stored before it is deleted.
     pub removed_certificate_grace_secs: u64,
+    /// Issued certificates kept in memory (the rest load from the database
+    /// at their first handshake).
+    pub certificate_cache_size: usize,
 }
 
 impl Default for AcmeConfig {
@@ -318,6 +321,7 @@ impl Default for AcmeConfig {
             orders_per_domain_per_week: 20,
             max_concurrent_orders: 4,
             removed_certificate_grace_secs: 86_400,
+            certificate_cache_size: 10_000,
         }
     }
 }
@@ -1108,6 +1112,9 @@ impl Config {
         }
         if a.max_concurrent_orders == 0 {
             return Err(invalid("acme.max_concurrent_orders", "must be at least 1"));
+        }
+        if a.certificate_cache_size == 0 {
+            return Err(invalid("acme.certificate_cache_size", "must be at least 1"));
         }
         Ok(())
     }

@@ -566,7 +566,10 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
     };
 
     // TLS: certificates, redirects.
-    let cert_store = Arc::new(tls::store::CertStore::new());
+    let cert_store = Arc::new(tls::store::CertStore::with_issued_capacity(
+        cfg.acme.certificate_cache_size,
+        Some(metrics.cert_expiry.clone()),
+    ));
     let tls_routing = match cfg.tls.listen {
         None => None,
         Some(addr) => {
@@ -590,15 +593,18 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
             4,
             Duration::from_millis(cfg.database.connect_timeout_ms),
         );
-        Some(Arc::new(tls::acme::Acme::new(
-            cfg.acme_effective(),
-            db,
-            &key,
-            cert_store.clone(),
-            cache.clone(),
-            cfg.tenant.base_domains.clone(),
-            metrics.clone(),
-        )))
+        Some(Arc::new(
+            tls::acme::Acme::new(
+                cfg.acme_effective(),
+                db,
+                &key,
+                cert_store.clone(),
+                cache.clone(),
+                cfg.tenant.base_domains.clone(),
+                metrics.clone(),
+            )
+            .with_claims_required(cfg.custom_domains.required()),
+        ))
     } else {
         None
     };

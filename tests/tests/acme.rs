@@ -404,6 +404,63 @@ fn renewal_survives_the_ca_being_down_and_restarts_order_nothing() {
     assert!(line.contains("valid"), "{line}");
 }
 
+/// Stored certificates are not loaded at start-up: each comes from the
+/// database at its first handshake, at most `certificate_cache_size` stay in
+/// memory, an evicted one loads again, and nothing is ordered again.
+#[test]
+fn stored_certificates_load_at_their_first_handshake_into_a_bounded_cache() {
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    let names = [
+        "one.ferrari-cars.test",
+        "two.ferrari-cars.test",
+        "three.ferrari-cars.test",
+    ];
+    for n in names {
+        app_cli_ok(&pg.url(), &["domain", "add", n, "--tenant", "ferrari"]);
+    }
+    let mut st = acme_stack_with(&pg, "\"http-01\"", "certificate_cache_size = 2\n");
+    for n in names {
+        wait_issued(&st.pebble, st.ports.tls, n, Duration::from_secs(60));
+    }
+    let ordered = orders(&pg);
+    assert_eq!(ordered, 3);
+
+    drop(st.gw);
+    st.gw = Gateway::start_with_ports(&pg.url(), &st.body, 1, st.ports).unwrap();
+    assert_eq!(st.gw.metric("tenant_gateway_certificates_in_memory"), 0.0);
+    let log = st.gw.proc_.log();
+    assert!(
+        log.contains("stored certificates load at their first handshake"),
+        "{log}"
+    );
+    for _round in 0..2 {
+        for n in names {
+            assert_eq!(probe(st.ports.tls, Some(n), &[]).unwrap().names, [n]);
+        }
+    }
+    let m = st.gw.scrape().unwrap();
+    let loaded = metric_sum(&m, "tenant_gateway_certificate_loads_total", &[("result", "loaded")]);
+    assert!(
+        loaded >= 4.0,
+        "3 names through 2 places load at least 4 times: {loaded}"
+    );
+    assert!(metric_sum(&m, "tenant_gateway_certificates_in_memory", &[]) <= 2.0);
+    // A name nobody serves never reaches the database for a certificate.
+    assert!(probe(st.ports.tls, Some("unknown.ferrari-cars.test"), &[]).is_err());
+    let m = st.gw.scrape().unwrap();
+    assert_eq!(
+        metric_sum(
+            &m,
+            "tenant_gateway_certificate_loads_total",
+            &[("result", "not_stored")]
+        ),
+        0.0
+    );
+    wait_scans(&[&st.gw], 3);
+    assert_eq!(orders(&pg), ordered, "nothing is ordered again");
+}
+
 /// Twenty custom domains arrive at once with three order slots: all get
 /// certificates, at most three orders run at a time (the rest wait for a
 /// slot), and every HTTP-01 validation request is answered (challenge

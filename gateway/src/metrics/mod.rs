@@ -63,6 +63,10 @@ pub struct Metrics {
     pub hostnames_oldest_pending_seconds: IntGauge,
     /// Ownership checks this gateway ran, by method and result.
     pub hostname_checks: IntCounterVec,
+    /// Stored certificates loaded at a handshake, by result.
+    pub certificate_loads: IntCounterVec,
+    /// Issued certificates in memory (refreshed at scrape).
+    pub certificates_in_memory: IntGauge,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -227,6 +231,17 @@ impl Metrics {
                 &r,
                 "tenant_gateway_custom_hostnames_oldest_pending_seconds",
                 "Age of the oldest pending custom-hostname claim (0 when none is pending).",
+            ),
+            certificate_loads: counter_vec(
+                &r,
+                "tenant_gateway_certificate_loads_total",
+                "Stored certificates loaded into memory at a handshake, by result (loaded, not_stored, error, timeout).",
+                &["result"],
+            ),
+            certificates_in_memory: gauge(
+                &r,
+                "tenant_gateway_certificates_in_memory",
+                "Issued certificates in memory (at most acme.certificate_cache_size).",
             ),
             hostname_checks: counter_vec(
                 &r,

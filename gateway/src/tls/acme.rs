@@ -93,6 +93,46 @@ const LEASE: Duration = ORDER_DEADLINE.saturating_add(LEASE_GRACE);
 const FREE_LEASE: &str = "lease_owner = NULL, lease_until = NULL, ordering_since = NULL, updated_at = now()";
 /// How long a rate-limited name waits before the next try.
 const RATE_LIMITED_RETRY: &str = "10 minutes";
+/// Bound on loading one stored certificate at a handshake.
+const LOAD_DEADLINE: Duration = Duration::from_secs(2);
+/// Names one scan takes per query (missing, due for renewal).
+const SCAN_BATCH: i64 = 500;
+/// `acme_names.last_error` of a name the guard refused: the scan skips it
+/// until its next attempt time, a change to the name (NOTIFY) clears it.
+const NOT_ELIGIBLE: &str = "not eligible";
+/// How long the scan leaves a refused name alone.
+const NOT_ELIGIBLE_RETRY: &str = "1 hour";
+
+/// Counts a handshake waiting for a name's certificate while it lives.
+struct Waiting<'a> {
+    map: &'a Mutex<HashMap<String, usize>>,
+    name: String,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(map: &'a Mutex<HashMap<String, usize>>, name: &str) -> Waiting<'a> {
+        *map.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_owned())
+            .or_default() += 1;
+        Waiting {
+            map,
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.name) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.name);
+            }
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
@@ -279,6 +319,13 @@ pub fn registered_domain(name: &str) -> String {
 }
 
 /// Backoff before retry number `failures`: base·2^(failures-1), capped, ±50 % jitter.
+/// When a certificate valid from `not_before` to `not_after` is renewed:
+/// between 60 % and 66.7 % of its lifetime (`jitter` in 0..1).
+pub fn renewal_point(not_before: i64, not_after: i64, jitter: f64) -> i64 {
+    let lifetime = (not_after - not_before).max(0) as f64;
+    not_before + (lifetime * (0.6 + jitter.clamp(0.0, 1.0) / 15.0)) as i64
+}
+
 pub fn backoff(base: Duration, max: Duration, failures: u32, jitter: f64) -> Duration {
     let exp = base.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(30)));
     let capped = exp.min(max);
@@ -306,6 +353,14 @@ pub struct Acme {
     wanted: mpsc::UnboundedSender<(String, bool)>,
     wanted_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, bool)>>>,
     in_progress: Mutex<HashSet<String>>,
+    /// Handshakes waiting for a name's certificate: a NOTIFY for such a
+    /// name loads it even though it is not in memory.
+    waiting: Mutex<HashMap<String, usize>>,
+    /// One database load per name at a time (handshakes coalesce on it).
+    loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Custom names need an active claim (`custom_domains.verification`):
+    /// the scan for missing certificates asks only for claimed names.
+    claims_required: bool,
     alpn_keys: Mutex<HashMap<String, (String, Arc<CertifiedKey>)>>,
 }
 
@@ -355,8 +410,18 @@ impl Acme {
             wanted: tx,
             wanted_rx: Mutex::new(Some(rx)),
             in_progress: Mutex::default(),
+            waiting: Mutex::default(),
+            loading: Mutex::default(),
+            claims_required: false,
             alpn_keys: Mutex::default(),
         }
+    }
+
+    /// The scan for missing certificates considers only names with an active
+    /// claim (with `custom_domains.verification = "required"`).
+    pub fn with_claims_required(mut self, required: bool) -> Acme {
+        self.claims_required = required;
+        self
     }
 
     /// Create the gateway's schema (idempotent, serialised across the fleet).
@@ -452,12 +517,22 @@ impl Acme {
         Some(key)
     }
 
-    /// A handshake for `name` found no certificate: if the name is eligible,
-    /// ask for one and wait (bounded) until it is in the store.
+    /// A handshake for `name` found no certificate in memory. A name not
+    /// served (the tenant cache says so, negatively cached) costs nothing
+    /// more; a served name's stored certificate is loaded (one indexed
+    /// query, coalesced per name, under `LOAD_DEADLINE`); an eligible name
+    /// without one is ordered, and the handshake waits (bounded) for it.
     pub async fn on_demand(&self, name: &str) {
-        if self.store.lookup(name).is_some() || !self.eligible(name).await {
+        if self.store.lookup(name).is_some() || self.served(name).await != Some(true) {
             return;
         }
+        if self.load_coalesced(name).await {
+            return;
+        }
+        if !self.eligible(name).await {
+            return;
+        }
+        let _waiting = Waiting::new(&self.waiting, name);
         let _ = self.wanted.send((name.to_owned(), false));
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.on_demand_timeout_ms);
         while tokio::time::Instant::now() < deadline {
@@ -469,13 +544,50 @@ impl Acme {
         tracing::info!(name, "on-demand certificate not ready in time; handshake falls back");
     }
 
+    /// Load `name`'s stored certificate into memory unless a concurrent
+    /// handshake already did; whether it is in memory now.
+    async fn load_coalesced(&self, name: &str) -> bool {
+        let gate = self
+            .loading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_owned())
+            .or_default()
+            .clone();
+        let loaded = {
+            let _turn = gate.lock().await;
+            if self.store.issued(name).is_some() {
+                true
+            } else {
+                let result = match tokio::time::timeout(LOAD_DEADLINE, self.load_one(name)).await {
+                    Ok(Ok(Some(_))) => "loaded",
+                    Ok(Ok(None)) => "not_stored",
+                    Ok(Err(e)) => {
+                        tracing::warn!(name, error = %e, "cannot load a stored certificate");
+                        "error"
+                    }
+                    Err(_) => "timeout",
+                };
+                self.metrics.certificate_loads.with_label_values(&[result]).inc();
+                result == "loaded"
+            }
+        };
+        let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours and the map's: nobody else is waiting on this gate.
+        if Arc::strong_count(&gate) <= 2 {
+            loading.remove(name);
+        }
+        loaded
+    }
+
     // ---- certificates in the database ----
 
     async fn load_one(&self, name: &str) -> Result<Option<Arc<Cert>>, AcmeError> {
         let row = bounded(
             "loading a certificate",
             sqlx::query(
-                "SELECT chain_pem, key_enc, removed_at IS NOT NULL FROM tenant_gateway.certificates WHERE name = $1",
+                "SELECT chain_pem, key_enc, removed_at IS NOT NULL, extract(epoch FROM renew_after)::bigint \
+                   FROM tenant_gateway.certificates WHERE name = $1",
             )
             .bind(name)
             .fetch_optional(&self.db),
@@ -489,7 +601,10 @@ impl Acme {
         let chain: String = row.try_get(0)?;
         let key_enc: Vec<u8> = row.try_get(1)?;
         let key = self.seal.open(&format!("cert:{name}"), &key_enc)?;
-        let cert = Cert::from_pem(chain.as_bytes(), &key, &format!("database:{name}")).map_err(other)?;
+        let renew_at: Option<i64> = row.try_get(3)?;
+        let cert = Cert::from_pem(chain.as_bytes(), &key, &format!("database:{name}"))
+            .map_err(other)?
+            .with_renew_at(renew_at);
         self.metrics.cert_expiry.with_label_values(&[name]).set(cert.not_after);
         self.store.add_issued(cert);
         Ok(self.store.issued(name))
@@ -523,15 +638,75 @@ impl Acme {
                 if me.base_domains.iter().any(|b| tenancy::is_under(&name, b)) {
                     continue;
                 }
-                if me.store.issued(&name).is_some() && me.served(&name).await == Some(false) {
-                    if let Err(e) = me.retire(&name).await {
-                        tracing::error!(name, error = %e, "ACME: cannot retire the certificate of a removed name");
+                match me.served(&name).await {
+                    Some(false) => {
+                        if let Err(e) = me.retire(&name).await {
+                            tracing::error!(name, error = %e, "ACME: cannot retire the certificate of a removed name");
+                        }
                     }
-                } else {
-                    me.spawn_attempt(name, false);
+                    Some(true) => {
+                        if let Err(e) = me.welcome_back(&name).await {
+                            tracing::warn!(name, error = %e, "ACME: cannot clear the name's retirement");
+                        }
+                        me.spawn_attempt(name, false);
+                    }
+                    None => {}
                 }
             }
         });
+    }
+
+    /// A name served (again): a retired certificate of it serves again, and
+    /// a refusal by the guard no longer holds its next attempt back.
+    async fn welcome_back(&self, name: &str) -> Result<(), AcmeError> {
+        bounded(
+            "clearing a retirement",
+            sqlx::query(
+                "UPDATE tenant_gateway.certificates SET removed_at = NULL WHERE name = $1 AND removed_at IS NOT NULL",
+            )
+            .bind(name)
+            .execute(&self.db),
+        )
+        .await?;
+        bounded(
+            "clearing a refusal",
+            sqlx::query(
+                "UPDATE tenant_gateway.acme_names SET next_attempt_at = now(), last_error = NULL
+                  WHERE name = $1 AND last_error = $2",
+            )
+            .bind(name)
+            .bind(NOT_ELIGIBLE)
+            .execute(&self.db),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The scan's query for names that need a first certificate: listed
+    /// by the domains query, not under a base domain ($1 names, $2
+    /// suffixes), no live certificate, not held back, and (with claims)
+    /// an active claim; at most $3.
+    fn missing_sql(&self) -> String {
+        let domains = self.cfg.domains_query.as_deref().unwrap_or_default();
+        let domains = domains.trim().trim_end_matches(';');
+        let claimed = match self.claims_required {
+            true => {
+                " AND EXISTS (SELECT 1 FROM tenant_gateway.custom_hostnames h \
+                              WHERE h.name = d.name AND h.status = 'active')"
+            }
+            false => "",
+        };
+        format!(
+            "SELECT d.name FROM ({domains}) AS d(name) \
+              WHERE NOT (d.name = ANY($1::text[]) \
+                         OR EXISTS (SELECT 1 FROM unnest($2::text[]) AS s(suffix) \
+                                     WHERE right(d.name, length(s.suffix)) = s.suffix)) \
+                AND NOT EXISTS (SELECT 1 FROM tenant_gateway.certificates c \
+                                 WHERE c.name = d.name AND c.removed_at IS NULL) \
+                AND NOT EXISTS (SELECT 1 FROM tenant_gateway.acme_names n \
+                                 WHERE n.name = d.name AND n.next_attempt_at > now()){claimed} \
+              LIMIT $3"
+        )
     }
 
     /// Retire a name's stored certificate: the update NOTIFYs every gateway,
@@ -570,22 +745,15 @@ impl Acme {
         Ok(())
     }
 
-    async fn load_all(&self) -> Result<usize, AcmeError> {
-        let names: Vec<String> = bounded(
-            "listing stored certificates",
-            sqlx::query_scalar("SELECT name FROM tenant_gateway.certificates WHERE removed_at IS NULL")
-                .fetch_all(&self.db),
-        )
-        .await?;
-        let mut n = 0;
-        for name in names {
-            match self.load_one(&name).await {
-                Ok(Some(_)) => n += 1,
-                Ok(None) => {}
-                Err(e) => tracing::error!(name, error = %e, "cannot load stored certificate"),
+    /// Reload the certificates in memory (after a LISTEN gap: a renewal or
+    /// a retirement may have been missed), one query per name in memory
+    /// (at most `certificate_cache_size`).
+    async fn refresh_loaded(&self) {
+        for name in self.store.issued_names() {
+            if let Err(e) = self.load_one(&name).await {
+                tracing::warn!(name, error = %e, "ACME: cannot refresh a certificate in memory");
             }
         }
-        Ok(n)
     }
 
     // ---- the worker ----
@@ -603,10 +771,13 @@ impl Acme {
                 }
             }
         }
-        match self.load_all().await {
-            Ok(n) => tracing::info!(certificates = n, "ACME: stored certificates loaded"),
-            Err(e) => tracing::error!(error = %e, "ACME: cannot load stored certificates"),
-        }
+        // Nothing is loaded up front: stored certificates come into memory
+        // at their first handshake (`on_demand`), so start-up does not grow
+        // with the number of names.
+        tracing::info!(
+            cache_size = self.cfg.certificate_cache_size,
+            "ACME: ready; stored certificates load at their first handshake"
+        );
         tokio::spawn(self.clone().listen());
         let Some(mut rx) = self.wanted_rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return;
@@ -636,12 +807,15 @@ impl Acme {
                     continue;
                 }
             };
-            // Anything missed while not listening: reload and rescan.
-            let _ = self.load_all().await;
+            // Anything missed while not listening: refresh what is in memory, rescan.
+            self.refresh_loaded().await;
             let _ = self.scan().await;
             while let Ok(Some(n)) = l.try_recv().await {
                 match n.channel() {
-                    CERTS_CHANNEL => {
+                    // A certificate stored, renewed or retired: in memory (or
+                    // awaited by a handshake) it is reloaded (or dropped);
+                    // otherwise it loads at its first handshake.
+                    CERTS_CHANNEL if self.wanted_here(n.payload()) => {
                         if let Err(e) = self.load_one(n.payload()).await {
                             tracing::error!(name = n.payload(), error = %e, "ACME: cannot load new certificate");
                         }
@@ -652,6 +826,16 @@ impl Acme {
             }
             tracing::warn!("ACME: LISTEN connection lost; reconnecting");
         }
+    }
+
+    /// Whether a certificate NOTIFY concerns this gateway's memory.
+    fn wanted_here(&self, name: &str) -> bool {
+        self.store.issued(name).is_some()
+            || self
+                .waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(name)
     }
 
     /// The listener holds the LISTEN pool's one connection, nobody else's.
@@ -665,32 +849,37 @@ impl Acme {
     /// Names that lack a certificate, need renewal or were forced.
     async fn scan(self: &Arc<Self>) -> Result<(), AcmeError> {
         self.metrics.acme_scans.inc();
-        let names: Vec<String> = bounded(
-            "listing custom domains",
-            sqlx::query_scalar(self.cfg.domains_query.as_deref().unwrap_or_default()).fetch_all(&self.db),
+        self.delete_retired().await?;
+        // A fixed number of queries whatever the number of names: each
+        // returns only what is due (indexes of migration 0003), in batches.
+        let suffixes: Vec<String> = self.base_domains.iter().map(|b| format!(".{b}")).collect();
+        let missing: Vec<String> = bounded(
+            "listing names without a certificate",
+            sqlx::query_scalar(&self.missing_sql())
+                .bind(&self.base_domains)
+                .bind(&suffixes)
+                .bind(SCAN_BATCH)
+                .fetch_all(&self.db),
         )
         .await?;
-        // Certificates presented for names no longer in the list (removed
-        // while no gateway listened, or a tenant no longer active): look again.
-        let listed: HashSet<&str> = names.iter().map(String::as_str).collect();
-        let unlisted: Vec<String> = self
-            .store
-            .issued_names()
-            .into_iter()
-            .filter(|n| !listed.contains(n.as_str()))
-            .collect();
-        if !unlisted.is_empty() {
-            self.names_changed(unlisted);
+        for name in missing {
+            self.spawn_attempt(name, false);
         }
-        self.delete_retired().await?;
-        let now = unix_now();
-        for name in names {
-            if self.base_domains.iter().any(|b| tenancy::is_under(&name, b)) {
-                continue;
-            }
-            if self.store.issued(&name).is_none_or(|c| c.renewal_due(now)) {
-                self.spawn_attempt(name, false);
-            }
+        let due: Vec<String> = bounded(
+            "listing renewals due",
+            sqlx::query_scalar(
+                "SELECT c.name FROM tenant_gateway.certificates c
+                  WHERE c.removed_at IS NULL AND c.renew_after <= now()
+                    AND NOT EXISTS (SELECT 1 FROM tenant_gateway.acme_names n
+                                     WHERE n.name = c.name AND n.next_attempt_at > now())
+                  ORDER BY c.renew_after LIMIT $1",
+            )
+            .bind(SCAN_BATCH)
+            .fetch_all(&self.db),
+        )
+        .await?;
+        for name in due {
+            self.spawn_attempt(name, false);
         }
         let forced: Vec<String> = bounded(
             "listing forced renewals",
@@ -724,6 +913,22 @@ impl Acme {
     async fn attempt(&self, name: &str, force_hint: bool) -> Result<(), AcmeError> {
         if !self.eligible(name).await {
             tracing::debug!(name, "ACME: not eligible; no order");
+            // The scan leaves it alone for a while (a change to the name
+            // clears this at once: `welcome_back`).
+            bounded(
+                "holding back a refused name",
+                sqlx::query(&format!(
+                    "INSERT INTO tenant_gateway.acme_names (name, next_attempt_at, last_error)
+                     VALUES ($1, now() + interval '{NOT_ELIGIBLE_RETRY}', $2)
+                     ON CONFLICT (name) DO UPDATE SET next_attempt_at = EXCLUDED.next_attempt_at,
+                         last_error = EXCLUDED.last_error, updated_at = now()
+                      WHERE acme_names.lease_owner IS NULL AND NOT acme_names.force_renew"
+                ))
+                .bind(name)
+                .bind(NOT_ELIGIBLE)
+                .execute(&self.db),
+            )
+            .await?;
             return Ok(());
         }
         bounded(
@@ -871,20 +1076,27 @@ impl Acme {
         let cert = Cert::from_pem(chain.as_bytes(), key_pem.as_bytes(), name).map_err(other)?;
         let key_enc = self.seal.seal(&format!("cert:{name}"), key_pem.as_bytes())?;
         let (not_before, not_after) = (cert.not_before as f64, cert.not_after as f64);
+        // Renewal between 60 % and 66.7 % of the lifetime, spread so that
+        // names issued together do not renew together.
+        let renew_at = renewal_point(cert.not_before, cert.not_after, rand::random::<f64>());
+        let cert = cert.with_renew_at(Some(renew_at));
         let key_enc = &key_enc;
         retry_once(QUERY_DEADLINE, "storing the certificate", || async move {
             let mut tx = self.db.begin().await?;
             sqlx::query(
-                "INSERT INTO tenant_gateway.certificates (name, chain_pem, key_enc, not_before, not_after, issued_at)
-                 VALUES ($1, $2, $3, to_timestamp($4), to_timestamp($5), now())
+                "INSERT INTO tenant_gateway.certificates
+                     (name, chain_pem, key_enc, not_before, not_after, issued_at, renew_after)
+                 VALUES ($1, $2, $3, to_timestamp($4), to_timestamp($5), now(), to_timestamp($6))
                  ON CONFLICT (name) DO UPDATE SET chain_pem = EXCLUDED.chain_pem, key_enc = EXCLUDED.key_enc,
-                     not_before = EXCLUDED.not_before, not_after = EXCLUDED.not_after, issued_at = now()",
+                     not_before = EXCLUDED.not_before, not_after = EXCLUDED.not_after, issued_at = now(),
+                     renew_after = EXCLUDED.renew_after, removed_at = NULL",
             )
             .bind(name)
             .bind(chain)
             .bind(key_enc)
             .bind(not_before)
             .bind(not_after)
+            .bind(renew_at as f64)
             .execute(&mut *tx)
             .await?;
             sqlx::query(&format!(
@@ -1303,6 +1515,16 @@ mod tests {
         assert_eq!(s.open("cert:a.test", &c).unwrap(), b"-----BEGIN PRIVATE KEY-----");
         assert!(s.open("cert:b.test", &c).is_err(), "ciphertext moved to another row");
         assert!(Seal::new(&[8u8; 32]).open("cert:a.test", &c).is_err(), "wrong key");
+    }
+
+    #[test]
+    fn renewals_spread_between_60_and_67_percent_of_the_lifetime() {
+        let (from, to) = (1_000, 1_000 + 90 * 86_400);
+        assert_eq!(renewal_point(from, to, 0.0), from + 54 * 86_400);
+        let late = renewal_point(from, to, 1.0);
+        assert!(late > from + 59 * 86_400 && late <= to - 30 * 86_400, "{late}");
+        assert_eq!(renewal_point(from, to, 7.0), late, "jitter is clamped");
+        assert_eq!(renewal_point(to, from, 0.5), to, "a nonsense validity renews at once");
     }
 
     #[test]

@@ -4,6 +4,12 @@
 //! not `myapp.com`). An unknown name gets the configured default certificate
 //! or no certificate (the handshake fails with an alert): never another
 //! tenant's certificate.
+//!
+//! File certificates are all in memory. Issued (ACME) certificates are a
+//! bounded cache in front of PostgreSQL (`acme.certificate_cache_size`,
+//! quick_cache's S3-FIFO: a scan of once-seen names does not flush the hot
+//! ones): with 100,000 custom domains only the names being served are in
+//! memory; `tls::acme` loads the others at their first handshake.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,15 +39,24 @@ pub struct Cert {
     /// notBefore and notAfter, unix seconds.
     pub not_before: i64,
     pub not_after: i64,
+    /// When renewal is due (unix seconds), as stored with an issued
+    /// certificate (jittered); None: two thirds into the lifetime.
+    pub renew_at: Option<i64>,
     /// Where it came from (file path or `runtime`), for logs.
     pub source: String,
 }
 
 impl Cert {
-    /// Renewal is due once a third of the lifetime remains.
+    /// Renewal is due at `renew_at`, or once a third of the lifetime remains.
     pub fn renewal_due(&self, now: i64) -> bool {
         let lifetime = (self.not_after - self.not_before).max(0);
-        now >= self.not_after - lifetime / 3
+        now >= self.renew_at.unwrap_or(self.not_after - lifetime / 3)
+    }
+
+    /// With the renewal time stored beside it.
+    pub fn with_renew_at(mut self, renew_at: Option<i64>) -> Cert {
+        self.renew_at = renew_at;
+        self
     }
 
     /// Build from PEM text (chain, then key).
@@ -77,6 +92,7 @@ impl Cert {
             names,
             not_before,
             not_after,
+            renew_at: None,
             source: source.to_owned(),
         })
     }
@@ -129,13 +145,35 @@ struct Snapshot {
     wildcard: HashMap<String, Arc<Cert>>,
 }
 
+/// Issued certificates in memory, at most `acme.certificate_cache_size`.
+type Issued =
+    quick_cache::sync::Cache<String, Arc<Cert>, quick_cache::UnitWeighter, quick_cache::DefaultHashBuilder, Evicted>;
+
+/// An evicted certificate's expiry series goes with it (the gauge covers
+/// the certificates in memory).
+#[derive(Clone, Default)]
+struct Evicted(Option<prometheus::IntGaugeVec>);
+
+impl quick_cache::Lifecycle<String, Arc<Cert>> for Evicted {
+    type RequestState = ();
+
+    fn on_evict(&self, _state: &mut (), name: String, _cert: Arc<Cert>) {
+        if let Some(gauge) = &self.0 {
+            let _ = gauge.remove_label_values(&[&name]);
+        }
+    }
+}
+
+/// Default bound on issued certificates in memory.
+pub const ISSUED_CAPACITY: usize = 10_000;
+
 /// Certificates by name. Cheap to read on every handshake.
 pub struct CertStore {
     /// Certificates from config files and the cert directory (replaced on reload).
     files: RwLock<Arc<Snapshot>>,
     /// Certificates issued by ACME (from the database), by exact name; they
     /// win over file certificates and survive file reloads.
-    issued: RwLock<HashMap<String, Arc<Cert>>>,
+    issued: Issued,
     default: RwLock<Option<Arc<Cert>>>,
 }
 
@@ -150,9 +188,22 @@ fn insert(snap: &mut Snapshot, cert: &Arc<Cert>) {
 
 impl CertStore {
     pub fn new() -> CertStore {
+        CertStore::with_issued_capacity(ISSUED_CAPACITY, None)
+    }
+
+    /// At most `capacity` issued certificates in memory; `expiry`: the
+    /// per-name expiry gauge, whose series leave with evicted certificates.
+    pub fn with_issued_capacity(capacity: usize, expiry: Option<prometheus::IntGaugeVec>) -> CertStore {
+        let capacity = capacity.max(1);
         CertStore {
             files: RwLock::new(Arc::default()),
-            issued: RwLock::default(),
+            issued: Issued::with(
+                capacity,
+                capacity as u64,
+                quick_cache::UnitWeighter,
+                quick_cache::DefaultHashBuilder::default(),
+                Evicted(expiry),
+            ),
             default: RwLock::new(None),
         }
     }
@@ -170,35 +221,30 @@ impl CertStore {
     /// Add or replace an issued certificate for its names; served from the next handshake.
     pub fn add_issued(&self, cert: Cert) {
         let cert = Arc::new(cert);
-        let mut issued = self.issued.write().unwrap_or_else(|p| p.into_inner());
         for name in &cert.names {
-            issued.insert(name.clone(), cert.clone());
+            self.issued.insert(name.clone(), cert.clone());
         }
+    }
+
+    /// Issued certificates in memory.
+    pub fn issued_len(&self) -> usize {
+        self.issued.len()
     }
 
     /// Stop presenting the issued certificate of a name (retired: the name
     /// is no longer served). Whether there was one.
     pub fn remove_issued(&self, name: &str) -> bool {
-        self.issued
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(name)
-            .is_some()
+        self.issued.remove(name).is_some()
     }
 
     /// Names with an issued certificate.
     pub fn issued_names(&self) -> Vec<String> {
-        self.issued
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect()
+        self.issued.iter().map(|(name, _)| name).collect()
     }
 
     /// The issued (ACME) certificate for exactly this name, if any.
     pub fn issued(&self, name: &str) -> Option<Arc<Cert>> {
-        self.issued.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+        self.issued.get(name)
     }
 
     /// The certificate for an SNI name: issued, then exact file, then wildcard.
@@ -225,15 +271,11 @@ impl CertStore {
     /// Every certificate with its names and expiry (for metrics).
     pub fn all(&self) -> Vec<Arc<Cert>> {
         let mut out: Vec<Arc<Cert>> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
         let files = self.files.read().unwrap_or_else(|p| p.into_inner()).clone();
-        let issued = self.issued.read().unwrap_or_else(|p| p.into_inner());
-        for c in files
-            .exact
-            .values()
-            .chain(files.wildcard.values())
-            .chain(issued.values())
-        {
-            if !out.iter().any(|o| Arc::ptr_eq(o, c)) {
+        let issued: Vec<Arc<Cert>> = self.issued.iter().map(|(_, c)| c).collect();
+        for c in files.exact.values().chain(files.wildcard.values()).chain(issued.iter()) {
+            if seen.insert(Arc::as_ptr(c)) {
                 out.push(c.clone());
             }
         }
