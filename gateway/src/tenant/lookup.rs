@@ -266,6 +266,7 @@ impl TenantSource for Lookup {
             .filter(|c| crate::hostnames::needs_claim(host, &c.base_domains));
         let query = claimed.map_or_else(|| self.query.clone(), |c| c.query.clone());
         let claimed = claimed.is_some();
+        let plain = self.query.clone();
         let (pool, name) = (self.pool.clone(), host.to_owned());
         let (public, limits, replica) = (self.public_schema.clone(), self.limits.clone(), self.replica.clone());
         let metrics = self.metrics.clone();
@@ -275,7 +276,22 @@ impl TenantSource for Lookup {
                 Some(r) => r.pool_for(pool, fresh_as_of).await,
                 None => pool,
             };
-            let found = find_on(&pool, &query, &name, public.as_deref(), prepared, claimed).await?;
+            let found = match find_on(&pool, &query, &name, public.as_deref(), prepared, claimed).await {
+                // The claims table does not exist yet (a gateway's first
+                // start, before its schema is prepared): no claim is active,
+                // so the host is answered as unverified, not as an outage.
+                Err(LookupError::Database(sqlx::Error::Database(e)))
+                    if claimed && e.code().as_deref() == Some("42P01") =>
+                {
+                    find_on(&pool, &plain, &name, public.as_deref(), prepared, false)
+                        .await?
+                        .map(|(mut tenant, overrides)| {
+                            tenant.status = Status::Unverified;
+                            (tenant, overrides)
+                        })
+                }
+                other => other?,
+            };
             Ok(found.map(|(tenant, overrides)| {
                 let limiter = limits.as_ref().and_then(|l| l.limiter(tenant.schema(), overrides));
                 let tenant = tenant.with_limiter(limiter);

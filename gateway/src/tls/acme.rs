@@ -97,6 +97,10 @@ const RATE_LIMITED_RETRY: &str = "10 minutes";
 const LOAD_DEADLINE: Duration = Duration::from_secs(2);
 /// Names one scan takes per query (missing, due for renewal).
 const SCAN_BATCH: i64 = 500;
+/// The query for names without any certificate reads every listed name
+/// (an anti-join): it runs at the first scan and then every this many
+/// scans. New names do not wait for it: their NOTIFY starts an attempt.
+const MISSING_EVERY: u64 = 10;
 /// `acme_names.last_error` of a name the guard refused: the scan skips it
 /// until its next attempt time, a change to the name (NOTIFY) clears it.
 const NOT_ELIGIBLE: &str = "not eligible";
@@ -361,6 +365,8 @@ pub struct Acme {
     /// Custom names need an active claim (`custom_domains.verification`):
     /// the scan for missing certificates asks only for claimed names.
     claims_required: bool,
+    /// Scans run so far (the missing-names query runs every `MISSING_EVERY`).
+    scans: std::sync::atomic::AtomicU64,
     alpn_keys: Mutex<HashMap<String, (String, Arc<CertifiedKey>)>>,
 }
 
@@ -413,6 +419,7 @@ impl Acme {
             waiting: Mutex::default(),
             loading: Mutex::default(),
             claims_required: false,
+            scans: std::sync::atomic::AtomicU64::new(0),
             alpn_keys: Mutex::default(),
         }
     }
@@ -852,18 +859,21 @@ impl Acme {
         self.delete_retired().await?;
         // A fixed number of queries whatever the number of names: each
         // returns only what is due (indexes of migration 0003), in batches.
-        let suffixes: Vec<String> = self.base_domains.iter().map(|b| format!(".{b}")).collect();
-        let missing: Vec<String> = bounded(
-            "listing names without a certificate",
-            sqlx::query_scalar(&self.missing_sql())
-                .bind(&self.base_domains)
-                .bind(&suffixes)
-                .bind(SCAN_BATCH)
-                .fetch_all(&self.db),
-        )
-        .await?;
-        for name in missing {
-            self.spawn_attempt(name, false);
+        let nth = self.scans.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if nth.is_multiple_of(MISSING_EVERY) {
+            let suffixes: Vec<String> = self.base_domains.iter().map(|b| format!(".{b}")).collect();
+            let missing: Vec<String> = bounded(
+                "listing names without a certificate",
+                sqlx::query_scalar(&self.missing_sql())
+                    .bind(&self.base_domains)
+                    .bind(&suffixes)
+                    .bind(SCAN_BATCH)
+                    .fetch_all(&self.db),
+            )
+            .await?;
+            for name in missing {
+                self.spawn_attempt(name, false);
+            }
         }
         let due: Vec<String> = bounded(
             "listing renewals due",
@@ -879,6 +889,20 @@ impl Acme {
         )
         .await?;
         for name in due {
+            self.spawn_attempt(name, false);
+        }
+        let retries: Vec<String> = bounded(
+            "listing retries due",
+            sqlx::query_scalar(
+                "SELECT name FROM tenant_gateway.acme_names
+                  WHERE next_attempt_at <= now() AND failures > 0 AND NOT force_renew
+                  ORDER BY next_attempt_at LIMIT $1",
+            )
+            .bind(SCAN_BATCH)
+            .fetch_all(&self.db),
+        )
+        .await?;
+        for name in retries {
             self.spawn_attempt(name, false);
         }
         let forced: Vec<String> = bounded(
