@@ -1,0 +1,260 @@
+//! Issued certificates between PostgreSQL and memory: a served name's stored
+//! certificate is loaded at its first handshake (one query, coalesced per
+//! name, bounded); a NOTIFY reloads it where it is in memory (or awaited);
+//! a name no longer served has its certificate retired fleet-wide and, after
+//! `acme.removed_certificate_grace_secs`, deleted.
+
+use super::*;
+
+/// Counts a handshake waiting for a name's certificate while it lives.
+pub(super) struct Waiting<'a> {
+    map: &'a Mutex<HashMap<String, usize>>,
+    name: String,
+}
+
+impl<'a> Waiting<'a> {
+    pub(super) fn new(map: &'a Mutex<HashMap<String, usize>>, name: &str) -> Waiting<'a> {
+        *map.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_owned())
+            .or_default() += 1;
+        Waiting {
+            map,
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.name) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.name);
+            }
+        }
+    }
+}
+
+impl Acme {
+    /// A handshake for `name` found no certificate in memory. A name not
+    /// served (the tenant cache says so, negatively cached) costs nothing
+    /// more; a served name's stored certificate is loaded (one indexed
+    /// query, coalesced per name, under `LOAD_DEADLINE`); an eligible name
+    /// without one is ordered, and the handshake waits (bounded) for it.
+    pub async fn on_demand(&self, name: &str) {
+        if self.store.lookup(name).is_some() || self.served(name).await != Some(true) {
+            return;
+        }
+        if self.load_coalesced(name).await {
+            return;
+        }
+        if !self.eligible(name).await {
+            return;
+        }
+        let _waiting = Waiting::new(&self.waiting, name);
+        let _ = self.wanted.send((name.to_owned(), false));
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.on_demand_timeout_ms);
+        while tokio::time::Instant::now() < deadline {
+            if self.store.issued(name).is_some() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        tracing::info!(name, "on-demand certificate not ready in time; handshake falls back");
+    }
+
+    /// Load `name`'s stored certificate into memory unless a concurrent
+    /// handshake already did; whether it is in memory now.
+    pub(super) async fn load_coalesced(&self, name: &str) -> bool {
+        let gate = self
+            .loading
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_owned())
+            .or_default()
+            .clone();
+        let loaded = {
+            let _turn = gate.lock().await;
+            if self.store.issued(name).is_some() {
+                true
+            } else {
+                let result = match tokio::time::timeout(LOAD_DEADLINE, self.load_one(name)).await {
+                    Ok(Ok(Some(_))) => "loaded",
+                    Ok(Ok(None)) => "not_stored",
+                    Ok(Err(e)) => {
+                        tracing::warn!(name, error = %e, "cannot load a stored certificate");
+                        "error"
+                    }
+                    Err(_) => "timeout",
+                };
+                self.metrics.certificate_loads.with_label_values(&[result]).inc();
+                result == "loaded"
+            }
+        };
+        let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        // Ours and the map's: nobody else is waiting on this gate.
+        if Arc::strong_count(&gate) <= 2 {
+            loading.remove(name);
+        }
+        loaded
+    }
+
+    pub(super) async fn load_one(&self, name: &str) -> Result<Option<Arc<Cert>>, AcmeError> {
+        let row = bounded(
+            "loading a certificate",
+            sqlx::query(
+                "SELECT chain_pem, key_enc, removed_at IS NOT NULL, extract(epoch FROM renew_after)::bigint \
+                   FROM tenant_gateway.certificates WHERE name = $1",
+            )
+            .bind(name)
+            .fetch_optional(&self.db),
+        )
+        .await?;
+        let Some(row) = row else { return Ok(None) };
+        if row.try_get::<bool, _>(2)? {
+            self.unpresent(name);
+            return Ok(None);
+        }
+        let chain: String = row.try_get(0)?;
+        let key_enc: Vec<u8> = row.try_get(1)?;
+        let key = self.seal.open(&format!("cert:{name}"), &key_enc)?;
+        let renew_at: Option<i64> = row.try_get(3)?;
+        let cert = Cert::from_pem(chain.as_bytes(), &key, &format!("database:{name}"))
+            .map_err(other)?
+            .with_renew_at(renew_at);
+        self.metrics.cert_expiry.with_label_values(&[name]).set(cert.not_after);
+        self.store.add_issued(cert);
+        Ok(self.store.issued(name))
+    }
+
+    /// Whether a certificate NOTIFY concerns this gateway's memory.
+    pub(super) fn wanted_here(&self, name: &str) -> bool {
+        self.store.issued(name).is_some()
+            || self
+                .waiting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(name)
+    }
+
+    /// Reload the certificates in memory (after a LISTEN gap: a renewal or
+    /// a retirement may have been missed), one query per name in memory
+    /// (at most `certificate_cache_size`).
+    pub(super) async fn refresh_loaded(&self) {
+        for name in self.store.issued_names() {
+            if let Err(e) = self.load_one(&name).await {
+                tracing::warn!(name, error = %e, "ACME: cannot refresh a certificate in memory");
+            }
+        }
+    }
+
+    /// Stop presenting a name's issued certificate in this gateway.
+    pub(super) fn unpresent(&self, name: &str) {
+        if self.store.remove_issued(name) {
+            let _ = self.metrics.cert_expiry.remove_label_values(&[name]);
+            tracing::info!(name, "ACME: certificate retired; no longer presented");
+        }
+    }
+
+    /// Whether `name` is still served (routed to a tenant in any state):
+    /// `None` when the database cannot tell.
+    pub(super) async fn served(&self, name: &str) -> Option<bool> {
+        match self.cache.resolve(name).await {
+            Resolution::Found(t) => Some(t.status != Status::Unverified),
+            Resolution::NotFound => Some(false),
+            Resolution::Unavailable | Resolution::Misconfigured => None,
+        }
+    }
+
+    /// Names whose domain rows or claims changed (called after the tenant
+    /// cache dropped them): a presented certificate of a name no longer
+    /// served is retired fleet-wide; a name that needs one gets an attempt.
+    pub fn names_changed(self: &Arc<Self>, names: Vec<String>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            for name in names {
+                if me.base_domains.iter().any(|b| tenancy::is_under(&name, b)) {
+                    continue;
+                }
+                match me.served(&name).await {
+                    Some(false) => {
+                        if let Err(e) = me.retire(&name).await {
+                            tracing::error!(name, error = %e, "ACME: cannot retire the certificate of a removed name");
+                        }
+                    }
+                    Some(true) => {
+                        if let Err(e) = me.welcome_back(&name).await {
+                            tracing::warn!(name, error = %e, "ACME: cannot clear the name's retirement");
+                        }
+                        me.spawn_attempt(name, false);
+                    }
+                    None => {}
+                }
+            }
+        });
+    }
+
+    /// A name served (again): a retired certificate of it serves again, and
+    /// a refusal by the guard no longer holds its next attempt back.
+    pub(super) async fn welcome_back(&self, name: &str) -> Result<(), AcmeError> {
+        bounded(
+            "clearing a retirement",
+            sqlx::query(
+                "UPDATE tenant_gateway.certificates SET removed_at = NULL WHERE name = $1 AND removed_at IS NOT NULL",
+            )
+            .bind(name)
+            .execute(&self.db),
+        )
+        .await?;
+        bounded(
+            "clearing a refusal",
+            sqlx::query(
+                "UPDATE tenant_gateway.acme_names SET next_attempt_at = now(), last_error = NULL
+                  WHERE name = $1 AND last_error = $2",
+            )
+            .bind(name)
+            .bind(NOT_ELIGIBLE)
+            .execute(&self.db),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Retire a name's stored certificate: the update NOTIFYs every gateway,
+    /// which drop it; its material is deleted after the grace period.
+    pub(super) async fn retire(&self, name: &str) -> Result<(), AcmeError> {
+        self.unpresent(name);
+        bounded(
+            "retiring a certificate",
+            sqlx::query(
+                "UPDATE tenant_gateway.certificates SET removed_at = now() WHERE name = $1 AND removed_at IS NULL",
+            )
+            .bind(name)
+            .execute(&self.db),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Delete certificates retired longer than `removed_certificate_grace_secs`.
+    pub(super) async fn delete_retired(&self) -> Result<(), AcmeError> {
+        let deleted: Vec<String> = bounded(
+            "deleting retired certificates",
+            sqlx::query_scalar(
+                "WITH gone AS (DELETE FROM tenant_gateway.certificates
+                                WHERE removed_at < now() - make_interval(secs => $1) RETURNING name)
+                 DELETE FROM tenant_gateway.acme_names n USING gone WHERE n.name = gone.name AND n.lease_owner IS NULL
+                 RETURNING n.name",
+            )
+            .bind(self.cfg.removed_certificate_grace_secs as f64)
+            .fetch_all(&self.db),
+        )
+        .await?;
+        if !deleted.is_empty() {
+            tracing::info!(names = ?deleted, "ACME: retired certificates deleted after the grace period");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,87 @@
+//! Answering the CA's validation, from any gateway of the fleet: HTTP-01
+//! key authorizations and TLS-ALPN-01 challenge certificates come from
+//! `tenant_gateway.acme_challenges` over the answers' own connections.
+
+use super::*;
+
+impl Acme {
+    /// The key authorization for an HTTP-01 token, if a challenge is pending.
+    pub async fn http01(&self, token: &str) -> Option<String> {
+        if token.is_empty()
+            || token.len() > 128
+            || !token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return None;
+        }
+        self.challenge_answer("http-01", token).await
+    }
+
+    /// A pending challenge's key authorization, from the answers' own pool.
+    pub(super) async fn challenge_answer(&self, kind: &'static str, key: &str) -> Option<String> {
+        let query = sqlx::query_scalar(
+            "SELECT key_authorization FROM tenant_gateway.acme_challenges WHERE kind = $1 AND key = $2",
+        )
+        .bind(kind)
+        .bind(key)
+        .fetch_optional(&self.answers);
+        match bounded_by(ANSWER_DEADLINE, "reading a challenge answer", query).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                tracing::warn!(kind, key, error = %e, "ACME: cannot read the challenge answer");
+                None
+            }
+        }
+    }
+
+    /// The TLS-ALPN-01 challenge certificate for a name, if a challenge is pending.
+    pub async fn alpn_key(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let ka = self.challenge_answer("tls-alpn-01", name).await?;
+        if let Some((cached_ka, key)) = self.alpn_keys.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+            if *cached_ka == ka {
+                return Some(key.clone());
+            }
+        }
+        let key = match alpn_challenge_key(name, &ka) {
+            Ok(k) => Arc::new(k),
+            Err(e) => {
+                tracing::warn!(name, error = %e, "cannot build the TLS-ALPN-01 certificate");
+                return None;
+            }
+        };
+        self.alpn_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_owned(), (ka, key.clone()));
+        Some(key)
+    }
+}
+
+/// The self-signed certificate carrying the acmeIdentifier extension
+/// (RFC 8737), served only to `acme-tls/1` ClientHellos. Its critical
+/// extension makes webpki refuse it, so it is built as a `CertifiedKey`.
+pub(super) fn alpn_challenge_key(name: &str, key_authorization: &str) -> Result<CertifiedKey, AcmeError> {
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key_authorization.as_bytes());
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).map_err(other)?;
+    params.custom_extensions = vec![rcgen::CustomExtension::new_acme_identifier(digest.as_ref())];
+    let key = rcgen::KeyPair::generate().map_err(other)?;
+    let cert = params.self_signed(&key).map_err(other)?;
+    let der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let signing = crate::tls::provider()
+        .key_provider
+        .load_private_key(der)
+        .map_err(other)?;
+    Ok(CertifiedKey::new(vec![cert.der().clone()], signing))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alpn_certificate_is_built() {
+        let k = alpn_challenge_key("shop.test", "token.thumbprint").unwrap();
+        assert_eq!(k.cert.len(), 1);
+    }
+}

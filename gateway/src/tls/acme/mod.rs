@@ -1,0 +1,527 @@
+//! Automatic certificates for tenants' custom domains (ACME, instant-acme).
+//! This file holds the shared state ([`Acme`]), the guard, errors and the
+//! bounds; the parts: `worker` (scans, NOTIFY, one attempt per name),
+//! `protocol` (account and order through instant-acme), `challenge`
+//! (answering validations), `certs` (certificates between the database and
+//! memory), `policy` (rate-limit unit, back-off, renewal point: pure),
+//! `seal` (secrets at rest), `report` (the CLI's view).
+//!
+//! - Guard: only names in the domain table whose tenant is active and that
+//!   are not under a base domain (the wildcard covers those) ever get an
+//!   order; the check goes through the tenant cache, so floods of random
+//!   SNI names cost no queries beyond the cache's.
+//! - When: proactively (domain NOTIFY, periodic scan for missing, expiring or
+//!   due-for-retry names), on demand at a handshake (bounded wait), and on an
+//!   operator's `gateway acme renew`.
+//! - Fleet: one order per name across all gateways (a lease on the name's
+//!   `acme_names` row, see Bounds); challenges live in the database so any
+//!   gateway answers HTTP-01 or TLS-ALPN-01; certificates live in the
+//!   database (keys AES-256-GCM encrypted) and every gateway loads them on
+//!   NOTIFY.
+//! - Renewal at a third of the lifetime; failures back off exponentially
+//!   with jitter, capped; the last certificate keeps being served; global
+//!   and per-registrable-domain (Public Suffix List) order rate limits.
+//!
+//! Bounds: orders must never starve the database connections that answer
+//! challenges, and every attempt ends with its bookkeeping written.
+//!
+//! - At most `acme.max_concurrent_orders` orders run in this gateway; further
+//!   attempts wait for a slot ([`Slots`], a semaphore) holding no database
+//!   connection. Gauges: `tenant_gateway_acme_orders_in_progress` and
+//!   `tenant_gateway_acme_orders_waiting`.
+//! - Three pools: order work (bookkeeping, scans, certificate loads; the pool
+//!   handed to [`Acme::new`]), challenge answers (`ANSWER_CONNECTIONS`
+//!   connections, used by [`Acme::http01`] and [`Acme::alpn_key`] only) and
+//!   LISTEN (one connection, held by the listener only).
+//! - The per-name exclusion is a lease row (`lease_owner`, `lease_until`),
+//!   claimed and released by single statements, not a session advisory lock:
+//!   a session lock pins a pooled connection for the whole ACME exchange
+//!   (minutes when the CA is slow), so concurrent orders would empty any
+//!   pool sized below them, and a dedicated pool per slot would still cost
+//!   a server connection per running order for nothing. A lease costs a
+//!   connection only for the length of a statement. If a gateway dies
+//!   mid-order its lease expires after `LEASE` = `ORDER_DEADLINE` +
+//!   `LEASE_GRACE`; a lease left by this very process (one attempt per name
+//!   runs here at a time) is taken over at once. The ACME account is no
+//!   longer created under a lock either: if two gateways of a fresh fleet
+//!   create one at once, the first stored wins and the other stays unused.
+//! - Every database step of order work is bounded by `QUERY_DEADLINE` (10 s),
+//!   reading a challenge answer by `ANSWER_DEADLINE` (5 s), and the CA
+//!   exchange of one attempt by `ORDER_DEADLINE` (5 min: account, order,
+//!   both challenge types' validation polls of up to 60 s, finalisation,
+//!   download).
+//! - A claimed attempt always ends in one transaction that frees the lease:
+//!   issued (certificate, reset failures), or failed (failures + 1, error,
+//!   back-off `next_attempt_at`, order row `failed`) also when the order
+//!   errs, times out or its certificate cannot be stored; written once more
+//!   after a transient database error. `gateway acme status` shows
+//!   "pending" only while a lease is live, so an attempt that ended (or
+//!   whose gateway died) never leaves a name pending.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, ExternalAccountKey, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use prometheus::IntGauge;
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
+use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Row};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use super::store::{Cert, CertStore};
+use crate::config::{AcmeConfig, ChallengeKind};
+use crate::metrics::Metrics;
+use crate::tenant::cache::{Resolution, TenantCache};
+use crate::tenant::Status;
+
+mod certs;
+mod challenge;
+mod policy;
+mod protocol;
+mod report;
+mod seal;
+mod worker;
+
+pub use policy::{backoff, registered_domain, renewal_point};
+pub use report::{force_renewal, status_report};
+pub use seal::Seal;
+
+const CERTS_CHANNEL: &str = "tenant_gateway_certs";
+const RENEW_CHANNEL: &str = "tenant_gateway_acme";
+/// Connections of the challenge-answer pool.
+const ANSWER_CONNECTIONS: u32 = 2;
+/// Bound on one database step of order work (a query or a short transaction).
+const QUERY_DEADLINE: Duration = Duration::from_secs(10);
+/// Bound on reading one challenge answer (the CA's own request waits for it).
+const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
+/// Bound on the CA exchange of one order attempt.
+const ORDER_DEADLINE: Duration = Duration::from_secs(300);
+/// Beyond `ORDER_DEADLINE`, the lease covers the bounded steps before the
+/// order (four) and the final record (two tries): at most a minute.
+const LEASE_GRACE: Duration = Duration::from_secs(120);
+const LEASE: Duration = ORDER_DEADLINE.saturating_add(LEASE_GRACE);
+/// SET clause freeing a name's lease (and with it the "pending" status).
+const FREE_LEASE: &str = "lease_owner = NULL, lease_until = NULL, ordering_since = NULL, updated_at = now()";
+/// How long a rate-limited name waits before the next try.
+const RATE_LIMITED_RETRY: &str = "10 minutes";
+/// Bound on loading one stored certificate at a handshake.
+const LOAD_DEADLINE: Duration = Duration::from_secs(2);
+/// Names one scan takes per query (missing, due for renewal).
+const SCAN_BATCH: i64 = 500;
+/// The query for names without any certificate reads every listed name
+/// (an anti-join): it runs at the first scan and then every this many
+/// scans. New names do not wait for it: their NOTIFY starts an attempt.
+const MISSING_EVERY: u64 = 10;
+/// `acme_names.last_error` of a name the guard refused: the scan skips it
+/// until its next attempt time, a change to the name (NOTIFY) clears it.
+const NOT_ELIGIBLE: &str = "not eligible";
+/// How long the scan leaves a refused name alone.
+const NOT_ELIGIBLE_RETRY: &str = "1 hour";
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcmeError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("ACME: {0}")]
+    Acme(#[from] instant_acme::Error),
+    #[error("{what} took longer than {limit:?}")]
+    Timeout { what: &'static str, limit: Duration },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl AcmeError {
+    /// The CA does not know our account (RFC 8555 `accountDoesNotExist`,
+    /// e.g. its state was wiped): a new one must be created.
+    fn account_unknown(&self) -> bool {
+        matches!(
+            self,
+            AcmeError::Acme(instant_acme::Error::Api(problem))
+                if problem.r#type.as_deref().is_some_and(|t| t.ends_with(":accountDoesNotExist"))
+        )
+    }
+
+    /// Worth one more try: the database was briefly unreachable, busy or slow.
+    fn is_transient(&self) -> bool {
+        match self {
+            AcmeError::Timeout { .. } => true,
+            AcmeError::Db(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed) => true,
+            AcmeError::Db(sqlx::Error::Database(e)) => e.code().is_some_and(|c| transient_sqlstate(&c)),
+            _ => false,
+        }
+    }
+}
+
+/// SQLSTATEs worth one retry: connection exceptions (class 08), serialization
+/// failure and deadlock, too many connections, lock not available, and the
+/// server shutting down or restarting.
+fn transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || matches!(
+            code,
+            "40001" | "40P01" | "53300" | "55P03" | "57P01" | "57P02" | "57P03"
+        )
+}
+
+fn other(e: impl std::fmt::Display) -> AcmeError {
+    AcmeError::Other(e.to_string())
+}
+
+/// Run `step` under `limit`.
+async fn bounded_by<T, E>(
+    limit: Duration,
+    what: &'static str,
+    step: impl Future<Output = Result<T, E>>,
+) -> Result<T, AcmeError>
+where
+    AcmeError: From<E>,
+{
+    match tokio::time::timeout(limit, step).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(AcmeError::Timeout { what, limit }),
+    }
+}
+
+/// One database step of order work, under [`QUERY_DEADLINE`].
+async fn bounded<T, E>(what: &'static str, step: impl Future<Output = Result<T, E>>) -> Result<T, AcmeError>
+where
+    AcmeError: From<E>,
+{
+    bounded_by(QUERY_DEADLINE, what, step).await
+}
+
+/// [`bounded_by`], run once more after a transient failure.
+async fn retry_once<T, F, Fut>(limit: Duration, what: &'static str, mut step: F) -> Result<T, AcmeError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, AcmeError>>,
+{
+    match bounded_by(limit, what, step()).await {
+        Err(e) if e.is_transient() => {
+            tracing::warn!(error = %e, "ACME: {what} failed; trying once more");
+            bounded_by(limit, what, step()).await
+        }
+        done => done,
+    }
+}
+
+/// +1 on a gauge for as long as it lives (also when its future is dropped).
+struct GaugeHold(IntGauge);
+
+impl GaugeHold {
+    fn new(gauge: &IntGauge) -> GaugeHold {
+        gauge.inc();
+        GaugeHold(gauge.clone())
+    }
+}
+
+impl Drop for GaugeHold {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// The cap on concurrent orders in this gateway, with its two gauges.
+struct Slots {
+    permits: Arc<Semaphore>,
+    waiting: IntGauge,
+    running: IntGauge,
+}
+
+/// One order slot. Field order matters: the running gauge drops before the
+/// permit, so the gauge never shows more than the cap.
+struct Slot {
+    _running: GaugeHold,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Slots {
+    fn new(cap: u32, waiting: IntGauge, running: IntGauge) -> Slots {
+        Slots {
+            permits: Arc::new(Semaphore::new(usize::try_from(cap.max(1)).unwrap_or(1))),
+            waiting,
+            running,
+        }
+    }
+
+    /// Wait (counted in the waiting gauge) for a free slot.
+    async fn acquire(&self) -> Result<Slot, AcmeError> {
+        let _waiting = GaugeHold::new(&self.waiting);
+        let permit = self.permits.clone().acquire_owned().await.map_err(other)?;
+        Ok(Slot {
+            _running: GaugeHold::new(&self.running),
+            _permit: permit,
+        })
+    }
+}
+
+/// What the checks under a fresh lease decided.
+enum Prepared {
+    /// Another gateway just stored a good certificate.
+    NotNeeded,
+    /// Held back by a rate limit (the reason).
+    RateLimited(String),
+    /// Go: the new `acme_orders` row.
+    Order(i64),
+}
+
+pub struct Acme {
+    cfg: AcmeConfig,
+    /// Order work: bookkeeping, scans, certificate loads, the account.
+    db: PgPool,
+    /// Challenge answers only, so orders can never starve them.
+    answers: PgPool,
+    /// The LISTEN connection only.
+    listen_db: PgPool,
+    seal: Seal,
+    store: Arc<CertStore>,
+    cache: Arc<TenantCache>,
+    base_domains: Vec<String>,
+    metrics: Arc<Metrics>,
+    gateway_id: String,
+    /// This process as a lease owner: the gateway id and a random nonce.
+    lease_owner: String,
+    slots: Slots,
+    account: tokio::sync::Mutex<Option<Account>>,
+    wanted: mpsc::UnboundedSender<(String, bool)>,
+    wanted_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, bool)>>>,
+    in_progress: Mutex<HashSet<String>>,
+    /// Handshakes waiting for a name's certificate: a NOTIFY for such a
+    /// name loads it even though it is not in memory.
+    waiting: Mutex<HashMap<String, usize>>,
+    /// One database load per name at a time (handshakes coalesce on it).
+    loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Custom names need an active claim (`custom_domains.verification`):
+    /// the scan for missing certificates asks only for claimed names.
+    claims_required: bool,
+    /// Scans run so far (the missing-names query runs every `MISSING_EVERY`).
+    scans: std::sync::atomic::AtomicU64,
+    alpn_keys: Mutex<HashMap<String, (String, Arc<CertifiedKey>)>>,
+}
+
+impl Acme {
+    /// `db` is the pool for order work; the challenge-answer and LISTEN
+    /// pools are opened alongside it with the same connect options.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        cfg: AcmeConfig,
+        db: PgPool,
+        key: &[u8; 32],
+        store: Arc<CertStore>,
+        cache: Arc<TenantCache>,
+        base_domains: Vec<String>,
+        metrics: Arc<Metrics>,
+    ) -> Acme {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let gateway_id = format!("{}:{}", host.trim(), std::process::id());
+        let opts = (*db.connect_options()).clone();
+        let acquire = db.options().get_acquire_timeout();
+        let answers = crate::tenant::lookup::lazy_pool(
+            opts.clone().application_name("tenant-gateway-acme-answers"),
+            ANSWER_CONNECTIONS,
+            acquire,
+        );
+        let listen_db =
+            crate::tenant::lookup::lazy_pool(opts.application_name("tenant-gateway-acme-listen"), 1, acquire);
+        Acme {
+            slots: Slots::new(
+                cfg.max_concurrent_orders,
+                metrics.acme_orders_waiting.clone(),
+                metrics.acme_orders_in_progress.clone(),
+            ),
+            cfg,
+            db,
+            answers,
+            listen_db,
+            seal: Seal::new(key),
+            store,
+            cache,
+            base_domains,
+            metrics,
+            lease_owner: format!("{gateway_id}/{:08x}", rand::random::<u32>()),
+            gateway_id,
+            account: tokio::sync::Mutex::new(None),
+            wanted: tx,
+            wanted_rx: Mutex::new(Some(rx)),
+            in_progress: Mutex::default(),
+            waiting: Mutex::default(),
+            loading: Mutex::default(),
+            claims_required: false,
+            scans: std::sync::atomic::AtomicU64::new(0),
+            alpn_keys: Mutex::default(),
+        }
+    }
+
+    /// The scan for missing certificates considers only names with an active
+    /// claim (with `custom_domains.verification = "required"`).
+    pub fn with_claims_required(mut self, required: bool) -> Acme {
+        self.claims_required = required;
+        self
+    }
+
+    /// Create the gateway's schema (idempotent, serialised across the fleet).
+    pub async fn migrate(db: &PgPool) -> Result<(), AcmeError> {
+        Ok(crate::schema::migrate(db).await?)
+    }
+
+    /// The guard: in the domain table, tenant active, not under a base domain.
+    /// A name's order state, for the operator API (`None`: never ordered).
+    pub async fn name_state(&self, name: &str) -> Result<Option<serde_json::Value>, AcmeError> {
+        let row: Option<(i32, Option<String>, i64, bool, bool)> = sqlx::query_as(
+            "SELECT failures, last_error, extract(epoch FROM next_attempt_at)::bigint, force_renew, \
+                    coalesce(lease_until > now(), false) \
+               FROM tenant_gateway.acme_names WHERE name = $1",
+        )
+        .bind(name)
+        .fetch_optional(&self.answers)
+        .await?;
+        Ok(row.map(|(failures, last_error, next_attempt, forced, ordering)| {
+            serde_json::json!({
+                "failures": failures,
+                "last_error": last_error,
+                "next_attempt_at": next_attempt,
+                "force_renew": forced,
+                "ordering": ordering,
+            })
+        }))
+    }
+
+    /// Ask the fleet to renew `name` now (as `gateway acme renew`).
+    pub async fn renew(&self, name: &str) -> Result<(), AcmeError> {
+        force_renewal(&self.db, name).await
+    }
+
+    pub async fn eligible(&self, name: &str) -> bool {
+        if self.base_domains.iter().any(|b| tenancy::is_under(name, b)) {
+            return false;
+        }
+        matches!(self.cache.resolve(name).await, Resolution::Found(t) if t.status == Status::Active)
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transient_errors_are_the_database_being_briefly_away() {
+        let timeout = AcmeError::Timeout {
+            what: "x",
+            limit: Duration::from_secs(1),
+        };
+        assert!(timeout.is_transient());
+        assert!(AcmeError::Db(sqlx::Error::PoolTimedOut).is_transient());
+        assert!(AcmeError::Db(sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into())).is_transient());
+        assert!(!AcmeError::Db(sqlx::Error::RowNotFound).is_transient());
+        assert!(!AcmeError::Other("bad certificate".into()).is_transient());
+        for code in ["08006", "08001", "40001", "40P01", "53300", "55P03", "57P01"] {
+            assert!(transient_sqlstate(code), "{code}");
+        }
+        for code in ["23505", "42P01", "22P02", "57014"] {
+            assert!(!transient_sqlstate(code), "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn bounded_steps_end_at_their_deadline() {
+        let never = std::future::pending::<Result<(), AcmeError>>();
+        let e = bounded_by(Duration::from_millis(10), "a stuck query", never)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                AcmeError::Timeout {
+                    what: "a stuck query",
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("a stuck query took longer than"), "{e}");
+        let done = bounded_by(Duration::from_secs(60), "x", async { Ok::<_, sqlx::Error>(7) }).await;
+        assert_eq!(done.unwrap(), 7);
+    }
+
+    #[tokio::test]
+    async fn retry_once_retries_transient_errors_only_and_once() {
+        let calls = std::cell::Cell::new(0);
+        let r = retry_once(Duration::from_secs(60), "x", || async {
+            calls.set(calls.get() + 1);
+            if calls.get() == 1 {
+                Err(AcmeError::Db(sqlx::Error::PoolTimedOut))
+            } else {
+                Ok(calls.get())
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 2);
+
+        calls.set(0);
+        let r: Result<(), _> = retry_once(Duration::from_secs(60), "x", || async {
+            calls.set(calls.get() + 1);
+            Err(AcmeError::Db(sqlx::Error::PoolTimedOut))
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls.get(), 2, "one retry, not more");
+
+        calls.set(0);
+        let r: Result<(), _> = retry_once(Duration::from_secs(60), "x", || async {
+            calls.set(calls.get() + 1);
+            Err(AcmeError::Other("not transient".into()))
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn slots_cap_orders_and_count_the_waiting() {
+        let waiting = IntGauge::new("waiting", "w").unwrap();
+        let running = IntGauge::new("running", "r").unwrap();
+        let slots = Slots::new(2, waiting.clone(), running.clone());
+        let first = slots.acquire().await.unwrap();
+        let _second = slots.acquire().await.unwrap();
+        assert_eq!((running.get(), waiting.get()), (2, 0));
+        // A third waits (it can never finish while both slots are held).
+        let mut third = Box::pin(slots.acquire());
+        assert!(tokio::time::timeout(Duration::from_millis(20), &mut third)
+            .await
+            .is_err());
+        assert_eq!((running.get(), waiting.get()), (2, 1));
+        // A waiter that gives up is no longer counted.
+        let mut fourth = Box::pin(slots.acquire());
+        assert!(tokio::time::timeout(Duration::from_millis(20), &mut fourth)
+            .await
+            .is_err());
+        assert_eq!(waiting.get(), 2);
+        drop(fourth);
+        assert_eq!(waiting.get(), 1);
+        // A slot freed goes to the waiter; running never exceeds the cap.
+        drop(first);
+        assert!(running.get() <= 2);
+        let third = tokio::time::timeout(Duration::from_secs(30), third)
+            .await
+            .expect("the freed slot")
+            .unwrap();
+        assert_eq!((running.get(), waiting.get()), (2, 0));
+        drop(third);
+        assert_eq!(running.get(), 1);
+    }
+}

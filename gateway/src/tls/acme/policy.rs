@@ -1,0 +1,68 @@
+//! Order policy as pure functions: the unit of the per-domain rate limit
+//! (Public Suffix List), the failure back-off, and when a certificate is
+//! renewed.
+
+use super::*;
+
+/// The unit of the per-domain order limit: the registrable domain (public
+/// suffix plus one label) by the Public Suffix List compiled into the `psl`
+/// crate, so `shop.ferrari.co.uk` counts against `ferrari.co.uk` and tenants
+/// under the same public suffix (`co.uk`, `github.io`) never share a limit.
+/// A name that is itself a public suffix, or a single label, is its own unit.
+pub fn registered_domain(name: &str) -> String {
+    psl::domain_str(name).unwrap_or(name).to_owned()
+}
+
+/// When a certificate valid from `not_before` to `not_after` is renewed:
+/// between 60 % and 66.7 % of its lifetime (`jitter` in 0..1).
+pub fn renewal_point(not_before: i64, not_after: i64, jitter: f64) -> i64 {
+    let lifetime = (not_after - not_before).max(0) as f64;
+    not_before + (lifetime * (0.6 + jitter.clamp(0.0, 1.0) / 15.0)) as i64
+}
+
+/// Backoff before retry number `failures`: base·2^(failures-1), capped, ±50 % jitter.
+pub fn backoff(base: Duration, max: Duration, failures: u32, jitter: f64) -> Duration {
+    let exp = base.saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(30)));
+    let capped = exp.min(max);
+    capped.mul_f64(jitter.clamp(0.5, 1.5)).min(max)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewals_spread_between_60_and_67_percent_of_the_lifetime() {
+        let (from, to) = (1_000, 1_000 + 90 * 86_400);
+        assert_eq!(renewal_point(from, to, 0.0), from + 54 * 86_400);
+        let late = renewal_point(from, to, 1.0);
+        assert!(late > from + 59 * 86_400 && late <= to - 30 * 86_400, "{late}");
+        assert_eq!(renewal_point(from, to, 7.0), late, "jitter is clamped");
+        assert_eq!(renewal_point(to, from, 0.5), to, "a nonsense validity renews at once");
+    }
+
+    #[test]
+    fn backoff_doubles_caps_and_jitters() {
+        let (b, m) = (Duration::from_secs(10), Duration::from_secs(100));
+        assert_eq!(backoff(b, m, 1, 1.0), Duration::from_secs(10));
+        assert_eq!(backoff(b, m, 2, 1.0), Duration::from_secs(20));
+        assert_eq!(backoff(b, m, 3, 1.0), Duration::from_secs(40));
+        assert_eq!(backoff(b, m, 30, 1.0), m);
+        assert_eq!(backoff(b, m, 1, 0.5), Duration::from_secs(5));
+        assert!(backoff(b, m, 30, 1.5) <= m);
+    }
+
+    #[test]
+    fn registered_domains() {
+        assert_eq!(registered_domain("www.ferrari-cars.com"), "ferrari-cars.com");
+        assert_eq!(registered_domain("ferrari-cars.com"), "ferrari-cars.com");
+        assert_eq!(registered_domain("localhost"), "localhost");
+        // Two tenants under one public suffix are two units, not one.
+        assert_eq!(registered_domain("shop.ferrari.co.uk"), "ferrari.co.uk");
+        assert_eq!(registered_domain("www.mclaren.co.uk"), "mclaren.co.uk");
+        assert_eq!(registered_domain("a.b.ferrari.github.io"), "ferrari.github.io");
+        assert_eq!(registered_domain("co.uk"), "co.uk");
+        // Not on the list: the last two labels.
+        assert_eq!(registered_domain("www.ferrari-cars.test"), "ferrari-cars.test");
+    }
+}

@@ -1,0 +1,488 @@
+//! The ACME worker: scans (a fixed number of statements returning only due
+//! names), NOTIFY handling, and one attempt per name: guard, order slot,
+//! fleet lease, rate limits, the order, and its record (issued or failed)
+//! written whatever happened.
+
+use super::protocol::end_order;
+use super::*;
+
+impl Acme {
+    /// Runs for the life of the gateway.
+    pub async fn run(self: Arc<Self>) {
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match bounded("preparing the schema", Acme::migrate(&self.db)).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ACME: cannot prepare the tenant_gateway schema; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        // Nothing is loaded up front: stored certificates come into memory
+        // at their first handshake (`on_demand`), so start-up does not grow
+        // with the number of names.
+        tracing::info!(
+            cache_size = self.cfg.certificate_cache_size,
+            "ACME: ready; stored certificates load at their first handshake"
+        );
+        tokio::spawn(self.clone().listen());
+        let Some(mut rx) = self.wanted_rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return;
+        };
+        let mut tick = tokio::time::interval(Duration::from_secs(self.cfg.check_interval_secs));
+        loop {
+            tokio::select! {
+                Some((name, force)) = rx.recv() => self.spawn_attempt(name, force),
+                _ = tick.tick() => {
+                    if let Err(e) = self.scan().await {
+                        tracing::warn!(error = %e, "ACME: scan failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// NOTIFY: new or retired certificates (load or drop) and forced
+    /// renewals. Domain changes arrive through [`Acme::names_changed`].
+    pub(super) async fn listen(self: Arc<Self>) {
+        loop {
+            let mut l = match bounded("connecting the ACME listener", self.listener()).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "ACME: cannot LISTEN; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            // Anything missed while not listening: refresh what is in memory, rescan.
+            self.refresh_loaded().await;
+            let _ = self.scan().await;
+            while let Ok(Some(n)) = l.try_recv().await {
+                match n.channel() {
+                    // A certificate stored, renewed or retired: in memory (or
+                    // awaited by a handshake) it is reloaded (or dropped);
+                    // otherwise it loads at its first handshake.
+                    CERTS_CHANNEL if self.wanted_here(n.payload()) => {
+                        if let Err(e) = self.load_one(n.payload()).await {
+                            tracing::error!(name = n.payload(), error = %e, "ACME: cannot load new certificate");
+                        }
+                    }
+                    RENEW_CHANNEL => self.spawn_attempt(n.payload().to_owned(), true),
+                    _ => {}
+                }
+            }
+            tracing::warn!("ACME: LISTEN connection lost; reconnecting");
+        }
+    }
+
+    /// The listener holds the LISTEN pool's one connection, nobody else's.
+    pub(super) async fn listener(&self) -> Result<PgListener, sqlx::Error> {
+        let mut l = PgListener::connect_with(&self.listen_db).await?;
+        l.eager_reconnect(false);
+        l.listen_all([CERTS_CHANNEL, RENEW_CHANNEL]).await?;
+        Ok(l)
+    }
+
+    /// Names that lack a certificate, need renewal or were forced.
+    pub(super) async fn scan(self: &Arc<Self>) -> Result<(), AcmeError> {
+        self.metrics.acme_scans.inc();
+        self.delete_retired().await?;
+        // A fixed number of queries whatever the number of names: each
+        // returns only what is due (indexes of migration 0003), in batches.
+        let nth = self.scans.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if nth.is_multiple_of(MISSING_EVERY) {
+            let suffixes: Vec<String> = self.base_domains.iter().map(|b| format!(".{b}")).collect();
+            let missing: Vec<String> = bounded(
+                "listing names without a certificate",
+                sqlx::query_scalar(&self.missing_sql())
+                    .bind(&self.base_domains)
+                    .bind(&suffixes)
+                    .bind(SCAN_BATCH)
+                    .fetch_all(&self.db),
+            )
+            .await?;
+            for name in missing {
+                self.spawn_attempt(name, false);
+            }
+        }
+        let due: Vec<String> = bounded(
+            "listing renewals due",
+            sqlx::query_scalar(
+                "SELECT c.name FROM tenant_gateway.certificates c
+                  WHERE c.removed_at IS NULL AND c.renew_after <= now()
+                    AND NOT EXISTS (SELECT 1 FROM tenant_gateway.acme_names n
+                                     WHERE n.name = c.name AND n.next_attempt_at > now())
+                  ORDER BY c.renew_after LIMIT $1",
+            )
+            .bind(SCAN_BATCH)
+            .fetch_all(&self.db),
+        )
+        .await?;
+        for name in due {
+            self.spawn_attempt(name, false);
+        }
+        let retries: Vec<String> = bounded(
+            "listing retries due",
+            sqlx::query_scalar(
+                "SELECT name FROM tenant_gateway.acme_names
+                  WHERE next_attempt_at <= now() AND failures > 0 AND NOT force_renew
+                  ORDER BY next_attempt_at LIMIT $1",
+            )
+            .bind(SCAN_BATCH)
+            .fetch_all(&self.db),
+        )
+        .await?;
+        for name in retries {
+            self.spawn_attempt(name, false);
+        }
+        let forced: Vec<String> = bounded(
+            "listing forced renewals",
+            sqlx::query_scalar("SELECT name FROM tenant_gateway.acme_names WHERE force_renew").fetch_all(&self.db),
+        )
+        .await?;
+        for name in forced {
+            self.spawn_attempt(name, true);
+        }
+        Ok(())
+    }
+
+    /// The scan's query for names that need a first certificate: listed
+    /// by the domains query, not under a base domain ($1 names, $2
+    /// suffixes), no live certificate, not held back, and (with claims)
+    /// an active claim; at most $3.
+    pub(super) fn missing_sql(&self) -> String {
+        let domains = self.cfg.domains_query.as_deref().unwrap_or_default();
+        let domains = domains.trim().trim_end_matches(';');
+        let claimed = match self.claims_required {
+            true => {
+                " AND EXISTS (SELECT 1 FROM tenant_gateway.custom_hostnames h \
+                              WHERE h.name = d.name AND h.status = 'active')"
+            }
+            false => "",
+        };
+        format!(
+            "SELECT d.name FROM ({domains}) AS d(name) \
+              WHERE NOT (d.name = ANY($1::text[]) \
+                         OR EXISTS (SELECT 1 FROM unnest($2::text[]) AS s(suffix) \
+                                     WHERE right(d.name, length(s.suffix)) = s.suffix)) \
+                AND NOT EXISTS (SELECT 1 FROM tenant_gateway.certificates c \
+                                 WHERE c.name = d.name AND c.removed_at IS NULL) \
+                AND NOT EXISTS (SELECT 1 FROM tenant_gateway.acme_names n \
+                                 WHERE n.name = d.name AND n.next_attempt_at > now()){claimed} \
+              LIMIT $3"
+        )
+    }
+
+    pub(super) fn spawn_attempt(self: &Arc<Self>, name: String, force: bool) {
+        if !self
+            .in_progress
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.clone())
+        {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Err(e) = me.attempt(&name, force).await {
+                tracing::warn!(name, error = %e, "ACME: attempt failed");
+            }
+            me.in_progress.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+        });
+    }
+
+    pub(super) async fn attempt(&self, name: &str, force_hint: bool) -> Result<(), AcmeError> {
+        if !self.eligible(name).await {
+            tracing::debug!(name, "ACME: not eligible; no order");
+            // The scan leaves it alone for a while (a change to the name
+            // clears this at once: `welcome_back`).
+            bounded(
+                "holding back a refused name",
+                sqlx::query(&format!(
+                    "INSERT INTO tenant_gateway.acme_names (name, next_attempt_at, last_error)
+                     VALUES ($1, now() + interval '{NOT_ELIGIBLE_RETRY}', $2)
+                     ON CONFLICT (name) DO UPDATE SET next_attempt_at = EXCLUDED.next_attempt_at,
+                         last_error = EXCLUDED.last_error, updated_at = now()
+                      WHERE acme_names.lease_owner IS NULL AND NOT acme_names.force_renew"
+                ))
+                .bind(name)
+                .bind(NOT_ELIGIBLE)
+                .execute(&self.db),
+            )
+            .await?;
+            return Ok(());
+        }
+        bounded(
+            "registering the name",
+            sqlx::query("INSERT INTO tenant_gateway.acme_names (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+                .bind(name)
+                .execute(&self.db),
+        )
+        .await?;
+        let (due, forced): (bool, bool) = bounded(
+            "reading the name's state",
+            sqlx::query_as(
+                "SELECT next_attempt_at <= now(), force_renew FROM tenant_gateway.acme_names WHERE name = $1",
+            )
+            .bind(name)
+            .fetch_one(&self.db),
+        )
+        .await?;
+        let now = unix_now();
+        if !forced && self.store.issued(name).is_some_and(|c| !c.renewal_due(now)) {
+            return Ok(());
+        }
+        if !due {
+            tracing::debug!(name, force_hint, "ACME: backing off");
+            return Ok(());
+        }
+        // Wait for one of this gateway's order slots, holding no connection.
+        let _slot = self.slots.acquire().await?;
+        // One order per name across the fleet.
+        let Some(forced) = self.claim(name).await? else {
+            tracing::debug!(
+                name,
+                "ACME: another gateway holds the order lease (or the name is not due)"
+            );
+            return Ok(());
+        };
+        match self.prepare(name, forced).await {
+            Ok(Prepared::Order(order_id)) => self.run_order(name, order_id).await,
+            Ok(Prepared::NotNeeded) => self.release(name, None).await,
+            Ok(Prepared::RateLimited(why)) => {
+                tracing::warn!(name, reason = %why, "ACME: rate limit holds back the order for {name}: {why}");
+                self.metrics
+                    .acme_orders
+                    .with_label_values(&[name, "rate_limited"])
+                    .inc();
+                self.release(name, Some(&why)).await
+            }
+            Err(e) => {
+                if let Err(e) = self.release(name, None).await {
+                    tracing::error!(name, error = %e, "ACME: cannot free the order lease; it expires on its own");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Take the name's order lease if it is due and the lease is free,
+    /// expired, or left by this process (which runs one attempt per name at
+    /// a time). `Some(force_renew)` when taken.
+    pub(super) async fn claim(&self, name: &str) -> Result<Option<bool>, AcmeError> {
+        bounded(
+            "claiming the order lease",
+            sqlx::query_scalar(
+                "UPDATE tenant_gateway.acme_names
+                    SET lease_owner = $2, lease_until = now() + make_interval(secs => $3),
+                        ordering_since = now(), updated_at = now()
+                  WHERE name = $1 AND next_attempt_at <= now()
+                    AND (lease_owner IS NULL OR lease_owner = $2 OR lease_until <= now())
+              RETURNING force_renew",
+            )
+            .bind(name)
+            .bind(&self.lease_owner)
+            .bind(LEASE.as_secs_f64())
+            .fetch_optional(&self.db),
+        )
+        .await
+    }
+
+    /// Free the lease without an order; `held_back`: a rate limit's reason.
+    pub(super) async fn release(&self, name: &str, held_back: Option<&str>) -> Result<(), AcmeError> {
+        let sql = match held_back {
+            None => format!("UPDATE tenant_gateway.acme_names SET {FREE_LEASE} WHERE name = $1 AND lease_owner = $2"),
+            Some(_) => format!(
+                "UPDATE tenant_gateway.acme_names SET {FREE_LEASE}, next_attempt_at = now() + interval '{RATE_LIMITED_RETRY}',
+                     last_error = $3 WHERE name = $1 AND lease_owner = $2"
+            ),
+        };
+        let last_error = held_back.map(|why| format!("rate limited: {why}"));
+        let (sql, last_error) = (&sql, &last_error);
+        retry_once(QUERY_DEADLINE, "freeing the order lease", || async move {
+            sqlx::query(sql)
+                .bind(name)
+                .bind(&self.lease_owner)
+                .bind(last_error)
+                .execute(&self.db)
+                .await?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Under a fresh lease: re-check (another gateway may have just
+    /// finished), apply the rate limits, log the order.
+    pub(super) async fn prepare(&self, name: &str, forced: bool) -> Result<Prepared, AcmeError> {
+        let stored = self.load_one(name).await?;
+        if !forced && stored.is_some_and(|c| !c.renewal_due(unix_now())) {
+            return Ok(Prepared::NotNeeded);
+        }
+        if let Some(why) = self.rate_limited(name).await? {
+            return Ok(Prepared::RateLimited(why));
+        }
+        let order_id = bounded(
+            "logging the order",
+            sqlx::query_scalar(
+                "INSERT INTO tenant_gateway.acme_orders (name, registered_domain, gateway) VALUES ($1, $2, $3) RETURNING id",
+            )
+            .bind(name)
+            .bind(registered_domain(name))
+            .bind(&self.gateway_id)
+            .fetch_one(&self.db),
+        )
+        .await?;
+        Ok(Prepared::Order(order_id))
+    }
+
+    /// The order under `ORDER_DEADLINE`, then its record, whatever happened.
+    pub(super) async fn run_order(&self, name: &str, order_id: i64) -> Result<(), AcmeError> {
+        tracing::info!(name, gateway = %self.gateway_id, "ACME: ordering a certificate");
+        let issued = match bounded_by(ORDER_DEADLINE, "the order", self.order(name)).await {
+            Ok((chain, key_pem)) => self.store_issued(name, order_id, &chain, &key_pem).await,
+            Err(e) => Err(e),
+        };
+        let Err(e) = issued else { return Ok(()) };
+        self.metrics.acme_orders.with_label_values(&[name, "failed"]).inc();
+        let (failures, wait) = self.record_failure(name, order_id, &e.to_string()).await.map_err(|write| {
+            tracing::error!(name, error = %write, order_error = %e, "ACME: cannot record the failed order; its lease expires on its own");
+            write
+        })?;
+        tracing::warn!(name, failures, retry_in_secs = wait.as_secs_f64(), error = %e, "ACME: order failed; keeping the current certificate");
+        Ok(())
+    }
+
+    /// Store a new certificate and end the attempt as issued (one transaction).
+    pub(super) async fn store_issued(
+        &self,
+        name: &str,
+        order_id: i64,
+        chain: &str,
+        key_pem: &str,
+    ) -> Result<(), AcmeError> {
+        let cert = Cert::from_pem(chain.as_bytes(), key_pem.as_bytes(), name).map_err(other)?;
+        let key_enc = self.seal.seal(&format!("cert:{name}"), key_pem.as_bytes())?;
+        let (not_before, not_after) = (cert.not_before as f64, cert.not_after as f64);
+        // Renewal between 60 % and 66.7 % of the lifetime, spread so that
+        // names issued together do not renew together.
+        let renew_at = renewal_point(cert.not_before, cert.not_after, rand::random::<f64>());
+        let cert = cert.with_renew_at(Some(renew_at));
+        let key_enc = &key_enc;
+        retry_once(QUERY_DEADLINE, "storing the certificate", || async move {
+            let mut tx = self.db.begin().await?;
+            sqlx::query(
+                "INSERT INTO tenant_gateway.certificates
+                     (name, chain_pem, key_enc, not_before, not_after, issued_at, renew_after)
+                 VALUES ($1, $2, $3, to_timestamp($4), to_timestamp($5), now(), to_timestamp($6))
+                 ON CONFLICT (name) DO UPDATE SET chain_pem = EXCLUDED.chain_pem, key_enc = EXCLUDED.key_enc,
+                     not_before = EXCLUDED.not_before, not_after = EXCLUDED.not_after, issued_at = now(),
+                     renew_after = EXCLUDED.renew_after, removed_at = NULL",
+            )
+            .bind(name)
+            .bind(chain)
+            .bind(key_enc)
+            .bind(not_before)
+            .bind(not_after)
+            .bind(renew_at as f64)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(&format!(
+                "UPDATE tenant_gateway.acme_names SET failures = 0, last_error = NULL, force_renew = false,
+                     next_attempt_at = now(), {FREE_LEASE} WHERE name = $1 AND lease_owner = $2"
+            ))
+            .bind(name)
+            .bind(&self.lease_owner)
+            .execute(&mut *tx)
+            .await?;
+            end_order(&mut tx, name, order_id, "issued").await?;
+            tx.commit().await?;
+            Ok(())
+        })
+        .await?;
+        self.metrics.cert_expiry.with_label_values(&[name]).set(cert.not_after);
+        self.store.add_issued(cert);
+        self.metrics.acme_orders.with_label_values(&[name, "issued"]).inc();
+        tracing::info!(name, "ACME: certificate issued and stored");
+        Ok(())
+    }
+
+    /// End the attempt as failed (one transaction): failures + 1, the error,
+    /// the back-off, the lease freed. Returns the failures and the back-off
+    /// (none when another gateway has taken over the expired lease).
+    pub(super) async fn record_failure(
+        &self,
+        name: &str,
+        order_id: i64,
+        error: &str,
+    ) -> Result<(i32, Duration), AcmeError> {
+        let jitter = 0.5 + f64::from(rand::random::<u32>()) / f64::from(u32::MAX);
+        retry_once(QUERY_DEADLINE, "recording the failed order", || async move {
+            let mut tx = self.db.begin().await?;
+            let failures: Option<i32> = sqlx::query_scalar(&format!(
+                "UPDATE tenant_gateway.acme_names SET failures = failures + 1, last_error = $3, {FREE_LEASE}
+                  WHERE name = $1 AND lease_owner = $2 RETURNING failures"
+            ))
+            .bind(name)
+            .bind(&self.lease_owner)
+            .bind(error)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let mut wait = Duration::ZERO;
+            if let Some(failures) = failures {
+                wait = backoff(
+                    Duration::from_secs(self.cfg.retry_base_secs),
+                    Duration::from_secs(self.cfg.retry_max_secs),
+                    u32::try_from(failures).unwrap_or(1),
+                    jitter,
+                );
+                sqlx::query("UPDATE tenant_gateway.acme_names SET next_attempt_at = now() + make_interval(secs => $2) WHERE name = $1")
+                    .bind(name)
+                    .bind(wait.as_secs_f64())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            end_order(&mut tx, name, order_id, "failed").await?;
+            tx.commit().await?;
+            Ok((failures.unwrap_or(0), wait))
+        })
+        .await
+    }
+
+    pub(super) async fn rate_limited(&self, name: &str) -> Result<Option<String>, AcmeError> {
+        let (hour, week): (i64, i64) = bounded(
+            "counting recent orders",
+            sqlx::query_as(
+                "SELECT count(*) FILTER (WHERE started_at > now() - interval '1 hour'),
+                        count(*) FILTER (WHERE registered_domain = $1 AND started_at > now() - interval '7 days')
+                   FROM tenant_gateway.acme_orders WHERE started_at > now() - interval '7 days'",
+            )
+            .bind(registered_domain(name))
+            .fetch_one(&self.db),
+        )
+        .await?;
+        if hour >= i64::from(self.cfg.orders_per_hour) {
+            return Ok(Some(format!("{hour} orders in the last hour (acme.orders_per_hour)")));
+        }
+        if week >= i64::from(self.cfg.orders_per_domain_per_week) {
+            return Ok(Some(format!(
+                "{week} orders for {} this week (acme.orders_per_domain_per_week)",
+                registered_domain(name)
+            )));
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lease_outlives_every_bounded_step_of_an_attempt() {
+        // Before the order: claim, certificate load, rate limit, order row;
+        // after it: the final record, tried twice.
+        assert!(LEASE >= ORDER_DEADLINE + QUERY_DEADLINE * 6);
+    }
+}
