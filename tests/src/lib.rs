@@ -1211,6 +1211,14 @@ impl DnsServer {
         );
     }
 
+    /// Make `name` a CNAME to `target`.
+    pub fn set_cname(&self, name: &str, target: &str) {
+        self.manage(
+            "set-cname",
+            serde_json::json!({ "host": format!("{name}."), "target": format!("{target}.") }),
+        );
+    }
+
     pub fn clear_txt(&self, name: &str) {
         self.manage("clear-txt", serde_json::json!({ "host": format!("{name}.") }));
     }

@@ -24,11 +24,13 @@ fn tenants(pg: &Postgres) {
     create_tenant(&pg.url(), "mclaren", &["mclaren.myapp.localhost"]);
 }
 
-/// `[custom_domains]` with checks against `dns_port`, every second.
+/// `[custom_domains]` with checks against `dns_port`, every second (the
+/// `cname` method's target: `edge.myapp.localhost`).
 fn verification(dns_port: u16, http_port: u16, methods: &str, window_secs: u64) -> String {
     format!(
         "[custom_domains]\nverification = \"required\"\nmethods = [{methods}]\nresolver = \"127.0.0.1:{dns_port}\"\n\
-         http_port = {http_port}\ncheck_interval_secs = 1\ncheck_timeout_ms = 3000\nverification_window_secs = {window_secs}\n"
+         http_port = {http_port}\ncheck_interval_secs = 1\ncheck_timeout_ms = 3000\nverification_window_secs = {window_secs}\n\
+         cname_target = \"edge.myapp.localhost\"\n"
     )
 }
 
@@ -272,7 +274,7 @@ fn the_http_token_proves_a_claim_and_an_unproven_claim_expires() {
     let web_port = serve_text(file.clone());
     let body = format!(
         "[tenant]\nbase_domains = [\"myapp.localhost\"]\n[admin]\ntoken_env = \"TG_ADMIN_TOKEN\"\n{}{}",
-        verification(dns.port, web_port, "\"http\", \"txt\"", 20),
+        verification(dns.port, web_port, "\"http\", \"txt\", \"cname\"", 20),
         pools_toml(&[("default", &[app.port])]),
     );
     let gw = Gateway::start(&pg.url(), &body).unwrap();
@@ -313,6 +315,33 @@ fn the_http_token_proves_a_claim_and_an_unproven_claim_expires() {
     assert_eq!(code, 200);
     assert_eq!(status["status"], "active");
     assert_eq!(status["certificate"]["status"], "none", "ACME is off here");
+
+    // The opt-in cname method: proven once the name points at the target.
+    app_cli_ok(&pg.url(), &["domain", "add", "pointed.test", "--tenant", "mclaren"]);
+    let (code, added) = gw.api(
+        http::Method::POST,
+        "hostnames?name=pointed.test&tenant=mclaren&method=cname",
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(code, 200, "{added}");
+    assert_eq!(added["instructions"]["cname_target"], "edge.myapp.localhost");
+    wait_checks(&pg, "pointed.test", 2);
+    assert_eq!(claim_field(&pg, "pointed.test", "status"), "pending");
+    dns.set_cname("pointed.test", "edge.myapp.localhost");
+    wait_status(&pg, "pointed.test", "active", Duration::from_secs(15));
+    wait_until("pointed.test routed", Duration::from_secs(10), || {
+        http::client()
+            .get(&gw.url("/whoami"))
+            .header("host", "pointed.test")
+            .send()
+            .is_ok_and(|r| r.status == 200 && r.json()["tenant"] == "mclaren")
+    })
+    .unwrap();
+    gw.api(
+        http::Method::POST,
+        "hostnames/remove?name=pointed.test",
+        Some(ADMIN_TOKEN),
+    );
 
     // A claim nobody proves expires at the end of its window (20 s here);
     // a retry opens a new one. The name was never routed.
