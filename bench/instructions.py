@@ -9,6 +9,9 @@ Usage: python3 bench/instructions.py [N_REQUESTS]   (after bench/run.sh has
 built the release binaries and installed valgrind, h2load and PostgreSQL)
        python3 bench/instructions.py --limits [N]   the gateway with per-tenant
        limits on (far above the load) next to the same gateway with them off
+       python3 bench/instructions.py --extra 'TOML' [N]   a third column: the
+       gateway with TOML appended to its config (e.g. a shorter
+       `[headers] forward` list)
 
 Caveat: under valgrind the CPU reports no SHA extensions, so SHA-256 (the
 stamp's HMAC) runs in software and costs several times what it costs
@@ -129,13 +132,21 @@ def main():
     if "--limits" in sys.argv:
         rest = [a for a in sys.argv[1:] if a != "--limits"]
         return limits_cost(int(rest[0]) if rest else 10_000)
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 10_000
+    args = sys.argv[1:]
+    extra = None
+    if "--extra" in args:
+        i = args.index("--extra")
+        extra = args[i + 1]
+        del args[i:i + 2]
+    n = int(args[0]) if args else 10_000
     if not shutil.which("valgrind"):
         raise SystemExit("valgrind is not installed (bench/run.sh installs it)")
     _, _, url = R.setup_database()
     certs = R.make_certs()
     backends = R.start_backends()
     results = {w: profile(w, backends, url, certs, n) for w in ("bare", "gateway")}
+    if extra is not None:
+        results["gateway-extra"] = profile("gateway-extra", backends, url, certs, n, extra)
     total = {w: sum(s.values()) / n for w, (s, _) in results.items()}
     sha = {w: sum(c for f, c in s.items() if SHA.search(f)) / n for w, (s, _) in results.items()}
     print(f"Instructions per HTTP/1.1 keep-alive request ({n:,} requests, 16 connections, one tenant):\n")
@@ -143,6 +154,11 @@ def main():
     print(f"| total | {total['bare']:,.0f} | {total['gateway']:,.0f} |")
     print(f"| of which SHA-256 (software under valgrind) | {sha['bare']:,.0f} | {sha['gateway']:,.0f} |")
     print(f"| without SHA-256 | {total['bare'] - sha['bare']:,.0f} | {total['gateway'] - sha['gateway']:,.0f} |")
+    if extra is not None:
+        ours = {w: total[w] - sha[w] - (total["bare"] - sha["bare"]) for w in ("gateway", "gateway-extra")}
+        print(f"\nWith `{extra.strip()}`: {total['gateway-extra']:,.0f} in all, "
+              f"{total['gateway-extra'] - sha['gateway-extra']:,.0f} without SHA-256; our work on top of bare "
+              f"Pingora {ours['gateway-extra']:,.0f} (default config: {ours['gateway']:,.0f}).")
     s, edges = results["gateway"]
     inclusive = collections.Counter(s)
     for (caller, callee), c in edges.items():

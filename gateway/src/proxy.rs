@@ -27,14 +27,14 @@ use pingora_load_balancing::Backend;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::conn::stream::{ConnFacts, Sni};
+use crate::decide;
 use crate::limits::{Limits, Refused};
 use crate::metrics::tenant::{method_index, rejection_index, Observation};
 use crate::metrics::Metrics;
 use crate::pages::{wants_json, PageKind};
 use crate::reload::Live;
-use crate::route;
 use crate::tenant::cache::{Resolution, TenantCache};
-use crate::tenant::{host, Status, Tenant};
+use crate::tenant::{host, Tenant};
 use crate::upstream::pool::Pool;
 
 #[derive(Clone)]
@@ -46,12 +46,35 @@ pub struct Gateway {
     pub strip_www: bool,
     pub base_domains: Vec<String>,
     pub trusted_proxies: Vec<IpNet>,
+    /// Which forwarding headers are set (the others are only stripped).
+    pub forward: Forward,
     pub metrics: Arc<Metrics>,
     pub tls: Option<Arc<TlsRouting>>,
     /// ACME: HTTP-01 challenges are answered from the database.
     pub acme: Option<Arc<crate::tls::acme::Acme>>,
     /// Per-tenant rate and concurrency limits.
     pub limits: Arc<Limits>,
+}
+
+/// The forwarding headers set on each request (`headers.forward`).
+#[derive(Debug, Clone, Copy)]
+pub struct Forward {
+    pub forwarded: bool,
+    pub x_for: bool,
+    pub x_proto: bool,
+    pub x_host: bool,
+}
+
+impl Forward {
+    pub fn from_config(kinds: &[crate::config::ForwardHeader]) -> Forward {
+        use crate::config::ForwardHeader as H;
+        Forward {
+            forwarded: kinds.contains(&H::Forwarded),
+            x_for: kinds.contains(&H::XForwardedFor),
+            x_proto: kinds.contains(&H::XForwardedProto),
+            x_host: kinds.contains(&H::XForwardedHost),
+        }
+    }
 }
 
 /// What the request path needs to know about TLS.
@@ -63,7 +86,7 @@ pub struct TlsRouting {
 pub struct Redirect {
     /// Port in the Location header (omitted when 443).
     pub port: u16,
-    /// Paths served over plain HTTP (see [`route::exempt`]).
+    /// Paths served over plain HTTP (see [`crate::route::exempt`]).
     pub exempt: Vec<String>,
 }
 
@@ -213,25 +236,6 @@ impl Gateway {
         Ok(true)
     }
 
-    /// Host and SNI name the same tenant. The SNI comes with the
-    /// connection itself; a TLS request whose connection facts are missing
-    /// fails closed. A client that sent no SNI (an IP literal) has nothing
-    /// to disagree with.
-    async fn sni_agrees(&self, session: &Session, host: &str, tenant: &Tenant) -> bool {
-        let sni = match ConnFacts::of(session.digest()).map(|f| &f.tls) {
-            Some(Some(Sni::Name(sni))) => sni,
-            Some(Some(Sni::Absent)) => return true,
-            Some(Some(Sni::Invalid)) | Some(None) | None => return false,
-        };
-        if &**sni == host {
-            return true;
-        }
-        match self.cache.resolve(host::lookup_name(sni, self.strip_www)).await {
-            Resolution::Found(t) => t.schema() == tenant.schema(),
-            _ => false,
-        }
-    }
-
     /// Per-tenant metrics for one finished request (atomics only).
     fn record(&self, session: &Session, e: Option<&Error>, ctx: &Ctx, status: u16) {
         let tenants = &self.metrics.tenants;
@@ -272,9 +276,9 @@ impl Gateway {
     fn forwarding_headers(&self, req: &mut RequestHeader, ip: Option<IpAddr>, host: &str, tls: bool) -> Result<()> {
         let scheme = if tls { "https" } else { "http" };
         let trusted = self.trusted(ip);
-        let ip_text = ip.map(|i| i.to_string()).unwrap_or_else(|| "unknown".into());
-        // What an untrusted client sent is overwritten, so only a trusted
-        // peer's values are read at all.
+        let set = self.forward;
+        // What an untrusted client sent is overwritten (or, for a header
+        // not set, removed), so only a trusted peer's values are read at all.
         let existing = |req: &RequestHeader, name: &str| -> Option<String> {
             if !trusted {
                 return None;
@@ -287,25 +291,48 @@ impl Gateway {
                 .collect();
             (!vals.is_empty()).then(|| vals.join(", "))
         };
-        let mine = match ip {
-            Some(IpAddr::V6(v6)) => format!("for=\"[{v6}]\";host={host};proto={scheme}"),
-            _ => format!("for={ip_text};host={host};proto={scheme}"),
+        let unset = |req: &mut RequestHeader, name: &str| {
+            if !trusted && req.headers.contains_key(name) {
+                req.remove_header(name);
+            }
         };
-        let fwd = match existing(req, "forwarded") {
-            Some(prev) => format!("{prev}, {mine}"),
-            None => mine,
-        };
-        req.insert_header("forwarded", fwd)?;
-        let xff = match existing(req, "x-forwarded-for") {
-            Some(prev) => format!("{prev}, {ip_text}"),
-            None => ip_text,
-        };
-        req.insert_header("x-forwarded-for", xff)?;
-        match existing(req, "x-forwarded-proto") {
-            Some(prev) => req.insert_header("x-forwarded-proto", prev)?,
-            None => req.insert_header("x-forwarded-proto", scheme)?,
+        let ip_text = || ip.map(|i| i.to_string()).unwrap_or_else(|| "unknown".into());
+        if set.forwarded {
+            let mine = match ip {
+                Some(IpAddr::V6(v6)) => format!("for=\"[{v6}]\";host={host};proto={scheme}"),
+                _ => format!("for={};host={host};proto={scheme}", ip_text()),
+            };
+            let fwd = match existing(req, "forwarded") {
+                Some(prev) => format!("{prev}, {mine}"),
+                None => mine,
+            };
+            req.insert_header("forwarded", fwd)?;
+        } else {
+            unset(req, "forwarded");
         }
-        req.insert_header("x-forwarded-host", host)?;
+        if set.x_for {
+            let xff = match existing(req, "x-forwarded-for") {
+                Some(prev) => format!("{prev}, {}", ip_text()),
+                None => ip_text(),
+            };
+            req.insert_header("x-forwarded-for", xff)?;
+        } else {
+            unset(req, "x-forwarded-for");
+        }
+        if set.x_proto {
+            match existing(req, "x-forwarded-proto") {
+                Some(prev) => req.insert_header("x-forwarded-proto", prev)?,
+                None => req.insert_header("x-forwarded-proto", scheme)?,
+            }
+        } else {
+            unset(req, "x-forwarded-proto");
+        }
+        if set.x_host {
+            req.insert_header("x-forwarded-host", host)?;
+        } else if req.headers.contains_key("x-forwarded-host") {
+            // Never the client's own: a trusted peer's is replaced by the Host we route on.
+            req.remove_header("x-forwarded-host");
+        }
         Ok(())
     }
 }
@@ -348,92 +375,100 @@ impl ProxyHttp for Gateway {
             .map(str::to_owned)
             .unwrap_or_else(new_request_id);
 
+        // Gather the facts, ask `decide`, act.
         let host = match host::request_host(session.req_header()) {
-            Ok(h) => h,
+            Ok(h) => Some(h),
             Err(e) => {
                 tracing::debug!(error = %e, request_id = %ctx.request_id, "bad host");
-                return self.respond(session, ctx, PageKind::BadRequest).await;
+                None
             }
         };
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        if !ctx.tls {
-            if let Some(acme) = &self.acme {
-                match route::acme_token(session.req_header().uri.path()) {
-                    None => {}
-                    Some(token) => {
-                        let answer = match token {
-                            Ok(token) => acme.http01(token).await,
-                            Err(()) => None,
-                        };
-                        ctx.host = Some(host);
-                        return self.respond_challenge(session, ctx, answer).await;
-                    }
-                }
-            }
-        }
-        let redirect = match self.tls.as_ref().and_then(|t| t.redirect.as_ref()) {
-            Some(r) if !ctx.tls && !route::exempt(session.req_header().uri.path(), &r.exempt) => Some(r.port),
-            _ => None,
-        };
         let live = self.live.load_full();
-        if live.landing.is_some() && self.base_domains.contains(&host) {
-            if let Some(port) = redirect {
+        let path = session.req_header().uri.path().to_owned();
+        let redirect = self.tls.as_ref().and_then(|t| t.redirect.as_ref());
+        let first = decide::first(&decide::Facts {
+            host: host.as_deref(),
+            path: &path,
+            tls: ctx.tls,
+            acme: self.acme.is_some(),
+            redirect: redirect.map(|r| decide::RedirectPolicy {
+                port: r.port,
+                exempt: &r.exempt,
+            }),
+            landing: live.landing.is_some(),
+            base_domains: &self.base_domains,
+        });
+        let redirect = match first {
+            decide::First::Page(kind) => return self.respond(session, ctx, kind).await,
+            decide::First::AcmeChallenge(token) => {
+                let answer = match (token, &self.acme) {
+                    (Some(token), Some(acme)) => acme.http01(token).await,
+                    _ => None,
+                };
+                ctx.host = host;
+                return self.respond_challenge(session, ctx, answer).await;
+            }
+            decide::First::Redirect { port } => {
+                let host = host.unwrap_or_default();
                 return self.redirect_to_https(session, ctx, &host, port).await;
             }
-            ctx.pool = live.landing.clone();
-            ctx.host = Some(host);
-            ctx.landing = true;
-            return Ok(false);
-        }
+            decide::First::Landing => {
+                ctx.pool = live.landing.clone();
+                ctx.host = host;
+                ctx.landing = true;
+                return Ok(false);
+            }
+            decide::First::Lookup { redirect } => redirect,
+        };
+        let host = host.unwrap_or_default();
         let resolution = self.cache.resolve(host::lookup_name(&host, self.strip_www)).await;
+        let sni_tenant;
+        let sni = match (&resolution, ctx.tls) {
+            (Resolution::Found(_), true) => match ConnFacts::of(session.digest()).map(|f| &f.tls) {
+                Some(Some(Sni::Absent)) => decide::SniFact::Agrees,
+                Some(Some(Sni::Name(sni))) if **sni == *host => decide::SniFact::Agrees,
+                Some(Some(Sni::Name(sni))) => {
+                    sni_tenant = match self.cache.resolve(host::lookup_name(sni, self.strip_www)).await {
+                        Resolution::Found(t) => Some(t),
+                        _ => None,
+                    };
+                    decide::SniFact::OtherName {
+                        tenant: sni_tenant.as_deref().map(Tenant::schema),
+                    }
+                }
+                Some(Some(Sni::Invalid)) | Some(None) | None => decide::SniFact::Invalid,
+            },
+            _ => decide::SniFact::Agrees,
+        };
+        let decision = decide::decide(&resolution, redirect, sni, |name| live.pools.get(name).is_some());
         ctx.host = Some(host);
-        let tenant = match resolution {
-            Resolution::Found(t) => t,
-            Resolution::NotFound => return self.respond(session, ctx, PageKind::NotFound).await,
-            Resolution::Unavailable => return self.respond(session, ctx, PageKind::Unavailable).await,
-            Resolution::Misconfigured => return self.respond(session, ctx, PageKind::Misconfigured).await,
+        let tenant = match (&resolution, decision) {
+            (_, decide::Decision::Redirect { port }) => {
+                // Counted like before the lookup existed: not as a tenant's request.
+                let host = ctx.host.take().unwrap_or_default();
+                return self.redirect_to_https(session, ctx, &host, port).await;
+            }
+            (Resolution::Found(t), decide::Decision::Page { kind, attributed }) => {
+                if attributed {
+                    ctx.tenant = Some(t.clone());
+                }
+                if kind == PageKind::Unavailable {
+                    tracing::error!(tenant = %t.schema(), pool = ?t.pool(), "tenant is pinned to a pool that is not configured");
+                }
+                return self.respond(session, ctx, kind).await;
+            }
+            (_, decide::Decision::Page { kind, .. }) => return self.respond(session, ctx, kind).await,
+            (Resolution::Found(t), decide::Decision::Proxy(_)) => t.clone(),
+            // `decide` proxies found tenants only.
+            (_, decide::Decision::Proxy(_)) => return self.respond(session, ctx, PageKind::Unavailable).await,
         };
-        // A custom hostname without an active claim of this tenant is not
-        // the tenant's (yet): no redirect, no tenant attribution.
-        if tenant.status == Status::Unverified {
-            return self.respond(session, ctx, PageKind::Unverified).await;
-        }
-        // Plain HTTP is redirected only for hosts we serve: no open redirect.
-        if let Some(port) = redirect {
-            // Counted like before the lookup existed: not as a tenant's request.
-            drop(tenant);
-            let host = ctx.host.take().unwrap_or_default();
-            return self.redirect_to_https(session, ctx, &host, port).await;
-        }
-        if ctx.tls
-            && !self
-                .sni_agrees(session, ctx.host.as_deref().unwrap_or_default(), &tenant)
-                .await
-        {
-            ctx.tenant = Some(tenant);
-            return self.respond(session, ctx, PageKind::Misdirected).await;
-        }
-        match tenant.status {
-            Status::Active => {}
-            Status::Suspended => {
-                ctx.tenant = Some(tenant);
-                return self.respond(session, ctx, PageKind::Suspended).await;
-            }
-            Status::Deleted => {
-                ctx.tenant = Some(tenant);
-                return self.respond(session, ctx, PageKind::Deleted).await;
-            }
-            Status::Unverified => return self.respond(session, ctx, PageKind::Unverified).await,
-        }
-        // A pinned tenant goes to its pool and nowhere else.
         let pool = match tenant.pool() {
-            None => Some(live.pools.default_pool().clone()),
-            Some(name) => live.pools.get(name).cloned(),
-        };
-        let Some(pool) = pool else {
-            tracing::error!(tenant = %tenant.schema(), pool = ?tenant.pool(), "tenant is pinned to a pool that is not configured");
-            ctx.tenant = Some(tenant);
-            return self.respond(session, ctx, PageKind::Unavailable).await;
+            None => live.pools.default_pool().clone(),
+            Some(name) => match live.pools.get(name) {
+                Some(p) => p.clone(),
+                None => return self.respond(session, ctx, PageKind::Unavailable).await,
+            },
         };
         // Fairness: the tenant's rate and in-flight cap (and its clients').
         if let Some(limiter) = tenant.limiter() {

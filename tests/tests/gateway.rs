@@ -753,3 +753,29 @@ fn optional_behaviours_www_landing_trusted_proxies_pages_timeouts() {
         start.elapsed()
     );
 }
+
+/// `headers.forward` leaves some forwarding headers out: the gateway does
+/// not set them, and what a client sent under those names never reaches a
+/// backend either (for either tenant).
+#[test]
+fn forwarding_headers_left_out_are_stripped_not_passed_on() {
+    let (_pg, _apps, gw) = two_tenant_stack("[headers]\nforward = [\"x-forwarded-proto\"]\n");
+    let client = http::client();
+    for tenant in ["ferrari", "mclaren"] {
+        let who = client
+            .get(&gw.url("/whoami"))
+            .header("host", &format!("{tenant}.myapp.localhost"))
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("forwarded", "for=6.6.6.6;host=evil.test")
+            .header("x-forwarded-host", "evil.test")
+            .header("x-forwarded-proto", "https")
+            .send()
+            .unwrap()
+            .json();
+        assert_eq!(who["tenant"], tenant);
+        assert_eq!(who["x_forwarded_for"], json!([]), "{who}");
+        assert_eq!(who["forwarded"], json!([]), "{who}");
+        assert_eq!(who["x_forwarded_host"], json!([]), "{who}");
+        assert_eq!(who["x_forwarded_proto"], json!(["http"]), "{who}");
+    }
+}
