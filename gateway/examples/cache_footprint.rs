@@ -1,6 +1,7 @@
 //! What the gateway's memory per cached domain is made of: heap bytes per
-//! entry of the tenant cache's table (`gateway/src/tenant/table.rs`, compiled
-//! in as is) holding the real tenant records (`tenant/record.rs`), counted by a counting
+//! entry of the tenant cache's table (`gateway::tenant::table`) holding the
+//! real tenant records (`gateway::tenant::record`, without metric handles or
+//! limiters: those are per tenant, not per domain), counted by a counting
 //! allocator. `bench/RESULTS.md` quotes its output next to the RSS
 //! measurement of the running gateway.
 //!
@@ -14,29 +15,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::sync::Arc;
 
-#[path = "../src/tenant/table.rs"]
-#[allow(dead_code)]
-mod table;
-
-#[path = "../src/tenant/record.rs"]
-#[allow(dead_code)]
-mod record;
-
-/// The record holds a pointer to its metric handles; what they point to is
-/// not per-domain memory (one per metric label, capped), so a stand-in.
-mod metrics {
-    pub mod tenant {
-        #[derive(Debug)]
-        pub struct TenantStats;
-    }
-}
-
-/// Likewise the tenant's limiter (one per limited tenant, shared by its
-/// domains, and none when no limits are configured).
-mod limits {
-    #[derive(Debug)]
-    pub struct Limiter;
-}
+use gateway::tenant::{record, table};
 
 struct Counting;
 

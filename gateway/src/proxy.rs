@@ -296,11 +296,15 @@ impl Gateway {
                 req.remove_header(name);
             }
         };
-        let ip_text = || ip.map(|i| i.to_string()).unwrap_or_else(|| "unknown".into());
+        // Built once, moved into X-Forwarded-For last.
+        let ip_text = match set.forwarded || set.x_for {
+            true => ip.map(|i| i.to_string()).unwrap_or_else(|| "unknown".into()),
+            false => String::new(),
+        };
         if set.forwarded {
             let mine = match ip {
                 Some(IpAddr::V6(v6)) => format!("for=\"[{v6}]\";host={host};proto={scheme}"),
-                _ => format!("for={};host={host};proto={scheme}", ip_text()),
+                _ => format!("for={ip_text};host={host};proto={scheme}"),
             };
             let fwd = match existing(req, "forwarded") {
                 Some(prev) => format!("{prev}, {mine}"),
@@ -312,8 +316,8 @@ impl Gateway {
         }
         if set.x_for {
             let xff = match existing(req, "x-forwarded-for") {
-                Some(prev) => format!("{prev}, {}", ip_text()),
-                None => ip_text(),
+                Some(prev) => format!("{prev}, {ip_text}"),
+                None => ip_text,
             };
             req.insert_header("x-forwarded-for", xff)?;
         } else {

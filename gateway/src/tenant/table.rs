@@ -183,6 +183,10 @@ impl<V: Clone> HostTable<V> {
             .sum()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// The bound actually enforced (`capacity` rounded down to the shards).
     #[cfg(test)]
     pub fn capacity(&self) -> usize {

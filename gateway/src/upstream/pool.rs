@@ -80,6 +80,11 @@ impl Pool {
         self.cfg.backends.len()
     }
 
+    /// A pool always has a backend (validated config); for completeness.
+    pub fn is_empty(&self) -> bool {
+        self.cfg.backends.is_empty()
+    }
+
     /// The peer for a backend, carrying this pool's timeouts.
     pub fn peer(&self, backend: &Backend) -> Box<HttpPeer> {
         let mut peer = HttpPeer::new(backend.addr.clone(), false, String::new());

@@ -1,0 +1,724 @@
+//! The `gateway` command (the binary's edge: `anyhow` errors, exit codes):
+//! `gateway --config FILE` runs the proxy; the subcommands validate the
+//! config, manage certificates, claims and triggers, and call the operator
+//! API.
+//!
+//! Start-up wires the request path: config → tenant cache (lookup + LISTEN
+//! invalidation) → backend pools (health checks) → the Pingora proxy service
+//! on the public listener, and the admin service on its own listener.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use clap::{Parser, Subcommand};
+use pingora_core::server::configuration::ServerConf;
+use pingora_core::server::{Server, ShutdownWatch};
+use pingora_core::services::background::{background_service, BackgroundService};
+use pingora_core::services::listening::Service;
+
+use crate::config::Config;
+use crate::tenant::cache::TenantCache;
+use crate::upstream::pool::Pools;
+use crate::{
+    admin, admin_client, config, conn, hostnames, limits, metrics, pages, proxy, reload, schema, tenant, tls, triggers,
+};
+
+#[derive(Parser)]
+#[command(name = "gateway", version, about = "Tenant Gateway: a multi-tenant edge proxy")]
+struct Cli {
+    #[arg(long, global = true, env = "GATEWAY_CONFIG", default_value = "config/gateway.toml")]
+    config: PathBuf,
+    /// Take the listening sockets over from the running gateway (zero-downtime
+    /// upgrade: start this, then send SIGQUIT to the old process).
+    #[arg(long, global = true)]
+    upgrade: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate the config (and its environment) and print the effective config without secrets.
+    CheckConfig,
+    /// Development certificates (a local CA and certificates it signs).
+    #[command(subcommand)]
+    Certs(CertsCmd),
+    /// ACME certificates of custom domains (needs the config's database).
+    #[command(subcommand)]
+    Acme(AcmeCmd),
+    /// Operator API: what the gateway does with HOST and why (JSON).
+    Explain { host: String },
+    /// Operator API: forget HOST's cached answer (or every one with --all).
+    Purge {
+        host: Option<String>,
+        #[arg(long, conflicts_with = "host")]
+        all: bool,
+    },
+    /// Operator API: reload the config's pools, pages and limits, and the certificate files (as SIGHUP).
+    Reload,
+    /// NOTIFY triggers for a django-tenants database (tenant.preset = "django-tenants").
+    #[command(subcommand)]
+    Triggers(TriggersCmd),
+    /// Custom hostnames: claims, ownership verification, removal (needs the config's database).
+    #[command(subcommand)]
+    Hostnames(HostnamesCmd),
+}
+
+#[derive(Subcommand)]
+enum HostnamesCmd {
+    /// Claim NAME for a tenant and print what its owner must publish.
+    Add {
+        name: String,
+        /// The tenant's schema name.
+        #[arg(long)]
+        tenant: String,
+        /// txt, http or cname (default: the first of custom_domains.methods).
+        #[arg(long)]
+        method: Option<String>,
+        /// The operator vouches for the name: no check (logged).
+        #[arg(long)]
+        preverified: bool,
+    },
+    /// A claim's status, instructions, certificate and history.
+    Status { name: String },
+    /// Every claim (optionally of one status).
+    List {
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Check again now (a failed or expired claim gets a new window).
+    Retry { name: String },
+    /// Remove a claim: unrouted and its certificate retired at once on every gateway.
+    Remove { name: String },
+}
+
+#[derive(Subcommand)]
+enum TriggersCmd {
+    /// Print the SQL that installs them (for the configured tables and channel).
+    Print,
+    /// Install them (idempotent) in the config's database.
+    Install,
+    /// Remove them.
+    Remove,
+}
+
+#[derive(Subcommand)]
+enum AcmeCmd {
+    /// Every custom domain with its certificate status.
+    Status,
+    /// Force a renewal now (one gateway of the fleet orders it).
+    Renew { name: String },
+}
+
+#[derive(Subcommand)]
+enum CertsCmd {
+    /// Create the dev CA (once) and a wildcard certificate for a base domain.
+    Dev {
+        #[arg(long, default_value = "certs/dev")]
+        dir: PathBuf,
+        #[arg(long, default_value = "myapp.localhost")]
+        domain: String,
+    },
+    /// Issue a certificate for some names, signed by the dev CA.
+    Issue {
+        #[arg(long, default_value = "certs/dev")]
+        dir: PathBuf,
+        #[arg(long = "name", required = true)]
+        names: Vec<String>,
+        /// Output path without extension (writes .pem and .key).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if std::env::var("LOG_FORMAT").is_ok_and(|v| v == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// The `gateway` command: parse the command line, run the command.
+pub fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => check_config(&cli.config),
+        Command::Run => run(&cli.config, cli.upgrade),
+        Command::Certs(cmd) => certs(cmd),
+        Command::Acme(cmd) => acme_cmd(&cli.config, cmd),
+        Command::Hostnames(cmd) => hostnames_cmd(&cli.config, cmd),
+        Command::Triggers(cmd) => triggers_cmd(&cli.config, cmd),
+        Command::Explain { host } => api_cmd(&cli.config, "GET", "/api/v1/explain", &[("host", &host)]),
+        Command::Purge { host: Some(h), .. } => api_cmd(&cli.config, "POST", "/api/v1/purge", &[("host", &h)]),
+        Command::Purge { host: None, all: true } => api_cmd(&cli.config, "POST", "/api/v1/purge", &[("all", "1")]),
+        Command::Purge { host: None, all: false } => Err(anyhow::anyhow!("give a HOST or --all")),
+        Command::Reload => api_cmd(&cli.config, "POST", "/api/v1/reload", &[]),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn certs(cmd: CertsCmd) -> anyhow::Result<()> {
+    match cmd {
+        CertsCmd::Dev { dir, domain } => {
+            let domain = tenancy::normalize_domain(&domain).map_err(|e| anyhow::anyhow!("--domain {domain}: {e}"))?;
+            let (ca, _) = tls::devcerts::ensure_ca(&dir)?;
+            let names = vec![format!("*.{domain}"), domain];
+            let (cert, key) = tls::devcerts::issue(&dir, &names, &dir.join("wildcard"))?;
+            println!(
+                "CA:       {}\ncert:     {}\nkey:      {}",
+                ca.display(),
+                cert.display(),
+                key.display()
+            );
+        }
+        CertsCmd::Issue { dir, names, out } => {
+            let (cert, key) = tls::devcerts::issue(&dir, &names, &out)?;
+            println!("cert:     {}\nkey:      {}", cert.display(), key.display());
+        }
+    }
+    Ok(())
+}
+
+fn acme_cmd(path: &std::path::Path, cmd: AcmeCmd) -> anyhow::Result<()> {
+    let cfg = Config::load(path)?;
+    let secrets = cfg.secrets()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let db = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_millis(cfg.database.connect_timeout_ms.max(2000)))
+            .connect(&secrets.database_url)
+            .await
+            .context("cannot connect to PostgreSQL")?;
+        match cmd {
+            AcmeCmd::Status => {
+                for line in tls::acme::status_report(&db, &cfg.acme_effective(), &cfg.tenant.base_domains).await? {
+                    println!("{line}");
+                }
+            }
+            AcmeCmd::Renew { name } => {
+                let name = tenancy::normalize_domain(&name).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+                tls::acme::force_renewal(&db, &name).await?;
+                println!("renewal of {name} requested");
+            }
+        }
+        Ok(())
+    })
+}
+
+fn hostnames_cmd(path: &std::path::Path, cmd: HostnamesCmd) -> anyhow::Result<()> {
+    let cfg = Config::load(path)?;
+    let secrets = cfg.secrets()?;
+    if !cfg.custom_domains.required() {
+        eprintln!(
+            "note: custom_domains.verification = \"none\": claims are recorded but routing does not consult them"
+        );
+    }
+    let actor = format!("cli:{}", std::env::var("USER").unwrap_or_else(|_| "unknown".into()));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let v = rt.block_on(async {
+        let db = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_millis(cfg.database.connect_timeout_ms.max(2000)))
+            .connect(&secrets.database_url)
+            .await
+            .context("cannot connect to PostgreSQL")?;
+        schema::migrate(&db)
+            .await
+            .context("preparing the tenant_gateway schema")?;
+        let store = hostnames::store::Store::new(db, &cfg.tenant.notify_channel);
+        let ops = hostnames::ops::Ops {
+            store: &store,
+            cfg: &cfg.custom_domains,
+            base_domains: &cfg.tenant.base_domains,
+            strip_www: cfg.strip_www(),
+        };
+        let v = match cmd {
+            HostnamesCmd::Add {
+                name,
+                tenant,
+                method,
+                preverified,
+            } => {
+                let method = method
+                    .map(|m| {
+                        hostnames::policy::Method::parse(&m)
+                            .filter(|m| *m != hostnames::policy::Method::Operator)
+                            .ok_or_else(|| anyhow::anyhow!("--method: one of txt, http, cname"))
+                    })
+                    .transpose()?;
+                ops.add(&name, &tenant, method, preverified, &actor).await?
+            }
+            HostnamesCmd::Status { name } => ops.status(&name).await?,
+            HostnamesCmd::List { status } => ops.list(status.as_deref()).await?,
+            HostnamesCmd::Retry { name } => ops.retry(&name, &actor).await?,
+            HostnamesCmd::Remove { name } => ops.remove(&name, &actor).await?,
+        };
+        anyhow::Ok(v)
+    })?;
+    if let Some(summary) = v["instructions"]["summary"].as_str() {
+        eprintln!("{summary}");
+    }
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+fn api_cmd(path: &std::path::Path, method: &str, api: &str, params: &[(&str, &str)]) -> anyhow::Result<()> {
+    let cfg = Config::load(path)?;
+    let body = admin_client::call(&cfg, method, api, params)?;
+    match serde_json::from_str::<serde_json::Value>(&body) {
+        Ok(v) => println!("{}", serde_json::to_string_pretty(&v).unwrap_or(body)),
+        Err(_) => println!("{body}"),
+    }
+    Ok(())
+}
+
+fn triggers_cmd(path: &std::path::Path, cmd: TriggersCmd) -> anyhow::Result<()> {
+    let cfg = Config::load(path)?;
+    if cfg.tenant.preset != config::QueryPreset::DjangoTenants {
+        anyhow::bail!(
+            "config key `tenant.preset`: triggers are for the django-tenants preset (the default schema has its own, \
+             in upstream-app's migrations)"
+        );
+    }
+    let (django, channel) = (&cfg.tenant.django, &cfg.tenant.notify_channel);
+    let sql = match cmd {
+        TriggersCmd::Print => {
+            print!("{}", triggers::install_sql(django, channel)?);
+            return Ok(());
+        }
+        TriggersCmd::Install => triggers::install_sql(django, channel)?,
+        TriggersCmd::Remove => triggers::remove_sql(django)?,
+    };
+    let secrets = cfg.secrets()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&secrets.database_url)
+            .await
+            .context("cannot connect to PostgreSQL")?;
+        sqlx::raw_sql(&sql)
+            .execute(&mut conn)
+            .await
+            .context("running the trigger SQL")?;
+        anyhow::Ok(())
+    })?;
+    println!(
+        "triggers {}",
+        if sql.starts_with("DROP") {
+            "removed"
+        } else {
+            "installed"
+        }
+    );
+    Ok(())
+}
+
+fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+    let cfg = Config::load(path)?;
+    cfg.secrets()?;
+    cfg.admin_token()?;
+    if cfg.acme.enabled {
+        cfg.acme_key()?;
+    }
+    pages::Pages::load(&cfg.pages)?;
+    Pools::from_config(&cfg)?;
+    if cfg.tls.listen.is_some() {
+        tls::files::load_certs(&cfg.tls)?;
+    }
+    println!(
+        "# {}: OK\n# lookup query: {}\n# ACME domains query: {}\n# strip www.: {}; public schema: {}\n",
+        path.display(),
+        cfg.lookup_query(),
+        cfg.acme_domains_query(),
+        cfg.strip_www(),
+        cfg.public_schema().unwrap_or("none")
+    );
+    print!("{}", cfg.to_toml());
+    Ok(())
+}
+
+/// Side tasks that live as long as the server: LISTEN invalidation, backend
+/// health checks, and a start-up check of the lookup query.
+struct SideTasks {
+    cache: Arc<TenantCache>,
+    limits: Arc<limits::Limits>,
+    lookup: Arc<tenant::lookup::Lookup>,
+    reloader: Arc<reload::Reloader>,
+    database_url: String,
+    channel: String,
+    listen_timing: tenant::invalidate::ListenTiming,
+    acme: Option<Arc<tls::acme::Acme>>,
+    /// The custom-hostname checkers and their database (verification on).
+    hostnames: Option<(Arc<hostnames::worker::Worker>, sqlx::PgPool)>,
+}
+
+#[async_trait]
+impl BackgroundService for SideTasks {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tasks = tokio::task::JoinSet::new();
+        let limits = self.limits.clone();
+        tasks.spawn(async move {
+            // Limiters of tenants no longer cached, idle per-client state.
+            let mut every = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                limits.sweep();
+            }
+        });
+        let on_change = self
+            .acme
+            .clone()
+            .map(|acme| Arc::new(move |names: Vec<String>| acme.names_changed(names)) as tenant::invalidate::OnChange);
+        tasks.spawn(tenant::invalidate::run(
+            self.database_url.clone(),
+            self.channel.clone(),
+            self.cache.clone(),
+            self.listen_timing,
+            on_change,
+        ));
+        self.reloader.start_health_checks();
+        if let Some(acme) = &self.acme {
+            tasks.spawn(acme.clone().run());
+        }
+        if let Some((worker, db)) = &self.hostnames {
+            let (worker, db) = (worker.clone(), db.clone());
+            tasks.spawn(async move {
+                schema::migrate_until_done(&db, Duration::from_secs(10)).await;
+                worker.run().await;
+            });
+        }
+        let lookup = self.lookup.clone();
+        tasks.spawn(async move {
+            match lookup.check_query().await {
+                Ok(()) => tracing::info!("tenant lookup query checked against the database"),
+                Err(e) => tracing::error!(error = %e, "config key `tenant.query`: the lookup query does not work against this database"),
+            }
+        });
+        // SIGHUP: the config (pools, pages, limits) and the certificate files.
+        let reloader = self.reloader.clone();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tasks.spawn(async move {
+                    while hup.recv().await.is_some() {
+                        match reloader.reload() {
+                            Ok(changed) => tracing::info!(?changed, "SIGHUP: config reloaded"),
+                            Err(e) => tracing::error!(error = %e, "SIGHUP: config reload refused; the running config stays"),
+                        }
+                        match reloader.reload_certificates() {
+                            Ok(Some(n)) => tracing::info!(certificates = n, "SIGHUP: certificates reloaded"),
+                            Ok(None) => {}
+                            Err(e) => tracing::error!(error = %format!("{e:#}"), "SIGHUP: reload failed; keeping the loaded certificates"),
+                        }
+                    }
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "cannot install the SIGHUP handler"),
+        }
+        let _ = shutdown.changed().await;
+        tasks.abort_all();
+    }
+}
+
+/// Raise the soft file-descriptor limit to the hard limit (connection caps
+/// are derived from it); returns the limit in effect.
+fn raise_file_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => n,
+        Err(e) => {
+            let (soft, _) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((1024, 1024));
+            tracing::warn!(error = %e, soft, "cannot raise the file descriptor limit");
+            soft
+        }
+    }
+}
+
+fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
+    let cfg = Config::load(path)?;
+    let secrets = cfg.secrets()?;
+    let admin_token = cfg.admin_token()?;
+    let live = Arc::new(arc_swap::ArcSwap::from_pointee(reload::Live::from_config(&cfg)?));
+    let metrics = Arc::new(metrics::Metrics::new(cfg.metrics.max_tenant_labels));
+    let nofile = raise_file_limit();
+    let limits = Arc::new(limits::Limits::new(cfg.limits_settings()));
+    let lookup = tenant::lookup::Lookup::new(
+        secrets.lookup_url.as_deref().unwrap_or(&secrets.database_url),
+        cfg.database.max_connections,
+        Duration::from_millis(cfg.database.connect_timeout_ms),
+        Duration::from_millis(cfg.database.query_timeout_ms),
+        cfg.database.lookup_nice,
+    )
+    .context("config key `database.url_env`")?
+    .with_query(&cfg.lookup_query())
+    .with_public_schema(cfg.public_schema())
+    .with_limits(limits.clone())
+    .with_prepared_statements(cfg.database.lookup_prepared_statements)
+    .with_metrics(metrics.clone());
+    let lookup = match &secrets.lookup_url {
+        Some(_) => lookup
+            .with_replica(
+                &secrets.database_url,
+                Duration::from_millis(cfg.database.connect_timeout_ms),
+                metrics.lookup_primary_fallbacks.clone(),
+            )
+            .context("config key `database.url_env`")?,
+        None => lookup,
+    };
+    let lookup = match cfg.custom_domains.required() {
+        true => lookup.with_claims(&cfg.tenant.base_domains),
+        false => lookup,
+    };
+    let lookup = Arc::new(lookup);
+    let cache = Arc::new(TenantCache::new(
+        lookup.clone(),
+        &cfg.tenant.cache,
+        Duration::from_millis(cfg.database.lookup_deadline_ms),
+        metrics.clone(),
+    ));
+    let trusted_proxies = cfg
+        .headers
+        .trusted_proxies
+        .iter()
+        .map(|s| {
+            s.parse::<ipnet::IpNet>()
+                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .context("config key `headers.trusted_proxies`")?;
+
+    let conf = ServerConf {
+        threads: cfg.listen.threads,
+        grace_period_seconds: Some(cfg.listen.shutdown_grace_secs),
+        graceful_shutdown_timeout_seconds: Some(1),
+        work_stealing: cfg.listen.work_stealing,
+        upgrade_sock: cfg.listen.upgrade_sock.display().to_string(),
+        ..ServerConf::default()
+    };
+    let opt = pingora_core::server::configuration::Opt {
+        upgrade,
+        ..Default::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
+    // With --upgrade: waits for the running gateway's sockets (sent on SIGQUIT).
+    server.bootstrap();
+
+    // Public listeners: bound now (a port in use is a start-up error), with
+    // connection caps derived from the file limit unless configured.
+    let (max_total, max_per_ip) = config::connection_caps(&cfg.limits, nofile);
+    tracing::info!(
+        nofile,
+        max_connections = max_total,
+        max_connections_per_ip = max_per_ip,
+        "connection caps"
+    );
+    let per_ip = conn::limits::PerIp::new(max_per_ip);
+    let drain = Arc::new(conn::drain::Drain::default());
+    let timeouts = conn::deadline::Timeouts {
+        head: Duration::from_millis(cfg.limits.request_head_timeout_ms),
+        idle: Duration::from_millis(cfg.limits.idle_timeout_ms),
+        min_body_rate: cfg.limits.min_body_rate,
+        body_grace: Duration::from_millis(cfg.limits.body_rate_grace_ms),
+    };
+    // Upgrading: the sockets come from the previous process instead.
+    let http_socket = match upgrade {
+        false => Some(conn::listener::bind(cfg.listen.http).context("config key `listen.http`: cannot bind")?),
+        true => None,
+    };
+    let tls_socket = match (cfg.tls.listen, upgrade) {
+        (Some(addr), false) => Some(conn::listener::bind(addr).context("config key `tls.listen`: cannot bind")?),
+        _ => None,
+    };
+
+    // TLS: certificates, redirects.
+    let cert_store = Arc::new(tls::store::CertStore::with_issued_capacity(
+        cfg.acme.certificate_cache_size,
+        Some(metrics.cert_expiry.clone()),
+    ));
+    let tls_routing = match cfg.tls.listen {
+        None => None,
+        Some(addr) => {
+            let (certs, default) = tls::files::load_certs(&cfg.tls)?;
+            cert_store.replace_files(certs, default);
+            tls::files::publish_cert_metrics(&cert_store, &metrics);
+            let redirect = cfg.tls.redirect_http.then(|| proxy::Redirect {
+                port: cfg.tls.redirect_port.unwrap_or(addr.port()),
+                exempt: cfg.tls.redirect_exempt.clone(),
+            });
+            Some(Arc::new(proxy::TlsRouting { redirect }))
+        }
+    };
+
+    let acme = if cfg.acme.enabled {
+        let key = cfg.acme_key()?;
+        let opts: sqlx::postgres::PgConnectOptions =
+            secrets.database_url.parse().context("config key `database.url_env`")?;
+        let db = tenant::lookup::lazy_pool(
+            opts.application_name("tenant-gateway-acme"),
+            4,
+            Duration::from_millis(cfg.database.connect_timeout_ms),
+        );
+        Some(Arc::new(
+            tls::acme::Acme::new(
+                cfg.acme_effective(),
+                db,
+                &key,
+                cert_store.clone(),
+                cache.clone(),
+                cfg.tenant.base_domains.clone(),
+                metrics.clone(),
+            )
+            .with_claims_required(cfg.custom_domains.required()),
+        ))
+    } else {
+        None
+    };
+
+    let hostnames = if cfg.custom_domains.required() {
+        let opts: sqlx::postgres::PgConnectOptions =
+            secrets.database_url.parse().context("config key `database.url_env`")?;
+        let connect = Duration::from_millis(cfg.database.connect_timeout_ms);
+        let db = tenant::lookup::lazy_pool(opts.clone().application_name("tenant-gateway-hostnames"), 4, connect);
+        let listen_db = tenant::lookup::lazy_pool(opts.application_name("tenant-gateway-hostnames-listen"), 1, connect);
+        let checker =
+            hostnames::check::Checker::new(&cfg.custom_domains).context("config key `custom_domains.resolver`")?;
+        let store = hostnames::store::Store::new(db.clone(), &cfg.tenant.notify_channel);
+        let worker = Arc::new(hostnames::worker::Worker::new(
+            store.clone(),
+            listen_db,
+            checker,
+            cfg.custom_domains.clone(),
+            cfg.lookup_query(),
+            metrics.clone(),
+        ));
+        Some((worker, db, store))
+    } else {
+        None
+    };
+
+    let reloader = Arc::new(reload::Reloader::new(
+        path.to_path_buf(),
+        cfg.clone(),
+        live.clone(),
+        limits.clone(),
+        cache.clone(),
+        cfg.tls.listen.map(|_| (cert_store.clone(), metrics.clone())),
+    ));
+    let gateway = proxy::Gateway {
+        cache: cache.clone(),
+        live: live.clone(),
+        signer: secrets.signer,
+        strip_www: cfg.strip_www(),
+        base_domains: cfg.tenant.base_domains.clone(),
+        trusted_proxies,
+        forward: proxy::Forward::from_config(&cfg.headers.forward),
+        metrics: metrics.clone(),
+        tls: tls_routing,
+        acme: acme.clone(),
+        limits: limits.clone(),
+    };
+    // HTTP/2 connections carry no HTTP/1 head deadlines; their idle bound is h2's own.
+    let server_conf = server.configuration.clone();
+    let proxy_app = |gateway: proxy::Gateway| {
+        let mut app = pingora_proxy::http_proxy(&server_conf, gateway);
+        let mut options = pingora_core::apps::HttpServerOptions::default();
+        options.h2_idle_timeout = Some(timeouts.idle);
+        app.server_options = Some(options);
+        Arc::new(app)
+    };
+    if let Some(addr) = cfg.tls.listen {
+        let app = proxy_app(gateway.clone());
+        server.add_service(conn::listener::Listener {
+            name: "https",
+            addr,
+            socket: tls_socket,
+            app,
+            handshake: Arc::new(tls::accept::TlsHandshake {
+                config: tls::accept::server_config(cert_store.clone(), cfg.tls.session_resumption)
+                    .context("building the TLS server config")?,
+                store: cert_store.clone(),
+                acme: acme.clone(),
+                timeout: Duration::from_millis(cfg.tls.handshake_timeout_ms),
+                metrics: metrics.clone(),
+            }),
+            limits: conn::limits::ConnLimits::new(max_total, per_ip.clone()),
+            timeouts,
+            metrics: metrics.clone(),
+            drain: drain.clone(),
+        });
+    }
+    server.add_service(conn::listener::Listener {
+        name: "http",
+        addr: cfg.listen.http,
+        socket: http_socket,
+        app: proxy_app(gateway),
+        handshake: Arc::new(conn::listener::Plain),
+        limits: conn::limits::ConnLimits::new(max_total, per_ip),
+        timeouts,
+        metrics: metrics.clone(),
+        drain,
+    });
+
+    let mut admin = Service::new(
+        "admin".to_string(),
+        admin::Admin {
+            metrics: metrics.clone(),
+            live,
+            reloader: reloader.clone(),
+            cache: cache.clone(),
+            token: admin_token,
+            strip_www: cfg.strip_www(),
+            base_domains: cfg.tenant.base_domains.clone(),
+            landing: cfg.tenant.landing_pool.clone(),
+            certs: cert_store.clone(),
+            acme: acme.clone(),
+            hostnames: hostnames.as_ref().map(|(_, _, store)| admin::HostnamesApi {
+                store: store.clone(),
+                cfg: cfg.custom_domains.clone(),
+                schema: tokio::sync::OnceCell::new(),
+            }),
+        },
+    );
+    admin.add_tcp(&cfg.listen.admin.to_string());
+    server.add_service(admin);
+
+    server.add_service(background_service(
+        "side-tasks",
+        SideTasks {
+            cache,
+            limits,
+            lookup,
+            reloader,
+            database_url: secrets.database_url,
+            channel: cfg.tenant.notify_channel.clone(),
+            listen_timing: tenant::invalidate::ListenTiming {
+                connect_timeout: Duration::from_millis(cfg.database.connect_timeout_ms),
+                health_interval: Duration::from_millis(cfg.database.health_check_interval_ms),
+                health_timeout: Duration::from_millis(cfg.database.health_check_timeout_ms),
+                track_lsn: secrets.lookup_url.is_some(),
+            },
+            acme,
+            hostnames: hostnames.map(|(worker, db, _)| (worker, db)),
+        },
+    ));
+    tracing::info!(http = %cfg.listen.http, admin = %cfg.listen.admin, "gateway starting");
+    server.run_forever()
+}
