@@ -12,7 +12,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use sqlx::{Postgres, Transaction};
 
 use crate::error::ApiError;
-use crate::http::AppState;
+use crate::state::AppState;
 
 pub struct TenantTx {
     pub tenant: String,
