@@ -17,6 +17,8 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("config key `{key}`: {reason}")]
     Invalid { key: String, reason: String },
+    #[error("{} config keys are wrong:\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
 }
 
 fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
@@ -803,22 +805,34 @@ impl Config {
         }
     }
 
+    /// Refuse a bad config, naming every offending key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = self.problems();
+        match problems.len() {
+            0 => Ok(()),
+            1 => Err(problems.remove(0)),
+            _ => Err(ConfigError::Several(problems)),
+        }
+    }
+
+    /// Every problem with the config, each naming its key.
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut errs = Vec::new();
         if self.listen.threads == 0 {
-            return Err(invalid("listen.threads", "must be at least 1"));
+            errs.push(invalid("listen.threads", "must be at least 1"));
         }
         if self.listen.http == self.listen.admin {
-            return Err(invalid("listen.admin", "must differ from listen.http"));
+            errs.push(invalid("listen.admin", "must differ from listen.http"));
         }
         if self.database.max_connections == 0 {
-            return Err(invalid("database.max_connections", "must be at least 1"));
+            errs.push(invalid("database.max_connections", "must be at least 1"));
         }
         if !(0..=19).contains(&self.database.lookup_nice) {
-            return Err(invalid("database.lookup_nice", "must be between 0 and 19"));
+            errs.push(invalid("database.lookup_nice", "must be between 0 and 19"));
         }
         if let Some(q) = &self.tenant.query {
             if !q.contains("$1") {
-                return Err(invalid("tenant.query", "must use $1 for the host name"));
+                errs.push(invalid("tenant.query", "must use $1 for the host name"));
             }
         }
         if self.tenant.notify_channel.is_empty()
@@ -828,7 +842,7 @@ impl Config {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_')
         {
-            return Err(invalid(
+            errs.push(invalid(
                 "tenant.notify_channel",
                 "must be a plain identifier [A-Za-z0-9_]",
             ));
@@ -839,7 +853,7 @@ impl Config {
             ("tenant.django.active_column", self.tenant.django.active_column.as_ref()),
         ] {
             if name.is_some_and(|n| quoted_ident(n).is_none()) {
-                return Err(invalid(
+                errs.push(invalid(
                     key,
                     "must be an SQL identifier ([A-Za-z_][A-Za-z0-9_$]*, optionally schema.table)",
                 ));
@@ -847,7 +861,7 @@ impl Config {
         }
         if let Some(p) = &self.tenant.public_schema {
             if !stamp::is_valid_tenant_name(p) {
-                return Err(invalid(
+                errs.push(invalid(
                     "tenant.public_schema",
                     "must be a schema name (1-63 bytes, no quotes, `\\`, `;` or control characters, not pg_*)",
                 ));
@@ -856,13 +870,11 @@ impl Config {
         for (i, d) in self.tenant.base_domains.iter().enumerate() {
             match tenancy::normalize_domain(d) {
                 Ok(n) if n == *d => {}
-                Ok(n) => {
-                    return Err(invalid(
-                        format!("tenant.base_domains[{i}]"),
-                        format!("write it normalised: `{n}`"),
-                    ))
-                }
-                Err(e) => return Err(invalid(format!("tenant.base_domains[{i}]"), format!("`{d}`: {e}"))),
+                Ok(n) => errs.push(invalid(
+                    format!("tenant.base_domains[{i}]"),
+                    format!("write it normalised: `{n}`"),
+                )),
+                Err(e) => errs.push(invalid(format!("tenant.base_domains[{i}]"), format!("`{d}`: {e}"))),
             }
         }
         let c = &self.tenant.cache;
@@ -873,7 +885,7 @@ impl Config {
             ("tenant.cache.negative_ttl_secs", c.negative_ttl_secs),
         ] {
             if v == 0 {
-                return Err(invalid(key, "must be positive"));
+                errs.push(invalid(key, "must be positive"));
             }
         }
         for (key, v) in [
@@ -882,29 +894,29 @@ impl Config {
             ("tenant.cache.max_stale_secs", c.max_stale_secs),
         ] {
             if v > MAX_TTL_SECS {
-                return Err(invalid(key, format!("must be at most {MAX_TTL_SECS} (one year)")));
+                errs.push(invalid(key, format!("must be at most {MAX_TTL_SECS} (one year)")));
             }
         }
         if c.max_stale_secs < c.positive_ttl_secs {
-            return Err(invalid(
+            errs.push(invalid(
                 "tenant.cache.max_stale_secs",
                 "must be at least tenant.cache.positive_ttl_secs",
             ));
         }
         for (i, cidr) in self.headers.trusted_proxies.iter().enumerate() {
             if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
-                return Err(invalid(
+                errs.push(invalid(
                     format!("headers.trusted_proxies[{i}]"),
                     format!("`{cidr}` is not an IP or CIDR"),
                 ));
             }
         }
         if !matches!(self.pages.deleted_status, 404 | 410) {
-            return Err(invalid("pages.deleted_status", "must be 404 or 410"));
+            errs.push(invalid("pages.deleted_status", "must be 404 or 410"));
         }
         for (kind, files) in &self.pages.custom {
             if !PAGE_KINDS.contains(&kind.as_str()) {
-                return Err(invalid(
+                errs.push(invalid(
                     format!("pages.custom.{kind}"),
                     format!("unknown page; known: {}", PAGE_KINDS.join(", ")),
                 ));
@@ -912,7 +924,7 @@ impl Config {
             for (field, f) in [("html_file", &files.html_file), ("json_file", &files.json_file)] {
                 if let Some(f) = f {
                     if !f.is_file() {
-                        return Err(invalid(
+                        errs.push(invalid(
                             format!("pages.custom.{kind}.{field}"),
                             format!("{} is not a readable file", f.display()),
                         ));
@@ -920,17 +932,15 @@ impl Config {
                 }
             }
         }
-        self.validate_tls()?;
-        self.validate_acme()?;
-        if let Some(first) = self.custom_domains.problems().into_iter().next() {
-            return Err(first);
-        }
-        self.validate_limits()?;
+        errs.extend(self.tls_problems());
+        errs.extend(self.acme_problems());
+        errs.extend(self.custom_domains.problems());
+        errs.extend(self.limits_problems());
         if self.metrics.max_tenant_labels == 0 {
-            return Err(invalid("metrics.max_tenant_labels", "must be at least 1"));
+            errs.push(invalid("metrics.max_tenant_labels", "must be at least 1"));
         }
         if !self.pools.contains_key("default") {
-            return Err(invalid("pools.default", "a `default` pool is required"));
+            errs.push(invalid("pools.default", "a `default` pool is required"));
         }
         for (name, pool) in &self.pools {
             let key = |k: &str| format!("pools.{name}.{k}");
@@ -939,26 +949,26 @@ impl Config {
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
             {
-                return Err(invalid(format!("pools.{name}"), "pool names use a-z, 0-9, '_' and '-'"));
+                errs.push(invalid(format!("pools.{name}"), "pool names use a-z, 0-9, '_' and '-'"));
             }
             if pool.backends.is_empty() {
-                return Err(invalid(key("backends"), "at least one backend is required"));
+                errs.push(invalid(key("backends"), "at least one backend is required"));
             }
             for (i, b) in pool.backends.iter().enumerate() {
                 if b.parse::<SocketAddr>().is_err() {
-                    return Err(invalid(
+                    errs.push(invalid(
                         format!("pools.{name}.backends[{i}]"),
                         format!("`{b}` is not an address of the form ip:port"),
                     ));
                 }
             }
             if !pool.health_check_path.starts_with('/') || pool.health_check_path.parse::<http::Uri>().is_err() {
-                return Err(invalid(key("health_check_path"), "must be a path starting with /"));
+                errs.push(invalid(key("health_check_path"), "must be a path starting with /"));
             }
             if tenancy::normalize_host(&pool.health_check_host).is_err()
                 || http::HeaderValue::from_str(&pool.health_check_host).is_err()
             {
-                return Err(invalid(
+                errs.push(invalid(
                     key("health_check_host"),
                     "must be a host name (with an optional :port)",
                 ));
@@ -966,7 +976,7 @@ impl Config {
             if pool.health_check_statuses.is_empty()
                 || pool.health_check_statuses.iter().any(|s| !(100..=599).contains(s))
             {
-                return Err(invalid(
+                errs.push(invalid(
                     key("health_check_statuses"),
                     "must list HTTP statuses (100-599)",
                 ));
@@ -978,40 +988,41 @@ impl Config {
                 ("write_timeout_ms", pool.write_timeout_ms),
             ] {
                 if v == 0 {
-                    return Err(invalid(key(k), "must be positive"));
+                    errs.push(invalid(key(k), "must be positive"));
                 }
             }
             if pool.health_check_threshold == 0 {
-                return Err(invalid(key("health_check_threshold"), "must be at least 1"));
+                errs.push(invalid(key("health_check_threshold"), "must be at least 1"));
             }
         }
         if let Some(lp) = &self.tenant.landing_pool {
             if !self.pools.contains_key(lp) {
-                return Err(invalid(
+                errs.push(invalid(
                     "tenant.landing_pool",
                     format!("no pool named `{lp}` in [pools]"),
                 ));
             }
             if self.tenant.base_domains.is_empty() {
-                return Err(invalid("tenant.landing_pool", "needs tenant.base_domains"));
+                errs.push(invalid("tenant.landing_pool", "needs tenant.base_domains"));
             }
         }
-        Ok(())
+        errs
     }
 
-    fn validate_tls(&self) -> Result<(), ConfigError> {
+    fn tls_problems(&self) -> Vec<ConfigError> {
+        let mut errs = Vec::new();
         let t = &self.tls;
         let Some(addr) = t.listen else {
             if !t.certificates.is_empty() || t.cert_dir.is_some() {
-                return Err(invalid("tls.listen", "certificates are configured but no TLS listener"));
+                errs.push(invalid("tls.listen", "certificates are configured but no TLS listener"));
             }
-            return Ok(());
+            return errs;
         };
         if addr == self.listen.http || addr == self.listen.admin {
-            return Err(invalid("tls.listen", "must differ from listen.http and listen.admin"));
+            errs.push(invalid("tls.listen", "must differ from listen.http and listen.admin"));
         }
         if t.certificates.is_empty() && t.cert_dir.is_none() {
-            return Err(invalid(
+            errs.push(invalid(
                 "tls.certificates",
                 "TLS is on but no certificates or cert_dir are configured",
             ));
@@ -1019,7 +1030,7 @@ impl Config {
         for (i, c) in t.certificates.iter().enumerate() {
             for (field, p) in [("cert_file", &c.cert_file), ("key_file", &c.key_file)] {
                 if !p.is_file() {
-                    return Err(invalid(
+                    errs.push(invalid(
                         format!("tls.certificates[{i}].{field}"),
                         format!("{} is not a readable file", p.display()),
                     ));
@@ -1028,20 +1039,18 @@ impl Config {
         }
         if let Some(d) = &t.cert_dir {
             if !d.is_dir() {
-                return Err(invalid("tls.cert_dir", format!("{} is not a directory", d.display())));
+                errs.push(invalid("tls.cert_dir", format!("{} is not a directory", d.display())));
             }
         }
         match (t.unknown_sni, &t.default_certificate) {
-            (UnknownSni::Default, None) => {
-                return Err(invalid(
-                    "tls.default_certificate",
-                    "required when tls.unknown_sni = \"default\"",
-                ))
-            }
+            (UnknownSni::Default, None) => errs.push(invalid(
+                "tls.default_certificate",
+                "required when tls.unknown_sni = \"default\"",
+            )),
             (_, Some(c)) => {
                 for (field, p) in [("cert_file", &c.cert_file), ("key_file", &c.key_file)] {
                     if !p.is_file() {
-                        return Err(invalid(
+                        errs.push(invalid(
                             format!("tls.default_certificate.{field}"),
                             format!("{} is not a readable file", p.display()),
                         ));
@@ -1052,36 +1061,37 @@ impl Config {
         }
         for (i, p) in t.redirect_exempt.iter().enumerate() {
             if let Err(reason) = crate::route::exempt_path_ok(p) {
-                return Err(invalid(format!("tls.redirect_exempt[{i}]"), reason));
+                errs.push(invalid(format!("tls.redirect_exempt[{i}]"), reason));
             }
         }
         if t.handshake_timeout_ms == 0 {
-            return Err(invalid("tls.handshake_timeout_ms", "must be positive"));
+            errs.push(invalid("tls.handshake_timeout_ms", "must be positive"));
         }
-        Ok(())
+        errs
     }
 
-    fn validate_limits(&self) -> Result<(), ConfigError> {
+    fn limits_problems(&self) -> Vec<ConfigError> {
+        let mut errs = Vec::new();
         let l = &self.limits;
         if l.max_connections == Some(0) {
-            return Err(invalid("limits.max_connections", "must be at least 1"));
+            errs.push(invalid("limits.max_connections", "must be at least 1"));
         }
         for (key, burst) in [
             ("limits.tenant.burst", l.tenant.burst),
             ("limits.client.burst", l.client.burst),
         ] {
             if burst == Some(0) {
-                return Err(invalid(key, "must be at least 1"));
+                errs.push(invalid(key, "must be at least 1"));
             }
         }
         if l.tenant.max_concurrent > 0 && l.tenant.queue_timeout_ms == 0 && l.tenant.max_queued > 0 {
-            return Err(invalid(
+            errs.push(invalid(
                 "limits.tenant.queue_timeout_ms",
                 "must be positive while requests may queue (or set max_queued = 0)",
             ));
         }
         if l.max_connections_per_ip == Some(0) {
-            return Err(invalid("limits.max_connections_per_ip", "must be at least 1"));
+            errs.push(invalid("limits.max_connections_per_ip", "must be at least 1"));
         }
         for (key, v) in [
             ("limits.request_head_timeout_ms", l.request_head_timeout_ms),
@@ -1097,29 +1107,30 @@ impl Config {
             ),
         ] {
             if v == 0 {
-                return Err(invalid(key, "must be positive"));
+                errs.push(invalid(key, "must be positive"));
             }
         }
-        Ok(())
+        errs
     }
 
-    fn validate_acme(&self) -> Result<(), ConfigError> {
+    fn acme_problems(&self) -> Vec<ConfigError> {
+        let mut errs = Vec::new();
         let a = &self.acme;
         if !a.enabled {
-            return Ok(());
+            return errs;
         }
         if self.tls.listen.is_none() {
-            return Err(invalid("acme.enabled", "needs a TLS listener (tls.listen)"));
+            errs.push(invalid("acme.enabled", "needs a TLS listener (tls.listen)"));
         }
         if !(a.directory_url.starts_with("https://") || a.directory_url.starts_with("http://")) {
-            return Err(invalid("acme.directory_url", "must be an http(s) URL"));
+            errs.push(invalid("acme.directory_url", "must be an http(s) URL"));
         }
         if a.challenges.is_empty() {
-            return Err(invalid("acme.challenges", "at least one of http-01, tls-alpn-01"));
+            errs.push(invalid("acme.challenges", "at least one of http-01, tls-alpn-01"));
         }
         if let Some(root) = &a.ca_root {
             if !root.is_file() {
-                return Err(invalid(
+                errs.push(invalid(
                     "acme.ca_root",
                     format!("{} is not a readable file", root.display()),
                 ));
@@ -1127,25 +1138,31 @@ impl Config {
         }
         for c in &a.contact {
             if !c.starts_with("mailto:") {
-                return Err(invalid("acme.contact", format!("`{c}` must be a mailto: URI")));
+                errs.push(invalid("acme.contact", format!("`{c}` must be a mailto: URI")));
             }
         }
-        if a.check_interval_secs == 0 || a.retry_base_secs == 0 || a.retry_max_secs < a.retry_base_secs {
-            return Err(invalid(
-                "acme.retry_base_secs",
-                "intervals must be positive and retry_max_secs >= retry_base_secs",
-            ));
+        if a.check_interval_secs == 0 {
+            errs.push(invalid("acme.check_interval_secs", "must be positive"));
         }
-        if a.orders_per_hour == 0 || a.orders_per_domain_per_week == 0 {
-            return Err(invalid("acme.orders_per_hour", "rate limits must be positive"));
+        if a.retry_base_secs == 0 {
+            errs.push(invalid("acme.retry_base_secs", "must be positive"));
+        }
+        if a.retry_max_secs < a.retry_base_secs {
+            errs.push(invalid("acme.retry_max_secs", "must be at least acme.retry_base_secs"));
+        }
+        if a.orders_per_hour == 0 {
+            errs.push(invalid("acme.orders_per_hour", "must be positive"));
+        }
+        if a.orders_per_domain_per_week == 0 {
+            errs.push(invalid("acme.orders_per_domain_per_week", "must be positive"));
         }
         if a.max_concurrent_orders == 0 {
-            return Err(invalid("acme.max_concurrent_orders", "must be at least 1"));
+            errs.push(invalid("acme.max_concurrent_orders", "must be at least 1"));
         }
         if a.certificate_cache_size == 0 {
-            return Err(invalid("acme.certificate_cache_size", "must be at least 1"));
+            errs.push(invalid("acme.certificate_cache_size", "must be at least 1"));
         }
-        Ok(())
+        errs
     }
 
     /// The operator API's token, if the API is on.
@@ -1256,6 +1273,57 @@ mod tests {
     }
 
     const MIN: &str = "[pools.default]\nbackends = [\"127.0.0.1:8081\"]\n";
+
+    #[test]
+    fn every_problem_is_reported_with_its_own_key() {
+        let bad = "[listen]\nthreads = 0\n[tenant]\nbase_domains = [\"MyApp.com\"]\n\
+                   [tenant.cache]\nmax_entries = 0\n[pages]\ndeleted_status = 500\n\
+                   [custom_domains]\nmax_concurrent_checks = 0\n[pools.default]\nbackends = [\"nope\"]\n";
+        let c: Config = toml::from_str(bad).unwrap();
+        let keys: Vec<String> = c
+            .problems()
+            .into_iter()
+            .map(|e| match e {
+                ConfigError::Invalid { key, .. } => key,
+                other => panic!("{other}"),
+            })
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "listen.threads",
+                "tenant.base_domains[0]",
+                "tenant.cache.max_entries",
+                "pages.deleted_status",
+                "custom_domains.max_concurrent_checks",
+                "pools.default.backends[0]"
+            ]
+        );
+        let message = c.validate().unwrap_err().to_string();
+        assert!(message.starts_with("6 config keys are wrong:"), "{message}");
+        assert!(message.contains("config key `pages.deleted_status`"), "{message}");
+    }
+
+    #[test]
+    fn acme_errors_name_their_own_keys() {
+        let base = "[tls]\nlisten = \"127.0.0.1:8443\"\n[acme]\nenabled = true\n";
+        for (extra, key) in [
+            ("check_interval_secs = 0\n", "acme.check_interval_secs"),
+            ("orders_per_domain_per_week = 0\n", "acme.orders_per_domain_per_week"),
+            ("retry_base_secs = 10\nretry_max_secs = 5\n", "acme.retry_max_secs"),
+        ] {
+            let c: Config = toml::from_str(&format!("{base}{extra}{MIN}")).unwrap();
+            let keys: Vec<String> = c
+                .acme_problems()
+                .into_iter()
+                .filter_map(|e| match e {
+                    ConfigError::Invalid { key, .. } => Some(key),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(keys, [key], "{extra}");
+        }
+    }
 
     #[test]
     fn minimal_config_is_valid() {

@@ -1,0 +1,166 @@
+//! Child processes stopped by PID, readiness by polling with a bound, free
+//! ports, the project's binaries, files and environment for them.
+
+use crate::*;
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// Poll `cond` every 20 ms until it holds or `timeout` passes.
+pub fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn port_open(port: u16) -> bool {
+    TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_millis(200)).is_ok()
+}
+
+/// The workspace's target directory, derived from the running test binary.
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("target dir")
+}
+
+/// Path of a workspace binary (built by `cargo build --workspace` before tests).
+pub fn bin(name: &str) -> PathBuf {
+    let p = target_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// A child process stopped by PID when dropped (SIGTERM, then SIGKILL).
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Result<Proc> {
+        let file = std::fs::File::create(&log)?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .spawn()
+            .with_context(|| format!("spawn {name}"))?;
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+            log,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Send a signal by PID.
+    pub fn signal(&self, sig: &str) {
+        let _ = Command::new("kill")
+            .args(["-s", sig, &self.child.id().to_string()])
+            .status();
+    }
+
+    /// SIGTERM and wait (bounded) for exit; returns whether it exited in time.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        self.signal("TERM");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() && !self.terminate(Duration::from_secs(5)) {
+            self.kill();
+        }
+    }
+}
+
+/// Wait until `GET http://127.0.0.1:<port><path>` answers 200, or the process dies.
+pub fn wait_healthy(proc_: &mut Proc, port: u16, path: &str, timeout: Duration) -> Result<()> {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let client = http::client();
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = proc_.exited() {
+            bail!(
+                "{} exited ({status}) before becoming healthy:\n{}",
+                proc_.name,
+                proc_.log()
+            );
+        }
+        if client.get(&url).send().is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} not healthy at {url} after {timeout:?}:\n{}",
+                proc_.name,
+                proc_.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Write a file into `dir` and return its path.
+pub fn write_file(dir: &Path, name: &str, contents: &str) -> PathBuf {
+    let p = dir.join(name);
+    let mut f = std::fs::File::create(&p).expect("create file");
+    f.write_all(contents.as_bytes()).expect("write file");
+    p
+}
+
+/// Environment every binary gets: database URL and both stamp secrets.
+pub fn common_env(cmd: &mut Command, db_url: &str) {
+    cmd.env("DATABASE_URL", db_url)
+        .env("TG_STAMP_KEY_K1", STAMP_SECRET)
+        .env("TG_STAMP_KEY_K2", STAMP_SECRET2)
+        .env("TG_CERT_KEY", CERT_KEY_HEX)
+        .env("TG_ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("RUST_LOG", "info,sqlx=warn")
+        .env_remove("UPSTREAM_APP_CONFIG");
+}
