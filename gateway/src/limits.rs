@@ -27,7 +27,9 @@ use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -174,11 +176,9 @@ impl Limits {
         true
     }
 
-    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, HashMap<Arc<str>, Arc<Limiter>>> {
+    fn shard(&self, key: u64) -> parking_lot::MutexGuard<'_, HashMap<Arc<str>, Arc<Limiter>>> {
         // Limiter bookkeeping only: a poisoned shard still holds valid limiters.
-        self.shards[(key >> 32) as usize % SHARDS]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.shards[(key >> 32) as usize % SHARDS].lock()
     }
 
     /// The limiter of `schema` with these overrides: the registered one if
@@ -248,10 +248,7 @@ impl Limits {
     /// Drop limiters no cached tenant refers to, and idle per-client state.
     pub fn sweep(&self) {
         for shard in &self.shards {
-            shard
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .retain(|_, l| Arc::strong_count(l) > 1);
+            shard.lock().retain(|_, l| Arc::strong_count(l) > 1);
         }
         if let Some(c) = self.client.load().as_deref() {
             c.retain_recent();
@@ -262,10 +259,7 @@ impl Limits {
     /// Tenants with a limiter.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+        self.shards.iter().map(|s| s.lock().len()).sum()
     }
 }
 

@@ -12,7 +12,9 @@
 //! the API alike.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use arc_swap::ArcSwap;
 
@@ -121,7 +123,7 @@ impl Reloader {
         let Some((store, metrics)) = &self.certs else {
             return Ok(None);
         };
-        let tls = self.running.lock().unwrap_or_else(|p| p.into_inner()).tls.clone();
+        let tls = self.running.lock().tls.clone();
         let (certs, default) = crate::tls::files::load_certs(&tls)?;
         let n = certs.len();
         store.replace_files(certs, default);
@@ -132,7 +134,7 @@ impl Reloader {
     /// (Re)start the health checks of the pools in effect, on the current runtime.
     pub fn start_health_checks(&self) {
         let pools = self.live.load().pools.clone();
-        let mut health = self.health.lock().unwrap_or_else(|p| p.into_inner());
+        let mut health = self.health.lock();
         for h in health.drain(..) {
             h.abort();
         }
@@ -144,7 +146,7 @@ impl Reloader {
     /// Read and apply the config file; what changed, or why nothing did.
     pub fn reload(&self) -> Result<Vec<&'static str>, ReloadError> {
         let new = Config::load(&self.path)?;
-        let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        let mut running = self.running.lock();
         let fixed = fixed_changes(&running, &new);
         if !fixed.is_empty() {
             return Err(ReloadError::NeedsUpgrade(fixed));

@@ -13,7 +13,9 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 /// Why a connection was refused (the `reason` label of the refusal metric).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,15 +65,13 @@ impl PerIp {
         })
     }
 
-    fn shard(&self, key: &IpAddr) -> std::sync::MutexGuard<'_, HashMap<IpAddr, u32>> {
+    fn shard(&self, key: &IpAddr) -> parking_lot::MutexGuard<'_, HashMap<IpAddr, u32>> {
         let h = match key {
             IpAddr::V4(v4) => u32::from(*v4) as usize,
             IpAddr::V6(v6) => (u128::from(*v6) >> 64) as usize,
         };
         // Counting only: a poisoned shard still holds valid counts.
-        self.shards[h.wrapping_mul(0x9E37_79B9) % SHARDS]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        self.shards[h.wrapping_mul(0x9E37_79B9) % SHARDS].lock()
     }
 
     fn acquire(&self, key: IpAddr) -> bool {
@@ -97,9 +97,7 @@ impl PerIp {
     /// Clients currently counted.
     #[cfg(test)]
     fn clients(&self) -> usize {
-        (0..SHARDS)
-            .map(|i| self.shards[i].lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+        (0..SHARDS).map(|i| self.shards[i].lock().len()).sum()
     }
 }
 

@@ -14,7 +14,9 @@
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 /// Methods with their own series; everything else is `other`.
 pub const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"];
@@ -167,7 +169,7 @@ impl TenantMetrics {
     /// The stats for a tenant: its own while under the cap, else `other`.
     /// Called once per tenant cache entry, not per request.
     pub fn for_tenant(&self, schema: &str) -> Arc<TenantStats> {
-        let mut map = self.by_tenant.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.by_tenant.lock();
         if let Some(s) = map.get(schema) {
             return s.clone();
         }
@@ -190,13 +192,7 @@ impl TenantMetrics {
 
     /// Text exposition of every per-tenant family.
     pub fn render(&self, out: &mut String) {
-        let mut all: Vec<Arc<TenantStats>> = self
-            .by_tenant
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .cloned()
-            .collect();
+        let mut all: Vec<Arc<TenantStats>> = self.by_tenant.lock().values().cloned().collect();
         all.sort_by(|a, b| a.label.cmp(&b.label));
         // `unknown` and `landing` are always present, so traffic never adds
         // a label value; `other` appears once the cap is reached.

@@ -25,7 +25,9 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -210,13 +212,7 @@ impl TenantCache {
     /// One background query for `host`, unless one is running or the
     /// database is in its fail-fast window.
     fn refresh_in_background(self: &Arc<Self>, host: &str) {
-        if self.now_ms() < self.db_retry_at_ms.load(Ordering::Relaxed)
-            || self
-                .inflight
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(host)
-        {
+        if self.now_ms() < self.db_retry_at_ms.load(Ordering::Relaxed) || self.inflight.lock().contains_key(host) {
             return;
         }
         self.metrics.cache_refreshes.inc();
@@ -255,7 +251,7 @@ impl TenantCache {
     async fn fetch(&self, host: &str) -> Outcome {
         let key: Arc<str> = Arc::from(host);
         let cell = {
-            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            let mut inflight = self.inflight.lock();
             inflight.entry(key.clone()).or_default().clone()
         };
         // Removes the entry when answered, or when the last waiter is
@@ -408,7 +404,7 @@ impl TenantCache {
     /// Names with a query in flight (for tests).
     #[cfg(test)]
     fn inflight_len(&self) -> usize {
-        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.inflight.lock().len()
     }
 }
 
@@ -431,7 +427,7 @@ struct Leave<'a> {
 
 impl Drop for Leave<'_> {
     fn drop(&mut self) {
-        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut inflight = self.inflight.lock();
         let ours = inflight.get(self.key).is_some_and(|c| Arc::ptr_eq(c, self.cell));
         // Answered, or nobody but the map and this waiter holds the cell.
         if ours && (self.cell.initialized() || Arc::strong_count(self.cell) <= 2) {
@@ -459,7 +455,7 @@ mod tests {
 
     impl Fake {
         fn set(&self, host: &str, row: Result<Option<&'static str>, &'static str>) {
-            self.rows.lock().unwrap().insert(host.into(), row);
+            self.rows.lock().insert(host.into(), row);
         }
     }
 
@@ -467,7 +463,7 @@ mod tests {
     impl TenantSource for Fake {
         async fn find(&self, host: &str, _fresh_as_of: u64) -> Result<Option<Tenant>, LookupError> {
             // The row is read first: a frozen query answers what it read.
-            let row = self.rows.lock().unwrap().get(host).cloned().unwrap_or(Ok(None));
+            let row = self.rows.lock().get(host).cloned().unwrap_or(Ok(None));
             self.queries.fetch_add(1, Ordering::SeqCst);
             if self.frozen.load(Ordering::SeqCst) {
                 self.release.notified().await;

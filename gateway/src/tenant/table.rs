@@ -20,8 +20,8 @@
 //!   the tick its query started) and a stale flag (`mark_all_stale`); the
 //!   caller says which stamps are expired.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::{Mutex, MutexGuard};
 
 use hashbrown::HashTable;
 
@@ -78,7 +78,7 @@ impl<V: Clone> HostTable<V> {
     fn shard(&self, hash: u64) -> MutexGuard<'_, Shard<V>> {
         // hashbrown uses the low bits (bucket) and the top seven (tag).
         let i = (hash >> 32) as usize & (self.shards.len() - 1);
-        self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+        self.shards[i].lock()
     }
 
     /// The entry for `key`, marking it as read; `None` if absent or its stamp
@@ -160,7 +160,7 @@ impl<V: Clone> HostTable<V> {
     /// Flag every entry as stale (`Found::stale`); entries inserted later are not.
     pub fn mark_all_stale(&self) {
         for shard in self.shards.iter() {
-            for e in shard.lock().unwrap_or_else(|p| p.into_inner()).iter_mut() {
+            for e in shard.lock().iter_mut() {
                 e.stale = true;
             }
         }
@@ -169,7 +169,7 @@ impl<V: Clone> HostTable<V> {
     /// Remove every entry.
     pub fn clear(&self) {
         for shard in self.shards.iter() {
-            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let mut shard = shard.lock();
             // Release the memory too: after a clear the table refills slowly.
             *shard = HashTable::new();
         }
@@ -177,10 +177,7 @@ impl<V: Clone> HostTable<V> {
 
     /// Entries held, expired ones included until a sweep or a read finds them.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+        self.shards.iter().map(|s| s.lock().len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -13,7 +13,9 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::sign::CertifiedKey;
@@ -214,8 +216,8 @@ impl CertStore {
         for c in certs {
             insert(&mut snap, &Arc::new(c));
         }
-        *self.files.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snap);
-        *self.default.write().unwrap_or_else(|p| p.into_inner()) = default.map(Arc::new);
+        *self.files.write() = Arc::new(snap);
+        *self.default.write() = default.map(Arc::new);
     }
 
     /// Add or replace an issued certificate for its names; served from the next handshake.
@@ -253,7 +255,7 @@ impl CertStore {
         if let Some(c) = self.issued(&sni) {
             return Some(c);
         }
-        let files = self.files.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let files = self.files.read().clone();
         if let Some(c) = files.exact.get(&sni) {
             return Some(c.clone());
         }
@@ -264,15 +266,14 @@ impl CertStore {
 
     /// The certificate to present: the name's own, else the default (if configured).
     pub fn resolve(&self, sni: Option<&str>) -> Option<Arc<Cert>> {
-        sni.and_then(|s| self.lookup(s))
-            .or_else(|| self.default.read().unwrap_or_else(|p| p.into_inner()).clone())
+        sni.and_then(|s| self.lookup(s)).or_else(|| self.default.read().clone())
     }
 
     /// Every certificate with its names and expiry (for metrics).
     pub fn all(&self) -> Vec<Arc<Cert>> {
         let mut out: Vec<Arc<Cert>> = Vec::new();
         let mut seen = std::collections::HashSet::new();
-        let files = self.files.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let files = self.files.read().clone();
         let issued: Vec<Arc<Cert>> = self.issued.iter().map(|(_, c)| c).collect();
         for c in files.exact.values().chain(files.wildcard.values()).chain(issued.iter()) {
             if seen.insert(Arc::as_ptr(c)) {

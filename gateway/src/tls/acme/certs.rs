@@ -14,10 +14,7 @@ pub(super) struct Waiting<'a> {
 
 impl<'a> Waiting<'a> {
     pub(super) fn new(map: &'a Mutex<HashMap<String, usize>>, name: &str) -> Waiting<'a> {
-        *map.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(name.to_owned())
-            .or_default() += 1;
+        *map.lock().entry(name.to_owned()).or_default() += 1;
         Waiting {
             map,
             name: name.to_owned(),
@@ -27,7 +24,7 @@ impl<'a> Waiting<'a> {
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.map.lock();
         if let Some(n) = map.get_mut(&self.name) {
             *n -= 1;
             if *n == 0 {
@@ -68,13 +65,7 @@ impl Acme {
     /// Load `name`'s stored certificate into memory unless a concurrent
     /// handshake already did; whether it is in memory now.
     pub(super) async fn load_coalesced(&self, name: &str) -> bool {
-        let gate = self
-            .loading
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(name.to_owned())
-            .or_default()
-            .clone();
+        let gate = self.loading.lock().entry(name.to_owned()).or_default().clone();
         let loaded = {
             let _turn = gate.lock().await;
             if self.store.issued(name).is_some() {
@@ -93,7 +84,7 @@ impl Acme {
                 result == "loaded"
             }
         };
-        let mut loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        let mut loading = self.loading.lock();
         // Ours and the map's: nobody else is waiting on this gate.
         if Arc::strong_count(&gate) <= 2 {
             loading.remove(name);
@@ -131,12 +122,7 @@ impl Acme {
 
     /// Whether a certificate NOTIFY concerns this gateway's memory.
     pub(super) fn wanted_here(&self, name: &str) -> bool {
-        self.store.issued(name).is_some()
-            || self
-                .waiting
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .contains_key(name)
+        self.store.issued(name).is_some() || self.waiting.lock().contains_key(name)
     }
 
     /// Reload the certificates in memory (after a LISTEN gap: a renewal or

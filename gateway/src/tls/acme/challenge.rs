@@ -38,7 +38,7 @@ impl Acme {
     /// The TLS-ALPN-01 challenge certificate for a name, if a challenge is pending.
     pub async fn alpn_key(&self, name: &str) -> Option<Arc<CertifiedKey>> {
         let ka = self.challenge_answer("tls-alpn-01", name).await?;
-        if let Some((cached_ka, key)) = self.alpn_keys.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+        if let Some((cached_ka, key)) = self.alpn_keys.lock().get(name) {
             if *cached_ka == ka {
                 return Some(key.clone());
             }
@@ -50,10 +50,7 @@ impl Acme {
                 return None;
             }
         };
-        self.alpn_keys
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.to_owned(), (ka, key.clone()));
+        self.alpn_keys.lock().insert(name.to_owned(), (ka, key.clone()));
         Some(key)
     }
 }

@@ -28,7 +28,7 @@ impl Acme {
             "ACME: ready; stored certificates load at their first handshake"
         );
         tokio::spawn(self.clone().listen());
-        let Some(mut rx) = self.wanted_rx.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        let Some(mut rx) = self.wanted_rx.lock().take() else {
             return;
         };
         let mut tick = tokio::time::interval(Duration::from_secs(self.cfg.check_interval_secs));
@@ -176,12 +176,7 @@ impl Acme {
     }
 
     pub(super) fn spawn_attempt(self: &Arc<Self>, name: String, force: bool) {
-        if !self
-            .in_progress
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name.clone())
-        {
+        if !self.in_progress.lock().insert(name.clone()) {
             return;
         }
         let me = self.clone();
@@ -189,7 +184,7 @@ impl Acme {
             if let Err(e) = me.attempt(&name, force).await {
                 tracing::warn!(name, error = %e, "ACME: attempt failed");
             }
-            me.in_progress.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
+            me.in_progress.lock().remove(&name);
         });
     }
 
