@@ -177,7 +177,6 @@ impl Limits {
     }
 
     fn shard(&self, key: u64) -> parking_lot::MutexGuard<'_, HashMap<Arc<str>, Arc<Limiter>>> {
-        // Limiter bookkeeping only: a poisoned shard still holds valid limiters.
         self.shards[(key >> 32) as usize % SHARDS].lock()
     }
 

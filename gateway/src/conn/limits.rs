@@ -70,7 +70,6 @@ impl PerIp {
             IpAddr::V4(v4) => u32::from(*v4) as usize,
             IpAddr::V6(v6) => (u128::from(*v6) >> 64) as usize,
         };
-        // Counting only: a poisoned shard still holds valid counts.
         self.shards[h.wrapping_mul(0x9E37_79B9) % SHARDS].lock()
     }
 
