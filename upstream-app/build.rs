@@ -14,7 +14,10 @@ fn main() {
             .filter(|p| p.extension().is_some_and(|e| e == "sql"))
             .collect();
         files.sort();
-        out.push_str(&format!("pub const {}: &[(&str, &str)] = &[\n", set.to_uppercase()));
+        out.push_str(&format!(
+            "pub(super) const {}: &[(&str, &str)] = &[\n",
+            set.to_uppercase()
+        ));
         for f in files {
             let name = f.file_name().expect("file name").to_string_lossy().into_owned();
             out.push_str(&format!(

@@ -556,31 +556,31 @@ pub struct PoolConfig {
 }
 
 mod defaults {
-    pub fn health_path() -> String {
+    pub(super) fn health_path() -> String {
         "/healthz".into()
     }
-    pub fn health_host() -> String {
+    pub(super) fn health_host() -> String {
         "localhost".into()
     }
-    pub fn health_statuses() -> Vec<u16> {
+    pub(super) fn health_statuses() -> Vec<u16> {
         vec![200]
     }
-    pub fn health_interval_ms() -> u64 {
+    pub(super) fn health_interval_ms() -> u64 {
         1000
     }
-    pub fn health_threshold() -> usize {
+    pub(super) fn health_threshold() -> usize {
         2
     }
-    pub fn connect_timeout_ms() -> u64 {
+    pub(super) fn connect_timeout_ms() -> u64 {
         1000
     }
-    pub fn read_timeout_ms() -> u64 {
+    pub(super) fn read_timeout_ms() -> u64 {
         30_000
     }
-    pub fn write_timeout_ms() -> u64 {
+    pub(super) fn write_timeout_ms() -> u64 {
         30_000
     }
-    pub fn idle_timeout_secs() -> u64 {
+    pub(super) fn idle_timeout_secs() -> u64 {
         60
     }
 }

@@ -6,18 +6,26 @@
 
 use super::*;
 
-/// Counts a handshake waiting for a name's certificate while it lives.
+/// Handshakes waiting for a name's certificate: how many, and how to wake
+/// them when it arrives in memory.
+pub(super) type Waiters = Mutex<HashMap<String, (usize, Arc<tokio::sync::Notify>)>>;
+
+/// Registers a handshake waiting for a name's certificate while it lives.
 pub(super) struct Waiting<'a> {
-    map: &'a Mutex<HashMap<String, usize>>,
+    map: &'a Waiters,
     name: String,
+    notify: Arc<tokio::sync::Notify>,
 }
 
 impl<'a> Waiting<'a> {
-    pub(super) fn new(map: &'a Mutex<HashMap<String, usize>>, name: &str) -> Waiting<'a> {
-        *map.lock().entry(name.to_owned()).or_default() += 1;
+    pub(super) fn new(map: &'a Waiters, name: &str) -> Waiting<'a> {
+        let mut waiters = map.lock();
+        let entry = waiters.entry(name.to_owned()).or_default();
+        entry.0 += 1;
         Waiting {
             map,
             name: name.to_owned(),
+            notify: entry.1.clone(),
         }
     }
 }
@@ -25,9 +33,9 @@ impl<'a> Waiting<'a> {
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         let mut map = self.map.lock();
-        if let Some(n) = map.get_mut(&self.name) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(entry) = map.get_mut(&self.name) {
+            entry.0 -= 1;
+            if entry.0 == 0 {
                 map.remove(&self.name);
             }
         }
@@ -50,16 +58,25 @@ impl Acme {
         if !self.eligible(name).await {
             return;
         }
-        let _waiting = Waiting::new(&self.waiting, name);
+        let waiting = Waiting::new(&self.waiting, name);
         let _ = self.wanted.send((name.to_owned(), false));
         let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.on_demand_timeout_ms);
-        while tokio::time::Instant::now() < deadline {
+        loop {
+            // Registered before looking, so an arrival in between still wakes us.
+            let arrived = waiting.notify.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
             if self.store.issued(name).is_some() {
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::select! {
+                _ = &mut arrived => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::info!(name, "on-demand certificate not ready in time; handshake falls back");
+                    return;
+                }
+            }
         }
-        tracing::info!(name, "on-demand certificate not ready in time; handshake falls back");
     }
 
     /// Load `name`'s stored certificate into memory unless a concurrent
@@ -117,12 +134,20 @@ impl Acme {
             .with_renew_at(renew_at);
         self.metrics.cert_expiry.with_label_values(&[name]).set(cert.not_after);
         self.store.add_issued(cert);
+        self.arrived(name);
         Ok(self.store.issued(name))
     }
 
     /// Whether a certificate NOTIFY concerns this gateway's memory.
     pub(super) fn wanted_here(&self, name: &str) -> bool {
         self.store.issued(name).is_some() || self.waiting.lock().contains_key(name)
+    }
+
+    /// A certificate for `name` is in memory now: wake the handshakes waiting for it.
+    pub(super) fn arrived(&self, name: &str) {
+        if let Some((_, notify)) = self.waiting.lock().get(name) {
+            notify.notify_waiters();
+        }
     }
 
     /// Reload the certificates in memory (after a LISTEN gap: a renewal or

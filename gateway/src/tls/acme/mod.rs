@@ -297,7 +297,7 @@ pub struct Acme {
     in_progress: Mutex<HashSet<String>>,
     /// Handshakes waiting for a name's certificate: a NOTIFY for such a
     /// name loads it even though it is not in memory.
-    waiting: Mutex<HashMap<String, usize>>,
+    waiting: certs::Waiters,
     /// One database load per name at a time (handshakes coalesce on it).
     loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Custom names need an active claim (`custom_domains.verification`):

@@ -398,6 +398,7 @@ impl Acme {
         .await?;
         self.metrics.cert_expiry.with_label_values(&[name]).set(cert.not_after);
         self.store.add_issued(cert);
+        self.arrived(name);
         self.metrics.acme_orders.with_label_values(&[name, "issued"]).inc();
         tracing::info!(name, "ACME: certificate issued and stored");
         Ok(())
