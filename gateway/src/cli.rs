@@ -6,6 +6,10 @@
 //! Start-up wires the request path: config → tenant cache (lookup + LISTEN
 //! invalidation) → backend pools (health checks) → the Pingora proxy service
 //! on the public listener, and the admin service on its own listener.
+//!
+//! Size: besides the commands, `run` assembles the server (config, cache,
+//! pools, TLS, ACME, claims, limits, listeners, admin, side tasks) in one
+//! function that reads top to bottom in start-up order.
 
 use std::path::PathBuf;
 use std::process::ExitCode;

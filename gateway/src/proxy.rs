@@ -12,6 +12,10 @@
 //!    `Connection: close` so keep-alive clients reconnect elsewhere.
 //! 5. `fail_to_proxy`: 502/504 pages for backend failures and timeouts.
 //! 6. `logging`: one access-log line per request.
+//!
+//! Size: this is the one module that speaks Pingora's `ProxyHttp`; it holds
+//! each phase and the helpers that write pages, redirects and headers into
+//! Pingora's session, so the decisions themselves stay in `decide`.
 
 use std::net::IpAddr;
 use std::sync::Arc;

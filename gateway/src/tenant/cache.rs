@@ -22,6 +22,10 @@
 //!   can never be overtaken by an older row.
 //! - Times are stored as 32-bit ticks of 100 ms since start (wrapping after
 //!   13 years), to keep an entry at 32 bytes plus its host name.
+//!
+//! Size: about 220 lines of rules and 220 of tests against a fake
+//! `TenantSource` (coalescing, deadlines, stale-while-revalidate, bad rows,
+//! cancellation).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

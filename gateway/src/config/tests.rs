@@ -1,0 +1,227 @@
+//! The config's unit tests: parsing, defaults, every error named by its key.
+
+use super::*;
+
+fn parse(s: &str) -> Result<Config, String> {
+    let c: Config = toml::from_str(s).map_err(|e| e.to_string())?;
+    c.validate().map_err(|e| e.to_string())?;
+    Ok(c)
+}
+
+const MIN: &str = "[pools.default]\nbackends = [\"127.0.0.1:8081\"]\n";
+
+#[test]
+fn every_problem_is_reported_with_its_own_key() {
+    let bad = "[listen]\nthreads = 0\n[tenant]\nbase_domains = [\"MyApp.com\"]\n\
+               [tenant.cache]\nmax_entries = 0\n[pages]\ndeleted_status = 500\n\
+               [custom_domains]\nmax_concurrent_checks = 0\n[pools.default]\nbackends = [\"nope\"]\n";
+    let c: Config = toml::from_str(bad).unwrap();
+    let keys: Vec<String> = c
+        .problems()
+        .into_iter()
+        .map(|e| match e {
+            ConfigError::Invalid { key, .. } => key,
+            other => panic!("{other}"),
+        })
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "listen.threads",
+            "tenant.base_domains[0]",
+            "tenant.cache.max_entries",
+            "pages.deleted_status",
+            "custom_domains.max_concurrent_checks",
+            "pools.default.backends[0]"
+        ]
+    );
+    let message = c.validate().unwrap_err().to_string();
+    assert!(message.starts_with("6 config keys are wrong:"), "{message}");
+    assert!(message.contains("config key `pages.deleted_status`"), "{message}");
+}
+
+#[test]
+fn acme_errors_name_their_own_keys() {
+    let base = "[tls]\nlisten = \"127.0.0.1:8443\"\n[acme]\nenabled = true\n";
+    for (extra, key) in [
+        ("check_interval_secs = 0\n", "acme.check_interval_secs"),
+        ("orders_per_domain_per_week = 0\n", "acme.orders_per_domain_per_week"),
+        ("retry_base_secs = 10\nretry_max_secs = 5\n", "acme.retry_max_secs"),
+    ] {
+        let c: Config = toml::from_str(&format!("{base}{extra}{MIN}")).unwrap();
+        let keys: Vec<String> = c
+            .acme_problems()
+            .into_iter()
+            .filter_map(|e| match e {
+                ConfigError::Invalid { key, .. } => Some(key),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(keys, [key], "{extra}");
+    }
+}
+
+#[test]
+fn minimal_config_is_valid() {
+    let c = parse(MIN).unwrap();
+    assert_eq!(c.tenant.cache.positive_ttl_secs, 60);
+    assert_eq!(c.pools["default"].health_check_path, "/healthz");
+    assert!(c.lookup_query().contains("public.domains"));
+    assert!(!c.strip_www());
+    assert_eq!(c.public_schema(), None);
+    assert!(c.acme_domains_query().contains("public.domains"));
+}
+
+#[test]
+fn errors_name_the_key() {
+    let cases = [
+        (format!("{MIN}bogus = 1\n"), "bogus"),
+        (format!("{MIN}[tenant]\nbogus_key = 1\n"), "bogus_key"),
+        (
+            "[pools.big]\nbackends = [\"127.0.0.1:1\"]\n".to_string(),
+            "pools.default",
+        ),
+        (
+            "[pools.default]\nbackends = [\"http://nope\"]\n".to_string(),
+            "pools.default.backends[0]",
+        ),
+        ("[pools.default]\nbackends = []\n".to_string(), "pools.default.backends"),
+        (
+            format!("{MIN}[tenant]\nlanding_pool = \"landing\"\n"),
+            "tenant.landing_pool",
+        ),
+        (
+            format!("{MIN}[headers]\ntrusted_proxies = [\"10.0.0.0/99\"]\n"),
+            "headers.trusted_proxies[0]",
+        ),
+        (
+            format!("{MIN}[tenant.cache]\nnegative_ttl_secs = 0\n"),
+            "tenant.cache.negative_ttl_secs",
+        ),
+        (
+            format!("{MIN}[tenant]\nbase_domains = [\"MyApp.com\"]\n"),
+            "tenant.base_domains[0]",
+        ),
+        (format!("{MIN}[tenant]\nquery = \"SELECT 1\"\n"), "tenant.query"),
+        (format!("{MIN}[database]\nlookup_nice = 20\n"), "database.lookup_nice"),
+        (
+            format!("{MIN}[tenant.cache]\nmax_stale_secs = 99999999999\n"),
+            "tenant.cache.max_stale_secs",
+        ),
+        (
+            format!("{MIN}[limits]\nmax_connections = 0\n"),
+            "limits.max_connections",
+        ),
+        (
+            "[pools.default]\nbackends = [\"127.0.0.1:1\"]\nhealth_check_statuses = [99]\n".to_string(),
+            "pools.default.health_check_statuses",
+        ),
+        (
+            "[pools.default]\nbackends = [\"127.0.0.1:1\"]\nhealth_check_host = \"a b\"\n".to_string(),
+            "pools.default.health_check_host",
+        ),
+        (
+            format!("{MIN}[limits]\nrequest_head_timeout_ms = 0\n"),
+            "limits.request_head_timeout_ms",
+        ),
+        (
+            format!("{MIN}[database]\nlookup_deadline_ms = 0\n"),
+            "database.lookup_deadline_ms",
+        ),
+    ];
+    for (text, key) in cases {
+        let err = parse(&text).unwrap_err();
+        assert!(err.contains(key), "expected `{key}` in: {err}");
+    }
+}
+
+#[test]
+fn django_tenants_preset_follows_the_app_tables() {
+    let c = parse(&format!(
+        "{MIN}[tenant]\npreset = \"django-tenants\"\n[tenant.django]\ntenant_table = \"tenants_client\"\n\
+         domain_table = \"tenants_domain\"\nactive_column = \"is_active\"\n"
+    ))
+    .unwrap();
+    let q = c.lookup_query();
+    assert!(q.contains("FROM \"tenants_domain\" d JOIN \"tenants_client\" c"), "{q}");
+    assert!(q.contains("lower(d.domain) = $1"), "{q}");
+    assert!(
+        q.contains("CASE WHEN c.\"is_active\" THEN 'active' ELSE 'suspended' END"),
+        "{q}"
+    );
+    let a = c.acme_domains_query();
+    assert!(
+        a.contains("\"tenants_domain\"") && a.contains("WHERE c.\"is_active\""),
+        "{a}"
+    );
+    assert!(c.strip_www());
+    assert_eq!(c.public_schema(), Some("public"));
+    let off = parse(&format!(
+        "{MIN}[tenant]\npreset = \"django-tenants\"\nstrip_www = false\npublic_schema = \"www_site\"\n"
+    ))
+    .unwrap();
+    assert!(!off.strip_www());
+    assert_eq!(off.public_schema(), Some("www_site"));
+    for (text, key) in [
+        (
+            "[tenant.django]\ntenant_table = \"a; DROP TABLE x\"\n",
+            "tenant.django.tenant_table",
+        ),
+        (
+            "[tenant.django]\nactive_column = \"is active\"\n",
+            "tenant.django.active_column",
+        ),
+        ("[tenant]\npublic_schema = \"pg_catalog\"\n", "tenant.public_schema"),
+    ] {
+        let err = parse(&format!("{MIN}{text}")).unwrap_err();
+        assert!(err.contains(key), "{err}");
+    }
+}
+
+#[test]
+fn connection_caps_follow_the_file_limit_unless_set() {
+    let d = LimitsConfig::default();
+    assert_eq!(connection_caps(&d, 20_000), (4936, 308));
+    assert_eq!(connection_caps(&d, 1024), (192, 64));
+    assert_eq!(connection_caps(&d, 100), (1, 1));
+    let set = LimitsConfig {
+        max_connections: Some(1000),
+        max_connections_per_ip: Some(10),
+        ..d
+    };
+    assert_eq!(connection_caps(&set, 20_000), (1000, 10));
+}
+
+#[test]
+fn acme_needs_at_least_one_order_slot() {
+    let acme = |slots: &str| {
+        format!(
+            "{MIN}[tls]\nlisten = \"127.0.0.1:8443\"\ncert_dir = {:?}\n[acme]\nenabled = true\n{slots}",
+            std::env::temp_dir()
+        )
+    };
+    assert_eq!(parse(&acme("")).unwrap().acme.max_concurrent_orders, 4);
+    assert_eq!(
+        parse(&acme("max_concurrent_orders = 1\n"))
+            .unwrap()
+            .acme
+            .max_concurrent_orders,
+        1
+    );
+    let err = parse(&acme("max_concurrent_orders = 0\n")).unwrap_err();
+    assert!(err.contains("acme.max_concurrent_orders"), "{err}");
+}
+
+#[test]
+fn effective_config_round_trips_without_secrets() {
+    // The config names variables; rendering it never reads them. `PATH`
+    // is set in every test environment and stands in for a secret.
+    let secret = std::env::var("PATH").unwrap();
+    let mut c = parse(MIN).unwrap();
+    c.stamp.signing_key.secret_env = "PATH".into();
+    let text = c.to_toml();
+    assert!(text.contains("secret_env = \"PATH\""));
+    assert!(!text.contains(&secret));
+    let back: Config = toml::from_str(&text).unwrap();
+    back.validate().unwrap();
+}

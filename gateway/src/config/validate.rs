@@ -1,0 +1,367 @@
+//! Validation of a parsed config: every problem, each naming its key
+//! (`Config::problems`); `Config::validate` refuses the config if there is
+//! any.
+
+use super::*;
+
+impl Config {
+    /// Refuse a bad config, naming every offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut problems = self.problems();
+        match problems.len() {
+            0 => Ok(()),
+            1 => Err(problems.remove(0)),
+            _ => Err(ConfigError::Several(problems)),
+        }
+    }
+
+    /// Every problem with the config, each naming its key.
+    pub fn problems(&self) -> Vec<ConfigError> {
+        let mut errs = Vec::new();
+        if self.listen.threads == 0 {
+            errs.push(invalid("listen.threads", "must be at least 1"));
+        }
+        if self.listen.http == self.listen.admin {
+            errs.push(invalid("listen.admin", "must differ from listen.http"));
+        }
+        if self.database.max_connections == 0 {
+            errs.push(invalid("database.max_connections", "must be at least 1"));
+        }
+        if !(0..=19).contains(&self.database.lookup_nice) {
+            errs.push(invalid("database.lookup_nice", "must be between 0 and 19"));
+        }
+        if let Some(q) = &self.tenant.query {
+            if !q.contains("$1") {
+                errs.push(invalid("tenant.query", "must use $1 for the host name"));
+            }
+        }
+        if self.tenant.notify_channel.is_empty()
+            || !self
+                .tenant
+                .notify_channel
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        {
+            errs.push(invalid(
+                "tenant.notify_channel",
+                "must be a plain identifier [A-Za-z0-9_]",
+            ));
+        }
+        for (key, name) in [
+            ("tenant.django.tenant_table", Some(&self.tenant.django.tenant_table)),
+            ("tenant.django.domain_table", Some(&self.tenant.django.domain_table)),
+            ("tenant.django.active_column", self.tenant.django.active_column.as_ref()),
+        ] {
+            if name.is_some_and(|n| quoted_ident(n).is_none()) {
+                errs.push(invalid(
+                    key,
+                    "must be an SQL identifier ([A-Za-z_][A-Za-z0-9_$]*, optionally schema.table)",
+                ));
+            }
+        }
+        if let Some(p) = &self.tenant.public_schema {
+            if !stamp::is_valid_tenant_name(p) {
+                errs.push(invalid(
+                    "tenant.public_schema",
+                    "must be a schema name (1-63 bytes, no quotes, `\\`, `;` or control characters, not pg_*)",
+                ));
+            }
+        }
+        for (i, d) in self.tenant.base_domains.iter().enumerate() {
+            match tenancy::normalize_domain(d) {
+                Ok(n) if n == *d => {}
+                Ok(n) => errs.push(invalid(
+                    format!("tenant.base_domains[{i}]"),
+                    format!("write it normalised: `{n}`"),
+                )),
+                Err(e) => errs.push(invalid(format!("tenant.base_domains[{i}]"), format!("`{d}`: {e}"))),
+            }
+        }
+        let c = &self.tenant.cache;
+        for (key, v) in [
+            ("tenant.cache.max_entries", c.max_entries),
+            ("tenant.cache.negative_max_entries", c.negative_max_entries),
+            ("tenant.cache.positive_ttl_secs", c.positive_ttl_secs),
+            ("tenant.cache.negative_ttl_secs", c.negative_ttl_secs),
+        ] {
+            if v == 0 {
+                errs.push(invalid(key, "must be positive"));
+            }
+        }
+        for (key, v) in [
+            ("tenant.cache.positive_ttl_secs", c.positive_ttl_secs),
+            ("tenant.cache.negative_ttl_secs", c.negative_ttl_secs),
+            ("tenant.cache.max_stale_secs", c.max_stale_secs),
+        ] {
+            if v > MAX_TTL_SECS {
+                errs.push(invalid(key, format!("must be at most {MAX_TTL_SECS} (one year)")));
+            }
+        }
+        if c.max_stale_secs < c.positive_ttl_secs {
+            errs.push(invalid(
+                "tenant.cache.max_stale_secs",
+                "must be at least tenant.cache.positive_ttl_secs",
+            ));
+        }
+        for (i, cidr) in self.headers.trusted_proxies.iter().enumerate() {
+            if cidr.parse::<ipnet::IpNet>().is_err() && cidr.parse::<std::net::IpAddr>().is_err() {
+                errs.push(invalid(
+                    format!("headers.trusted_proxies[{i}]"),
+                    format!("`{cidr}` is not an IP or CIDR"),
+                ));
+            }
+        }
+        if !matches!(self.pages.deleted_status, 404 | 410) {
+            errs.push(invalid("pages.deleted_status", "must be 404 or 410"));
+        }
+        for (kind, files) in &self.pages.custom {
+            if !PAGE_KINDS.contains(&kind.as_str()) {
+                errs.push(invalid(
+                    format!("pages.custom.{kind}"),
+                    format!("unknown page; known: {}", PAGE_KINDS.join(", ")),
+                ));
+            }
+            for (field, f) in [("html_file", &files.html_file), ("json_file", &files.json_file)] {
+                if let Some(f) = f {
+                    if !f.is_file() {
+                        errs.push(invalid(
+                            format!("pages.custom.{kind}.{field}"),
+                            format!("{} is not a readable file", f.display()),
+                        ));
+                    }
+                }
+            }
+        }
+        errs.extend(self.tls_problems());
+        errs.extend(self.acme_problems());
+        errs.extend(self.custom_domains.problems());
+        errs.extend(self.limits_problems());
+        if self.metrics.max_tenant_labels == 0 {
+            errs.push(invalid("metrics.max_tenant_labels", "must be at least 1"));
+        }
+        if !self.pools.contains_key("default") {
+            errs.push(invalid("pools.default", "a `default` pool is required"));
+        }
+        for (name, pool) in &self.pools {
+            let key = |k: &str| format!("pools.{name}.{k}");
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+            {
+                errs.push(invalid(format!("pools.{name}"), "pool names use a-z, 0-9, '_' and '-'"));
+            }
+            if pool.backends.is_empty() {
+                errs.push(invalid(key("backends"), "at least one backend is required"));
+            }
+            for (i, b) in pool.backends.iter().enumerate() {
+                if b.parse::<SocketAddr>().is_err() {
+                    errs.push(invalid(
+                        format!("pools.{name}.backends[{i}]"),
+                        format!("`{b}` is not an address of the form ip:port"),
+                    ));
+                }
+            }
+            if !pool.health_check_path.starts_with('/') || pool.health_check_path.parse::<http::Uri>().is_err() {
+                errs.push(invalid(key("health_check_path"), "must be a path starting with /"));
+            }
+            if tenancy::normalize_host(&pool.health_check_host).is_err()
+                || http::HeaderValue::from_str(&pool.health_check_host).is_err()
+            {
+                errs.push(invalid(
+                    key("health_check_host"),
+                    "must be a host name (with an optional :port)",
+                ));
+            }
+            if pool.health_check_statuses.is_empty()
+                || pool.health_check_statuses.iter().any(|s| !(100..=599).contains(s))
+            {
+                errs.push(invalid(
+                    key("health_check_statuses"),
+                    "must list HTTP statuses (100-599)",
+                ));
+            }
+            for (k, v) in [
+                ("health_check_interval_ms", pool.health_check_interval_ms),
+                ("connect_timeout_ms", pool.connect_timeout_ms),
+                ("read_timeout_ms", pool.read_timeout_ms),
+                ("write_timeout_ms", pool.write_timeout_ms),
+            ] {
+                if v == 0 {
+                    errs.push(invalid(key(k), "must be positive"));
+                }
+            }
+            if pool.health_check_threshold == 0 {
+                errs.push(invalid(key("health_check_threshold"), "must be at least 1"));
+            }
+        }
+        if let Some(lp) = &self.tenant.landing_pool {
+            if !self.pools.contains_key(lp) {
+                errs.push(invalid(
+                    "tenant.landing_pool",
+                    format!("no pool named `{lp}` in [pools]"),
+                ));
+            }
+            if self.tenant.base_domains.is_empty() {
+                errs.push(invalid("tenant.landing_pool", "needs tenant.base_domains"));
+            }
+        }
+        errs
+    }
+
+    pub(super) fn tls_problems(&self) -> Vec<ConfigError> {
+        let mut errs = Vec::new();
+        let t = &self.tls;
+        let Some(addr) = t.listen else {
+            if !t.certificates.is_empty() || t.cert_dir.is_some() {
+                errs.push(invalid("tls.listen", "certificates are configured but no TLS listener"));
+            }
+            return errs;
+        };
+        if addr == self.listen.http || addr == self.listen.admin {
+            errs.push(invalid("tls.listen", "must differ from listen.http and listen.admin"));
+        }
+        if t.certificates.is_empty() && t.cert_dir.is_none() {
+            errs.push(invalid(
+                "tls.certificates",
+                "TLS is on but no certificates or cert_dir are configured",
+            ));
+        }
+        for (i, c) in t.certificates.iter().enumerate() {
+            for (field, p) in [("cert_file", &c.cert_file), ("key_file", &c.key_file)] {
+                if !p.is_file() {
+                    errs.push(invalid(
+                        format!("tls.certificates[{i}].{field}"),
+                        format!("{} is not a readable file", p.display()),
+                    ));
+                }
+            }
+        }
+        if let Some(d) = &t.cert_dir {
+            if !d.is_dir() {
+                errs.push(invalid("tls.cert_dir", format!("{} is not a directory", d.display())));
+            }
+        }
+        match (t.unknown_sni, &t.default_certificate) {
+            (UnknownSni::Default, None) => errs.push(invalid(
+                "tls.default_certificate",
+                "required when tls.unknown_sni = \"default\"",
+            )),
+            (_, Some(c)) => {
+                for (field, p) in [("cert_file", &c.cert_file), ("key_file", &c.key_file)] {
+                    if !p.is_file() {
+                        errs.push(invalid(
+                            format!("tls.default_certificate.{field}"),
+                            format!("{} is not a readable file", p.display()),
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+        for (i, p) in t.redirect_exempt.iter().enumerate() {
+            if let Err(reason) = crate::route::exempt_path_ok(p) {
+                errs.push(invalid(format!("tls.redirect_exempt[{i}]"), reason));
+            }
+        }
+        if t.handshake_timeout_ms == 0 {
+            errs.push(invalid("tls.handshake_timeout_ms", "must be positive"));
+        }
+        errs
+    }
+
+    pub(super) fn limits_problems(&self) -> Vec<ConfigError> {
+        let mut errs = Vec::new();
+        let l = &self.limits;
+        if l.max_connections == Some(0) {
+            errs.push(invalid("limits.max_connections", "must be at least 1"));
+        }
+        for (key, burst) in [
+            ("limits.tenant.burst", l.tenant.burst),
+            ("limits.client.burst", l.client.burst),
+        ] {
+            if burst == Some(0) {
+                errs.push(invalid(key, "must be at least 1"));
+            }
+        }
+        if l.tenant.max_concurrent > 0 && l.tenant.queue_timeout_ms == 0 && l.tenant.max_queued > 0 {
+            errs.push(invalid(
+                "limits.tenant.queue_timeout_ms",
+                "must be positive while requests may queue (or set max_queued = 0)",
+            ));
+        }
+        if l.max_connections_per_ip == Some(0) {
+            errs.push(invalid("limits.max_connections_per_ip", "must be at least 1"));
+        }
+        for (key, v) in [
+            ("limits.request_head_timeout_ms", l.request_head_timeout_ms),
+            ("limits.idle_timeout_ms", l.idle_timeout_ms),
+            ("database.lookup_deadline_ms", self.database.lookup_deadline_ms),
+            (
+                "database.health_check_interval_ms",
+                self.database.health_check_interval_ms,
+            ),
+            (
+                "database.health_check_timeout_ms",
+                self.database.health_check_timeout_ms,
+            ),
+        ] {
+            if v == 0 {
+                errs.push(invalid(key, "must be positive"));
+            }
+        }
+        errs
+    }
+
+    pub(super) fn acme_problems(&self) -> Vec<ConfigError> {
+        let mut errs = Vec::new();
+        let a = &self.acme;
+        if !a.enabled {
+            return errs;
+        }
+        if self.tls.listen.is_none() {
+            errs.push(invalid("acme.enabled", "needs a TLS listener (tls.listen)"));
+        }
+        if !(a.directory_url.starts_with("https://") || a.directory_url.starts_with("http://")) {
+            errs.push(invalid("acme.directory_url", "must be an http(s) URL"));
+        }
+        if a.challenges.is_empty() {
+            errs.push(invalid("acme.challenges", "at least one of http-01, tls-alpn-01"));
+        }
+        if let Some(root) = &a.ca_root {
+            if !root.is_file() {
+                errs.push(invalid(
+                    "acme.ca_root",
+                    format!("{} is not a readable file", root.display()),
+                ));
+            }
+        }
+        for c in &a.contact {
+            if !c.starts_with("mailto:") {
+                errs.push(invalid("acme.contact", format!("`{c}` must be a mailto: URI")));
+            }
+        }
+        if a.check_interval_secs == 0 {
+            errs.push(invalid("acme.check_interval_secs", "must be positive"));
+        }
+        if a.retry_base_secs == 0 {
+            errs.push(invalid("acme.retry_base_secs", "must be positive"));
+        }
+        if a.retry_max_secs < a.retry_base_secs {
+            errs.push(invalid("acme.retry_max_secs", "must be at least acme.retry_base_secs"));
+        }
+        if a.orders_per_hour == 0 {
+            errs.push(invalid("acme.orders_per_hour", "must be positive"));
+        }
+        if a.orders_per_domain_per_week == 0 {
+            errs.push(invalid("acme.orders_per_domain_per_week", "must be positive"));
+        }
+        if a.max_concurrent_orders == 0 {
+            errs.push(invalid("acme.max_concurrent_orders", "must be at least 1"));
+        }
+        if a.certificate_cache_size == 0 {
+            errs.push(invalid("acme.certificate_cache_size", "must be at least 1"));
+        }
+        errs
+    }
+}
