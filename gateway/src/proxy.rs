@@ -1,10 +1,10 @@
 //! The request path, phase by phase (Pingora's `ProxyHttp`):
 //!
-//! 1. `request_filter`: normalise the host, answer ACME challenges, redirect
-//!    plain HTTP for hosts we serve (path policy in [`crate::route`]),
-//!    resolve the tenant through the cache, refuse with a gateway page
-//!    (400/403/404/410/421/503) without touching a backend, or pick the
-//!    tenant's pool.
+//! 1. `request_filter`: gather the facts (host, path, TLS, SNI), ask
+//!    [`crate::decide`] what happens before the lookup (bad host, ACME
+//!    challenge, landing, redirect), resolve the tenant through the cache,
+//!    ask `decide` again (a page: 400/403/404/410/421/503 without touching a
+//!    backend, a redirect, or the tenant's pool), then the tenant's limits.
 //! 2. `upstream_peer`: next healthy backend of that pool not tried yet.
 //! 3. `upstream_request_filter`: strip every client tenant header, set the
 //!    forwarding headers, stamp `X-Tenant` + signature.
