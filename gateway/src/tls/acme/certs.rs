@@ -172,11 +172,7 @@ impl Acme {
     /// Whether `name` is still served (routed to a tenant in any state):
     /// `None` when the database cannot tell.
     pub(super) async fn served(&self, name: &str) -> Option<bool> {
-        match self.cache.resolve(name).await {
-            Resolution::Found(t) => Some(t.status != Status::Unverified),
-            Resolution::NotFound => Some(false),
-            Resolution::Unavailable | Resolution::Misconfigured => None,
-        }
+        policy::served(&self.guard.resolve(name).await)
     }
 
     /// Names whose domain rows or claims changed (called after the tenant

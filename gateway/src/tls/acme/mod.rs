@@ -287,7 +287,8 @@ pub struct Acme {
     listen_db: PgPool,
     seal: Seal,
     store: Arc<CertStore>,
-    cache: Arc<TenantCache>,
+    /// Who may have a certificate: the tenant cache in production.
+    guard: Arc<dyn NameGuard>,
     base_domains: Vec<String>,
     metrics: Arc<Metrics>,
     gateway_id: String,
@@ -348,7 +349,7 @@ impl Acme {
             listen_db,
             seal: Seal::new(key),
             store,
-            cache,
+            guard: Arc::new(CacheGuard(cache)),
             base_domains,
             metrics,
             lease_owner: format!("{gateway_id}/{:08x}", rand::random::<u32>()),
@@ -408,7 +409,26 @@ impl Acme {
         if self.base_domains.iter().any(|b| tenancy::is_under(name, b)) {
             return false;
         }
-        matches!(self.cache.resolve(name).await, Resolution::Found(t) if t.status == Status::Active)
+        policy::eligible(&self.guard.resolve(name).await)
+    }
+}
+
+/// The one question ACME asks about a name: what the domain table (and
+/// the name's claim) say, as the request path sees it. Narrow, so the
+/// rules on top of it (`policy::eligible`, `policy::served`) are pure.
+#[async_trait::async_trait]
+pub trait NameGuard: Send + Sync {
+    async fn resolve(&self, name: &str) -> Resolution;
+}
+
+/// The tenant cache as the guard: cached, coalesced, negatively cached, so
+/// floods of random SNI names cost no queries beyond the cache's own.
+struct CacheGuard(Arc<TenantCache>);
+
+#[async_trait::async_trait]
+impl NameGuard for CacheGuard {
+    async fn resolve(&self, name: &str) -> Resolution {
+        self.0.resolve(name).await
     }
 }
 

@@ -13,6 +13,24 @@ pub fn registered_domain(name: &str) -> String {
     psl::domain_str(name).unwrap_or(name).to_owned()
 }
 
+/// Whether a name may have a certificate ordered: its tenant is active (and,
+/// with claims, its claim is; an unverified name's tenant status is
+/// `Unverified`). Base domains are excluded by the caller.
+pub(super) fn eligible(found: &Resolution) -> bool {
+    matches!(found, Resolution::Found(t) if t.status == Status::Active)
+}
+
+/// Whether a name is served (its certificate is presented): routed to a
+/// tenant in any state but unverified. `None` when the database cannot
+/// tell: nothing is retired on a guess.
+pub(super) fn served(found: &Resolution) -> Option<bool> {
+    match found {
+        Resolution::Found(t) => Some(t.status != Status::Unverified),
+        Resolution::NotFound => Some(false),
+        Resolution::Unavailable | Resolution::Misconfigured => None,
+    }
+}
+
 /// When a certificate valid from `not_before` to `not_after` is renewed:
 /// between 60 % and 66.7 % of its lifetime (`jitter` in 0..1).
 pub fn renewal_point(not_before: i64, not_after: i64, jitter: f64) -> i64 {
@@ -30,6 +48,25 @@ pub fn backoff(base: Duration, max: Duration, failures: u32, jitter: f64) -> Dur
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_active_tenants_get_orders_and_unverified_names_are_not_served() {
+        let t = |s| Resolution::Found(Arc::new(crate::tenant::Tenant::new("acme", s, None).expect("tenant")));
+        assert!(eligible(&t(Status::Active)));
+        for s in [Status::Suspended, Status::Deleted, Status::Unverified] {
+            assert!(!eligible(&t(s)), "{s:?}");
+        }
+        assert!(!eligible(&Resolution::NotFound) && !eligible(&Resolution::Unavailable));
+        assert_eq!(
+            served(&t(Status::Suspended)),
+            Some(true),
+            "its 403 page is served over TLS"
+        );
+        assert_eq!(served(&t(Status::Unverified)), Some(false));
+        assert_eq!(served(&Resolution::NotFound), Some(false));
+        assert_eq!(served(&Resolution::Unavailable), None, "never retire on a guess");
+        assert_eq!(served(&Resolution::Misconfigured), None);
+    }
 
     #[test]
     fn renewals_spread_between_60_and_67_percent_of_the_lifetime() {
