@@ -389,10 +389,20 @@ impl BackgroundService for SideTasks {
                 limits.sweep();
             }
         });
-        let on_change = self
-            .acme
-            .clone()
-            .map(|acme| Arc::new(move |names: Vec<String>| acme.names_changed(names)) as tenant::invalidate::OnChange);
+        // After a NOTIFY: the certificate side (retire, order) and the claims
+        // (a verified claim whose domain row just appeared activates now).
+        let acme = self.acme.clone();
+        let claims = self.hostnames.as_ref().map(|(worker, _)| worker.clone());
+        let on_change = (acme.is_some() || claims.is_some()).then(|| {
+            Arc::new(move |names: Vec<String>| {
+                if let Some(claims) = &claims {
+                    claims.names_changed(names.clone());
+                }
+                if let Some(acme) = &acme {
+                    acme.names_changed(names);
+                }
+            }) as tenant::invalidate::OnChange
+        });
         tasks.spawn(tenant::invalidate::run(
             self.database_url.clone(),
             self.channel.clone(),

@@ -470,3 +470,40 @@ fn removal_stops_the_certificate_on_two_gateways_within_a_second() {
     assert!(!presented(ports2.tls, claimed) && !presented(ports2.tls, row_only));
     drop(gw2);
 }
+
+/// A claim proven before the app adds its domain row stays `verified`
+/// (not routed); the row's NOTIFY activates it at once, not at the next
+/// check (a minute here).
+#[test]
+fn a_verified_claim_activates_when_its_domain_row_appears() {
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    let app = UpstreamApp::start(&pg.url(), "").unwrap();
+    let body = format!(
+        "[tenant]\nbase_domains = [\"myapp.localhost\"]\n\
+         [custom_domains]\nverification = \"required\"\ncheck_interval_secs = 60\n{}",
+        pools_toml(&[("default", &[app.port])]),
+    );
+    let gw = Gateway::start(&pg.url(), &body).unwrap();
+    gw.cli(
+        &pg.url(),
+        &["hostnames", "add", "later.test", "--tenant", "ferrari", "--preverified"],
+    );
+    wait_until("the claim looked at", Duration::from_secs(15), || {
+        !claim_field(&pg, "later.test", "last_checked_at").is_empty()
+    })
+    .unwrap();
+    assert_eq!(claim_field(&pg, "later.test", "status"), "verified");
+    assert!(claim_field(&pg, "later.test", "last_error").contains("does not map"));
+    assert_eq!(http_status(gw.port, "later.test"), 404);
+    app_cli_ok(&pg.url(), &["domain", "add", "later.test", "--tenant", "ferrari"]);
+    wait_status(&pg, "later.test", "active", Duration::from_secs(10));
+    wait_until("routed", Duration::from_secs(10), || {
+        http::client()
+            .get(&gw.url("/whoami"))
+            .header("host", "later.test")
+            .send()
+            .is_ok_and(|r| r.status == 200 && r.json()["tenant"] == "ferrari")
+    })
+    .unwrap();
+}

@@ -177,6 +177,30 @@ impl Worker {
         }
     }
 
+    /// Domain rows or tenants changed (NOTIFY): verified claims among these
+    /// names are looked at now, not at their next check, so a name whose
+    /// row appears after its proof routes within a second. The first gateway
+    /// to move a claim forward wakes the fleet's checkers.
+    pub fn names_changed(self: &Arc<Self>, names: Vec<String>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let due = sqlx::query(
+                "WITH due AS (UPDATE tenant_gateway.custom_hostnames SET next_check_at = now()
+                               WHERE name = ANY($1) AND status = 'verified' AND next_check_at > now()
+                           RETURNING name)
+                 SELECT pg_notify($2, name) FROM due",
+            )
+            .bind(&names)
+            .bind(WAKE_CHANNEL)
+            .execute(me.store.db());
+            match tokio::time::timeout(Duration::from_secs(10), due).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "custom hostnames: cannot look at changed names now"),
+                Err(_) => tracing::debug!("custom hostnames: looking at changed names timed out"),
+            }
+        });
+    }
+
     /// Whether the lookup query maps the claim's name to the claim's tenant
     /// (read on the primary, right after the proof).
     async fn routable(&self, c: &Claim) -> bool {
