@@ -6,39 +6,60 @@ use super::*;
 /// `gateway acme status`: every custom domain with its certificate state.
 pub async fn status_report(db: &PgPool, cfg: &AcmeConfig, base_domains: &[String]) -> Result<Vec<String>, AcmeError> {
     Acme::migrate(db).await?;
-    let mut names: Vec<String> = sqlx::query_scalar(cfg.domains_query.as_deref().unwrap_or_default())
-        .fetch_all(db)
-        .await?;
-    names.retain(|n| !base_domains.iter().any(|b| tenancy::is_under(n, b)));
-    let known: Vec<String> = sqlx::query_scalar(
-        "SELECT name FROM tenant_gateway.acme_names UNION SELECT name FROM tenant_gateway.certificates",
-    )
+    let domains = cfg.domains_query.as_deref().unwrap_or_default();
+    let domains = domains.trim().trim_end_matches(';');
+    // One query for every name (100,000 names are one round trip).
+    type Row = (
+        String,
+        Option<String>,
+        Option<bool>,
+        Option<bool>,
+        Option<i32>,
+        Option<String>,
+        Option<String>,
+        Option<bool>,
+        Option<bool>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(&format!(
+        "WITH names AS (SELECT name FROM ({domains}) AS d(name)
+                        UNION SELECT name FROM tenant_gateway.acme_names
+                        UNION SELECT name FROM tenant_gateway.certificates)
+         SELECT n.name,
+                to_char(c.not_after AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS\"Z\"'),
+                now() >= coalesce(c.renew_after, c.not_after - (c.not_after - c.not_before) / 3),
+                c.removed_at IS NOT NULL,
+                a.failures, a.last_error,
+                to_char(a.next_attempt_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS\"Z\"'),
+                a.lease_until > now(), a.force_renew
+           FROM names n
+           LEFT JOIN tenant_gateway.certificates c ON c.name = n.name
+           LEFT JOIN tenant_gateway.acme_names a ON a.name = n.name
+          ORDER BY n.name"
+    ))
     .fetch_all(db)
     .await?;
-    for k in known {
-        if !names.contains(&k) {
-            names.push(k);
-        }
-    }
-    names.sort();
     let mut lines = vec![format!("{:<40} {:<10} DETAIL", "DOMAIN", "STATUS")];
-    for name in names {
-        let cert: Option<(String, bool)> = sqlx::query_as(
-            "SELECT to_char(not_after AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS\"Z\"'),
-                    now() >= not_after - (not_after - not_before) / 3
-               FROM tenant_gateway.certificates WHERE name = $1",
-        )
-        .bind(&name)
-        .fetch_optional(db)
-        .await?;
-        let state: Option<(i32, Option<String>, String, bool, bool)> = sqlx::query_as(
-            "SELECT failures, last_error, to_char(next_attempt_at AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS\"Z\"'),
-                    coalesce(lease_until > now(), false), force_renew
-               FROM tenant_gateway.acme_names WHERE name = $1",
-        )
-        .bind(&name)
-        .fetch_optional(db)
-        .await?;
+    for (name, until, due, retired, failures, last_error, next, leased, forced) in rows {
+        if base_domains.iter().any(|b| tenancy::is_under(&name, b)) {
+            continue;
+        }
+        if retired == Some(true) {
+            lines.push(format!(
+                "{name:<40} {:<10} no longer served; deleted after acme.removed_certificate_grace_secs",
+                "retired"
+            ));
+            continue;
+        }
+        let cert: Option<(String, bool)> = until.zip(Some(due.unwrap_or(false)));
+        let state: Option<(i32, Option<String>, String, bool, bool)> = failures.map(|f| {
+            (
+                f,
+                last_error,
+                next.unwrap_or_default(),
+                leased.unwrap_or(false),
+                forced.unwrap_or(false),
+            )
+        });
         let (status, detail) = match (&cert, &state) {
             (_, Some((f, err, next, _, _))) if *f > 0 => (
                 "failing",
