@@ -451,7 +451,7 @@ impl ProxyHttp for Gateway {
         };
         let decision = decide::decide(&resolution, redirect, sni, |name| live.pools.get(name).is_some());
         ctx.host = Some(host);
-        let tenant = match (&resolution, decision) {
+        let (tenant, pool) = match (&resolution, decision) {
             (_, decide::Decision::Redirect { port }) => {
                 // Counted like before the lookup existed: not as a tenant's request.
                 let host = ctx.host.take().unwrap_or_default();
@@ -467,16 +467,18 @@ impl ProxyHttp for Gateway {
                 return self.respond(session, ctx, kind).await;
             }
             (_, decide::Decision::Page { kind, .. }) => return self.respond(session, ctx, kind).await,
-            (Resolution::Found(t), decide::Decision::Proxy(_)) => t.clone(),
+            (Resolution::Found(t), decide::Decision::Proxy(choice)) => {
+                let pool = match choice {
+                    decide::PoolChoice::Default => Some(live.pools.default_pool().clone()),
+                    decide::PoolChoice::Pinned(name) => live.pools.get(name).cloned(),
+                };
+                match pool {
+                    Some(pool) => (t.clone(), pool),
+                    None => return self.respond(session, ctx, PageKind::Unavailable).await,
+                }
+            }
             // `decide` proxies found tenants only.
             (_, decide::Decision::Proxy(_)) => return self.respond(session, ctx, PageKind::Unavailable).await,
-        };
-        let pool = match tenant.pool() {
-            None => live.pools.default_pool().clone(),
-            Some(name) => match live.pools.get(name) {
-                Some(p) => p.clone(),
-                None => return self.respond(session, ctx, PageKind::Unavailable).await,
-            },
         };
         // Fairness: the tenant's rate and in-flight cap (and its clients').
         if let Some(limiter) = tenant.limiter() {
