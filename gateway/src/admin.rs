@@ -29,6 +29,7 @@ use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 use serde_json::{json, Value};
 
+use crate::clock::unix_now;
 use crate::metrics::Metrics;
 use crate::reload::{Live, Reloader};
 use crate::tenant::cache::{Resolution, TenantCache};
@@ -393,13 +394,6 @@ impl Admin {
             Err(e) => error(e.http_status(), "hostnames", &e.to_string()),
         }
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[async_trait]

@@ -16,6 +16,7 @@
 pub mod admin;
 pub mod admin_client;
 pub mod cli;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod decide;

@@ -19,7 +19,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use async_trait::async_trait;
 use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HOST};
@@ -146,13 +146,6 @@ fn new_request_id() -> String {
 fn already(req: &RequestHeader, name: impl http::header::AsHeaderName, value: &str) -> bool {
     let mut all = req.headers.get_all(name).iter();
     matches!((all.next(), all.next()), (Some(v), None) if v.as_bytes() == value.as_bytes())
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 impl Gateway {
@@ -575,7 +568,7 @@ impl ProxyHttp for Gateway {
                     host,
                     path: req.uri.path(),
                 },
-                unix_now(),
+                crate::clock::unix_secs(),
             );
             req.insert_header(stamp::TENANT_HEADER, &*wire)?;
             req.insert_header(stamp::SIGNATURE_HEADER, sig)?;

@@ -8,6 +8,7 @@ use serde::Serialize;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use super::policy::{self, HostnameStatus, Method};
+use crate::tls::acme::{restore_certificate, retire_certificate};
 
 /// Wakes the checkers at once (a new claim, a retry).
 pub const WAKE_CHANNEL: &str = "tenant_gateway_hostnames";
@@ -146,14 +147,7 @@ impl Store {
         actor: &str,
     ) -> Result<Claim, StoreError> {
         let mut tx = self.db.begin().await?;
-        let existing = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM tenant_gateway.custom_hostnames WHERE name = $1 FOR UPDATE"
-        ))
-        .bind(name)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(row) = existing {
-            let c = claim(&row)?;
+        if let Some(c) = self.locked(&mut tx, name).await? {
             if c.status != HostnameStatus::Removed {
                 if c.tenant == tenant && !preverified {
                     return Ok(c);
@@ -194,11 +188,7 @@ impl Store {
         self.event(&mut tx, name, tenant, event, actor, Some(method.as_str()))
             .await?;
         self.announce(&mut tx, name).await?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(WAKE_CHANNEL)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+        wake(&mut tx, name).await?;
         tx.commit().await?;
         tracing::info!(
             name,
@@ -237,11 +227,7 @@ impl Store {
         .await?;
         self.event(&mut tx, name, &c.tenant, "retry", actor, Some(c.status.as_str()))
             .await?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(WAKE_CHANNEL)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
+        wake(&mut tx, name).await?;
         tx.commit().await?;
         tracing::info!(name, tenant = %c.tenant, actor, "custom hostname: check requested");
         self.get(name)
@@ -266,7 +252,7 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await?;
-            retire_certificate(&mut tx, name).await?;
+            retire_certificate(&mut *tx, name).await?;
             self.event(&mut tx, name, &c.tenant, "removed", actor, Some(c.status.as_str()))
                 .await?;
             self.announce(&mut tx, name).await?;
@@ -387,12 +373,7 @@ impl Store {
                 .await?;
             if next == HostnameStatus::Active {
                 // A certificate retired while the name was away serves again.
-                sqlx::query(
-                    "UPDATE tenant_gateway.certificates SET removed_at = NULL WHERE name = $1 AND removed_at IS NOT NULL",
-                )
-                .bind(&c.name)
-                .execute(&mut *tx)
-                .await?;
+                restore_certificate(&mut *tx, &c.name).await?;
             }
             self.announce(&mut tx, &c.name).await?;
         }
@@ -458,20 +439,19 @@ impl Store {
 
     /// Every gateway's cache drops `name` when the transaction commits.
     async fn announce(&self, tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<(), StoreError> {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(&self.channel)
-            .bind(serde_json::json!([name]).to_string())
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
+        notify(tx, &self.channel, &serde_json::json!([name]).to_string()).await
     }
 }
 
-/// Stop presenting a name's certificate everywhere (the update NOTIFYs the
-/// certificate channel) and start its grace period.
-pub async fn retire_certificate(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE tenant_gateway.certificates SET removed_at = now() WHERE name = $1 AND removed_at IS NULL")
-        .bind(name)
+/// The fleet's checkers look at `name` when the transaction commits.
+async fn wake(tx: &mut Transaction<'_, Postgres>, name: &str) -> Result<(), StoreError> {
+    notify(tx, WAKE_CHANNEL, name).await
+}
+
+async fn notify(tx: &mut Transaction<'_, Postgres>, channel: &str, payload: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(channel)
+        .bind(payload)
         .execute(&mut **tx)
         .await?;
     Ok(())

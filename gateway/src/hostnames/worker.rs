@@ -17,6 +17,7 @@ use super::check::Checker;
 use super::policy::{self, Finding, HostnameStatus};
 use super::settings::CustomDomainsConfig;
 use super::store::{Claim, Store, WAKE_CHANNEL};
+use crate::clock::unix_now;
 use crate::metrics::Metrics;
 
 /// Longest wait between two looks for due claims.
@@ -237,10 +238,4 @@ fn unroutable(c: &Claim) -> String {
         "ownership proven; the domain table does not map {} to tenant {} yet",
         c.name, c.tenant
     )
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }

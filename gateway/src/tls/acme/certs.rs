@@ -42,6 +42,27 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// Stop presenting a name's stored certificate on every gateway (the row
+/// update NOTIFYs them) and start its grace period before deletion. Also
+/// the claims' `remove`, inside its transaction.
+pub async fn retire_certificate<'e>(db: impl sqlx::PgExecutor<'e>, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE tenant_gateway.certificates SET removed_at = now() WHERE name = $1 AND removed_at IS NULL")
+        .bind(name)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// A name served again: its retired certificate (if still stored) serves
+/// again, on every gateway that asks for it.
+pub async fn restore_certificate<'e>(db: impl sqlx::PgExecutor<'e>, name: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE tenant_gateway.certificates SET removed_at = NULL WHERE name = $1 AND removed_at IS NOT NULL")
+        .bind(name)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
 impl Acme {
     /// A handshake for `name` found no certificate in memory. A name not
     /// served (the tenant cache says so, negatively cached) costs nothing
@@ -206,15 +227,7 @@ impl Acme {
     /// A name served (again): a retired certificate of it serves again, and
     /// a refusal by the guard no longer holds its next attempt back.
     pub(super) async fn welcome_back(&self, name: &str) -> Result<(), AcmeError> {
-        bounded(
-            "clearing a retirement",
-            sqlx::query(
-                "UPDATE tenant_gateway.certificates SET removed_at = NULL WHERE name = $1 AND removed_at IS NOT NULL",
-            )
-            .bind(name)
-            .execute(&self.db),
-        )
-        .await?;
+        bounded("clearing a retirement", restore_certificate(&self.db, name)).await?;
         bounded(
             "clearing a refusal",
             sqlx::query(
@@ -233,15 +246,7 @@ impl Acme {
     /// which drop it; its material is deleted after the grace period.
     pub(super) async fn retire(&self, name: &str) -> Result<(), AcmeError> {
         self.unpresent(name);
-        bounded(
-            "retiring a certificate",
-            sqlx::query(
-                "UPDATE tenant_gateway.certificates SET removed_at = now() WHERE name = $1 AND removed_at IS NULL",
-            )
-            .bind(name)
-            .execute(&self.db),
-        )
-        .await?;
+        bounded("retiring a certificate", retire_certificate(&self.db, name)).await?;
         Ok(())
     }
 

@@ -81,6 +81,7 @@ use sqlx::{PgPool, Row};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 use super::store::{Cert, CertStore};
+use crate::clock::unix_now;
 use crate::config::{AcmeConfig, ChallengeKind};
 use crate::metrics::Metrics;
 use crate::tenant::cache::{Resolution, TenantCache};
@@ -94,6 +95,7 @@ mod report;
 mod seal;
 mod worker;
 
+pub use certs::{restore_certificate, retire_certificate};
 pub use policy::{backoff, registered_domain, renewal_point};
 pub use report::{force_renewal, status_report};
 pub use seal::Seal;
@@ -430,13 +432,6 @@ impl NameGuard for CacheGuard {
     async fn resolve(&self, name: &str) -> Resolution {
         self.0.resolve(name).await
     }
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
