@@ -31,10 +31,20 @@ pub enum ConfigError {
     Several(Vec<ConfigError>),
 }
 
-fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         reason: reason.into(),
+    }
+}
+
+impl ConfigError {
+    /// The offending key of an `Invalid` error.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } => Some(key),
+            _ => None,
+        }
     }
 }
 

@@ -16,13 +16,10 @@ fn every_problem_is_reported_with_its_own_key() {
                [tenant.cache]\nmax_entries = 0\n[pages]\ndeleted_status = 500\n\
                [custom_domains]\nmax_concurrent_checks = 0\n[pools.default]\nbackends = [\"nope\"]\n";
     let c: Config = toml::from_str(bad).unwrap();
-    let keys: Vec<String> = c
-        .problems()
-        .into_iter()
-        .map(|e| match e {
-            ConfigError::Invalid { key, .. } => key,
-            other => panic!("{other}"),
-        })
+    let problems = c.problems();
+    let keys: Vec<&str> = problems
+        .iter()
+        .map(|e| e.key().unwrap_or_else(|| panic!("{e}")))
         .collect();
     assert_eq!(
         keys,
@@ -49,14 +46,8 @@ fn acme_errors_name_their_own_keys() {
         ("retry_base_secs = 10\nretry_max_secs = 5\n", "acme.retry_max_secs"),
     ] {
         let c: Config = toml::from_str(&format!("{base}{extra}{MIN}")).unwrap();
-        let keys: Vec<String> = c
-            .acme_problems()
-            .into_iter()
-            .filter_map(|e| match e {
-                ConfigError::Invalid { key, .. } => Some(key),
-                _ => None,
-            })
-            .collect();
+        let problems = c.acme_problems();
+        let keys: Vec<&str> = problems.iter().filter_map(ConfigError::key).collect();
         assert_eq!(keys, [key], "{extra}");
     }
 }

@@ -66,10 +66,7 @@ impl Default for CustomDomainsConfig {
 }
 
 fn invalid(key: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: format!("custom_domains.{key}"),
-        reason: reason.into(),
-    }
+    crate::config::invalid(format!("custom_domains.{key}"), reason)
 }
 
 impl CustomDomainsConfig {
@@ -137,13 +134,10 @@ mod tests {
             max_concurrent_checks: 0,
             ..CustomDomainsConfig::default()
         };
-        let keys: Vec<String> = c
-            .problems()
-            .into_iter()
-            .map(|e| match e {
-                ConfigError::Invalid { key, .. } => key,
-                other => panic!("{other}"),
-            })
+        let problems = c.problems();
+        let keys: Vec<&str> = problems
+            .iter()
+            .map(|e| e.key().unwrap_or_else(|| panic!("{e}")))
             .collect();
         assert_eq!(
             keys,
