@@ -72,13 +72,6 @@ fn acme_stack_with(pg: &Postgres, challenges: &str, acme_extra: &str) -> AcmeSta
     }
 }
 
-fn orders(pg: &Postgres) -> i64 {
-    pg.psql("SELECT count(*) FROM tenant_gateway.acme_orders")
-        .unwrap_or_else(|_| "0".into())
-        .parse()
-        .unwrap_or(0)
-}
-
 /// Wait until `name` is served with a certificate that chains to Pebble's
 /// current root, then fetch through it and land on `tenant`.
 fn wait_issued_for(pebble: &Pebble, tls_port: u16, name: &str, tenant: &str, timeout: Duration) {

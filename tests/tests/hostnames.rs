@@ -96,13 +96,6 @@ fn http_status(port: u16, host: &str) -> u16 {
     .unwrap_or(0)
 }
 
-fn orders(pg: &Postgres) -> i64 {
-    pg.psql("SELECT count(*) FROM tenant_gateway.acme_orders")
-        .unwrap_or_else(|_| "0".into())
-        .parse()
-        .unwrap_or(0)
-}
-
 /// Wait until `name` is presented with Pebble's certificate and a verified
 /// HTTPS request for it lands on `tenant`.
 fn wait_served(pebble: &Pebble, tls_port: u16, name: &str, tenant: &str) {
