@@ -643,7 +643,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         strip_www: cfg.strip_www(),
         base_domains: cfg.tenant.base_domains.clone(),
         trusted_proxies,
-        forward: proxy::Forward::from_config(&cfg.headers.forward),
+        forward: crate::headers::Forward::from_config(&cfg.headers.forward),
         metrics: metrics.clone(),
         tls: tls_routing,
         acme: acme.clone(),

@@ -6,8 +6,9 @@
 //!    ask `decide` again (a page: 400/403/404/410/421/503 without touching a
 //!    backend, a redirect, or the tenant's pool), then the tenant's limits.
 //! 2. `upstream_peer`: next healthy backend of that pool not tried yet.
-//! 3. `upstream_request_filter`: strip every client tenant header, set the
-//!    forwarding headers, stamp `X-Tenant` + signature.
+//! 3. `upstream_request_filter`: apply [`crate::headers`]' edits (strip
+//!    every client tenant header, forwarding headers, request id, Host,
+//!    origin-form target, the `X-Tenant` stamp).
 //! 4. `response_filter`: while the process shuts down, responses say
 //!    `Connection: close` so keep-alive clients reconnect elsewhere.
 //! 5. `fail_to_proxy`: 502/504 pages for backend failures and timeouts.
@@ -17,12 +18,13 @@
 //! each phase and the helpers that write pages, redirects and headers into
 //! Pingora's session, so the decisions themselves stay in `decide`.
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE, HOST};
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use ipnet::IpNet;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
@@ -32,6 +34,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::conn::stream::{ConnFacts, Sni};
 use crate::decide;
+use crate::headers::{self, Edit};
 use crate::limits::{Limits, Refused};
 use crate::metrics::tenant::{method_index, rejection_index, Observation};
 use crate::metrics::Metrics;
@@ -51,34 +54,13 @@ pub struct Gateway {
     pub base_domains: Vec<String>,
     pub trusted_proxies: Vec<IpNet>,
     /// Which forwarding headers are set (the others are only stripped).
-    pub forward: Forward,
+    pub forward: headers::Forward,
     pub metrics: Arc<Metrics>,
     pub tls: Option<Arc<TlsRouting>>,
     /// ACME: HTTP-01 challenges are answered from the database.
     pub acme: Option<Arc<crate::tls::acme::Acme>>,
     /// Per-tenant rate and concurrency limits.
     pub limits: Arc<Limits>,
-}
-
-/// The forwarding headers set on each request (`headers.forward`).
-#[derive(Debug, Clone, Copy)]
-pub struct Forward {
-    pub forwarded: bool,
-    pub x_for: bool,
-    pub x_proto: bool,
-    pub x_host: bool,
-}
-
-impl Forward {
-    pub fn from_config(kinds: &[crate::config::ForwardHeader]) -> Forward {
-        use crate::config::ForwardHeader as H;
-        Forward {
-            forwarded: kinds.contains(&H::Forwarded),
-            x_for: kinds.contains(&H::XForwardedFor),
-            x_proto: kinds.contains(&H::XForwardedProto),
-            x_host: kinds.contains(&H::XForwardedHost),
-        }
-    }
 }
 
 /// What the request path needs to know about TLS.
@@ -114,38 +96,6 @@ pub struct Ctx {
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Held back by a limit: the rejection reason.
     limited: Option<&'static str>,
-}
-
-/// Whether a header name is one clients must never send upstream:
-/// `x-tenant` or `x-tenant-*`, case-insensitive, `_` counting as `-`.
-pub fn is_tenant_header(name: &str) -> bool {
-    const PREFIX: &[u8] = b"x-tenant";
-    let b = name.as_bytes();
-    if b.len() < PREFIX.len() {
-        return false;
-    }
-    let norm = |c: u8| if c == b'_' { b'-' } else { c.to_ascii_lowercase() };
-    b[..PREFIX.len()].iter().zip(PREFIX).all(|(c, p)| norm(*c) == *p)
-        && (b.len() == PREFIX.len() || norm(b[PREFIX.len()]) == b'-')
-}
-
-/// A client-supplied request id we are willing to pass on.
-fn acceptable_request_id(v: &str) -> bool {
-    !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
-}
-
-fn new_request_id() -> String {
-    let mut hex = [0u8; 32];
-    // 16 bytes always fit 32 hex digits.
-    let _ = hex::encode_to_slice(rand::random::<u128>().to_be_bytes(), &mut hex);
-    String::from_utf8_lossy(&hex).into_owned()
-}
-
-/// Whether `name` carries exactly one value and it is `value` (then setting
-/// it would change nothing and the header-map work can be skipped).
-fn already(req: &RequestHeader, name: impl http::header::AsHeaderName, value: &str) -> bool {
-    let mut all = req.headers.get_all(name).iter();
-    matches!((all.next(), all.next()), (Some(v), None) if v.as_bytes() == value.as_bytes())
 }
 
 impl Gateway {
@@ -267,75 +217,6 @@ impl Gateway {
     fn trusted(&self, ip: Option<IpAddr>) -> bool {
         ip.is_some_and(|ip| self.trusted_proxies.iter().any(|n| n.contains(&ip)))
     }
-
-    /// X-Forwarded-*, Forwarded: overwritten, unless the peer is a trusted proxy
-    /// (then appended to / kept).
-    fn forwarding_headers(&self, req: &mut RequestHeader, ip: Option<IpAddr>, host: &str, tls: bool) -> Result<()> {
-        let scheme = if tls { "https" } else { "http" };
-        let trusted = self.trusted(ip);
-        let set = self.forward;
-        // What an untrusted client sent is overwritten (or, for a header
-        // not set, removed), so only a trusted peer's values are read at all.
-        let existing = |req: &RequestHeader, name: &str| -> Option<String> {
-            if !trusted {
-                return None;
-            }
-            let vals: Vec<&str> = req
-                .headers
-                .get_all(name)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            (!vals.is_empty()).then(|| vals.join(", "))
-        };
-        let unset = |req: &mut RequestHeader, name: &str| {
-            if !trusted && req.headers.contains_key(name) {
-                req.remove_header(name);
-            }
-        };
-        // Built once, moved into X-Forwarded-For last.
-        let ip_text = match set.forwarded || set.x_for {
-            true => ip.map(|i| i.to_string()).unwrap_or_else(|| "unknown".into()),
-            false => String::new(),
-        };
-        if set.forwarded {
-            let mine = match ip {
-                Some(IpAddr::V6(v6)) => format!("for=\"[{v6}]\";host={host};proto={scheme}"),
-                _ => format!("for={ip_text};host={host};proto={scheme}"),
-            };
-            let fwd = match existing(req, "forwarded") {
-                Some(prev) => format!("{prev}, {mine}"),
-                None => mine,
-            };
-            req.insert_header("forwarded", fwd)?;
-        } else {
-            unset(req, "forwarded");
-        }
-        if set.x_for {
-            let xff = match existing(req, "x-forwarded-for") {
-                Some(prev) => format!("{prev}, {ip_text}"),
-                None => ip_text,
-            };
-            req.insert_header("x-forwarded-for", xff)?;
-        } else {
-            unset(req, "x-forwarded-for");
-        }
-        if set.x_proto {
-            match existing(req, "x-forwarded-proto") {
-                Some(prev) => req.insert_header("x-forwarded-proto", prev)?,
-                None => req.insert_header("x-forwarded-proto", scheme)?,
-            }
-        } else {
-            unset(req, "x-forwarded-proto");
-        }
-        if set.x_host {
-            req.insert_header("x-forwarded-host", host)?;
-        } else if req.headers.contains_key("x-forwarded-host") {
-            // Never the client's own: a trusted peer's is replaced by the Host we route on.
-            req.remove_header("x-forwarded-host");
-        }
-        Ok(())
-    }
 }
 
 #[async_trait]
@@ -367,17 +248,11 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.metrics.requests_in_flight.inc();
         ctx.in_flight = true;
-        ctx.request_id = session
-            .req_header()
-            .headers
-            .get("x-request-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| acceptable_request_id(v))
-            .map(str::to_owned)
-            .unwrap_or_else(new_request_id);
+        ctx.request_id = headers::request_id(&session.req_header().headers);
 
         // Gather the facts, ask `decide`, act.
-        let host = match host::request_host(session.req_header()) {
+        let req = session.req_header();
+        let host = match host::request_host(&req.headers, &req.uri) {
             Ok(h) => Some(h),
             Err(e) => {
                 tracing::debug!(error = %e, request_id = %ctx.request_id, "bad host");
@@ -529,49 +404,44 @@ impl ProxyHttp for Gateway {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        // 1. No client-supplied tenant header survives, whatever its spelling.
-        let doomed: Vec<http::HeaderName> = req
-            .headers
-            .keys()
-            .filter(|n| is_tenant_header(n.as_str()))
-            .cloned()
-            .collect();
-        for name in doomed {
-            req.remove_header(&name);
-        }
         let host = ctx.host.as_deref().unwrap_or_default();
-        self.forwarding_headers(req, Self::client_ip(session), host, ctx.tls)?;
-        // A client's own acceptable id is already there as the only one.
-        if !already(req, "x-request-id", &ctx.request_id) {
-            req.insert_header("x-request-id", ctx.request_id.as_str())?;
-        }
-        // 2. Origin-form URI and the normalised Host, exactly what is signed.
-        if req.uri.authority().is_some() {
-            let pq = req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-            let uri: http::Uri = pq
-                .parse()
-                .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad request target"))?;
+        let ip = Self::client_ip(session);
+        let mut edits = Vec::with_capacity(8);
+        headers::upstream(
+            &req.headers,
+            &headers::Upstream {
+                peer: ip,
+                trusted: self.trusted(ip),
+                host,
+                tls: ctx.tls,
+                forward: self.forward,
+                request_id: &ctx.request_id,
+            },
+            &mut edits,
+        );
+        if let Some(target) = headers::origin_form(&req.uri) {
+            let uri = target.map_err(|()| Error::explain(ErrorType::InvalidHTTPHeader, "bad request target"))?;
             req.set_uri(uri);
         }
-        if !already(req, HOST, host) {
-            req.insert_header(HOST, host)?;
-        }
-        // 3. The stamp.
         if let Some(tenant) = &ctx.tenant {
-            // The wire form: the schema name itself unless it has characters
-            // a header cannot carry as is (docs/stamp.md, "Tenant names").
-            let wire = stamp::encode_tenant(tenant.schema());
-            let sig = self.signer.sign(
-                &stamp::Request {
-                    tenant: &wire,
-                    method: req.method.as_str(),
-                    host,
-                    path: req.uri.path(),
-                },
-                crate::clock::unix_secs(),
-            );
-            req.insert_header(stamp::TENANT_HEADER, &*wire)?;
-            req.insert_header(stamp::SIGNATURE_HEADER, sig)?;
+            let now = crate::clock::unix_secs();
+            edits.extend(headers::stamp(
+                &self.signer,
+                tenant.schema(),
+                req.method.as_str(),
+                host,
+                req.uri.path(),
+                now,
+            ));
+        }
+        for edit in edits {
+            match edit {
+                Edit::Remove(name) => {
+                    req.remove_header(&name);
+                }
+                Edit::Set(name, Cow::Borrowed(value)) => req.insert_header(name, value)?,
+                Edit::Set(name, Cow::Owned(value)) => req.insert_header(name, value)?,
+            }
         }
         Ok(())
     }
@@ -644,45 +514,5 @@ impl ProxyHttp for Gateway {
             request_id = %ctx.request_id,
             error = %e.map(|e| e.to_string()).as_deref().unwrap_or("-"),
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn tenant_header_spellings() {
-        for yes in [
-            "x-tenant",
-            "X-Tenant",
-            "x_tenant",
-            "X_TENANT",
-            "x-tenant-signature",
-            "x_tenant_id",
-            "x-tenant_",
-            "x-tenant-",
-        ] {
-            assert!(is_tenant_header(yes), "{yes}");
-        }
-        for no in [
-            "x-tenants",
-            "x-tenantx",
-            "tenant",
-            "x-forwarded-for",
-            "x-ten",
-            "xx-tenant",
-        ] {
-            assert!(!is_tenant_header(no), "{no}");
-        }
-    }
-
-    #[test]
-    fn request_ids() {
-        assert!(acceptable_request_id("abc-123"));
-        assert!(!acceptable_request_id(""));
-        assert!(!acceptable_request_id("has space"));
-        assert!(!acceptable_request_id(&"a".repeat(129)));
-        assert_eq!(new_request_id().len(), 32);
     }
 }

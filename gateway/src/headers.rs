@@ -1,0 +1,491 @@
+//! Header policy of the request path, as pure functions over `http` types:
+//! which client headers never reach a backend (every spelling of
+//! `X-Tenant*`), the forwarding headers and their values (overwritten for
+//! clients, appended to for trusted proxies), the request id (the client's
+//! if acceptable, else a new one), the normalised `Host`, the origin-form
+//! request target, and the stamp (`X-Tenant` + signature over exactly what
+//! is forwarded).
+//!
+//! The policy reads the client's headers and returns [`Edit`]s; `proxy.rs`
+//! applies them to Pingora's request header (whose `insert_header` and
+//! `remove_header` keep its header-case map in step, which editing the
+//! `http::HeaderMap` directly would not). Edits that would change nothing
+//! (the client's own acceptable request id, an already-normalised `Host`)
+//! are left out: each header write costs about 1,600 instructions.
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use http::header::HOST;
+use http::{HeaderMap, HeaderName, Uri};
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// One change to the request header sent upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edit<'a> {
+    /// Remove every value of this header.
+    Remove(HeaderName),
+    /// Replace every value of this header with this one.
+    Set(&'static str, Cow<'a, str>),
+}
+
+/// The forwarding headers set on each request (`headers.forward`); the
+/// others are only removed from what the client sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    pub forwarded: bool,
+    pub x_for: bool,
+    pub x_proto: bool,
+    pub x_host: bool,
+}
+
+impl Forward {
+    pub fn from_config(kinds: &[crate::config::ForwardHeader]) -> Forward {
+        use crate::config::ForwardHeader as H;
+        Forward {
+            forwarded: kinds.contains(&H::Forwarded),
+            x_for: kinds.contains(&H::XForwardedFor),
+            x_proto: kinds.contains(&H::XForwardedProto),
+            x_host: kinds.contains(&H::XForwardedHost),
+        }
+    }
+
+    /// All four (the default).
+    pub const ALL: Forward = Forward {
+        forwarded: true,
+        x_for: true,
+        x_proto: true,
+        x_host: true,
+    };
+}
+
+/// The facts the upstream header policy works from.
+#[derive(Debug, Clone, Copy)]
+pub struct Upstream<'a> {
+    /// The client's address (the TCP peer).
+    pub peer: Option<IpAddr>,
+    /// The peer is one of `headers.trusted_proxies`.
+    pub trusted: bool,
+    /// The normalised host the request was routed on.
+    pub host: &'a str,
+    pub tls: bool,
+    pub forward: Forward,
+    pub request_id: &'a str,
+}
+
+/// Whether a header name is one clients must never send upstream:
+/// `x-tenant` or `x-tenant-*`, case-insensitive, `_` counting as `-`.
+pub fn is_tenant_header(name: &str) -> bool {
+    const PREFIX: &[u8] = b"x-tenant";
+    let b = name.as_bytes();
+    if b.len() < PREFIX.len() {
+        return false;
+    }
+    let norm = |c: u8| if c == b'_' { b'-' } else { c.to_ascii_lowercase() };
+    b[..PREFIX.len()].iter().zip(PREFIX).all(|(c, p)| norm(*c) == *p)
+        && (b.len() == PREFIX.len() || norm(b[PREFIX.len()]) == b'-')
+}
+
+/// A client-supplied request id we are willing to pass on.
+fn acceptable_request_id(v: &str) -> bool {
+    !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
+}
+
+fn new_request_id() -> String {
+    let mut hex = [0u8; 32];
+    // 16 bytes always fit 32 hex digits.
+    let _ = hex::encode_to_slice(rand::random::<u128>().to_be_bytes(), &mut hex);
+    String::from_utf8_lossy(&hex).into_owned()
+}
+
+/// The request's id: the client's `X-Request-Id` if acceptable (1-128
+/// visible ASCII characters), else 32 random hex digits.
+pub fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| acceptable_request_id(v))
+        .map(str::to_owned)
+        .unwrap_or_else(new_request_id)
+}
+
+/// Whether `name` carries exactly one value and it is `value` (then setting
+/// it would change nothing).
+fn already(headers: &HeaderMap, name: impl http::header::AsHeaderName, value: &str) -> bool {
+    let mut all = headers.get_all(name).iter();
+    matches!((all.next(), all.next()), (Some(v), None) if v.as_bytes() == value.as_bytes())
+}
+
+/// Every value of `name` joined with `, ` (a trusted peer's chain), if any.
+fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
+    let vals: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+    (!vals.is_empty()).then(|| vals.join(", "))
+}
+
+/// The edits that turn the client's headers into the ones forwarded
+/// upstream, before the stamp: tenant headers removed, forwarding headers,
+/// request id, `Host`. Appended to `out` in the order to apply them.
+pub fn upstream<'a>(headers: &HeaderMap, u: &Upstream<'a>, out: &mut Vec<Edit<'a>>) {
+    // 1. No client-supplied tenant header survives, whatever its spelling.
+    out.extend(
+        headers
+            .keys()
+            .filter(|n| is_tenant_header(n.as_str()))
+            .map(|n| Edit::Remove(n.clone())),
+    );
+    // 2. Forwarding headers. What an untrusted client sent is overwritten
+    // (or, for a header not set, removed), so only a trusted peer's values
+    // are read at all.
+    let scheme = if u.tls { "https" } else { "http" };
+    let existing = |name: &str| if u.trusted { joined(headers, name) } else { None };
+    let unset = |out: &mut Vec<Edit<'a>>, name: &'static str| {
+        if !u.trusted && headers.contains_key(name) {
+            out.push(Edit::Remove(HeaderName::from_static(name)));
+        }
+    };
+    let set = u.forward;
+    let ip_text = match set.forwarded || set.x_for {
+        true => u.peer.map(|i| i.to_string()).unwrap_or_else(|| "unknown".into()),
+        false => String::new(),
+    };
+    if set.forwarded {
+        let host = u.host;
+        let mine = match u.peer {
+            Some(IpAddr::V6(v6)) => format!("for=\"[{v6}]\";host={host};proto={scheme}"),
+            _ => format!("for={ip_text};host={host};proto={scheme}"),
+        };
+        let value = match existing("forwarded") {
+            Some(prev) => format!("{prev}, {mine}"),
+            None => mine,
+        };
+        out.push(Edit::Set("forwarded", value.into()));
+    } else {
+        unset(out, "forwarded");
+    }
+    if set.x_for {
+        let value = match existing("x-forwarded-for") {
+            Some(prev) => format!("{prev}, {ip_text}"),
+            None => ip_text,
+        };
+        out.push(Edit::Set("x-forwarded-for", value.into()));
+    } else {
+        unset(out, "x-forwarded-for");
+    }
+    if set.x_proto {
+        let value = match existing("x-forwarded-proto") {
+            Some(prev) => Cow::Owned(prev),
+            None => Cow::Borrowed(scheme),
+        };
+        out.push(Edit::Set("x-forwarded-proto", value));
+    } else {
+        unset(out, "x-forwarded-proto");
+    }
+    if set.x_host {
+        out.push(Edit::Set("x-forwarded-host", u.host.into()));
+    } else if headers.contains_key("x-forwarded-host") {
+        // Never the client's own: a trusted peer's is replaced by the Host we route on.
+        out.push(Edit::Remove(HeaderName::from_static("x-forwarded-host")));
+    }
+    // 3. The request id (a client's acceptable one is already there, alone).
+    if !already(headers, REQUEST_ID, u.request_id) {
+        out.push(Edit::Set(REQUEST_ID, u.request_id.into()));
+    }
+    // 4. The normalised Host, exactly what is signed.
+    if !already(headers, HOST, u.host) {
+        out.push(Edit::Set("host", u.host.into()));
+    }
+}
+
+/// The request target as forwarded: origin form (`/path?query`). `None`:
+/// already origin form; `Some(Err(()))`: an absolute form whose path cannot
+/// be a target.
+pub fn origin_form(uri: &Uri) -> Option<Result<Uri, ()>> {
+    uri.authority()?;
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    Some(pq.parse().map_err(|_| ()))
+}
+
+/// The stamp's two headers for a request routed to the tenant with this
+/// schema: `X-Tenant` (the wire form of the name, docs/stamp.md "Tenant
+/// names") and its signature over method, host and path at time `now`.
+pub fn stamp<'a>(
+    signer: &stamp::Signer,
+    schema: &'a str,
+    method: &str,
+    host: &str,
+    path: &str,
+    now: u64,
+) -> [Edit<'a>; 2] {
+    let wire = stamp::encode_tenant(schema);
+    let sig = signer.sign(
+        &stamp::Request {
+            tenant: &wire,
+            method,
+            host,
+            path,
+        },
+        now,
+    );
+    [
+        Edit::Set(stamp::TENANT_HEADER, wire),
+        Edit::Set(stamp::SIGNATURE_HEADER, sig.into()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (n, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(n.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn facts(trusted: bool) -> Upstream<'static> {
+        Upstream {
+            peer: Some("203.0.113.7".parse().unwrap()),
+            trusted,
+            host: "ferrari.myapp.localhost",
+            tls: true,
+            forward: Forward::ALL,
+            request_id: "rid-1",
+        }
+    }
+
+    fn edits(h: &HeaderMap, u: &Upstream<'static>) -> Vec<Edit<'static>> {
+        let mut out = Vec::new();
+        upstream(h, u, &mut out);
+        out
+    }
+
+    fn set<'a>(e: &'a [Edit<'_>], name: &str) -> Option<&'a str> {
+        e.iter().find_map(|e| match e {
+            Edit::Set(n, v) if *n == name => Some(&**v),
+            _ => None,
+        })
+    }
+
+    fn removed(e: &[Edit<'_>]) -> Vec<String> {
+        e.iter()
+            .filter_map(|e| match e {
+                Edit::Remove(n) => Some(n.as_str().to_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn tenant_header_spellings() {
+        for yes in [
+            "x-tenant",
+            "X-Tenant",
+            "x_tenant",
+            "X_TENANT",
+            "x-tenant-signature",
+            "x_tenant_id",
+            "x-tenant_",
+            "x-tenant-",
+        ] {
+            assert!(is_tenant_header(yes), "{yes}");
+        }
+        for no in [
+            "x-tenants",
+            "x-tenantx",
+            "tenant",
+            "x-forwarded-for",
+            "x-ten",
+            "xx-tenant",
+        ] {
+            assert!(!is_tenant_header(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn request_ids() {
+        assert!(acceptable_request_id("abc-123"));
+        assert!(!acceptable_request_id(""));
+        assert!(!acceptable_request_id("has space"));
+        assert!(!acceptable_request_id(&"a".repeat(129)));
+        assert_eq!(request_id(&map(&[("x-request-id", "abc-123")])), "abc-123");
+        let fresh = request_id(&map(&[("x-request-id", &"a".repeat(129))]));
+        assert_eq!(fresh.len(), 32);
+        assert!(fresh.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(request_id(&HeaderMap::new()), request_id(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn client_tenant_headers_are_removed_in_every_spelling() {
+        let h = map(&[
+            ("x-tenant", "mclaren"),
+            ("x_tenant_signature", "forged"),
+            ("X-Tenant-Id", "7"),
+            ("x-tenants", "kept"),
+        ]);
+        let e = edits(&h, &facts(true));
+        let gone = removed(&e);
+        for name in ["x-tenant", "x_tenant_signature", "x-tenant-id"] {
+            assert!(gone.contains(&name.to_owned()), "{name} in {gone:?}");
+        }
+        assert!(!gone.contains(&"x-tenants".to_owned()));
+    }
+
+    #[test]
+    fn an_untrusted_clients_forwarding_headers_are_overwritten() {
+        let h = map(&[
+            ("x-forwarded-for", "10.9.9.9"),
+            ("forwarded", "for=10.9.9.9"),
+            ("x-forwarded-proto", "gopher"),
+            ("x-forwarded-host", "mclaren.myapp.localhost"),
+        ]);
+        let e = edits(&h, &facts(false));
+        assert_eq!(set(&e, "x-forwarded-for"), Some("203.0.113.7"));
+        assert_eq!(
+            set(&e, "forwarded"),
+            Some("for=203.0.113.7;host=ferrari.myapp.localhost;proto=https")
+        );
+        assert_eq!(set(&e, "x-forwarded-proto"), Some("https"));
+        assert_eq!(set(&e, "x-forwarded-host"), Some("ferrari.myapp.localhost"));
+    }
+
+    #[test]
+    fn a_trusted_proxys_chain_is_appended_to() {
+        let h = map(&[
+            ("x-forwarded-for", "198.51.100.1"),
+            ("x-forwarded-for", "198.51.100.2"),
+            ("forwarded", "for=198.51.100.1"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "elsewhere.test"),
+        ]);
+        let mut u = facts(true);
+        u.tls = false;
+        let e = edits(&h, &u);
+        assert_eq!(
+            set(&e, "x-forwarded-for"),
+            Some("198.51.100.1, 198.51.100.2, 203.0.113.7")
+        );
+        assert_eq!(
+            set(&e, "forwarded"),
+            Some("for=198.51.100.1, for=203.0.113.7;host=ferrari.myapp.localhost;proto=http")
+        );
+        // The proxy in front terminated TLS: its scheme is kept.
+        assert_eq!(set(&e, "x-forwarded-proto"), Some("https"));
+        // Never anyone's host but the one routed on.
+        assert_eq!(set(&e, "x-forwarded-host"), Some("ferrari.myapp.localhost"));
+    }
+
+    #[test]
+    fn ipv6_peers_are_quoted_in_forwarded() {
+        let mut u = facts(false);
+        u.peer = Some("2001:db8::1".parse().unwrap());
+        let e = edits(&HeaderMap::new(), &u);
+        assert_eq!(
+            set(&e, "forwarded"),
+            Some("for=\"[2001:db8::1]\";host=ferrari.myapp.localhost;proto=https")
+        );
+        assert_eq!(set(&e, "x-forwarded-for"), Some("2001:db8::1"));
+    }
+
+    #[test]
+    fn forwarding_headers_left_out_are_still_stripped() {
+        let h = map(&[
+            ("x-forwarded-for", "10.9.9.9"),
+            ("forwarded", "for=10.9.9.9"),
+            ("x-forwarded-proto", "gopher"),
+            ("x-forwarded-host", "mclaren.myapp.localhost"),
+        ]);
+        let none = Forward {
+            forwarded: false,
+            x_for: false,
+            x_proto: false,
+            x_host: false,
+        };
+        let mut u = facts(false);
+        u.forward = none;
+        let e = edits(&h, &u);
+        let mut gone = removed(&e);
+        gone.sort();
+        assert_eq!(
+            gone,
+            ["forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto"]
+        );
+        assert!(e
+            .iter()
+            .all(|e| !matches!(e, Edit::Set(n, _) if n.starts_with("x-forwarded") || *n == "forwarded")));
+        // A trusted peer's are passed on, except the host.
+        u.trusted = true;
+        let gone = removed(&edits(&h, &u));
+        assert_eq!(gone, ["x-forwarded-host"]);
+    }
+
+    #[test]
+    fn request_id_and_host_are_written_only_when_they_change() {
+        let u = facts(false);
+        let same = map(&[("x-request-id", "rid-1"), ("host", "ferrari.myapp.localhost")]);
+        let e = edits(&same, &u);
+        assert_eq!(set(&e, "x-request-id"), None);
+        assert_eq!(set(&e, "host"), None);
+        for differs in [
+            map(&[("x-request-id", "other"), ("host", "Ferrari.MyApp.localhost:80")]),
+            map(&[
+                ("x-request-id", "rid-1"),
+                ("x-request-id", "rid-1"),
+                ("host", "ferrari.myapp.localhost"),
+                ("host", "ferrari.myapp.localhost"),
+            ]),
+            HeaderMap::new(),
+        ] {
+            let e = edits(&differs, &u);
+            assert_eq!(set(&e, "x-request-id"), Some("rid-1"));
+            assert_eq!(set(&e, "host"), Some("ferrari.myapp.localhost"));
+        }
+    }
+
+    #[test]
+    fn removals_come_before_the_values_that_replace_them() {
+        let h = map(&[("x-tenant", "mclaren")]);
+        let e = edits(&h, &facts(false));
+        assert!(matches!(e[0], Edit::Remove(_)));
+        assert!(e[1..].iter().all(|e| matches!(e, Edit::Set(..))));
+    }
+
+    #[test]
+    fn request_targets_become_origin_form() {
+        assert_eq!(origin_form(&"/a?b=1".parse().unwrap()), None);
+        assert_eq!(
+            origin_form(&"http://ferrari.myapp.localhost/a?b=1".parse().unwrap()),
+            Some(Ok("/a?b=1".parse().unwrap()))
+        );
+        assert_eq!(
+            origin_form(&"http://ferrari.myapp.localhost".parse().unwrap()),
+            Some(Ok("/".parse().unwrap()))
+        );
+    }
+
+    #[test]
+    fn the_stamp_signs_what_is_forwarded() {
+        let secret = b"0123456789abcdef0123456789abcdef".to_vec();
+        let signer = stamp::Signer::new(stamp::Key::new("k1", secret.clone()).unwrap());
+        let verifier = stamp::Verifier::new(vec![stamp::Key::new("k1", secret).unwrap()], 30).unwrap();
+        let [tenant, sig] = stamp(&signer, "ferrari", "GET", "ferrari.myapp.localhost", "/x", 1_000);
+        assert_eq!(tenant, Edit::Set(stamp::TENANT_HEADER, "ferrari".into()));
+        let Edit::Set(name, sig) = sig else { panic!("set") };
+        assert_eq!(name, stamp::SIGNATURE_HEADER);
+        let host = "ferrari.myapp.localhost";
+        let ok = verifier.verify(&["ferrari"], &[&sig], "GET", host, "/x", 1_000);
+        assert_eq!(ok.unwrap(), "ferrari");
+        assert!(verifier
+            .verify(&["ferrari"], &[&sig], "GET", host, "/y", 1_000)
+            .is_err());
+        assert!(verifier
+            .verify(&["mclaren"], &[&sig], "GET", host, "/x", 1_000)
+            .is_err());
+    }
+}
