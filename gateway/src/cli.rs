@@ -210,7 +210,7 @@ fn acme_cmd(path: &std::path::Path, cmd: AcmeCmd) -> anyhow::Result<()> {
     rt.block_on(async {
         let db = sqlx::postgres::PgPoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(Duration::from_millis(cfg.database.connect_timeout_ms.max(2000)))
+            .acquire_timeout(cfg.database.connect_timeout.max(Duration::from_secs(2)))
             .connect(&secrets.database_url)
             .await
             .context("cannot connect to PostgreSQL")?;
@@ -243,7 +243,7 @@ fn hostnames_cmd(path: &std::path::Path, cmd: HostnamesCmd) -> anyhow::Result<()
     let v = rt.block_on(async {
         let db = sqlx::postgres::PgPoolOptions::new()
             .max_connections(1)
-            .acquire_timeout(Duration::from_millis(cfg.database.connect_timeout_ms.max(2000)))
+            .acquire_timeout(cfg.database.connect_timeout.max(Duration::from_secs(2)))
             .connect(&secrets.database_url)
             .await
             .context("cannot connect to PostgreSQL")?;
@@ -477,8 +477,8 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
     let lookup = tenant::lookup::Lookup::new(
         secrets.lookup_url.as_deref().unwrap_or(&secrets.database_url),
         cfg.database.max_connections,
-        Duration::from_millis(cfg.database.connect_timeout_ms),
-        Duration::from_millis(cfg.database.query_timeout_ms),
+        cfg.database.connect_timeout,
+        cfg.database.query_timeout,
         cfg.database.lookup_nice,
     )
     .context("config key `database.url_env`")?
@@ -491,7 +491,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         Some(_) => lookup
             .with_replica(
                 &secrets.database_url,
-                Duration::from_millis(cfg.database.connect_timeout_ms),
+                cfg.database.connect_timeout,
                 metrics.lookup_primary_fallbacks.clone(),
             )
             .context("config key `database.url_env`")?,
@@ -505,23 +505,12 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
     let cache = Arc::new(TenantCache::new(
         lookup.clone(),
         &cfg.tenant.cache,
-        Duration::from_millis(cfg.database.lookup_deadline_ms),
+        cfg.database.lookup_deadline,
         metrics.clone(),
     ));
-    let trusted_proxies = cfg
-        .headers
-        .trusted_proxies
-        .iter()
-        .map(|s| {
-            s.parse::<ipnet::IpNet>()
-                .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .context("config key `headers.trusted_proxies`")?;
-
     let conf = ServerConf {
         threads: cfg.listen.threads,
-        grace_period_seconds: Some(cfg.listen.shutdown_grace_secs),
+        grace_period_seconds: Some(cfg.listen.shutdown_grace.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
         work_stealing: cfg.listen.work_stealing,
         upgrade_sock: cfg.listen.upgrade_sock.display().to_string(),
@@ -547,10 +536,10 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
     let per_ip = conn::limits::PerIp::new(max_per_ip);
     let drain = Arc::new(conn::drain::Drain::default());
     let timeouts = conn::deadline::Timeouts {
-        head: Duration::from_millis(cfg.limits.request_head_timeout_ms),
-        idle: Duration::from_millis(cfg.limits.idle_timeout_ms),
+        head: cfg.limits.request_head_timeout,
+        idle: cfg.limits.idle_timeout,
         min_body_rate: cfg.limits.min_body_rate,
-        body_grace: Duration::from_millis(cfg.limits.body_rate_grace_ms),
+        body_grace: cfg.limits.body_rate_grace,
     };
     // Upgrading: the sockets come from the previous process instead.
     let http_socket = match upgrade {
@@ -588,7 +577,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         let db = tenant::lookup::lazy_pool(
             opts.application_name("tenant-gateway-acme"),
             4,
-            Duration::from_millis(cfg.database.connect_timeout_ms),
+            cfg.database.connect_timeout,
         );
         Some(Arc::new(
             tls::acme::Acme::new(
@@ -609,7 +598,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
     let hostnames = if cfg.custom_domains.required() {
         let opts: sqlx::postgres::PgConnectOptions =
             secrets.database_url.parse().context("config key `database.url_env`")?;
-        let connect = Duration::from_millis(cfg.database.connect_timeout_ms);
+        let connect = cfg.database.connect_timeout;
         let db = tenant::lookup::lazy_pool(opts.clone().application_name("tenant-gateway-hostnames"), 4, connect);
         let listen_db = tenant::lookup::lazy_pool(opts.application_name("tenant-gateway-hostnames-listen"), 1, connect);
         let checker =
@@ -642,7 +631,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         signer: secrets.signer,
         strip_www: cfg.strip_www(),
         base_domains: cfg.tenant.base_domains.clone(),
-        trusted_proxies,
+        trusted_proxies: cfg.headers.trusted_proxies.clone(),
         forward: crate::headers::Forward::from_config(&cfg.headers.forward),
         metrics: metrics.clone(),
         tls: tls_routing,
@@ -670,7 +659,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
                     .context("building the TLS server config")?,
                 store: cert_store.clone(),
                 acme: acme.clone(),
-                timeout: Duration::from_millis(cfg.tls.handshake_timeout_ms),
+                timeout: cfg.tls.handshake_timeout,
                 metrics: metrics.clone(),
             }),
             limits: conn::limits::ConnLimits::new(max_total, per_ip.clone()),
@@ -724,9 +713,9 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
             database_url: secrets.database_url,
             channel: cfg.tenant.notify_channel.clone(),
             listen_timing: tenant::invalidate::ListenTiming {
-                connect_timeout: Duration::from_millis(cfg.database.connect_timeout_ms),
-                health_interval: Duration::from_millis(cfg.database.health_check_interval_ms),
-                health_timeout: Duration::from_millis(cfg.database.health_check_timeout_ms),
+                connect_timeout: cfg.database.connect_timeout,
+                health_interval: cfg.database.health_check_interval,
+                health_timeout: cfg.database.health_check_timeout,
                 track_lsn: secrets.lookup_url.is_some(),
             },
             acme,

@@ -6,9 +6,14 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use crate::config::{PagesConfig, PAGE_KINDS};
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+use crate::config::PagesConfig;
+
+/// The gateway's pages; in the config (`[pages.custom.<kind>]`) by their
+/// [`PageKind::name`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum PageKind {
     BadRequest,
     NotFound,
@@ -111,7 +116,6 @@ pub struct PageError {
 
 impl Pages {
     pub fn load(cfg: &PagesConfig) -> Result<Pages, PageError> {
-        debug_assert_eq!(PAGE_KINDS.len(), PageKind::all().len());
         let mut pages = HashMap::new();
         for kind in PageKind::all() {
             let status = match kind {
@@ -137,7 +141,7 @@ impl Pages {
                 "{{\"error\":\"{}\",\"status\":{status},\"message\":\"{text}\"}}\n",
                 kind.name()
             ));
-            if let Some(files) = cfg.custom.get(kind.name()) {
+            if let Some(files) = cfg.custom.get(&kind) {
                 let read = |field: &'static str, p: &std::path::Path| {
                     std::fs::read(p).map(Bytes::from).map_err(|source| PageError {
                         kind: kind.name(),
@@ -180,6 +184,15 @@ pub fn wants_json(accept: Option<&str>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn config_names_are_the_page_names() {
+        for kind in PageKind::all() {
+            let toml = format!("{} = 1", kind.name());
+            let parsed: std::collections::BTreeMap<PageKind, u8> = toml::from_str(&toml).unwrap();
+            assert_eq!(parsed.keys().next(), Some(&kind));
+        }
+    }
 
     #[test]
     fn accept_negotiation() {

@@ -1,7 +1,11 @@
-//! Typed gateway configuration (`config/gateway.toml`). Every default lives in
-//! this file; `validate` refuses a bad config with the offending key named.
-//! Secrets (database URL, stamp key) are read from environment variables
-//! whose names the config gives.
+//! Typed gateway configuration (`config/gateway.toml`). The file is read
+//! straight into the typed model (`Duration`s from the `_ms`/`_secs` keys,
+//! `SocketAddr`s, `IpNet`s, enums: adapters in `units`), so a value of the
+//! wrong form is refused with its key's path and runtime code never
+//! converts; `validate` then checks the model as a whole and reports every
+//! problem with its key. Every default lives in this file. Secrets
+//! (database URL, stamp key) are read from environment variables whose
+//! names the config gives.
 //!
 //! Size: this file is the file schema, every section's struct with its
 //! defaults and a doc comment per key, kept in one place so the whole file
@@ -11,10 +15,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
 
 use serde::{Deserialize, Serialize};
 
 mod preset;
+pub(crate) mod units;
 mod validate;
 
 use preset::{DjangoSql, DEFAULT_ACME_DOMAINS, DEFAULT_LOOKUP};
@@ -82,7 +90,8 @@ pub struct ListenConfig {
     /// 20-25 % less CPU per request in `bench/` (see bench/RESULTS.md).
     pub work_stealing: bool,
     /// Seconds in-flight requests get to finish after SIGTERM.
-    pub shutdown_grace_secs: u64,
+    #[serde(rename = "shutdown_grace_secs", with = "units::secs")]
+    pub shutdown_grace: Duration,
     /// Unix socket over which a running gateway hands its listening sockets
     /// to a new one started with `--upgrade` (on SIGQUIT). One per gateway
     /// on a host.
@@ -103,18 +112,23 @@ pub struct DatabaseConfig {
     pub lookup_prepared_statements: bool,
     pub max_connections: u32,
     /// Bound on acquiring a connection (fails fast while the database is down).
-    pub connect_timeout_ms: u64,
+    #[serde(rename = "connect_timeout_ms", with = "units::ms")]
+    pub connect_timeout: Duration,
     /// `statement_timeout` for the lookup query.
-    pub query_timeout_ms: u64,
+    #[serde(rename = "query_timeout_ms", with = "units::ms")]
+    pub query_timeout: Duration,
     /// Client-side bound on one whole lookup (waiting for a connection and
     /// the query): past it the request gets the 503 page, whatever the
     /// server does (`statement_timeout` needs a server that answers).
-    pub lookup_deadline_ms: u64,
+    #[serde(rename = "lookup_deadline_ms", with = "units::ms")]
+    pub lookup_deadline: Duration,
     /// How often the invalidation listener's connection is probed with a
     /// query (a partitioned database is noticed within interval + timeout).
-    pub health_check_interval_ms: u64,
+    #[serde(rename = "health_check_interval_ms", with = "units::ms")]
+    pub health_check_interval: Duration,
     /// Deadline of that probe.
-    pub health_check_timeout_ms: u64,
+    #[serde(rename = "health_check_timeout_ms", with = "units::ms")]
+    pub health_check_timeout: Duration,
     /// Niceness (0-19) of the thread that runs lookups of uncached names.
     /// When the CPU is saturated, requests for cached tenants then come
     /// first and a flood of unknown names slows down only itself.
@@ -201,7 +215,7 @@ pub fn quoted_ident(name: &str) -> Option<String> {
 }
 
 /// Upper bound of the cache's time settings (its clock is 32-bit).
-pub const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
+pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -210,10 +224,13 @@ pub struct CacheConfig {
     pub max_entries: u64,
     /// Bound on cached unknown hosts (separate, so floods cannot evict tenants).
     pub negative_max_entries: u64,
-    pub positive_ttl_secs: u64,
-    pub negative_ttl_secs: u64,
+    #[serde(rename = "positive_ttl_secs", with = "units::secs")]
+    pub positive_ttl: Duration,
+    #[serde(rename = "negative_ttl_secs", with = "units::secs")]
+    pub negative_ttl: Duration,
     /// While the database is unreachable, serve cached tenants up to this age.
-    pub max_stale_secs: u64,
+    #[serde(rename = "max_stale_secs", with = "units::secs")]
+    pub max_stale: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -228,7 +245,8 @@ pub struct StampConfig {
 pub struct HeadersConfig {
     /// Peers (CIDRs) whose X-Forwarded-* / Forwarded headers are appended to
     /// rather than overwritten.
-    pub trusted_proxies: Vec<String>,
+    #[serde(with = "units::nets")]
+    pub trusted_proxies: Vec<IpNet>,
     /// Forwarding headers the gateway sets. One left out is still removed
     /// from what the client sent (never passed on unchecked); each costs
     /// about 1,600 instructions per request (bench/RESULTS.md).
@@ -265,10 +283,11 @@ pub enum ForwardHeader {
 pub struct PagesConfig {
     /// Status for tombstoned tenants: 404 (default, reveals nothing) or 410.
     pub deleted_status: u16,
-    /// Replace the built-in page bodies: one entry per kind
-    /// (`bad_request`, `not_found`, `suspended`, `deleted`, `unavailable`, `misdirected`, `bad_gateway`,
-    /// `gateway_timeout`, `misconfigured`).
-    pub custom: BTreeMap<String, PageFiles>,
+    /// Replace the built-in page bodies: one entry per kind (`bad_request`,
+    /// `not_found`, `suspended`, `deleted`, `unavailable`, `misdirected`,
+    /// `bad_gateway`, `gateway_timeout`, `misconfigured`, `rate_limited`,
+    /// `unverified`, `busy`).
+    pub custom: BTreeMap<crate::pages::PageKind, PageFiles>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -333,12 +352,16 @@ pub struct AcmeConfig {
     /// only. Default: derived from `tenant.preset` (see `Config::acme_domains_query`).
     pub domains_query: Option<String>,
     /// How often to look for missing, expiring or due-for-retry certificates.
-    pub check_interval_secs: u64,
+    #[serde(rename = "check_interval_secs", with = "units::secs")]
+    pub check_interval: Duration,
     /// How long a handshake for an eligible name without a certificate waits.
-    pub on_demand_timeout_ms: u64,
+    #[serde(rename = "on_demand_timeout_ms", with = "units::ms")]
+    pub on_demand_timeout: Duration,
     /// Retry backoff after a failed order: base doubling per failure, capped, with jitter.
-    pub retry_base_secs: u64,
-    pub retry_max_secs: u64,
+    #[serde(rename = "retry_base_secs", with = "units::secs")]
+    pub retry_base: Duration,
+    #[serde(rename = "retry_max_secs", with = "units::secs")]
+    pub retry_max: Duration,
     /// New orders allowed per hour, across all names.
     pub orders_per_hour: u32,
     /// New orders allowed per week per registered domain (Let's Encrypt allows 50).
@@ -347,7 +370,8 @@ pub struct AcmeConfig {
     pub max_concurrent_orders: u32,
     /// How long a retired certificate (its name removed: no longer
     /// presented) stays stored before it is deleted.
-    pub removed_certificate_grace_secs: u64,
+    #[serde(rename = "removed_certificate_grace_secs", with = "units::secs")]
+    pub removed_certificate_grace: Duration,
     /// Issued certificates kept in memory (the rest load from the database
     /// at their first handshake).
     pub certificate_cache_size: usize,
@@ -364,14 +388,14 @@ impl Default for AcmeConfig {
             challenges: vec![ChallengeKind::Http01, ChallengeKind::TlsAlpn01],
             key_env: "TG_CERT_KEY".into(),
             domains_query: None,
-            check_interval_secs: 60,
-            on_demand_timeout_ms: 10_000,
-            retry_base_secs: 60,
-            retry_max_secs: 86_400,
+            check_interval: Duration::from_secs(60),
+            on_demand_timeout: Duration::from_millis(10_000),
+            retry_base: Duration::from_secs(60),
+            retry_max: Duration::from_secs(86_400),
             orders_per_hour: 50,
             orders_per_domain_per_week: 20,
             max_concurrent_orders: 4,
-            removed_certificate_grace_secs: 86_400,
+            removed_certificate_grace: Duration::from_secs(86_400),
             certificate_cache_size: 10_000,
         }
     }
@@ -399,14 +423,17 @@ pub struct LimitsConfig {
     pub max_connections_per_ip: Option<usize>,
     /// From accept (or a keep-alive request's first byte) to the end of the
     /// request head; past it the connection is cut.
-    pub request_head_timeout_ms: u64,
+    #[serde(rename = "request_head_timeout_ms", with = "units::ms")]
+    pub request_head_timeout: Duration,
     /// A keep-alive connection with no next request is closed after this.
-    pub idle_timeout_ms: u64,
+    #[serde(rename = "idle_timeout_ms", with = "units::ms")]
+    pub idle_timeout: Duration,
     /// Minimum average request-body rate in bytes per second, counting only
     /// time spent waiting for the client; 0 disables.
     pub min_body_rate: u64,
     /// Waiting time a body may take before the minimum rate applies.
-    pub body_rate_grace_ms: u64,
+    #[serde(rename = "body_rate_grace_ms", with = "units::ms")]
+    pub body_rate_grace: Duration,
     /// Per-tenant fairness defaults (a tenant's row may override them).
     pub tenant: TenantLimitsConfig,
     /// Per client address within a tenant.
@@ -425,7 +452,8 @@ pub struct TenantLimitsConfig {
     /// Requests in flight to the backends; 0: unlimited.
     pub max_concurrent: u32,
     /// How long a request over max_concurrent waits for a slot before 503.
-    pub queue_timeout_ms: u64,
+    #[serde(rename = "queue_timeout_ms", with = "units::ms")]
+    pub queue_timeout: Duration,
     /// Requests of one tenant waiting for a slot at once; more get 503 at once.
     pub max_queued: u32,
 }
@@ -436,7 +464,7 @@ impl Default for TenantLimitsConfig {
             rps: 0,
             burst: None,
             max_concurrent: 0,
-            queue_timeout_ms: 100,
+            queue_timeout: Duration::from_millis(100),
             max_queued: 64,
         }
     }
@@ -458,10 +486,10 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_connections: None,
             max_connections_per_ip: None,
-            request_head_timeout_ms: 10_000,
-            idle_timeout_ms: 60_000,
+            request_head_timeout: Duration::from_millis(10_000),
+            idle_timeout: Duration::from_millis(60_000),
             min_body_rate: 500,
-            body_rate_grace_ms: 10_000,
+            body_rate_grace: Duration::from_millis(10_000),
             tenant: TenantLimitsConfig::default(),
             client: ClientLimitsConfig::default(),
         }
@@ -525,7 +553,8 @@ pub struct TlsConfig {
     pub redirect_exempt: Vec<String>,
     /// TLS session resumption (tickets and a session cache).
     pub session_resumption: bool,
-    pub handshake_timeout_ms: u64,
+    #[serde(rename = "handshake_timeout_ms", with = "units::ms")]
+    pub handshake_timeout: Duration,
 }
 
 impl Default for TlsConfig {
@@ -540,7 +569,7 @@ impl Default for TlsConfig {
             redirect_port: None,
             redirect_exempt: Vec::new(),
             session_resumption: true,
-            handshake_timeout_ms: 10_000,
+            handshake_timeout: Duration::from_millis(10_000),
         }
     }
 }
@@ -549,7 +578,7 @@ impl Default for TlsConfig {
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     /// `host:port` of each backend (plain HTTP).
-    pub backends: Vec<String>,
+    pub backends: Vec<SocketAddr>,
     #[serde(default = "defaults::health_path")]
     pub health_check_path: String,
     /// Host header of the health check (a Django app answers only hosts in
@@ -559,23 +588,30 @@ pub struct PoolConfig {
     /// Statuses that count as healthy.
     #[serde(default = "defaults::health_statuses")]
     pub health_check_statuses: Vec<u16>,
-    #[serde(default = "defaults::health_interval_ms")]
-    pub health_check_interval_ms: u64,
+    #[serde(default = "defaults::health_interval")]
+    #[serde(rename = "health_check_interval_ms", with = "units::ms")]
+    pub health_check_interval: Duration,
     /// Consecutive failures before a backend is ejected / successes before re-admitted.
     #[serde(default = "defaults::health_threshold")]
     pub health_check_threshold: usize,
-    #[serde(default = "defaults::connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
-    #[serde(default = "defaults::read_timeout_ms")]
-    pub read_timeout_ms: u64,
-    #[serde(default = "defaults::write_timeout_ms")]
-    pub write_timeout_ms: u64,
+    #[serde(default = "defaults::connect_timeout")]
+    #[serde(rename = "connect_timeout_ms", with = "units::ms")]
+    pub connect_timeout: Duration,
+    #[serde(default = "defaults::read_timeout")]
+    #[serde(rename = "read_timeout_ms", with = "units::ms")]
+    pub read_timeout: Duration,
+    #[serde(default = "defaults::write_timeout")]
+    #[serde(rename = "write_timeout_ms", with = "units::ms")]
+    pub write_timeout: Duration,
     /// How long an idle upstream keep-alive connection is kept.
-    #[serde(default = "defaults::idle_timeout_secs")]
-    pub idle_timeout_secs: u64,
+    #[serde(default = "defaults::idle_timeout")]
+    #[serde(rename = "idle_timeout_secs", with = "units::secs")]
+    pub idle_timeout: Duration,
 }
 
 mod defaults {
+    use std::time::Duration;
+
     pub(super) fn health_path() -> String {
         "/healthz".into()
     }
@@ -585,23 +621,23 @@ mod defaults {
     pub(super) fn health_statuses() -> Vec<u16> {
         vec![200]
     }
-    pub(super) fn health_interval_ms() -> u64 {
-        1000
+    pub(super) fn health_interval() -> Duration {
+        Duration::from_millis(1000)
     }
     pub(super) fn health_threshold() -> usize {
         2
     }
-    pub(super) fn connect_timeout_ms() -> u64 {
-        1000
+    pub(super) fn connect_timeout() -> Duration {
+        Duration::from_millis(1000)
     }
-    pub(super) fn read_timeout_ms() -> u64 {
-        30_000
+    pub(super) fn read_timeout() -> Duration {
+        Duration::from_millis(30_000)
     }
-    pub(super) fn write_timeout_ms() -> u64 {
-        30_000
+    pub(super) fn write_timeout() -> Duration {
+        Duration::from_millis(30_000)
     }
-    pub(super) fn idle_timeout_secs() -> u64 {
-        60
+    pub(super) fn idle_timeout() -> Duration {
+        Duration::from_secs(60)
     }
 }
 
@@ -612,7 +648,7 @@ impl Default for ListenConfig {
             admin: SocketAddr::from(([127, 0, 0, 1], 9090)),
             threads: 2,
             work_stealing: false,
-            shutdown_grace_secs: 10,
+            shutdown_grace: Duration::from_secs(10),
             upgrade_sock: PathBuf::from("/tmp/tenant-gateway-upgrade.sock"),
         }
     }
@@ -625,11 +661,11 @@ impl Default for DatabaseConfig {
             lookup_url_env: None,
             lookup_prepared_statements: true,
             max_connections: 4,
-            connect_timeout_ms: 1000,
-            query_timeout_ms: 2000,
-            lookup_deadline_ms: 2500,
-            health_check_interval_ms: 1000,
-            health_check_timeout_ms: 2000,
+            connect_timeout: Duration::from_millis(1000),
+            query_timeout: Duration::from_millis(2000),
+            lookup_deadline: Duration::from_millis(2500),
+            health_check_interval: Duration::from_millis(1000),
+            health_check_timeout: Duration::from_millis(2000),
             lookup_nice: 10,
         }
     }
@@ -656,9 +692,9 @@ impl Default for CacheConfig {
         CacheConfig {
             max_entries: 100_000,
             negative_max_entries: 10_000,
-            positive_ttl_secs: 60,
-            negative_ttl_secs: 10,
-            max_stale_secs: 3600,
+            positive_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(10),
+            max_stale: Duration::from_secs(3600),
         }
     }
 }
@@ -683,34 +719,33 @@ impl Default for PagesConfig {
     }
 }
 
-/// The page kinds a config may customise.
-pub const PAGE_KINDS: &[&str] = &[
-    "bad_request",
-    "not_found",
-    "suspended",
-    "deleted",
-    "unavailable",
-    "misdirected",
-    "bad_gateway",
-    "gateway_timeout",
-    "misconfigured",
-    "rate_limited",
-    "unverified",
-    "busy",
-];
-
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        let cfg: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        let cfg = Config::parse(&text).map_err(|message| ConfigError::Parse {
             path: path.display().to_string(),
-            message: e.to_string(),
+            message,
         })?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// The file schema read into the typed model (durations, addresses,
+    /// networks, page kinds, enums); a value of the wrong type or form is
+    /// reported with its key's path (`pools.default.backends[0]: …`).
+    pub fn parse(text: &str) -> Result<Config, String> {
+        let de = toml::Deserializer::new(text);
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            match path.as_str() {
+                "" | "." => inner,
+                _ => format!("config key `{path}`: {inner}"),
+            }
+        })
     }
 
     /// The lookup query in effect.
@@ -741,7 +776,7 @@ impl Config {
                 burst: t.burst.unwrap_or(t.rps).max(1),
                 max_concurrent: t.max_concurrent,
             },
-            queue_timeout: std::time::Duration::from_millis(t.queue_timeout_ms),
+            queue_timeout: t.queue_timeout,
             max_queued: t.max_queued,
             client_rps: c.rps,
             client_burst: c.burst.unwrap_or(c.rps).max(1),

@@ -3,7 +3,7 @@
 use super::*;
 
 fn parse(s: &str) -> Result<Config, String> {
-    let c: Config = toml::from_str(s).map_err(|e| e.to_string())?;
+    let c = Config::parse(s)?;
     c.validate().map_err(|e| e.to_string())?;
     Ok(c)
 }
@@ -14,7 +14,7 @@ const MIN: &str = "[pools.default]\nbackends = [\"127.0.0.1:8081\"]\n";
 fn every_problem_is_reported_with_its_own_key() {
     let bad = "[listen]\nthreads = 0\n[tenant]\nbase_domains = [\"MyApp.com\"]\n\
                [tenant.cache]\nmax_entries = 0\n[pages]\ndeleted_status = 500\n\
-               [custom_domains]\nmax_concurrent_checks = 0\n[pools.default]\nbackends = [\"nope\"]\n";
+               [custom_domains]\nmax_concurrent_checks = 0\n[pools.default]\nbackends = []\n";
     let c: Config = toml::from_str(bad).unwrap();
     let problems = c.problems();
     let keys: Vec<&str> = problems
@@ -29,12 +29,51 @@ fn every_problem_is_reported_with_its_own_key() {
             "tenant.cache.max_entries",
             "pages.deleted_status",
             "custom_domains.max_concurrent_checks",
-            "pools.default.backends[0]"
+            "pools.default.backends"
         ]
     );
     let message = c.validate().unwrap_err().to_string();
     assert!(message.starts_with("6 config keys are wrong:"), "{message}");
     assert!(message.contains("config key `pages.deleted_status`"), "{message}");
+}
+
+#[test]
+fn values_of_the_wrong_form_name_their_key_path() {
+    for (text, path) in [
+        (
+            "[pools.default]\nbackends = [\"127.0.0.1:1\", \"nope\"]\n",
+            "pools.default.backends[1]",
+        ),
+        (
+            &format!("{MIN}[headers]\ntrusted_proxies = [\"10.0.0.1\", \"10.0.0.0/99\"]\n"),
+            "headers.trusted_proxies[1]",
+        ),
+        (
+            &format!("{MIN}[pages.custom.nonsense]\nhtml_file = \"/x\"\n"),
+            "pages.custom",
+        ),
+        (
+            &format!("{MIN}[database]\nconnect_timeout_ms = \"1s\"\n"),
+            "database.connect_timeout_ms",
+        ),
+        (
+            &format!("{MIN}[custom_domains]\ncheck_timeout_ms = -1\n"),
+            "custom_domains.check_timeout_ms",
+        ),
+    ] {
+        let err = Config::parse(text).unwrap_err();
+        assert!(
+            err.starts_with(&format!("config key `{path}")),
+            "expected `{path}` in: {err}"
+        );
+    }
+    let c = Config::parse(&format!(
+        "{MIN}[headers]\ntrusted_proxies = [\"10.0.0.1\", \"fd00::/8\"]\n[database]\nconnect_timeout_ms = 1500\n"
+    ))
+    .unwrap();
+    assert_eq!(c.database.connect_timeout, std::time::Duration::from_millis(1500));
+    let nets: Vec<String> = c.headers.trusted_proxies.iter().map(|n| n.to_string()).collect();
+    assert_eq!(nets, ["10.0.0.1/32", "fd00::/8"]);
 }
 
 #[test]
@@ -55,7 +94,7 @@ fn acme_errors_name_their_own_keys() {
 #[test]
 fn minimal_config_is_valid() {
     let c = parse(MIN).unwrap();
-    assert_eq!(c.tenant.cache.positive_ttl_secs, 60);
+    assert_eq!(c.tenant.cache.positive_ttl, std::time::Duration::from_secs(60));
     assert_eq!(c.pools["default"].health_check_path, "/healthz");
     assert!(c.lookup_query().contains("public.domains"));
     assert!(!c.strip_www());

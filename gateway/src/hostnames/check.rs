@@ -39,7 +39,7 @@ pub struct Checker {
 
 impl Checker {
     pub fn new(cfg: &CustomDomainsConfig) -> Result<Checker, CheckerError> {
-        let timeout = Duration::from_millis(cfg.check_timeout_ms);
+        let timeout = cfg.check_timeout;
         let mut builder = match cfg.resolver {
             Some(addr) => TokioResolver::builder_with_config(
                 ResolverConfig::from_parts(

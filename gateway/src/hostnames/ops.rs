@@ -63,14 +63,7 @@ impl Ops<'_> {
         }
         let claim = self
             .store
-            .add(
-                &name,
-                tenant,
-                method,
-                self.cfg.verification_window_secs,
-                preverified,
-                actor,
-            )
+            .add(&name, tenant, method, self.cfg.verification_window, preverified, actor)
             .await?;
         Ok(self.describe(&claim))
     }
@@ -104,10 +97,7 @@ impl Ops<'_> {
 
     pub async fn retry(&self, raw: &str, actor: &str) -> Result<Value, OpsError> {
         let name = self.name(raw)?;
-        let claim = self
-            .store
-            .retry(&name, self.cfg.verification_window_secs, actor)
-            .await?;
+        let claim = self.store.retry(&name, self.cfg.verification_window, actor).await?;
         Ok(self.describe(&claim))
     }
 

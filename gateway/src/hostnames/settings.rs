@@ -2,6 +2,7 @@
 //! which methods, and how the checks run. Validation names every key.
 
 use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -39,11 +40,14 @@ pub struct CustomDomainsConfig {
     pub http_port: u16,
     /// Longest wait between two checks of a pending claim (they start at
     /// 5 s and double); also how often verified claims are re-examined.
-    pub check_interval_secs: u64,
+    #[serde(rename = "check_interval_secs", with = "crate::config::units::secs")]
+    pub check_interval: Duration,
     /// Bound on one check (DNS queries, or connecting and reading the file).
-    pub check_timeout_ms: u64,
+    #[serde(rename = "check_timeout_ms", with = "crate::config::units::ms")]
+    pub check_timeout: Duration,
     /// How long a claim stays pending before it expires (or fails).
-    pub verification_window_secs: u64,
+    #[serde(rename = "verification_window_secs", with = "crate::config::units::secs")]
+    pub verification_window: Duration,
     /// Checks this gateway runs at once.
     pub max_concurrent_checks: u32,
 }
@@ -57,9 +61,9 @@ impl Default for CustomDomainsConfig {
             cname_addresses: Vec::new(),
             resolver: None,
             http_port: 80,
-            check_interval_secs: 60,
-            check_timeout_ms: 5_000,
-            verification_window_secs: 7 * 86_400,
+            check_interval: Duration::from_secs(60),
+            check_timeout: Duration::from_millis(5_000),
+            verification_window: Duration::from_secs(7 * 86_400),
             max_concurrent_checks: 16,
         }
     }
@@ -98,13 +102,13 @@ impl CustomDomainsConfig {
         if self.http_port == 0 {
             out.push(invalid("http_port", "must be a port number"));
         }
-        if self.check_interval_secs == 0 {
+        if self.check_interval.is_zero() {
             out.push(invalid("check_interval_secs", "must be positive"));
         }
-        if self.check_timeout_ms == 0 {
+        if self.check_timeout.is_zero() {
             out.push(invalid("check_timeout_ms", "must be positive"));
         }
-        if self.verification_window_secs < self.check_interval_secs {
+        if self.verification_window < self.check_interval {
             out.push(invalid(
                 "verification_window_secs",
                 "must be at least check_interval_secs",
@@ -130,7 +134,7 @@ mod tests {
     fn every_problem_is_reported_with_its_key() {
         let c = CustomDomainsConfig {
             methods: vec![Method::Cname, Method::Operator],
-            check_interval_secs: 0,
+            check_interval: Duration::from_secs(0),
             max_concurrent_checks: 0,
             ..CustomDomainsConfig::default()
         };

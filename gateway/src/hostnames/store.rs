@@ -4,6 +4,8 @@
 //! on the tenant channel (every gateway's cache drops it) and an event row
 //! naming who made it.
 
+use std::time::Duration;
+
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
@@ -142,7 +144,7 @@ impl Store {
         name: &str,
         tenant: &str,
         method: Method,
-        window_secs: u64,
+        window: Duration,
         preverified: bool,
         actor: &str,
     ) -> Result<Claim, StoreError> {
@@ -181,7 +183,7 @@ impl Store {
         .bind(status.as_str())
         .bind(method.as_str())
         .bind(policy::new_token())
-        .bind(window_secs as f64)
+        .bind(window.as_secs_f64())
         .bind(preverified)
         .execute(&mut *tx)
         .await?;
@@ -204,7 +206,7 @@ impl Store {
     }
 
     /// Check again now; a failed or expired claim gets a new window (same token).
-    pub async fn retry(&self, name: &str, window_secs: u64, actor: &str) -> Result<Claim, StoreError> {
+    pub async fn retry(&self, name: &str, window: Duration, actor: &str) -> Result<Claim, StoreError> {
         let mut tx = self.db.begin().await?;
         let Some(c) = self.locked(&mut tx, name).await? else {
             return Err(StoreError::NotFound(name.to_owned()));
@@ -222,7 +224,7 @@ impl Store {
               WHERE name = $1",
         )
         .bind(name)
-        .bind(window_secs as f64)
+        .bind(window.as_secs_f64())
         .execute(&mut *tx)
         .await?;
         self.event(&mut tx, name, &c.tenant, "retry", actor, Some(c.status.as_str()))

@@ -67,7 +67,7 @@ impl Worker {
     pub async fn run(self: Arc<Self>) {
         let (wake_tx, mut wake) = tokio::sync::mpsc::channel::<()>(1);
         tokio::spawn(self.clone().listen(wake_tx));
-        let poll = POLL_MAX.min(Duration::from_secs(self.cfg.check_interval_secs));
+        let poll = POLL_MAX.min(self.cfg.check_interval);
         let mut tick = tokio::time::interval(poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut gauges = tokio::time::interval(GAUGES_EVERY);
@@ -111,7 +111,7 @@ impl Worker {
     /// Lease the due claims and handle them, `max_concurrent_checks` at a time.
     async fn round(self: &Arc<Self>) {
         let cap = self.cfg.max_concurrent_checks as usize;
-        let lease = Duration::from_millis(self.cfg.check_timeout_ms) * 2 + Duration::from_secs(30);
+        let lease = self.cfg.check_timeout * 2 + Duration::from_secs(30);
         let due = match self
             .store
             .take_due(&self.owner, lease.as_secs_f64(), (cap * 4) as i64)
@@ -136,7 +136,7 @@ impl Worker {
 
     async fn handle(&self, c: Claim) {
         let now = unix_now();
-        let interval = Duration::from_secs(self.cfg.check_interval_secs);
+        let interval = self.cfg.check_interval;
         let (next, detail, other, delay) = match c.status {
             HostnameStatus::Pending => {
                 let finding = self.checker.check(&c.name, c.method, &c.token).await;

@@ -135,16 +135,16 @@ impl TenantCache {
         deadline: Duration,
         metrics: Arc<Metrics>,
     ) -> TenantCache {
-        let ticks = |secs: u64| Tick::try_from(secs.saturating_mul(1000 / TICK_MS)).unwrap_or(Tick::MAX);
+        let ticks = |d: Duration| Tick::try_from(d.as_millis() / u128::from(TICK_MS)).unwrap_or(Tick::MAX);
         TenantCache {
             source,
             positive: HostTable::new(cfg.max_entries),
             negative: HostTable::new(cfg.negative_max_entries),
             inflight: Mutex::new(HashMap::new()),
             changes: AtomicU64::new(0),
-            positive_ttl: ticks(cfg.positive_ttl_secs),
-            negative_ttl: ticks(cfg.negative_ttl_secs),
-            max_stale: ticks(cfg.max_stale_secs),
+            positive_ttl: ticks(cfg.positive_ttl),
+            negative_ttl: ticks(cfg.negative_ttl),
+            max_stale: ticks(cfg.max_stale),
             deadline,
             started: Instant::now(),
             db_retry_at_ms: AtomicU64::new(0),
@@ -486,7 +486,7 @@ mod tests {
 
     fn cache(fake: &Arc<Fake>, ttl: u64) -> Arc<TenantCache> {
         let cfg = CacheConfig {
-            positive_ttl_secs: ttl,
+            positive_ttl: Duration::from_secs(ttl),
             ..CacheConfig::default()
         };
         let c = TenantCache::new(

@@ -32,8 +32,8 @@ impl Pool {
             pool: name.to_owned(),
             reason,
         };
-        let mut lb = LoadBalancer::<RoundRobin>::try_from_iter(cfg.backends.iter().map(String::as_str))
-            .map_err(|e| err(e.to_string()))?;
+        let mut lb =
+            LoadBalancer::<RoundRobin>::try_from_iter(cfg.backends.iter().copied()).map_err(|e| err(e.to_string()))?;
         let mut hc = HttpHealthCheck::new(&cfg.health_check_host, false);
         let healthy = cfg.health_check_statuses.clone();
         hc.validator = Some(Box::new(move |resp| {
@@ -54,11 +54,13 @@ impl Pool {
         hc.consecutive_failure = cfg.health_check_threshold;
         hc.consecutive_success = cfg.health_check_threshold;
         hc.reuse_connection = true;
-        let probe_timeout = Duration::from_millis(cfg.health_check_interval_ms.clamp(100, 2000));
+        let probe_timeout = cfg
+            .health_check_interval
+            .clamp(Duration::from_millis(100), Duration::from_secs(2));
         hc.peer_template.options.connection_timeout = Some(probe_timeout);
         hc.peer_template.options.read_timeout = Some(probe_timeout);
         lb.set_health_check(Box::new(hc));
-        lb.health_check_frequency = Some(Duration::from_millis(cfg.health_check_interval_ms));
+        lb.health_check_frequency = Some(cfg.health_check_interval);
         Ok(Pool {
             name: Arc::from(name),
             lb,
@@ -89,11 +91,11 @@ impl Pool {
     pub fn peer(&self, backend: &Backend) -> Box<HttpPeer> {
         let mut peer = HttpPeer::new(backend.addr.clone(), false, String::new());
         let o = &mut peer.options;
-        o.connection_timeout = Some(Duration::from_millis(self.cfg.connect_timeout_ms));
-        o.total_connection_timeout = Some(Duration::from_millis(self.cfg.connect_timeout_ms));
-        o.read_timeout = Some(Duration::from_millis(self.cfg.read_timeout_ms));
-        o.write_timeout = Some(Duration::from_millis(self.cfg.write_timeout_ms));
-        o.idle_timeout = Some(Duration::from_secs(self.cfg.idle_timeout_secs));
+        o.connection_timeout = Some(self.cfg.connect_timeout);
+        o.total_connection_timeout = Some(self.cfg.connect_timeout);
+        o.read_timeout = Some(self.cfg.read_timeout);
+        o.write_timeout = Some(self.cfg.write_timeout);
+        o.idle_timeout = Some(self.cfg.idle_timeout);
         Box::new(peer)
     }
 
@@ -109,7 +111,7 @@ impl Pool {
 
     /// Probe every backend forever at the configured interval.
     pub async fn run_health_checks(self: Arc<Self>) {
-        let every = Duration::from_millis(self.cfg.health_check_interval_ms);
+        let every = self.cfg.health_check_interval;
         loop {
             self.lb.backends().run_health_check(true).await;
             tokio::time::sleep(every).await;

@@ -81,7 +81,7 @@ impl Acme {
         }
         let waiting = Waiting::new(&self.waiting, name);
         let _ = self.wanted.send((name.to_owned(), false));
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.cfg.on_demand_timeout_ms);
+        let deadline = tokio::time::Instant::now() + self.cfg.on_demand_timeout;
         loop {
             // Registered before looking, so an arrival in between still wakes us.
             let arrived = waiting.notify.notified();
@@ -260,7 +260,7 @@ impl Acme {
                  DELETE FROM tenant_gateway.acme_names n USING gone WHERE n.name = gone.name AND n.lease_owner IS NULL
                  RETURNING n.name",
             )
-            .bind(self.cfg.removed_certificate_grace_secs as f64)
+            .bind(self.cfg.removed_certificate_grace.as_secs_f64())
             .fetch_all(&self.db),
         )
         .await?;

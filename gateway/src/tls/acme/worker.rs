@@ -31,7 +31,7 @@ impl Acme {
         let Some(mut rx) = self.wanted_rx.lock().take() else {
             return;
         };
-        let mut tick = tokio::time::interval(Duration::from_secs(self.cfg.check_interval_secs));
+        let mut tick = tokio::time::interval(self.cfg.check_interval);
         loop {
             tokio::select! {
                 Some((name, force)) = rx.recv() => self.spawn_attempt(name, force),
@@ -428,8 +428,8 @@ impl Acme {
             let mut wait = Duration::ZERO;
             if let Some(failures) = failures {
                 wait = backoff(
-                    Duration::from_secs(self.cfg.retry_base_secs),
-                    Duration::from_secs(self.cfg.retry_max_secs),
+                    self.cfg.retry_base,
+                    self.cfg.retry_max,
                     u32::try_from(failures).unwrap_or(1),
                     jitter,
                 );
