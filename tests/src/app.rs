@@ -47,26 +47,6 @@ pub fn two_tenants(pg: &Postgres) {
     );
 }
 
-/// The usual stack: PostgreSQL with ferrari and mclaren (`two_tenants`),
-/// a default pool of two upstream-apps, and a gateway with base domain
-/// `myapp.localhost`; `extra` goes after the `[tenant]` lines (more keys or
-/// sections).
-pub fn two_tenant_stack(extra: &str) -> (Postgres, Vec<UpstreamApp>, Gateway) {
-    let pg = Postgres::start().expect("PostgreSQL");
-    two_tenants(&pg);
-    let apps = vec![
-        UpstreamApp::start(&pg.url(), "").expect("upstream-app"),
-        UpstreamApp::start(&pg.url(), "").expect("upstream-app"),
-    ];
-    let pools = pools_toml(&[("default", &[apps[0].port, apps[1].port])]);
-    let gw = Gateway::start(
-        &pg.url(),
-        &format!("[tenant]\nbase_domains = [\"myapp.localhost\"]\n{extra}\n{pools}"),
-    )
-    .expect("gateway");
-    (pg, apps, gw)
-}
-
 /// The `name` of every object in a JSON array (e.g. a project list).
 pub fn names(v: &serde_json::Value) -> Vec<String> {
     v.as_array()

@@ -50,30 +50,67 @@ pub fn pools_toml(pools: &[(&str, &[u16])]) -> String {
     s
 }
 
+/// How a gateway is started: its database, config body, shutdown grace,
+/// ports and extra environment ([`Gateway::builder`]).
+pub struct GatewayBuilder {
+    db_url: String,
+    body: String,
+    grace_secs: u64,
+    ports: Option<GatewayPorts>,
+    env: Vec<(String, String)>,
+}
+
+impl GatewayBuilder {
+    /// `listen.shutdown_grace_secs` (default 1).
+    pub fn grace(mut self, secs: u64) -> GatewayBuilder {
+        self.grace_secs = secs;
+        self
+    }
+
+    /// Ports chosen beforehand (e.g. handed to Pebble first); default: free ones.
+    pub fn ports(mut self, ports: GatewayPorts) -> GatewayBuilder {
+        self.ports = Some(ports);
+        self
+    }
+
+    /// One more environment variable.
+    pub fn env(mut self, key: &str, value: &str) -> GatewayBuilder {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn start(self) -> Result<Gateway> {
+        let ports = self.ports.unwrap_or_else(GatewayPorts::free);
+        Gateway::launch(&self.db_url, &self.body, self.grace_secs, ports, &self.env)
+    }
+}
+
 impl Gateway {
-    /// Start a gateway on free ports. `body` is appended to the generated
-    /// `[listen]` section (so it may add more sections, e.g. pools).
+    /// A gateway on `db_url` whose config is `body` after the generated
+    /// `[listen]` section (so it may add more sections, e.g. pools);
+    /// `{TLS_PORT}` in it becomes the TLS port. Most suites start from
+    /// [`crate::Stack::builder`] instead.
+    pub fn builder(db_url: &str, body: &str) -> GatewayBuilder {
+        GatewayBuilder {
+            db_url: db_url.to_owned(),
+            body: body.to_owned(),
+            grace_secs: 1,
+            ports: None,
+            env: Vec::new(),
+        }
+    }
+
+    /// `Gateway::builder(db_url, body).start()`.
     pub fn start(db_url: &str, body: &str) -> Result<Gateway> {
-        Gateway::start_with_grace(db_url, body, 1)
+        Gateway::builder(db_url, body).start()
     }
 
-    /// Like `start`, with `listen.shutdown_grace_secs` set.
-    pub fn start_with_grace(db_url: &str, body: &str, grace_secs: u64) -> Result<Gateway> {
-        Gateway::start_with_ports(db_url, body, grace_secs, GatewayPorts::free())
-    }
-
-    /// Start on ports chosen beforehand (e.g. handed to Pebble first).
-    pub fn start_with_ports(db_url: &str, body: &str, grace_secs: u64, ports: GatewayPorts) -> Result<Gateway> {
-        Gateway::start_with_env(db_url, body, grace_secs, ports, &[])
-    }
-
-    /// Like `start_with_ports`, with more environment variables.
-    pub fn start_with_env(
+    fn launch(
         db_url: &str,
         body: &str,
         grace_secs: u64,
         ports: GatewayPorts,
-        env: &[(&str, &str)],
+        env: &[(String, String)],
     ) -> Result<Gateway> {
         let dir = tempfile::tempdir()?;
         let GatewayPorts {
@@ -95,7 +132,7 @@ impl Gateway {
         let path = write_file(dir.path(), "gateway.toml", &cfg);
         let mut c = Command::new(bin("gateway"));
         common_env(&mut c, db_url);
-        c.envs(env.iter().copied());
+        c.envs(env.iter().map(|(k, v)| (k, v)));
         c.arg("--config").arg(&path);
         let mut proc_ = Proc::spawn("gateway", c, dir.path().join("gateway.log"))?;
         wait_healthy(&mut proc_, admin_port, "/healthz", Duration::from_secs(30))?;

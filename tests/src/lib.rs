@@ -2,8 +2,9 @@
 //! throwaway PostgreSQL cluster per test, replicas), `process` (children
 //! stopped by PID, polling with a bound, free ports), `app` (the
 //! upstream-app, tenants, hand-made stamps), `gateway` (the gateway under
-//! test and the usual two-tenant stack), `http`, `tls`, `acme` (Pebble, a
-//! real DNS server), `ws`, `django`. Suites `use e2e::*`.
+//! test), `stack` (the one stack builder every suite starts from), `http`,
+//! `tls`, `acme` (Pebble, a real DNS server), `ws`, `django`. Suites
+//! `use e2e::*`.
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -26,6 +27,7 @@ pub mod gateway;
 pub mod http;
 pub mod pg;
 pub mod process;
+pub mod stack;
 pub mod tls;
 pub mod ws;
 
@@ -34,3 +36,4 @@ pub use app::*;
 pub use gateway::*;
 pub use pg::*;
 pub use process::*;
+pub use stack::{Stack, StackBuilder};

@@ -61,7 +61,7 @@ fn acme_stack_with(pg: &Postgres, challenges: &str, acme_extra: &str) -> AcmeSta
     let ports = GatewayPorts::free();
     let pebble = Pebble::start(certs.path(), ports.http, ports.tls, 3600).unwrap();
     let body = acme_body(certs.path(), &pebble, challenges, app.port, acme_extra);
-    let gw = Gateway::start_with_ports(&pg.url(), &body, 1, ports).unwrap();
+    let gw = Gateway::builder(&pg.url(), &body).ports(ports).start().unwrap();
     AcmeStack {
         gw,
         pebble,
@@ -152,7 +152,7 @@ fn a_failing_challenge_type_falls_back_to_the_next() {
     // Pebble's TLS-ALPN-01 validation goes to a port nobody listens on.
     let pebble = Pebble::start(certs.path(), ports.http, free_port(), 3600).unwrap();
     let body = acme_body(certs.path(), &pebble, "\"tls-alpn-01\", \"http-01\"", app.port, "");
-    let gw = Gateway::start_with_ports(&pg.url(), &body, 1, ports).unwrap();
+    let gw = Gateway::builder(&pg.url(), &body).ports(ports).start().unwrap();
     app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
     wait_issued(&pebble, ports.tls, CUSTOM, Duration::from_secs(60));
     let log = gw.proc_.log();
@@ -216,8 +216,8 @@ fn two_gateways_place_one_order_and_both_serve_it() {
     // Pebble validates against gateway B only: when A holds the order, B answers from the database.
     let pebble = Pebble::start(certs.path(), b_ports.http, b_ports.tls, 3600).unwrap();
     let body = acme_body(certs.path(), &pebble, "\"http-01\"", app.port, "");
-    let a = Gateway::start_with_ports(&pg.url(), &body, 1, a_ports).unwrap();
-    let b = Gateway::start_with_ports(&pg.url(), &body, 1, b_ports).unwrap();
+    let a = Gateway::builder(&pg.url(), &body).ports(a_ports).start().unwrap();
+    let b = Gateway::builder(&pg.url(), &body).ports(b_ports).start().unwrap();
     // Either gateway answers a pending HTTP-01 challenge from the database.
     pg.psql("INSERT INTO tenant_gateway.acme_challenges (kind, key, name, key_authorization) VALUES ('http-01', 'tok_en-1', 'x.test', 'tok_en-1.thumb')").unwrap();
     for gw in [&a, &b] {
@@ -321,7 +321,7 @@ fn renewal_survives_the_ca_being_down_and_restarts_order_nothing() {
     // Restart: the stored certificate is served at once, no new order.
     let before = orders(&pg);
     drop(st.gw);
-    st.gw = Gateway::start_with_ports(&pg.url(), &st.body, 1, st.ports).unwrap();
+    st.gw = Gateway::builder(&pg.url(), &st.body).ports(st.ports).start().unwrap();
     assert_eq!(probe(st.ports.tls, Some(CUSTOM), &[]).unwrap().names, [CUSTOM]);
     wait_scans(&[&st.gw], 3);
     assert_eq!(orders(&pg), before, "a restart must not order again");
@@ -420,7 +420,7 @@ fn stored_certificates_load_at_their_first_handshake_into_a_bounded_cache() {
     assert_eq!(ordered, 3);
 
     drop(st.gw);
-    st.gw = Gateway::start_with_ports(&pg.url(), &st.body, 1, st.ports).unwrap();
+    st.gw = Gateway::builder(&pg.url(), &st.body).ports(st.ports).start().unwrap();
     assert_eq!(st.gw.metric("tenant_gateway_certificates_in_memory"), 0.0);
     let log = st.gw.proc_.log();
     assert!(

@@ -4,63 +4,14 @@
 
 use std::time::{Duration, Instant};
 
-use e2e::http::{self, Resp};
+use e2e::http;
 use e2e::*;
 use serde_json::{json, Value};
 
 /// PostgreSQL with ferrari and mclaren (subdomains and custom domains), an
-/// upstream-app pool of two, and one gateway.
-struct Stack {
-    pg: Postgres,
-    apps: Vec<UpstreamApp>,
-    gw: Gateway,
-    client: http::Client,
-}
-
+/// upstream-app pool of two, and one gateway; `extra` after `[tenant]`.
 fn stack(extra: &str) -> Stack {
-    let (pg, apps, gw) = two_tenant_stack(extra);
-    Stack {
-        pg,
-        apps,
-        gw,
-        client: http::client(),
-    }
-}
-
-impl Stack {
-    fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> Resp {
-        let mut r = self.client.get(&self.gw.url(path)).header("host", host);
-        for (k, v) in headers {
-            r = r.header(k, v);
-        }
-        r.send().expect("request through gateway")
-    }
-
-    /// `GET target` written byte for byte (for what an HTTP client library
-    /// will not send: repeated or odd headers, absolute-form targets).
-    fn raw_get(&self, target: &str, headers: &[&str]) -> (u16, String) {
-        let head: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
-        raw_http(
-            self.gw.port,
-            &format!("GET {target} HTTP/1.1\r\n{head}Connection: close\r\n\r\n"),
-        )
-        .unwrap()
-    }
-
-    fn post(&self, host: &str, path: &str, body: Value) -> Resp {
-        self.client
-            .request(http::Method::POST, &self.gw.url(path))
-            .header("host", host)
-            .json(&body)
-            .send()
-            .expect("request through gateway")
-    }
-
-    fn whoami(&self, host: &str, headers: &[(&str, &str)]) -> Value {
-        let r = self.get(host, "/whoami", headers);
-        assert_eq!(r.status, 200, "{host}: {}", r.body);
-        r.json()
-    }
+    Stack::builder().config(extra).start()
 }
 
 #[test]
@@ -513,9 +464,7 @@ fn ws_echo_once(port: u16, host: &str, msg: &str) -> anyhow::Result<String> {
 
 #[test]
 fn sigterm_drains_in_flight_requests() {
-    let mut s = stack("");
-    let pools = pools_toml(&[("default", &[s.apps[0].port, s.apps[1].port])]);
-    s.gw = Gateway::start_with_grace(&s.pg.url(), &pools, 4).unwrap();
+    let mut s = Stack::builder().grace(4).start();
     let port = s.gw.port;
     let inflight = std::thread::spawn(move || {
         http::client()
@@ -759,7 +708,8 @@ fn optional_behaviours_www_landing_trusted_proxies_pages_timeouts() {
 /// backend either (for either tenant).
 #[test]
 fn forwarding_headers_left_out_are_stripped_not_passed_on() {
-    let (_pg, _apps, gw) = two_tenant_stack("[headers]\nforward = [\"x-forwarded-proto\"]\n");
+    let s = stack("[headers]\nforward = [\"x-forwarded-proto\"]\n");
+    let gw = &s.gw;
     let client = http::client();
     for tenant in ["ferrari", "mclaren"] {
         let who = client

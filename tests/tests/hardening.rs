@@ -5,78 +5,27 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use e2e::http;
-use e2e::tls::{client_config, dev_certs, https_client};
+use e2e::tls::{client_config, https_client};
 use e2e::*;
 
 /// Backends on their own cluster (`app_pg`), the gateway's domain table on
-/// another (`routing`), so the routing database can be frozen or stopped
-/// while the backends keep working.
-struct Stack {
-    routing: Postgres,
-    _app_pg: Postgres,
-    apps: Vec<UpstreamApp>,
-    gw: Gateway,
-    _certs: tempfile::TempDir,
-    ca: PathBuf,
-}
-
-/// `extra` is appended to the `[tls]` section (and may open further sections).
+/// another (`pg`), so the gateway's database can be frozen or stopped while
+/// the backends keep working. `extra` is appended to the `[tls]` section
+/// (and may open further sections).
 fn stack(extra: &str) -> Stack {
     stack_with_grace(extra, 1)
 }
 
 fn stack_with_grace(extra: &str, grace_secs: u64) -> Stack {
-    let routing = Postgres::start().unwrap();
-    two_tenants(&routing);
-    let app_pg = Postgres::start().unwrap();
-    two_tenants(&app_pg);
-    let apps = vec![
-        UpstreamApp::start(&app_pg.url(), "").unwrap(),
-        UpstreamApp::start(&app_pg.url(), "").unwrap(),
-    ];
-    let certs = tempfile::tempdir().unwrap();
-    let ca = dev_certs(certs.path());
-    let body = format!(
-        "[tenant]\nbase_domains = [\"myapp.localhost\"]\n\
-         [tls]\nlisten = \"127.0.0.1:{{TLS_PORT}}\"\nredirect_exempt = [\"/healthz\"]\n\
-         certificates = [{{ cert_file = \"{}\", key_file = \"{}\" }}]\n{extra}\n{}",
-        certs.path().join("wildcard.pem").display(),
-        certs.path().join("wildcard.key").display(),
-        pools_toml(&[("default", &[apps[0].port, apps[1].port])]),
-    );
-    let gw = Gateway::start_with_grace(&routing.url(), &body, grace_secs).unwrap();
-    Stack {
-        routing,
-        _app_pg: app_pg,
-        apps,
-        gw,
-        _certs: certs,
-        ca,
-    }
-}
-
-impl Stack {
-    fn https(&self) -> http::Client {
-        https_client(
-            &self.ca,
-            self.gw.tls_port,
-            &["ferrari.myapp.localhost", "mclaren.myapp.localhost"],
-            &["http/1.1"],
-        )
-    }
-
-    fn https_url(&self, host: &str, path: &str) -> String {
-        format!("https://{host}:{}{path}", self.gw.tls_port)
-    }
-
-    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        metric_sum(&self.gw.scrape().unwrap_or_default(), name, labels)
-    }
+    Stack::builder()
+        .separate_app_database()
+        .tls(&format!("redirect_exempt = [\"/healthz\"]\n{extra}"))
+        .grace(grace_secs)
+        .start()
 }
 
 /// `n` TCP connections to `port` from source address `from` (a loopback
@@ -197,7 +146,7 @@ fn a_trickled_request_head_or_body_is_cut_at_the_deadline_on_both_listeners() {
     let tcp = TcpStream::connect(("127.0.0.1", s.gw.tls_port)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_millis(250))).unwrap();
     let name = rustls::pki_types::ServerName::try_from("ferrari.myapp.localhost").unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(client_config(&s.ca, &["http/1.1"])), name).unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(client_config(s.ca(), &["http/1.1"])), name).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     let lived = trickle(&mut tls, start, limit);
     assert!(lived >= deadline - Duration::from_millis(100), "cut early: {lived:?}");
@@ -260,7 +209,7 @@ fn a_frozen_database_never_hangs_a_request_and_invalidation_resumes() {
         (r, start.elapsed())
     };
     assert_eq!(get("ferrari.myapp.localhost").0.json()["tenant"], "ferrari");
-    s.routing.freeze().unwrap();
+    s.pg.freeze().unwrap();
     // Never cached: the 503 page within the lookup deadline + 1 s.
     let (r, took) = get("mclaren.myapp.localhost");
     assert_eq!(r.status, 503, "{}", r.body);
@@ -288,20 +237,19 @@ fn a_frozen_database_never_hangs_a_request_and_invalidation_resumes() {
         s.metric("tenant_gateway_database_up", &[]) == 0.0
     })
     .unwrap();
-    s.routing.thaw().unwrap();
+    s.pg.thaw().unwrap();
     // Invalidation works again within 2 s of SIGCONT.
     wait_until("listener back", Duration::from_secs(2), || {
         s.metric("tenant_gateway_invalidation_listener_up", &[]) == 1.0
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
     assert_eq!(get("ferrari.myapp.localhost").0.json()["tenant"], "ferrari");
-    s.routing
-        .psql(
-            "UPDATE public.domains SET is_primary = false, \
+    s.pg.psql(
+        "UPDATE public.domains SET is_primary = false, \
                tenant_id = (SELECT id FROM public.tenants WHERE schema_name = 'mclaren') \
              WHERE domain = 'ferrari.myapp.localhost'",
-        )
-        .unwrap();
+    )
+    .unwrap();
     wait_until("NOTIFY moves the domain", Duration::from_secs(1), || {
         get("ferrari.myapp.localhost").0.json()["tenant"] == "mclaren"
     })
@@ -325,7 +273,7 @@ fn a_stopped_database_does_not_slow_cached_tenants() {
     };
     let hosts = ["ferrari.myapp.localhost", "mclaren.myapp.localhost"];
     let before: Vec<Duration> = (0..200).map(|i| timed(hosts[i % 2])).collect();
-    s.routing.stop_server().unwrap();
+    s.pg.stop_server().unwrap();
     let after: Vec<Duration> = (0..200).map(|i| timed(hosts[i % 2])).collect();
     let (b, a) = (p99(before), p99(after));
     // 3x, with a floor so sub-millisecond noise on a busy machine cannot fail it.
@@ -337,18 +285,17 @@ fn a_stopped_database_does_not_slow_cached_tenants() {
 fn a_bad_row_is_that_hosts_problem_only() {
     let s = stack("redirect_http = false\n");
     // A django-tenants style public tenant: a schema the gateway refuses.
-    s.routing
-        .psql(
-            "ALTER TABLE public.tenants DROP CONSTRAINT tenants_schema_name_check; \
+    s.pg.psql(
+        "ALTER TABLE public.tenants DROP CONSTRAINT tenants_schema_name_check; \
              INSERT INTO public.tenants (schema_name, name) VALUES ('public', 'Public'); \
              INSERT INTO public.domains (domain, tenant_id) \
                SELECT 'public-site.test', id FROM public.tenants WHERE schema_name = 'public'",
-        )
-        .unwrap();
+    )
+    .unwrap();
     let hosts: Vec<String> = (0..8).map(|i| format!("new{i}.test")).collect();
     for (i, h) in hosts.iter().enumerate() {
         let tenant = if i % 2 == 0 { "ferrari" } else { "mclaren" };
-        app_cli_ok(&s.routing.url(), &["domain", "add", h, "--tenant", tenant]);
+        app_cli_ok(&s.pg.url(), &["domain", "add", h, "--tenant", tenant]);
     }
     // Every row above has been announced (NOTIFY), so no query below overlaps one.
     wait_until("domain NOTIFYs seen", Duration::from_secs(5), || {
@@ -424,7 +371,7 @@ fn plain_http_exemptions_are_path_safe_and_sni_travels_with_the_connection() {
     // and close around it (the SNI is the connection's own, never looked up).
     let threads: Vec<_> = (0..4)
         .map(|_| {
-            let (ca, port) = (s.ca.clone(), s.gw.tls_port);
+            let (ca, port) = (s.ca().to_path_buf(), s.gw.tls_port);
             std::thread::spawn(move || {
                 (0..25)
                     .map(|_| {

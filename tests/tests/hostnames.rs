@@ -127,8 +127,10 @@ fn a_claim_routes_and_gets_a_certificate_only_once_proven_by_its_own_token() {
     dev_certs(certs.path());
     let ports = GatewayPorts::free();
     let pebble = Pebble::start(certs.path(), ports.http, ports.tls, 3600).unwrap();
-    let gw =
-        Gateway::start_with_ports(&pg.url(), &acme_body(certs.path(), &pebble, app.port, 86_400), 1, ports).unwrap();
+    let gw = Gateway::builder(&pg.url(), &acme_body(certs.path(), &pebble, app.port, 86_400))
+        .ports(ports)
+        .start()
+        .unwrap();
     let txt = format!("_tenant-gateway.{SHOP}");
 
     // The tenant's product adds the domain row: without a claim it routes nowhere.
@@ -257,20 +259,18 @@ fn a_claim_routes_and_gets_a_certificate_only_once_proven_by_its_own_token() {
 
 #[test]
 fn the_http_token_proves_a_claim_and_an_unproven_claim_expires() {
-    let pg = Postgres::start().unwrap();
-    tenants(&pg);
-    let app = UpstreamApp::start(&pg.url(), "").unwrap();
     let dir = tempfile::tempdir().unwrap();
     let dns = DnsServer::start(dir.path()).unwrap();
     // The customer's own web server (every name resolves to 127.0.0.1).
     let file = Arc::new(Mutex::new("not the token".to_owned()));
     let web_port = serve_text(file.clone());
-    let body = format!(
-        "[tenant]\nbase_domains = [\"myapp.localhost\"]\n[admin]\ntoken_env = \"TG_ADMIN_TOKEN\"\n{}{}",
-        verification(dns.port, web_port, "\"http\", \"txt\", \"cname\"", 20),
-        pools_toml(&[("default", &[app.port])]),
-    );
-    let gw = Gateway::start(&pg.url(), &body).unwrap();
+    let s = Stack::builder()
+        .setup(tenants)
+        .apps(1)
+        .config("[admin]\ntoken_env = \"TG_ADMIN_TOKEN\"")
+        .config(&verification(dns.port, web_port, "\"http\", \"txt\", \"cname\"", 20))
+        .start();
+    let (pg, gw) = (&s.pg, &s.gw);
     app_cli_ok(&pg.url(), &["domain", "add", SHOP, "--tenant", "ferrari"]);
 
     // (c) Claimed through the operator API; the default method is http.
@@ -409,8 +409,8 @@ fn removal_stops_the_certificate_on_two_gateways_within_a_second() {
     let (ports1, ports2) = (GatewayPorts::free(), GatewayPorts::free());
     let pebble = Pebble::start(certs.path(), ports1.http, ports1.tls, 3600).unwrap();
     let body = acme_body(certs.path(), &pebble, app.port, 2);
-    let gw1 = Gateway::start_with_ports(&pg.url(), &body, 1, ports1).unwrap();
-    let gw2 = Gateway::start_with_ports(&pg.url(), &body, 1, ports2).unwrap();
+    let gw1 = Gateway::builder(&pg.url(), &body).ports(ports1).start().unwrap();
+    let gw2 = Gateway::builder(&pg.url(), &body).ports(ports2).start().unwrap();
     for name in [claimed, row_only] {
         let added = json(gw1.cli(
             &pg.url(),
@@ -459,7 +459,7 @@ fn removal_stops_the_certificate_on_two_gateways_within_a_second() {
     .unwrap();
     // A restarted gateway presents nothing for them either.
     drop(gw2);
-    let gw2 = Gateway::start_with_ports(&pg.url(), &body, 1, ports2).unwrap();
+    let gw2 = Gateway::builder(&pg.url(), &body).ports(ports2).start().unwrap();
     assert!(!presented(ports2.tls, claimed) && !presented(ports2.tls, row_only));
     drop(gw2);
 }
@@ -469,15 +469,12 @@ fn removal_stops_the_certificate_on_two_gateways_within_a_second() {
 /// check (a minute here).
 #[test]
 fn a_verified_claim_activates_when_its_domain_row_appears() {
-    let pg = Postgres::start().unwrap();
-    tenants(&pg);
-    let app = UpstreamApp::start(&pg.url(), "").unwrap();
-    let body = format!(
-        "[tenant]\nbase_domains = [\"myapp.localhost\"]\n\
-         [custom_domains]\nverification = \"required\"\ncheck_interval_secs = 60\n{}",
-        pools_toml(&[("default", &[app.port])]),
-    );
-    let gw = Gateway::start(&pg.url(), &body).unwrap();
+    let s = Stack::builder()
+        .setup(tenants)
+        .apps(1)
+        .config("[custom_domains]\nverification = \"required\"\ncheck_interval_secs = 60")
+        .start();
+    let (pg, gw) = (&s.pg, &s.gw);
     gw.cli(
         &pg.url(),
         &["hostnames", "add", "later.test", "--tenant", "ferrari", "--preverified"],

@@ -10,15 +10,8 @@ use std::time::{Duration, Instant};
 use e2e::http;
 use e2e::*;
 
-struct Stack {
-    pg: Postgres,
-    apps: Vec<UpstreamApp>,
-    gw: Gateway,
-}
-
 fn stack(limits: &str) -> Stack {
-    let (pg, apps, gw) = two_tenant_stack(limits);
-    Stack { pg, apps, gw }
+    Stack::builder().config(limits).start()
 }
 
 fn p99(mut v: Vec<Duration>) -> Duration {

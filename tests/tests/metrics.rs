@@ -192,7 +192,7 @@ fn every_dashboard_and_alert_expression_works_against_real_prometheus() {
         pebble.directory(),
         pebble.directory_ca().display(),
     );
-    let gw = Gateway::start_with_ports(&pg.url(), &body, 1, ports).unwrap();
+    let gw = Gateway::builder(&pg.url(), &body).ports(ports).start().unwrap();
     wait_until("ACME certificate", Duration::from_secs(60), || {
         probe(ports.tls, Some("www.ferrari-cars.test"), &[]).is_ok_and(|p| p.names == ["www.ferrari-cars.test"])
     })

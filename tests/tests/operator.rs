@@ -7,46 +7,19 @@ use std::time::Duration;
 
 use e2e::http;
 use e2e::http::Method;
-use e2e::tls::{dev_certs, issue};
 use e2e::*;
 use serde_json::Value;
 
-struct Stack {
-    pg: Postgres,
-    _apps: Vec<UpstreamApp>,
-    gw: Gateway,
-    _certs: tempfile::TempDir,
-}
-
 /// ferrari (with a custom domain and its own certificate) and mclaren;
-/// `admin` is appended to the config (e.g. the `[admin]` section).
+/// `admin` is appended to the `[tls]` section (and may open further
+/// sections, e.g. `[admin]`).
 fn stack(admin: &str) -> Stack {
-    let pg = Postgres::start().unwrap();
-    two_tenants(&pg);
-    let apps = vec![UpstreamApp::start(&pg.url(), "").unwrap()];
-    let certs = tempfile::tempdir().unwrap();
-    dev_certs(certs.path());
-    let custom = certs.path().join("custom");
-    std::fs::create_dir_all(&custom).unwrap();
-    issue(certs.path(), &["www.ferrari-cars.test"], &custom.join("ferrari-cars"));
-    let body = format!(
-        "[tenant]\nbase_domains = [\"myapp.localhost\"]\n\
-         [tls]\nlisten = \"127.0.0.1:{{TLS_PORT}}\"\ncert_dir = \"{}\"\n\
-         certificates = [{{ cert_file = \"{}\", key_file = \"{}\" }}]\n{admin}\n{}",
-        custom.display(),
-        certs.path().join("wildcard.pem").display(),
-        certs.path().join("wildcard.key").display(),
-        pools_toml(&[("default", &[apps[0].port])]),
-    );
-    let gw = Gateway::start(&pg.url(), &body).unwrap();
-    gw.wait_backend("default", apps[0].port, true, Duration::from_secs(10))
-        .unwrap();
-    Stack {
-        pg,
-        _apps: apps,
-        gw,
-        _certs: certs,
-    }
+    Stack::builder()
+        .apps(1)
+        .tls(admin)
+        .custom_certificate()
+        .wait_backends()
+        .start()
 }
 
 const API_ON: &str = "[admin]\ntoken_env = \"TG_ADMIN_TOKEN\"\n";
@@ -168,7 +141,7 @@ fn config_reload_swaps_pools_and_limits_and_refuses_a_bad_file() {
     let other = UpstreamApp::start(&s.pg.url(), "").unwrap();
     let path = s.gw.dir.path().join("gateway.toml");
     let original = std::fs::read_to_string(&path).unwrap();
-    let first = s._apps[0].port.to_string();
+    let first = s.apps[0].port.to_string();
     // The default pool moves to another backend; ferrari's plan gets a limit.
     let moved = original.replace(&format!("127.0.0.1:{first}"), &format!("127.0.0.1:{}", other.port))
         + "\n[limits.tenant]\nrps = 1\nburst = 1\n";

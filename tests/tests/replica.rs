@@ -14,16 +14,15 @@ fn lookups_read_the_replica_and_its_lag_never_overtakes_a_notify() {
     let primary = Postgres::start().unwrap();
     two_tenants(&primary);
     let replica = Postgres::replica_of(&primary).unwrap();
-    let app = UpstreamApp::start(&primary.url(), "").unwrap();
-    let body = format!(
-        "[database]\nlookup_url_env = \"TG_LOOKUP_URL\"\nlookup_prepared_statements = false\n[tenant]\nbase_domains = [\"myapp.localhost\"]\n{}",
-        pools_toml(&[("default", &[app.port])])
-    );
-    let env = [("TG_LOOKUP_URL", replica.url())];
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    let gws: Vec<Gateway> = (0..2)
-        .map(|_| Gateway::start_with_env(&primary.url(), &body, 1, GatewayPorts::free(), &env).unwrap())
-        .collect();
+    let s = Stack::builder()
+        .database(primary)
+        .apps(1)
+        .config("[database]\nlookup_url_env = \"TG_LOOKUP_URL\"\nlookup_prepared_statements = false")
+        .env("TG_LOOKUP_URL", &replica.url())
+        .start();
+    let second = s.gateway().start().unwrap();
+    let primary = &s.pg;
+    let gws = [&s.gw, &second];
     let client = http::client();
     let tenant_of = |gw: &Gateway, host: &str| {
         let r = client.get(&gw.url("/whoami")).header("host", host).send().unwrap();
@@ -42,7 +41,7 @@ fn lookups_read_the_replica_and_its_lag_never_overtakes_a_notify() {
             .unwrap()
     };
     assert!(lookups_on(&replica) >= 2, "no lookup connection on the replica");
-    assert_eq!(lookups_on(&primary), 0, "lookups reached the primary");
+    assert_eq!(lookups_on(primary), 0, "lookups reached the primary");
 
     let move_to = |schema: &str| {
         primary

@@ -3,56 +3,23 @@
 //! Host/SNI agreement (421), unknown SNI, HTTP→HTTPS redirects, the client
 //! address over TLS, and draining open TLS connections on SIGTERM.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use e2e::http::Method;
-use e2e::tls::{dev_certs, https_client, issue, probe};
+use e2e::tls::{https_client, issue, probe};
 use e2e::*;
 use serde_json::json;
 
-struct TlsStack {
-    pg: Postgres,
-    apps: Vec<UpstreamApp>,
-    gw: Gateway,
-    certs: tempfile::TempDir,
-    ca: PathBuf,
-}
-
-/// `extra_tls` is appended to the `[tls]` section.
-fn tls_stack(extra_tls: &str, grace: u64) -> TlsStack {
-    let pg = Postgres::start().unwrap();
-    two_tenants(&pg);
-    let apps = vec![
-        UpstreamApp::start(&pg.url(), "").unwrap(),
-        UpstreamApp::start(&pg.url(), "").unwrap(),
-    ];
-    let certs = tempfile::tempdir().unwrap();
-    let ca = dev_certs(certs.path());
-    let custom = certs.path().join("custom");
-    std::fs::create_dir_all(&custom).unwrap();
-    issue(certs.path(), &["www.ferrari-cars.test"], &custom.join("ferrari-cars"));
-    let body = format!(
-        "[tenant]\nbase_domains = [\"myapp.localhost\"]\n\
-         [tls]\nlisten = \"127.0.0.1:{{TLS_PORT}}\"\ncert_dir = \"{}\"\nredirect_exempt = [\"/public/\"]\n\
-         certificates = [{{ cert_file = \"{}\", key_file = \"{}\" }}]\n{extra_tls}\n{}",
-        custom.display(),
-        certs.path().join("wildcard.pem").display(),
-        certs.path().join("wildcard.key").display(),
-        pools_toml(&[("default", &[apps[0].port, apps[1].port])]),
-    );
-    let gw = Gateway::start_with_grace(&pg.url(), &body, grace).unwrap();
-    TlsStack {
-        pg,
-        apps,
-        gw,
-        certs,
-        ca,
-    }
-}
-
-fn custom_dir(s: &TlsStack) -> PathBuf {
-    s.certs.path().join("custom")
+/// ferrari and mclaren, two upstream-apps, the wildcard certificate and a
+/// `cert_dir` with one for `www.ferrari-cars.test`; `extra_tls` is appended
+/// to the `[tls]` section.
+fn tls_stack(extra_tls: &str, grace: u64) -> Stack {
+    Stack::builder()
+        .tls(&format!("redirect_exempt = [\"/public/\"]\n{extra_tls}"))
+        .custom_certificate()
+        .grace(grace)
+        .start()
 }
 
 #[test]
@@ -80,7 +47,7 @@ fn sni_picks_wildcard_custom_and_runtime_added_certificates() {
     issue(
         s.certs.path(),
         &["mclaren-racing.test"],
-        &custom_dir(&s).join("mclaren-racing"),
+        &s.custom_dir().join("mclaren-racing"),
     );
     s.gw.proc_.signal("HUP");
     wait_until("new certificate served", Duration::from_secs(10), || {
@@ -88,7 +55,7 @@ fn sni_picks_wildcard_custom_and_runtime_added_certificates() {
     })
     .unwrap();
     // And a real client verifying against the dev CA is happy with it.
-    let client = https_client(&s.ca, port, &["mclaren-racing.test"], &["http/1.1"]);
+    let client = https_client(s.ca(), port, &["mclaren-racing.test"], &["http/1.1"]);
     let who = client
         .get(&format!("https://mclaren-racing.test:{port}/whoami"))
         .send()
@@ -122,7 +89,7 @@ fn tls_12_is_accepted_and_the_connection_resumes() {
                 .unwrap()
                 .with_root_certificates({
                     let mut r = rustls::RootCertStore::empty();
-                    let pem = std::fs::read(&s.ca).unwrap();
+                    let pem = std::fs::read(s.ca()).unwrap();
                     for c in rustls_pemfile::certs(&mut &pem[..]) {
                         r.add(c.unwrap()).unwrap();
                     }
@@ -163,7 +130,7 @@ fn http2_and_http1_both_reach_the_stamped_tenant() {
         (&["h2", "http/1.1"][..], http::Version::HTTP_2),
         (&["http/1.1"][..], http::Version::HTTP_11),
     ] {
-        let client = https_client(&s.ca, port, &hosts, alpn);
+        let client = https_client(s.ca(), port, &hosts, alpn);
         for (host, tenant) in [
             ("ferrari.myapp.localhost", "ferrari"),
             ("mclaren.myapp.localhost", "mclaren"),
@@ -212,7 +179,7 @@ fn host_sni_mismatch_is_421_and_unknown_sni_never_gets_a_tenant_certificate() {
     let port = s.gw.tls_port;
     // HTTP/1.1 over a connection made for ferrari, asking for mclaren: 421, no backend touched.
     let client = https_client(
-        &s.ca,
+        s.ca(),
         port,
         &["ferrari.myapp.localhost", "www.ferrari-cars.test"],
         &["http/1.1"],
@@ -244,7 +211,7 @@ fn host_sni_mismatch_is_421_and_unknown_sni_never_gets_a_tenant_certificate() {
     // HTTP/2 connection coalescing: a browser reuses ferrari's connection
     // (the wildcard covers both names) for mclaren. Each stream is checked.
     let statuses = h2_requests(
-        &s.ca,
+        s.ca(),
         port,
         "ferrari.myapp.localhost",
         &[
@@ -263,7 +230,7 @@ fn host_sni_mismatch_is_421_and_unknown_sni_never_gets_a_tenant_certificate() {
          default_certificate = {{ cert_file = \"{0}.pem\", key_file = \"{0}.key\" }}\ncert_dir = \"{1}\"\n\
          certificates = [{{ cert_file = \"{2}\", key_file = \"{3}\" }}]\n{4}",
         def.display(),
-        custom_dir(&s).display(),
+        s.custom_dir().display(),
         s.certs.path().join("wildcard.pem").display(),
         s.certs.path().join("wildcard.key").display(),
         pools_toml(&[("default", &[s.apps[0].port])]),
@@ -328,7 +295,7 @@ fn plain_http_redirects_with_308_except_the_allow_list() {
 fn sigterm_completes_in_flight_requests_on_open_tls_connections() {
     let mut s = tls_stack("", 4);
     let port = s.gw.tls_port;
-    let ca = s.ca.clone();
+    let ca = s.ca().to_path_buf();
     let spawn = |alpn: &'static [&'static str], path: &'static str| {
         let ca = ca.clone();
         std::thread::spawn(move || {
@@ -409,7 +376,7 @@ fn websocket_over_tls_round_trips_every_frame() {
         ("ferrari.myapp.localhost", "ferrari"),
         ("mclaren.myapp.localhost", "mclaren"),
     ] {
-        let mut ws = wss_connect(&s.ca, s.gw.tls_port, host).unwrap();
+        let mut ws = wss_connect(s.ca(), s.gw.tls_port, host).unwrap();
         for msg in [
             "one".to_string(),
             "two".to_string(),

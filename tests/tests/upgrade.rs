@@ -9,24 +9,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use e2e::tls::{dev_certs, https_client};
+use e2e::tls::https_client;
 use e2e::*;
 
 #[test]
 fn an_upgrade_under_load_fails_no_request_and_refuses_no_connection() {
-    let pg = Postgres::start().unwrap();
-    two_tenants(&pg);
-    let app = UpstreamApp::start(&pg.url(), "").unwrap();
-    let certs = tempfile::tempdir().unwrap();
-    let ca = dev_certs(certs.path());
-    let body = format!(
-        "[tenant]\nbase_domains = [\"myapp.localhost\"]\n\
-         [tls]\nlisten = \"127.0.0.1:{{TLS_PORT}}\"\nredirect_http = false\n\
-         certificates = [{{ cert_file = \"{0}/wildcard.pem\", key_file = \"{0}/wildcard.key\" }}]\n{1}",
-        certs.path().display(),
-        pools_toml(&[("default", &[app.port])]),
-    );
-    let mut old = Gateway::start_with_grace(&pg.url(), &body, 3).unwrap();
+    let mut s = Stack::builder().apps(1).tls("redirect_http = false\n").grace(3).start();
+    let (pg, ca) = (&s.pg, s.ca().to_path_buf());
+    let old = &mut s.gw;
     let (port, tls_port) = (old.port, old.tls_port);
 
     // A WebSocket on the old process.

@@ -1,0 +1,309 @@
+//! The one stack builder every suite starts from: a PostgreSQL cluster with
+//! the usual two tenants (or the suite's own setup), upstream-apps (on the
+//! same cluster or their own), development certificates and a TLS listener
+//! when asked, and a gateway with the usual config plus the suite's lines.
+//! Further gateways with the same config on the same database come from
+//! [`Stack::gateway`]; a suite with more parts (Pebble, Django) keeps them
+//! beside its `Stack`.
+
+use crate::tls::{dev_certs, issue};
+use crate::*;
+
+/// A running stack. Fields drop in order: the gateway stops first.
+pub struct Stack {
+    pub gw: Gateway,
+    pub apps: Vec<UpstreamApp>,
+    /// The gateway's database (domain table, claims, certificates).
+    pub pg: Postgres,
+    /// The upstream-apps' own cluster, when separate from `pg`.
+    pub app_pg: Option<Postgres>,
+    /// Development certificates (`wildcard.pem` for `*.myapp.localhost`,
+    /// `custom/` with one for `www.ferrari-cars.test` when asked).
+    pub certs: tempfile::TempDir,
+    /// The development CA, when TLS is on.
+    pub ca: Option<PathBuf>,
+    /// The gateway's config body (before the harness's `[listen]` lines).
+    pub body: String,
+    /// The first gateway's ports (for restarting it on the same ones).
+    pub ports: GatewayPorts,
+    pub grace_secs: u64,
+    env: Vec<(String, String)>,
+    pub client: http::Client,
+}
+
+/// A suite's own database setup (instead of `two_tenants`).
+type Setup = Box<dyn FnOnce(&Postgres)>;
+
+/// How a [`Stack`] is built. Defaults: a new cluster with ferrari and
+/// mclaren, two upstream-apps in pool `default`, base domain
+/// `myapp.localhost`, no TLS, one second of shutdown grace.
+pub struct StackBuilder {
+    pg: Option<Postgres>,
+    setup: Option<Setup>,
+    apps: usize,
+    app_extra: String,
+    separate_app_db: bool,
+    tls: Option<String>,
+    custom_cert: bool,
+    config: String,
+    pools: Option<String>,
+    grace_secs: u64,
+    ports: Option<GatewayPorts>,
+    env: Vec<(String, String)>,
+    wait_backends: bool,
+}
+
+impl Stack {
+    pub fn builder() -> StackBuilder {
+        StackBuilder {
+            pg: None,
+            setup: None,
+            apps: 2,
+            app_extra: String::new(),
+            separate_app_db: false,
+            tls: None,
+            custom_cert: false,
+            config: String::new(),
+            pools: None,
+            grace_secs: 1,
+            ports: None,
+            env: Vec::new(),
+            wait_backends: false,
+        }
+    }
+
+    /// Another gateway on this stack's database with its config, on new
+    /// ports unless given.
+    pub fn gateway(&self) -> GatewayBuilder {
+        let mut b = Gateway::builder(&self.pg.url(), &self.body).grace(self.grace_secs);
+        for (k, v) in &self.env {
+            b = b.env(k, v);
+        }
+        b
+    }
+
+    /// The first gateway again on its own ports (after it was stopped).
+    pub fn restart_gateway(&mut self) {
+        self.gw = self.gateway().ports(self.ports).start().expect("gateway restarts");
+    }
+
+    pub fn ca(&self) -> &Path {
+        self.ca.as_deref().expect("stack built with .tls()")
+    }
+
+    /// The `custom/` certificate directory (`tls.cert_dir`).
+    pub fn custom_dir(&self) -> PathBuf {
+        self.certs.path().join("custom")
+    }
+
+    /// An HTTPS client trusting the development CA, resolving the two
+    /// tenants' subdomains to this gateway's TLS port.
+    pub fn https(&self) -> http::Client {
+        tls::https_client(
+            self.ca(),
+            self.gw.tls_port,
+            &["ferrari.myapp.localhost", "mclaren.myapp.localhost"],
+            &["http/1.1"],
+        )
+    }
+
+    pub fn https_url(&self, host: &str, path: &str) -> String {
+        format!("https://{host}:{}{path}", self.gw.tls_port)
+    }
+
+    /// The sum of a metric's series with these labels, as scraped now.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric_sum(&self.gw.scrape().unwrap_or_default(), name, labels)
+    }
+
+    /// `GET path` through the gateway for `host`, with more headers.
+    pub fn get(&self, host: &str, path: &str, headers: &[(&str, &str)]) -> http::Resp {
+        let mut r = self.client.get(&self.gw.url(path)).header("host", host);
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        r.send().expect("request through gateway")
+    }
+
+    /// `POST path` with a JSON body through the gateway for `host`.
+    pub fn post(&self, host: &str, path: &str, body: serde_json::Value) -> http::Resp {
+        self.client
+            .request(http::Method::POST, &self.gw.url(path))
+            .header("host", host)
+            .json(&body)
+            .send()
+            .expect("request through gateway")
+    }
+
+    /// `GET target` written byte for byte (for what an HTTP client library
+    /// will not send: repeated or odd headers, absolute-form targets).
+    pub fn raw_get(&self, target: &str, headers: &[&str]) -> (u16, String) {
+        let head: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
+        raw_http(
+            self.gw.port,
+            &format!("GET {target} HTTP/1.1\r\n{head}Connection: close\r\n\r\n"),
+        )
+        .expect("raw request through gateway")
+    }
+
+    /// The upstream-app's `/whoami` for `host` (must answer 200).
+    pub fn whoami(&self, host: &str, headers: &[(&str, &str)]) -> serde_json::Value {
+        let r = self.get(host, "/whoami", headers);
+        assert_eq!(r.status, 200, "{host}: {}", r.body);
+        r.json()
+    }
+}
+
+impl StackBuilder {
+    /// Use this cluster (already set up by the suite) instead of a new one
+    /// with the two tenants.
+    pub fn database(mut self, pg: Postgres) -> StackBuilder {
+        self.pg = Some(pg);
+        self
+    }
+
+    /// Set the new cluster up with this instead of `two_tenants`.
+    pub fn setup(mut self, f: impl FnOnce(&Postgres) + 'static) -> StackBuilder {
+        self.setup = Some(Box::new(f));
+        self
+    }
+
+    /// How many upstream-apps (pool `default` holds them all).
+    pub fn apps(mut self, n: usize) -> StackBuilder {
+        self.apps = n;
+        self
+    }
+
+    /// Config lines for the upstream-apps.
+    pub fn app_config(mut self, extra: &str) -> StackBuilder {
+        self.app_extra = extra.to_owned();
+        self
+    }
+
+    /// The upstream-apps on their own cluster (with the same two tenants),
+    /// so the gateway's database can be stopped while backends work.
+    pub fn separate_app_database(mut self) -> StackBuilder {
+        self.separate_app_db = true;
+        self
+    }
+
+    /// A TLS listener with the wildcard development certificate; `extra`
+    /// goes into the `[tls]` section (and may open further sections).
+    pub fn tls(mut self, extra: &str) -> StackBuilder {
+        self.tls = Some(extra.to_owned());
+        self
+    }
+
+    /// Also `tls.cert_dir` holding a certificate for `www.ferrari-cars.test`.
+    pub fn custom_certificate(mut self) -> StackBuilder {
+        self.custom_cert = true;
+        self
+    }
+
+    /// Lines after `[tenant]`'s `base_domains` (more keys, or sections).
+    pub fn config(mut self, extra: &str) -> StackBuilder {
+        self.config.push_str(extra);
+        self.config.push('\n');
+        self
+    }
+
+    /// Pool sections instead of `default` holding every upstream-app (for
+    /// backends the suite started itself).
+    pub fn pools(mut self, pools: String) -> StackBuilder {
+        self.pools = Some(pools);
+        self
+    }
+
+    pub fn grace(mut self, secs: u64) -> StackBuilder {
+        self.grace_secs = secs;
+        self
+    }
+
+    /// Ports chosen beforehand (e.g. handed to Pebble first).
+    pub fn ports(mut self, ports: GatewayPorts) -> StackBuilder {
+        self.ports = Some(ports);
+        self
+    }
+
+    /// One more environment variable for the gateways.
+    pub fn env(mut self, key: &str, value: &str) -> StackBuilder {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Wait until the gateway counts every upstream-app healthy.
+    pub fn wait_backends(mut self) -> StackBuilder {
+        self.wait_backends = true;
+        self
+    }
+
+    pub fn start(self) -> Stack {
+        let pg = match self.pg {
+            Some(pg) => pg,
+            None => {
+                let pg = Postgres::start().expect("PostgreSQL");
+                match self.setup {
+                    Some(f) => f(&pg),
+                    None => two_tenants(&pg),
+                }
+                pg
+            }
+        };
+        let app_pg = self.separate_app_db.then(|| {
+            let p = Postgres::start().expect("PostgreSQL for the apps");
+            two_tenants(&p);
+            p
+        });
+        let app_url = app_pg.as_ref().unwrap_or(&pg).url();
+        let apps: Vec<UpstreamApp> = (0..self.apps)
+            .map(|_| UpstreamApp::start(&app_url, &self.app_extra).expect("upstream-app"))
+            .collect();
+        let certs = tempfile::tempdir().expect("temp dir");
+        let mut body = format!("[tenant]\nbase_domains = [\"myapp.localhost\"]\n{}\n", self.config);
+        let mut ca = None;
+        if let Some(tls_extra) = &self.tls {
+            ca = Some(dev_certs(certs.path()));
+            let mut cert_dir = String::new();
+            if self.custom_cert {
+                let custom = certs.path().join("custom");
+                std::fs::create_dir_all(&custom).expect("custom cert dir");
+                issue(certs.path(), &["www.ferrari-cars.test"], &custom.join("ferrari-cars"));
+                cert_dir = format!("cert_dir = \"{}\"\n", custom.display());
+            }
+            body.push_str(&format!(
+                "[tls]\nlisten = \"127.0.0.1:{{TLS_PORT}}\"\n{cert_dir}\
+                 certificates = [{{ cert_file = \"{0}/wildcard.pem\", key_file = \"{0}/wildcard.key\" }}]\n{tls_extra}\n",
+                certs.path().display()
+            ));
+        }
+        let ports: Vec<u16> = apps.iter().map(|a| a.port).collect();
+        body.push_str(&self.pools.unwrap_or_else(|| pools_toml(&[("default", &ports)])));
+        let ports_of_gw = self.ports.unwrap_or_else(GatewayPorts::free);
+        let mut b = Gateway::builder(&pg.url(), &body)
+            .grace(self.grace_secs)
+            .ports(ports_of_gw);
+        for (k, v) in &self.env {
+            b = b.env(k, v);
+        }
+        let gw = b.start().expect("gateway");
+        if self.wait_backends {
+            for port in &ports {
+                gw.wait_backend("default", *port, true, Duration::from_secs(10))
+                    .expect("backend healthy");
+            }
+        }
+        Stack {
+            gw,
+            apps,
+            pg,
+            app_pg,
+            certs,
+            ca,
+            body,
+            ports: ports_of_gw,
+            grace_secs: self.grace_secs,
+            env: self.env,
+            client: http::client(),
+        }
+    }
+}
