@@ -286,12 +286,12 @@ fn the_http_token_proves_a_claim_and_an_unproven_claim_expires() {
         format!("http://{SHOP}/.well-known/tenant-gateway/verification.txt")
     );
     let token = added["instructions"]["http_body"].as_str().unwrap().to_owned();
-    wait_checks(&pg, SHOP, 2);
-    assert_eq!(claim_field(&pg, SHOP, "status"), "pending");
-    assert_eq!(claim_field(&pg, SHOP, "saw_other_proof"), "t");
+    wait_checks(pg, SHOP, 2);
+    assert_eq!(claim_field(pg, SHOP, "status"), "pending");
+    assert_eq!(claim_field(pg, SHOP, "saw_other_proof"), "t");
     assert_eq!(http_status(gw.port, SHOP), 404);
     *file.lock().unwrap() = token;
-    wait_status(&pg, SHOP, "active", Duration::from_secs(15));
+    wait_status(pg, SHOP, "active", Duration::from_secs(15));
     wait_until("routed", Duration::from_secs(10), || {
         http::client()
             .get(&gw.url("/whoami"))
@@ -318,10 +318,10 @@ fn the_http_token_proves_a_claim_and_an_unproven_claim_expires() {
     );
     assert_eq!(code, 200, "{added}");
     assert_eq!(added["instructions"]["cname_target"], "edge.myapp.localhost");
-    wait_checks(&pg, "pointed.test", 2);
-    assert_eq!(claim_field(&pg, "pointed.test", "status"), "pending");
+    wait_checks(pg, "pointed.test", 2);
+    assert_eq!(claim_field(pg, "pointed.test", "status"), "pending");
     dns.set_cname("pointed.test", "edge.myapp.localhost");
-    wait_status(&pg, "pointed.test", "active", Duration::from_secs(15));
+    wait_status(pg, "pointed.test", "active", Duration::from_secs(15));
     wait_until("pointed.test routed", Duration::from_secs(10), || {
         http::client()
             .get(&gw.url("/whoami"))
@@ -345,7 +345,7 @@ fn the_http_token_proves_a_claim_and_an_unproven_claim_expires() {
         Some(ADMIN_TOKEN),
     );
     assert_eq!(code, 200);
-    wait_status(&pg, "nowhere.test", "expired", Duration::from_secs(60));
+    wait_status(pg, "nowhere.test", "expired", Duration::from_secs(60));
     assert_eq!(http_status(gw.port, "nowhere.test"), 404);
     let (code, retried) = gw.api(
         http::Method::POST,
@@ -480,14 +480,14 @@ fn a_verified_claim_activates_when_its_domain_row_appears() {
         &["hostnames", "add", "later.test", "--tenant", "ferrari", "--preverified"],
     );
     wait_until("the claim looked at", Duration::from_secs(15), || {
-        !claim_field(&pg, "later.test", "last_checked_at").is_empty()
+        !claim_field(pg, "later.test", "last_checked_at").is_empty()
     })
     .unwrap();
-    assert_eq!(claim_field(&pg, "later.test", "status"), "verified");
-    assert!(claim_field(&pg, "later.test", "last_error").contains("does not map"));
+    assert_eq!(claim_field(pg, "later.test", "status"), "verified");
+    assert!(claim_field(pg, "later.test", "last_error").contains("does not map"));
     assert_eq!(http_status(gw.port, "later.test"), 404);
     app_cli_ok(&pg.url(), &["domain", "add", "later.test", "--tenant", "ferrari"]);
-    wait_status(&pg, "later.test", "active", Duration::from_secs(10));
+    wait_status(pg, "later.test", "active", Duration::from_secs(10));
     wait_until("routed", Duration::from_secs(10), || {
         http::client()
             .get(&gw.url("/whoami"))
