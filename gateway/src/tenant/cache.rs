@@ -540,6 +540,24 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn unknown_hosts_are_remembered_apart_until_invalidated() {
+        let fake = Arc::new(Fake::default());
+        fake.set("a.test", Ok(Some("alpha")));
+        let c = cache(&fake, 60);
+        for _ in 0..3 {
+            assert!(matches!(c.resolve("unknown.test").await, Resolution::NotFound));
+        }
+        assert_eq!(fake.queries.load(Ordering::SeqCst), 1, "negative entry reused");
+        assert_eq!(c.positive.len(), 0, "unknown hosts never take a tenant's slot");
+        assert_eq!(schema(&c.resolve("a.test").await), Some("alpha"));
+        // The row appears; its NOTIFY evicts the negative entry.
+        fake.set("unknown.test", Ok(Some("beta")));
+        c.invalidate(["unknown.test"]);
+        assert_eq!(schema(&c.resolve("unknown.test").await), Some("beta"));
+        assert_eq!(fake.queries.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
     async fn expired_entries_are_served_at_once_and_refreshed_in_the_background() {
         let fake = Arc::new(Fake::default());
         fake.set("a.test", Ok(Some("alpha")));
