@@ -21,6 +21,10 @@ use http::{HeaderMap, HeaderName, Uri};
 
 pub const REQUEST_ID: &str = "x-request-id";
 
+/// The edits of one request, on the stack (a request needs at most eight
+/// sets plus the removals of what the client sent under our names).
+pub type Edits<'a> = smallvec::SmallVec<[Edit<'a>; 12]>;
+
 /// One change to the request header sent upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Edit<'a> {
@@ -126,7 +130,7 @@ fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
 /// The edits that turn the client's headers into the ones forwarded
 /// upstream, before the stamp: tenant headers removed, forwarding headers,
 /// request id, `Host`. Appended to `out` in the order to apply them.
-pub fn upstream<'a>(headers: &HeaderMap, u: &Upstream<'a>, out: &mut Vec<Edit<'a>>) {
+pub fn upstream<'a>(headers: &HeaderMap, u: &Upstream<'a>, out: &mut Edits<'a>) {
     // 1. No client-supplied tenant header survives, whatever its spelling.
     out.extend(
         headers
@@ -139,7 +143,7 @@ pub fn upstream<'a>(headers: &HeaderMap, u: &Upstream<'a>, out: &mut Vec<Edit<'a
     // are read at all.
     let scheme = if u.tls { "https" } else { "http" };
     let existing = |name: &str| if u.trusted { joined(headers, name) } else { None };
-    let unset = |out: &mut Vec<Edit<'a>>, name: &'static str| {
+    let unset = |out: &mut Edits<'a>, name: &'static str| {
         if !u.trusted && headers.contains_key(name) {
             out.push(Edit::Remove(HeaderName::from_static(name)));
         }
@@ -261,9 +265,9 @@ mod tests {
     }
 
     fn edits(h: &HeaderMap, u: &Upstream<'static>) -> Vec<Edit<'static>> {
-        let mut out = Vec::new();
+        let mut out = Edits::new();
         upstream(h, u, &mut out);
-        out
+        out.into_vec()
     }
 
     fn set<'a>(e: &'a [Edit<'_>], name: &str) -> Option<&'a str> {

@@ -406,7 +406,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let host = ctx.host.as_deref().unwrap_or_default();
         let ip = Self::client_ip(session);
-        let mut edits = Vec::with_capacity(8);
+        let mut edits = headers::Edits::new();
         headers::upstream(
             &req.headers,
             &headers::Upstream {
