@@ -5,7 +5,7 @@
 //! they are applied: the version recorded in `tenant_gateway.schema_version`
 //! is read first, without locks, and only an older schema runs the scripts
 //! (idempotent, serialised across the fleet by a transaction-scoped
-//! advisory lock). So a live fleet never re-runs DDL (whose table locks
+//! advisory lock, under which the version is read again). So a live fleet never re-runs DDL (whose table locks
 //! could deadlock with running gateways' transactions) on a restart or a
 //! `gateway hostnames …` command.
 
@@ -21,38 +21,48 @@ const MIGRATION_LOCK: i64 = 0x7467_6163_6d65; // "tgacme"
 /// The schema version these migrations make.
 const VERSION: i32 = MIGRATIONS.len() as i32;
 
-/// The version the database records (0: none recorded yet).
-async fn recorded_version(db: &PgPool) -> Result<i32, sqlx::Error> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('tenant_gateway.schema_version') IS NOT NULL")
-        .fetch_one(db)
-        .await?;
-    if !exists {
-        return Ok(0);
-    }
-    sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM tenant_gateway.schema_version")
-        .fetch_one(db)
-        .await
-}
+/// Whether a version is recorded at all, and which (read only if so).
+const HAS_VERSION: &str = "SELECT to_regclass('tenant_gateway.schema_version') IS NOT NULL";
+const RECORDED_VERSION: &str = "SELECT coalesce(max(version), 0) FROM tenant_gateway.schema_version";
 
-/// Create or update the schema (nothing to do, and no lock taken, when the
-/// recorded version is this one's or newer).
+/// Create or update the schema. Nothing to do, and no lock taken, when the
+/// recorded version is this one's or newer; otherwise, under the advisory
+/// lock, the version is read again (another gateway may just have migrated)
+/// and the scripts run only if it is still older, in the same transaction
+/// that records the new version.
 pub async fn migrate(db: &PgPool) -> Result<(), sqlx::Error> {
-    if recorded_version(db).await? >= VERSION {
+    if sqlx::query_scalar::<_, bool>(HAS_VERSION).fetch_one(db).await?
+        && sqlx::query_scalar::<_, i32>(RECORDED_VERSION).fetch_one(db).await? >= VERSION
+    {
         return Ok(());
     }
-    // One multi-statement simple query runs as one implicit transaction, so
-    // the advisory lock serialises concurrent gateways and the version is
-    // recorded with the changes or not at all.
-    let script = format!(
-        "SELECT pg_advisory_xact_lock({MIGRATION_LOCK});\n{}\n\
-         CREATE TABLE IF NOT EXISTS tenant_gateway.schema_version (version integer NOT NULL);\n\
-         DELETE FROM tenant_gateway.schema_version WHERE version < {VERSION};\n\
-         INSERT INTO tenant_gateway.schema_version SELECT {VERSION}\n\
-          WHERE NOT EXISTS (SELECT 1 FROM tenant_gateway.schema_version WHERE version >= {VERSION});",
-        MIGRATIONS.join("\n")
-    );
-    sqlx::raw_sql(&script).execute(db).await?;
-    Ok(())
+    let mut tx = db.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    if sqlx::query_scalar::<_, bool>(HAS_VERSION).fetch_one(&mut *tx).await?
+        && sqlx::query_scalar::<_, i32>(RECORDED_VERSION)
+            .fetch_one(&mut *tx)
+            .await?
+            >= VERSION
+    {
+        return tx.commit().await;
+    }
+    for script in MIGRATIONS {
+        sqlx::Executor::execute(&mut *tx, sqlx::raw_sql(script)).await?;
+    }
+    sqlx::query("CREATE TABLE IF NOT EXISTS tenant_gateway.schema_version (version integer NOT NULL)")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM tenant_gateway.schema_version")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO tenant_gateway.schema_version VALUES ($1)")
+        .bind(VERSION)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
 }
 
 /// Migrate, retrying with back-off until the database answers (start-up of

@@ -43,6 +43,7 @@ pub struct StackBuilder {
     apps: usize,
     app_extra: String,
     separate_app_db: bool,
+    certs: Option<tempfile::TempDir>,
     tls: Option<String>,
     custom_cert: bool,
     config: String,
@@ -61,6 +62,7 @@ impl Stack {
             apps: 2,
             app_extra: String::new(),
             separate_app_db: false,
+            certs: None,
             tls: None,
             custom_cert: false,
             config: String::new(),
@@ -82,8 +84,10 @@ impl Stack {
         b
     }
 
-    /// The first gateway again on its own ports (after it was stopped).
+    /// Stop the first gateway (SIGTERM, waiting for it to exit) and start
+    /// it again on its own ports with the same config.
     pub fn restart_gateway(&mut self) {
+        assert!(self.gw.proc_.terminate(Duration::from_secs(15)), "gateway did not stop");
         self.gw = self.gateway().ports(self.ports).start().expect("gateway restarts");
     }
 
@@ -187,6 +191,13 @@ impl StackBuilder {
         self
     }
 
+    /// Development certificates already made in this directory (`dev_certs`,
+    /// e.g. so Pebble could start with them before the gateway).
+    pub fn certs(mut self, dir: tempfile::TempDir) -> StackBuilder {
+        self.certs = Some(dir);
+        self
+    }
+
     /// A TLS listener with the wildcard development certificate; `extra`
     /// goes into the `[tls]` section (and may open further sections).
     pub fn tls(mut self, extra: &str) -> StackBuilder {
@@ -258,11 +269,18 @@ impl StackBuilder {
         let apps: Vec<UpstreamApp> = (0..self.apps)
             .map(|_| UpstreamApp::start(&app_url, &self.app_extra).expect("upstream-app"))
             .collect();
-        let certs = tempfile::tempdir().expect("temp dir");
+        let made = self.certs.is_some();
+        let certs = match self.certs {
+            Some(dir) => dir,
+            None => tempfile::tempdir().expect("temp dir"),
+        };
         let mut body = format!("[tenant]\nbase_domains = [\"myapp.localhost\"]\n{}\n", self.config);
         let mut ca = None;
         if let Some(tls_extra) = &self.tls {
-            ca = Some(dev_certs(certs.path()));
+            ca = Some(match made {
+                true => certs.path().join("ca.pem"),
+                false => dev_certs(certs.path()),
+            });
             let mut cert_dir = String::new();
             if self.custom_cert {
                 let custom = certs.path().join("custom");

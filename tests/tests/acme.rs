@@ -6,7 +6,6 @@
 //! their keys encrypted, and many names at once queue for order slots while
 //! every challenge is still answered.
 
-use std::path::Path;
 use std::time::Duration;
 
 use e2e::tls::{dev_certs, https_client, probe};
@@ -20,56 +19,57 @@ fn tenants(pg: &Postgres) {
     create_tenant(&pg.url(), "mclaren", &["mclaren.myapp.localhost"]);
 }
 
-/// Gateway config with ACME on, pointing at `pebble`.
+/// `[acme]` pointing at `pebble` (and the operator API on).
 /// `acme_extra`: more `[acme]` keys, one per line.
-fn acme_body(certs: &Path, pebble: &Pebble, challenges: &str, app_port: u16, acme_extra: &str) -> String {
+fn acme_config(pebble: &Pebble, challenges: &str, acme_extra: &str) -> String {
     format!(
-        "[tenant]\nbase_domains = [\"myapp.localhost\"]\n\
-         [tls]\nlisten = \"127.0.0.1:{{TLS_PORT}}\"\n\
-         certificates = [{{ cert_file = \"{0}/wildcard.pem\", key_file = \"{0}/wildcard.key\" }}]\n\
-         [acme]\nenabled = true\ndirectory_url = \"{1}\"\nca_root = \"{2}\"\ncontact = [\"mailto:ops@myapp.localhost\"]\n\
+        "[acme]\nenabled = true\ndirectory_url = \"{}\"\nca_root = \"{}\"\ncontact = [\"mailto:ops@myapp.localhost\"]\n\
          challenges = [{challenges}]\ncheck_interval_secs = 1\nretry_base_secs = 1\nretry_max_secs = 3\non_demand_timeout_ms = 8000\n\
-         {acme_extra}[admin]\ntoken_env = \"TG_ADMIN_TOKEN\"\n{3}",
-        certs.display(),
+         {acme_extra}[admin]\ntoken_env = \"TG_ADMIN_TOKEN\"\n",
         pebble.directory(),
         pebble.directory_ca().display(),
-        pools_toml(&[("default", &[app_port])]),
     )
 }
 
-/// One upstream-app, dev certificates, Pebble validating against this
-/// gateway's own ports, and the gateway with ACME on. Fields drop in order:
-/// the gateway stops before Pebble.
-struct AcmeStack {
-    gw: Gateway,
-    pebble: Pebble,
+/// The stack on `pg` (set up by the test) with one upstream-app, TLS with
+/// the development certificates in `certs` (which `pebble` uses too) and
+/// ACME against `pebble`, on `ports` (which `pebble` validates against).
+fn acme_stack_on(
+    pg: Postgres,
+    certs: tempfile::TempDir,
     ports: GatewayPorts,
-    /// The gateway's config, for restarting it.
-    body: String,
-    _app: UpstreamApp,
-    _certs: tempfile::TempDir,
+    pebble: &Pebble,
+    challenges: &str,
+    acme_extra: &str,
+) -> Stack {
+    Stack::builder()
+        .database(pg)
+        .apps(1)
+        .certs(certs)
+        .ports(ports)
+        .tls("")
+        .config(&acme_config(pebble, challenges, acme_extra))
+        .start()
 }
 
-fn acme_stack(pg: &Postgres, challenges: &str) -> AcmeStack {
+/// The stack and Pebble validating against its gateway's own ports.
+/// Fields drop in order: the gateway stops before Pebble.
+struct AcmeStack {
+    s: Stack,
+    pebble: Pebble,
+}
+
+fn acme_stack(pg: Postgres, challenges: &str) -> AcmeStack {
     acme_stack_with(pg, challenges, "")
 }
 
-fn acme_stack_with(pg: &Postgres, challenges: &str, acme_extra: &str) -> AcmeStack {
-    let app = UpstreamApp::start(&pg.url(), "").unwrap();
+fn acme_stack_with(pg: Postgres, challenges: &str, acme_extra: &str) -> AcmeStack {
     let certs = tempfile::tempdir().unwrap();
     dev_certs(certs.path());
     let ports = GatewayPorts::free();
     let pebble = Pebble::start(certs.path(), ports.http, ports.tls, 3600).unwrap();
-    let body = acme_body(certs.path(), &pebble, challenges, app.port, acme_extra);
-    let gw = Gateway::builder(&pg.url(), &body).ports(ports).start().unwrap();
-    AcmeStack {
-        gw,
-        pebble,
-        ports,
-        body,
-        _app: app,
-        _certs: certs,
-    }
+    let s = acme_stack_on(pg, certs, ports, &pebble, challenges, acme_extra);
+    AcmeStack { s, pebble }
 }
 
 /// Wait until `name` is served with a certificate that chains to Pebble's
@@ -96,18 +96,18 @@ fn wait_issued(pebble: &Pebble, tls_port: u16, name: &str, timeout: Duration) {
 fn issue_on_domain_add(challenges: &str) {
     let pg = Postgres::start().unwrap();
     tenants(&pg);
-    let st = acme_stack(&pg, challenges);
+    let st = acme_stack(pg, challenges);
     assert!(
-        probe(st.ports.tls, Some(CUSTOM), &[]).is_err(),
+        probe(st.s.ports.tls, Some(CUSTOM), &[]).is_err(),
         "no certificate before the domain exists"
     );
     // The tenant adds a custom domain: no restart, the gateway gets a certificate.
-    app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
-    wait_issued(&st.pebble, st.ports.tls, CUSTOM, Duration::from_secs(60));
-    assert_eq!(orders(&pg), 1);
-    let log = st.gw.proc_.log();
+    app_cli_ok(&st.s.pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
+    wait_issued(&st.pebble, st.s.ports.tls, CUSTOM, Duration::from_secs(60));
+    assert_eq!(orders(&st.s.pg), 1);
+    let log = st.s.gw.proc_.log();
     assert!(log.contains("certificate issued and stored"), "{log}");
-    let metrics = st.gw.scrape().unwrap();
+    let metrics = st.s.gw.scrape().unwrap();
     assert_eq!(
         metric_sum(
             &metrics,
@@ -118,7 +118,7 @@ fn issue_on_domain_add(challenges: &str) {
     );
     // The operator API explains the custom domain: its tenant, its ACME
     // certificate and order state.
-    let (status, v) = st.gw.api(
+    let (status, v) = st.s.gw.api(
         e2e::http::Method::GET,
         &format!("explain?host={CUSTOM}"),
         Some(ADMIN_TOKEN),
@@ -145,14 +145,13 @@ fn custom_domain_gets_a_certificate_via_tls_alpn_01() {
 fn a_failing_challenge_type_falls_back_to_the_next() {
     let pg = Postgres::start().unwrap();
     tenants(&pg);
-    let app = UpstreamApp::start(&pg.url(), "").unwrap();
     let certs = tempfile::tempdir().unwrap();
     dev_certs(certs.path());
     let ports = GatewayPorts::free();
     // Pebble's TLS-ALPN-01 validation goes to a port nobody listens on.
     let pebble = Pebble::start(certs.path(), ports.http, free_port(), 3600).unwrap();
-    let body = acme_body(certs.path(), &pebble, "\"tls-alpn-01\", \"http-01\"", app.port, "");
-    let gw = Gateway::builder(&pg.url(), &body).ports(ports).start().unwrap();
+    let s = acme_stack_on(pg, certs, ports, &pebble, "\"tls-alpn-01\", \"http-01\"", "");
+    let (pg, gw) = (&s.pg, &s.gw);
     app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
     wait_issued(&pebble, ports.tls, CUSTOM, Duration::from_secs(60));
     let log = gw.proc_.log();
@@ -160,7 +159,7 @@ fn a_failing_challenge_type_falls_back_to_the_next() {
         log.contains("order failed with this challenge") && log.contains("TlsAlpn01"),
         "{log}"
     );
-    assert_eq!(orders(&pg), 1, "the fallback is part of the same order attempt");
+    assert_eq!(orders(pg), 1, "the fallback is part of the same order attempt");
 }
 
 /// Tenants under one public suffix never share the per-domain order limit
@@ -170,57 +169,59 @@ fn a_failing_challenge_type_falls_back_to_the_next() {
 fn order_limit_is_per_registrable_domain_not_per_public_suffix() {
     let pg = Postgres::start().unwrap();
     tenants(&pg);
-    let st = acme_stack_with(&pg, "\"http-01\"", "orders_per_domain_per_week = 1\n");
+    let st = acme_stack_with(pg, "\"http-01\"", "orders_per_domain_per_week = 1\n");
     app_cli_ok(
-        &pg.url(),
+        &st.s.pg.url(),
         &["domain", "add", "shop.ferrari.co.uk", "--tenant", "ferrari"],
     );
     wait_issued_for(
         &st.pebble,
-        st.ports.tls,
+        st.s.ports.tls,
         "shop.ferrari.co.uk",
         "ferrari",
         Duration::from_secs(60),
     );
     // Another tenant under the same public suffix has a limit of its own.
     app_cli_ok(
-        &pg.url(),
+        &st.s.pg.url(),
         &["domain", "add", "www.mclaren.co.uk", "--tenant", "mclaren"],
     );
     wait_issued_for(
         &st.pebble,
-        st.ports.tls,
+        st.s.ports.tls,
         "www.mclaren.co.uk",
         "mclaren",
         Duration::from_secs(60),
     );
     // The first tenant's second name under ferrari.co.uk is over its limit.
-    app_cli_ok(&pg.url(), &["domain", "add", "eu.ferrari.co.uk", "--tenant", "ferrari"]);
+    app_cli_ok(
+        &st.s.pg.url(),
+        &["domain", "add", "eu.ferrari.co.uk", "--tenant", "ferrari"],
+    );
     wait_until(
         "the rate limit to hold back eu.ferrari.co.uk",
         Duration::from_secs(30),
-        || st.gw.proc_.log().contains("1 orders for ferrari.co.uk this week"),
+        || st.s.gw.proc_.log().contains("1 orders for ferrari.co.uk this week"),
     )
-    .unwrap_or_else(|e| panic!("{e}\n{}", st.gw.proc_.log()));
-    assert_eq!(orders(&pg), 2, "no order for the held-back name");
+    .unwrap_or_else(|e| panic!("{e}\n{}", st.s.gw.proc_.log()));
+    assert_eq!(orders(&st.s.pg), 2, "no order for the held-back name");
 }
 
 #[test]
 fn two_gateways_place_one_order_and_both_serve_it() {
     let pg = Postgres::start().unwrap();
     tenants(&pg);
-    let app = UpstreamApp::start(&pg.url(), "").unwrap();
     let certs = tempfile::tempdir().unwrap();
     dev_certs(certs.path());
     let (a_ports, b_ports) = (GatewayPorts::free(), GatewayPorts::free());
     // Pebble validates against gateway B only: when A holds the order, B answers from the database.
     let pebble = Pebble::start(certs.path(), b_ports.http, b_ports.tls, 3600).unwrap();
-    let body = acme_body(certs.path(), &pebble, "\"http-01\"", app.port, "");
-    let a = Gateway::builder(&pg.url(), &body).ports(a_ports).start().unwrap();
-    let b = Gateway::builder(&pg.url(), &body).ports(b_ports).start().unwrap();
+    let s = acme_stack_on(pg, certs, a_ports, &pebble, "\"http-01\"", "");
+    let b = s.gateway().ports(b_ports).start().unwrap();
+    let (pg, a, app) = (&s.pg, &s.gw, &s.apps[0]);
     // Either gateway answers a pending HTTP-01 challenge from the database.
     pg.psql("INSERT INTO tenant_gateway.acme_challenges (kind, key, name, key_authorization) VALUES ('http-01', 'tok_en-1', 'x.test', 'tok_en-1.thumb')").unwrap();
-    for gw in [&a, &b] {
+    for gw in [a, &b] {
         let (status, resp) = raw_http(
             gw.port,
             "GET /.well-known/acme-challenge/tok_en-1 HTTP/1.1\r\nHost: x.test\r\nConnection: close\r\n\r\n",
@@ -252,9 +253,9 @@ fn two_gateways_place_one_order_and_both_serve_it() {
     wait_issued(&pebble, b_ports.tls, CUSTOM, Duration::from_secs(60));
     wait_issued(&pebble, a_ports.tls, CUSTOM, Duration::from_secs(10));
     // Both gateways scan a few more times: still exactly one order.
-    wait_scans(&[&a, &b], 3);
+    wait_scans(&[a, &b], 3);
     let logs = || format!("{}{}", a.proc_.log(), b.proc_.log());
-    assert_eq!(orders(&pg), 1, "exactly one order for a new domain across the fleet");
+    assert_eq!(orders(pg), 1, "exactly one order for a new domain across the fleet");
     let ordered_by: String = pg.psql("SELECT gateway FROM tenant_gateway.acme_orders").unwrap();
     assert_eq!(
         logs().matches("ACME: ordering a certificate").count(),
@@ -270,24 +271,27 @@ fn unknown_and_suspended_names_never_cause_an_order() {
     create_tenant(&pg.url(), "paused", &["paused.myapp.localhost"]);
     app_cli_ok(&pg.url(), &["domain", "add", "shop.paused.test", "--tenant", "paused"]);
     app_cli_ok(&pg.url(), &["tenant", "suspend", "paused"]);
-    let st = acme_stack(&pg, "\"http-01\"");
+    let st = acme_stack(pg, "\"http-01\"");
     let seed: u32 = rand::random();
     for i in 0..1000u32 {
         let name = format!("r{:x}.evil-{i}.example", seed.wrapping_add(i));
         assert!(
-            probe(st.ports.tls, Some(&name), &[]).is_err(),
+            probe(st.s.ports.tls, Some(&name), &[]).is_err(),
             "{name} got a certificate"
         );
     }
     for _ in 0..5 {
-        assert!(probe(st.ports.tls, Some("shop.paused.test"), &[]).is_err());
+        assert!(probe(st.s.ports.tls, Some("shop.paused.test"), &[]).is_err());
         // Names under the base domain use the wildcard, never an order.
-        assert!(probe(st.ports.tls, Some("ferrari.myapp.localhost"), &[]).is_ok());
+        assert!(probe(st.s.ports.tls, Some("ferrari.myapp.localhost"), &[]).is_ok());
     }
     // A few scan cycles pass, still nothing ordered.
-    wait_scans(&[&st.gw], 3);
-    assert_eq!(orders(&pg), 0, "{}", st.gw.proc_.log());
-    assert_eq!(pg.psql("SELECT count(*) FROM tenant_gateway.acme_names").unwrap(), "0");
+    wait_scans(&[&st.s.gw], 3);
+    assert_eq!(orders(&st.s.pg), 0, "{}", st.s.gw.proc_.log());
+    assert_eq!(
+        st.s.pg.psql("SELECT count(*) FROM tenant_gateway.acme_names").unwrap(),
+        "0"
+    );
 }
 
 #[test]
@@ -295,23 +299,25 @@ fn renewal_survives_the_ca_being_down_and_restarts_order_nothing() {
     let pg = Postgres::start().unwrap();
     tenants(&pg);
     app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
-    let mut st = acme_stack(&pg, "\"http-01\"");
+    let mut st = acme_stack(pg, "\"http-01\"");
     // Start-up finds the domain without a certificate and orders one.
-    wait_issued(&st.pebble, st.ports.tls, CUSTOM, Duration::from_secs(60));
-    let first = pg
-        .psql("SELECT md5(chain_pem) FROM tenant_gateway.certificates")
-        .unwrap();
+    wait_issued(&st.pebble, st.s.ports.tls, CUSTOM, Duration::from_secs(60));
+    let first =
+        st.s.pg
+            .psql("SELECT md5(chain_pem) FROM tenant_gateway.certificates")
+            .unwrap();
 
     // Keys at rest are not plaintext.
     assert_eq!(
-        pg.psql(
-            "SELECT count(*) FROM tenant_gateway.certificates WHERE encode(key_enc, 'escape') LIKE '%PRIVATE KEY%'"
-        )
-        .unwrap(),
+        st.s.pg
+            .psql(
+                "SELECT count(*) FROM tenant_gateway.certificates WHERE encode(key_enc, 'escape') LIKE '%PRIVATE KEY%'"
+            )
+            .unwrap(),
         "0"
     );
     assert_eq!(
-        pg.psql(
+        st.s.pg.psql(
             "SELECT count(*) FROM tenant_gateway.acme_accounts WHERE encode(credentials_enc, 'escape') LIKE '%key%'"
         )
         .unwrap(),
@@ -319,26 +325,26 @@ fn renewal_survives_the_ca_being_down_and_restarts_order_nothing() {
     );
 
     // Restart: the stored certificate is served at once, no new order.
-    let before = orders(&pg);
-    drop(st.gw);
-    st.gw = Gateway::builder(&pg.url(), &st.body).ports(st.ports).start().unwrap();
-    assert_eq!(probe(st.ports.tls, Some(CUSTOM), &[]).unwrap().names, [CUSTOM]);
-    wait_scans(&[&st.gw], 3);
-    assert_eq!(orders(&pg), before, "a restart must not order again");
+    let before = orders(&st.s.pg);
+    st.s.restart_gateway();
+    assert_eq!(probe(st.s.ports.tls, Some(CUSTOM), &[]).unwrap().names, [CUSTOM]);
+    wait_scans(&[&st.s.gw], 3);
+    assert_eq!(orders(&st.s.pg), before, "a restart must not order again");
 
     // The CA goes away; an operator forces a renewal; it fails and backs off
     // while the old certificate keeps being served.
     st.pebble.stop_pebble();
-    let renew = &st.gw.cli(&pg.url(), &["acme", "renew", CUSTOM]);
+    let renew = &st.s.gw.cli(&st.s.pg.url(), &["acme", "renew", CUSTOM]);
     assert!(renew.contains("renewal of www.ferrari-cars.test requested"), "{renew}");
     wait_until("two failed attempts", Duration::from_secs(30), || {
-        pg.psql(&format!(
-            "SELECT failures FROM tenant_gateway.acme_names WHERE name = '{CUSTOM}'"
-        ))
-        .is_ok_and(|f| f.parse::<i32>().unwrap_or(0) >= 2)
+        st.s.pg
+            .psql(&format!(
+                "SELECT failures FROM tenant_gateway.acme_names WHERE name = '{CUSTOM}'"
+            ))
+            .is_ok_and(|f| f.parse::<i32>().unwrap_or(0) >= 2)
     })
     .unwrap();
-    let status = &st.gw.cli(&pg.url(), &["acme", "status"]);
+    let status = &st.s.gw.cli(&st.s.pg.url(), &["acme", "status"]);
     let line = status
         .lines()
         .find(|l| l.starts_with(CUSTOM))
@@ -350,31 +356,34 @@ fn renewal_survives_the_ca_being_down_and_restarts_order_nothing() {
     // Every attempt that ended is recorded: an order row without a result
     // belongs to a live lease (an attempt still running), nothing else.
     assert_eq!(
-        pg.psql(
-            "SELECT count(*) FROM tenant_gateway.acme_orders o WHERE o.result IS NULL AND NOT EXISTS
+        st.s.pg
+            .psql(
+                "SELECT count(*) FROM tenant_gateway.acme_orders o WHERE o.result IS NULL AND NOT EXISTS
                (SELECT 1 FROM tenant_gateway.acme_names n WHERE n.name = o.name AND n.lease_until > now())"
-        )
-        .unwrap(),
+            )
+            .unwrap(),
         "0"
     );
     assert_eq!(
-        probe(st.ports.tls, Some(CUSTOM), &[]).unwrap().names,
+        probe(st.s.ports.tls, Some(CUSTOM), &[]).unwrap().names,
         [CUSTOM],
         "old certificate must keep serving"
     );
     assert_eq!(
-        pg.psql("SELECT md5(chain_pem) FROM tenant_gateway.certificates")
+        st.s.pg
+            .psql("SELECT md5(chain_pem) FROM tenant_gateway.certificates")
             .unwrap(),
         first
     );
     // Each failure was a real attempt, spaced by the back-off (base 1 s, ±50 % jitter).
-    let failed: i32 = pg
-        .psql("SELECT count(*) FROM tenant_gateway.acme_orders WHERE result = 'failed'")
-        .unwrap()
-        .parse()
-        .unwrap();
+    let failed: i32 =
+        st.s.pg
+            .psql("SELECT count(*) FROM tenant_gateway.acme_orders WHERE result = 'failed'")
+            .unwrap()
+            .parse()
+            .unwrap();
     assert!(failed >= 2);
-    let spread: f64 = pg
+    let spread: f64 = st.s.pg
         .psql("SELECT extract(epoch FROM max(started_at) - min(started_at)) FROM tenant_gateway.acme_orders WHERE result = 'failed'")
         .unwrap()
         .parse()
@@ -387,12 +396,13 @@ fn renewal_survives_the_ca_being_down_and_restarts_order_nothing() {
     // The CA returns: the renewal goes through and the new certificate is served.
     st.pebble.start_pebble().unwrap();
     wait_until("renewed certificate stored", Duration::from_secs(60), || {
-        pg.psql("SELECT md5(chain_pem) FROM tenant_gateway.certificates")
+        st.s.pg
+            .psql("SELECT md5(chain_pem) FROM tenant_gateway.certificates")
             .is_ok_and(|m| m != first)
     })
-    .unwrap_or_else(|e| panic!("{e}\n{}", st.gw.proc_.log()));
-    wait_issued(&st.pebble, st.ports.tls, CUSTOM, Duration::from_secs(20));
-    let status = &st.gw.cli(&pg.url(), &["acme", "status"]);
+    .unwrap_or_else(|e| panic!("{e}\n{}", st.s.gw.proc_.log()));
+    wait_issued(&st.pebble, st.s.ports.tls, CUSTOM, Duration::from_secs(20));
+    let status = &st.s.gw.cli(&st.s.pg.url(), &["acme", "status"]);
     let line = status.lines().find(|l| l.starts_with(CUSTOM)).unwrap();
     assert!(line.contains("valid"), "{line}");
 }
@@ -412,27 +422,26 @@ fn stored_certificates_load_at_their_first_handshake_into_a_bounded_cache() {
     for n in names {
         app_cli_ok(&pg.url(), &["domain", "add", n, "--tenant", "ferrari"]);
     }
-    let mut st = acme_stack_with(&pg, "\"http-01\"", "certificate_cache_size = 2\n");
+    let mut st = acme_stack_with(pg, "\"http-01\"", "certificate_cache_size = 2\n");
     for n in names {
-        wait_issued(&st.pebble, st.ports.tls, n, Duration::from_secs(60));
+        wait_issued(&st.pebble, st.s.ports.tls, n, Duration::from_secs(60));
     }
-    let ordered = orders(&pg);
+    let ordered = orders(&st.s.pg);
     assert_eq!(ordered, 3);
 
-    drop(st.gw);
-    st.gw = Gateway::builder(&pg.url(), &st.body).ports(st.ports).start().unwrap();
-    assert_eq!(st.gw.metric("tenant_gateway_certificates_in_memory"), 0.0);
-    let log = st.gw.proc_.log();
+    st.s.restart_gateway();
+    assert_eq!(st.s.gw.metric("tenant_gateway_certificates_in_memory"), 0.0);
+    let log = st.s.gw.proc_.log();
     assert!(
         log.contains("stored certificates load at their first handshake"),
         "{log}"
     );
     for _round in 0..2 {
         for n in names {
-            assert_eq!(probe(st.ports.tls, Some(n), &[]).unwrap().names, [n]);
+            assert_eq!(probe(st.s.ports.tls, Some(n), &[]).unwrap().names, [n]);
         }
     }
-    let m = st.gw.scrape().unwrap();
+    let m = st.s.gw.scrape().unwrap();
     let loaded = metric_sum(&m, "tenant_gateway_certificate_loads_total", &[("result", "loaded")]);
     assert!(
         loaded >= 4.0,
@@ -440,8 +449,8 @@ fn stored_certificates_load_at_their_first_handshake_into_a_bounded_cache() {
     );
     assert!(metric_sum(&m, "tenant_gateway_certificates_in_memory", &[]) <= 2.0);
     // A name nobody serves never reaches the database for a certificate.
-    assert!(probe(st.ports.tls, Some("unknown.ferrari-cars.test"), &[]).is_err());
-    let m = st.gw.scrape().unwrap();
+    assert!(probe(st.s.ports.tls, Some("unknown.ferrari-cars.test"), &[]).is_err());
+    let m = st.s.gw.scrape().unwrap();
     assert_eq!(
         metric_sum(
             &m,
@@ -450,8 +459,8 @@ fn stored_certificates_load_at_their_first_handshake_into_a_bounded_cache() {
         ),
         0.0
     );
-    wait_scans(&[&st.gw], 3);
-    assert_eq!(orders(&pg), ordered, "nothing is ordered again");
+    wait_scans(&[&st.s.gw], 3);
+    assert_eq!(orders(&st.s.pg), ordered, "nothing is ordered again");
 }
 
 /// Twenty custom domains arrive at once with three order slots: all get
@@ -464,24 +473,26 @@ fn twenty_domains_at_once_queue_for_order_slots_and_every_challenge_is_answered(
     const NAMES: usize = 20;
     let pg = Postgres::start().unwrap();
     tenants(&pg);
-    let st = acme_stack_with(&pg, "\"http-01\"", "max_concurrent_orders = 3\n");
+    let st = acme_stack_with(pg, "\"http-01\"", "max_concurrent_orders = 3\n");
     // One transaction: the domain trigger NOTIFYs all twenty at commit.
-    pg.psql(&format!(
-        "INSERT INTO public.domains (domain, tenant_id)
+    st.s.pg
+        .psql(&format!(
+            "INSERT INTO public.domains (domain, tenant_id)
          SELECT 'www.team' || lpad(i::text, 2, '0') || '.test', t.id
            FROM generate_series(1, {NAMES}) i, public.tenants t WHERE t.schema_name = 'ferrari'"
-    ))
-    .unwrap();
+        ))
+        .unwrap();
     let (mut most_running, mut most_waiting) = (0.0f64, 0.0f64);
     wait_until("twenty certificates stored", Duration::from_secs(120), || {
-        if let Ok(m) = st.gw.scrape() {
+        if let Ok(m) = st.s.gw.scrape() {
             most_running = most_running.max(metric_sum(&m, "tenant_gateway_acme_orders_in_progress", &[]));
             most_waiting = most_waiting.max(metric_sum(&m, "tenant_gateway_acme_orders_waiting", &[]));
         }
-        pg.psql("SELECT count(*) FROM tenant_gateway.certificates")
+        st.s.pg
+            .psql("SELECT count(*) FROM tenant_gateway.certificates")
             .is_ok_and(|n| n == NAMES.to_string())
     })
-    .unwrap_or_else(|e| panic!("{e}\n{}\nPebble log:\n{}", st.gw.proc_.log(), st.pebble.log()));
+    .unwrap_or_else(|e| panic!("{e}\n{}\nPebble log:\n{}", st.s.gw.proc_.log(), st.pebble.log()));
     assert!(
         most_running <= SLOTS,
         "{most_running} orders ran at once with {SLOTS} slots"
@@ -493,7 +504,7 @@ fn twenty_domains_at_once_queue_for_order_slots_and_every_challenge_is_answered(
     for i in 1..=NAMES {
         wait_issued(
             &st.pebble,
-            st.ports.tls,
+            st.s.ports.tls,
             &format!("www.team{i:02}.test"),
             Duration::from_secs(30),
         );
@@ -501,7 +512,7 @@ fn twenty_domains_at_once_queue_for_order_slots_and_every_challenge_is_answered(
 
     // Bookkeeping: one issued order per name, nothing failed or left pending.
     assert_eq!(
-        pg.psql(
+        st.s.pg.psql(
             "SELECT count(*) FILTER (WHERE result = 'issued'), count(*) FILTER (WHERE result IS DISTINCT FROM 'issued')
                FROM tenant_gateway.acme_orders"
         )
@@ -509,14 +520,15 @@ fn twenty_domains_at_once_queue_for_order_slots_and_every_challenge_is_answered(
         format!("{NAMES}|0")
     );
     assert_eq!(
-        pg.psql(
-            "SELECT count(*) FROM tenant_gateway.acme_names
+        st.s.pg
+            .psql(
+                "SELECT count(*) FROM tenant_gateway.acme_names
               WHERE failures > 0 OR lease_owner IS NOT NULL OR ordering_since IS NOT NULL"
-        )
-        .unwrap(),
+            )
+            .unwrap(),
         "0"
     );
-    let status = &st.gw.cli(&pg.url(), &["acme", "status"]);
+    let status = &st.s.gw.cli(&st.s.pg.url(), &["acme", "status"]);
     assert_eq!(status.matches(" valid ").count(), NAMES, "{status}");
 
     // Every validation request Pebble made got its answer: as many 200s in
@@ -524,7 +536,7 @@ fn twenty_domains_at_once_queue_for_order_slots_and_every_challenge_is_answered(
     let validations = st.pebble.log().matches("Attempting to validate w/ HTTP").count();
     assert!(validations >= NAMES, "{}", st.pebble.log());
     let answered = || {
-        let log = st.gw.proc_.log();
+        let log = st.s.gw.proc_.log();
         let lines: Vec<String> = log
             .lines()
             .filter(|l| l.contains("access") && l.contains("path=/.well-known/acme-challenge/"))
@@ -535,7 +547,7 @@ fn twenty_domains_at_once_queue_for_order_slots_and_every_challenge_is_answered(
     wait_until("an access-log line per validation", Duration::from_secs(10), || {
         answered().len() >= validations
     })
-    .unwrap_or_else(|e| panic!("{e}\n{}", st.gw.proc_.log()));
+    .unwrap_or_else(|e| panic!("{e}\n{}", st.s.gw.proc_.log()));
     let lines = answered();
     assert_eq!(lines.len(), validations, "{lines:#?}");
     assert!(lines.iter().all(|l| l.contains("status=200")), "{lines:#?}");
@@ -546,7 +558,7 @@ fn twenty_domains_at_once_queue_for_order_slots_and_every_challenge_is_answered(
         NAMES,
         "{pebble_log}"
     );
-    let log = st.gw.proc_.log();
+    let log = st.s.gw.proc_.log();
     assert!(!log.contains("cannot read the challenge answer"), "{log}");
 }
 

@@ -14,11 +14,18 @@ use e2e::http;
 use e2e::*;
 use serde_json::Value;
 
-struct Stack {
-    pg: Postgres,
+/// The usual stack fronting the Django test project (gunicorn) instead of
+/// upstream-apps.
+struct DjangoStack {
+    s: Stack,
     app: Django,
-    gw: Gateway,
-    client: http::Client,
+}
+
+impl std::ops::Deref for DjangoStack {
+    type Target = Stack;
+    fn deref(&self) -> &Stack {
+        &self.s
+    }
 }
 
 fn fixture(pg: &Postgres, args: &[&str]) -> String {
@@ -29,7 +36,7 @@ fn fixture(pg: &Postgres, args: &[&str]) -> String {
 
 /// The public tenant, ferrari (a custom domain stored with capitals) and
 /// acme-eu (a hyphenated schema), a note in each tenant's own schema.
-fn stack() -> Stack {
+fn stack() -> DjangoStack {
     let pg = Postgres::start().unwrap();
     let app = Django::start(&pg.url(), 2).unwrap();
     fixture(&pg, &["create-public", "--domain", "public.test"]);
@@ -68,25 +75,22 @@ fn stack() -> Stack {
     fixture(&pg, &["add-note", "--schema", "acme-eu", "--text", "acme's note"]);
     manage(&pg.url(), &["tenant_gateway_triggers", "install"]);
     manage(&pg.url(), &["tenant_gateway_triggers", "install"]); // idempotent
-    let body = format!(
-        "[tenant]\npreset = \"django-tenants\"\nbase_domains = [\"myapp.localhost\"]\n\
-         [tenant.django]\nactive_column = \"is_active\"\n\
-         [pools.default]\nbackends = [\"127.0.0.1:{}\"]\nhealth_check_path = \"/healthz\"\n\
-         health_check_host = \"localhost\"\nhealth_check_interval_ms = 200\nhealth_check_threshold = 1\n",
-        app.port
-    );
-    let gw = Gateway::start(&pg.url(), &body).unwrap();
-    gw.wait_backend("default", app.port, true, Duration::from_secs(10))
+    let s = Stack::builder()
+        .database(pg)
+        .apps(0)
+        .config("preset = \"django-tenants\"\n[tenant.django]\nactive_column = \"is_active\"")
+        .pools(format!(
+            "[pools.default]\nbackends = [\"127.0.0.1:{}\"]\nhealth_check_path = \"/healthz\"\n\
+             health_check_host = \"localhost\"\nhealth_check_interval_ms = 200\nhealth_check_threshold = 1\n",
+            app.port
+        ))
+        .start();
+    s.gw.wait_backend("default", app.port, true, Duration::from_secs(10))
         .unwrap();
-    Stack {
-        pg,
-        app,
-        gw,
-        client: http::client(),
-    }
+    DjangoStack { s, app }
 }
 
-impl Stack {
+impl DjangoStack {
     fn get(&self, host: &str, headers: &[(&str, &str)]) -> http::Resp {
         let mut r = self
             .client

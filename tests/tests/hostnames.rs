@@ -9,7 +9,6 @@
 //! certificate is deleted after its grace period; a claim nobody proves
 //! expires and can be retried.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,22 +33,27 @@ fn verification(dns_port: u16, http_port: u16, methods: &str, window_secs: u64) 
     )
 }
 
-/// TLS + ACME against `pebble` (whose DNS also answers the checks).
-fn acme_body(certs: &Path, pebble: &Pebble, app_port: u16, grace_secs: u64) -> String {
-    format!(
-        "[tenant]\nbase_domains = [\"myapp.localhost\"]\n\
-         [tls]\nlisten = \"127.0.0.1:{{TLS_PORT}}\"\n\
-         certificates = [{{ cert_file = \"{0}/wildcard.pem\", key_file = \"{0}/wildcard.key\" }}]\n\
-         [acme]\nenabled = true\ndirectory_url = \"{1}\"\nca_root = \"{2}\"\n\
+/// The stack on `pg` with one upstream-app, TLS with the development
+/// certificates in `certs` (which `pebble` uses too), ACME against `pebble`
+/// (whose DNS also answers the checks), the operator API, on `ports`.
+fn acme_stack(pg: Postgres, certs: tempfile::TempDir, ports: GatewayPorts, pebble: &Pebble, grace_secs: u64) -> Stack {
+    let acme = format!(
+        "[acme]\nenabled = true\ndirectory_url = \"{}\"\nca_root = \"{}\"\n\
          challenges = [\"http-01\"]\ncheck_interval_secs = 1\nretry_base_secs = 1\nretry_max_secs = 3\non_demand_timeout_ms = 8000\n\
          removed_certificate_grace_secs = {grace_secs}\n\
-         [admin]\ntoken_env = \"TG_ADMIN_TOKEN\"\n{3}{4}",
-        certs.display(),
+         [admin]\ntoken_env = \"TG_ADMIN_TOKEN\"\n{}",
         pebble.directory(),
         pebble.directory_ca().display(),
         verification(pebble.dns().port, 80, "\"txt\", \"http\"", 7 * 86_400),
-        pools_toml(&[("default", &[app_port])]),
-    )
+    );
+    Stack::builder()
+        .database(pg)
+        .apps(1)
+        .certs(certs)
+        .ports(ports)
+        .tls("")
+        .config(&acme)
+        .start()
 }
 
 fn json(text: String) -> serde_json::Value {
@@ -122,15 +126,12 @@ fn presented(tls_port: u16, name: &str) -> bool {
 fn a_claim_routes_and_gets_a_certificate_only_once_proven_by_its_own_token() {
     let pg = Postgres::start().unwrap();
     tenants(&pg);
-    let app = UpstreamApp::start(&pg.url(), "").unwrap();
     let certs = tempfile::tempdir().unwrap();
     dev_certs(certs.path());
     let ports = GatewayPorts::free();
     let pebble = Pebble::start(certs.path(), ports.http, ports.tls, 3600).unwrap();
-    let gw = Gateway::builder(&pg.url(), &acme_body(certs.path(), &pebble, app.port, 86_400))
-        .ports(ports)
-        .start()
-        .unwrap();
+    let s = acme_stack(pg, certs, ports, &pebble, 86_400);
+    let (pg, gw) = (&s.pg, &s.gw);
     let txt = format!("_tenant-gateway.{SHOP}");
 
     // The tenant's product adds the domain row: without a claim it routes nowhere.
@@ -146,12 +147,12 @@ fn a_claim_routes_and_gets_a_certificate_only_once_proven_by_its_own_token() {
     // (a) Pending, with someone else's value published: not routed, and no
     // order even when clients send the name as SNI.
     pebble.dns().set_txt(&txt, "someone-elses-token");
-    wait_checks(&pg, SHOP, 2);
+    wait_checks(pg, SHOP, 2);
     for _ in 0..3 {
         assert!(!presented(ports.tls, SHOP), "no certificate for a pending name");
     }
     assert_eq!(http_status(ports.http, SHOP), 404);
-    assert_eq!(orders(&pg), 0, "a pending name gets no order");
+    assert_eq!(orders(pg), 0, "a pending name gets no order");
     let status = json(gw.cli(&pg.url(), &["hostnames", "status", SHOP]));
     assert_eq!(status["status"], "pending");
     assert_eq!(status["saw_other_proof"], true);
@@ -174,7 +175,7 @@ fn a_claim_routes_and_gets_a_certificate_only_once_proven_by_its_own_token() {
     // interval, then active (the row maps the name to ferrari), routed,
     // and a certificate is ordered.
     pebble.dns().set_txt(&txt, &token_a);
-    wait_status(&pg, SHOP, "active", Duration::from_secs(20));
+    wait_status(pg, SHOP, "active", Duration::from_secs(20));
     wait_served(&pebble, ports.tls, SHOP, "ferrari");
     let status = json(gw.cli(&pg.url(), &["hostnames", "status", SHOP]));
     assert_eq!(status["routed"], true);
@@ -219,13 +220,13 @@ fn a_claim_routes_and_gets_a_certificate_only_once_proven_by_its_own_token() {
     let added_b = json(gw.cli(&pg.url(), &["hostnames", "add", SHOP, "--tenant", "mclaren"]));
     let token_b = added_b["instructions"]["txt_value"].as_str().unwrap().to_owned();
     assert_ne!(token_a, token_b);
-    let before = claim_field(&pg, SHOP, "checks").parse::<i64>().unwrap_or(0);
-    wait_checks(&pg, SHOP, before + 3);
-    assert_eq!(claim_field(&pg, SHOP, "status"), "pending");
-    assert_eq!(claim_field(&pg, SHOP, "saw_other_proof"), "t");
+    let before = claim_field(pg, SHOP, "checks").parse::<i64>().unwrap_or(0);
+    wait_checks(pg, SHOP, before + 3);
+    assert_eq!(claim_field(pg, SHOP, "status"), "pending");
+    assert_eq!(claim_field(pg, SHOP, "saw_other_proof"), "t");
     assert_eq!(http_status(ports.http, SHOP), 404);
     pebble.dns().set_txt(&txt, &token_b);
-    wait_status(&pg, SHOP, "active", Duration::from_secs(20));
+    wait_status(pg, SHOP, "active", Duration::from_secs(20));
     wait_served(&pebble, ports.tls, SHOP, "mclaren");
 
     // Every step is in the claim's history, the operator's with who did it.
@@ -403,21 +404,20 @@ fn removal_stops_the_certificate_on_two_gateways_within_a_second() {
     let (claimed, row_only) = ("removed-claim.test", "removed-row.test");
     app_cli_ok(&pg.url(), &["domain", "add", claimed, "--tenant", "ferrari"]);
     app_cli_ok(&pg.url(), &["domain", "add", row_only, "--tenant", "ferrari"]);
-    let app = UpstreamApp::start(&pg.url(), "").unwrap();
     let certs = tempfile::tempdir().unwrap();
     dev_certs(certs.path());
     let (ports1, ports2) = (GatewayPorts::free(), GatewayPorts::free());
     let pebble = Pebble::start(certs.path(), ports1.http, ports1.tls, 3600).unwrap();
-    let body = acme_body(certs.path(), &pebble, app.port, 2);
-    let gw1 = Gateway::builder(&pg.url(), &body).ports(ports1).start().unwrap();
-    let gw2 = Gateway::builder(&pg.url(), &body).ports(ports2).start().unwrap();
+    let s = acme_stack(pg, certs, ports1, &pebble, 2);
+    let gw2 = s.gateway().ports(ports2).start().unwrap();
+    let (pg, gw1) = (&s.pg, &s.gw);
     for name in [claimed, row_only] {
         let added = json(gw1.cli(
             &pg.url(),
             &["hostnames", "add", name, "--tenant", "ferrari", "--preverified"],
         ));
         assert_eq!(added["method"], "operator");
-        wait_status(&pg, name, "active", Duration::from_secs(20));
+        wait_status(pg, name, "active", Duration::from_secs(20));
         wait_served(&pebble, ports1.tls, name, "ferrari");
         wait_until(
             &format!("{name} on the second gateway"),
@@ -459,7 +459,7 @@ fn removal_stops_the_certificate_on_two_gateways_within_a_second() {
     .unwrap();
     // A restarted gateway presents nothing for them either.
     drop(gw2);
-    let gw2 = Gateway::builder(&pg.url(), &body).ports(ports2).start().unwrap();
+    let gw2 = s.gateway().ports(ports2).start().unwrap();
     assert!(!presented(ports2.tls, claimed) && !presented(ports2.tls, row_only));
     drop(gw2);
 }

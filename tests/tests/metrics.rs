@@ -176,23 +176,24 @@ fn every_dashboard_and_alert_expression_works_against_real_prometheus() {
         &pg.url(),
         &["domain", "add", "www.ferrari-cars.test", "--tenant", "ferrari"],
     );
-    let app = UpstreamApp::start(&pg.url(), "").unwrap();
     let certs = tempfile::tempdir().unwrap();
     dev_certs(certs.path());
     // ACME against Pebble too, so the certificates dashboard has ACME series.
     let ports = GatewayPorts::free();
     let pebble = Pebble::start(certs.path(), ports.http, ports.tls, 3600).unwrap();
-    let body = format!(
-        "[tenant]\nbase_domains = [\"myapp.localhost\"]\n\
-         [tls]\nlisten = \"127.0.0.1:{{TLS_PORT}}\"\nredirect_http = false\n\
-         certificates = [{{ cert_file = \"{0}/wildcard.pem\", key_file = \"{0}/wildcard.key\" }}]\n\
-         [acme]\nenabled = true\ndirectory_url = \"{2}\"\nca_root = \"{3}\"\ncheck_interval_secs = 1\n{1}",
-        certs.path().display(),
-        pools_toml(&[("default", &[app.port])]),
-        pebble.directory(),
-        pebble.directory_ca().display(),
-    );
-    let gw = Gateway::builder(&pg.url(), &body).ports(ports).start().unwrap();
+    let s = Stack::builder()
+        .database(pg)
+        .apps(1)
+        .certs(certs)
+        .ports(ports)
+        .tls("redirect_http = false")
+        .config(&format!(
+            "[acme]\nenabled = true\ndirectory_url = \"{}\"\nca_root = \"{}\"\ncheck_interval_secs = 1",
+            pebble.directory(),
+            pebble.directory_ca().display(),
+        ))
+        .start();
+    let gw = &s.gw;
     wait_until("ACME certificate", Duration::from_secs(60), || {
         probe(ports.tls, Some("www.ferrari-cars.test"), &[]).is_ok_and(|p| p.names == ["www.ferrari-cars.test"])
     })
@@ -303,23 +304,23 @@ fn counters_match_reality_and_tenant_labels_are_capped() {
     for t in ["ferrari", "mclaren"] {
         create_tenant(&pg.url(), t, &[&format!("{t}.myapp.localhost")]);
     }
-    let app = UpstreamApp::start(&pg.url(), "").unwrap();
     // Real tenants from the domain table, plus any tNNNNN.bench.test as a
     // synthetic tenant (so 20,000 tenants need no 20,000 schemas).
     let query = "SELECT t.schema_name, t.status, t.backend_pool FROM public.domains d JOIN public.tenants t ON t.id = d.tenant_id WHERE d.domain = $1 \
                  UNION ALL SELECT substring($1 from '^(t[0-9]+)[.]bench[.]test$'), 'active', NULL::text WHERE $1 ~ '^t[0-9]+[.]bench[.]test$'";
-    let body = format!(
-        "[tenant]\nquery = \"{query}\"\n{}",
-        pools_toml(&[("default", &[app.port])])
-    );
-    let gw = Gateway::start(&pg.url(), &body).unwrap();
+    let s = Stack::builder()
+        .database(pg)
+        .apps(1)
+        .config(&format!("query = \"{query}\""))
+        .start();
+    let gw = &s.gw;
 
     let (n, m) = (123usize, 45usize);
     let mut hosts = vec!["ferrari.myapp.localhost".to_string(); n];
     hosts.extend(vec!["mclaren.myapp.localhost".to_string(); m]);
     let statuses = fire_requests(gw.port, "/whoami", hosts, 8);
     assert!(statuses.iter().all(|s| *s == 200));
-    let text = scrape_settled(&gw, &[], (n + m) as f64);
+    let text = scrape_settled(gw, &[], (n + m) as f64);
     assert_eq!(
         metric_sum(&text, "tenant_gateway_tenant_requests_total", &[("tenant", "ferrari")]),
         n as f64
@@ -360,7 +361,7 @@ fn counters_match_reality_and_tenant_labels_are_capped() {
         statuses.iter().all(|s| *s != 0 && *s != 404),
         "synthetic tenants must resolve"
     );
-    let text = scrape_settled(&gw, &[], (n + m + 20_000) as f64);
+    let text = scrape_settled(gw, &[], (n + m + 20_000) as f64);
     let labels = tenant_label_values(&text);
     let fixed = ["unknown", "landing"];
     let tenant_labels = labels.iter().filter(|l| !fixed.contains(&l.as_str())).count();
@@ -376,7 +377,7 @@ fn counters_match_reality_and_tenant_labels_are_capped() {
     let unknown: Vec<String> = (0..500).map(|i| format!("nobody{i}.example")).collect();
     let statuses = fire_requests(gw.port, "/", unknown, 16);
     assert!(statuses.iter().all(|s| *s == 404));
-    let settled = scrape_settled(&gw, &[("tenant", "unknown")], 500.0);
+    let settled = scrape_settled(gw, &[("tenant", "unknown")], 500.0);
     let after = tenant_label_values(&settled);
     assert_eq!(after, labels, "unknown hosts changed the tenant label set");
     assert_eq!(
