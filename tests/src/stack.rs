@@ -74,6 +74,21 @@ impl Stack {
         }
     }
 
+    /// The stack a Pebble test needs: `pg` as the suite set it up, one
+    /// upstream-app, TLS with the development certificates in `certs`
+    /// (which Pebble uses too), on `ports` (which Pebble validates
+    /// against); `config` holds the `[acme]` lines and more.
+    pub fn for_pebble(pg: Postgres, certs: tempfile::TempDir, ports: GatewayPorts, config: &str) -> Stack {
+        Stack::builder()
+            .database(pg)
+            .apps(1)
+            .certs(certs)
+            .ports(ports)
+            .tls("")
+            .config(config)
+            .start()
+    }
+
     /// Another gateway on this stack's database with its config, on new
     /// ports unless given.
     pub fn gateway(&self) -> GatewayBuilder {

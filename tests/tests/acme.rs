@@ -42,14 +42,7 @@ fn acme_stack_on(
     challenges: &str,
     acme_extra: &str,
 ) -> Stack {
-    Stack::builder()
-        .database(pg)
-        .apps(1)
-        .certs(certs)
-        .ports(ports)
-        .tls("")
-        .config(&acme_config(pebble, challenges, acme_extra))
-        .start()
+    Stack::for_pebble(pg, certs, ports, &acme_config(pebble, challenges, acme_extra))
 }
 
 /// The stack and Pebble validating against its gateway's own ports.

@@ -46,14 +46,7 @@ fn acme_stack(pg: Postgres, certs: tempfile::TempDir, ports: GatewayPorts, pebbl
         pebble.directory_ca().display(),
         verification(pebble.dns().port, 80, "\"txt\", \"http\"", 7 * 86_400),
     );
-    Stack::builder()
-        .database(pg)
-        .apps(1)
-        .certs(certs)
-        .ports(ports)
-        .tls("")
-        .config(&acme)
-        .start()
+    Stack::for_pebble(pg, certs, ports, &acme)
 }
 
 fn json(text: String) -> serde_json::Value {
