@@ -16,10 +16,15 @@
 use std::borrow::Cow;
 use std::net::IpAddr;
 
-use http::header::HOST;
+use http::header::{FORWARDED, HOST};
 use http::{HeaderMap, HeaderName, Uri};
 
-pub const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_TENANT: HeaderName = HeaderName::from_static(stamp::TENANT_HEADER);
+const X_TENANT_SIGNATURE: HeaderName = HeaderName::from_static(stamp::SIGNATURE_HEADER);
 
 /// The edits of one request, on the stack (a request needs at most eight
 /// sets plus the removals of what the client sent under our names).
@@ -31,7 +36,7 @@ pub enum Edit<'a> {
     /// Remove every value of this header.
     Remove(HeaderName),
     /// Replace every value of this header with this one.
-    Set(&'static str, Cow<'a, str>),
+    Set(HeaderName, Cow<'a, str>),
 }
 
 /// The forwarding headers set on each request (`headers.forward`); the
@@ -107,7 +112,7 @@ fn new_request_id() -> String {
 /// visible ASCII characters), else 32 random hex digits.
 pub fn request_id(headers: &HeaderMap) -> String {
     headers
-        .get(REQUEST_ID)
+        .get(&REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| acceptable_request_id(v))
         .map(str::to_owned)
@@ -122,7 +127,7 @@ fn already(headers: &HeaderMap, name: impl http::header::AsHeaderName, value: &s
 }
 
 /// Every value of `name` joined with `, ` (a trusted peer's chain), if any.
-fn joined(headers: &HeaderMap, name: &str) -> Option<String> {
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     let vals: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
     (!vals.is_empty()).then(|| vals.join(", "))
 }
@@ -142,10 +147,10 @@ pub fn upstream<'a>(headers: &HeaderMap, u: &Upstream<'a>, out: &mut Edits<'a>) 
     // (or, for a header not set, removed), so only a trusted peer's values
     // are read at all.
     let scheme = if u.tls { "https" } else { "http" };
-    let existing = |name: &str| if u.trusted { joined(headers, name) } else { None };
-    let unset = |out: &mut Edits<'a>, name: &'static str| {
-        if !u.trusted && headers.contains_key(name) {
-            out.push(Edit::Remove(HeaderName::from_static(name)));
+    let existing = |name: &HeaderName| if u.trusted { joined(headers, name) } else { None };
+    let unset = |out: &mut Edits<'a>, name: HeaderName| {
+        if !u.trusted && headers.contains_key(&name) {
+            out.push(Edit::Remove(name));
         }
     };
     let set = u.forward;
@@ -159,45 +164,45 @@ pub fn upstream<'a>(headers: &HeaderMap, u: &Upstream<'a>, out: &mut Edits<'a>) 
             Some(IpAddr::V6(v6)) => format!("for=\"[{v6}]\";host={host};proto={scheme}"),
             _ => format!("for={ip_text};host={host};proto={scheme}"),
         };
-        let value = match existing("forwarded") {
+        let value = match existing(&FORWARDED) {
             Some(prev) => format!("{prev}, {mine}"),
             None => mine,
         };
-        out.push(Edit::Set("forwarded", value.into()));
+        out.push(Edit::Set(FORWARDED, value.into()));
     } else {
-        unset(out, "forwarded");
+        unset(out, FORWARDED);
     }
     if set.x_for {
-        let value = match existing("x-forwarded-for") {
+        let value = match existing(&X_FORWARDED_FOR) {
             Some(prev) => format!("{prev}, {ip_text}"),
             None => ip_text,
         };
-        out.push(Edit::Set("x-forwarded-for", value.into()));
+        out.push(Edit::Set(X_FORWARDED_FOR, value.into()));
     } else {
-        unset(out, "x-forwarded-for");
+        unset(out, X_FORWARDED_FOR);
     }
     if set.x_proto {
-        let value = match existing("x-forwarded-proto") {
+        let value = match existing(&X_FORWARDED_PROTO) {
             Some(prev) => Cow::Owned(prev),
             None => Cow::Borrowed(scheme),
         };
-        out.push(Edit::Set("x-forwarded-proto", value));
+        out.push(Edit::Set(X_FORWARDED_PROTO, value));
     } else {
-        unset(out, "x-forwarded-proto");
+        unset(out, X_FORWARDED_PROTO);
     }
     if set.x_host {
-        out.push(Edit::Set("x-forwarded-host", u.host.into()));
-    } else if headers.contains_key("x-forwarded-host") {
+        out.push(Edit::Set(X_FORWARDED_HOST, u.host.into()));
+    } else if headers.contains_key(&X_FORWARDED_HOST) {
         // Never the client's own: a trusted peer's is replaced by the Host we route on.
-        out.push(Edit::Remove(HeaderName::from_static("x-forwarded-host")));
+        out.push(Edit::Remove(X_FORWARDED_HOST));
     }
     // 3. The request id (a client's acceptable one is already there, alone).
-    if !already(headers, REQUEST_ID, u.request_id) {
+    if !already(headers, &REQUEST_ID, u.request_id) {
         out.push(Edit::Set(REQUEST_ID, u.request_id.into()));
     }
     // 4. The normalised Host, exactly what is signed.
     if !already(headers, HOST, u.host) {
-        out.push(Edit::Set("host", u.host.into()));
+        out.push(Edit::Set(HOST, u.host.into()));
     }
 }
 
@@ -232,8 +237,8 @@ pub fn stamp<'a>(
         now,
     );
     [
-        Edit::Set(stamp::TENANT_HEADER, wire),
-        Edit::Set(stamp::SIGNATURE_HEADER, sig.into()),
+        Edit::Set(X_TENANT, wire),
+        Edit::Set(X_TENANT_SIGNATURE, sig.into()),
     ]
 }
 
@@ -422,7 +427,7 @@ mod tests {
         );
         assert!(e
             .iter()
-            .all(|e| !matches!(e, Edit::Set(n, _) if n.starts_with("x-forwarded") || *n == "forwarded")));
+            .all(|e| !matches!(e, Edit::Set(n, _) if n.as_str().starts_with("x-forwarded") || *n == "forwarded")));
         // A trusted peer's are passed on, except the host.
         u.trusted = true;
         let gone = removed(&edits(&h, &u));
@@ -479,7 +484,7 @@ mod tests {
         let signer = stamp::Signer::new(stamp::Key::new("k1", secret.clone()).unwrap());
         let verifier = stamp::Verifier::new(vec![stamp::Key::new("k1", secret).unwrap()], 30).unwrap();
         let [tenant, sig] = stamp(&signer, "ferrari", "GET", "ferrari.myapp.localhost", "/x", 1_000);
-        assert_eq!(tenant, Edit::Set(stamp::TENANT_HEADER, "ferrari".into()));
+        assert_eq!(tenant, Edit::Set(X_TENANT, "ferrari".into()));
         let Edit::Set(name, sig) = sig else { panic!("set") };
         assert_eq!(name, stamp::SIGNATURE_HEADER);
         let host = "ferrari.myapp.localhost";
