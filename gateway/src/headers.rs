@@ -101,10 +101,13 @@ fn acceptable_request_id(v: &str) -> bool {
     !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// 128 random bits as hex. A request id correlates logs; it is no secret,
+/// so a fast thread-local generator (fastrand's wyrand) serves, at a
+/// fraction of the cost of the CSPRNG.
 fn new_request_id() -> String {
     let mut hex = [0u8; 32];
     // 16 bytes always fit 32 hex digits.
-    let _ = hex::encode_to_slice(rand::random::<u128>().to_be_bytes(), &mut hex);
+    let _ = hex::encode_to_slice(fastrand::u128(..).to_be_bytes(), &mut hex);
     String::from_utf8_lossy(&hex).into_owned()
 }
 
@@ -124,6 +127,31 @@ pub fn request_id(headers: &HeaderMap) -> String {
 fn already(headers: &HeaderMap, name: impl http::header::AsHeaderName, value: &str) -> bool {
     let mut all = headers.get_all(name).iter();
     matches!((all.next(), all.next()), (Some(v), None) if v.as_bytes() == value.as_bytes())
+}
+
+/// The client's address as forwarded (`unknown` without one). IPv4 is
+/// written by hand: `Display` costs ~1,300 instructions per request here.
+fn ip_text(peer: Option<IpAddr>) -> String {
+    match peer {
+        Some(IpAddr::V4(v4)) => {
+            let mut s = String::with_capacity(15);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                if octet >= 100 {
+                    s.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    s.push(char::from(b'0' + octet / 10 % 10));
+                }
+                s.push(char::from(b'0' + octet % 10));
+            }
+            s
+        }
+        Some(ip) => ip.to_string(),
+        None => "unknown".into(),
+    }
 }
 
 /// Every value of `name` joined with `, ` (a trusted peer's chain), if any.
@@ -155,15 +183,25 @@ pub fn upstream<'a>(headers: &HeaderMap, u: &Upstream<'a>, out: &mut Edits<'a>) 
     };
     let set = u.forward;
     let ip_text = match set.forwarded || set.x_for {
-        true => u.peer.map(|i| i.to_string()).unwrap_or_else(|| "unknown".into()),
+        true => ip_text(u.peer),
         false => String::new(),
     };
     if set.forwarded {
-        let host = u.host;
-        let mine = match u.peer {
-            Some(IpAddr::V6(v6)) => format!("for=\"[{v6}]\";host={host};proto={scheme}"),
-            _ => format!("for={ip_text};host={host};proto={scheme}"),
-        };
+        let mut mine = String::with_capacity(32 + ip_text.len() + u.host.len());
+        match u.peer {
+            Some(IpAddr::V6(_)) => {
+                mine.push_str("for=\"[");
+                mine.push_str(&ip_text);
+                mine.push_str("]\"");
+            }
+            _ => {
+                mine.push_str("for=");
+                mine.push_str(&ip_text);
+            }
+        }
+        for part in [";host=", u.host, ";proto=", scheme] {
+            mine.push_str(part);
+        }
         let value = match existing(&FORWARDED) {
             Some(prev) => format!("{prev}, {mine}"),
             None => mine,
@@ -236,10 +274,7 @@ pub fn stamp<'a>(
         },
         now,
     );
-    [
-        Edit::Set(X_TENANT, wire),
-        Edit::Set(X_TENANT_SIGNATURE, sig.into()),
-    ]
+    [Edit::Set(X_TENANT, wire), Edit::Set(X_TENANT_SIGNATURE, sig.into())]
 }
 
 #[cfg(test)]
@@ -388,6 +423,15 @@ mod tests {
         assert_eq!(set(&e, "x-forwarded-proto"), Some("https"));
         // Never anyone's host but the one routed on.
         assert_eq!(set(&e, "x-forwarded-host"), Some("ferrari.myapp.localhost"));
+    }
+
+    #[test]
+    fn ipv4_text_matches_display() {
+        for ip in ["0.0.0.0", "9.10.99.100", "255.255.255.255", "127.0.0.1", "203.0.113.7"] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(Some(ip)), ip.to_string());
+        }
+        assert_eq!(ip_text(None), "unknown");
     }
 
     #[test]

@@ -441,6 +441,7 @@ impl ProxyHttp for Gateway {
             ));
         }
         let bad = |_| Error::explain(ErrorType::InvalidHTTPHeader, "header value");
+        parts.headers.reserve(edits.len());
         for edit in edits {
             match edit {
                 Edit::Remove(name) => {

@@ -10,7 +10,6 @@ mod tenant;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt::Write as _;
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
@@ -147,8 +146,10 @@ impl Key {
     /// fed straight into the hash (no intermediate string).
     fn mac(&self, ts: u64, req: &Request<'_>) -> HmacSha256 {
         let mut mac = self.keyed.clone();
-        // Writing into a hash cannot fail.
-        let _ = write_canonical(&mut MacWriter(&mut mac), &self.id, ts, req);
+        let mut digits = [0u8; 20];
+        for part in canonical_parts(&self.id, decimal(ts, &mut digits), req) {
+            mac.update(part);
+        }
         mac
     }
 }
@@ -167,31 +168,48 @@ pub struct Request<'a> {
 
 /// Build the canonical string (see docs/stamp.md, "Canonical string").
 pub fn canonical_string(kid: &str, ts: u64, req: &Request<'_>) -> String {
-    let mut s =
-        String::with_capacity(32 + kid.len() + req.tenant.len() + req.method.len() + req.host.len() + req.path.len());
-    // Writing to a String cannot fail.
-    let _ = write_canonical(&mut s, kid, ts, req);
-    s
+    let mut digits = [0u8; 20];
+    let parts = canonical_parts(kid, decimal(ts, &mut digits), req);
+    let mut s = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for part in parts {
+        s.extend_from_slice(part);
+    }
+    // Every part is UTF-8 (strings and ASCII digits).
+    String::from_utf8(s).unwrap_or_default()
 }
 
-/// The one definition of the canonical string's bytes, written to a string
-/// (for [`canonical_string`]) or straight into a MAC (for signing and
-/// verifying).
-fn write_canonical(w: &mut impl std::fmt::Write, kid: &str, ts: u64, req: &Request<'_>) -> std::fmt::Result {
-    write!(
-        w,
-        "{VERSION}\n{kid}\n{ts}\n{}\n{}\n{}\n{}",
-        req.tenant, req.method, req.host, req.path
-    )
+/// The one definition of the canonical string's bytes, in order: used
+/// whole for [`canonical_string`] and fed piece by piece straight into a MAC
+/// for signing and verifying (no formatting machinery: it runs on every
+/// request).
+fn canonical_parts<'a>(kid: &'a str, ts: &'a [u8], req: &Request<'a>) -> [&'a [u8]; 13] {
+    [
+        VERSION.as_bytes(),
+        b"\n",
+        kid.as_bytes(),
+        b"\n",
+        ts,
+        b"\n",
+        req.tenant.as_bytes(),
+        b"\n",
+        req.method.as_bytes(),
+        b"\n",
+        req.host.as_bytes(),
+        b"\n",
+        req.path.as_bytes(),
+    ]
 }
 
-/// Lets `write!` feed a MAC.
-struct MacWriter<'a>(&'a mut HmacSha256);
-
-impl std::fmt::Write for MacWriter<'_> {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.0.update(s.as_bytes());
-        Ok(())
+/// `n` in decimal ASCII, written at the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
     }
 }
 
@@ -241,9 +259,12 @@ impl Signer {
         let mut sig = [0u8; 64];
         // 32 bytes always fit 64 hex digits.
         let _ = hex::encode_to_slice(digest, &mut sig);
+        let mut digits = [0u8; 20];
+        let ts = std::str::from_utf8(decimal(ts, &mut digits)).unwrap_or_default();
         let mut out = String::with_capacity(VERSION.len() + self.key.id.len() + 36 + sig.len());
-        // Writing to a String cannot fail.
-        let _ = write!(out, "{VERSION};kid={};ts={ts};sig=", self.key.id);
+        for part in [VERSION, ";kid=", &self.key.id, ";ts=", ts, ";sig="] {
+            out.push_str(part);
+        }
         out.push_str(std::str::from_utf8(&sig).unwrap_or_default());
         out
     }
@@ -412,6 +433,14 @@ mod tests {
             30,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn decimal_digits() {
+        let mut buf = [0u8; 20];
+        for n in [0u64, 7, 10, 1_700_000_000, u64::MAX] {
+            assert_eq!(decimal(n, &mut buf), n.to_string().as_bytes());
+        }
     }
 
     #[test]

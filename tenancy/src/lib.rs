@@ -106,6 +106,15 @@ fn normalize(raw: &str, allow_port: bool) -> Result<String, HostError> {
     if name.is_empty() {
         return Err(HostError::Empty);
     }
+    match plain_ascii_host(name) {
+        Some(host) => Ok(host),
+        None => normalize_name(name),
+    }
+}
+
+/// The full rules for a port-less, trailing-dot-less name: IDNA for
+/// anything not plain ASCII, then the ASCII host rules.
+fn normalize_name(name: &str) -> Result<String, HostError> {
     let ascii = if name.is_ascii()
         && !name
             .split('.')
@@ -121,6 +130,44 @@ fn normalize(raw: &str, allow_port: bool) -> Result<String, HostError> {
     };
     validate_ascii_host(&ascii)?;
     Ok(ascii)
+}
+
+/// The common case in one pass (it runs on every request): an ASCII name
+/// that is already valid once lower-cased and holds no `xn--` label. `None`
+/// for anything else, which the full path then normalises or refuses with
+/// its precise error, so both paths agree (tested).
+fn plain_ascii_host(name: &str) -> Option<String> {
+    let b = name.as_bytes();
+    if b.len() > MAX_HOST_LEN {
+        return None;
+    }
+    let mut out = Vec::with_capacity(b.len());
+    let mut label_start = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let c = c.to_ascii_lowercase();
+        match c {
+            b'.' => {
+                let label = &out[label_start..];
+                if label.is_empty() || label.len() > 63 || label.last() == Some(&b'-') {
+                    return None;
+                }
+                label_start = i + 1;
+            }
+            b'a'..=b'z' | b'0'..=b'9' | b'_' => {}
+            b'-' if i > label_start => {
+                if i == label_start + 2 && out[label_start..] == *b"xn" && b.get(i + 1) == Some(&b'-') {
+                    return None;
+                }
+            }
+            _ => return None,
+        }
+        out.push(c);
+    }
+    let label = &out[label_start..];
+    if label.is_empty() || label.len() > 63 || label.last() == Some(&b'-') {
+        return None;
+    }
+    String::from_utf8(out).ok()
 }
 
 fn check_port(suffix: &str, allow_port: bool) -> Result<(), HostError> {
@@ -169,6 +216,47 @@ pub fn is_under(host: &str, base: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_one_pass_path_agrees_with_the_full_rules() {
+        let long_label = "a".repeat(63);
+        let too_long_label = "a".repeat(64);
+        let long_host = ["a"; 127].join(".");
+        let too_long_host = ["a"; 128].join(".");
+        for name in [
+            "ferrari.myapp.localhost",
+            "Ferrari.MyApp.LOCALHOST",
+            "a",
+            "a-b.c_d.e1",
+            "-a.b",
+            "a-.b",
+            "a..b",
+            ".a",
+            "a.",
+            "xn--bcher-kva.example",
+            "XN--bcher-kva.example",
+            "x-n--a.b",
+            "xn-a.b",
+            "bücher.example",
+            "a b.c",
+            "a/b",
+            "a@b",
+            &long_label,
+            &too_long_label,
+            &long_host,
+            &too_long_host,
+        ] {
+            if let Some(fast) = plain_ascii_host(name) {
+                assert_eq!(normalize_name(name), Ok(fast), "{name}");
+            }
+        }
+        assert_eq!(
+            plain_ascii_host("Ferrari.MyApp.localhost").as_deref(),
+            Some("ferrari.myapp.localhost")
+        );
+        assert!(plain_ascii_host("xn--bcher-kva.example").is_none());
+        assert!(plain_ascii_host(&too_long_host).is_none());
+    }
 
     #[test]
     fn schema_names() {
