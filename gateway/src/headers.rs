@@ -7,11 +7,10 @@
 //! is forwarded).
 //!
 //! The policy reads the client's headers and returns [`Edit`]s; `proxy.rs`
-//! applies them to Pingora's request header (whose `insert_header` and
-//! `remove_header` keep its header-case map in step, which editing the
-//! `http::HeaderMap` directly would not). Edits that would change nothing
-//! (the client's own acceptable request id, an already-normalised `Host`)
-//! are left out: each header write costs about 1,600 instructions.
+//! writes them into a copy of the request's parts and rebuilds the upstream
+//! request from it (without Pingora's header-case map, see there). Edits
+//! that would change nothing (the client's own acceptable request id, an
+//! already-normalised `Host`) are left out.
 
 use std::borrow::Cow;
 use std::net::IpAddr;

@@ -5,8 +5,8 @@
 //! - the request path: `conn` (accept, caps, deadlines), `tls` (handshake,
 //!   certificates, ACME), `proxy` (the one module that speaks Pingora's
 //!   `ProxyHttp`), `decide`, `route` and `headers` (the routing decision,
-//!   path policy and header policy, pure), `tenant` (Host → tenant: cache, lookup, invalidation),
-//!   `limits`, `upstream` (pools), `pages`;
+//!   path policy and header policy, pure), `tenant` (Host → tenant: cache,
+//!   lookup, invalidation), `limits`, `upstream` (pools), `pages`;
 //! - around it: `config`, `reload`, `admin` and `admin_client` (the
 //!   operator API), `metrics`, `hostnames` (custom-hostname claims),
 //!   `schema` (the gateway's own tables), `triggers` (django-tenants), `sys`

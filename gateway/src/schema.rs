@@ -5,9 +5,9 @@
 //! they are applied: the version recorded in `tenant_gateway.schema_version`
 //! is read first, without locks, and only an older schema runs the scripts
 //! (idempotent, serialised across the fleet by a transaction-scoped
-//! advisory lock, under which the version is read again). So a live fleet never re-runs DDL (whose table locks
-//! could deadlock with running gateways' transactions) on a restart or a
-//! `gateway hostnames …` command.
+//! advisory lock, under which the version is read again). So a live fleet
+//! never re-runs DDL (whose table locks could deadlock with running
+//! gateways' transactions) on a restart or a `gateway hostnames …` command.
 
 use sqlx::PgPool;
 
@@ -21,9 +21,19 @@ const MIGRATION_LOCK: i64 = 0x7467_6163_6d65; // "tgacme"
 /// The schema version these migrations make.
 const VERSION: i32 = MIGRATIONS.len() as i32;
 
-/// Whether a version is recorded at all, and which (read only if so).
-const HAS_VERSION: &str = "SELECT to_regclass('tenant_gateway.schema_version') IS NOT NULL";
-const RECORDED_VERSION: &str = "SELECT coalesce(max(version), 0) FROM tenant_gateway.schema_version";
+/// Whether the database records this version or a newer one.
+async fn is_current(conn: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> {
+    let recorded: bool = sqlx::query_scalar("SELECT to_regclass('tenant_gateway.schema_version') IS NOT NULL")
+        .fetch_one(&mut *conn)
+        .await?;
+    if !recorded {
+        return Ok(false);
+    }
+    let version: i32 = sqlx::query_scalar("SELECT coalesce(max(version), 0) FROM tenant_gateway.schema_version")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(version >= VERSION)
+}
 
 /// Create or update the schema. Nothing to do, and no lock taken, when the
 /// recorded version is this one's or newer; otherwise, under the advisory
@@ -31,9 +41,7 @@ const RECORDED_VERSION: &str = "SELECT coalesce(max(version), 0) FROM tenant_gat
 /// and the scripts run only if it is still older, in the same transaction
 /// that records the new version.
 pub async fn migrate(db: &PgPool) -> Result<(), sqlx::Error> {
-    if sqlx::query_scalar::<_, bool>(HAS_VERSION).fetch_one(db).await?
-        && sqlx::query_scalar::<_, i32>(RECORDED_VERSION).fetch_one(db).await? >= VERSION
-    {
+    if is_current(&mut *db.acquire().await?).await? {
         return Ok(());
     }
     let mut tx = db.begin().await?;
@@ -41,12 +49,7 @@ pub async fn migrate(db: &PgPool) -> Result<(), sqlx::Error> {
         .bind(MIGRATION_LOCK)
         .execute(&mut *tx)
         .await?;
-    if sqlx::query_scalar::<_, bool>(HAS_VERSION).fetch_one(&mut *tx).await?
-        && sqlx::query_scalar::<_, i32>(RECORDED_VERSION)
-            .fetch_one(&mut *tx)
-            .await?
-            >= VERSION
-    {
+    if is_current(&mut tx).await? {
         return tx.commit().await;
     }
     for script in MIGRATIONS {

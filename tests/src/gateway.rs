@@ -51,12 +51,14 @@ pub fn pools_toml(pools: &[(&str, &[u16])]) -> String {
 }
 
 /// How a gateway is started: its database, config body, shutdown grace,
-/// ports and extra environment ([`Gateway::builder`]).
+/// ports and extra environment ([`Gateway::builder`]). A `Stack` keeps one
+/// (without ports) to start more gateways like its first.
+#[derive(Clone)]
 pub struct GatewayBuilder {
-    db_url: String,
-    body: String,
+    pub(crate) db_url: String,
+    pub(crate) body: String,
     grace_secs: u64,
-    ports: Option<GatewayPorts>,
+    pub(crate) ports: Option<GatewayPorts>,
     env: Vec<(String, String)>,
 }
 

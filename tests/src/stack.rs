@@ -22,12 +22,11 @@ pub struct Stack {
     pub certs: tempfile::TempDir,
     /// The development CA, when TLS is on.
     pub ca: Option<PathBuf>,
-    /// The gateway's config body (before the harness's `[listen]` lines).
-    pub body: String,
     /// The first gateway's ports (for restarting it on the same ones).
     pub ports: GatewayPorts,
-    pub grace_secs: u64,
-    env: Vec<(String, String)>,
+    /// How the first gateway was started (database, config body, grace,
+    /// environment), without its ports.
+    launcher: GatewayBuilder,
     pub client: http::Client,
 }
 
@@ -48,9 +47,8 @@ pub struct StackBuilder {
     custom_cert: bool,
     config: String,
     pools: Option<String>,
-    grace_secs: u64,
-    ports: Option<GatewayPorts>,
-    env: Vec<(String, String)>,
+    /// Grace, ports and environment; database and body are set at start.
+    gateway: GatewayBuilder,
     wait_backends: bool,
 }
 
@@ -67,9 +65,7 @@ impl Stack {
             custom_cert: false,
             config: String::new(),
             pools: None,
-            grace_secs: 1,
-            ports: None,
-            env: Vec::new(),
+            gateway: Gateway::builder("", ""),
             wait_backends: false,
         }
     }
@@ -92,11 +88,7 @@ impl Stack {
     /// Another gateway on this stack's database with its config, on new
     /// ports unless given.
     pub fn gateway(&self) -> GatewayBuilder {
-        let mut b = Gateway::builder(&self.pg.url(), &self.body).grace(self.grace_secs);
-        for (k, v) in &self.env {
-            b = b.env(k, v);
-        }
-        b
+        self.launcher.clone()
     }
 
     /// Stop the first gateway (SIGTERM, waiting for it to exit) and start
@@ -241,19 +233,19 @@ impl StackBuilder {
     }
 
     pub fn grace(mut self, secs: u64) -> StackBuilder {
-        self.grace_secs = secs;
+        self.gateway = self.gateway.grace(secs);
         self
     }
 
     /// Ports chosen beforehand (e.g. handed to Pebble first).
     pub fn ports(mut self, ports: GatewayPorts) -> StackBuilder {
-        self.ports = Some(ports);
+        self.gateway = self.gateway.ports(ports);
         self
     }
 
     /// One more environment variable for the gateways.
     pub fn env(mut self, key: &str, value: &str) -> StackBuilder {
-        self.env.push((key.to_owned(), value.to_owned()));
+        self.gateway = self.gateway.env(key, value);
         self
     }
 
@@ -311,14 +303,12 @@ impl StackBuilder {
         }
         let ports: Vec<u16> = apps.iter().map(|a| a.port).collect();
         body.push_str(&self.pools.unwrap_or_else(|| pools_toml(&[("default", &ports)])));
-        let ports_of_gw = self.ports.unwrap_or_else(GatewayPorts::free);
-        let mut b = Gateway::builder(&pg.url(), &body)
-            .grace(self.grace_secs)
-            .ports(ports_of_gw);
-        for (k, v) in &self.env {
-            b = b.env(k, v);
-        }
-        let gw = b.start().expect("gateway");
+        let ports_of_gw = self.gateway.ports.unwrap_or_else(GatewayPorts::free);
+        let mut launcher = self.gateway;
+        launcher.db_url = pg.url();
+        launcher.body = body;
+        launcher.ports = None;
+        let gw = launcher.clone().ports(ports_of_gw).start().expect("gateway");
         if self.wait_backends {
             for port in &ports {
                 gw.wait_backend("default", *port, true, Duration::from_secs(10))
@@ -332,10 +322,8 @@ impl StackBuilder {
             app_pg,
             certs,
             ca,
-            body,
             ports: ports_of_gw,
-            grace_secs: self.grace_secs,
-            env: self.env,
+            launcher,
             client: http::client(),
         }
     }
