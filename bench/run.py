@@ -259,10 +259,14 @@ class BarePingora(Peer):
     hosts are not refused: a reference, not a competitor."""
     name = "pingora (no tenancy)"
 
-    def __init__(self, backends):
+    def __init__(self, backends, timeouts=False):
         self.http, self.tls = free_port(), None
-        self.pid = spawn("bare", [str(REL / "examples" / "bare_pingora"), f"127.0.0.1:{self.http}"]
-                         + [f"127.0.0.1:{b}" for b in backends], 0).pid
+        if timeouts:
+            # The same peer with the gateway's default upstream timeouts.
+            self.name = "pingora (no tenancy, upstream timeouts)"
+        self.pid = spawn("bare-timeouts" if timeouts else "bare",
+                         [str(REL / "examples" / "bare_pingora")] + (["--timeouts"] if timeouts else [])
+                         + [f"127.0.0.1:{self.http}"] + [f"127.0.0.1:{b}" for b in backends], 0).pid
         wait_port(self.http)
 
 

@@ -2,9 +2,15 @@
 //! (round robin over the backends, one header set). `bench/run.py` runs it
 //! next to the gateway so the table shows what Pingora itself costs.
 //!
-//! Usage: bare_pingora LISTEN BACKEND [BACKEND...]
+//! Usage: bare_pingora [--timeouts] LISTEN BACKEND [BACKEND...]
+//!
+//! `--timeouts`: every peer carries the gateway's default upstream timeouts
+//! (connect 1 s, read and write 30 s, idle 60 s), as a production proxy
+//! must; without it, none (Pingora's default). The difference is what
+//! Pingora's per-operation timers cost (bench/RESULTS.md).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::server::configuration::ServerConf;
@@ -21,6 +27,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Bare {
     backends: Vec<String>,
     next: AtomicUsize,
+    timeouts: bool,
 }
 
 #[async_trait]
@@ -31,7 +38,16 @@ impl ProxyHttp for Bare {
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.backends.len();
-        Ok(Box::new(HttpPeer::new(self.backends[i].as_str(), false, String::new())))
+        let mut peer = HttpPeer::new(self.backends[i].as_str(), false, String::new());
+        if self.timeouts {
+            let o = &mut peer.options;
+            o.connection_timeout = Some(Duration::from_secs(1));
+            o.total_connection_timeout = Some(Duration::from_secs(1));
+            o.read_timeout = Some(Duration::from_secs(30));
+            o.write_timeout = Some(Duration::from_secs(30));
+            o.idle_timeout = Some(Duration::from_secs(60));
+        }
+        Ok(Box::new(peer))
     }
 
     async fn upstream_request_filter(&self, _s: &mut Session, req: &mut RequestHeader, _ctx: &mut ()) -> Result<()> {
@@ -40,9 +56,13 @@ impl ProxyHttp for Bare {
 }
 
 fn main() -> std::process::ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let timeouts = args.first().is_some_and(|a| a == "--timeouts");
+    if timeouts {
+        args.remove(0);
+    }
     let Some((listen, backends)) = args.split_first().filter(|(_, b)| !b.is_empty()) else {
-        eprintln!("usage: bare_pingora LISTEN BACKEND [BACKEND...]");
+        eprintln!("usage: bare_pingora [--timeouts] LISTEN BACKEND [BACKEND...]");
         return std::process::ExitCode::from(2);
     };
     let conf = ServerConf {
@@ -55,6 +75,7 @@ fn main() -> std::process::ExitCode {
     let bare = Bare {
         backends: backends.to_vec(),
         next: AtomicUsize::new(0),
+        timeouts,
     };
     let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, bare);
     proxy.add_tcp(listen);

@@ -104,10 +104,14 @@ fn acceptable_request_id(v: &str) -> bool {
 /// so a fast thread-local generator (fastrand's wyrand) serves, at a
 /// fraction of the cost of the CSPRNG.
 fn new_request_id() -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut hex = [0u8; 32];
-    // 16 bytes always fit 32 hex digits.
-    let _ = hex::encode_to_slice(fastrand::u128(..).to_be_bytes(), &mut hex);
-    String::from_utf8_lossy(&hex).into_owned()
+    for (pair, b) in hex.chunks_exact_mut(2).zip(fastrand::u128(..).to_be_bytes()) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 15)];
+    }
+    // Hex digits are ASCII.
+    std::str::from_utf8(&hex).unwrap_or_default().to_owned()
 }
 
 /// The request's id: the client's `X-Request-Id` if acceptable (1-128

@@ -29,7 +29,6 @@ use ipnet::IpNet;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_load_balancing::Backend;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::conn::stream::{ConnFacts, Sni};
@@ -42,7 +41,7 @@ use crate::pages::{wants_json, PageKind};
 use crate::reload::Live;
 use crate::tenant::cache::{Resolution, TenantCache};
 use crate::tenant::{host, Tenant};
-use crate::upstream::pool::Pool;
+use crate::upstream::pool::{Pool, Tried};
 
 #[derive(Clone)]
 pub struct Gateway {
@@ -83,7 +82,8 @@ pub struct Ctx {
     host: Option<String>,
     tenant: Option<Arc<Tenant>>,
     pool: Option<Arc<Pool>>,
-    tried: Vec<Backend>,
+    /// Backends tried, as indices into `pool`.
+    tried: Tried,
     /// Set when the gateway answered by itself.
     page: Option<PageKind>,
     /// The request arrived over TLS.
@@ -184,7 +184,7 @@ impl Gateway {
     }
 
     /// Per-tenant metrics for one finished request (atomics only).
-    fn record(&self, session: &Session, e: Option<&Error>, ctx: &Ctx, status: u16) {
+    fn record(&self, session: &Session, e: Option<&Error>, ctx: &Ctx, status: u16, seconds: f64) {
         let tenants = &self.metrics.tenants;
         let owned;
         let stats = match &ctx.tenant {
@@ -201,7 +201,7 @@ impl Gateway {
         stats.observe(&Observation {
             method_index: method_index(&session.req_header().method),
             status,
-            seconds: ctx.start.elapsed().as_secs_f64(),
+            seconds,
             request_bytes: session.body_bytes_read() as u64,
             response_bytes: session.body_bytes_sent() as u64,
             upstream_error: e.is_some_and(|e| *e.esource() == pingora_error::ErrorSource::Upstream),
@@ -217,6 +217,12 @@ impl Gateway {
     fn trusted(&self, ip: Option<IpAddr>) -> bool {
         ip.is_some_and(|ip| self.trusted_proxies.iter().any(|n| n.contains(&ip)))
     }
+}
+
+/// An empty request header (no allocation) to stand in while the real one's
+/// parts are edited.
+fn placeholder() -> RequestHeader {
+    RequestHeader::from(http::Request::new(()).into_parts().0)
 }
 
 #[async_trait]
@@ -235,7 +241,7 @@ impl ProxyHttp for Gateway {
             host: None,
             tenant: None,
             pool: None,
-            tried: Vec::new(),
+            tried: Tried::new(),
             page: None,
             tls: false,
             landing: false,
@@ -378,7 +384,7 @@ impl ProxyHttp for Gateway {
         let backend = pool
             .select(&ctx.tried)
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "no backend available"))?;
-        let peer = pool.peer(&backend);
+        let peer = pool.peer(backend);
         ctx.tried.push(backend);
         Ok(peer)
     }
@@ -419,13 +425,15 @@ impl ProxyHttp for Gateway {
             },
             &mut edits,
         );
-        // The request sent upstream is rebuilt from a copy of its parts
+        // The request sent upstream is rebuilt from its parts (taken, not
+        // copied: Pingora hands us its own copy of the client's request)
         // with the edits written straight into the header map: Pingora's
         // `insert_header` re-parses each name and keeps a second map for
         // the client's header case (~1,600 instructions per header, see
         // bench/RESULTS.md); without that map, names go out in lower case
         // (well-known ones title-cased), as they do for HTTP/2 clients.
-        let mut parts = req.as_owned_parts();
+        let end_stream = req.send_end_stream();
+        let mut parts = http::request::Parts::from(std::mem::replace(req, placeholder()));
         if let Some(target) = headers::origin_form(&parts.uri) {
             parts.uri = target.map_err(|()| Error::explain(ErrorType::InvalidHTTPHeader, "bad request target"))?;
         }
@@ -455,7 +463,6 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        let end_stream = req.send_end_stream();
         *req = RequestHeader::from(parts);
         if end_stream == Some(false) {
             req.set_send_end_stream(false);
@@ -514,7 +521,8 @@ impl ProxyHttp for Gateway {
             self.metrics.requests_in_flight.dec();
         }
         let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
-        self.record(session, e, ctx, status);
+        let seconds = ctx.start.elapsed().as_secs_f64();
+        self.record(session, e, ctx, status, seconds);
         let req = session.req_header();
         tracing::info!(
             target: "access",
@@ -524,10 +532,16 @@ impl ProxyHttp for Gateway {
             path = %req.uri.path(),
             status,
             pool = %ctx.pool.as_ref().map(|p| &*p.name).unwrap_or("-"),
-            backend = %ctx.tried.last().map(|b| b.addr.to_string()).unwrap_or_else(|| "-".into()),
+            backend = %ctx
+                .pool
+                .as_ref()
+                .zip(ctx.tried.last())
+                .and_then(|(p, &i)| p.addr(i))
+                .map(|a| a.to_string())
+                .unwrap_or_else(|| "-".into()),
             attempts = ctx.tried.len(),
             page = %ctx.page.map(|p| p.name()).unwrap_or("-"),
-            latency_ms = ctx.start.elapsed().as_secs_f64() * 1e3,
+            latency_ms = seconds * 1e3,
             request_id = %ctx.request_id,
             error = %e.map(|e| e.to_string()).as_deref().unwrap_or("-"),
         );

@@ -95,7 +95,8 @@ fn normalize(raw: &str, allow_port: bool) -> Result<String, HostError> {
         check_port(&rest[end + 1..], allow_port)?;
         return Ok(format!("[{addr}]"));
     }
-    let name = match raw.rfind(':') {
+    // A byte scan: hosts are short, and `rfind` pays memrchr's set-up.
+    let name = match raw.bytes().rposition(|b| b == b':') {
         Some(i) => {
             check_port(&raw[i..], allow_port)?;
             &raw[..i]
@@ -141,33 +142,31 @@ fn plain_ascii_host(name: &str) -> Option<String> {
     if b.len() > MAX_HOST_LEN {
         return None;
     }
-    let mut out = Vec::with_capacity(b.len());
+    // Validate in place, then copy and lower-case once.
+    let label_ok = |label: &[u8]| !label.is_empty() && label.len() <= 63 && label.last() != Some(&b'-');
     let mut label_start = 0;
     for (i, &c) in b.iter().enumerate() {
-        let c = c.to_ascii_lowercase();
         match c {
             b'.' => {
-                let label = &out[label_start..];
-                if label.is_empty() || label.len() > 63 || label.last() == Some(&b'-') {
+                if !label_ok(&b[label_start..i]) {
                     return None;
                 }
                 label_start = i + 1;
             }
-            b'a'..=b'z' | b'0'..=b'9' | b'_' => {}
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => {}
             b'-' if i > label_start => {
-                if i == label_start + 2 && out[label_start..] == *b"xn" && b.get(i + 1) == Some(&b'-') {
+                if i == label_start + 2 && b[label_start..i].eq_ignore_ascii_case(b"xn") && b.get(i + 1) == Some(&b'-')
+                {
                     return None;
                 }
             }
             _ => return None,
         }
-        out.push(c);
     }
-    let label = &out[label_start..];
-    if label.is_empty() || label.len() > 63 || label.last() == Some(&b'-') {
+    if !label_ok(&b[label_start..]) {
         return None;
     }
-    String::from_utf8(out).ok()
+    Some(name.to_ascii_lowercase())
 }
 
 fn check_port(suffix: &str, allow_port: bool) -> Result<(), HostError> {

@@ -1,8 +1,15 @@
-//! Named backend pools: round-robin (pingora-load-balancing) over plain-HTTP
-//! backends, with active HTTP health checks that eject and re-admit, and the
-//! per-pool timeouts and keep-alive settings every peer carries.
+//! Named backend pools: round-robin over plain-HTTP backends, with active
+//! HTTP health checks (pingora-load-balancing) that eject and re-admit, and
+//! the per-pool timeouts and keep-alive settings every peer carries.
+//!
+//! Selection is our own, over one health flag per backend that each check
+//! round refreshes: Pingora's `LoadBalancer::select_with` hashes every
+//! candidate (SipHash) to look up its readiness, ~1,500 instructions per
+//! request (bench/RESULTS.md); an atomic counter and a flag read cost a few
+//! dozen. The checks themselves stay Pingora's.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,9 +22,20 @@ use crate::config::{Config, PoolConfig};
 
 pub struct Pool {
     pub name: Arc<str>,
+    /// Runs the health checks; not consulted per request.
     lb: LoadBalancer<RoundRobin>,
+    /// The configured backends, in config order; a request names them by index.
+    backends: Vec<Backend>,
+    /// Per backend: passed its health checks (as of the last check round).
+    healthy: Box<[AtomicBool]>,
+    /// Round-robin position.
+    next: AtomicUsize,
     cfg: PoolConfig,
 }
+
+/// Indices of the backends one request has tried, in order (a request tries
+/// each backend of its pool at most once).
+pub type Tried = smallvec::SmallVec<[usize; 4]>;
 
 #[derive(Debug, thiserror::Error)]
 #[error("config key `pools.{pool}`: {reason}")]
@@ -61,9 +79,22 @@ impl Pool {
         hc.peer_template.options.read_timeout = Some(probe_timeout);
         lb.set_health_check(Box::new(hc));
         lb.health_check_frequency = Some(cfg.health_check_interval);
+        let backends: Vec<Backend> = cfg
+            .backends
+            .iter()
+            .map(|a| Backend {
+                addr: pingora_core::protocols::l4::socket::SocketAddr::Inet(*a),
+                weight: 1,
+                ext: Default::default(),
+            })
+            .collect();
         Ok(Pool {
             name: Arc::from(name),
             lb,
+            // Healthy until a check says otherwise, as Pingora's own state starts.
+            healthy: backends.iter().map(|_| AtomicBool::new(true)).collect(),
+            backends,
+            next: AtomicUsize::new(0),
             cfg: cfg.clone(),
         })
     }
@@ -71,11 +102,20 @@ impl Pool {
     /// A backend for this request: the next healthy one not tried yet; if no
     /// backend is healthy, any untried one (better than refusing all traffic
     /// when health checks themselves are wrong).
-    pub fn select(&self, tried: &[Backend]) -> Option<Backend> {
-        let max = self.cfg.backends.len() * 2 + 1;
-        self.lb
-            .select_with(b"", max, |b, healthy| healthy && !tried.contains(b))
-            .or_else(|| self.lb.select_with(b"", max, |b, _| !tried.contains(b)))
+    pub fn select(&self, tried: &[usize]) -> Option<usize> {
+        let n = self.backends.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let pick = |healthy_only: bool| {
+            (0..n)
+                .map(|i| start.wrapping_add(i) % n)
+                .find(|&i| !tried.contains(&i) && (!healthy_only || self.healthy[i].load(Ordering::Relaxed)))
+        };
+        pick(true).or_else(|| pick(false))
+    }
+
+    /// The address of backend `i` (for logs).
+    pub fn addr(&self, i: usize) -> Option<std::net::SocketAddr> {
+        self.cfg.backends.get(i).copied()
     }
 
     pub fn len(&self) -> usize {
@@ -87,9 +127,9 @@ impl Pool {
         self.cfg.backends.is_empty()
     }
 
-    /// The peer for a backend, carrying this pool's timeouts.
-    pub fn peer(&self, backend: &Backend) -> Box<HttpPeer> {
-        let mut peer = HttpPeer::new(backend.addr.clone(), false, String::new());
+    /// The peer for backend `i` (from [`Pool::select`]), carrying this pool's timeouts.
+    pub fn peer(&self, i: usize) -> Box<HttpPeer> {
+        let mut peer = HttpPeer::new(self.cfg.backends[i], false, String::new());
         let o = &mut peer.options;
         o.connection_timeout = Some(self.cfg.connect_timeout);
         o.total_connection_timeout = Some(self.cfg.connect_timeout);
@@ -99,21 +139,27 @@ impl Pool {
         Box::new(peer)
     }
 
-    /// Health of every backend, for metrics and `/readyz`.
+    /// Health of every backend, for metrics and `/readyz`: what selection
+    /// sees.
     pub fn health(&self) -> Vec<(String, bool)> {
-        let backends = self.lb.backends();
-        backends
-            .get_backend()
+        self.cfg
+            .backends
             .iter()
-            .map(|b| (b.addr.to_string(), backends.ready(b)))
+            .zip(self.healthy.iter())
+            .map(|(a, ok)| (a.to_string(), ok.load(Ordering::Relaxed)))
             .collect()
     }
 
-    /// Probe every backend forever at the configured interval.
+    /// Probe every backend forever at the configured interval; after each
+    /// round, selection sees the new health.
     pub async fn run_health_checks(self: Arc<Self>) {
         let every = self.cfg.health_check_interval;
         loop {
-            self.lb.backends().run_health_check(true).await;
+            let checked = self.lb.backends();
+            checked.run_health_check(true).await;
+            for (b, flag) in self.backends.iter().zip(self.healthy.iter()) {
+                flag.store(checked.ready(b), Ordering::Relaxed);
+            }
             tokio::time::sleep(every).await;
         }
     }
