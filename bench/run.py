@@ -255,19 +255,24 @@ backends = ["127.0.0.1:{backends[0]}", "127.0.0.1:{backends[1]}"]
 
 class BarePingora(Peer):
     """Pingora with no tenancy (gateway/examples/bare_pingora.rs): the floor
-    our gateway is built on. Plain HTTP only; it maps nothing, so unknown
-    hosts are not refused: a reference, not a competitor."""
+    our gateway is built on. It maps nothing, so unknown hosts are not
+    refused: a reference, not a competitor. HTTPS (with certs) goes through
+    the gateway's own TLS listener, as pingora-core here has no TLS."""
     name = "pingora (no tenancy)"
 
-    def __init__(self, backends, timeouts=False):
-        self.http, self.tls = free_port(), None
+    def __init__(self, backends, timeouts=False, certs=None):
+        self.http, self.tls = free_port(), (free_port() if certs else None)
         if timeouts:
             # The same peer with the gateway's default upstream timeouts.
             self.name = "pingora (no tenancy, upstream timeouts)"
+        # HTTPS through the gateway's own TLS listener (see bare_pingora.rs).
+        tls = ["--tls", f"127.0.0.1:{self.tls}", f"{certs}/wildcard.pem", f"{certs}/wildcard.key"] if certs else []
         self.pid = spawn("bare-timeouts" if timeouts else "bare",
-                         [str(REL / "examples" / "bare_pingora")] + (["--timeouts"] if timeouts else [])
+                         [str(REL / "examples" / "bare_pingora")] + (["--timeouts"] if timeouts else []) + tls
                          + [f"127.0.0.1:{self.http}"] + [f"127.0.0.1:{b}" for b in backends], 0).pid
         wait_port(self.http)
+        if self.tls:
+            wait_port(self.tls)
 
 
 class Nginx(Peer):
@@ -519,7 +524,7 @@ def main():
     except SystemExit as e:
         print(f"caddy did not start ({e}); see {WORK}/caddy.log", file=sys.stderr)
     direct = Direct(backends)
-    bare = BarePingora(backends)
+    bares = [BarePingora(backends, certs=certs), BarePingora(backends, timeouts=True, certs=certs)]
     if "--serve" in sys.argv:
         # For profiling: leave everything running until interrupted.
         for p in peers:
@@ -531,14 +536,14 @@ def main():
         except KeyboardInterrupt:
             return
     # Warm every proxy (and the gateway's tenant cache) once.
-    for p in peers + [bare]:
+    for p in peers + bares:
         wrk(f"http://127.0.0.1:{p.http}/", 16, lua)
 
     rows = []
     for title, fn in SCENARIOS:
-        runs = {p.name: [] for p in peers + [bare, direct]}
+        runs = {p.name: [] for p in peers + bares + [direct]}
         for _ in range(REPS):
-            for p in peers + ([bare, direct] if "HTTP/1.1" in title else []):
+            for p in peers + bares + ([direct] if "HTTP/1.1" in title else []):
                 runs[p.name].append(measure(p, fn, lua if p is not direct else None))
         for name, rs in runs.items():
             if not rs:
@@ -570,6 +575,15 @@ def main():
                          f"{fmt(m['cpu_pct'])} | {fmt(m['cpu_us_per_req'], 1)} | {fmt(m['user_us_per_req'], 1)} | "
                          f"{fmt(m['kernel_us_per_req'], 1)} | {fmt(cpu_ratio, 2)} | {fmt(rps_ratio, 2)} | "
                          f"{int(m['errors'])} |")
+    lines += ["", "tenant-gateway's CPU per request over bare Pingora (target ≤ 1.10), same run:", ""]
+    for title, items in by_scn.items():
+        row = dict(items)
+        ours = row.get(Gateway.name)
+        floors = [(n, m) for n, m in items if n.startswith("pingora (no tenancy")]
+        if ours and floors:
+            lines.append(f"- {title}: " + "; ".join(
+                f"{fmt(ours['cpu_us_per_req'] / m['cpu_us_per_req'], 2)}× {n} ({fmt(m['cpu_us_per_req'])} µs)"
+                for n, m in floors))
     lines += ["", "What 0.8× the best peer leaves for user-space work (if the proxy's kernel time equalled the best peer's):", ""]
     for title, items in by_scn.items():
         best = cheapest_peer(items)

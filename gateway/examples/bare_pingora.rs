@@ -2,14 +2,21 @@
 //! (round robin over the backends, one header set). `bench/run.py` runs it
 //! next to the gateway so the table shows what Pingora itself costs.
 //!
-//! Usage: bare_pingora [--timeouts] LISTEN BACKEND [BACKEND...]
+//! Usage: bare_pingora [--timeouts] [--tls ADDR CERT KEY] LISTEN BACKEND [BACKEND...]
 //!
 //! `--timeouts`: every peer carries the gateway's default upstream timeouts
 //! (connect 1 s, read and write 30 s, idle 60 s), as a production proxy
 //! must; without it, none (Pingora's default). The difference is what
 //! Pingora's per-operation timers cost (bench/RESULTS.md).
+//!
+//! `--tls`: also serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) on ADDR. The
+//! pingora-core build here has no TLS of its own, so this listener is the
+//! gateway's (`conn::listener` + `tls::accept`, default limits and
+//! deadlines) in front of the same bare proxy: the HTTPS rows then compare
+//! the tenancy work alone.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -18,7 +25,7 @@ use pingora_core::server::Server;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::Result;
 use pingora_http::RequestHeader;
-use pingora_proxy::{ProxyHttp, Session};
+use pingora_proxy::{HttpProxy, ProxyHttp, Session};
 
 // Same allocator as the gateway, so the difference is the tenancy work.
 #[global_allocator]
@@ -55,14 +62,66 @@ impl ProxyHttp for Bare {
     }
 }
 
+/// The gateway's HTTPS listener (its TLS accept path, default connection
+/// limits and deadlines) serving `app`, with one certificate for every name.
+fn tls_listener(
+    addr: &str,
+    cert: &str,
+    key: &str,
+    app: Arc<HttpProxy<Bare>>,
+) -> Result<impl pingora_core::services::Service, String> {
+    use gateway::conn::{deadline::Timeouts, drain::Drain, limits, listener};
+    use gateway::tls::{accept, store};
+    let addr: std::net::SocketAddr = addr.parse().map_err(|e| format!("--tls {addr}: {e}"))?;
+    let files = gateway::config::CertFiles {
+        cert_file: cert.into(),
+        key_file: key.into(),
+    };
+    let load = || store::Cert::load(&files).map_err(|e| format!("--tls certificate: {e}"));
+    let certs = Arc::new(store::CertStore::new());
+    certs.replace_files(vec![load()?], Some(load()?));
+    let metrics = Arc::new(gateway::metrics::Metrics::new(100));
+    let cfg = gateway::config::LimitsConfig::default();
+    let (total, per_ip) = gateway::config::connection_caps(&cfg, 65_536);
+    Ok(listener::Listener {
+        name: "https",
+        addr,
+        socket: Some(listener::bind(addr).map_err(|e| format!("--tls {addr}: {e}"))?),
+        app,
+        handshake: Arc::new(accept::TlsHandshake {
+            config: accept::server_config(certs.clone(), true).map_err(|e| e.to_string())?,
+            store: certs,
+            acme: None,
+            timeout: Duration::from_secs(10),
+            metrics: metrics.clone(),
+        }),
+        limits: limits::ConnLimits::new(total, limits::PerIp::new(per_ip)),
+        timeouts: Timeouts {
+            head: cfg.request_head_timeout,
+            idle: cfg.idle_timeout,
+            min_body_rate: cfg.min_body_rate,
+            body_grace: cfg.body_rate_grace,
+        },
+        metrics,
+        drain: Arc::new(Drain::default()),
+    })
+}
+
 fn main() -> std::process::ExitCode {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let timeouts = args.first().is_some_and(|a| a == "--timeouts");
     if timeouts {
         args.remove(0);
     }
+    let tls = match args.first().map(String::as_str) {
+        Some("--tls") if args.len() >= 4 => {
+            let tls: Vec<String> = args.drain(..4).skip(1).collect();
+            Some(tls)
+        }
+        _ => None,
+    };
     let Some((listen, backends)) = args.split_first().filter(|(_, b)| !b.is_empty()) else {
-        eprintln!("usage: bare_pingora [--timeouts] LISTEN BACKEND [BACKEND...]");
+        eprintln!("usage: bare_pingora [--timeouts] [--tls ADDR CERT KEY] LISTEN BACKEND [BACKEND...]");
         return std::process::ExitCode::from(2);
     };
     let conf = ServerConf {
@@ -77,6 +136,23 @@ fn main() -> std::process::ExitCode {
         next: AtomicUsize::new(0),
         timeouts,
     };
+    if let Some(tls) = tls {
+        let bare_tls = Bare {
+            backends: backends.to_vec(),
+            next: AtomicUsize::new(0),
+            timeouts,
+        };
+        let app = Arc::new(pingora_proxy::http_proxy(&server.configuration, bare_tls));
+        match tls_listener(&tls[0], &tls[1], &tls[2], app) {
+            Ok(service) => {
+                server.add_service(service);
+            }
+            Err(e) => {
+                eprintln!("bare_pingora: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    }
     let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, bare);
     proxy.add_tcp(listen);
     server.add_service(proxy);
