@@ -267,11 +267,11 @@ impl ProxyHttp for Gateway {
         };
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let live = self.live.load_full();
-        let path = session.req_header().uri.path().to_owned();
+        let path = session.req_header().uri.path();
         let redirect = self.tls.as_ref().and_then(|t| t.redirect.as_ref());
         let first = decide::first(&decide::Facts {
             host: host.as_deref(),
-            path: &path,
+            path,
             tls: ctx.tls,
             acme: self.acme.is_some(),
             redirect: redirect.map(|r| decide::RedirectPolicy {
@@ -460,6 +460,9 @@ impl ProxyHttp for Gateway {
                 }
                 Edit::Set(name, Cow::Owned(value)) => {
                     parts.headers.insert(name, HeaderValue::try_from(value).map_err(bad)?);
+                }
+                Edit::Put(name, value) => {
+                    parts.headers.insert(name, value);
                 }
             }
         }

@@ -274,11 +274,12 @@ impl Signer {
         // 32 bytes always fit 64 hex digits.
         let _ = hex::encode_to_slice(digest, &mut sig);
         let ts = std::str::from_utf8(ts).unwrap_or_default();
-        let mut out = String::with_capacity(VERSION.len() + self.key.id.len() + 36 + sig.len());
-        for part in [VERSION, ";kid=", &self.key.id, ";ts=", ts, ";sig="] {
-            out.push_str(part);
-        }
-        out.push_str(std::str::from_utf8(&sig).unwrap_or_default());
+        let sig = std::str::from_utf8(&sig).unwrap_or_default();
+        let parts = [VERSION, ";kid=", &self.key.id, ";ts=", ts, ";sig=", sig];
+        // Exactly its length: the caller turns it into a header value,
+        // which would allocate again for spare capacity.
+        let mut out = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        parts.iter().for_each(|p| out.push_str(p));
         out
     }
 }

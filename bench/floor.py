@@ -1,0 +1,74 @@
+#!/usr/bin/env python3
+"""CPU per request of the gateway over bare Pingora, interleaved: each round
+measures the gateway, bare Pingora and bare Pingora with the gateway's
+upstream timeouts back to back on the same load, and the ratio is taken
+within the round. On this VM CPU time drifts ±20 % over minutes (bench/
+RESULTS.md), more than the 10 % the target is about; a median of per-round
+ratios cancels the drift that a median of separately timed runs keeps.
+
+Usage: python3 bench/floor.py [ROUNDS]   (default 9; after bench/run.sh
+has built the release binaries and installed the tools)
+Env: BENCH_DURATION seconds per measurement (default 4).
+
+Rows: HTTP/1.1, HTTPS and HTTP/2 keep-alive. Bare Pingora serves HTTPS
+through the gateway's own TLS listener (see gateway/examples/bare_pingora.rs),
+so the HTTPS and HTTP/2 rows compare the tenancy work alone.
+"""
+
+import os
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run as R  # noqa: E402
+
+SCENARIOS = [
+    ("HTTP/1.1 keep-alive, 16 conns", lambda p, lua: R.wrk(f"http://127.0.0.1:{p.http}/", 16, lua)),
+    ("HTTPS keep-alive, 16 conns", lambda p, lua: R.wrk(f"https://127.0.0.1:{p.tls}/", 16, lua)),
+    ("HTTP/2 over TLS (h2load, 16x8 streams)", lambda p, lua: R.h2load(p.tls)),
+]
+
+
+def main():
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 9
+    if not (R.REL / "examples" / "bare_pingora").exists():
+        raise SystemExit("build first: bench/run.sh (or cargo build --release -p gateway --example bare_pingora)")
+    _, _, url = R.setup_database()
+    certs = R.make_certs()
+    host_file = R.WORK / "hosts.txt"
+    host_file.write_text("".join(h + "\n" for h, _ in R.hosts()))
+    lua = R.write_lua(host_file)
+    backends = R.start_backends()
+    gw = R.Gateway(url, backends, certs)
+    bare = R.BarePingora(backends, certs=certs)
+    timed = R.BarePingora(backends, timeouts=True, certs=certs)
+    peers = [gw, bare, timed]
+    for p in peers:
+        R.wrk(f"http://127.0.0.1:{p.http}/", 16, lua)  # warm (the gateway's tenant cache)
+    print(f"CPU µs per request, {rounds} interleaved rounds of {R.DURATION} s per peer "
+          "(proxy on CPU 0, load and backends on CPU 1); ratio = median of the per-round ratios:\n")
+    print("| scenario | tenant-gateway | bare Pingora | bare + timeouts | gateway / bare | gateway / bare + timeouts | spread of gateway / bare (min–max) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for title, fn in SCENARIOS:
+        cpu = {p.name: [] for p in peers}
+        for i in range(rounds):
+            # Rotate the order so no peer always runs first in a round.
+            order = peers[i % 3:] + peers[:i % 3]
+            for p in order:
+                r = R.measure(p, fn, lua)
+                if r["errors"]:
+                    raise SystemExit(f"{p.name}: {r['errors']} errors in {title}")
+                cpu[p.name].append(r["cpu_us_per_req"])
+        g, b, t = cpu[gw.name], cpu[bare.name], cpu[timed.name]
+        vs_bare = [x / y for x, y in zip(g, b)]
+        vs_timed = [x / y for x, y in zip(g, t)]
+        med = statistics.median
+        print(f"| {title} | {med(g):.1f} | {med(b):.1f} | {med(t):.1f} | {med(vs_bare):.2f} | {med(vs_timed):.2f} | "
+              f"{min(vs_bare):.2f}–{max(vs_bare):.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        R.cleanup()
