@@ -284,7 +284,7 @@ fn cache_costs_one_query_per_name_and_floods_do_not_evict_tenants() {
 }
 
 #[test]
-fn notify_moves_a_domain_on_every_gateway_within_a_second() {
+fn notify_moves_a_domain_on_every_gateway() {
     let s = stack("");
     let pools = pools_toml(&[("default", &[s.apps[0].port, s.apps[1].port])]);
     let gw2 = Gateway::start(&s.pg.url(), &pools).unwrap();
@@ -306,13 +306,13 @@ fn notify_moves_a_domain_on_every_gateway_within_a_second() {
     )
     .unwrap();
     let moved = Instant::now();
-    wait_until("both gateways route to mclaren", Duration::from_secs(1), || {
+    wait_until("both gateways route to mclaren", PROPAGATION, || {
         tenant_on(&s.gw) == "mclaren" && tenant_on(&gw2) == "mclaren"
     })
     .unwrap_or_else(|e| panic!("{e} (after {:?})", moved.elapsed()));
     // Suspending a tenant is a change too.
     app_cli_ok(&s.pg.url(), &["tenant", "suspend", "mclaren"]);
-    wait_until("suspension seen", Duration::from_secs(1), || {
+    wait_until("suspension seen", PROPAGATION, || {
         client
             .get(&gw2.url("/"))
             .header("host", "mclaren.myapp.localhost")
@@ -324,7 +324,7 @@ fn notify_moves_a_domain_on_every_gateway_within_a_second() {
     .unwrap();
     // A removed domain disappears.
     app_cli_ok(&s.pg.url(), &["domain", "remove", "mclaren-racing.test"]);
-    wait_until("removal seen", Duration::from_secs(1), || {
+    wait_until("removal seen", PROPAGATION, || {
         client
             .get(&s.gw.url("/"))
             .header("host", "mclaren-racing.test")
@@ -605,14 +605,14 @@ fn django_tenants_preset_fronts_an_existing_database() {
     // A domain moved (its row keeps its capitals): the lower-cased name is evicted.
     dj.psql("UPDATE tenants_domain SET tenant_id = 2 WHERE domain = 'Ferrari.Shop.test'")
         .unwrap();
-    wait_until("django domain moved", Duration::from_secs(1), || {
+    wait_until("django domain moved", PROPAGATION, || {
         tenant_of("ferrari.shop.test").1 == "mclaren"
     })
     .unwrap();
     // The active column: an inactive tenant gets the suspended page, at once.
     dj.psql("UPDATE tenants_client SET is_active = false WHERE schema_name = 'mclaren'")
         .unwrap();
-    wait_until("tenant deactivated", Duration::from_secs(1), || {
+    wait_until("tenant deactivated", PROPAGATION, || {
         tenant_of("mclaren.shop.test").0 == 403
     })
     .unwrap();

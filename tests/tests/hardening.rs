@@ -81,7 +81,8 @@ fn one_client_over_its_connection_cap_cannot_starve_another_clients_tls() {
         let r = s.https().get(&s.https_url(host, "/whoami")).send().unwrap();
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.json()["tenant"], host.split('.').next().unwrap());
-        assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
+        // Generous for a noisy machine; a starved listener would hang until the client's timeout.
+        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
     }
     // Two more hostile addresses fill the listener's total cap (each holds
     // at most its own 25, so together they pass 40 whatever share of the
@@ -250,7 +251,7 @@ fn a_frozen_database_never_hangs_a_request_and_invalidation_resumes() {
              WHERE domain = 'ferrari.myapp.localhost'",
     )
     .unwrap();
-    wait_until("NOTIFY moves the domain", Duration::from_secs(1), || {
+    wait_until("NOTIFY moves the domain", PROPAGATION, || {
         get("ferrari.myapp.localhost").0.json()["tenant"] == "mclaren"
     })
     .unwrap();

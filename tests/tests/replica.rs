@@ -1,6 +1,6 @@
 //! Scaling out: lookups read a real streaming replica (pg_basebackup) while
 //! LISTEN stays on the primary; a change on the primary reaches every
-//! gateway within a second, and while the replica lags (replay paused) no
+//! gateway through NOTIFY (bounded by PROPAGATION), and while the replica lags (replay paused) no
 //! answer older than the NOTIFY is served or cached: the lookup goes to the
 //! primary.
 
@@ -51,10 +51,10 @@ fn lookups_read_the_replica_and_its_lag_never_overtakes_a_notify() {
             ))
             .unwrap();
     };
-    // A domain moved on the primary: every gateway routes it within a second.
+    // A domain moved on the primary: every gateway routes it (NOTIFY, not the TTL).
     move_to("ferrari");
     for gw in &gws {
-        wait_until("moved via the replica", Duration::from_secs(1), || {
+        wait_until("moved via the replica", PROPAGATION, || {
             tenant_of(gw, "mclaren-racing.test") == "ferrari"
         })
         .unwrap_or_else(|e| panic!("{e}\n{}", gw.proc_.log()));
@@ -86,7 +86,7 @@ fn lookups_read_the_replica_and_its_lag_never_overtakes_a_notify() {
     move_to("mclaren");
     assert_eq!(on_replica(), "ferrari", "the replica was meant to lag");
     for gw in &gws {
-        wait_until("moved while the replica lags", Duration::from_secs(1), || {
+        wait_until("moved while the replica lags", PROPAGATION, || {
             tenant_of(gw, "mclaren-racing.test") == "mclaren"
         })
         .unwrap_or_else(|e| panic!("{e}\n{}", gw.proc_.log()));
