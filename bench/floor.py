@@ -10,7 +10,8 @@ Usage: python3 bench/floor.py [ROUNDS]   (default 9; after bench/run.sh
 has built the release binaries and installed the tools)
 Env: BENCH_DURATION seconds per measurement (default 4).
 
-Rows: HTTP/1.1, HTTPS and HTTP/2 keep-alive. Bare Pingora serves HTTPS
+Rows: HTTP/1.1, HTTPS and HTTP/2 keep-alive, then a new TLS connection per
+request. Bare Pingora serves HTTPS
 through the gateway's own TLS listener (see gateway/examples/bare_pingora.rs),
 so the HTTPS and HTTP/2 rows compare the tenancy work alone.
 """
@@ -26,6 +27,9 @@ SCENARIOS = [
     ("HTTP/1.1 keep-alive, 16 conns", lambda p, lua: R.wrk(f"http://127.0.0.1:{p.http}/", 16, lua)),
     ("HTTPS keep-alive, 16 conns", lambda p, lua: R.wrk(f"https://127.0.0.1:{p.tls}/", 16, lua)),
     ("HTTP/2 over TLS (h2load, 16x8 streams)", lambda p, lua: R.h2load(p.tls)),
+    # Not a keep-alive target: the handshake's CPU against the same TLS
+    # listener without tenancy (resumption off on both).
+    ("new TLS connection per request", lambda p, lua: R.wrk(f"https://127.0.0.1:{p.tls}/", 16, lua, ["Connection: close"])),
 ]
 
 

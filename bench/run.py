@@ -247,7 +247,7 @@ verification = "none"
 [pools.default]
 backends = ["127.0.0.1:{backends[0]}", "127.0.0.1:{backends[1]}"]
 """)
-        env = {"DATABASE_URL": url, "TG_STAMP_KEY_K1": "bench-secret-0123456789abcdef", "RUST_LOG": "warn"}
+        env = {"DATABASE_URL": url, "TG_STAMP_KEY_K1": "bench-secret-0123456789abcdef", "RUST_LOG": "warn,rustls=error"}
         self.pid = spawn("gateway", [str(REL / "gateway"), "--config", str(cfg)], 0, env).pid
         wait_port(self.tls)
         wait_port(self.http)

@@ -89,7 +89,9 @@ fn tls_listener(
         socket: Some(listener::bind(addr).map_err(|e| format!("--tls {addr}: {e}"))?),
         app,
         handshake: Arc::new(accept::TlsHandshake {
-            config: accept::server_config(certs.clone(), true).map_err(|e| e.to_string())?,
+            // Resumption off, as on every peer in the benchmark (a resumed
+            // handshake skips the certificate signature).
+            config: accept::server_config(certs.clone(), false).map_err(|e| e.to_string())?,
             store: certs,
             acme: None,
             timeout: Duration::from_secs(10),
