@@ -195,7 +195,7 @@ fn a_trickled_request_head_or_body_is_cut_at_the_deadline_on_both_listeners() {
 #[test]
 fn a_frozen_database_never_hangs_a_request_and_invalidation_resumes() {
     let mut s = stack(
-        "redirect_http = false\n[database]\nlookup_deadline_ms = 1000\nhealth_check_interval_ms = 300\nhealth_check_timeout_ms = 700\n\
+        "redirect_http = false\n[database]\nlookup_deadline_ms = 2000\nhealth_check_interval_ms = 300\nhealth_check_timeout_ms = 700\n\
          [tenant.cache]\npositive_ttl_secs = 1\n",
     );
     let client = http::client();
@@ -215,14 +215,15 @@ fn a_frozen_database_never_hangs_a_request_and_invalidation_resumes() {
     let (r, took) = get("mclaren.myapp.localhost");
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.json()["error"], "unavailable");
-    assert!(took < Duration::from_secs(2), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
     // Cached, and past positive_ttl by the time the refresh counter moves:
     // served at once every time while one background refresh waits.
     let mut served = 0;
     wait_until("an entry past its TTL served", Duration::from_secs(10), || {
         let (r, took) = get("ferrari.myapp.localhost");
         assert_eq!(r.status, 200, "{}", r.body);
-        assert!(took < Duration::from_millis(750), "cached tenant waited {took:?}");
+        // Half the lookup deadline: a request that waited on the database would take all of it.
+        assert!(took < Duration::from_millis(1000), "cached tenant waited {took:?}");
         served += 1;
         s.metric("tenant_gateway_cache_background_refreshes_total", &[]) >= 1.0
     })
@@ -230,7 +231,8 @@ fn a_frozen_database_never_hangs_a_request_and_invalidation_resumes() {
     for _ in 0..10 {
         let (r, took) = get("ferrari.myapp.localhost");
         assert_eq!(r.json()["tenant"], "ferrari");
-        assert!(took < Duration::from_millis(750), "cached tenant waited {took:?}");
+        // Half the lookup deadline: a request that waited on the database would take all of it.
+        assert!(took < Duration::from_millis(1000), "cached tenant waited {took:?}");
     }
     assert!(served >= 1);
     // The partition is noticed by the listener's health query.
@@ -239,8 +241,9 @@ fn a_frozen_database_never_hangs_a_request_and_invalidation_resumes() {
     })
     .unwrap();
     s.pg.thaw().unwrap();
-    // Invalidation works again within 2 s of SIGCONT.
-    wait_until("listener back", Duration::from_secs(2), || {
+    // Invalidation works again after SIGCONT (docs: within about a second;
+    // generous here for a loaded machine).
+    wait_until("listener back", Duration::from_secs(5), || {
         s.metric("tenant_gateway_invalidation_listener_up", &[]) == 1.0
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
