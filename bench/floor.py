@@ -11,9 +11,9 @@ has built the release binaries and installed the tools)
 Env: BENCH_DURATION seconds per measurement (default 4).
 
 Rows: HTTP/1.1, HTTPS and HTTP/2 keep-alive, then a new TLS connection per
-request. Bare Pingora serves HTTPS
-through the gateway's own TLS listener (see gateway/examples/bare_pingora.rs),
-so the HTTPS and HTTP/2 rows compare the tenancy work alone.
+request. Bare Pingora serves HTTPS through the gateway's own TLS listener
+(see gateway/examples/bare_pingora.rs), so the TLS rows compare the tenancy
+work alone.
 """
 
 import os

@@ -13,8 +13,8 @@ pub fn free_port() -> u16 {
 
 /// The bound on a change reaching every gateway through NOTIFY. The product
 /// aims at well under a second (docs/operations.md); the tests allow five on
-/// a noisy 2-core machine. That still proves NOTIFY did it: without one, a
-/// cached answer lives for the 60 s positive TTL.
+/// a noisy 2-core machine. With the default 60 s positive TTL that still
+/// proves NOTIFY did it: without one, the cached answer would stay.
 pub const PROPAGATION: Duration = Duration::from_secs(5);
 
 /// Poll `cond` every 20 ms until it holds or `timeout` passes.

@@ -1,8 +1,8 @@
 //! Scaling out: lookups read a real streaming replica (pg_basebackup) while
 //! LISTEN stays on the primary; a change on the primary reaches every
-//! gateway through NOTIFY (bounded by PROPAGATION), and while the replica lags (replay paused) no
-//! answer older than the NOTIFY is served or cached: the lookup goes to the
-//! primary.
+//! gateway through NOTIFY (bounded by `PROPAGATION`), and while the replica
+//! lags (replay paused) no answer older than the NOTIFY is served or cached:
+//! the lookup goes to the primary.
 
 use std::time::Duration;
 
