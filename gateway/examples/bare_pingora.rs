@@ -6,8 +6,10 @@
 //!
 //! `--timeouts`: every peer carries the gateway's default upstream timeouts
 //! (connect 1 s, read and write 30 s, idle 60 s), as a production proxy
-//! must; without it, none (Pingora's default). The difference is what
-//! Pingora's per-operation timers cost (bench/RESULTS.md).
+//! must, on the timer the gateway uses for them
+//! (`gateway::upstream::TOKIO_TIMERS_FROM_SECS`); without it, none
+//! (Pingora's default). The difference is what Pingora's per-operation
+//! timers cost (bench/RESULTS.md).
 //!
 //! `--tls`: also serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) on ADDR. The
 //! pingora-core build here has no TLS of its own, so this listener is the
@@ -130,6 +132,12 @@ fn main() -> std::process::ExitCode {
         threads: 1,
         // As the gateway runs by default (`listen.work_stealing = false`).
         work_stealing: false,
+        // With `--timeouts`, on the timer the gateway chooses for them.
+        fast_timeout_to_tokio_threshold_seconds: if timeouts {
+            gateway::upstream::TOKIO_TIMERS_FROM_SECS
+        } else {
+            ServerConf::default().fast_timeout_to_tokio_threshold_seconds
+        },
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);

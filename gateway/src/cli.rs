@@ -521,6 +521,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         graceful_shutdown_timeout_seconds: Some(1),
         work_stealing: cfg.listen.work_stealing,
         upgrade_sock: cfg.listen.upgrade_sock.display().to_string(),
+        fast_timeout_to_tokio_threshold_seconds: crate::upstream::TOKIO_TIMERS_FROM_SECS,
         ..ServerConf::default()
     };
     let opt = pingora_core::server::configuration::Opt {

@@ -79,7 +79,11 @@ pub struct Redirect {
 pub struct Ctx {
     start: Instant,
     request_id: String,
+    /// The client's own request id, sent once: forwarded as it came.
+    request_id_as_sent: bool,
     host: Option<String>,
+    /// The client's `Host` header is `host` exactly: forwarded as it came.
+    host_as_sent: bool,
     tenant: Option<Arc<Tenant>>,
     pool: Option<Arc<Pool>>,
     /// Backends tried, as indices into `pool`.
@@ -238,7 +242,9 @@ impl ProxyHttp for Gateway {
         Ctx {
             start: Instant::now(),
             request_id: String::new(),
+            request_id_as_sent: false,
             host: None,
+            host_as_sent: false,
             tenant: None,
             pool: None,
             tried: Tried::new(),
@@ -254,12 +260,15 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         self.metrics.requests_in_flight.inc();
         ctx.in_flight = true;
-        ctx.request_id = headers::request_id(&session.req_header().headers);
+        (ctx.request_id, ctx.request_id_as_sent) = headers::request_id(&session.req_header().headers);
 
         // Gather the facts, ask `decide`, act.
         let req = session.req_header();
         let host = match host::request_host(&req.headers, &req.uri) {
-            Ok(h) => Some(h),
+            Ok((h, as_sent)) => {
+                ctx.host_as_sent = as_sent;
+                Some(h)
+            }
             Err(e) => {
                 tracing::debug!(error = %e, request_id = %ctx.request_id, "bad host");
                 None
@@ -419,9 +428,10 @@ impl ProxyHttp for Gateway {
                 peer: ip,
                 trusted: self.trusted(ip),
                 host,
+                host_as_sent: ctx.host_as_sent,
                 tls: ctx.tls,
                 forward: self.forward,
-                request_id: &ctx.request_id,
+                request_id: (!ctx.request_id_as_sent).then_some(ctx.request_id.as_str()),
             },
             &mut edits,
         );

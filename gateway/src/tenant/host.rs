@@ -19,8 +19,9 @@ pub enum BadHost {
     Malformed(#[from] tenancy::HostError),
 }
 
-/// The normalised host of a request.
-pub fn request_host(headers: &HeaderMap, uri: &Uri) -> Result<String, BadHost> {
+/// The normalised host of a request, and whether the client's `Host`
+/// header is already exactly that (then it goes upstream as it came).
+pub fn request_host(headers: &HeaderMap, uri: &Uri) -> Result<(String, bool), BadHost> {
     let mut values = headers.get_all(HOST).iter();
     let header = values.next();
     if values.next().is_some() {
@@ -32,15 +33,17 @@ pub fn request_host(headers: &HeaderMap, uri: &Uri) -> Result<String, BadHost> {
         return Err(BadHost::Malformed(tenancy::HostError::BadCharacters));
     }
     match (header, authority) {
-        (Some(h), Some(a)) => {
-            let h = tenancy::normalize_host(h)?;
-            if tenancy::normalize_host(a)? != h {
-                return Err(BadHost::Mismatch);
+        (Some(raw), authority) => {
+            let h = tenancy::normalize_host(raw)?;
+            if let Some(a) = authority {
+                if tenancy::normalize_host(a)? != h {
+                    return Err(BadHost::Mismatch);
+                }
             }
-            Ok(h)
+            let as_sent = h == raw;
+            Ok((h, as_sent))
         }
-        (Some(h), None) => Ok(tenancy::normalize_host(h)?),
-        (None, Some(a)) => Ok(tenancy::normalize_host(a)?),
+        (None, Some(a)) => Ok((tenancy::normalize_host(a)?, false)),
         (None, None) => Err(BadHost::Missing),
     }
 }
@@ -60,11 +63,34 @@ mod tests {
     use super::*;
 
     fn host_of(uri: &str, hosts: &[&str]) -> Result<String, BadHost> {
+        host_and_as_sent(uri, hosts).map(|(h, _)| h)
+    }
+
+    fn host_and_as_sent(uri: &str, hosts: &[&str]) -> Result<(String, bool), BadHost> {
         let mut headers = HeaderMap::new();
         for h in hosts {
             headers.append(HOST, h.parse().unwrap());
         }
         request_host(&headers, &uri.parse().unwrap())
+    }
+
+    #[test]
+    fn a_host_header_already_normal_is_sent_as_it_came() {
+        let ok = |h: &str| Ok((h.to_owned(), true));
+        assert_eq!(host_and_as_sent("/", &["a.example"]), ok("a.example"));
+        assert_eq!(host_and_as_sent("http://A.example/x", &["a.example"]), ok("a.example"));
+        for rewritten in ["A.example", "a.example:8080", "a.example."] {
+            assert_eq!(
+                host_and_as_sent("/", &[rewritten]),
+                Ok(("a.example".into(), false)),
+                "{rewritten}"
+            );
+        }
+        // Only an authority (HTTP/2 `:authority`): no header to keep.
+        assert_eq!(
+            host_and_as_sent("http://a.example/x", &[]),
+            Ok(("a.example".into(), false))
+        );
     }
 
     #[test]
