@@ -90,6 +90,9 @@ pub struct Guarded<S> {
     inner: S,
     deadlines: ConnDeadlines,
     sleep: Option<Pin<Box<Sleep>>>,
+    /// The waker `sleep` was last polled with: a kept timer polled again
+    /// with the same one would register nothing new.
+    armed: Option<Waker>,
     facts: Option<Arc<ProxyDigest>>,
     metrics: Arc<Metrics>,
     _permit: ConnPermit,
@@ -122,6 +125,7 @@ impl<S: Ssl> Guarded<S> {
             inner,
             deadlines: deadlines(h2),
             sleep: None,
+            armed: None,
             facts: facts.into_digest(),
             metrics: guards.metrics,
             _permit: guards.permit,
@@ -173,22 +177,41 @@ impl<S: AsyncWrite + Unpin> Guarded<S> {
 
 impl<S> Guarded<S> {
     /// Wake the task at `at` (the phase's deadline) if nothing comes sooner.
+    ///
+    /// A timer still pending at or before `at` is kept: it wakes the task
+    /// early, the read finds the deadline not reached and arms again. Each
+    /// keep-alive request moves the idle deadline later, so resetting the
+    /// timer on every request (a deregistration and an insertion on the
+    /// timer wheel) would cost more than one early wake per idle period.
+    /// Only a later-than-needed or spent timer is reset: the deadline is
+    /// never late.
     fn arm(&mut self, at: Instant, cx: &mut Context<'_>) {
         let at = tokio::time::Instant::from_std(at);
         let sleep = match &mut self.sleep {
             Some(s) => {
-                if s.deadline() != at {
+                if rearm(s.deadline(), s.is_elapsed(), at) {
                     s.as_mut().reset(at);
+                } else if self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    return;
                 }
                 s
             }
             None => self.sleep.insert(Box::pin(tokio::time::sleep_until(at))),
         };
+        if !self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+            self.armed = Some(cx.waker().clone());
+        }
         if sleep.as_mut().poll(cx).is_ready() {
             // Already due: poll again so the read sees the deadline.
             cx.waker().wake_by_ref();
         }
     }
+}
+
+/// Whether a timer set for `current` (`spent`: it has fired) must be reset
+/// to wake at `wanted`: when it would wake too late or not at all.
+fn rearm<T: PartialOrd>(current: T, spent: bool, wanted: T) -> bool {
+    spent || current > wanted
 }
 
 fn timed_out(what: &'static str) -> std::io::Error {
@@ -371,5 +394,16 @@ mod tests {
             Sni::Name(Arc::from("acme.myapp.test"))
         );
         assert_eq!(Sni::from_hello(Some("bad name!")), Sni::Invalid);
+    }
+
+    #[test]
+    fn a_timer_is_reset_only_when_it_would_wake_too_late_or_not_at_all() {
+        // The next idle deadline is later: the pending timer wakes early, kept.
+        assert!(!rearm(10, false, 20));
+        assert!(!rearm(10, false, 10));
+        // A head deadline sooner than the idle one armed: reset.
+        assert!(rearm(20, false, 10));
+        // Fired already: reset whatever it was set for.
+        assert!(rearm(10, true, 20));
     }
 }
