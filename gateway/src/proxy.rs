@@ -449,18 +449,22 @@ impl ProxyHttp for Gateway {
         }
         if let Some(tenant) = &ctx.tenant {
             let now = crate::clock::unix_secs();
-            edits.extend(headers::stamp(
+            let [wire, sig] = headers::stamp(
                 &self.signer,
                 tenant.schema(),
                 parts.method.as_str(),
                 host,
                 parts.uri.path(),
                 now,
-            ));
+            );
+            edits.push(wire);
+            edits.push(sig);
         }
         let bad = |_| Error::explain(ErrorType::InvalidHTTPHeader, "header value");
         parts.headers.reserve(edits.len());
-        for edit in edits {
+        // Drained in place: iterating by value would first move the whole
+        // inline array (12 edits) out of `edits`.
+        for edit in edits.drain(..) {
             match edit {
                 Edit::Remove(name) => {
                     parts.headers.remove(&name);

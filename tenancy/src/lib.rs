@@ -133,6 +133,34 @@ fn normalize_name(name: &str) -> Result<String, HostError> {
     Ok(ascii)
 }
 
+/// What a byte may be in a plain ASCII host name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HostByte {
+    /// `a-z`, `A-Z`, `0-9`, `_`.
+    Label,
+    Hyphen,
+    Dot,
+    Other,
+}
+
+/// [`HostByte`] by byte value: one load per byte on the request path
+/// instead of a chain of range comparisons.
+const HOST_BYTE: [HostByte; 256] = {
+    let mut t = [HostByte::Other; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => HostByte::Label,
+            b'-' => HostByte::Hyphen,
+            b'.' => HostByte::Dot,
+            _ => HostByte::Other,
+        };
+        c += 1;
+    }
+    t
+};
+
 /// The common case in one pass (it runs on every request): an ASCII name
 /// that is already valid once lower-cased and holds no `xn--` label. `None`
 /// for anything else, which the full path then normalises or refuses with
@@ -146,15 +174,15 @@ fn plain_ascii_host(name: &str) -> Option<String> {
     let label_ok = |label: &[u8]| !label.is_empty() && label.len() <= 63 && label.last() != Some(&b'-');
     let mut label_start = 0;
     for (i, &c) in b.iter().enumerate() {
-        match c {
-            b'.' => {
+        match HOST_BYTE[usize::from(c)] {
+            HostByte::Label => {}
+            HostByte::Dot => {
                 if !label_ok(&b[label_start..i]) {
                     return None;
                 }
                 label_start = i + 1;
             }
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' => {}
-            b'-' if i > label_start => {
+            HostByte::Hyphen if i > label_start => {
                 if i == label_start + 2 && b[label_start..i].eq_ignore_ascii_case(b"xn") && b.get(i + 1) == Some(&b'-')
                 {
                     return None;
