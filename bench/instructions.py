@@ -12,6 +12,10 @@ built the release binaries and installed valgrind, h2load and PostgreSQL)
        python3 bench/instructions.py --extra 'TOML' [N]   a third column: the
        gateway with TOML appended to its config (e.g. a shorter
        `[headers] forward` list)
+       python3 bench/instructions.py --proto https|h2 [N]   the same three
+       columns over TLS: HTTP/1.1 keep-alive, or HTTP/2 (16 connections x 8
+       streams); bare Pingora serves TLS through the gateway's own listener
+       as in bench/run.py, so the difference is still ours alone
 
 Caveat: under valgrind the CPU reports no SHA extensions, so SHA-256 (the
 stamp's HMAC) runs in software and costs several times what it costs
@@ -65,7 +69,17 @@ def parse(path):
     return self_cost, edges
 
 
-def profile(which, backends, url, certs, n, extra=""):
+# How each protocol's load is sent: h2load arguments before the URL, and the URL.
+LOADS = {
+    "h1": (["--h1"], lambda p: f"http://127.0.0.1:{p.http}/"),
+    "https": (["--h1"], lambda p: f"https://127.0.0.1:{p.tls}/"),
+    "h2": (["-m8"], lambda p: f"https://127.0.0.1:{p.tls}/"),
+}
+TITLES = {"h1": "HTTP/1.1 keep-alive", "https": "HTTPS (HTTP/1.1) keep-alive",
+          "h2": "HTTP/2 over TLS, 8 streams per connection,"}
+
+
+def profile(which, backends, url, certs, n, extra="", proto="h1"):
     out = R.WORK / f"callgrind.{which}"
     vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
 
@@ -80,13 +94,15 @@ def profile(which, backends, url, certs, n, extra=""):
     R.wait_port = lambda port, timeout=30: wait_before(port, 300)  # valgrind starts slowly
     try:
         peer = (R.Gateway(url, backends, certs, extra) if which.startswith("gateway")
-                else R.BarePingora(backends, timeouts=which == "bare-timeouts"))
+                else R.BarePingora(backends, timeouts=which == "bare-timeouts",
+                                   certs=certs if proto != "h1" else None))
     finally:
         R.spawn, R.wait_port = spawn_before, wait_before
 
     def load(count):
-        done = subprocess.run(["h2load", "--h1", "-n", str(count), "-c", "16", "-H", ":authority: t0001.myapp.bench",
-                               f"http://127.0.0.1:{peer.http}/"], capture_output=True, text=True, timeout=600).stdout
+        flags, url_of = LOADS[proto]
+        done = subprocess.run(["h2load", *flags, "-n", str(count), "-c", "16", "-H", ":authority: t0001.myapp.bench",
+                               url_of(peer)], capture_output=True, text=True, timeout=600).stdout
         m = re.search(r"(\d+) succeeded", done)
         if not m or int(m.group(1)) != count:
             raise SystemExit(f"{which}: not every request succeeded:\n{done}")
@@ -134,6 +150,13 @@ def main():
         rest = [a for a in sys.argv[1:] if a != "--limits"]
         return limits_cost(int(rest[0]) if rest else 10_000)
     args = sys.argv[1:]
+    proto = "h1"
+    if "--proto" in args:
+        i = args.index("--proto")
+        proto = args[i + 1]
+        del args[i:i + 2]
+        if proto not in LOADS:
+            raise SystemExit(f"--proto: one of {', '.join(LOADS)}")
     extra = None
     if "--extra" in args:
         i = args.index("--extra")
@@ -145,12 +168,12 @@ def main():
     _, _, url = R.setup_database()
     certs = R.make_certs()
     backends = R.start_backends()
-    results = {w: profile(w, backends, url, certs, n) for w in ("bare", "bare-timeouts", "gateway")}
+    results = {w: profile(w, backends, url, certs, n, proto=proto) for w in ("bare", "bare-timeouts", "gateway")}
     if extra is not None:
-        results["gateway-extra"] = profile("gateway-extra", backends, url, certs, n, extra)
+        results["gateway-extra"] = profile("gateway-extra", backends, url, certs, n, extra, proto)
     total = {w: sum(s.values()) / n for w, (s, _) in results.items()}
     sha = {w: sum(c for f, c in s.items() if SHA.search(f)) / n for w, (s, _) in results.items()}
-    print(f"Instructions per HTTP/1.1 keep-alive request ({n:,} requests, 16 connections, one tenant):\n")
+    print(f"Instructions per {TITLES[proto]} request ({n:,} requests, 16 connections, one tenant):\n")
     cols = ("bare", "bare-timeouts", "gateway")
     print("| | bare Pingora | bare Pingora, the gateway's upstream timeouts | tenant-gateway |\n| --- | ---: | ---: | ---: |")
     print("| total | " + " | ".join(f"{total[w]:,.0f}" for w in cols) + " |")
