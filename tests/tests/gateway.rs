@@ -520,6 +520,11 @@ fn bad_config_names_the_key() {
             format!("[tenant]\nlanding_pool = \"nope\"\n{ok_pool}"),
             "tenant.landing_pool",
         ),
+        // The second of two values of the wrong form is named too.
+        (
+            format!("{ok_pool}[listen]\nthreads = \"x\"\n[database]\nconnect_timeout_ms = \"1s\"\n"),
+            "database.connect_timeout_ms",
+        ),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         let path = write_file(dir.path(), &format!("bad{i}.toml"), text);

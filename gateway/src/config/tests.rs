@@ -255,3 +255,50 @@ fn effective_config_round_trips_without_secrets() {
     let back: Config = toml::from_str(&text).unwrap();
     back.validate().unwrap();
 }
+
+#[test]
+fn every_value_of_the_wrong_form_is_named_at_once() {
+    let text = format!(
+        "{MIN}[listen]\nthreadz = 2\n[database]\nconnect_timeout_ms = \"1s\"\n\
+         [custom_domains]\ncheck_timeout_ms = -1\n[headers]\ntrusted_proxies = [\"10.0.0.0/99\", \"x\"]\n"
+    );
+    let err = Config::parse(&text).unwrap_err();
+    for key in [
+        "config key `listen.threadz`: ",
+        "config key `database.connect_timeout_ms`",
+        "config key `custom_domains.check_timeout_ms`",
+        "config key `headers.trusted_proxies[0]`",
+    ] {
+        assert_eq!(err.matches(key).count(), 1, "expected `{key}` once in: {err}");
+    }
+    // Two unknown keys of one section are two problems.
+    let err = Config::parse(&format!("{MIN}[listen]\na = 1\nb = 2\n")).unwrap_err();
+    assert!(
+        err.contains("unknown field `a`") && err.contains("unknown field `b`"),
+        "{err}"
+    );
+    // Keys taken out fall back to defaults: nothing is reported that only
+    // the search caused, and a file without a wrong form still reads.
+    let err = Config::parse("[pools.default]\nbackends = [\"nope\"]\n").unwrap_err();
+    assert_eq!(err.matches("config key").count(), 1, "{err}");
+    assert!(Config::parse(MIN).is_ok());
+    // A syntax error is the one answer.
+    let err = Config::parse("[listen\nthreads = \"x\"\n").unwrap_err();
+    assert!(!err.contains("config key"), "{err}");
+}
+
+#[test]
+fn the_wrong_form_search_ends() {
+    // More wrong keys than are reported: the list is cut, the search ends.
+    let mut text = String::from(MIN);
+    text.push_str("[listen]\n");
+    for i in 0..(MAX_WRONG_FORMS + 10) {
+        text.push_str(&format!("k{i} = 1\n"));
+    }
+    let err = Config::parse(&text).unwrap_err();
+    let reported = err.matches("unknown field `k").count();
+    assert!(
+        (MAX_WRONG_FORMS..=MAX_WRONG_FORMS + 1).contains(&reported),
+        "{reported}: {err}"
+    );
+}
