@@ -313,7 +313,10 @@ impl ProxyHttp for Gateway {
             decide::First::Lookup { redirect } => redirect,
         };
         let host = host.unwrap_or_default();
-        let resolution = self.cache.resolve(host::lookup_name(&host, self.strip_www)).await;
+        let resolution = self
+            .cache
+            .resolve_at(host::lookup_name(&host, self.strip_www), ctx.start)
+            .await;
         let sni_tenant;
         let sni = match (&resolution, ctx.tls) {
             (Resolution::Found(_), true) => match ConnFacts::of(session.digest()).map(|f| &f.tls) {

@@ -192,6 +192,104 @@ fn a_trickled_request_head_or_body_is_cut_at_the_deadline_on_both_listeners() {
     assert_eq!(r.json()["tenant"], "mclaren");
 }
 
+/// A plain connection whose reads give up after 250 ms (the pace of
+/// `trickle` and of waiting for a close).
+fn paced_connection(port: u16) -> TcpStream {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(250))).unwrap();
+    tcp
+}
+
+fn timed_out(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+}
+
+/// One whole request and its response (by `Content-Length`) on `tcp`,
+/// which stays open.
+fn one_request(tcp: &mut TcpStream) {
+    tcp.write_all(b"GET /whoami HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\n\r\n")
+        .unwrap();
+    let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no whole response: {}",
+            String::from_utf8_lossy(&got)
+        );
+        match tcp.read(&mut buf) {
+            Ok(0) => panic!("closed mid-response: {}", String::from_utf8_lossy(&got)),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if timed_out(&e) => {}
+            Err(e) => panic!("{e}"),
+        }
+        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+            continue;
+        };
+        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no content-length: {head}"));
+        if got.len() >= end + 4 + len {
+            return;
+        }
+    }
+}
+
+/// How long after `start` the server closed `tcp` (reading nothing else).
+fn closed_after(tcp: &mut TcpStream, start: Instant, limit: Duration) -> Duration {
+    let mut buf = [0u8; 512];
+    while start.elapsed() < limit {
+        match tcp.read(&mut buf) {
+            Ok(0) => return start.elapsed(),
+            Ok(n) => panic!("unexpected bytes: {}", String::from_utf8_lossy(&buf[..n])),
+            Err(e) if timed_out(&e) => {}
+            Err(_) => return start.elapsed(),
+        }
+    }
+    panic!("the idle connection was still open after {limit:?}");
+}
+
+#[test]
+fn a_kept_alive_connection_closes_when_idle_and_its_next_head_has_its_own_deadline() {
+    // Idle shorter than the head deadline: the timer armed for one phase
+    // must not end the next one early, nor let it run late.
+    let s = stack("redirect_http = false\n[limits]\nidle_timeout_ms = 1000\nrequest_head_timeout_ms = 1500\n");
+    let limit = Duration::from_secs(10);
+    let mut tcp = paced_connection(s.gw.port);
+    one_request(&mut tcp);
+    one_request(&mut tcp);
+    let idle_from = Instant::now();
+    let closed = closed_after(&mut tcp, idle_from, limit);
+    assert!(closed >= Duration::from_millis(900), "closed early: {closed:?}");
+    // The next request's head, trickled: cut by its own deadline (from its
+    // first byte), not by the idle deadline armed before it.
+    let mut tcp = paced_connection(s.gw.port);
+    one_request(&mut tcp);
+    let start = Instant::now();
+    let lived = trickle(&mut tcp, start, limit);
+    assert!(
+        lived >= Duration::from_millis(1400),
+        "cut before the head deadline: {lived:?}"
+    );
+    for kind in ["idle", "request_head"] {
+        wait_until(&format!("{kind} deadline counted"), Duration::from_secs(5), || {
+            s.metric("tenant_gateway_deadline_hits_total", &[("kind", kind)]) >= 1.0
+        })
+        .unwrap();
+    }
+    // The other tenant was never affected.
+    let r = s
+        .https()
+        .get(&s.https_url("mclaren.myapp.localhost", "/whoami"))
+        .send()
+        .unwrap();
+    assert_eq!(r.json()["tenant"], "mclaren");
+}
+
 #[test]
 fn a_frozen_database_never_hangs_a_request_and_invalidation_resumes() {
     let mut s = stack(

@@ -197,21 +197,27 @@ impl ConnDeadlines {
         }
     }
 
-    /// A read found nothing to read at `now`.
-    pub fn on_pending(&mut self, now: Instant) -> Verdict {
+    /// A read found nothing to read; `now` is asked only when the phase
+    /// needs a clock.
+    pub fn on_pending(&mut self, now: impl FnOnce() -> Instant) -> Verdict {
         match self.phase {
-            Phase::Head if now >= self.deadline => Verdict::HeadTimeout,
-            Phase::Idle if now >= self.deadline => Verdict::IdleTimeout,
+            Phase::Head | Phase::Idle => match now() < self.deadline {
+                true => Verdict::Ok,
+                false if self.phase == Phase::Head => Verdict::HeadTimeout,
+                false => Verdict::IdleTimeout,
+            },
             Phase::Responded => {
                 self.phase = Phase::Idle;
-                self.deadline = now + self.t.idle;
+                self.deadline = now() + self.t.idle;
                 Verdict::Ok
             }
             Phase::Body => {
-                self.waiting_since.get_or_insert(now);
+                if self.waiting_since.is_none() {
+                    self.waiting_since = Some(now());
+                }
                 Verdict::Ok
             }
-            _ => Verdict::Ok,
+            Phase::WebSocket | Phase::Tunnel => Verdict::Ok,
         }
     }
 
@@ -271,23 +277,38 @@ mod tests {
     }
 
     #[test]
+    fn the_clock_is_read_only_when_the_phase_needs_it() {
+        let t0 = Instant::now();
+        let no_clock = || -> Instant { panic!("clock read") };
+        let mut c = ConnDeadlines::http1(T, t0);
+        assert_eq!(c.on_data(b"POST / HTTP/1.1\r\nHost: a\r\n\r\n", no_clock), Verdict::Ok);
+        assert_eq!(c.phase(), Phase::Body);
+        // The first wait for the body starts its clock, later ones do not.
+        assert_eq!(c.on_pending(|| t0), Verdict::Ok);
+        assert_eq!(c.on_pending(no_clock), Verdict::Ok);
+        let mut t = ConnDeadlines::tunnel(T, t0);
+        assert_eq!(t.on_pending(no_clock), Verdict::Ok);
+        assert_eq!(t.on_data(b"x", no_clock), Verdict::Ok);
+    }
+
+    #[test]
     fn a_trickled_head_times_out_at_the_deadline() {
         let t0 = Instant::now();
         let mut c = ConnDeadlines::http1(T, t0);
         for i in 0..9 {
             assert_eq!(c.on_data(b"G", || secs(t0, i)), Verdict::Ok);
-            assert_eq!(c.on_pending(secs(t0, i)), Verdict::Ok);
+            assert_eq!(c.on_pending(|| secs(t0, i)), Verdict::Ok);
         }
         assert_eq!(c.wake_at(), Some(secs(t0, 10)));
-        assert_eq!(c.on_pending(secs(t0, 10)), Verdict::HeadTimeout);
+        assert_eq!(c.on_pending(|| secs(t0, 10)), Verdict::HeadTimeout);
     }
 
     #[test]
     fn a_client_that_sends_nothing_is_cut_at_the_head_deadline() {
         let t0 = Instant::now();
         let mut c = ConnDeadlines::http1(T, t0);
-        assert_eq!(c.on_pending(secs(t0, 9)), Verdict::Ok);
-        assert_eq!(c.on_pending(secs(t0, 10)), Verdict::HeadTimeout);
+        assert_eq!(c.on_pending(|| secs(t0, 9)), Verdict::Ok);
+        assert_eq!(c.on_pending(|| secs(t0, 10)), Verdict::HeadTimeout);
     }
 
     #[test]
@@ -298,14 +319,14 @@ mod tests {
         assert_eq!(c.phase(), Phase::Body);
         c.on_write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
         assert_eq!(c.phase(), Phase::Responded);
-        assert_eq!(c.on_pending(secs(t0, 20)), Verdict::Ok);
+        assert_eq!(c.on_pending(|| secs(t0, 20)), Verdict::Ok);
         assert_eq!(c.phase(), Phase::Idle);
-        assert_eq!(c.on_pending(secs(t0, 79)), Verdict::Ok);
+        assert_eq!(c.on_pending(|| secs(t0, 79)), Verdict::Ok);
         // The next request's first byte arrives before the idle deadline.
         c.on_data(b"GET", || secs(t0, 79));
         assert_eq!(c.phase(), Phase::Head);
-        assert_eq!(c.on_pending(secs(t0, 88)), Verdict::Ok);
-        assert_eq!(c.on_pending(secs(t0, 89)), Verdict::HeadTimeout);
+        assert_eq!(c.on_pending(|| secs(t0, 88)), Verdict::Ok);
+        assert_eq!(c.on_pending(|| secs(t0, 89)), Verdict::HeadTimeout);
     }
 
     #[test]
@@ -314,8 +335,8 @@ mod tests {
         let mut c = ConnDeadlines::http1(T, t0);
         c.on_data(b"GET / HTTP/1.1\r\n\r\n", || t0);
         c.on_write(b"HTTP/1.1 404 Not Found\r\n\r\n");
-        c.on_pending(t0);
-        assert_eq!(c.on_pending(secs(t0, 60)), Verdict::IdleTimeout);
+        c.on_pending(|| t0);
+        assert_eq!(c.on_pending(|| secs(t0, 60)), Verdict::IdleTimeout);
     }
 
     #[test]
@@ -327,7 +348,7 @@ mod tests {
         let mut now = t0;
         let mut verdict = Verdict::Ok;
         for _ in 0..4 {
-            c.on_pending(now);
+            c.on_pending(|| now);
             now += Duration::from_secs(3);
             verdict = c.on_data(b"x", || now);
         }
@@ -337,7 +358,7 @@ mod tests {
         let mut c = ConnDeadlines::http1(T, t0);
         c.on_data(b"POST / HTTP/1.1\r\n\r\n", || t0);
         assert_eq!(c.on_data(&[0u8; 4096], || t0), Verdict::Ok);
-        c.on_pending(secs(t0, 100));
+        c.on_pending(|| secs(t0, 100));
         assert_eq!(c.on_data(&[0u8; 4096], || secs(t0, 100)), Verdict::Ok);
     }
 
@@ -352,7 +373,7 @@ mod tests {
         c.on_data(b"GET /ws HTTP/1.1\r\nupgrade: websocket\r\n\r\n", || t0);
         c.on_write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n");
         assert_eq!(c.phase(), Phase::WebSocket);
-        assert_eq!(c.on_pending(secs(t0, 1000)), Verdict::Ok);
+        assert_eq!(c.on_pending(|| secs(t0, 1000)), Verdict::Ok);
         assert_eq!(c.wake_at(), None);
         let mut c = ConnDeadlines::http1(T, t0);
         c.on_data(b"GET / HTTP/1.1\r\nupgrade: h2c\r\n\r\n", || t0);

@@ -160,7 +160,13 @@ impl TenantCache {
 
     /// Resolve a normalised host name.
     pub async fn resolve(self: &Arc<Self>, host: &str) -> Resolution {
-        match self.cached(host) {
+        self.resolve_at(host, Instant::now()).await
+    }
+
+    /// [`Self::resolve`] with a clock reading the caller already has (the
+    /// request's start, microseconds old): a cache hit reads no clock.
+    pub async fn resolve_at(self: &Arc<Self>, host: &str, now: Instant) -> Resolution {
+        match self.cached_at(host, self.tick_at(now)) {
             Cached::Fresh(t) => {
                 self.metrics.cache_hits.inc();
                 Resolution::Found(t)
@@ -229,7 +235,10 @@ impl TenantCache {
     /// What the cache can answer without the database: the one definition
     /// of "fresh" (not marked stale, younger than the TTL).
     fn cached(&self, host: &str) -> Cached {
-        let now = self.tick();
+        self.cached_at(host, self.tick())
+    }
+
+    fn cached_at(&self, host: &str, now: Tick) -> Cached {
         match self.positive.get(host, |t| age(now, t) >= self.max_stale) {
             Some(p) if !p.stale && age(now, p.stamp) < self.positive_ttl => Cached::Fresh(p.value),
             Some(p) => Cached::Due {
@@ -248,7 +257,12 @@ impl TenantCache {
     }
 
     fn tick(&self) -> Tick {
-        (self.now_ms() / TICK_MS) as Tick
+        self.tick_at(Instant::now())
+    }
+
+    fn tick_at(&self, now: Instant) -> Tick {
+        let ms = now.saturating_duration_since(self.started).as_millis();
+        (u64::try_from(ms).unwrap_or(u64::MAX) / TICK_MS) as Tick
     }
 
     /// One query per name at a time; everybody waiting shares its outcome.
@@ -537,6 +551,22 @@ mod tests {
         assert!(matches!(c.resolve("other.test").await, Resolution::Unavailable));
         assert_eq!(fake.queries.load(Ordering::SeqCst), 1);
         assert_eq!(c.inflight_len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_hit_is_judged_at_the_clock_reading_given() {
+        let fake = Arc::new(Fake::default());
+        fake.set("a.test", Ok(Some("alpha")));
+        let c = cache(&fake, 60);
+        assert_eq!(schema(&c.resolve("a.test").await), Some("alpha"));
+        let now = Instant::now();
+        assert_eq!(schema(&c.resolve_at("a.test", now).await), Some("alpha"));
+        assert_eq!(fake.queries.load(Ordering::SeqCst), 1, "fresh: served from memory");
+        // Read past the TTL: due, so served and refreshed in the background.
+        let later = now + Duration::from_secs(61);
+        assert_eq!(schema(&c.resolve_at("a.test", later).await), Some("alpha"));
+        assert!(matches!(c.cached_at("a.test", c.tick_at(later)), Cached::Due { .. }));
+        assert!(matches!(c.cached_at("a.test", c.tick_at(now)), Cached::Fresh(_)));
     }
 
     #[tokio::test]
