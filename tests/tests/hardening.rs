@@ -124,7 +124,7 @@ fn trickle<S: Read + Write>(stream: &mut S, start: Instant, limit: Duration) -> 
         // The socket's read timeout paces the trickle (one byte per 250 ms).
         match stream.read(&mut buf) {
             Ok(_) => return start.elapsed(),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) if timed_out(&e) => {}
             Err(_) => return start.elapsed(),
         }
     }
@@ -138,8 +138,7 @@ fn a_trickled_request_head_or_body_is_cut_at_the_deadline_on_both_listeners() {
     let limit = Duration::from_secs(8);
     // Plain HTTP.
     let start = Instant::now();
-    let mut tcp = TcpStream::connect(("127.0.0.1", s.gw.port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_millis(250))).unwrap();
+    let mut tcp = paced_connection(s.gw.port);
     let lived = trickle(&mut tcp, start, limit);
     assert!(lived >= deadline - Duration::from_millis(100), "cut early: {lived:?}");
     // HTTPS: the deadline counts from accept, the handshake included.
@@ -159,8 +158,7 @@ fn a_trickled_request_head_or_body_is_cut_at_the_deadline_on_both_listeners() {
     // A request body trickled below the minimum rate is cut too (once the
     // client has been waited for longer than the grace).
     let start = Instant::now();
-    let mut tcp = TcpStream::connect(("127.0.0.1", s.gw.port)).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_millis(250))).unwrap();
+    let mut tcp = paced_connection(s.gw.port);
     tcp.write_all(b"POST /projects HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nContent-Length: 100000\r\n\r\n")
         .unwrap();
     let mut buf = [0u8; 512];
@@ -174,7 +172,7 @@ fn a_trickled_request_head_or_body_is_cut_at_the_deadline_on_both_listeners() {
         }
         match tcp.read(&mut buf) {
             Ok(_) => break start.elapsed(),
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(e) if timed_out(&e) => {}
             Err(_) => break start.elapsed(),
         }
     };
