@@ -18,6 +18,7 @@ bench/results-latest.md (also printed).
 import json
 import os
 import re
+import signal
 import shutil
 import socket
 import statistics
@@ -527,7 +528,7 @@ def main():
     bares = [BarePingora(backends, certs=certs), BarePingora(backends, timeouts=True, certs=certs)]
     if "--serve" in sys.argv:
         # For profiling: leave everything running until interrupted.
-        for p in peers:
+        for p in peers + bares:
             print(f"{p.name}: pid {p.pid} http {p.http} tls {p.tls}", flush=True)
         print(f"lua script: {lua}; database: {url}", flush=True)
         try:
@@ -714,6 +715,9 @@ def cleanup():
 
 
 if __name__ == "__main__":
+    # SIGTERM (and SIGINT, which a shell's background job ignores) must
+    # still stop every peer: exit through `finally`.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         main()
     finally:
