@@ -323,7 +323,11 @@ impl ProxyHttp for Gateway {
                 Some(Some(Sni::Absent)) => decide::SniFact::Agrees,
                 Some(Some(Sni::Name(sni))) if **sni == *host => decide::SniFact::Agrees,
                 Some(Some(Sni::Name(sni))) => {
-                    sni_tenant = match self.cache.resolve(host::lookup_name(sni, self.strip_www)).await {
+                    sni_tenant = match self
+                        .cache
+                        .resolve_at(host::lookup_name(sni, self.strip_www), ctx.start)
+                        .await
+                    {
                         Resolution::Found(t) => Some(t),
                         _ => None,
                     };

@@ -201,11 +201,8 @@ impl ConnDeadlines {
     /// needs a clock.
     pub fn on_pending(&mut self, now: impl FnOnce() -> Instant) -> Verdict {
         match self.phase {
-            Phase::Head | Phase::Idle => match now() < self.deadline {
-                true => Verdict::Ok,
-                false if self.phase == Phase::Head => Verdict::HeadTimeout,
-                false => Verdict::IdleTimeout,
-            },
+            Phase::Head => self.unless_past(now(), Verdict::HeadTimeout),
+            Phase::Idle => self.unless_past(now(), Verdict::IdleTimeout),
             Phase::Responded => {
                 self.phase = Phase::Idle;
                 self.deadline = now() + self.t.idle;
@@ -218,6 +215,15 @@ impl ConnDeadlines {
                 Verdict::Ok
             }
             Phase::WebSocket | Phase::Tunnel => Verdict::Ok,
+        }
+    }
+
+    /// `Ok` before the phase's deadline, `timeout` from it on.
+    fn unless_past(&self, now: Instant, timeout: Verdict) -> Verdict {
+        if now < self.deadline {
+            Verdict::Ok
+        } else {
+            timeout
         }
     }
 

@@ -191,14 +191,14 @@ impl<S> Guarded<S> {
             Some(s) => {
                 if rearm(s.deadline(), s.is_elapsed(), at) {
                     s.as_mut().reset(at);
-                } else if self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                } else if armed_for(&self.armed, cx) {
                     return;
                 }
                 s
             }
             None => self.sleep.insert(Box::pin(tokio::time::sleep_until(at))),
         };
-        if !self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        if !armed_for(&self.armed, cx) {
             self.armed = Some(cx.waker().clone());
         }
         if sleep.as_mut().poll(cx).is_ready() {
@@ -206,9 +206,7 @@ impl<S> Guarded<S> {
             cx.waker().wake_by_ref();
         }
     }
-}
 
-impl<S> Guarded<S> {
     /// The pending timer will wake this task by the phase's deadline: until
     /// it fires there is nothing to check, and no clock to read (~40 ns per
     /// read on a VM, several reads per request). It may fire a timer-wheel
@@ -217,10 +215,13 @@ impl<S> Guarded<S> {
         let (Some(at), Some(sleep)) = (self.deadlines.wake_at(), &self.sleep) else {
             return false;
         };
-        !sleep.is_elapsed()
-            && sleep.deadline() <= tokio::time::Instant::from_std(at)
-            && self.armed.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+        !sleep.is_elapsed() && sleep.deadline() <= tokio::time::Instant::from_std(at) && armed_for(&self.armed, cx)
     }
+}
+
+/// The timer was last polled with this task's waker (`armed`).
+fn armed_for(armed: &Option<Waker>, cx: &Context<'_>) -> bool {
+    armed.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
 }
 
 /// Whether a timer set for `current` (`spent`: it has fired) must be reset

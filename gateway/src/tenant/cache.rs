@@ -253,7 +253,12 @@ impl TenantCache {
     }
 
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        self.ms_at(Instant::now())
+    }
+
+    /// Milliseconds from `started` to `now`.
+    fn ms_at(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX)
     }
 
     fn tick(&self) -> Tick {
@@ -261,8 +266,7 @@ impl TenantCache {
     }
 
     fn tick_at(&self, now: Instant) -> Tick {
-        let ms = now.saturating_duration_since(self.started).as_millis();
-        (u64::try_from(ms).unwrap_or(u64::MAX) / TICK_MS) as Tick
+        (self.ms_at(now) / TICK_MS) as Tick
     }
 
     /// One query per name at a time; everybody waiting shares its outcome.
