@@ -11,6 +11,11 @@
 //! request from it (without Pingora's header-case map, see there). Edits
 //! that would change nothing (the client's own acceptable request id, an
 //! already-normalised `Host`) are left out.
+//!
+//! For a client that is not a trusted proxy the forwarding values depend on
+//! the connection and the host alone: a connection keeps them as a
+//! [`Forwarding`] built for its first host, and later requests for that
+//! host clone them instead of building them again.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -87,6 +92,73 @@ pub struct Upstream<'a> {
     /// The request id to write; `None`: the client's own is there, alone
     /// (from [`request_id`]).
     pub request_id: Option<&'a str>,
+    /// The forwarding values this connection built for its first host
+    /// (used when they were built for exactly these facts).
+    pub built: Option<&'a Forwarding>,
+}
+
+/// `Forwarded`, `X-Forwarded-For`, `-Proto` and `-Host` as sent for a client
+/// that is not a trusted proxy: a function of the peer, the scheme, the
+/// host and the configured set, so it is built once per connection (for
+/// its first host) and each request clones the values: a reference count
+/// each, where building them costs formatting, validation and an
+/// allocation per value (~600 instructions of `upstream_request_filter`
+/// per request, bench/RESULTS.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forwarding {
+    peer: Option<IpAddr>,
+    tls: bool,
+    forward: Forward,
+    host: Box<str>,
+    /// In the order [`upstream`] writes them; `None`: not set (a client's
+    /// own value is removed).
+    values: [(HeaderName, Option<HeaderValue>); 4],
+}
+
+impl Forwarding {
+    /// The values [`upstream`] would set for these facts from a client
+    /// that is not a trusted proxy (`None` if a value is not a valid header
+    /// value: the request path then builds and refuses it as before).
+    pub fn new(u: &Upstream<'_>) -> Option<Forwarding> {
+        let mut edits = Edits::new();
+        let facts = Upstream {
+            trusted: false,
+            request_id: None,
+            host_as_sent: true,
+            built: None,
+            ..*u
+        };
+        upstream(&HeaderMap::new(), &facts, &mut edits);
+        let mut values = [FORWARDED, X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST].map(|n| (n, None));
+        for edit in edits {
+            let (name, value) = match edit {
+                Edit::Set(name, value) => (
+                    name,
+                    HeaderValue::from_maybe_shared(bytes::Bytes::from(value.into_owned())).ok()?,
+                ),
+                Edit::Put(name, value) => (name, value),
+                Edit::Remove(_) => continue,
+            };
+            // The first clone turns an owned buffer into a shared one, so
+            // every later clone is a reference count.
+            drop(value.clone());
+            let slot = values.iter_mut().find(|(n, _)| *n == name)?;
+            slot.1 = Some(value);
+        }
+        Some(Forwarding {
+            peer: u.peer,
+            tls: u.tls,
+            forward: u.forward,
+            host: u.host.into(),
+            values,
+        })
+    }
+
+    /// Built for exactly these facts (and the client is not trusted: a
+    /// trusted proxy's earlier values are kept, so they vary per request).
+    fn serves(&self, u: &Upstream<'_>) -> bool {
+        !u.trusted && self.peer == u.peer && self.tls == u.tls && self.forward == u.forward && *self.host == *u.host
+    }
 }
 
 /// Whether a header name is one clients must never send upstream:
@@ -184,6 +256,16 @@ pub fn upstream<'a>(headers: &HeaderMap, u: &Upstream<'a>, out: &mut Edits<'a>) 
     // 2. Forwarding headers. What an untrusted client sent is overwritten
     // (or, for a header not set, removed), so only a trusted peer's values
     // are read at all.
+    if let Some(built) = u.built.filter(|b| b.serves(u)) {
+        for (name, value) in &built.values {
+            match value {
+                Some(v) => out.push(Edit::Put(name.clone(), v.clone())),
+                None if headers.contains_key(name) => out.push(Edit::Remove(name.clone())),
+                None => {}
+            }
+        }
+        return tail(u, out);
+    }
     let (scheme, scheme_value) = match u.tls {
         true => ("https", HeaderValue::from_static("https")),
         false => ("http", HeaderValue::from_static("http")),
@@ -238,6 +320,11 @@ pub fn upstream<'a>(headers: &HeaderMap, u: &Upstream<'a>, out: &mut Edits<'a>) 
         // Never the client's own: a trusted peer's is replaced by the Host we route on.
         out.push(Edit::Remove(X_FORWARDED_HOST));
     }
+    tail(u, out);
+}
+
+/// The request id and `Host`: per request, after the forwarding headers.
+fn tail<'a>(u: &Upstream<'a>, out: &mut Edits<'a>) {
     // 3. The request id (a client's acceptable one is already there, alone).
     if let Some(id) = u.request_id {
         out.push(Edit::Set(REQUEST_ID, id.into()));
@@ -305,10 +392,11 @@ mod tests {
             tls: true,
             forward: Forward::ALL,
             request_id: Some("rid-1"),
+            built: None,
         }
     }
 
-    fn edits(h: &HeaderMap, u: &Upstream<'static>) -> Vec<Edit<'static>> {
+    fn edits<'a>(h: &HeaderMap, u: &Upstream<'a>) -> Vec<Edit<'a>> {
         let mut out = Edits::new();
         upstream(h, u, &mut out);
         out.into_vec()
@@ -549,5 +637,109 @@ mod tests {
         assert!(verifier
             .verify(&["mclaren"], &[&sig], "GET", host, "/x", 1_000)
             .is_err());
+    }
+
+    /// Each edit as (name, value written or `None` for removed).
+    fn written(e: &[Edit<'_>]) -> Vec<(String, Option<String>)> {
+        e.iter()
+            .map(|e| match e {
+                Edit::Remove(n) => (n.to_string(), None),
+                Edit::Set(n, v) => (n.to_string(), Some(v.to_string())),
+                Edit::Put(n, v) => (n.to_string(), Some(v.to_str().unwrap().to_owned())),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn values_built_once_per_connection_are_the_values_built_per_request() {
+        let clients = [
+            map(&[]),
+            map(&[("x-tenant", "mclaren")]),
+            map(&[
+                ("forwarded", "for=1.2.3.4"),
+                ("x-forwarded-for", "1.2.3.4"),
+                ("x-forwarded-proto", "http"),
+                ("x-forwarded-host", "evil.example"),
+            ]),
+        ];
+        let peers: [Option<IpAddr>; 3] = [
+            Some("203.0.113.7".parse().unwrap()),
+            Some("2001:db8::1".parse().unwrap()),
+            None,
+        ];
+        for bits in 0..16u8 {
+            let forward = Forward {
+                forwarded: bits & 1 != 0,
+                x_for: bits & 2 != 0,
+                x_proto: bits & 4 != 0,
+                x_host: bits & 8 != 0,
+            };
+            for (peer, tls, h) in peers
+                .iter()
+                .flat_map(|p| [(*p, true), (*p, false)])
+                .flat_map(|(p, t)| clients.iter().map(move |h| (p, t, h)))
+            {
+                let u = Upstream {
+                    peer,
+                    tls,
+                    forward,
+                    ..facts(false)
+                };
+                let built = Forwarding::new(&u).unwrap();
+                let with = Upstream {
+                    built: Some(&built),
+                    ..u
+                };
+                assert_eq!(
+                    written(&edits(h, &with)),
+                    written(&edits(h, &u)),
+                    "{forward:?} {peer:?} tls={tls}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn values_built_for_other_facts_are_not_used() {
+        let built = Forwarding::new(&facts(false)).unwrap();
+        let h = map(&[("x-forwarded-for", "198.51.100.1")]);
+        let others = [
+            Upstream {
+                host: "mclaren.myapp.localhost",
+                ..facts(false)
+            },
+            Upstream {
+                peer: Some("203.0.113.8".parse().unwrap()),
+                ..facts(false)
+            },
+            Upstream {
+                tls: false,
+                ..facts(false)
+            },
+            Upstream {
+                forward: Forward {
+                    forwarded: false,
+                    ..Forward::ALL
+                },
+                ..facts(false)
+            },
+            // A trusted proxy's own values are appended to, per request.
+            facts(true),
+        ];
+        for u in others {
+            let with = Upstream {
+                built: Some(&built),
+                ..u
+            };
+            assert_eq!(written(&edits(&h, &with)), written(&edits(&h, &u)), "{u:?}");
+        }
+        let trusted = edits(
+            &h,
+            &Upstream {
+                built: Some(&built),
+                ..facts(true)
+            },
+        );
+        assert_eq!(set(&trusted, "x-forwarded-for"), Some("198.51.100.1, 203.0.113.7"));
     }
 }

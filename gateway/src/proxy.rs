@@ -429,19 +429,23 @@ impl ProxyHttp for Gateway {
         let host = ctx.host.as_deref().unwrap_or_default();
         let ip = Self::client_ip(session);
         let mut edits = headers::Edits::new();
-        headers::upstream(
-            &req.headers,
-            &headers::Upstream {
-                peer: ip,
-                trusted: self.trusted(ip),
-                host,
-                host_as_sent: ctx.host_as_sent,
-                tls: ctx.tls,
-                forward: self.forward,
-                request_id: (!ctx.request_id_as_sent).then_some(ctx.request_id.as_str()),
-            },
-            &mut edits,
-        );
+        let mut facts = headers::Upstream {
+            peer: ip,
+            trusted: self.trusted(ip),
+            host,
+            host_as_sent: ctx.host_as_sent,
+            tls: ctx.tls,
+            forward: self.forward,
+            request_id: (!ctx.request_id_as_sent).then_some(ctx.request_id.as_str()),
+            built: None,
+        };
+        if !facts.trusted {
+            // Built by the connection's first request; used by later ones
+            // for the same host (`headers::Forwarding`).
+            facts.built = ConnFacts::of(session.digest())
+                .and_then(|c| c.forwarding.get_or_init(|| headers::Forwarding::new(&facts)).as_ref());
+        }
+        headers::upstream(&req.headers, &facts, &mut edits);
         // The request sent upstream is rebuilt from its parts (taken, not
         // copied: Pingora hands us its own copy of the client's request)
         // with the edits written straight into the header map: Pingora's

@@ -281,26 +281,68 @@ pub fn raw_http(port: u16, request: &str) -> Result<(u16, String)> {
         buf.extend_from_slice(&chunk[..n]);
         let text = String::from_utf8_lossy(&buf);
         if let Some(end) = text.find("\r\n\r\n") {
-            let len = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().to_owned())
-                })
-                .and_then(|v| v.parse::<usize>().ok());
-            if len.is_some_and(|len| buf.len() >= end + 4 + len) {
+            if content_length(&text[..end]).is_some_and(|len| buf.len() >= end + 4 + len) {
                 break;
             }
         }
     }
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let status = text
-        .split_whitespace()
+    Ok((status_of(&text)?, text))
+}
+
+/// The status code of a response that starts `text`.
+fn status_of(text: &str) -> Result<u16> {
+    text.split_whitespace()
         .nth(1)
         .and_then(|s| s.parse::<u16>().ok())
-        .with_context(|| format!("no HTTP status in {text:?}"))?;
-    Ok((status, text))
+        .with_context(|| format!("no HTTP status in {text:?}"))
+}
+
+/// The `Content-Length` of a response head.
+fn content_length(head: &str) -> Option<usize> {
+    head.lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_owned())
+        })
+        .and_then(|v| v.parse::<usize>().ok())
+}
+
+/// One kept-alive client connection to 127.0.0.1: each [`KeepAlive::send`]
+/// writes a request and reads exactly one response, its body by
+/// `Content-Length`, so the next request goes out on the same connection.
+pub struct KeepAlive {
+    stream: TcpStream,
+}
+
+impl KeepAlive {
+    pub fn connect(port: u16) -> Result<KeepAlive> {
+        let stream = TcpStream::connect(("127.0.0.1", port))?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        Ok(KeepAlive { stream })
+    }
+
+    /// The status and the body of the response to `request`.
+    pub fn send(&mut self, request: &str) -> Result<(u16, String)> {
+        use std::io::Read;
+        self.stream.write_all(request.as_bytes())?;
+        let mut buf = Vec::new();
+        let mut byte = [0u8; 1];
+        // The head byte by byte, so nothing after it is consumed.
+        while !buf.ends_with(b"\r\n\r\n") {
+            if self.stream.read(&mut byte)? == 0 {
+                bail!("connection closed after {:?}", String::from_utf8_lossy(&buf));
+            }
+            buf.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&buf).into_owned();
+        let status = status_of(&head)?;
+        let len = content_length(&head).with_context(|| format!("no Content-Length in {head:?}"))?;
+        let mut body = vec![0u8; len];
+        self.stream.read_exact(&mut body)?;
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
 }
 
 /// GET `path` once per host (as the Host header) against 127.0.0.1:`port`,

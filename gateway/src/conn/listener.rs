@@ -54,7 +54,7 @@ impl Handshake for Plain {
         // As Pingora's own listener does: the digest answers the client address.
         let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
         let _ = digest.peer_addr.set(Some(peer.into()));
-        Some((PlainConn::new(tcp, digest), ConnFacts { tls: None }))
+        Some((PlainConn::new(tcp, digest), ConnFacts::new(None)))
     }
 }
 

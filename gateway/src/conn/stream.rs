@@ -15,7 +15,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -34,6 +34,7 @@ use super::deadline::{ConnDeadlines, Phase, Verdict};
 use super::drain::{Drain, DrainWait};
 use super::limits::ConnPermit;
 use super::ws::{FrameTracker, CLOSE_GOING_AWAY};
+use crate::headers::Forwarding;
 use crate::metrics::Metrics;
 
 /// The SNI of a TLS connection, normalised once at the handshake.
@@ -57,13 +58,24 @@ impl Sni {
 }
 
 /// What the request path may ask about the connection a request came on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct ConnFacts {
     /// `Some` for TLS connections: the SNI of the handshake.
     pub tls: Option<Sni>,
+    /// The forwarding values, built by the connection's first proxied
+    /// request (`None` inside: they could not be built, each request
+    /// builds its own).
+    pub forwarding: OnceLock<Option<Forwarding>>,
 }
 
 impl ConnFacts {
+    pub fn new(tls: Option<Sni>) -> ConnFacts {
+        ConnFacts {
+            tls,
+            forwarding: OnceLock::new(),
+        }
+    }
+
     /// The facts as a digest Pingora hands back with every request.
     /// (`None` only if a bare status line cannot be built: the request
     /// path then finds no facts and fails closed.)

@@ -295,9 +295,7 @@ impl Handshake for TlsHandshake {
             }
         };
         self.metrics.tls_handshakes.with_label_values(&["ok"]).inc();
-        let facts = ConnFacts {
-            tls: Some(Sni::from_hello(sni.as_deref())),
-        };
+        let facts = ConnFacts::new(Some(Sni::from_hello(sni.as_deref())));
         Some((TlsConn::new(tls, started.elapsed(), self.metrics.clone()), facts))
     }
 }
