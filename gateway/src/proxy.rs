@@ -503,7 +503,12 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
-    async fn response_filter(&self, session: &mut Session, _resp: &mut ResponseHeader, _ctx: &mut Box<Ctx>) -> Result<()> {
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        _resp: &mut ResponseHeader,
+        _ctx: &mut Box<Ctx>,
+    ) -> Result<()> {
         // Shutting down: this response is the connection's last.
         if session.is_process_shutting_down() {
             session.set_keepalive(None);
