@@ -181,16 +181,13 @@ fn acceptable_request_id(v: &str) -> bool {
 
 /// 128 random bits as hex. A request id correlates logs; it is no secret,
 /// so a fast thread-local generator (fastrand's wyrand) serves, at a
-/// fraction of the cost of the CSPRNG.
+/// fraction of the cost of the CSPRNG; const-hex writes the digits (SIMD,
+/// a `str` without a UTF-8 check: ~230 instructions fewer than a digit
+/// loop and `from_utf8`).
 fn new_request_id() -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = [0u8; 32];
-    for (pair, b) in hex.chunks_exact_mut(2).zip(fastrand::u128(..).to_be_bytes()) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 15)];
-    }
-    // Hex digits are ASCII.
-    std::str::from_utf8(&hex).unwrap_or_default().to_owned()
+    const_hex::Buffer::<16>::new()
+        .format(&fastrand::u128(..).to_be_bytes())
+        .to_owned()
 }
 
 /// The request's id: the client's `X-Request-Id` if acceptable (1-128
