@@ -269,7 +269,8 @@ impl ProxyHttp for Gateway {
 
         // Gather the facts, ask `decide`, act.
         let req = session.req_header();
-        let host = match host::request_host(&req.headers, &req.uri) {
+        let memo = ConnFacts::of(session.digest()).map(|f| &f.host);
+        let host = match host::request_host(&req.headers, &req.uri, memo) {
             Ok((h, as_sent)) => {
                 ctx.host_as_sent = as_sent;
                 Some(h)

@@ -735,25 +735,33 @@ fn forwarding_headers_left_out_are_stripped_not_passed_on() {
     }
 }
 
-/// One kept-alive connection asks for two tenants' hosts in turn, each
-/// request with spoofed forwarding headers: the forwarding values a
-/// connection builds once (for its first host) go out only with that host,
-/// and every request carries its own tenant and host.
+/// One kept-alive connection asks for two tenants' hosts in turn (one also
+/// spelled differently), each request with spoofed forwarding headers: the
+/// host and forwarding values a connection keeps from its first request
+/// serve only requests that send those bytes, and every request carries
+/// its own tenant and host.
 #[test]
 fn forwarding_values_follow_each_requests_host_on_one_connection() {
     let s = stack("");
     let mut conn = KeepAlive::connect(s.gw.port).unwrap();
-    for tenant in ["ferrari", "mclaren", "ferrari", "mclaren"] {
+    for (tenant, sent) in [
+        ("ferrari", "ferrari.myapp.localhost"),
+        ("mclaren", "mclaren.myapp.localhost"),
+        ("ferrari", "FERRARI.MyApp.localhost."),
+        ("ferrari", "ferrari.myapp.localhost"),
+        ("mclaren", "mclaren.myapp.localhost"),
+    ] {
         let host = format!("{tenant}.myapp.localhost");
         let (status, body) = conn
             .send(&format!(
-                "GET /whoami HTTP/1.1\r\nHost: {host}\r\nX-Forwarded-Host: evil.test\r\n\
+                "GET /whoami HTTP/1.1\r\nHost: {sent}\r\nX-Forwarded-Host: evil.test\r\n\
                  Forwarded: for=6.6.6.6;host=evil.test\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\n\r\n"
             ))
             .unwrap();
         assert_eq!(status, 200, "{body}");
         let who: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(who["tenant"], tenant, "{who}");
+        assert_eq!(who["host"], json!([host]), "{who}");
         assert_eq!(who["x_forwarded_host"], json!([host]), "{who}");
         assert_eq!(who["x_forwarded_for"], json!(["127.0.0.1"]), "{who}");
         assert_eq!(who["x_forwarded_proto"], json!(["http"]), "{who}");

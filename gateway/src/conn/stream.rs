@@ -36,6 +36,7 @@ use super::limits::ConnPermit;
 use super::ws::{FrameTracker, CLOSE_GOING_AWAY};
 use crate::headers::Forwarding;
 use crate::metrics::Metrics;
+use crate::tenant::host::HostMemo;
 
 /// The SNI of a TLS connection, normalised once at the handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,6 +67,8 @@ pub struct ConnFacts {
     /// request (`None` inside: they could not be built, each request
     /// builds its own).
     pub forwarding: OnceLock<Option<Forwarding>>,
+    /// The first host the connection sent, normalised.
+    pub host: HostMemo,
 }
 
 impl ConnFacts {
@@ -73,6 +76,7 @@ impl ConnFacts {
         ConnFacts {
             tls,
             forwarding: OnceLock::new(),
+            host: HostMemo::default(),
         }
     }
 
