@@ -37,12 +37,7 @@ def main():
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 9
     if not (R.REL / "examples" / "bare_pingora").exists():
         raise SystemExit("build first: bench/run.sh (or cargo build --release -p gateway --example bare_pingora)")
-    _, _, url = R.setup_database()
-    certs = R.make_certs()
-    host_file = R.WORK / "hosts.txt"
-    host_file.write_text("".join(h + "\n" for h, _ in R.hosts()))
-    lua = R.write_lua(host_file)
-    backends = R.start_backends()
+    url, certs, lua, backends = R.keep_alive_rig()
     gw = R.Gateway(url, backends, certs)
     bare = R.BarePingora(backends, certs=certs)
     timed = R.BarePingora(backends, timeouts=True, certs=certs)
@@ -54,15 +49,7 @@ def main():
     print("| scenario | tenant-gateway | bare Pingora | bare + timeouts | gateway / bare | gateway / bare + timeouts | spread of gateway / bare (min–max) |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- |")
     for title, fn in SCENARIOS:
-        cpu = {p.name: [] for p in peers}
-        for i in range(rounds):
-            # Rotate the order so no peer always runs first in a round.
-            order = peers[i % 3:] + peers[:i % 3]
-            for p in order:
-                r = R.measure(p, fn, lua)
-                if r["errors"]:
-                    raise SystemExit(f"{p.name}: {r['errors']} errors in {title}")
-                cpu[p.name].append(r["cpu_us_per_req"])
+        cpu = R.interleaved(peers, fn, lua, rounds, title)
         g, b, t = cpu[gw.name], cpu[bare.name], cpu[timed.name]
         vs_bare = [x / y for x, y in zip(g, b)]
         vs_timed = [x / y for x, y in zip(g, t)]

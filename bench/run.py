@@ -487,6 +487,31 @@ def measure(peer, fn, lua):
     return r
 
 
+def keep_alive_rig():
+    """What an interleaved comparison starts from: (database URL,
+    certificates, wrk's Lua script over the tenants' hosts, backend ports)."""
+    _, _, url = setup_database()
+    certs = make_certs()
+    host_file = WORK / "hosts.txt"
+    host_file.write_text("".join(h + "\n" for h, _ in hosts()))
+    return url, certs, write_lua(host_file), start_backends()
+
+
+def interleaved(peers, fn, lua, rounds, title):
+    """CPU µs per request of each peer (by name) over `rounds` rounds, each
+    measuring every peer back to back, the order rotated so that no peer
+    always runs first: a ratio within a round cancels the VM's drift."""
+    cpu = {p.name: [] for p in peers}
+    for i in range(rounds):
+        k = i % len(peers)
+        for p in peers[k:] + peers[:k]:
+            r = measure(p, fn, lua)
+            if r["errors"]:
+                raise SystemExit(f"{p.name}: {r['errors']} errors in {title}")
+            cpu[p.name].append(r["cpu_us_per_req"])
+    return cpu
+
+
 def peer_rows(items):
     """A scenario's rows of the other proxies (not us, not the no-tenancy
     floor, not the direct ceiling) that had no errors."""
