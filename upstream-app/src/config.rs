@@ -92,6 +92,9 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("config key `{key}`: {reason}")]
     Invalid { key: &'static str, reason: String },
+    /// Every invalid key of one file, one per line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    AllInvalid(Vec<ConfigError>),
 }
 
 impl Config {
@@ -104,9 +107,10 @@ impl Config {
                     path: p.display().to_string(),
                     source,
                 })?;
-                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                // Every wrong-form value and unknown key, named at once.
+                toml_keys::parse(&text).map_err(|message| ConfigError::Parse {
                     path: p.display().to_string(),
-                    message: e.to_string(),
+                    message,
                 })?
             }
         };
@@ -114,26 +118,34 @@ impl Config {
         Ok(cfg)
     }
 
+    /// Every invalid key at once.
     fn validate(&self) -> Result<(), ConfigError> {
-        if self.database.max_connections == 0 {
-            return Err(ConfigError::Invalid {
-                key: "database.max_connections",
-                reason: "must be at least 1".into(),
-            });
+        let checks = [
+            (
+                self.database.max_connections == 0,
+                "database.max_connections",
+                "must be at least 1",
+            ),
+            (self.stamp.keys.is_empty(), "stamp.keys", "at least one key is required"),
+            (
+                self.jobs.poll_interval_ms == 0,
+                "jobs.poll_interval_ms",
+                "must be positive",
+            ),
+        ];
+        let mut invalid: Vec<ConfigError> = checks
+            .into_iter()
+            .filter(|(bad, _, _)| *bad)
+            .map(|(_, key, reason)| ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            })
+            .collect();
+        match invalid.len() {
+            0 => Ok(()),
+            1 => Err(invalid.remove(0)),
+            _ => Err(ConfigError::AllInvalid(invalid)),
         }
-        if self.stamp.keys.is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "stamp.keys",
-                reason: "at least one key is required".into(),
-            });
-        }
-        if self.jobs.poll_interval_ms == 0 {
-            return Err(ConfigError::Invalid {
-                key: "jobs.poll_interval_ms",
-                reason: "must be positive".into(),
-            });
-        }
-        Ok(())
     }
 
     pub fn database_url(&self) -> Result<String, ConfigError> {
@@ -169,6 +181,21 @@ mod tests {
     fn unknown_key_is_named() {
         let err = toml::from_str::<Config>("listen = \"127.0.0.1:1\"\nbogus = 1\n").unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
+    }
+
+    #[test]
+    fn every_offending_key_is_named_at_once() {
+        let text = "listen = 5\nbogus = 1\n[database]\nmax_connections = \"ten\"\n[jobs]\npoll_interval_ms = -1\n";
+        let err = toml_keys::parse::<Config>(text).unwrap_err();
+        for key in ["listen", "bogus", "database.max_connections", "jobs.poll_interval_ms"] {
+            assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+        }
+        let cfg: Config = toml::from_str("[database]\nmax_connections = 0\n[stamp]\nkeys = []\n").unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        for key in ["database.max_connections", "stamp.keys"] {
+            assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+        }
+        assert_eq!(err.lines().count(), 2, "{err}");
     }
 
     #[test]

@@ -719,81 +719,6 @@ impl Default for PagesConfig {
     }
 }
 
-/// `config key `path`: message`, or the message alone for the whole file.
-fn describe(path: &str, message: &str) -> String {
-    match path {
-        "" | "." => message.to_owned(),
-        p => format!("config key `{p}`: {message}"),
-    }
-}
-
-/// Most this many wrong-form keys are reported from one file.
-const MAX_WRONG_FORMS: usize = 50;
-
-/// Every key of `text` whose value has the wrong form, as (key path,
-/// message), in the order the deserializer meets them: serde stops at the first error, so each found
-/// key is taken out of the document (an element of an array takes its whole
-/// array, an unknown key itself) and the rest is read again, until it reads
-/// or nothing more can be taken out. A key taken out falls back to its
-/// default, so no error is reported that only the removal caused (a
-/// `missing field` after a removal ends the search). Empty for a file
-/// that is not TOML at all (its syntax error is the one answer).
-fn wrong_forms(text: &str) -> Vec<(String, String)> {
-    let Ok(mut doc) = text.parse::<toml::Table>() else {
-        return Vec::new();
-    };
-    let mut found = Vec::new();
-    while found.len() < MAX_WRONG_FORMS {
-        let e = match serde_path_to_error::deserialize::<_, Config>(toml::Value::Table(doc.clone())) {
-            Ok(_) => break,
-            Err(e) => e,
-        };
-        // A document's errors end in "\nin `key`" (the path says it).
-        let full = e.inner().to_string();
-        let message = full.split_once("\nin `").map_or(full.as_str(), |(m, _)| m).to_owned();
-        if !found.is_empty() && message.starts_with("missing field") {
-            break;
-        }
-        let key = offending_key(e.path());
-        found.push((e.path().to_string(), message));
-        if !remove_key(&mut doc, &key) {
-            break;
-        }
-    }
-    found
-}
-
-/// The table keys leading to what must be taken out for an error at `path`
-/// (an unknown key's path names it): the path up to its first array index
-/// (the array's own key).
-fn offending_key(path: &serde_path_to_error::Path) -> Vec<String> {
-    use serde_path_to_error::Segment;
-    let mut keys = Vec::new();
-    for segment in path.iter() {
-        match segment {
-            Segment::Map { key } => keys.push(key.clone()),
-            Segment::Seq { .. } => return keys,
-            Segment::Enum { .. } | Segment::Unknown => {}
-        }
-    }
-    keys
-}
-
-/// Take the key at `keys` out of `doc`; false if there is no such key.
-fn remove_key(doc: &mut toml::Table, keys: &[String]) -> bool {
-    let Some((last, parents)) = keys.split_last() else {
-        return false;
-    };
-    let mut table = doc;
-    for key in parents {
-        match table.get_mut(key) {
-            Some(toml::Value::Table(t)) => table = t,
-            _ => return false,
-        }
-    }
-    table.remove(last).is_some()
-}
-
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -811,23 +736,9 @@ impl Config {
     /// The file schema read into the typed model (durations, addresses,
     /// networks, page kinds, enums); a value of the wrong type or form is
     /// reported with its key's path (`pools.default.backends[0]: …`), every
-    /// such key at once, one per line (see [`wrong_forms`]).
+    /// such key at once, one per line (`toml_keys::parse`).
     pub fn parse(text: &str) -> Result<Config, String> {
-        let first = match serde_path_to_error::deserialize(toml::Deserializer::new(text)) {
-            Ok(cfg) => return Ok(cfg),
-            Err(e) => e,
-        };
-        // The first as the text deserializer reports it (with its line),
-        // then the others, found on the parsed document.
-        let (path, message) = (first.path().to_string(), first.into_inner().to_string());
-        let mut problems = vec![describe(&path, &message)];
-        let others = wrong_forms(text).into_iter();
-        problems.extend(
-            others
-                .filter(|(p, m)| !(*p == path && message.contains(m.as_str())))
-                .map(|(p, m)| describe(&p, &m)),
-        );
-        Err(problems.join("\n"))
+        toml_keys::parse(text)
     }
 
     /// The lookup query in effect.

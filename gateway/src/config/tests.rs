@@ -292,13 +292,13 @@ fn the_wrong_form_search_ends() {
     // More wrong keys than are reported: the list is cut, the search ends.
     let mut text = String::from(MIN);
     text.push_str("[listen]\n");
-    for i in 0..(MAX_WRONG_FORMS + 10) {
+    for i in 0..(toml_keys::MAX_WRONG_FORMS + 10) {
         text.push_str(&format!("k{i} = 1\n"));
     }
     let err = Config::parse(&text).unwrap_err();
     let reported = err.matches("unknown field `k").count();
     assert!(
-        (MAX_WRONG_FORMS..=MAX_WRONG_FORMS + 1).contains(&reported),
+        (toml_keys::MAX_WRONG_FORMS..=toml_keys::MAX_WRONG_FORMS + 1).contains(&reported),
         "{reported}: {err}"
     );
 }
