@@ -269,8 +269,8 @@ impl ProxyHttp for Gateway {
 
         // Gather the facts, ask `decide`, act.
         let req = session.req_header();
-        let memo = ConnFacts::of(session.digest()).map(|f| &f.host);
-        let host = match host::request_host(&req.headers, &req.uri, memo) {
+        let conn = ConnFacts::of(session.digest());
+        let host = match host::request_host(&req.headers, &req.uri, conn.map(|f| &f.host)) {
             Ok((h, as_sent)) => {
                 ctx.host_as_sent = as_sent;
                 Some(h)
@@ -325,7 +325,7 @@ impl ProxyHttp for Gateway {
             .await;
         let sni_tenant;
         let sni = match (&resolution, ctx.tls) {
-            (Resolution::Found(_), true) => match ConnFacts::of(session.digest()).map(|f| &f.tls) {
+            (Resolution::Found(_), true) => match conn.map(|f| &f.tls) {
                 Some(Some(Sni::Absent)) => decide::SniFact::Agrees,
                 Some(Some(Sni::Name(sni))) if **sni == *host => decide::SniFact::Agrees,
                 Some(Some(Sni::Name(sni))) => {
