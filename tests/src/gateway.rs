@@ -265,9 +265,7 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// Send raw bytes to 127.0.0.1:`port` and read the response head and body
 /// (until the peer closes or `Content-Length` is satisfied).
 pub fn raw_http(port: u16, request: &str) -> Result<(u16, String)> {
-    use std::io::Read;
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut s = connect(port)?;
     s.write_all(request.as_bytes())?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
@@ -309,39 +307,69 @@ fn content_length(head: &str) -> Option<usize> {
         .and_then(|v| v.parse::<usize>().ok())
 }
 
+/// A connection to 127.0.0.1:`port` whose reads give up after 10 s.
+fn connect(port: u16) -> Result<TcpStream> {
+    let stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(stream)
+}
+
 /// One kept-alive client connection to 127.0.0.1: each [`KeepAlive::send`]
-/// writes a request and reads exactly one response, its body by
-/// `Content-Length`, so the next request goes out on the same connection.
+/// writes a request and reads exactly one response ([`exchange`]), so the
+/// next request goes out on the same connection.
 pub struct KeepAlive {
     stream: TcpStream,
 }
 
 impl KeepAlive {
     pub fn connect(port: u16) -> Result<KeepAlive> {
-        let stream = TcpStream::connect(("127.0.0.1", port))?;
-        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        Ok(KeepAlive { stream })
+        Ok(KeepAlive { stream: connect(port)? })
     }
 
     /// The status and the body of the response to `request`.
     pub fn send(&mut self, request: &str) -> Result<(u16, String)> {
-        use std::io::Read;
-        self.stream.write_all(request.as_bytes())?;
-        let mut buf = Vec::new();
-        let mut byte = [0u8; 1];
-        // The head byte by byte, so nothing after it is consumed.
-        while !buf.ends_with(b"\r\n\r\n") {
-            if self.stream.read(&mut byte)? == 0 {
-                bail!("connection closed after {:?}", String::from_utf8_lossy(&buf));
-            }
-            buf.push(byte[0]);
+        let (head, body) = exchange(&mut self.stream, request)?;
+        Ok((status_of(&head)?, body))
+    }
+}
+
+/// Write `request` on `stream` and read exactly its response: the head
+/// byte by byte (so nothing after it is consumed), the body by
+/// `Content-Length`; the connection stays open for the next. A socket
+/// read timeout (a paced connection's) is waited through, for 10 s in all.
+/// Returns the head and the body.
+pub fn exchange(stream: &mut TcpStream, request: &str) -> Result<(String, String)> {
+    stream.write_all(request.as_bytes())?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        read_some(stream, &mut byte, deadline)
+            .with_context(|| format!("after {:?}", String::from_utf8_lossy(&head)))?;
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let len = content_length(&head).with_context(|| format!("no Content-Length in {head:?}"))?;
+    let mut body = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        got += read_some(stream, &mut body[got..], deadline).with_context(|| format!("in the body after {head:?}"))?;
+    }
+    Ok((head, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// One read of at least a byte, waiting through read timeouts until
+/// `deadline`; the peer closing is an error.
+fn read_some(stream: &mut TcpStream, buf: &mut [u8], deadline: Instant) -> Result<usize> {
+    loop {
+        match stream.read(buf) {
+            Ok(0) => bail!("connection closed"),
+            Ok(n) => return Ok(n),
+            Err(e)
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut)
+                    && Instant::now() < deadline => {}
+            Err(e) => return Err(e.into()),
         }
-        let head = String::from_utf8_lossy(&buf).into_owned();
-        let status = status_of(&head)?;
-        let len = content_length(&head).with_context(|| format!("no Content-Length in {head:?}"))?;
-        let mut body = vec![0u8; len];
-        self.stream.read_exact(&mut body)?;
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
     }
 }
 

@@ -205,36 +205,10 @@ fn timed_out(e: &std::io::Error) -> bool {
 /// One whole request and its response (by `Content-Length`) on `tcp`,
 /// which stays open.
 fn one_request(tcp: &mut TcpStream) {
-    tcp.write_all(b"GET /whoami HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\n\r\n")
-        .unwrap();
-    let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "no whole response: {}",
-            String::from_utf8_lossy(&got)
-        );
-        match tcp.read(&mut buf) {
-            Ok(0) => panic!("closed mid-response: {}", String::from_utf8_lossy(&got)),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if timed_out(&e) => {}
-            Err(e) => panic!("{e}"),
-        }
-        let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
-            continue;
-        };
-        let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-        assert!(head.starts_with("http/1.1 200"), "{head}");
-        let len: usize = head
-            .lines()
-            .find_map(|l| l.strip_prefix("content-length:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no content-length: {head}"));
-        if got.len() >= end + 4 + len {
-            return;
-        }
-    }
+    let (head, _) = exchange(tcp, "GET /whoami HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\n\r\n")
+        .unwrap_or_else(|e| panic!("no whole response: {e:#}"));
+    let head = head.to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
 }
 
 /// How long after `start` the server closed `tcp` (reading nothing else).
