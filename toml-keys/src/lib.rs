@@ -34,7 +34,7 @@ fn describe(path: &str, message: &str) -> String {
 }
 
 /// Most this many wrong-form keys are reported from one file.
-pub const MAX_WRONG_FORMS: usize = 50;
+const MAX_WRONG_FORMS: usize = 50;
 
 /// Every key of `text` whose value has the wrong form, as (key path,
 /// message), in the order the deserializer meets them: serde stops at the first error, so each found
@@ -138,6 +138,21 @@ mod tests {
         assert!(
             err.starts_with("config key `name`: TOML parse error at line 1"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn the_wrong_form_search_ends() {
+        // More wrong keys than are reported: the list is cut, the search ends.
+        let mut text = String::from("[section]\n");
+        for i in 0..(MAX_WRONG_FORMS + 10) {
+            text.push_str(&format!("k{i} = 1\n"));
+        }
+        let err = parse::<File>(&text).unwrap_err();
+        let reported = err.matches("unknown field `k").count();
+        assert!(
+            (MAX_WRONG_FORMS..=MAX_WRONG_FORMS + 1).contains(&reported),
+            "{reported}: {err}"
         );
     }
 
