@@ -179,26 +179,59 @@ fn acceptable_request_id(v: &str) -> bool {
     !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
 }
 
+/// A request's id, held without an allocation of its own: the client's
+/// header value (shared with the request) or the new id's digits inline.
+#[derive(Debug, Clone)]
+pub enum RequestId {
+    /// The client's acceptable `X-Request-Id`.
+    Client(HeaderValue),
+    /// 32 hex digits of 128 random bits.
+    New(const_hex::Buffer<16>),
+}
+
+impl RequestId {
+    pub fn as_str(&self) -> &str {
+        match self {
+            // Checked visible ASCII when taken (`acceptable_request_id`).
+            RequestId::Client(v) => v.to_str().unwrap_or_default(),
+            RequestId::New(digits) => digits.as_str(),
+        }
+    }
+}
+
+/// Before the request's own is known (empty, as no id at all).
+impl Default for RequestId {
+    fn default() -> RequestId {
+        RequestId::Client(HeaderValue::from_static(""))
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// 128 random bits as hex. A request id correlates logs; it is no secret,
 /// so a fast thread-local generator (fastrand's wyrand) serves, at a
 /// fraction of the cost of the CSPRNG; const-hex writes the digits (SIMD,
 /// a `str` without a UTF-8 check: ~230 instructions fewer than a digit
-/// loop and `from_utf8`).
-fn new_request_id() -> String {
-    const_hex::Buffer::<16>::new()
-        .format(&fastrand::u128(..).to_be_bytes())
-        .to_owned()
+/// loop and `from_utf8`) into an inline buffer (no allocation).
+fn new_request_id() -> RequestId {
+    let mut digits = const_hex::Buffer::<16>::new();
+    digits.format(&fastrand::u128(..).to_be_bytes());
+    RequestId::New(digits)
 }
 
 /// The request's id: the client's `X-Request-Id` if acceptable (1-128
 /// visible ASCII characters), else 32 random hex digits. `true`: it is the
 /// client's, sent exactly once, so it goes upstream as it came (one header
 /// lookup per request instead of a second one to check before writing).
-pub fn request_id(headers: &HeaderMap) -> (String, bool) {
+pub fn request_id(headers: &HeaderMap) -> (RequestId, bool) {
     let mut all = headers.get_all(&REQUEST_ID).iter();
     let (first, more) = (all.next(), all.next().is_some());
-    match first.and_then(|v| v.to_str().ok()).filter(|v| acceptable_request_id(v)) {
-        Some(id) => (id.to_owned(), !more),
+    match first.filter(|v| v.to_str().is_ok_and(acceptable_request_id)) {
+        Some(id) => (RequestId::Client(id.clone()), !more),
         None => (new_request_id(), false),
     }
 }
@@ -448,20 +481,30 @@ mod tests {
         assert!(!acceptable_request_id(""));
         assert!(!acceptable_request_id("has space"));
         assert!(!acceptable_request_id(&"a".repeat(129)));
-        assert_eq!(
-            request_id(&map(&[("x-request-id", "abc-123")])),
-            ("abc-123".into(), true)
-        );
+        let id = |h: &HeaderMap| {
+            let (id, as_sent) = request_id(h);
+            (id.to_string(), as_sent)
+        };
+        assert_eq!(id(&map(&[("x-request-id", "abc-123")])), ("abc-123".into(), true));
         // Sent twice: the first is the id, written again as the only one.
         let twice = map(&[("x-request-id", "abc-123"), ("x-request-id", "abc-123")]);
-        assert_eq!(request_id(&twice), ("abc-123".into(), false));
-        for refused in [map(&[("x-request-id", &"a".repeat(129))]), HeaderMap::new()] {
-            let (fresh, kept) = request_id(&refused);
+        assert_eq!(id(&twice), ("abc-123".into(), false));
+        for refused in [
+            map(&[("x-request-id", &"a".repeat(129))]),
+            map(&[("x-request-id", "")]),
+            HeaderMap::new(),
+        ] {
+            let (fresh, kept) = id(&refused);
             assert!(!kept);
             assert_eq!(fresh.len(), 32);
             assert!(fresh.bytes().all(|b| b.is_ascii_hexdigit()));
         }
-        assert_ne!(request_id(&HeaderMap::new()).0, request_id(&HeaderMap::new()).0);
+        // Not valid text: refused too.
+        let mut opaque = HeaderMap::new();
+        opaque.insert(REQUEST_ID, HeaderValue::from_bytes(b"caf\xe9").unwrap());
+        assert_eq!(id(&opaque).0.len(), 32);
+        assert_ne!(id(&HeaderMap::new()).0, id(&HeaderMap::new()).0);
+        assert_eq!(RequestId::default().as_str(), "");
     }
 
     #[test]

@@ -78,10 +78,10 @@ pub struct Redirect {
 /// Per-request state.
 pub struct Ctx {
     start: Instant,
-    request_id: String,
+    request_id: headers::RequestId,
     /// The client's own request id, sent once: forwarded as it came.
     request_id_as_sent: bool,
-    host: Option<String>,
+    host: Option<Arc<str>>,
     /// The client's `Host` header is `host` exactly: forwarded as it came.
     host_as_sent: bool,
     tenant: Option<Arc<Tenant>>,
@@ -182,7 +182,7 @@ impl Gateway {
         resp.insert_header(http::header::LOCATION, location.as_str())?;
         resp.insert_header(CONTENT_LENGTH, "0")?;
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
-        ctx.host = Some(host.to_owned());
+        ctx.host = Some(host.into());
         session.write_response_header(Box::new(resp), true).await?;
         Ok(true)
     }
@@ -246,7 +246,7 @@ impl ProxyHttp for Gateway {
     fn new_ctx(&self) -> Box<Ctx> {
         Box::new(Ctx {
             start: Instant::now(),
-            request_id: String::new(),
+            request_id: headers::RequestId::default(),
             request_id_as_sent: false,
             host: None,
             host_as_sent: false,

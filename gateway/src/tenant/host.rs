@@ -4,7 +4,7 @@
 //! A connection keeps the normalised form of the first host it sent
 //! ([`HostMemo`]), so its later requests for that host skip normalising.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use http::header::HOST;
 use http::{HeaderMap, Uri};
@@ -27,23 +27,31 @@ pub enum BadHost {
 /// authority) a connection sent, kept with the connection: a later request
 /// sending the same bytes reuses it. Normalising is a pure function of those
 /// bytes, so the memo cannot answer differently; it costs a comparison and
-/// a copy where normalising costs ~460 instructions (bench/RESULTS.md).
+/// a reference count where normalising costs ~460 instructions, and the
+/// header's text check is skipped for bytes it has seen (bench/RESULTS.md).
 #[derive(Debug, Default)]
-pub struct HostMemo(OnceLock<(Box<str>, String)>);
+pub struct HostMemo(OnceLock<(Box<[u8]>, Arc<str>)>);
 
 impl HostMemo {
+    /// The kept host, if `raw` is exactly the bytes it was normalised from
+    /// (visible ASCII, so also text a `Host` header may carry).
+    fn get(&self, raw: &[u8]) -> Option<Arc<str>> {
+        let (sent, host) = self.0.get()?;
+        (**sent == *raw).then(|| host.clone())
+    }
+
     /// [`tenancy::normalize_host`] of `raw`.
-    pub fn normalize(&self, raw: &str) -> Result<String, tenancy::HostError> {
-        if let Some((sent, host)) = self.0.get() {
-            if **sent == *raw {
-                return Ok(host.clone());
-            }
+    pub fn normalize(&self, raw: &str) -> Result<Arc<str>, tenancy::HostError> {
+        if let Some(host) = self.get(raw.as_bytes()) {
+            return Ok(host);
         }
-        let host = tenancy::normalize_host(raw)?;
-        if self.0.get().is_none() {
-            // Another request of the connection (HTTP/2) may have set it
-            // meanwhile: the first one kept stays.
-            let _ = self.0.set((raw.into(), host.clone()));
+        let host: Arc<str> = tenancy::normalize_host(raw)?.into();
+        // Only bytes a `Host` header's text check passes are kept, so the
+        // memo may answer a header's bytes before that check. Another
+        // request of the connection (HTTP/2) may have set it meanwhile: the
+        // first one kept stays.
+        if self.0.get().is_none() && raw.bytes().all(|b| b.is_ascii_graphic()) {
+            let _ = self.0.set((raw.as_bytes().into(), host.clone()));
         }
         Ok(host)
     }
@@ -52,30 +60,32 @@ impl HostMemo {
 /// The normalised host of a request, and whether the client's `Host`
 /// header is already exactly that (then it goes upstream as it came).
 /// `memo`: the connection's, when the request path has one.
-pub fn request_host(headers: &HeaderMap, uri: &Uri, memo: Option<&HostMemo>) -> Result<(String, bool), BadHost> {
+pub fn request_host(headers: &HeaderMap, uri: &Uri, memo: Option<&HostMemo>) -> Result<(Arc<str>, bool), BadHost> {
     let normalize = |raw: &str| match memo {
         Some(m) => m.normalize(raw),
-        None => tenancy::normalize_host(raw),
+        None => tenancy::normalize_host(raw).map(Arc::from),
     };
     let mut values = headers.get_all(HOST).iter();
     let header = values.next();
     if values.next().is_some() {
         return Err(BadHost::Duplicate);
     }
-    let header = header.map(|v| v.to_str().map_err(|_| BadHost::NotText)).transpose()?;
     let authority = uri.authority().map(|a| a.as_str());
     if authority.is_some_and(|a| a.contains('@')) {
         return Err(BadHost::Malformed(tenancy::HostError::BadCharacters));
     }
     match (header, authority) {
         (Some(raw), authority) => {
-            let h = normalize(raw)?;
+            let h = match memo.and_then(|m| m.get(raw.as_bytes())) {
+                Some(h) => h,
+                None => normalize(raw.to_str().map_err(|_| BadHost::NotText)?)?,
+            };
             if let Some(a) = authority {
                 if normalize(a)? != h {
                     return Err(BadHost::Mismatch);
                 }
             }
-            let as_sent = h == raw;
+            let as_sent = h.as_bytes() == raw.as_bytes();
             Ok((h, as_sent))
         }
         (None, Some(a)) => Ok((normalize(a)?, false)),
@@ -96,6 +106,7 @@ pub fn lookup_name(host: &str, strip_www: bool) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     fn host_of(uri: &str, hosts: &[&str]) -> Result<String, BadHost> {
         host_and_as_sent(uri, hosts).map(|(h, _)| h)
@@ -106,7 +117,7 @@ mod tests {
         for h in hosts {
             headers.append(HOST, h.parse().unwrap());
         }
-        request_host(&headers, &uri.parse().unwrap(), None)
+        request_host(&headers, &uri.parse().unwrap(), None).map(|(h, as_sent)| (h.to_string(), as_sent))
     }
 
     #[test]
@@ -126,12 +137,16 @@ mod tests {
             "[::1]:443",
             "Ferrari.MyApp.localhost:8080",
         ] {
-            assert_eq!(memo.normalize(raw), tenancy::normalize_host(raw), "{raw:?}");
+            assert_eq!(
+                memo.normalize(raw).map(|h| h.to_string()),
+                tenancy::normalize_host(raw),
+                "{raw:?}"
+            );
         }
         let (sent, host) = memo.0.get().unwrap();
         assert_eq!(
-            (&**sent, host.as_str()),
-            ("Ferrari.MyApp.localhost:8080", "ferrari.myapp.localhost")
+            (&**sent, &**host),
+            (&b"Ferrari.MyApp.localhost:8080"[..], "ferrari.myapp.localhost")
         );
         // Through request_host: the same answers with and without it.
         let mut headers = HeaderMap::new();
@@ -149,6 +164,29 @@ mod tests {
             ),
             Ok(("ferrari.myapp.localhost".into(), false))
         );
+        // A header whose bytes are the kept ones, and one that is not text:
+        // the answers normalising gives.
+        let mut headers = HeaderMap::new();
+        headers.append(HOST, "Ferrari.MyApp.localhost:8080".parse().unwrap());
+        assert_eq!(
+            request_host(&headers, &uri, Some(&memo)),
+            Ok(("ferrari.myapp.localhost".into(), false))
+        );
+        let mut opaque = HeaderMap::new();
+        opaque.append(HOST, HeaderValue::from_bytes(b"caf\xe9.example").unwrap());
+        assert_eq!(request_host(&opaque, &uri, Some(&memo)), Err(BadHost::NotText));
+    }
+
+    #[test]
+    fn the_memo_keeps_only_bytes_a_host_header_could_carry() {
+        // Valid as an authority's text and normalised, but not visible
+        // ASCII: not kept, so it never answers a header's bytes.
+        let memo = HostMemo::default();
+        let raw = "caf\u{e9}.example";
+        assert_eq!(tenancy::normalize_host(raw).as_deref(), Ok("xn--caf-dma.example"));
+        assert_eq!(memo.normalize(raw).map(|h| h.to_string()), tenancy::normalize_host(raw));
+        assert!(memo.0.get().is_none());
+        assert!(memo.get(raw.as_bytes()).is_none());
     }
 
     #[test]
