@@ -16,6 +16,12 @@ built the release binaries and installed valgrind, h2load and PostgreSQL)
        columns over TLS: HTTP/1.1 keep-alive, or HTTP/2 (16 connections x 8
        streams); bare Pingora serves TLS through the gateway's own listener
        as in bench/run.py, so the difference is still ours alone
+       python3 bench/instructions.py --proto h1-hosts [N]   HTTP/1.1 with the
+       load bench/run.py and bench/floor.py time: wrk, each request to the
+       next of the 1,100 hosts (a different tenant each time, so the
+       connection's memos of its first host do not apply) with a spoofed
+       X-Tenant; wrk runs by time, so N is approximate and the count is
+       divided by the requests wrk reports
 
 Caveat: under valgrind the CPU reports no SHA extensions, so SHA-256 (the
 stamp's HMAC) runs in software and costs several times what it costs
@@ -76,7 +82,10 @@ LOADS = {
     "h2": (["-m8"], lambda p: f"https://127.0.0.1:{p.tls}/"),
 }
 TITLES = {"h1": "HTTP/1.1 keep-alive", "https": "HTTPS (HTTP/1.1) keep-alive",
-          "h2": "HTTP/2 over TLS, 8 streams per connection,"}
+          "h2": "HTTP/2 over TLS, 8 streams per connection,",
+          "h1-hosts": "HTTP/1.1 keep-alive, every request to the next of 1,100 hosts,"}
+# wrk's script for `h1-hosts` (bench/run.py's keep-alive load), set by main().
+HOSTS_LUA = None
 
 
 def profile(which, backends, url, certs, n, extra="", proto="h1"):
@@ -95,21 +104,39 @@ def profile(which, backends, url, certs, n, extra="", proto="h1"):
     try:
         peer = (R.Gateway(url, backends, certs, extra) if which.startswith("gateway")
                 else R.BarePingora(backends, timeouts=which == "bare-timeouts",
-                                   certs=certs if proto != "h1" else None))
+                                   certs=certs if proto not in ("h1", "h1-hosts") else None))
     finally:
         R.spawn, R.wait_port = spawn_before, wait_before
 
     def load(count):
+        """Send about `count` requests; the number sent."""
+        if proto == "h1-hosts":
+            # ~1,500 requests/s under valgrind on this machine.
+            secs = max(2, count // 1500)
+            args = ["wrk", "-t1", "-c16", f"-d{secs}s", "--timeout", "30s", "-s", str(HOSTS_LUA),
+                    f"http://127.0.0.1:{peer.http}/"]
+            out = subprocess.run(args, capture_output=True, text=True, timeout=secs + 120).stdout
+            m = re.search(r"(\d+) requests in", out)
+            if not m or "Non-2xx" in out or "Socket errors" in out:
+                raise SystemExit(f"{which}: not every request succeeded:\n{out}")
+            return int(m.group(1))
         flags, url_of = LOADS[proto]
         done = subprocess.run(["h2load", *flags, "-n", str(count), "-c", "16", "-H", ":authority: t0001.myapp.bench",
                                url_of(peer)], capture_output=True, text=True, timeout=600).stdout
         m = re.search(r"(\d+) succeeded", done)
         if not m or int(m.group(1)) != count:
             raise SystemExit(f"{which}: not every request succeeded:\n{done}")
+        return count
 
-    load(2000)  # warm: tenant cache, upstream connections
+    # Warm: tenant cache, upstream connections. With many hosts, until each
+    # has been asked for twice (under valgrind a run of a given length sends
+    # fewer requests than the hosts there are, and a host first asked for in
+    # the counted window would count its database query).
+    warmed, want = 0, (2 * len(R.hosts()) if proto == "h1-hosts" else 1)
+    while warmed < want:
+        warmed += load(2000)
     subprocess.run(["callgrind_control", "-z", str(peer.pid)], capture_output=True, check=True)
-    load(n)
+    sent = load(n)
     subprocess.run(["callgrind_control", "-d", str(peer.pid)], capture_output=True, check=True)
     # A dump is complete once its closing `totals:` line is written.
     deadline = time.time() + 60
@@ -120,7 +147,7 @@ def profile(which, backends, url, certs, n, extra="", proto="h1"):
     os.killpg(peer.pid, 9)
     if dump is None:
         raise SystemExit(f"{which}: callgrind wrote no complete dump")
-    return parse(dump)
+    return (*parse(dump), sent)
 
 
 def limits_cost(n):
@@ -129,8 +156,8 @@ def limits_cost(n):
     certs = R.make_certs()
     backends = R.start_backends()
     runs = {"off": profile("gateway", backends, url, certs, n), "on": profile("gateway-limits", backends, url, certs, n, R.LIMITS_ON)}
-    total = {w: sum(s.values()) / n for w, (s, _) in runs.items()}
-    sha = {w: sum(c for f, c in s.items() if SHA.search(f)) / n for w, (s, _) in runs.items()}
+    total = {w: sum(s.values()) / n for w, (s, _, _) in runs.items()}
+    sha = {w: sum(c for f, c in s.items() if SHA.search(f)) / n for w, (s, _, _) in runs.items()}
     print(f"Instructions per HTTP/1.1 keep-alive request ({n:,} requests, 16 connections, one tenant):\n")
     print("| | limits off | limits on | difference |\n| --- | ---: | ---: | ---: |")
     d = total["on"] - total["off"]
@@ -138,7 +165,7 @@ def limits_cost(n):
     ns = {w: total[w] - sha[w] for w in total}
     d = ns["on"] - ns["off"]
     print(f"| without SHA-256 | {ns['off']:,.0f} | {ns['on']:,.0f} | {d:+,.0f} ({100 * d / ns['off']:+.2f} %) |")
-    s, _ = runs["on"]
+    s, _, _ = runs["on"]
     print("\nThe limiter's own functions (self cost per request):\n")
     for f, c in collections.Counter(s).most_common():
         if re.search(r"(governor|gateway::limits|tokio::sync::semaphore|dashmap)", f) and c / n >= 10:
@@ -155,8 +182,8 @@ def main():
         i = args.index("--proto")
         proto = args[i + 1]
         del args[i:i + 2]
-        if proto not in LOADS:
-            raise SystemExit(f"--proto: one of {', '.join(LOADS)}")
+        if proto not in TITLES:
+            raise SystemExit(f"--proto: one of {', '.join(TITLES)}")
     extra = None
     if "--extra" in args:
         i = args.index("--extra")
@@ -167,13 +194,21 @@ def main():
         raise SystemExit("valgrind is not installed (bench/run.sh installs it)")
     _, _, url = R.setup_database()
     certs = R.make_certs()
+    if proto == "h1-hosts":
+        global HOSTS_LUA
+        host_file = R.WORK / "hosts.txt"
+        host_file.write_text("".join(h + "\n" for h, _ in R.hosts()))
+        HOSTS_LUA = R.write_lua(host_file)
     backends = R.start_backends()
     results = {w: profile(w, backends, url, certs, n, proto=proto) for w in ("bare", "bare-timeouts", "gateway")}
     if extra is not None:
         results["gateway-extra"] = profile("gateway-extra", backends, url, certs, n, extra, proto)
-    total = {w: sum(s.values()) / n for w, (s, _) in results.items()}
-    sha = {w: sum(c for f, c in s.items() if SHA.search(f)) / n for w, (s, _) in results.items()}
-    print(f"Instructions per {TITLES[proto]} request ({n:,} requests, 16 connections, one tenant):\n")
+    total = {w: sum(s.values()) / sent for w, (s, _, sent) in results.items()}
+    sha = {w: sum(c for f, c in s.items() if SHA.search(f)) / sent for w, (s, _, sent) in results.items()}
+    sent = {w: r[2] for w, r in results.items()}
+    who = "1,100 tenants" if proto == "h1-hosts" else "one tenant"
+    print(f"Instructions per {TITLES[proto]} request ({', '.join(f'{c:,}' for c in sent.values())} requests, "
+          f"16 connections, {who}):\n")
     cols = ("bare", "bare-timeouts", "gateway")
     print("| | bare Pingora | bare Pingora, the gateway's upstream timeouts | tenant-gateway |\n| --- | ---: | ---: | ---: |")
     print("| total | " + " | ".join(f"{total[w]:,.0f}" for w in cols) + " |")
@@ -189,7 +224,7 @@ def main():
         print(f"\nWith `{extra.strip()}`: {total['gateway-extra']:,.0f} in all, "
               f"{total['gateway-extra'] - sha['gateway-extra']:,.0f} without SHA-256; our work on top of bare "
               f"Pingora {ours['gateway-extra']:,.0f} (default config: {ours['gateway']:,.0f}).")
-    s, edges = results["gateway"]
+    s, edges, n = results["gateway"]
     inclusive = collections.Counter(s)
     for (caller, callee), c in edges.items():
         if caller != callee:

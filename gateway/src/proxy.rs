@@ -81,7 +81,7 @@ pub struct Ctx {
     request_id: headers::RequestId,
     /// The client's own request id, sent once: forwarded as it came.
     request_id_as_sent: bool,
-    host: Option<Arc<str>>,
+    host: Option<host::Host>,
     /// The client's `Host` header is `host` exactly: forwarded as it came.
     host_as_sent: bool,
     tenant: Option<Arc<Tenant>>,

@@ -23,6 +23,46 @@ pub enum BadHost {
     Malformed(#[from] tenancy::HostError),
 }
 
+/// A normalised host: the one a connection kept (shared: handing it out is
+/// a reference count) or one normalised for this request alone (a host the
+/// connection sent once is not copied into shared memory).
+#[derive(Debug, Clone)]
+pub enum Host {
+    Kept(Arc<str>),
+    Own(String),
+}
+
+impl std::ops::Deref for Host {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Host::Kept(h) => h,
+            Host::Own(h) => h,
+        }
+    }
+}
+
+/// Equal when the names are, however held.
+impl PartialEq for Host {
+    fn eq(&self, other: &Host) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Host {}
+
+impl Default for Host {
+    fn default() -> Host {
+        Host::Own(String::new())
+    }
+}
+
+impl From<&str> for Host {
+    fn from(name: &str) -> Host {
+        Host::Own(name.to_owned())
+    }
+}
+
 /// The normalised form of the first valid host (a `Host` value or an
 /// authority) a connection sent, kept with the connection: a later request
 /// sending the same bytes reuses it. Normalising is a pure function of those
@@ -41,29 +81,36 @@ impl HostMemo {
     }
 
     /// [`tenancy::normalize_host`] of `raw`.
-    pub fn normalize(&self, raw: &str) -> Result<Arc<str>, tenancy::HostError> {
-        if let Some(host) = self.get(raw.as_bytes()) {
-            return Ok(host);
+    pub fn normalize(&self, raw: &str) -> Result<Host, tenancy::HostError> {
+        match self.get(raw.as_bytes()) {
+            Some(host) => Ok(Host::Kept(host)),
+            None => self.normalize_new(raw),
         }
-        let host: Arc<str> = tenancy::normalize_host(raw)?.into();
+    }
+
+    /// Normalise bytes the memo does not know, keeping them if it is empty.
+    fn normalize_new(&self, raw: &str) -> Result<Host, tenancy::HostError> {
+        let host = tenancy::normalize_host(raw)?;
         // Only bytes a `Host` header's text check passes are kept, so the
         // memo may answer a header's bytes before that check. Another
         // request of the connection (HTTP/2) may have set it meanwhile: the
         // first one kept stays.
         if self.0.get().is_none() && raw.bytes().all(|b| b.is_ascii_graphic()) {
-            let _ = self.0.set((raw.as_bytes().into(), host.clone()));
+            let kept: Arc<str> = host.into();
+            let _ = self.0.set((raw.as_bytes().into(), kept.clone()));
+            return Ok(Host::Kept(kept));
         }
-        Ok(host)
+        Ok(Host::Own(host))
     }
 }
 
 /// The normalised host of a request, and whether the client's `Host`
 /// header is already exactly that (then it goes upstream as it came).
 /// `memo`: the connection's, when the request path has one.
-pub fn request_host(headers: &HeaderMap, uri: &Uri, memo: Option<&HostMemo>) -> Result<(Arc<str>, bool), BadHost> {
+pub fn request_host(headers: &HeaderMap, uri: &Uri, memo: Option<&HostMemo>) -> Result<(Host, bool), BadHost> {
     let normalize = |raw: &str| match memo {
         Some(m) => m.normalize(raw),
-        None => tenancy::normalize_host(raw).map(Arc::from),
+        None => tenancy::normalize_host(raw).map(Host::Own),
     };
     let mut values = headers.get_all(HOST).iter();
     let header = values.next();
@@ -76,8 +123,11 @@ pub fn request_host(headers: &HeaderMap, uri: &Uri, memo: Option<&HostMemo>) -> 
     }
     match (header, authority) {
         (Some(raw), authority) => {
-            let h = match memo.and_then(|m| m.get(raw.as_bytes())) {
-                Some(h) => h,
+            let h = match memo {
+                Some(m) => match m.get(raw.as_bytes()) {
+                    Some(h) => Host::Kept(h),
+                    None => m.normalize_new(raw.to_str().map_err(|_| BadHost::NotText)?)?,
+                },
                 None => normalize(raw.to_str().map_err(|_| BadHost::NotText)?)?,
             };
             if let Some(a) = authority {
@@ -164,6 +214,12 @@ mod tests {
             ),
             Ok(("ferrari.myapp.localhost".into(), false))
         );
+        // The kept host is shared; another is the request's own.
+        assert!(matches!(
+            memo.normalize("Ferrari.MyApp.localhost:8080"),
+            Ok(Host::Kept(_))
+        ));
+        assert!(matches!(memo.normalize("mclaren.myapp.localhost"), Ok(Host::Own(_))));
         // A header whose bytes are the kept ones, and one that is not text:
         // the answers normalising gives.
         let mut headers = HeaderMap::new();
