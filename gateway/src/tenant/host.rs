@@ -82,14 +82,9 @@ impl HostMemo {
 
     /// [`tenancy::normalize_host`] of `raw`.
     pub fn normalize(&self, raw: &str) -> Result<Host, tenancy::HostError> {
-        match self.get(raw.as_bytes()) {
-            Some(host) => Ok(Host::Kept(host)),
-            None => self.normalize_new(raw),
+        if let Some(host) = self.get(raw.as_bytes()) {
+            return Ok(Host::Kept(host));
         }
-    }
-
-    /// Normalise bytes the memo does not know, keeping them if it is empty.
-    fn normalize_new(&self, raw: &str) -> Result<Host, tenancy::HostError> {
         let host = tenancy::normalize_host(raw)?;
         // Only bytes a `Host` header's text check passes are kept, so the
         // memo may answer a header's bytes before that check. Another
@@ -123,11 +118,9 @@ pub fn request_host(headers: &HeaderMap, uri: &Uri, memo: Option<&HostMemo>) -> 
     }
     match (header, authority) {
         (Some(raw), authority) => {
-            let h = match memo {
-                Some(m) => match m.get(raw.as_bytes()) {
-                    Some(h) => Host::Kept(h),
-                    None => m.normalize_new(raw.to_str().map_err(|_| BadHost::NotText)?)?,
-                },
+            // The memo answers bytes it has seen before their text check.
+            let h = match memo.and_then(|m| m.get(raw.as_bytes())) {
+                Some(h) => Host::Kept(h),
                 None => normalize(raw.to_str().map_err(|_| BadHost::NotText)?)?,
             };
             if let Some(a) = authority {
