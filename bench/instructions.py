@@ -84,11 +84,10 @@ LOADS = {
 TITLES = {"h1": "HTTP/1.1 keep-alive", "https": "HTTPS (HTTP/1.1) keep-alive",
           "h2": "HTTP/2 over TLS, 8 streams per connection,",
           "h1-hosts": "HTTP/1.1 keep-alive, every request to the next of 1,100 hosts,"}
-# wrk's script for `h1-hosts` (bench/run.py's keep-alive load), set by main().
-HOSTS_LUA = None
 
 
-def profile(which, backends, url, certs, n, extra="", proto="h1"):
+def profile(which, backends, url, certs, n, extra="", proto="h1", lua=None):
+    """`lua`: wrk's script for `h1-hosts` (bench/run.py's keep-alive load)."""
     out = R.WORK / f"callgrind.{which}"
     vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
 
@@ -113,7 +112,7 @@ def profile(which, backends, url, certs, n, extra="", proto="h1"):
         if proto == "h1-hosts":
             # ~1,500 requests/s under valgrind on this machine.
             secs = max(2, count // 1500)
-            args = ["wrk", "-t1", "-c16", f"-d{secs}s", "--timeout", "30s", "-s", str(HOSTS_LUA),
+            args = ["wrk", "-t1", "-c16", f"-d{secs}s", "--timeout", "30s", "-s", str(lua),
                     f"http://127.0.0.1:{peer.http}/"]
             out = subprocess.run(args, capture_output=True, text=True, timeout=secs + 120).stdout
             m = re.search(r"(\d+) requests in", out)
@@ -194,20 +193,16 @@ def main():
         raise SystemExit("valgrind is not installed (bench/run.sh installs it)")
     _, _, url = R.setup_database()
     certs = R.make_certs()
-    if proto == "h1-hosts":
-        global HOSTS_LUA
-        host_file = R.WORK / "hosts.txt"
-        host_file.write_text("".join(h + "\n" for h, _ in R.hosts()))
-        HOSTS_LUA = R.write_lua(host_file)
+    lua = R.hosts_lua() if proto == "h1-hosts" else None
     backends = R.start_backends()
-    results = {w: profile(w, backends, url, certs, n, proto=proto) for w in ("bare", "bare-timeouts", "gateway")}
+    results = {w: profile(w, backends, url, certs, n, proto=proto, lua=lua) for w in ("bare", "bare-timeouts", "gateway")}
     if extra is not None:
-        results["gateway-extra"] = profile("gateway-extra", backends, url, certs, n, extra, proto)
+        results["gateway-extra"] = profile("gateway-extra", backends, url, certs, n, extra, proto, lua)
     total = {w: sum(s.values()) / sent for w, (s, _, sent) in results.items()}
     sha = {w: sum(c for f, c in s.items() if SHA.search(f)) / sent for w, (s, _, sent) in results.items()}
-    sent = {w: r[2] for w, r in results.items()}
+    counts = {w: r[2] for w, r in results.items()}
     who = "1,100 tenants" if proto == "h1-hosts" else "one tenant"
-    print(f"Instructions per {TITLES[proto]} request ({', '.join(f'{c:,}' for c in sent.values())} requests, "
+    print(f"Instructions per {TITLES[proto]} request ({', '.join(f'{c:,}' for c in counts.values())} requests, "
           f"16 connections, {who}):\n")
     cols = ("bare", "bare-timeouts", "gateway")
     print("| | bare Pingora | bare Pingora, the gateway's upstream timeouts | tenant-gateway |\n| --- | ---: | ---: | ---: |")

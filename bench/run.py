@@ -174,14 +174,19 @@ end
     return lua
 
 
+def hosts_lua(n_hosts=None):
+    """wrk's script cycling through the first `n_hosts` hosts (all by default)."""
+    host_file = WORK / "hosts.txt"
+    host_file.write_text("".join(h + "\n" for h, _ in hosts()[:n_hosts]))
+    return write_lua(host_file)
+
+
 def setup_rig(n_hosts=1000):
     """Database, certificates, a wrk script over the first `n_hosts` hosts and
     the two backends: what every side scenario (stress, limits) starts from."""
     pgbin, _, url = setup_database()
     certs = make_certs()
-    host_file = WORK / "hosts.txt"
-    host_file.write_text("".join(h + "\n" for h, _ in hosts()[:n_hosts]))
-    return pgbin, url, certs, write_lua(host_file), start_backends()
+    return pgbin, url, certs, hosts_lua(n_hosts), start_backends()
 
 
 # Per-tenant limits far above any load here: every request is checked, none refused.
@@ -492,9 +497,7 @@ def keep_alive_rig():
     certificates, wrk's Lua script over the tenants' hosts, backend ports)."""
     _, _, url = setup_database()
     certs = make_certs()
-    host_file = WORK / "hosts.txt"
-    host_file.write_text("".join(h + "\n" for h, _ in hosts()))
-    return url, certs, write_lua(host_file), start_backends()
+    return url, certs, hosts_lua(), start_backends()
 
 
 def interleaved(peers, fn, lua, rounds, title):
@@ -534,9 +537,7 @@ def main():
     started = time.time()
     pgbin, pgdata, url = setup_database()
     certs = make_certs()
-    host_file = WORK / "hosts.txt"
-    host_file.write_text("".join(h + "\n" for h, _ in hosts()))
-    lua = write_lua(host_file)
+    lua = hosts_lua()
     backends = start_backends()
     if "--lookup-only" in sys.argv:
         # Only the gateway's own runs: lookup-bound and memory.
