@@ -14,8 +14,9 @@
 //!
 //! For a client that is not a trusted proxy the forwarding values depend on
 //! the connection and the host alone: a connection keeps them as a
-//! [`Forwarding`] built for its first host, and later requests for that
-//! host clone them instead of building them again.
+//! [`Forwarding`] built for its first host. Later requests clone them: all
+//! four for that host, and `X-Forwarded-For` and `-Proto` (which do not
+//! name the host) for any other.
 
 use std::borrow::Cow;
 use std::net::IpAddr;
@@ -92,6 +93,8 @@ pub struct Upstream<'a> {
     /// The request id to write; `None`: the client's own is there, alone
     /// (from [`request_id`]).
     pub request_id: Option<&'a str>,
+    /// The stamp's headers ([`stamp`]) are set after these edits.
+    pub stamped: bool,
     /// The forwarding values this connection built for its first host
     /// (used when they were built for exactly these facts).
     pub built: Option<&'a Forwarding>,
@@ -103,13 +106,19 @@ pub struct Upstream<'a> {
 /// its first host) and each request clones the values: a reference count
 /// each, where building them costs formatting, validation and an
 /// allocation per value (~600 instructions of `upstream_request_filter`
-/// per request, bench/RESULTS.md).
+/// per request, bench/RESULTS.md). A request for another host (a
+/// connection from a CDN or a load balancer carries many) clones the two
+/// that do not name the host and builds `Forwarded` from the kept peer
+/// text.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Forwarding {
     peer: Option<IpAddr>,
     tls: bool,
     forward: Forward,
+    /// The host `Forwarded` and `X-Forwarded-Host` were built for.
     host: Box<str>,
+    /// The peer as the forwarding headers write it.
+    peer_text: Box<str>,
     /// In the order [`upstream`] writes them; `None`: not set (a client's
     /// own value is removed).
     values: [(HeaderName, Option<HeaderValue>); 4],
@@ -150,14 +159,35 @@ impl Forwarding {
             tls: u.tls,
             forward: u.forward,
             host: u.host.into(),
+            peer_text: ip_text(u.peer).into(),
             values,
         })
     }
 
-    /// Built for exactly these facts (and the client is not trusted: a
-    /// trusted proxy's earlier values are kept, so they vary per request).
+    /// Built for these facts but perhaps another host (and the client is
+    /// not trusted: a trusted proxy's earlier values are kept, so they vary
+    /// per request).
     fn serves(&self, u: &Upstream<'_>) -> bool {
-        !u.trusted && self.peer == u.peer && self.tls == u.tls && self.forward == u.forward && *self.host == *u.host
+        !u.trusted && self.peer == u.peer && self.tls == u.tls && self.forward == u.forward
+    }
+
+    /// [`upstream`]'s forwarding edits for facts it [`serves`](Self::serves).
+    fn write<'a>(&self, headers: &HeaderMap, u: &Upstream<'a>, out: &mut Edits<'a>) {
+        let same_host = *self.host == *u.host;
+        for (name, value) in &self.values {
+            match value {
+                Some(v) if same_host || !(*name == FORWARDED || *name == X_FORWARDED_HOST) => {
+                    out.push(Edit::Put(name.clone(), v.clone()))
+                }
+                Some(_) if *name == FORWARDED => out.push(Edit::Set(
+                    FORWARDED,
+                    forwarded(u.peer, &self.peer_text, u.host, scheme(u.tls)).into(),
+                )),
+                Some(_) => out.push(Edit::Set(X_FORWARDED_HOST, u.host.into())),
+                None if headers.contains_key(name) => out.push(Edit::Remove(name.clone())),
+                None => {}
+            }
+        }
     }
 }
 
@@ -277,29 +307,24 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
 /// request id, `Host`. Appended to `out` in the order to apply them.
 pub fn upstream<'a>(headers: &HeaderMap, u: &Upstream<'a>, out: &mut Edits<'a>) {
     // 1. No client-supplied tenant header survives, whatever its spelling.
+    // The stamp's own two names, when a stamp follows, are replaced by it
+    // (setting a header drops all its earlier values), not removed first.
+    let stamp_replaces = |n: &HeaderName| u.stamped && (*n == X_TENANT || *n == X_TENANT_SIGNATURE);
     out.extend(
         headers
             .keys()
-            .filter(|n| is_tenant_header(n.as_str()))
+            .filter(|n| is_tenant_header(n.as_str()) && !stamp_replaces(n))
             .map(|n| Edit::Remove(n.clone())),
     );
     // 2. Forwarding headers. What an untrusted client sent is overwritten
     // (or, for a header not set, removed), so only a trusted peer's values
     // are read at all.
     if let Some(built) = u.built.filter(|b| b.serves(u)) {
-        for (name, value) in &built.values {
-            match value {
-                Some(v) => out.push(Edit::Put(name.clone(), v.clone())),
-                None if headers.contains_key(name) => out.push(Edit::Remove(name.clone())),
-                None => {}
-            }
-        }
+        built.write(headers, u, out);
         return tail(u, out);
     }
-    let (scheme, scheme_value) = match u.tls {
-        true => ("https", HeaderValue::from_static("https")),
-        false => ("http", HeaderValue::from_static("http")),
-    };
+    let scheme = scheme(u.tls);
+    let scheme_value = HeaderValue::from_static(scheme);
     let existing = |name: &HeaderName| if u.trusted { joined(headers, name) } else { None };
     let unset = |out: &mut Edits<'a>, name: HeaderName| {
         if !u.trusted && headers.contains_key(&name) {
@@ -312,13 +337,7 @@ pub fn upstream<'a>(headers: &HeaderMap, u: &Upstream<'a>, out: &mut Edits<'a>) 
         false => String::new(),
     };
     if set.forwarded {
-        let (open, close) = match u.peer {
-            Some(IpAddr::V6(_)) => ("for=\"[", "]\""),
-            _ => ("for=", ""),
-        };
-        let parts = [open, &ip_text, close, ";host=", u.host, ";proto=", scheme];
-        let mut mine = String::with_capacity(parts.iter().map(|p| p.len()).sum());
-        parts.iter().for_each(|p| mine.push_str(p));
+        let mine = forwarded(u.peer, &ip_text, u.host, scheme);
         let value = match existing(&FORWARDED) {
             Some(prev) => format!("{prev}, {mine}"),
             None => mine,
@@ -353,6 +372,25 @@ pub fn upstream<'a>(headers: &HeaderMap, u: &Upstream<'a>, out: &mut Edits<'a>) 
     tail(u, out);
 }
 
+fn scheme(tls: bool) -> &'static str {
+    match tls {
+        true => "https",
+        false => "http",
+    }
+}
+
+/// This hop's `Forwarded` element (`peer_text`: [`ip_text`] of `peer`).
+fn forwarded(peer: Option<IpAddr>, peer_text: &str, host: &str, scheme: &str) -> String {
+    let (open, close) = match peer {
+        Some(IpAddr::V6(_)) => ("for=\"[", "]\""),
+        _ => ("for=", ""),
+    };
+    let parts = [open, peer_text, close, ";host=", host, ";proto=", scheme];
+    let mut value = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    parts.iter().for_each(|p| value.push_str(p));
+    value
+}
+
 /// The request id and `Host`: per request, after the forwarding headers.
 fn tail<'a>(u: &Upstream<'a>, out: &mut Edits<'a>) {
     // 3. The request id (a client's acceptable one is already there, alone).
@@ -363,6 +401,30 @@ fn tail<'a>(u: &Upstream<'a>, out: &mut Edits<'a>) {
     if !u.host_as_sent {
         out.push(Edit::Set(HOST, u.host.into()));
     }
+}
+
+/// Writes `edits` into `headers` in order, leaving `edits` empty (drained
+/// in place: iterating by value would first move the whole inline array).
+/// A set drops every earlier value of its name.
+pub fn apply(edits: &mut Edits<'_>, headers: &mut HeaderMap) -> Result<(), http::header::InvalidHeaderValue> {
+    headers.reserve(edits.len());
+    for edit in edits.drain(..) {
+        match edit {
+            Edit::Remove(name) => {
+                headers.remove(&name);
+            }
+            Edit::Set(name, Cow::Borrowed(value)) => {
+                headers.insert(name, HeaderValue::from_str(value)?);
+            }
+            Edit::Set(name, Cow::Owned(value)) => {
+                headers.insert(name, HeaderValue::try_from(value)?);
+            }
+            Edit::Put(name, value) => {
+                headers.insert(name, value);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The request target as forwarded: origin form (`/path?query`). `None`:
@@ -422,6 +484,7 @@ mod tests {
             tls: true,
             forward: Forward::ALL,
             request_id: Some("rid-1"),
+            stamped: false,
             built: None,
         }
     }
@@ -521,6 +584,53 @@ mod tests {
             assert!(gone.contains(&name.to_owned()), "{name} in {gone:?}");
         }
         assert!(!gone.contains(&"x-tenants".to_owned()));
+    }
+
+    #[test]
+    fn a_stamp_replaces_the_client_tenant_headers_it_does_not_remove() {
+        let secret = b"0123456789abcdef0123456789abcdef".to_vec();
+        let signer = stamp::Signer::new(stamp::Key::new("k1", secret).unwrap());
+        for stamped in [false, true] {
+            let mut h = map(&[
+                ("x-tenant", "mclaren"),
+                ("X-Tenant", "mclaren2"),
+                ("x-tenant-signature", "forged"),
+                ("x_tenant", "mclaren"),
+                ("X-Tenant-Id", "7"),
+                ("x-tenants", "kept"),
+            ]);
+            let u = Upstream {
+                stamped,
+                ..facts(false)
+            };
+            let mut out = Edits::new();
+            upstream(&h, &u, &mut out);
+            let gone = removed(&out);
+            // Removed first only when nothing replaces them.
+            assert_eq!(gone.contains(&"x-tenant".to_owned()), !stamped, "{gone:?}");
+            assert_eq!(gone.contains(&"x-tenant-signature".to_owned()), !stamped, "{gone:?}");
+            if stamped {
+                out.extend(stamp(&signer, "ferrari", "GET", u.host, "/", 1_000));
+            }
+            apply(&mut out, &mut h).unwrap();
+            assert!(out.is_empty());
+            // Either way no value the client sent under a tenant name is left.
+            let left: Vec<_> = h
+                .iter()
+                .filter(|(n, _)| is_tenant_header(n.as_str()))
+                .map(|(n, v)| (n.as_str(), v.to_str().unwrap()))
+                .collect();
+            match stamped {
+                false => assert_eq!(left, []),
+                true => {
+                    assert_eq!(left.len(), 2, "{left:?}");
+                    assert_eq!(left[0], ("x-tenant", "ferrari"));
+                    assert_eq!(left[1].0, "x-tenant-signature");
+                    assert_ne!(left[1].1, "forged");
+                }
+            }
+            assert_eq!(h.get("x-tenants").unwrap(), "kept");
+        }
     }
 
     #[test]
@@ -692,6 +802,7 @@ mod tests {
 
     #[test]
     fn values_built_once_per_connection_are_the_values_built_per_request() {
+        // For the host they were built for and for any other.
         let clients = [
             map(&[]),
             map(&[("x-tenant", "mclaren")]),
@@ -726,15 +837,18 @@ mod tests {
                     ..facts(false)
                 };
                 let built = Forwarding::new(&u).unwrap();
-                let with = Upstream {
-                    built: Some(&built),
-                    ..u
-                };
-                assert_eq!(
-                    written(&edits(h, &with)),
-                    written(&edits(h, &u)),
-                    "{forward:?} {peer:?} tls={tls}"
-                );
+                for host in [u.host, "mclaren.myapp.localhost", "www.shop.example"] {
+                    let u = Upstream { host, ..u };
+                    let with = Upstream {
+                        built: Some(&built),
+                        ..u
+                    };
+                    assert_eq!(
+                        written(&edits(h, &with)),
+                        written(&edits(h, &u)),
+                        "{forward:?} {peer:?} tls={tls} {host}"
+                    );
+                }
             }
         }
     }
@@ -744,10 +858,6 @@ mod tests {
         let built = Forwarding::new(&facts(false)).unwrap();
         let h = map(&[("x-forwarded-for", "198.51.100.1")]);
         let others = [
-            Upstream {
-                host: "mclaren.myapp.localhost",
-                ..facts(false)
-            },
             Upstream {
                 peer: Some("203.0.113.8".parse().unwrap()),
                 ..facts(false)

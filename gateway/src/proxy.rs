@@ -18,13 +18,12 @@
 //! each phase and the helpers that write pages, redirects and headers into
 //! Pingora's session, so the decisions themselves stay in `decide`.
 
-use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
 use async_trait::async_trait;
-use http::header::{HeaderValue, ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
+use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use ipnet::IpNet;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
@@ -33,7 +32,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
 use crate::conn::stream::{ConnFacts, Sni};
 use crate::decide;
-use crate::headers::{self, Edit};
+use crate::headers;
 use crate::limits::{Limits, Refused};
 use crate::metrics::tenant::{method_index, rejection_index, Observation};
 use crate::metrics::Metrics;
@@ -443,11 +442,12 @@ impl ProxyHttp for Gateway {
             tls: ctx.tls,
             forward: self.forward,
             request_id: (!ctx.request_id_as_sent).then_some(ctx.request_id.as_str()),
+            stamped: ctx.tenant.is_some(),
             built: None,
         };
         if !facts.trusted {
-            // Built by the connection's first request; used by later ones
-            // for the same host (`headers::Forwarding`).
+            // Built by the connection's first request, used by later ones
+            // (`headers::Forwarding`).
             facts.built = ConnFacts::of(session.digest())
                 .and_then(|c| c.forwarding.get_or_init(|| headers::Forwarding::new(&facts)).as_ref());
         }
@@ -477,26 +477,8 @@ impl ProxyHttp for Gateway {
             edits.push(wire);
             edits.push(sig);
         }
-        let bad = |_| Error::explain(ErrorType::InvalidHTTPHeader, "header value");
-        parts.headers.reserve(edits.len());
-        // Drained in place: iterating by value would first move the whole
-        // inline array (12 edits) out of `edits`.
-        for edit in edits.drain(..) {
-            match edit {
-                Edit::Remove(name) => {
-                    parts.headers.remove(&name);
-                }
-                Edit::Set(name, Cow::Borrowed(value)) => {
-                    parts.headers.insert(name, HeaderValue::from_str(value).map_err(bad)?);
-                }
-                Edit::Set(name, Cow::Owned(value)) => {
-                    parts.headers.insert(name, HeaderValue::try_from(value).map_err(bad)?);
-                }
-                Edit::Put(name, value) => {
-                    parts.headers.insert(name, value);
-                }
-            }
-        }
+        headers::apply(&mut edits, &mut parts.headers)
+            .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "header value"))?;
         *req = RequestHeader::from(parts);
         if end_stream == Some(false) {
             req.set_send_end_stream(false);
