@@ -10,10 +10,14 @@ Usage: python3 bench/floor.py [ROUNDS]   (default 9; after bench/run.sh
 has built the release binaries and installed the tools)
 Env: BENCH_DURATION seconds per measurement (default 4).
 
-Rows: HTTP/1.1, HTTPS and HTTP/2 keep-alive, then a new TLS connection per
-request. Bare Pingora serves HTTPS through the gateway's own TLS listener
+Rows: every row of bench/run.py (the same load functions, taken from its
+SCENARIOS): HTTP/1.1 keep-alive with 16 and 128 connections, HTTPS
+keep-alive, a new TLS connection per request, HTTP/2 with one tenant and
+with 8. Bare Pingora serves HTTPS through the gateway's own TLS listener
 (see gateway/examples/bare_pingora.rs), so the TLS rows compare the tenancy
-work alone.
+work alone. run.py measures each row once per peer, back to back; a row
+that is off there (it has measured the 128-connection row at 1.28 and 1.34)
+is read here.
 """
 
 import os
@@ -23,14 +27,10 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as R  # noqa: E402
 
-SCENARIOS = [
-    ("HTTP/1.1 keep-alive, 16 conns", lambda p, lua: R.wrk(f"http://127.0.0.1:{p.http}/", 16, lua)),
-    ("HTTPS keep-alive, 16 conns", lambda p, lua: R.wrk(f"https://127.0.0.1:{p.tls}/", 16, lua)),
-    ("HTTP/2 over TLS (h2load, 16x8 streams)", lambda p, lua: R.h2load(p.tls)),
-    # Not a keep-alive target: the handshake's CPU against the same TLS
-    # listener without tenancy (resumption off on both).
-    ("new TLS connection per request", lambda p, lua: R.wrk(f"https://127.0.0.1:{p.tls}/", 16, lua, ["Connection: close"])),
-]
+# run.py's rows. "new TLS connection per request" is not a keep-alive
+# target: the handshake's CPU against the same TLS listener without
+# tenancy (resumption off on both).
+SCENARIOS = R.SCENARIOS
 
 
 def main():

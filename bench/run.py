@@ -253,10 +253,15 @@ verification = "none"
 [pools.default]
 backends = ["127.0.0.1:{backends[0]}", "127.0.0.1:{backends[1]}"]
 """)
-        env = {"DATABASE_URL": url, "TG_STAMP_KEY_K1": "bench-secret-0123456789abcdef", "RUST_LOG": "warn,rustls=error"}
+        env = {"DATABASE_URL": url, "TG_STAMP_KEY_K1": "bench-secret-0123456789abcdef", "RUST_LOG": LOG_FILTER}
         self.pid = spawn("gateway", [str(REL / "gateway"), "--config", str(cfg)], 0, env).pid
         wait_port(self.tls)
         wait_port(self.http)
+
+
+# The log filter of both Pingora-based peers: the same filter, so neither
+# pays for events or spans the other skips.
+LOG_FILTER = "warn,rustls=error"
 
 
 class BarePingora(Peer):
@@ -275,7 +280,8 @@ class BarePingora(Peer):
         tls = ["--tls", f"127.0.0.1:{self.tls}", f"{certs}/wildcard.pem", f"{certs}/wildcard.key"] if certs else []
         self.pid = spawn("bare-timeouts" if timeouts else "bare",
                          [str(REL / "examples" / "bare_pingora")] + (["--timeouts"] if timeouts else []) + tls
-                         + [f"127.0.0.1:{self.http}"] + [f"127.0.0.1:{b}" for b in backends], 0).pid
+                         + [f"127.0.0.1:{self.http}"] + [f"127.0.0.1:{b}" for b in backends], 0,
+                         {"RUST_LOG": LOG_FILTER}).pid
         wait_port(self.http)
         if self.tls:
             wait_port(self.tls)

@@ -128,6 +128,15 @@ fn main() -> std::process::ExitCode {
         eprintln!("usage: bare_pingora [--timeouts] [--tls ADDR CERT KEY] LISTEN BACKEND [BACKEND...]");
         return std::process::ExitCode::from(2);
     };
+    // A subscriber filtered by RUST_LOG, as the gateway has (bench/run.py
+    // gives both the same filter). Without one, the spans the h2 crate
+    // opens on every poll fall back to the `log` crate (tracing's `log`
+    // feature, enabled by sqlx in this build) and cost this floor ~0.4 µs
+    // per HTTP/2 request that the gateway does not pay (bench/RESULTS.md).
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let conf = ServerConf {
         threads: 1,
         // As the gateway runs by default (`listen.work_stealing = false`).
