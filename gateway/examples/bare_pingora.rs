@@ -131,8 +131,9 @@ fn main() -> std::process::ExitCode {
     // A subscriber filtered by RUST_LOG, as the gateway has (bench/run.py
     // gives both the same filter). Without one, the spans the h2 crate
     // opens on every poll fall back to the `log` crate (tracing's `log`
-    // feature, enabled by sqlx in this build) and cost this floor ~0.4 µs
-    // per HTTP/2 request that the gateway does not pay (bench/RESULTS.md).
+    // feature, enabled by sqlx in this build) and cost this floor ~8,000
+    // instructions (~0.45 µs) per HTTP/2 request that the gateway does not
+    // pay (bench/RESULTS.md, fifth round).
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)

@@ -93,10 +93,10 @@ pub struct Upstream<'a> {
     /// The request id to write; `None`: the client's own is there, alone
     /// (from [`request_id`]).
     pub request_id: Option<&'a str>,
-    /// The stamp's headers ([`stamp`]) are set after these edits.
+    /// The stamp's headers ([`stamp()`]) are set after these edits.
     pub stamped: bool,
     /// The forwarding values this connection built for its first host
-    /// (used when they were built for exactly these facts).
+    /// (used when built for these facts but the host, see [`Forwarding`]).
     pub built: Option<&'a Forwarding>,
 }
 
