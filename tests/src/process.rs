@@ -3,12 +3,47 @@
 
 use crate::*;
 
-/// A port nobody listens on right now.
+/// A port nobody listens on right now, for a server a test starts.
+///
+/// Handed out outside the kernel's ephemeral range: a port the kernel gave
+/// for `bind(0)` and that we released can become the source port of any
+/// outgoing connection (to PostgreSQL, a backend) before the server binds
+/// it, and the server then refuses to start ("address in use", seen in
+/// CI). Outside that range only a listener can hold a port. Each port is
+/// handed out once per test process (tests run in parallel threads), from
+/// a start that differs per process, and is checked free by binding it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let (lo, hi) = test_ports();
+    let span = u32::from(hi - lo);
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let port = lo + ((start + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {lo}..{hi}");
+}
+
+/// The ports [`free_port`] hands out: from 10,000 to the start of the
+/// ephemeral range, or above it when there is little room below (and, on a
+/// machine whose ephemeral range leaves no room, 10,000 to 32,000 anyway).
+fn test_ports() -> (u16, u16) {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let mut bounds = range.split_whitespace().map(|b| b.parse::<u16>().ok());
+    let (lo, hi) = match (bounds.next().flatten(), bounds.next().flatten()) {
+        (Some(lo), Some(hi)) if lo <= hi => (lo, hi),
+        _ => (32_768, 60_999),
+    };
+    if lo >= 12_000 {
+        (10_000, lo)
+    } else if hi < 63_000 {
+        (hi.max(1_023) + 1, 65_535)
+    } else {
+        (10_000, 32_000)
+    }
 }
 
 /// The bound on a change reaching every gateway through NOTIFY. The product
@@ -169,4 +204,24 @@ pub fn common_env(cmd: &mut Command, db_url: &str) {
         .env("TG_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("RUST_LOG", "info,sqlx=warn")
         .env_remove("UPSTREAM_APP_CONFIG");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_not_ephemeral() {
+        let (lo, hi) = test_ports();
+        assert!(lo < hi);
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len());
+        for p in ports {
+            assert!((lo..hi).contains(&p), "{p} outside {lo}..{hi}");
+            // Held by a listener: an outgoing connection's source port comes
+            // from the ephemeral range, which this one is outside of.
+            let _held = TcpListener::bind(("127.0.0.1", p)).expect("bindable");
+        }
+    }
 }
