@@ -41,10 +41,38 @@ PROCS = []
 CLEANUP = []
 
 
+def _port_range():
+    """Ports below the kernel's ephemeral range (as tests/src/process.rs):
+    a released bind(0) port can become an outgoing connection's source port
+    before the server binds it; below that range only a listener holds one."""
+    try:
+        lo, hi = map(int, open("/proc/sys/net/ipv4/ip_local_port_range").read().split())
+    except (OSError, ValueError):
+        lo, hi = 32768, 60999
+    if lo >= 12000:
+        return 10000, lo
+    return (hi + 1, 65535) if hi < 63000 else (10000, 32000)
+
+
+_NEXT_PORT = [None]
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port nobody listens on, handed out once per run, checked by binding."""
+    lo, hi = _port_range()
+    if _NEXT_PORT[0] is None:
+        _NEXT_PORT[0] = os.getpid() * 7919 % (hi - lo)
+    for _ in range(hi - lo):
+        port = lo + _NEXT_PORT[0] % (hi - lo)
+        _NEXT_PORT[0] += 1
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise SystemExit(f"no free port in {lo}..{hi}")
 
 
 def wait_port(port, timeout=30):
