@@ -173,20 +173,20 @@ impl Forwarding {
 
     /// [`upstream`]'s forwarding edits for facts it [`serves`](Self::serves).
     fn write<'a>(&self, headers: &HeaderMap, u: &Upstream<'a>, out: &mut Edits<'a>) {
-        let same_host = *self.host == *u.host;
+        let other_host = *self.host != *u.host;
         for (name, value) in &self.values {
-            match value {
-                Some(v) if same_host || !(*name == FORWARDED || *name == X_FORWARDED_HOST) => {
-                    out.push(Edit::Put(name.clone(), v.clone()))
-                }
-                Some(_) if *name == FORWARDED => out.push(Edit::Set(
+            let edit = match value {
+                None if headers.contains_key(name) => Edit::Remove(name.clone()),
+                None => continue,
+                // The two that name the host, for another host.
+                Some(_) if other_host && *name == FORWARDED => Edit::Set(
                     FORWARDED,
                     forwarded(u.peer, &self.peer_text, u.host, scheme(u.tls)).into(),
-                )),
-                Some(_) => out.push(Edit::Set(X_FORWARDED_HOST, u.host.into())),
-                None if headers.contains_key(name) => out.push(Edit::Remove(name.clone())),
-                None => {}
-            }
+                ),
+                Some(_) if other_host && *name == X_FORWARDED_HOST => Edit::Set(X_FORWARDED_HOST, u.host.into()),
+                Some(v) => Edit::Put(name.clone(), v.clone()),
+            };
+            out.push(edit);
         }
     }
 }
