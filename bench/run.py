@@ -54,17 +54,20 @@ def _port_range():
     return (hi + 1, 65535) if hi < 63000 else (10000, 32000)
 
 
-_NEXT_PORT = [None]
+def _candidate_ports():
+    """Each port of the range once, from a start that differs per process."""
+    lo, hi = _port_range()
+    start = os.getpid() * 7919
+    for i in range(hi - lo):
+        yield lo + (start + i) % (hi - lo)
+
+
+_PORTS = _candidate_ports()
 
 
 def free_port():
     """A port nobody listens on, handed out once per run, checked by binding."""
-    lo, hi = _port_range()
-    if _NEXT_PORT[0] is None:
-        _NEXT_PORT[0] = os.getpid() * 7919 % (hi - lo)
-    for _ in range(hi - lo):
-        port = lo + _NEXT_PORT[0] % (hi - lo)
-        _NEXT_PORT[0] += 1
+    for port in _PORTS:
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
@@ -72,7 +75,7 @@ def free_port():
             except OSError:
                 continue
             return port
-    raise SystemExit(f"no free port in {lo}..{hi}")
+    raise SystemExit(f"no free port left in {_port_range()}")
 
 
 def wait_port(port, timeout=30):
