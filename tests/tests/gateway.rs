@@ -752,15 +752,31 @@ fn forwarding_values_follow_each_requests_host_on_one_connection() {
         ("mclaren", "mclaren.myapp.localhost"),
     ] {
         let host = format!("{tenant}.myapp.localhost");
+        // Each request also claims the other tenant in the stamp's own
+        // headers, which the stamp replaces rather than removes.
+        let other = if tenant == "ferrari" { "mclaren" } else { "ferrari" };
         let (status, body) = conn
             .send(&format!(
                 "GET /whoami HTTP/1.1\r\nHost: {sent}\r\nX-Forwarded-Host: evil.test\r\n\
-                 Forwarded: for=6.6.6.6;host=evil.test\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\n\r\n"
+                 Forwarded: for=6.6.6.6;host=evil.test\r\nX-Forwarded-For: 6.6.6.6\r\nX-Forwarded-Proto: https\r\n\
+                 X-Tenant: {other}\r\nX-Tenant-Signature: v1;kid=k1;ts=1;sig=00\r\n\r\n"
             ))
             .unwrap();
         assert_eq!(status, 200, "{body}");
         let who: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(who["tenant"], tenant, "{who}");
+        let stamped: Vec<&str> = who["tenant_headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert_eq!(stamped.len(), 2, "client tenant headers survived: {stamped:?}");
+        assert!(stamped.contains(&format!("x-tenant: {tenant}").as_str()), "{stamped:?}");
+        assert!(
+            !stamped.iter().any(|h| h.contains(other) || h.ends_with("sig=00")),
+            "{stamped:?}"
+        );
         assert_eq!(who["host"], json!([host]), "{who}");
         assert_eq!(who["x_forwarded_host"], json!([host]), "{who}");
         assert_eq!(who["x_forwarded_for"], json!(["127.0.0.1"]), "{who}");
