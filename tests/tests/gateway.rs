@@ -82,6 +82,17 @@ fn tenants_are_isolated_through_the_gateway() {
     }
 }
 
+/// The `X-Tenant*` headers the backend received (`name: value`), as
+/// `/whoami` reports them.
+fn tenant_headers(who: &Value) -> Vec<&str> {
+    who["tenant_headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect()
+}
+
 #[test]
 fn spoofed_headers_never_change_the_tenant() {
     let s = stack("");
@@ -101,12 +112,7 @@ fn spoofed_headers_never_change_the_tenant() {
         let who = s.whoami(host, headers);
         assert_eq!(who["tenant"], "ferrari", "{headers:?}: {who}");
         assert_eq!(who["schema"], "ferrari", "{headers:?}");
-        let stamped: Vec<&str> = who["tenant_headers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|v| v.as_str())
-            .collect();
+        let stamped = tenant_headers(&who);
         assert_eq!(
             stamped.len(),
             2,
@@ -765,12 +771,7 @@ fn forwarding_values_follow_each_requests_host_on_one_connection() {
         assert_eq!(status, 200, "{body}");
         let who: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(who["tenant"], tenant, "{who}");
-        let stamped: Vec<&str> = who["tenant_headers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter_map(|v| v.as_str())
-            .collect();
+        let stamped = tenant_headers(&who);
         assert_eq!(stamped.len(), 2, "client tenant headers survived: {stamped:?}");
         assert!(stamped.contains(&format!("x-tenant: {tenant}").as_str()), "{stamped:?}");
         assert!(
