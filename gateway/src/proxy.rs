@@ -280,7 +280,10 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        let live = self.live.load_full();
+        // A guard, not a clone of the `Arc`: the configuration's reference
+        // count is one cache line every worker would write on every request.
+        // Dropped before the lookup waits; the decision after it loads again.
+        let live = self.live.load();
         let path = session.req_header().uri.path();
         let redirect = self.tls.as_ref().and_then(|t| t.redirect.as_ref());
         let first = decide::first(&decide::Facts {
@@ -317,6 +320,7 @@ impl ProxyHttp for Gateway {
             }
             decide::First::Lookup { redirect } => redirect,
         };
+        drop(live);
         let host = host.unwrap_or_default();
         let resolution = self
             .cache
@@ -344,15 +348,18 @@ impl ProxyHttp for Gateway {
             },
             _ => decide::SniFact::Agrees,
         };
+        let live = self.live.load();
         let decision = decide::decide(&resolution, redirect, sni, |name| live.pools.get(name).is_some());
         ctx.host = Some(host);
-        let (tenant, pool) = match (&resolution, decision) {
+        let pool = match (&resolution, decision) {
             (_, decide::Decision::Redirect { port }) => {
+                drop(live);
                 // Counted like before the lookup existed: not as a tenant's request.
                 let host = ctx.host.take().unwrap_or_default();
                 return self.redirect_to_https(session, ctx, &host, port).await;
             }
             (Resolution::Found(t), decide::Decision::Page { kind, attributed }) => {
+                drop(live);
                 if attributed {
                     ctx.tenant = Some(t.clone());
                 }
@@ -361,19 +368,21 @@ impl ProxyHttp for Gateway {
                 }
                 return self.respond(session, ctx, kind).await;
             }
-            (_, decide::Decision::Page { kind, .. }) => return self.respond(session, ctx, kind).await,
-            (Resolution::Found(t), decide::Decision::Proxy(choice)) => {
-                let pool = match choice {
-                    decide::PoolChoice::Default => Some(live.pools.default_pool().clone()),
-                    decide::PoolChoice::Pinned(name) => live.pools.get(name).cloned(),
-                };
-                match pool {
-                    Some(pool) => (t.clone(), pool),
-                    None => return self.respond(session, ctx, PageKind::Unavailable).await,
-                }
+            (_, decide::Decision::Page { kind, .. }) => {
+                drop(live);
+                return self.respond(session, ctx, kind).await;
             }
-            // `decide` proxies found tenants only.
-            (_, decide::Decision::Proxy(_)) => return self.respond(session, ctx, PageKind::Unavailable).await,
+            (_, decide::Decision::Proxy(choice)) => match choice {
+                decide::PoolChoice::Default => Some(live.pools.default_pool().clone()),
+                decide::PoolChoice::Pinned(name) => live.pools.get(name).cloned(),
+            },
+        };
+        drop(live);
+        // The tenant moves into the context (one reference for the request,
+        // not a second one to write and drop); `decide` proxies found
+        // tenants only.
+        let (Resolution::Found(tenant), Some(pool)) = (resolution, pool) else {
+            return self.respond(session, ctx, PageKind::Unavailable).await;
         };
         // Fairness: the tenant's rate and in-flight cap (and its clients').
         if let Some(limiter) = tenant.limiter() {

@@ -2,6 +2,7 @@
 //! per-tenant series live in [`tenant`], cached on each tenant's cache
 //! entry. The request path only bumps atomics.
 
+pub mod per_thread;
 pub mod tenant;
 
 use prometheus::{
@@ -10,7 +11,8 @@ use prometheus::{
 
 pub struct Metrics {
     registry: Registry,
-    pub cache_hits: IntCounter,
+    /// Per thread: written by every request that finds its tenant cached.
+    pub cache_hits: per_thread::PerThread,
     pub cache_negative_hits: IntCounter,
     pub cache_misses: IntCounter,
     pub cache_stale_served: IntCounter,
@@ -21,7 +23,8 @@ pub struct Metrics {
     pub notify_invalidations: IntCounter,
     pub upstream_retries: IntCounter,
     pub cache_evictions: IntCounter,
-    pub requests_in_flight: IntGauge,
+    /// Per thread: written twice by every request.
+    pub requests_in_flight: per_thread::PerThread,
     pub tls_connections: IntGauge,
     /// 1 healthy / 0 ejected, by pool and backend (refreshed at scrape).
     pub backend_up: IntGaugeVec,
@@ -262,10 +265,13 @@ impl Metrics {
             tls_handshakes,
             cert_expiry,
             invalidation_connected,
-            cache_hits: counter(
+            cache_hits: register(
                 &r,
-                "tenant_gateway_cache_hits_total",
-                "Tenant cache hits (fresh known hosts).",
+                per_thread::PerThread::counter(
+                    "tenant_gateway_cache_hits_total",
+                    "Tenant cache hits (fresh known hosts).",
+                )
+                .expect("valid metric"),
             ),
             cache_negative_hits: counter(
                 &r,
@@ -312,7 +318,11 @@ impl Metrics {
                 "tenant_gateway_cache_evictions_total",
                 "Known hosts evicted from the cache by its size bound.",
             ),
-            requests_in_flight: gauge(&r, "tenant_gateway_requests_in_flight", "Requests being handled."),
+            requests_in_flight: register(
+                &r,
+                per_thread::PerThread::gauge("tenant_gateway_requests_in_flight", "Requests being handled.")
+                    .expect("valid metric"),
+            ),
             tls_connections: gauge(&r, "tenant_gateway_tls_connections_active", "Open TLS connections."),
             backend_up,
             tenants: tenant::TenantMetrics::new(max_tenant_labels),

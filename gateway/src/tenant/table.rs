@@ -10,7 +10,9 @@
 //!
 //! - The key is hashed once (SipHash with a per-process random key, so
 //!   attacker-chosen host names cannot aim at one bucket); its middle bits pick
-//!   a shard, each shard is a hashbrown table behind its own mutex.
+//!   a shard, each shard is a hashbrown table behind its own mutex, on a
+//!   cache line of its own (workers locking neighbouring shards do not
+//!   invalidate each other's line).
 //! - Bound: a shard holds at most `capacity / shards` entries. Inserting into
 //!   a full shard sweeps it once (CLOCK, "second chance", in one pass):
 //!   expired entries and those not read since the previous sweep go, read
@@ -20,6 +22,7 @@
 //!   the tick its query started) and a stale flag (`mark_all_stale`); the
 //!   caller says which stamps are expired.
 
+use crossbeam_utils::CachePadded;
 use parking_lot::{Mutex, MutexGuard};
 use std::hash::{BuildHasher, RandomState};
 
@@ -47,7 +50,7 @@ pub struct Found<V> {
 type Shard<V> = HashTable<Entry<V>>;
 
 pub struct HostTable<V> {
-    shards: Box<[Mutex<Shard<V>>]>,
+    shards: Box<[CachePadded<Mutex<Shard<V>>>]>,
     hasher: RandomState,
     shard_cap: usize,
 }
@@ -69,7 +72,9 @@ impl<V: Clone> HostTable<V> {
         // enough that each shard's bound stays close to its share.
         let shards = (capacity / 256).clamp(1, 64).next_power_of_two().min(64);
         HostTable {
-            shards: (0..shards).map(|_| Mutex::new(HashTable::new())).collect(),
+            shards: (0..shards)
+                .map(|_| CachePadded::new(Mutex::new(HashTable::new())))
+                .collect(),
             hasher: RandomState::new(),
             shard_cap: (capacity / shards).max(1),
         }
@@ -92,7 +97,11 @@ impl<V: Clone> HostTable<V> {
             return None;
         }
         let e = found.into_mut();
-        e.seen = true;
+        // Written only when it changes: a hit on a hot host then leaves its
+        // entry's cache line clean, not bounced between the cores that read it.
+        if !e.seen {
+            e.seen = true;
+        }
         Some(Found {
             value: e.value.clone(),
             stamp: e.stamp,
