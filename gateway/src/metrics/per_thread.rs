@@ -2,13 +2,13 @@
 //! and summed at scrape time.
 //!
 //! Why not prometheus' `IntCounter`/`IntGauge`: each is one atomic that
-//! every worker thread adds to. With requests ~30 µs apart on each core,
-//! every such add finds the line in the other core's cache and has to take
-//! it over first; the gateway's request path wrote several such lines per
-//! request that bare Pingora does not (bench/RESULTS.md, sixth round).
-//! Here each thread has a slot on a cache line of its own, written only by
-//! that thread (a plain load and store, no locked instruction), and a
-//! scrape sums the slots into an ordinary counter or gauge family.
+//! every worker thread adds to with a locked instruction. With several
+//! workers on several cores, each add first has to take the line from the
+//! core that wrote it last. Here each thread has a slot on a cache line of
+//! its own, written only by that thread (a plain load and store, no locked
+//! instruction), and a scrape sums the slots into an ordinary counter or
+//! gauge family. (The benchmark runs one worker, so it measures only the
+//! locked instructions saved: bench/RESULTS.md, sixth round.)
 //!
 //! The slots come from the `thread_local` crate: a thread's slot outlives
 //! the thread and is handed to the next thread that reuses its id, so

@@ -62,8 +62,9 @@ type Getter = fn(&TenantStats) -> u64;
 /// cache lines. The first line holds the duration sum, the byte counts and
 /// the first five duration slots; the method rows of `requests` start on
 /// the third (a line boundary). With many tenants taking turns these lines
-/// are cold, and with one busy tenant the cores take them from each other,
-/// so each line and each locked add counts (bench/RESULTS.md, sixth round).
+/// are cold, and with one busy tenant on several cores each write takes the
+/// line from another core, so each line and each locked add counts
+/// (bench/RESULTS.md, sixth round).
 #[repr(C, align(64))]
 pub struct TenantStats {
     duration_sum_nanos: AtomicU64,

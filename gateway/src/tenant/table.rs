@@ -97,8 +97,8 @@ impl<V: Clone> HostTable<V> {
             return None;
         }
         let e = found.into_mut();
-        // Written only when it changes: a hit on a hot host then leaves its
-        // entry's cache line clean, not bounced between the cores that read it.
+        // Written only when it changes: a hit on a hot host leaves its
+        // entry's cache line clean, so cores reading it keep their copies.
         if !e.seen {
             e.seen = true;
         }
