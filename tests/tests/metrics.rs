@@ -352,6 +352,23 @@ fn counters_match_reality_and_tenant_labels_are_capped() {
             &[("tenant", "ferrari")]
         ) > 0.0
     );
+    // The histogram's count is its `+Inf` bucket, per tenant.
+    for (tenant, count) in [("ferrari", n), ("mclaren", m)] {
+        let inf = metric_sum(
+            &text,
+            "tenant_gateway_tenant_request_duration_seconds_bucket",
+            &[("tenant", tenant), ("le", "+Inf")],
+        );
+        assert_eq!(inf, count as f64, "{tenant}");
+    }
+    // Gateway-wide counters kept per worker thread (two workers here) sum
+    // to the traffic: one lookup per request, a hit or a miss, and nothing
+    // left in flight once every request is logged.
+    let lookups = metric_sum(&text, "tenant_gateway_cache_hits_total", &[])
+        + metric_sum(&text, "tenant_gateway_cache_misses_total", &[]);
+    assert_eq!(lookups, (n + m) as f64, "cache hits + misses");
+    assert!(metric_sum(&text, "tenant_gateway_cache_hits_total", &[]) >= (n + m - 16) as f64);
+    assert_eq!(metric_sum(&text, "tenant_gateway_requests_in_flight", &[]), 0.0);
 
     // 20,000 distinct tenants: at most cap (10,000) own labels + `other`.
     let bench: Vec<String> = (0..20_000).map(|i| format!("t{i:05}.bench.test")).collect();
