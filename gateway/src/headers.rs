@@ -427,13 +427,40 @@ pub fn apply(edits: &mut Edits<'_>, headers: &mut HeaderMap) -> Result<(), http:
     Ok(())
 }
 
-/// The request target as forwarded: origin form (`/path?query`). `None`:
-/// already origin form; `Some(Err(()))`: an absolute form whose path cannot
-/// be a target.
-pub fn origin_form(uri: &Uri) -> Option<Result<Uri, ()>> {
-    uri.authority()?;
-    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    Some(pq.parse().map_err(|_| ()))
+/// The request target as forwarded: origin form (`/path?query`). An
+/// origin form comes back as it is; an absolute form (every HTTP/2 request
+/// carries one) keeps its path and query, moved rather than parsed again
+/// when they start with `/`, and an empty path becomes `/` (RFC 9112
+/// section 3.2.1). [`BadTarget`]: an absolute form whose path cannot be a
+/// target (`uri` is then left as `/`).
+pub fn to_origin_form(uri: &mut Uri) -> Result<(), BadTarget> {
+    if uri.authority().is_none() {
+        return Ok(());
+    }
+    *uri = match std::mem::take(uri).into_parts().path_and_query {
+        Some(pq) if pq.as_str().starts_with('/') => {
+            let mut target = http::uri::Parts::default();
+            target.path_and_query = Some(pq);
+            Uri::from_parts(target).map_err(|_| BadTarget)?
+        }
+        // Its text form puts `/` before a query with an empty path.
+        Some(pq) => pq.to_string().parse().map_err(|_| BadTarget)?,
+        None => Uri::from_static("/"),
+    };
+    Ok(())
+}
+
+/// An absolute-form request target whose path cannot be sent in origin form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the request target's path cannot be an origin-form target")]
+pub struct BadTarget;
+
+/// The request going upstream already carries exactly one `Host`, and it
+/// is `host`. (An HTTP/2 request has none of its own: Pingora writes its
+/// authority there before the request filters run.)
+pub fn host_is(headers: &HeaderMap, host: &str) -> bool {
+    let mut values = headers.get_all(HOST).iter();
+    values.next().is_some_and(|v| v.as_bytes() == host.as_bytes()) && values.next().is_none()
 }
 
 /// The stamp's two headers for a request routed to the tenant with this
@@ -758,15 +785,40 @@ mod tests {
 
     #[test]
     fn request_targets_become_origin_form() {
-        assert_eq!(origin_form(&"/a?b=1".parse().unwrap()), None);
-        assert_eq!(
-            origin_form(&"http://ferrari.myapp.localhost/a?b=1".parse().unwrap()),
-            Some(Ok("/a?b=1".parse().unwrap()))
-        );
-        assert_eq!(
-            origin_form(&"http://ferrari.myapp.localhost".parse().unwrap()),
-            Some(Ok("/".parse().unwrap()))
-        );
+        let of = |target: &str| {
+            let mut uri: Uri = target.parse().unwrap();
+            to_origin_form(&mut uri).map(|()| uri.to_string()).map_err(|_| ())
+        };
+        assert_eq!(of("/a?b=1"), Ok("/a?b=1".into()));
+        assert_eq!(of("*"), Ok("*".into()));
+        for (absolute, origin) in [
+            ("http://ferrari.myapp.localhost/a?b=1", "/a?b=1"),
+            ("https://ferrari.myapp.localhost:8443/a/b", "/a/b"),
+            ("http://ferrari.myapp.localhost", "/"),
+            ("http://ferrari.myapp.localhost/", "/"),
+            ("http://ferrari.myapp.localhost?b=1", "/?b=1"),
+        ] {
+            let mut target: Uri = absolute.parse().unwrap();
+            to_origin_form(&mut target).unwrap();
+            assert_eq!(target.to_string(), origin, "{absolute}");
+            assert_eq!((target.scheme(), target.authority()), (None, None), "{absolute}");
+            // The same target as parsing its text: what reaches the backend.
+            assert_eq!(target, origin.parse::<Uri>().unwrap(), "{absolute}");
+        }
+    }
+
+    #[test]
+    fn host_is_one_host_header_with_exactly_those_bytes() {
+        let h = map(&[("host", "ferrari.myapp.localhost")]);
+        assert!(host_is(&h, "ferrari.myapp.localhost"));
+        assert!(!host_is(&h, "mclaren.myapp.localhost"));
+        assert!(!host_is(
+            &map(&[("host", "Ferrari.myapp.localhost")]),
+            "ferrari.myapp.localhost"
+        ));
+        assert!(!host_is(&map(&[]), "ferrari.myapp.localhost"));
+        let twice = map(&[("host", "ferrari.myapp.localhost"), ("host", "ferrari.myapp.localhost")]);
+        assert!(!host_is(&twice, "ferrari.myapp.localhost"));
     }
 
     #[test]

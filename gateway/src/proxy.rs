@@ -447,7 +447,11 @@ impl ProxyHttp for Gateway {
             peer: ip,
             trusted: self.trusted(ip),
             host,
-            host_as_sent: ctx.host_as_sent,
+            // A client's `Host` that already was the host (known from
+            // `request_filter`), or the one Pingora wrote from an HTTP/2
+            // authority that is: either goes as it is.
+            host_as_sent: ctx.host_as_sent
+                || (session.req_header().version == http::Version::HTTP_2 && headers::host_is(&req.headers, host)),
             tls: ctx.tls,
             forward: self.forward,
             request_id: (!ctx.request_id_as_sent).then_some(ctx.request_id.as_str()),
@@ -470,9 +474,8 @@ impl ProxyHttp for Gateway {
         // (well-known ones title-cased), as they do for HTTP/2 clients.
         let end_stream = req.send_end_stream();
         let mut parts = http::request::Parts::from(std::mem::replace(req, placeholder()));
-        if let Some(target) = headers::origin_form(&parts.uri) {
-            parts.uri = target.map_err(|()| Error::explain(ErrorType::InvalidHTTPHeader, "bad request target"))?;
-        }
+        headers::to_origin_form(&mut parts.uri)
+            .map_err(|headers::BadTarget| Error::explain(ErrorType::InvalidHTTPHeader, "bad request target"))?;
         if let Some(tenant) = &ctx.tenant {
             let now = crate::clock::unix_secs();
             let [wire, sig] = headers::stamp(

@@ -147,6 +147,9 @@ fn http2_and_http1_both_reach_the_stamped_tenant() {
                 let who = r.json();
                 assert_eq!(who["tenant"], tenant, "{host} over {version:?}");
                 assert_eq!(who["schema"], tenant);
+                // One `Host`, the normalised host the stamp signs (over
+                // HTTP/2 the authority carried a port, so it is rewritten).
+                assert_eq!(who["host"], json!([host]), "{host} over {version:?}");
                 // The backend sees the real client address and the scheme.
                 assert_eq!(who["x_forwarded_for"], json!(["127.0.0.1"]));
                 assert_eq!(who["x_forwarded_proto"], json!(["https"]));
@@ -358,6 +361,9 @@ fn h2_requests(ca: &Path, port: u16, sni: &str, authorities: &[&str]) -> Vec<u16
             if status == 200 {
                 let who: serde_json::Value = serde_json::from_slice(&text).unwrap();
                 assert_eq!(who["tenant"], "ferrari", "{a} on {sni}'s connection");
+                // The authority already is the host: the `Host` Pingora
+                // wrote from it goes upstream alone, as it is.
+                assert_eq!(who["host"], serde_json::json!([a]), "{a} on {sni}'s connection");
             }
             client = client.ready().await.unwrap();
             out.push(status);
