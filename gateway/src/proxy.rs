@@ -280,24 +280,32 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        // A guard, not a clone of the `Arc`: the configuration's reference
-        // count is one cache line every worker would write on every request.
-        // Dropped before the lookup waits; the decision after it loads again.
-        let live = self.live.load();
         let path = session.req_header().uri.path();
         let redirect = self.tls.as_ref().and_then(|t| t.redirect.as_ref());
-        let first = decide::first(&decide::Facts {
-            host: host.as_deref(),
-            path,
-            tls: ctx.tls,
-            acme: self.acme.is_some(),
-            redirect: redirect.map(|r| decide::RedirectPolicy {
-                port: r.port,
-                exempt: &r.exempt,
-            }),
-            landing: live.landing.is_some(),
-            base_domains: &self.base_domains,
-        });
+        // The configuration is read through a guard, not a clone of its
+        // `Arc` (whose count is a cache line every worker would write on
+        // every request), and only in blocks without a wait: a guard is
+        // meant to be short-lived. What a later phase needs is cloned out.
+        let (first, landing) = {
+            let live = self.live.load();
+            let first = decide::first(&decide::Facts {
+                host: host.as_deref(),
+                path,
+                tls: ctx.tls,
+                acme: self.acme.is_some(),
+                redirect: redirect.map(|r| decide::RedirectPolicy {
+                    port: r.port,
+                    exempt: &r.exempt,
+                }),
+                landing: live.landing.is_some(),
+                base_domains: &self.base_domains,
+            });
+            let landing = match first {
+                decide::First::Landing => live.landing.clone(),
+                _ => None,
+            };
+            (first, landing)
+        };
         let redirect = match first {
             decide::First::Page(kind) => return self.respond(session, ctx, kind).await,
             decide::First::AcmeChallenge(token) => {
@@ -313,14 +321,13 @@ impl ProxyHttp for Gateway {
                 return self.redirect_to_https(session, ctx, &host, port).await;
             }
             decide::First::Landing => {
-                ctx.pool = live.landing.clone();
+                ctx.pool = landing;
                 ctx.host = host;
                 ctx.landing = true;
                 return Ok(false);
             }
             decide::First::Lookup { redirect } => redirect,
         };
-        drop(live);
         let host = host.unwrap_or_default();
         let resolution = self
             .cache
@@ -348,18 +355,24 @@ impl ProxyHttp for Gateway {
             },
             _ => decide::SniFact::Agrees,
         };
-        let live = self.live.load();
-        let decision = decide::decide(&resolution, redirect, sni, |name| live.pools.get(name).is_some());
+        let (decision, pool) = {
+            let live = self.live.load();
+            let decision = decide::decide(&resolution, redirect, sni, |name| live.pools.get(name).is_some());
+            let pool = match decision {
+                decide::Decision::Proxy(decide::PoolChoice::Default) => Some(live.pools.default_pool().clone()),
+                decide::Decision::Proxy(decide::PoolChoice::Pinned(name)) => live.pools.get(name).cloned(),
+                _ => None,
+            };
+            (decision, pool)
+        };
         ctx.host = Some(host);
-        let pool = match (&resolution, decision) {
+        match (&resolution, decision) {
             (_, decide::Decision::Redirect { port }) => {
-                drop(live);
                 // Counted like before the lookup existed: not as a tenant's request.
                 let host = ctx.host.take().unwrap_or_default();
                 return self.redirect_to_https(session, ctx, &host, port).await;
             }
             (Resolution::Found(t), decide::Decision::Page { kind, attributed }) => {
-                drop(live);
                 if attributed {
                     ctx.tenant = Some(t.clone());
                 }
@@ -368,16 +381,9 @@ impl ProxyHttp for Gateway {
                 }
                 return self.respond(session, ctx, kind).await;
             }
-            (_, decide::Decision::Page { kind, .. }) => {
-                drop(live);
-                return self.respond(session, ctx, kind).await;
-            }
-            (_, decide::Decision::Proxy(choice)) => match choice {
-                decide::PoolChoice::Default => Some(live.pools.default_pool().clone()),
-                decide::PoolChoice::Pinned(name) => live.pools.get(name).cloned(),
-            },
-        };
-        drop(live);
+            (_, decide::Decision::Page { kind, .. }) => return self.respond(session, ctx, kind).await,
+            (_, decide::Decision::Proxy(_)) => {}
+        }
         // The tenant moves into the context (one reference for the request,
         // not a second one to write and drop); `decide` proxies found
         // tenants only.
