@@ -93,6 +93,16 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
     register(r, IntGauge::new(name, help).expect("valid metric"))
 }
 
+/// [`counter`] for one written by every request ([`per_thread`]).
+fn per_thread_counter(r: &Registry, name: &str, help: &str) -> per_thread::PerThread {
+    register(r, per_thread::PerThread::counter(name, help).expect("valid metric"))
+}
+
+/// [`gauge`] for one written by every request ([`per_thread`]).
+fn per_thread_gauge(r: &Registry, name: &str, help: &str) -> per_thread::PerThread {
+    register(r, per_thread::PerThread::gauge(name, help).expect("valid metric"))
+}
+
 impl Metrics {
     pub fn new(max_tenant_labels: usize) -> Metrics {
         let r = Registry::new();
@@ -265,13 +275,10 @@ impl Metrics {
             tls_handshakes,
             cert_expiry,
             invalidation_connected,
-            cache_hits: register(
+            cache_hits: per_thread_counter(
                 &r,
-                per_thread::PerThread::counter(
-                    "tenant_gateway_cache_hits_total",
-                    "Tenant cache hits (fresh known hosts).",
-                )
-                .expect("valid metric"),
+                "tenant_gateway_cache_hits_total",
+                "Tenant cache hits (fresh known hosts).",
             ),
             cache_negative_hits: counter(
                 &r,
@@ -318,11 +325,7 @@ impl Metrics {
                 "tenant_gateway_cache_evictions_total",
                 "Known hosts evicted from the cache by its size bound.",
             ),
-            requests_in_flight: register(
-                &r,
-                per_thread::PerThread::gauge("tenant_gateway_requests_in_flight", "Requests being handled.")
-                    .expect("valid metric"),
-            ),
+            requests_in_flight: per_thread_gauge(&r, "tenant_gateway_requests_in_flight", "Requests being handled."),
             tls_connections: gauge(&r, "tenant_gateway_tls_connections_active", "Open TLS connections."),
             backend_up,
             tenants: tenant::TenantMetrics::new(max_tenant_labels),
