@@ -455,7 +455,9 @@ impl ProxyHttp for Gateway {
             host,
             // A client's `Host` that already was the host (known from
             // `request_filter`), or the one Pingora wrote from an HTTP/2
-            // authority that is: either goes as it is.
+            // authority that is: either goes as it is. (Over HTTP/1 the
+            // outgoing copy holds the client's own `Host`, so the lookup
+            // could not succeed there.)
             host_as_sent: ctx.host_as_sent
                 || (session.req_header().version == http::Version::HTTP_2 && headers::host_is(&req.headers, host)),
             tls: ctx.tls,
