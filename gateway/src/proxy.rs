@@ -228,6 +228,29 @@ fn placeholder() -> RequestHeader {
     RequestHeader::from(http::Request::new(()).into_parts().0)
 }
 
+/// The client's HTTP/1 request without Pingora's map of its header names'
+/// case, once it is to be proxied. Pingora starts the request it sends
+/// upstream from a clone of the client's, that map included, and
+/// `upstream_request_filter` drops the clone's map at once (the request
+/// goes upstream without one); dropping the client's first saves cloning
+/// and dropping a second map on every request (bench/RESULTS.md, seventh
+/// round). Nothing else reads it: the client's request is only read after
+/// this, and it is never written anywhere.
+///
+/// Kept as it is: a target the URI does not give back byte for byte
+/// (absolute form, CONNECT, not UTF-8), since Pingora still reads the
+/// client's raw target and a rebuilt request keeps only the URI.
+fn drop_header_case(req: &mut RequestHeader) {
+    let target_from_uri = req.raw_path_is_utf8()
+        && req
+            .uri
+            .path_and_query()
+            .is_some_and(|pq| pq.as_str().as_bytes() == req.raw_path());
+    if req.has_case() && target_from_uri {
+        *req = RequestHeader::from(http::request::Parts::from(std::mem::replace(req, placeholder())));
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for Gateway {
     /// Boxed: Pingora keeps the context inside the request's future, which
@@ -324,6 +347,7 @@ impl ProxyHttp for Gateway {
                 ctx.pool = landing;
                 ctx.host = host;
                 ctx.landing = true;
+                drop_header_case(session.req_header_mut());
                 return Ok(false);
             }
             decide::First::Lookup { redirect } => redirect,
@@ -409,6 +433,7 @@ impl ProxyHttp for Gateway {
         }
         ctx.pool = Some(pool);
         ctx.tenant = Some(tenant);
+        drop_header_case(session.req_header_mut());
         Ok(false)
     }
 
@@ -586,5 +611,43 @@ impl ProxyHttp for Gateway {
             request_id = %ctx.request_id,
             error = %e.map(|e| e.to_string()).as_deref().unwrap_or("-"),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(target: &[u8]) -> RequestHeader {
+        let mut req = RequestHeader::build("GET", b"/", Some(2)).unwrap();
+        req.set_raw_path(target).unwrap();
+        req.append_header("X-Custom-Name", "1").unwrap();
+        req.append_header("Host", "acme.myapp.test").unwrap();
+        req
+    }
+
+    #[test]
+    fn an_origin_form_request_loses_only_its_header_case() {
+        let mut req = request(b"/a/b?c=d");
+        assert!(req.has_case());
+        let before = req.as_owned_parts();
+        drop_header_case(&mut req);
+        assert!(!req.has_case());
+        assert_eq!(req.method, before.method);
+        assert_eq!(req.uri, before.uri);
+        assert_eq!(req.version, before.version);
+        assert_eq!(req.headers, before.headers);
+        assert_eq!(req.raw_path(), b"/a/b?c=d");
+        assert!(req.raw_path_is_utf8());
+    }
+
+    #[test]
+    fn a_target_the_uri_does_not_give_back_is_kept_with_its_case() {
+        for target in [&b"http://acme.myapp.test/a?b"[..], b"/caf\xe9"] {
+            let mut req = request(target);
+            drop_header_case(&mut req);
+            assert!(req.has_case(), "{target:?}");
+            assert_eq!(req.raw_path(), target);
+        }
     }
 }
