@@ -353,9 +353,12 @@ impl ProxyHttp for Gateway {
             decide::First::Lookup { redirect } => redirect,
         };
         let host = host.unwrap_or_default();
+        // The host the connection kept comes with the connection's memo of
+        // its tenant (`TenantMemo`).
+        let memo = conn.filter(|_| matches!(host, host::Host::Kept(_))).map(|c| &c.tenant);
         let resolution = self
             .cache
-            .resolve_at(host::lookup_name(&host, self.strip_www), ctx.start)
+            .resolve_kept(host::lookup_name(&host, self.strip_www), ctx.start, memo)
             .await;
         let sni_tenant;
         let sni = match (&resolution, ctx.tls) {

@@ -289,6 +289,17 @@ fn cache_costs_one_query_per_name_and_floods_do_not_evict_tenants() {
     assert_eq!(q(&s), after, "hot tenants were evicted by the flood");
 }
 
+/// Give ferrari's `www.ferrari-cars.test` to mclaren in the domain table
+/// (its trigger sends the NOTIFY); when.
+fn move_ferrari_cars_to_mclaren(pg: &Postgres) -> Instant {
+    pg.psql(
+        "UPDATE public.domains SET tenant_id = (SELECT id FROM public.tenants WHERE schema_name = 'mclaren') \
+         WHERE domain = 'www.ferrari-cars.test'",
+    )
+    .unwrap();
+    Instant::now()
+}
+
 #[test]
 fn notify_moves_a_domain_on_every_gateway() {
     let s = stack("");
@@ -306,12 +317,7 @@ fn notify_moves_a_domain_on_every_gateway() {
     // Both cached as ferrari (positive TTL is 60 s: only NOTIFY can move them).
     assert_eq!(tenant_on(&s.gw), "ferrari");
     assert_eq!(tenant_on(&gw2), "ferrari");
-    s.pg.psql(
-        "UPDATE public.domains SET tenant_id = (SELECT id FROM public.tenants WHERE schema_name = 'mclaren') \
-         WHERE domain = 'www.ferrari-cars.test'",
-    )
-    .unwrap();
-    let moved = Instant::now();
+    let moved = move_ferrari_cars_to_mclaren(&s.pg);
     wait_until("both gateways route to mclaren", PROPAGATION, || {
         tenant_on(&s.gw) == "mclaren" && tenant_on(&gw2) == "mclaren"
     })
@@ -338,6 +344,52 @@ fn notify_moves_a_domain_on_every_gateway() {
             .unwrap()
             .status
             == 404
+    })
+    .unwrap();
+}
+
+/// A connection keeps the tenant of the host it kept (the gateway's
+/// `TenantMemo`), so a change must end that on the open connection itself,
+/// not only in the shared cache. Two tenants on one keep-alive connection;
+/// the connection's own host moves from one to the other while it stays
+/// open (positive TTL 60 s: only the NOTIFY can move it in time).
+#[test]
+fn a_kept_connection_follows_its_domain_to_another_tenant() {
+    let s = stack("");
+    let mut conn = KeepAlive::connect(s.gw.port).unwrap();
+    let mut ask = |host: &str| -> (u16, String) {
+        let (status, body) = conn
+            .send(&format!("GET /whoami HTTP/1.1\r\nHost: {host}\r\n\r\n"))
+            .unwrap();
+        let tenant = match status {
+            200 => serde_json::from_str::<Value>(&body).unwrap()["tenant"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            _ => String::new(),
+        };
+        (status, tenant)
+    };
+    // The connection's first host, until its answer comes from the
+    // connection (a miss, a hit that keeps it, hits from the memo); the
+    // other tenant's host on the same connection in between.
+    for _ in 0..3 {
+        assert_eq!(ask("www.ferrari-cars.test"), (200, "ferrari".into()));
+        assert_eq!(ask("mclaren.myapp.localhost"), (200, "mclaren".into()));
+    }
+    let moved = move_ferrari_cars_to_mclaren(&s.pg);
+    wait_until("the open connection routes to mclaren", PROPAGATION, || {
+        ask("www.ferrari-cars.test") == (200, "mclaren".into())
+    })
+    .unwrap_or_else(|e| panic!("{e} (after {:?})", moved.elapsed()));
+    for _ in 0..3 {
+        assert_eq!(ask("www.ferrari-cars.test"), (200, "mclaren".into()));
+        assert_eq!(ask("ferrari.myapp.localhost"), (200, "ferrari".into()));
+    }
+    // Suspending the tenant it now belongs to is a change too.
+    app_cli_ok(&s.pg.url(), &["tenant", "suspend", "mclaren"]);
+    wait_until("suspension seen on the open connection", PROPAGATION, || {
+        ask("www.ferrari-cars.test").0 == 403
     })
     .unwrap();
 }

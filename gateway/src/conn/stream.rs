@@ -36,6 +36,7 @@ use super::limits::ConnPermit;
 use super::ws::{FrameTracker, CLOSE_GOING_AWAY};
 use crate::headers::Forwarding;
 use crate::metrics::Metrics;
+use crate::tenant::cache::TenantMemo;
 use crate::tenant::host::HostMemo;
 
 /// The SNI of a TLS connection, normalised once at the handshake.
@@ -69,6 +70,8 @@ pub struct ConnFacts {
     pub forwarding: OnceLock<Option<Forwarding>>,
     /// The first host the connection sent, normalised.
     pub host: HostMemo,
+    /// The tenant that host resolved to, while fresh.
+    pub tenant: TenantMemo,
 }
 
 impl ConnFacts {
@@ -77,6 +80,7 @@ impl ConnFacts {
             tls,
             forwarding: OnceLock::new(),
             host: HostMemo::default(),
+            tenant: TenantMemo::default(),
         }
     }
 

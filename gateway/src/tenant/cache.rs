@@ -20,12 +20,16 @@
 //!   invalidation or a clear answers its request but is not kept: it is
 //!   inserted, then removed again if the change counter moved, so a NOTIFY
 //!   can never be overtaken by an older row.
+//! - A connection keeps the fresh answer for the host it kept
+//!   ([`TenantMemo`]); its later requests for that host use it while the
+//!   change counter has not moved and the entry it came from is fresh: no
+//!   hash, no shard lock, no shared line written.
 //! - Times are stored as 32-bit ticks of 100 ms since start (wrapping after
 //!   13 years), to keep an entry at 32 bytes plus its host name.
 //!
-//! Size: about 220 lines of rules and 220 of tests against a fake
+//! Size: about 290 lines of rules and 320 of tests against a fake
 //! `TenantSource` (coalescing, deadlines, stale-while-revalidate, bad rows,
-//! cancellation).
+//! cancellation, connections' memos).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -92,7 +96,8 @@ type Outcome = Result<Answer, ()>;
 
 /// A cache lookup without the database.
 enum Cached {
-    Fresh(Arc<Tenant>),
+    /// With the entry's stamp (for a connection's [`TenantMemo`]).
+    Fresh(Arc<Tenant>, Tick),
     Negative(Negative),
     /// Usable but due: past `positive_ttl`, or marked stale (`marked`).
     Due {
@@ -100,6 +105,67 @@ enum Cached {
         marked: bool,
     },
     Miss,
+}
+
+/// A connection's copy of the fresh answer for the host it kept
+/// (`tenant::host::HostMemo`), so its later requests for that host skip the
+/// table: SipHash of the name, the shard's lock (a line every worker serving
+/// that host writes) and the entry (~350 instructions per request,
+/// bench/RESULTS.md, seventh round).
+///
+/// It is taken from a fresh entry, together with the change counter read
+/// before that entry was, and answers only while the counter has not moved
+/// and the entry it came from would still be fresh. Every invalidation,
+/// clear and purge moves the counter before and after it removes names, and
+/// so does the removal of an entry a query had to take back: no NOTIFY and
+/// no lost invalidation channel leaves a memo answering. Its answers are
+/// thus never older than the table's own: a change without a NOTIFY is seen
+/// within `positive_ttl` of the query the answer came from. (A table entry
+/// evicted for room while a memo serves is asked for again by the next
+/// connection; the memo's reads do not mark it as read for the sweep.)
+#[derive(Debug, Default)]
+pub struct TenantMemo(Mutex<Option<Memo>>);
+
+#[derive(Debug)]
+struct Memo {
+    name: Box<str>,
+    tenant: Arc<Tenant>,
+    /// The table entry's stamp: when its query started.
+    stamp: Tick,
+    /// `TenantCache::changes`, read before the entry was.
+    changes: u64,
+}
+
+impl TenantMemo {
+    /// The tenant kept for `name`, if the counter still reads `changes` and
+    /// `fresh` says the entry's stamp is.
+    fn get(&self, name: &str, changes: u64, fresh: impl FnOnce(Tick) -> bool) -> Option<Arc<Tenant>> {
+        let memo = self.0.lock();
+        let m = memo.as_ref()?;
+        (m.changes == changes && *m.name == *name && fresh(m.stamp)).then(|| m.tenant.clone())
+    }
+
+    /// Keep a fresh answer (the first name the connection asks for, and
+    /// that name again once its memo ran out).
+    fn keep(&self, name: &str, tenant: &Arc<Tenant>, stamp: Tick, changes: u64) {
+        let mut memo = self.0.lock();
+        match memo.as_mut() {
+            Some(m) if *m.name == *name => {
+                m.tenant = tenant.clone();
+                m.stamp = stamp;
+                m.changes = changes;
+            }
+            Some(_) => {}
+            None => {
+                *memo = Some(Memo {
+                    name: name.into(),
+                    tenant: tenant.clone(),
+                    stamp,
+                    changes,
+                })
+            }
+        }
+    }
 }
 
 /// After a failed query, skip the database for this long (fail fast, no storm).
@@ -166,9 +232,25 @@ impl TenantCache {
     /// [`Self::resolve`] with a clock reading the caller already has (the
     /// request's start, microseconds old): a cache hit reads no clock.
     pub async fn resolve_at(self: &Arc<Self>, host: &str, now: Instant) -> Resolution {
-        match self.cached_at(host, self.tick_at(now)) {
-            Cached::Fresh(t) => {
+        self.resolve_kept(host, now, None).await
+    }
+
+    /// [`Self::resolve_at`] for the host a connection kept, with the
+    /// connection's memo of its answer (see [`TenantMemo`]).
+    pub async fn resolve_kept(self: &Arc<Self>, host: &str, now: Instant, memo: Option<&TenantMemo>) -> Resolution {
+        let tick = self.tick_at(now);
+        // Read before the memo or the entry: a change from here on moves it.
+        let changes = self.changes.load(Ordering::SeqCst);
+        if let Some(t) = memo.and_then(|m| m.get(host, changes, |stamp| age(tick, stamp) < self.positive_ttl)) {
+            self.metrics.cache_hits.inc();
+            return Resolution::Found(t);
+        }
+        match self.cached_at(host, tick) {
+            Cached::Fresh(t, stamp) => {
                 self.metrics.cache_hits.inc();
+                if let Some(m) = memo {
+                    m.keep(host, &t, stamp, changes);
+                }
                 Resolution::Found(t)
             }
             Cached::Negative(n) => {
@@ -240,7 +322,7 @@ impl TenantCache {
 
     fn cached_at(&self, host: &str, now: Tick) -> Cached {
         match self.positive.get(host, |t| age(now, t) >= self.max_stale) {
-            Some(p) if !p.stale && age(now, p.stamp) < self.positive_ttl => Cached::Fresh(p.value),
+            Some(p) if !p.stale && age(now, p.stamp) < self.positive_ttl => Cached::Fresh(p.value, p.stamp),
             Some(p) => Cached::Due {
                 tenant: p.value,
                 marked: p.stale,
@@ -289,7 +371,7 @@ impl TenantCache {
     async fn query(&self, key: Arc<str>) -> Outcome {
         // Answered meanwhile by a query that finished while we queued.
         match self.cached(&key) {
-            Cached::Fresh(t) => return Ok(Answer::Tenant(t)),
+            Cached::Fresh(t, _) => return Ok(Answer::Tenant(t)),
             Cached::Negative(Negative::Unknown) => return Ok(Answer::Unknown),
             Cached::Negative(Negative::BadRow) => return Ok(Answer::BadRow),
             Cached::Due { .. } | Cached::Miss => {}
@@ -318,7 +400,7 @@ impl TenantCache {
         let overlapped = || self.changes.load(Ordering::SeqCst) != changes;
         let negative = |n: Negative| {
             if !overlapped() {
-                self.positive.remove(&key);
+                self.forget(&key);
                 self.negative
                     .insert(&key, n, fetched, |t| age(now, t) >= self.negative_ttl);
                 if overlapped() {
@@ -336,7 +418,7 @@ impl TenantCache {
                         .insert(&key, t.clone(), fetched, |t| age(now, t) >= self.max_stale);
                     self.metrics.cache_evictions.inc_by(swept.evicted as u64);
                     if overlapped() {
-                        self.positive.remove(&key);
+                        self.forget(&key);
                     }
                 }
                 Ok(Answer::Tenant(t))
@@ -370,20 +452,40 @@ impl TenantCache {
 
     /// Evict these names (NOTIFY from the database).
     pub fn invalidate<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
-        self.changes.fetch_add(1, Ordering::SeqCst);
-        for name in names {
-            self.positive.remove(name);
-            self.negative.remove(name);
-            self.metrics.notify_invalidations.inc();
+        self.changing(|| {
+            for name in names {
+                self.positive.remove(name);
+                self.negative.remove(name);
+                self.metrics.notify_invalidations.inc();
+            }
+        });
+    }
+
+    /// Remove a tenant entry outside an invalidation; a connection's memo
+    /// taken from it meanwhile ends with it.
+    fn forget(&self, key: &str) {
+        if self.positive.remove(key) {
+            self.changes.fetch_add(1, Ordering::SeqCst);
         }
+    }
+
+    /// Moves the change counter before `change` (a query that overlaps it
+    /// is not kept) and after it: a connection's memo taken from an entry
+    /// read between the first move and the removal carries the counter
+    /// after the first move, so the second one ends it.
+    fn changing(&self, change: impl FnOnce()) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+        change();
+        self.changes.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Mark every entry stale (the invalidation channel was interrupted, so
     /// changes may have been missed). Stale entries still serve during an outage.
     pub fn clear(&self) {
-        self.changes.fetch_add(1, Ordering::SeqCst);
-        self.positive.mark_all_stale();
-        self.negative.clear();
+        self.changing(|| {
+            self.positive.mark_all_stale();
+            self.negative.clear();
+        });
         self.metrics.cache_clears.inc();
     }
 
@@ -411,9 +513,10 @@ impl TenantCache {
 
     /// Forget everything (operator purge): every next request asks the database.
     pub fn purge_all(&self) {
-        self.changes.fetch_add(1, Ordering::SeqCst);
-        self.positive.clear();
-        self.negative.clear();
+        self.changing(|| {
+            self.positive.clear();
+            self.negative.clear();
+        });
         self.metrics.cache_clears.inc();
     }
 
@@ -570,7 +673,7 @@ mod tests {
         let later = now + Duration::from_secs(61);
         assert_eq!(schema(&c.resolve_at("a.test", later).await), Some("alpha"));
         assert!(matches!(c.cached_at("a.test", c.tick_at(later)), Cached::Due { .. }));
-        assert!(matches!(c.cached_at("a.test", c.tick_at(now)), Cached::Fresh(_)));
+        assert!(matches!(c.cached_at("a.test", c.tick_at(now)), Cached::Fresh(..)));
     }
 
     #[tokio::test]
@@ -712,5 +815,84 @@ mod tests {
         assert!(matches!(c.cached("a.test"), Cached::Miss));
         fake.frozen.store(false, Ordering::SeqCst);
         assert_eq!(schema(&c.resolve("a.test").await), Some("beta"));
+    }
+
+    /// What a connection's memo holds for `name` now (at `now`).
+    fn memo_answer(c: &TenantCache, memo: &TenantMemo, name: &str, now: Instant) -> Option<String> {
+        let tick = c.tick_at(now);
+        memo.get(name, c.changes.load(Ordering::SeqCst), |s| {
+            age(tick, s) < c.positive_ttl
+        })
+        .map(|t| t.schema().to_owned())
+    }
+
+    /// Two requests of the connection for `name` (the first may ask the
+    /// table or the database, the second keeps a fresh answer): both answers.
+    async fn ask_twice(c: &Arc<TenantCache>, memo: &TenantMemo, name: &str, now: Instant) -> Option<String> {
+        let first = schema(&c.resolve_kept(name, now, Some(memo)).await).map(str::to_owned);
+        let second = schema(&c.resolve_kept(name, now, Some(memo)).await).map(str::to_owned);
+        assert_eq!(first, second, "{name}");
+        second
+    }
+
+    #[tokio::test]
+    async fn a_connections_memo_answers_its_host_until_anything_changes() {
+        let fake = Arc::new(Fake::default());
+        fake.set("a.test", Ok(Some("alpha")));
+        fake.set("b.test", Ok(Some("bravo")));
+        let c = cache(&fake, 60);
+        let memo = TenantMemo::default();
+        let now = Instant::now();
+        // A miss is not kept (the query's answer comes next time, from the table).
+        assert_eq!(schema(&c.resolve_kept("a.test", now, Some(&memo)).await), Some("alpha"));
+        assert_eq!(memo_answer(&c, &memo, "a.test", now), None);
+        assert_eq!(schema(&c.resolve_kept("a.test", now, Some(&memo)).await), Some("alpha"));
+        assert_eq!(memo_answer(&c, &memo, "a.test", now).as_deref(), Some("alpha"));
+        // It answers its own name only, and keeps the first one.
+        assert_eq!(ask_twice(&c, &memo, "b.test", now).await.as_deref(), Some("bravo"));
+        assert_eq!(memo_answer(&c, &memo, "b.test", now), None);
+        assert_eq!(memo_answer(&c, &memo, "a.test", now).as_deref(), Some("alpha"));
+        // Not past the entry's TTL.
+        assert_eq!(memo_answer(&c, &memo, "a.test", now + Duration::from_secs(61)), None);
+        // A NOTIFY for any name ends it; the next request asks the table,
+        // and the database, and keeps the new answer.
+        fake.set("a.test", Ok(Some("charlie")));
+        c.invalidate(["a.test"]);
+        assert_eq!(memo_answer(&c, &memo, "a.test", now), None);
+        assert_eq!(ask_twice(&c, &memo, "a.test", now).await.as_deref(), Some("charlie"));
+        assert_eq!(memo_answer(&c, &memo, "a.test", now).as_deref(), Some("charlie"));
+        // So do a lost invalidation channel and a purge.
+        c.clear();
+        assert_eq!(memo_answer(&c, &memo, "a.test", now), None);
+        assert_eq!(ask_twice(&c, &memo, "a.test", now).await.as_deref(), Some("charlie"));
+        assert!(memo_answer(&c, &memo, "a.test", now).is_some());
+        c.purge_all();
+        assert_eq!(memo_answer(&c, &memo, "a.test", now), None);
+    }
+
+    #[tokio::test]
+    async fn a_memo_taken_while_names_are_being_removed_ends_with_the_removal() {
+        let fake = Arc::new(Fake::default());
+        fake.set("a.test", Ok(Some("alpha")));
+        let c = cache(&fake, 60);
+        let memo = TenantMemo::default();
+        let now = Instant::now();
+        assert_eq!(schema(&c.resolve("a.test").await), Some("alpha"));
+        // A request reads the counter and the entry after an invalidation
+        // moved the counter but before it removed the name.
+        c.changing(|| {
+            let changes = c.changes.load(Ordering::SeqCst);
+            if let Cached::Fresh(t, stamp) = c.cached_at("a.test", c.tick_at(now)) {
+                memo.keep("a.test", &t, stamp, changes);
+            }
+            assert_eq!(memo_answer(&c, &memo, "a.test", now).as_deref(), Some("alpha"));
+            c.positive.remove("a.test");
+        });
+        assert_eq!(memo_answer(&c, &memo, "a.test", now), None);
+        // The same for an entry a query takes back (`forget`).
+        assert_eq!(ask_twice(&c, &memo, "a.test", now).await.as_deref(), Some("alpha"));
+        assert!(memo_answer(&c, &memo, "a.test", now).is_some());
+        c.forget("a.test");
+        assert_eq!(memo_answer(&c, &memo, "a.test", now), None);
     }
 }

@@ -159,10 +159,15 @@ impl<V: Clone> HostTable<V> {
         swept
     }
 
-    pub fn remove(&self, key: &str) {
+    /// `true`: there was an entry.
+    pub fn remove(&self, key: &str) -> bool {
         let hash = self.hasher.hash_one(key);
-        if let Ok(found) = self.shard(hash).find_entry(hash, |e| &*e.key == key) {
-            found.remove();
+        match self.shard(hash).find_entry(hash, |e| &*e.key == key) {
+            Ok(found) => {
+                found.remove();
+                true
+            }
+            Err(_) => false,
         }
     }
 
