@@ -35,8 +35,12 @@ SCENARIOS = R.SCENARIOS
 
 def main():
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 9
-    if not (R.REL / "examples" / "bare_pingora").exists():
-        raise SystemExit("build first: bench/run.sh (or cargo build --release -p gateway --example bare_pingora)")
+    needed = [R.REL / "examples" / "bare_pingora", R.REL / "gateway", R.REL / "upstream-app"]
+    if not all(p.exists() for p in needed):
+        raise SystemExit(
+            "build first: bench/run.sh (or cargo build --release -p gateway -p upstream-app"
+            " --bin gateway --bin upstream-app --example bare_pingora)"
+        )
     url, certs, lua, backends = R.keep_alive_rig()
     gw = R.Gateway(url, backends, certs)
     bare = R.BarePingora(backends, certs=certs)

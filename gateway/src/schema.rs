@@ -1,6 +1,7 @@
 //! The gateway's own schema (`tenant_gateway`): ACME state and certificates
 //! (0001), custom-hostname claims and retired certificates (0002), the
-//! indexes that keep certificate scans proportional to what is due (0003).
+//! indexes that keep certificate scans proportional to what is due (0003),
+//! and the one that finds the first stored certificate to expire (0004).
 //! Every gateway (and every CLI command that opens the database) makes sure
 //! they are applied: the version recorded in `tenant_gateway.schema_version`
 //! is read first, without locks, and only an older schema runs the scripts
@@ -11,10 +12,11 @@
 
 use sqlx::PgPool;
 
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     include_str!("../migrations/0001_acme.sql"),
     include_str!("../migrations/0002_hostnames.sql"),
     include_str!("../migrations/0003_certificate_scale.sql"),
+    include_str!("../migrations/0004_certificate_expiry.sql"),
 ];
 const MIGRATION_LOCK: i64 = 0x7467_6163_6d65; // "tgacme"
 

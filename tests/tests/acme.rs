@@ -456,6 +456,91 @@ fn stored_certificates_load_at_their_first_handshake_into_a_bounded_cache() {
     assert_eq!(orders(&st.s.pg), ordered, "nothing is ordered again");
 }
 
+/// The fleet-wide gauges of stored certificates read the database, not
+/// memory: with nothing loaded they show the first certificate to expire
+/// and the renewals overdue by more than a day; a name held back as not
+/// eligible (its tenant suspended) counts in neither; a renewal that goes
+/// through clears the overdue count.
+#[test]
+fn stored_certificate_health_is_reported_without_loading_certificates() {
+    const EARLIEST: &str = "tenant_gateway_stored_certificates_earliest_expiry_timestamp_seconds";
+    const OVERDUE: &str = "tenant_gateway_stored_certificates_renewal_overdue";
+    const MC: &str = "www.mclaren-cars.test";
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
+    app_cli_ok(&pg.url(), &["domain", "add", MC, "--tenant", "mclaren"]);
+    let mut st = acme_stack(pg, "\"http-01\"");
+    wait_issued(&st.pebble, st.s.ports.tls, CUSTOM, Duration::from_secs(60));
+    wait_issued_for(&st.pebble, st.s.ports.tls, MC, "mclaren", Duration::from_secs(60));
+    let epoch = |pg: &Postgres, name: &str, column: &str| -> f64 {
+        pg.psql(&format!(
+            "SELECT extract(epoch FROM {column})::bigint FROM tenant_gateway.certificates WHERE name = '{name}'"
+        ))
+        .unwrap()
+        .parse()
+        .unwrap()
+    };
+
+    // Nothing in memory after a restart; the gauges still see both (a
+    // scan sets them when it ends).
+    st.s.restart_gateway();
+    let first = epoch(&st.s.pg, CUSTOM, "not_after").min(epoch(&st.s.pg, MC, "not_after"));
+    wait_until("the first expiry reported", Duration::from_secs(30), || {
+        st.s.gw.metric(EARLIEST) == first
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", st.s.gw.metric(EARLIEST)));
+    assert_eq!(st.s.gw.metric(OVERDUE), 0.0);
+    assert_eq!(st.s.gw.metric("tenant_gateway_certificates_in_memory"), 0.0);
+
+    // The CA is down and both renewals are two days late; McLaren's tenant
+    // is suspended, so its name is held back, not failing.
+    st.pebble.stop_pebble();
+    app_cli_ok(&st.s.pg.url(), &["tenant", "suspend", "mclaren"]);
+    st.s.pg
+        .psql(&format!(
+            "UPDATE tenant_gateway.certificates SET renew_after = now() - interval '2 days',
+                    not_after = now() + CASE name WHEN '{CUSTOM}' THEN interval '30 minutes' ELSE interval '10 minutes' END
+              WHERE name IN ('{CUSTOM}', '{MC}')"
+        ))
+        .unwrap();
+    let custom_expiry = epoch(&st.s.pg, CUSTOM, "not_after");
+    wait_until("McLaren's name held back", Duration::from_secs(30), || {
+        st.s.pg
+            .psql(&format!(
+                "SELECT count(*) FROM tenant_gateway.acme_names WHERE name = '{MC}' AND last_error = 'not eligible'"
+            ))
+            .is_ok_and(|c| c == "1")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", st.s.gw.proc_.log()));
+    // Only the failing renewal is overdue; the held-back name expires first
+    // but is left out of both.
+    wait_until("the failing renewal alone reported", Duration::from_secs(30), || {
+        st.s.gw.metric(OVERDUE) == 1.0 && st.s.gw.metric(EARLIEST) == custom_expiry
+    })
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e}: {} overdue, first expiry {}",
+            st.s.gw.metric(OVERDUE),
+            st.s.gw.metric(EARLIEST)
+        )
+    });
+
+    // The CA returns: the renewal goes through (Pebble's certificates here
+    // last an hour) and nothing is overdue.
+    st.pebble.start_pebble().unwrap();
+    wait_until("the renewal clears the overdue count", Duration::from_secs(60), || {
+        st.s.gw.metric(OVERDUE) == 0.0
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", st.s.gw.proc_.log()));
+    let renewed = epoch(&st.s.pg, CUSTOM, "not_after");
+    assert!(renewed > custom_expiry, "the renewed certificate expires later");
+    wait_until("the renewed expiry reported", Duration::from_secs(30), || {
+        st.s.gw.metric(EARLIEST) == renewed
+    })
+    .unwrap();
+}
+
 /// Twenty custom domains arrive at once with three order slots: all get
 /// certificates, at most three orders run at a time (the rest wait for a
 /// slot), and every HTTP-01 validation request is answered (challenge

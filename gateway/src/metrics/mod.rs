@@ -70,6 +70,12 @@ pub struct Metrics {
     pub certificate_loads: IntCounterVec,
     /// Issued certificates in memory (refreshed at scrape).
     pub certificates_in_memory: IntGauge,
+    /// notAfter of the first stored certificate to expire, fleet-wide (0:
+    /// none stored); refreshed by each ACME scan.
+    pub stored_certificates_earliest_expiry: IntGauge,
+    /// Stored certificates whose renewal is overdue by more than
+    /// `acme::RENEWAL_OVERDUE_AFTER`, fleet-wide; refreshed by each ACME scan.
+    pub stored_certificates_renewal_overdue: IntGauge,
 }
 
 fn counter_vec(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -255,6 +261,16 @@ impl Metrics {
                 &r,
                 "tenant_gateway_certificates_in_memory",
                 "Issued certificates in memory (at most acme.certificate_cache_size).",
+            ),
+            stored_certificates_earliest_expiry: gauge(
+                &r,
+                "tenant_gateway_stored_certificates_earliest_expiry_timestamp_seconds",
+                "notAfter of the stored certificate that expires first, in memory or not, fleet-wide (0 when none is stored).",
+            ),
+            stored_certificates_renewal_overdue: gauge(
+                &r,
+                "tenant_gateway_stored_certificates_renewal_overdue",
+                "Stored certificates, fleet-wide, whose renewal time passed more than a day ago (renewals failing or not running).",
             ),
             hostname_checks: counter_vec(
                 &r,

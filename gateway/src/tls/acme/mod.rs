@@ -131,6 +131,16 @@ const MISSING_EVERY: u64 = 10;
 const NOT_ELIGIBLE: &str = "not eligible";
 /// How long the scan leaves a refused name alone.
 const NOT_ELIGIBLE_RETRY: &str = "1 hour";
+/// A stored certificate whose `renew_after` passed longer ago than this is
+/// overdue (`tenant_gateway_stored_certificates_renewal_overdue`): a scan
+/// takes a due name within `check_interval_secs`, so a day of delay means
+/// its renewals fail or do not run.
+const RENEWAL_OVERDUE_AFTER: &str = "1 day";
+/// Whether certificate row `c`'s name is held back as not eligible, in the
+/// words of migration 0004's partial index (a unit test keeps the two
+/// alike).
+const HELD_BACK: &str =
+    "SELECT 1 FROM tenant_gateway.acme_names n WHERE n.name = c.name AND n.last_error = 'not eligible'";
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcmeError {
@@ -437,6 +447,14 @@ impl NameGuard for CacheGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_held_back_test_is_the_one_its_index_covers() {
+        let marked = format!("last_error = '{NOT_ELIGIBLE}'");
+        assert!(HELD_BACK.ends_with(&marked), "{HELD_BACK}");
+        let migration = include_str!("../../../migrations/0004_certificate_expiry.sql");
+        assert!(migration.contains(&format!("WHERE {marked};")), "{migration}");
+    }
 
     #[test]
     fn transient_errors_are_the_database_being_briefly_away() {
