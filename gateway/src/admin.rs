@@ -10,6 +10,8 @@
 //!   limits, the answer a request gets);
 //! - `POST /api/v1/purge?host=H` or `?all=1`: forget cached answers;
 //! - `GET  /api/v1/certs`: every loaded certificate and its expiry;
+//! - `GET  /api/v1/certs/stored?limit=N`: the stored certificates that
+//!   expire first (database), with their renewal state;
 //! - `POST /api/v1/certs/renew?name=N`: force an ACME renewal;
 //! - `POST /api/v1/reload`: reload the certificate files (as SIGHUP);
 //! - custom hostnames (with `custom_domains.verification = "required"`):
@@ -75,6 +77,10 @@ fn reply(status: u16, ctype: &str, body: String) -> Response<Vec<u8>> {
         .body(body)
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
+
+/// `GET /api/v1/certs/stored`: how many certificates by default, and at most.
+const STORED_DEFAULT: i64 = 50;
+const STORED_MAX: i64 = 1_000;
 
 fn json_reply(status: u16, v: Value) -> Response<Vec<u8>> {
     reply(status, "application/json", format!("{v}\n"))
@@ -296,6 +302,26 @@ impl Admin {
                 }
             }
             (&Method::GET, "/api/v1/certs") => self.certs(),
+            (&Method::GET, "/api/v1/certs/stored") => {
+                let Some(acme) = &self.acme else {
+                    return error(400, "no_acme", "stored certificates exist only with [acme] enabled");
+                };
+                let limit = match query_param(query, "limit").map(|l| l.parse::<i64>()) {
+                    None => STORED_DEFAULT,
+                    Some(Ok(n)) if (1..=STORED_MAX).contains(&n) => n,
+                    Some(_) => {
+                        return error(
+                            400,
+                            "bad_limit",
+                            &format!("limit: a whole number from 1 to {STORED_MAX}"),
+                        )
+                    }
+                };
+                match acme.first_to_expire(limit).await {
+                    Ok(list) => json_reply(200, json!({ "certificates": list })),
+                    Err(e) => error(503, "database", &e.to_string()),
+                }
+            }
             (&Method::POST, "/api/v1/certs/renew") => {
                 let (Some(acme), Some(name)) = (&self.acme, query_param(query, "name")) else {
                     return error(400, "no_acme_or_name", "ACME must be on and ?name=NAME given");

@@ -459,8 +459,8 @@ fn stored_certificates_load_at_their_first_handshake_into_a_bounded_cache() {
 /// The fleet-wide gauges of stored certificates read the database, not
 /// memory: with nothing loaded they show the first certificate to expire
 /// and the renewals overdue by more than a day; a name held back as not
-/// eligible (its tenant suspended) counts in neither; a renewal that goes
-/// through clears the overdue count.
+/// eligible (its tenant suspended) counts in neither; the operator API lists
+/// both, flagged; a renewal that goes through clears the overdue count.
 #[test]
 fn stored_certificate_health_is_reported_without_loading_certificates() {
     const EARLIEST: &str = "tenant_gateway_stored_certificates_earliest_expiry_timestamp_seconds";
@@ -525,6 +525,42 @@ fn stored_certificate_health_is_reported_without_loading_certificates() {
             st.s.gw.metric(EARLIEST)
         )
     });
+
+    // The operator API names them, the first to expire first.
+    let get = e2e::http::Method::GET;
+    let (status, v) = st.s.gw.api(get.clone(), "certs/stored?limit=5", Some(ADMIN_TOKEN));
+    assert_eq!(status, 200, "{v}");
+    // (name, held back, renewal overdue), in order.
+    let listed: Vec<(&str, bool, bool)> = v["certificates"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|c| {
+            let flag = |k: &str| c[k].as_bool().unwrap_or_else(|| panic!("{k} in {c}"));
+            (
+                c["name"].as_str().unwrap_or_default(),
+                flag("held_back"),
+                flag("renewal_overdue"),
+            )
+        })
+        .collect();
+    assert_eq!(listed, [(MC, true, false), (CUSTOM, false, true)], "{v}");
+    let custom = &v["certificates"][1];
+    assert_eq!(custom["not_after"].as_f64(), Some(custom_expiry), "{v}");
+    assert!(custom["failures"].as_i64().is_some_and(|f| f >= 1), "{v}");
+    let (_, v) = st.s.gw.api(get.clone(), "certs/stored?limit=1", Some(ADMIN_TOKEN));
+    assert_eq!(v["certificates"].as_array().map(Vec::len), Some(1), "{v}");
+    for bad in ["0", "1001", "x"] {
+        let (status, v) =
+            st.s.gw
+                .api(get.clone(), &format!("certs/stored?limit={bad}"), Some(ADMIN_TOKEN));
+        assert_eq!(
+            (status, &v["error"]),
+            (400, &serde_json::json!("bad_limit")),
+            "{bad}: {v}"
+        );
+    }
+    assert_eq!(st.s.gw.api(get, "certs/stored", None).0, 401);
 
     // The CA returns: the renewal goes through (Pebble's certificates here
     // last an hour) and nothing is overdue.
