@@ -526,7 +526,16 @@ fn stored_certificate_health_is_reported_without_loading_certificates() {
         )
     });
 
-    // The operator API names them, the first to expire first.
+    // The operator API names them, the first to expire first, with the
+    // failing renewal's state once an attempt has failed.
+    wait_until("a failed renewal recorded", Duration::from_secs(30), || {
+        st.s.pg
+            .psql(&format!(
+                "SELECT count(*) FROM tenant_gateway.acme_names WHERE name = '{CUSTOM}' AND failures > 0"
+            ))
+            .is_ok_and(|c| c == "1")
+    })
+    .unwrap();
     let get = e2e::http::Method::GET;
     let (status, v) = st.s.gw.api(get.clone(), "certs/stored?limit=5", Some(ADMIN_TOKEN));
     assert_eq!(status, 200, "{v}");
@@ -548,6 +557,7 @@ fn stored_certificate_health_is_reported_without_loading_certificates() {
     let custom = &v["certificates"][1];
     assert_eq!(custom["not_after"].as_f64(), Some(custom_expiry), "{v}");
     assert!(custom["failures"].as_i64().is_some_and(|f| f >= 1), "{v}");
+    assert!(custom["last_error"].is_string(), "{v}");
     let (_, v) = st.s.gw.api(get.clone(), "certs/stored?limit=1", Some(ADMIN_TOKEN));
     assert_eq!(v["certificates"].as_array().map(Vec::len), Some(1), "{v}");
     for bad in ["0", "1001", "x"] {
