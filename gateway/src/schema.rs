@@ -1,7 +1,8 @@
 //! The gateway's own schema (`tenant_gateway`): ACME state and certificates
 //! (0001), custom-hostname claims and retired certificates (0002), the
 //! indexes that keep certificate scans proportional to what is due (0003),
-//! and the one that finds the first stored certificate to expire (0004).
+//! and the two behind the stored-certificate health gauges (0004: expiry,
+//! names held back).
 //! Every gateway (and every CLI command that opens the database) makes sure
 //! they are applied: the version recorded in `tenant_gateway.schema_version`
 //! is read first, without locks, and only an older schema runs the scripts

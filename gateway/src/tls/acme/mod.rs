@@ -418,12 +418,12 @@ impl Acme {
     /// expiry index from its first entry: its cost is the limit's, not the
     /// number of names.
     pub async fn first_to_expire(&self, limit: i64) -> Result<Vec<serde_json::Value>, AcmeError> {
-        type Row = (String, i64, i64, bool, bool, Option<i32>, Option<String>, Option<i64>);
+        type Row = (String, i64, i64, bool, Option<i32>, Option<String>, Option<i64>);
         let rows: Vec<Row> = bounded(
             "listing the stored certificates that expire first",
             sqlx::query_as(&format!(
                 "SELECT c.name, extract(epoch FROM c.not_after)::bigint, extract(epoch FROM c.renew_after)::bigint,
-                        c.renew_after <= now() - interval '{RENEWAL_OVERDUE_AFTER}', EXISTS ({HELD_BACK}),
+                        c.renew_after <= now() - interval '{RENEWAL_OVERDUE_AFTER}',
                         n.failures, n.last_error, extract(epoch FROM n.next_attempt_at)::bigint
                    FROM tenant_gateway.certificates c
                    LEFT JOIN tenant_gateway.acme_names n ON n.name = c.name
@@ -437,21 +437,21 @@ impl Acme {
         let now = unix_now();
         Ok(rows
             .into_iter()
-            .map(
-                |(name, not_after, renew_after, overdue, held_back, failures, last_error, next)| {
-                    serde_json::json!({
-                        "name": name,
-                        "not_after": not_after,
-                        "days_left": (not_after - now) / 86_400,
-                        "renew_after": renew_after,
-                        "renewal_overdue": overdue && !held_back,
-                        "held_back": held_back,
-                        "failures": failures.unwrap_or(0),
-                        "last_error": last_error,
-                        "next_attempt_at": next,
-                    })
-                },
-            )
+            .map(|(name, not_after, renew_after, overdue, failures, last_error, next)| {
+                // The name's own row says it (the gauges' `HELD_BACK`).
+                let held_back = last_error.as_deref() == Some(NOT_ELIGIBLE);
+                serde_json::json!({
+                    "name": name,
+                    "not_after": not_after,
+                    "days_left": (not_after - now) / 86_400,
+                    "renew_after": renew_after,
+                    "renewal_overdue": overdue && !held_back,
+                    "held_back": held_back,
+                    "failures": failures.unwrap_or(0),
+                    "last_error": last_error,
+                    "next_attempt_at": next,
+                })
+            })
             .collect())
     }
 
