@@ -438,11 +438,7 @@ pub fn to_origin_form(uri: &mut Uri) -> Result<(), BadTarget> {
         return Ok(());
     }
     *uri = match std::mem::take(uri).into_parts().path_and_query {
-        Some(pq) if pq.as_str().starts_with('/') => {
-            let mut target = http::uri::Parts::default();
-            target.path_and_query = Some(pq);
-            Uri::from_parts(target).map_err(|_| BadTarget)?
-        }
+        Some(pq) if pq.as_str().starts_with('/') => Uri::from(pq),
         // Its text form puts `/` before a query with an empty path.
         Some(pq) => pq.to_string().parse().map_err(|_| BadTarget)?,
         None => Uri::from_static("/"),
