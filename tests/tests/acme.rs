@@ -481,6 +481,13 @@ fn stored_certificate_health_is_reported_without_loading_certificates() {
         .parse()
         .unwrap()
     };
+    // `name`'s row of ACME state matches `condition` (SQL).
+    let acme_row = |pg: &Postgres, name: &str, condition: &str| -> bool {
+        pg.psql(&format!(
+            "SELECT count(*) FROM tenant_gateway.acme_names WHERE name = '{name}' AND {condition}"
+        ))
+        .is_ok_and(|c| c == "1")
+    };
 
     // Nothing in memory after a restart; the gauges still see both (a
     // scan sets them when it ends).
@@ -506,11 +513,7 @@ fn stored_certificate_health_is_reported_without_loading_certificates() {
         .unwrap();
     let custom_expiry = epoch(&st.s.pg, CUSTOM, "not_after");
     wait_until("McLaren's name held back", Duration::from_secs(30), || {
-        st.s.pg
-            .psql(&format!(
-                "SELECT count(*) FROM tenant_gateway.acme_names WHERE name = '{MC}' AND last_error = 'not eligible'"
-            ))
-            .is_ok_and(|c| c == "1")
+        acme_row(&st.s.pg, MC, "last_error = 'not eligible'")
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", st.s.gw.proc_.log()));
     // Only the failing renewal is overdue; the held-back name expires first
@@ -529,13 +532,9 @@ fn stored_certificate_health_is_reported_without_loading_certificates() {
     // The operator API names them, the first to expire first, with the
     // failing renewal's state once an attempt has failed.
     wait_until("a failed renewal recorded", Duration::from_secs(30), || {
-        st.s.pg
-            .psql(&format!(
-                "SELECT count(*) FROM tenant_gateway.acme_names WHERE name = '{CUSTOM}' AND failures > 0"
-            ))
-            .is_ok_and(|c| c == "1")
+        acme_row(&st.s.pg, CUSTOM, "failures > 0")
     })
-    .unwrap();
+    .unwrap_or_else(|e| panic!("{e}\n{}", st.s.gw.proc_.log()));
     let get = e2e::http::Method::GET;
     // (name, held back, renewal overdue), in order. Polled: the suspension's
     // NOTIFY clears a hold and the next attempt sets it again, so a hold can
