@@ -6,7 +6,7 @@ want=(cmake postgresql curl ca-certificates python3)
 case "${1:-test}" in
   demo) ;;
   test) want+=(prometheus pebble) ;;
-  bench) want+=(nginx haproxy caddy wrk nghttp2-client valgrind) ;;
+  bench) want+=(nginx haproxy caddy wrk nghttp2-client valgrind strace) ;;
   *) echo "usage: $0 [demo|test|bench]" >&2; exit 2 ;;
 esac
 missing=()
