@@ -484,8 +484,9 @@ impl ProxyHttp for Gateway {
             None => Ok(false),
             // Boxed: this future is allocated per request and is as large
             // as the largest thing it awaits; writing a response inline
-            // made it 1,648 bytes, past the allocator's small sizes (~320
-            // instructions per request, bench/RESULTS.md).
+            // (and the lookup's query, boxed in `tenant::cache`) made it
+            // 1,648 bytes, past the allocator's small sizes (~240
+            // instructions per request, bench/RESULTS.md, eighth round).
             Some(reply) => Box::pin(self.reply(session, ctx, reply)).await,
         }
     }
