@@ -22,6 +22,13 @@ built the release binaries and installed valgrind, h2load and PostgreSQL)
        connection's memos of its first host do not apply) with a spoofed
        X-Tenant; wrk runs by time, so N is approximate and the count is
        divided by the requests wrk reports
+       python3 bench/instructions.py --runs K ...   each column K times,
+       interleaved (bare, bare + timeouts, gateway, again): the table shows
+       each column's median run and the range of the gateway's excess over
+       bare Pingora across the K rounds. HTTP/2's totals move by up to
+       1,800 instructions between runs of the same binaries (Pingora's
+       upstream pool, bench/RESULTS.md eighth round), so one run cannot
+       show a change of 1 % there
 
 Caveat: under valgrind the CPU reports no SHA extensions, so SHA-256 (the
 stamp's HMAC) runs in software and costs several times what it costs
@@ -90,6 +97,9 @@ def profile(which, backends, url, certs, n, extra="", proto="h1", lua=None):
     """`lua`: wrk's script for `h1-hosts` (bench/run.py's keep-alive load)."""
     out = R.WORK / f"callgrind.{which}"
     vg = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    # A previous run's dump (`--runs`) must not be taken for this one's.
+    for old in R.WORK.glob(f"callgrind.{which}.*"):
+        old.unlink()
 
     def spawn(name, args, cpu, env=None):
         p = subprocess.Popen(vg + args, env={**os.environ, **(env or {})}, start_new_session=True,
@@ -183,6 +193,13 @@ def main():
         del args[i:i + 2]
         if proto not in TITLES:
             raise SystemExit(f"--proto: one of {', '.join(TITLES)}")
+    runs = 1
+    if "--runs" in args:
+        i = args.index("--runs")
+        runs = int(args[i + 1])
+        del args[i:i + 2]
+        if runs < 1:
+            raise SystemExit("--runs: at least 1")
     extra = None
     if "--extra" in args:
         i = args.index("--extra")
@@ -195,7 +212,15 @@ def main():
     certs = R.make_certs()
     lua = R.hosts_lua() if proto == "h1-hosts" else None
     backends = R.start_backends()
-    results = {w: profile(w, backends, url, certs, n, proto=proto, lua=lua) for w in ("bare", "bare-timeouts", "gateway")}
+    rounds = [{w: profile(w, backends, url, certs, n, proto=proto, lua=lua) for w in ("bare", "bare-timeouts", "gateway")}
+              for _ in range(runs)]
+
+    def without_sha(r):
+        s, _, sent = r
+        return sum(c for f, c in s.items() if not SHA.search(f)) / sent
+
+    # Each column's median run (by its count without SHA-256).
+    results = {w: sorted((r[w] for r in rounds), key=without_sha)[(runs - 1) // 2] for w in rounds[0]}
     if extra is not None:
         results["gateway-extra"] = profile("gateway-extra", backends, url, certs, n, extra, proto, lua)
     total = {w: sum(s.values()) / sent for w, (s, _, sent) in results.items()}
@@ -214,6 +239,13 @@ def main():
         d = ns["gateway"] - ns[floor]
         print(f"\nOver {floor}: {d:,.0f} ({100 * d / ns[floor]:+.1f} %) without SHA-256, "
               f"{total['gateway'] - total[floor]:,.0f} ({100 * (total['gateway'] - total[floor]) / total[floor]:+.1f} %) with it.")
+    if runs > 1:
+        over = sorted(100 * (without_sha(r["gateway"]) / without_sha(r["bare"]) - 1) for r in rounds)
+        gw = sorted(without_sha(r["gateway"]) for r in rounds)
+        bare = sorted(without_sha(r["bare"]) for r in rounds)
+        print(f"\n{runs} rounds: the gateway over bare {over[0]:+.1f} to {over[-1]:+.1f} % without SHA-256 "
+              f"(gateway {gw[0]:,.0f}-{gw[-1]:,.0f}, bare {bare[0]:,.0f}-{bare[-1]:,.0f}); the table shows each "
+              "column's median run.")
     if extra is not None:
         ours = {w: total[w] - sha[w] - (total["bare"] - sha["bare"]) for w in ("gateway", "gateway-extra")}
         print(f"\nWith `{extra.strip()}`: {total['gateway-extra']:,.0f} in all, "
