@@ -1,8 +1,9 @@
 //! The gateway's own schema (`tenant_gateway`): ACME state and certificates
 //! (0001), custom-hostname claims and retired certificates (0002), the
 //! indexes that keep certificate scans proportional to what is due (0003),
-//! and the two behind the stored-certificate health gauges (0004: expiry,
-//! names held back).
+//! the two behind the stored-certificate health gauges (0004: expiry,
+//! names held back), and the NOTIFY that tells the claim gauges to count
+//! again (0005).
 //! Every gateway (and every CLI command that opens the database) makes sure
 //! they are applied: the version recorded in `tenant_gateway.schema_version`
 //! is read first, without locks, and only an older schema runs the scripts
@@ -13,11 +14,12 @@
 
 use sqlx::PgPool;
 
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     include_str!("../migrations/0001_acme.sql"),
     include_str!("../migrations/0002_hostnames.sql"),
     include_str!("../migrations/0003_certificate_scale.sql"),
     include_str!("../migrations/0004_certificate_expiry.sql"),
+    include_str!("../migrations/0005_claim_counts.sql"),
 ];
 const MIGRATION_LOCK: i64 = 0x7467_6163_6d65; // "tgacme"
 

@@ -388,6 +388,25 @@ fn the_http_token_proves_a_claim_and_an_unproven_claim_expires() {
         ),
         1.0
     );
+
+    // The pending claim's age moves with the clock between counts.
+    wait_until("the pending claim's age", Duration::from_secs(40), || {
+        let m = gw.scrape().unwrap_or_default();
+        metric_sum(&m, "tenant_gateway_custom_hostnames_oldest_pending_seconds", &[]) >= 1.0
+    })
+    .unwrap();
+    // The gauges count again when a claim's status changes, also by hand
+    // in SQL (a trigger NOTIFYs on commit): the pending claim fails.
+    pg.psql("UPDATE tenant_gateway.custom_hostnames SET status = 'failed' WHERE name = 'nowhere.test'")
+        .unwrap();
+    let mut m = String::new();
+    wait_until("claim gauges after a change in SQL", Duration::from_secs(40), || {
+        m = gw.scrape().unwrap_or_default();
+        metric_sum(&m, "tenant_gateway_custom_hostnames", &[("status", "pending")]) == 0.0
+            && metric_sum(&m, "tenant_gateway_custom_hostnames", &[("status", "failed")]) == 1.0
+            && metric_sum(&m, "tenant_gateway_custom_hostnames_oldest_pending_seconds", &[]) == 0.0
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{m}"));
 }
 
 #[test]

@@ -14,6 +14,9 @@ use crate::tls::acme::{restore_certificate, retire_certificate};
 
 /// Wakes the checkers at once (a new claim, a retry).
 pub const WAKE_CHANNEL: &str = "tenant_gateway_hostnames";
+/// NOTIFYed by triggers (migration 0005) when claims are added or removed
+/// or a claim's status changes, on commit: the claim gauges count again.
+pub const COUNTS_CHANNEL: &str = "tenant_gateway_hostname_counts";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -386,20 +389,22 @@ impl Store {
         Ok(())
     }
 
-    /// Claims by status and the oldest pending claim's age (seconds).
-    pub async fn counts(&self) -> Result<(Vec<(HostnameStatus, i64)>, i64), StoreError> {
+    /// Claims by status, and when the oldest pending claim was made (unix
+    /// seconds; `None`: none pending). Reads every claim: run when they
+    /// changed ([`COUNTS_CHANNEL`]), not on a timer.
+    pub async fn counts(&self) -> Result<(Vec<(HostnameStatus, i64)>, Option<i64>), StoreError> {
         let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
-            "SELECT status, count(*), extract(epoch FROM now() - min(created_at))::bigint
+            "SELECT status, count(*), extract(epoch FROM min(created_at))::bigint
                FROM tenant_gateway.custom_hostnames GROUP BY status",
         )
         .fetch_all(&self.db)
         .await?;
-        let mut oldest_pending = 0;
+        let mut oldest_pending = None;
         let mut counts = Vec::new();
         for (status, n, oldest) in rows {
             if let Some(st) = HostnameStatus::parse(&status) {
                 if st == HostnameStatus::Pending {
-                    oldest_pending = oldest.unwrap_or(0);
+                    oldest_pending = oldest;
                 }
                 counts.push((st, n));
             }

@@ -5,10 +5,15 @@
 //! check time (back-off capped at `check_interval_secs`). A new claim or a
 //! retry wakes the checkers through NOTIFY; otherwise they poll the indexed
 //! `next_check_at` every few seconds (one query, whatever the number of
-//! claims). Also refreshes the claim gauges.
+//! claims). Also keeps the claim gauges: counted again only when claims
+//! changed (the trigger of migration 0005 NOTIFYs [`COUNTS_CHANNEL`]), when
+//! a notification could have been missed (no LISTEN connection), and at
+//! least every [`RECOUNT_AT_LEAST_EVERY`]; the oldest pending claim's age
+//! moves with the clock in between.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
@@ -16,14 +21,32 @@ use sqlx::{PgPool, Row};
 use super::check::Checker;
 use super::policy::{self, Finding, HostnameStatus};
 use super::settings::CustomDomainsConfig;
-use super::store::{Claim, Store, WAKE_CHANNEL};
+use super::store::{Claim, Store, COUNTS_CHANNEL, WAKE_CHANNEL};
 use crate::clock::unix_now;
 use crate::metrics::Metrics;
 
 /// Longest wait between two looks for due claims.
 const POLL_MAX: Duration = Duration::from_secs(5);
-/// How often the claim gauges are refreshed.
+/// How often the claim gauges are looked at (counted only if due, see
+/// [`must_count`]).
 const GAUGES_EVERY: Duration = Duration::from_secs(15);
+/// Counted at least this often even without a notification (a change
+/// nothing announced: a trigger disabled by hand, a notification dropped).
+const RECOUNT_AT_LEAST_EVERY: Duration = Duration::from_secs(300);
+
+/// Whether the claim gauges must count the claims again: they changed
+/// (`stale`), a change could have gone unheard (`!listening`), or the last
+/// count (`since`; `None`: none yet) is older than [`RECOUNT_AT_LEAST_EVERY`].
+fn must_count(stale: bool, listening: bool, since: Option<Duration>) -> bool {
+    stale || !listening || since.is_none_or(|d| d >= RECOUNT_AT_LEAST_EVERY)
+}
+
+/// The last count of the claims: when, and the oldest pending claim's
+/// creation (unix seconds), from which its age is kept current.
+struct Counted {
+    at: Instant,
+    oldest_pending: Option<i64>,
+}
 
 pub struct Worker {
     store: Store,
@@ -35,6 +58,11 @@ pub struct Worker {
     lookup_query: String,
     owner: String,
     metrics: Arc<Metrics>,
+    /// Claims changed since they were last counted ([`COUNTS_CHANNEL`]).
+    /// Starts set: the first look counts.
+    counts_stale: AtomicBool,
+    /// The LISTEN connection is up: a change would be heard.
+    listening: AtomicBool,
 }
 
 impl Worker {
@@ -60,6 +88,8 @@ impl Worker {
             lookup_query,
             owner,
             metrics,
+            counts_stale: AtomicBool::new(true),
+            listening: AtomicBool::new(false),
         }
     }
 
@@ -71,11 +101,12 @@ impl Worker {
         let mut tick = tokio::time::interval(poll);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut gauges = tokio::time::interval(GAUGES_EVERY);
+        let mut counted = None;
         loop {
             tokio::select! {
                 _ = tick.tick() => self.round().await,
                 Some(()) = wake.recv() => self.round().await,
-                _ = gauges.tick() => self.refresh_gauges().await,
+                _ = gauges.tick() => self.refresh_gauges(&mut counted).await,
             }
         }
     }
@@ -85,7 +116,7 @@ impl Worker {
             let mut l = match PgListener::connect_with(&self.listen_db).await {
                 Ok(mut l) => {
                     l.eager_reconnect(false);
-                    match l.listen(WAKE_CHANNEL).await {
+                    match l.listen_all([WAKE_CHANNEL, COUNTS_CHANNEL]).await {
                         Ok(()) => l,
                         Err(e) => {
                             tracing::warn!(error = %e, "custom hostnames: cannot LISTEN; retrying");
@@ -100,10 +131,18 @@ impl Worker {
                     continue;
                 }
             };
-            while let Ok(Some(_)) = l.try_recv().await {
-                // A full channel already holds a wake-up: nothing lost.
-                let _ = wake.try_send(());
+            // Changes while no connection listened went unheard.
+            self.counts_stale.store(true, Ordering::Release);
+            self.listening.store(true, Ordering::Release);
+            while let Ok(Some(n)) = l.try_recv().await {
+                if n.channel() == COUNTS_CHANNEL {
+                    self.counts_stale.store(true, Ordering::Release);
+                } else {
+                    // A full channel already holds a wake-up: nothing lost.
+                    let _ = wake.try_send(());
+                }
             }
+            self.listening.store(false, Ordering::Release);
             tracing::warn!("custom hostnames: LISTEN connection lost; reconnecting");
         }
     }
@@ -219,17 +258,36 @@ impl Worker {
         }
     }
 
-    async fn refresh_gauges(&self) {
-        match self.store.counts().await {
-            Ok((counts, oldest)) => {
-                for st in HostnameStatus::ALL {
-                    let n = counts.iter().find(|(s, _)| *s == st).map_or(0, |(_, n)| *n);
-                    self.metrics.hostnames.with_label_values(&[st.as_str()]).set(n);
+    /// Count the claims if [`must_count`] says so; the oldest pending
+    /// claim's age either way.
+    async fn refresh_gauges(&self, counted: &mut Option<Counted>) {
+        let listening = self.listening.load(Ordering::Acquire);
+        // Cleared before counting: a change committed during the count
+        // marks it again, and the next look counts once more.
+        let stale = self.counts_stale.swap(false, Ordering::AcqRel);
+        if must_count(stale, listening, counted.as_ref().map(|c| c.at.elapsed())) {
+            match self.store.counts().await {
+                Ok((counts, oldest_pending)) => {
+                    for st in HostnameStatus::ALL {
+                        let n = counts.iter().find(|(s, _)| *s == st).map_or(0, |(_, n)| *n);
+                        self.metrics.hostnames.with_label_values(&[st.as_str()]).set(n);
+                    }
+                    *counted = Some(Counted {
+                        at: Instant::now(),
+                        oldest_pending,
+                    });
                 }
-                self.metrics.hostnames_oldest_pending_seconds.set(oldest);
+                Err(e) => {
+                    self.counts_stale.store(true, Ordering::Release);
+                    tracing::debug!(error = %e, "custom hostnames: cannot count claims");
+                }
             }
-            Err(e) => tracing::debug!(error = %e, "custom hostnames: cannot count claims"),
         }
+        let age = counted
+            .as_ref()
+            .and_then(|c| c.oldest_pending)
+            .map_or(0, |created| (unix_now() - created).max(0));
+        self.metrics.hostnames_oldest_pending_seconds.set(age);
     }
 }
 
@@ -238,4 +296,28 @@ fn unroutable(c: &Claim) -> String {
         "ownership proven; the domain table does not map {} to tenant {} yet",
         c.name, c.tenant
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_are_counted_again_only_when_they_may_have_changed() {
+        let recent = Some(Duration::from_secs(20));
+        // Nothing changed, a listener would have heard: the last count stands.
+        assert!(!must_count(false, true, recent));
+        // A change was announced.
+        assert!(must_count(true, true, recent));
+        // No listener: a change could have gone unheard.
+        assert!(must_count(false, false, recent));
+        // Never counted, or not for a long while.
+        assert!(must_count(false, true, None));
+        assert!(must_count(false, true, Some(RECOUNT_AT_LEAST_EVERY)));
+        assert!(!must_count(
+            false,
+            true,
+            Some(RECOUNT_AT_LEAST_EVERY - Duration::from_secs(1))
+        ));
+    }
 }
