@@ -186,25 +186,15 @@ def main():
         rest = [a for a in sys.argv[1:] if a != "--limits"]
         return limits_cost(int(rest[0]) if rest else 10_000)
     args = sys.argv[1:]
-    proto = "h1"
-    if "--proto" in args:
-        i = args.index("--proto")
-        proto = args[i + 1]
-        del args[i:i + 2]
-        if proto not in TITLES:
-            raise SystemExit(f"--proto: one of {', '.join(TITLES)}")
-    runs = 1
-    if "--runs" in args:
-        i = args.index("--runs")
-        runs = int(args[i + 1])
-        del args[i:i + 2]
-        if runs < 1:
-            raise SystemExit("--runs: at least 1")
-    extra = None
-    if "--extra" in args:
-        i = args.index("--extra")
-        extra = args[i + 1]
-        del args[i:i + 2]
+    proto = R.take_option(args, "--proto")
+    proto = "h1" if proto is None else proto
+    if proto not in TITLES:
+        raise SystemExit(f"--proto: one of {', '.join(TITLES)}")
+    runs = R.take_option(args, "--runs")
+    runs = 1 if runs is None else int(runs)
+    if runs < 1:
+        raise SystemExit("--runs: at least 1")
+    extra = R.take_option(args, "--extra")
     n = int(args[0]) if args else 10_000
     if not shutil.which("valgrind"):
         raise SystemExit("valgrind is not installed (bench/run.sh installs it)")

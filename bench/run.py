@@ -65,6 +65,19 @@ def _candidate_ports():
 _PORTS = _candidate_ports()
 
 
+def take_option(args, name):
+    """Remove `name VALUE` from the argument list `args` and return VALUE
+    (None if `name` is absent). The bench scripts' own options."""
+    if name not in args:
+        return None
+    i = args.index(name)
+    if i + 1 >= len(args):
+        raise SystemExit(f"{name}: a value is needed")
+    value = args[i + 1]
+    del args[i:i + 2]
+    return value
+
+
 def free_port():
     """A port nobody listens on, handed out once per run, checked by binding."""
     for port in _PORTS:

@@ -70,13 +70,10 @@ def _tracer(pid, tid):
 
 def main():
     args = sys.argv[1:]
-    proto = "h1"
-    if "--proto" in args:
-        i = args.index("--proto")
-        proto = args[i + 1]
-        del args[i:i + 2]
-        if proto not in FLAGS:
-            raise SystemExit(f"--proto: one of {', '.join(FLAGS)}")
+    proto = R.take_option(args, "--proto")
+    proto = "h1" if proto is None else proto
+    if proto not in FLAGS:
+        raise SystemExit(f"--proto: one of {', '.join(FLAGS)}")
     n = int(args[0]) if args else 20_000
     if not shutil.which("strace"):
         raise SystemExit("strace is not installed (scripts/deps.sh bench installs it)")

@@ -122,13 +122,9 @@ impl Reply {
 
 impl Gateway {
     /// Answer with one of the gateway's own pages. Returns `Ok(true)` for
-    /// `request_filter` ("response sent").
-    async fn respond(&self, session: &mut Session, ctx: &mut Ctx, kind: PageKind) -> Result<bool> {
-        self.respond_page(session, ctx, kind, false, None).await
-    }
-
-    /// `close`: tell the client this connection ends after the page;
-    /// `retry_after`: seconds for a `Retry-After` header.
+    /// `request_filter` ("response sent"). `close`: tell the client this
+    /// connection ends after the page; `retry_after`: seconds for a
+    /// `Retry-After` header.
     async fn respond_page(
         &self,
         session: &mut Session,
@@ -170,7 +166,7 @@ impl Gateway {
     /// The HTTP-01 key authorization (200 text/plain) or 404.
     async fn respond_challenge(&self, session: &mut Session, ctx: &mut Ctx, answer: Option<String>) -> Result<bool> {
         let Some(body) = answer else {
-            return self.respond(session, ctx, PageKind::NotFound).await;
+            return self.respond_page(session, ctx, PageKind::NotFound, false, None).await;
         };
         let mut resp = ResponseHeader::build(200, Some(4))?;
         resp.insert_header(CONTENT_TYPE, "text/plain")?;
