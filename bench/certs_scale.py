@@ -15,7 +15,9 @@ Measured, with the certificate cache bounded at 10,000:
 - first handshake of a name not in memory vs. a name in memory (p50/p99,
   one handshake at a time from CPU 1);
 - database statements per scan with nothing due (the ACME pool's
-  statements in PostgreSQL's own log, over several scans).
+  statements in PostgreSQL's own log, over several scans);
+- a key rotation: `gateway acme rekey` re-sealing every stored key with a
+  new key while the gateway serves, and a second pass with nothing to do.
 
 With `--before BINARY` (a gateway built from an earlier commit) the same
 100,000 names are measured with it: time until its start-up load of every
@@ -144,7 +146,7 @@ def gateway_env(url):
             "TG_CERT_KEY": SEAL_KEY.hex()}
 
 
-def write_config(url, http, tls, admin, certs, cache=CACHE, name="gateway-scale.toml"):
+def write_config(url, http, tls, admin, certs, cache=CACHE, name="gateway-scale.toml", acme_extra=""):
     """`cache=None`: no `certificate_cache_size` key (a gateway from before it)."""
     tls_section = "" if certs is None else f"""
 [tls]
@@ -157,6 +159,7 @@ enabled = true
 directory_url = "https://127.0.0.1:9/dir"
 check_interval_secs = 1
 {"" if cache is None else f"certificate_cache_size = {cache}"}
+{acme_extra}
 """
     cfg = run.WORK / name
     cfg.write_text(f"""
@@ -269,6 +272,23 @@ def wait_log(path, pattern, timeout):
     return None
 
 
+def rekey(url, certs):
+    """Seconds and output of two `gateway acme rekey` passes: the new key
+    seals, the benchmark's (SEAL_KEY) only opens."""
+    cfg = write_config(url, run.free_port(), run.free_port(), run.free_port(), certs, name="gateway-rekey.toml",
+                       acme_extra='decrypt_key_envs = ["TG_CERT_KEY_OLD"]')
+    env = dict(gateway_env(url), TG_CERT_KEY=bytes(range(32, 64)).hex(), TG_CERT_KEY_OLD=SEAL_KEY.hex())
+    passes = []
+    for _ in range(2):
+        started = time.time()
+        out = subprocess.run([str(run.REL / "gateway"), "--config", str(cfg), "acme", "rekey"], env=env,
+                             capture_output=True, text=True)
+        if out.returncode != 0:
+            raise SystemExit(f"gateway acme rekey failed:\n{out.stdout}{out.stderr}")
+        passes.append((time.time() - started, out.stdout))
+    return passes
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--names", type=int, default=100_000)
@@ -308,6 +328,10 @@ def main():
         rss_100 = gw.rss_mib()
         in_memory = run.metric(gw.admin, "tenant_gateway_certificates_in_memory")
         loads = run.metric(gw.admin, "tenant_gateway_certificate_loads_total")
+        # A key rotation's re-sealing, while the gateway serves.
+        (rekey_secs, rekey_out), (again_secs, again_out) = rekey(url, certs)
+        resealed = re.search(r"re-sealed with acme.key_env's key: (\d+)", rekey_out)
+        current = re.search(r"already sealed with it: (\d+)", again_out)
         gw.stop()
 
         lines += [
@@ -328,6 +352,10 @@ def main():
             f"| Handshake, in memory: p50 / p99 | {pct(warm, 50):.2f} / {pct(warm, 99):.2f} ms |",
             f"| p99 difference | {pct(cold, 99) - pct(warm, 99):.2f} ms |",
             f"| Statements per scan, nothing due (server time) | {per_scan:.1f} ({scan_ms:.2f} ms) |",
+            f"| `gateway acme rekey`: {int(resealed.group(1)) if resealed else 0:,} keys re-sealed | "
+            f"{rekey_secs:.1f} s |",
+            f"| `gateway acme rekey` again: {int(current.group(1)) if current else 0:,} already sealed | "
+            f"{again_secs:.1f} s |",
         ]
 
         if args.before:

@@ -118,6 +118,15 @@ enum AcmeCmd {
     Status,
     /// Force a renewal now (one gateway of the fleet orders it).
     Renew { name: String },
+    /// Re-seal every stored private key and account credential with
+    /// `acme.key_env`'s key (after a key rotation, docs/operations.md).
+    /// Exits non-zero while a secret opens with no configured key or the
+    /// pass is not known complete.
+    Rekey {
+        /// Only count what would be re-sealed.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -231,6 +240,21 @@ fn acme_cmd(path: &std::path::Path, cmd: AcmeCmd) -> anyhow::Result<()> {
                 let name = tenancy::normalize_domain(&name).map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
                 tls::acme::force_renewal(&db, &name).await?;
                 println!("renewal of {name} requested");
+            }
+            AcmeCmd::Rekey { dry_run } => {
+                let keys = cfg.acme_keys()?;
+                let seal = tls::acme::Seal::with_keys(&keys.seal, &keys.open_also);
+                let report = tls::acme::rekey(&db, &seal, dry_run).await?;
+                for line in report.lines(dry_run) {
+                    println!("{line}");
+                }
+                if !report.complete(dry_run) {
+                    anyhow::bail!(match report.unreadable.is_empty() {
+                        true => "not complete: run `gateway acme rekey` again",
+                        false => "secrets above open with no configured key (acme.key_env, acme.decrypt_key_envs)",
+                    });
+                }
+                println!("complete: every stored secret opens with acme.key_env's key");
             }
         }
         Ok(())
@@ -349,7 +373,7 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     cfg.secrets()?;
     cfg.admin_token()?;
     if cfg.acme.enabled {
-        cfg.acme_key()?;
+        cfg.acme_keys()?;
     }
     pages::Pages::load(&cfg.pages)?;
     Pools::from_config(&cfg)?;
@@ -579,7 +603,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
     };
 
     let acme = if cfg.acme.enabled {
-        let key = cfg.acme_key()?;
+        let keys = cfg.acme_keys()?;
         let opts: sqlx::postgres::PgConnectOptions =
             secrets.database_url.parse().context("config key `database.url_env`")?;
         let db = tenant::lookup::lazy_pool(
@@ -591,7 +615,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
             tls::acme::Acme::new(
                 cfg.acme_effective(),
                 db,
-                &key,
+                &keys,
                 cert_store.clone(),
                 cache.clone(),
                 cfg.tenant.base_domains.clone(),

@@ -14,12 +14,13 @@
 
 use sqlx::PgPool;
 
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 6] = [
     include_str!("../migrations/0001_acme.sql"),
     include_str!("../migrations/0002_hostnames.sql"),
     include_str!("../migrations/0003_certificate_scale.sql"),
     include_str!("../migrations/0004_certificate_expiry.sql"),
     include_str!("../migrations/0005_claim_counts.sql"),
+    include_str!("../migrations/0006_certificate_notify_columns.sql"),
 ];
 const MIGRATION_LOCK: i64 = 0x7467_6163_6d65; // "tgacme"
 

@@ -75,9 +75,16 @@ impl GatewayBuilder {
         self
     }
 
-    /// One more environment variable.
+    /// One more environment variable (a later one of the same name wins).
     pub fn env(mut self, key: &str, value: &str) -> GatewayBuilder {
         self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The config body with the first `from` (which must be there) replaced by `to`.
+    pub fn edit_config(mut self, from: &str, to: &str) -> GatewayBuilder {
+        assert!(self.body.contains(from), "the config has no {from:?}:\n{}", self.body);
+        self.body = self.body.replacen(from, to, 1);
         self
     }
 
@@ -175,8 +182,14 @@ impl Gateway {
 
     /// `gateway --config <this gateway's config> ARGS`, whatever its outcome.
     pub fn cli_output(&self, db_url: &str, args: &[&str]) -> Output {
+        self.cli_output_env(db_url, args, &[])
+    }
+
+    /// [`Gateway::cli_output`] with more environment variables.
+    pub fn cli_output_env(&self, db_url: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
         let mut c = Command::new(bin("gateway"));
         common_env(&mut c, db_url);
+        c.envs(env.iter().copied());
         c.arg("--config")
             .arg(self.dir.path().join("gateway.toml"))
             .args(args)

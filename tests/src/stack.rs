@@ -94,7 +94,14 @@ impl Stack {
     /// Stop the first gateway (SIGTERM, waiting for it to exit) and start
     /// it again on its own ports with the same config.
     pub fn restart_gateway(&mut self) {
+        self.restart_gateway_as(|b| b);
+    }
+
+    /// [`Stack::restart_gateway`] as `change` makes its builder (a changed
+    /// config or environment, kept for later restarts).
+    pub fn restart_gateway_as(&mut self, change: impl FnOnce(GatewayBuilder) -> GatewayBuilder) {
         assert!(self.gw.proc_.terminate(Duration::from_secs(15)), "gateway did not stop");
+        self.launcher = change(self.launcher.clone());
         self.gw = self.gateway().ports(self.ports).start().expect("gateway restarts");
     }
 

@@ -81,6 +81,18 @@ fn wait_issued_for(pebble: &Pebble, tls_port: u16, name: &str, tenant: &str, tim
     assert_eq!(r.json()["tenant"], tenant);
 }
 
+/// Wait until the one stored certificate is no longer the one whose chain
+/// has MD5 `old_chain`, and the new one is served for [`CUSTOM`].
+fn wait_renewed(st: &AcmeStack, old_chain: &str) {
+    wait_until("renewed certificate stored", Duration::from_secs(60), || {
+        st.s.pg
+            .psql("SELECT md5(chain_pem) FROM tenant_gateway.certificates")
+            .is_ok_and(|m| m != old_chain)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", st.s.gw.proc_.log()));
+    wait_issued(&st.pebble, st.s.ports.tls, CUSTOM, Duration::from_secs(20));
+}
+
 /// [`wait_issued_for`] the tenant of [`CUSTOM`].
 fn wait_issued(pebble: &Pebble, tls_port: u16, name: &str, timeout: Duration) {
     wait_issued_for(pebble, tls_port, name, "ferrari", timeout);
@@ -388,16 +400,128 @@ fn renewal_survives_the_ca_being_down_and_restarts_order_nothing() {
 
     // The CA returns: the renewal goes through and the new certificate is served.
     st.pebble.start_pebble().unwrap();
-    wait_until("renewed certificate stored", Duration::from_secs(60), || {
-        st.s.pg
-            .psql("SELECT md5(chain_pem) FROM tenant_gateway.certificates")
-            .is_ok_and(|m| m != first)
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", st.s.gw.proc_.log()));
-    wait_issued(&st.pebble, st.s.ports.tls, CUSTOM, Duration::from_secs(20));
+    wait_renewed(&st, &first);
     let status = &st.s.gw.cli(&st.s.pg.url(), &["acme", "status"]);
     let line = status.lines().find(|l| l.starts_with(CUSTOM)).unwrap();
     assert!(line.contains("valid"), "{line}");
+}
+
+/// Rotating `TG_CERT_KEY` in place (docs/operations.md): with the new key
+/// sealing and the old one only opening, the stored certificate is served
+/// and the account used without a new order; `gateway acme rekey` re-seals
+/// both (a dry run only counts; a second pass finds nothing; the old key
+/// alone opens neither afterwards); with the old key gone the certificate is
+/// still served and a forced renewal uses the stored account.
+#[test]
+fn the_certificate_key_rotates_in_place_without_new_certificates() {
+    const NEW: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+    const UNRELATED: &str = "3333333333333333333333333333333333333333333333333333333333333333";
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
+    // Sealed with the test environment's TG_CERT_KEY (CERT_KEY_HEX).
+    let mut st = acme_stack(pg, "\"http-01\"");
+    wait_issued(&st.pebble, st.s.ports.tls, CUSTOM, Duration::from_secs(60));
+    let sealed = |pg: &Postgres| {
+        pg.psql(
+            "SELECT (SELECT md5(key_enc) || ' ' || md5(chain_pem) FROM tenant_gateway.certificates)
+                 || ' ' || (SELECT md5(credentials_enc) FROM tenant_gateway.acme_accounts)",
+        )
+        .unwrap()
+    };
+    let before = sealed(&st.s.pg);
+    assert_eq!(orders(&st.s.pg), 1);
+
+    // The new key seals, the old one only opens.
+    let rotated = |b: GatewayBuilder, old: &str| {
+        b.edit_config(
+            "[acme]\nenabled = true\n",
+            "[acme]\nenabled = true\ndecrypt_key_envs = [\"TG_CERT_KEY_OLD\"]\n",
+        )
+        .env("TG_CERT_KEY", NEW)
+        .env("TG_CERT_KEY_OLD", old)
+    };
+    st.s.restart_gateway_as(|b| rotated(b, CERT_KEY_HEX));
+    wait_issued(&st.pebble, st.s.ports.tls, CUSTOM, Duration::from_secs(20));
+    wait_scans(&[&st.s.gw], 3);
+    assert_eq!(orders(&st.s.pg), 1, "the stored certificate opened with the old key");
+    let rekey = |args: &[&str], key: &str, old: &str| {
+        let out =
+            st.s.gw
+                .cli_output_env(&st.s.pg.url(), args, &[("TG_CERT_KEY", key), ("TG_CERT_KEY_OLD", old)]);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
+    };
+    // A dry run counts the certificate key and the account, changes nothing
+    // and fails: there is work to do.
+    let (ok, out) = rekey(&["acme", "rekey", "--dry-run"], NEW, CERT_KEY_HEX);
+    assert!(!ok && out.contains("to re-seal with acme.key_env's key: 2"), "{out}");
+    assert_eq!(sealed(&st.s.pg), before);
+    let (ok, out) = rekey(&["acme", "rekey"], NEW, CERT_KEY_HEX);
+    assert!(
+        ok && out.contains("re-sealed with acme.key_env's key: 2") && out.contains("complete"),
+        "{out}"
+    );
+    let after = sealed(&st.s.pg);
+    let (key_before, rest_before) = before.split_once(' ').unwrap();
+    let (key_after, rest_after) = after.split_once(' ').unwrap();
+    assert_ne!(key_before, key_after, "the certificate key was re-sealed");
+    let (chain_before, account_before) = rest_before.split_once(' ').unwrap();
+    let (chain_after, account_after) = rest_after.split_once(' ').unwrap();
+    assert_eq!(chain_before, chain_after, "the same certificate");
+    assert_ne!(account_before, account_after, "the account was re-sealed");
+    // Re-sealing notifies no gateway (nothing to reload); a change a gateway
+    // reads does.
+    let notifies = |set: &str| {
+        st.s.pg
+            .psql(&format!(
+                "LISTEN tenant_gateway_certs; UPDATE tenant_gateway.certificates SET {set}"
+            ))
+            .unwrap()
+            .contains("Asynchronous notification")
+    };
+    assert!(!notifies("key_enc = key_enc"));
+    assert!(notifies("renew_after = renew_after"));
+    let (ok, out) = rekey(&["acme", "rekey"], NEW, CERT_KEY_HEX);
+    assert!(
+        ok && out.contains("re-sealed with acme.key_env's key: 0") && out.contains("already sealed with it: 2"),
+        "{out}"
+    );
+    // The old key alone opens neither any more; the pass says which.
+    let (ok, out) = rekey(&["acme", "rekey", "--dry-run"], CERT_KEY_HEX, UNRELATED);
+    assert!(!ok && out.contains("opened by no configured key: 2"), "{out}");
+    assert!(out.contains(&format!("cert:{CUSTOM}")), "{out}");
+    assert_eq!(sealed(&st.s.pg), after);
+
+    // The old key gone: the certificate is served, nothing is ordered, and
+    // a forced renewal orders with the stored account.
+    st.s.restart_gateway_as(|b| b.env("TG_CERT_KEY_OLD", UNRELATED));
+    wait_issued(&st.pebble, st.s.ports.tls, CUSTOM, Duration::from_secs(20));
+    wait_scans(&[&st.s.gw], 3);
+    assert_eq!(orders(&st.s.pg), 1);
+    let renew = st.s.gw.cli_output_env(
+        &st.s.pg.url(),
+        &["acme", "renew", CUSTOM],
+        &[("TG_CERT_KEY", NEW), ("TG_CERT_KEY_OLD", UNRELATED)],
+    );
+    assert!(renew.status.success(), "{}", String::from_utf8_lossy(&renew.stderr));
+    wait_renewed(&st, chain_after);
+    let log = st.s.gw.proc_.log();
+    assert!(
+        !log.contains("account created") && !log.contains("decryption failed"),
+        "{log}"
+    );
+    assert_eq!(
+        st.s.pg
+            .psql("SELECT md5(credentials_enc) FROM tenant_gateway.acme_accounts")
+            .unwrap(),
+        account_after,
+        "the re-sealed account was used, not replaced"
+    );
 }
 
 /// Stored certificates are not loaded at start-up: each comes from the

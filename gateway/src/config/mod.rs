@@ -348,6 +348,10 @@ pub struct AcmeConfig {
     /// Environment variable holding the 32-byte key (64 hex digits) that
     /// encrypts private keys and account credentials at rest.
     pub key_env: String,
+    /// Environment variables holding further keys that only decrypt: secrets
+    /// sealed with them still open, new ones are sealed with `key_env`'s
+    /// (a key rotation, docs/operations.md; `gateway acme rekey` re-seals).
+    pub decrypt_key_envs: Vec<String>,
     /// Names that need certificates: `SELECT <domain>` rows; active tenants
     /// only. Default: derived from `tenant.preset` (see `Config::acme_domains_query`).
     pub domains_query: Option<String>,
@@ -387,6 +391,7 @@ impl Default for AcmeConfig {
             eab: None,
             challenges: vec![ChallengeKind::Http01, ChallengeKind::TlsAlpn01],
             key_env: "TG_CERT_KEY".into(),
+            decrypt_key_envs: Vec::new(),
             domains_query: None,
             check_interval: Duration::from_secs(60),
             on_demand_timeout: Duration::from_millis(10_000),
@@ -816,22 +821,45 @@ impl Config {
         Ok(Some(token))
     }
 
-    /// The key encrypting private keys at rest (ACME).
-    pub fn acme_key(&self) -> Result<[u8; 32], ConfigError> {
-        let raw = std::env::var(&self.acme.key_env).map_err(|_| {
-            invalid(
-                "acme.key_env",
-                format!("environment variable `{}` is not set", self.acme.key_env),
-            )
-        })?;
-        let mut key = [0u8; 32];
-        hex::decode_to_slice(raw.trim(), &mut key).map_err(|_| {
-            invalid(
-                "acme.key_env",
-                format!("`{}` must hold 64 hex digits (32 bytes)", self.acme.key_env),
-            )
-        })?;
-        Ok(key)
+    /// The keys of secrets at rest (ACME): `acme.key_env`'s seals and
+    /// opens, each of `acme.decrypt_key_envs` only opens. Every variable
+    /// that is unset, not 64 hex digits or a key given twice is named.
+    pub fn acme_keys(&self) -> Result<AcmeKeys, ConfigError> {
+        self.acme_keys_from(|var| std::env::var(var).ok())
+    }
+
+    /// [`Config::acme_keys`] with the environment as `env`.
+    fn acme_keys_from(&self, env: impl Fn(&str) -> Option<String>) -> Result<AcmeKeys, ConfigError> {
+        let read = |key: String, var: &str| -> Result<[u8; 32], ConfigError> {
+            let raw = env(var).ok_or_else(|| invalid(&key, format!("environment variable `{var}` is not set")))?;
+            let mut bytes = [0u8; 32];
+            hex::decode_to_slice(raw.trim(), &mut bytes)
+                .map_err(|_| invalid(&key, format!("`{var}` must hold 64 hex digits (32 bytes)")))?;
+            Ok(bytes)
+        };
+        let mut errs = Vec::new();
+        let seal = read("acme.key_env".into(), &self.acme.key_env)
+            .map_err(|e| errs.push(e))
+            .ok();
+        let mut open_also: Vec<[u8; 32]> = Vec::new();
+        for (i, var) in self.acme.decrypt_key_envs.iter().enumerate() {
+            let key = format!("acme.decrypt_key_envs[{i}]");
+            match read(key.clone(), var) {
+                // The same key twice is a rotation step gone wrong (the old
+                // key missing): secrets sealed with it would not open.
+                Ok(k) if seal == Some(k) || open_also.contains(&k) => errs.push(invalid(
+                    key,
+                    format!("`{var}` holds a key given earlier (acme.key_env or another entry)"),
+                )),
+                Ok(k) => open_also.push(k),
+                Err(e) => errs.push(e),
+            }
+        }
+        match (seal, errs.len()) {
+            (Some(seal), 0) => Ok(AcmeKeys { seal, open_also }),
+            (_, 1) => Err(errs.remove(0)),
+            _ => Err(ConfigError::Several(errs)),
+        }
     }
 
     /// Resolve the environment: database URL and signing key.
@@ -887,6 +915,25 @@ impl Config {
     /// The effective config as TOML (contains no secrets: only env var names).
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|e| format!("# cannot render config: {e}"))
+    }
+}
+
+/// The keys of secrets at rest ([`Config::acme_keys`]); never printed.
+pub struct AcmeKeys {
+    /// Seals new secrets and opens.
+    pub seal: [u8; 32],
+    /// Only open (a rotation in progress), tried after `seal`.
+    pub open_also: Vec<[u8; 32]>,
+}
+
+/// How many keys, never their bytes.
+impl std::fmt::Debug for AcmeKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "AcmeKeys {{ seal: <redacted>, open_also: <{} redacted> }}",
+            self.open_also.len()
+        )
     }
 }
 

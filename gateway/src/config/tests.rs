@@ -286,3 +286,46 @@ fn every_value_of_the_wrong_form_is_named_at_once() {
     let err = Config::parse("[listen\nthreads = \"x\"\n").unwrap_err();
     assert!(!err.contains("config key"), "{err}");
 }
+
+#[test]
+fn acme_keys_name_every_variable_that_is_unset_malformed_or_repeated() {
+    let cfg = |list: &str| -> Config {
+        toml::from_str(&format!(
+            "{MIN}[acme]\nkey_env = \"NEW\"\ndecrypt_key_envs = [{list}]\n"
+        ))
+        .unwrap()
+    };
+    let env = |var: &str| match var {
+        "NEW" => Some("22".repeat(32)),
+        "OLD" => Some(format!(" {} \n", "11".repeat(32))),
+        "SAME_AS_NEW" => Some("22".repeat(32)),
+        "SHORT" => Some("11".repeat(31)),
+        _ => None,
+    };
+    let keys = cfg("\"OLD\"").acme_keys_from(env).unwrap();
+    assert_eq!((keys.seal, keys.open_also), ([0x22; 32], vec![[0x11; 32]]));
+    assert!(cfg("").acme_keys_from(env).unwrap().open_also.is_empty());
+    let err = cfg("\"OLD\", \"UNSET\", \"SHORT\", \"SAME_AS_NEW\", \"OLD\"")
+        .acme_keys_from(env)
+        .unwrap_err();
+    let ConfigError::Several(errs) = &err else {
+        panic!("{err}")
+    };
+    let keys: Vec<Option<&str>> = errs.iter().map(ConfigError::key).collect();
+    assert_eq!(
+        keys,
+        [
+            Some("acme.decrypt_key_envs[1]"),
+            Some("acme.decrypt_key_envs[2]"),
+            Some("acme.decrypt_key_envs[3]"),
+            Some("acme.decrypt_key_envs[4]"),
+        ],
+        "{err}"
+    );
+    assert!(err.to_string().contains("`UNSET` is not set"), "{err}");
+    assert!(err.to_string().contains("`SHORT` must hold 64 hex digits"), "{err}");
+    let err = cfg("\"OLD\"")
+        .acme_keys_from(|v| env(v).filter(|_| v != "NEW"))
+        .unwrap_err();
+    assert_eq!(err.key(), Some("acme.key_env"), "{err}");
+}

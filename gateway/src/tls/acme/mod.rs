@@ -4,7 +4,8 @@
 //! `protocol` (account and order through instant-acme), `challenge`
 //! (answering validations), `certs` (certificates between the database and
 //! memory), `policy` (rate-limit unit, back-off, renewal point: pure),
-//! `seal` (secrets at rest), `report` (the CLI's view).
+//! `seal` (secrets at rest), `rekey` (re-sealing them after a key
+//! rotation), `report` (the CLI's view).
 //!
 //! - Guard: only names in the domain table whose tenant is active and that
 //!   are not under a base domain (the wildcard covers those) ever get an
@@ -91,14 +92,16 @@ mod certs;
 mod challenge;
 mod policy;
 mod protocol;
+mod rekey;
 mod report;
 mod seal;
 mod worker;
 
 pub use certs::{restore_certificate, retire_certificate};
 pub use policy::{backoff, registered_domain, renewal_point};
+pub use rekey::{rekey, RekeyReport};
 pub use report::{force_renewal, status_report};
-pub use seal::Seal;
+pub use seal::{Opener, Seal};
 
 const CERTS_CHANNEL: &str = "tenant_gateway_certs";
 const RENEW_CHANNEL: &str = "tenant_gateway_acme";
@@ -331,7 +334,7 @@ impl Acme {
     pub fn new(
         cfg: AcmeConfig,
         db: PgPool,
-        key: &[u8; 32],
+        keys: &crate::config::AcmeKeys,
         store: Arc<CertStore>,
         cache: Arc<TenantCache>,
         base_domains: Vec<String>,
@@ -359,7 +362,7 @@ impl Acme {
             db,
             answers,
             listen_db,
-            seal: Seal::new(key),
+            seal: Seal::with_keys(&keys.seal, &keys.open_also),
             store,
             guard: Arc::new(CacheGuard(cache)),
             base_domains,

@@ -1,0 +1,182 @@
+//! Re-sealing stored secrets with the sealing key after a key rotation
+//! (`gateway acme rekey`): every certificate key and ACME account credential
+//! that opens only under a key of `acme.decrypt_key_envs` is sealed again
+//! with `acme.key_env`'s, in batches, straight against the database.
+//!
+//! Safe while the fleet serves and renews: a batch changes a row only if it
+//! still holds the ciphertext read (a renewal that stored a new one meanwhile
+//! sealed it with the sealing key), and a re-sealed row holds the same
+//! certificate, so no gateway reloads it (migration 0006: the certificate
+//! NOTIFY ignores `key_enc`). A second run finds nothing to do.
+
+use super::*;
+
+/// What a pass found (with `dry_run`, `resealed` counts what it would do).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RekeyReport {
+    /// Sealed again with the sealing key.
+    pub resealed: u64,
+    /// Already sealed with the sealing key.
+    pub current: u64,
+    /// Replaced while the pass ran (by a renewal or a new account, sealed
+    /// with the sealing key of the gateway that wrote it).
+    pub replaced: u64,
+    /// Secrets no configured key opens, as `cert:<name>` or
+    /// `account:<directory>`: they stay as they are (a gateway orders a new
+    /// certificate when it needs one, and creates a new account).
+    pub unreadable: Vec<String>,
+}
+
+/// A table of sealed secrets: its id column, secret column and the prefix
+/// of the associated data (`seal.rs`).
+struct Sealed {
+    table: &'static str,
+    id: &'static str,
+    secret: &'static str,
+    aad: &'static str,
+}
+
+const SEALED: [Sealed; 2] = [
+    Sealed {
+        table: "tenant_gateway.certificates",
+        id: "name",
+        secret: "key_enc",
+        aad: "cert:",
+    },
+    Sealed {
+        table: "tenant_gateway.acme_accounts",
+        id: "directory",
+        secret: "credentials_enc",
+        aad: "account:",
+    },
+];
+
+/// Rows read, decrypted and written per statement: 500 certificate keys are
+/// about 1 MB of ciphertext, well inside one query's deadline.
+const BATCH: i64 = 500;
+
+/// `gateway acme rekey [--dry-run]`: one pass over every sealed secret.
+pub async fn rekey(db: &PgPool, seal: &Seal, dry_run: bool) -> Result<RekeyReport, AcmeError> {
+    Acme::migrate(db).await?;
+    let mut report = RekeyReport::default();
+    for t in &SEALED {
+        let read = format!(
+            "SELECT {id}, {secret} FROM {table} WHERE {id} > $1 ORDER BY {id} LIMIT $2",
+            id = t.id,
+            secret = t.secret,
+            table = t.table
+        );
+        let write = format!(
+            "UPDATE {table} t SET {secret} = v.new
+               FROM unnest($1::text[], $2::bytea[], $3::bytea[]) AS v(id, old, new)
+              WHERE t.{id} = v.id AND t.{secret} = v.old",
+            id = t.id,
+            secret = t.secret,
+            table = t.table
+        );
+        let mut after = String::new();
+        loop {
+            let rows: Vec<(String, Vec<u8>)> = bounded(
+                "reading sealed secrets",
+                sqlx::query_as(&read).bind(&after).bind(BATCH).fetch_all(db),
+            )
+            .await?;
+            let Some((last, _)) = rows.last() else { break };
+            after = last.clone();
+            let (mut ids, mut olds, mut news) = (Vec::new(), Vec::new(), Vec::new());
+            for (id, old) in rows {
+                let aad = format!("{}{id}", t.aad);
+                match seal.open_with(&aad, &old) {
+                    Ok((_, Opener::Sealing)) => report.current += 1,
+                    Ok((plain, Opener::OpenOnly(_))) => {
+                        news.push(seal.seal(&aad, &plain)?);
+                        ids.push(id);
+                        olds.push(old);
+                    }
+                    Err(_) => report.unreadable.push(aad),
+                }
+            }
+            if ids.is_empty() {
+                continue;
+            }
+            let wanted = ids.len() as u64;
+            if dry_run {
+                report.resealed += wanted;
+                continue;
+            }
+            let written = bounded(
+                "re-sealing a batch",
+                sqlx::query(&write).bind(&ids).bind(&olds).bind(&news).execute(db),
+            )
+            .await?
+            .rows_affected();
+            report.resealed += written;
+            report.replaced += wanted.saturating_sub(written);
+        }
+    }
+    Ok(report)
+}
+
+impl RekeyReport {
+    /// The CLI's summary, one line per finding.
+    pub fn lines(&self, dry_run: bool) -> Vec<String> {
+        let verb = if dry_run { "to re-seal" } else { "re-sealed" };
+        let mut lines = vec![
+            format!("{verb} with acme.key_env's key: {}", self.resealed),
+            format!("already sealed with it: {}", self.current),
+        ];
+        if self.replaced > 0 {
+            lines.push(format!("replaced meanwhile (sealed by a gateway): {}", self.replaced));
+        }
+        if !self.unreadable.is_empty() {
+            lines.push(format!("opened by no configured key: {}", self.unreadable.len()));
+            lines.extend(self.unreadable.iter().map(|s| format!("  {s}")));
+        }
+        lines
+    }
+
+    /// Every secret the pass saw is now sealed with the sealing key (a dry
+    /// run: already was), so the keys that only open can go. A row replaced
+    /// meanwhile was sealed by whichever key its gateway seals with: another
+    /// pass tells.
+    pub fn complete(&self, dry_run: bool) -> bool {
+        self.unreadable.is_empty() && self.replaced == 0 && (!dry_run || self.resealed == 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pass_is_complete_when_every_secret_it_saw_opens_with_the_sealing_key() {
+        let done = RekeyReport {
+            current: 3,
+            ..RekeyReport::default()
+        };
+        assert!(done.complete(true) && done.complete(false));
+        let worked = RekeyReport {
+            resealed: 2,
+            ..done.clone()
+        };
+        assert!(worked.complete(false), "re-sealed: done");
+        assert!(!worked.complete(true), "a dry run found work");
+        let raced = RekeyReport {
+            replaced: 1,
+            ..done.clone()
+        };
+        assert!(!raced.complete(false), "another pass tells");
+        let lost = RekeyReport {
+            unreadable: vec!["cert:a.test".into()],
+            ..done.clone()
+        };
+        assert!(!lost.complete(false));
+        let lines = lost.lines(false);
+        assert!(lines.contains(&"  cert:a.test".to_string()), "{lines:?}");
+        assert!(
+            worked.lines(true)[0].starts_with("to re-seal"),
+            "{:?}",
+            worked.lines(true)
+        );
+    }
+}
