@@ -6,6 +6,7 @@ pub mod host;
 pub mod invalidate;
 pub mod lookup;
 pub mod record;
+pub mod records;
 pub mod table;
 
 pub use record::{Status, Tenant};

@@ -1,5 +1,6 @@
 //! The cached tenant record: what the domain table says about a host, kept
-//! small because the cache holds one per tenant (up to `cache.max_entries`).
+//! small because the cache holds one per domain (up to `cache.max_entries`;
+//! a tenant's domains share an equal record: `tenant::records`).
 //! 40 bytes behind its `Arc` plus one string allocation: the schema and the
 //! pinned pool's name share it; the metric handle and the limiter are one
 //! pointer each, attached when the lookup builds the record (no lazily set
@@ -86,6 +87,25 @@ impl Tenant {
     pub fn stats(&self) -> Option<&TenantStats> {
         self.stats.as_deref()
     }
+
+    /// Indistinguishable from `other`: equal names, status and pin, and the
+    /// very same limiter and metric handles (`tenant::records` shares such
+    /// records between a tenant's domains).
+    pub fn same_record(&self, other: &Tenant) -> bool {
+        fn same<T>(a: &Option<Arc<T>>, b: &Option<Arc<T>>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+        }
+        self.names == other.names
+            && self.schema_len == other.schema_len
+            && self.pinned == other.pinned
+            && self.status == other.status
+            && same(&self.stats, &other.stats)
+            && same(&self.limiter, &other.limiter)
+    }
 }
 
 #[cfg(test)]
@@ -95,6 +115,30 @@ mod tests {
     #[test]
     fn record_is_small() {
         assert_eq!(std::mem::size_of::<Tenant>(), 40);
+    }
+
+    #[test]
+    fn records_are_the_same_only_with_every_field_and_the_same_handles() {
+        let metrics = crate::metrics::tenant::TenantMetrics::new(10);
+        let t = || Tenant::new("acme", Status::Active, None).expect("short");
+        assert!(t().same_record(&t()));
+        let stats = metrics.for_tenant("acme");
+        assert!(t()
+            .with_stats(stats.clone())
+            .same_record(&t().with_stats(stats.clone())));
+        // Equal handles that are not the same ones: not the same record.
+        let other_stats = crate::metrics::tenant::TenantMetrics::new(10).for_tenant("acme");
+        assert!(!t().with_stats(stats.clone()).same_record(&t().with_stats(other_stats)));
+        assert!(!t().with_stats(stats).same_record(&t()));
+        // "ab" + pool "c" and "a" + pool "bc" share their concatenated names.
+        let ab = Tenant::new("ab", Status::Active, Some("c")).expect("short");
+        let a = Tenant::new("a", Status::Active, Some("bc")).expect("short");
+        assert!(!ab.same_record(&a) && !a.same_record(&ab));
+        let pinned_empty = Tenant::new("acme", Status::Active, Some("")).expect("short");
+        assert!(!pinned_empty.same_record(&t()) && !t().same_record(&pinned_empty));
+        for status in [Status::Suspended, Status::Deleted, Status::Unverified] {
+            assert!(!Tenant::new("acme", status, None).expect("short").same_record(&t()));
+        }
     }
 
     #[test]
