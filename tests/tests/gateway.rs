@@ -289,6 +289,12 @@ fn cache_costs_one_query_per_name_and_floods_do_not_evict_tenants() {
     assert_eq!(q(&s), after, "hot tenants were evicted by the flood");
 }
 
+/// The tenant `/whoami` names through `gw` for `host`.
+fn tenant_on_host(client: &http::Client, gw: &Gateway, host: &str) -> String {
+    let r = client.get(&gw.url("/whoami")).header("host", host).send().unwrap();
+    r.json()["tenant"].as_str().unwrap_or_default().to_owned()
+}
+
 /// Give ferrari's `www.ferrari-cars.test` to mclaren in the domain table
 /// (its trigger sends the NOTIFY); when.
 fn move_ferrari_cars_to_mclaren(pg: &Postgres) -> Instant {
@@ -306,14 +312,7 @@ fn notify_moves_a_domain_on_every_gateway() {
     let pools = pools_toml(&[("default", &[s.apps[0].port, s.apps[1].port])]);
     let gw2 = Gateway::start(&s.pg.url(), &pools).unwrap();
     let client = http::client();
-    let tenant_on = |gw: &Gateway| -> String {
-        let r = client
-            .get(&gw.url("/whoami"))
-            .header("host", "www.ferrari-cars.test")
-            .send()
-            .unwrap();
-        r.json()["tenant"].as_str().unwrap_or_default().to_owned()
-    };
+    let tenant_on = |gw: &Gateway| tenant_on_host(&client, gw, "www.ferrari-cars.test");
     // Both cached as ferrari (positive TTL is 60 s: only NOTIFY can move them).
     assert_eq!(tenant_on(&s.gw), "ferrari");
     assert_eq!(tenant_on(&gw2), "ferrari");
@@ -322,18 +321,26 @@ fn notify_moves_a_domain_on_every_gateway() {
         tenant_on(&s.gw) == "mclaren" && tenant_on(&gw2) == "mclaren"
     })
     .unwrap_or_else(|e| panic!("{e} (after {:?})", moved.elapsed()));
-    // Suspending a tenant is a change too.
+    // Suspending a tenant is a change too, for each of its domains (which
+    // share one tenant record in a gateway's cache) and for no other
+    // tenant's.
     app_cli_ok(&s.pg.url(), &["tenant", "suspend", "mclaren"]);
+    let status_on = |gw: &Gateway, host: &str| client.get(&gw.url("/")).header("host", host).send().unwrap().status;
     wait_until("suspension seen", PROPAGATION, || {
-        client
-            .get(&gw2.url("/"))
-            .header("host", "mclaren.myapp.localhost")
-            .send()
-            .unwrap()
-            .status
-            == 403
+        [&s.gw, &gw2].iter().all(|gw| {
+            [
+                "mclaren.myapp.localhost",
+                "mclaren-racing.test",
+                "www.ferrari-cars.test",
+            ]
+            .iter()
+            .all(|h| status_on(gw, h) == 403)
+        })
     })
     .unwrap();
+    for gw in [&s.gw, &gw2] {
+        assert_eq!(tenant_on_host(&client, gw, "ferrari.myapp.localhost"), "ferrari");
+    }
     // A removed domain disappears.
     app_cli_ok(&s.pg.url(), &["domain", "remove", "mclaren-racing.test"]);
     wait_until("removal seen", PROPAGATION, || {
