@@ -99,8 +99,10 @@ fn a_flooding_tenant_gets_429_while_the_other_is_served_promptly() {
     }
     assert!(limited > 10 * ok.max(1) / 2, "flood: {ok} served, {limited} limited");
     eprintln!("mclaren p99 unloaded {before:?}, during the flood {during:?}; flood: {ok} served, {limited} limited");
-    // Generous: 2x the unloaded p99, with a floor for sub-millisecond noise.
-    let bound = 2 * before.max(Duration::from_millis(20));
+    // Generous (a noisy 2-core machine runs the flood, the gateway and this
+    // client at once): 4x the unloaded p99, with a floor for sub-millisecond
+    // noise. Queued behind the flood, mclaren would wait for seconds.
+    let bound = 4 * before.max(Duration::from_millis(25));
     assert!(
         during <= bound,
         "mclaren p99 {during:?} during the flood (unloaded {before:?}, bound {bound:?}, {flood_secs:.1} s)"
