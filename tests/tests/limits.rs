@@ -132,7 +132,7 @@ fn a_tenants_override_in_the_database_takes_effect_through_notify() {
         assert_eq!(get("mclaren.myapp.localhost").status, 200);
     }
     app_cli_ok(&s.pg.url(), &["tenant", "limits", "ferrari", "--clear"]);
-    wait_until("override cleared", Duration::from_secs(2), || {
+    wait_until("override cleared", PROPAGATION, || {
         (0..3).all(|_| get("ferrari.myapp.localhost").status == 200)
     })
     .unwrap();
