@@ -242,8 +242,7 @@ fn acme_cmd(path: &std::path::Path, cmd: AcmeCmd) -> anyhow::Result<()> {
                 println!("renewal of {name} requested");
             }
             AcmeCmd::Rekey { dry_run } => {
-                let keys = cfg.acme_keys()?;
-                let seal = tls::acme::Seal::with_keys(&keys.seal, &keys.open_also);
+                let seal = tls::acme::Seal::from_keys(&cfg.acme_keys()?);
                 let report = tls::acme::rekey(&db, &seal, dry_run).await?;
                 for line in report.lines(dry_run) {
                     println!("{line}");

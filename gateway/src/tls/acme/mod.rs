@@ -362,7 +362,7 @@ impl Acme {
             db,
             answers,
             listen_db,
-            seal: Seal::with_keys(&keys.seal, &keys.open_also),
+            seal: Seal::from_keys(keys),
             store,
             guard: Arc::new(CacheGuard(cache)),
             base_domains,

@@ -39,6 +39,11 @@ impl Seal {
         Seal::with_keys(key, &[])
     }
 
+    /// The configured keys ([`crate::config::Config::acme_keys`]).
+    pub fn from_keys(keys: &crate::config::AcmeKeys) -> Seal {
+        Seal::with_keys(&keys.seal, &keys.open_also)
+    }
+
     /// Sealing with `key`, opening with it or any of `open_also`.
     pub fn with_keys(key: &[u8; 32], open_also: &[[u8; 32]]) -> Seal {
         Seal {
