@@ -20,6 +20,7 @@
 
 use std::borrow::Cow;
 use std::net::IpAddr;
+use std::sync::OnceLock;
 
 use http::header::{FORWARDED, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
@@ -459,9 +460,46 @@ pub fn host_is(headers: &HeaderMap, host: &str) -> bool {
     values.next().is_some_and(|v| v.as_bytes() == host.as_bytes()) && values.next().is_none()
 }
 
+/// The `X-Tenant` value of the first tenant a connection's requests were
+/// stamped for, kept with the connection (almost every connection serves
+/// one tenant): its later requests for that tenant clone the value (a
+/// reference count) where encoding the name and building a header value
+/// cost a scan, a check, an allocation and a copy (~250 instructions per
+/// request, bench/RESULTS.md). Only the value is kept, never a decision:
+/// which tenant a request is stamped for is decided per request, and the
+/// kept value answers only for that same schema name.
+#[derive(Debug, Default)]
+pub struct StampMemo(OnceLock<Option<KeptTenant>>);
+
+#[derive(Debug)]
+struct KeptTenant {
+    schema: Box<str>,
+    /// `stamp::encode_tenant(schema)`: what is signed.
+    wire: Box<str>,
+    /// `wire` as the header value, shared.
+    value: HeaderValue,
+}
+
+impl KeptTenant {
+    fn new(schema: &str, wire: &str) -> Option<KeptTenant> {
+        let value = HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(wire.as_bytes())).ok()?;
+        // The first clone turns the owned buffer into a shared one, so
+        // every later clone is a reference count.
+        drop(value.clone());
+        Some(KeptTenant {
+            schema: schema.into(),
+            wire: wire.into(),
+            value,
+        })
+    }
+}
+
 /// The stamp's two headers for a request routed to the tenant with this
 /// schema: `X-Tenant` (the wire form of the name, docs/stamp.md "Tenant
 /// names") and its signature over method, host and path at time `now`.
+/// Appended to `out`. `memo`: the connection's [`StampMemo`], if the
+/// request path has one.
+#[allow(clippy::too_many_arguments)]
 pub fn stamp<'a>(
     signer: &stamp::Signer,
     schema: &'a str,
@@ -469,18 +507,38 @@ pub fn stamp<'a>(
     host: &str,
     path: &str,
     now: u64,
-) -> [Edit<'a>; 2] {
-    let wire = stamp::encode_tenant(schema);
-    let sig = signer.sign(
-        &stamp::Request {
-            tenant: &wire,
-            method,
-            host,
-            path,
-        },
-        now,
-    );
-    [Edit::Set(X_TENANT, wire), Edit::Set(X_TENANT_SIGNATURE, sig.into())]
+    memo: Option<&StampMemo>,
+    out: &mut Edits<'a>,
+) {
+    let sign = |wire: &str| {
+        signer.sign(
+            &stamp::Request {
+                tenant: wire,
+                method,
+                host,
+                path,
+            },
+            now,
+        )
+    };
+    let kept = memo.and_then(|m| {
+        m.0.get_or_init(|| KeptTenant::new(schema, &stamp::encode_tenant(schema)))
+            .as_ref()
+            .filter(|k| *k.schema == *schema)
+    });
+    let sig = match kept {
+        Some(k) => {
+            out.push(Edit::Put(X_TENANT, k.value.clone()));
+            sign(&k.wire)
+        }
+        None => {
+            let wire = stamp::encode_tenant(schema);
+            let sig = sign(&wire);
+            out.push(Edit::Set(X_TENANT, wire));
+            sig
+        }
+    };
+    out.push(Edit::Set(X_TENANT_SIGNATURE, sig.into()));
 }
 
 #[cfg(test)]
@@ -633,7 +691,7 @@ mod tests {
             assert_eq!(gone.contains(&"x-tenant".to_owned()), !stamped, "{gone:?}");
             assert_eq!(gone.contains(&"x-tenant-signature".to_owned()), !stamped, "{gone:?}");
             if stamped {
-                out.extend(stamp(&signer, "ferrari", "GET", u.host, "/", 1_000));
+                stamp(&signer, "ferrari", "GET", u.host, "/", 1_000, None, &mut out);
             }
             apply(&mut out, &mut h).unwrap();
             assert!(out.is_empty());
@@ -822,7 +880,7 @@ mod tests {
         let secret = b"0123456789abcdef0123456789abcdef".to_vec();
         let signer = stamp::Signer::new(stamp::Key::new("k1", secret.clone()).unwrap());
         let verifier = stamp::Verifier::new(vec![stamp::Key::new("k1", secret).unwrap()], 30).unwrap();
-        let [tenant, sig] = stamp(&signer, "ferrari", "GET", "ferrari.myapp.localhost", "/x", 1_000);
+        let [tenant, sig] = stamped(&signer, "ferrari", "GET", "ferrari.myapp.localhost", "/x", None);
         assert_eq!(tenant, Edit::Set(X_TENANT, "ferrari".into()));
         let Edit::Set(name, sig) = sig else { panic!("set") };
         assert_eq!(name, stamp::SIGNATURE_HEADER);
@@ -835,6 +893,51 @@ mod tests {
         assert!(verifier
             .verify(&["mclaren"], &[&sig], "GET", host, "/x", 1_000)
             .is_err());
+    }
+
+    /// [`stamp`]'s two edits at time 1,000.
+    fn stamped<'a>(
+        signer: &stamp::Signer,
+        schema: &'a str,
+        method: &str,
+        host: &str,
+        path: &str,
+        memo: Option<&StampMemo>,
+    ) -> [Edit<'a>; 2] {
+        let mut out = Edits::new();
+        stamp(signer, schema, method, host, path, 1_000, memo, &mut out);
+        let sig = out.pop().unwrap();
+        [out.pop().unwrap(), sig]
+    }
+
+    #[test]
+    fn a_connections_kept_tenant_value_stamps_only_that_tenant() {
+        // One connection whose requests go to two tenants in turn (a CDN's,
+        // or a client whose host moved): each request's stamp names its own
+        // tenant, whether or not the connection kept a value, and equals the
+        // stamp built without a memo.
+        let secret = b"0123456789abcdef0123456789abcdef".to_vec();
+        let signer = stamp::Signer::new(stamp::Key::new("k1", secret.clone()).unwrap());
+        let verifier = stamp::Verifier::new(vec![stamp::Key::new("k1", secret).unwrap()], 30).unwrap();
+        let memo = StampMemo::default();
+        let host = "shared.example";
+        for schema in ["Acme.EU", "ferrari", "Acme.EU", "ferrari", "Acme.EU"] {
+            let with = written(&stamped(&signer, schema, "GET", host, "/x", Some(&memo)));
+            let without = written(&stamped(&signer, schema, "GET", host, "/x", None));
+            assert_eq!(with, without, "{schema}");
+            let wire = with[0].1.clone().unwrap();
+            let sig = with[1].1.clone().unwrap();
+            assert_eq!(wire, stamp::encode_tenant(schema));
+            let verified = verifier.verify(&[&wire], &[&sig], "GET", host, "/x", 1_000);
+            assert_eq!(verified.unwrap(), schema);
+        }
+        // The first tenant is the one kept; the other is built each time.
+        let kept = memo.0.get().unwrap().as_ref().unwrap();
+        assert_eq!((&*kept.schema, &*kept.wire), ("Acme.EU", "Acme%2EEU"));
+        let [tenant, _] = stamped(&signer, "Acme.EU", "GET", host, "/x", Some(&memo));
+        assert!(matches!(tenant, Edit::Put(..)), "{tenant:?}");
+        let [tenant, _] = stamped(&signer, "ferrari", "GET", host, "/x", Some(&memo));
+        assert_eq!(tenant, Edit::Set(X_TENANT, "ferrari".into()));
     }
 
     /// Each edit as (name, value written or `None` for removed).

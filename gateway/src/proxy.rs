@@ -541,11 +541,11 @@ impl ProxyHttp for Gateway {
             stamped: ctx.tenant.is_some(),
             built: None,
         };
+        let conn = ConnFacts::of(session.digest());
         if !facts.trusted {
             // Built by the connection's first request, used by later ones
             // (`headers::Forwarding`).
-            facts.built = ConnFacts::of(session.digest())
-                .and_then(|c| c.forwarding.get_or_init(|| headers::Forwarding::new(&facts)).as_ref());
+            facts.built = conn.and_then(|c| c.forwarding.get_or_init(|| headers::Forwarding::new(&facts)).as_ref());
         }
         headers::upstream(&req.headers, &facts, &mut edits);
         // The request sent upstream is rebuilt from its parts (taken, not
@@ -561,16 +561,16 @@ impl ProxyHttp for Gateway {
             .map_err(|headers::BadTarget| Error::explain(ErrorType::InvalidHTTPHeader, "bad request target"))?;
         if let Some(tenant) = &ctx.tenant {
             let now = crate::clock::unix_secs();
-            let [wire, sig] = headers::stamp(
+            headers::stamp(
                 &self.signer,
                 tenant.schema(),
                 parts.method.as_str(),
                 host,
                 parts.uri.path(),
                 now,
+                conn.map(|c| &c.stamp),
+                &mut edits,
             );
-            edits.push(wire);
-            edits.push(sig);
         }
         headers::apply(&mut edits, &mut parts.headers)
             .map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "header value"))?;

@@ -356,8 +356,11 @@ fn notify_moves_a_domain_on_every_gateway() {
 }
 
 /// A connection keeps the tenant of the host it kept (the gateway's
-/// `TenantMemo`), so a change must end that on the open connection itself,
-/// not only in the shared cache. Two tenants on one keep-alive connection;
+/// `TenantMemo`) and the `X-Tenant` value of the first tenant it stamped
+/// (`StampMemo`), so a change must end that on the open connection itself,
+/// not only in the shared cache, and the other tenant's requests on the
+/// same connection must carry their own stamp (the backend names the
+/// tenant its verified stamp says). Two tenants on one keep-alive connection;
 /// the connection's own host moves from one to the other while it stays
 /// open (positive TTL 60 s: only the NOTIFY can move it in time).
 #[test]

@@ -34,7 +34,7 @@ use super::deadline::{ConnDeadlines, Phase, Verdict};
 use super::drain::{Drain, DrainWait};
 use super::limits::ConnPermit;
 use super::ws::{FrameTracker, CLOSE_GOING_AWAY};
-use crate::headers::Forwarding;
+use crate::headers::{Forwarding, StampMemo};
 use crate::metrics::Metrics;
 use crate::tenant::cache::TenantMemo;
 use crate::tenant::host::HostMemo;
@@ -72,6 +72,8 @@ pub struct ConnFacts {
     pub host: HostMemo,
     /// The tenant that host resolved to, while fresh.
     pub tenant: TenantMemo,
+    /// The `X-Tenant` value of the first tenant stamped.
+    pub stamp: StampMemo,
 }
 
 impl ConnFacts {
@@ -81,6 +83,7 @@ impl ConnFacts {
             forwarding: OnceLock::new(),
             host: HostMemo::default(),
             tenant: TenantMemo::default(),
+            stamp: StampMemo::default(),
         }
     }
 
