@@ -464,8 +464,8 @@ pub fn host_is(headers: &HeaderMap, host: &str) -> bool {
 /// stamped for, kept with the connection (almost every connection serves
 /// one tenant): its later requests for that tenant clone the value (a
 /// reference count) where encoding the name and building a header value
-/// cost a scan, a check, an allocation and a copy (~250 instructions per
-/// request, bench/RESULTS.md). Only the value is kept, never a decision:
+/// cost a scan, a check, an allocation and a copy (~170 instructions per
+/// request, bench/RESULTS.md, ninth round). Only the value is kept, never a decision:
 /// which tenant a request is stamped for is decided per request, and the
 /// kept value answers only for that same schema name.
 #[derive(Debug, Default)]

@@ -67,7 +67,7 @@ impl From<&str> for Host {
 /// authority) a connection sent, kept with the connection: a later request
 /// sending the same bytes reuses it. Normalising is a pure function of those
 /// bytes, so the memo cannot answer differently; it costs a comparison and
-/// a reference count where normalising costs ~460 instructions, and the
+/// a reference count where normalising costs ~330 instructions, and the
 /// header's text check is skipped for bytes it has seen (bench/RESULTS.md).
 #[derive(Debug, Default)]
 pub struct HostMemo(OnceLock<(Box<[u8]>, Arc<str>)>);
