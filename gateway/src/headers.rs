@@ -494,19 +494,25 @@ impl KeptTenant {
     }
 }
 
+/// What a stamp binds besides the tenant (docs/stamp.md): the request as
+/// forwarded, and the time it is signed at (Unix seconds).
+#[derive(Debug, Clone, Copy)]
+pub struct Signed<'a> {
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub now: u64,
+}
+
 /// The stamp's two headers for a request routed to the tenant with this
 /// schema: `X-Tenant` (the wire form of the name, docs/stamp.md "Tenant
 /// names") and its signature over method, host and path at time `now`.
 /// Appended to `out`. `memo`: the connection's [`StampMemo`], if the
 /// request path has one.
-#[allow(clippy::too_many_arguments)]
 pub fn stamp<'a>(
     signer: &stamp::Signer,
     schema: &'a str,
-    method: &str,
-    host: &str,
-    path: &str,
-    now: u64,
+    signed: &Signed<'_>,
     memo: Option<&StampMemo>,
     out: &mut Edits<'a>,
 ) {
@@ -514,11 +520,11 @@ pub fn stamp<'a>(
         signer.sign(
             &stamp::Request {
                 tenant: wire,
-                method,
-                host,
-                path,
+                method: signed.method,
+                host: signed.host,
+                path: signed.path,
             },
-            now,
+            signed.now,
         )
     };
     let kept = memo.and_then(|m| {
@@ -691,7 +697,13 @@ mod tests {
             assert_eq!(gone.contains(&"x-tenant".to_owned()), !stamped, "{gone:?}");
             assert_eq!(gone.contains(&"x-tenant-signature".to_owned()), !stamped, "{gone:?}");
             if stamped {
-                stamp(&signer, "ferrari", "GET", u.host, "/", 1_000, None, &mut out);
+                let signed = Signed {
+                    method: "GET",
+                    host: u.host,
+                    path: "/",
+                    now: 1_000,
+                };
+                stamp(&signer, "ferrari", &signed, None, &mut out);
             }
             apply(&mut out, &mut h).unwrap();
             assert!(out.is_empty());
@@ -905,7 +917,13 @@ mod tests {
         memo: Option<&StampMemo>,
     ) -> [Edit<'a>; 2] {
         let mut out = Edits::new();
-        stamp(signer, schema, method, host, path, 1_000, memo, &mut out);
+        let signed = Signed {
+            method,
+            host,
+            path,
+            now: 1_000,
+        };
+        stamp(signer, schema, &signed, memo, &mut out);
         let sig = out.pop().unwrap();
         [out.pop().unwrap(), sig]
     }

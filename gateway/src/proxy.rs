@@ -560,14 +560,16 @@ impl ProxyHttp for Gateway {
         headers::to_origin_form(&mut parts.uri)
             .map_err(|headers::BadTarget| Error::explain(ErrorType::InvalidHTTPHeader, "bad request target"))?;
         if let Some(tenant) = &ctx.tenant {
-            let now = crate::clock::unix_secs();
+            let signed = headers::Signed {
+                method: parts.method.as_str(),
+                host,
+                path: parts.uri.path(),
+                now: crate::clock::unix_secs(),
+            };
             headers::stamp(
                 &self.signer,
                 tenant.schema(),
-                parts.method.as_str(),
-                host,
-                parts.uri.path(),
-                now,
+                &signed,
                 conn.map(|c| &c.stamp),
                 &mut edits,
             );
