@@ -89,6 +89,10 @@ pub struct Upstream<'a> {
     /// The client sent `host` itself as its one `Host` header (from
     /// [`crate::tenant::host::request_host`]): nothing to rewrite.
     pub host_as_sent: bool,
+    /// The client's `Host` value, when it is `host` itself and the request
+    /// path kept it: `X-Forwarded-Host` shares it (a reference count)
+    /// instead of copying `host` into a value of its own.
+    pub host_value: Option<&'a HeaderValue>,
     pub tls: bool,
     pub forward: Forward,
     /// The request id to write; `None`: the client's own is there, alone
@@ -135,6 +139,9 @@ impl Forwarding {
             trusted: false,
             request_id: None,
             host_as_sent: true,
+            // A value of its own: a slice of the client's request would
+            // keep that request's whole read buffer for the connection's life.
+            host_value: None,
             built: None,
             ..*u
         };
@@ -184,7 +191,7 @@ impl Forwarding {
                     FORWARDED,
                     forwarded(u.peer, &self.peer_text, u.host, scheme(u.tls)).into(),
                 ),
-                Some(_) if other_host && *name == X_FORWARDED_HOST => Edit::Set(X_FORWARDED_HOST, u.host.into()),
+                Some(_) if other_host && *name == X_FORWARDED_HOST => x_forwarded_host(u),
                 Some(v) => Edit::Put(name.clone(), v.clone()),
             };
             out.push(edit);
@@ -365,7 +372,7 @@ pub fn upstream<'a>(headers: &HeaderMap, u: &Upstream<'a>, out: &mut Edits<'a>) 
         unset(out, X_FORWARDED_PROTO);
     }
     if set.x_host {
-        out.push(Edit::Set(X_FORWARDED_HOST, u.host.into()));
+        out.push(x_forwarded_host(u));
     } else if headers.contains_key(&X_FORWARDED_HOST) {
         // Never the client's own: a trusted peer's is replaced by the Host we route on.
         out.push(Edit::Remove(X_FORWARDED_HOST));
@@ -377,6 +384,14 @@ fn scheme(tls: bool) -> &'static str {
     match tls {
         true => "https",
         false => "http",
+    }
+}
+
+/// `X-Forwarded-Host`: the host the request was routed on.
+fn x_forwarded_host<'a>(u: &Upstream<'a>) -> Edit<'a> {
+    match u.host_value {
+        Some(v) if v.as_bytes() == u.host.as_bytes() => Edit::Put(X_FORWARDED_HOST, v.clone()),
+        _ => Edit::Set(X_FORWARDED_HOST, u.host.into()),
     }
 }
 
@@ -568,6 +583,7 @@ mod tests {
             trusted,
             host: "ferrari.myapp.localhost",
             host_as_sent: false,
+            host_value: None,
             tls: true,
             forward: Forward::ALL,
             request_id: Some("rid-1"),
@@ -1019,6 +1035,39 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    #[test]
+    fn x_forwarded_host_shares_the_clients_host_value() {
+        let sent = HeaderValue::from_static("www.shop.example");
+        let other = HeaderValue::from_static("evil.example");
+        let kept = Forwarding::new(&facts(false)).unwrap();
+        // Per request, and with the connection's values built for another host.
+        for built in [None, Some(&kept)] {
+            let base = Upstream {
+                host: "www.shop.example",
+                built,
+                ..facts(false)
+            };
+            let shared = Upstream {
+                host_value: Some(&sent),
+                ..base
+            };
+            let h = map(&[("x-forwarded-host", "evil.example")]);
+            assert_eq!(written(&edits(&h, &shared)), written(&edits(&h, &base)));
+            let e = edits(&h, &shared);
+            assert!(
+                e.iter()
+                    .any(|e| matches!(e, Edit::Put(n, v) if *n == X_FORWARDED_HOST && *v == sent)),
+                "{e:?}"
+            );
+            // A value that is not the host is never what is sent.
+            let wrong = Upstream {
+                host_value: Some(&other),
+                ..base
+            };
+            assert_eq!(written(&edits(&h, &wrong)), written(&edits(&h, &base)));
         }
     }
 

@@ -83,6 +83,10 @@ pub struct Ctx {
     host: Option<host::Host>,
     /// The client's `Host` header is `host` exactly: forwarded as it came.
     host_as_sent: bool,
+    /// That header's value, for a host the connection did not keep (its
+    /// kept host's forwarding values are the connection's already): shared
+    /// by `X-Forwarded-Host` instead of a copy of the host.
+    host_value: Option<http::HeaderValue>,
     tenant: Option<Arc<Tenant>>,
     pool: Option<Arc<Pool>>,
     /// Backends tried, as indices into `pool`.
@@ -218,8 +222,11 @@ impl Gateway {
         let req = session.req_header();
         let conn = ConnFacts::of(session.digest());
         let host = match host::request_host(&req.headers, &req.uri, conn.map(|f| &f.host)) {
-            Ok((h, as_sent)) => {
-                ctx.host_as_sent = as_sent;
+            Ok((h, sent)) => {
+                ctx.host_as_sent = sent.is_some();
+                if matches!(h, host::Host::Own(_)) {
+                    ctx.host_value = sent.cloned();
+                }
                 Some(h)
             }
             Err(e) => {
@@ -463,6 +470,7 @@ impl ProxyHttp for Gateway {
             request_id_as_sent: false,
             host: None,
             host_as_sent: false,
+            host_value: None,
             tenant: None,
             pool: None,
             tried: Tried::new(),
@@ -535,6 +543,7 @@ impl ProxyHttp for Gateway {
             // could not succeed there.)
             host_as_sent: ctx.host_as_sent
                 || (session.req_header().version == http::Version::HTTP_2 && headers::host_is(&req.headers, host)),
+            host_value: ctx.host_value.as_ref(),
             tls: ctx.tls,
             forward: self.forward,
             request_id: (!ctx.request_id_as_sent).then_some(ctx.request_id.as_str()),

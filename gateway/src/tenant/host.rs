@@ -7,7 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 use http::header::HOST;
-use http::{HeaderMap, Uri};
+use http::{HeaderMap, HeaderValue, Uri};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BadHost {
@@ -99,10 +99,15 @@ impl HostMemo {
     }
 }
 
-/// The normalised host of a request, and whether the client's `Host`
-/// header is already exactly that (then it goes upstream as it came).
-/// `memo`: the connection's, when the request path has one.
-pub fn request_host(headers: &HeaderMap, uri: &Uri, memo: Option<&HostMemo>) -> Result<(Host, bool), BadHost> {
+/// The normalised host of a request, and the client's `Host` header value
+/// if it already is exactly that (then it goes upstream as it came, and
+/// may be shared by other headers that name the host). `memo`: the
+/// connection's, when the request path has one.
+pub fn request_host<'h>(
+    headers: &'h HeaderMap,
+    uri: &Uri,
+    memo: Option<&HostMemo>,
+) -> Result<(Host, Option<&'h HeaderValue>), BadHost> {
     let normalize = |raw: &str| match memo {
         Some(m) => m.normalize(raw),
         None => tenancy::normalize_host(raw).map(Host::Own),
@@ -128,10 +133,10 @@ pub fn request_host(headers: &HeaderMap, uri: &Uri, memo: Option<&HostMemo>) -> 
                     return Err(BadHost::Mismatch);
                 }
             }
-            let as_sent = h.as_bytes() == raw.as_bytes();
+            let as_sent = (h.as_bytes() == raw.as_bytes()).then_some(raw);
             Ok((h, as_sent))
         }
-        (None, Some(a)) => Ok((normalize(a)?, false)),
+        (None, Some(a)) => Ok((normalize(a)?, None)),
         (None, None) => Err(BadHost::Missing),
     }
 }
@@ -149,7 +154,6 @@ pub fn lookup_name(host: &str, strip_www: bool) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderValue;
 
     fn host_of(uri: &str, hosts: &[&str]) -> Result<String, BadHost> {
         host_and_as_sent(uri, hosts).map(|(h, _)| h)
@@ -160,7 +164,12 @@ mod tests {
         for h in hosts {
             headers.append(HOST, h.parse().unwrap());
         }
-        request_host(&headers, &uri.parse().unwrap(), None).map(|(h, as_sent)| (h.to_string(), as_sent))
+        request_host(&headers, &uri.parse().unwrap(), None).map(|(h, sent)| {
+            if let Some(v) = sent {
+                assert_eq!(v.as_bytes(), h.as_bytes());
+            }
+            (h.to_string(), sent.is_some())
+        })
     }
 
     #[test]
@@ -205,7 +214,7 @@ mod tests {
                 &"http://Ferrari.MyApp.localhost:8080/".parse().unwrap(),
                 Some(&memo)
             ),
-            Ok(("ferrari.myapp.localhost".into(), false))
+            Ok(("ferrari.myapp.localhost".into(), None))
         );
         // The kept host is shared; another is the request's own.
         assert!(matches!(
@@ -219,7 +228,7 @@ mod tests {
         headers.append(HOST, "Ferrari.MyApp.localhost:8080".parse().unwrap());
         assert_eq!(
             request_host(&headers, &uri, Some(&memo)),
-            Ok(("ferrari.myapp.localhost".into(), false))
+            Ok(("ferrari.myapp.localhost".into(), None))
         );
         let mut opaque = HeaderMap::new();
         opaque.append(HOST, HeaderValue::from_bytes(b"caf\xe9.example").unwrap());
