@@ -13,8 +13,21 @@ use std::borrow::Cow;
 /// would be truncated, so two names could meet in one schema).
 pub const MAX_TENANT_NAME_BYTES: usize = 63;
 
+/// Bytes that are their own wire form, by value: one load per byte (the
+/// request path encodes every stamped name it has not kept).
+const PLAIN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+        c += 1;
+    }
+    t
+};
+
 fn plain(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
+    PLAIN[usize::from(b)]
 }
 
 /// A name the contract carries: 1-63 bytes, none of `"` `'` `\` `;` NUL CR

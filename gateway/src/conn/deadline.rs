@@ -192,11 +192,15 @@ impl ConnDeadlines {
         match self.phase {
             Phase::Tunnel | Phase::WebSocket => Verdict::Ok,
             Phase::Idle | Phase::Responded => {
-                // The first byte of the next request starts its head clock.
+                // The first byte of the next request starts its head clock
+                // (read only if this read leaves the head incomplete: a
+                // head that arrives whole needs no deadline).
                 self.phase = Phase::Head;
                 self.scanner = HeadScanner::default();
-                self.deadline = now() + self.t.head;
                 self.scan(bytes);
+                if self.phase == Phase::Head {
+                    self.deadline = now() + self.t.head;
+                }
                 Verdict::Ok
             }
             Phase::Head => {
@@ -423,6 +427,25 @@ mod tests {
         assert_eq!(c.phase(), Phase::Head);
         assert_eq!(c.on_pending(|| secs(t0, 88)), Verdict::Ok);
         assert_eq!(c.on_pending(|| secs(t0, 89)), Verdict::HeadTimeout);
+    }
+
+    #[test]
+    fn a_head_that_arrives_whole_reads_no_clock() {
+        let t0 = Instant::now();
+        let mut c = ConnDeadlines::http1(T, t0);
+        c.on_data(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", || t0);
+        c.on_write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        c.on_pending(|| secs(t0, 1));
+        let no_clock = || -> Instant { panic!("the clock was read") };
+        assert_eq!(c.on_data(b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n", no_clock), Verdict::Ok);
+        assert_eq!(c.phase(), Phase::Body);
+        // Split over two reads, the head's clock starts at the first.
+        c.on_write(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+        c.on_pending(|| secs(t0, 2));
+        assert_eq!(c.on_data(b"GET /3 HTTP/1.1\r\n", || secs(t0, 3)), Verdict::Ok);
+        assert_eq!(c.wake_at(), Some(secs(t0, 13)));
+        assert_eq!(c.on_data(b"Host: a\r\n\r\n", no_clock), Verdict::Ok);
+        assert_eq!(c.phase(), Phase::Body);
     }
 
     #[test]
