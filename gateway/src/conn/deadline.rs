@@ -459,8 +459,7 @@ mod tests {
         let t0 = Instant::now();
         let mut c = ConnDeadlines::http1(T, t0);
         c.on_data(b"GET / HTTP/1.1\r\n\r\n", || t0);
-        c.on_write(b"HTTP/1.1 404 Not Found\r\n\r\n");
-        c.on_pending(|| t0);
+        answered(&mut c, t0);
         assert_eq!(c.on_pending(|| secs(t0, 60)), Verdict::IdleTimeout);
     }
 
