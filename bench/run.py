@@ -197,11 +197,21 @@ def hosts():
     return tenants + custom
 
 
-def write_lua(host_file, name="hosts.lua", start="math.random(#hosts)"):
+def write_lua(host_file, name="hosts.lua", start="math.random(#hosts)", limit=None):
     """A wrk script cycling through the hosts in `host_file` (with a spoofed
-    X-Tenant), starting after the Lua expression `start`."""
+    X-Tenant), starting after the Lua expression `start`. `limit`: the
+    thread stops once that many responses have come back (wrk otherwise
+    runs by time), so a count under valgrind spreads the connections'
+    set-up over the same number of requests every run."""
     lua = WORK / name
-    lua.write_text(f"""
+    stop = "" if limit is None else f"""
+local answered = 0
+response = function(status, headers, body)
+  answered = answered + 1
+  if answered == {int(limit)} then wrk.thread:stop() end
+end
+"""
+    lua.write_text(stop + f"""
 local hosts = {{}}
 for line in io.lines("{host_file}") do hosts[#hosts + 1] = line end
 local i = {start}
@@ -218,11 +228,12 @@ end
     return lua
 
 
-def hosts_lua(n_hosts=None):
-    """wrk's script cycling through the first `n_hosts` hosts (all by default)."""
+def hosts_lua(n_hosts=None, limit=None):
+    """wrk's script cycling through the first `n_hosts` hosts (all by
+    default); `limit`: see `write_lua`."""
     host_file = WORK / "hosts.txt"
     host_file.write_text("".join(h + "\n" for h, _ in hosts()[:n_hosts]))
-    return write_lua(host_file)
+    return write_lua(host_file, name="hosts.lua" if limit is None else "hosts-limited.lua", limit=limit)
 
 
 def setup_rig(n_hosts=1000):
