@@ -31,8 +31,9 @@ built the release binaries and installed valgrind, h2load and PostgreSQL)
        1,800 instructions between runs of the same binaries (Pingora's
        upstream pool, bench/RESULTS.md eighth round), so one run cannot
        show a change of 1 % there; at 10,000 requests (the TLS handshakes
-       and upstream connections spread thinner) three rounds agree within
-       0.5 % (ninth round): count HTTP/2 with `--proto h2 10000`
+       and upstream connections spread thinner) three rounds agreed within
+       0.5 % in the ninth round and 1.6 points in the tenth: count every
+       row with N = 10000
 
 Caveat: under valgrind the CPU reports no SHA extensions, so SHA-256 (the
 stamp's HMAC) runs in software and costs several times what it costs
