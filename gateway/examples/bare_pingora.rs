@@ -7,9 +7,11 @@
 //! `--timeouts`: every peer carries the gateway's default upstream timeouts
 //! (connect 1 s, read and write 30 s, idle 60 s), as a production proxy
 //! must, on the timer the gateway uses for them
-//! (`gateway::upstream::TOKIO_TIMERS_FROM_SECS`); without it, none
-//! (Pingora's default). The difference is what Pingora's per-operation
-//! timers cost (bench/RESULTS.md).
+//! (`gateway::upstream::TOKIO_TIMERS_FROM_SECS`), and HTTP/2 connections
+//! the gateway's idle timeout (`limits.idle_timeout_ms`, Pingora's
+//! `h2_idle_timeout`); without it, none (Pingora's default). The
+//! difference is what Pingora's per-operation timers cost
+//! (bench/RESULTS.md).
 //!
 //! `--tls`: also serve HTTPS (HTTP/1.1 and HTTP/2 by ALPN) on ADDR. The
 //! pingora-core build here has no TLS of its own, so this listener is the
@@ -162,7 +164,15 @@ fn main() -> std::process::ExitCode {
             next: AtomicUsize::new(0),
             timeouts,
         };
-        let app = Arc::new(pingora_proxy::http_proxy(&server.configuration, bare_tls));
+        let mut app = pingora_proxy::http_proxy(&server.configuration, bare_tls);
+        if timeouts {
+            // As the gateway sets it: an idle HTTP/2 connection is closed
+            // (HTTP/1's idle bound is the listener's, here as there).
+            let mut options = pingora_core::apps::HttpServerOptions::default();
+            options.h2_idle_timeout = Some(gateway::config::LimitsConfig::default().idle_timeout);
+            app.server_options = Some(options);
+        }
+        let app = Arc::new(app);
         match tls_listener(&tls[0], &tls[1], &tls[2], app) {
             Ok(service) => {
                 server.add_service(service);
