@@ -32,7 +32,7 @@ built the release binaries and installed valgrind, h2load and PostgreSQL)
        upstream pool, bench/RESULTS.md eighth round), so one run cannot
        show a change of 1 % there; at 10,000 requests (the TLS handshakes
        and upstream connections spread thinner) three rounds agreed within
-       0.5 % in the ninth round and 1.6 points in the tenth: count every
+       0.5 % in the ninth round and 1.6-2.8 points in the tenth: count every
        row with N = 10000
 
 Caveat: under valgrind the CPU reports no SHA extensions, so SHA-256 (the
