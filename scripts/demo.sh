@@ -7,9 +7,14 @@
 #
 # Ports (override with env): DEMO_HTTP_PORT=8080 DEMO_HTTPS_PORT=8443
 # DEMO_ADMIN_PORT=9090 DEMO_APP_PORTS="8081 8082" DEMO_PG_PORT=54329
+# Also: DEMO_ROOT (state: database, logs, configs; default .demo),
+# DEMO_CERTS (the dev CA and certificates; default certs/dev), DEMO_BIN (use
+# the gateway and upstream-app binaries there instead of building; the
+# end-to-end test of this script runs it so, under `cargo test`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROOT="$PWD/.demo"
+ROOT="${DEMO_ROOT:-$PWD/.demo}"
+CERTS="${DEMO_CERTS:-certs/dev}"
 HTTP_PORT="${DEMO_HTTP_PORT:-8080}"
 HTTPS_PORT="${DEMO_HTTPS_PORT:-8443}"
 ADMIN_PORT="${DEMO_ADMIN_PORT:-9090}"
@@ -17,14 +22,19 @@ APP_PORTS=(${DEMO_APP_PORTS:-8081 8082})
 PG_PORT="${DEMO_PG_PORT:-54329}"
 
 scripts/deps.sh demo
-cargo build --workspace --bins
-BIN="$PWD/target/debug"
+if [ -n "${DEMO_BIN:-}" ]; then
+  BIN="$DEMO_BIN"
+else
+  cargo build --workspace --bins
+  BIN="$PWD/target/debug"
+fi
 
 # Dev CA, wildcard for *.myapp.localhost, and a certificate for ferrari's custom domain.
-"$BIN/gateway" certs dev --dir certs/dev --domain myapp.localhost >/dev/null
-mkdir -p certs/dev/custom
-[ -f certs/dev/custom/ferrari-cars.pem ] || \
-  "$BIN/gateway" certs issue --dir certs/dev --name www.ferrari-cars.localhost --out certs/dev/custom/ferrari-cars >/dev/null
+"$BIN/gateway" certs dev --dir "$CERTS" --domain myapp.localhost >/dev/null
+mkdir -p "$CERTS/custom"
+[ -f "$CERTS/custom/ferrari-cars.pem" ] || \
+  "$BIN/gateway" certs issue --dir "$CERTS" --name www.ferrari-cars.localhost --out "$CERTS/custom/ferrari-cars" >/dev/null
+CERTS="$(cd "$CERTS" && pwd)"
 
 PGBIN="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)"
 as_pg() { if [ "$(id -u)" -eq 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
@@ -79,8 +89,8 @@ base_domains = ["myapp.localhost"]
 
 [tls]
 listen = "127.0.0.1:$HTTPS_PORT"
-certificates = [{ cert_file = "$PWD/certs/dev/wildcard.pem", key_file = "$PWD/certs/dev/wildcard.key" }]
-cert_dir = "$PWD/certs/dev/custom"
+certificates = [{ cert_file = "$CERTS/wildcard.pem", key_file = "$CERTS/wildcard.key" }]
+cert_dir = "$CERTS/custom"
 redirect_exempt = ["/healthz"]
 
 [pools.default]
@@ -95,7 +105,7 @@ wait_for() { # url
 }
 for port in "${APP_PORTS[@]}"; do wait_for "http://127.0.0.1:$port/healthz"; done
 wait_for "http://127.0.0.1:$ADMIN_PORT/readyz"
-gw() { curl -fsS --cacert certs/dev/ca.pem --resolve "$1:$HTTPS_PORT:127.0.0.1" "https://$1:$HTTPS_PORT$2" "${@:3}"; }
+gw() { curl -fsS --cacert "$CERTS/ca.pem" --resolve "$1:$HTTPS_PORT:127.0.0.1" "https://$1:$HTTPS_PORT$2" "${@:3}"; }
 
 # Custom domains route only with an active claim ([custom_domains]
 # verification = "required", the default). The demo's operator vouches for
@@ -115,21 +125,24 @@ for t in ferrari mclaren; do
   fi
 done
 
+# Shown as given when it is the default, so the lines can be pasted from the checkout.
+CA="$CERTS/ca.pem"
+[ "$CERTS" = "$PWD/certs/dev" ] && CA="certs/dev/ca.pem"
 cat <<TXT
 
 Tenant Gateway demo is running (logs: $ROOT/logs, Ctrl-C to stop).
 
-  curl --cacert certs/dev/ca.pem https://ferrari.myapp.localhost:$HTTPS_PORT/projects
-  curl --cacert certs/dev/ca.pem https://mclaren.myapp.localhost:$HTTPS_PORT/whoami
-  curl --cacert certs/dev/ca.pem https://www.ferrari-cars.localhost:$HTTPS_PORT/projects   # custom domain, own cert
-  curl --cacert certs/dev/ca.pem -H 'X-Tenant: mclaren' https://ferrari.myapp.localhost:$HTTPS_PORT/whoami  # spoof ignored
-  curl -i --cacert certs/dev/ca.pem https://nobody.myapp.localhost:$HTTPS_PORT/       # 404 from the gateway
+  curl --cacert $CA https://ferrari.myapp.localhost:$HTTPS_PORT/projects
+  curl --cacert $CA https://mclaren.myapp.localhost:$HTTPS_PORT/whoami
+  curl --cacert $CA https://www.ferrari-cars.localhost:$HTTPS_PORT/projects   # custom domain, own cert
+  curl --cacert $CA -H 'X-Tenant: mclaren' https://ferrari.myapp.localhost:$HTTPS_PORT/whoami  # spoof ignored
+  curl -i --cacert $CA https://nobody.myapp.localhost:$HTTPS_PORT/       # 404 from the gateway
   curl -i http://ferrari.myapp.localhost:$HTTP_PORT/projects                          # 308 to HTTPS
   curl http://127.0.0.1:$ADMIN_PORT/metrics
 
 Operator CLI (same database):
-  DATABASE_URL=$DATABASE_URL target/debug/upstream-app tenant list
-  DATABASE_URL=$DATABASE_URL TG_STAMP_KEY_K1=... target/debug/gateway --config $ROOT/gateway.toml hostnames list
+  DATABASE_URL=$DATABASE_URL $BIN/upstream-app tenant list
+  DATABASE_URL=$DATABASE_URL TG_STAMP_KEY_K1=... $BIN/gateway --config $ROOT/gateway.toml hostnames list
 
 TXT
 wait "${PIDS[-1]}"
