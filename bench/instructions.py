@@ -123,14 +123,15 @@ def profile(which, backends, url, certs, n, extra="", proto="h1", lua=None):
     finally:
         R.spawn, R.wait_port = spawn_before, wait_before
 
-    rate = [1500.0]  # many hosts: requests/s under valgrind, as last measured
+    rate = 1500.0  # many hosts: requests/s under valgrind, as last measured
 
     def load(count, exact=False):
         """Send about `count` requests (`exact`: that many, wrk stopping at
         the count within a duration the warm-up's rate allows for); the
         number sent."""
+        nonlocal rate
         if proto == "h1-hosts":
-            secs = max(2, math.ceil(count / rate[0] * (1.3 if exact else 1.0)))
+            secs = max(2, math.ceil(count / rate * (1.3 if exact else 1.0)))
             script = R.hosts_lua(limit=count) if exact else lua
             args = ["wrk", "-t1", "-c16", f"-d{secs}s", "--timeout", "30s", "-s", str(script),
                     f"http://127.0.0.1:{peer.http}/"]
@@ -138,7 +139,7 @@ def profile(which, backends, url, certs, n, extra="", proto="h1", lua=None):
             m = re.search(r"(\d+) requests in", out)
             if not m or "Non-2xx" in out or "Socket errors" in out:
                 raise SystemExit(f"{which}: not every request succeeded:\n{out}")
-            rate[0] = max(100.0, int(m.group(1)) / secs)
+            rate = max(100.0, int(m.group(1)) / secs)
             return int(m.group(1))
         flags, url_of = LOADS[proto]
         done = subprocess.run(["h2load", *flags, "-n", str(count), "-c", "16", "-H", ":authority: t0001.myapp.bench",
