@@ -911,6 +911,7 @@ mod tests {
         let [tenant, sig] = stamped(&signer, "ferrari", "GET", "ferrari.myapp.localhost", "/x", None);
         assert_eq!(tenant, Edit::Set(X_TENANT, "ferrari".into()));
         let Edit::Set(name, sig) = sig else { panic!("set") };
+        let sig: &str = &sig;
         assert_eq!(name, stamp::SIGNATURE_HEADER);
         let host = "ferrari.myapp.localhost";
         let ok = verifier.verify(&["ferrari"], &[&sig], "GET", host, "/x", 1_000);

@@ -142,11 +142,10 @@ impl Key {
         &self.id
     }
 
-    /// The MAC of the canonical string of `req` at `ts` under this key's id,
-    /// fed straight into the hash (no intermediate string).
-    fn mac(&self, ts: &[u8], req: &Request<'_>) -> HmacSha256 {
+    /// The MAC of a canonical string ([`canonical_parts`]), fed straight
+    /// into the hash (no intermediate string).
+    fn mac(&self, parts: [&[u8]; 13]) -> HmacSha256 {
         let mut mac = self.keyed.clone();
-        let parts = canonical_parts(&self.id, ts, req);
         // Thirteen short parts: one copy onto the stack and one update cost
         // less than thirteen updates; a long path goes part by part.
         let mut buf = [0u8; 384];
@@ -181,7 +180,7 @@ pub struct Request<'a> {
 /// Build the canonical string (see docs/stamp.md, "Canonical string").
 pub fn canonical_string(kid: &str, ts: u64, req: &Request<'_>) -> String {
     let mut digits = itoa::Buffer::new();
-    let parts = canonical_parts(kid, digits.format(ts).as_bytes(), req);
+    let parts = canonical_parts(kid, digits.format(ts).as_bytes(), &req.raw());
     let mut s = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
     for part in parts {
         s.extend_from_slice(part);
@@ -190,11 +189,34 @@ pub fn canonical_string(kid: &str, ts: u64, req: &Request<'_>) -> String {
     String::from_utf8(s).unwrap_or_default()
 }
 
+/// The request facts of a canonical string as bytes: a verifier reads a
+/// `Host` and a path as the bytes received (docs/stamp.md signs bytes; a
+/// backend may be sent ones that are not UTF-8, by something other than
+/// the gateway).
+#[derive(Debug, Clone, Copy)]
+struct RawRequest<'a> {
+    tenant: &'a [u8],
+    method: &'a [u8],
+    host: &'a [u8],
+    path: &'a [u8],
+}
+
+impl<'a> Request<'a> {
+    fn raw(&self) -> RawRequest<'a> {
+        RawRequest {
+            tenant: self.tenant.as_bytes(),
+            method: self.method.as_bytes(),
+            host: self.host.as_bytes(),
+            path: self.path.as_bytes(),
+        }
+    }
+}
+
 /// The one definition of the canonical string's bytes, in order: used
 /// whole for [`canonical_string`] and fed piece by piece straight into a MAC
 /// for signing and verifying (no formatting machinery: it runs on every
 /// request).
-fn canonical_parts<'a>(kid: &'a str, ts: &'a [u8], req: &Request<'a>) -> [&'a [u8]; 13] {
+fn canonical_parts<'a>(kid: &'a str, ts: &'a [u8], req: &RawRequest<'a>) -> [&'a [u8]; 13] {
     [
         VERSION.as_bytes(),
         b"\n",
@@ -202,39 +224,77 @@ fn canonical_parts<'a>(kid: &'a str, ts: &'a [u8], req: &Request<'a>) -> [&'a [u
         b"\n",
         ts,
         b"\n",
-        req.tenant.as_bytes(),
+        req.tenant,
         b"\n",
-        req.method.as_bytes(),
+        req.method,
         b"\n",
-        req.host.as_bytes(),
+        req.host,
         b"\n",
-        req.path.as_bytes(),
+        req.path,
     ]
 }
 
 /// Optional whitespace of the contract: space and horizontal tab only.
-fn trim_ows(s: &str) -> &str {
-    s.trim_matches(|c| c == ' ' || c == '\t')
+fn is_ows(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+fn trim_ows(s: &[u8]) -> &[u8] {
+    let start = s.iter().position(|&b| !is_ows(b)).unwrap_or(s.len());
+    let end = s.iter().rposition(|&b| !is_ows(b)).map_or(start, |i| i + 1);
+    &s[start..end]
 }
 
 /// Host normalisation both sides apply: surrounding spaces and tabs removed,
 /// port removed, one trailing dot removed, ASCII lower-case (only ASCII).
 pub fn normalize_host(host: &str) -> String {
+    // Only ASCII bytes are removed or changed, so UTF-8 stays UTF-8.
+    String::from_utf8(normalize_host_bytes(host.as_bytes()))
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+/// [`normalize_host`] of a `Host` value's bytes as received (which need not
+/// be UTF-8).
+pub fn normalize_host_bytes(host: &[u8]) -> Vec<u8> {
     let host = trim_ows(host);
-    let without_port = if let Some(rest) = host.strip_prefix('[') {
+    let without_port = if host.first() == Some(&b'[') {
         // IPv6 literal: keep the brackets, drop anything after `]`.
-        match rest.find(']') {
-            Some(end) => &host[..end + 2],
+        match host.iter().position(|&b| b == b']') {
+            Some(end) => &host[..=end],
             None => host,
         }
     } else {
-        match host.rfind(':') {
-            Some(i) if host[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &host[..i],
+        match host.iter().rposition(|&b| b == b':') {
+            Some(i) if host[i + 1..].iter().all(u8::is_ascii_digit) => &host[..i],
             _ => host,
         }
     };
-    let trimmed = without_port.strip_suffix('.').unwrap_or(without_port);
+    let trimmed = without_port.strip_suffix(b".").unwrap_or(without_port);
     trimmed.to_ascii_lowercase()
+}
+
+/// Every value of a stamp header as the algorithm counts them (docs/stamp.md
+/// check 1): each received value, split at `,`. Servers that fold repeated
+/// headers into one value join them with commas, and neither a valid
+/// `X-Tenant` nor a valid signature contains one, so a comma means the
+/// header came more than once.
+pub fn header_values<'a>(received: impl IntoIterator<Item = &'a [u8]>) -> Vec<&'a [u8]> {
+    received.into_iter().flat_map(|v| v.split(|&b| b == b',')).collect()
+}
+
+/// Check 2: the part of the signature before its first `;`, without the OWS
+/// around it, is `v1`; `v` and other ASCII digits are another version.
+fn check_version(signature: &[u8]) -> Result<(), StampError> {
+    let head = trim_ows(signature.split(|&b| b == b';').next().unwrap_or_default());
+    if head == VERSION.as_bytes() {
+        return Ok(());
+    }
+    match head.split_first() {
+        Some((b'v', digits)) if !digits.is_empty() && digits.iter().all(u8::is_ascii_digit) => {
+            Err(StampError::UnsupportedVersion)
+        }
+        _ => Err(StampError::Malformed("signature header must start with the version")),
+    }
 }
 
 /// Signs requests with one key (the gateway side).
@@ -258,7 +318,8 @@ impl Signer {
         // plus `from_utf8` cost ~270 instructions per request, itoa ~60).
         let mut digits = itoa::Buffer::new();
         let ts = digits.format(ts);
-        let digest: [u8; 32] = self.key.mac(ts.as_bytes(), req).finalize().into_bytes().into();
+        let parts = canonical_parts(&self.key.id, ts.as_bytes(), &req.raw());
+        let digest: [u8; 32] = self.key.mac(parts).finalize().into_bytes().into();
         // const-hex: SIMD digits, as a `str` without a UTF-8 check (hex's
         // encoder plus `from_utf8` cost ~330 instructions per request).
         let mut hex = const_hex::Buffer::<32>::new();
@@ -280,21 +341,18 @@ pub struct ParsedSignature<'a> {
     pub sig: [u8; 32],
 }
 
-/// Parse `v1;kid=<id>;ts=<unix>;sig=<64 hex>` (spaces and tabs around `;`
-/// allowed). Steps 2 and 3 of the algorithm in docs/stamp.md: another
-/// version (`v` and digits) is unsupported, anything else off the grammar
-/// malformed.
+/// Parse `v1;kid=<id>;ts=<unix>;sig=<64 hex>` (spaces and tabs around each
+/// `;` allowed, nowhere else). Steps 2 and 3 of the algorithm in
+/// docs/stamp.md: another version (`v` and digits) is unsupported, anything
+/// else off the grammar malformed.
 pub fn parse_signature(value: &str) -> Result<ParsedSignature<'_>, StampError> {
-    let mut parts = value.split(';').map(trim_ows);
-    let version = parts.next().unwrap_or_default();
-    if version != VERSION {
-        let digits = version.strip_prefix('v').unwrap_or_default();
-        return if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-            Err(StampError::UnsupportedVersion)
-        } else {
-            Err(StampError::Malformed("signature header must start with the version"))
-        };
+    check_version(value.as_bytes())?;
+    // The OWS the version check allows is the grammar's only around `;`.
+    if value.starts_with([' ', '\t']) || value.ends_with([' ', '\t']) {
+        return Err(StampError::Malformed("signature header has whitespace at either end"));
     }
+    let mut parts = value.split(';').map(|p| p.trim_matches([' ', '\t']));
+    parts.next();
     let mut field = |name: &str| -> Result<&str, StampError> {
         let part = parts
             .next()
@@ -359,21 +417,27 @@ impl Verifier {
 
     /// Verify a request (steps 1-7 of docs/stamp.md, in that order).
     /// `tenant_headers` are all values of `X-Tenant`, `signature_headers` all
-    /// values of `X-Tenant-Signature` (more than one of either is malformed).
-    /// `host` is the raw Host header. Returns the verified tenant's name
-    /// (decoded from its wire form).
-    pub fn verify<'a>(
+    /// values of `X-Tenant-Signature` (more than one of either is malformed;
+    /// [`header_values`] counts them from an HTTP request), as received:
+    /// bytes, which need not be ASCII. `host` is the raw Host header's value
+    /// and `path` the raw path, both as bytes received. Returns the verified
+    /// tenant's name (decoded from its wire form).
+    pub fn verify<'a, T, S>(
         &self,
-        tenant_headers: &[&'a str],
-        signature_headers: &[&str],
+        tenant_headers: &[&'a T],
+        signature_headers: &[&S],
         method: &str,
-        host: &str,
-        path: &str,
+        host: impl AsRef<[u8]>,
+        path: impl AsRef<[u8]>,
         now: u64,
-    ) -> Result<Cow<'a, str>, StampError> {
+    ) -> Result<Cow<'a, str>, StampError>
+    where
+        T: AsRef<[u8]> + ?Sized,
+        S: AsRef<[u8]> + ?Sized,
+    {
         let (tenant, signature) = match (tenant_headers, signature_headers) {
             ([], []) => return Err(StampError::Missing),
-            ([t], [s]) => (*t, *s),
+            ([t], [s]) => (T::as_ref(*t), S::as_ref(*s)),
             ([], _) | (_, []) => {
                 return Err(StampError::Malformed(
                     "tenant and signature headers must both be present",
@@ -381,19 +445,27 @@ impl Verifier {
             }
             _ => return Err(StampError::Malformed("stamp headers must appear exactly once")),
         };
+        // The version is read from the bytes: `v2;` and anything after it
+        // is another version even where the rest is not ASCII.
+        check_version(signature)?;
+        let signature =
+            std::str::from_utf8(signature).map_err(|_| StampError::Malformed("signature header must be ASCII"))?;
         let parsed = parse_signature(signature)?;
-        let name = decode_tenant(tenant).ok_or(StampError::Malformed("bad tenant value"))?;
+        let name = std::str::from_utf8(tenant)
+            .ok()
+            .and_then(decode_tenant)
+            .ok_or(StampError::Malformed("bad tenant value"))?;
         let key = self.keys.get(parsed.kid).ok_or(StampError::UnknownKey)?;
-        let host = normalize_host(host);
-        let req = Request {
+        let host = normalize_host_bytes(host.as_ref());
+        let req = RawRequest {
             tenant,
-            method,
+            method: method.as_bytes(),
             host: &host,
-            path,
+            path: path.as_ref(),
         };
         // `key` was found by `parsed.kid`, so its id is the signed one.
         let mut digits = itoa::Buffer::new();
-        let mac = key.mac(digits.format(parsed.ts).as_bytes(), &req);
+        let mac = key.mac(canonical_parts(&key.id, digits.format(parsed.ts).as_bytes(), &req));
         mac.verify_slice(&parsed.sig).map_err(|_| StampError::BadSignature)?;
         // Checked after the signature so a forged timestamp cannot probe the window.
         if now.abs_diff(parsed.ts) > self.max_skew_secs {
@@ -491,7 +563,8 @@ mod tests {
         let h = signer("k1", SECRET).sign(&vector_req(), 1000);
         let host = "ferrari.myapp.localhost";
         let p = "/projects/1/tasks";
-        assert_eq!(v.verify(&[], &[], "GET", host, p, 1000), Err(StampError::Missing));
+        let none: [&str; 0] = [];
+        assert_eq!(v.verify(&none, &none, "GET", host, p, 1000), Err(StampError::Missing));
         assert_eq!(
             v.verify(&["mclaren"], &[&h], "GET", host, p, 1000),
             Err(StampError::BadSignature)
@@ -521,7 +594,7 @@ mod tests {
             Err(StampError::Malformed(_))
         ));
         assert!(matches!(
-            v.verify(&["ferrari"], &[], "GET", host, p, 1000),
+            v.verify(&["ferrari"], &none, "GET", host, p, 1000),
             Err(StampError::Malformed(_))
         ));
         let unknown = signer("k9", SECRET).sign(&vector_req(), 1000);
@@ -557,6 +630,78 @@ mod tests {
     }
 
     #[test]
+    fn whitespace_only_around_semicolons() {
+        let h = signer("k1", SECRET).sign(&vector_req(), 1000);
+        let spaced = h.replace(';', " \t; ");
+        assert!(parse_signature(&spaced).is_ok(), "{spaced:?}");
+        for bad in [format!(" {h}"), format!("\t{h}"), format!("{h} "), format!("{h}\t")] {
+            assert_eq!(
+                parse_signature(&bad).map_err(|e| e.code()),
+                Err("stamp_malformed"),
+                "{bad:?}"
+            );
+        }
+        // The version check itself reads past the OWS (check 2 before 3).
+        assert_eq!(parse_signature(" v2;x "), Err(StampError::UnsupportedVersion));
+    }
+
+    #[test]
+    fn the_inputs_are_bytes_as_received() {
+        let v = verifier();
+        let host = "ferrari.myapp.localhost";
+        // Another version, whatever follows it: decided before the rest
+        // must be ASCII (check 2 before 3).
+        assert_eq!(
+            v.verify(&["ferrari"], &["v2;\u{e9}".as_bytes()], "GET", host, "/", 1000),
+            Err(StampError::UnsupportedVersion)
+        );
+        let not_utf8: &[u8] = b"v1;kid=k1;ts=1000;sig=\xff";
+        assert!(matches!(
+            v.verify(&["ferrari"], &[not_utf8], "GET", host, "/", 1000),
+            Err(StampError::Malformed(_))
+        ));
+        let bad_tenant: &[u8] = b"ferr\xffari";
+        let h = signer("k1", SECRET).sign(&vector_req(), 1000);
+        assert!(matches!(
+            v.verify(&[bad_tenant], &[&h], "GET", host, "/projects/1/tasks", 1000),
+            Err(StampError::Malformed(_))
+        ));
+        // A Host and a path that are not UTF-8 are signed and checked as
+        // their bytes, never replaced (by an empty host, say).
+        let (raw_host, raw_path): (&[u8], &[u8]) = (b"Ferr\xe9ri.example:8080", b"/caf\xe9");
+        let mut mac = HmacSha256::new_from_slice(SECRET.as_bytes()).unwrap();
+        mac.update(b"v1\nk1\n1000\nferrari\nGET\nferr\xe9ri.example\n/caf\xe9");
+        let sig = format!(
+            "v1;kid=k1;ts=1000;sig={}",
+            const_hex::encode(mac.finalize().into_bytes())
+        );
+        assert_eq!(
+            v.verify(&["ferrari"], &[&sig], "GET", raw_host, raw_path, 1000)
+                .as_deref(),
+            Ok("ferrari")
+        );
+        assert_eq!(
+            v.verify(&["ferrari"], &[&sig], "GET", "", raw_path, 1000),
+            Err(StampError::BadSignature)
+        );
+    }
+
+    #[test]
+    fn a_comma_separates_two_values() {
+        assert_eq!(header_values([&b"ferrari"[..]]), [&b"ferrari"[..]]);
+        assert_eq!(header_values([&b"a,b"[..], b"c"]), [&b"a"[..], b"b", b"c"]);
+        assert_eq!(header_values([&b""[..]]), [&b""[..]]);
+        assert!(header_values(std::iter::empty()).is_empty());
+        // Two values: malformed, whatever the first says (check 1 before 2).
+        let v = verifier();
+        let sigs = header_values([&b"v2;kid=k1,x"[..]]);
+        assert!(matches!(
+            v.verify(&["ferrari"], &sigs, "GET", "h", "/", 1000),
+            Err(StampError::Malformed(_))
+        ));
+    }
+
+    #[test]
     fn host_normalisation() {
         assert_eq!(
             normalize_host("Ferrari.MyApp.localhost:8080"),
@@ -565,6 +710,10 @@ mod tests {
         assert_eq!(normalize_host("example.com."), "example.com");
         assert_eq!(normalize_host("[::1]:443"), "[::1]");
         assert_eq!(normalize_host("example.com"), "example.com");
+        assert_eq!(normalize_host_bytes(b" \tEx\xffMPLE.com.:80 "), b"ex\xffmple.com");
+        assert_eq!(normalize_host_bytes(b"[::1]:443"), b"[::1]");
+        assert_eq!(normalize_host_bytes(b"[::1"), b"[::1");
+        assert_eq!(normalize_host_bytes(b" \t "), b"");
     }
 
     /// The shared vectors (stamp/vectors.json), also run by the Python package.

@@ -277,9 +277,9 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// Send raw bytes to 127.0.0.1:`port` and read the response head and body
 /// (until the peer closes or `Content-Length` is satisfied).
-pub fn raw_http(port: u16, request: &str) -> Result<(u16, String)> {
+pub fn raw_http(port: u16, request: impl AsRef<[u8]>) -> Result<(u16, String)> {
     let mut s = connect(port)?;
-    s.write_all(request.as_bytes())?;
+    s.write_all(request.as_ref())?;
     let mut buf = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {

@@ -159,7 +159,7 @@ impl Stack {
         let head: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
         raw_http(
             self.gw.port,
-            &format!("GET {target} HTTP/1.1\r\n{head}Connection: close\r\n\r\n"),
+            format!("GET {target} HTTP/1.1\r\n{head}Connection: close\r\n\r\n"),
         )
         .expect("raw request through gateway")
     }

@@ -172,6 +172,27 @@ fn spoofed_headers_never_change_the_tenant() {
         &["Host: ferrari.myapp.localhost", "Host: mclaren.myapp.localhost"],
     );
     assert_eq!(status, 400);
+    // A target that is not UTF-8 is refused (by Pingora), never passed on
+    // altered.
+    let (status, body) = raw_http(
+        s.gw.port,
+        b"GET /projects/1\xff HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(!body.contains("bad_id"), "{body}");
+    // Non-ASCII UTF-8 goes upstream as it came and is what is signed: the
+    // backend verifies the stamp over it, then refuses the id it names.
+    let (status, body) = raw_http(
+        s.gw.port,
+        "GET /projects/caf\u{e9} HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nConnection: close\r\n\r\n",
+    )
+    .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("\"error\":\"bad_id\"") && body.contains("caf\u{e9}"),
+        "{body}"
+    );
 }
 
 #[test]
@@ -206,7 +227,7 @@ fn status_pages_are_served_without_a_backend() {
     assert_eq!(s.get(&long, probe, &[]).status, 400);
     let (status, _) = raw_http(
         s.gw.port,
-        &format!("GET {probe} HTTP/1.1\r\nHost: a\u{7f}b\r\nConnection: close\r\n\r\n"),
+        format!("GET {probe} HTTP/1.1\r\nHost: a\u{7f}b\r\nConnection: close\r\n\r\n"),
     )
     .unwrap();
     assert_eq!(status, 400);

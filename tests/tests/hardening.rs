@@ -412,7 +412,7 @@ fn plain_http_exemptions_are_path_safe_and_sni_travels_with_the_connection() {
     let plain = |path: &str, host: &str| {
         raw_http(
             s.gw.port,
-            &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
         )
         .unwrap()
         .0

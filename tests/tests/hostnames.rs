@@ -87,7 +87,7 @@ fn wait_status(pg: &Postgres, name: &str, status: &str, timeout: Duration) {
 fn http_status(port: u16, host: &str) -> u16 {
     raw_http(
         port,
-        &format!("GET /whoami HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        format!("GET /whoami HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
     )
     .map(|(status, _)| status)
     .unwrap_or(0)

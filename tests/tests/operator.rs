@@ -120,7 +120,7 @@ fn the_api_needs_its_token_and_is_never_on_the_public_listeners() {
     for host in ["127.0.0.1", "ferrari.myapp.localhost"] {
         let (status, text) = raw_http(
             s.gw.port,
-            &format!(
+            format!(
                 "GET /api/v1/explain?host=ferrari.myapp.localhost HTTP/1.1\r\nHost: {host}\r\n\
                  Authorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n\r\n"
             ),

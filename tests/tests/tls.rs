@@ -283,7 +283,7 @@ fn plain_http_redirects_with_308_except_the_allow_list() {
     for path in ["/public/anything", "/public"] {
         let (status, head) = raw_http(
             s.gw.port,
-            &format!("GET {path} HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nConnection: close\r\n\r\n"),
+            format!("GET {path} HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nConnection: close\r\n\r\n"),
         )
         .unwrap();
         assert_ne!(status, 308, "{path}: {head}");

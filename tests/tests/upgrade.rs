@@ -46,7 +46,7 @@ fn an_upgrade_under_load_fails_no_request_and_refuses_no_connection() {
                 } else {
                     raw_http(
                         port,
-                        &format!("GET /whoami HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+                        format!("GET /whoami HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
                     )
                     .map_err(|e| e.to_string())
                 };

@@ -20,13 +20,14 @@ pub struct TenantTx {
     pub tx: Transaction<'static, Postgres>,
 }
 
-fn header_values<'a>(headers: &'a HeaderMap, name: &str) -> Result<Vec<&'a str>, ApiError> {
-    headers
-        .get_all(name)
-        .iter()
-        .map(|v| v.to_str())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| stamp::StampError::Malformed("stamp headers must be ASCII").into())
+/// What the stamp is checked against, as received (docs/stamp.md, "The
+/// algorithm"): every value of the two headers (a comma separating two),
+/// and the raw `Host` value (empty if absent), all as bytes: a value that is
+/// not ASCII is the algorithm's to refuse, never replaced.
+fn stamp_inputs(headers: &HeaderMap) -> (Vec<&[u8]>, Vec<&[u8]>, &[u8]) {
+    let values = |name| stamp::header_values(headers.get_all(name).iter().map(|v| v.as_bytes()));
+    let host = headers.get(header::HOST).map_or(&b""[..], |h| h.as_bytes());
+    (values(stamp::TENANT_HEADER), values(stamp::SIGNATURE_HEADER), host)
 }
 
 pub fn unix_now() -> u64 {
@@ -40,13 +41,7 @@ impl FromRequestParts<AppState> for TenantTx {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let tenants = header_values(&parts.headers, stamp::TENANT_HEADER)?;
-        let sigs = header_values(&parts.headers, stamp::SIGNATURE_HEADER)?;
-        let host = parts
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or("");
+        let (tenants, sigs, host) = stamp_inputs(&parts.headers);
         let tenant = state
             .verifier
             .verify(
@@ -82,5 +77,30 @@ impl FromRequestParts<AppState> for TenantTx {
             .await?;
         tracing::Span::current().record("tenant", tracing::field::display(&tenant));
         Ok(TenantTx { tenant, tenant_id, tx })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn stamp_inputs_are_the_bytes_received() {
+        let mut h = HeaderMap::new();
+        let none = stamp_inputs(&h);
+        assert!(none.0.is_empty() && none.1.is_empty());
+        assert_eq!(none.2, b"");
+        h.append("x-tenant", HeaderValue::from_static("ferrari"));
+        h.append("x-tenant-signature", HeaderValue::from_static("v2;kid=k1,x"));
+        h.append("x-tenant-signature", HeaderValue::from_static("v1"));
+        // Not visible ASCII: kept as it is, not read as an empty host.
+        h.insert(header::HOST, HeaderValue::from_bytes(b"caf\xe9.example").unwrap());
+        let (tenants, sigs, host) = stamp_inputs(&h);
+        assert_eq!(tenants, [&b"ferrari"[..]]);
+        // A comma separates two values, as a server folding repeated
+        // headers would join them (docs/stamp.md check 1).
+        assert_eq!(sigs, [&b"v2;kid=k1"[..], b"x", b"v1"]);
+        assert_eq!(host, b"caf\xe9.example");
     }
 }
