@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs every check and test: formatting, clippy, that the benchmark and
-# helper scripts parse, unit tests, the Python package's tests, and the
+# Runs every check and test: formatting, clippy, rustdoc's link checks, that
+# the benchmark and helper scripts parse, unit tests, the Python package's tests, and the
 # end-to-end suites (which start their own PostgreSQL,
 # upstreams, Django apps under gunicorn and gateways on loopback).
 set -euo pipefail
@@ -13,6 +13,8 @@ cargo fmt --all -- --check
 python3 -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' bench/*.py
 for f in bench/*.sh scripts/*.sh; do bash -n "$f"; done
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+# The code's own documentation: every intra-doc link resolves.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --document-private-items --quiet
 cargo build --workspace --bins --quiet
 target/python-venv/bin/pytest -q -p no:cacheprovider python/tenant-gateway-django/tests
 cargo test --workspace --quiet

@@ -13,7 +13,10 @@
 //! - `GET  /api/v1/certs/stored?limit=N`: the stored certificates that
 //!   expire first (database), with their renewal state;
 //! - `POST /api/v1/certs/renew?name=N`: force an ACME renewal;
-//! - `POST /api/v1/reload`: reload the certificate files (as SIGHUP);
+//! - `POST /api/v1/reload`: reload the config file's pools, pages and
+//!   per-tenant and per-client limits (refused whole, 422, if invalid or if
+//!   anything else changed), then the `[tls]` certificate files (as SIGHUP,
+//!   which re-reads them even after a refused config);
 //! - custom hostnames (with `custom_domains.verification = "required"`):
 //!   `POST /api/v1/hostnames?name=N&tenant=T[&method=txt|http|cname][&preverified=1]`
 //!   claims a name and answers the verification instructions;

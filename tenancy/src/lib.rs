@@ -1,7 +1,10 @@
-//! Tenancy naming rules, one implementation for every binary:
-//! which schema names are acceptable, how to quote them, and how a Host
-//! header or a configured domain is normalised (lower-case, no port, no
-//! trailing dot, IDN to punycode) or refused.
+//! Tenancy naming rules shared by the gateway and upstream-app: how to
+//! quote an identifier, the gateway's own schema, and how a Host header or a
+//! configured domain is normalised (lower-case, no port, no trailing dot,
+//! IDN to punycode) or refused. Which schema names are acceptable
+//! ([`validate_schema_name`]) is upstream-app's rule for the schemas it
+//! creates; the gateway accepts a row's schema by the stamp's rule
+//! (`stamp::is_valid_tenant_name`).
 
 use std::net::Ipv6Addr;
 

@@ -3,14 +3,15 @@
 //! `SocketAddr`s, `IpNet`s, enums: adapters in `units`), so values of the
 //! wrong form are refused, each with its key's path, and runtime code never
 //! converts; `validate` then checks the model as a whole and reports every
-//! problem with its key. Every default lives in this file. Secrets
-//! (database URL, stamp key) are read from environment variables whose
-//! names the config gives.
+//! problem with its key. Every default lives in this file except those of
+//! `[custom_domains]`, which live with their validation in
+//! `hostnames::settings`. Secrets (database URL, stamp key) are read from
+//! environment variables whose names the config gives.
 //!
 //! Size: this file is the file schema, every section's struct with its
-//! defaults and a doc comment per key, kept in one place so the whole file
-//! format reads top to bottom; validation is in `validate`, the built-in
-//! queries in `preset`, the tests in `tests`.
+//! defaults and a doc comment per key (but `[custom_domains]`'s), kept in
+//! one place so the whole file format reads top to bottom; validation is in
+//! `validate`, the built-in queries in `preset`, the tests in `tests`.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -149,8 +150,10 @@ pub enum QueryPreset {
 pub struct TenantConfig {
     /// Which built-in lookup query to use when `query` is not set.
     pub preset: QueryPreset,
-    /// Custom lookup query: `$1` is the normalised host; returns
-    /// (schema_name text, status text[, pool text]).
+    /// Custom lookup query: `$1` is the normalised host; returns 2, 3 or 6
+    /// columns: (schema_name text, status text[, pool text[, rps, burst,
+    /// max_concurrent]]), the last three the tenant's limit overrides
+    /// (NULL: the default).
     pub query: Option<String>,
     /// LISTEN channel carrying invalidated host names.
     pub notify_channel: String,
@@ -335,7 +338,7 @@ pub struct AcmeConfig {
     /// Obtain and renew certificates for tenants' custom domains.
     pub enabled: bool,
     /// ACME directory (Let's Encrypt production by default; staging:
-    /// https://acme-staging-v02.api.letsencrypt.org/directory).
+    /// <https://acme-staging-v02.api.letsencrypt.org/directory>).
     pub directory_url: String,
     /// Contact URIs, e.g. `mailto:ops@example.com`.
     pub contact: Vec<String>,
@@ -424,7 +427,8 @@ pub struct LimitsConfig {
     /// descriptor limit (a quarter of it, less a reserve, each).
     pub max_connections: Option<usize>,
     /// Open connections per client address (IPv6: per /64), both public
-    /// listeners together. Default: max_connections / 16, at least 64.
+    /// listeners together. Default: max_connections / 16, at least 64 and
+    /// at most max_connections.
     pub max_connections_per_ip: Option<usize>,
     /// From accept (or a keep-alive request's first byte) to the end of the
     /// request head; past it the connection is cut.

@@ -17,6 +17,8 @@
 //! - `check`: one DNS (TXT, CNAME/A) or HTTP check.
 //! - `store`: the claims in PostgreSQL, events, NOTIFY.
 //! - `worker`: the fleet's checkers (leases, back-off, wake-ups, gauges).
+//! - `ops`: the operator's actions on claims, shared by the CLI and the
+//!   operator API.
 //!
 //! Routing reads the claim in the same query as the domain row
 //! (`tenant::lookup`), so no request costs an extra query.

@@ -8,7 +8,7 @@
 //! claims). Also keeps the claim gauges: counted again only when claims
 //! changed (the trigger of migration 0005 NOTIFYs [`COUNTS_CHANNEL`]), when
 //! a notification could have been missed (no LISTEN connection), and at
-//! least every [`RECOUNT_AT_LEAST_EVERY`]; the oldest pending claim's age
+//! least every `RECOUNT_AT_LEAST_EVERY`; the oldest pending claim's age
 //! moves with the clock in between.
 
 use std::sync::atomic::{AtomicBool, Ordering};

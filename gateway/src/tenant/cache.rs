@@ -29,9 +29,9 @@
 //! - A tenant's domains share one record when the lookups built equal ones
 //!   (`tenant::records`).
 //!
-//! Size: about 300 lines of rules and 330 of tests against a fake
-//! `TenantSource` (coalescing, deadlines, stale-while-revalidate, bad rows,
-//! cancellation, connections' memos).
+//! The rules are tested against a fake `TenantSource` (coalescing,
+//! deadlines, stale-while-revalidate, bad rows, cancellation, connections'
+//! memos).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

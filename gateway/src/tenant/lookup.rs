@@ -232,7 +232,7 @@ impl Lookup {
         self
     }
 
-    /// Check the query against the live database: one parameter, 2-3 columns.
+    /// Check the query against the live database: one parameter, 2, 3 or 6 columns.
     pub async fn check_query(&self) -> Result<(), String> {
         let (pool, query) = (self.pool.clone(), self.query.clone());
         let columns = self

@@ -1,6 +1,9 @@
-//! TLS at the edge: the certificate store (name → certified key, chosen by
-//! SNI) and our own accept path (tokio-rustls `LazyConfigAcceptor`) feeding
-//! decrypted streams to Pingora's HTTP proxy app.
+//! TLS at the edge: the certificate store (`store`: name → certified key,
+//! chosen by SNI) and our own accept path (`accept`: tokio-rustls
+//! `LazyConfigAcceptor`) feeding decrypted streams to Pingora's HTTP proxy
+//! app. `acme`: certificates ordered for custom domains; `files`: the
+//! certificates named by `[tls]`; `devcerts`: a local CA and its
+//! certificates for development; [`provider`]: the one crypto provider.
 
 pub mod accept;
 pub mod acme;

@@ -1,4 +1,5 @@
-//! Backend pools: where a request goes once its tenant is known.
+//! Backend pools: where a request goes once its tenant is known (`pool`),
+//! and the server setting [`TOKIO_TIMERS_FROM_SECS`] for their I/O timeouts.
 pub mod pool;
 
 /// Pingora's `fast_timeout_to_tokio_threshold_seconds` as the gateway sets

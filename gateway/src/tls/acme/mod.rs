@@ -19,7 +19,8 @@
 //!   gateway answers HTTP-01 or TLS-ALPN-01; certificates live in the
 //!   database (keys AES-256-GCM encrypted) and every gateway loads them on
 //!   NOTIFY.
-//! - Renewal at a third of the lifetime; failures back off exponentially
+//! - Renewal when between 60 % and 66.7 % of the lifetime has passed
+//!   (jittered; a third or more is left); failures back off exponentially
 //!   with jitter, capped; the last certificate keeps being served; global
 //!   and per-registrable-domain (Public Suffix List) order rate limits.
 //!
@@ -27,7 +28,7 @@
 //! challenges, and every attempt ends with its bookkeeping written.
 //!
 //! - At most `acme.max_concurrent_orders` orders run in this gateway; further
-//!   attempts wait for a slot ([`Slots`], a semaphore) holding no database
+//!   attempts wait for a slot (`Slots`, a semaphore) holding no database
 //!   connection. Gauges: `tenant_gateway_acme_orders_in_progress` and
 //!   `tenant_gateway_acme_orders_waiting`.
 //! - Three pools: order work (bookkeeping, scans, certificate loads; the pool

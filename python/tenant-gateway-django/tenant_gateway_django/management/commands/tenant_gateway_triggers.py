@@ -1,4 +1,4 @@
-"""``manage.py tenant_gateway_triggers install|remove|print [--channel NAME]``.
+"""``manage.py tenant_gateway_triggers install|remove|print [--channel NAME] [--database ALIAS]``.
 
 This command's one job: install, remove or print the NOTIFY triggers (see
 :mod:`tenant_gateway_django.triggers`) that tell Tenant Gateway which host
