@@ -506,3 +506,71 @@ fn sigterm_closes_websockets_with_1001_and_ends_keep_alive_politely() {
     );
     assert!(s.gw.proc_.terminate(Duration::from_secs(15)), "gateway did not exit");
 }
+
+/// A backend that answers every request with a head at once and then a body
+/// of one byte each 100 ms, never finishing: each read arrives well within
+/// a read timeout. Stops trickling when dropped.
+struct Trickler {
+    port: u16,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Trickler {
+    fn start() -> Trickler {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let stopped = stopped.clone();
+                std::thread::spawn(move || {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n");
+                    while !stopped.load(std::sync::atomic::Ordering::Relaxed) && conn.write_all(b"x").is_ok() {
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                });
+            }
+        });
+        Trickler { port, stop }
+    }
+}
+
+impl Drop for Trickler {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn a_backend_trickling_its_health_answer_is_ejected_and_checks_go_on() {
+    let pg = Postgres::start().unwrap();
+    two_tenants(&pg);
+    let mut a = UpstreamApp::start(&pg.url(), "").unwrap();
+    let trickler = Trickler::start();
+    let gw = Gateway::start(&pg.url(), &pools_toml(&[("default", &[a.port, trickler.port])])).unwrap();
+    // Each of its reads is in time, its check never ends: the check's own
+    // deadline fails it (probe timeout 200 ms here, deadline 400 ms).
+    gw.wait_backend("default", trickler.port, false, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", gw.proc_.log()));
+    let client = http::client();
+    for host in ["ferrari.myapp.localhost", "mclaren.myapp.localhost"].repeat(10) {
+        let r = client.get(&gw.url("/whoami")).header("host", host).send().unwrap();
+        assert_eq!(r.status, 200, "{host}: {}", r.body);
+        assert_eq!(r.json()["host"][0], host);
+    }
+    // Its stuck checks do not hold the round: the other backend's failure
+    // is still seen.
+    a.proc_.kill();
+    gw.wait_backend("default", a.port, false, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", gw.proc_.log()));
+}

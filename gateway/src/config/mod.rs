@@ -220,6 +220,10 @@ pub fn quoted_ident(name: &str) -> Option<String> {
 /// Upper bound of the cache's time settings (its clock is 32-bit).
 pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
+/// Most worker threads `listen.threads` may ask for (each is a runtime and
+/// an OS thread; past what the OS grants, start-up would fail in Pingora).
+pub const MAX_THREADS: usize = 1024;
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheConfig {
@@ -397,7 +401,7 @@ impl Default for AcmeConfig {
             decrypt_key_envs: Vec::new(),
             domains_query: None,
             check_interval: Duration::from_secs(60),
-            on_demand_timeout: Duration::from_millis(10_000),
+            on_demand_timeout: Duration::from_millis(8_000),
             retry_base: Duration::from_secs(60),
             retry_max: Duration::from_secs(86_400),
             orders_per_hour: 50,

@@ -77,12 +77,36 @@ fn values_of_the_wrong_form_name_their_key_path() {
 }
 
 #[test]
+fn worker_threads_are_bounded() {
+    for (threads, ok) in [
+        (1, true),
+        (MAX_THREADS, true),
+        (MAX_THREADS + 1, false),
+        (i64::MAX as usize, false),
+    ] {
+        let c: Config = toml::from_str(&format!("[listen]\nthreads = {threads}\n{MIN}")).unwrap();
+        let keys: Vec<_> = c.problems().iter().filter_map(|e| e.key().map(str::to_owned)).collect();
+        assert_eq!(keys.is_empty(), ok, "{threads}: {keys:?}");
+    }
+}
+
+#[test]
 fn acme_errors_name_their_own_keys() {
     let base = "[tls]\nlisten = \"127.0.0.1:8443\"\n[acme]\nenabled = true\n";
     for (extra, key) in [
         ("check_interval_secs = 0\n", "acme.check_interval_secs"),
         ("orders_per_domain_per_week = 0\n", "acme.orders_per_domain_per_week"),
         ("retry_base_secs = 10\nretry_max_secs = 5\n", "acme.retry_max_secs"),
+        (
+            "check_interval_secs = 9223372036854775807\n",
+            "acme.check_interval_secs",
+        ),
+        ("retry_max_secs = 31536001\n", "acme.retry_max_secs"),
+        (
+            "removed_certificate_grace_secs = 31536001\n",
+            "acme.removed_certificate_grace_secs",
+        ),
+        ("on_demand_timeout_ms = 10000\n", "acme.on_demand_timeout_ms"),
     ] {
         let c: Config = toml::from_str(&format!("{base}{extra}{MIN}")).unwrap();
         let problems = c.acme_problems();

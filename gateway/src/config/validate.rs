@@ -18,8 +18,11 @@ impl Config {
     /// Every problem with the config, each naming its key.
     pub fn problems(&self) -> Vec<ConfigError> {
         let mut errs = Vec::new();
-        if self.listen.threads == 0 {
-            errs.push(invalid("listen.threads", "must be at least 1"));
+        if !(1..=MAX_THREADS).contains(&self.listen.threads) {
+            errs.push(invalid(
+                "listen.threads",
+                format!("must be between 1 and {MAX_THREADS}"),
+            ));
         }
         if self.listen.http == self.listen.admin {
             errs.push(invalid("listen.admin", "must differ from listen.http"));
@@ -94,18 +97,14 @@ impl Config {
                 errs.push(invalid(key, "must be positive"));
             }
         }
-        for (key, v) in [
-            ("tenant.cache.positive_ttl_secs", c.positive_ttl),
-            ("tenant.cache.negative_ttl_secs", c.negative_ttl),
-            ("tenant.cache.max_stale_secs", c.max_stale),
-        ] {
-            if v > MAX_TTL {
-                errs.push(invalid(
-                    key,
-                    format!("must be at most {} (one year)", MAX_TTL.as_secs()),
-                ));
-            }
-        }
+        at_most_a_year(
+            &mut errs,
+            [
+                ("tenant.cache.positive_ttl_secs", c.positive_ttl),
+                ("tenant.cache.negative_ttl_secs", c.negative_ttl),
+                ("tenant.cache.max_stale_secs", c.max_stale),
+            ],
+        );
         if c.max_stale < c.positive_ttl {
             errs.push(invalid(
                 "tenant.cache.max_stale_secs",
@@ -331,6 +330,28 @@ impl Config {
         if a.retry_max < a.retry_base {
             errs.push(invalid("acme.retry_max_secs", "must be at least acme.retry_base_secs"));
         }
+        // Timer and back-off arithmetic (an interval's next tick, a
+        // jittered retry) overflows far past any useful value.
+        at_most_a_year(
+            &mut errs,
+            [
+                ("acme.check_interval_secs", a.check_interval),
+                ("acme.retry_base_secs", a.retry_base),
+                ("acme.retry_max_secs", a.retry_max),
+                ("acme.removed_certificate_grace_secs", a.removed_certificate_grace),
+            ],
+        );
+        // The on-demand wait falls back to the default certificate; a wait
+        // as long as the whole handshake's would be cut off first.
+        if a.on_demand_timeout >= self.tls.handshake_timeout {
+            errs.push(invalid(
+                "acme.on_demand_timeout_ms",
+                format!(
+                    "must be less than tls.handshake_timeout_ms ({} ms): the handshake would time out before falling back to the default certificate",
+                    self.tls.handshake_timeout.as_millis()
+                ),
+            ));
+        }
         if a.orders_per_hour == 0 {
             errs.push(invalid("acme.orders_per_hour", "must be positive"));
         }
@@ -344,5 +365,17 @@ impl Config {
             errs.push(invalid("acme.certificate_cache_size", "must be at least 1"));
         }
         errs
+    }
+}
+
+/// A problem for each of these durations longer than [`MAX_TTL`].
+fn at_most_a_year<const N: usize>(errs: &mut Vec<ConfigError>, fields: [(&'static str, Duration); N]) {
+    for (key, v) in fields {
+        if v > MAX_TTL {
+            errs.push(invalid(
+                key,
+                format!("must be at most {} (one year)", MAX_TTL.as_secs()),
+            ));
+        }
     }
 }

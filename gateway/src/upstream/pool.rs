@@ -6,15 +6,17 @@
 //! round refreshes: Pingora's `LoadBalancer::select_with` hashes every
 //! candidate (SipHash) to look up its readiness, ~1,500 instructions per
 //! request (bench/RESULTS.md); an atomic counter and a flag read cost a few
-//! dozen. The checks themselves stay Pingora's.
+//! dozen. The checks themselves stay Pingora's, each under a deadline of
+//! its own (`BoundedCheck`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_load_balancing::health_check::HttpHealthCheck;
+use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck};
 use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::{Backend, LoadBalancer};
 
@@ -77,7 +79,11 @@ impl Pool {
             .clamp(Duration::from_millis(100), Duration::from_secs(2));
         hc.peer_template.options.connection_timeout = Some(probe_timeout);
         hc.peer_template.options.read_timeout = Some(probe_timeout);
-        lb.set_health_check(Box::new(hc));
+        lb.set_health_check(Box::new(BoundedCheck {
+            inner: hc,
+            // A connect and a read, each within its own timeout.
+            deadline: probe_timeout * 2,
+        }));
         lb.health_check_frequency = Some(cfg.health_check_interval);
         let backends: Vec<Backend> = cfg
             .backends
@@ -162,6 +168,41 @@ impl Pool {
             }
             tokio::time::sleep(every).await;
         }
+    }
+}
+
+/// Pingora's HTTP check with a deadline on the whole check. Its own
+/// timeouts bound each connect and each read, so a backend trickling its
+/// answer byte by byte would hold its check, and with it the round that
+/// refreshes every backend's health flag (a dead neighbour would stay
+/// "healthy"): past the deadline the check fails.
+struct BoundedCheck {
+    inner: HttpHealthCheck,
+    deadline: Duration,
+}
+
+#[async_trait]
+impl HealthCheck for BoundedCheck {
+    async fn check(&self, target: &Backend) -> pingora_error::Result<()> {
+        match tokio::time::timeout(self.deadline, self.inner.check(target)).await {
+            Ok(answer) => answer,
+            Err(_) => pingora_error::Error::e_explain(
+                pingora_error::ErrorType::ReadTimedout,
+                format!("health check not answered within {:?}", self.deadline),
+            ),
+        }
+    }
+
+    async fn health_status_change(&self, target: &Backend, healthy: bool) {
+        self.inner.health_status_change(target, healthy).await;
+    }
+
+    fn backend_summary(&self, target: &Backend) -> String {
+        self.inner.backend_summary(target)
+    }
+
+    fn health_threshold(&self, success: bool) -> usize {
+        self.inner.health_threshold(success)
     }
 }
 

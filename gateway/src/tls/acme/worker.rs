@@ -211,10 +211,16 @@ impl Acme {
         }
         let me = self.clone();
         tokio::spawn(async move {
+            // Released however the attempt ends, a panic included (one in
+            // the ACME client on a CA's odd answer must not leave the name
+            // never attempted again by this process).
+            let _running = InProgress {
+                set: &me.in_progress,
+                name: &name,
+            };
             if let Err(e) = me.attempt(&name, force).await {
                 tracing::warn!(name, error = %e, "ACME: attempt failed");
             }
-            me.in_progress.lock().remove(&name);
         });
     }
 
@@ -501,6 +507,18 @@ impl Acme {
     }
 }
 
+/// A name's place in `in_progress` while its attempt runs.
+struct InProgress<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    name: &'a str,
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.set.lock().remove(self.name);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -510,5 +528,24 @@ mod tests {
         // Before the order: claim, certificate load, rate limit, order row;
         // after it: the final record, tried twice.
         assert!(LEASE >= ORDER_DEADLINE + QUERY_DEADLINE * 6);
+    }
+
+    #[tokio::test]
+    async fn a_panicking_attempt_leaves_its_name_free() {
+        let set = Arc::new(Mutex::new(HashSet::from([
+            "a.example".to_owned(),
+            "b.example".to_owned(),
+        ])));
+        let held = set.clone();
+        let ended = tokio::spawn(async move {
+            let _running = InProgress {
+                set: &held,
+                name: "a.example",
+            };
+            panic!("the ACME client panicked");
+        })
+        .await;
+        assert!(ended.unwrap_err().is_panic());
+        assert_eq!(*set.lock(), HashSet::from(["b.example".to_owned()]));
     }
 }
