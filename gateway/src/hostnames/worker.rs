@@ -10,6 +10,11 @@
 //! a notification could have been missed (no LISTEN connection), and at
 //! least every `RECOUNT_AT_LEAST_EVERY`; the oldest pending claim's age
 //! moves with the clock in between.
+//!
+//! Every wait is bounded: each database step by `STEP` (and the pool's
+//! `statement_timeout`), each claim's whole handling by its check's timeout
+//! plus two steps, the LISTEN connection by a probe; a stalled database or
+//! resolver delays this gateway's checks, never stops them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,6 +32,11 @@ use crate::metrics::Metrics;
 
 /// Longest wait between two looks for due claims.
 const POLL_MAX: Duration = Duration::from_secs(5);
+/// Deadline of one database step (leasing due claims, counting them).
+const STEP: Duration = Duration::from_secs(10);
+/// How often the LISTEN connection is asked `SELECT 1`: a connection lost
+/// without a word (a failover, a dropped NAT entry) is replaced.
+const PROBE_EVERY: Duration = Duration::from_secs(10);
 /// How often the claim gauges are looked at (counted only if due, see
 /// [`must_count`]).
 const GAUGES_EVERY: Duration = Duration::from_secs(15);
@@ -134,7 +144,7 @@ impl Worker {
             // Changes while no connection listened went unheard.
             self.counts_stale.store(true, Ordering::Release);
             self.listening.store(true, Ordering::Release);
-            while let Ok(Some(n)) = l.try_recv().await {
+            while let Some(n) = crate::tenant::invalidate::next_notification(&mut l, PROBE_EVERY, STEP).await {
                 if n.channel() == COUNTS_CHANNEL {
                     self.counts_stale.store(true, Ordering::Release);
                 } else {
@@ -151,24 +161,40 @@ impl Worker {
     async fn round(self: &Arc<Self>) {
         let cap = self.cfg.max_concurrent_checks as usize;
         let lease = self.cfg.check_timeout * 2 + Duration::from_secs(30);
-        let due = match self
-            .store
-            .take_due(&self.owner, lease.as_secs_f64(), (cap * 4) as i64)
-            .await
-        {
-            Ok(due) => due,
-            Err(e) => {
+        let due = tokio::time::timeout(
+            STEP,
+            self.store.take_due(&self.owner, lease.as_secs_f64(), (cap * 4) as i64),
+        )
+        .await;
+        let due = match due {
+            Ok(Ok(due)) => due,
+            Ok(Err(e)) => {
                 tracing::warn!(error = %e, "custom hostnames: cannot read due claims");
                 return;
             }
+            Err(_) => {
+                tracing::warn!("custom hostnames: no due claims read within {STEP:?}");
+                return;
+            }
         };
+        // Well inside the lease: a claim given up on here is checked again
+        // once its lease ends.
+        let each = self.cfg.check_timeout + STEP * 2;
         let mut running = tokio::task::JoinSet::new();
         for claim in due {
             while running.len() >= cap {
                 running.join_next().await;
             }
             let me = self.clone();
-            running.spawn(async move { me.handle(claim).await });
+            running.spawn(async move {
+                let name = claim.name.clone();
+                if tokio::time::timeout(each, me.handle(claim)).await.is_err() {
+                    tracing::warn!(
+                        name,
+                        "custom hostnames: check not finished within {each:?}; retried after its lease"
+                    );
+                }
+            });
         }
         while running.join_next().await.is_some() {}
     }
@@ -266,7 +292,11 @@ impl Worker {
         // marks it again, and the next look counts once more.
         let stale = self.counts_stale.swap(false, Ordering::AcqRel);
         if must_count(stale, listening, counted.as_ref().map(|c| c.at.elapsed())) {
-            match self.store.counts().await {
+            let counts = match tokio::time::timeout(STEP, self.store.counts()).await {
+                Ok(counted) => counted.map_err(|e| e.to_string()),
+                Err(_) => Err(format!("no count within {STEP:?}")),
+            };
+            match counts {
                 Ok((counts, oldest_pending)) => {
                     for st in HostnameStatus::ALL {
                         let n = counts.iter().find(|(s, _)| *s == st).map_or(0, |(_, n)| *n);

@@ -115,6 +115,38 @@ async fn listen(
     }
 }
 
+/// The next notification of a side listener (ACME, custom hostnames), or
+/// `None` once its connection is lost, closed, or does not answer `SELECT 1`
+/// within `probe_timeout` after `probe_every` without a notification: a
+/// connection lost without a word (a failover, a dropped NAT entry) would
+/// otherwise be waited on forever while its notifications go elsewhere.
+pub async fn next_notification(
+    listener: &mut PgListener,
+    probe_every: Duration,
+    probe_timeout: Duration,
+) -> Option<sqlx::postgres::PgNotification> {
+    loop {
+        tokio::select! {
+            // try_recv is cancel-safe (sqlx reads whole messages or nothing).
+            n = listener.try_recv() => return n.ok().flatten(),
+            _ = tokio::time::sleep(probe_every) => {
+                let health = sqlx::query("SELECT 1").execute(&mut *listener);
+                match tokio::time::timeout(probe_timeout, health).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "LISTEN connection fails its probe");
+                        return None;
+                    }
+                    Err(_) => {
+                        tracing::warn!("LISTEN connection does not answer its probe within {probe_timeout:?}");
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Called with the names of every NOTIFY after the cache dropped them (the
 /// certificate side acts on domain changes through it).
 pub type OnChange = Arc<dyn Fn(Vec<String>) + Send + Sync>;

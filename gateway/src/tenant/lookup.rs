@@ -71,11 +71,21 @@ fn maintenance_runtime() -> &'static tokio::runtime::Runtime {
     RT.get_or_init(|| one_thread_runtime("db-maintenance", 0))
 }
 
-/// A pool that connects on first use. sqlx spawns the pool's maintenance
-/// task on the current runtime; the pool outlives any one Pingora service
-/// runtime, so it gets its own.
+/// The server's bound on any one statement of a [`lazy_pool`] (ACME, custom
+/// hostnames): a little over their steps' own deadlines (10 s), so the
+/// client's deadline is what reports, and a statement it gave up on (a lock
+/// wait, a slow scan) ends on the server too. sqlx takes a connection back
+/// only once its statement is over, so without this a pool's few
+/// connections could all be parked behind statements nobody waits for.
+pub const SIDE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A pool that connects on first use, its statements bounded by
+/// [`SIDE_STATEMENT_TIMEOUT`]. sqlx spawns the pool's maintenance task on
+/// the current runtime; the pool outlives any one Pingora service runtime,
+/// so it gets its own.
 pub fn lazy_pool(opts: PgConnectOptions, max_connections: u32, connect_timeout: Duration) -> PgPool {
     let _guard = maintenance_runtime().enter();
+    let opts = opts.options([("statement_timeout", SIDE_STATEMENT_TIMEOUT.as_millis().to_string())]);
     pool_options(max_connections, connect_timeout).connect_lazy_with(opts)
 }
 
@@ -89,6 +99,9 @@ fn pool_options(max_connections: u32, connect_timeout: Duration) -> PgPoolOption
 
 pub struct Lookup {
     pool: PgPool,
+    /// The server's bound on a lookup (`statement_timeout`), on every pool
+    /// lookups use.
+    query_timeout: Duration,
     query: Arc<str>,
     /// The public tenant's schema (`tenant.public_schema`), the one reserved
     /// name a row may carry.
@@ -161,6 +174,7 @@ impl Lookup {
             .connect_lazy_with(opts);
         Ok(Lookup {
             pool,
+            query_timeout,
             query: Arc::from(""),
             public_schema: None,
             limits: None,
@@ -181,6 +195,8 @@ impl Lookup {
         fallbacks: prometheus::IntCounter,
     ) -> Result<Lookup, sqlx::Error> {
         let opts: PgConnectOptions = primary_url.parse()?;
+        // The lookups' own statement bound, as on the replica's pool.
+        let opts = opts.options([("statement_timeout", self.query_timeout.as_millis().to_string())]);
         let _guard = self.rt.enter();
         let primary = pool_options(2, connect_timeout)
             .test_before_acquire(false)
@@ -432,7 +448,29 @@ async fn find_on(
 
 #[cfg(test)]
 mod tests {
-    use super::{acceptable_schema, parse_lsn};
+    use super::{acceptable_schema, lazy_pool, parse_lsn, Lookup, SIDE_STATEMENT_TIMEOUT};
+    use std::time::Duration;
+
+    #[test]
+    fn every_pool_bounds_its_statements_on_the_server() {
+        let url = "postgres://u@127.0.0.1:1/db?options=-c%20search_path%3Dx";
+        let side = lazy_pool(url.parse().unwrap(), 1, Duration::from_secs(1));
+        let want = format!("statement_timeout={}", SIDE_STATEMENT_TIMEOUT.as_millis());
+        let options = side.connect_options().get_options().unwrap_or_default().to_owned();
+        assert!(options.contains(&want) && options.contains("search_path"), "{options}");
+        let lookup = Lookup::new(url, 1, Duration::from_secs(1), Duration::from_millis(750), 0)
+            .unwrap()
+            .with_replica(
+                url,
+                Duration::from_secs(1),
+                prometheus::IntCounter::new("t", "t").unwrap(),
+            )
+            .unwrap();
+        for pool in [&lookup.pool, &lookup.replica.as_ref().unwrap().primary] {
+            let options = pool.connect_options().get_options().unwrap_or_default().to_owned();
+            assert!(options.contains("statement_timeout=750"), "{options}");
+        }
+    }
 
     #[test]
     fn lsns_compare_as_numbers() {

@@ -112,6 +112,11 @@ const ANSWER_CONNECTIONS: u32 = 2;
 const QUERY_DEADLINE: Duration = Duration::from_secs(10);
 /// Bound on reading one challenge answer (the CA's own request waits for it).
 const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
+/// How often the LISTEN connection is asked `SELECT 1` when no notification
+/// came: one lost without a word is replaced (and what it missed reloaded)
+/// within this plus `QUERY_DEADLINE`, where it would otherwise keep renewed
+/// certificates from reaching memory until the old ones expire.
+const PROBE_EVERY: Duration = Duration::from_secs(10);
 /// Bound on the CA exchange of one order attempt.
 const ORDER_DEADLINE: Duration = Duration::from_secs(300);
 /// Beyond `ORDER_DEADLINE`, the lease covers the bounded steps before the

@@ -59,7 +59,8 @@ impl Acme {
             // Anything missed while not listening: refresh what is in memory, rescan.
             self.refresh_loaded().await;
             let _ = self.scan().await;
-            while let Ok(Some(n)) = l.try_recv().await {
+            while let Some(n) = crate::tenant::invalidate::next_notification(&mut l, PROBE_EVERY, QUERY_DEADLINE).await
+            {
                 match n.channel() {
                     // A certificate stored, renewed or retired: in memory (or
                     // awaited by a handshake) it is reloaded (or dropped);
