@@ -339,18 +339,13 @@ pub async fn list_tenants(pool: &PgPool) -> Result<Vec<String>, AdminError> {
     )
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .iter()
+    // `try_get`: a column another migration made nullable is an error, not a panic.
+    rows.iter()
         .map(|r| {
-            format!(
-                "{}\t{}\t{}\t{}",
-                r.get::<String, _>(0),
-                r.get::<String, _>(1),
-                r.get::<String, _>(2),
-                r.get::<String, _>(3)
-            )
+            let col = |i| r.try_get::<String, _>(i);
+            Ok(format!("{}\t{}\t{}\t{}", col(0)?, col(1)?, col(2)?, col(3)?))
         })
-        .collect())
+        .collect()
 }
 
 /// Parse `30d`, `12h`, `45m`, `10s`.

@@ -89,11 +89,14 @@ impl HostMemo {
         // Only bytes a `Host` header's text check passes are kept, so the
         // memo may answer a header's bytes before that check. Another
         // request of the connection (HTTP/2) may have set it meanwhile: the
-        // first one kept stays.
+        // first one kept stays, and only the request that kept it answers
+        // with the kept host (which brings the connection's tenant memo).
         if self.0.get().is_none() && raw.bytes().all(|b| b.is_ascii_graphic()) {
             let kept: Arc<str> = host.into();
-            let _ = self.0.set((raw.as_bytes().into(), kept.clone()));
-            return Ok(Host::Kept(kept));
+            return Ok(match self.0.set((raw.as_bytes().into(), kept.clone())) {
+                Ok(()) => Host::Kept(kept),
+                Err(_) => Host::Own(String::from(&*kept)),
+            });
         }
         Ok(Host::Own(host))
     }

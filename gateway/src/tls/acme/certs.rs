@@ -104,8 +104,15 @@ impl Acme {
     /// handshake already did; whether it is in memory now.
     pub(super) async fn load_coalesced(&self, name: &str) -> bool {
         let gate = self.loading.lock().entry(name.to_owned()).or_default().clone();
-        let loaded = {
-            let _turn = gate.lock().await;
+        // Leaves the map however this ends (a handshake's deadline can drop
+        // it while it waits its turn).
+        let gate = Gate {
+            loading: &self.loading,
+            name,
+            gate,
+        };
+        {
+            let _turn = gate.gate.lock().await;
             if self.store.issued(name).is_some() {
                 true
             } else {
@@ -121,13 +128,7 @@ impl Acme {
                 self.metrics.certificate_loads.with_label_values(&[result]).inc();
                 result == "loaded"
             }
-        };
-        let mut loading = self.loading.lock();
-        // Ours and the map's: nobody else is waiting on this gate.
-        if Arc::strong_count(&gate) <= 2 {
-            loading.remove(name);
         }
-        loaded
     }
 
     pub(super) async fn load_one(&self, name: &str) -> Result<Option<Arc<Cert>>, AcmeError> {
@@ -268,5 +269,53 @@ impl Acme {
             tracing::info!(names = ?deleted, "ACME: retired certificates deleted after the grace period");
         }
         Ok(())
+    }
+}
+
+/// One handshake's hold on a name's load gate; the last one out removes
+/// the gate from the map.
+struct Gate<'a> {
+    loading: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    name: &'a str,
+    gate: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for Gate<'_> {
+    fn drop(&mut self) {
+        let mut loading = self.loading.lock();
+        // Ours and the map's: nobody else is waiting on this gate.
+        if Arc::strong_count(&self.gate) <= 2 {
+            loading.remove(self.name);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_gate_leaves_the_map_with_its_last_holder_even_when_cancelled() {
+        let loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>> = Mutex::default();
+        let hold = |name| {
+            let gate = loading.lock().entry(String::from(name)).or_default().clone();
+            Gate {
+                loading: &loading,
+                name,
+                gate,
+            }
+        };
+        let first = hold("a.example");
+        let turn = first.gate.lock().await;
+        // A second handshake waits its turn and is dropped (its deadline).
+        let second = hold("a.example");
+        let waiting = async move {
+            let _turn = second.gate.lock().await;
+        };
+        assert!(tokio::time::timeout(Duration::from_millis(10), waiting).await.is_err());
+        assert!(loading.lock().contains_key("a.example"), "the first still holds it");
+        drop(turn);
+        drop(first);
+        assert!(loading.lock().is_empty());
     }
 }

@@ -399,16 +399,20 @@ impl Acme {
         Ok(crate::schema::migrate(db).await?)
     }
 
-    /// The guard: in the domain table, tenant active, not under a base domain.
     /// A name's order state, for the operator API (`None`: never ordered).
+    /// On the order work's pool, under its deadline: the answers' pool is
+    /// the CA's alone.
     pub async fn name_state(&self, name: &str) -> Result<Option<serde_json::Value>, AcmeError> {
-        let row: Option<(i32, Option<String>, i64, bool, bool)> = sqlx::query_as(
-            "SELECT failures, last_error, extract(epoch FROM next_attempt_at)::bigint, force_renew, \
-                    coalesce(lease_until > now(), false) \
-               FROM tenant_gateway.acme_names WHERE name = $1",
+        let row: Option<(i32, Option<String>, i64, bool, bool)> = bounded(
+            "reading a name's order state",
+            sqlx::query_as(
+                "SELECT failures, last_error, extract(epoch FROM next_attempt_at)::bigint, force_renew, \
+                        coalesce(lease_until > now(), false) \
+                   FROM tenant_gateway.acme_names WHERE name = $1",
+            )
+            .bind(name)
+            .fetch_optional(&self.db),
         )
-        .bind(name)
-        .fetch_optional(&self.answers)
         .await?;
         Ok(row.map(|(failures, last_error, next_attempt, forced, ordering)| {
             serde_json::json!({
