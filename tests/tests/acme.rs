@@ -578,6 +578,34 @@ fn stored_certificates_load_at_their_first_handshake_into_a_bounded_cache() {
     );
     wait_scans(&[&st.s.gw], 3);
     assert_eq!(orders(&st.s.pg), ordered, "nothing is ordered again");
+
+    // A retirement the gateway did not hear of (made here without its
+    // NOTIFY, as if during a LISTEN gap) is found once its listener
+    // reconnects: the certificates in memory are checked against the
+    // database, and the retired one leaves.
+    let (kept, retired) = (names[1], names[2]);
+    for n in [kept, retired] {
+        assert_eq!(probe(st.s.ports.tls, Some(n), &[]).unwrap().names, [n]);
+    }
+    assert_eq!(st.s.gw.metric("tenant_gateway_certificates_in_memory"), 2.0);
+    st.s.pg
+        .psql(&format!(
+            "SET session_replication_role = replica; \
+             UPDATE tenant_gateway.certificates SET removed_at = now() WHERE name = '{retired}'"
+        ))
+        .unwrap();
+    assert_eq!(st.s.gw.metric("tenant_gateway_certificates_in_memory"), 2.0);
+    st.s.pg
+        .psql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+              WHERE application_name = 'tenant-gateway-acme-listen'",
+        )
+        .unwrap();
+    wait_until("the retired certificate leaves memory", Duration::from_secs(20), || {
+        st.s.gw.metric("tenant_gateway_certificates_in_memory") == 1.0
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", st.s.gw.proc_.log()));
+    assert_eq!(probe(st.s.ports.tls, Some(kept), &[]).unwrap().names, [kept]);
 }
 
 /// The fleet-wide gauges of stored certificates read the database, not

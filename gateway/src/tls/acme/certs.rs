@@ -172,13 +172,55 @@ impl Acme {
         }
     }
 
-    /// Reload the certificates in memory (after a LISTEN gap: a renewal or
-    /// a retirement may have been missed), one query per name in memory
-    /// (at most `certificate_cache_size`).
-    pub(super) async fn refresh_loaded(&self) {
-        for name in self.store.issued_names() {
-            if let Err(e) = self.load_one(&name).await {
-                tracing::warn!(name, error = %e, "ACME: cannot refresh a certificate in memory");
+    /// Bring the certificates in memory up to date after a LISTEN gap (a
+    /// renewal or a retirement may have been missed): one light statement
+    /// per `REFRESH_BATCH` names in memory (name, retired, `renew_after`),
+    /// then only the names that changed are loaded again (a renewal moves
+    /// `renew_after`) and the retired or deleted ones dropped. So a gap
+    /// costs `certificate_cache_size / REFRESH_BATCH` statements, not a
+    /// load, decryption and parse per name. `Err`: a batch could not be
+    /// read (the caller tries again at its next scan).
+    pub(super) async fn refresh_loaded(&self) -> Result<(), AcmeError> {
+        let names = self.store.issued_names();
+        for batch in names.chunks(REFRESH_BATCH) {
+            let rows: Vec<(String, bool, Option<i64>)> = bounded(
+                "checking the certificates in memory",
+                sqlx::query_as(
+                    "SELECT name, removed_at IS NOT NULL, extract(epoch FROM renew_after)::bigint \
+                       FROM tenant_gateway.certificates WHERE name = ANY($1)",
+                )
+                .bind(batch)
+                .fetch_all(&self.db),
+            )
+            .await?;
+            let stored: HashMap<&str, (bool, Option<i64>)> = rows
+                .iter()
+                .map(|(n, retired, renew)| (n.as_str(), (*retired, *renew)))
+                .collect();
+            for name in batch {
+                match stored.get(name.as_str()) {
+                    None | Some((true, _)) => self.unpresent(name),
+                    Some((false, renew_after)) => {
+                        let changed = self.store.issued(name).is_some_and(|c| c.renew_at != *renew_after);
+                        if changed {
+                            if let Err(e) = self.load_one(name).await {
+                                tracing::warn!(name, error = %e, "ACME: cannot refresh a certificate in memory");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// [`Self::refresh_loaded`] if one is owed (a LISTEN gap, a refresh that
+    /// failed), before a scan.
+    pub(super) async fn refresh_if_due(&self) {
+        if self.refresh_due.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            if let Err(e) = self.refresh_loaded().await {
+                self.refresh_due.store(true, std::sync::atomic::Ordering::Release);
+                tracing::warn!(error = %e, "ACME: cannot refresh the certificates in memory; retried at the next scan");
             }
         }
     }

@@ -112,6 +112,9 @@ const ANSWER_CONNECTIONS: u32 = 2;
 const QUERY_DEADLINE: Duration = Duration::from_secs(10);
 /// Bound on reading one challenge answer (the CA's own request waits for it).
 const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
+/// Names per statement when the certificates in memory are checked after a
+/// LISTEN gap (`refresh_loaded`).
+const REFRESH_BATCH: usize = 500;
 /// How often the LISTEN connection is asked `SELECT 1` when no notification
 /// came: one lost without a word is replaced (and what it missed reloaded)
 /// within this plus `QUERY_DEADLINE`, where it would otherwise keep renewed
@@ -325,6 +328,9 @@ pub struct Acme {
     waiting: certs::Waiters,
     /// One database load per name at a time (handshakes coalesce on it).
     loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// The certificates in memory are to be checked against the database
+    /// (`refresh_loaded`) before the next scan.
+    refresh_due: std::sync::atomic::AtomicBool,
     /// Custom names need an active claim (`custom_domains.verification`):
     /// the scan for missing certificates asks only for claimed names.
     claims_required: bool,
@@ -381,6 +387,7 @@ impl Acme {
             in_progress: Mutex::default(),
             waiting: Mutex::default(),
             loading: Mutex::default(),
+            refresh_due: std::sync::atomic::AtomicBool::new(false),
             claims_required: false,
             scans: std::sync::atomic::AtomicU64::new(0),
             alpn_keys: Mutex::default(),

@@ -56,8 +56,9 @@ impl Acme {
                     continue;
                 }
             };
-            // Anything missed while not listening: refresh what is in memory, rescan.
-            self.refresh_loaded().await;
+            // Anything missed while not listening: refresh what is in memory
+            // (the scan does it first), rescan.
+            self.refresh_due.store(true, std::sync::atomic::Ordering::Release);
             let _ = self.scan().await;
             while let Some(n) = crate::tenant::invalidate::next_notification(&mut l, PROBE_EVERY, QUERY_DEADLINE).await
             {
@@ -89,6 +90,7 @@ impl Acme {
     /// Names that lack a certificate, need renewal or were forced.
     pub(super) async fn scan(self: &Arc<Self>) -> Result<(), AcmeError> {
         self.metrics.acme_scans.inc();
+        self.refresh_if_due().await;
         self.delete_retired().await?;
         // A fixed number of queries whatever the number of names: each
         // returns only what is due (indexes of migration 0003), in batches.
