@@ -286,7 +286,11 @@ impl Admin {
                 None => error(400, "missing_host", "give ?host=NAME"),
             },
             (&Method::POST, "/api/v1/purge") => {
-                if query_param(query, "all").is_some_and(|v| v == "1" || v == "true") {
+                let all = query_param(query, "all").is_some_and(|v| v == "1" || v == "true");
+                if all && query_param(query, "host").is_some() {
+                    return error(400, "host_and_all", "give ?host=NAME or ?all=1, not both");
+                }
+                if all {
                     self.cache.purge_all();
                     tracing::info!("operator API: purged the whole tenant cache");
                     return json_reply(200, json!({ "purged": "all" }));
@@ -329,12 +333,26 @@ impl Admin {
                 let (Some(acme), Some(name)) = (&self.acme, query_param(query, "name")) else {
                     return error(400, "no_acme_or_name", "ACME must be on and ?name=NAME given");
                 };
-                match tenancy::normalize_domain(&name) {
-                    Ok(n) => match acme.renew(&n).await {
-                        Ok(()) => json_reply(202, json!({ "renewal_requested": n })),
-                        Err(e) => error(503, "database", &e.to_string()),
-                    },
-                    Err(e) => error(400, "bad_name", &e.to_string()),
+                let n = match tenancy::normalize_domain(&name) {
+                    Ok(n) => n,
+                    Err(e) => return error(400, "bad_name", &e.to_string()),
+                };
+                // What the ACME guard would refuse is refused here, not left
+                // forced for ever (a typo, a base-domain name, a suspended
+                // tenant's).
+                if !acme.eligible(&n).await {
+                    return error(
+                        409,
+                        "not_eligible",
+                        &format!("{n} is not eligible for a certificate: not in the domain table, its tenant not active, its claim not active, or under a base domain"),
+                    );
+                }
+                match acme.renew(&n).await {
+                    Ok(()) => {
+                        tracing::info!(name = n, "operator API: certificate renewal requested");
+                        json_reply(202, json!({ "renewal_requested": n }))
+                    }
+                    Err(e) => error(503, "database", &e.to_string()),
                 }
             }
             (&Method::POST, "/api/v1/reload") => {
@@ -448,7 +466,9 @@ impl ServeHttp for Admin {
                     .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
                     .unwrap_or_default();
                 if !token_matches(presented, token.as_bytes()) {
-                    tracing::warn!(path = p, "operator API: refused (bad or missing token)");
+                    // The path as far as a log line needs it: a client chooses it.
+                    let path = p.get(..p.floor_char_boundary(100)).unwrap_or_default();
+                    tracing::warn!(path, "operator API: refused (bad or missing token)");
                     return error(401, "unauthorized", "Authorization: Bearer <admin token> required");
                 }
                 self.api(&method, p, query.as_deref()).await

@@ -399,7 +399,12 @@ pub fn fire_requests(port: u16, path: &str, hosts: Vec<String>, concurrency: usi
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let url = format!("http://127.0.0.1:{port}{path}");
     rt.block_on(async move {
-        let client = reqwest::Client::builder().no_proxy().build().expect("client");
+        // Every request bounded: a hung one fails the test instead of CI.
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .expect("client");
         let hosts = Arc::new(hosts);
         let next = Arc::new(AtomicUsize::new(0));
         let mut set = tokio::task::JoinSet::new();

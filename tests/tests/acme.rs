@@ -297,6 +297,31 @@ fn unknown_and_suspended_names_never_cause_an_order() {
         st.s.pg.psql("SELECT count(*) FROM tenant_gateway.acme_names").unwrap(),
         "0"
     );
+    // A forced renewal of such a name: the API refuses it; one made by the
+    // CLI (which cannot ask the guard) is held back like any refused name,
+    // not attempted again at every scan.
+    let (status, v) = st.s.gw.api(
+        e2e::http::Method::POST,
+        "certs/renew?name=shop.paused.test",
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!((status, v["error"].as_str()), (409, Some("not_eligible")), "{v}");
+    st.s.gw.cli(&st.s.pg.url(), &["acme", "renew", "shop.paused.test"]);
+    let held = "SELECT count(*) FROM tenant_gateway.acme_names WHERE name = 'shop.paused.test' \
+                AND force_renew AND last_error = 'not eligible' AND next_attempt_at > now() + interval '30 minutes'";
+    wait_until("the forced name held back", Duration::from_secs(30), || {
+        st.s.pg.psql(held).is_ok_and(|n| n == "1")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", st.s.gw.proc_.log()));
+    let stamp = || {
+        st.s.pg
+            .psql("SELECT updated_at FROM tenant_gateway.acme_names WHERE name = 'shop.paused.test'")
+            .unwrap()
+    };
+    let first = stamp();
+    wait_scans(&[&st.s.gw], 2);
+    assert_eq!(stamp(), first, "the held-back name was attempted again");
+    assert_eq!(orders(&st.s.pg), 0);
 }
 
 #[test]

@@ -173,7 +173,7 @@ fn tenants_public_tenant_and_orm_changes_through_the_gateway() {
         &s.pg,
         &["add-domain", "--schema", "acme-eu", "--domain", "acme.example"],
     );
-    wait_until("ORM-added domain served", Duration::from_secs(2), || {
+    wait_until("ORM-added domain served", PROPAGATION, || {
         s.schema_of("acme.example") == (200, "acme-eu".into())
     })
     .unwrap();
@@ -190,19 +190,19 @@ fn tenants_public_tenant_and_orm_changes_through_the_gateway() {
             "mclaren.myapp.localhost",
         ],
     );
-    wait_until("ORM-created tenant served", Duration::from_secs(2), || {
+    wait_until("ORM-created tenant served", PROPAGATION, || {
         s.schema_of("mclaren.myapp.localhost") == (200, "mclaren".into())
     })
     .unwrap();
     // A deleted domain stops being served.
     fixture(&s.pg, &["delete-domain", "--domain", "acme.example"]);
-    wait_until("deleted domain gone", Duration::from_secs(2), || {
+    wait_until("deleted domain gone", PROPAGATION, || {
         s.schema_of("acme.example").0 == 404
     })
     .unwrap();
     // The active column: an inactive tenant gets the suspended page; the others don't notice.
     fixture(&s.pg, &["set-active", "--schema", "acme-eu", "--active", "false"]);
-    wait_until("tenant deactivated", Duration::from_secs(2), || {
+    wait_until("tenant deactivated", PROPAGATION, || {
         s.schema_of("acme-eu.myapp.localhost").0 == 403
     })
     .unwrap();

@@ -244,7 +244,14 @@ fn status_pages_are_served_without_a_backend() {
 
 #[test]
 fn cache_costs_one_query_per_name_and_floods_do_not_evict_tenants() {
-    let s = stack("[database]\nlookup_nice = 7\n");
+    // Cache times and the lookup deadline far beyond the test's length: on a
+    // slow machine the flood must neither outlive a negative entry (asking
+    // a name again after its TTL costs a query) nor turn a slow lookup into
+    // a 503.
+    let s = stack(
+        "[tenant.cache]\npositive_ttl_secs = 3600\nnegative_ttl_secs = 3600\nmax_stale_secs = 7200\n\
+         [database]\nlookup_nice = 7\nlookup_deadline_ms = 30000\nquery_timeout_ms = 30000\n",
+    );
     // Lookups of uncached names run on their own thread at the configured
     // niceness, so a flood of them yields the CPU to cached tenants.
     let pid = s.gw.proc_.pid();

@@ -265,7 +265,7 @@ fn a_kept_alive_connection_closes_when_idle_and_its_next_head_has_its_own_deadli
 #[test]
 fn a_frozen_database_never_hangs_a_request_and_invalidation_resumes() {
     let mut s = stack(
-        "redirect_http = false\n[database]\nlookup_deadline_ms = 2000\nhealth_check_interval_ms = 300\nhealth_check_timeout_ms = 700\n\
+        "redirect_http = false\n[database]\nlookup_deadline_ms = 5000\nhealth_check_interval_ms = 300\nhealth_check_timeout_ms = 700\n\
          [tenant.cache]\npositive_ttl_secs = 1\n",
     );
     let client = http::client();
@@ -281,16 +281,18 @@ fn a_frozen_database_never_hangs_a_request_and_invalidation_resumes() {
     };
     assert_eq!(get("ferrari.myapp.localhost").0.json()["tenant"], "ferrari");
     s.pg.freeze().unwrap();
-    // Never cached: the 503 page within the lookup deadline + 1 s.
+    // Never cached: the 503 page once the lookup deadline (5 s) passes,
+    // well before a hung request would end (with generous room for a slow
+    // machine).
     let (r, took) = get("mclaren.myapp.localhost");
     assert_eq!(r.status, 503, "{}", r.body);
     assert_eq!(r.json()["error"], "unavailable");
-    assert!(took < Duration::from_secs(3), "{took:?}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
     // Cached, and past positive_ttl by the time the refresh counter moves:
     // served at once every time while one background refresh waits. Half
     // the lookup deadline: a request that waited on the database would take
     // all of it.
-    const CACHED_BOUND: Duration = Duration::from_millis(1000);
+    const CACHED_BOUND: Duration = Duration::from_millis(2500);
     let mut served = 0;
     wait_until("an entry past its TTL served", Duration::from_secs(10), || {
         let (r, took) = get("ferrari.myapp.localhost");
@@ -314,7 +316,7 @@ fn a_frozen_database_never_hangs_a_request_and_invalidation_resumes() {
     s.pg.thaw().unwrap();
     // Invalidation works again after SIGCONT (docs: within about a second;
     // generous here for a loaded machine).
-    wait_until("listener back", Duration::from_secs(5), || {
+    wait_until("listener back", Duration::from_secs(15), || {
         s.metric("tenant_gateway_invalidation_listener_up", &[]) == 1.0
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
@@ -351,8 +353,10 @@ fn a_stopped_database_does_not_slow_cached_tenants() {
     s.pg.stop_server().unwrap();
     let after: Vec<Duration> = (0..200).map(|i| timed(hosts[i % 2])).collect();
     let (b, a) = (p99(before), p99(after));
-    // 3x, with a floor so sub-millisecond noise on a busy machine cannot fail it.
-    let bound = 3 * b.max(Duration::from_millis(10));
+    // 3x, and never below half a second, so a busy machine's stalls cannot
+    // fail it; a request that waited on the database would still (its
+    // pool's acquire timeout is a second, the lookup deadline 2.5 s).
+    let bound = (3 * b.max(Duration::from_millis(10))).max(Duration::from_millis(500));
     assert!(a <= bound, "p99 before {b:?}, after {a:?} (bound {bound:?})");
 }
 

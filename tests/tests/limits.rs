@@ -48,6 +48,7 @@ fn a_flooding_tenant_gets_429_while_the_other_is_served_promptly() {
     let mclaren = "mclaren.myapp.localhost";
     let before = p99(timed(&client, port, mclaren, 200));
     // ferrari floods at some 30-40 times its 20 requests per second.
+    let flood_started = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
     let flood: Vec<_> = (0..1)
         .map(|_| {
@@ -97,12 +98,21 @@ fn a_flooding_tenant_gets_429_while_the_other_is_served_promptly() {
         ok += o;
         limited += l;
     }
-    assert!(limited > 10 * ok.max(1) / 2, "flood: {ok} served, {limited} limited");
+    // The plan holds (its burst plus 20 per second, with room for the
+    // clock's edges), however fast this machine let the flood run.
+    let flood_total = flood_started.elapsed().as_secs_f64();
+    let allowed = 20.0 + 20.0 * flood_total * 1.5 + 5.0;
+    assert!(
+        limited >= 50 && (ok as f64) <= allowed,
+        "flood: {ok} served (at most {allowed:.0} in {flood_total:.1} s), {limited} limited"
+    );
     eprintln!("mclaren p99 unloaded {before:?}, during the flood {during:?}; flood: {ok} served, {limited} limited");
     // Generous (a noisy 2-core machine runs the flood, the gateway and this
-    // client at once): 4x the unloaded p99, with a floor for sub-millisecond
-    // noise; every one of mclaren's requests must also be a 200 (`timed`).
-    let bound = 4 * before.max(Duration::from_millis(25));
+    // client at once): 4x the unloaded p99, and never below a second, so
+    // the machine's own stalls cannot fail it while a starved tenant (its
+    // requests queued behind the flood's) still would; every one of
+    // mclaren's requests must also be a 200 (`timed`).
+    let bound = (4 * before.max(Duration::from_millis(25))).max(Duration::from_secs(1));
     assert!(
         during <= bound,
         "mclaren p99 {during:?} during the flood (unloaded {before:?}, bound {bound:?}, {flood_secs:.1} s)"

@@ -296,7 +296,7 @@ fn plain_http_redirects_with_308_except_the_allow_list() {
 
 #[test]
 fn sigterm_completes_in_flight_requests_on_open_tls_connections() {
-    let mut s = tls_stack("", 4);
+    let mut s = tls_stack("", 10);
     let port = s.gw.tls_port;
     let ca = s.ca().to_path_buf();
     let spawn = |alpn: &'static [&'static str], path: &'static str| {
@@ -322,11 +322,12 @@ fn sigterm_completes_in_flight_requests_on_open_tls_connections() {
         assert_eq!(r.status, 200, "{name}: {}", r.body);
         assert_eq!(r.json()["tenant"], "ferrari");
     }
+    // Well before the grace period (10 s) ends, with room for a slow machine.
     assert!(
-        t.elapsed() < Duration::from_secs(4),
+        t.elapsed() < Duration::from_secs(8),
         "requests should finish, not wait for the grace period"
     );
-    assert!(s.gw.proc_.terminate(Duration::from_secs(15)), "gateway did not exit");
+    assert!(s.gw.proc_.terminate(Duration::from_secs(30)), "gateway did not exit");
     assert!(!port_open(port));
 }
 

@@ -140,9 +140,17 @@ impl Acme {
         for name in retries {
             self.spawn_attempt(name, false);
         }
+        // Due ones only, in batches: a forced name that cannot be renewed
+        // (refused by the guard, failing) waits its turn like any other.
         let forced: Vec<String> = bounded(
             "listing forced renewals",
-            sqlx::query_scalar("SELECT name FROM tenant_gateway.acme_names WHERE force_renew").fetch_all(&self.db),
+            sqlx::query_scalar(
+                "SELECT name FROM tenant_gateway.acme_names
+                  WHERE force_renew AND next_attempt_at <= now()
+                  ORDER BY next_attempt_at LIMIT $1",
+            )
+            .bind(SCAN_BATCH)
+            .fetch_all(&self.db),
         )
         .await?;
         for name in forced {
@@ -231,7 +239,8 @@ impl Acme {
         if !self.eligible(name).await {
             tracing::debug!(name, "ACME: not eligible; no order");
             // The scan leaves it alone for a while (a change to the name
-            // clears this at once: `welcome_back`).
+            // clears this at once: `welcome_back`), a forced renewal too:
+            // it stays forced, and goes ahead once the name is eligible.
             bounded(
                 "holding back a refused name",
                 sqlx::query(&format!(
@@ -239,7 +248,7 @@ impl Acme {
                      VALUES ($1, now() + interval '{NOT_ELIGIBLE_RETRY}', $2)
                      ON CONFLICT (name) DO UPDATE SET next_attempt_at = EXCLUDED.next_attempt_at,
                          last_error = EXCLUDED.last_error, updated_at = now()
-                      WHERE acme_names.lease_owner IS NULL AND NOT acme_names.force_renew"
+                      WHERE acme_names.lease_owner IS NULL"
                 ))
                 .bind(name)
                 .bind(NOT_ELIGIBLE)
@@ -435,11 +444,13 @@ impl Acme {
             Ok(())
         })
         .await?;
+        // Counted and logged before it is presented: whoever sees the
+        // certificate served also finds the order's record.
+        self.metrics.acme_orders.with_label_values(&[name, "issued"]).inc();
+        tracing::info!(name, "ACME: certificate issued and stored");
         self.metrics.cert_expiry.with_label_values(&[name]).set(cert.not_after);
         self.store.add_issued(cert);
         self.arrived(name);
-        self.metrics.acme_orders.with_label_values(&[name, "issued"]).inc();
-        tracing::info!(name, "ACME: certificate issued and stored");
         Ok(())
     }
 
