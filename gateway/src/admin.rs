@@ -162,6 +162,8 @@ impl Admin {
         self.metrics
             .certificates_in_memory
             .set(i64::try_from(self.certs.issued_len()).unwrap_or(i64::MAX));
+        // Only the live pools' backends: one removed by a reload goes.
+        self.metrics.backend_up.reset();
         for pool in self.live.load_full().pools.all() {
             for (backend, up) in pool.health() {
                 self.metrics

@@ -364,6 +364,14 @@ fn the_http_token_proves_a_claim_and_an_unproven_claim_expires() {
         Some(ADMIN_TOKEN),
     );
     assert_eq!(code, 400, "base-domain names need no claim");
+    for name in ["localhost", "10.0.0.5", "intranet"] {
+        let (code, v) = gw.api(
+            http::Method::POST,
+            &format!("hostnames?name={name}&tenant=ferrari"),
+            Some(ADMIN_TOKEN),
+        );
+        assert_eq!(code, 400, "{name} is no customer's domain: {v}");
+    }
 
     // Metrics: checks by method and result, claims by status.
     wait_until("claim gauges", Duration::from_secs(40), || {

@@ -37,6 +37,22 @@ pub fn claim_name(raw: &str, strip_www: bool) -> Result<String, tenancy::HostErr
     Ok(crate::tenant::host::lookup_name(&name, strip_www).to_owned())
 }
 
+/// Why `name` (normalised) cannot be a customer's domain, if it cannot: an
+/// IP address, one label (`localhost`, an intranet name) or an all-digit
+/// top-level label. The ownership checks resolve a claimed name and connect
+/// to what it points at; such names are never a public domain, and would
+/// aim them at the gateway's own network.
+pub fn not_a_domain(name: &str) -> Option<&'static str> {
+    if name.starts_with('[') || name.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Some("an IP address is not a domain");
+    }
+    match name.rsplit_once('.') {
+        None => Some("a single label is not a public domain"),
+        Some((_, tld)) if tld.bytes().all(|b| b.is_ascii_digit()) => Some("a top-level label is never all digits"),
+        Some(_) => None,
+    }
+}
+
 /// Whether a host needs an active claim to route.
 pub fn needs_claim(name: &str, base_domains: &[String]) -> bool {
     !base_domains.iter().any(|b| tenancy::is_under(name, b))
@@ -57,6 +73,18 @@ mod tests {
             Some("www.shop.example")
         );
         assert!(claim_name("shop.example:443", false).is_err());
+        for bad in ["localhost", "intranet", "10.0.0.5", "[::1]", "shop.123"] {
+            let name = claim_name(bad, false).unwrap_or_default();
+            assert!(not_a_domain(&name).is_some(), "{bad}");
+        }
+        for ok in [
+            "shop.example",
+            "www.ferrari-cars.localhost",
+            "xn--caf-dma.example",
+            "123.example",
+        ] {
+            assert_eq!(not_a_domain(ok), None, "{ok}");
+        }
         let base = vec!["myapp.com".to_owned()];
         assert!(!needs_claim("acme.myapp.com", &base));
         assert!(!needs_claim("myapp.com", &base));

@@ -38,6 +38,12 @@ impl Ops<'_> {
             name: raw.to_owned(),
             reason: e.to_string(),
         })?;
+        if let Some(reason) = super::not_a_domain(&name) {
+            return Err(OpsError::BadName {
+                name: raw.to_owned(),
+                reason: reason.to_owned(),
+            });
+        }
         if !super::needs_claim(&name, self.base_domains) {
             return Err(OpsError::BaseDomain(name));
         }

@@ -774,8 +774,14 @@ mod tests {
             assert_eq!(schema(&c.resolve("a.test").await), Some("alpha"));
         }
         assert!(start.elapsed() < Duration::from_millis(100), "{:?}", start.elapsed());
-        // One background refresh at a time.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // One background refresh at a time: it starts (polled for, bounded),
+        // and the ten reads made only that one.
+        let started = async {
+            while fake.queries.load(Ordering::SeqCst) < 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), started).await.unwrap();
         assert_eq!(fake.queries.load(Ordering::SeqCst), 2);
         // The database answers again with a new tenant for the host.
         fake.frozen.store(false, Ordering::SeqCst);
