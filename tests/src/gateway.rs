@@ -43,7 +43,7 @@ pub fn pools_toml(pools: &[(&str, &[u16])]) -> String {
     for (name, ports) in pools {
         let list: Vec<String> = ports.iter().map(|p| format!("\"127.0.0.1:{p}\"")).collect();
         s.push_str(&format!(
-            "[pools.{name}]\nbackends = [{}]\nhealth_check_interval_ms = 200\nhealth_check_threshold = 1\nconnect_timeout_ms = 500\n\n",
+            "[pools.{name}]\nbackends = [{}]\nhealth_check_interval_ms = 200\nhealth_check_threshold = 2\nconnect_timeout_ms = 500\n\n",
             list.join(", ")
         ));
     }

@@ -226,6 +226,8 @@ impl Postgres {
             "-c",
             sql,
         ]);
+        // A server that does not answer fails the test instead of hanging it.
+        c.env("PGCONNECT_TIMEOUT", "10");
         let out = run_ok(c, "psql")?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }

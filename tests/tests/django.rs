@@ -81,7 +81,7 @@ fn stack() -> DjangoStack {
         .config("preset = \"django-tenants\"\n[tenant.django]\nactive_column = \"is_active\"")
         .pools(format!(
             "[pools.default]\nbackends = [\"127.0.0.1:{}\"]\nhealth_check_path = \"/healthz\"\n\
-             health_check_host = \"localhost\"\nhealth_check_interval_ms = 200\nhealth_check_threshold = 1\n",
+             health_check_host = \"localhost\"\nhealth_check_interval_ms = 200\nhealth_check_threshold = 2\n",
             app.port
         ))
         .start();
