@@ -152,11 +152,18 @@ fn a_tenants_override_in_the_database_takes_effect_through_notify() {
 fn the_concurrency_cap_holds_under_a_slow_backend() {
     let s = stack("[limits.tenant]\nmax_concurrent = 2\nqueue_timeout_ms = 300\nmax_queued = 2\n");
     let port = s.gw.port;
+    // All eight are sent together (each thread's client built first), and
+    // the two served ones last 5 s: a thread late to start cannot find a
+    // slot freed.
+    let together = Arc::new(std::sync::Barrier::new(8));
     let slow: Vec<_> = (0..8)
         .map(|_| {
+            let together = together.clone();
             std::thread::spawn(move || {
-                let r = http::client()
-                    .get(&format!("http://127.0.0.1:{port}/slow/2000"))
+                let client = http::client();
+                together.wait();
+                let r = client
+                    .get(&format!("http://127.0.0.1:{port}/slow/5000"))
                     .header("host", "ferrari.myapp.localhost")
                     .send()
                     .unwrap();
@@ -171,7 +178,8 @@ fn the_concurrency_cap_holds_under_a_slow_backend() {
     .unwrap();
     let client = http::client();
     let other = timed(&client, port, "mclaren.myapp.localhost", 20);
-    assert!(p99(other) < Duration::from_secs(1));
+    let other = p99(other);
+    assert!(other < Duration::from_secs(3), "{other:?}");
     let results: Vec<(u16, bool)> = slow.into_iter().map(|t| t.join().unwrap()).collect();
     let served = results.iter().filter(|(st, _)| *st == 200).count();
     let busy: Vec<_> = results.iter().filter(|(st, _)| *st == 503).collect();
