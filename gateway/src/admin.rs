@@ -99,7 +99,29 @@ fn query_param(query: Option<&str>, key: &str) -> Option<String> {
         let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
         (k == key).then_some(v)
     })?;
-    let bytes = pair.as_bytes();
+    decode(pair)
+}
+
+/// The first parameter of a query string that is given twice or whose
+/// value does not decode to UTF-8: the operator API answers 400 naming it,
+/// where reading it as absent would change what a call does (a filter
+/// dropped, a default limit used).
+fn bad_query_param(query: Option<&str>) -> Option<String> {
+    let mut seen = Vec::new();
+    for kv in query?.split('&').filter(|kv| !kv.is_empty()) {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        if seen.contains(&k) || decode(v).is_none() {
+            return Some(k.to_owned());
+        }
+        seen.push(k);
+    }
+    None
+}
+
+/// A query value percent-decoded (`%XX`, `+` as a space); `None` if it is
+/// not valid.
+fn decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -282,6 +304,14 @@ impl Admin {
     }
 
     async fn api(&self, method: &Method, path: &str, query: Option<&str>) -> Response<Vec<u8>> {
+        if let Some(key) = bad_query_param(query) {
+            let key = key.get(..key.floor_char_boundary(64)).unwrap_or_default();
+            return error(
+                400,
+                "bad_parameter",
+                &format!("query parameter `{key}` is given twice or is not valid percent-encoded UTF-8"),
+            );
+        }
         match (method, path) {
             (&Method::GET, "/api/v1/explain") => match query_param(query, "host") {
                 Some(h) => self.explain(&h).await,
@@ -494,6 +524,16 @@ mod tests {
         assert_eq!(query_param(Some("a=1"), "host"), None);
         assert_eq!(query_param(None, "host"), None);
         assert_eq!(query_param(Some("host=%zz"), "host"), None);
+    }
+
+    #[test]
+    fn a_parameter_given_twice_or_undecodable_is_named() {
+        assert_eq!(bad_query_param(None), None);
+        assert_eq!(bad_query_param(Some("host=a.example&x=1&")), None);
+        assert_eq!(bad_query_param(Some("status=%E9")).as_deref(), Some("status"));
+        assert_eq!(bad_query_param(Some("limit=%G1")).as_deref(), Some("limit"));
+        assert_eq!(bad_query_param(Some("name=%")).as_deref(), Some("name"));
+        assert_eq!(bad_query_param(Some("host=a&host=b")).as_deref(), Some("host"));
     }
 
     #[test]

@@ -93,6 +93,9 @@ pub struct Reloader {
     cache: Arc<TenantCache>,
     /// The health-check tasks of the pools in effect.
     health: Mutex<Vec<tokio::task::AbortHandle>>,
+    /// The runtime they run on: the one of the first start (the side
+    /// tasks'), not that of whoever reloads (the operator API's).
+    health_runtime: std::sync::OnceLock<tokio::runtime::Handle>,
     /// Where the `[tls]` certificate files go (None without TLS).
     certs: Option<(Arc<CertStore>, Arc<Metrics>)>,
 }
@@ -113,6 +116,7 @@ impl Reloader {
             limits,
             cache,
             health: Mutex::new(Vec::new()),
+            health_runtime: std::sync::OnceLock::new(),
             certs,
         }
     }
@@ -131,15 +135,18 @@ impl Reloader {
         Ok(Some(n))
     }
 
-    /// (Re)start the health checks of the pools in effect, on the current runtime.
+    /// (Re)start the health checks of the pools in effect, on the runtime
+    /// of the first start (a reload through the operator API runs on the
+    /// admin listener's, where a `/metrics` flood must not delay them).
     pub fn start_health_checks(&self) {
+        let runtime = self.health_runtime.get_or_init(tokio::runtime::Handle::current);
         let pools = self.live.load().pools.clone();
         let mut health = self.health.lock();
         for h in health.drain(..) {
             h.abort();
         }
         for pool in pools.all() {
-            health.push(tokio::spawn(pool.clone().run_health_checks()).abort_handle());
+            health.push(runtime.spawn(pool.clone().run_health_checks()).abort_handle());
         }
     }
 

@@ -115,6 +115,20 @@ fn the_api_needs_its_token_and_is_never_on_the_public_listeners() {
     }
     let (status, _) = s.gw.api(Method::POST, "purge?all=1", None);
     assert_eq!(status, 401);
+    // A parameter given twice, or one that does not decode, is named, not
+    // read as absent; purging a host and everything at once is refused.
+    for (method, call, code) in [
+        (
+            Method::GET,
+            "explain?host=ferrari.myapp.localhost&host=x.example",
+            "bad_parameter",
+        ),
+        (Method::GET, "certs/stored?limit=%G1", "bad_parameter"),
+        (Method::POST, "purge?host=ferrari.myapp.localhost&all=1", "host_and_all"),
+    ] {
+        let (status, v) = s.gw.api(method, call, Some(ADMIN_TOKEN));
+        assert_eq!((status, v["error"].as_str()), (400, Some(code)), "{call}: {v}");
+    }
     // The public listeners know nothing of it: a request for the path is an
     // ordinary request (here: for an unknown host), never the API.
     for host in ["127.0.0.1", "ferrari.myapp.localhost"] {
