@@ -89,6 +89,20 @@ impl DnsServer {
     }
 }
 
+/// Read a request head from `s` (up to its blank line, the rest ignored):
+/// whether a whole one came before the end of the stream or an error.
+pub fn read_request_head(s: &mut impl std::io::Read) -> bool {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    true
+}
+
 /// A plain HTTP server answering every request with the current `body`
 /// (status 200), on a thread, until the test ends. Returns its port.
 pub fn serve_text(body: std::sync::Arc<std::sync::Mutex<String>>) -> u16 {
@@ -98,14 +112,7 @@ pub fn serve_text(body: std::sync::Arc<std::sync::Mutex<String>>) -> u16 {
         for stream in listener.incoming() {
             let Ok(mut s) = stream else { continue };
             let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut head = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => head.extend_from_slice(&buf[..n]),
-                }
-            }
+            read_request_head(&mut s);
             let body = body.lock().map(|b| b.clone()).unwrap_or_default();
             let _ = write!(
                 s,

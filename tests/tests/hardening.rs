@@ -532,13 +532,8 @@ impl Trickler {
                 let Ok(mut conn) = conn else { continue };
                 let stopped = stopped.clone();
                 std::thread::spawn(move || {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf) {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
+                    if !read_request_head(&mut conn) {
+                        return;
                     }
                     let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n");
                     while !stopped.load(std::sync::atomic::Ordering::Relaxed) && conn.write_all(b"x").is_ok() {

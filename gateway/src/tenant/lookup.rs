@@ -85,8 +85,13 @@ pub const SIDE_STATEMENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// so it gets its own.
 pub fn lazy_pool(opts: PgConnectOptions, max_connections: u32, connect_timeout: Duration) -> PgPool {
     let _guard = maintenance_runtime().enter();
-    let opts = opts.options([("statement_timeout", SIDE_STATEMENT_TIMEOUT.as_millis().to_string())]);
-    pool_options(max_connections, connect_timeout).connect_lazy_with(opts)
+    pool_options(max_connections, connect_timeout).connect_lazy_with(bounded_statements(opts, SIDE_STATEMENT_TIMEOUT))
+}
+
+/// `opts` whose sessions end any statement after `timeout` (the server's
+/// `statement_timeout`).
+fn bounded_statements(opts: PgConnectOptions, timeout: Duration) -> PgConnectOptions {
+    opts.options([("statement_timeout", timeout.as_millis().to_string())])
 }
 
 /// Bounded, no idle minimum, fail fast while the database is down.
@@ -160,9 +165,7 @@ impl Lookup {
         nice: i32,
     ) -> Result<Lookup, sqlx::Error> {
         let opts: PgConnectOptions = url.parse()?;
-        let opts = opts
-            .application_name("tenant-gateway")
-            .options([("statement_timeout", query_timeout.as_millis().to_string())]);
+        let opts = bounded_statements(opts.application_name("tenant-gateway"), query_timeout);
         // sqlx spawns the pool's maintenance task on the current runtime: the
         // lookup runtime, where its connections are used.
         let rt = lookup_runtime(nice);
@@ -196,7 +199,7 @@ impl Lookup {
     ) -> Result<Lookup, sqlx::Error> {
         let opts: PgConnectOptions = primary_url.parse()?;
         // The lookups' own statement bound, as on the replica's pool.
-        let opts = opts.options([("statement_timeout", self.query_timeout.as_millis().to_string())]);
+        let opts = bounded_statements(opts, self.query_timeout);
         let _guard = self.rt.enter();
         let primary = pool_options(2, connect_timeout)
             .test_before_acquire(false)
