@@ -34,9 +34,6 @@ use crate::metrics::Metrics;
 const POLL_MAX: Duration = Duration::from_secs(5);
 /// Deadline of one database step (leasing due claims, counting them).
 const STEP: Duration = Duration::from_secs(10);
-/// How often the LISTEN connection is asked `SELECT 1`: a connection lost
-/// without a word (a failover, a dropped NAT entry) is replaced.
-const PROBE_EVERY: Duration = Duration::from_secs(10);
 /// How often the claim gauges are looked at (counted only if due, see
 /// [`must_count`]).
 const GAUGES_EVERY: Duration = Duration::from_secs(15);
@@ -144,7 +141,7 @@ impl Worker {
             // Changes while no connection listened went unheard.
             self.counts_stale.store(true, Ordering::Release);
             self.listening.store(true, Ordering::Release);
-            while let Some(n) = crate::tenant::invalidate::next_notification(&mut l, PROBE_EVERY, STEP).await {
+            while let Some(n) = crate::tenant::invalidate::next_notification(&mut l, STEP).await {
                 if n.channel() == COUNTS_CHANNEL {
                     self.counts_stale.store(true, Ordering::Release);
                 } else {

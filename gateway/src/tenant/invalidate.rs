@@ -115,21 +115,26 @@ async fn listen(
     }
 }
 
+/// How long a side listener may stay silent before it is asked `SELECT 1`
+/// ([`next_notification`]).
+pub const SIDE_PROBE_EVERY: Duration = Duration::from_secs(10);
+
 /// The next notification of a side listener (ACME, custom hostnames), or
 /// `None` once its connection is lost, closed, or does not answer `SELECT 1`
-/// within `probe_timeout` after `probe_every` without a notification: a
-/// connection lost without a word (a failover, a dropped NAT entry) would
-/// otherwise be waited on forever while its notifications go elsewhere.
+/// within `probe_timeout` after [`SIDE_PROBE_EVERY`] without a
+/// notification: a connection lost without a word (a failover, a dropped
+/// NAT entry) would otherwise be waited on forever while its notifications
+/// go elsewhere (for ACME: renewed certificates would not reach memory
+/// until the old ones expire).
 pub async fn next_notification(
     listener: &mut PgListener,
-    probe_every: Duration,
     probe_timeout: Duration,
 ) -> Option<sqlx::postgres::PgNotification> {
     loop {
         tokio::select! {
             // try_recv is cancel-safe (sqlx reads whole messages or nothing).
             n = listener.try_recv() => return n.ok().flatten(),
-            _ = tokio::time::sleep(probe_every) => {
+            _ = tokio::time::sleep(SIDE_PROBE_EVERY) => {
                 let health = sqlx::query("SELECT 1").execute(&mut *listener);
                 match tokio::time::timeout(probe_timeout, health).await {
                     Ok(Ok(_)) => {}

@@ -115,11 +115,6 @@ const ANSWER_DEADLINE: Duration = Duration::from_secs(5);
 /// Names per statement when the certificates in memory are checked after a
 /// LISTEN gap (`refresh_loaded`).
 const REFRESH_BATCH: usize = 500;
-/// How often the LISTEN connection is asked `SELECT 1` when no notification
-/// came: one lost without a word is replaced (and what it missed reloaded)
-/// within this plus `QUERY_DEADLINE`, where it would otherwise keep renewed
-/// certificates from reaching memory until the old ones expire.
-const PROBE_EVERY: Duration = Duration::from_secs(10);
 /// Bound on the CA exchange of one order attempt.
 const ORDER_DEADLINE: Duration = Duration::from_secs(300);
 /// Beyond `ORDER_DEADLINE`, the lease covers the bounded steps before the

@@ -60,8 +60,7 @@ impl Acme {
             // (the scan does it first), rescan.
             self.refresh_due.store(true, std::sync::atomic::Ordering::Release);
             let _ = self.scan().await;
-            while let Some(n) = crate::tenant::invalidate::next_notification(&mut l, PROBE_EVERY, QUERY_DEADLINE).await
-            {
+            while let Some(n) = crate::tenant::invalidate::next_notification(&mut l, QUERY_DEADLINE).await {
                 match n.channel() {
                     // A certificate stored, renewed or retired: in memory (or
                     // awaited by a handshake) it is reloaded (or dropped);
