@@ -51,6 +51,8 @@ pub struct Admin {
     pub cache: Arc<TenantCache>,
     /// The operator API's bearer token; `None`: the API is off.
     pub token: Option<String>,
+    /// `/metrics` asks for the token too (`admin.metrics_token`).
+    pub metrics_token: bool,
     pub strip_www: bool,
     pub base_domains: Vec<String>,
     /// The landing pool's name (`tenant.landing_pool`), if any.
@@ -487,26 +489,49 @@ impl ServeHttp for Admin {
         match path.as_str() {
             "/healthz" => reply(200, "text/plain", "ok\n".into()),
             "/readyz" => self.readyz(query.as_deref()),
-            "/metrics" => self.metrics_text(),
+            "/metrics" => match self.metrics_token {
+                true => self
+                    .authorized(&req.headers, &path)
+                    .unwrap_or_else(|| self.metrics_text()),
+                false => self.metrics_text(),
+            },
             p if p.starts_with("/api/") => {
-                let Some(token) = &self.token else {
+                if self.token.is_none() {
                     return error(404, "api_off", "the operator API is off: set admin.token_env");
-                };
-                let presented = req
-                    .headers
-                    .get(http::header::AUTHORIZATION)
-                    .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-                    .unwrap_or_default();
-                if !token_matches(presented, token.as_bytes()) {
-                    // The path as far as a log line needs it: a client chooses it.
-                    let path = p.get(..p.floor_char_boundary(100)).unwrap_or_default();
-                    tracing::warn!(path, "operator API: refused (bad or missing token)");
-                    return error(401, "unauthorized", "Authorization: Bearer <admin token> required");
                 }
-                self.api(&method, p, query.as_deref()).await
+                match self.authorized(&req.headers, p) {
+                    Some(refused) => refused,
+                    None => self.api(&method, p, query.as_deref()).await,
+                }
             }
             _ => reply(404, "text/plain", "not found\n".into()),
         }
+    }
+}
+
+impl Admin {
+    /// `None` if the request presents the token, else the 401 to answer
+    /// (a `None` token, the API off, refuses everything).
+    fn authorized(&self, headers: &http::HeaderMap, path: &str) -> Option<Response<Vec<u8>>> {
+        let presented = headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .unwrap_or_default();
+        if self
+            .token
+            .as_ref()
+            .is_some_and(|token| token_matches(presented, token.as_bytes()))
+        {
+            return None;
+        }
+        // The path as far as a log line needs it: a client chooses it.
+        let path = path.get(..path.floor_char_boundary(100)).unwrap_or_default();
+        tracing::warn!(path, "admin listener: refused (bad or missing token)");
+        Some(error(
+            401,
+            "unauthorized",
+            "Authorization: Bearer <admin token> required",
+        ))
     }
 }
 

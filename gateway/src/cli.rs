@@ -22,7 +22,6 @@ use clap::{Parser, Subcommand};
 use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::{Server, ShutdownWatch};
 use pingora_core::services::background::{background_service, BackgroundService};
-use pingora_core::services::listening::Service;
 
 use crate::config::Config;
 use crate::tenant::cache::TenantCache;
@@ -581,6 +580,10 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         (Some(addr), false) => Some(conn::listener::bind(addr).context("config key `tls.listen`: cannot bind")?),
         _ => None,
     };
+    let admin_socket = match upgrade {
+        false => Some(conn::listener::bind(cfg.listen.admin).context("config key `listen.admin`: cannot bind")?),
+        true => None,
+    };
 
     // TLS: certificates, redirects.
     let cert_store = Arc::new(tls::store::CertStore::with_issued_capacity(
@@ -708,31 +711,43 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         limits: conn::limits::ConnLimits::new(max_total, per_ip),
         timeouts,
         metrics: metrics.clone(),
-        drain,
+        drain: drain.clone(),
     });
 
-    let mut admin = Service::new(
-        "admin".to_string(),
-        admin::Admin {
-            metrics: metrics.clone(),
-            live,
-            reloader: reloader.clone(),
-            cache: cache.clone(),
-            token: admin_token,
-            strip_www: cfg.strip_www(),
-            base_domains: cfg.tenant.base_domains.clone(),
-            landing: cfg.tenant.landing_pool.clone(),
-            certs: cert_store.clone(),
-            acme: acme.clone(),
-            hostnames: hostnames.as_ref().map(|(_, _, store)| admin::HostnamesApi {
-                store: store.clone(),
-                cfg: cfg.custom_domains.clone(),
-                schema: tokio::sync::OnceCell::new(),
-            }),
-        },
-    );
-    admin.add_tcp(&cfg.listen.admin.to_string());
-    server.add_service(admin);
+    // The admin listener goes through the same accept path as the public
+    // ones (its own connection cap, the same head and idle deadlines): it
+    // is private, but a stuck scraper or a script leaking connections must
+    // not hold it, or its file descriptors, without bound.
+    let admin = admin::Admin {
+        metrics: metrics.clone(),
+        live,
+        reloader: reloader.clone(),
+        cache: cache.clone(),
+        token: admin_token,
+        metrics_token: cfg.admin.metrics_token,
+        strip_www: cfg.strip_www(),
+        base_domains: cfg.tenant.base_domains.clone(),
+        landing: cfg.tenant.landing_pool.clone(),
+        certs: cert_store.clone(),
+        acme: acme.clone(),
+        hostnames: hostnames.as_ref().map(|(_, _, store)| admin::HostnamesApi {
+            store: store.clone(),
+            cfg: cfg.custom_domains.clone(),
+            schema: tokio::sync::OnceCell::new(),
+        }),
+    };
+    let admin_cap = cfg.admin.max_connections;
+    server.add_service(conn::listener::Listener {
+        name: "admin",
+        addr: cfg.listen.admin,
+        socket: admin_socket,
+        app: Arc::new(admin),
+        handshake: Arc::new(conn::listener::Plain),
+        limits: conn::limits::ConnLimits::new(admin_cap, conn::limits::PerIp::new(admin_cap)),
+        timeouts,
+        metrics: metrics.clone(),
+        drain,
+    });
 
     server.add_service(background_service(
         "side-tasks",

@@ -231,9 +231,11 @@ impl Gateway {
     }
 
     /// The admin listener's `/metrics` text.
+    /// `/metrics`, with the admin token (asked for with `admin.metrics_token`).
     pub fn scrape(&self) -> ::reqwest::Result<String> {
         http::client()
             .get(&format!("http://127.0.0.1:{}/metrics", self.admin_port))
+            .header("authorization", &format!("Bearer {ADMIN_TOKEN}"))
             .send()
             .map(|r| r.body)
     }

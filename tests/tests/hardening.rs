@@ -1,5 +1,6 @@
 //! Availability under a hostile client or a stalled dependency: one client
-//! over its connection cap, a trickled request head, a frozen (SIGSTOP) or
+//! over its connection cap, a trickled request head, a script holding the
+//! admin listener, a frozen (SIGSTOP) or
 //! stopped PostgreSQL, a bad row, path and SNI tricks. Two tenants in every
 //! test; the other tenant must keep being served correctly and promptly.
 
@@ -574,4 +575,50 @@ fn a_backend_trickling_its_health_answer_is_ejected_and_checks_go_on() {
     a.proc_.kill();
     gw.wait_backend("default", a.port, false, Duration::from_secs(10))
         .unwrap_or_else(|e| panic!("{e}\n{}", gw.proc_.log()));
+}
+
+#[test]
+fn a_client_holding_the_admin_listener_is_capped_and_cut_and_tenants_never_notice() {
+    let s = stack(
+        "[admin]\nmax_connections = 4\ntoken_env = \"TG_ADMIN_TOKEN\"\nmetrics_token = true\n\
+         [limits]\nrequest_head_timeout_ms = 3000\n",
+    );
+    let admin = s.gw.admin_port;
+    // `/metrics` asks for the token (the harness's scrape sends it).
+    let url = format!("http://127.0.0.1:{admin}/metrics");
+    let refused = http::client().get(&url).send().unwrap();
+    assert_eq!(refused.status, 401, "{}", refused.body);
+    assert!(s.gw.scrape().unwrap().contains("tenant_gateway_connections_open"));
+    // A script holds every admin connection and sends nothing.
+    let mut held = connections_from("127.0.0.2", admin, 4);
+    // One more (accepted after those: the kernel queues them in order) is
+    // closed at accept; the refusal is counted below.
+    let mut extra = paced_connection(admin);
+    let limit = Duration::from_secs(20);
+    closed_after(&mut extra, Instant::now(), limit);
+    // Both tenants are served meanwhile, promptly.
+    for host in ["ferrari.myapp.localhost", "mclaren.myapp.localhost"] {
+        let start = Instant::now();
+        let r = s.https().get(&s.https_url(host, "/whoami")).send().unwrap();
+        assert_eq!(r.json()["tenant"], host.split('.').next().unwrap());
+        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+    }
+    // The held connections never sent a head: cut at its deadline.
+    for tcp in &mut held {
+        tcp.set_read_timeout(Some(Duration::from_millis(250))).unwrap();
+        closed_after(tcp, Instant::now(), limit);
+    }
+    // The listener answers again, and says what happened: each of the
+    // five was refused at the cap or cut at the deadline, and both
+    // happened. (Which one of them the cap met depends on when the
+    // server saw the test's earlier scrapes close.)
+    let refused = &[("listener", "admin"), ("reason", "listener_cap")];
+    wait_until("admin listener free", Duration::from_secs(10), || {
+        s.gw.scrape()
+            .is_ok_and(|m| metric_sum(&m, "tenant_gateway_connections_refused_total", refused) >= 1.0)
+    })
+    .unwrap();
+    let capped = s.metric("tenant_gateway_connections_refused_total", refused);
+    let cut = s.metric("tenant_gateway_deadline_hits_total", &[("kind", "request_head")]);
+    assert!(cut >= 1.0 && capped + cut >= 5.0, "refused {capped}, cut {cut}");
 }

@@ -67,7 +67,8 @@ impl Prometheus {
         let port = free_port();
         let cfg = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\n\
-             scrape_configs:\n  - job_name: tenant-gateway\n    static_configs:\n      - targets: [\"127.0.0.1:{target_port}\"]\n",
+             scrape_configs:\n  - job_name: tenant-gateway\n    authorization:\n      credentials: {ADMIN_TOKEN}\n\
+             \x20   static_configs:\n      - targets: [\"127.0.0.1:{target_port}\"]\n",
             grafana_dir().join("alerts.yml").display()
         );
         let path = write_file(dir.path(), "prometheus.yml", &cfg);
@@ -187,8 +188,10 @@ fn every_dashboard_and_alert_expression_works_against_real_prometheus() {
         .certs(certs)
         .ports(ports)
         .tls("redirect_http = false")
+        // `/metrics` behind the admin token: Prometheus scrapes with it.
         .config(&format!(
-            "[acme]\nenabled = true\ndirectory_url = \"{}\"\nca_root = \"{}\"\ncheck_interval_secs = 1",
+            "[admin]\ntoken_env = \"TG_ADMIN_TOKEN\"\nmetrics_token = true\n\
+             [acme]\nenabled = true\ndirectory_url = \"{}\"\nca_root = \"{}\"\ncheck_interval_secs = 1",
             pebble.directory(),
             pebble.directory_ca().display(),
         ))
@@ -198,6 +201,12 @@ fn every_dashboard_and_alert_expression_works_against_real_prometheus() {
         probe(ports.tls, Some("www.ferrari-cars.test"), &[]).is_ok_and(|p| p.names == ["www.ferrari-cars.test"])
     })
     .unwrap();
+    // Without the token, `/metrics` is refused.
+    let bare = http::client()
+        .get(&format!("http://127.0.0.1:{}/metrics", gw.admin_port))
+        .send()
+        .unwrap();
+    assert_eq!(bare.status, 401, "{}", bare.body);
     let prom = Prometheus::start(gw.admin_port);
 
     // Traffic for several tenants, refused requests, unknown hosts (lookups),

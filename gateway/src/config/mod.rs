@@ -413,13 +413,32 @@ impl Default for AcmeConfig {
     }
 }
 
-/// The operator API on the admin listener.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+/// The admin listener and the operator API on it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     /// Environment variable holding the operator API's bearer token (at
     /// least 16 characters). Unset: the API is off (404).
     pub token_env: Option<String>,
+    /// `/metrics` also asks for the token (needs `token_env`).
+    pub metrics_token: bool,
+    /// Open connections on the admin listener; more are closed at accept.
+    pub max_connections: usize,
+}
+
+/// Most connections `admin.max_connections` may allow: the listener is
+/// for a few scrapers and operators, and its sockets come out of the same
+/// file descriptors as the public listeners'.
+pub const MAX_ADMIN_CONNECTIONS: usize = 4096;
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            token_env: None,
+            metrics_token: false,
+            max_connections: 64,
+        }
+    }
 }
 
 /// Bounds on what one client can hold on the public listeners (see

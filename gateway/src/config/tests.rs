@@ -353,3 +353,24 @@ fn acme_keys_name_every_variable_that_is_unset_malformed_or_repeated() {
         .unwrap_err();
     assert_eq!(err.key(), Some("acme.key_env"), "{err}");
 }
+
+#[test]
+fn the_admin_listener_is_bounded_and_its_metrics_token_needs_a_token() {
+    let c = parse(MIN).unwrap();
+    assert_eq!(c.admin.max_connections, 64);
+    assert!(!c.admin.metrics_token);
+    for (text, key) in [
+        ("[admin]\nmax_connections = 0\n", "admin.max_connections"),
+        ("[admin]\nmax_connections = 4097\n", "admin.max_connections"),
+        ("[admin]\nmetrics_token = true\n", "admin.metrics_token"),
+    ] {
+        let c: Config = toml::from_str(&format!("{MIN}{text}")).unwrap();
+        let keys: Vec<_> = c.problems().iter().filter_map(|e| e.key()).map(str::to_owned).collect();
+        assert_eq!(keys, [key], "{text}");
+    }
+    let c = parse(&format!(
+        "{MIN}[admin]\ntoken_env = \"T\"\nmetrics_token = true\nmax_connections = 4096\n"
+    ))
+    .unwrap();
+    assert!(c.admin.metrics_token);
+}

@@ -27,6 +27,18 @@ impl Config {
         if self.listen.http == self.listen.admin {
             errs.push(invalid("listen.admin", "must differ from listen.http"));
         }
+        if !(1..=MAX_ADMIN_CONNECTIONS).contains(&self.admin.max_connections) {
+            errs.push(invalid(
+                "admin.max_connections",
+                format!("must be between 1 and {MAX_ADMIN_CONNECTIONS}"),
+            ));
+        }
+        if self.admin.metrics_token && self.admin.token_env.is_none() {
+            errs.push(invalid(
+                "admin.metrics_token",
+                "needs admin.token_env (the token it asks for)",
+            ));
+        }
         if self.database.max_connections == 0 {
             errs.push(invalid("database.max_connections", "must be at least 1"));
         }

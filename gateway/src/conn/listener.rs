@@ -1,9 +1,10 @@
-//! One public listener as a Pingora service: accept, admit under the
-//! connection caps (refusing cheaply: the socket is closed at once and the
-//! refusal counted), run the listener's handshake (none for plain HTTP, TLS
-//! for HTTPS), wrap the stream in [`Guarded`] and hand it to Pingora's HTTP
-//! app. Both public listeners go through here, so both get the same caps and
-//! deadlines; the admin listener stays a plain Pingora service.
+//! One listener as a Pingora service: accept, admit under the connection
+//! caps (refusing cheaply: the socket is closed at once and the refusal
+//! counted), run the listener's handshake (none for plain HTTP, TLS for
+//! HTTPS), wrap the stream in [`Guarded`] and hand it to Pingora's HTTP
+//! app. Every listener goes through here, so all get the same deadlines:
+//! the two public ones share the public caps, the admin listener has its
+//! own (`admin.max_connections`).
 //!
 //! The socket is bound by the caller before the server starts (a port in
 //! use is a start-up error naming the config key, not a failure inside a
