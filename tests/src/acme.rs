@@ -84,6 +84,14 @@ impl DnsServer {
         );
     }
 
+    /// Give `name` these A records instead of the default 127.0.0.1.
+    pub fn set_a(&self, name: &str, addresses: &[&str]) {
+        self.manage(
+            "add-a",
+            serde_json::json!({ "host": format!("{name}."), "addresses": addresses }),
+        );
+    }
+
     pub fn clear_txt(&self, name: &str) {
         self.manage("clear-txt", serde_json::json!({ "host": format!("{name}.") }));
     }

@@ -24,8 +24,17 @@ fn tenants(pg: &Postgres) {
 }
 
 /// `[custom_domains]` with checks against `dns_port`, every second (the
-/// `cname` method's target: `edge.myapp.localhost`).
+/// `cname` method's target: `edge.myapp.localhost`). The `http` method may
+/// connect to loopback, where every name of the test DNS server points.
 fn verification(dns_port: u16, http_port: u16, methods: &str, window_secs: u64) -> String {
+    format!(
+        "{}http_private_addresses = true\n",
+        verification_public_only(dns_port, http_port, methods, window_secs)
+    )
+}
+
+/// [`verification`] with the default: the `http` method connects only to public addresses.
+fn verification_public_only(dns_port: u16, http_port: u16, methods: &str, window_secs: u64) -> String {
     format!(
         "[custom_domains]\nverification = \"required\"\nmethods = [{methods}]\nresolver = \"127.0.0.1:{dns_port}\"\n\
          http_port = {http_port}\ncheck_interval_secs = 1\ncheck_timeout_ms = 3000\nverification_window_secs = {window_secs}\n\
@@ -415,6 +424,44 @@ fn the_http_token_proves_a_claim_and_an_unproven_claim_expires() {
             && metric_sum(&m, "tenant_gateway_custom_hostnames_oldest_pending_seconds", &[]) == 0.0
     })
     .unwrap_or_else(|e| panic!("{e}\n{m}"));
+}
+
+#[test]
+fn the_http_method_connects_only_to_public_addresses_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = DnsServer::start(dir.path()).unwrap();
+    // Where a claimant could point its name: the platform's own loopback
+    // (the DNS server's default answer) or a cloud metadata address. A
+    // listener on loopback stands for a service inside the network: the
+    // check must never connect to it.
+    let trap = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    trap.set_nonblocking(true).unwrap();
+    let trap_port = trap.local_addr().unwrap().port();
+    const METADATA: &str = "metadata.ferrari-cars.test";
+    dns.set_a(METADATA, &["169.254.169.254"]);
+    let s = Stack::builder()
+        .setup(tenants)
+        .apps(1)
+        .config("[admin]\ntoken_env = \"TG_ADMIN_TOKEN\"")
+        .config(&verification_public_only(dns.port, trap_port, "\"http\"", 600))
+        .start();
+    let (pg, gw) = (&s.pg, &s.gw);
+    for (name, address) in [(SHOP, "127.0.0.1"), (METADATA, "169.254.169.254")] {
+        let (code, v) = gw.api(
+            http::Method::POST,
+            &format!("hostnames?name={name}&tenant=ferrari"),
+            Some(ADMIN_TOKEN),
+        );
+        assert_eq!(code, 200, "{v}");
+        wait_checks(pg, name, 2);
+        assert_eq!(claim_field(pg, name, "status"), "pending");
+        let why = claim_field(pg, name, "last_error");
+        assert!(why.contains("not public") && why.contains(address), "{why}");
+    }
+    match trap.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the check connected to loopback: {other:?}"),
+    }
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! One ownership check of a claim: DNS through hickory-resolver (the
 //! configured server or the system's, no answer cache so a record the
 //! customer just published is seen), HTTP through hyper on an address that
-//! same resolver gave. Every check is bounded by `check_timeout_ms`.
+//! same resolver gave (a public one, unless `http_private_addresses`).
+//! Every check is bounded by `check_timeout_ms`.
 //!
 //! The HTTP method must reach the customer's own server: the gateway never
 //! serves claim tokens itself (a name already pointed at the platform would
@@ -32,6 +33,8 @@ pub enum CheckerError {
 pub struct Checker {
     resolver: TokioResolver,
     http_port: u16,
+    /// `http_private_addresses`: connect to any address, not only public ones.
+    any_address: bool,
     timeout: Duration,
     cname_target: Option<String>,
     cname_addresses: Vec<IpAddr>,
@@ -59,6 +62,7 @@ impl Checker {
         Ok(Checker {
             resolver: builder.build(),
             http_port: cfg.http_port,
+            any_address: cfg.http_private_addresses,
             timeout,
             cname_target: cfg.cname_target.clone(),
             cname_addresses: cfg.cname_addresses.clone(),
@@ -113,8 +117,15 @@ impl Checker {
             Ok(found) => found.iter().collect::<Vec<_>>(),
             Err(e) => return not_yet(format!("cannot resolve {name}: {e}")),
         };
-        let Some(ip) = addrs.first() else {
+        if addrs.is_empty() {
             return not_yet(format!("{name} has no address"));
+        }
+        let Some(ip) = addrs.iter().find(|ip| self.any_address || policy::is_public(**ip)) else {
+            return not_yet(format!(
+                "{name} resolves only to addresses that are not public ({}); the http method does not \
+                 connect there (custom_domains.http_private_addresses)",
+                addrs.iter().map(IpAddr::to_string).collect::<Vec<_>>().join(", ")
+            ));
         };
         match fetch(SocketAddr::new(*ip, self.http_port), name).await {
             Ok((200, body)) if body.trim() == token => Finding::Proven,

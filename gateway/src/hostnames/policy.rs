@@ -1,8 +1,10 @@
 //! The custom-hostname lifecycle as pure functions over plain types: the
 //! states and methods, whether a claim lets a host route, what a check's
 //! result does to a claim, the check back-off, and the instructions a
-//! product shows its customer. No I/O here; `store` and `worker` act on it.
+//! product shows its customer, and which addresses the `http` method may
+//! connect to. No I/O here; `store` and `worker` act on it.
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 /// Where a claim is in its lifecycle (`custom_hostnames.status`).
@@ -207,9 +209,138 @@ pub fn instructions(name: &str, method: Method, token: &str, cname_target: Optio
     i
 }
 
+/// Whether `ip` is reachable on the public internet: not loopback,
+/// private, shared (CGNAT), link-local (cloud metadata services live
+/// there), documentation, benchmarking, multicast, reserved or
+/// unspecified, per IANA's special-purpose registries; an IPv6 address
+/// carrying an IPv4 one (mapped, NAT64, 6to4) is judged by that one. The
+/// `http` method connects only to such addresses unless the operator
+/// allows others: a claimed name is the claimant's to point anywhere,
+/// inside the platform's network too. (std's `is_global` is not stable;
+/// these are the registries' ranges as of 2024.)
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => is_public_v6(v6),
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    const NOT_PUBLIC: [([u8; 4], u32); 15] = [
+        ([0, 0, 0, 0], 8),
+        ([10, 0, 0, 0], 8),
+        ([100, 64, 0, 0], 10),
+        ([127, 0, 0, 0], 8),
+        ([169, 254, 0, 0], 16),
+        ([172, 16, 0, 0], 12),
+        ([192, 0, 0, 0], 24),
+        ([192, 0, 2, 0], 24),
+        ([192, 88, 99, 0], 24),
+        ([192, 168, 0, 0], 16),
+        ([198, 18, 0, 0], 15),
+        ([198, 51, 100, 0], 24),
+        ([203, 0, 113, 0], 24),
+        ([224, 0, 0, 0], 4),
+        ([240, 0, 0, 0], 4),
+    ];
+    let bits = u32::from(ip);
+    !NOT_PUBLIC
+        .iter()
+        .any(|&(net, len)| bits >> (32 - len) == u32::from(Ipv4Addr::from(net)) >> (32 - len))
+}
+
+fn is_public_v6(ip: Ipv6Addr) -> bool {
+    let bits = u128::from(ip);
+    let within = |net: u128, len: u32| bits >> (128 - len) == net >> (128 - len);
+    // Carrying an IPv4 address: IPv4-mapped (::ffff:0:0/96), NAT64's
+    // well-known prefix (64:ff9b::/96), 6to4 (2002::/16, bits 16-47).
+    if within(0xffff << 32, 96) || within(0x64_ff9b << 96, 96) {
+        return is_public_v4(Ipv4Addr::from(bits as u32));
+    }
+    if within(0x2002 << 112, 16) {
+        return is_public_v4(Ipv4Addr::from((bits >> 80) as u32));
+    }
+    const NOT_PUBLIC: [(u128, u32); 10] = [
+        (0, 96),                    // unspecified, loopback, IPv4-compatible (deprecated)
+        (0x64_ff9b_0001 << 80, 48), // local-use NAT64
+        (0x0100 << 112, 64),        // discard-only
+        (0x2001 << 112, 23),        // IETF protocol assignments (Teredo, ORCHID, ...)
+        (0x2001_0db8 << 96, 32),    // documentation
+        (0x3fff << 112, 20),        // documentation
+        (0xfc00 << 112, 7),         // unique local
+        (0xfe80 << 112, 10),        // link-local
+        (0xfec0 << 112, 10),        // site-local (deprecated)
+        (0xff00 << 112, 8),         // multicast
+    ];
+    !NOT_PUBLIC.iter().any(|&(net, len)| within(net, len))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_globally_reachable_addresses_are_public() {
+        let public = [
+            "1.1.1.1",
+            "8.8.8.8",
+            "100.63.255.255",
+            "100.128.0.0",
+            "172.15.255.255",
+            "172.32.0.0",
+            "192.0.1.1",
+            "198.17.255.255",
+            "198.20.0.0",
+            "223.255.255.255",
+            "2606:4700::1111",
+            "2a00:1450:4001::200e",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+        ];
+        let not_public = [
+            "0.0.0.0",
+            "10.1.2.3",
+            "100.64.0.1",
+            "127.0.0.1",
+            "127.255.255.254",
+            "169.254.169.254",
+            "172.16.0.1",
+            "172.31.255.255",
+            "192.0.0.8",
+            "192.0.2.1",
+            "192.168.1.1",
+            "198.18.0.1",
+            "198.19.255.255",
+            "198.51.100.7",
+            "203.0.113.9",
+            "224.0.0.1",
+            "240.0.0.1",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "::ffff:127.0.0.1",
+            "::ffff:169.254.169.254",
+            "64:ff9b::a00:1",
+            "64:ff9b:1::1",
+            "2002:a00:1::1",
+            "100::1",
+            "2001::1",
+            "2001:db8::1",
+            "3fff::1",
+            "fc00::1",
+            "fd12:3456::1",
+            "fe80::1",
+            "fec0::1",
+            "ff02::1",
+        ];
+        for ip in public {
+            assert!(is_public(ip.parse().unwrap()), "{ip} is public");
+        }
+        for ip in not_public {
+            assert!(!is_public(ip.parse().unwrap()), "{ip} is not public");
+        }
+    }
 
     #[test]
     fn only_an_active_claim_of_the_rows_own_tenant_routes() {

@@ -38,6 +38,10 @@ pub struct CustomDomainsConfig {
     pub resolver: Option<SocketAddr>,
     /// Port the `http` method connects to (80 in production).
     pub http_port: u16,
+    /// Whether the `http` method may connect to addresses that are not
+    /// public (loopback, private, link-local, ...: `policy::is_public`).
+    /// Off by default: a claimant chooses where its name points.
+    pub http_private_addresses: bool,
     /// Longest wait between two checks of a pending claim (they start at
     /// 5 s and double); also how often verified claims are re-examined.
     #[serde(rename = "check_interval_secs", with = "crate::config::units::secs")]
@@ -61,6 +65,7 @@ impl Default for CustomDomainsConfig {
             cname_addresses: Vec::new(),
             resolver: None,
             http_port: 80,
+            http_private_addresses: false,
             check_interval: Duration::from_secs(60),
             check_timeout: Duration::from_millis(5_000),
             verification_window: Duration::from_secs(7 * 86_400),
