@@ -20,7 +20,8 @@
 //! - custom hostnames (with `custom_domains.verification = "required"`):
 //!   `POST /api/v1/hostnames?name=N&tenant=T[&method=txt|http|cname][&preverified=1]`
 //!   claims a name and answers the verification instructions;
-//!   `GET /api/v1/hostnames[?status=S]` lists claims;
+//!   `GET /api/v1/hostnames[?status=S][&limit=N][&after=NAME]` lists claims
+//!   a page at a time;
 //!   `GET /api/v1/hostnames/status?name=N` shows one (claim, instructions,
 //!   certificate, history); `POST /api/v1/hostnames/retry?name=N` checks
 //!   again now; `POST /api/v1/hostnames/remove?name=N` (or `DELETE
@@ -86,6 +87,20 @@ fn reply(status: u16, ctype: &str, body: String) -> Response<Vec<u8>> {
 /// `GET /api/v1/certs/stored`: how many certificates by default, and at most.
 const STORED_DEFAULT: i64 = 50;
 const STORED_MAX: i64 = 1_000;
+
+/// `GET /api/v1/hostnames`: claims per page by default, and at most.
+pub const LIST_DEFAULT: i64 = 100;
+pub const LIST_MAX: i64 = 1_000;
+
+/// `limit` of a listing: `default` when absent, else a whole number from 1
+/// to `max` (or what the 400 `bad_limit` says).
+fn limit_param(query: Option<&str>, default: i64, max: i64) -> Result<i64, String> {
+    match query_param(query, "limit").map(|l| l.parse::<i64>()) {
+        None => Ok(default),
+        Some(Ok(n)) if (1..=max).contains(&n) => Ok(n),
+        Some(_) => Err(format!("limit: a whole number from 1 to {max}")),
+    }
+}
 
 fn json_reply(status: u16, v: Value) -> Response<Vec<u8>> {
     reply(status, "application/json", format!("{v}\n"))
@@ -347,16 +362,9 @@ impl Admin {
                 let Some(acme) = &self.acme else {
                     return error(400, "no_acme", "stored certificates exist only with [acme] enabled");
                 };
-                let limit = match query_param(query, "limit").map(|l| l.parse::<i64>()) {
-                    None => STORED_DEFAULT,
-                    Some(Ok(n)) if (1..=STORED_MAX).contains(&n) => n,
-                    Some(_) => {
-                        return error(
-                            400,
-                            "bad_limit",
-                            &format!("limit: a whole number from 1 to {STORED_MAX}"),
-                        )
-                    }
+                let limit = match limit_param(query, STORED_DEFAULT, STORED_MAX) {
+                    Ok(n) => n,
+                    Err(message) => return error(400, "bad_limit", &message),
                 };
                 match acme.first_to_expire(limit).await {
                     Ok(list) => json_reply(200, json!({ "certificates": list })),
@@ -441,7 +449,14 @@ impl Admin {
         let name = query_param(query, "name");
         let need_name = || error(400, "missing_name", "give ?name=HOSTNAME");
         let result = match (method, path) {
-            (&Method::GET, "/api/v1/hostnames") => ops.list(query_param(query, "status").as_deref()).await,
+            (&Method::GET, "/api/v1/hostnames") => {
+                let limit = match limit_param(query, LIST_DEFAULT, LIST_MAX) {
+                    Ok(n) => n,
+                    Err(message) => return error(400, "bad_limit", &message),
+                };
+                let (status, after) = (query_param(query, "status"), query_param(query, "after"));
+                ops.list(status.as_deref(), after.as_deref(), limit).await
+            }
             (&Method::POST, "/api/v1/hostnames") => {
                 let (Some(name), Some(tenant)) = (name, query_param(query, "tenant")) else {
                     return error(400, "missing_argument", "give ?name=HOSTNAME&tenant=SCHEMA");

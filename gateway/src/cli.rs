@@ -90,10 +90,17 @@ enum HostnamesCmd {
     },
     /// A claim's status, instructions, certificate and history.
     Status { name: String },
-    /// Every claim (optionally of one status).
+    /// Claims by name, optionally of one status, a page at a time (`next`:
+    /// pass it as --after for the following page).
     List {
         #[arg(long)]
         status: Option<String>,
+        /// Claims on this page (1 to 1,000).
+        #[arg(long, default_value_t = admin::LIST_DEFAULT, value_parser = clap::value_parser!(i64).range(1..=admin::LIST_MAX))]
+        limit: i64,
+        /// Start after this name (the previous page's `next`).
+        #[arg(long)]
+        after: Option<String>,
     },
     /// Check again now (a failed or expired claim gets a new window).
     Retry { name: String },
@@ -303,7 +310,7 @@ fn hostnames_cmd(path: &std::path::Path, cmd: HostnamesCmd) -> anyhow::Result<()
                 ops.add(&name, &tenant, method, preverified, &actor).await?
             }
             HostnamesCmd::Status { name } => ops.status(&name).await?,
-            HostnamesCmd::List { status } => ops.list(status.as_deref()).await?,
+            HostnamesCmd::List { status, limit, after } => ops.list(status.as_deref(), after.as_deref(), limit).await?,
             HostnamesCmd::Retry { name } => ops.retry(&name, &actor).await?,
             HostnamesCmd::Remove { name } => ops.remove(&name, &actor).await?,
         };

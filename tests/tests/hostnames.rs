@@ -359,7 +359,31 @@ fn the_http_token_proves_a_claim_and_an_unproven_claim_expires() {
     assert_eq!(retried["status"], "pending");
     let (code, listed) = gw.api(http::Method::GET, "hostnames?status=pending", Some(ADMIN_TOKEN));
     assert_eq!(code, 200);
-    assert_eq!(names(&listed), ["nowhere.test"]);
+    assert_eq!(names(&listed["claims"]), ["nowhere.test"]);
+    assert_eq!(listed["next"], serde_json::Value::Null);
+    // Listed a page at a time: one claim per page, each page after the
+    // previous one's `next`, until `next` is null.
+    let mut paged = Vec::new();
+    let mut after = String::new();
+    loop {
+        let (code, page) = gw.api(
+            http::Method::GET,
+            &format!("hostnames?limit=1{after}"),
+            Some(ADMIN_TOKEN),
+        );
+        assert_eq!(code, 200, "{page}");
+        paged.extend(names(&page["claims"]));
+        match page["next"].as_str() {
+            Some(next) => after = format!("&after={next}"),
+            None => break,
+        }
+        assert!(paged.len() < 10, "paging does not end: {paged:?}");
+    }
+    assert_eq!(paged, ["nowhere.test", "pointed.test", SHOP]);
+    for bad in ["limit=0", "limit=1001", "limit=x"] {
+        let (code, v) = gw.api(http::Method::GET, &format!("hostnames?{bad}"), Some(ADMIN_TOKEN));
+        assert_eq!((code, v["error"].as_str()), (400, Some("bad_limit")), "{bad}");
+    }
     // Retrying an active claim is refused; bad arguments get a 400.
     let (code, _) = gw.api(
         http::Method::POST,

@@ -88,17 +88,26 @@ impl Ops<'_> {
         Ok(v)
     }
 
-    pub async fn list(&self, status: Option<&str>) -> Result<Value, OpsError> {
+    /// One page of claims: `{"claims": [...], "next": N}`, `next` the
+    /// name to pass as `after` for the following page (null on the last).
+    pub async fn list(&self, status: Option<&str>, after: Option<&str>, limit: i64) -> Result<Value, OpsError> {
         let status = status
             .map(|s| HostnameStatus::parse(s).ok_or_else(|| OpsError::BadStatus(s.to_owned())))
             .transpose()?;
-        let claims = self.store.list(status).await?;
-        Ok(Value::Array(
-            claims
+        // One more than asked: whether a next page exists.
+        let mut claims = self.store.list(status, after, limit.saturating_add(1)).await?;
+        let more = usize::try_from(limit).is_ok_and(|l| claims.len() > l);
+        if more {
+            claims.pop();
+        }
+        let next = claims.last().filter(|_| more).map(|c| c.name.clone());
+        Ok(serde_json::json!({
+            "claims": claims
                 .iter()
                 .map(|c| serde_json::to_value(c).unwrap_or(Value::Null))
-                .collect(),
-        ))
+                .collect::<Vec<_>>(),
+            "next": next,
+        }))
     }
 
     pub async fn retry(&self, raw: &str, actor: &str) -> Result<Value, OpsError> {

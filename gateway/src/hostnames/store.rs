@@ -126,13 +126,22 @@ impl Store {
         row.as_ref().map(claim).transpose()
     }
 
-    /// Claims, optionally of one status, by name.
-    pub async fn list(&self, status: Option<HostnameStatus>) -> Result<Vec<Claim>, StoreError> {
+    /// Up to `limit` claims, optionally of one status, by name, starting
+    /// after the name `after` (one walk of the primary key per page).
+    pub async fn list(
+        &self,
+        status: Option<HostnameStatus>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<Claim>, StoreError> {
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM tenant_gateway.custom_hostnames \
-              WHERE $1::text IS NULL OR status = $1 ORDER BY name"
+              WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR name > $2) \
+              ORDER BY name LIMIT $3"
         ))
         .bind(status.map(HostnameStatus::as_str))
+        .bind(after)
+        .bind(limit)
         .fetch_all(&self.db)
         .await?;
         rows.iter().map(claim).collect()
