@@ -518,6 +518,23 @@ fn removal_stops_the_certificate_on_two_gateways_through_notify() {
         .unwrap();
     }
 
+    // Each name's order was counted by the gateway that ran it.
+    let orders = |name: &str| {
+        [gw1, &gw2]
+            .iter()
+            .map(|g| {
+                metric_sum(
+                    &g.scrape().unwrap_or_default(),
+                    "tenant_gateway_acme_orders_total",
+                    &[("name", name)],
+                )
+            })
+            .sum::<f64>()
+    };
+    for name in [claimed, row_only] {
+        assert!(orders(name) >= 1.0, "{name}'s order is counted");
+    }
+
     // The operator removes a claim.
     gw2.cli(&pg.url(), &["hostnames", "remove", claimed]);
     let since = Instant::now();
@@ -536,6 +553,10 @@ fn removal_stops_the_certificate_on_two_gateways_through_notify() {
     })
     .unwrap();
     eprintln!("gone after {:?}", since.elapsed());
+    // Neither gateway keeps the removed names' order series.
+    for name in [claimed, row_only] {
+        wait_until(&format!("{name}'s series dropped"), PROPAGATION, || orders(name) == 0.0).unwrap();
+    }
     // Still presented: the other names' certificates are untouched.
     let wildcard = probe(ports1.tls, Some("ferrari.myapp.localhost"), &["http/1.1"]).unwrap();
     assert!(wildcard.names.iter().any(|n| n == "*.myapp.localhost"), "{wildcard:?}");

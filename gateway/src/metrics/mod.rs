@@ -9,6 +9,9 @@ use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+/// The `result` label values of `tenant_gateway_acme_orders_total`.
+pub const ACME_ORDER_RESULTS: [&str; 3] = ["issued", "failed", "rate_limited"];
+
 pub struct Metrics {
     registry: Registry,
     /// Per thread: written by every request that finds its tenant cached.

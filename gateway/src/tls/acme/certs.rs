@@ -225,11 +225,17 @@ impl Acme {
         }
     }
 
-    /// Stop presenting a name's issued certificate in this gateway.
+    /// Stop presenting a name's issued certificate in this gateway, and
+    /// drop the name's series (its orders' counts go with it: a fleet that
+    /// adds and removes names would otherwise keep a series per name it
+    /// ever ordered for).
     pub(super) fn unpresent(&self, name: &str) {
         if self.store.remove_issued(name) {
             let _ = self.metrics.cert_expiry.remove_label_values(&[name]);
             tracing::info!(name, "ACME: certificate retired; no longer presented");
+        }
+        for result in crate::metrics::ACME_ORDER_RESULTS {
+            let _ = self.metrics.acme_orders.remove_label_values(&[name, result]);
         }
     }
 
