@@ -486,6 +486,16 @@ impl BackgroundService for SideTasks {
         }
         let _ = shutdown.changed().await;
         tasks.abort_all();
+        // Stop the ACME attempts and free their order leases for the fleet.
+        if let Some(acme) = &self.acme {
+            match acme.stop().await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(leases = n, "ACME: shutting down; order leases freed for the fleet"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "ACME: shutting down; cannot free the order leases (they expire on their own)")
+                }
+            }
+        }
     }
 }
 

@@ -3,8 +3,9 @@
 //! order, the guard never orders for unknown or suspended names, tenants
 //! under one public suffix do not share an order limit, renewal
 //! survives the CA being down, stored certificates survive restarts with
-//! their keys encrypted, and many names at once queue for order slots while
-//! every challenge is still answered.
+//! their keys encrypted, many names at once queue for order slots while
+//! every challenge is still answered, and a gateway stopping mid-order (a
+//! stalled CA) frees its lease for the fleet.
 
 use std::time::Duration;
 
@@ -880,4 +881,50 @@ fn wait_scans(gws: &[&Gateway], n: u32) {
             .all(|(g, s)| g.metric("tenant_gateway_acme_scans_total") >= s + f64::from(n))
     })
     .unwrap();
+}
+
+#[test]
+fn a_gateway_stopping_mid_order_frees_its_lease_and_a_stalled_ca_harms_no_tenant() {
+    // A CA that accepts connections and never answers: an order for the
+    // custom domain stalls under its lease.
+    let stalled_ca = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let ca_port = stalled_ca.local_addr().unwrap().port();
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
+    let certs = tempfile::tempdir().unwrap();
+    let ca = dev_certs(certs.path());
+    let ports = GatewayPorts::free();
+    let mut s = Stack::for_pebble(
+        pg,
+        certs,
+        ports,
+        &format!(
+            "[acme]\nenabled = true\ndirectory_url = \"https://127.0.0.1:{ca_port}/dir\"\nca_root = \"{}\"\n\
+             check_interval_secs = 1\non_demand_timeout_ms = 1000\n",
+            ca.display()
+        ),
+    );
+    // A handshake for the name starts an order (it gets no certificate).
+    assert!(probe(ports.tls, Some(CUSTOM), &[]).is_err());
+    let lease = |s: &Stack| {
+        s.pg.psql(&format!(
+            "SELECT coalesce(lease_owner, '') FROM tenant_gateway.acme_names WHERE name = '{CUSTOM}'"
+        ))
+        .unwrap_or_default()
+    };
+    wait_until("the order holds its lease", Duration::from_secs(30), || {
+        !lease(&s).is_empty()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    // The stalled CA costs the tenants nothing.
+    for host in ["ferrari.myapp.localhost", "mclaren.myapp.localhost"] {
+        let r = s.https().get(&s.https_url(host, "/whoami")).send().unwrap();
+        assert_eq!(r.json()["tenant"], host.split('.').next().unwrap());
+    }
+    // Stopping (as the old process of an upgrade does) frees the lease at
+    // once instead of leaving it to expire in minutes.
+    assert!(s.gw.proc_.terminate(Duration::from_secs(30)), "the gateway exits");
+    assert_eq!(lease(&s), "", "lease freed at shutdown");
+    assert!(s.gw.proc_.log().contains("order leases freed"), "{}", s.gw.proc_.log());
 }

@@ -44,7 +44,9 @@
 //!   connection only for the length of a statement. If a gateway dies
 //!   mid-order its lease expires after `LEASE` = `ORDER_DEADLINE` +
 //!   `LEASE_GRACE`; a lease left by this very process (one attempt per name
-//!   runs here at a time) is taken over at once. The ACME account is no
+//!   runs here at a time) is taken over at once. A gateway that stops
+//!   (SIGTERM, or the old process of an upgrade) stops its attempts and
+//!   frees its leases at once (`Acme::stop`). The ACME account is no
 //!   longer created under a lock either: if two gateways of a fresh fleet
 //!   create one at once, the first stored wins and the other stays unused.
 //! - Every database step of order work is bounded by `QUERY_DEADLINE` (10 s),
@@ -121,6 +123,9 @@ const ORDER_DEADLINE: Duration = Duration::from_secs(300);
 /// order (four) and the final record (two tries): at most a minute.
 const LEASE_GRACE: Duration = Duration::from_secs(120);
 const LEASE: Duration = ORDER_DEADLINE.saturating_add(LEASE_GRACE);
+/// At shutdown, how long stopped attempts get to end before their leases
+/// are freed (each ends at its next wait; this bounds a stuck one).
+const STOP_WAIT: Duration = Duration::from_secs(2);
 /// SET clause freeing a name's lease (and with it the "pending" status).
 const FREE_LEASE: &str = "lease_owner = NULL, lease_until = NULL, ordering_since = NULL, updated_at = now()";
 /// How long a rate-limited name waits before the next try.
@@ -318,6 +323,9 @@ pub struct Acme {
     wanted: mpsc::UnboundedSender<(String, bool)>,
     wanted_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, bool)>>>,
     in_progress: Mutex<HashSet<String>>,
+    /// The running attempts, and their stop at shutdown (`Acme::stop`).
+    attempts: tokio_util::task::TaskTracker,
+    stopping: tokio_util::sync::CancellationToken,
     /// Handshakes waiting for a name's certificate: a NOTIFY for such a
     /// name loads it even though it is not in memory.
     waiting: certs::Waiters,
@@ -380,6 +388,8 @@ impl Acme {
             wanted: tx,
             wanted_rx: Mutex::new(Some(rx)),
             in_progress: Mutex::default(),
+            attempts: tokio_util::task::TaskTracker::new(),
+            stopping: tokio_util::sync::CancellationToken::new(),
             waiting: Mutex::default(),
             loading: Mutex::default(),
             refresh_due: std::sync::atomic::AtomicBool::new(false),

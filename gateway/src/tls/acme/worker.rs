@@ -216,11 +216,11 @@ impl Acme {
     }
 
     pub(super) fn spawn_attempt(self: &Arc<Self>, name: String, force: bool) {
-        if !self.in_progress.lock().insert(name.clone()) {
+        if self.stopping.is_cancelled() || !self.in_progress.lock().insert(name.clone()) {
             return;
         }
         let me = self.clone();
-        tokio::spawn(async move {
+        self.attempts.spawn(async move {
             // Released however the attempt ends, a panic included (one in
             // the ACME client on a CA's odd answer must not leave the name
             // never attempted again by this process).
@@ -228,10 +228,39 @@ impl Acme {
                 set: &me.in_progress,
                 name: &name,
             };
-            if let Err(e) = me.attempt(&name, force).await {
-                tracing::warn!(name, error = %e, "ACME: attempt failed");
+            tokio::select! {
+                biased;
+                _ = me.stopping.cancelled() => tracing::info!(name, "ACME: attempt stopped (shutting down)"),
+                result = me.attempt(&name, force) => {
+                    if let Err(e) = result {
+                        tracing::warn!(name, error = %e, "ACME: attempt failed");
+                    }
+                }
             }
         });
+    }
+
+    /// At shutdown: stop this gateway's attempts (each at its next wait),
+    /// then free every order lease they held, so the fleet (the new process
+    /// of an upgrade first) can order those names now instead of when the
+    /// leases expire (`LEASE`, 7 minutes, during which an on-demand
+    /// handshake for such a name waits in vain). How many were freed.
+    pub async fn stop(&self) -> Result<u64, AcmeError> {
+        self.stopping.cancel();
+        self.attempts.close();
+        if tokio::time::timeout(STOP_WAIT, self.attempts.wait()).await.is_err() {
+            tracing::warn!("ACME: attempts still running after {STOP_WAIT:?}; freeing their leases anyway");
+        }
+        let freed = bounded(
+            "freeing this gateway's order leases",
+            sqlx::query(&format!(
+                "UPDATE tenant_gateway.acme_names SET {FREE_LEASE} WHERE lease_owner = $1"
+            ))
+            .bind(&self.lease_owner)
+            .execute(&self.db),
+        )
+        .await?;
+        Ok(freed.rows_affected())
     }
 
     pub(super) async fn attempt(&self, name: &str, force_hint: bool) -> Result<(), AcmeError> {
