@@ -139,10 +139,12 @@ def rss_kib(pid):
     return 0
 
 
-def metric(admin_port, name):
+def metric(admin_port, name, without=None):
+    """The sum of a metric's series, leaving out those whose labels contain
+    `without` (e.g. `listener="admin"`: the scrape's own connection)."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/metrics", timeout=10).read().decode()
     return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines()
-               if l.startswith(name + " ") or l.startswith(name + "{"))
+               if (l.startswith(name + " ") or l.startswith(name + "{")) and not (without and without in l))
 
 
 # ---------------------------------------------------------------- setup

@@ -1,7 +1,8 @@
 //! upstream-app end to end: real PostgreSQL, the real binary, stamped requests
 //! made by hand. Covers tenant isolation, pooled-connection hygiene, every
-//! stamp check, hostile schema names, migrations across many tenants and
-//! tenant-scoped background jobs.
+//! stamp check, hostile schema names, migrations across many tenants,
+//! tenant-scoped background jobs, and a purge that spares a tenant restored
+//! while it runs.
 
 use std::time::Duration;
 
@@ -567,5 +568,53 @@ fn background_job_touches_only_its_tenant() {
         log.lines()
             .any(|l| l.contains("job done") && l.contains("tenant=ferrari")),
         "{log}"
+    );
+}
+
+#[test]
+fn purge_spares_a_tenant_restored_while_it_runs() {
+    use sqlx::Connection;
+    let pg = Postgres::start().unwrap();
+    app_cli_ok(&pg.url(), &["migrate"]);
+    for t in ["ferrari", "mclaren"] {
+        create_tenant(&pg.url(), t, &[&format!("{t}.myapp.localhost")]);
+        app_cli_ok(&pg.url(), &["tenant", "delete", t]);
+    }
+    // An operator restores ferrari by hand; the transaction is still open
+    // when the purge lists its victims (both tombstones, as committed).
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut restore = rt.block_on(async {
+        let mut c = sqlx::PgConnection::connect(&pg.url()).await.unwrap();
+        sqlx::raw_sql(
+            "BEGIN; UPDATE public.tenants SET status = 'active', deleted_at = NULL WHERE schema_name = 'ferrari'",
+        )
+        .execute(&mut c)
+        .await
+        .unwrap();
+        c
+    });
+    let url = pg.url();
+    let purge = std::thread::spawn(move || app_cli(&url, &["tenant", "purge", "--older-than", "0s"]));
+    wait_until("the purge waits for the restore", Duration::from_secs(30), || {
+        pg.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            .is_ok_and(|n| n != "0")
+    })
+    .unwrap();
+    rt.block_on(sqlx::raw_sql("COMMIT").execute(&mut restore)).unwrap();
+    let out = purge.join().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("purged mclaren") && !stdout.contains("purged ferrari"),
+        "{stdout}"
+    );
+    // The restored tenant keeps its schema; the other is gone.
+    assert_eq!(
+        pg.psql("SELECT string_agg(nspname, ',') FROM pg_namespace WHERE nspname IN ('ferrari', 'mclaren')")
+            .unwrap(),
+        "ferrari"
     );
 }

@@ -292,6 +292,21 @@ pub async fn purge(pool: &PgPool, age: Duration) -> Result<Vec<String>, AdminErr
     let mut purged = Vec::new();
     for (id, schema) in victims {
         let mut tx = pool.begin().await?;
+        // Still a tombstone old enough, locked until the schema is gone: a
+        // tenant restored (by hand, in SQL) since the listing keeps its data.
+        let still: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM public.tenants
+              WHERE id = $1 AND status = 'deleted'
+                AND deleted_at <= now() - make_interval(secs => $2::double precision)
+                FOR UPDATE",
+        )
+        .bind(id)
+        .bind(secs as f64)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if still.is_none() {
+            continue;
+        }
         sqlx::raw_sql(&format!(
             "DROP SCHEMA IF EXISTS {} CASCADE",
             tenancy::quote_ident(&schema)
