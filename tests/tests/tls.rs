@@ -82,40 +82,50 @@ fn tls_12_is_accepted_and_the_connection_resumes() {
         .enable_all()
         .build()
         .unwrap();
+    // Bounded: a gateway that stops answering fails the test, not hangs it.
     rt.block_on(async {
-        for versions in [&[&rustls::version::TLS12][..], &[&rustls::version::TLS13][..]] {
-            let mut cfg = rustls::ClientConfig::builder_with_provider(e2e::tls::provider())
-                .with_protocol_versions(versions)
-                .unwrap()
-                .with_root_certificates({
-                    let mut r = rustls::RootCertStore::empty();
-                    let pem = std::fs::read(s.ca()).unwrap();
-                    for c in rustls_pemfile::certs(&mut &pem[..]) {
-                        r.add(c.unwrap()).unwrap();
-                    }
-                    r
-                })
-                .with_no_client_auth();
-            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-            let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
-            let mut resumed = Vec::new();
-            for _ in 0..2 {
-                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-                let name = rustls::pki_types::ServerName::try_from("ferrari.myapp.localhost").unwrap();
-                let mut tls = connector.connect(name, tcp).await.unwrap();
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                tls.write_all(b"GET /whoami HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nConnection: close\r\n\r\n")
+        tokio::time::timeout(BOUND, async {
+            for versions in [&[&rustls::version::TLS12][..], &[&rustls::version::TLS13][..]] {
+                let mut cfg = rustls::ClientConfig::builder_with_provider(e2e::tls::provider())
+                    .with_protocol_versions(versions)
+                    .unwrap()
+                    .with_root_certificates({
+                        let mut r = rustls::RootCertStore::empty();
+                        let pem = std::fs::read(s.ca()).unwrap();
+                        for c in rustls_pemfile::certs(&mut &pem[..]) {
+                            r.add(c.unwrap()).unwrap();
+                        }
+                        r
+                    })
+                    .with_no_client_auth();
+                cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+                let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+                let mut resumed = Vec::new();
+                for _ in 0..2 {
+                    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+                    let name = rustls::pki_types::ServerName::try_from("ferrari.myapp.localhost").unwrap();
+                    let mut tls = connector.connect(name, tcp).await.unwrap();
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    tls.write_all(
+                        b"GET /whoami HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nConnection: close\r\n\r\n",
+                    )
                     .await
                     .unwrap();
-                let mut out = Vec::new();
-                let _ = tls.read_to_end(&mut out).await;
-                assert!(String::from_utf8_lossy(&out).contains("\"tenant\":\"ferrari\""));
-                resumed.push(tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed));
+                    let mut out = Vec::new();
+                    let _ = tls.read_to_end(&mut out).await;
+                    assert!(String::from_utf8_lossy(&out).contains("\"tenant\":\"ferrari\""));
+                    resumed.push(tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed));
+                }
+                assert_eq!(resumed, [false, true], "second connection should resume ({versions:?})");
             }
-            assert_eq!(resumed, [false, true], "second connection should resume ({versions:?})");
-        }
-    });
+        })
+        .await
+    })
+    .expect("the handshakes and requests end in time");
 }
+
+/// Bound on a test's own client exchanges over TLS.
+const BOUND: Duration = Duration::from_secs(60);
 
 #[test]
 fn http2_and_http1_both_reach_the_stamped_tenant() {
@@ -339,38 +349,42 @@ fn h2_requests(ca: &Path, port: u16, sni: &str, authorities: &[&str]) -> Vec<u16
         .build()
         .unwrap();
     rt.block_on(async {
-        let cfg = e2e::tls::client_config(ca, &["h2"]);
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
-        let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-            .connect(name, tcp)
-            .await
-            .unwrap();
-        let (mut client, conn) = h2::client::handshake(tls).await.unwrap();
-        tokio::spawn(conn);
-        let mut out = Vec::new();
-        for a in authorities {
-            let req = ::http::Request::get(format!("https://{a}/whoami")).body(()).unwrap();
-            let (resp, _) = client.send_request(req, true).unwrap();
-            let resp = resp.await.unwrap();
-            let status = resp.status().as_u16();
-            let mut body = resp.into_body();
-            let mut text = Vec::new();
-            while let Some(chunk) = body.data().await {
-                text.extend_from_slice(&chunk.unwrap());
+        tokio::time::timeout(BOUND, async {
+            let cfg = e2e::tls::client_config(ca, &["h2"]);
+            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
+            let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
+                .connect(name, tcp)
+                .await
+                .unwrap();
+            let (mut client, conn) = h2::client::handshake(tls).await.unwrap();
+            tokio::spawn(conn);
+            let mut out = Vec::new();
+            for a in authorities {
+                let req = ::http::Request::get(format!("https://{a}/whoami")).body(()).unwrap();
+                let (resp, _) = client.send_request(req, true).unwrap();
+                let resp = resp.await.unwrap();
+                let status = resp.status().as_u16();
+                let mut body = resp.into_body();
+                let mut text = Vec::new();
+                while let Some(chunk) = body.data().await {
+                    text.extend_from_slice(&chunk.unwrap());
+                }
+                if status == 200 {
+                    let who: serde_json::Value = serde_json::from_slice(&text).unwrap();
+                    assert_eq!(who["tenant"], "ferrari", "{a} on {sni}'s connection");
+                    // The authority already is the host: the `Host` Pingora
+                    // wrote from it goes upstream alone, as it is.
+                    assert_eq!(who["host"], serde_json::json!([a]), "{a} on {sni}'s connection");
+                }
+                client = client.ready().await.unwrap();
+                out.push(status);
             }
-            if status == 200 {
-                let who: serde_json::Value = serde_json::from_slice(&text).unwrap();
-                assert_eq!(who["tenant"], "ferrari", "{a} on {sni}'s connection");
-                // The authority already is the host: the `Host` Pingora
-                // wrote from it goes upstream alone, as it is.
-                assert_eq!(who["host"], serde_json::json!([a]), "{a} on {sni}'s connection");
-            }
-            client = client.ready().await.unwrap();
-            out.push(status);
-        }
-        out
+            out
+        })
+        .await
     })
+    .expect("the HTTP/2 requests end in time")
 }
 
 /// Over TLS the gateway buffers plaintext until Pingora flushes. An upgraded
