@@ -416,13 +416,16 @@ struct SideTasks {
 impl BackgroundService for SideTasks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tasks = tokio::task::JoinSet::new();
-        let limits = self.limits.clone();
+        let (limits, acme) = (self.limits.clone(), self.acme.clone());
         tasks.spawn(async move {
             // Limiters of tenants no longer cached, idle per-client state.
             let mut every = tokio::time::interval(Duration::from_secs(60));
             loop {
                 every.tick().await;
                 limits.sweep();
+                if let Some(acme) = &acme {
+                    acme.sweep();
+                }
             }
         });
         // After a NOTIFY: the certificate side (retire, order) and the claims

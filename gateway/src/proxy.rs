@@ -265,6 +265,12 @@ impl Gateway {
             decide::First::Page(kind) => return Some(Reply::page(kind)),
             decide::First::AcmeChallenge(token) => {
                 let answer = match (token, &self.acme) {
+                    (Some(_), Some(acme)) if !acme.admit_challenge(Self::client_ip(session), "http-01") => {
+                        return Some(Reply::Page {
+                            kind: PageKind::RateLimited,
+                            retry_after: Some(1),
+                        });
+                    }
                     (Some(token), Some(acme)) => Box::pin(acme.http01(token)).await,
                     _ => None,
                 };

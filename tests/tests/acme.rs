@@ -928,3 +928,88 @@ fn a_gateway_stopping_mid_order_frees_its_lease_and_a_stalled_ca_harms_no_tenant
     assert_eq!(lease(&s), "", "lease freed at shutdown");
     assert!(s.gw.proc_.log().contains("order leases freed"), "{}", s.gw.proc_.log());
 }
+
+/// A connection to `port` from the loopback alias `from`, blocking, with a
+/// read timeout.
+fn connect_from(from: &str, port: u16) -> std::net::TcpStream {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let tcp = rt.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), socket.connect(([127, 0, 0, 1], port).into()))
+            .await
+            .expect("connect in time")
+            .expect("connect")
+    });
+    let tcp = tcp.into_std().unwrap();
+    tcp.set_nonblocking(false).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    tcp
+}
+
+#[test]
+fn one_client_flooding_challenge_lookups_is_refused_and_the_cas_answers_still_come() {
+    // ACME on (a CA that is never reached: no name needs an order), two
+    // challenge lookups a second per client, a burst of four.
+    let never = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    let certs = tempfile::tempdir().unwrap();
+    let ca = dev_certs(certs.path());
+    let ports = GatewayPorts::free();
+    let s = Stack::for_pebble(
+        pg,
+        certs,
+        ports,
+        &format!(
+            "[acme]\nenabled = true\ndirectory_url = \"https://127.0.0.1:{}/dir\"\nca_root = \"{}\"\n\
+             challenge_rate = 2\n",
+            never.local_addr().unwrap().port(),
+            ca.display()
+        ),
+    );
+    // A pending HTTP-01 challenge, as any gateway of the fleet stores it.
+    wait_until("challenge stored", Duration::from_secs(30), || {
+        s.pg.psql(
+            "INSERT INTO tenant_gateway.acme_challenges (kind, key, name, key_authorization)
+             VALUES ('http-01', 'good-token', 'shop.example', 'good-token.thumbprint')",
+        )
+        .is_ok()
+    })
+    .unwrap();
+    let request = |token: &str| {
+        format!("GET /.well-known/acme-challenge/{token} HTTP/1.1\r\nHost: shop.example\r\nConnection: close\r\n\r\n")
+    };
+    // One client (127.0.0.2) asks for thirty made-up tokens: its burst is
+    // looked up (404), the rest refused (429) without a query.
+    let mut statuses = Vec::new();
+    for i in 0..30 {
+        let mut tcp = connect_from("127.0.0.2", ports.http);
+        let (head, _) = exchange(&mut tcp, &request(&format!("made-up-{i}"))).unwrap();
+        statuses.push(head.get(9..12).unwrap_or_default().to_owned());
+    }
+    assert!(statuses.iter().any(|s| s == "404"), "{statuses:?}");
+    assert!(statuses.iter().any(|s| s == "429"), "{statuses:?}");
+    assert!(statuses.iter().all(|s| s == "404" || s == "429"), "{statuses:?}");
+    // The CA's validation (another address) gets its answer meanwhile.
+    let mut tcp = connect_from("127.0.0.1", ports.http);
+    let (head, body) = exchange(&mut tcp, &request("good-token")).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body.trim(), "good-token.thumbprint");
+    // acme-tls/1 handshakes count against the same client's budget.
+    for _ in 0..30 {
+        let _ = probe(ports.tls, Some("shop.example"), &["acme-tls/1"]);
+    }
+    for kind in ["http-01", "tls-alpn-01"] {
+        let refused = s.metric("tenant_gateway_acme_challenges_refused_total", &[("kind", kind)]);
+        assert!(refused >= 1.0, "{kind}: {refused}");
+    }
+    // Tenants are served as ever.
+    for host in ["ferrari.myapp.localhost", "mclaren.myapp.localhost"] {
+        let r = s.https().get(&s.https_url(host, "/whoami")).send().unwrap();
+        assert_eq!(r.json()["tenant"], host.split('.').next().unwrap());
+    }
+}

@@ -386,7 +386,15 @@ pub struct AcmeConfig {
     /// Issued certificates kept in memory (the rest load from the database
     /// at their first handshake).
     pub certificate_cache_size: usize,
+    /// Challenge lookups (HTTP-01 tokens, `acme-tls/1` handshakes) one
+    /// client address (IPv6: its /64) may cause per second, with a burst of
+    /// twice that; 0: no limit. Each costs a query on the challenge
+    /// answers' two connections, which the CA's validations need.
+    pub challenge_rate: u32,
 }
+
+/// Most `acme.challenge_rate` may be (its burst, twice that, must fit a u32).
+pub const MAX_CHALLENGE_RATE: u32 = 1_000_000;
 
 impl Default for AcmeConfig {
     fn default() -> Self {
@@ -409,6 +417,7 @@ impl Default for AcmeConfig {
             max_concurrent_orders: 4,
             removed_certificate_grace: Duration::from_secs(86_400),
             certificate_cache_size: 10_000,
+            challenge_rate: 20,
         }
     }
 }

@@ -107,6 +107,7 @@ fn acme_errors_name_their_own_keys() {
             "acme.removed_certificate_grace_secs",
         ),
         ("on_demand_timeout_ms = 10000\n", "acme.on_demand_timeout_ms"),
+        ("challenge_rate = 1000001\n", "acme.challenge_rate"),
     ] {
         let c: Config = toml::from_str(&format!("{base}{extra}{MIN}")).unwrap();
         let problems = c.acme_problems();

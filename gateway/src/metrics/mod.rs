@@ -34,6 +34,8 @@ pub struct Metrics {
     pub tenants: tenant::TenantMetrics,
     /// ACME orders by name and result (issued, failed, rate_limited).
     pub acme_orders: IntCounterVec,
+    /// Challenge lookups refused by `acme.challenge_rate`, by kind.
+    pub acme_challenges_refused: IntCounterVec,
     pub acme_scans: IntCounter,
     /// ACME orders holding one of the `acme.max_concurrent_orders` slots.
     pub acme_orders_in_progress: IntGauge,
@@ -238,6 +240,17 @@ impl Metrics {
                 "ACME scans for missing, expiring or due certificates.",
             ),
             acme_orders,
+            acme_challenges_refused: register(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "tenant_gateway_acme_challenges_refused_total",
+                        "Challenge lookups (http-01 tokens, tls-alpn-01 handshakes) refused by acme.challenge_rate, by kind.",
+                    ),
+                    &["kind"],
+                )
+                .expect("valid metric"),
+            ),
             hostnames: register(
                 &r,
                 IntGaugeVec::new(

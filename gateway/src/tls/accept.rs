@@ -246,6 +246,7 @@ impl TlsHandshake {
         &self,
         tcp: TcpStream,
     ) -> std::io::Result<(tokio_rustls::server::TlsStream<TcpStream>, Option<Arc<str>>)> {
+        let peer = tcp.peer_addr().ok().map(|a| a.ip());
         let start = LazyConfigAcceptor::new(Acceptor::default(), tcp).await?;
         let hello = start.client_hello();
         let sni: Option<Arc<str>> = hello.server_name().map(Arc::from);
@@ -255,6 +256,9 @@ impl TlsHandshake {
         if let (Some(acme), Some(name)) = (&self.acme, &sni) {
             if acme_tls {
                 // TLS-ALPN-01 validation: answer with the challenge certificate, then close.
+                if !acme.admit_challenge(peer, "tls-alpn-01") {
+                    return Err(std::io::Error::other("acme-tls/1: over acme.challenge_rate"));
+                }
                 let key = acme
                     .alpn_key(name)
                     .await

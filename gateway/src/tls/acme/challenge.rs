@@ -1,10 +1,35 @@
 //! Answering the CA's validation, from any gateway of the fleet: HTTP-01
 //! key authorizations and TLS-ALPN-01 challenge certificates come from
-//! `tenant_gateway.acme_challenges` over the answers' own connections.
+//! `tenant_gateway.acme_challenges` over the answers' own connections, at
+//! most `acme.challenge_rate` lookups a second per client address.
 
 use super::*;
 
 impl Acme {
+    /// Whether a client may cause one more challenge lookup of `kind`
+    /// (`acme.challenge_rate`, per address or IPv6 /64): a flood from one
+    /// client is refused before it reaches the answers' two connections,
+    /// where it would queue the CA's own validations behind it. Refusals
+    /// are counted by kind.
+    pub fn admit_challenge(&self, client: Option<std::net::IpAddr>, kind: &'static str) -> bool {
+        let (Some(limit), Some(ip)) = (&self.challenge_limit, client) else {
+            return true;
+        };
+        if limit.check_key(&crate::conn::limits::client_key(ip)).is_ok() {
+            return true;
+        }
+        self.metrics.acme_challenges_refused.with_label_values(&[kind]).inc();
+        false
+    }
+
+    /// Forget the challenge limit's idle clients (called every minute).
+    pub fn sweep(&self) {
+        if let Some(limit) = &self.challenge_limit {
+            limit.retain_recent();
+            limit.shrink_to_fit();
+        }
+    }
+
     /// The key authorization for an HTTP-01 token, if a challenge is pending.
     pub async fn http01(&self, token: &str) -> Option<String> {
         if token.is_empty()

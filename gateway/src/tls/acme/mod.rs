@@ -340,6 +340,8 @@ pub struct Acme {
     /// Scans run so far (the missing-names query runs every `MISSING_EVERY`).
     scans: std::sync::atomic::AtomicU64,
     alpn_keys: Mutex<HashMap<String, (String, Arc<CertifiedKey>)>>,
+    /// Challenge lookups per client (`acme.challenge_rate`; None: no limit).
+    challenge_limit: Option<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>,
 }
 
 impl Acme {
@@ -367,6 +369,11 @@ impl Acme {
         );
         let listen_db =
             crate::tenant::lookup::lazy_pool(opts.application_name("tenant-gateway-acme-listen"), 1, acquire);
+        // The rate per second, a burst of twice that (validated to fit).
+        let challenge_limit = std::num::NonZeroU32::new(cfg.challenge_rate).map(|rate| {
+            let burst = std::num::NonZeroU32::new(rate.get().saturating_mul(2)).unwrap_or(rate);
+            governor::RateLimiter::dashmap(governor::Quota::per_second(rate).allow_burst(burst))
+        });
         Acme {
             slots: Slots::new(
                 cfg.max_concurrent_orders,
@@ -396,6 +403,7 @@ impl Acme {
             claims_required: false,
             scans: std::sync::atomic::AtomicU64::new(0),
             alpn_keys: Mutex::default(),
+            challenge_limit,
         }
     }
 
