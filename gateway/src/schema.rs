@@ -12,6 +12,10 @@
 //! advisory lock, under which the version is read again). So a live fleet
 //! never re-runs DDL (whose table locks could deadlock with running
 //! gateways' transactions) on a restart or a `gateway hostnames …` command.
+//! When the scripts do run beside live transactions (a fresh or older
+//! schema, gateways already serving), PostgreSQL may end the migration to
+//! break a lock cycle (deadlock, or a serialization failure); it is then
+//! run again, a few times, since every script is idempotent.
 
 use sqlx::PgPool;
 
@@ -48,6 +52,34 @@ async fn is_current(conn: &mut sqlx::PgConnection) -> Result<bool, sqlx::Error> 
 /// and the scripts run only if it is still older, in the same transaction
 /// that records the new version.
 pub async fn migrate(db: &PgPool) -> Result<(), sqlx::Error> {
+    let mut attempt = 1;
+    loop {
+        match migrate_once(db).await {
+            Err(e) if attempt < ATTEMPTS && lost_a_lock_race(&e) => {
+                tracing::info!(attempt, error = %e, "tenant_gateway schema: migration ended by the database; running it again");
+                tokio::time::sleep(std::time::Duration::from_millis(100 * u64::from(attempt))).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Runs of the migration before a lock race is reported as an error.
+const ATTEMPTS: u32 = 5;
+
+/// Whether PostgreSQL ended the transaction to break a cycle with others
+/// (SQLSTATE 40P01 deadlock detected, 40001 serialization failure):
+/// running it again can succeed.
+fn lost_a_lock_race(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if retryable(d.code().as_deref()))
+}
+
+fn retryable(sqlstate: Option<&str>) -> bool {
+    matches!(sqlstate, Some("40P01" | "40001"))
+}
+
+async fn migrate_once(db: &PgPool) -> Result<(), sqlx::Error> {
     if is_current(&mut *db.acquire().await?).await? {
         return Ok(());
     }
@@ -87,5 +119,19 @@ pub async fn migrate_until_done(db: &PgPool, deadline: std::time::Duration) {
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retryable;
+
+    #[test]
+    fn only_a_broken_lock_cycle_is_run_again() {
+        assert!(retryable(Some("40P01")));
+        assert!(retryable(Some("40001")));
+        for other in [None, Some("42P01"), Some("57014"), Some("23505")] {
+            assert!(!retryable(other), "{other:?}");
+        }
     }
 }

@@ -187,14 +187,18 @@ impl Gateway {
 
     /// [`Gateway::cli_output`] with more environment variables.
     pub fn cli_output_env(&self, db_url: &str, args: &[&str], env: &[(&str, &str)]) -> Output {
+        let mut c = self.cli_command(db_url, args);
+        c.envs(env.iter().copied());
+        c.output().expect("run the gateway CLI")
+    }
+
+    /// The command [`Gateway::cli_output`] runs (to run it elsewhere, e.g.
+    /// on another thread).
+    pub fn cli_command(&self, db_url: &str, args: &[&str]) -> Command {
         let mut c = Command::new(bin("gateway"));
         common_env(&mut c, db_url);
-        c.envs(env.iter().copied());
-        c.arg("--config")
-            .arg(self.dir.path().join("gateway.toml"))
-            .args(args)
-            .output()
-            .expect("run the gateway CLI")
+        c.arg("--config").arg(self.dir.path().join("gateway.toml")).args(args);
+        c
     }
 
     /// Start a new gateway process with this one's config and `--upgrade`,

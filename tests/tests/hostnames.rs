@@ -489,6 +489,57 @@ fn the_http_method_connects_only_to_public_addresses_by_default() {
 }
 
 #[test]
+fn a_migration_ended_by_a_deadlock_runs_again() {
+    use sqlx::Connection;
+    let s = Stack::builder().setup(tenants).apps(1).start();
+    let (pg, gw) = (&s.pg, &s.gw);
+    gw.cli(&pg.url(), &["hostnames", "list"]);
+    // An older schema: the next command runs the scripts again, beside a
+    // transaction that reads the certificates (and, once the migration
+    // waits for that table, the order state it has just locked: a cycle).
+    pg.psql("UPDATE tenant_gateway.schema_version SET version = 5").unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut reader = rt.block_on(async {
+        let mut c = sqlx::PgConnection::connect(&pg.url()).await.unwrap();
+        // Its own deadlock check comes late: the migration's breaks the cycle.
+        sqlx::raw_sql("SET deadlock_timeout = '30s'; BEGIN; SELECT count(*) FROM tenant_gateway.certificates")
+            .execute(&mut c)
+            .await
+            .unwrap();
+        c
+    });
+    let mut cli = gw.cli_command(&pg.url(), &["hostnames", "list"]);
+    let migrating = std::thread::spawn(move || cli.output().expect("run the gateway CLI"));
+    wait_until(
+        "the migration waits for the certificates",
+        Duration::from_secs(30),
+        || {
+            pg.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+                .is_ok_and(|n| n != "0")
+        },
+    )
+    .unwrap();
+    rt.block_on(async {
+        sqlx::raw_sql("SELECT count(*) FROM tenant_gateway.acme_names; COMMIT")
+            .execute(&mut reader)
+            .await
+            .unwrap();
+    });
+    let out = migrating.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("running it again"), "{stderr}");
+    assert_eq!(
+        pg.psql("SELECT max(version) FROM tenant_gateway.schema_version")
+            .unwrap(),
+        "6"
+    );
+}
+
+#[test]
 fn removal_stops_the_certificate_on_two_gateways_through_notify() {
     let pg = Postgres::start().unwrap();
     tenants(&pg);
