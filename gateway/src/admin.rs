@@ -136,7 +136,8 @@ fn bad_query_param(query: Option<&str>) -> Option<String> {
 }
 
 /// A query value percent-decoded (`%XX`, `+` as a space); `None` if it is
-/// not valid.
+/// not valid UTF-8 or holds a NUL (which no PostgreSQL text can, so a
+/// value handed to a query unchecked would be a 500).
 fn decode(value: &str) -> Option<String> {
     let bytes = value.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -158,7 +159,7 @@ fn decode(value: &str) -> Option<String> {
             }
         }
     }
-    String::from_utf8(out).ok()
+    String::from_utf8(out).ok().filter(|s| !s.contains('\0'))
 }
 
 /// Constant-time comparison of the presented token with ours.
@@ -567,13 +568,14 @@ mod tests {
     }
 
     #[test]
-    fn a_parameter_given_twice_or_undecodable_is_named() {
+    fn a_parameter_given_twice_undecodable_or_with_a_nul_is_named() {
         assert_eq!(bad_query_param(None), None);
         assert_eq!(bad_query_param(Some("host=a.example&x=1&")), None);
         assert_eq!(bad_query_param(Some("status=%E9")).as_deref(), Some("status"));
         assert_eq!(bad_query_param(Some("limit=%G1")).as_deref(), Some("limit"));
         assert_eq!(bad_query_param(Some("name=%")).as_deref(), Some("name"));
         assert_eq!(bad_query_param(Some("host=a&host=b")).as_deref(), Some("host"));
+        assert_eq!(bad_query_param(Some("after=a%00b")).as_deref(), Some("after"));
     }
 
     #[test]

@@ -410,6 +410,8 @@ struct SideTasks {
     acme: Option<Arc<tls::acme::Acme>>,
     /// The custom-hostname checkers and their database (verification on).
     hostnames: Option<(Arc<hostnames::worker::Worker>, sqlx::PgPool)>,
+    /// `listen.shutdown_grace_secs`: what ACME's stop may take.
+    shutdown_grace: Duration,
 }
 
 #[async_trait]
@@ -491,7 +493,7 @@ impl BackgroundService for SideTasks {
         tasks.abort_all();
         // Stop the ACME attempts and free their order leases for the fleet.
         if let Some(acme) = &self.acme {
-            match acme.stop().await {
+            match acme.stop(self.shutdown_grace).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(leases = n, "ACME: shutting down; order leases freed for the fleet"),
                 Err(e) => {
@@ -786,6 +788,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
             },
             acme,
             hostnames: hostnames.map(|(worker, db, _)| (worker, db)),
+            shutdown_grace: cfg.listen.shutdown_grace,
         },
     ));
     tracing::info!(http = %cfg.listen.http, admin = %cfg.listen.admin, "gateway starting");

@@ -895,16 +895,20 @@ fn a_gateway_stopping_mid_order_frees_its_lease_and_a_stalled_ca_harms_no_tenant
     let certs = tempfile::tempdir().unwrap();
     let ca = dev_certs(certs.path());
     let ports = GatewayPorts::free();
-    let mut s = Stack::for_pebble(
-        pg,
-        certs,
-        ports,
-        &format!(
+    // A grace period of 5 s, of which the stop may take half.
+    let mut s = Stack::builder()
+        .database(pg)
+        .apps(1)
+        .certs(certs)
+        .ports(ports)
+        .tls("")
+        .grace(5)
+        .config(&format!(
             "[acme]\nenabled = true\ndirectory_url = \"https://127.0.0.1:{ca_port}/dir\"\nca_root = \"{}\"\n\
              check_interval_secs = 1\non_demand_timeout_ms = 1000\n",
             ca.display()
-        ),
-    );
+        ))
+        .start();
     // A handshake for the name starts an order (it gets no certificate).
     assert!(probe(ports.tls, Some(CUSTOM), &[]).is_err());
     let lease = |s: &Stack| {
@@ -926,6 +930,14 @@ fn a_gateway_stopping_mid_order_frees_its_lease_and_a_stalled_ca_harms_no_tenant
     // once instead of leaving it to expire in minutes.
     assert!(s.gw.proc_.terminate(Duration::from_secs(30)), "the gateway exits");
     assert_eq!(lease(&s), "", "lease freed at shutdown");
+    // Its order is recorded as stopped, not left open.
+    assert_eq!(
+        s.pg.psql(&format!(
+            "SELECT string_agg(coalesce(result, 'open'), ',') FROM tenant_gateway.acme_orders WHERE name = '{CUSTOM}'"
+        ))
+        .unwrap(),
+        "stopped"
+    );
     assert!(s.gw.proc_.log().contains("order leases freed"), "{}", s.gw.proc_.log());
 }
 
@@ -999,7 +1011,8 @@ fn one_client_flooding_challenge_lookups_is_refused_and_the_cas_answers_still_co
     let (head, body) = exchange(&mut tcp, &request("good-token")).unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert_eq!(body.trim(), "good-token.thumbprint");
-    // acme-tls/1 handshakes count against the same client's budget.
+    // acme-tls/1 handshakes are limited too (from 127.0.0.1 here, which
+    // has spent one lookup on the answer above).
     for _ in 0..30 {
         let _ = probe(ports.tls, Some("shop.example"), &["acme-tls/1"]);
     }

@@ -1,6 +1,7 @@
-//! Connection caps of the public listeners: a total per listener and a cap
-//! per client address shared by both listeners, so one client cannot take
-//! the file descriptors every other tenant's visitors need.
+//! Connection caps: for the public listeners a total per listener and a
+//! cap per client address shared by both, so one client cannot take the
+//! file descriptors every other tenant's visitors need; the admin listener
+//! has caps of its own (`admin.max_connections`).
 //!
 //! Written here rather than taken from a crate: this is counting, not rate
 //! limiting (rate-limit crates such as `governor` bound events per second,

@@ -216,8 +216,9 @@ pub fn instructions(name: &str, method: Method, token: &str, cname_target: Optio
 /// carrying an IPv4 one (mapped, NAT64, 6to4) is judged by that one. The
 /// `http` method connects only to such addresses unless the operator
 /// allows others: a claimed name is the claimant's to point anywhere,
-/// inside the platform's network too. (std's `is_global` is not stable;
-/// these are the registries' ranges as of 2024.)
+/// inside the platform's network too. IPv6 is an allow-list: global
+/// unicast (2000::/3) less its special ranges. (std's `is_global` is not
+/// stable; these are the registries' ranges as of 2025.)
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
@@ -260,19 +261,16 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     if within(0x2002 << 112, 16) {
         return is_public_v4(Ipv4Addr::from((bits >> 80) as u32));
     }
-    const NOT_PUBLIC: [(u128, u32); 10] = [
-        (0, 96),                    // unspecified, loopback, IPv4-compatible (deprecated)
-        (0x64_ff9b_0001 << 80, 48), // local-use NAT64
-        (0x0100 << 112, 64),        // discard-only
-        (0x2001 << 112, 23),        // IETF protocol assignments (Teredo, ORCHID, ...)
-        (0x2001_0db8 << 96, 32),    // documentation
-        (0x3fff << 112, 20),        // documentation
-        (0xfc00 << 112, 7),         // unique local
-        (0xfe80 << 112, 10),        // link-local
-        (0xfec0 << 112, 10),        // site-local (deprecated)
-        (0xff00 << 112, 8),         // multicast
+    // Only global unicast (2000::/3) is public, less its special ranges:
+    // everything else (loopback, unique local, link-local, multicast,
+    // discard-only, local-use NAT64, IPv4-translated, unassigned) is not.
+    const NOT_PUBLIC: [(u128, u32); 4] = [
+        (0x2001 << 112, 23),     // IETF protocol assignments (Teredo, ORCHID, ...)
+        (0x2001_0db8 << 96, 32), // documentation
+        (0x3fff << 112, 20),     // documentation
+        (0x5f00 << 112, 16),     // segment routing (SRv6) SIDs
     ];
-    !NOT_PUBLIC.iter().any(|&(net, len)| within(net, len))
+    within(0x2000 << 112, 3) && !NOT_PUBLIC.iter().any(|&(net, len)| within(net, len))
 }
 
 #[cfg(test)]
@@ -325,6 +323,10 @@ mod tests {
             "64:ff9b:1::1",
             "2002:a00:1::1",
             "100::1",
+            "100:0:0:1::1",
+            "::ffff:0:808:808",
+            "5f00::1",
+            "4000::1",
             "2001::1",
             "2001:db8::1",
             "3fff::1",

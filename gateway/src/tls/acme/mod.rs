@@ -58,7 +58,9 @@
 //!   issued (certificate, reset failures), or failed (failures + 1, error,
 //!   back-off `next_attempt_at`, order row `failed`) also when the order
 //!   errs, times out or its certificate cannot be stored; written once more
-//!   after a transient database error. `gateway acme status` shows
+//!   after a transient database error; or, when the gateway stops mid-order,
+//!   in the one statement of `Acme::stop` (lease freed, order `stopped`).
+//!   `gateway acme status` shows
 //!   "pending" only while a lease is live, so an attempt that ended (or
 //!   whose gateway died) never leaves a name pending.
 //!
@@ -123,8 +125,8 @@ const ORDER_DEADLINE: Duration = Duration::from_secs(300);
 /// order (four) and the final record (two tries): at most a minute.
 const LEASE_GRACE: Duration = Duration::from_secs(120);
 const LEASE: Duration = ORDER_DEADLINE.saturating_add(LEASE_GRACE);
-/// At shutdown, how long stopped attempts get to end before their leases
-/// are freed (each ends at its next wait; this bounds a stuck one).
+/// At shutdown, the longest running attempts get to end by themselves
+/// before they are stopped (`Acme::stop`).
 const STOP_WAIT: Duration = Duration::from_secs(2);
 /// SET clause freeing a name's lease (and with it the "pending" status).
 const FREE_LEASE: &str = "lease_owner = NULL, lease_until = NULL, ordering_since = NULL, updated_at = now()";

@@ -216,7 +216,7 @@ impl Acme {
     }
 
     pub(super) fn spawn_attempt(self: &Arc<Self>, name: String, force: bool) {
-        if self.stopping.is_cancelled() || !self.in_progress.lock().insert(name.clone()) {
+        if self.attempts.is_closed() || !self.in_progress.lock().insert(name.clone()) {
             return;
         }
         let me = self.clone();
@@ -240,27 +240,44 @@ impl Acme {
         });
     }
 
-    /// At shutdown: stop this gateway's attempts (each at its next wait),
-    /// then free every order lease they held, so the fleet (the new process
-    /// of an upgrade first) can order those names now instead of when the
-    /// leases expire (`LEASE`, 7 minutes, during which an on-demand
-    /// handshake for such a name waits in vain). How many were freed.
-    pub async fn stop(&self) -> Result<u64, AcmeError> {
-        self.stopping.cancel();
+    /// At shutdown, within `budget` (the listeners' grace period, after
+    /// which the process ends whatever runs): no new attempts; the running
+    /// ones get a quarter of it (at most `STOP_WAIT`) to end by themselves
+    /// (an issued certificate being stored), then are stopped at their
+    /// next wait; then one statement frees every order lease this process
+    /// held, records its unfinished orders as `stopped` and drops their
+    /// challenges. So the fleet (the new process of an upgrade first) can
+    /// order those names at once instead of when the leases expire
+    /// (`LEASE`, 7 minutes, during which an on-demand handshake for such a
+    /// name waits in vain). How many leases were freed.
+    pub async fn stop(&self, budget: Duration) -> Result<u64, AcmeError> {
         self.attempts.close();
-        if tokio::time::timeout(STOP_WAIT, self.attempts.wait()).await.is_err() {
-            tracing::warn!("ACME: attempts still running after {STOP_WAIT:?}; freeing their leases anyway");
+        let natural = (budget / 4).min(STOP_WAIT);
+        if tokio::time::timeout(natural, self.attempts.wait()).await.is_err() {
+            self.stopping.cancel();
+            let _ = tokio::time::timeout(natural, self.attempts.wait()).await;
         }
-        let freed = bounded(
+        tracing::info!("ACME: stopping; freeing this gateway's order leases");
+        let freed: i64 = bounded_by(
+            (budget / 2).min(QUERY_DEADLINE),
             "freeing this gateway's order leases",
-            sqlx::query(&format!(
-                "UPDATE tenant_gateway.acme_names SET {FREE_LEASE} WHERE lease_owner = $1"
+            sqlx::query_scalar(&format!(
+                "WITH freed AS (
+                      UPDATE tenant_gateway.acme_names SET {FREE_LEASE} WHERE lease_owner = $1 RETURNING name),
+                  stopped AS (
+                      UPDATE tenant_gateway.acme_orders SET result = 'stopped'
+                       WHERE gateway = $2 AND result IS NULL AND started_at > now() - interval '1 hour'
+                   RETURNING name),
+                  cleared AS (
+                      DELETE FROM tenant_gateway.acme_challenges c USING stopped s WHERE c.name = s.name)
+                 SELECT count(*) FROM freed"
             ))
             .bind(&self.lease_owner)
-            .execute(&self.db),
+            .bind(&self.gateway_id)
+            .fetch_one(&self.db),
         )
         .await?;
-        Ok(freed.rows_affected())
+        Ok(u64::try_from(freed).unwrap_or(0))
     }
 
     pub(super) async fn attempt(&self, name: &str, force_hint: bool) -> Result<(), AcmeError> {
