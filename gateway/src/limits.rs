@@ -75,7 +75,8 @@ impl LimitSpec {
     }
 }
 
-fn quota(rps: u32, burst: u32) -> Option<Quota> {
+/// A rate per second with a burst (at least 1); `None` for rate 0 (no limit).
+pub(crate) fn quota(rps: u32, burst: u32) -> Option<Quota> {
     let rps = NonZeroU32::new(rps)?;
     Some(Quota::per_second(rps).allow_burst(NonZeroU32::new(burst.max(1)).unwrap_or(rps)))
 }

@@ -281,6 +281,33 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// `n` TCP connections to 127.0.0.1:`port` from source address `from` (a
+/// loopback alias: another client address), in blocking mode, each
+/// connected within 5 s.
+pub fn connections_from(from: &str, port: u16, n: usize) -> Vec<TcpStream> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    rt.block_on(async {
+        let mut held = Vec::new();
+        for _ in 0..n {
+            let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+            socket
+                .bind(format!("{from}:0").parse().expect("an address"))
+                .expect("bind the source address");
+            let conn = tokio::time::timeout(Duration::from_secs(5), socket.connect(([127, 0, 0, 1], port).into()))
+                .await
+                .expect("connect in time")
+                .expect("connect");
+            let conn = conn.into_std().expect("a std stream");
+            conn.set_nonblocking(false).expect("blocking mode");
+            held.push(conn);
+        }
+        held
+    })
+}
+
 /// Send raw bytes to 127.0.0.1:`port` and read the response head and body
 /// (until the peer closes or `Content-Length` is satisfied).
 pub fn raw_http(port: u16, request: impl AsRef<[u8]>) -> Result<(u16, String)> {

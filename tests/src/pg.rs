@@ -231,6 +231,50 @@ impl Postgres {
         let out = run_ok(c, "psql")?;
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
+
+    /// Wait (bounded) until some session waits for a lock: a concurrent
+    /// command has reached a row or table another session holds.
+    pub fn wait_for_a_lock_waiter(&self, what: &str) {
+        wait_until(what, Duration::from_secs(30), || {
+            self.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+                .is_ok_and(|n| n != "0")
+        })
+        .unwrap();
+    }
+}
+
+/// A session with a transaction left open, as a concurrent operator or
+/// application holds one while the code under test runs.
+pub struct OpenTransaction {
+    rt: tokio::runtime::Runtime,
+    conn: sqlx::PgConnection,
+}
+
+impl OpenTransaction {
+    /// Connect to `url`, `BEGIN` and run `sql` (statements separated by `;`).
+    pub fn begin(url: &str, sql: &str) -> OpenTransaction {
+        use sqlx::Connection;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let conn = rt.block_on(async {
+            let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
+            sqlx::raw_sql(&format!("BEGIN; {sql}"))
+                .execute(&mut c)
+                .await
+                .expect("the open transaction's statements");
+            c
+        });
+        OpenTransaction { rt, conn }
+    }
+
+    /// Run more statements in the same transaction (`COMMIT` ends it).
+    pub fn execute(&mut self, sql: &str) {
+        self.rt
+            .block_on(sqlx::raw_sql(sql).execute(&mut self.conn))
+            .expect("the open transaction's statements");
+    }
 }
 
 fn signal_cmd(tool: &str, args: &[&str]) -> Command {

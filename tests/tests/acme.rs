@@ -941,23 +941,9 @@ fn a_gateway_stopping_mid_order_frees_its_lease_and_a_stalled_ca_harms_no_tenant
     assert!(s.gw.proc_.log().contains("order leases freed"), "{}", s.gw.proc_.log());
 }
 
-/// A connection to `port` from the loopback alias `from`, blocking, with a
-/// read timeout.
+/// One connection to `port` from the loopback alias `from`, with a read timeout.
 fn connect_from(from: &str, port: u16) -> std::net::TcpStream {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let tcp = rt.block_on(async {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
-        tokio::time::timeout(Duration::from_secs(10), socket.connect(([127, 0, 0, 1], port).into()))
-            .await
-            .expect("connect in time")
-            .expect("connect")
-    });
-    let tcp = tcp.into_std().unwrap();
-    tcp.set_nonblocking(false).unwrap();
+    let tcp = connections_from(from, port, 1).remove(0);
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     tcp
 }

@@ -29,28 +29,6 @@ fn stack_with_grace(extra: &str, grace_secs: u64) -> Stack {
         .start()
 }
 
-/// `n` TCP connections to `port` from source address `from` (a loopback
-/// alias), held open by the caller.
-fn connections_from(from: &str, port: u16, n: usize) -> Vec<TcpStream> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut held = Vec::new();
-        for _ in 0..n {
-            let socket = tokio::net::TcpSocket::new_v4().unwrap();
-            socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
-            let conn = tokio::time::timeout(Duration::from_secs(5), socket.connect(([127, 0, 0, 1], port).into()))
-                .await
-                .expect("connect in time")
-                .expect("connect");
-            held.push(conn.into_std().unwrap());
-        }
-        held
-    })
-}
-
 #[test]
 fn one_client_over_its_connection_cap_cannot_starve_another_clients_tls() {
     // Held connections must outlive a slow machine's test: the handshake and

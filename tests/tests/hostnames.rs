@@ -490,7 +490,6 @@ fn the_http_method_connects_only_to_public_addresses_by_default() {
 
 #[test]
 fn a_migration_ended_by_a_deadlock_runs_again() {
-    use sqlx::Connection;
     let s = Stack::builder().setup(tenants).apps(1).start();
     let (pg, gw) = (&s.pg, &s.gw);
     gw.cli(&pg.url(), &["hostnames", "list"]);
@@ -498,36 +497,15 @@ fn a_migration_ended_by_a_deadlock_runs_again() {
     // transaction that reads the certificates (and, once the migration
     // waits for that table, the order state it has just locked: a cycle).
     pg.psql("UPDATE tenant_gateway.schema_version SET version = 5").unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut reader = rt.block_on(async {
-        let mut c = sqlx::PgConnection::connect(&pg.url()).await.unwrap();
-        // Its own deadlock check comes late: the migration's breaks the cycle.
-        sqlx::raw_sql("SET deadlock_timeout = '30s'; BEGIN; SELECT count(*) FROM tenant_gateway.certificates")
-            .execute(&mut c)
-            .await
-            .unwrap();
-        c
-    });
+    // Its own deadlock check comes late: the migration's breaks the cycle.
+    let mut reader = OpenTransaction::begin(
+        &pg.url(),
+        "SET deadlock_timeout = '30s'; SELECT count(*) FROM tenant_gateway.certificates",
+    );
     let mut cli = gw.cli_command(&pg.url(), &["hostnames", "list"]);
     let migrating = std::thread::spawn(move || cli.output().expect("run the gateway CLI"));
-    wait_until(
-        "the migration waits for the certificates",
-        Duration::from_secs(30),
-        || {
-            pg.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
-                .is_ok_and(|n| n != "0")
-        },
-    )
-    .unwrap();
-    rt.block_on(async {
-        sqlx::raw_sql("SELECT count(*) FROM tenant_gateway.acme_names; COMMIT")
-            .execute(&mut reader)
-            .await
-            .unwrap();
-    });
+    pg.wait_for_a_lock_waiter("the migration waits for the certificates");
+    reader.execute("SELECT count(*) FROM tenant_gateway.acme_names; COMMIT");
     let out = migrating.join().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");

@@ -573,7 +573,6 @@ fn background_job_touches_only_its_tenant() {
 
 #[test]
 fn purge_spares_a_tenant_restored_while_it_runs() {
-    use sqlx::Connection;
     let pg = Postgres::start().unwrap();
     app_cli_ok(&pg.url(), &["migrate"]);
     for t in ["ferrari", "mclaren"] {
@@ -582,28 +581,14 @@ fn purge_spares_a_tenant_restored_while_it_runs() {
     }
     // An operator restores ferrari by hand; the transaction is still open
     // when the purge lists its victims (both tombstones, as committed).
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let mut restore = rt.block_on(async {
-        let mut c = sqlx::PgConnection::connect(&pg.url()).await.unwrap();
-        sqlx::raw_sql(
-            "BEGIN; UPDATE public.tenants SET status = 'active', deleted_at = NULL WHERE schema_name = 'ferrari'",
-        )
-        .execute(&mut c)
-        .await
-        .unwrap();
-        c
-    });
+    let mut restore = OpenTransaction::begin(
+        &pg.url(),
+        "UPDATE public.tenants SET status = 'active', deleted_at = NULL WHERE schema_name = 'ferrari'",
+    );
     let url = pg.url();
     let purge = std::thread::spawn(move || app_cli(&url, &["tenant", "purge", "--older-than", "0s"]));
-    wait_until("the purge waits for the restore", Duration::from_secs(30), || {
-        pg.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
-            .is_ok_and(|n| n != "0")
-    })
-    .unwrap();
-    rt.block_on(sqlx::raw_sql("COMMIT").execute(&mut restore)).unwrap();
+    pg.wait_for_a_lock_waiter("the purge waits for the restore");
+    restore.execute("COMMIT");
     let out = purge.join().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));

@@ -372,10 +372,8 @@ impl Acme {
         let listen_db =
             crate::tenant::lookup::lazy_pool(opts.application_name("tenant-gateway-acme-listen"), 1, acquire);
         // The rate per second, a burst of twice that (validated to fit).
-        let challenge_limit = std::num::NonZeroU32::new(cfg.challenge_rate).map(|rate| {
-            let burst = std::num::NonZeroU32::new(rate.get().saturating_mul(2)).unwrap_or(rate);
-            governor::RateLimiter::dashmap(governor::Quota::per_second(rate).allow_burst(burst))
-        });
+        let challenge_limit = crate::limits::quota(cfg.challenge_rate, cfg.challenge_rate.saturating_mul(2))
+            .map(governor::RateLimiter::dashmap);
         Acme {
             slots: Slots::new(
                 cfg.max_concurrent_orders,
