@@ -1,5 +1,6 @@
 //! ACME against Debian's Pebble on loopback: custom domains get certificates
-//! without restarts (HTTP-01 and TLS-ALPN-01), two gateways place exactly one
+//! without restarts (HTTP-01 and TLS-ALPN-01), even a name refused on a
+//! stale cache entry while its NOTIFY arrives, two gateways place exactly one
 //! order, the guard never orders for unknown or suspended names, tenants
 //! under one public suffix do not share an order limit, renewal
 //! survives the CA being down, stored certificates survive restarts with
@@ -66,13 +67,14 @@ fn acme_stack_with(pg: Postgres, challenges: &str, acme_extra: &str) -> AcmeStac
     AcmeStack { s, pebble }
 }
 
-/// Wait until `name` is served with a certificate that chains to Pebble's
-/// current root, then fetch through it and land on `tenant`.
-fn wait_issued_for(pebble: &Pebble, tls_port: u16, name: &str, tenant: &str, timeout: Duration) {
+/// Wait until `name` is served by `gw` with a certificate that chains to
+/// Pebble's current root, then fetch through it and land on `tenant`.
+fn wait_issued_for(pebble: &Pebble, gw: &Gateway, name: &str, tenant: &str, timeout: Duration) {
+    let tls_port = gw.tls_port;
     wait_until(&format!("certificate for {name}"), timeout, || {
         probe(tls_port, Some(name), &["http/1.1"]).is_ok_and(|p| p.names == [name])
     })
-    .unwrap_or_else(|e| panic!("{e}\nPebble log:\n{}", pebble.log()));
+    .unwrap_or_else(|e| panic!("{e}\nPebble log:\n{}\nGateway log:\n{}", pebble.log(), gw.proc_.log()));
     let root = pebble.issuing_root().unwrap();
     let client = https_client(&root, tls_port, &[name], &["http/1.1"]);
     let r = client
@@ -91,12 +93,12 @@ fn wait_renewed(st: &AcmeStack, old_chain: &str) {
             .is_ok_and(|m| m != old_chain)
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", st.s.gw.proc_.log()));
-    wait_issued(&st.pebble, st.s.ports.tls, CUSTOM, Duration::from_secs(20));
+    wait_issued(&st.pebble, &st.s.gw, CUSTOM, Duration::from_secs(20));
 }
 
 /// [`wait_issued_for`] the tenant of [`CUSTOM`].
-fn wait_issued(pebble: &Pebble, tls_port: u16, name: &str, timeout: Duration) {
-    wait_issued_for(pebble, tls_port, name, "ferrari", timeout);
+fn wait_issued(pebble: &Pebble, gw: &Gateway, name: &str, timeout: Duration) {
+    wait_issued_for(pebble, gw, name, "ferrari", timeout);
 }
 
 fn issue_on_domain_add(challenges: &str) {
@@ -109,7 +111,7 @@ fn issue_on_domain_add(challenges: &str) {
     );
     // The tenant adds a custom domain: no restart, the gateway gets a certificate.
     app_cli_ok(&st.s.pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
-    wait_issued(&st.pebble, st.s.ports.tls, CUSTOM, Duration::from_secs(60));
+    wait_issued(&st.pebble, &st.s.gw, CUSTOM, Duration::from_secs(60));
     assert_eq!(orders(&st.s.pg), 1);
     let log = st.s.gw.proc_.log();
     assert!(log.contains("certificate issued and stored"), "{log}");
@@ -147,6 +149,66 @@ fn custom_domain_gets_a_certificate_via_tls_alpn_01() {
     issue_on_domain_add("\"tls-alpn-01\"");
 }
 
+/// A name refused while its domain row arrives is still ordered. The
+/// scan finds the new row before the gateway has heard of it (its NOTIFY
+/// not yet applied), so the attempt asks a cache that still remembers the
+/// name as unknown and holds the name back; the NOTIFY then arrives while
+/// that attempt is writing the hold. The change's own attempt must not be
+/// swallowed by the one running, nor be held back by its stale refusal:
+/// the certificate is ordered with no handshake asking for it.
+#[test]
+fn a_name_refused_while_its_domain_row_arrives_is_still_ordered() {
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    // The unknown name stays negatively cached until its NOTIFY (the
+    // lines after `[acme]`'s own keys start a table of their own).
+    let st = acme_stack_with(pg, "\"http-01\"", "[tenant.cache]\nnegative_ttl_secs = 600\n");
+    let (pg, gw) = (&st.s.pg, &st.s.gw);
+    wait_scans(&[gw], 1);
+    assert!(
+        probe(gw.tls_port, Some(CUSTOM), &[]).is_err(),
+        "unknown: cached as such"
+    );
+    // The name's ACME row, held by an open transaction: the refusal's
+    // write waits on it.
+    pg.psql(&format!(
+        "INSERT INTO tenant_gateway.acme_names (name) VALUES ('{CUSTOM}')"
+    ))
+    .unwrap();
+    let mut holder = OpenTransaction::begin(
+        &pg.url(),
+        &format!("SELECT 1 FROM tenant_gateway.acme_names WHERE name = '{CUSTOM}' FOR UPDATE"),
+    );
+    // The domain row, its NOTIFY not sent (as if delayed).
+    pg.psql(&format!(
+        "SET session_replication_role = replica;
+         INSERT INTO public.domains (domain, tenant_id)
+         SELECT '{CUSTOM}', id FROM public.tenants WHERE schema_name = 'ferrari'"
+    ))
+    .unwrap();
+    pg.wait_for_a_lock_waiter("the scan's attempt writing its refusal");
+    // The NOTIFY arrives while that attempt runs.
+    pg.psql(&format!("SELECT pg_notify('tenant_gateway', '[\"{CUSTOM}\"]')"))
+        .unwrap();
+    wait_until(
+        "the change noted for the running attempt",
+        Duration::from_secs(20),
+        || gw.proc_.log().contains("the name changed during its attempt"),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.proc_.log()));
+    holder.execute("COMMIT");
+    // Stored without any handshake asking for it, then served.
+    wait_until("the certificate stored", Duration::from_secs(60), || {
+        pg.psql(&format!(
+            "SELECT count(*) FROM tenant_gateway.certificates WHERE name = '{CUSTOM}'"
+        ))
+        .is_ok_and(|n| n == "1")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.proc_.log()));
+    wait_issued(&st.pebble, gw, CUSTOM, Duration::from_secs(20));
+    assert_eq!(orders(pg), 1);
+}
+
 #[test]
 fn a_failing_challenge_type_falls_back_to_the_next() {
     let pg = Postgres::start().unwrap();
@@ -159,7 +221,7 @@ fn a_failing_challenge_type_falls_back_to_the_next() {
     let s = acme_stack_on(pg, certs, ports, &pebble, "\"tls-alpn-01\", \"http-01\"", "");
     let (pg, gw) = (&s.pg, &s.gw);
     app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
-    wait_issued(&pebble, ports.tls, CUSTOM, Duration::from_secs(60));
+    wait_issued(&pebble, gw, CUSTOM, Duration::from_secs(60));
     let log = gw.proc_.log();
     assert!(
         log.contains("order failed with this challenge") && log.contains("TlsAlpn01"),
@@ -182,7 +244,7 @@ fn order_limit_is_per_registrable_domain_not_per_public_suffix() {
     );
     wait_issued_for(
         &st.pebble,
-        st.s.ports.tls,
+        &st.s.gw,
         "shop.ferrari.co.uk",
         "ferrari",
         Duration::from_secs(60),
@@ -194,7 +256,7 @@ fn order_limit_is_per_registrable_domain_not_per_public_suffix() {
     );
     wait_issued_for(
         &st.pebble,
-        st.s.ports.tls,
+        &st.s.gw,
         "www.mclaren.co.uk",
         "mclaren",
         Duration::from_secs(60),
@@ -256,8 +318,8 @@ fn two_gateways_place_one_order_and_both_serve_it() {
     pg.psql("DELETE FROM tenant_gateway.acme_challenges").unwrap();
 
     app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
-    wait_issued(&pebble, b_ports.tls, CUSTOM, Duration::from_secs(60));
-    wait_issued(&pebble, a_ports.tls, CUSTOM, Duration::from_secs(10));
+    wait_issued(&pebble, &b, CUSTOM, Duration::from_secs(60));
+    wait_issued(&pebble, a, CUSTOM, Duration::from_secs(10));
     // Both gateways scan a few more times: still exactly one order.
     wait_scans(&[a, &b], 3);
     let logs = || format!("{}{}", a.proc_.log(), b.proc_.log());
@@ -332,7 +394,7 @@ fn renewal_survives_the_ca_being_down_and_restarts_order_nothing() {
     app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
     let mut st = acme_stack(pg, "\"http-01\"");
     // Start-up finds the domain without a certificate and orders one.
-    wait_issued(&st.pebble, st.s.ports.tls, CUSTOM, Duration::from_secs(60));
+    wait_issued(&st.pebble, &st.s.gw, CUSTOM, Duration::from_secs(60));
     let first =
         st.s.pg
             .psql("SELECT md5(chain_pem) FROM tenant_gateway.certificates")
@@ -447,7 +509,7 @@ fn the_certificate_key_rotates_in_place_without_new_certificates() {
     app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
     // Sealed with the test environment's TG_CERT_KEY (CERT_KEY_HEX).
     let mut st = acme_stack(pg, "\"http-01\"");
-    wait_issued(&st.pebble, st.s.ports.tls, CUSTOM, Duration::from_secs(60));
+    wait_issued(&st.pebble, &st.s.gw, CUSTOM, Duration::from_secs(60));
     let sealed = |pg: &Postgres| {
         pg.psql(
             "SELECT (SELECT md5(key_enc) || ' ' || md5(chain_pem) FROM tenant_gateway.certificates)
@@ -468,7 +530,7 @@ fn the_certificate_key_rotates_in_place_without_new_certificates() {
         .env("TG_CERT_KEY_OLD", old)
     };
     st.s.restart_gateway_as(|b| rotated(b, CERT_KEY_HEX));
-    wait_issued(&st.pebble, st.s.ports.tls, CUSTOM, Duration::from_secs(20));
+    wait_issued(&st.pebble, &st.s.gw, CUSTOM, Duration::from_secs(20));
     wait_scans(&[&st.s.gw], 3);
     assert_eq!(orders(&st.s.pg), 1, "the stored certificate opened with the old key");
     let rekey = |args: &[&str], key: &str, old: &str| {
@@ -526,7 +588,7 @@ fn the_certificate_key_rotates_in_place_without_new_certificates() {
     // The old key gone: the certificate is served, nothing is ordered, and
     // a forced renewal orders with the stored account.
     st.s.restart_gateway_as(|b| b.env("TG_CERT_KEY_OLD", UNRELATED));
-    wait_issued(&st.pebble, st.s.ports.tls, CUSTOM, Duration::from_secs(20));
+    wait_issued(&st.pebble, &st.s.gw, CUSTOM, Duration::from_secs(20));
     wait_scans(&[&st.s.gw], 3);
     assert_eq!(orders(&st.s.pg), 1);
     let renew = st.s.gw.cli_output_env(
@@ -567,7 +629,7 @@ fn stored_certificates_load_at_their_first_handshake_into_a_bounded_cache() {
     }
     let mut st = acme_stack_with(pg, "\"http-01\"", "certificate_cache_size = 2\n");
     for n in names {
-        wait_issued(&st.pebble, st.s.ports.tls, n, Duration::from_secs(60));
+        wait_issued(&st.pebble, &st.s.gw, n, Duration::from_secs(60));
     }
     let ordered = orders(&st.s.pg);
     assert_eq!(ordered, 3);
@@ -649,8 +711,8 @@ fn stored_certificate_health_is_reported_without_loading_certificates() {
     app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
     app_cli_ok(&pg.url(), &["domain", "add", MC, "--tenant", "mclaren"]);
     let mut st = acme_stack(pg, "\"http-01\"");
-    wait_issued(&st.pebble, st.s.ports.tls, CUSTOM, Duration::from_secs(60));
-    wait_issued_for(&st.pebble, st.s.ports.tls, MC, "mclaren", Duration::from_secs(60));
+    wait_issued(&st.pebble, &st.s.gw, CUSTOM, Duration::from_secs(60));
+    wait_issued_for(&st.pebble, &st.s.gw, MC, "mclaren", Duration::from_secs(60));
     let epoch = |pg: &Postgres, name: &str, column: &str| -> f64 {
         pg.psql(&format!(
             "SELECT extract(epoch FROM {column})::bigint FROM tenant_gateway.certificates WHERE name = '{name}'"
@@ -811,7 +873,7 @@ fn twenty_domains_at_once_queue_for_order_slots_and_every_challenge_is_answered(
     for i in 1..=NAMES {
         wait_issued(
             &st.pebble,
-            st.s.ports.tls,
+            &st.s.gw,
             &format!("www.team{i:02}.test"),
             Duration::from_secs(30),
         );

@@ -265,7 +265,7 @@ impl Acme {
                         if let Err(e) = me.welcome_back(&name).await {
                             tracing::warn!(name, error = %e, "ACME: cannot clear the name's retirement");
                         }
-                        me.spawn_attempt(name, false);
+                        me.attempt_again(name);
                     }
                     None => {}
                 }

@@ -67,7 +67,7 @@
 //! Size: the header above is the design of the whole ACME side; the code
 //! here is the shared state and the bounds, ~100 lines of it tests.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -141,7 +141,9 @@ const SCAN_BATCH: i64 = 500;
 /// scans. New names do not wait for it: their NOTIFY starts an attempt.
 const MISSING_EVERY: u64 = 10;
 /// `acme_names.last_error` of a name the guard refused: the scan skips it
-/// until its next attempt time, a change to the name (NOTIFY) clears it.
+/// until its next attempt time; a change to the name (NOTIFY) clears it, as
+/// does an attempt that finds the name eligible (the refusal was made on
+/// what the cache knew before that change reached it).
 const NOT_ELIGIBLE: &str = "not eligible";
 /// How long the scan leaves a refused name alone.
 const NOT_ELIGIBLE_RETRY: &str = "1 hour";
@@ -324,7 +326,9 @@ pub struct Acme {
     account: tokio::sync::Mutex<Option<Account>>,
     wanted: mpsc::UnboundedSender<(String, bool)>,
     wanted_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, bool)>>>,
-    in_progress: Mutex<HashSet<String>>,
+    /// Names with an attempt running; `true`: asked to run once more when
+    /// it ends (the name changed while it ran: `Acme::attempt_again`).
+    in_progress: Mutex<HashMap<String, bool>>,
     /// The running attempts, and their stop at shutdown (`Acme::stop`).
     attempts: tokio_util::task::TaskTracker,
     stopping: tokio_util::sync::CancellationToken,

@@ -215,9 +215,37 @@ impl Acme {
         )
     }
 
+    /// An attempt for `name` unless one is running (which covers it).
     pub(super) fn spawn_attempt(self: &Arc<Self>, name: String, force: bool) {
-        if self.attempts.is_closed() || !self.in_progress.lock().insert(name.clone()) {
+        self.start_attempt(name, force, false);
+    }
+
+    /// An attempt for `name` whose domain row or claim just changed: if one
+    /// is running it started on what was known before the change (a
+    /// refusal by a cache entry the NOTIFY had not yet dropped), so it runs
+    /// once more when it ends.
+    pub(super) fn attempt_again(self: &Arc<Self>, name: String) {
+        self.start_attempt(name, false, true);
+    }
+
+    fn start_attempt(self: &Arc<Self>, name: String, force: bool, again: bool) {
+        if self.attempts.is_closed() {
             return;
+        }
+        match self.in_progress.lock().entry(name.clone()) {
+            std::collections::hash_map::Entry::Occupied(mut running) => {
+                if again && !running.get() {
+                    running.insert(true);
+                    tracing::info!(
+                        name,
+                        "ACME: the name changed during its attempt; attempting again when it ends"
+                    );
+                }
+                return;
+            }
+            std::collections::hash_map::Entry::Vacant(free) => {
+                free.insert(false);
+            }
         }
         let me = self.clone();
         self.attempts.spawn(async move {
@@ -228,14 +256,25 @@ impl Acme {
                 set: &me.in_progress,
                 name: &name,
             };
-            tokio::select! {
-                biased;
-                _ = me.stopping.cancelled() => tracing::info!(name, "ACME: attempt stopped (shutting down)"),
-                result = me.attempt(&name, force) => {
-                    if let Err(e) = result {
-                        tracing::warn!(name, error = %e, "ACME: attempt failed");
+            let mut force = force;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = me.stopping.cancelled() => {
+                        tracing::info!(name, "ACME: attempt stopped (shutting down)");
+                        return;
+                    }
+                    result = me.attempt(&name, force) => {
+                        if let Err(e) = result {
+                            tracing::warn!(name, error = %e, "ACME: attempt failed");
+                        }
                     }
                 }
+                let again = me.in_progress.lock().get_mut(&name).is_some_and(std::mem::take);
+                if !again || me.attempts.is_closed() {
+                    return;
+                }
+                force = false;
             }
         });
     }
@@ -302,11 +341,19 @@ impl Acme {
             .await?;
             return Ok(());
         }
+        // Registered; a refusal by the guard is cleared: the name is
+        // eligible now (refused on a cache entry that a change to the name
+        // has since dropped, the change's own attempt may be this one).
         bounded(
             "registering the name",
-            sqlx::query("INSERT INTO tenant_gateway.acme_names (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
-                .bind(name)
-                .execute(&self.db),
+            sqlx::query(
+                "INSERT INTO tenant_gateway.acme_names (name) VALUES ($1)
+                 ON CONFLICT (name) DO UPDATE SET next_attempt_at = now(), last_error = NULL, updated_at = now()
+                  WHERE acme_names.last_error = $2 AND acme_names.lease_owner IS NULL",
+            )
+            .bind(name)
+            .bind(NOT_ELIGIBLE)
+            .execute(&self.db),
         )
         .await?;
         let (due, forced): (bool, bool) = bounded(
@@ -568,7 +615,7 @@ impl Acme {
 
 /// A name's place in `in_progress` while its attempt runs.
 struct InProgress<'a> {
-    set: &'a Mutex<HashSet<String>>,
+    set: &'a Mutex<HashMap<String, bool>>,
     name: &'a str,
 }
 
@@ -591,9 +638,9 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_attempt_leaves_its_name_free() {
-        let set = Arc::new(Mutex::new(HashSet::from([
-            "a.example".to_owned(),
-            "b.example".to_owned(),
+        let set = Arc::new(Mutex::new(HashMap::from([
+            ("a.example".to_owned(), false),
+            ("b.example".to_owned(), true),
         ])));
         let held = set.clone();
         let ended = tokio::spawn(async move {
@@ -605,6 +652,6 @@ mod tests {
         })
         .await;
         assert!(ended.unwrap_err().is_panic());
-        assert_eq!(*set.lock(), HashSet::from(["b.example".to_owned()]));
+        assert_eq!(*set.lock(), HashMap::from([("b.example".to_owned(), true)]));
     }
 }
