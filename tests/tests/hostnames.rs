@@ -91,6 +91,18 @@ fn wait_status(pg: &Postgres, name: &str, status: &str, timeout: Duration) {
     });
 }
 
+/// Wait until a plain-HTTP request for `host` reaches `tenant`'s backend.
+fn wait_routed(gw: &Gateway, host: &str, tenant: &str) {
+    wait_until(&format!("{host} routed to {tenant}"), Duration::from_secs(10), || {
+        http::client()
+            .get(&gw.url("/whoami"))
+            .header("host", host)
+            .send()
+            .is_ok_and(|r| r.status == 200 && r.json()["tenant"] == tenant)
+    })
+    .unwrap();
+}
+
 /// Status of a plain-HTTP request for `host` (unverified names get the
 /// 404 page before any redirect to HTTPS).
 fn http_status(port: u16, host: &str) -> u16 {
@@ -295,14 +307,7 @@ fn the_http_token_proves_a_claim_and_an_unproven_claim_expires() {
     assert_eq!(http_status(gw.port, SHOP), 404);
     *file.lock().unwrap() = token;
     wait_status(pg, SHOP, "active", Duration::from_secs(15));
-    wait_until("routed", Duration::from_secs(10), || {
-        http::client()
-            .get(&gw.url("/whoami"))
-            .header("host", SHOP)
-            .send()
-            .is_ok_and(|r| r.status == 200 && r.json()["tenant"] == "ferrari")
-    })
-    .unwrap();
+    wait_routed(gw, SHOP, "ferrari");
     let (code, status) = gw.api(
         http::Method::GET,
         &format!("hostnames/status?name={SHOP}"),
@@ -325,14 +330,7 @@ fn the_http_token_proves_a_claim_and_an_unproven_claim_expires() {
     assert_eq!(claim_field(pg, "pointed.test", "status"), "pending");
     dns.set_cname("pointed.test", "edge.myapp.localhost");
     wait_status(pg, "pointed.test", "active", Duration::from_secs(15));
-    wait_until("pointed.test routed", Duration::from_secs(10), || {
-        http::client()
-            .get(&gw.url("/whoami"))
-            .header("host", "pointed.test")
-            .send()
-            .is_ok_and(|r| r.status == 200 && r.json()["tenant"] == "mclaren")
-    })
-    .unwrap();
+    wait_routed(gw, "pointed.test", "mclaren");
     gw.api(
         http::Method::POST,
         "hostnames/remove?name=pointed.test",
@@ -627,12 +625,47 @@ fn a_verified_claim_activates_when_its_domain_row_appears() {
     assert_eq!(http_status(gw.port, "later.test"), 404);
     app_cli_ok(&pg.url(), &["domain", "add", "later.test", "--tenant", "ferrari"]);
     wait_status(pg, "later.test", "active", Duration::from_secs(10));
-    wait_until("routed", Duration::from_secs(10), || {
-        http::client()
-            .get(&gw.url("/whoami"))
-            .header("host", "later.test")
-            .send()
-            .is_ok_and(|r| r.status == 200 && r.json()["tenant"] == "ferrari")
-    })
-    .unwrap();
+    wait_routed(gw, "later.test", "ferrari");
+}
+
+/// The domain row appears while the claim's check is reading the domain
+/// table: the check reads the table as it was (no row) and writes the
+/// claim back `verified` for a minute, after the row's NOTIFY found the
+/// claim still leased. The change is not lost: the claim is looked at again
+/// once the check's outcome is written, and activates within seconds.
+/// (The lookup query here waits on an advisory lock the test holds, so the
+/// check's read is paused with its snapshot taken.)
+#[test]
+fn a_domain_row_arriving_during_the_claims_check_still_activates_it() {
+    const LOCK: i64 = 4242;
+    let lookup = format!(
+        "SELECT t.schema_name, t.status, t.backend_pool FROM public.domains d \
+         JOIN public.tenants t ON t.id = d.tenant_id \
+         WHERE d.domain = $1 AND (SELECT true FROM pg_advisory_xact_lock_shared({LOCK}))"
+    );
+    let s = Stack::builder()
+        .setup(tenants)
+        .apps(1)
+        .config(&format!(
+            "query = \"{lookup}\"\n\
+             [custom_domains]\nverification = \"required\"\ncheck_interval_secs = 60"
+        ))
+        .start();
+    let (pg, gw) = (&s.pg, &s.gw);
+    let mut held = OpenTransaction::begin(&pg.url(), &format!("SELECT pg_advisory_xact_lock({LOCK})"));
+    gw.cli(
+        &pg.url(),
+        &["hostnames", "add", "later.test", "--tenant", "ferrari", "--preverified"],
+    );
+    pg.wait_for_a_lock_waiter("the claim's check reading the domain table");
+    app_cli_ok(&pg.url(), &["domain", "add", "later.test", "--tenant", "ferrari"]);
+    wait_until(
+        "the change noted for the running check",
+        Duration::from_secs(10),
+        || gw.proc_.log().contains("the name changed during its check"),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.proc_.log()));
+    held.execute("COMMIT");
+    wait_status(pg, "later.test", "active", Duration::from_secs(20));
+    wait_routed(gw, "later.test", "ferrari");
 }

@@ -16,10 +16,12 @@
 //! plus two steps, the LISTEN connection by a probe; a stalled database or
 //! resolver delays this gateway's checks, never stops them.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
 
@@ -70,6 +72,11 @@ pub struct Worker {
     counts_stale: AtomicBool,
     /// The LISTEN connection is up: a change would be heard.
     listening: AtomicBool,
+    /// Names this gateway is checking; `true`: their domain row or tenant
+    /// changed during the check ([`Worker::names_changed`]), so what the
+    /// check read may predate the change and the claim is looked at again
+    /// once its outcome is written.
+    checking: Mutex<HashMap<String, bool>>,
 }
 
 impl Worker {
@@ -97,6 +104,7 @@ impl Worker {
             metrics,
             counts_stale: AtomicBool::new(true),
             listening: AtomicBool::new(false),
+            checking: Mutex::default(),
         }
     }
 
@@ -197,6 +205,9 @@ impl Worker {
     }
 
     async fn handle(&self, c: Claim) {
+        // Left however the handling ends (its deadline included: the
+        // claim's lease then runs out and it is checked afresh).
+        let _checking = Checking::new(&self.checking, &c.name);
         let now = unix_now();
         let interval = self.cfg.check_interval;
         let (next, detail, other, delay) = match c.status {
@@ -238,30 +249,51 @@ impl Worker {
         {
             tracing::warn!(name = %c.name, error = %e, "custom hostnames: cannot record a check; its lease expires on its own");
         }
+        // A change heard during the check found the claim leased (and not
+        // yet `verified`, or verified but not yet recorded): its look is
+        // taken now that the outcome is written.
+        let changed = self.checking.lock().get_mut(&c.name).is_some_and(std::mem::take);
+        if changed {
+            self.look_now(std::slice::from_ref(&c.name)).await;
+        }
     }
 
     /// Domain rows or tenants changed (NOTIFY): verified claims among these
     /// names are looked at now, not at their next check, so a name whose
     /// row appears after its proof routes within a second. The first gateway
     /// to move a claim forward wakes the fleet's checkers.
+    /// Claims being checked here are marked: their check may have read the
+    /// state before the change, and is followed by a look of its own.
     pub fn names_changed(self: &Arc<Self>, names: Vec<String>) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let due = sqlx::query(
-                "WITH due AS (UPDATE tenant_gateway.custom_hostnames SET next_check_at = now()
-                               WHERE name = ANY($1) AND status = 'verified' AND next_check_at > now()
-                           RETURNING name)
-                 SELECT pg_notify($2, name) FROM due",
-            )
-            .bind(&names)
-            .bind(WAKE_CHANNEL)
-            .execute(me.store.db());
-            match tokio::time::timeout(Duration::from_secs(10), due).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::debug!(error = %e, "custom hostnames: cannot look at changed names now"),
-                Err(_) => tracing::debug!("custom hostnames: looking at changed names timed out"),
+        {
+            let mut checking = self.checking.lock();
+            for name in &names {
+                if let Some(changed) = checking.get_mut(name) {
+                    *changed = true;
+                    tracing::info!(name, "custom hostnames: the name changed during its check; looked at again once the check is written");
+                }
             }
-        });
+        }
+        let me = self.clone();
+        tokio::spawn(async move { me.look_now(&names).await });
+    }
+
+    /// Verified claims among `names` due now, and the fleet's checkers woken.
+    async fn look_now(&self, names: &[String]) {
+        let due = sqlx::query(
+            "WITH due AS (UPDATE tenant_gateway.custom_hostnames SET next_check_at = now()
+                           WHERE name = ANY($1) AND status = 'verified' AND next_check_at > now()
+                       RETURNING name)
+             SELECT pg_notify($2, name) FROM due",
+        )
+        .bind(names)
+        .bind(WAKE_CHANNEL)
+        .execute(self.store.db());
+        match tokio::time::timeout(STEP, due).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::debug!(error = %e, "custom hostnames: cannot look at changed names now"),
+            Err(_) => tracing::debug!("custom hostnames: looking at changed names timed out"),
+        }
     }
 
     /// Whether the lookup query maps the claim's name to the claim's tenant
@@ -323,6 +355,25 @@ fn unroutable(c: &Claim) -> String {
         "ownership proven; the domain table does not map {} to tenant {} yet",
         c.name, c.tenant
     )
+}
+
+/// A name's place in `Worker::checking` while its claim is handled.
+struct Checking<'a> {
+    map: &'a Mutex<HashMap<String, bool>>,
+    name: &'a str,
+}
+
+impl<'a> Checking<'a> {
+    fn new(map: &'a Mutex<HashMap<String, bool>>, name: &'a str) -> Checking<'a> {
+        map.lock().insert(name.to_owned(), false);
+        Checking { map, name }
+    }
+}
+
+impl Drop for Checking<'_> {
+    fn drop(&mut self) {
+        self.map.lock().remove(self.name);
+    }
 }
 
 #[cfg(test)]
