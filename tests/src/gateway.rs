@@ -217,6 +217,15 @@ impl Gateway {
         Ok(proc_)
     }
 
+    /// Wait (up to `timeout`) until the gateway has logged `text`; the log
+    /// is shown if it does not.
+    pub fn wait_logged(&self, text: &str, timeout: Duration) {
+        wait_until(&format!("the gateway to log {text:?}"), timeout, || {
+            self.proc_.log().contains(text)
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.proc_.log()));
+    }
+
     /// The value of an unlabelled metric (or the sum over its label sets).
     pub fn metric(&self, name: &str) -> f64 {
         metric_sum(&self.scrape().unwrap_or_default(), name, &[])

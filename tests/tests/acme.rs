@@ -1,6 +1,7 @@
 //! ACME against Debian's Pebble on loopback: custom domains get certificates
 //! without restarts (HTTP-01 and TLS-ALPN-01), even a name refused on a
-//! stale cache entry while its NOTIFY arrives, two gateways place exactly one
+//! stale cache entry while its NOTIFY arrives (and one removed mid-order has
+//! the certificate its order stored retired), two gateways place exactly one
 //! order, the guard never orders for unknown or suspended names, tenants
 //! under one public suffix do not share an order limit, renewal
 //! survives the CA being down, stored certificates survive restarts with
@@ -94,6 +95,22 @@ fn wait_renewed(st: &AcmeStack, old_chain: &str) {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", st.s.gw.proc_.log()));
     wait_issued(&st.pebble, &st.s.gw, CUSTOM, Duration::from_secs(20));
+}
+
+/// Wait (a minute) until `name`'s stored certificate row matches
+/// `condition` (SQL), whatever handshakes `gw` saw.
+fn wait_stored(pg: &Postgres, gw: &Gateway, name: &str, condition: &str) {
+    wait_until(
+        &format!("{name}'s certificate stored, {condition}"),
+        Duration::from_secs(60),
+        || {
+            pg.psql(&format!(
+                "SELECT count(*) FROM tenant_gateway.certificates WHERE name = '{name}' AND {condition}"
+            ))
+            .is_ok_and(|n| n == "1")
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.proc_.log()));
 }
 
 /// [`wait_issued_for`] the tenant of [`CUSTOM`].
@@ -190,23 +207,40 @@ fn a_name_refused_while_its_domain_row_arrives_is_still_ordered() {
     // The NOTIFY arrives while that attempt runs.
     pg.psql(&format!("SELECT pg_notify('tenant_gateway', '[\"{CUSTOM}\"]')"))
         .unwrap();
-    wait_until(
-        "the change noted for the running attempt",
-        Duration::from_secs(20),
-        || gw.proc_.log().contains("the name changed during its attempt"),
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", gw.proc_.log()));
+    gw.wait_logged("the name changed during its attempt", Duration::from_secs(20));
     holder.execute("COMMIT");
     // Stored without any handshake asking for it, then served.
-    wait_until("the certificate stored", Duration::from_secs(60), || {
-        pg.psql(&format!(
-            "SELECT count(*) FROM tenant_gateway.certificates WHERE name = '{CUSTOM}'"
-        ))
-        .is_ok_and(|n| n == "1")
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", gw.proc_.log()));
+    wait_stored(pg, gw, CUSTOM, "true");
     wait_issued(&st.pebble, gw, CUSTOM, Duration::from_secs(20));
     assert_eq!(orders(pg), 1);
+}
+
+/// A name removed while its order is under way: the removal's NOTIFY
+/// finds nothing stored to retire, then the order completes and stores a
+/// certificate for a name no longer served (storing makes it live). The
+/// change is looked at again when the attempt ends: that certificate is
+/// retired on every gateway, not presented until it expires.
+#[test]
+fn a_name_removed_during_its_order_is_retired_when_the_order_ends() {
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    let st = acme_stack(pg, "\"http-01\"");
+    let (pg, gw) = (&st.s.pg, &st.s.gw);
+    wait_scans(&[gw], 1);
+    // The order's log row waits on this lock: the attempt is under way.
+    let mut held = OpenTransaction::begin(&pg.url(), "LOCK TABLE tenant_gateway.acme_orders IN EXCLUSIVE MODE");
+    app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
+    pg.wait_for_a_lock_waiter("the attempt logging its order");
+    app_cli_ok(&pg.url(), &["domain", "remove", CUSTOM]);
+    gw.wait_logged("the name changed during its attempt", Duration::from_secs(20));
+    held.execute("COMMIT");
+    // Stored, then retired.
+    wait_stored(pg, gw, CUSTOM, "removed_at IS NOT NULL");
+    assert_eq!(orders(pg), 1);
+    wait_until("not presented", Duration::from_secs(10), || {
+        probe(gw.tls_port, Some(CUSTOM), &[]).is_err()
+    })
+    .unwrap();
 }
 
 #[test]
@@ -266,12 +300,8 @@ fn order_limit_is_per_registrable_domain_not_per_public_suffix() {
         &st.s.pg.url(),
         &["domain", "add", "eu.ferrari.co.uk", "--tenant", "ferrari"],
     );
-    wait_until(
-        "the rate limit to hold back eu.ferrari.co.uk",
-        Duration::from_secs(30),
-        || st.s.gw.proc_.log().contains("1 orders for ferrari.co.uk this week"),
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", st.s.gw.proc_.log()));
+    st.s.gw
+        .wait_logged("1 orders for ferrari.co.uk this week", Duration::from_secs(30));
     assert_eq!(orders(&st.s.pg), 2, "no order for the held-back name");
 }
 

@@ -659,12 +659,7 @@ fn a_domain_row_arriving_during_the_claims_check_still_activates_it() {
     );
     pg.wait_for_a_lock_waiter("the claim's check reading the domain table");
     app_cli_ok(&pg.url(), &["domain", "add", "later.test", "--tenant", "ferrari"]);
-    wait_until(
-        "the change noted for the running check",
-        Duration::from_secs(10),
-        || gw.proc_.log().contains("the name changed during its check"),
-    )
-    .unwrap_or_else(|e| panic!("{e}\n{}", gw.proc_.log()));
+    gw.wait_logged("the name changed during its check", Duration::from_secs(10));
     held.execute("COMMIT");
     wait_status(pg, "later.test", "active", Duration::from_secs(20));
     wait_routed(gw, "later.test", "ferrari");

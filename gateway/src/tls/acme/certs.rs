@@ -248,13 +248,19 @@ impl Acme {
     /// Names whose domain rows or claims changed (called after the tenant
     /// cache dropped them): a presented certificate of a name no longer
     /// served is retired fleet-wide; a name that needs one gets an attempt.
+    /// A name whose attempt is running is also looked at again when that
+    /// attempt ends (`Acme::mark_changed`).
     pub fn names_changed(self: &Arc<Self>, names: Vec<String>) {
+        let names: Vec<String> = names
+            .into_iter()
+            .filter(|name| !self.base_domains.iter().any(|b| tenancy::is_under(name, b)))
+            .collect();
+        for name in &names {
+            self.mark_changed(name);
+        }
         let me = self.clone();
         tokio::spawn(async move {
             for name in names {
-                if me.base_domains.iter().any(|b| tenancy::is_under(&name, b)) {
-                    continue;
-                }
                 match me.served(&name).await {
                     Some(false) => {
                         if let Err(e) = me.retire(&name).await {
@@ -265,7 +271,7 @@ impl Acme {
                         if let Err(e) = me.welcome_back(&name).await {
                             tracing::warn!(name, error = %e, "ACME: cannot clear the name's retirement");
                         }
-                        me.attempt_again(name);
+                        me.spawn_attempt(name, false);
                     }
                     None => {}
                 }

@@ -326,8 +326,8 @@ pub struct Acme {
     account: tokio::sync::Mutex<Option<Account>>,
     wanted: mpsc::UnboundedSender<(String, bool)>,
     wanted_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, bool)>>>,
-    /// Names with an attempt running; `true`: asked to run once more when
-    /// it ends (the name changed while it ran: `Acme::attempt_again`).
+    /// Names with an attempt running; `true`: the name changed while it
+    /// ran, and is looked at again when it ends (`Acme::mark_changed`).
     in_progress: Mutex<HashMap<String, bool>>,
     /// The running attempts, and their stop at shutdown (`Acme::stop`).
     attempts: tokio_util::task::TaskTracker,

@@ -217,32 +217,11 @@ impl Acme {
 
     /// An attempt for `name` unless one is running (which covers it).
     pub(super) fn spawn_attempt(self: &Arc<Self>, name: String, force: bool) {
-        self.start_attempt(name, force, false);
-    }
-
-    /// An attempt for `name` whose domain row or claim just changed: if one
-    /// is running it started on what was known before the change (a
-    /// refusal by a cache entry the NOTIFY had not yet dropped), so it runs
-    /// once more when it ends.
-    pub(super) fn attempt_again(self: &Arc<Self>, name: String) {
-        self.start_attempt(name, false, true);
-    }
-
-    fn start_attempt(self: &Arc<Self>, name: String, force: bool, again: bool) {
         if self.attempts.is_closed() {
             return;
         }
         match self.in_progress.lock().entry(name.clone()) {
-            std::collections::hash_map::Entry::Occupied(mut running) => {
-                if again && !running.get() {
-                    running.insert(true);
-                    tracing::info!(
-                        name,
-                        "ACME: the name changed during its attempt; attempting again when it ends"
-                    );
-                }
-                return;
-            }
+            std::collections::hash_map::Entry::Occupied(_) => return,
             std::collections::hash_map::Entry::Vacant(free) => {
                 free.insert(false);
             }
@@ -270,13 +249,58 @@ impl Acme {
                         }
                     }
                 }
-                let again = me.in_progress.lock().get_mut(&name).is_some_and(std::mem::take);
-                if !again || me.attempts.is_closed() {
+                if !me.changed_during(&name).await {
                     return;
                 }
                 force = false;
             }
         });
+    }
+
+    /// Marks `name`'s running attempt, if any, as started on what was
+    /// known before a change to the name (its domain row, tenant or
+    /// claim): when it ends, the change is looked at again
+    /// ([`Acme::changed_during`]).
+    pub(super) fn mark_changed(&self, name: &str) {
+        if let Some(changed) = self.in_progress.lock().get_mut(name) {
+            if !*changed {
+                *changed = true;
+                tracing::info!(
+                    name,
+                    "ACME: the name changed during its attempt; looked at again when it ends"
+                );
+            }
+        }
+    }
+
+    /// After an attempt: if the name changed while it ran, what the attempt
+    /// did may rest on the state before the change (a refusal read from a
+    /// cache entry the NOTIFY had not yet dropped; a certificate stored
+    /// for a name removed meanwhile, which storing made live again), so
+    /// the change is handled again: a name no longer served is retired, a
+    /// served one is cleared of any refusal and attempted once more
+    /// (`true`). Changes arriving meanwhile are handled in turn.
+    async fn changed_during(&self, name: &str) -> bool {
+        loop {
+            let changed = self.in_progress.lock().get_mut(name).is_some_and(std::mem::take);
+            if !changed || self.attempts.is_closed() {
+                return false;
+            }
+            match self.served(name).await {
+                Some(true) => {
+                    if let Err(e) = self.welcome_back(name).await {
+                        tracing::warn!(name, error = %e, "ACME: cannot clear the name's retirement");
+                    }
+                    return true;
+                }
+                Some(false) => {
+                    if let Err(e) = self.retire(name).await {
+                        tracing::error!(name, error = %e, "ACME: cannot retire the certificate of a removed name");
+                    }
+                }
+                None => return false,
+            }
+        }
     }
 
     /// At shutdown, within `budget` (the listeners' grace period, after
