@@ -19,13 +19,14 @@
 
 use sqlx::PgPool;
 
-const MIGRATIONS: [&str; 6] = [
+const MIGRATIONS: [&str; 7] = [
     include_str!("../migrations/0001_acme.sql"),
     include_str!("../migrations/0002_hostnames.sql"),
     include_str!("../migrations/0003_certificate_scale.sql"),
     include_str!("../migrations/0004_certificate_expiry.sql"),
     include_str!("../migrations/0005_claim_counts.sql"),
     include_str!("../migrations/0006_certificate_notify_columns.sql"),
+    include_str!("../migrations/0007_claims_by_status.sql"),
 ];
 const MIGRATION_LOCK: i64 = 0x7467_6163_6d65; // "tgacme"
 
