@@ -3,8 +3,8 @@
 //! indexes that keep certificate scans proportional to what is due (0003),
 //! the two behind the stored-certificate health gauges (0004: expiry,
 //! names held back), the NOTIFY that tells the claim gauges to count
-//! again (0005), and the certificate NOTIFY left out of re-sealing a key
-//! (0006).
+//! again (0005), the certificate NOTIFY left out of re-sealing a key
+//! (0006), and the index listing one status of claims walks (0007).
 //! Every gateway (and every CLI command that opens the database) makes sure
 //! they are applied: the version recorded in `tenant_gateway.schema_version`
 //! is read first, without locks, and only an older schema runs the scripts

@@ -217,11 +217,18 @@ impl Gateway {
         Ok(proc_)
     }
 
-    /// Wait (up to `timeout`) until the gateway has logged `text`; the log
-    /// is shown if it does not.
-    pub fn wait_logged(&self, text: &str, timeout: Duration) {
+    /// How long the gateway's log is now, for [`Gateway::wait_logged`].
+    pub fn log_len(&self) -> usize {
+        self.proc_.log().len()
+    }
+
+    /// Wait (up to `timeout`) until the gateway has logged `text` after the
+    /// first `since` bytes of its log ([`Gateway::log_len`] taken before
+    /// the step that should make it log; 0: anywhere); the log is shown if
+    /// it does not.
+    pub fn wait_logged(&self, text: &str, since: usize, timeout: Duration) {
         wait_until(&format!("the gateway to log {text:?}"), timeout, || {
-            self.proc_.log().contains(text)
+            self.proc_.log().get(since..).is_some_and(|after| after.contains(text))
         })
         .unwrap_or_else(|e| panic!("{e}\n{}", self.proc_.log()));
     }

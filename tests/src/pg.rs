@@ -232,12 +232,15 @@ impl Postgres {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
-    /// Wait (bounded) until some session waits for a lock: a concurrent
-    /// command has reached a row or table another session holds.
-    pub fn wait_for_a_lock_waiter(&self, what: &str) {
+    /// Wait (bounded) until some session waits for a lock `holder` holds:
+    /// a concurrent command has reached a row or table it keeps.
+    pub fn wait_until_blocked_by(&self, holder: &OpenTransaction, what: &str) {
         wait_until(what, Duration::from_secs(30), || {
-            self.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
-                .is_ok_and(|n| n != "0")
+            self.psql(&format!(
+                "SELECT count(*) FROM pg_stat_activity WHERE {} = ANY(pg_blocking_pids(pid))",
+                holder.pid
+            ))
+            .is_ok_and(|n| n != "0")
         })
         .unwrap();
     }
@@ -248,6 +251,8 @@ impl Postgres {
 pub struct OpenTransaction {
     rt: tokio::runtime::Runtime,
     conn: sqlx::PgConnection,
+    /// Its server process.
+    pid: i32,
 }
 
 impl OpenTransaction {
@@ -258,15 +263,19 @@ impl OpenTransaction {
             .enable_all()
             .build()
             .expect("a runtime");
-        let conn = rt.block_on(async {
+        let (conn, pid) = rt.block_on(async {
             let mut c = sqlx::PgConnection::connect(url).await.expect("connect");
+            let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+                .fetch_one(&mut c)
+                .await
+                .expect("the session's process");
             sqlx::raw_sql(&format!("BEGIN; {sql}"))
                 .execute(&mut c)
                 .await
                 .expect("the open transaction's statements");
-            c
+            (c, pid)
         });
-        OpenTransaction { rt, conn }
+        OpenTransaction { rt, conn, pid }
     }
 
     /// Run more statements in the same transaction (`COMMIT` ends it).

@@ -182,10 +182,16 @@ fn a_name_refused_while_its_domain_row_arrives_is_still_ordered() {
     let st = acme_stack_with(pg, "\"http-01\"", "[tenant.cache]\nnegative_ttl_secs = 600\n");
     let (pg, gw) = (&st.s.pg, &st.s.gw);
     wait_scans(&[gw], 1);
-    assert!(
-        probe(gw.tls_port, Some(CUSTOM), &[]).is_err(),
-        "unknown: cached as such"
-    );
+    // Cached as unknown once the invalidation listener is up (connecting,
+    // it clears the cache), seen by a second handshake's negative hit.
+    wait_until("the invalidation listener up", Duration::from_secs(20), || {
+        gw.metric("tenant_gateway_invalidation_listener_up") == 1.0
+    })
+    .unwrap();
+    assert!(probe(gw.tls_port, Some(CUSTOM), &[]).is_err(), "unknown");
+    let hits = gw.metric("tenant_gateway_cache_negative_hits_total");
+    assert!(probe(gw.tls_port, Some(CUSTOM), &[]).is_err(), "unknown");
+    assert!(gw.metric("tenant_gateway_cache_negative_hits_total") > hits);
     // The name's ACME row, held by an open transaction: the refusal's
     // write waits on it.
     pg.psql(&format!(
@@ -203,11 +209,12 @@ fn a_name_refused_while_its_domain_row_arrives_is_still_ordered() {
          SELECT '{CUSTOM}', id FROM public.tenants WHERE schema_name = 'ferrari'"
     ))
     .unwrap();
-    pg.wait_for_a_lock_waiter("the scan's attempt writing its refusal");
+    pg.wait_until_blocked_by(&holder, "the scan's attempt writing its refusal");
     // The NOTIFY arrives while that attempt runs.
+    let since = gw.log_len();
     pg.psql(&format!("SELECT pg_notify('tenant_gateway', '[\"{CUSTOM}\"]')"))
         .unwrap();
-    gw.wait_logged("the name changed during its attempt", Duration::from_secs(20));
+    gw.wait_logged("the name changed during its attempt", since, Duration::from_secs(20));
     holder.execute("COMMIT");
     // Stored without any handshake asking for it, then served.
     wait_stored(pg, gw, CUSTOM, "true");
@@ -230,9 +237,15 @@ fn a_name_removed_during_its_order_is_retired_when_the_order_ends() {
     // The order's log row waits on this lock: the attempt is under way.
     let mut held = OpenTransaction::begin(&pg.url(), "LOCK TABLE tenant_gateway.acme_orders IN EXCLUSIVE MODE");
     app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
-    pg.wait_for_a_lock_waiter("the attempt logging its order");
+    pg.wait_until_blocked_by(&held, "the attempt logging its order");
+    let since = gw.log_len();
     app_cli_ok(&pg.url(), &["domain", "remove", CUSTOM]);
-    gw.wait_logged("the name changed during its attempt", Duration::from_secs(20));
+    gw.wait_logged("the name changed during its attempt", since, Duration::from_secs(5));
+    assert!(
+        !gw.proc_.log().contains("attempt failed"),
+        "the attempt's blocked step outlived its deadline (QUERY_DEADLINE, 10 s): the test was too slow\n{}",
+        gw.proc_.log()
+    );
     held.execute("COMMIT");
     // Stored, then retired.
     wait_stored(pg, gw, CUSTOM, "removed_at IS NOT NULL");
@@ -301,7 +314,7 @@ fn order_limit_is_per_registrable_domain_not_per_public_suffix() {
         &["domain", "add", "eu.ferrari.co.uk", "--tenant", "ferrari"],
     );
     st.s.gw
-        .wait_logged("1 orders for ferrari.co.uk this week", Duration::from_secs(30));
+        .wait_logged("1 orders for ferrari.co.uk this week", 0, Duration::from_secs(30));
     assert_eq!(orders(&st.s.pg), 2, "no order for the held-back name");
 }
 

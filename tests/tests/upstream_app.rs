@@ -587,7 +587,7 @@ fn purge_spares_a_tenant_restored_while_it_runs() {
     );
     let url = pg.url();
     let purge = std::thread::spawn(move || app_cli(&url, &["tenant", "purge", "--older-than", "0s"]));
-    pg.wait_for_a_lock_waiter("the purge waits for the restore");
+    pg.wait_until_blocked_by(&restore, "the purge waits for the restore");
     restore.execute("COMMIT");
     let out = purge.join().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

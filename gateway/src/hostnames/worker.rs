@@ -13,7 +13,8 @@
 //!
 //! Every wait is bounded: each database step by `STEP` (and the pool's
 //! `statement_timeout`), each claim's whole handling by its check's timeout
-//! plus two steps, the LISTEN connection by a probe; a stalled database or
+//! plus three steps (its reads and record, and a second look when its name
+//! changed during the check), the LISTEN connection by a probe; a stalled database or
 //! resolver delays this gateway's checks, never stops them.
 
 use std::collections::HashMap;
@@ -184,7 +185,7 @@ impl Worker {
         };
         // Well inside the lease: a claim given up on here is checked again
         // once its lease ends.
-        let each = self.cfg.check_timeout + STEP * 2;
+        let each = self.cfg.check_timeout + STEP * 3;
         let mut running = tokio::task::JoinSet::new();
         for claim in due {
             while running.len() >= cap {
@@ -249,9 +250,11 @@ impl Worker {
         {
             tracing::warn!(name = %c.name, error = %e, "custom hostnames: cannot record a check; its lease expires on its own");
         }
-        // A change heard during the check found the claim leased (and not
-        // yet `verified`, or verified but not yet recorded): its look is
-        // taken now that the outcome is written.
+        // A change heard during the check found nothing to move (the claim
+        // not yet `verified`, or already due while it was being checked):
+        // its look is taken now that the outcome is written. (A change
+        // heard from here on finds the written claim itself.) Checks of one
+        // name never overlap here: a round ends before the next leases.
         let changed = self.checking.lock().get_mut(&c.name).is_some_and(std::mem::take);
         if changed {
             self.look_now(std::slice::from_ref(&c.name)).await;
@@ -262,20 +265,29 @@ impl Worker {
     /// names are looked at now, not at their next check, so a name whose
     /// row appears after its proof routes within a second. The first gateway
     /// to move a claim forward wakes the fleet's checkers.
+    ///
     /// Claims being checked here are marked: their check may have read the
     /// state before the change, and is followed by a look of its own.
     pub fn names_changed(self: &Arc<Self>, names: Vec<String>) {
-        {
+        let marked: Vec<String> = {
             let mut checking = self.checking.lock();
-            for name in &names {
-                if let Some(changed) = checking.get_mut(name) {
-                    *changed = true;
-                    tracing::info!(name, "custom hostnames: the name changed during its check; looked at again once the check is written");
-                }
-            }
-        }
+            names
+                .iter()
+                .filter(|name| checking.get_mut(*name).map(|changed| *changed = true).is_some())
+                .cloned()
+                .collect()
+        };
         let me = self.clone();
-        tokio::spawn(async move { me.look_now(&names).await });
+        tokio::spawn(async move {
+            me.look_now(&names).await;
+            // Logged once this look is taken.
+            for name in marked {
+                tracing::info!(
+                    name,
+                    "custom hostnames: the name changed during its check; looked at again once the check is written"
+                );
+            }
+        });
     }
 
     /// Verified claims among `names` due now, and the fleet's checkers woken.

@@ -255,12 +255,14 @@ impl Acme {
             .into_iter()
             .filter(|name| !self.base_domains.iter().any(|b| tenancy::is_under(name, b)))
             .collect();
-        for name in &names {
-            self.mark_changed(name);
-        }
+        // Marked before anything is looked at: what such an attempt does
+        // from here on may rest on the state before the change.
+        let running: Vec<bool> = names.iter().map(|name| self.mark_changed(name)).collect();
         let me = self.clone();
         tokio::spawn(async move {
-            for name in names {
+            for (name, running) in names.into_iter().zip(running) {
+                // Logged once the change is handled here.
+                let logged = running.then(|| name.clone());
                 match me.served(&name).await {
                     Some(false) => {
                         if let Err(e) = me.retire(&name).await {
@@ -274,6 +276,12 @@ impl Acme {
                         me.spawn_attempt(name, false);
                     }
                     None => {}
+                }
+                if let Some(name) = logged {
+                    tracing::info!(
+                        name,
+                        "ACME: the name changed during its attempt; looked at again when it ends"
+                    );
                 }
             }
         });

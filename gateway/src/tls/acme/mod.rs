@@ -141,9 +141,7 @@ const SCAN_BATCH: i64 = 500;
 /// scans. New names do not wait for it: their NOTIFY starts an attempt.
 const MISSING_EVERY: u64 = 10;
 /// `acme_names.last_error` of a name the guard refused: the scan skips it
-/// until its next attempt time; a change to the name (NOTIFY) clears it, as
-/// does an attempt that finds the name eligible (the refusal was made on
-/// what the cache knew before that change reached it).
+/// until its next attempt time, a change to the name (NOTIFY) clears it.
 const NOT_ELIGIBLE: &str = "not eligible";
 /// How long the scan leaves a refused name alone.
 const NOT_ELIGIBLE_RETRY: &str = "1 hour";

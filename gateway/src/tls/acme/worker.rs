@@ -215,7 +215,9 @@ impl Acme {
         )
     }
 
-    /// An attempt for `name` unless one is running (which covers it).
+    /// An attempt for `name` unless one is running (which covers a change
+    /// to the name meanwhile: [`Acme::mark_changed`]; a forced renewal asked
+    /// for meanwhile is taken by the next scan).
     pub(super) fn spawn_attempt(self: &Arc<Self>, name: String, force: bool) {
         if self.attempts.is_closed() {
             return;
@@ -230,10 +232,12 @@ impl Acme {
         self.attempts.spawn(async move {
             // Released however the attempt ends, a panic included (one in
             // the ACME client on a CA's odd answer must not leave the name
-            // never attempted again by this process).
-            let _running = InProgress {
+            // never attempted again by this process); an attempt that ends
+            // normally leaves in `finish_unless_changed`, and disarms it.
+            let mut running = InProgress {
                 set: &me.in_progress,
                 name: &name,
+                armed: true,
             };
             let mut force = force;
             loop {
@@ -249,8 +253,17 @@ impl Acme {
                         }
                     }
                 }
-                if !me.changed_during(&name).await {
-                    return;
+                // The name changed while the attempt ran: what the attempt
+                // did may rest on the state before the change, so the change
+                // is handled again, as often as changes keep arriving.
+                loop {
+                    if me.finish_unless_changed(&name) {
+                        running.armed = false;
+                        return;
+                    }
+                    if me.after_change(&name).await {
+                        break;
+                    }
                 }
                 force = false;
             }
@@ -260,46 +273,55 @@ impl Acme {
     /// Marks `name`'s running attempt, if any, as started on what was
     /// known before a change to the name (its domain row, tenant or
     /// claim): when it ends, the change is looked at again
-    /// ([`Acme::changed_during`]).
-    pub(super) fn mark_changed(&self, name: &str) {
-        if let Some(changed) = self.in_progress.lock().get_mut(name) {
-            if !*changed {
-                *changed = true;
-                tracing::info!(
-                    name,
-                    "ACME: the name changed during its attempt; looked at again when it ends"
-                );
+    /// ([`Acme::after_change`]). Whether one was running.
+    pub(super) fn mark_changed(&self, name: &str) -> bool {
+        self.in_progress
+            .lock()
+            .get_mut(name)
+            .map(|changed| *changed = true)
+            .is_some()
+    }
+
+    /// At the end of `name`'s attempt: if no change was marked, the name
+    /// leaves `in_progress` (in the same step, so a change arriving later
+    /// finds no attempt and is handled by its own) and `true`; else the
+    /// mark is taken and `false`.
+    fn finish_unless_changed(&self, name: &str) -> bool {
+        let mut running = self.in_progress.lock();
+        match running.get_mut(name) {
+            Some(changed) if *changed => {
+                *changed = false;
+                false
+            }
+            _ => {
+                running.remove(name);
+                true
             }
         }
     }
 
-    /// After an attempt: if the name changed while it ran, what the attempt
-    /// did may rest on the state before the change (a refusal read from a
-    /// cache entry the NOTIFY had not yet dropped; a certificate stored
-    /// for a name removed meanwhile, which storing made live again), so
-    /// the change is handled again: a name no longer served is retired, a
-    /// served one is cleared of any refusal and attempted once more
-    /// (`true`). Changes arriving meanwhile are handled in turn.
-    async fn changed_during(&self, name: &str) -> bool {
-        loop {
-            let changed = self.in_progress.lock().get_mut(name).is_some_and(std::mem::take);
-            if !changed || self.attempts.is_closed() {
-                return false;
-            }
-            match self.served(name).await {
-                Some(true) => {
-                    if let Err(e) = self.welcome_back(name).await {
-                        tracing::warn!(name, error = %e, "ACME: cannot clear the name's retirement");
-                    }
-                    return true;
+    /// A change to `name` heard during its attempt, handled after it: the
+    /// attempt may have refused the name on a cache entry the NOTIFY had
+    /// not yet dropped, or stored a certificate for a name removed
+    /// meanwhile (storing makes it live again). A name no longer served is
+    /// retired (at shutdown too: a certificate stored in the last moments
+    /// is not left live); a served one is cleared of its refusal and
+    /// attempted once more (`true`), unless the gateway is stopping.
+    async fn after_change(&self, name: &str) -> bool {
+        match self.served(name).await {
+            Some(true) if !self.attempts.is_closed() => {
+                if let Err(e) = self.welcome_back(name).await {
+                    tracing::warn!(name, error = %e, "ACME: cannot clear the name's retirement");
                 }
-                Some(false) => {
-                    if let Err(e) = self.retire(name).await {
-                        tracing::error!(name, error = %e, "ACME: cannot retire the certificate of a removed name");
-                    }
-                }
-                None => return false,
+                !self.attempts.is_closed()
             }
+            Some(false) => {
+                if let Err(e) = self.retire(name).await {
+                    tracing::error!(name, error = %e, "ACME: cannot retire the certificate of a removed name");
+                }
+                false
+            }
+            _ => false,
         }
     }
 
@@ -365,19 +387,11 @@ impl Acme {
             .await?;
             return Ok(());
         }
-        // Registered; a refusal by the guard is cleared: the name is
-        // eligible now (refused on a cache entry that a change to the name
-        // has since dropped, the change's own attempt may be this one).
         bounded(
             "registering the name",
-            sqlx::query(
-                "INSERT INTO tenant_gateway.acme_names (name) VALUES ($1)
-                 ON CONFLICT (name) DO UPDATE SET next_attempt_at = now(), last_error = NULL, updated_at = now()
-                  WHERE acme_names.last_error = $2 AND acme_names.lease_owner IS NULL",
-            )
-            .bind(name)
-            .bind(NOT_ELIGIBLE)
-            .execute(&self.db),
+            sqlx::query("INSERT INTO tenant_gateway.acme_names (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
+                .bind(name)
+                .execute(&self.db),
         )
         .await?;
         let (due, forced): (bool, bool) = bounded(
@@ -641,11 +655,16 @@ impl Acme {
 struct InProgress<'a> {
     set: &'a Mutex<HashMap<String, bool>>,
     name: &'a str,
+    /// Cleared once the attempt has left the map itself: a later attempt
+    /// for the name may hold the entry by the time this drops.
+    armed: bool,
 }
 
 impl Drop for InProgress<'_> {
     fn drop(&mut self) {
-        self.set.lock().remove(self.name);
+        if self.armed {
+            self.set.lock().remove(self.name);
+        }
     }
 }
 
@@ -671,6 +690,7 @@ mod tests {
             let _running = InProgress {
                 set: &held,
                 name: "a.example",
+                armed: true,
             };
             panic!("the ACME client panicked");
         })
