@@ -22,6 +22,7 @@ pub mod conn;
 pub mod decide;
 pub mod headers;
 pub mod hostnames;
+pub mod inflight;
 pub mod limits;
 pub mod metrics;
 pub mod pages;

@@ -140,30 +140,15 @@ impl Store {
         // so each status's prepared statement keeps the plan its rows call
         // for: with the status as a parameter the generic plan PostgreSQL
         // settles on after five runs walks the primary key for every status.
-        let after = after.unwrap_or_default();
-        let rows = match status {
-            Some(status) => {
-                sqlx::query(&format!(
-                    "SELECT {COLUMNS} FROM tenant_gateway.custom_hostnames \
-                      WHERE status = '{}' AND name > $1 ORDER BY name LIMIT $2",
-                    status.as_str()
-                ))
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&self.db)
-                .await?
-            }
-            None => {
-                sqlx::query(&format!(
-                    "SELECT {COLUMNS} FROM tenant_gateway.custom_hostnames \
-                      WHERE name > $1 ORDER BY name LIMIT $2"
-                ))
-                .bind(after)
-                .bind(limit)
-                .fetch_all(&self.db)
-                .await?
-            }
-        };
+        let of_status = status.map_or(String::new(), |s| format!("status = '{}' AND ", s.as_str()));
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM tenant_gateway.custom_hostnames \
+              WHERE {of_status}name > $1 ORDER BY name LIMIT $2"
+        ))
+        .bind(after.unwrap_or_default())
+        .bind(limit)
+        .fetch_all(&self.db)
+        .await?;
         rows.iter().map(claim).collect()
     }
 

@@ -17,12 +17,10 @@
 //! changed during the check), the LISTEN connection by a probe; a stalled database or
 //! resolver delays this gateway's checks, never stops them.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use sqlx::postgres::PgListener;
 use sqlx::{PgPool, Row};
 
@@ -73,11 +71,11 @@ pub struct Worker {
     counts_stale: AtomicBool,
     /// The LISTEN connection is up: a change would be heard.
     listening: AtomicBool,
-    /// Names this gateway is checking; `true`: their domain row or tenant
-    /// changed during the check ([`Worker::names_changed`]), so what the
-    /// check read may predate the change and the claim is looked at again
-    /// once its outcome is written.
-    checking: Mutex<HashMap<String, bool>>,
+    /// Names this gateway is checking, marked when their domain row or
+    /// tenant changes during the check ([`Worker::names_changed`]): what
+    /// the check read may predate the change, so the claim is looked at
+    /// again once its outcome is written.
+    checking: crate::inflight::InFlight,
 }
 
 impl Worker {
@@ -105,7 +103,7 @@ impl Worker {
             metrics,
             counts_stale: AtomicBool::new(true),
             listening: AtomicBool::new(false),
-            checking: Mutex::default(),
+            checking: crate::inflight::InFlight::default(),
         }
     }
 
@@ -207,8 +205,11 @@ impl Worker {
 
     async fn handle(&self, c: Claim) {
         // Left however the handling ends (its deadline included: the
-        // claim's lease then runs out and it is checked afresh).
-        let _checking = Checking::new(&self.checking, &c.name);
+        // claim's lease then runs out and it is checked afresh). Checks of
+        // one name never overlap here (a round ends before the next leases),
+        // so the registration is this check's.
+        self.checking.start(&c.name);
+        let mut checking = self.checking.running(&c.name);
         let now = unix_now();
         let interval = self.cfg.check_interval;
         let (next, detail, other, delay) = match c.status {
@@ -253,10 +254,8 @@ impl Worker {
         // A change heard during the check found nothing to move (the claim
         // not yet `verified`, or already due while it was being checked):
         // its look is taken now that the outcome is written. (A change
-        // heard from here on finds the written claim itself.) Checks of one
-        // name never overlap here: a round ends before the next leases.
-        let changed = self.checking.lock().get_mut(&c.name).is_some_and(std::mem::take);
-        if changed {
+        // heard from here on finds the written claim itself.)
+        if !checking.finish_unless_changed() {
             self.look_now(std::slice::from_ref(&c.name)).await;
         }
     }
@@ -269,14 +268,11 @@ impl Worker {
     /// Claims being checked here are marked: their check may have read the
     /// state before the change, and is followed by a look of its own.
     pub fn names_changed(self: &Arc<Self>, names: Vec<String>) {
-        let marked: Vec<String> = {
-            let mut checking = self.checking.lock();
-            names
-                .iter()
-                .filter(|name| checking.get_mut(*name).map(|changed| *changed = true).is_some())
-                .cloned()
-                .collect()
-        };
+        let marked: Vec<String> = names
+            .iter()
+            .filter(|name| self.checking.mark_changed(name))
+            .cloned()
+            .collect();
         let me = self.clone();
         tokio::spawn(async move {
             me.look_now(&names).await;
@@ -367,25 +363,6 @@ fn unroutable(c: &Claim) -> String {
         "ownership proven; the domain table does not map {} to tenant {} yet",
         c.name, c.tenant
     )
-}
-
-/// A name's place in `Worker::checking` while its claim is handled.
-struct Checking<'a> {
-    map: &'a Mutex<HashMap<String, bool>>,
-    name: &'a str,
-}
-
-impl<'a> Checking<'a> {
-    fn new(map: &'a Mutex<HashMap<String, bool>>, name: &'a str) -> Checking<'a> {
-        map.lock().insert(name.to_owned(), false);
-        Checking { map, name }
-    }
-}
-
-impl Drop for Checking<'_> {
-    fn drop(&mut self) {
-        self.map.lock().remove(self.name);
-    }
 }
 
 #[cfg(test)]

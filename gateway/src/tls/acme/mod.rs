@@ -324,9 +324,9 @@ pub struct Acme {
     account: tokio::sync::Mutex<Option<Account>>,
     wanted: mpsc::UnboundedSender<(String, bool)>,
     wanted_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, bool)>>>,
-    /// Names with an attempt running; `true`: the name changed while it
-    /// ran, and is looked at again when it ends (`Acme::mark_changed`).
-    in_progress: Mutex<HashMap<String, bool>>,
+    /// Names with an attempt running, marked when they change meanwhile
+    /// (`Acme::mark_changed`): looked at again when it ends.
+    in_progress: crate::inflight::InFlight,
     /// The running attempts, and their stop at shutdown (`Acme::stop`).
     attempts: tokio_util::task::TaskTracker,
     stopping: tokio_util::sync::CancellationToken,
@@ -396,7 +396,7 @@ impl Acme {
             account: tokio::sync::Mutex::new(None),
             wanted: tx,
             wanted_rx: Mutex::new(Some(rx)),
-            in_progress: Mutex::default(),
+            in_progress: crate::inflight::InFlight::default(),
             attempts: tokio_util::task::TaskTracker::new(),
             stopping: tokio_util::sync::CancellationToken::new(),
             waiting: Mutex::default(),

@@ -219,26 +219,15 @@ impl Acme {
     /// to the name meanwhile: [`Acme::mark_changed`]; a forced renewal asked
     /// for meanwhile is taken by the next scan).
     pub(super) fn spawn_attempt(self: &Arc<Self>, name: String, force: bool) {
-        if self.attempts.is_closed() {
+        if self.attempts.is_closed() || !self.in_progress.start(&name) {
             return;
-        }
-        match self.in_progress.lock().entry(name.clone()) {
-            std::collections::hash_map::Entry::Occupied(_) => return,
-            std::collections::hash_map::Entry::Vacant(free) => {
-                free.insert(false);
-            }
         }
         let me = self.clone();
         self.attempts.spawn(async move {
             // Released however the attempt ends, a panic included (one in
             // the ACME client on a CA's odd answer must not leave the name
-            // never attempted again by this process); an attempt that ends
-            // normally leaves in `finish_unless_changed`, and disarms it.
-            let mut running = InProgress {
-                set: &me.in_progress,
-                name: &name,
-                armed: true,
-            };
+            // never attempted again by this process).
+            let mut running = me.in_progress.running(&name);
             let mut force = force;
             loop {
                 tokio::select! {
@@ -257,8 +246,7 @@ impl Acme {
                 // did may rest on the state before the change, so the change
                 // is handled again, as often as changes keep arriving.
                 loop {
-                    if me.finish_unless_changed(&name) {
-                        running.armed = false;
+                    if running.finish_unless_changed() {
                         return;
                     }
                     if me.after_change(&name).await {
@@ -275,29 +263,7 @@ impl Acme {
     /// claim): when it ends, the change is looked at again
     /// ([`Acme::after_change`]). Whether one was running.
     pub(super) fn mark_changed(&self, name: &str) -> bool {
-        self.in_progress
-            .lock()
-            .get_mut(name)
-            .map(|changed| *changed = true)
-            .is_some()
-    }
-
-    /// At the end of `name`'s attempt: if no change was marked, the name
-    /// leaves `in_progress` (in the same step, so a change arriving later
-    /// finds no attempt and is handled by its own) and `true`; else the
-    /// mark is taken and `false`.
-    fn finish_unless_changed(&self, name: &str) -> bool {
-        let mut running = self.in_progress.lock();
-        match running.get_mut(name) {
-            Some(changed) if *changed => {
-                *changed = false;
-                false
-            }
-            _ => {
-                running.remove(name);
-                true
-            }
-        }
+        self.in_progress.mark_changed(name)
     }
 
     /// A change to `name` heard during its attempt, handled after it: the
@@ -651,23 +617,6 @@ impl Acme {
     }
 }
 
-/// A name's place in `in_progress` while its attempt runs.
-struct InProgress<'a> {
-    set: &'a Mutex<HashMap<String, bool>>,
-    name: &'a str,
-    /// Cleared once the attempt has left the map itself: a later attempt
-    /// for the name may hold the entry by the time this drops.
-    armed: bool,
-}
-
-impl Drop for InProgress<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            self.set.lock().remove(self.name);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -677,25 +626,5 @@ mod tests {
         // Before the order: claim, certificate load, rate limit, order row;
         // after it: the final record, tried twice.
         assert!(LEASE >= ORDER_DEADLINE + QUERY_DEADLINE * 6);
-    }
-
-    #[tokio::test]
-    async fn a_panicking_attempt_leaves_its_name_free() {
-        let set = Arc::new(Mutex::new(HashMap::from([
-            ("a.example".to_owned(), false),
-            ("b.example".to_owned(), true),
-        ])));
-        let held = set.clone();
-        let ended = tokio::spawn(async move {
-            let _running = InProgress {
-                set: &held,
-                name: "a.example",
-                armed: true,
-            };
-            panic!("the ACME client panicked");
-        })
-        .await;
-        assert!(ended.unwrap_err().is_panic());
-        assert_eq!(*set.lock(), HashMap::from([("b.example".to_owned(), true)]));
     }
 }
