@@ -105,6 +105,7 @@ fn tls_listener(
         timeouts: Timeouts {
             head: cfg.request_head_timeout,
             idle: cfg.idle_timeout,
+            send: cfg.send_timeout,
             min_body_rate: cfg.min_body_rate,
             body_grace: cfg.body_rate_grace,
         },

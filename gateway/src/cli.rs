@@ -590,6 +590,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
     let timeouts = conn::deadline::Timeouts {
         head: cfg.limits.request_head_timeout,
         idle: cfg.limits.idle_timeout,
+        send: cfg.limits.send_timeout,
         min_body_rate: cfg.limits.min_body_rate,
         body_grace: cfg.limits.body_rate_grace,
     };
@@ -693,6 +694,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         tls: tls_routing,
         acme: acme.clone(),
         limits: limits.clone(),
+        send_timeout: cfg.limits.send_timeout,
     };
     // HTTP/2 connections carry no HTTP/1 head deadlines; their idle bound is h2's own.
     let server_conf = server.configuration.clone();

@@ -5,13 +5,18 @@
 //!    challenge, landing, redirect), resolve the tenant through the cache,
 //!    ask `decide` again (a page: 400/403/404/410/421/503 without touching a
 //!    backend, a redirect, or the tenant's pool), then the tenant's limits.
+//!    An HTTP/2 stream's response writes get the send timeout (a client
+//!    keeping one stream's window shut; the socket's own stalls are
+//!    [`crate::conn::stream`]'s).
 //! 2. `upstream_peer`: next healthy backend of that pool not tried yet.
 //! 3. `upstream_request_filter`: apply [`crate::headers`]' edits (strip
 //!    every client tenant header, forwarding headers, request id, Host,
 //!    origin-form target, the `X-Tenant` stamp).
 //! 4. `response_filter`: while the process shuts down, responses say
 //!    `Connection: close` so keep-alive clients reconnect elsewhere.
-//! 5. `fail_to_proxy`: 502/504 pages for backend failures and timeouts.
+//! 5. `fail_to_proxy`: 502/504 pages for backend failures and timeouts; a
+//!    client that took none of its response within the send timeout gets
+//!    nothing more.
 //! 6. `logging`: one access-log line per request.
 //!
 //! Size: this is the one module that speaks Pingora's `ProxyHttp`; it holds
@@ -59,6 +64,8 @@ pub struct Gateway {
     pub acme: Option<Arc<crate::tls::acme::Acme>>,
     /// Per-tenant rate and concurrency limits.
     pub limits: Arc<Limits>,
+    /// `limits.send_timeout_ms`, for HTTP/2 streams.
+    pub send_timeout: std::time::Duration,
 }
 
 /// What the request path needs to know about TLS.
@@ -490,6 +497,11 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Box<Ctx>) -> Result<bool> {
+        // A stream whose window the client keeps shut leaves its socket
+        // free, so only Pingora's per-write timeout sees it.
+        if session.is_http2() {
+            session.set_write_timeout(Some(self.send_timeout));
+        }
         match self.route(session, ctx).await {
             None => Ok(false),
             // Boxed: this future is allocated per request and is as large
@@ -618,6 +630,12 @@ impl ProxyHttp for Gateway {
                 if *e.esource() == pingora_error::ErrorSource::Upstream =>
             {
                 504
+            }
+            // An HTTP/2 stream the client took none of (the socket's own
+            // stall fails as a write error): nothing more can reach it.
+            ErrorType::WriteTimedout if *e.esource() == pingora_error::ErrorSource::Downstream => {
+                self.metrics.deadline_hits.with_label_values(&["send"]).inc();
+                0
             }
             _ => match e.esource() {
                 pingora_error::ErrorSource::Upstream => 502,

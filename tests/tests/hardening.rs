@@ -1,6 +1,7 @@
 //! Availability under a hostile client or a stalled dependency: one client
 //! over its connection cap, a trickled request head, a script holding the
-//! admin listener, a frozen (SIGSTOP) or
+//! admin listener, a client that reads none of its responses (HTTP/1.1 and
+//! HTTP/2) in front of a backend with few workers, a frozen (SIGSTOP) or
 //! stopped PostgreSQL, a bad row, path and SNI tricks. Two tenants in every
 //! test; the other tenant must keep being served correctly and promptly.
 
@@ -605,4 +606,158 @@ fn a_client_holding_the_admin_listener_is_capped_and_cut_and_tenants_never_notic
     let capped = s.metric("tenant_gateway_connections_refused_total", refused);
     let cut = s.metric("tenant_gateway_deadline_hits_total", &[("kind", "request_head")]);
     assert!(cut >= 1.0 && capped + cut >= 5.0, "refused {capped}, cut {cut}");
+}
+
+/// A backend of `workers` threads, each serving one connection at a time
+/// and closing it after one response, like a pre-forked app server without
+/// keep-alive: `GET /big` answers 256 MiB, anything else a few bytes. Counts
+/// the big responses whose connection the gateway closed mid-way.
+struct FewWorkers {
+    port: u16,
+    hung_up: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FewWorkers {
+    fn start(workers: usize) -> FewWorkers {
+        let listener = Arc::new(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+        let port = listener.local_addr().unwrap().port();
+        let hung_up = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for _ in 0..workers {
+            let (listener, hung_up) = (listener.clone(), hung_up.clone());
+            std::thread::spawn(move || {
+                while let Ok((mut conn, _)) = listener.accept() {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                    // Longer than the test: a worker the gateway never lets
+                    // go of stays held while the test looks.
+                    let _ = conn.set_write_timeout(Some(Duration::from_secs(120)));
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    if !head.starts_with(b"GET /big ") {
+                        let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+                        continue;
+                    }
+                    let chunk = [b'x'; 64 * 1024];
+                    let mut out =
+                        conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 268435456\r\nConnection: close\r\n\r\n");
+                    for _ in 0..4096 {
+                        if out.is_err() {
+                            break;
+                        }
+                        out = conn.write_all(&chunk);
+                    }
+                    if let Err(e) = out {
+                        use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
+                        if matches!(e.kind(), BrokenPipe | ConnectionReset) {
+                            hung_up.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                    }
+                }
+            });
+        }
+        FewWorkers { port, hung_up }
+    }
+
+    fn hung_up(&self) -> usize {
+        self.hung_up.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Open HTTP/2 streams for `GET /big` on `host` and never read them: the
+/// client's windows (64 KiB per stream and connection) stay shut while its
+/// connection is driven on `rt` (so the socket itself keeps being read).
+/// The handles keep the streams open until dropped.
+fn h2_unread_streams(
+    rt: &tokio::runtime::Runtime,
+    ca: &std::path::Path,
+    port: u16,
+    host: &str,
+    n: usize,
+) -> Vec<Box<dyn std::any::Any + Send>> {
+    let cfg = client_config(ca, &["h2"]);
+    let host = host.to_owned();
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from(host.clone()).unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let (mut client, conn) = h2::client::handshake(tls).await.unwrap();
+        tokio::spawn(conn);
+        let mut held: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+        for _ in 0..n {
+            client = client.ready().await.unwrap();
+            let req = ::http::Request::get(format!("https://{host}/big")).body(()).unwrap();
+            let (response, stream) = client.send_request(req, true).unwrap();
+            held.push(Box::new((response, stream)));
+        }
+        held.push(Box::new(client));
+        held
+    })
+}
+
+#[test]
+fn a_client_that_reads_none_of_its_responses_is_cut_and_the_shared_backend_freed() {
+    // Both tenants share one backend of two workers; each big response
+    // holds one until the gateway lets go of it.
+    let backend = FewWorkers::start(2);
+    let s = Stack::builder()
+        .apps(0)
+        .tls("")
+        .pools(pools_toml(&[("default", &[backend.port])]))
+        .config("[limits]\nsend_timeout_ms = 1500\n")
+        .start();
+    s.gw.wait_backend("default", backend.port, true, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    let other_served = |what: &str| {
+        wait_until(what, Duration::from_secs(30), || {
+            s.https()
+                .get(&s.https_url("mclaren.myapp.localhost", "/"))
+                .send()
+                .is_ok_and(|r| r.status == 200 && r.body == "ok")
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    };
+    other_served("the other tenant served before");
+    let hung_up_after = |what: &str, n: usize| {
+        wait_until(what, Duration::from_secs(30), || backend.hung_up() >= n)
+            .unwrap_or_else(|e| panic!("{e} ({} hung up)\n{}", backend.hung_up(), s.gw.proc_.log()));
+    };
+
+    // HTTP/1.1: two connections ask for the big response and read nothing
+    // (their sockets fill up): both workers are held until each
+    // connection is cut at its send timeout.
+    let cfg = Arc::new(client_config(s.ca(), &["http/1.1"]));
+    let mut unread = Vec::new();
+    for _ in 0..2 {
+        let name = rustls::pki_types::ServerName::try_from("ferrari.myapp.localhost").unwrap();
+        let conn = rustls::ClientConnection::new(cfg.clone(), name).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(("127.0.0.1", s.gw.tls_port)).unwrap());
+        tls.write_all(b"GET /big HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\n\r\n")
+            .unwrap();
+        tls.flush().unwrap();
+        unread.push(tls);
+    }
+    hung_up_after("both big HTTP/1.1 responses let go of", 2);
+    other_served("the other tenant served after the HTTP/1.1 clients were cut");
+    assert!(s.metric("tenant_gateway_deadline_hits_total", &[("kind", "send")]) >= 2.0);
+
+    // HTTP/2: the socket keeps being read, but the client never opens the
+    // streams' windows; each stream is cut at its send timeout.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let streams = h2_unread_streams(&rt, s.ca(), s.gw.tls_port, "ferrari.myapp.localhost", 2);
+    hung_up_after("both big HTTP/2 responses let go of", 4);
+    other_served("the other tenant served after the HTTP/2 streams were cut");
+    assert!(s.metric("tenant_gateway_deadline_hits_total", &[("kind", "send")]) >= 4.0);
+    drop((streams, unread));
 }

@@ -469,6 +469,10 @@ pub struct LimitsConfig {
     /// A keep-alive connection with no next request is closed after this.
     #[serde(rename = "idle_timeout_ms", with = "units::ms")]
     pub idle_timeout: Duration,
+    /// A response the client takes none of for this long is cut: the
+    /// connection (a full socket), or the HTTP/2 stream (a closed window).
+    #[serde(rename = "send_timeout_ms", with = "units::ms")]
+    pub send_timeout: Duration,
     /// Minimum average request-body rate in bytes per second, counting only
     /// time spent waiting for the client; 0 disables.
     pub min_body_rate: u64,
@@ -529,6 +533,7 @@ impl Default for LimitsConfig {
             max_connections_per_ip: None,
             request_head_timeout: Duration::from_millis(10_000),
             idle_timeout: Duration::from_millis(60_000),
+            send_timeout: Duration::from_millis(60_000),
             min_body_rate: 500,
             body_rate_grace: Duration::from_millis(10_000),
             tenant: TenantLimitsConfig::default(),

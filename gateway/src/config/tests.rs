@@ -180,6 +180,10 @@ fn errors_name_the_key() {
             "limits.request_head_timeout_ms",
         ),
         (
+            format!("{MIN}[limits]\nsend_timeout_ms = 0\n"),
+            "limits.send_timeout_ms",
+        ),
+        (
             format!("{MIN}[database]\nlookup_deadline_ms = 0\n"),
             "database.lookup_deadline_ms",
         ),

@@ -294,6 +294,7 @@ impl Config {
         for (key, v) in [
             ("limits.request_head_timeout_ms", l.request_head_timeout),
             ("limits.idle_timeout_ms", l.idle_timeout),
+            ("limits.send_timeout_ms", l.send_timeout),
             ("database.lookup_deadline_ms", self.database.lookup_deadline),
             ("database.health_check_interval_ms", self.database.health_check_interval),
             ("database.health_check_timeout_ms", self.database.health_check_timeout),

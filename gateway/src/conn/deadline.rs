@@ -21,6 +21,12 @@
 //! - `WebSocket`: upgraded to WebSocket (closed politely at shutdown, see
 //!   [`super::ws`]); `Tunnel`: another upgrade, or HTTP/2. None of the
 //!   deadlines above applies to either.
+//!
+//! Writing has one deadline in every phase and protocol ([`Stall`]): a
+//! client that takes none of what is written to it (its socket stays full)
+//! for `send` is cut, so it cannot hold the response, and the backend
+//! connection behind it, forever. Pingora bounds writes only when asked,
+//! per write and not its final flush; this is the socket's own view.
 
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
@@ -32,6 +38,8 @@ use memchr::memmem::Finder;
 pub struct Timeouts {
     pub head: Duration,
     pub idle: Duration,
+    /// A write the client takes nothing of ([`Stall`]).
+    pub send: Duration,
     /// Bytes per second; 0 disables the body rate check.
     pub min_body_rate: u64,
     pub body_grace: Duration,
@@ -283,6 +291,39 @@ impl ConnDeadlines {
     }
 }
 
+/// How long the client has taken none of what is written to it: since the
+/// first write or flush that could not proceed, until one proceeds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stall {
+    since: Option<Instant>,
+}
+
+impl Stall {
+    /// A write or flush proceeded.
+    #[inline]
+    pub fn progressed(&mut self) {
+        if self.since.is_some() {
+            self.since = None;
+        }
+    }
+
+    /// A write or flush cannot proceed at `now`: `Ok(deadline)` to wake at
+    /// and look again, [`Overdue`] once the client has taken nothing for
+    /// `limit` (the connection is to be cut).
+    pub fn pending(&mut self, now: Instant, limit: Duration) -> Result<Instant, Overdue> {
+        let deadline = *self.since.get_or_insert(now) + limit;
+        if now >= deadline {
+            Err(Overdue)
+        } else {
+            Ok(deadline)
+        }
+    }
+}
+
+/// The client took nothing written to it for the send timeout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overdue;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +331,7 @@ mod tests {
     const T: Timeouts = Timeouts {
         head: Duration::from_secs(10),
         idle: Duration::from_secs(60),
+        send: Duration::from_secs(60),
         min_body_rate: 100,
         body_grace: Duration::from_secs(5),
     };
@@ -503,5 +545,22 @@ mod tests {
         c.on_data(b"GET / HTTP/1.1\r\nupgrade: h2c\r\n\r\n", || t0);
         c.on_write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n");
         assert_eq!(c.phase(), Phase::Tunnel);
+    }
+
+    #[test]
+    fn a_stall_counts_from_its_first_pending_write_until_one_proceeds() {
+        let t0 = Instant::now();
+        let limit = Duration::from_secs(60);
+        let mut s = Stall::default();
+        assert_eq!(s.pending(t0, limit), Ok(secs(t0, 60)));
+        // Still the first one's deadline, however often it is asked.
+        assert_eq!(s.pending(secs(t0, 30), limit), Ok(secs(t0, 60)));
+        assert_eq!(s.pending(secs(t0, 60), limit), Err(Overdue));
+        // Progress starts the count again.
+        s.progressed();
+        assert_eq!(s.pending(secs(t0, 61), limit), Ok(secs(t0, 121)));
+        s.progressed();
+        s.progressed();
+        assert_eq!(s, Stall::default());
     }
 }

@@ -259,6 +259,7 @@ impl<A: ServerApp + Send + Sync + 'static, H: Handshake> Service for Listener<A,
                 permit,
                 drain: self.drain.clone(),
                 metrics: self.metrics.clone(),
+                send_timeout: timeouts.send,
             };
             let (open, shutdown) = (open.clone(), shutdown.clone());
             let accepted_at = Instant::now();

@@ -1,5 +1,6 @@
 //! [`Guarded`]: the stream every public connection is served through. It
-//! enforces the connection's deadlines ([`super::deadline`]), holds its
+//! enforces the connection's deadlines ([`super::deadline`]: reading, and
+//! the send timeout on every write and flush), holds its
 //! place under the connection caps ([`super::limits`]) for as long as it
 //! lives, and carries the facts of the connection (TLS, SNI) to the request
 //! path inside the connection's own digest, so nothing per connection lives
@@ -30,7 +31,7 @@ use pingora_http::ResponseHeader;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-use super::deadline::{ConnDeadlines, Phase, Verdict};
+use super::deadline::{ConnDeadlines, Overdue, Phase, Stall, Verdict};
 use super::drain::{Drain, DrainWait};
 use super::limits::ConnPermit;
 use super::ws::{FrameTracker, CLOSE_GOING_AWAY};
@@ -127,6 +128,12 @@ pub struct Guarded<S> {
     closing: Option<usize>,
     /// The reader waiting for a frame boundary to close at.
     close_waker: Option<Waker>,
+    /// `limits.send_timeout_ms`.
+    send_timeout: std::time::Duration,
+    /// Since when the client has taken nothing written to it.
+    stall: Stall,
+    /// Wakes the writer at the stall's deadline (made at the first stall).
+    stall_timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// What a public connection is guarded by.
@@ -134,6 +141,8 @@ pub struct Guards {
     pub permit: ConnPermit,
     pub drain: Arc<Drain>,
     pub metrics: Arc<Metrics>,
+    /// A client that takes nothing written to it for this long is cut.
+    pub send_timeout: std::time::Duration,
 }
 
 impl<S: Ssl> Guarded<S> {
@@ -157,6 +166,9 @@ impl<S: Ssl> Guarded<S> {
             frames: FrameTracker::default(),
             closing: None,
             close_waker: None,
+            send_timeout: guards.send_timeout,
+            stall: Stall::default(),
+            stall_timer: None,
         }
     }
 }
@@ -242,6 +254,45 @@ impl<S> Guarded<S> {
     }
 }
 
+impl<S> Guarded<S> {
+    /// What a write, flush or shutdown of the inner stream comes to under
+    /// the send timeout: one that proceeds ends a stall; one that cannot
+    /// counts towards it and wakes the task at its deadline; past that it
+    /// fails, and the connection with it. Only a write that cannot proceed
+    /// reads the clock or touches the timer.
+    fn bounded_write<T>(&mut self, polled: Poll<std::io::Result<T>>, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        if polled.is_ready() {
+            self.stall.progressed();
+            return polled;
+        }
+        match self.stall.pending(Instant::now(), self.send_timeout) {
+            Ok(at) => {
+                let at = tokio::time::Instant::from_std(at);
+                let timer = match &mut self.stall_timer {
+                    Some(t) => {
+                        if t.deadline() != at {
+                            t.as_mut().reset(at);
+                        }
+                        t
+                    }
+                    None => self.stall_timer.insert(Box::pin(tokio::time::sleep_until(at))),
+                };
+                if timer.as_mut().poll(cx).is_ready() {
+                    // Due already: poll again so the write sees it.
+                    cx.waker().wake_by_ref();
+                }
+                Poll::Pending
+            }
+            Err(Overdue) => {
+                self.metrics.deadline_hits.with_label_values(&["send"]).inc();
+                Poll::Ready(Err(timed_out(
+                    "the client took nothing written to it within limits.send_timeout_ms",
+                )))
+            }
+        }
+    }
+}
+
 /// The timer was last polled with this task's waker (`armed`).
 fn armed_for(armed: &Option<Waker>, cx: &Context<'_>) -> bool {
     armed.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
@@ -309,18 +360,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
 impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        match this.deadlines.phase() {
-            Phase::Head | Phase::Body if !buf.is_empty() => this.deadlines.on_write(buf),
-            Phase::WebSocket => return this.poll_write_frames(cx, buf),
-            _ => {}
-        }
-        Pin::new(&mut this.inner).poll_write(cx, buf)
+        let written = match this.deadlines.phase() {
+            Phase::WebSocket => this.poll_write_frames(cx, buf),
+            phase => {
+                if matches!(phase, Phase::Head | Phase::Body) && !buf.is_empty() {
+                    this.deadlines.on_write(buf);
+                }
+                Pin::new(&mut this.inner).poll_write(cx, buf)
+            }
+        };
+        this.bounded_write(written, cx)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        let flushed = Pin::new(&mut this.inner).poll_flush(cx);
+        this.bounded_write(flushed, cx)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        let closed = Pin::new(&mut this.inner).poll_shutdown(cx);
+        this.bounded_write(closed, cx)
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
@@ -336,11 +395,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
             }
             Phase::WebSocket => {
                 let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
-                return this.poll_write_frames(cx, first);
+                let written = this.poll_write_frames(cx, first);
+                return this.bounded_write(written, cx);
             }
             _ => {}
         }
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        this.bounded_write(written, cx)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -378,7 +439,8 @@ impl<S> std::fmt::Debug for Guarded<S> {
 #[async_trait]
 impl<S: Shutdown + Send> Shutdown for Guarded<S> {
     async fn shutdown(&mut self) {
-        self.inner.shutdown().await
+        // Closing writes too (TLS: close_notify): bounded like any write.
+        let _ = tokio::time::timeout(self.send_timeout, self.inner.shutdown()).await;
     }
 }
 

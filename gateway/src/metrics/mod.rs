@@ -201,7 +201,7 @@ impl Metrics {
             deadline_hits: counter_vec(
                 &r,
                 "tenant_gateway_deadline_hits_total",
-                "Client connections cut by a deadline, by kind (tls_handshake, request_head, body_rate, idle).",
+                "Client connections (HTTP/2: streams) cut by a deadline, by kind (tls_handshake, request_head, body_rate, idle, send).",
                 &["kind"],
             ),
             lookup_timeouts: counter(
