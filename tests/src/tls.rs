@@ -57,6 +57,23 @@ pub fn client_config(ca: &Path, alpn: &[&str]) -> rustls::ClientConfig {
 }
 
 /// HTTPS client resolving `hosts` to the gateway's TLS port.
+/// An HTTP/2 connection over TLS (SNI `sni`, trusting `ca`) to
+/// 127.0.0.1:`port`, driven by a task on the current runtime.
+pub async fn h2_connect(ca: &Path, port: u16, sni: &str) -> h2::client::SendRequest<bytes::Bytes> {
+    let cfg = client_config(ca, &["h2"]);
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let name = ServerName::try_from(sni.to_owned()).expect("server name");
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake");
+    let (client, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    tokio::spawn(conn);
+    client
+}
+
 pub fn https_client(ca: &Path, port: u16, hosts: &[&str], alpn: &[&str]) -> super::http::Client {
     let mut b = reqwest::Client::builder()
         .use_preconfigured_tls(client_config(ca, alpn))

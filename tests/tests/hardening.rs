@@ -1,7 +1,9 @@
 //! Availability under a hostile client or a stalled dependency: one client
 //! over its connection cap, a trickled request head, a script holding the
 //! admin listener, a client that reads none of its responses (HTTP/1.1 and
-//! HTTP/2) in front of a backend with few workers, a frozen (SIGSTOP) or
+//! HTTP/2) in front of a backend with few workers, an HTTP/2 client
+//! resetting its streams (at once and after the gateway took them), a
+//! frozen (SIGSTOP) or
 //! stopped PostgreSQL, a bad row, path and SNI tricks. Two tenants in every
 //! test; the other tenant must keep being served correctly and promptly.
 
@@ -11,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use e2e::http;
-use e2e::tls::{client_config, https_client};
+use e2e::tls::{client_config, h2_connect, https_client};
 use e2e::*;
 
 /// Backends on their own cluster (`app_pg`), the gateway's domain table on
@@ -679,17 +681,8 @@ fn h2_unread_streams(
     host: &str,
     n: usize,
 ) -> Vec<Box<dyn std::any::Any + Send>> {
-    let cfg = client_config(ca, &["h2"]);
-    let host = host.to_owned();
     rt.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from(host.clone()).unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
-            .connect(name, tcp)
-            .await
-            .unwrap();
-        let (mut client, conn) = h2::client::handshake(tls).await.unwrap();
-        tokio::spawn(conn);
+        let mut client = h2_connect(ca, port, host).await;
         let mut held: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
         for _ in 0..n {
             client = client.ready().await.unwrap();
@@ -760,4 +753,131 @@ fn a_client_that_reads_none_of_its_responses_is_cut_and_the_shared_backend_freed
     other_served("the other tenant served after the HTTP/2 streams were cut");
     assert!(s.metric("tenant_gateway_deadline_hits_total", &[("kind", "send")]) >= 4.0);
     drop((streams, unread));
+}
+
+/// A backend that holds each request for `hold` before answering (or until
+/// the gateway closes its connection), counting the requests it holds at
+/// once and the most it ever held.
+struct Holder {
+    port: u16,
+    open: Arc<std::sync::atomic::AtomicUsize>,
+    peak: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Holder {
+    fn start(hold: Duration) -> Holder {
+        use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (open, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (o, p) = (open.clone(), peak.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let (open, peak) = (o.clone(), p.clone());
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_millis(50)));
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    let start = Instant::now();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match conn.read(&mut buf) {
+                            Ok(0) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                            Err(_) if start.elapsed() < Duration::from_secs(5) => {}
+                            Err(_) => return,
+                        }
+                    }
+                    if !head.starts_with(b"GET /healthz") {
+                        let now = open.fetch_add(1, SeqCst) + 1;
+                        peak.fetch_max(now, SeqCst);
+                        let start = Instant::now();
+                        let mut gone = false;
+                        while start.elapsed() < hold && !gone {
+                            gone = matches!(conn.read(&mut buf), Ok(0));
+                        }
+                        open.fetch_sub(1, SeqCst);
+                        if gone {
+                            return;
+                        }
+                    }
+                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+                });
+            }
+        });
+        Holder { port, open, peak }
+    }
+}
+
+/// Send `n` requests for `/hold` on one HTTP/2 connection, resetting each
+/// stream after `wait` (none: at once). How many were sent before the
+/// connection ended, and why it ended (empty: it did not).
+fn h2_reset_streams(s: &Stack, n: usize, wait: Option<Duration>) -> (usize, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let mut client = h2_connect(s.ca(), s.gw.tls_port, "ferrari.myapp.localhost").await;
+        for sent in 0..n {
+            client = match client.ready().await {
+                Ok(c) => c,
+                Err(e) => return (sent, e.to_string()),
+            };
+            let req = ::http::Request::get("https://ferrari.myapp.localhost/hold")
+                .body(())
+                .unwrap();
+            let (response, mut stream) = match client.send_request(req, false) {
+                Ok(x) => x,
+                Err(e) => return (sent, e.to_string()),
+            };
+            if let Some(wait) = wait {
+                tokio::time::sleep(wait).await;
+            }
+            stream.send_reset(h2::Reason::CANCEL);
+            drop(response);
+        }
+        (n, String::new())
+    })
+}
+
+#[test]
+fn an_http2_client_resetting_its_streams_leaves_no_work_at_the_backend() {
+    use std::sync::atomic::Ordering::SeqCst;
+    // Each request reaching the backend is held there for 3 s, unless the
+    // gateway hangs up.
+    let backend = Holder::start(Duration::from_secs(3));
+    let s = Stack::builder()
+        .apps(0)
+        .tls("")
+        .pools(pools_toml(&[("default", &[backend.port])]))
+        .start();
+    s.gw.wait_backend("default", backend.port, true, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    // "Rapid reset": streams opened and reset at once, as fast as the
+    // client can. The h2 layer ends the connection once too many resets of
+    // streams not yet accepted pile up; what was accepted is given up.
+    let (sent, ended) = h2_reset_streams(&s, 3_000, None);
+    // Streams reset after the gateway took them: each backend request is
+    // closed as its stream goes, so the backend never holds more than a
+    // few, however many the client opens (without that, all 300 would be
+    // held for 3 s, past the 100 streams the connection may have open).
+    let (later, _) = h2_reset_streams(&s, 300, Some(Duration::from_millis(5)));
+    assert_eq!(later, 300);
+    let peak = backend.peak.load(SeqCst);
+    assert!(
+        peak <= 50,
+        "the backend held {peak} requests at once (rapid reset sent {sent}, ended: {ended:?})"
+    );
+    wait_until("every backend request closed", Duration::from_secs(10), || {
+        backend.open.load(SeqCst) == 0
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    // The other tenant is served as usual.
+    let r = s
+        .https()
+        .get(&s.https_url("mclaren.myapp.localhost", "/"))
+        .send()
+        .unwrap();
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
 }

@@ -350,15 +350,7 @@ fn h2_requests(ca: &Path, port: u16, sni: &str, authorities: &[&str]) -> Vec<u16
         .unwrap();
     rt.block_on(async {
         tokio::time::timeout(BOUND, async {
-            let cfg = e2e::tls::client_config(ca, &["h2"]);
-            let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-            let name = rustls::pki_types::ServerName::try_from(sni.to_owned()).unwrap();
-            let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg))
-                .connect(name, tcp)
-                .await
-                .unwrap();
-            let (mut client, conn) = h2::client::handshake(tls).await.unwrap();
-            tokio::spawn(conn);
+            let mut client = e2e::tls::h2_connect(ca, port, sni).await;
             let mut out = Vec::new();
             for a in authorities {
                 let req = ::http::Request::get(format!("https://{a}/whoami")).body(()).unwrap();

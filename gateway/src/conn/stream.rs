@@ -260,11 +260,20 @@ impl<S> Guarded<S> {
     /// counts towards it and wakes the task at its deadline; past that it
     /// fails, and the connection with it. Only a write that cannot proceed
     /// reads the clock or touches the timer.
+    #[inline]
     fn bounded_write<T>(&mut self, polled: Poll<std::io::Result<T>>, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
         if polled.is_ready() {
             self.stall.progressed();
             return polled;
         }
+        self.stalled(cx).map(Err)
+    }
+
+    /// [`Self::bounded_write`] for a write that cannot proceed: the error
+    /// once the client has taken nothing for the send timeout.
+    #[cold]
+    #[inline(never)]
+    fn stalled(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Error> {
         match self.stall.pending(Instant::now(), self.send_timeout) {
             Ok(at) => {
                 let at = tokio::time::Instant::from_std(at);
@@ -285,9 +294,9 @@ impl<S> Guarded<S> {
             }
             Err(Overdue) => {
                 self.metrics.deadline_hits.with_label_values(&["send"]).inc();
-                Poll::Ready(Err(timed_out(
+                Poll::Ready(timed_out(
                     "the client took nothing written to it within limits.send_timeout_ms",
-                )))
+                ))
             }
         }
     }
@@ -360,15 +369,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
 impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        let written = match this.deadlines.phase() {
-            Phase::WebSocket => this.poll_write_frames(cx, buf),
-            phase => {
-                if matches!(phase, Phase::Head | Phase::Body) && !buf.is_empty() {
-                    this.deadlines.on_write(buf);
-                }
-                Pin::new(&mut this.inner).poll_write(cx, buf)
+        match this.deadlines.phase() {
+            Phase::Head | Phase::Body if !buf.is_empty() => this.deadlines.on_write(buf),
+            Phase::WebSocket => {
+                let written = this.poll_write_frames(cx, buf);
+                return this.bounded_write(written, cx);
             }
-        };
+            _ => {}
+        }
+        let written = Pin::new(&mut this.inner).poll_write(cx, buf);
         this.bounded_write(written, cx)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
