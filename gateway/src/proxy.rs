@@ -631,9 +631,10 @@ impl ProxyHttp for Gateway {
             {
                 504
             }
-            // An HTTP/2 stream the client took none of (the socket's own
-            // stall fails as a write error): nothing more can reach it.
-            ErrorType::WriteTimedout if *e.esource() == pingora_error::ErrorSource::Downstream => {
+            // An HTTP/2 stream the client took none of (proxied, or one of
+            // our own pages; the socket's own stall fails as a write
+            // error): its header went out, nothing more can reach it.
+            ErrorType::WriteTimedout if *e.esource() != pingora_error::ErrorSource::Upstream => {
                 self.metrics.deadline_hits.with_label_values(&["send"]).inc();
                 0
             }

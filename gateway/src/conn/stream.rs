@@ -192,21 +192,30 @@ impl<S: AsyncWrite + Unpin> Guarded<S> {
         let mut written = self.closing.unwrap_or(0);
         while written < CLOSE_GOING_AWAY.len() {
             match Pin::new(&mut self.inner).poll_write(cx, &CLOSE_GOING_AWAY[written..]) {
-                Poll::Ready(Ok(n)) if n > 0 => written += n,
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    self.stall.progressed();
+                    written += n;
+                }
                 // The client is gone: nothing left to be polite to.
                 Poll::Ready(_) => return Some(Poll::Ready(Ok(()))),
                 Poll::Pending => {
                     self.closing = Some(written);
-                    return Some(Poll::Pending);
+                    return Some(self.close_stalled(cx));
                 }
             }
         }
         self.closing = Some(written);
         match Pin::new(&mut self.inner).poll_flush(cx) {
-            Poll::Pending => Some(Poll::Pending),
+            Poll::Pending => Some(self.close_stalled(cx)),
             // End of stream: Pingora ends the tunnel.
             Poll::Ready(_) => Some(Poll::Ready(Ok(()))),
         }
+    }
+
+    /// The close frame cannot be written: wait under the send timeout like
+    /// any write; past it, end the stream without it.
+    fn close_stalled(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.stalled(cx).map(|_| Ok(()))
     }
 }
 
