@@ -97,18 +97,18 @@ impl DnsServer {
     }
 }
 
-/// Read a request head from `s` (up to its blank line, the rest ignored):
-/// whether a whole one came before the end of the stream or an error.
-pub fn read_request_head(s: &mut impl std::io::Read) -> bool {
+/// Read a request head from `s` (up to its blank line, and whatever came
+/// with it): `None` if the stream ended or failed before a whole one came.
+pub fn read_request_head(s: &mut impl std::io::Read) -> Option<Vec<u8>> {
     let mut head = Vec::new();
     let mut buf = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") {
         match s.read(&mut buf) {
-            Ok(0) | Err(_) => return false,
+            Ok(0) | Err(_) => return None,
             Ok(n) => head.extend_from_slice(&buf[..n]),
         }
     }
-    true
+    Some(head)
 }
 
 /// A plain HTTP server answering every request with the current `body`

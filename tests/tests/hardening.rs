@@ -520,7 +520,7 @@ impl Trickler {
                 let Ok(mut conn) = conn else { continue };
                 let stopped = stopped.clone();
                 std::thread::spawn(move || {
-                    if !read_request_head(&mut conn) {
+                    if read_request_head(&mut conn).is_none() {
                         return;
                     }
                     let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n");
@@ -651,14 +651,7 @@ impl FewWorkers {
                     // Longer than the test: a worker the gateway never lets
                     // go of stays held while the test looks.
                     let _ = conn.set_write_timeout(Some(Duration::from_secs(120)));
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
+                    let head = read_request_head(&mut conn).unwrap_or_default();
                     if !head.starts_with(b"GET /big ") {
                         let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
                         continue;
@@ -798,18 +791,14 @@ impl Holder {
                 let Ok(mut conn) = conn else { continue };
                 let (open, peak, received) = (o.clone(), p.clone(), r.clone());
                 std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+                    let Some(head) = read_request_head(&mut conn) else {
+                        return;
+                    };
+                    // Short reads from here: each one looks whether the
+                    // gateway has hung up.
                     let _ = conn.set_read_timeout(Some(Duration::from_millis(50)));
-                    let mut head = Vec::new();
                     let mut buf = [0u8; 1024];
-                    let start = Instant::now();
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match conn.read(&mut buf) {
-                            Ok(0) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                            Err(_) if start.elapsed() < Duration::from_secs(5) => {}
-                            Err(_) => return,
-                        }
-                    }
                     if head.starts_with(b"GET /hold") || head.starts_with(b"POST /hold") {
                         let now = open.fetch_add(1, SeqCst) + 1;
                         peak.fetch_max(now, SeqCst);

@@ -263,19 +263,8 @@ impl Acme {
             for (name, running) in names.into_iter().zip(running) {
                 // Logged once the change is handled here.
                 let logged = running.then(|| name.clone());
-                match me.served(&name).await {
-                    Some(false) => {
-                        if let Err(e) = me.retire(&name).await {
-                            tracing::error!(name, error = %e, "ACME: cannot retire the certificate of a removed name");
-                        }
-                    }
-                    Some(true) => {
-                        if let Err(e) = me.welcome_back(&name).await {
-                            tracing::warn!(name, error = %e, "ACME: cannot clear the name's retirement");
-                        }
-                        me.spawn_attempt(name, false);
-                    }
-                    None => {}
+                if me.handle_change(&name, true).await == Some(true) {
+                    me.spawn_attempt(name, false);
                 }
                 if let Some(name) = logged {
                     tracing::info!(
@@ -285,6 +274,27 @@ impl Acme {
                 }
             }
         });
+    }
+
+    /// A change to `name`, handled: retired if it is no longer served; if it
+    /// is and `welcome`, [`Acme::welcome_back`]. Whether it is served
+    /// (`None`: the database cannot tell).
+    pub(super) async fn handle_change(&self, name: &str, welcome: bool) -> Option<bool> {
+        let served = self.served(name).await;
+        match served {
+            Some(false) => {
+                if let Err(e) = self.retire(name).await {
+                    tracing::error!(name, error = %e, "ACME: cannot retire the certificate of a removed name");
+                }
+            }
+            Some(true) if welcome => {
+                if let Err(e) = self.welcome_back(name).await {
+                    tracing::warn!(name, error = %e, "ACME: cannot clear the name's retirement");
+                }
+            }
+            _ => {}
+        }
+        served
     }
 
     /// A name served (again): a retired certificate of it serves again, and

@@ -274,21 +274,8 @@ impl Acme {
     /// is not left live); a served one is cleared of its refusal and
     /// attempted once more (`true`), unless the gateway is stopping.
     async fn after_change(&self, name: &str) -> bool {
-        match self.served(name).await {
-            Some(true) if !self.attempts.is_closed() => {
-                if let Err(e) = self.welcome_back(name).await {
-                    tracing::warn!(name, error = %e, "ACME: cannot clear the name's retirement");
-                }
-                !self.attempts.is_closed()
-            }
-            Some(false) => {
-                if let Err(e) = self.retire(name).await {
-                    tracing::error!(name, error = %e, "ACME: cannot retire the certificate of a removed name");
-                }
-                false
-            }
-            _ => false,
-        }
+        let stopping = self.attempts.is_closed();
+        self.handle_change(name, !stopping).await == Some(true) && !self.attempts.is_closed()
     }
 
     /// At shutdown, within `budget` (the listeners' grace period, after
