@@ -695,6 +695,12 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         acme: acme.clone(),
         limits: limits.clone(),
         send_timeout: cfg.limits.send_timeout,
+        bodies: crate::body::Buffering {
+            max_bytes: cfg.limits.request_body_buffer_bytes,
+            min_rate: cfg.limits.min_body_rate,
+            grace: cfg.limits.body_rate_grace,
+            idle: cfg.limits.idle_timeout,
+        },
     };
     // HTTP/2 connections carry no HTTP/1 head deadlines; their idle bound is h2's own.
     let server_conf = server.configuration.clone();

@@ -6,7 +6,8 @@
 //!   certificates, ACME), `proxy` (the one module that speaks Pingora's
 //!   `ProxyHttp`), `decide`, `route` and `headers` (the routing decision,
 //!   path policy and header policy, pure), `tenant` (Host → tenant: cache,
-//!   lookup, invalidation), `limits`, `upstream` (pools), `pages`;
+//!   lookup, invalidation), `limits`, `body` (which request bodies are read
+//!   whole first), `upstream` (pools), `pages`;
 //! - around it: `config`, `reload`, `admin` and `admin_client` (the
 //!   operator API), `metrics`, `hostnames` (custom-hostname claims),
 //!   `schema` (the gateway's own tables), `triggers` (django-tenants), `sys`
@@ -15,6 +16,7 @@
 
 pub mod admin;
 pub mod admin_client;
+pub mod body;
 pub mod cli;
 pub mod clock;
 pub mod config;

@@ -4,7 +4,9 @@
 //!    [`crate::decide`] what happens before the lookup (bad host, ACME
 //!    challenge, landing, redirect), resolve the tenant through the cache,
 //!    ask `decide` again (a page: 400/403/404/410/421/503 without touching a
-//!    backend, a redirect, or the tenant's pool), then the tenant's limits.
+//!    backend, a redirect, or the tenant's pool), then the tenant's limits;
+//!    a small request body is then read whole ([`crate::body`]) before a
+//!    backend is chosen.
 //!    An HTTP/2 stream's response writes get the send timeout (a client
 //!    keeping one stream's window shut; the socket's own stalls are
 //!    [`crate::conn::stream`]'s).
@@ -66,6 +68,8 @@ pub struct Gateway {
     pub limits: Arc<Limits>,
     /// `limits.send_timeout_ms`, for HTTP/2 streams.
     pub send_timeout: std::time::Duration,
+    /// Which request bodies are read whole before a backend is chosen.
+    pub bodies: crate::body::Buffering,
 }
 
 /// What the request path needs to know about TLS.
@@ -388,6 +392,35 @@ impl Gateway {
         None
     }
 
+    /// Reads the request's body (`len` bytes, at most Pingora's request body
+    /// buffer) into that buffer, from which Pingora sends it on: no backend
+    /// is chosen or held while the client sends. A body not complete
+    /// within its deadline is answered 408.
+    async fn read_body_first(&self, session: &mut Session, len: u64) -> Result<()> {
+        if crate::body::expects_continue(session.req_header().version, &session.req_header().headers) {
+            // The client waits for this before it sends; the backend gets
+            // the body at once, so it is not asked to say it too.
+            session.write_continue_response().await?;
+            session.req_header_mut().remove_header(&http::header::EXPECT);
+        }
+        session.enable_retry_buffering();
+        let deadline = self.bodies.deadline(len);
+        let read = async {
+            while session.read_request_body().await?.is_some() {}
+            Ok(())
+        };
+        match tokio::time::timeout(deadline, read).await {
+            Ok(read) => read,
+            Err(_) => {
+                self.metrics.deadline_hits.with_label_values(&["body_rate"]).inc();
+                Error::e_explain(
+                    ErrorType::HTTPStatus(408),
+                    format!("request body of {len} bytes not complete within {deadline:?}"),
+                )
+            }
+        }
+    }
+
     /// Writes what [`Self::route`] decided to answer.
     async fn reply(&self, session: &mut Session, ctx: &mut Ctx, reply: Reply) -> Result<bool> {
         match reply {
@@ -503,6 +536,13 @@ impl ProxyHttp for Gateway {
             session.set_write_timeout(Some(self.send_timeout));
         }
         match self.route(session, ctx).await {
+            // Proxied. A small body is read whole first (`crate::body`);
+            // boxed, as this future is allocated per request and only a
+            // request with a body needs the read's state.
+            None if !session.is_body_empty() => match self.bodies.length(&session.req_header().headers) {
+                Some(len) => Box::pin(self.read_body_first(session, len)).await.map(|()| false),
+                None => Ok(false),
+            },
             None => Ok(false),
             // Boxed: this future is allocated per request and is as large
             // as the largest thing it awaits; writing a response inline

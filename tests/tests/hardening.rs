@@ -2,8 +2,9 @@
 //! over its connection cap, a trickled request head, a script holding the
 //! admin listener, a client that reads none of its responses (HTTP/1.1 and
 //! HTTP/2) in front of a backend with few workers, an HTTP/2 client
-//! resetting its streams (at once and after the gateway took them), an
-//! HTTP/2 request body that stops, a frozen (SIGSTOP) or
+//! resetting its streams (at once and after the gateway took them), slow
+//! and stopped request bodies (read whole before a backend is chosen, over
+//! HTTP/1.1 and HTTP/2), a large HTTP/2 request body that stops, a frozen (SIGSTOP) or
 //! stopped PostgreSQL, a bad row, path and SNI tricks. Two tenants in every
 //! test; the other tenant must keep being served correctly and promptly.
 
@@ -631,11 +632,44 @@ fn driving_runtime() -> tokio::runtime::Runtime {
 
 /// A backend of `workers` threads, each serving one connection at a time
 /// and closing it after one response, like a pre-forked app server without
-/// keep-alive: `GET /big` answers 256 MiB, anything else a few bytes. Counts
-/// the big responses whose connection the gateway closed mid-way.
+/// keep-alive: `GET /big` answers 256 MiB, a `POST` reads its body (its
+/// `Content-Length`, however long that takes) and answers `got <bytes>`,
+/// anything else a few bytes. Counts the big responses whose connection
+/// the gateway closed mid-way, and the posts received.
 struct FewWorkers {
     port: u16,
     hung_up: Arc<std::sync::atomic::AtomicUsize>,
+    posts: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+/// The `Content-Length` of a request head (0 without one).
+fn content_length(head: &[u8]) -> usize {
+    String::from_utf8_lossy(head)
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        })
+        .unwrap_or(0)
+}
+
+/// Read the rest of a body of `len` bytes, `head` (as read) holding its
+/// start; how many bytes came.
+fn read_body(conn: &mut TcpStream, head: &[u8], len: usize) -> usize {
+    let start = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(head.len(), |i| i + 4);
+    let mut got = head.len() - start;
+    let mut buf = [0u8; 4096];
+    while got < len {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    got
 }
 
 impl FewWorkers {
@@ -643,8 +677,9 @@ impl FewWorkers {
         let listener = Arc::new(std::net::TcpListener::bind("127.0.0.1:0").unwrap());
         let port = listener.local_addr().unwrap().port();
         let hung_up = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let posts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         for _ in 0..workers {
-            let (listener, hung_up) = (listener.clone(), hung_up.clone());
+            let (listener, hung_up, posts) = (listener.clone(), hung_up.clone(), posts.clone());
             std::thread::spawn(move || {
                 while let Ok((mut conn, _)) = listener.accept() {
                     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
@@ -652,6 +687,18 @@ impl FewWorkers {
                     // go of stays held while the test looks.
                     let _ = conn.set_write_timeout(Some(Duration::from_secs(120)));
                     let head = read_request_head(&mut conn).unwrap_or_default();
+                    if head.starts_with(b"POST ") {
+                        posts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        // Like a sync worker, for as long as the body takes.
+                        let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
+                        let got = read_body(&mut conn, &head, content_length(&head)).to_string();
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\ngot {got}",
+                            got.len() + 4
+                        );
+                        let _ = conn.write_all(answer.as_bytes());
+                        continue;
+                    }
                     if !head.starts_with(b"GET /big ") {
                         let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
                         continue;
@@ -674,12 +721,31 @@ impl FewWorkers {
                 }
             });
         }
-        FewWorkers { port, hung_up }
+        FewWorkers { port, hung_up, posts }
     }
 
     fn hung_up(&self) -> usize {
         self.hung_up.load(std::sync::atomic::Ordering::SeqCst)
     }
+
+    fn posts(&self) -> usize {
+        self.posts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Both tenants' pool: one backend of two workers; `config` is added to
+/// the gateway's (empty: the defaults). Returns once the backend is healthy.
+fn on_two_workers(config: &str) -> (FewWorkers, Stack) {
+    let backend = FewWorkers::start(2);
+    let s = Stack::builder()
+        .apps(0)
+        .tls("")
+        .pools(pools_toml(&[("default", &[backend.port])]))
+        .config(config)
+        .start();
+    s.gw.wait_backend("default", backend.port, true, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    (backend, s)
 }
 
 /// Open HTTP/2 streams for `GET /big` on `host` and never read them: the
@@ -713,15 +779,7 @@ fn h2_unread_streams(
 fn a_client_that_reads_none_of_its_responses_is_cut_and_the_shared_backend_freed() {
     // Both tenants share one backend of two workers; each big response
     // holds one until the gateway lets go of it.
-    let backend = FewWorkers::start(2);
-    let s = Stack::builder()
-        .apps(0)
-        .tls("")
-        .pools(pools_toml(&[("default", &[backend.port])]))
-        .config("[limits]\nsend_timeout_ms = 1500\n")
-        .start();
-    s.gw.wait_backend("default", backend.port, true, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    let (backend, s) = on_two_workers("[limits]\nsend_timeout_ms = 1500\n");
     let other_served = |what: &str| {
         wait_until(what, Duration::from_secs(30), || other_tenant_answers(&s))
             .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
@@ -735,12 +793,9 @@ fn a_client_that_reads_none_of_its_responses_is_cut_and_the_shared_backend_freed
     // HTTP/1.1: two connections ask for the big response and read nothing
     // (their sockets fill up): both workers are held until each
     // connection is cut at its send timeout.
-    let cfg = Arc::new(client_config(s.ca(), &["http/1.1"]));
     let mut unread = Vec::new();
     for _ in 0..2 {
-        let name = rustls::pki_types::ServerName::try_from("ferrari.myapp.localhost").unwrap();
-        let conn = rustls::ClientConnection::new(cfg.clone(), name).unwrap();
-        let mut tls = rustls::StreamOwned::new(conn, TcpStream::connect(("127.0.0.1", s.gw.tls_port)).unwrap());
+        let mut tls = h1_tls(&s, "ferrari.myapp.localhost");
         tls.write_all(b"GET /big HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\n\r\n")
             .unwrap();
         tls.flush().unwrap();
@@ -764,6 +819,164 @@ fn a_client_that_reads_none_of_its_responses_is_cut_and_the_shared_backend_freed
     other_served("the other tenant served after the HTTP/2 streams were cut");
     cut("both HTTP/2 streams counted as cut", 4.0);
     drop((streams, unread));
+}
+
+/// An HTTP/1.1 connection over TLS to the gateway for `host`.
+fn h1_tls(s: &Stack, host: &str) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let cfg = Arc::new(client_config(s.ca(), &["http/1.1"]));
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
+    let conn = rustls::ClientConnection::new(cfg, name).unwrap();
+    let tcp = TcpStream::connect(("127.0.0.1", s.gw.tls_port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    rustls::StreamOwned::new(conn, tcp)
+}
+
+/// Read from `conn` until `want` has arrived or the connection ends (its
+/// read timeout bounds each read); what arrived.
+fn read_until(conn: &mut impl Read, want: &str) -> String {
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains(want) {
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+/// Send each HTTP/2 request's first `sent` bytes of a `len`-byte body:
+/// the streams stay open (driven on `rt`) until finished or dropped.
+type H2Upload = (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>);
+
+fn h2_start_uploads(
+    rt: &tokio::runtime::Runtime,
+    s: &Stack,
+    n: usize,
+    len: usize,
+    sent: usize,
+) -> (h2::client::SendRequest<bytes::Bytes>, Vec<H2Upload>) {
+    let open = async {
+        let mut client = h2_connect(s.ca(), s.gw.tls_port, "ferrari.myapp.localhost").await;
+        let mut uploads = Vec::new();
+        for _ in 0..n {
+            client = client.ready().await.unwrap();
+            let req = ::http::Request::post("https://ferrari.myapp.localhost/upload")
+                .header("content-length", len.to_string())
+                .body(())
+                .unwrap();
+            let (response, mut stream) = client.send_request(req, false).unwrap();
+            stream.send_data(vec![b'b'; sent].into(), false).unwrap();
+            uploads.push((response, stream));
+        }
+        (client, uploads)
+    };
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), open).await })
+        .expect("the HTTP/2 uploads start in time")
+}
+
+/// An HTTP/2 response's status and body, within 30 s.
+fn h2_answer(rt: &tokio::runtime::Runtime, response: h2::client::ResponseFuture) -> (u16, String) {
+    let read = async {
+        let response = response.await.expect("a response");
+        let status = response.status().as_u16();
+        let mut body = response.into_body();
+        let mut out = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.expect("body");
+            let _ = body.flow_control().release_capacity(chunk.len());
+            out.extend_from_slice(&chunk);
+        }
+        (status, String::from_utf8_lossy(&out).into_owned())
+    };
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), read).await })
+        .expect("an HTTP/2 answer in time")
+}
+
+#[test]
+fn slow_request_bodies_are_read_whole_before_they_hold_a_backend_worker() {
+    // Both tenants share one backend of two workers; a post holds its worker
+    // until its whole body has come.
+    let (backend, s) = on_two_workers("");
+    let (len, half) = (4096, 2048);
+    // Two HTTP/1.1 clients (one waiting for `100 Continue` first, which the
+    // gateway answers itself) and two HTTP/2 streams send half their body
+    // and stop: with those streamed, the four would hold both workers.
+    let mut slow = Vec::new();
+    for expect in [false, true] {
+        let mut tls = h1_tls(&s, "ferrari.myapp.localhost");
+        let head = format!(
+            "POST /upload HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nContent-Length: {len}\r\n{}\r\n",
+            if expect { "Expect: 100-continue\r\n" } else { "" }
+        );
+        tls.write_all(head.as_bytes()).unwrap();
+        tls.flush().unwrap();
+        if expect {
+            let seen = read_until(&mut tls, "\r\n\r\n");
+            assert!(seen.starts_with("HTTP/1.1 100 Continue\r\n"), "{seen:?}");
+        }
+        tls.write_all(&vec![b'b'; half]).unwrap();
+        tls.flush().unwrap();
+        slow.push(tls);
+    }
+    let rt = driving_runtime();
+    let (client, uploads) = h2_start_uploads(&rt, &s, 2, len, half);
+    // The other tenant is served by the same two workers meanwhile, and
+    // none of the four posts has reached them.
+    wait_until(
+        "the other tenant served while four bodies wait",
+        Duration::from_secs(15),
+        || other_tenant_answers(&s),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    assert_eq!(
+        backend.posts(),
+        0,
+        "a post reached the backend before its body was whole"
+    );
+    // Each client finishes: its whole body reaches the backend.
+    for mut tls in slow {
+        tls.write_all(&vec![b'b'; len - half]).unwrap();
+        tls.flush().unwrap();
+        // The body is one chunk, so it is whole once its start is here.
+        let answer = read_until(&mut tls, "got ");
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+        assert!(answer.ends_with(&format!("\r\n\r\ngot {len}")), "{answer}");
+    }
+    for (response, mut stream) in uploads {
+        stream.send_data(vec![b'b'; len - half].into(), true).unwrap();
+        assert_eq!(h2_answer(&rt, response), (200, format!("got {len}")));
+    }
+    assert_eq!(backend.posts(), 4);
+    drop(client);
+}
+
+#[test]
+fn a_request_body_that_stops_is_answered_408_and_never_reaches_the_backend() {
+    // A 2,000-byte body may take 1 s of grace and 2 s at 1,000 B/s.
+    let (backend, s) = on_two_workers("[limits]\nmin_body_rate = 1000\nbody_rate_grace_ms = 1000\n");
+    // HTTP/1.1: ten bytes of the body, then nothing.
+    let mut tls = h1_tls(&s, "ferrari.myapp.localhost");
+    tls.write_all(b"POST /upload HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nContent-Length: 2000\r\n\r\n0123456789")
+        .unwrap();
+    tls.flush().unwrap();
+    // HTTP/2 likewise (no per-stream rate applies to it as it arrives).
+    let rt = driving_runtime();
+    let (client, mut uploads) = h2_start_uploads(&rt, &s, 1, 2000, 10);
+    let started = Instant::now();
+    let answer = read_until(&mut tls, "\r\n\r\n");
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}\n{}", s.gw.proc_.log());
+    let (response, held) = uploads.remove(0);
+    assert_eq!(h2_answer(&rt, response).0, 408);
+    // Its deadline (3 s) and a margin for a slow machine.
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    assert_eq!(backend.posts(), 0, "a stopped body reached the backend");
+    wait_until("both counted", Duration::from_secs(10), || {
+        s.metric("tenant_gateway_deadline_hits_total", &[("kind", "body_rate")]) >= 2.0
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    assert!(other_tenant_answers(&s), "the other tenant is served");
+    drop((held, client, tls));
 }
 
 /// A backend that holds each request for `/hold` for `hold` before
@@ -908,7 +1121,8 @@ fn an_http2_client_resetting_its_streams_leaves_no_work_at_the_backend() {
 }
 
 /// HTTP/1 request bodies have a minimum rate (tested above); an HTTP/2
-/// stream's body is not read through the connection's deadlines, and
+/// stream's body too large to be read first (above) is not read through
+/// the connection's deadlines, and
 /// Pingora sets no timeout on it. What bounds a stream whose body stops is
 /// the pool's read timeout: the backend answers nothing while it waits for
 /// the body, so the gateway gives up on it (504) and closes its connection.

@@ -479,6 +479,11 @@ pub struct LimitsConfig {
     /// Waiting time a body may take before the minimum rate applies.
     #[serde(rename = "body_rate_grace_ms", with = "units::ms")]
     pub body_rate_grace: Duration,
+    /// A request body of at most this many bytes (its `Content-Length`) is
+    /// read whole before a backend is chosen, so a slow client holds no
+    /// backend worker while it sends; 0: every body is streamed. At most
+    /// 65536 (Pingora's request body buffer).
+    pub request_body_buffer_bytes: u64,
     /// Per-tenant fairness defaults (a tenant's row may override them).
     pub tenant: TenantLimitsConfig,
     /// Per client address within a tenant.
@@ -536,6 +541,7 @@ impl Default for LimitsConfig {
             send_timeout: Duration::from_millis(60_000),
             min_body_rate: 500,
             body_rate_grace: Duration::from_millis(10_000),
+            request_body_buffer_bytes: crate::body::MAX_BUFFERED,
             tenant: TenantLimitsConfig::default(),
             client: ClientLimitsConfig::default(),
         }

@@ -184,6 +184,10 @@ fn errors_name_the_key() {
             "limits.send_timeout_ms",
         ),
         (
+            format!("{MIN}[limits]\nrequest_body_buffer_bytes = 65537\n"),
+            "limits.request_body_buffer_bytes",
+        ),
+        (
             format!("{MIN}[database]\nlookup_deadline_ms = 0\n"),
             "database.lookup_deadline_ms",
         ),

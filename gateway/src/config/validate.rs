@@ -288,6 +288,15 @@ impl Config {
                 "must be positive while requests may queue (or set max_queued = 0)",
             ));
         }
+        if l.request_body_buffer_bytes > crate::body::MAX_BUFFERED {
+            errs.push(invalid(
+                "limits.request_body_buffer_bytes",
+                format!(
+                    "at most {} (the request body Pingora can hold)",
+                    crate::body::MAX_BUFFERED
+                ),
+            ));
+        }
         if l.max_connections_per_ip == Some(0) {
             errs.push(invalid("limits.max_connections_per_ip", "must be at least 1"));
         }

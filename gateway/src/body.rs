@@ -1,0 +1,159 @@
+//! Which request bodies are read whole before a backend is chosen, and
+//! within what time (policy only: `proxy` reads them).
+//!
+//! A pre-forked app server (gunicorn's sync workers, the usual Django
+//! deployment) gives a request a worker from its first byte to its last:
+//! streamed, a body sent slowly holds that worker for as long as the client
+//! takes, and a few such clients hold every worker, so every tenant on that
+//! backend waits. nginx reads bodies first for this reason
+//! (`proxy_request_buffering`). Here a body whose `Content-Length` is at
+//! most `limits.request_body_buffer_bytes` is read into Pingora's own
+//! request body buffer (what it keeps to resend a body on a retry, 64 KiB)
+//! before the request goes anywhere, and sent on from there; a larger body,
+//! or one without a length (chunked), is streamed as before. Pingora
+//! already holds up to that much of every proxied body, so reading it first
+//! costs no memory it did not take.
+//!
+//! Reading a body has a deadline: the grace a body has before its minimum
+//! rate applies, plus its length at that rate. HTTP/1 bodies are also held
+//! to the rate as they arrive (`conn::deadline`); HTTP/2 streams are not,
+//! and a body that stops sending would otherwise be waited for forever.
+
+use std::time::Duration;
+
+use http::header::{CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
+use http::{HeaderMap, Version};
+
+/// The most a body can be read first: Pingora's buffer for a request body
+/// it may have to resend (it drops what does not fit).
+pub const MAX_BUFFERED: u64 = 64 * 1024;
+
+/// `[limits]`' say on request bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Buffering {
+    /// `request_body_buffer_bytes` (at most [`MAX_BUFFERED`]); 0: off.
+    pub max_bytes: u64,
+    /// `min_body_rate`, bytes per second; 0: no rate.
+    pub min_rate: u64,
+    /// `body_rate_grace_ms`.
+    pub grace: Duration,
+    /// `idle_timeout_ms`: the time a body may take on top of the grace
+    /// when there is no rate to derive it from.
+    pub idle: Duration,
+}
+
+impl Buffering {
+    /// The body's length, if it is to be read whole first: exactly one
+    /// `Content-Length`, a number from 1 to `max_bytes`, and no
+    /// `Transfer-Encoding` (a request carrying both is streamed as Pingora
+    /// frames it; Pingora refuses the ambiguous ones).
+    pub fn length(&self, headers: &HeaderMap) -> Option<u64> {
+        if self.max_bytes == 0 || headers.contains_key(TRANSFER_ENCODING) {
+            return None;
+        }
+        let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
+        let value = lengths.next()?;
+        if lengths.next().is_some() {
+            return None;
+        }
+        let digits = value.as_bytes();
+        if digits.is_empty() || digits.len() > 6 || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        (1..=self.max_bytes.min(MAX_BUFFERED)).contains(&n).then_some(n)
+    }
+
+    /// How long a body of `len` bytes may take to arrive whole.
+    pub fn deadline(&self, len: u64) -> Duration {
+        let sending = match self.min_rate {
+            0 => self.idle,
+            rate => Duration::from_millis(len.saturating_mul(1000).div_ceil(rate)),
+        };
+        self.grace.saturating_add(sending)
+    }
+}
+
+/// An HTTP/1.1 client waiting for `100 Continue` before it sends its body
+/// (RFC 9110 §10.1.1): the gateway answers it itself when it reads the body
+/// first, and the backend is not asked again.
+pub fn expects_continue(version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && headers
+            .get(EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(max_bytes: u64) -> Buffering {
+        Buffering {
+            max_bytes,
+            min_rate: 500,
+            grace: Duration::from_secs(10),
+            idle: Duration::from_secs(60),
+        }
+    }
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, http::HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn a_small_body_with_one_length_is_read_first() {
+        let p = policy(MAX_BUFFERED);
+        assert_eq!(p.length(&headers(&[("content-length", "4096")])), Some(4096));
+        assert_eq!(p.length(&headers(&[("content-length", "65536")])), Some(65536));
+        assert_eq!(p.length(&headers(&[("content-length", "1")])), Some(1));
+    }
+
+    #[test]
+    fn anything_else_is_streamed() {
+        let p = policy(MAX_BUFFERED);
+        for pairs in [
+            &[][..],
+            &[("content-length", "0")],
+            &[("content-length", "65537")],
+            &[("content-length", "99999999999999999999")],
+            &[("content-length", "+12")],
+            &[("content-length", "1,1")],
+            &[("content-length", "")],
+            &[("content-length", " 12")],
+            &[("content-length", "12"), ("content-length", "12")],
+            &[("content-length", "12"), ("transfer-encoding", "chunked")],
+            &[("transfer-encoding", "chunked")],
+        ] {
+            assert_eq!(p.length(&headers(pairs)), None, "{pairs:?}");
+        }
+        // Off, or a smaller bound.
+        assert_eq!(policy(0).length(&headers(&[("content-length", "12")])), None);
+        assert_eq!(policy(1000).length(&headers(&[("content-length", "1001")])), None);
+        assert_eq!(policy(1000).length(&headers(&[("content-length", "1000")])), Some(1000));
+    }
+
+    #[test]
+    fn the_deadline_is_the_grace_and_the_length_at_the_minimum_rate() {
+        let p = policy(MAX_BUFFERED);
+        assert_eq!(p.deadline(1000), Duration::from_secs(12));
+        assert_eq!(p.deadline(1), Duration::from_millis(10_002));
+        // No rate: the idle timeout on top of the grace.
+        let none = Buffering { min_rate: 0, ..p };
+        assert_eq!(none.deadline(65536), Duration::from_secs(70));
+    }
+
+    #[test]
+    fn only_an_http11_request_expects_continue() {
+        let h = headers(&[("expect", "100-Continue")]);
+        assert!(expects_continue(Version::HTTP_11, &h));
+        assert!(!expects_continue(Version::HTTP_10, &h));
+        assert!(!expects_continue(Version::HTTP_2, &h));
+        assert!(!expects_continue(Version::HTTP_11, &headers(&[("expect", "nothing")])));
+        assert!(!expects_continue(Version::HTTP_11, &HeaderMap::new()));
+    }
+}
