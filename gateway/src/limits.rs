@@ -11,7 +11,10 @@
 //!   with a burst and a time until the next token (`Retry-After`).
 //! - Concurrency is a tokio semaphore per tenant; a request over the cap
 //!   waits (FIFO) up to `queue_timeout`, at most `max_queued` at a time, then
-//!   gets 503 with `Retry-After`.
+//!   gets 503 with `Retry-After`. The request path checks the rates when a
+//!   request's head has arrived ([`Limits::check_rate`]) and takes the slot
+//!   once the request is ready to go to a backend ([`Limits::slot`]: after
+//!   a body the gateway reads first, `crate::body`).
 //! - Each tenant's limits are the config's defaults overridden by its row
 //!   (lookup query columns 4-6). [`Limits::limiter`] hands out one
 //!   [`Limiter`] per schema and spec, kept in a registry so its state
@@ -205,14 +208,10 @@ impl Limits {
         Some(limiter)
     }
 
-    /// Admit one request of `limiter`'s tenant from `client`: `Ok` with the
-    /// slot to hold while it is proxied (if the tenant has a cap), or why not.
-    pub async fn admit(
-        &self,
-        limiter: &Limiter,
-        client: Option<IpAddr>,
-    ) -> Result<Option<OwnedSemaphorePermit>, Refused> {
-        let settings = **self.settings.load();
+    /// Whether one more request of `limiter`'s tenant from `client` is
+    /// within the rates (the client's within the tenant, then the tenant's);
+    /// it is counted if so.
+    pub fn check_rate(&self, limiter: &Limiter, client: Option<IpAddr>) -> Result<(), Refused> {
         if let (Some(per_client), Some(ip)) = (self.client.load().as_deref(), client) {
             if let Err(not_until) = per_client.check_key(&(limiter.key, ip)) {
                 return Err(Refused::ClientRate {
@@ -227,6 +226,14 @@ impl Limits {
                 });
             }
         }
+        Ok(())
+    }
+
+    /// A slot among the tenant's requests in flight to the backends, to hold
+    /// while the request is proxied (`None`: the tenant has no cap), or
+    /// `Busy` after a brief bounded wait.
+    pub async fn slot(&self, limiter: &Limiter) -> Result<Option<OwnedSemaphorePermit>, Refused> {
+        let settings = **self.settings.load();
         let Some(slots) = &limiter.slots else { return Ok(None) };
         if let Ok(permit) = slots.clone().try_acquire_owned() {
             return Ok(Some(permit));
@@ -266,6 +273,18 @@ impl Limits {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Limits {
+        /// Both checks, in the request path's order.
+        async fn admit(
+            &self,
+            limiter: &Limiter,
+            client: Option<IpAddr>,
+        ) -> Result<Option<OwnedSemaphorePermit>, Refused> {
+            self.check_rate(limiter, client)?;
+            self.slot(limiter).await
+        }
+    }
 
     fn limits(rps: u32, burst: u32, conc: u32) -> Limits {
         Limits::new(LimitsSettings {

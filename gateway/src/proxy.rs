@@ -4,9 +4,10 @@
 //!    [`crate::decide`] what happens before the lookup (bad host, ACME
 //!    challenge, landing, redirect), resolve the tenant through the cache,
 //!    ask `decide` again (a page: 400/403/404/410/421/503 without touching a
-//!    backend, a redirect, or the tenant's pool), then the tenant's limits;
-//!    a small request body is then read whole ([`crate::body`]) before a
-//!    backend is chosen.
+//!    backend, a redirect, or the tenant's pool), then the tenant's rates;
+//!    then (`proceed`) a small request body is read whole ([`crate::body`])
+//!    and only then is a slot of the tenant's in-flight cap taken: a
+//!    request still arriving holds neither a backend nor the cap.
 //!    An HTTP/2 stream's response writes get the send timeout (a client
 //!    keeping one stream's window shut; the socket's own stalls are
 //!    [`crate::conn::stream`]'s).
@@ -366,30 +367,56 @@ impl Gateway {
         let (Resolution::Found(tenant), Some(pool)) = (resolution, pool) else {
             return Some(Reply::page(PageKind::Unavailable));
         };
-        // Fairness: the tenant's rate and in-flight cap (and its clients').
-        if let Some(limiter) = tenant.limiter() {
-            match self.limits.admit(limiter, Self::client_ip(session)).await {
+        // Fairness: the tenant's rate (and its clients'); its in-flight cap
+        // once the request is ready to go (`Self::proceed`).
+        let rated = tenant
+            .limiter()
+            .map(|l| self.limits.check_rate(l, Self::client_ip(session)));
+        ctx.tenant = Some(tenant);
+        if let Some(Err(refused)) = rated {
+            return Some(Self::refused(ctx, refused));
+        }
+        ctx.pool = Some(pool);
+        drop_header_case(session.req_header_mut());
+        None
+    }
+
+    /// A request [`Self::route`] proxies, made ready to go: a small body read
+    /// whole first (no backend is held while the client sends it), then a
+    /// slot among the tenant's requests in flight to the backends.
+    async fn proceed(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Option<Reply>> {
+        if !session.is_body_empty() {
+            if let Some(len) = self.bodies.length(&session.req_header().headers) {
+                // Boxed: only a request with a body needs the read's state
+                // in this future, allocated per request.
+                Box::pin(self.read_body_first(session, len)).await?;
+            }
+        }
+        if let Some(limiter) = ctx.tenant.as_ref().and_then(|t| t.limiter()) {
+            match self.limits.slot(limiter).await {
                 Ok(slot) => ctx.slot = slot,
                 Err(refused) => {
-                    let (kind, reason) = match refused {
-                        Refused::Rate { .. } => (PageKind::RateLimited, "rate_limited"),
-                        Refused::ClientRate { .. } => (PageKind::RateLimited, "client_rate_limited"),
-                        Refused::Busy { .. } => (PageKind::Busy, "busy"),
-                    };
-                    ctx.limited = Some(reason);
-                    ctx.tenant = Some(tenant);
-                    let retry = refused.retry_after_secs();
-                    return Some(Reply::Page {
-                        kind,
-                        retry_after: Some(retry),
-                    });
+                    // Answered here: it went to no pool.
+                    ctx.pool = None;
+                    return Ok(Some(Self::refused(ctx, refused)));
                 }
             }
         }
-        ctx.pool = Some(pool);
-        ctx.tenant = Some(tenant);
-        drop_header_case(session.req_header_mut());
-        None
+        Ok(None)
+    }
+
+    /// The page for a request a limit held back.
+    fn refused(ctx: &mut Ctx, refused: Refused) -> Reply {
+        let (kind, reason) = match refused {
+            Refused::Rate { .. } => (PageKind::RateLimited, "rate_limited"),
+            Refused::ClientRate { .. } => (PageKind::RateLimited, "client_rate_limited"),
+            Refused::Busy { .. } => (PageKind::Busy, "busy"),
+        };
+        ctx.limited = Some(reason);
+        Reply::Page {
+            kind,
+            retry_after: Some(refused.retry_after_secs()),
+        }
     }
 
     /// Reads the request's body (`len` bytes, at most Pingora's request body
@@ -535,14 +562,11 @@ impl ProxyHttp for Gateway {
         if session.is_http2() {
             session.set_write_timeout(Some(self.send_timeout));
         }
-        match self.route(session, ctx).await {
-            // Proxied. A small body is read whole first (`crate::body`);
-            // boxed, as this future is allocated per request and only a
-            // request with a body needs the read's state.
-            None if !session.is_body_empty() => match self.bodies.length(&session.req_header().headers) {
-                Some(len) => Box::pin(self.read_body_first(session, len)).await.map(|()| false),
-                None => Ok(false),
-            },
+        let reply = match self.route(session, ctx).await {
+            None => self.proceed(session, ctx).await?,
+            reply => reply,
+        };
+        match reply {
             None => Ok(false),
             // Boxed: this future is allocated per request and is as large
             // as the largest thing it awaits; writing a response inline

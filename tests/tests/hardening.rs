@@ -896,8 +896,9 @@ fn h2_answer(rt: &tokio::runtime::Runtime, response: h2::client::ResponseFuture)
 #[test]
 fn slow_request_bodies_are_read_whole_before_they_hold_a_backend_worker() {
     // Both tenants share one backend of two workers; a post holds its worker
-    // until its whole body has come.
-    let (backend, s) = on_two_workers("");
+    // until its whole body has come. Each tenant may have two requests in
+    // flight to the backends.
+    let (backend, s) = on_two_workers("[limits.tenant]\nmax_concurrent = 2\n");
     let (len, half) = (4096, 2048);
     // Two HTTP/1.1 clients (one waiting for `100 Continue` first, which the
     // gateway answers itself) and two HTTP/2 streams send half their body
@@ -922,13 +923,24 @@ fn slow_request_bodies_are_read_whole_before_they_hold_a_backend_worker() {
     let rt = driving_runtime();
     let (client, uploads) = h2_start_uploads(&rt, &s, 2, len, half);
     // The other tenant is served by the same two workers meanwhile, and
-    // none of the four posts has reached them.
+    // none of the four posts has reached them; nor do they hold their own
+    // tenant's in-flight cap: its other clients are served too.
     wait_until(
         "the other tenant served while four bodies wait",
         Duration::from_secs(15),
         || other_tenant_answers(&s),
     )
     .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    let own = s
+        .https()
+        .get(&s.https_url("ferrari.myapp.localhost", "/"))
+        .send()
+        .unwrap();
+    assert_eq!(
+        (own.status, own.body.as_str()),
+        (200, "ok"),
+        "the slow clients' own tenant"
+    );
     assert_eq!(
         backend.posts(),
         0,
