@@ -513,11 +513,22 @@ fn backend_failure_and_dedicated_pools() {
         "default tenant reached the dedicated pool"
     );
 
-    // Kill one default backend: every request still succeeds.
+    // Kill one default backend: every request still succeeds, and a post
+    // retried on the other backend carries its whole body (read by the
+    // gateway first, resent from Pingora's buffer).
     b.proc_.kill();
     for i in 0..40 {
         let r = get("ferrari.myapp.localhost");
         assert_eq!(r.status, 200, "request {i} failed with one backend down: {}", r.body);
+        let name = format!("retried {i} {}", "x".repeat(150));
+        let r = client
+            .request(::reqwest::Method::POST, &gw.url("/projects"))
+            .header("host", "ferrari.myapp.localhost")
+            .json(&json!({ "name": name }))
+            .send()
+            .unwrap_or_else(|e| panic!("post {i}: {e}\n{}", gw.proc_.log()));
+        assert_eq!(r.status, 201, "post {i} failed with one backend down: {}", r.body);
+        assert_eq!(r.json()["name"], name.as_str());
     }
     gw.wait_backend("default", b.port, false, Duration::from_secs(10))
         .unwrap();
