@@ -11,8 +11,10 @@
 //! request body buffer (what it keeps to resend a body on a retry, 64 KiB)
 //! before the request goes anywhere, and sent on from there; a larger body,
 //! or one without a length (chunked), is streamed as before. Pingora
-//! already holds up to that much of every proxied body, so reading it first
-//! costs no memory it did not take.
+//! already copies up to that much of every proxied body into that buffer;
+//! what reading first adds is time: a body being read holds its buffer
+//! until it is whole or its deadline passes, where a streamed one moves on
+//! (the connection caps bound how many a client can hold).
 //!
 //! Reading a body has a deadline: the grace a body has before its minimum
 //! rate applies, plus its length at that rate. HTTP/1 bodies are also held

@@ -422,29 +422,40 @@ impl Gateway {
     /// Reads the request's body (`len` bytes, at most Pingora's request body
     /// buffer) into that buffer, from which Pingora sends it on: no backend
     /// is chosen or held while the client sends. A body not complete
-    /// within its deadline is answered 408.
+    /// within its deadline is answered 408; the client's own failures
+    /// (gone, reset, cut for its rate by `conn::stream`) are the
+    /// downstream's, answered with nothing, as when a body is streamed
+    /// (Pingora leaves a filter's errors without a side, which
+    /// `fail_to_proxy` would answer 500).
     async fn read_body_first(&self, session: &mut Session, len: u64) -> Result<()> {
         if crate::body::expects_continue(session.req_header().version, &session.req_header().headers) {
-            // The client waits for this before it sends; the backend gets
-            // the body at once, so it is not asked to say it too.
-            session.write_continue_response().await?;
+            // The client waits for this before it sends.
+            session.write_continue_response().await.map_err(|e| e.into_down())?;
+        }
+        // The backend gets the body at once: it is not asked to say
+        // `100 Continue` (an HTTP/2 client's too: Pingora drops 1xx there).
+        if session.req_header().headers.contains_key(http::header::EXPECT) {
             session.req_header_mut().remove_header(&http::header::EXPECT);
         }
         session.enable_retry_buffering();
         let deadline = self.bodies.deadline(len);
         let read = async {
             while session.read_request_body().await?.is_some() {}
-            Ok(())
+            Ok::<(), Box<Error>>(())
+        };
+        let late = || {
+            self.metrics.deadline_hits.with_label_values(&["body_rate"]).inc();
+            Error::explain(
+                ErrorType::HTTPStatus(408),
+                format!("request body of {len} bytes not complete within {deadline:?}"),
+            )
         };
         match tokio::time::timeout(deadline, read).await {
-            Ok(read) => read,
-            Err(_) => {
-                self.metrics.deadline_hits.with_label_values(&["body_rate"]).inc();
-                Error::e_explain(
-                    ErrorType::HTTPStatus(408),
-                    format!("request body of {len} bytes not complete within {deadline:?}"),
-                )
-            }
+            Ok(Ok(())) => Ok(()),
+            // Pingora's own bound on one HTTP/1 read (60 s) may come first.
+            Ok(Err(e)) if *e.etype() == ErrorType::ReadTimedout => Err(late()),
+            Ok(Err(e)) => Err(e.into_down()),
+            Err(_) => Err(late()),
         }
     }
 
@@ -736,7 +747,12 @@ impl ProxyHttp for Gateway {
         if ctx.in_flight {
             self.metrics.requests_in_flight.dec();
         }
-        let status = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        // A `100 Continue` alone is no answer (the client left before one).
+        let status = session
+            .response_written()
+            .map(|r| r.status.as_u16())
+            .filter(|&s| s >= 200 || s == 101)
+            .unwrap_or(0);
         let seconds = ctx.start.elapsed().as_secs_f64();
         self.record(session, e, ctx, status, seconds);
         let req = session.req_header();

@@ -845,6 +845,19 @@ fn read_until(conn: &mut impl Read, want: &str) -> String {
     String::from_utf8_lossy(&seen).into_owned()
 }
 
+/// Whether the peer closes `conn` (after what it still had to send) within
+/// its read timeout.
+fn closes(conn: &mut impl Read) -> bool {
+    let mut buf = [0u8; 4096];
+    loop {
+        match conn.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) => return !timed_out(&e),
+        }
+    }
+}
+
 /// Send each HTTP/2 request's first `sent` bytes of a `len`-byte body:
 /// the streams stay open (driven on `rt`) until finished or dropped.
 type H2Upload = (h2::client::ResponseFuture, h2::SendStream<bytes::Bytes>);
@@ -897,8 +910,8 @@ fn h2_answer(rt: &tokio::runtime::Runtime, response: h2::client::ResponseFuture)
 fn slow_request_bodies_are_read_whole_before_they_hold_a_backend_worker() {
     // Both tenants share one backend of two workers; a post holds its worker
     // until its whole body has come. Each tenant may have two requests in
-    // flight to the backends.
-    let (backend, s) = on_two_workers("[limits.tenant]\nmax_concurrent = 2\n");
+    // flight to the backends. The slow clients' grace outlasts the test.
+    let (backend, s) = on_two_workers("[limits]\nbody_rate_grace_ms = 120000\n[limits.tenant]\nmax_concurrent = 2\n");
     let (len, half) = (4096, 2048);
     // Two HTTP/1.1 clients (one waiting for `100 Continue` first, which the
     // gateway answers itself) and two HTTP/2 streams send half their body
@@ -922,6 +935,10 @@ fn slow_request_bodies_are_read_whole_before_they_hold_a_backend_worker() {
     }
     let rt = driving_runtime();
     let (client, uploads) = h2_start_uploads(&rt, &s, 2, len, half);
+    wait_until("the gateway has the four requests", Duration::from_secs(15), || {
+        s.metric("tenant_gateway_requests_in_flight", &[]) >= 4.0
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
     // The other tenant is served by the same two workers meanwhile, and
     // none of the four posts has reached them; nor do they hold their own
     // tenant's in-flight cap: its other clients are served too.
@@ -950,8 +967,7 @@ fn slow_request_bodies_are_read_whole_before_they_hold_a_backend_worker() {
     for mut tls in slow {
         tls.write_all(&vec![b'b'; len - half]).unwrap();
         tls.flush().unwrap();
-        // The body is one chunk, so it is whole once its start is here.
-        let answer = read_until(&mut tls, "got ");
+        let answer = read_until(&mut tls, &format!("got {len}"));
         assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
         assert!(answer.ends_with(&format!("\r\n\r\ngot {len}")), "{answer}");
     }
@@ -967,21 +983,43 @@ fn slow_request_bodies_are_read_whole_before_they_hold_a_backend_worker() {
 fn a_request_body_that_stops_is_answered_408_and_never_reaches_the_backend() {
     // A 2,000-byte body may take 1 s of grace and 2 s at 1,000 B/s.
     let (backend, s) = on_two_workers("[limits]\nmin_body_rate = 1000\nbody_rate_grace_ms = 1000\n");
+    let head = b"POST /upload HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nContent-Length: 2000\r\n\r\n";
     // HTTP/1.1: ten bytes of the body, then nothing.
+    let sent = Instant::now();
     let mut tls = h1_tls(&s, "ferrari.myapp.localhost");
-    tls.write_all(b"POST /upload HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nContent-Length: 2000\r\n\r\n0123456789")
-        .unwrap();
+    tls.write_all(&[&head[..], b"0123456789"].concat()).unwrap();
     tls.flush().unwrap();
     // HTTP/2 likewise (no per-stream rate applies to it as it arrives).
     let rt = driving_runtime();
     let (client, mut uploads) = h2_start_uploads(&rt, &s, 1, 2000, 10);
-    let started = Instant::now();
     let answer = read_until(&mut tls, "\r\n\r\n");
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}\n{}", s.gw.proc_.log());
+    // Not before the deadline (counted from the head's arrival).
+    assert!(sent.elapsed() >= Duration::from_millis(2500), "{:?}", sent.elapsed());
+    assert!(closes(&mut tls), "the connection stays open after the 408");
     let (response, held) = uploads.remove(0);
     assert_eq!(h2_answer(&rt, response).0, 408);
-    // Its deadline (3 s) and a margin for a slow machine.
-    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    // HTTP/1.1 trickled below the rate: cut (as a streamed body is), with
+    // no answer.
+    let mut trickle = h1_tls(&s, "ferrari.myapp.localhost");
+    trickle.write_all(head).unwrap();
+    trickle.sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let start = Instant::now();
+    let mut seen = Vec::new();
+    loop {
+        assert!(start.elapsed() < Duration::from_secs(15), "a trickled body still open");
+        if trickle.write_all(b"x").and_then(|()| trickle.flush()).is_err() {
+            break;
+        }
+        let mut buf = [0u8; 512];
+        match trickle.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(e) if timed_out(&e) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(seen.is_empty(), "{}", String::from_utf8_lossy(&seen));
     assert_eq!(backend.posts(), 0, "a stopped body reached the backend");
     wait_until("both counted", Duration::from_secs(10), || {
         s.metric("tenant_gateway_deadline_hits_total", &[("kind", "body_rate")]) >= 2.0
