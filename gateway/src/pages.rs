@@ -31,6 +31,8 @@ pub enum PageKind {
     Busy,
     /// A custom hostname whose ownership is not verified (yet).
     Unverified,
+    /// A request body the gateway reads first did not arrive in time.
+    RequestTimeout,
 }
 
 impl PageKind {
@@ -48,10 +50,11 @@ impl PageKind {
             PageKind::RateLimited => "rate_limited",
             PageKind::Busy => "busy",
             PageKind::Unverified => "unverified",
+            PageKind::RequestTimeout => "request_timeout",
         }
     }
 
-    fn all() -> [PageKind; 12] {
+    fn all() -> [PageKind; 13] {
         [
             PageKind::BadRequest,
             PageKind::NotFound,
@@ -65,6 +68,7 @@ impl PageKind {
             PageKind::RateLimited,
             PageKind::Busy,
             PageKind::Unverified,
+            PageKind::RequestTimeout,
         ]
     }
 
@@ -91,6 +95,7 @@ impl PageKind {
                 "This site is handling too many requests at once; please retry shortly.",
             ),
             PageKind::Unverified => ("Not found", "No site is served for this host yet."),
+            PageKind::RequestTimeout => ("Request timeout", "The request's body did not arrive in time."),
         }
     }
 }
@@ -131,6 +136,7 @@ impl Pages {
                 PageKind::RateLimited => 429,
                 PageKind::Busy => 503,
                 PageKind::Unverified => 404,
+                PageKind::RequestTimeout => 408,
             };
             let (title, text) = kind.default_text();
             let mut html = Bytes::from(format!(

@@ -125,6 +125,9 @@ enum Reply {
     Challenge(Option<String>),
     /// 308 to HTTPS on `port`.
     Redirect { host: host::Host, port: u16 },
+    /// One of its pages, after which the connection ends (the request's
+    /// body was not read whole).
+    Closing(PageKind),
 }
 
 impl Reply {
@@ -389,7 +392,9 @@ impl Gateway {
             if let Some(len) = self.bodies.length(&session.req_header().headers) {
                 // Boxed: only a request with a body needs the read's state
                 // in this future, allocated per request.
-                Box::pin(self.read_body_first(session, len)).await?;
+                if !Box::pin(self.read_body_first(session, len)).await? {
+                    return Ok(Some(Reply::Closing(PageKind::RequestTimeout)));
+                }
             }
         }
         if let Some(limiter) = ctx.tenant.as_ref().and_then(|t| t.limiter()) {
@@ -421,13 +426,13 @@ impl Gateway {
 
     /// Reads the request's body (`len` bytes, at most Pingora's request body
     /// buffer) into that buffer, from which Pingora sends it on: no backend
-    /// is chosen or held while the client sends. A body not complete
-    /// within its deadline is answered 408; the client's own failures
+    /// is chosen or held while the client sends. `false`: the body was not
+    /// complete within its deadline (for the 408 page); the client's own failures
     /// (gone, reset, cut for its rate by `conn::stream`) are the
     /// downstream's, answered with nothing, as when a body is streamed
     /// (Pingora leaves a filter's errors without a side, which
     /// `fail_to_proxy` would answer 500).
-    async fn read_body_first(&self, session: &mut Session, len: u64) -> Result<()> {
+    async fn read_body_first(&self, session: &mut Session, len: u64) -> Result<bool> {
         if crate::body::expects_continue(session.req_header().version, &session.req_header().headers) {
             // The client waits for this before it sends.
             session.write_continue_response().await.map_err(|e| e.into_down())?;
@@ -445,17 +450,15 @@ impl Gateway {
         };
         let late = || {
             self.metrics.deadline_hits.with_label_values(&["body_rate"]).inc();
-            Error::explain(
-                ErrorType::HTTPStatus(408),
-                format!("request body of {len} bytes not complete within {deadline:?}"),
-            )
+            tracing::debug!(len, ?deadline, "request body not complete within its deadline");
+            Ok(false)
         };
         match tokio::time::timeout(deadline, read).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => Ok(true),
             // Pingora's own bound on one HTTP/1 read (60 s) may come first.
-            Ok(Err(e)) if *e.etype() == ErrorType::ReadTimedout => Err(late()),
+            Ok(Err(e)) if *e.etype() == ErrorType::ReadTimedout => late(),
             Ok(Err(e)) => Err(e.into_down()),
-            Err(_) => Err(late()),
+            Err(_) => late(),
         }
     }
 
@@ -465,6 +468,7 @@ impl Gateway {
             Reply::Page { kind, retry_after } => self.respond_page(session, ctx, kind, false, retry_after).await,
             Reply::Challenge(answer) => self.respond_challenge(session, ctx, answer).await,
             Reply::Redirect { host, port } => self.redirect_to_https(session, ctx, host, port).await,
+            Reply::Closing(kind) => self.respond_page(session, ctx, kind, true, None).await,
         }
     }
 

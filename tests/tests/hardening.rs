@@ -992,8 +992,13 @@ fn a_request_body_that_stops_is_answered_408_and_never_reaches_the_backend() {
     // HTTP/2 likewise (no per-stream rate applies to it as it arrives).
     let rt = driving_runtime();
     let (client, mut uploads) = h2_start_uploads(&rt, &s, 1, 2000, 10);
-    let answer = read_until(&mut tls, "\r\n\r\n");
+    // The gateway's own page, with the request id to trace it by.
+    let answer = read_until(&mut tls, "</html>");
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}\n{}", s.gw.proc_.log());
+    assert!(
+        answer.to_ascii_lowercase().contains("\r\nx-request-id: ") && answer.contains("Request timeout"),
+        "{answer}"
+    );
     // Not before the deadline (counted from the head's arrival).
     assert!(sent.elapsed() >= Duration::from_millis(2500), "{:?}", sent.elapsed());
     assert!(closes(&mut tls), "the connection stays open after the 408");
@@ -1021,8 +1026,12 @@ fn a_request_body_that_stops_is_answered_408_and_never_reaches_the_backend() {
     }
     assert!(seen.is_empty(), "{}", String::from_utf8_lossy(&seen));
     assert_eq!(backend.posts(), 0, "a stopped body reached the backend");
-    wait_until("both counted", Duration::from_secs(10), || {
+    wait_until("both counted, as the tenant's too", Duration::from_secs(10), || {
         s.metric("tenant_gateway_deadline_hits_total", &[("kind", "body_rate")]) >= 2.0
+            && s.metric(
+                "tenant_gateway_tenant_rejected_total",
+                &[("tenant", "ferrari"), ("reason", "request_timeout")],
+            ) >= 2.0
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
     assert!(other_tenant_answers(&s), "the other tenant is served");

@@ -293,7 +293,7 @@ pub struct PagesConfig {
     /// Replace the built-in page bodies: one entry per kind (`bad_request`,
     /// `not_found`, `suspended`, `deleted`, `unavailable`, `misdirected`,
     /// `bad_gateway`, `gateway_timeout`, `misconfigured`, `rate_limited`,
-    /// `unverified`, `busy`).
+    /// `unverified`, `busy`, `request_timeout`).
     pub custom: BTreeMap<crate::pages::PageKind, PageFiles>,
 }
 
