@@ -13,7 +13,8 @@
 //!   waits (FIFO) up to `queue_timeout`, at most `max_queued` at a time, then
 //!   gets 503 with `Retry-After`. The request path checks the rates when a
 //!   request's head has arrived ([`Limits::check_rate`]) and takes the slot
-//!   once the request is ready to go to a backend ([`Limits::slot`]: after
+//!   once the request is ready to go to a backend ([`Limits::try_slot`], then
+//!   [`Limits::wait_slot`] if none is free: after
 //!   a body the gateway reads first, `crate::body`).
 //! - Each tenant's limits are the config's defaults overridden by its row
 //!   (lookup query columns 4-6). [`Limits::limiter`] hands out one
@@ -83,6 +84,10 @@ pub(crate) fn quota(rps: u32, burst: u32) -> Option<Quota> {
     let rps = NonZeroU32::new(rps)?;
     Some(Quota::per_second(rps).allow_burst(NonZeroU32::new(burst.max(1)).unwrap_or(rps)))
 }
+
+/// Every slot of a tenant's in-flight cap is taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Full;
 
 /// Why a request was held back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,15 +235,18 @@ impl Limits {
     }
 
     /// A slot among the tenant's requests in flight to the backends, to hold
-    /// while the request is proxied (`None`: the tenant has no cap), or
-    /// `Busy` after a brief bounded wait.
-    pub async fn slot(&self, limiter: &Limiter) -> Result<Option<OwnedSemaphorePermit>, Refused> {
+    /// while the request is proxied, if one is free (`Ok(None)`: the tenant
+    /// has no cap); `Err(Full)`: wait for one ([`Limits::wait_slot`]).
+    pub fn try_slot(&self, limiter: &Limiter) -> Result<Option<OwnedSemaphorePermit>, Full> {
+        let Some(slots) = &limiter.slots else { return Ok(None) };
+        slots.clone().try_acquire_owned().map(Some).map_err(|_| Full)
+    }
+
+    /// A slot once one is freed, or `Busy` after a brief bounded wait (at
+    /// most `max_queued` requests of a tenant wait at once).
+    pub async fn wait_slot(&self, limiter: &Limiter) -> Result<Option<OwnedSemaphorePermit>, Refused> {
         let settings = **self.settings.load();
         let Some(slots) = &limiter.slots else { return Ok(None) };
-        if let Ok(permit) = slots.clone().try_acquire_owned() {
-            return Ok(Some(permit));
-        }
-        // Over the cap: queue briefly, boundedly.
         let busy = Refused::Busy { retry_after_secs: 1 };
         if limiter.queued.fetch_add(1, Ordering::AcqRel) >= settings.max_queued {
             limiter.queued.fetch_sub(1, Ordering::AcqRel);
@@ -275,14 +283,17 @@ mod tests {
     use super::*;
 
     impl Limits {
-        /// Both checks, in the request path's order.
+        /// The checks in the request path's order.
         async fn admit(
             &self,
             limiter: &Limiter,
             client: Option<IpAddr>,
         ) -> Result<Option<OwnedSemaphorePermit>, Refused> {
             self.check_rate(limiter, client)?;
-            self.slot(limiter).await
+            match self.try_slot(limiter) {
+                Err(Full) => self.wait_slot(limiter).await,
+                slot => Ok(slot.unwrap_or_default()),
+            }
         }
     }
 

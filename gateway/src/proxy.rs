@@ -41,7 +41,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use crate::conn::stream::{ConnFacts, Sni};
 use crate::decide;
 use crate::headers;
-use crate::limits::{Limits, Refused};
+use crate::limits::{Full, Limits, Refused};
 use crate::metrics::tenant::{method_index, rejection_index, Observation};
 use crate::metrics::Metrics;
 use crate::pages::{wants_json, PageKind};
@@ -398,7 +398,14 @@ impl Gateway {
             }
         }
         if let Some(limiter) = ctx.tenant.as_ref().and_then(|t| t.limiter()) {
-            match self.limits.slot(limiter).await {
+            let slot = match self.limits.try_slot(limiter) {
+                Ok(slot) => Ok(slot),
+                // Boxed: the wait's timer would otherwise sit in this
+                // future, allocated per request, for the rare request
+                // that waits.
+                Err(Full) => Box::pin(self.limits.wait_slot(limiter)).await,
+            };
+            match slot {
                 Ok(slot) => ctx.slot = slot,
                 Err(refused) => {
                     // Answered here: it went to no pool.
@@ -577,17 +584,17 @@ impl ProxyHttp for Gateway {
         if session.is_http2() {
             session.set_write_timeout(Some(self.send_timeout));
         }
-        let reply = match self.route(session, ctx).await {
-            None => self.proceed(session, ctx).await?,
-            reply => reply,
-        };
-        match reply {
+        // Boxed: this future is allocated per request and is as large as
+        // the largest thing it awaits; writing a response inline (and the
+        // lookup's query, boxed in `tenant::cache`) made it 1,648 bytes,
+        // past the allocator's small sizes (~240 instructions per request,
+        // bench/RESULTS.md, eighth round). For the same reason no answer
+        // of `route` is kept across `proceed`.
+        if let Some(reply) = self.route(session, ctx).await {
+            return Box::pin(self.reply(session, ctx, reply)).await;
+        }
+        match self.proceed(session, ctx).await? {
             None => Ok(false),
-            // Boxed: this future is allocated per request and is as large
-            // as the largest thing it awaits; writing a response inline
-            // (and the lookup's query, boxed in `tenant::cache`) made it
-            // 1,648 bytes, past the allocator's small sizes (~240
-            // instructions per request, bench/RESULTS.md, eighth round).
             Some(reply) => Box::pin(self.reply(session, ctx, reply)).await,
         }
     }
