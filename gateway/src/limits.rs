@@ -291,8 +291,8 @@ mod tests {
         ) -> Result<Option<OwnedSemaphorePermit>, Refused> {
             self.check_rate(limiter, client)?;
             match self.try_slot(limiter) {
+                Ok(slot) => Ok(slot),
                 Err(Full) => self.wait_slot(limiter).await,
-                slot => Ok(slot.unwrap_or_default()),
             }
         }
     }

@@ -434,9 +434,9 @@ impl Gateway {
     /// Reads the request's body (`len` bytes, at most Pingora's request body
     /// buffer) into that buffer, from which Pingora sends it on: no backend
     /// is chosen or held while the client sends. `false`: the body was not
-    /// complete within its deadline (for the 408 page); the client's own failures
-    /// (gone, reset, cut for its rate by `conn::stream`) are the
-    /// downstream's, answered with nothing, as when a body is streamed
+    /// complete within its deadline (the 408 page follows). The client's
+    /// own failures (gone, reset, cut for its rate by `conn::stream`) are
+    /// the downstream's, answered with nothing, as when a body is streamed
     /// (Pingora leaves a filter's errors without a side, which
     /// `fail_to_proxy` would answer 500).
     async fn read_body_first(&self, session: &mut Session, len: u64) -> Result<bool> {
