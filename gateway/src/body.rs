@@ -20,7 +20,15 @@
 //! rate applies, plus its length at that rate. HTTP/1 bodies are also held
 //! to the rate as they arrive (`conn::deadline`); HTTP/2 streams are not,
 //! and a body that stops sending would otherwise be waited for forever.
+//!
+//! And a budget: the bodies being read at once may hold at most
+//! `limits.request_body_buffer_total_mib` ([`Budget`]); past it a body is
+//! streamed as if it were large. Without it, a client's many HTTP/2
+//! streams (100 per connection, each up to 64 KiB, on each of its
+//! connections) could hold memory for as long as their deadlines let them.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
@@ -73,6 +81,54 @@ impl Buffering {
             rate => Duration::from_millis(len.saturating_mul(1000).div_ceil(rate)),
         };
         self.grace.saturating_add(sending)
+    }
+}
+
+/// The bytes the bodies being read first may hold at once (per process).
+#[derive(Debug)]
+pub struct Budget {
+    max: u64,
+    held: AtomicU64,
+}
+
+/// A body's share of the [`Budget`], given back when dropped.
+#[derive(Debug)]
+pub struct Share {
+    budget: Arc<Budget>,
+    len: u64,
+}
+
+impl Budget {
+    pub fn new(max: u64) -> Arc<Budget> {
+        Arc::new(Budget {
+            max,
+            held: AtomicU64::new(0),
+        })
+    }
+
+    /// `len` bytes of the budget for a body about to be read, if they are
+    /// free (`None`: the body is to be streamed).
+    pub fn take(self: &Arc<Self>, len: u64) -> Option<Share> {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(len).filter(|&sum| sum <= self.max)
+            })
+            .ok()
+            .map(|_| Share {
+                budget: self.clone(),
+                len,
+            })
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.len, Ordering::AcqRel);
     }
 }
 
@@ -147,6 +203,22 @@ mod tests {
         // No rate: the idle timeout on top of the grace.
         let none = Buffering { min_rate: 0, ..p };
         assert_eq!(none.deadline(65536), Duration::from_secs(70));
+    }
+
+    #[test]
+    fn the_budget_holds_what_is_taken_until_it_is_given_back() {
+        let budget = Budget::new(10_000);
+        let a = budget.take(6_000).expect("free");
+        assert!(budget.take(4_001).is_none(), "over the budget");
+        let b = budget.take(4_000).expect("exactly what is left");
+        assert_eq!(budget.held(), 10_000);
+        assert!(budget.take(1).is_none());
+        drop(a);
+        assert_eq!(budget.held(), 4_000);
+        assert!(budget.take(6_000).is_some(), "taken and given back at once");
+        drop(b);
+        assert_eq!(budget.held(), 0);
+        assert!(Budget::new(0).take(1).is_none());
     }
 
     #[test]

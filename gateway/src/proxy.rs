@@ -71,6 +71,8 @@ pub struct Gateway {
     pub send_timeout: std::time::Duration,
     /// Which request bodies are read whole before a backend is chosen.
     pub bodies: crate::body::Buffering,
+    /// What the bodies being read at once may hold.
+    pub body_budget: Arc<crate::body::Budget>,
 }
 
 /// What the request path needs to know about TLS.
@@ -433,13 +435,19 @@ impl Gateway {
 
     /// Reads the request's body (`len` bytes, at most Pingora's request body
     /// buffer) into that buffer, from which Pingora sends it on: no backend
-    /// is chosen or held while the client sends. `false`: the body was not
-    /// complete within its deadline (the 408 page follows). The client's
-    /// own failures (gone, reset, cut for its rate by `conn::stream`) are
-    /// the downstream's, answered with nothing, as when a body is streamed
-    /// (Pingora leaves a filter's errors without a side, which
-    /// `fail_to_proxy` would answer 500).
+    /// is chosen or held while the client sends. Unless the bodies being
+    /// read hold the whole budget already: then it is streamed.
+    ///
+    /// `false`: the body was not complete within its deadline (the 408
+    /// page follows). The client's own failures (gone, reset, cut for its
+    /// rate by `conn::stream`) are the downstream's, answered with nothing,
+    /// as when a body is streamed (Pingora leaves a filter's errors
+    /// without a side, which `fail_to_proxy` would answer 500).
     async fn read_body_first(&self, session: &mut Session, len: u64) -> Result<bool> {
+        let Some(_share) = self.body_budget.take(len) else {
+            self.metrics.bodies_over_budget.inc();
+            return Ok(true);
+        };
         if crate::body::expects_continue(session.req_header().version, &session.req_header().headers) {
             // The client waits for this before it sends.
             session.write_continue_response().await.map_err(|e| e.into_down())?;

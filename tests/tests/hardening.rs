@@ -980,6 +980,23 @@ fn slow_request_bodies_are_read_whole_before_they_hold_a_backend_worker() {
 }
 
 #[test]
+fn the_bodies_being_read_first_hold_at_most_their_budget() {
+    // 1 MiB: sixteen bodies of 64 KiB.
+    let (backend, s) = on_two_workers("[limits]\nbody_rate_grace_ms = 120000\nrequest_body_buffer_total_mib = 1\n");
+    let rt = driving_runtime();
+    let (client, uploads) = h2_start_uploads(&rt, &s, 17, 65536, 100);
+    // Sixteen are read first; the seventeenth is streamed as if it were
+    // large: it reaches the backend before its body is whole.
+    wait_until("one body streamed past the budget", Duration::from_secs(15), || {
+        backend.posts() == 1 && s.metric("tenant_gateway_request_bodies_over_budget_total", &[]) == 1.0
+    })
+    .unwrap_or_else(|e| panic!("{e} ({} posts)\n{}", backend.posts(), s.gw.proc_.log()));
+    assert!(other_tenant_answers(&s), "the other tenant is served");
+    assert_eq!(backend.posts(), 1);
+    drop((uploads, client));
+}
+
+#[test]
 fn a_request_body_that_stops_is_answered_408_and_never_reaches_the_backend() {
     // A 2,000-byte body may take 1 s of grace and 2 s at 1,000 B/s.
     let (backend, s) = on_two_workers("[limits]\nmin_body_rate = 1000\nbody_rate_grace_ms = 1000\n");

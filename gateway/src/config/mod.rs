@@ -484,6 +484,9 @@ pub struct LimitsConfig {
     /// backend worker while it sends; 0: every body is streamed. At most
     /// 65536 (Pingora's request body buffer).
     pub request_body_buffer_bytes: u64,
+    /// What the bodies being read first may hold at once, in MiB; past it
+    /// a body is streamed.
+    pub request_body_buffer_total_mib: u64,
     /// Per-tenant fairness defaults (a tenant's row may override them).
     pub tenant: TenantLimitsConfig,
     /// Per client address within a tenant.
@@ -542,6 +545,7 @@ impl Default for LimitsConfig {
             min_body_rate: 500,
             body_rate_grace: Duration::from_millis(10_000),
             request_body_buffer_bytes: crate::body::MAX_BUFFERED,
+            request_body_buffer_total_mib: 128,
             tenant: TenantLimitsConfig::default(),
             client: ClientLimitsConfig::default(),
         }

@@ -188,6 +188,10 @@ fn errors_name_the_key() {
             "limits.request_body_buffer_bytes",
         ),
         (
+            format!("{MIN}[limits]\nrequest_body_buffer_total_mib = 0\n"),
+            "limits.request_body_buffer_total_mib",
+        ),
+        (
             format!("{MIN}[database]\nlookup_deadline_ms = 0\n"),
             "database.lookup_deadline_ms",
         ),

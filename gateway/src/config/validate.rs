@@ -297,6 +297,12 @@ impl Config {
                 ),
             ));
         }
+        if l.request_body_buffer_total_mib == 0 || l.request_body_buffer_total_mib > 1 << 20 {
+            errs.push(invalid(
+                "limits.request_body_buffer_total_mib",
+                "from 1 to 1048576 (to read no body first: request_body_buffer_bytes = 0)",
+            ));
+        }
         if l.max_connections_per_ip == Some(0) {
             errs.push(invalid("limits.max_connections_per_ip", "must be at least 1"));
         }

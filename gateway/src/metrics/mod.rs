@@ -53,6 +53,9 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Connections cut by a deadline, by kind.
     pub deadline_hits: IntCounterVec,
+    /// Bodies streamed because the bytes of bodies being read first were at
+    /// `limits.request_body_buffer_total_mib`.
+    pub bodies_over_budget: IntCounter,
     /// Lookups that hit the client-side deadline.
     pub lookup_timeouts: IntCounter,
     /// Rows the lookup query returned that the gateway refuses.
@@ -203,6 +206,11 @@ impl Metrics {
                 "tenant_gateway_deadline_hits_total",
                 "Client connections (HTTP/2: streams) cut by a deadline, by kind (tls_handshake, request_head, body_rate, idle, send).",
                 &["kind"],
+            ),
+            bodies_over_budget: counter(
+                &r,
+                "tenant_gateway_request_bodies_over_budget_total",
+                "Request bodies streamed instead of read first: the bodies being read held limits.request_body_buffer_total_mib.",
             ),
             lookup_timeouts: counter(
                 &r,
