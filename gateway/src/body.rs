@@ -1,5 +1,6 @@
-//! Which request bodies are read whole before a backend is chosen, and
-//! within what time (policy only: `proxy` reads them).
+//! Which request bodies are read whole before a backend is chosen, within
+//! what time, and how much they may hold at once (policy only: `proxy`
+//! reads them).
 //!
 //! A pre-forked app server (gunicorn's sync workers, the usual Django
 //! deployment) gives a request a worker from its first byte to its last:
@@ -22,14 +23,16 @@
 //! and a body that stops sending would otherwise be waited for forever.
 //!
 //! And a budget: the bodies being read at once may hold at most
-//! `limits.request_body_buffer_total_mib` ([`Budget`]); past it a body is
-//! streamed as if it were large. Without it, a client's many HTTP/2
-//! streams (100 per connection, each up to 64 KiB, on each of its
-//! connections) could hold memory for as long as their deadlines let them.
+//! `limits.request_body_buffer_total_mib` ([`Budget`]: tokio's semaphore,
+//! a permit per byte); past it a body is streamed as if it were large.
+//! Without it, a client's many HTTP/2 streams (100 per connection, each up
+//! to 64 KiB, on each of its connections) could hold memory for as long as
+//! their deadlines let them.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use http::header::{CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, Version};
@@ -84,51 +87,37 @@ impl Buffering {
     }
 }
 
-/// The bytes the bodies being read first may hold at once (per process).
+/// The bytes the bodies being read first may hold at once (per process):
+/// a permit per byte.
 #[derive(Debug)]
 pub struct Budget {
-    max: u64,
-    held: AtomicU64,
+    bytes: Arc<Semaphore>,
+    max: usize,
 }
 
 /// A body's share of the [`Budget`], given back when dropped.
-#[derive(Debug)]
-pub struct Share {
-    budget: Arc<Budget>,
-    len: u64,
-}
+pub type Share = OwnedSemaphorePermit;
 
 impl Budget {
-    pub fn new(max: u64) -> Arc<Budget> {
-        Arc::new(Budget {
+    /// At most `max` bytes (capped at what a semaphore can count).
+    pub fn new(max: u64) -> Budget {
+        let max = usize::try_from(max).unwrap_or(usize::MAX).min(Semaphore::MAX_PERMITS);
+        Budget {
+            bytes: Arc::new(Semaphore::new(max)),
             max,
-            held: AtomicU64::new(0),
-        })
+        }
     }
 
     /// `len` bytes of the budget for a body about to be read, if they are
     /// free (`None`: the body is to be streamed).
-    pub fn take(self: &Arc<Self>, len: u64) -> Option<Share> {
-        self.held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                held.checked_add(len).filter(|&sum| sum <= self.max)
-            })
-            .ok()
-            .map(|_| Share {
-                budget: self.clone(),
-                len,
-            })
+    pub fn take(&self, len: u64) -> Option<Share> {
+        let len = u32::try_from(len).ok()?;
+        self.bytes.clone().try_acquire_many_owned(len).ok()
     }
 
     /// Bytes held now.
     pub fn held(&self) -> u64 {
-        self.held.load(Ordering::Acquire)
-    }
-}
-
-impl Drop for Share {
-    fn drop(&mut self) {
-        self.budget.held.fetch_sub(self.len, Ordering::AcqRel);
+        (self.max - self.bytes.available_permits()) as u64
     }
 }
 
@@ -219,6 +208,7 @@ mod tests {
         drop(b);
         assert_eq!(budget.held(), 0);
         assert!(Budget::new(0).take(1).is_none());
+        assert!(Budget::new(u64::MAX).take(MAX_BUFFERED).is_some());
     }
 
     #[test]
