@@ -88,8 +88,8 @@ impl Buffering {
 }
 
 /// The bytes the bodies being read first may hold at once (per process):
-/// a permit per byte.
-#[derive(Debug)]
+/// a permit per byte. Clones share it.
+#[derive(Debug, Clone)]
 pub struct Budget {
     bytes: Arc<Semaphore>,
     max: usize,

@@ -701,7 +701,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
             grace: cfg.limits.body_rate_grace,
             idle: cfg.limits.idle_timeout,
         },
-        body_budget: Arc::new(crate::body::Budget::new(cfg.limits.request_body_buffer_total_mib << 20)),
+        body_budget: crate::body::Budget::new(cfg.limits.request_body_buffer_total_mib << 20),
     };
     // HTTP/2 connections carry no HTTP/1 head deadlines; their idle bound is h2's own.
     let server_conf = server.configuration.clone();

@@ -13,9 +13,9 @@
 //!   waits (FIFO) up to `queue_timeout`, at most `max_queued` at a time, then
 //!   gets 503 with `Retry-After`. The request path checks the rates when a
 //!   request's head has arrived ([`Limits::check_rate`]) and takes the slot
-//!   once the request is ready to go to a backend ([`Limits::try_slot`], then
-//!   [`Limits::wait_slot`] if none is free: after
-//!   a body the gateway reads first, `crate::body`).
+//!   once the request is ready to go to a backend, after any body the
+//!   gateway reads first (`crate::body`): [`Limits::try_slot`], then
+//!   [`Limits::wait_slot`] if none is free.
 //! - Each tenant's limits are the config's defaults overridden by its row
 //!   (lookup query columns 4-6). [`Limits::limiter`] hands out one
 //!   [`Limiter`] per schema and spec, kept in a registry so its state

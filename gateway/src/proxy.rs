@@ -72,7 +72,7 @@ pub struct Gateway {
     /// Which request bodies are read whole before a backend is chosen.
     pub bodies: crate::body::Buffering,
     /// What the bodies being read at once may hold.
-    pub body_budget: Arc<crate::body::Budget>,
+    pub body_budget: crate::body::Budget,
 }
 
 /// What the request path needs to know about TLS.

@@ -56,7 +56,6 @@ pub fn client_config(ca: &Path, alpn: &[&str]) -> rustls::ClientConfig {
     cfg
 }
 
-/// HTTPS client resolving `hosts` to the gateway's TLS port.
 /// An HTTP/2 connection over TLS (SNI `sni`, trusting `ca`) to
 /// 127.0.0.1:`port`, driven by a task on the current runtime.
 pub async fn h2_connect(ca: &Path, port: u16, sni: &str) -> h2::client::SendRequest<bytes::Bytes> {
@@ -74,6 +73,7 @@ pub async fn h2_connect(ca: &Path, port: u16, sni: &str) -> h2::client::SendRequ
     client
 }
 
+/// HTTPS client resolving `hosts` to the gateway's TLS port.
 pub fn https_client(ca: &Path, port: u16, hosts: &[&str], alpn: &[&str]) -> super::http::Client {
     let mut b = reqwest::Client::builder()
         .use_preconfigured_tls(client_config(ca, alpn))

@@ -99,25 +99,32 @@ fn public_open(s: &Stack) -> f64 {
         .sum()
 }
 
-/// Trickle a request head one byte at a time until the server closes the
-/// connection; returns how long the connection lived.
-fn trickle<S: Read + Write>(stream: &mut S, start: Instant, limit: Duration) -> Duration {
-    stream
-        .write_all(b"GET /whoami HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\n")
-        .unwrap();
+/// A request head's start, trickled on by [`trickle`].
+const HEAD_START: &[u8] = b"GET /whoami HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\n";
+
+/// Send `start_of_request`, then trickle one byte at a time until the
+/// server answers or closes the connection: how long the connection lived
+/// (from `start`) and what the server sent (empty: nothing).
+fn trickle<S: Read + Write>(
+    stream: &mut S,
+    start_of_request: &[u8],
+    start: Instant,
+    limit: Duration,
+) -> (Duration, Vec<u8>) {
+    stream.write_all(start_of_request).unwrap();
     let mut buf = [0u8; 512];
     while start.elapsed() < limit {
         if stream.write_all(b"X").and_then(|_| stream.flush()).is_err() {
-            return start.elapsed();
+            return (start.elapsed(), Vec::new());
         }
         // The socket's read timeout paces the trickle (one byte per 250 ms).
         match stream.read(&mut buf) {
-            Ok(_) => return start.elapsed(),
+            Ok(n) => return (start.elapsed(), buf[..n].to_vec()),
             Err(e) if timed_out(&e) => {}
-            Err(_) => return start.elapsed(),
+            Err(_) => return (start.elapsed(), Vec::new()),
         }
     }
-    panic!("the trickled head was still open after {limit:?}");
+    panic!("the trickled request was still open after {limit:?}");
 }
 
 #[test]
@@ -128,7 +135,7 @@ fn a_trickled_request_head_or_body_is_cut_at_the_deadline_on_both_listeners() {
     // Plain HTTP.
     let start = Instant::now();
     let mut tcp = paced_connection(s.gw.port);
-    let lived = trickle(&mut tcp, start, limit);
+    let (lived, _) = trickle(&mut tcp, HEAD_START, start, limit);
     assert!(lived >= deadline - Duration::from_millis(100), "cut early: {lived:?}");
     // HTTPS: the deadline counts from accept, the handshake included.
     let start = Instant::now();
@@ -137,7 +144,7 @@ fn a_trickled_request_head_or_body_is_cut_at_the_deadline_on_both_listeners() {
     let name = rustls::pki_types::ServerName::try_from("ferrari.myapp.localhost").unwrap();
     let conn = rustls::ClientConnection::new(Arc::new(client_config(s.ca(), &["http/1.1"])), name).unwrap();
     let mut tls = rustls::StreamOwned::new(conn, tcp);
-    let lived = trickle(&mut tls, start, limit);
+    let (lived, _) = trickle(&mut tls, HEAD_START, start, limit);
     assert!(lived >= deadline - Duration::from_millis(100), "cut early: {lived:?}");
     assert!(
         s.metric("tenant_gateway_deadline_hits_total", &[("kind", "request_head")]) >= 2.0,
@@ -148,23 +155,8 @@ fn a_trickled_request_head_or_body_is_cut_at_the_deadline_on_both_listeners() {
     // client has been waited for longer than the grace).
     let start = Instant::now();
     let mut tcp = paced_connection(s.gw.port);
-    tcp.write_all(b"POST /projects HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nContent-Length: 100000\r\n\r\n")
-        .unwrap();
-    let mut buf = [0u8; 512];
-    let cut = loop {
-        assert!(
-            start.elapsed() < limit,
-            "a trickled body was still open after {limit:?}"
-        );
-        if tcp.write_all(b"x").is_err() {
-            break start.elapsed();
-        }
-        match tcp.read(&mut buf) {
-            Ok(_) => break start.elapsed(),
-            Err(e) if timed_out(&e) => {}
-            Err(_) => break start.elapsed(),
-        }
-    };
+    let head = b"POST /projects HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nContent-Length: 100000\r\n\r\n";
+    let (cut, _) = trickle(&mut tcp, head, start, limit);
     assert!(cut >= Duration::from_millis(900), "cut before the grace: {cut:?}");
     wait_until("body rate cut counted", Duration::from_secs(5), || {
         s.metric("tenant_gateway_deadline_hits_total", &[("kind", "body_rate")]) >= 1.0
@@ -233,7 +225,7 @@ fn a_kept_alive_connection_closes_when_idle_and_its_next_head_has_its_own_deadli
     let mut tcp = paced_connection(s.gw.port);
     one_request(&mut tcp);
     let start = Instant::now();
-    let lived = trickle(&mut tcp, start, limit);
+    let (lived, _) = trickle(&mut tcp, HEAD_START, start, limit);
     assert!(
         lived >= Duration::from_millis(2500),
         "cut before the head deadline: {lived:?}"
@@ -1023,24 +1015,9 @@ fn a_request_body_that_stops_is_answered_408_and_never_reaches_the_backend() {
     assert_eq!(h2_answer(&rt, response).0, 408);
     // HTTP/1.1 trickled below the rate: cut (as a streamed body is), with
     // no answer.
-    let mut trickle = h1_tls(&s, "ferrari.myapp.localhost");
-    trickle.write_all(head).unwrap();
-    trickle.sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let start = Instant::now();
-    let mut seen = Vec::new();
-    loop {
-        assert!(start.elapsed() < Duration::from_secs(15), "a trickled body still open");
-        if trickle.write_all(b"x").and_then(|()| trickle.flush()).is_err() {
-            break;
-        }
-        let mut buf = [0u8; 512];
-        match trickle.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => seen.extend_from_slice(&buf[..n]),
-            Err(e) if timed_out(&e) => {}
-            Err(_) => break,
-        }
-    }
+    let mut slow = h1_tls(&s, "ferrari.myapp.localhost");
+    slow.sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let (_, seen) = trickle(&mut slow, head, Instant::now(), Duration::from_secs(15));
     assert!(seen.is_empty(), "{}", String::from_utf8_lossy(&seen));
     assert_eq!(backend.posts(), 0, "a stopped body reached the backend");
     wait_until("both counted, as the tenant's too", Duration::from_secs(10), || {
