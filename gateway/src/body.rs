@@ -61,19 +61,10 @@ impl Buffering {
     /// `Transfer-Encoding` (a request carrying both is streamed as Pingora
     /// frames it; Pingora refuses the ambiguous ones).
     pub fn length(&self, headers: &HeaderMap) -> Option<u64> {
-        if self.max_bytes == 0 || headers.contains_key(TRANSFER_ENCODING) {
+        if self.max_bytes == 0 {
             return None;
         }
-        let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
-        let value = lengths.next()?;
-        if lengths.next().is_some() {
-            return None;
-        }
-        let digits = value.as_bytes();
-        if digits.is_empty() || digits.len() > 6 || !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let n = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+        let n = content_length(headers)?;
         (1..=self.max_bytes.min(MAX_BUFFERED)).contains(&n).then_some(n)
     }
 
@@ -87,8 +78,29 @@ impl Buffering {
     }
 }
 
-/// The bytes the bodies being read first may hold at once (per process):
-/// a permit per byte. Clones share it.
+/// The length of a body framed by exactly one `Content-Length` (a plain
+/// number of at most 15 digits) and no `Transfer-Encoding`; `None` for any
+/// other framing (a message carrying both is passed on as Pingora frames
+/// it; Pingora refuses the ambiguous ones).
+pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+    if headers.contains_key(TRANSFER_ENCODING) {
+        return None;
+    }
+    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
+    let value = lengths.next()?;
+    if lengths.next().is_some() {
+        return None;
+    }
+    let digits = value.as_bytes();
+    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+}
+
+/// The bytes the bodies being held whole may hold at once (per process,
+/// one for request bodies and one for responses): a permit per byte.
+/// Clones share it.
 #[derive(Debug, Clone)]
 pub struct Budget {
     bytes: Arc<Semaphore>,
@@ -108,7 +120,7 @@ impl Budget {
         }
     }
 
-    /// `len` bytes of the budget for a body about to be read, if they are
+    /// `len` bytes of the budget for a body about to be held, if they are
     /// free (`None`: the body is to be streamed).
     pub fn take(&self, len: u64) -> Option<Share> {
         let len = u32::try_from(len).ok()?;
@@ -132,7 +144,7 @@ pub fn expects_continue(version: Version, headers: &HeaderMap) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn policy(max_bytes: u64) -> Buffering {
@@ -144,7 +156,8 @@ mod tests {
         }
     }
 
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    /// A header map of `pairs`, in order (a name may repeat).
+    pub(crate) fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.append(*k, http::HeaderValue::from_static(v));

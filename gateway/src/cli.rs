@@ -702,6 +702,10 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
             idle: cfg.limits.idle_timeout,
         },
         body_budget: crate::body::Budget::new(cfg.limits.request_body_buffer_total_mib << 20),
+        responses: crate::response_body::Buffering {
+            max_bytes: cfg.limits.response_body_buffer_bytes,
+        },
+        response_budget: crate::response_body::Budget::new(cfg.limits.response_body_buffer_total_mib << 20),
     };
     // HTTP/2 connections carry no HTTP/1 head deadlines; their idle bound is h2's own.
     let server_conf = server.configuration.clone();

@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod pages;
 pub mod proxy;
 pub mod reload;
+pub mod response_body;
 pub mod route;
 pub mod schema;
 pub mod sys;

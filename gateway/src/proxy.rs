@@ -17,6 +17,9 @@
 //!    origin-form target, the `X-Tenant` stamp).
 //! 4. `response_filter`: while the process shuts down, responses say
 //!    `Connection: close` so keep-alive clients reconnect elsewhere.
+//!    A response body of known, bounded length is held until it is whole
+//!    (`response_body_filter`, [`crate::response_body`]), so the backend's
+//!    worker is free before a slow client has read it.
 //! 5. `fail_to_proxy`: 502/504 pages for backend failures and timeouts; a
 //!    client that took none of its response within the send timeout gets
 //!    nothing more.
@@ -73,6 +76,10 @@ pub struct Gateway {
     pub bodies: crate::body::Buffering,
     /// What the bodies being read at once may hold.
     pub body_budget: crate::body::Budget,
+    /// Which response bodies are held whole before the client has them.
+    pub responses: crate::response_body::Buffering,
+    /// What the response bodies held at once may hold.
+    pub response_budget: crate::response_body::Budget,
 }
 
 /// What the request path needs to know about TLS.
@@ -117,6 +124,8 @@ pub struct Ctx {
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Held back by a limit: the rejection reason.
     limited: Option<&'static str>,
+    /// The response body to be held whole (decided at its head).
+    response_body: Option<Box<crate::response_body::Held>>,
 }
 
 /// What the gateway answers itself instead of proxying.
@@ -477,6 +486,25 @@ impl Gateway {
         }
     }
 
+    /// A response head with a `Content-Length` of five digits or more:
+    /// whether its body is to be held whole ([`crate::response_body`]),
+    /// with its share of the budget (else it is streamed, as every body
+    /// was before).
+    #[cold]
+    fn hold_response(&self, session: &Session, head: &ResponseHeader, ctx: &mut Ctx) {
+        if session.was_upgraded() {
+            return;
+        }
+        let Some(len) = self.responses.length(&head.headers) else {
+            return;
+        };
+        let Some(share) = self.response_budget.take(len) else {
+            self.metrics.responses_over_budget.inc();
+            return;
+        };
+        ctx.response_body = Some(Box::new(crate::response_body::Held::new(len, share)));
+    }
+
     /// Writes what [`Self::route`] decided to answer.
     async fn reply(&self, session: &mut Session, ctx: &mut Ctx, reply: Reply) -> Result<bool> {
         match reply {
@@ -583,6 +611,7 @@ impl ProxyHttp for Gateway {
             in_flight: false,
             slot: None,
             limited: None,
+            response_body: None,
         })
     }
 
@@ -707,14 +736,39 @@ impl ProxyHttp for Gateway {
     async fn response_filter(
         &self,
         session: &mut Session,
-        _resp: &mut ResponseHeader,
-        _ctx: &mut Box<Ctx>,
+        resp: &mut ResponseHeader,
+        ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         // Shutting down: this response is the connection's last.
         if session.is_process_shutting_down() {
             session.set_keepalive(None);
         }
+        // A body under 10,000 bytes is never held (one look per response).
+        if self.responses.max_bytes > 0 && resp.headers.get(CONTENT_LENGTH).is_some_and(|v| v.len() > 4) {
+            self.hold_response(session, resp, ctx);
+        }
         Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        end_of_stream: bool,
+        ctx: &mut Box<Ctx>,
+    ) -> Result<Option<std::time::Duration>> {
+        use crate::response_body::{h2_send_time, Step};
+        if let Some(held) = ctx.response_body.as_mut() {
+            match held.take_in(body, end_of_stream) {
+                Step::Started => self.metrics.responses_held.inc(),
+                Step::Whole if session.is_http2() => {
+                    let len = body.as_ref().map_or(0, |b| b.len());
+                    session.set_write_timeout(Some(h2_send_time(self.send_timeout, len)));
+                }
+                Step::Passed | Step::Holding | Step::Whole => {}
+            }
+        }
+        Ok(None)
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Box<Ctx>) -> FailToProxy {
@@ -741,6 +795,20 @@ impl ProxyHttp for Gateway {
                 _ => 500,
             },
         };
+        // A response already begun (its head out, perhaps part of its
+        // body): what was written goes out, then the connection ends
+        // (HTTP/2: the stream is reset), which tells the client the body is
+        // short. A page here would be read as the rest of the body.
+        let begun = session
+            .response_written()
+            .is_some_and(|r| r.status.as_u16() >= 200 || r.status.as_u16() == 101);
+        if begun {
+            session.downstream_session.shutdown().await;
+            return FailToProxy {
+                error_code: code,
+                can_reuse_downstream: false,
+            };
+        }
         if code == 502 || code == 504 {
             let kind = if code == 504 {
                 PageKind::GatewayTimeout

@@ -4,7 +4,9 @@
 //! HTTP/2) in front of a backend with few workers, an HTTP/2 client
 //! resetting its streams (at once and after the gateway took them), slow
 //! and stopped request bodies (read whole before a backend is chosen, over
-//! HTTP/1.1 and HTTP/2), a large HTTP/2 request body that stops, a frozen (SIGSTOP) or
+//! HTTP/1.1 and HTTP/2), a large HTTP/2 request body that stops, clients
+//! reading none of large responses the gateway holds (and the responses
+//! it streams), a response its backend stops sending, a frozen (SIGSTOP) or
 //! stopped PostgreSQL, a bad row, path and SNI tricks. Two tenants in every
 //! test; the other tenant must keep being served correctly and promptly.
 
@@ -624,14 +626,76 @@ fn driving_runtime() -> tokio::runtime::Runtime {
 
 /// A backend of `workers` threads, each serving one connection at a time
 /// and closing it after one response, like a pre-forked app server without
-/// keep-alive: `GET /big` answers 256 MiB, a `POST` reads its body (its
-/// `Content-Length`, however long that takes) and answers `got <bytes>`,
-/// anything else a few bytes. Counts the big responses whose connection
-/// the gateway closed mid-way, and the posts received.
+/// keep-alive: `GET /big` answers 256 MiB, `GET /large` [`LARGE`] bytes of
+/// [`large_body`], `GET /stream/<how>` its first part and, once the test
+/// releases it, the rest; a `POST` reads its body (its `Content-Length`,
+/// however long that takes) and answers `got <bytes>`, anything else a few
+/// bytes. Counts the big responses whose connection the gateway closed
+/// mid-way, the large ones written whole, and the posts received.
 struct FewWorkers {
     port: u16,
     hung_up: Arc<std::sync::atomic::AtomicUsize>,
     posts: Arc<std::sync::atomic::AtomicUsize>,
+    large_sent: Arc<std::sync::atomic::AtomicUsize>,
+    streams: Arc<std::sync::atomic::AtomicUsize>,
+    release: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// The size of `GET /large`: far above what the sockets between a backend
+/// and a client that reads nothing take (over 6 MiB on loopback, where
+/// they grow the most), so its worker waits for the client unless the
+/// gateway holds the body ([`HOLD_LARGE`]).
+const LARGE: usize = 32 << 20;
+
+/// Responses of [`LARGE`] are held (the default bound is 8 MiB).
+const HOLD_LARGE: &str = "[limits]\nresponse_body_buffer_bytes = 33554432\n";
+
+/// `GET /large`'s body: letters in a cycle that no chunk size lines up
+/// with, so a chunk lost, repeated or moved shows.
+fn large_body() -> Vec<u8> {
+    (0..LARGE).map(|i| b'a' + (i % 23) as u8).collect()
+}
+
+/// `GET /stream/<how>`'s body: a first part, then (once the test releases
+/// it) the rest, 20 KB in all (large enough to be held).
+fn stream_body() -> (&'static str, String) {
+    ("first part;", format!(" the rest{}", ".".repeat(20_000)))
+}
+
+/// `GET /stream/<how>`: the first part of [`stream_body`], then (once the
+/// test releases it, within 30 s) the rest. `sized`: a `Content-Length`;
+/// `unbuffered`: that and `X-Accel-Buffering: no`; `chunked`: no length.
+fn serve_stream(
+    conn: &mut TcpStream,
+    head: &[u8],
+    started: &std::sync::atomic::AtomicUsize,
+    release: &std::sync::atomic::AtomicBool,
+) {
+    let (first, rest) = stream_body();
+    let len = first.len() + rest.len();
+    let how = String::from_utf8_lossy(head);
+    let chunked = how.starts_with("GET /stream/chunked ");
+    let head = if chunked {
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_string()
+    } else if how.starts_with("GET /stream/unbuffered ") {
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n")
+    } else {
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
+    };
+    let part = |s: &str| {
+        if chunked {
+            format!("{:x}\r\n{s}\r\n", s.len())
+        } else {
+            s.to_string()
+        }
+    };
+    let _ = conn.write_all(format!("{head}{}", part(first)).as_bytes());
+    started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let _ = wait_until("the test releases the stream", Duration::from_secs(30), || {
+        release.load(std::sync::atomic::Ordering::SeqCst)
+    });
+    let end = if chunked { "0\r\n\r\n" } else { "" };
+    let _ = conn.write_all(format!("{}{end}", part(&rest)).as_bytes());
 }
 
 /// The `Content-Length` of a request head (0 without one).
@@ -670,8 +734,14 @@ impl FewWorkers {
         let port = listener.local_addr().unwrap().port();
         let hung_up = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let posts = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let large_sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let streams = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let release = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let large = Arc::new(large_body());
         for _ in 0..workers {
             let (listener, hung_up, posts) = (listener.clone(), hung_up.clone(), posts.clone());
+            let (large_sent, release, large) = (large_sent.clone(), release.clone(), large.clone());
+            let streams = streams.clone();
             std::thread::spawn(move || {
                 while let Ok((mut conn, _)) = listener.accept() {
                     let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
@@ -689,6 +759,21 @@ impl FewWorkers {
                             got.len() + 4
                         );
                         let _ = conn.write_all(answer.as_bytes());
+                        continue;
+                    }
+                    if head.starts_with(b"GET /large ") {
+                        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {LARGE}\r\nConnection: close\r\n\r\n");
+                        if conn
+                            .write_all(head.as_bytes())
+                            .and_then(|()| conn.write_all(&large))
+                            .is_ok()
+                        {
+                            large_sent.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        continue;
+                    }
+                    if head.starts_with(b"GET /stream/") {
+                        serve_stream(&mut conn, &head, &streams, &release);
                         continue;
                     }
                     if !head.starts_with(b"GET /big ") {
@@ -713,7 +798,28 @@ impl FewWorkers {
                 }
             });
         }
-        FewWorkers { port, hung_up, posts }
+        FewWorkers {
+            port,
+            hung_up,
+            posts,
+            large_sent,
+            streams,
+            release,
+        }
+    }
+
+    /// `GET /stream/…` responses whose first part was sent.
+    fn streams(&self) -> usize {
+        self.streams.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn large_sent(&self) -> usize {
+        self.large_sent.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// The `GET /stream/…` responses send the rest of their body.
+    fn release(&self) {
+        self.release.store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     fn hung_up(&self) -> usize {
@@ -728,7 +834,12 @@ impl FewWorkers {
 /// Both tenants' pool: one backend of two workers; `config` is added to
 /// the gateway's (empty: the defaults). Returns once the backend is healthy.
 fn on_two_workers(config: &str) -> (FewWorkers, Stack) {
-    let backend = FewWorkers::start(2);
+    on_workers(2, config)
+}
+
+/// [`on_two_workers`] with `workers` workers.
+fn on_workers(workers: usize, config: &str) -> (FewWorkers, Stack) {
+    let backend = FewWorkers::start(workers);
     let s = Stack::builder()
         .apps(0)
         .tls("")
@@ -740,28 +851,40 @@ fn on_two_workers(config: &str) -> (FewWorkers, Stack) {
     (backend, s)
 }
 
-/// Open HTTP/2 streams for `GET /big` on `host` and never read them: the
-/// client's windows (64 KiB per stream and connection) stay shut while its
-/// connection is driven on `rt` (so the socket itself keeps being read).
-/// The handles keep the streams open until dropped.
+/// HTTP/2 streams opened and not read (yet): their responses, and what
+/// keeps them and their connection open until dropped.
+struct H2Unread {
+    responses: Vec<h2::client::ResponseFuture>,
+    _held: Vec<Box<dyn std::any::Any + Send>>,
+}
+
+/// Open HTTP/2 streams for `GET <path>` on `host` and read none of them:
+/// the client's windows (64 KiB per stream and connection) stay shut while
+/// its connection is driven on `rt` (so the socket itself keeps being
+/// read), until a response is read with [`h2_answer`].
 fn h2_unread_streams(
     rt: &tokio::runtime::Runtime,
     ca: &std::path::Path,
     port: u16,
     host: &str,
+    path: &str,
     n: usize,
-) -> Vec<Box<dyn std::any::Any + Send>> {
+) -> H2Unread {
     let open = async move {
         let mut client = h2_connect(ca, port, host).await;
-        let mut held: Vec<Box<dyn std::any::Any + Send>> = Vec::new();
+        let mut unread = H2Unread {
+            responses: Vec::new(),
+            _held: Vec::new(),
+        };
         for _ in 0..n {
             client = client.ready().await.unwrap();
-            let req = ::http::Request::get(format!("https://{host}/big")).body(()).unwrap();
+            let req = ::http::Request::get(format!("https://{host}{path}")).body(()).unwrap();
             let (response, stream) = client.send_request(req, true).unwrap();
-            held.push(Box::new((response, stream)));
+            unread.responses.push(response);
+            unread._held.push(Box::new(stream));
         }
-        held.push(Box::new(client));
-        held
+        unread._held.push(Box::new(client));
+        unread
     };
     rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), open).await })
         .expect("the HTTP/2 streams open in time")
@@ -806,7 +929,7 @@ fn a_client_that_reads_none_of_its_responses_is_cut_and_the_shared_backend_freed
     // HTTP/2: the socket keeps being read, but the client never opens the
     // streams' windows; each stream is cut at its send timeout.
     let rt = driving_runtime();
-    let streams = h2_unread_streams(&rt, s.ca(), s.gw.tls_port, "ferrari.myapp.localhost", 2);
+    let streams = h2_unread_streams(&rt, s.ca(), s.gw.tls_port, "ferrari.myapp.localhost", "/big", 2);
     hung_up_after("both big HTTP/2 responses let go of", 4);
     other_served("the other tenant served after the HTTP/2 streams were cut");
     cut("both HTTP/2 streams counted as cut", 4.0);
@@ -882,20 +1005,22 @@ fn h2_start_uploads(
 
 /// An HTTP/2 response's status and body, within 30 s.
 fn h2_answer(rt: &tokio::runtime::Runtime, response: h2::client::ResponseFuture) -> (u16, String) {
-    let read = async {
-        let response = response.await.expect("a response");
-        let status = response.status().as_u16();
-        let mut body = response.into_body();
-        let mut out = Vec::new();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.expect("body");
-            let _ = body.flow_control().release_capacity(chunk.len());
-            out.extend_from_slice(&chunk);
-        }
-        (status, String::from_utf8_lossy(&out).into_owned())
-    };
-    rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), read).await })
+    rt.block_on(async { tokio::time::timeout(Duration::from_secs(30), h2_read(response)).await })
         .expect("an HTTP/2 answer in time")
+}
+
+/// An HTTP/2 response's status and body, its window opened as it is read.
+async fn h2_read(response: h2::client::ResponseFuture) -> (u16, String) {
+    let response = response.await.expect("a response");
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut out = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("body");
+        let _ = body.flow_control().release_capacity(chunk.len());
+        out.extend_from_slice(&chunk);
+    }
+    (status, String::from_utf8_lossy(&out).into_owned())
 }
 
 #[test]
@@ -1173,6 +1298,19 @@ fn an_http2_client_resetting_its_streams_leaves_no_work_at_the_backend() {
     assert!(other_tenant_answers(&s), "the other tenant is served");
 }
 
+/// Both tenants' pool: the backend on `port`, whose answers the gateway
+/// waits for `read_timeout_ms`. Returns once the backend is healthy.
+fn on_backend_with_read_timeout(port: u16, read_timeout_ms: u64) -> Stack {
+    let pools = pools_toml(&[("default", &[port])]).replace(
+        "connect_timeout_ms = 500\n",
+        &format!("connect_timeout_ms = 500\nread_timeout_ms = {read_timeout_ms}\n"),
+    );
+    let s = Stack::builder().apps(0).tls("").pools(pools).start();
+    s.gw.wait_backend("default", port, true, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    s
+}
+
 /// HTTP/1 request bodies have a minimum rate (tested above); an HTTP/2
 /// stream's body too large to be read first (above) is not read through
 /// the connection's deadlines, and
@@ -1183,13 +1321,7 @@ fn an_http2_client_resetting_its_streams_leaves_no_work_at_the_backend() {
 fn an_http2_request_body_that_stops_holds_its_backend_only_until_the_read_timeout() {
     use std::sync::atomic::Ordering::SeqCst;
     let backend = Holder::start(Duration::from_secs(60));
-    let pools = pools_toml(&[("default", &[backend.port])]).replace(
-        "connect_timeout_ms = 500\n",
-        "connect_timeout_ms = 500\nread_timeout_ms = 2000\n",
-    );
-    let s = Stack::builder().apps(0).tls("").pools(pools).start();
-    s.gw.wait_backend("default", backend.port, true, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    let s = on_backend_with_read_timeout(backend.port, 2000);
     let rt = driving_runtime();
     // 10 bytes of a 100,000-byte body, then nothing (the stream stays open).
     let (response, held) = rt.block_on(async {
@@ -1222,4 +1354,177 @@ fn an_http2_request_body_that_stops_holds_its_backend_only_until_the_read_timeou
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
     drop(held);
+}
+
+/// One HTTP/1.1 response framed by its `Content-Length`: its head and body
+/// (what arrived, if the connection ended or a read timed out first).
+fn read_sized_response(conn: &mut impl Read) -> (String, Vec<u8>) {
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut end = None;
+    loop {
+        if end.is_none() {
+            end = seen.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+        }
+        if let Some(at) = end {
+            if seen.len() >= at + content_length(&seen[..at]) {
+                break;
+            }
+        }
+        match conn.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    let at = end.unwrap_or(seen.len());
+    let body = seen.split_off(at);
+    (String::from_utf8_lossy(&seen).into_owned(), body)
+}
+
+/// Ask for `GET <path>` on a new HTTP/1.1 connection and read nothing yet.
+fn h1_ask(s: &Stack, path: &str) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let mut tls = h1_tls(s, "ferrari.myapp.localhost");
+    tls.write_all(format!("GET {path} HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\n\r\n").as_bytes())
+        .unwrap();
+    tls.flush().unwrap();
+    tls
+}
+
+#[test]
+fn large_responses_are_taken_whole_so_slow_readers_hold_no_backend_worker() {
+    // Both tenants share one backend of two workers; a response holds its
+    // worker until its last byte is written.
+    let (backend, s) = on_two_workers(HOLD_LARGE);
+    // Two HTTP/1.1 connections and two HTTP/2 streams ask for a large
+    // response and read none of it: streamed, the first two would hold
+    // both workers until the send timeout (60 s) and the rest wait.
+    let unread: Vec<_> = (0..2).map(|_| h1_ask(&s, "/large")).collect();
+    let rt = driving_runtime();
+    let streams = h2_unread_streams(&rt, s.ca(), s.gw.tls_port, "ferrari.myapp.localhost", "/large", 2);
+    wait_until(
+        "the backend wrote all four large responses while no client read",
+        Duration::from_secs(30),
+        || backend.large_sent() == 4,
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e} ({} written, {} held)\n{}",
+            backend.large_sent(),
+            s.metric("tenant_gateway_response_bodies_held_total", &[]),
+            s.gw.proc_.log()
+        )
+    });
+    assert!(other_tenant_answers(&s), "the other tenant is served");
+    assert_eq!(s.metric("tenant_gateway_response_bodies_held_total", &[]), 4.0);
+    // Each reader then gets its whole body, byte for byte.
+    let want = large_body();
+    for mut tls in unread {
+        let (head, body) = read_sized_response(&mut tls);
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert!(body == want, "an HTTP/1.1 body of {} bytes differs", body.len());
+    }
+    // The streams share their connection's window: read together.
+    let want = String::from_utf8(want).unwrap();
+    let reads: Vec<_> = streams.responses.into_iter().map(|r| rt.spawn(h2_read(r))).collect();
+    for read in reads {
+        let (status, body) = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(120), read).await })
+            .unwrap_or_else(|_| panic!("an HTTP/2 answer in time\n{}", s.gw.proc_.log()))
+            .unwrap();
+        assert_eq!(status, 200);
+        assert!(body == want, "an HTTP/2 body of {} bytes differs", body.len());
+    }
+}
+
+#[test]
+fn streamed_responses_are_not_held() {
+    let (backend, s) = on_workers(3, "");
+    // A body without a length reaches the client part by part.
+    let mut chunked = h1_ask(&s, "/stream/chunked");
+    let seen = read_until(&mut chunked, "first part;");
+    assert!(
+        seen.starts_with("HTTP/1.1 200 ") && seen.trim_end().ends_with("first part;"),
+        "{seen}\n{}",
+        s.gw.proc_.log()
+    );
+    // Neither it nor a body whose backend says `X-Accel-Buffering: no` is
+    // held; a body with a length alone is. (Pingora itself writes a
+    // response with a length to an HTTP/1.1 client when its write buffer
+    // fills or the body ends, so held or not the client sees none of these
+    // early.)
+    let mut unbuffered = h1_ask(&s, "/stream/unbuffered");
+    let mut sized = h1_ask(&s, "/stream/sized");
+    wait_until("the backend sent each first part", Duration::from_secs(15), || {
+        backend.streams() == 3
+    })
+    .unwrap();
+    backend.release();
+    let rest = read_until(&mut chunked, "\r\n0\r\n\r\n");
+    assert!(rest.contains(" the rest"), "{rest:?}\n{}", s.gw.proc_.log());
+    let (first, rest) = stream_body();
+    for tls in [&mut unbuffered, &mut sized] {
+        let (head, body) = read_sized_response(tls);
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert_eq!(String::from_utf8_lossy(&body), format!("{first}{rest}"));
+    }
+    assert_eq!(s.metric("tenant_gateway_response_bodies_held_total", &[]), 1.0);
+}
+
+#[test]
+fn the_response_bodies_held_hold_at_most_their_budget() {
+    // One large response.
+    let (backend, s) = on_two_workers(&format!("{HOLD_LARGE}response_body_buffer_total_mib = 32\n"));
+    let unread: Vec<_> = (0..2).map(|_| h1_ask(&s, "/large")).collect();
+    // One is held; the other is streamed, its worker held by its reader.
+    wait_until("one response held, one streamed", Duration::from_secs(30), || {
+        backend.large_sent() == 1
+            && s.metric("tenant_gateway_response_bodies_held_total", &[]) == 1.0
+            && s.metric("tenant_gateway_response_bodies_over_budget_total", &[]) == 1.0
+    })
+    .unwrap_or_else(|e| panic!("{e} ({} written)\n{}", backend.large_sent(), s.gw.proc_.log()));
+    assert!(
+        other_tenant_answers(&s),
+        "the other tenant is served by the free worker"
+    );
+    let want = large_body();
+    for mut tls in unread {
+        let (head, body) = read_sized_response(&mut tls);
+        assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+        assert!(body == want, "a body of {} bytes differs", body.len());
+    }
+    assert_eq!(backend.large_sent(), 2);
+}
+
+#[test]
+fn a_response_its_backend_stops_sending_ends_short_and_nothing_else_is_read_as_its_body() {
+    // The backend sends a response's head and first part, then nothing
+    // for longer than the pool's read timeout (1 s).
+    let backend = FewWorkers::start(2);
+    let s = on_backend_with_read_timeout(backend.port, 1000);
+    let (first, rest) = stream_body();
+    let whole = format!("{first}{rest}");
+    // Streamed and held alike: the head came, the body stops short of its
+    // length and the connection ends; no error page follows the head.
+    for path in ["/stream/unbuffered", "/stream/sized"] {
+        let mut tls = h1_ask(&s, path);
+        let (head, body) = read_sized_response(&mut tls);
+        assert!(
+            head.starts_with("HTTP/1.1 200 "),
+            "{path}: {head}\n{}",
+            s.gw.proc_.log()
+        );
+        let body = String::from_utf8_lossy(&body);
+        assert!(
+            body.len() < whole.len() && whole.starts_with(&*body),
+            "{path}: a body of {} bytes, not a prefix of the backend's: {:?}",
+            body.len(),
+            &body[..body.len().min(200)]
+        );
+    }
+    // The two workers, let go of, serve the other tenant.
+    backend.release();
+    wait_until("the other tenant served", Duration::from_secs(15), || {
+        other_tenant_answers(&s)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
 }

@@ -487,6 +487,15 @@ pub struct LimitsConfig {
     /// What the bodies being read first may hold at once, in MiB; past it
     /// a body is streamed.
     pub request_body_buffer_total_mib: u64,
+    /// A response body of at most this many bytes (its `Content-Length`)
+    /// is taken from the backend whole before the client has it, so a slow
+    /// reader holds no backend worker; 0: every response is streamed.
+    /// Bodies without a length and responses saying `X-Accel-Buffering: no`
+    /// are always streamed. At most 1 GiB.
+    pub response_body_buffer_bytes: u64,
+    /// What the response bodies being held may hold at once, in MiB; past
+    /// it a body is streamed.
+    pub response_body_buffer_total_mib: u64,
     /// Per-tenant fairness defaults (a tenant's row may override them).
     pub tenant: TenantLimitsConfig,
     /// Per client address within a tenant.
@@ -546,6 +555,8 @@ impl Default for LimitsConfig {
             body_rate_grace: Duration::from_millis(10_000),
             request_body_buffer_bytes: crate::body::MAX_BUFFERED,
             request_body_buffer_total_mib: 128,
+            response_body_buffer_bytes: 8 << 20,
+            response_body_buffer_total_mib: 256,
             tenant: TenantLimitsConfig::default(),
             client: ClientLimitsConfig::default(),
         }

@@ -192,6 +192,18 @@ fn errors_name_the_key() {
             "limits.request_body_buffer_total_mib",
         ),
         (
+            format!("{MIN}[limits]\nresponse_body_buffer_bytes = 1073741825\nresponse_body_buffer_total_mib = 2048\n"),
+            "limits.response_body_buffer_bytes",
+        ),
+        (
+            format!("{MIN}[limits]\nresponse_body_buffer_total_mib = 1048577\n"),
+            "limits.response_body_buffer_total_mib",
+        ),
+        (
+            format!("{MIN}[limits]\nresponse_body_buffer_bytes = 16777216\nresponse_body_buffer_total_mib = 8\n"),
+            "limits.response_body_buffer_total_mib",
+        ),
+        (
             format!("{MIN}[database]\nlookup_deadline_ms = 0\n"),
             "database.lookup_deadline_ms",
         ),

@@ -303,6 +303,23 @@ impl Config {
                 "from 1 to 1048576 (to read no body first: request_body_buffer_bytes = 0)",
             ));
         }
+        if l.response_body_buffer_bytes > crate::response_body::MAX_BUFFERED {
+            errs.push(invalid(
+                "limits.response_body_buffer_bytes",
+                format!("at most {} (1 GiB)", crate::response_body::MAX_BUFFERED),
+            ));
+        }
+        if l.response_body_buffer_total_mib == 0 || l.response_body_buffer_total_mib > 1 << 20 {
+            errs.push(invalid(
+                "limits.response_body_buffer_total_mib",
+                "from 1 to 1048576 (to hold no response: response_body_buffer_bytes = 0)",
+            ));
+        } else if l.response_body_buffer_bytes > l.response_body_buffer_total_mib << 20 {
+            errs.push(invalid(
+                "limits.response_body_buffer_total_mib",
+                "must hold one response of limits.response_body_buffer_bytes",
+            ));
+        }
         if l.max_connections_per_ip == Some(0) {
             errs.push(invalid("limits.max_connections_per_ip", "must be at least 1"));
         }

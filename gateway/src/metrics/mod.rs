@@ -56,6 +56,12 @@ pub struct Metrics {
     /// Bodies streamed because the bytes of bodies being read first were at
     /// `limits.request_body_buffer_total_mib`.
     pub bodies_over_budget: IntCounter,
+    /// Response bodies taken whole from the backend before the client had
+    /// them (`limits.response_body_buffer_bytes`).
+    pub responses_held: IntCounter,
+    /// Response bodies streamed because the bodies held were at
+    /// `limits.response_body_buffer_total_mib`.
+    pub responses_over_budget: IntCounter,
     /// Lookups that hit the client-side deadline.
     pub lookup_timeouts: IntCounter,
     /// Rows the lookup query returned that the gateway refuses.
@@ -211,6 +217,16 @@ impl Metrics {
                 &r,
                 "tenant_gateway_request_bodies_over_budget_total",
                 "Request bodies streamed instead of read first: the bodies being read held limits.request_body_buffer_total_mib.",
+            ),
+            responses_held: counter(
+                &r,
+                "tenant_gateway_response_bodies_held_total",
+                "Response bodies taken whole from the backend before the client had them (limits.response_body_buffer_bytes).",
+            ),
+            responses_over_budget: counter(
+                &r,
+                "tenant_gateway_response_bodies_over_budget_total",
+                "Response bodies streamed instead of held: the bodies held at once were at limits.response_body_buffer_total_mib.",
             ),
             lookup_timeouts: counter(
                 &r,
