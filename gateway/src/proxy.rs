@@ -17,8 +17,8 @@
 //!    origin-form target, the `X-Tenant` stamp).
 //! 4. `response_filter`: while the process shuts down, responses say
 //!    `Connection: close` so keep-alive clients reconnect elsewhere.
-//!    A response body of known, bounded length is held until it is whole
-//!    (`response_body_filter`, [`crate::response_body`]), so the backend's
+//!    `response_body_filter`: a response body of known, bounded length is
+//!    held until it is whole ([`crate::response_body`]), so the backend's
 //!    worker is free before a slow client has read it.
 //! 5. `fail_to_proxy`: 502/504 pages for backend failures and timeouts; a
 //!    client that took none of its response within the send timeout gets
@@ -124,7 +124,9 @@ pub struct Ctx {
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Held back by a limit: the rejection reason.
     limited: Option<&'static str>,
-    /// The response body to be held whole (decided at its head).
+    /// Whether the response body is held was decided ([`Gateway::hold_response`]).
+    response_decided: bool,
+    /// The response body being held whole.
     response_body: Option<Box<crate::response_body::Held>>,
 }
 
@@ -486,12 +488,19 @@ impl Gateway {
         }
     }
 
-    /// A response head with a `Content-Length` of five digits or more:
-    /// whether its body is to be held whole ([`crate::response_body`]),
-    /// with its share of the budget (else it is streamed, as every body
-    /// was before).
+    /// At a response body's first chunk that is not its last, once the
+    /// response's head has been written: hold the rest of the body whole
+    /// if [`crate::response_body`] says so and the budget has room (else
+    /// it is streamed, as every body was before). Pingora filters a batch
+    /// of what it read (the head and the chunks read with it) before it
+    /// writes any of it: those chunks go on as they came, and a body that
+    /// arrives in one read costs nothing here.
     #[cold]
-    fn hold_response(&self, session: &Session, head: &ResponseHeader, ctx: &mut Ctx) {
+    fn hold_response(&self, session: &Session, body: &mut Option<bytes::Bytes>, ctx: &mut Ctx) {
+        let Some(head) = session.response_written() else {
+            return;
+        };
+        ctx.response_decided = true;
         if session.was_upgraded() {
             return;
         }
@@ -502,7 +511,11 @@ impl Gateway {
             self.metrics.responses_over_budget.inc();
             return;
         };
-        ctx.response_body = Some(Box::new(crate::response_body::Held::new(len, share)));
+        let mut held = crate::response_body::Held::new(len, share);
+        if held.take_in(body, false) == crate::response_body::Step::Started {
+            self.metrics.responses_held.inc();
+        }
+        ctx.response_body = Some(Box::new(held));
     }
 
     /// Writes what [`Self::route`] decided to answer.
@@ -611,6 +624,7 @@ impl ProxyHttp for Gateway {
             in_flight: false,
             slot: None,
             limited: None,
+            response_decided: false,
             response_body: None,
         })
     }
@@ -736,16 +750,12 @@ impl ProxyHttp for Gateway {
     async fn response_filter(
         &self,
         session: &mut Session,
-        resp: &mut ResponseHeader,
-        ctx: &mut Box<Ctx>,
+        _resp: &mut ResponseHeader,
+        _ctx: &mut Box<Ctx>,
     ) -> Result<()> {
         // Shutting down: this response is the connection's last.
         if session.is_process_shutting_down() {
             session.set_keepalive(None);
-        }
-        // A body under 10,000 bytes is never held (one look per response).
-        if self.responses.max_bytes > 0 && resp.headers.get(CONTENT_LENGTH).is_some_and(|v| v.len() > 4) {
-            self.hold_response(session, resp, ctx);
         }
         Ok(())
     }
@@ -758,15 +768,18 @@ impl ProxyHttp for Gateway {
         ctx: &mut Box<Ctx>,
     ) -> Result<Option<std::time::Duration>> {
         use crate::response_body::{h2_send_time, Step};
-        if let Some(held) = ctx.response_body.as_mut() {
-            match held.take_in(body, end_of_stream) {
+        match ctx.response_body.as_mut() {
+            Some(held) => match held.take_in(body, end_of_stream) {
                 Step::Started => self.metrics.responses_held.inc(),
                 Step::Whole if session.is_http2() => {
                     let len = body.as_ref().map_or(0, |b| b.len());
                     session.set_write_timeout(Some(h2_send_time(self.send_timeout, len)));
                 }
                 Step::Passed | Step::Holding | Step::Whole => {}
-            }
+            },
+            // A body that came in one read is on its way already.
+            None if !end_of_stream && !ctx.response_decided => self.hold_response(session, body, ctx),
+            None => {}
         }
         Ok(None)
     }

@@ -14,8 +14,18 @@
 //! `Content-Length` is at most `limits.response_body_buffer_bytes` is
 //! taken from the backend as fast as it comes and handed to the client
 //! whole once it has all arrived: the backend's worker is free as soon as
-//! it has sent it. (Pingora passes the first chunks read with the head on
-//! as they come; what follows is held.)
+//! it has sent it.
+//!
+//! What is held is what comes after the first batch: Pingora filters the
+//! head together with the chunks read with it before writing any of them,
+//! so the head is looked at once it is written, at the body's first
+//! partial chunk after that, and the chunks before go on as they came
+//! (typically one read, up to 64 KiB). A client that takes none even of
+//! those (its socket full, or an HTTP/2 window it never opens) holds the
+//! worker until the send timeout, as a streamed body does; one that reads
+//! at all, however slowly, gets them and then holds nothing. A body that
+//! arrives in one read is never looked at: a small response costs a
+//! branch.
 //!
 //! What is not held, and why:
 //! - a body without a length (chunked, or up to the connection's end):
@@ -29,10 +39,6 @@
 //! - a body under [`MIN_HELD`]: the sockets between backend and client
 //!   take it whatever the client does;
 //! - an upgraded connection (WebSocket) carries no `Content-Length`.
-//!
-//! The decision is taken at the response's head (the proxy looks at a
-//! `Content-Length` only when it has five digits or more); a body that
-//! then arrives in one read is passed on as it came, without a copy.
 
 use std::time::Duration;
 
@@ -85,7 +91,7 @@ pub struct Held {
 }
 
 impl Held {
-    /// A body of `len` bytes (its `Content-Length`, so at most
+    /// A body of at most `len` bytes (its `Content-Length`, so at most
     /// `response_body_buffer_bytes`), paid for by `share`; nothing is
     /// allocated until a chunk has to be held.
     pub fn new(len: u64, share: Share) -> Held {

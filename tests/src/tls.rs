@@ -59,6 +59,16 @@ pub fn client_config(ca: &Path, alpn: &[&str]) -> rustls::ClientConfig {
 /// An HTTP/2 connection over TLS (SNI `sni`, trusting `ca`) to
 /// 127.0.0.1:`port`, driven by a task on the current runtime.
 pub async fn h2_connect(ca: &Path, port: u16, sni: &str) -> h2::client::SendRequest<bytes::Bytes> {
+    h2_connect_with(ca, port, sni, &h2::client::Builder::new()).await
+}
+
+/// [`h2_connect`] with the h2 settings of `builder` (windows, limits).
+pub async fn h2_connect_with(
+    ca: &Path,
+    port: u16,
+    sni: &str,
+    builder: &h2::client::Builder,
+) -> h2::client::SendRequest<bytes::Bytes> {
     let cfg = client_config(ca, &["h2"]);
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
@@ -68,7 +78,7 @@ pub async fn h2_connect(ca: &Path, port: u16, sni: &str) -> h2::client::SendRequ
         .connect(name, tcp)
         .await
         .expect("TLS handshake");
-    let (client, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+    let (client, conn) = builder.handshake(tls).await.expect("h2 handshake");
     tokio::spawn(conn);
     client
 }

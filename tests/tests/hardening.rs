@@ -657,9 +657,10 @@ fn large_body() -> Vec<u8> {
 }
 
 /// `GET /stream/<how>`'s body: a first part, then (once the test releases
-/// it) the rest, 20 KB in all (large enough to be held).
+/// it) the rest, 200 KB: more than one read (64 KiB) of the gateway's, so
+/// what comes after its first read can be held.
 fn stream_body() -> (&'static str, String) {
-    ("first part;", format!(" the rest{}", ".".repeat(20_000)))
+    ("first part;", format!(" the rest{}", ".".repeat(200_000)))
 }
 
 /// `GET /stream/<how>`: the first part of [`stream_body`], then (once the
@@ -859,19 +860,24 @@ struct H2Unread {
 }
 
 /// Open HTTP/2 streams for `GET <path>` on `host` and read none of them:
-/// the client's windows (64 KiB per stream and connection) stay shut while
-/// its connection is driven on `rt` (so the socket itself keeps being
-/// read), until a response is read with [`h2_answer`].
+/// the client's windows (`window` bytes per stream, `n` times that for the
+/// connection; h2's default is 64 KiB) stay shut once the gateway has
+/// filled them, while its connection is driven on `rt` (so the socket
+/// itself keeps being read), until a response is read with [`h2_read`].
 fn h2_unread_streams(
     rt: &tokio::runtime::Runtime,
     ca: &std::path::Path,
     port: u16,
-    host: &str,
-    path: &str,
+    (host, path): (&str, &str),
     n: usize,
+    window: u32,
 ) -> H2Unread {
     let open = async move {
-        let mut client = h2_connect(ca, port, host).await;
+        let mut builder = h2::client::Builder::new();
+        builder
+            .initial_window_size(window)
+            .initial_connection_window_size(window.saturating_mul(n as u32));
+        let mut client = e2e::tls::h2_connect_with(ca, port, host, &builder).await;
         let mut unread = H2Unread {
             responses: Vec::new(),
             _held: Vec::new(),
@@ -929,7 +935,14 @@ fn a_client_that_reads_none_of_its_responses_is_cut_and_the_shared_backend_freed
     // HTTP/2: the socket keeps being read, but the client never opens the
     // streams' windows; each stream is cut at its send timeout.
     let rt = driving_runtime();
-    let streams = h2_unread_streams(&rt, s.ca(), s.gw.tls_port, "ferrari.myapp.localhost", "/big", 2);
+    let streams = h2_unread_streams(
+        &rt,
+        s.ca(),
+        s.gw.tls_port,
+        ("ferrari.myapp.localhost", "/big"),
+        2,
+        65_535,
+    );
     hung_up_after("both big HTTP/2 responses let go of", 4);
     other_served("the other tenant served after the HTTP/2 streams were cut");
     cut("both HTTP/2 streams counted as cut", 4.0);
@@ -1395,12 +1408,22 @@ fn large_responses_are_taken_whole_so_slow_readers_hold_no_backend_worker() {
     // Both tenants share one backend of two workers; a response holds its
     // worker until its last byte is written.
     let (backend, s) = on_two_workers(HOLD_LARGE);
-    // Two HTTP/1.1 connections and two HTTP/2 streams ask for a large
-    // response and read none of it: streamed, the first two would hold
-    // both workers until the send timeout (60 s) and the rest wait.
+    // Two HTTP/1.1 connections and two HTTP/2 streams (with a browser's
+    // window, 1 MiB; a client whose window takes not even the first read
+    // holds the worker until the send timeout, as a streamed body does)
+    // ask for a large response and read none of it: streamed, the first
+    // two would hold both workers until the send timeout (60 s) and the
+    // rest wait.
     let unread: Vec<_> = (0..2).map(|_| h1_ask(&s, "/large")).collect();
     let rt = driving_runtime();
-    let streams = h2_unread_streams(&rt, s.ca(), s.gw.tls_port, "ferrari.myapp.localhost", "/large", 2);
+    let streams = h2_unread_streams(
+        &rt,
+        s.ca(),
+        s.gw.tls_port,
+        ("ferrari.myapp.localhost", "/large"),
+        2,
+        1 << 20,
+    );
     wait_until(
         "the backend wrote all four large responses while no client read",
         Duration::from_secs(30),
