@@ -497,7 +497,10 @@ impl Gateway {
     /// arrives in one read costs nothing here.
     #[cold]
     fn hold_response(&self, session: &Session, body: &mut Option<bytes::Bytes>, ctx: &mut Ctx) {
-        let Some(head) = session.response_written() else {
+        // Not written yet; or a `100 Continue` (the gateway's own, for a body
+        // it read first) or another 1xx head, which HTTP/1 records too: the
+        // final head, which frames the body, is still to come.
+        let Some(head) = session.response_written().filter(|h| !h.status.is_informational()) else {
             return;
         };
         ctx.response_decided = true;

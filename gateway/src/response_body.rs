@@ -20,7 +20,8 @@
 //! head together with the chunks read with it before writing any of them,
 //! so the head is looked at once it is written, at the body's first
 //! partial chunk after that, and the chunks before go on as they came
-//! (typically one read, up to 64 KiB). A client that takes none even of
+//! (the reads that were waiting when the head was: one, or up to about
+//! five of 64 KiB). A client that takes none even of
 //! those (its socket full, or an HTTP/2 window it never opens) holds the
 //! worker until the send timeout, as a streamed body does; one that reads
 //! at all, however slowly, gets them and then holds nothing. A body that
@@ -87,6 +88,10 @@ impl Buffering {
 pub struct Held {
     len: usize,
     bytes: BytesMut,
+    /// More came than `len` (never, while Pingora frames the body by the
+    /// head the length was read from): what was held went on with it, and
+    /// the rest passes as it comes.
+    overflowed: bool,
     _share: Share,
 }
 
@@ -98,6 +103,7 @@ impl Held {
         Held {
             len: usize::try_from(len).unwrap_or(0),
             bytes: BytesMut::new(),
+            overflowed: false,
             _share: share,
         }
     }
@@ -105,11 +111,22 @@ impl Held {
     /// Takes the chunk Pingora read (`body`) into the buffer; at the body's
     /// end, puts what was held and that chunk in its place. A chunk that
     /// ends the body with nothing held before it passes as it is. Pingora
-    /// frames a `Content-Length` body, so no more than that arrives.
+    /// frames a `Content-Length` body, so no more than that arrives; if
+    /// more did, what was held goes on at once with it and nothing more is
+    /// held.
     pub fn take_in(&mut self, body: &mut Option<Bytes>, end: bool) -> Step {
         let first = self.bytes.capacity() == 0;
-        if first && (end || body.is_none()) {
+        if self.overflowed || (first && (end || body.is_none())) {
             return Step::Passed;
+        }
+        let arriving = body.as_ref().map_or(0, |c| c.len());
+        if self.bytes.len() + arriving > self.len {
+            self.overflowed = true;
+            if let Some(chunk) = body.take() {
+                self.bytes.extend_from_slice(&chunk);
+            }
+            *body = Some(self.bytes.split().freeze());
+            return Step::Whole;
         }
         if let Some(chunk) = body.take() {
             if first {
@@ -144,8 +161,11 @@ pub enum Step {
 /// How long a held body of `len` bytes may take to reach an HTTP/2 client.
 /// Pingora bounds one response write as a whole, and the held body is one
 /// write: the send timeout per 64 KiB of it (h2's default window) is what
-/// the body streamed was allowed, a client opening its window once per
-/// send timeout is not cut. (HTTP/1 bounds each socket write instead,
+/// the body streamed was allowed in all, so a client opening its window
+/// once per send timeout is not cut. Pingora bounds each wait for the
+/// client's window by the same duration, so a client that never opens it
+/// is cut only then: it holds the body's memory (within the budget), not
+/// a backend worker, that long. (HTTP/1 bounds each socket write instead,
 /// `conn::stream`, whatever their size.)
 pub fn h2_send_time(send_timeout: Duration, len: usize) -> Duration {
     let windows = u32::try_from(len.div_ceil(64 * 1024).max(1)).unwrap_or(u32::MAX);
@@ -248,5 +268,18 @@ mod tests {
         assert_eq!(h2_send_time(t, 65_537), 2 * t);
         assert_eq!(h2_send_time(t, 8 << 20), 128 * t);
         assert_eq!(h2_send_time(Duration::MAX, 1 << 30), Duration::MAX);
+    }
+
+    #[test]
+    fn more_than_the_length_is_handed_on_at_once_and_not_held() {
+        let budget = Budget::new(100);
+        let mut held = Held::new(6, budget.take(6).expect("free"));
+        assert_eq!(held.take_in(&mut chunk("abcd"), false), Step::Started);
+        let mut body = chunk("efg");
+        assert_eq!(held.take_in(&mut body, false), Step::Whole);
+        assert_eq!(body.as_deref(), Some(&b"abcdefg"[..]));
+        let mut body = chunk("h");
+        assert_eq!(held.take_in(&mut body, true), Step::Passed);
+        assert_eq!(body.as_deref(), Some(&b"h"[..]));
     }
 }

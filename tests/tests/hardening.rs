@@ -629,7 +629,8 @@ fn driving_runtime() -> tokio::runtime::Runtime {
 /// keep-alive: `GET /big` answers 256 MiB, `GET /large` [`LARGE`] bytes of
 /// [`large_body`], `GET /stream/<how>` its first part and, once the test
 /// releases it, the rest; a `POST` reads its body (its `Content-Length`,
-/// however long that takes) and answers `got <bytes>`, anything else a few
+/// however long that takes) and answers `got <bytes>` (`POST /large`: as
+/// `GET /large`), anything else a few
 /// bytes. Counts the big responses whose connection the gateway closed
 /// mid-way, the large ones written whole, and the posts received.
 struct FewWorkers {
@@ -663,18 +664,30 @@ fn stream_body() -> (&'static str, String) {
     ("first part;", format!(" the rest{}", ".".repeat(200_000)))
 }
 
+/// `GET /stream/stalls`'s body: [`STALL_SENT`] bytes of dots, then (once
+/// the test releases it) as many more.
+const STALL_SENT: usize = 1 << 20;
+
 /// `GET /stream/<how>`: the first part of [`stream_body`], then (once the
 /// test releases it, within 30 s) the rest. `sized`: a `Content-Length`;
-/// `unbuffered`: that and `X-Accel-Buffering: no`; `chunked`: no length.
+/// `unbuffered`: that and `X-Accel-Buffering: no`; `chunked`: no length;
+/// `stalls`: [`STALL_SENT`] bytes of a body twice that long, then the rest
+/// (a gateway whose read timeout is shorter gives up on it, having held
+/// what followed its first reads).
 fn serve_stream(
     conn: &mut TcpStream,
     head: &[u8],
     started: &std::sync::atomic::AtomicUsize,
     release: &std::sync::atomic::AtomicBool,
 ) {
-    let (first, rest) = stream_body();
-    let len = first.len() + rest.len();
     let how = String::from_utf8_lossy(head);
+    let (first, rest) = stream_body();
+    let (first, rest) = if how.starts_with("GET /stream/stalls ") {
+        (".".repeat(STALL_SENT), ".".repeat(STALL_SENT))
+    } else {
+        (first.to_string(), rest)
+    };
+    let len = first.len() + rest.len();
     let chunked = how.starts_with("GET /stream/chunked ");
     let head = if chunked {
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_string()
@@ -690,7 +703,7 @@ fn serve_stream(
             s.to_string()
         }
     };
-    let _ = conn.write_all(format!("{head}{}", part(first)).as_bytes());
+    let _ = conn.write_all(format!("{head}{}", part(&first)).as_bytes());
     started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let _ = wait_until("the test releases the stream", Duration::from_secs(30), || {
         release.load(std::sync::atomic::Ordering::SeqCst)
@@ -755,14 +768,16 @@ impl FewWorkers {
                         // Like a sync worker, for as long as the body takes.
                         let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
                         let got = read_body(&mut conn, &head, content_length(&head)).to_string();
-                        let answer = format!(
-                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\ngot {got}",
-                            got.len() + 4
-                        );
-                        let _ = conn.write_all(answer.as_bytes());
-                        continue;
+                        if !head.starts_with(b"POST /large ") {
+                            let answer = format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\ngot {got}",
+                                got.len() + 4
+                            );
+                            let _ = conn.write_all(answer.as_bytes());
+                            continue;
+                        }
                     }
-                    if head.starts_with(b"GET /large ") {
+                    if head.starts_with(b"GET /large ") || head.starts_with(b"POST /large ") {
                         let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {LARGE}\r\nConnection: close\r\n\r\n");
                         if conn
                             .write_all(head.as_bytes())
@@ -1460,6 +1475,39 @@ fn large_responses_are_taken_whole_so_slow_readers_hold_no_backend_worker() {
 }
 
 #[test]
+fn a_large_response_after_100_continue_is_held_too() {
+    let (backend, s) = on_two_workers(HOLD_LARGE);
+    // The gateway reads the small body first and says `100 Continue`
+    // itself: the response's head comes after that one.
+    let mut tls = h1_tls(&s, "ferrari.myapp.localhost");
+    tls.write_all(
+        b"POST /large HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .unwrap();
+    tls.flush().unwrap();
+    let seen = read_until(&mut tls, "\r\n\r\n");
+    assert!(seen.starts_with("HTTP/1.1 100 Continue\r\n"), "{seen:?}");
+    tls.write_all(b"hello").unwrap();
+    tls.flush().unwrap();
+    // Read none of the response: the backend still writes it whole.
+    wait_until(
+        "the large response written while the client reads nothing",
+        Duration::from_secs(30),
+        || backend.large_sent() == 1,
+    )
+    .unwrap_or_else(|e| {
+        panic!(
+            "{e} ({} held)\n{}",
+            s.metric("tenant_gateway_response_bodies_held_total", &[]),
+            s.gw.proc_.log()
+        )
+    });
+    let (head, body) = read_sized_response(&mut tls);
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(body == large_body(), "a body of {} bytes differs", body.len());
+}
+
+#[test]
 fn streamed_responses_are_not_held() {
     let (backend, s) = on_workers(3, "");
     // A body without a length reaches the client part by part.
@@ -1515,27 +1563,56 @@ fn the_response_bodies_held_hold_at_most_their_budget() {
         assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
         assert!(body == want, "a body of {} bytes differs", body.len());
     }
-    assert_eq!(backend.large_sent(), 2);
+    wait_until("the streamed one written whole too", Duration::from_secs(15), || {
+        backend.large_sent() == 2
+    })
+    .unwrap();
+}
+
+/// Read a response until the gateway ends the connection (its read
+/// timeout, 30 s, bounds each read): the head, the body and whether the
+/// connection ended cleanly (EOF after TLS's close) rather than by an
+/// error or a timeout.
+fn read_until_closed(conn: &mut impl Read) -> (String, Vec<u8>, bool) {
+    let mut seen = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let closed = loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    let at = seen
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(seen.len(), |i| i + 4);
+    let body = seen.split_off(at);
+    (String::from_utf8_lossy(&seen).into_owned(), body, closed)
 }
 
 #[test]
 fn a_response_its_backend_stops_sending_ends_short_and_nothing_else_is_read_as_its_body() {
-    // The backend sends a response's head and first part, then nothing
-    // for longer than the pool's read timeout (1 s).
-    let backend = FewWorkers::start(2);
+    // The backend sends a response's head and part of its body, then
+    // nothing for longer than the pool's read timeout (1 s).
+    let backend = FewWorkers::start(3);
     let s = on_backend_with_read_timeout(backend.port, 1000);
     let (first, rest) = stream_body();
-    let whole = format!("{first}{rest}");
-    // Streamed and held alike: the head came, the body stops short of its
-    // length and the connection ends; no error page follows the head.
-    for path in ["/stream/unbuffered", "/stream/sized"] {
+    let streamed = format!("{first}{rest}");
+    let stalled = ".".repeat(2 * STALL_SENT);
+    // HTTP/1.1, a streamed body and one the gateway was holding: the head
+    // comes, the body stops short of its length, and the connection ends
+    // within the read timeout; no error page follows the head.
+    for (path, whole) in [("/stream/unbuffered", &streamed), ("/stream/stalls", &stalled)] {
+        let asked = Instant::now();
         let mut tls = h1_ask(&s, path);
-        let (head, body) = read_sized_response(&mut tls);
+        let (head, body, closed) = read_until_closed(&mut tls);
         assert!(
             head.starts_with("HTTP/1.1 200 "),
             "{path}: {head}\n{}",
             s.gw.proc_.log()
         );
+        assert!(closed && asked.elapsed() < Duration::from_secs(20), "{path}: not ended");
         let body = String::from_utf8_lossy(&body);
         assert!(
             body.len() < whole.len() && whole.starts_with(&*body),
@@ -1544,7 +1621,42 @@ fn a_response_its_backend_stops_sending_ends_short_and_nothing_else_is_read_as_i
             &body[..body.len().min(200)]
         );
     }
-    // The two workers, let go of, serve the other tenant.
+    assert_eq!(s.metric("tenant_gateway_response_bodies_held_total", &[]), 1.0);
+    // HTTP/2 (a window large enough for the first reads): the held
+    // stream is reset, not ended as if its body were whole.
+    let rt = driving_runtime();
+    let mut streams = h2_unread_streams(
+        &rt,
+        s.ca(),
+        s.gw.tls_port,
+        ("ferrari.myapp.localhost", "/stream/stalls"),
+        1,
+        4 << 20,
+    );
+    let response = streams.responses.remove(0);
+    let (got, ended) = rt.block_on(async {
+        let read = async {
+            let mut body = response.await.expect("a response head").into_body();
+            let mut got = 0;
+            loop {
+                match body.data().await {
+                    Some(Ok(chunk)) => {
+                        got += chunk.len();
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                    }
+                    Some(Err(e)) if e.is_reset() => return (got, "reset".to_string()),
+                    Some(Err(e)) => return (got, format!("{e}")),
+                    None => return (got, "ended cleanly".to_string()),
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .expect("the stream ends in time")
+    });
+    assert!(got < 2 * STALL_SENT && ended == "reset", "{got} bytes, {ended}");
+    assert_eq!(s.metric("tenant_gateway_response_bodies_held_total", &[]), 2.0);
+    // The workers, let go of, serve the other tenant.
     backend.release();
     wait_until("the other tenant served", Duration::from_secs(15), || {
         other_tenant_answers(&s)
