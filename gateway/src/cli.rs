@@ -525,6 +525,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
     let metrics = Arc::new(metrics::Metrics::new(cfg.metrics.max_tenant_labels));
     let nofile = raise_file_limit();
     let limits = Arc::new(limits::Limits::new(cfg.limits_settings()));
+    tenant::lookup::start_threads(cfg.database.lookup_nice)?;
     let lookup = tenant::lookup::Lookup::new(
         secrets.lookup_url.as_deref().unwrap_or(&secrets.database_url),
         cfg.database.max_connections,

@@ -39,21 +39,45 @@ pub enum LookupError {
     Deadline(std::time::Duration),
 }
 
-/// The lookup thread's runtime (also hosts its pool's maintenance task).
-fn lookup_runtime(nice: i32) -> &'static tokio::runtime::Runtime {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| one_thread_runtime("tenant-lookup", nice))
+static LOOKUP_RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+static MAINTENANCE_RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+
+/// Starts the lookup thread (at niceness `nice`) and the database pools'
+/// maintenance thread, so a process that cannot have them refuses to
+/// start with that error instead of failing on first use.
+pub fn start_threads(nice: i32) -> std::io::Result<()> {
+    for (cell, name, nice) in [
+        (&LOOKUP_RT, "tenant-lookup", nice),
+        (&MAINTENANCE_RT, "db-maintenance", 0),
+    ] {
+        if cell.get().is_none() {
+            let rt = build_one_thread_runtime(name, nice)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("cannot start the {name} thread: {e}")))?;
+            // Started before anything else asks for it: nothing races this.
+            let _ = cell.set(rt);
+        }
+    }
+    Ok(())
 }
 
-/// A runtime of one worker thread of its own, at niceness `nice`.
+/// The lookup thread's runtime (also hosts its pool's maintenance task).
+fn lookup_runtime(nice: i32) -> &'static tokio::runtime::Runtime {
+    LOOKUP_RT.get_or_init(|| one_thread_runtime("tenant-lookup", nice))
+}
+
+/// A runtime of one worker thread of its own, at niceness `nice`, where
+/// [`start_threads`] was not called first (tests, the CLI's commands).
 fn one_thread_runtime(name: &'static str, nice: i32) -> tokio::runtime::Runtime {
+    build_one_thread_runtime(name, nice).unwrap_or_else(|e| panic!("cannot start the {name} runtime: {e}"))
+}
+
+fn build_one_thread_runtime(name: &'static str, nice: i32) -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name(name)
         .on_thread_start(move || lower_priority(nice))
         .enable_all()
         .build()
-        .unwrap_or_else(|e| panic!("cannot start the {name} runtime: {e}"))
 }
 
 /// Raise the calling thread's niceness (Linux: per thread).
@@ -67,8 +91,7 @@ fn lower_priority(nice: i32) {
 }
 
 fn maintenance_runtime() -> &'static tokio::runtime::Runtime {
-    static RT: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| one_thread_runtime("db-maintenance", 0))
+    MAINTENANCE_RT.get_or_init(|| one_thread_runtime("db-maintenance", 0))
 }
 
 /// The server's bound on any one statement of a [`lazy_pool`] (ACME, custom
