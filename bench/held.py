@@ -1,0 +1,103 @@
+#!/usr/bin/env python3
+"""What holding response bodies costs (after bench/run.sh has built release).
+
+`limits.response_body_buffer_bytes` (default 8 MiB) takes a response body
+of known length whole from the backend before the client has it, so a slow
+reader holds no backend worker: a copy of the body into the gateway's
+memory, where a streamed body goes from one socket to the other. This
+measures CPU per request and latency of the gateway fetching static files
+of several sizes from nginx, holding on (the default) next to holding off
+(`response_body_buffer_bytes = 0`), interleaved, median of BENCH_REPS.
+wrk reads as fast as it can, so this is the cost, not the benefit (the
+benefit is in tests/tests/hardening.rs: slow readers and backend workers).
+
+Run: python3 bench/held.py. Output printed and written to
+bench/held-latest.md.
+"""
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run  # noqa: E402  (the benchmark's setup helpers)
+
+SIZES = (64 << 10, 1 << 20, 8 << 20)
+HOST = "t0001.myapp.bench"
+
+
+def start_file_backends():
+    """Two nginx servers on CPU 1 serving `/f/<size>`: files of those sizes
+    (outside the work directory, which only PostgreSQL's user may enter:
+    nginx's workers read them as another user)."""
+    root = Path(tempfile.mkdtemp(prefix="tg-held-"))
+    root.chmod(0o755)
+    run.CLEANUP.append(["rm", "-rf", str(root)])
+    (root / "f").mkdir()
+    for size in SIZES:
+        (root / "f" / str(size)).write_bytes(os.urandom(size))
+    ports = [run.free_port(), run.free_port()]
+    servers = "\n".join(f"server {{ listen 127.0.0.1:{p}; root {root}; }}" for p in ports)
+    conf = run.WORK / "files-nginx.conf"
+    conf.write_text(f"""
+worker_processes 1; daemon off; pid {run.WORK}/files.pid; error_log {run.WORK}/files-error.log;
+events {{ worker_connections 4096; }}
+http {{ access_log off; sendfile on; keepalive_requests 1000000; {servers} }}
+""")
+    run.spawn("files", ["nginx", "-c", str(conf)], 1)
+    for p in ports:
+        run.wait_port(p)
+    return ports
+
+
+def main():
+    if not (run.REL / "gateway").exists():
+        raise SystemExit("build first: bench/run.sh (or cargo build --release -p gateway -p upstream-app)")
+    _, _, url = run.setup_database()
+    certs = run.make_certs()
+    backends = start_file_backends()
+    on = run.Gateway(url, backends, certs)
+    on.name = "held (default)"
+    off = run.Gateway(url, backends, certs, extra="[limits]\nresponse_body_buffer_bytes = 0\n")
+    off.name = "streamed"
+    header = [f"Host: {HOST}"]
+    lines = [f"# Response bodies held ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
+             f"Each gateway: release build, 1 worker pinned to CPU 0; wrk (16 connections) and nginx "
+             f"(static files, sendfile) on CPU 1; {run.DURATION} s per measurement, median of {run.REPS}, "
+             "interleaved.", "",
+             "| body | gateway | req/s | p50 ms | p99 ms | CPU µs/req | user µs/req | errors |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    summary = []
+    for size in SIZES:
+        target = lambda g: f"http://127.0.0.1:{g.http}/f/{size}"  # noqa: E731
+        for g in (on, off):
+            run.wrk(target(g), 16, headers=header)  # warm-up
+        runs = {on.name: [], off.name: []}
+        for _ in range(run.REPS):
+            for g in (on, off):
+                runs[g.name].append(run.measure(g, lambda p, _lua: run.wrk(target(p), 16, headers=header), None))
+        med = {n: {k: statistics.median([r[k] for r in rs]) for k in rs[0]} for n, rs in runs.items()}
+        for n, m in med.items():
+            lines.append(f"| {size >> 10} KiB | {n} | {run.fmt(m['rps'], 0)} | {run.fmt(m['p50'], 2)} | "
+                         f"{run.fmt(m['p99'], 2)} | {run.fmt(m['cpu_us_per_req'])} | {run.fmt(m['user_us_per_req'])} | "
+                         f"{m['errors']:.0f} |")
+        pct = 100.0 * (med[on.name]["cpu_us_per_req"] / med[off.name]["cpu_us_per_req"] - 1)
+        summary.append(f"- {size >> 10} KiB: {pct:+.1f} % CPU per request held")
+    text = "\n".join(lines + [""] + summary) + "\n"
+    print(text)
+    (run.ROOT / "bench" / "held-latest.md").write_text(text)
+    # The held bodies were counted: the default gateway did hold them.
+    held = run.metric(on.admin, "tenant_gateway_response_bodies_held_total")
+    print(f"tenant_gateway_response_bodies_held_total (held gateway): {held}")
+    if not held:
+        raise SystemExit("the default gateway held no body: the measurement is not of holding")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        run.cleanup()
