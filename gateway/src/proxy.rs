@@ -20,9 +20,10 @@
 //!    `response_body_filter`: a response body of known, bounded length is
 //!    held until it is whole ([`crate::response_body`]), so the backend's
 //!    worker is free before a slow client has read it.
-//! 5. `fail_to_proxy`: 502/504 pages for backend failures and timeouts; a
-//!    client that took none of its response within the send timeout gets
-//!    nothing more.
+//! 5. `fail_to_proxy`: 502/504 pages for backend failures and timeouts (a
+//!    response already begun ends short instead: no page after its head);
+//!    a client that took none of its response within the send timeout
+//!    gets nothing more.
 //! 6. `logging`: one access-log line per request.
 //!
 //! Size: this is the one module that speaks Pingora's `ProxyHttp`; it holds
