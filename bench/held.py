@@ -7,7 +7,9 @@ reader holds no backend worker: a copy of the body into the gateway's
 memory, where a streamed body goes from one socket to the other. This
 measures CPU per request and latency of the gateway fetching static files
 of several sizes from nginx, holding on (the default) next to holding off
-(`response_body_buffer_bytes = 0`), interleaved, median of BENCH_REPS.
+(`response_body_buffer_bytes = 0`), interleaved (which goes first
+alternates by round), median of BENCH_REPS. A request wrk counts as an
+error stops the run: the numbers would not be of these responses.
 wrk reads as fast as it can, so this is the cost, not the benefit (the
 benefit is in tests/tests/hardening.rs: slow readers and backend workers).
 
@@ -30,7 +32,7 @@ HOST = "t0001.myapp.bench"
 
 
 def start_file_backends():
-    """Two nginx servers on CPU 1 serving `/f/<size>`: files of those sizes
+    """One nginx on CPU 1, two servers, serving `/f/<size>`: files of those sizes
     (outside the work directory, which only PostgreSQL's user may enter:
     nginx's workers read them as another user)."""
     root = Path(tempfile.mkdtemp(prefix="tg-held-"))
@@ -76,9 +78,12 @@ def main():
         for g in (on, off):
             run.wrk(target(g), 16, headers=header)  # warm-up
         runs = {on.name: [], off.name: []}
-        for _ in range(run.REPS):
-            for g in (on, off):
-                runs[g.name].append(run.measure(g, lambda p, _lua: run.wrk(target(p), 16, headers=header), None))
+        for i in range(run.REPS):
+            for g in ((on, off) if i % 2 == 0 else (off, on)):
+                r = run.measure(g, lambda p, _lua: run.wrk(target(p), 16, headers=header), None)
+                if r["errors"]:
+                    raise SystemExit(f"{g.name}, {size} bytes: wrk counted {r['errors']} errors")
+                runs[g.name].append(r)
         med = {n: {k: statistics.median([r[k] for r in rs]) for k in rs[0]} for n, rs in runs.items()}
         for n, m in med.items():
             lines.append(f"| {size >> 10} KiB | {n} | {run.fmt(m['rps'], 0)} | {run.fmt(m['p50'], 2)} | "

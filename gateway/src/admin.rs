@@ -62,6 +62,9 @@ pub struct Admin {
     pub acme: Option<Arc<Acme>>,
     /// Custom-hostname claims (None: verification is off).
     pub hostnames: Option<HostnamesApi>,
+    /// The request and response bodies' budgets, by kind (for
+    /// `tenant_gateway_body_buffer_bytes`).
+    pub body_budgets: [(&'static str, crate::body::Budget); 2],
 }
 
 /// What the hostname endpoints need.
@@ -202,6 +205,12 @@ impl Admin {
         self.metrics
             .certificates_in_memory
             .set(i64::try_from(self.certs.issued_len()).unwrap_or(i64::MAX));
+        for (kind, budget) in &self.body_budgets {
+            self.metrics
+                .body_buffer_bytes
+                .with_label_values(&[kind])
+                .set(i64::try_from(budget.held()).unwrap_or(i64::MAX));
+        }
         // Only the live pools' backends: one removed by a reload goes.
         self.metrics.backend_up.reset();
         for pool in self.live.load_full().pools.all() {

@@ -1,6 +1,8 @@
 //! Which request bodies are read whole before a backend is chosen, within
 //! what time, and how much they may hold at once (policy only: `proxy`
-//! reads them).
+//! reads them). Also what both kinds of held bodies share with
+//! [`crate::response_body`]: a body's length as its head frames it
+//! ([`content_length`]) and the memory budget ([`Budget`]).
 //!
 //! A pre-forked app server (gunicorn's sync workers, the usual Django
 //! deployment) gives a request a worker from its first byte to its last:
@@ -82,7 +84,7 @@ impl Buffering {
 /// number of at most 15 digits) and no `Transfer-Encoding`; `None` for any
 /// other framing (a message carrying both is passed on as Pingora frames
 /// it; Pingora refuses the ambiguous ones).
-pub fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
     if headers.contains_key(TRANSFER_ENCODING) {
         return None;
     }

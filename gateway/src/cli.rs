@@ -703,11 +703,15 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
             idle: cfg.limits.idle_timeout,
         },
         body_budget: crate::body::Budget::new(cfg.limits.request_body_buffer_total_mib << 20),
-        responses: crate::response_body::Buffering {
+        response_bodies: crate::response_body::Buffering {
             max_bytes: cfg.limits.response_body_buffer_bytes,
         },
-        response_budget: crate::response_body::Budget::new(cfg.limits.response_body_buffer_total_mib << 20),
+        response_budget: crate::body::Budget::new(cfg.limits.response_body_buffer_total_mib << 20),
     };
+    let body_budgets = [
+        ("request", gateway.body_budget.clone()),
+        ("response", gateway.response_budget.clone()),
+    ];
     // HTTP/2 connections carry no HTTP/1 head deadlines; their idle bound is h2's own.
     let server_conf = server.configuration.clone();
     let proxy_app = |gateway: proxy::Gateway| {
@@ -771,6 +775,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
             cfg: cfg.custom_domains.clone(),
             schema: tokio::sync::OnceCell::new(),
         }),
+        body_budgets,
     };
     let admin_cap = cfg.admin.max_connections;
     server.add_service(conn::listener::Listener {

@@ -17,14 +17,14 @@
 //!    origin-form target, the `X-Tenant` stamp).
 //! 4. `response_filter`: while the process shuts down, responses say
 //!    `Connection: close` so keep-alive clients reconnect elsewhere.
-//!    `response_body_filter`: a response body of known, bounded length is
+//! 5. `response_body_filter`: a response body of known, bounded length is
 //!    held until it is whole ([`crate::response_body`]), so the backend's
 //!    worker is free before a slow client has read it.
-//! 5. `fail_to_proxy`: 502/504 pages for backend failures and timeouts (a
+//! 6. `fail_to_proxy`: 502/504 pages for backend failures and timeouts (a
 //!    response already begun ends short instead: no page after its head);
 //!    a client that took none of its response within the send timeout
 //!    gets nothing more.
-//! 6. `logging`: one access-log line per request.
+//! 7. `logging`: one access-log line per request.
 //!
 //! Size: this is the one module that speaks Pingora's `ProxyHttp`; it holds
 //! each phase and the helpers that write pages, redirects and headers into
@@ -78,9 +78,9 @@ pub struct Gateway {
     /// What the bodies being read at once may hold.
     pub body_budget: crate::body::Budget,
     /// Which response bodies are held whole before the client has them.
-    pub responses: crate::response_body::Buffering,
+    pub response_bodies: crate::response_body::Buffering,
     /// What the response bodies held at once may hold.
-    pub response_budget: crate::response_body::Budget,
+    pub response_budget: crate::body::Budget,
 }
 
 /// What the request path needs to know about TLS.
@@ -128,7 +128,7 @@ pub struct Ctx {
     /// Whether the response body is held was decided ([`Gateway::hold_response`]).
     response_decided: bool,
     /// The response body being held whole.
-    response_body: Option<Box<crate::response_body::Held>>,
+    held_response: Option<Box<crate::response_body::Held>>,
 }
 
 /// What the gateway answers itself instead of proxying.
@@ -501,14 +501,14 @@ impl Gateway {
         // Not written yet; or a `100 Continue` (the gateway's own, for a body
         // it read first) or another 1xx head, which HTTP/1 records too: the
         // final head, which frames the body, is still to come.
-        let Some(head) = session.response_written().filter(|h| !h.status.is_informational()) else {
+        let Some(head) = final_head(session) else {
             return;
         };
         ctx.response_decided = true;
         if session.was_upgraded() {
             return;
         }
-        let Some(len) = self.responses.length(&head.headers) else {
+        let Some(len) = self.response_bodies.length(&head.headers) else {
             return;
         };
         let Some(share) = self.response_budget.take(len) else {
@@ -519,7 +519,7 @@ impl Gateway {
         if held.take_in(body, false) == crate::response_body::Step::Started {
             self.metrics.responses_held.inc();
         }
-        ctx.response_body = Some(Box::new(held));
+        ctx.held_response = Some(Box::new(held));
     }
 
     /// Writes what [`Self::route`] decided to answer.
@@ -570,6 +570,15 @@ impl Gateway {
 
 /// An empty request header (no allocation) to stand in while the real one's
 /// parts are edited.
+/// The response head written to the client, unless none is yet or it is
+/// a 1xx other than 101 (HTTP/1 records a `100 Continue` too; the final
+/// head follows it).
+fn final_head(session: &Session) -> Option<&ResponseHeader> {
+    session
+        .response_written()
+        .filter(|h| !h.status.is_informational() || h.status.as_u16() == 101)
+}
+
 fn placeholder() -> RequestHeader {
     RequestHeader::from(http::Request::new(()).into_parts().0)
 }
@@ -629,7 +638,7 @@ impl ProxyHttp for Gateway {
             slot: None,
             limited: None,
             response_decided: false,
-            response_body: None,
+            held_response: None,
         })
     }
 
@@ -772,7 +781,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Box<Ctx>,
     ) -> Result<Option<std::time::Duration>> {
         use crate::response_body::{h2_send_time, Step};
-        match ctx.response_body.as_mut() {
+        match ctx.held_response.as_mut() {
             Some(held) => match held.take_in(body, end_of_stream) {
                 Step::Started => self.metrics.responses_held.inc(),
                 Step::Whole if session.is_http2() => {
@@ -781,8 +790,8 @@ impl ProxyHttp for Gateway {
                 }
                 Step::Passed | Step::Holding | Step::Whole => {}
             },
-            // A body that came in one read is on its way already.
             None if !end_of_stream && !ctx.response_decided => self.hold_response(session, body, ctx),
+            // A body that came in one read is on its way already.
             None => {}
         }
         Ok(None)
@@ -816,10 +825,7 @@ impl ProxyHttp for Gateway {
         // body): what was written goes out, then the connection ends
         // (HTTP/2: the stream is reset), which tells the client the body is
         // short. A page here would be read as the rest of the body.
-        let begun = session
-            .response_written()
-            .is_some_and(|r| r.status.as_u16() >= 200 || r.status.as_u16() == 101);
-        if begun {
+        if final_head(session).is_some() {
             session.downstream_session.shutdown().await;
             return FailToProxy {
                 error_code: code,
@@ -852,11 +858,7 @@ impl ProxyHttp for Gateway {
             self.metrics.requests_in_flight.dec();
         }
         // A `100 Continue` alone is no answer (the client left before one).
-        let status = session
-            .response_written()
-            .map(|r| r.status.as_u16())
-            .filter(|&s| s >= 200 || s == 101)
-            .unwrap_or(0);
+        let status = final_head(session).map_or(0, |r| r.status.as_u16());
         let seconds = ctx.start.elapsed().as_secs_f64();
         self.record(session, e, ctx, status, seconds);
         let req = session.req_header();

@@ -36,7 +36,7 @@
 //!   for the same reason, which Django apps already send for streams);
 //! - a body larger than the bound, or arriving while the bodies held at
 //!   once are at `limits.response_body_buffer_total_mib` (the
-//!   [`Budget`]); those are streamed as before;
+//!   [`crate::body::Budget`]); those are streamed as before;
 //! - a body under [`MIN_HELD`]: the sockets between backend and client
 //!   take it whatever the client does;
 //! - an upgraded connection (WebSocket) carries no `Content-Length`.
@@ -48,15 +48,14 @@ use http::HeaderMap;
 
 use crate::body::{content_length, Share};
 
-pub use crate::body::Budget;
-
-/// The most `limits.response_body_buffer_bytes` may be (a body's share of
-/// the budget is counted in one `u32`).
+/// The most `limits.response_body_buffer_bytes` may be: a policy (bodies
+/// larger than this are downloads to stream), below the 4 GiB a body's
+/// share of the budget can count.
 pub const MAX_BUFFERED: u64 = 1 << 30;
 
 /// The smallest body held: below it a client cannot hold a backend worker
 /// by reading slowly (the sockets' buffers take it).
-pub const MIN_HELD: u64 = 16 * 1024;
+pub(crate) const MIN_HELD: u64 = 16 * 1024;
 
 /// `[limits]`' say on response bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +84,7 @@ impl Buffering {
 /// A response body to be held: its length, its bytes so far and its share
 /// of the budget (given back when this is dropped, at the request's end,
 /// after the body was handed on).
-pub struct Held {
+pub(crate) struct Held {
     len: usize,
     bytes: BytesMut,
     /// More came than `len` (never, while Pingora frames the body by the
@@ -99,7 +98,7 @@ impl Held {
     /// A body of at most `len` bytes (its `Content-Length`, so at most
     /// `response_body_buffer_bytes`), paid for by `share`; nothing is
     /// allocated until a chunk has to be held.
-    pub fn new(len: u64, share: Share) -> Held {
+    pub(crate) fn new(len: u64, share: Share) -> Held {
         Held {
             len: usize::try_from(len).unwrap_or(0),
             bytes: BytesMut::new(),
@@ -114,7 +113,8 @@ impl Held {
     /// frames a `Content-Length` body, so no more than that arrives; if
     /// more did, what was held goes on at once with it and nothing more is
     /// held.
-    pub fn take_in(&mut self, body: &mut Option<Bytes>, end: bool) -> Step {
+    pub(crate) fn take_in(&mut self, body: &mut Option<Bytes>, end: bool) -> Step {
+        // Nothing is allocated before the first chunk held.
         let first = self.bytes.capacity() == 0;
         if self.overflowed || (first && (end || body.is_none())) {
             return Step::Passed;
@@ -147,7 +147,7 @@ impl Held {
 
 /// What [`Held::take_in`] did with a chunk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Step {
+pub(crate) enum Step {
     /// Nothing is held (yet): the chunk, if any, goes on as it is.
     Passed,
     /// The chunk is the first held.
@@ -167,7 +167,7 @@ pub enum Step {
 /// is cut only then: it holds the body's memory (within the budget), not
 /// a backend worker, that long. (HTTP/1 bounds each socket write instead,
 /// `conn::stream`, whatever their size.)
-pub fn h2_send_time(send_timeout: Duration, len: usize) -> Duration {
+pub(crate) fn h2_send_time(send_timeout: Duration, len: usize) -> Duration {
     let windows = u32::try_from(len.div_ceil(64 * 1024).max(1)).unwrap_or(u32::MAX);
     send_timeout.saturating_mul(windows)
 }
@@ -176,6 +176,7 @@ pub fn h2_send_time(send_timeout: Duration, len: usize) -> Duration {
 mod tests {
     use super::*;
     use crate::body::tests::headers;
+    use crate::body::Budget;
 
     const EIGHT_MIB: Buffering = Buffering { max_bytes: 8 << 20 };
 

@@ -632,7 +632,8 @@ fn driving_runtime() -> tokio::runtime::Runtime {
 /// however long that takes) and answers `got <bytes>` (`POST /large`: as
 /// `GET /large`), anything else a few
 /// bytes. Counts the big responses whose connection the gateway closed
-/// mid-way, the large ones written whole, and the posts received.
+/// mid-way, the large ones written whole, the streams whose first part was
+/// sent, and the posts received.
 struct FewWorkers {
     port: u16,
     hung_up: Arc<std::sync::atomic::AtomicUsize>,
@@ -681,20 +682,23 @@ fn serve_stream(
     release: &std::sync::atomic::AtomicBool,
 ) {
     let how = String::from_utf8_lossy(head);
-    let (first, rest) = stream_body();
-    let (first, rest) = if how.starts_with("GET /stream/stalls ") {
-        (".".repeat(STALL_SENT), ".".repeat(STALL_SENT))
-    } else {
-        (first.to_string(), rest)
+    let how = how.split_ascii_whitespace().nth(1).unwrap_or_default();
+    let (first, rest) = match how {
+        "/stream/stalls" => (".".repeat(STALL_SENT), ".".repeat(STALL_SENT)),
+        _ => {
+            let (first, rest) = stream_body();
+            (first.to_string(), rest)
+        }
     };
     let len = first.len() + rest.len();
-    let chunked = how.starts_with("GET /stream/chunked ");
-    let head = if chunked {
-        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_string()
-    } else if how.starts_with("GET /stream/unbuffered ") {
-        format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n")
-    } else {
-        format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n")
+    let chunked = how == "/stream/chunked";
+    let head = match how {
+        "/stream/chunked" => "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n".to_string(),
+        "/stream/unbuffered" => {
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n")
+        }
+        // `sized`, `stalls`.
+        _ => format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n"),
     };
     let part = |s: &str| {
         if chunked {
@@ -712,7 +716,7 @@ fn serve_stream(
     let _ = conn.write_all(format!("{}{end}", part(&rest)).as_bytes());
 }
 
-/// The `Content-Length` of a request head (0 without one).
+/// The `Content-Length` of a message head (0 without one).
 fn content_length(head: &[u8]) -> usize {
     String::from_utf8_lossy(head)
         .lines()
@@ -829,11 +833,13 @@ impl FewWorkers {
         self.streams.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// `GET /large` responses written whole.
     fn large_sent(&self) -> usize {
         self.large_sent.load(std::sync::atomic::Ordering::SeqCst)
     }
 
-    /// The `GET /stream/…` responses send the rest of their body.
+    /// The `GET /stream/…` responses send the rest of their body, and
+    /// later ones all of it at once.
     fn release(&self) {
         self.release.store(true, std::sync::atomic::Ordering::SeqCst);
     }
@@ -876,22 +882,25 @@ struct H2Unread {
 
 /// Open HTTP/2 streams for `GET <path>` on `host` and read none of them:
 /// the client's windows (`window` bytes per stream, `n` times that for the
-/// connection; h2's default is 64 KiB) stay shut once the gateway has
-/// filled them, while its connection is driven on `rt` (so the socket
-/// itself keeps being read), until a response is read with [`h2_read`].
+/// connection; `None`: h2's defaults, 65,535 bytes each) stay shut once
+/// the gateway has filled them, while its connection is driven on `rt`
+/// (so the socket itself keeps being read), until a response is read with
+/// [`h2_read`].
 fn h2_unread_streams(
     rt: &tokio::runtime::Runtime,
     ca: &std::path::Path,
     port: u16,
     (host, path): (&str, &str),
     n: usize,
-    window: u32,
+    window: Option<u32>,
 ) -> H2Unread {
     let open = async move {
         let mut builder = h2::client::Builder::new();
-        builder
-            .initial_window_size(window)
-            .initial_connection_window_size(window.saturating_mul(n as u32));
+        if let Some(window) = window {
+            builder
+                .initial_window_size(window)
+                .initial_connection_window_size(window.saturating_mul(n as u32));
+        }
         let mut client = e2e::tls::h2_connect_with(ca, port, host, &builder).await;
         let mut unread = H2Unread {
             responses: Vec::new(),
@@ -950,14 +959,7 @@ fn a_client_that_reads_none_of_its_responses_is_cut_and_the_shared_backend_freed
     // HTTP/2: the socket keeps being read, but the client never opens the
     // streams' windows; each stream is cut at its send timeout.
     let rt = driving_runtime();
-    let streams = h2_unread_streams(
-        &rt,
-        s.ca(),
-        s.gw.tls_port,
-        ("ferrari.myapp.localhost", "/big"),
-        2,
-        65_535,
-    );
+    let streams = h2_unread_streams(&rt, s.ca(), s.gw.tls_port, ("ferrari.myapp.localhost", "/big"), 2, None);
     hung_up_after("both big HTTP/2 responses let go of", 4);
     other_served("the other tenant served after the HTTP/2 streams were cut");
     cut("both HTTP/2 streams counted as cut", 4.0);
@@ -1404,7 +1406,15 @@ fn read_sized_response(conn: &mut impl Read) -> (String, Vec<u8>) {
             Ok(n) => seen.extend_from_slice(&buf[..n]),
         }
     }
-    let at = end.unwrap_or(seen.len());
+    split_head(seen)
+}
+
+/// A message as read: its head (up to the blank line) and what follows.
+fn split_head(mut seen: Vec<u8>) -> (String, Vec<u8>) {
+    let at = seen
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(seen.len(), |i| i + 4);
     let body = seen.split_off(at);
     (String::from_utf8_lossy(&seen).into_owned(), body)
 }
@@ -1423,9 +1433,10 @@ fn large_responses_are_taken_whole_so_slow_readers_hold_no_backend_worker() {
     // Both tenants share one backend of two workers; a response holds its
     // worker until its last byte is written.
     let (backend, s) = on_two_workers(HOLD_LARGE);
-    // Two HTTP/1.1 connections and two HTTP/2 streams (with a browser's
-    // window, 1 MiB; a client whose window takes not even the first read
-    // holds the worker until the send timeout, as a streamed body does)
+    // Two HTTP/1.1 connections and two HTTP/2 streams (with a 1 MiB window;
+    // browsers open larger ones; a client whose window takes not even the
+    // first reads holds the worker until the send timeout, as a streamed
+    // body does)
     // ask for a large response and read none of it: streamed, the first
     // two would hold both workers until the send timeout (60 s) and the
     // rest wait.
@@ -1437,7 +1448,7 @@ fn large_responses_are_taken_whole_so_slow_readers_hold_no_backend_worker() {
         s.gw.tls_port,
         ("ferrari.myapp.localhost", "/large"),
         2,
-        1 << 20,
+        Some(1 << 20),
     );
     wait_until(
         "the backend wrote all four large responses while no client read",
@@ -1543,7 +1554,7 @@ fn streamed_responses_are_not_held() {
 
 #[test]
 fn the_response_bodies_held_hold_at_most_their_budget() {
-    // One large response.
+    // A budget of one large response.
     let (backend, s) = on_two_workers(&format!("{HOLD_LARGE}response_body_buffer_total_mib = 32\n"));
     let unread: Vec<_> = (0..2).map(|_| h1_ask(&s, "/large")).collect();
     // One is held; the other is streamed, its worker held by its reader.
@@ -1583,12 +1594,8 @@ fn read_until_closed(conn: &mut impl Read) -> (String, Vec<u8>, bool) {
             Err(_) => break false,
         }
     };
-    let at = seen
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(seen.len(), |i| i + 4);
-    let body = seen.split_off(at);
-    (String::from_utf8_lossy(&seen).into_owned(), body, closed)
+    let (head, body) = split_head(seen);
+    (head, body, closed)
 }
 
 #[test]
@@ -1631,7 +1638,7 @@ fn a_response_its_backend_stops_sending_ends_short_and_nothing_else_is_read_as_i
         s.gw.tls_port,
         ("ferrari.myapp.localhost", "/stream/stalls"),
         1,
-        4 << 20,
+        Some(4 << 20),
     );
     let response = streams.responses.remove(0);
     let (got, ended) = rt.block_on(async {

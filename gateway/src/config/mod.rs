@@ -487,7 +487,7 @@ pub struct LimitsConfig {
     /// What the bodies being read first may hold at once, in MiB; past it
     /// a body is streamed.
     pub request_body_buffer_total_mib: u64,
-    /// A response body of at most this many bytes (its `Content-Length`)
+    /// A response body of 16 KiB to this many bytes (its `Content-Length`)
     /// is taken from the backend whole before the client has it, so a slow
     /// reader holds no backend worker; 0: every response is streamed.
     /// Bodies without a length and responses saying `X-Accel-Buffering: no`

@@ -62,6 +62,9 @@ pub struct Metrics {
     /// Response bodies streamed because the bodies held were at
     /// `limits.response_body_buffer_total_mib`.
     pub responses_over_budget: IntCounter,
+    /// Bytes of the bodies' budgets in use, by kind (request, response);
+    /// set when scraped.
+    pub body_buffer_bytes: IntGaugeVec,
     /// Lookups that hit the client-side deadline.
     pub lookup_timeouts: IntCounter,
     /// Rows the lookup query returned that the gateway refuses.
@@ -190,6 +193,17 @@ impl Metrics {
             .expect("valid metric"),
         );
         Metrics {
+            body_buffer_bytes: register(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "tenant_gateway_body_buffer_bytes",
+                        "Bytes of limits.request_body_buffer_total_mib (kind=request) and response_body_buffer_total_mib (kind=response) the bodies held now take: each counts its Content-Length.",
+                    ),
+                    &["kind"],
+                )
+                .expect("valid metric"),
+            ),
             connections_open: register(
                 &r,
                 IntGaugeVec::new(
