@@ -2,7 +2,7 @@
 //! what time, and how much they may hold at once (policy only: `proxy`
 //! reads them). Also what both kinds of held bodies share with
 //! [`crate::response_body`]: a body's length as its head frames it
-//! ([`content_length`]) and the memory budget ([`Budget`]).
+//! (`content_length`) and the memory budget ([`Budget`]).
 //!
 //! A pre-forked app server (gunicorn's sync workers, the usual Django
 //! deployment) gives a request a worker from its first byte to its last:

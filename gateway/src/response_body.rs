@@ -55,7 +55,7 @@ pub const MAX_BUFFERED: u64 = 1 << 30;
 
 /// The smallest body held: below it a client cannot hold a backend worker
 /// by reading slowly (the sockets' buffers take it).
-pub(crate) const MIN_HELD: u64 = 16 * 1024;
+pub const MIN_HELD: u64 = 16 * 1024;
 
 /// `[limits]`' say on response bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
