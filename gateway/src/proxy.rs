@@ -568,8 +568,6 @@ impl Gateway {
     }
 }
 
-/// An empty request header (no allocation) to stand in while the real one's
-/// parts are edited.
 /// The response head written to the client, unless none is yet or it is
 /// a 1xx other than 101 (HTTP/1 records a `100 Continue` too; the final
 /// head follows it).
@@ -579,6 +577,8 @@ fn final_head(session: &Session) -> Option<&ResponseHeader> {
         .filter(|h| !h.status.is_informational() || h.status.as_u16() == 101)
 }
 
+/// An empty request header (no allocation) to stand in while the real one's
+/// parts are edited.
 fn placeholder() -> RequestHeader {
     RequestHeader::from(http::Request::new(()).into_parts().0)
 }

@@ -119,22 +119,14 @@ impl Held {
         if self.overflowed || (first && (end || body.is_none())) {
             return Step::Passed;
         }
-        let arriving = body.as_ref().map_or(0, |c| c.len());
-        if self.bytes.len() + arriving > self.len {
-            self.overflowed = true;
-            if let Some(chunk) = body.take() {
-                self.bytes.extend_from_slice(&chunk);
-            }
-            *body = Some(self.bytes.split().freeze());
-            return Step::Whole;
-        }
         if let Some(chunk) = body.take() {
             if first {
                 self.bytes.reserve(self.len.max(chunk.len()));
             }
+            self.overflowed = self.bytes.len() + chunk.len() > self.len;
             self.bytes.extend_from_slice(&chunk);
         }
-        if end {
+        if end || self.overflowed {
             *body = Some(self.bytes.split().freeze());
             Step::Whole
         } else if first {

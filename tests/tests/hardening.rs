@@ -1428,6 +1428,19 @@ fn h1_ask(s: &Stack, path: &str) -> rustls::StreamOwned<rustls::ClientConnection
     tls
 }
 
+/// Wait (30 s) until the backend has written `n` large responses whole;
+/// past that, fail with what was written and held, and the gateway's log.
+fn wait_large_sent(backend: &FewWorkers, s: &Stack, n: usize, what: &str) {
+    wait_until(what, Duration::from_secs(30), || backend.large_sent() == n).unwrap_or_else(|e| {
+        panic!(
+            "{e} ({} written, {} held)\n{}",
+            backend.large_sent(),
+            s.metric("tenant_gateway_response_bodies_held_total", &[]),
+            s.gw.proc_.log()
+        )
+    });
+}
+
 #[test]
 fn large_responses_are_taken_whole_so_slow_readers_hold_no_backend_worker() {
     // Both tenants share one backend of two workers; a response holds its
@@ -1450,19 +1463,12 @@ fn large_responses_are_taken_whole_so_slow_readers_hold_no_backend_worker() {
         2,
         Some(1 << 20),
     );
-    wait_until(
+    wait_large_sent(
+        &backend,
+        &s,
+        4,
         "the backend wrote all four large responses while no client read",
-        Duration::from_secs(30),
-        || backend.large_sent() == 4,
-    )
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e} ({} written, {} held)\n{}",
-            backend.large_sent(),
-            s.metric("tenant_gateway_response_bodies_held_total", &[]),
-            s.gw.proc_.log()
-        )
-    });
+    );
     assert!(other_tenant_answers(&s), "the other tenant is served");
     assert_eq!(s.metric("tenant_gateway_response_bodies_held_total", &[]), 4.0);
     // Each reader then gets its whole body, byte for byte.
@@ -1501,18 +1507,12 @@ fn a_large_response_after_100_continue_is_held_too() {
     tls.write_all(b"hello").unwrap();
     tls.flush().unwrap();
     // Read none of the response: the backend still writes it whole.
-    wait_until(
+    wait_large_sent(
+        &backend,
+        &s,
+        1,
         "the large response written while the client reads nothing",
-        Duration::from_secs(30),
-        || backend.large_sent() == 1,
-    )
-    .unwrap_or_else(|e| {
-        panic!(
-            "{e} ({} held)\n{}",
-            s.metric("tenant_gateway_response_bodies_held_total", &[]),
-            s.gw.proc_.log()
-        )
-    });
+    );
     let (head, body) = read_sized_response(&mut tls);
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     assert!(body == large_body(), "a body of {} bytes differs", body.len());
@@ -1568,15 +1568,19 @@ fn the_response_bodies_held_hold_at_most_their_budget() {
         other_tenant_answers(&s),
         "the other tenant is served by the free worker"
     );
+    let in_use = || s.metric("tenant_gateway_body_buffer_bytes", &[("kind", "response")]);
+    assert_eq!(in_use(), LARGE as f64, "the held body's share, as scraped");
     let want = large_body();
     for mut tls in unread {
         let (head, body) = read_sized_response(&mut tls);
         assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
         assert!(body == want, "a body of {} bytes differs", body.len());
     }
-    wait_until("the streamed one written whole too", Duration::from_secs(15), || {
-        backend.large_sent() == 2
-    })
+    wait_until(
+        "the streamed one written whole too, the share given back",
+        Duration::from_secs(15),
+        || backend.large_sent() == 2 && in_use() == 0.0,
+    )
     .unwrap();
 }
 
@@ -1627,6 +1631,10 @@ fn a_response_its_backend_stops_sending_ends_short_and_nothing_else_is_read_as_i
             body.len(),
             &body[..body.len().min(200)]
         );
+        // What the gateway had written of a streamed body went out.
+        if path == "/stream/unbuffered" {
+            assert_eq!(body, first, "{path}");
+        }
     }
     assert_eq!(s.metric("tenant_gateway_response_bodies_held_total", &[]), 1.0);
     // HTTP/2 (a window large enough for the first reads): the held
