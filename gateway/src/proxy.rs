@@ -103,7 +103,8 @@ pub struct Ctx {
     /// The client's own request id, sent once: forwarded as it came.
     request_id_as_sent: bool,
     host: Option<host::Host>,
-    /// The client's `Host` header is `host` exactly: forwarded as it came.
+    /// The `Host` going upstream already is `host` exactly
+    /// ([`host::goes_as_is`]): forwarded as it is.
     host_as_sent: bool,
     /// That header's value, for a host the connection did not keep (its
     /// kept host's forwarding values are the connection's already): shared
@@ -252,7 +253,7 @@ impl Gateway {
         let conn = ConnFacts::of(session.digest());
         let host = match host::request_host(&req.headers, &req.uri, conn.map(|f| &f.host)) {
             Ok((h, sent)) => {
-                ctx.host_as_sent = sent.is_some();
+                ctx.host_as_sent = host::goes_as_is(req.version, &req.uri, &h, sent.is_some());
                 if matches!(h, host::Host::Own(_)) {
                     ctx.host_value = sent.cloned();
                 }
@@ -704,13 +705,7 @@ impl ProxyHttp for Gateway {
             peer: ip,
             trusted: self.trusted(ip),
             host,
-            // A client's `Host` that already was the host (known from
-            // `request_filter`), or the one Pingora wrote from an HTTP/2
-            // authority that is: either goes as it is. (Over HTTP/1 the
-            // outgoing copy holds the client's own `Host`, so the lookup
-            // could not succeed there.)
-            host_as_sent: ctx.host_as_sent
-                || (session.req_header().version == http::Version::HTTP_2 && headers::host_is(&req.headers, host)),
+            host_as_sent: ctx.host_as_sent,
             host_value: ctx.host_value.as_ref(),
             tls: ctx.tls,
             forward: self.forward,

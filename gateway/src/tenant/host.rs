@@ -7,7 +7,7 @@
 use std::sync::{Arc, OnceLock};
 
 use http::header::HOST;
-use http::{HeaderMap, HeaderValue, Uri};
+use http::{HeaderMap, HeaderValue, Uri, Version};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BadHost {
@@ -144,6 +144,18 @@ pub fn request_host<'h>(
     }
 }
 
+/// Whether the `Host` a request goes upstream with, before the gateway's
+/// edits, is exactly `host` (then it is not rewritten). Over HTTP/2 Pingora
+/// writes the authority there as it came, in place of any `Host` the client
+/// sent; otherwise it is the client's own, which is `host` when
+/// [`request_host`] found it so (`header_is_host`).
+pub fn goes_as_is(version: Version, uri: &Uri, host: &str, header_is_host: bool) -> bool {
+    match uri.authority() {
+        Some(a) if version == Version::HTTP_2 => a.as_str().as_bytes() == host.as_bytes(),
+        _ => header_is_host,
+    }
+}
+
 /// The name to look up in the domain table for a normalised host.
 pub fn lookup_name(host: &str, strip_www: bool) -> &str {
     // As django-tenants' `remove_www`: any leading `www.` (also before a
@@ -157,6 +169,30 @@ pub fn lookup_name(host: &str, strip_www: bool) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn over_http2_the_authority_is_what_goes_upstream_as_host() {
+        let host = "ferrari.myapp.localhost";
+        let uri = |u: &str| u.parse::<Uri>().unwrap();
+        // Pingora writes the authority as it came, whatever `Host` was sent.
+        for header_is_host in [true, false] {
+            let h2 = |u: &str| goes_as_is(Version::HTTP_2, &uri(u), host, header_is_host);
+            assert!(h2("https://ferrari.myapp.localhost/x"));
+            assert!(!h2("https://ferrari.myapp.localhost:8443/x"));
+            assert!(!h2("https://Ferrari.myapp.localhost/x"));
+            assert!(!h2("https://ferrari.myapp.localhost./x"));
+            // Without an authority, the client's `Host` goes on.
+            assert_eq!(h2("/x"), header_is_host);
+            // Over HTTP/1 the client's `Host` goes on (an absolute-form
+            // target's authority is rewritten from it).
+            for target in ["/x", "https://ferrari.myapp.localhost/x", "https://other.example/x"] {
+                assert_eq!(
+                    goes_as_is(Version::HTTP_11, &uri(target), host, header_is_host),
+                    header_is_host
+                );
+            }
+        }
+    }
 
     fn host_of(uri: &str, hosts: &[&str]) -> Result<String, BadHost> {
         host_and_as_sent(uri, hosts).map(|(h, _)| h)
