@@ -10,14 +10,26 @@
 //! takes, and a few such clients hold every worker, so every tenant on that
 //! backend waits. nginx reads bodies first for this reason
 //! (`proxy_request_buffering`). Here a body whose `Content-Length` is at
-//! most `limits.request_body_buffer_bytes` is read into Pingora's own
-//! request body buffer (what it keeps to resend a body on a retry, 64 KiB)
-//! before the request goes anywhere, and sent on from there; a larger body,
-//! or one without a length (chunked), is streamed as before. Pingora
-//! already copies up to that much of every proxied body into that buffer;
-//! what reading first adds is time: a body being read holds its buffer
-//! until it is whole or its deadline passes, where a streamed one moves on
-//! (the connection caps bound how many a client can hold).
+//! most `limits.request_body_buffer_bytes` is read whole before the
+//! request goes anywhere; a larger body, or one without a length
+//! (chunked), is streamed as before. What reading first adds is time: a
+//! body being read holds its memory until it is whole or its deadline
+//! passes, where a streamed one moves on (the connection caps bound how
+//! many a client can hold).
+//!
+//! How a body read first reaches the backend ([`Reading`]). Pingora sends
+//! a body read in a request filter on from its own request body buffer
+//! (what it keeps to resend a body on a retry), which holds 64 KiB
+//! ([`RETRY_BUFFER`]) and drops what does not fit: it has no way to be
+//! handed a body otherwise (bench/RESULTS.md, proposal 8). So a body that
+//! fits is read into that buffer and goes from there. A larger one is read
+//! into a copy of its own, and that buffer is turned on only for its last
+//! 64 KiB: Pingora then hands that last part to the request body filter,
+//! which sends the whole copy in its place (again on a retry). Reads end
+//! at the body's end and bring at most 64 KiB each, so the last part is
+//! always read after the buffer is on, except for a body that came whole
+//! in the read of its head: that needs a head of about the body's size
+//! (over 60 KiB), and such a request is answered 431.
 //!
 //! Reading a body has a deadline: the grace a body has before its minimum
 //! rate applies, plus its length at that rate. HTTP/1 bodies are also held
@@ -26,10 +38,11 @@
 //!
 //! And a budget: the bodies being read at once may hold at most
 //! `limits.request_body_buffer_total_mib` ([`Budget`]: tokio's semaphore,
-//! a permit per byte); past it a body is streamed as if it were large.
-//! Without it, a client's many HTTP/2 streams (100 per connection, each up
-//! to 64 KiB, on each of its connections) could hold memory for as long as
-//! their deadlines let them.
+//! a permit per byte); past it a body is streamed as if it were large. A
+//! body takes its `Content-Length` while it arrives, and one held in a copy
+//! of its own keeps it until its request ends. Without it, a client's many
+//! HTTP/2 streams (100 per connection, each up to the bound, on each of its
+//! connections) could hold memory for as long as their deadlines let them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,9 +52,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use http::header::{CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, Version};
 
-/// The most a body can be read first: Pingora's buffer for a request body
-/// it may have to resend (it drops what does not fit).
-pub const MAX_BUFFERED: u64 = 64 * 1024;
+/// Pingora's buffer for a request body it may have to resend (it drops
+/// what does not fit): a body read first of at most this size is held
+/// there, a larger one's last part.
+pub const RETRY_BUFFER: u64 = 64 * 1024;
+
+/// The most `request_body_buffer_bytes` may be (1 GiB).
+pub const MAX_BUFFERED: u64 = 1 << 30;
 
 /// `[limits]`' say on request bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -135,6 +152,70 @@ impl Budget {
     }
 }
 
+/// A body of a known length being read first: when Pingora's buffer is to
+/// be turned on, and what came (see the module's header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reading {
+    len: u64,
+    read: u64,
+    buffering: bool,
+}
+
+/// How a body read first ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Whole, and in Pingora's buffer: it goes from there.
+    InBuffer,
+    /// Whole, its last part in Pingora's buffer: the copy goes in its place.
+    Copied,
+    /// Whole before Pingora's buffer was on (it came with its head): it
+    /// cannot be handed on.
+    WithHead,
+    /// Not the length its head said.
+    Short,
+}
+
+impl Reading {
+    pub fn new(len: u64) -> Reading {
+        Reading {
+            len,
+            read: 0,
+            buffering: false,
+        }
+    }
+
+    /// Before each read: `true` once, when what is left fits Pingora's
+    /// buffer (before the first read for a body that fits whole): turn it
+    /// on now. Never once the body is whole (the read that finds its end
+    /// brings nothing): the buffer would stay empty.
+    pub fn buffer_now(&mut self) -> bool {
+        let left = self.len.saturating_sub(self.read);
+        let start = !self.buffering && left > 0 && left <= RETRY_BUFFER;
+        self.buffering |= start;
+        start
+    }
+
+    /// The body needs a copy of its own (it does not fit Pingora's buffer).
+    pub fn copied(&self) -> bool {
+        self.len > RETRY_BUFFER
+    }
+
+    /// `n` more bytes came.
+    pub fn took(&mut self, n: usize) {
+        self.read = self.read.saturating_add(n as u64);
+    }
+
+    /// At the body's end.
+    pub fn end(&self) -> Read {
+        match (self.read == self.len, self.buffering, self.copied()) {
+            (false, _, _) => Read::Short,
+            (true, false, _) => Read::WithHead,
+            (true, true, false) => Read::InBuffer,
+            (true, true, true) => Read::Copied,
+        }
+    }
+}
+
 /// An HTTP/1.1 client waiting for `100 Continue` before it sends its body
 /// (RFC 9110 §10.1.1): the gateway answers it itself when it reads the body
 /// first, and the backend is not asked again.
@@ -168,11 +249,82 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_small_body_with_one_length_is_read_first() {
-        let p = policy(MAX_BUFFERED);
+    fn a_body_with_one_length_within_the_bound_is_read_first() {
+        let p = policy(1 << 20);
         assert_eq!(p.length(&headers(&[("content-length", "4096")])), Some(4096));
         assert_eq!(p.length(&headers(&[("content-length", "65536")])), Some(65536));
+        assert_eq!(p.length(&headers(&[("content-length", "65537")])), Some(65537));
+        assert_eq!(p.length(&headers(&[("content-length", "1048576")])), Some(1 << 20));
         assert_eq!(p.length(&headers(&[("content-length", "1")])), Some(1));
+        assert_eq!(
+            policy(MAX_BUFFERED).length(&headers(&[("content-length", "1073741824")])),
+            Some(MAX_BUFFERED)
+        );
+    }
+
+    /// Reads `len` bytes in `chunks` (the rest in reads of 64 KiB) as the
+    /// proxy does (asking before every read, the last one finding the end):
+    /// when the buffer went on (bytes read before it), and the end.
+    fn read_in(len: u64, chunks: &[u64]) -> (Option<u64>, Read) {
+        let mut r = Reading::new(len);
+        let (mut at, mut on) = (0, None);
+        let mut sizes = chunks.iter().copied().chain(std::iter::repeat(RETRY_BUFFER));
+        loop {
+            if r.buffer_now() {
+                assert_eq!(on, None, "turned on twice");
+                on = Some(at);
+            }
+            if at == len {
+                break;
+            }
+            let n = sizes.next().unwrap_or(RETRY_BUFFER).min(len - at);
+            r.took(n as usize);
+            at += n;
+        }
+        (on, r.end())
+    }
+
+    #[test]
+    fn pingoras_buffer_gets_a_body_that_fits_whole_and_a_larger_ones_last_part() {
+        // Fits: on before the first read, the whole body in it.
+        assert_eq!(read_in(1, &[]), (Some(0), Read::InBuffer));
+        assert_eq!(read_in(RETRY_BUFFER, &[]), (Some(0), Read::InBuffer));
+        // Larger: on once what is left fits, whatever the reads' sizes.
+        for (len, chunks) in [
+            (RETRY_BUFFER + 1, &[][..]),
+            (RETRY_BUFFER + 1, &[1][..]),
+            (1 << 20, &[][..]),
+            (1 << 20, &[4096, 16384, 16384][..]),
+            (1 << 20, &[1000; 40][..]),
+            (10 * RETRY_BUFFER + 17, &[RETRY_BUFFER - 1][..]),
+        ] {
+            let (on, end) = read_in(len, chunks);
+            let on = on.unwrap_or_else(|| panic!("{len} {chunks:?}: never on"));
+            assert!(len - on <= RETRY_BUFFER, "{len} {chunks:?}: on with {} left", len - on);
+            assert!(on > 0 && end == Read::Copied, "{len} {chunks:?}: {on} {end:?}");
+            assert!(Reading::new(len).copied());
+        }
+        assert!(!Reading::new(RETRY_BUFFER).copied());
+    }
+
+    #[test]
+    fn a_body_that_came_with_its_head_or_short_is_told_apart() {
+        // Larger than the buffer and whole in one read (with its head): the
+        // read that finds the end does not turn the buffer on.
+        assert_eq!(
+            read_in(RETRY_BUFFER + 100, &[RETRY_BUFFER + 100]),
+            (None, Read::WithHead)
+        );
+        assert_eq!(read_in(1 << 20, &[1 << 20]), (None, Read::WithHead));
+        // Short of its length (the client left), or over it.
+        let mut r = Reading::new(1 << 20);
+        r.buffer_now();
+        r.took(1000);
+        assert_eq!(r.end(), Read::Short);
+        let mut r = Reading::new(10);
+        r.buffer_now();
+        r.took(11);
+        assert_eq!(r.end(), Read::Short);
     }
 
     #[test]
@@ -181,7 +333,7 @@ pub(crate) mod tests {
         for pairs in [
             &[][..],
             &[("content-length", "0")],
-            &[("content-length", "65537")],
+            &[("content-length", "1073741825")],
             &[("content-length", "99999999999999999999")],
             &[("content-length", "+12")],
             &[("content-length", "1,1")],

@@ -5,7 +5,8 @@
 //!    challenge, landing, redirect), resolve the tenant through the cache,
 //!    ask `decide` again (a page: 400/403/404/410/421/503 without touching a
 //!    backend, a redirect, or the tenant's pool), then the tenant's rates;
-//!    then (`proceed`) a small request body is read whole ([`crate::body`])
+//!    then (`proceed`) a request body with a length within
+//!    `limits.request_body_buffer_bytes` is read whole ([`crate::body`])
 //!    and only then is a slot of the tenant's in-flight cap taken: a
 //!    request still arriving holds neither a backend nor the cap.
 //!    An HTTP/2 stream's response writes get the send timeout (a client
@@ -15,16 +16,18 @@
 //! 3. `upstream_request_filter`: apply [`crate::headers`]' edits (strip
 //!    every client tenant header, forwarding headers, request id, Host,
 //!    origin-form target, the `X-Tenant` stamp).
-//! 4. `response_filter`: while the process shuts down, responses say
+//! 4. `request_body_filter`: a body read first into a copy of its own goes
+//!    in place of the last part Pingora hands on ([`crate::body`]).
+//! 5. `response_filter`: while the process shuts down, responses say
 //!    `Connection: close` so keep-alive clients reconnect elsewhere.
-//! 5. `response_body_filter`: a response body of known, bounded length is
+//! 6. `response_body_filter`: a response body of known, bounded length is
 //!    held until it is whole ([`crate::response_body`]), so the backend's
 //!    worker is free before a slow client has read it.
-//! 6. `fail_to_proxy`: 502/504 pages for backend failures and timeouts (a
+//! 7. `fail_to_proxy`: 502/504 pages for backend failures and timeouts (a
 //!    response already begun ends short instead: no page after its head);
 //!    a client that took none of its response within the send timeout
 //!    gets nothing more.
-//! 7. `logging`: one access-log line per request.
+//! 8. `logging`: one access-log line per request.
 //!
 //! Size: this is the one module that speaks Pingora's `ProxyHttp`; it holds
 //! each phase and the helpers that write pages, redirects and headers into
@@ -130,6 +133,16 @@ pub struct Ctx {
     response_decided: bool,
     /// The response body being held whole.
     held_response: Option<Box<crate::response_body::Held>>,
+    /// A request body read first into a copy of its own (larger than
+    /// Pingora's buffer): sent in place of the last part Pingora hands on.
+    request_body: Option<Box<HeldRequest>>,
+}
+
+/// A request body read first, with its share of the budget (given back
+/// when the request ends: a retry sends it again).
+struct HeldRequest {
+    body: bytes::Bytes,
+    _share: crate::body::Share,
 }
 
 /// What the gateway answers itself instead of proxying.
@@ -407,7 +420,7 @@ impl Gateway {
             if let Some(len) = self.bodies.length(&session.req_header().headers) {
                 // Boxed: only a request with a body needs the read's state
                 // in this future, allocated per request.
-                if !Box::pin(self.read_body_first(session, len)).await? {
+                if !Box::pin(self.read_body_first(session, ctx, len)).await? {
                     return Ok(Some(Reply::Closing(PageKind::RequestTimeout)));
                 }
             }
@@ -446,18 +459,22 @@ impl Gateway {
         }
     }
 
-    /// Reads the request's body (`len` bytes, at most Pingora's request body
-    /// buffer) into that buffer, from which Pingora sends it on: no backend
-    /// is chosen or held while the client sends. Unless the bodies being
-    /// read hold the whole budget already: then it is streamed.
+    /// Reads the request's body (`len` bytes) whole before it goes
+    /// anywhere: into Pingora's request body buffer, from which Pingora
+    /// sends it on, or a larger one into `ctx.request_body`
+    /// ([`crate::body::Reading`]). No backend is chosen or held while the
+    /// client sends. Unless the bodies being read hold the whole budget
+    /// already: then it is streamed.
     ///
     /// `false`: the body was not complete within its deadline (the 408
     /// page follows). The client's own failures (gone, reset, cut for its
     /// rate by `conn::stream`) are the downstream's, answered with nothing,
     /// as when a body is streamed (Pingora leaves a filter's errors
-    /// without a side, which `fail_to_proxy` would answer 500).
-    async fn read_body_first(&self, session: &mut Session, len: u64) -> Result<bool> {
-        let Some(_share) = self.body_budget.take(len) else {
+    /// without a side, which `fail_to_proxy` would answer 500). A body
+    /// that came whole with its head is answered 431.
+    async fn read_body_first(&self, session: &mut Session, ctx: &mut Ctx, len: u64) -> Result<bool> {
+        use crate::body::{Read, Reading};
+        let Some(share) = self.body_budget.take(len) else {
             self.metrics.bodies_over_budget.inc();
             return Ok(true);
         };
@@ -470,10 +487,26 @@ impl Gateway {
         if session.req_header().headers.contains_key(http::header::EXPECT) {
             session.req_header_mut().remove_header(&http::header::EXPECT);
         }
-        session.enable_retry_buffering();
         let deadline = self.bodies.deadline(len);
+        let mut reading = Reading::new(len);
+        let mut copy = bytes::BytesMut::new();
         let read = async {
-            while session.read_request_body().await?.is_some() {}
+            loop {
+                if reading.buffer_now() {
+                    session.enable_retry_buffering();
+                }
+                let Some(chunk) = session.read_request_body().await? else {
+                    break;
+                };
+                reading.took(chunk.len());
+                if reading.copied() {
+                    if copy.capacity() == 0 {
+                        // Its length is the budget's share: taken at once.
+                        copy.reserve(usize::try_from(len).unwrap_or(usize::MAX));
+                    }
+                    copy.extend_from_slice(&chunk);
+                }
+            }
             Ok::<(), Box<Error>>(())
         };
         let late = || {
@@ -482,7 +515,22 @@ impl Gateway {
             Ok(false)
         };
         match tokio::time::timeout(deadline, read).await {
-            Ok(Ok(())) => Ok(true),
+            Ok(Ok(())) => match reading.end() {
+                Read::InBuffer => Ok(true),
+                Read::Copied => {
+                    ctx.request_body = Some(Box::new(HeldRequest {
+                        body: copy.freeze(),
+                        _share: share,
+                    }));
+                    Ok(true)
+                }
+                Read::WithHead => Error::e_explain(
+                    ErrorType::HTTPStatus(431),
+                    "a request body read first came whole with its head",
+                ),
+                Read::Short => Error::e_explain(ErrorType::ConnectionClosed, "request body shorter than its length")
+                    .map_err(|e| e.into_down()),
+            },
             // Pingora's own bound on one HTTP/1 read (60 s) may come first.
             Ok(Err(e)) if *e.etype() == ErrorType::ReadTimedout => late(),
             Ok(Err(e)) => Err(e.into_down()),
@@ -640,6 +688,7 @@ impl ProxyHttp for Gateway {
             limited: None,
             response_decided: false,
             held_response: None,
+            request_body: None,
         })
     }
 
@@ -690,6 +739,22 @@ impl ProxyHttp for Gateway {
             e.set_retry(true);
         }
         e
+    }
+
+    /// A body read first into a copy of its own goes in place of the last
+    /// part Pingora hands on from its buffer ([`crate::body::Reading`]),
+    /// on the first attempt and on a retry alike.
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Box<Ctx>,
+    ) -> Result<()> {
+        if let (Some(held), Some(_)) = (&ctx.request_body, &body) {
+            *body = Some(held.body.clone());
+        }
+        Ok(())
     }
 
     async fn upstream_request_filter(

@@ -482,7 +482,7 @@ pub struct LimitsConfig {
     /// A request body of at most this many bytes (its `Content-Length`) is
     /// read whole before a backend is chosen, so a slow client holds no
     /// backend worker while it sends; 0: every body is streamed. At most
-    /// 65536 (Pingora's request body buffer).
+    /// 1 GiB.
     pub request_body_buffer_bytes: u64,
     /// What the bodies being read first may hold at once, in MiB; past it
     /// a body is streamed.
@@ -553,7 +553,7 @@ impl Default for LimitsConfig {
             send_timeout: Duration::from_millis(60_000),
             min_body_rate: 500,
             body_rate_grace: Duration::from_millis(10_000),
-            request_body_buffer_bytes: crate::body::MAX_BUFFERED,
+            request_body_buffer_bytes: 8 << 20,
             request_body_buffer_total_mib: 128,
             response_body_buffer_bytes: 8 << 20,
             response_body_buffer_total_mib: 256,

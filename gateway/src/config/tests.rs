@@ -184,11 +184,15 @@ fn errors_name_the_key() {
             "limits.send_timeout_ms",
         ),
         (
-            format!("{MIN}[limits]\nrequest_body_buffer_bytes = 65537\n"),
+            format!("{MIN}[limits]\nrequest_body_buffer_bytes = 1073741825\nrequest_body_buffer_total_mib = 2048\n"),
             "limits.request_body_buffer_bytes",
         ),
         (
             format!("{MIN}[limits]\nrequest_body_buffer_total_mib = 0\n"),
+            "limits.request_body_buffer_total_mib",
+        ),
+        (
+            format!("{MIN}[limits]\nrequest_body_buffer_bytes = 16777216\nrequest_body_buffer_total_mib = 8\n"),
             "limits.request_body_buffer_total_mib",
         ),
         (

@@ -291,16 +291,18 @@ impl Config {
         if l.request_body_buffer_bytes > crate::body::MAX_BUFFERED {
             errs.push(invalid(
                 "limits.request_body_buffer_bytes",
-                format!(
-                    "at most {} (the request body Pingora can hold)",
-                    crate::body::MAX_BUFFERED
-                ),
+                format!("at most {} (1 GiB)", crate::body::MAX_BUFFERED),
             ));
         }
         if l.request_body_buffer_total_mib == 0 || l.request_body_buffer_total_mib > 1 << 20 {
             errs.push(invalid(
                 "limits.request_body_buffer_total_mib",
                 "from 1 to 1048576 (to read no body first: request_body_buffer_bytes = 0)",
+            ));
+        } else if l.request_body_buffer_bytes > l.request_body_buffer_total_mib << 20 {
+            errs.push(invalid(
+                "limits.request_body_buffer_total_mib",
+                "must hold one body of limits.request_body_buffer_bytes",
             ));
         }
         if l.response_body_buffer_bytes > crate::response_body::MAX_BUFFERED {
