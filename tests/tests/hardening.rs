@@ -876,15 +876,18 @@ fn on_two_workers(config: &str) -> (FewWorkers, Stack) {
 /// [`on_two_workers`] with `workers` workers.
 fn on_workers(workers: usize, config: &str) -> (FewWorkers, Stack) {
     let backend = FewWorkers::start(workers);
-    let s = Stack::builder()
-        .apps(0)
-        .tls("")
-        .pools(pools_toml(&[("default", &[backend.port])]))
-        .config(config)
-        .start();
-    s.gw.wait_backend("default", backend.port, true, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    let s = on_backend(backend.port, "", pools_toml(&[("default", &[backend.port])]), config);
     (backend, s)
+}
+
+/// A stack whose one pool (`pools`) is the backend on `port`, with `tls`
+/// added to its `[tls]` section and `config` to the rest. Returns once the
+/// backend is healthy.
+fn on_backend(port: u16, tls: &str, pools: String, config: &str) -> Stack {
+    let s = Stack::builder().apps(0).tls(tls).pools(pools).config(config).start();
+    s.gw.wait_backend("default", port, true, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    s
 }
 
 /// HTTP/2 streams opened and not read (yet): their responses, and what
@@ -1166,13 +1169,8 @@ fn a_large_body_that_comes_with_a_huge_head_gets_a_clean_answer() {
     // read first and must arrive exactly. Plain HTTP (over TLS a read
     // brings a record at most).
     let backend = FewWorkers::start(2);
-    let s = Stack::builder()
-        .apps(0)
-        .tls("redirect_http = false\n")
-        .pools(pools_toml(&[("default", &[backend.port])]))
-        .start();
-    s.gw.wait_backend("default", backend.port, true, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    let pools = pools_toml(&[("default", &[backend.port])]);
+    let s = on_backend(backend.port, "redirect_http = false\n", pools, "");
     let len = 100_000;
     let body = upload_body(len);
     let pad = "p".repeat(700 << 10);
@@ -1414,10 +1412,7 @@ fn on_backend_with_read_timeout(port: u16, read_timeout_ms: u64) -> Stack {
         "connect_timeout_ms = 500\n",
         &format!("connect_timeout_ms = 500\nread_timeout_ms = {read_timeout_ms}\n"),
     );
-    let s = Stack::builder().apps(0).tls("").pools(pools).start();
-    s.gw.wait_backend("default", port, true, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
-    s
+    on_backend(port, "", pools, "")
 }
 
 /// HTTP/1 request bodies have a minimum rate (tested above); an HTTP/2
