@@ -138,6 +138,18 @@ pub struct Ctx {
     request_body: Option<Box<HeldRequest>>,
 }
 
+/// What [`Gateway`]'s `request_body_filter` returns: done, and of no size
+/// (its box allocates nothing).
+struct Filtered;
+
+impl std::future::Future for Filtered {
+    type Output = Result<()>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 /// A request body read first, with its share of the budget (given back
 /// when the request ends: a retry sends it again).
 struct HeldRequest {
@@ -744,17 +756,31 @@ impl ProxyHttp for Gateway {
     /// A body read first into a copy of its own goes in place of the last
     /// part Pingora hands on from its buffer ([`crate::body::Reading`]),
     /// on the first attempt and on a retry alike.
-    async fn request_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<bytes::Bytes>,
+    ///
+    /// Not an `async fn`: Pingora calls this for every request (a request
+    /// without a body once, with none), and `async_trait` would box a
+    /// future holding the arguments, an allocation per request. The work
+    /// is done here and the future returned is [`Filtered`], which has no
+    /// size, so its box allocates nothing.
+    fn request_body_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
+        &'life0 self,
+        _session: &'life1 mut Session,
+        body: &'life2 mut Option<bytes::Bytes>,
         _end_of_stream: bool,
-        ctx: &mut Box<Ctx>,
-    ) -> Result<()> {
+        ctx: &'life3 mut Box<Ctx>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'async_trait>>
+    where
+        Box<Ctx>: Send + Sync,
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        'life2: 'async_trait,
+        'life3: 'async_trait,
+        Self: 'async_trait,
+    {
         if let (Some(held), Some(_)) = (&ctx.request_body, &body) {
             *body = Some(held.body.clone());
         }
-        Ok(())
+        Box::pin(Filtered)
     }
 
     async fn upstream_request_filter(
