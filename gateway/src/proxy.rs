@@ -760,7 +760,7 @@ impl ProxyHttp for Gateway {
     /// Not an `async fn`: Pingora calls this for every request (a request
     /// without a body once, with none), and `async_trait` would box a
     /// future holding the arguments, an allocation per request. The work
-    /// is done here and the future returned is [`Filtered`], which has no
+    /// is done here and the future returned is `Filtered`, which has no
     /// size, so its box allocates nothing.
     fn request_body_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
         &'life0 self,
