@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""What reading request bodies whole first costs (after bench/run.sh has built release).
+
+`limits.request_body_buffer_bytes` (default 8 MiB) reads a request body of
+known length whole before a backend is chosen, so a slow sender holds no
+backend worker. A body of up to 64 KiB goes into Pingora's own retry
+buffer (as every body of up to 64 KiB always did); a larger one into a
+copy of the gateway's, sent on in one piece (gateway/src/body.rs). This
+measures CPU per request and latency of the gateway posting bodies of
+several sizes to nginx, with the default next to the bound of before
+(`request_body_buffer_bytes = 65536`: larger bodies streamed),
+interleaved (which goes first alternates by round), median of
+BENCH_REPS. A request wrk counts as an error stops the run. The 64 KiB
+row is the control: both gateways read that body first the same way, so
+what it shows between them is this rig's noise between two processes.
+wrk sends as fast as it can, so this is the cost, not the benefit (the
+benefit is in tests/tests/hardening.rs: slow senders and backend workers).
+
+Run: python3 bench/uploads.py. Output printed and written to
+bench/uploads-latest.md.
+"""
+
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run  # noqa: E402  (the benchmark's setup helpers)
+
+SIZES = (64 << 10, 1 << 20, 8 << 20)
+HOST = "t0001.myapp.bench"
+
+
+def start_sink_backends():
+    """One nginx on CPU 1, two servers answering every request 200 after
+    reading its body (any size)."""
+    ports = [run.free_port(), run.free_port()]
+    servers = "\n".join(
+        f"server {{ listen 127.0.0.1:{p}; client_max_body_size 0; location / {{ return 200 \"ok\\n\"; }} }}"
+        for p in ports)
+    conf = run.WORK / "sink-nginx.conf"
+    conf.write_text(f"""
+worker_processes 1; daemon off; pid {run.WORK}/sink.pid; error_log {run.WORK}/sink-error.log;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 1000000; {servers} }}
+""")
+    run.spawn("sink", ["nginx", "-c", str(conf)], 1)
+    for p in ports:
+        run.wait_port(p)
+    return ports
+
+
+def post_lua(size):
+    """A wrk script posting `size` bytes to the tenant's host."""
+    lua = run.WORK / f"post-{size}.lua"
+    lua.write_text(f"""
+wrk.method = "POST"
+wrk.body = string.rep("u", {size})
+wrk.headers["Host"] = "{HOST}"
+wrk.headers["Content-Type"] = "application/octet-stream"
+""")
+    return lua
+
+
+def main():
+    if not (run.REL / "gateway").exists():
+        raise SystemExit("build first: bench/run.sh (or cargo build --release -p gateway -p upstream-app)")
+    _, _, url = run.setup_database()
+    certs = run.make_certs()
+    backends = start_sink_backends()
+    before = run.Gateway(url, backends, certs, extra="[limits]\nrequest_body_buffer_bytes = 65536\n")
+    before.name = "over 64 KiB streamed"
+    first = run.Gateway(url, backends, certs)
+    first.name = "read first (default)"
+    lines = [f"# Request bodies read first ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
+             f"Each gateway: release build, 1 worker pinned to CPU 0; wrk (16 connections, POST) and nginx "
+             f"(answers 200 after reading the body) on CPU 1; {run.DURATION} s per measurement, median of "
+             f"{run.REPS}, interleaved.", "",
+             "| body | gateway | req/s | p50 ms | p99 ms | CPU µs/req | user µs/req | errors |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    summary = []
+    for size in SIZES:
+        lua = post_lua(size)
+        target = lambda g: f"http://127.0.0.1:{g.http}/upload"  # noqa: E731
+        for g in (first, before):
+            run.wrk(target(g), 16, lua)  # warm-up
+        runs = {first.name: [], before.name: []}
+        for i in range(run.REPS):
+            for g in ((first, before) if i % 2 == 0 else (before, first)):
+                r = run.measure(g, lambda p, script: run.wrk(target(p), 16, script), lua)
+                if r["errors"]:
+                    raise SystemExit(f"{g.name}, {size} bytes: wrk counted {r['errors']} errors")
+                runs[g.name].append(r)
+        med = {n: {k: statistics.median([r[k] for r in rs]) for k in rs[0]} for n, rs in runs.items()}
+        for n, m in med.items():
+            lines.append(f"| {size >> 10} KiB | {n} | {run.fmt(m['rps'], 0)} | {run.fmt(m['p50'], 2)} | "
+                         f"{run.fmt(m['p99'], 2)} | {run.fmt(m['cpu_us_per_req'])} | {run.fmt(m['user_us_per_req'])} | "
+                         f"{m['errors']:.0f} |")
+        a, b = med[first.name], med[before.name]
+        what = "the same path in both (the control)" if size <= 64 << 10 else "read first"
+        summary.append(f"- {size >> 10} KiB: {100.0 * (a['cpu_us_per_req'] / b['cpu_us_per_req'] - 1):+.1f} % CPU, "
+                       f"user {a['user_us_per_req'] - b['user_us_per_req']:+.0f} µs per request, {what}")
+    text = "\n".join(lines + [""] + summary) + "\n"
+    print(text)
+    (run.ROOT / "bench" / "uploads-latest.md").write_text(text)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        run.cleanup()
