@@ -18,7 +18,6 @@ bench/held-latest.md.
 """
 
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -41,18 +40,7 @@ def start_file_backends():
     (root / "f").mkdir()
     for size in SIZES:
         (root / "f" / str(size)).write_bytes(os.urandom(size))
-    ports = [run.free_port(), run.free_port()]
-    servers = "\n".join(f"server {{ listen 127.0.0.1:{p}; root {root}; }}" for p in ports)
-    conf = run.WORK / "files-nginx.conf"
-    conf.write_text(f"""
-worker_processes 1; daemon off; pid {run.WORK}/files.pid; error_log {run.WORK}/files-error.log;
-events {{ worker_connections 4096; }}
-http {{ access_log off; sendfile on; keepalive_requests 1000000; {servers} }}
-""")
-    run.spawn("files", ["nginx", "-c", str(conf)], 1)
-    for p in ports:
-        run.wait_port(p)
-    return ports
+    return run.start_backends("files", f"root {root};", "sendfile on;")
 
 
 def main():
@@ -69,26 +57,12 @@ def main():
     lines = [f"# Response bodies held ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
              f"Each gateway: release build, 1 worker pinned to CPU 0; wrk (16 connections) and nginx "
              f"(static files, sendfile) on CPU 1; {run.DURATION} s per measurement, median of {run.REPS}, "
-             "interleaved.", "",
-             "| body | gateway | req/s | p50 ms | p99 ms | CPU µs/req | user µs/req | errors |",
-             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "interleaved.", ""] + run.BODY_TABLE
     summary = []
     for size in SIZES:
-        target = lambda g: f"http://127.0.0.1:{g.http}/f/{size}"  # noqa: E731
-        for g in (on, off):
-            run.wrk(target(g), 16, headers=header)  # warm-up
-        runs = {on.name: [], off.name: []}
-        for i in range(run.REPS):
-            for g in ((on, off) if i % 2 == 0 else (off, on)):
-                r = run.measure(g, lambda p, _lua: run.wrk(target(p), 16, headers=header), None)
-                if r["errors"]:
-                    raise SystemExit(f"{g.name}, {size} bytes: wrk counted {r['errors']} errors")
-                runs[g.name].append(r)
-        med = {n: {k: statistics.median([r[k] for r in rs]) for k in rs[0]} for n, rs in runs.items()}
-        for n, m in med.items():
-            lines.append(f"| {size >> 10} KiB | {n} | {run.fmt(m['rps'], 0)} | {run.fmt(m['p50'], 2)} | "
-                         f"{run.fmt(m['p99'], 2)} | {run.fmt(m['cpu_us_per_req'])} | {run.fmt(m['user_us_per_req'])} | "
-                         f"{m['errors']:.0f} |")
+        med = run.medians_of_two(
+            (on, off), lambda g: run.wrk(f"http://127.0.0.1:{g.http}/f/{size}", 16, headers=header), f"{size} bytes")
+        lines += [run.body_row(size, n, m) for n, m in med.items()]
         pct = 100.0 * (med[on.name]["cpu_us_per_req"] / med[off.name]["cpu_us_per_req"] - 1)
         summary.append(f"- {size >> 10} KiB: {pct:+.1f} % CPU per request held")
     text = "\n".join(lines + [""] + summary) + "\n"

@@ -256,16 +256,19 @@ rps = 10000000
 """
 
 
-def start_backends():
+def start_backends(name="backend", server='location / { return 200 "ok\\n"; }', http=""):
+    """One nginx on CPU 1 with two servers, each with `server`'s directives
+    besides its `listen` (by default: 200 and "ok" to anything), `http`
+    added to its `http` block; their ports."""
     ports = [free_port(), free_port()]
-    servers = "\n".join(f"server {{ listen 127.0.0.1:{p}; location / {{ return 200 \"ok\\n\"; }} }}" for p in ports)
-    conf = WORK / "backend-nginx.conf"
+    servers = "\n".join(f"server {{ listen 127.0.0.1:{p}; {server} }}" for p in ports)
+    conf = WORK / f"{name}-nginx.conf"
     conf.write_text(f"""
-worker_processes 1; daemon off; pid {WORK}/backend.pid; error_log {WORK}/backend-error.log;
+worker_processes 1; daemon off; pid {WORK}/{name}.pid; error_log {WORK}/{name}-error.log;
 events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_requests 1000000; {servers} }}
+http {{ access_log off; {http} keepalive_requests 1000000; {servers} }}
 """)
-    spawn("backends", ["nginx", "-c", str(conf)], 1)
+    spawn(f"{name}s", ["nginx", "-c", str(conf)], 1)
     for p in ports:
         wait_port(p)
     return ports
@@ -576,6 +579,34 @@ def interleaved(peers, fn, lua, rounds, title):
                 raise SystemExit(f"{p.name}: {r['errors']} errors in {title}")
             cpu[p.name].append(r["cpu_us_per_req"])
     return cpu
+
+
+def medians_of_two(pair, go, what):
+    """Each of the two gateways in `pair` (by name): the medians of REPS
+    measurements of `go(peer)` (wrk's result), after a warm-up of each,
+    which goes first alternating by round. A measurement wrk counts errors
+    in stops the run (`what` names the load): its numbers would not be of
+    these responses."""
+    for p in pair:
+        go(p)
+    runs = {p.name: [] for p in pair}
+    for i in range(REPS):
+        for p in (pair if i % 2 == 0 else pair[::-1]):
+            r = measure(p, lambda q, _lua: go(q), None)
+            if r["errors"]:
+                raise SystemExit(f"{p.name}, {what}: wrk counted {r['errors']} errors")
+            runs[p.name].append(r)
+    return {n: {k: statistics.median([r[k] for r in rs]) for k in rs[0]} for n, rs in runs.items()}
+
+
+def body_row(size, name, m):
+    """A table row of a body's size and one gateway's medians (bench/held.py, bench/uploads.py)."""
+    return (f"| {size >> 10} KiB | {name} | {fmt(m['rps'], 0)} | {fmt(m['p50'], 2)} | {fmt(m['p99'], 2)} | "
+            f"{fmt(m['cpu_us_per_req'])} | {fmt(m['user_us_per_req'])} | {m['errors']:.0f} |")
+
+
+BODY_TABLE = ["| body | gateway | req/s | p50 ms | p99 ms | CPU µs/req | user µs/req | errors |",
+              "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
 
 
 def peer_rows(items):

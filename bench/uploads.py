@@ -21,7 +21,6 @@ bench/uploads-latest.md.
 """
 
 import os
-import statistics
 import sys
 import time
 
@@ -35,20 +34,7 @@ HOST = "t0001.myapp.bench"
 def start_sink_backends():
     """One nginx on CPU 1, two servers answering every request 200 after
     reading its body (any size)."""
-    ports = [run.free_port(), run.free_port()]
-    servers = "\n".join(
-        f"server {{ listen 127.0.0.1:{p}; client_max_body_size 0; location / {{ return 200 \"ok\\n\"; }} }}"
-        for p in ports)
-    conf = run.WORK / "sink-nginx.conf"
-    conf.write_text(f"""
-worker_processes 1; daemon off; pid {run.WORK}/sink.pid; error_log {run.WORK}/sink-error.log;
-events {{ worker_connections 4096; }}
-http {{ access_log off; keepalive_requests 1000000; {servers} }}
-""")
-    run.spawn("sink", ["nginx", "-c", str(conf)], 1)
-    for p in ports:
-        run.wait_port(p)
-    return ports
+    return run.start_backends("sink", 'client_max_body_size 0; location / { return 200 "ok\\n"; }')
 
 
 def post_lua(size):
@@ -76,27 +62,13 @@ def main():
     lines = [f"# Request bodies read first ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})", "",
              f"Each gateway: release build, 1 worker pinned to CPU 0; wrk (16 connections, POST) and nginx "
              f"(answers 200 after reading the body) on CPU 1; {run.DURATION} s per measurement, median of "
-             f"{run.REPS}, interleaved.", "",
-             "| body | gateway | req/s | p50 ms | p99 ms | CPU µs/req | user µs/req | errors |",
-             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             f"{run.REPS}, interleaved.", ""] + run.BODY_TABLE
     summary = []
     for size in SIZES:
         lua = post_lua(size)
-        target = lambda g: f"http://127.0.0.1:{g.http}/upload"  # noqa: E731
-        for g in (first, before):
-            run.wrk(target(g), 16, lua)  # warm-up
-        runs = {first.name: [], before.name: []}
-        for i in range(run.REPS):
-            for g in ((first, before) if i % 2 == 0 else (before, first)):
-                r = run.measure(g, lambda p, script: run.wrk(target(p), 16, script), lua)
-                if r["errors"]:
-                    raise SystemExit(f"{g.name}, {size} bytes: wrk counted {r['errors']} errors")
-                runs[g.name].append(r)
-        med = {n: {k: statistics.median([r[k] for r in rs]) for k in rs[0]} for n, rs in runs.items()}
-        for n, m in med.items():
-            lines.append(f"| {size >> 10} KiB | {n} | {run.fmt(m['rps'], 0)} | {run.fmt(m['p50'], 2)} | "
-                         f"{run.fmt(m['p99'], 2)} | {run.fmt(m['cpu_us_per_req'])} | {run.fmt(m['user_us_per_req'])} | "
-                         f"{m['errors']:.0f} |")
+        med = run.medians_of_two(
+            (first, before), lambda g: run.wrk(f"http://127.0.0.1:{g.http}/upload", 16, lua), f"{size} bytes")
+        lines += [run.body_row(size, n, m) for n, m in med.items()]
         a, b = med[first.name], med[before.name]
         what = "the same path in both (the control)" if size <= 64 << 10 else "read first"
         summary.append(f"- {size >> 10} KiB: {100.0 * (a['cpu_us_per_req'] / b['cpu_us_per_req'] - 1):+.1f} % CPU, "
