@@ -1081,12 +1081,13 @@ fn slow_request_bodies_are_read_whole_before_they_hold_a_backend_worker() {
     let (backend, s) = on_two_workers("[limits]\nbody_rate_grace_ms = 120000\n[limits.tenant]\nmax_concurrent = 2\n");
     // A body that fits Pingora's own buffer (64 KiB), and one that does not.
     for (round, len) in [4096, (1 << 20) + 7].into_iter().enumerate() {
-        slow_bodies_hold_no_worker(&backend, &s, len, 4 * round);
+        slow_bodies_hold_no_worker(&backend, &s, len, 5 * round);
     }
 }
 
-/// Four clients send half of a `len`-byte body and stop (`posts_before`
-/// posts reached the backend already).
+/// Four clients send half of a `len`-byte body and stop, then finish; one
+/// sends another on the same connection (`posts_before` posts reached the
+/// backend already).
 fn slow_bodies_hold_no_worker(backend: &FewWorkers, s: &Stack, len: usize, posts_before: usize) {
     let half = len / 2;
     let body = upload_body(len);
@@ -1142,20 +1143,32 @@ fn slow_bodies_hold_no_worker(backend: &FewWorkers, s: &Stack, len: usize, posts
     );
     // Each client finishes: its whole body reaches the backend, exactly.
     let want = got(&body);
+    let mut kept = None;
     for mut tls in slow {
         tls.write_all(&body[half..]).unwrap();
         tls.flush().unwrap();
         let answer = read_until(&mut tls, &want);
         assert!(answer.starts_with("HTTP/1.1 200 "), "{len}: {answer}");
         assert!(answer.ends_with(&format!("\r\n\r\n{want}")), "{len}: {answer}");
+        kept.get_or_insert(tls);
     }
+    // The next request on a kept-alive connection is read first afresh.
+    let mut tls = kept.expect("a connection");
+    let head = format!("POST /upload HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nContent-Length: {len}\r\n\r\n");
+    tls.write_all(&[head.as_bytes(), &body].concat()).unwrap();
+    tls.flush().unwrap();
+    let answer = read_until(&mut tls, &want);
+    assert!(
+        answer.ends_with(&format!("\r\n\r\n{want}")),
+        "{len}, kept alive: {answer}"
+    );
     for (response, mut stream) in uploads {
         stream
             .send_data(bytes::Bytes::copy_from_slice(&body[half..]), true)
             .unwrap();
         assert_eq!(h2_answer(&rt, response), (200, want.clone()), "{len} over HTTP/2");
     }
-    assert_eq!(backend.posts(), posts_before + 4);
+    assert_eq!(backend.posts(), posts_before + 5);
     drop(client);
 }
 
