@@ -25,24 +25,32 @@
 //! fits is read into that buffer and goes from there. A larger one is read
 //! into a copy of its own, and that buffer is turned on only for its last
 //! 64 KiB: Pingora then hands that last part to the request body filter,
-//! which sends the whole copy in its place (again on a retry). Reads end
-//! at the body's end and bring at most 64 KiB each, so the last part is
+//! which sends the whole copy in its place (again on a retry), and only
+//! there: not after a response has begun (the copy is dropped then), nor
+//! in place of an upgraded connection's bytes. Reads end at the body's
+//! end, and after the first (which brings what came with the head) bring
+//! at most 64 KiB each (HTTP/2: a frame, 16 KiB), so the last part is
 //! always read after the buffer is on, except for a body that came whole
-//! in the read of its head: that needs a head of about the body's size
-//! (over 60 KiB), and such a request is answered 431.
+//! in the read of its head: that needs a head at least about as large as
+//! the body (so over 64 KiB), and such a request is answered 431.
 //!
-//! Reading a body has a deadline: the grace a body has before its minimum
-//! rate applies, plus its length at that rate. HTTP/1 bodies are also held
-//! to the rate as they arrive (`conn::deadline`); HTTP/2 streams are not,
-//! and a body that stops sending would otherwise be waited for forever.
+//! Reading a body has a deadline ([`Buffering::next_wait`]): each part
+//! must come before the bytes in fall below the minimum rate (after the
+//! grace), within the idle bound, and the whole within the grace plus its
+//! length at that rate. HTTP/1 bodies are also held to the rate by the
+//! connection (`conn::deadline`); an HTTP/2 stream only by this, and a fast
+//! start buys no long stall.
 //!
 //! And a budget: the bodies being read at once may hold at most
 //! `limits.request_body_buffer_total_mib` ([`Budget`]: tokio's semaphore,
 //! a permit per byte); past it a body is streamed as if it were large. A
-//! body takes its `Content-Length` while it arrives, and one held in a copy
-//! of its own keeps it until its request ends. Without it, a client's many
-//! HTTP/2 streams (100 per connection, each up to the bound, on each of its
-//! connections) could hold memory for as long as their deadlines let them.
+//! body takes its `Content-Length` while it arrives; one held in a copy of
+//! its own keeps it until its response begins (a retry comes only before),
+//! and copies may hold at most half of the budget, so that bodies of up to
+//! 64 KiB (forms, JSON) always have the other half, however many large
+//! bodies a client announces. Without it, a client's many HTTP/2 streams
+//! (100 per connection, each up to the bound, on each of its connections)
+//! could hold memory for as long as their deadlines let them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -85,6 +93,24 @@ impl Buffering {
         }
         let n = content_length(headers)?;
         (1..=self.max_bytes.min(MAX_BUFFERED)).contains(&n).then_some(n)
+    }
+
+    /// How long the next part of a body of `len` bytes may take to come,
+    /// `read` bytes of it in after `elapsed`: no later than its whole
+    /// deadline, than the time by which `read` bytes fall below the
+    /// minimum rate (once the grace is over), and than `idle` (no byte for
+    /// that long ends it, as Pingora's bound on one HTTP/1 read does). So
+    /// an HTTP/2 stream, whose bytes no connection deadline watches, is
+    /// held to the rate as an HTTP/1 body is, and a body cannot buy a long
+    /// stall with a fast start. Zero: too late already.
+    pub fn next_wait(&self, len: u64, read: u64, elapsed: Duration) -> Duration {
+        let by_rate = match self.min_rate {
+            0 => Duration::MAX,
+            rate => self
+                .grace
+                .saturating_add(Duration::from_millis(read.saturating_mul(1000) / rate)),
+        };
+        self.deadline(len).min(by_rate).saturating_sub(elapsed).min(self.idle)
     }
 
     /// How long a body of `len` bytes may take to arrive whole.
@@ -198,6 +224,11 @@ impl Reading {
     /// The body needs a copy of its own (it does not fit Pingora's buffer).
     pub fn copied(&self) -> bool {
         self.len > RETRY_BUFFER
+    }
+
+    /// Bytes come so far.
+    pub fn read(&self) -> u64 {
+        self.read
     }
 
     /// `n` more bytes came.
@@ -359,6 +390,28 @@ pub(crate) mod tests {
         // No rate: the idle timeout on top of the grace.
         let none = Buffering { min_rate: 0, ..p };
         assert_eq!(none.deadline(65536), Duration::from_secs(70));
+    }
+
+    #[test]
+    fn the_next_part_must_come_by_the_rate_the_deadline_and_the_idle_bound() {
+        let p = policy(1 << 20); // 500 B/s, 10 s grace, 60 s idle
+        let s = Duration::from_secs;
+        // The first byte within the grace.
+        assert_eq!(p.next_wait(1 << 20, 0, s(0)), s(10));
+        assert_eq!(p.next_wait(1 << 20, 0, s(4)), s(6));
+        assert_eq!(p.next_wait(1 << 20, 0, s(10)), s(0));
+        // 5,000 bytes buy 10 s more; never more than the idle bound.
+        assert_eq!(p.next_wait(1 << 20, 5000, s(12)), s(8));
+        assert_eq!(p.next_wait(1 << 20, 500_000, s(12)), s(60));
+        // A fast start does not buy more than the idle bound.
+        assert_eq!(p.next_wait(1 << 20, 1 << 20, s(1)), s(60));
+        // 4,000 bytes of 4,096 in: until 18 s (the whole deadline, 18.192 s, is later).
+        assert_eq!(p.next_wait(4096, 4000, s(17)), s(1));
+        // Without a rate: the whole deadline (grace + idle) and the idle bound.
+        let none = Buffering { min_rate: 0, ..p };
+        assert_eq!(none.next_wait(1 << 20, 0, s(0)), s(60));
+        assert_eq!(none.next_wait(1 << 20, 0, s(65)), s(5));
+        assert_eq!(none.next_wait(1 << 20, 0, s(70)), s(0));
     }
 
     #[test]

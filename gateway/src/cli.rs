@@ -703,6 +703,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
             idle: cfg.limits.idle_timeout,
         },
         body_budget: crate::body::Budget::new(cfg.limits.request_body_buffer_total_mib << 20),
+        copied_budget: crate::body::Budget::new(cfg.limits.request_body_buffer_total_mib << 19),
         response_bodies: crate::response_body::Buffering {
             max_bytes: cfg.limits.response_body_buffer_bytes,
         },

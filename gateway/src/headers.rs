@@ -167,6 +167,7 @@ impl Forwarding {
             slot.1 = Some(value);
         }
         let host_value = HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(u.host.as_bytes())).ok()?;
+        // As above: shared from now on, so a request's clone is a count.
         drop(host_value.clone());
         Some(Forwarding {
             peer: u.peer,

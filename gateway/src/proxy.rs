@@ -80,6 +80,9 @@ pub struct Gateway {
     pub bodies: crate::body::Buffering,
     /// What the bodies being read at once may hold.
     pub body_budget: crate::body::Budget,
+    /// The part of `body_budget` bodies read into a copy of their own may
+    /// hold (half of it).
+    pub copied_budget: crate::body::Budget,
     /// Which response bodies are held whole before the client has them.
     pub response_bodies: crate::response_body::Buffering,
     /// What the response bodies held at once may hold.
@@ -150,11 +153,12 @@ impl std::future::Future for Filtered {
     }
 }
 
-/// A request body read first, with its share of the budget (given back
-/// when the request ends: a retry sends it again).
+/// A request body read first, with its shares of the budget (all of it,
+/// and the half copies may hold), given back once the response begins (a
+/// retry, which sends it again, comes only before).
 struct HeldRequest {
     body: bytes::Bytes,
-    _share: crate::body::Share,
+    _shares: (crate::body::Share, Option<crate::body::Share>),
 }
 
 /// What the gateway answers itself instead of proxying.
@@ -476,17 +480,28 @@ impl Gateway {
     /// sends it on, or a larger one into `ctx.request_body`
     /// ([`crate::body::Reading`]). No backend is chosen or held while the
     /// client sends. Unless the bodies being read hold the whole budget
-    /// already: then it is streamed.
+    /// already (or, for a copy, the half copies may hold): then it is
+    /// streamed.
     ///
-    /// `false`: the body was not complete within its deadline (the 408
-    /// page follows). The client's own failures (gone, reset, cut for its
+    /// `false`: a part of the body did not come within its rate, the idle
+    /// bound or its deadline ([`crate::body::Buffering::next_wait`]; the
+    /// 408 page follows). The client's own failures (gone, reset, cut for its
     /// rate by `conn::stream`) are the downstream's, answered with nothing,
     /// as when a body is streamed (Pingora leaves a filter's errors
     /// without a side, which `fail_to_proxy` would answer 500). A body
     /// that came whole with its head is answered 431.
     async fn read_body_first(&self, session: &mut Session, ctx: &mut Ctx, len: u64) -> Result<bool> {
         use crate::body::{Read, Reading};
-        let Some(share) = self.body_budget.take(len) else {
+        let shares = self
+            .body_budget
+            .take(len)
+            .and_then(|all| match len > crate::body::RETRY_BUFFER {
+                // A copy also takes from the half of the budget copies may hold,
+                // so bodies that fit Pingora's buffer always have the rest.
+                true => self.copied_budget.take(len).map(|copied| (all, Some(copied))),
+                false => Some((all, None)),
+            });
+        let Some(shares) = shares else {
             self.metrics.bodies_over_budget.inc();
             return Ok(true);
         };
@@ -499,7 +514,7 @@ impl Gateway {
         if session.req_header().headers.contains_key(http::header::EXPECT) {
             session.req_header_mut().remove_header(&http::header::EXPECT);
         }
-        let deadline = self.bodies.deadline(len);
+        let start = Instant::now();
         let mut reading = Reading::new(len);
         let mut copy = bytes::BytesMut::new();
         let read = async {
@@ -507,7 +522,11 @@ impl Gateway {
                 if reading.buffer_now() {
                     session.enable_retry_buffering();
                 }
-                let Some(chunk) = session.read_request_body().await? else {
+                let wait = self.bodies.next_wait(len, reading.read(), start.elapsed());
+                let Some(chunk) = tokio::time::timeout(wait, session.read_request_body())
+                    .await
+                    .map_err(|_| Error::explain(ErrorType::ReadTimedout, "request body read first"))??
+                else {
                     break;
                 };
                 reading.took(chunk.len());
@@ -523,16 +542,16 @@ impl Gateway {
         };
         let late = || {
             self.metrics.deadline_hits.with_label_values(&["body_rate"]).inc();
-            tracing::debug!(len, ?deadline, "request body not complete within its deadline");
+            tracing::debug!(len, elapsed = ?start.elapsed(), "request body not read first within its rate or deadline");
             Ok(false)
         };
-        match tokio::time::timeout(deadline, read).await {
-            Ok(Ok(())) => match reading.end() {
+        match read.await {
+            Ok(()) => match reading.end() {
                 Read::InBuffer => Ok(true),
                 Read::Copied => {
                     ctx.request_body = Some(Box::new(HeldRequest {
                         body: copy.freeze(),
-                        _share: share,
+                        _shares: shares,
                     }));
                     Ok(true)
                 }
@@ -543,10 +562,9 @@ impl Gateway {
                 Read::Short => Error::e_explain(ErrorType::ConnectionClosed, "request body shorter than its length")
                     .map_err(|e| e.into_down()),
             },
-            // Pingora's own bound on one HTTP/1 read (60 s) may come first.
-            Ok(Err(e)) if *e.etype() == ErrorType::ReadTimedout => late(),
-            Ok(Err(e)) => Err(e.into_down()),
-            Err(_) => late(),
+            // Ours, or Pingora's own bound on one HTTP/1 read (60 s).
+            Err(e) if *e.etype() == ErrorType::ReadTimedout => late(),
+            Err(e) => Err(e.into_down()),
         }
     }
 
@@ -764,9 +782,9 @@ impl ProxyHttp for Gateway {
     /// size, so its box allocates nothing.
     fn request_body_filter<'life0, 'life1, 'life2, 'life3, 'async_trait>(
         &'life0 self,
-        _session: &'life1 mut Session,
+        session: &'life1 mut Session,
         body: &'life2 mut Option<bytes::Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &'life3 mut Box<Ctx>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'async_trait>>
     where
@@ -777,7 +795,9 @@ impl ProxyHttp for Gateway {
         'life3: 'async_trait,
         Self: 'async_trait,
     {
-        if let (Some(held), Some(_)) = (&ctx.request_body, &body) {
+        // Only in place of the last part Pingora hands on whole, from its
+        // buffer (never an upgraded connection's bytes).
+        if let (Some(held), Some(_), true) = (&ctx.request_body, &body, end_of_stream && !session.was_upgraded()) {
             *body = Some(held.body.clone());
         }
         Box::pin(Filtered)
@@ -850,8 +870,10 @@ impl ProxyHttp for Gateway {
         &self,
         session: &mut Session,
         _resp: &mut ResponseHeader,
-        _ctx: &mut Box<Ctx>,
+        ctx: &mut Box<Ctx>,
     ) -> Result<()> {
+        // A body read first is not sent again once a response begins.
+        ctx.request_body = None;
         // Shutting down: this response is the connection's last.
         if session.is_process_shutting_down() {
             session.set_keepalive(None);

@@ -514,9 +514,9 @@ fn backend_failure_and_dedicated_pools() {
     );
 
     // Kill one default backend: every request still succeeds, and a post
-    // retried on the other backend carries its whole body (read by the
-    // gateway first, resent from Pingora's buffer, or from the gateway's
-    // own copy when larger than that buffer's 64 KiB).
+    // retried on the other backend after a failed connect carries its
+    // whole body (read by the gateway first, sent from Pingora's buffer, or
+    // from the gateway's own copy when larger than that buffer's 64 KiB).
     b.proc_.kill();
     // A post is not retried after a failure on a reused connection (it may
     // have reached the backend); two gets (retried) use up any connection

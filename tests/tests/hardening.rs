@@ -716,6 +716,21 @@ fn serve_stream(
     let _ = conn.write_all(format!("{}{end}", part(&rest)).as_bytes());
 }
 
+/// `POST /upgrade`, its body read (`got`): 101, then [`got`]'s line, then
+/// every byte read back as it comes.
+fn upgrade_and_echo(conn: &mut TcpStream, got: &str) {
+    let head = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+    if conn.write_all(format!("{head}{got}\n").as_bytes()).is_err() {
+        return;
+    }
+    let mut buf = [0u8; 4096];
+    while let Ok(n @ 1..) = conn.read(&mut buf) {
+        if conn.write_all(&buf[..n]).is_err() {
+            return;
+        }
+    }
+}
+
 /// The `Content-Length` of a message head (0 without one).
 fn content_length(head: &[u8]) -> usize {
     String::from_utf8_lossy(head)
@@ -786,6 +801,10 @@ impl FewWorkers {
                         // Like a sync worker, for as long as the body takes.
                         let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
                         let got = read_body(&mut conn, &head, content_length(&head));
+                        if head.starts_with(b"POST /upgrade ") {
+                            upgrade_and_echo(&mut conn, &got);
+                            continue;
+                        }
                         if !head.starts_with(b"POST /large ") {
                             let answer = format!(
                                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{got}",
@@ -1215,6 +1234,33 @@ fn a_large_body_that_comes_with_a_huge_head_gets_a_clean_answer() {
 }
 
 #[test]
+fn an_upgrade_after_a_body_read_first_carries_the_upgraded_bytes_as_they_are() {
+    // The body (larger than Pingora's buffer) reaches the backend whole,
+    // once; after the 101, what the client sends goes on as sent.
+    let (backend, s) = on_two_workers("");
+    let body = upload_body(100_000);
+    let mut tls = h1_tls(&s, "ferrari.myapp.localhost");
+    let head = format!(
+        "POST /upgrade HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nConnection: upgrade\r\nUpgrade: websocket\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(&[head.as_bytes(), &body].concat()).unwrap();
+    tls.flush().unwrap();
+    let answer = read_until(&mut tls, &format!("{}\n", got(&body)));
+    assert!(answer.starts_with("HTTP/1.1 101 "), "{answer}\n{}", s.gw.proc_.log());
+    assert!(answer.ends_with(&format!("\r\n\r\n{}\n", got(&body))), "{answer}");
+    for word in ["ping", "pong", "and more"] {
+        tls.write_all(word.as_bytes()).unwrap();
+        tls.flush().unwrap();
+        let mut echo = vec![0u8; word.len()];
+        tls.read_exact(&mut echo).unwrap();
+        assert_eq!(String::from_utf8_lossy(&echo), word, "the upgraded bytes");
+    }
+    assert_eq!(backend.posts(), 1);
+    assert!(other_tenant_answers(&s), "the other tenant is served");
+}
+
+#[test]
 fn the_bodies_being_read_first_hold_at_most_their_budget() {
     // 1 MiB: sixteen bodies of 64 KiB.
     let (backend, s) = on_two_workers(
@@ -1234,8 +1280,34 @@ fn the_bodies_being_read_first_hold_at_most_their_budget() {
 }
 
 #[test]
+fn bodies_announced_large_hold_half_the_budget_and_small_ones_keep_the_rest() {
+    // 2 MiB: bodies over 64 KiB may hold 1 MiB of it.
+    let (backend, s) = on_two_workers(
+        "[limits]\nbody_rate_grace_ms = 120000\nrequest_body_buffer_bytes = 1048576\nrequest_body_buffer_total_mib = 2\n",
+    );
+    let rt = driving_runtime();
+    // A client announces two bodies of 1 MiB and sends 100 bytes of each:
+    // the first holds that half, the second is streamed.
+    let (large_client, large) = h2_start_uploads(&rt, &s, 2, 1 << 20, 100);
+    wait_until("the second large body streamed", Duration::from_secs(15), || {
+        backend.posts() == 1 && s.metric("tenant_gateway_request_bodies_over_budget_total", &[]) == 1.0
+    })
+    .unwrap_or_else(|e| panic!("{e} ({} posts)\n{}", backend.posts(), s.gw.proc_.log()));
+    // Sixteen bodies of 64 KiB still fit the other half: all read first.
+    let (small_client, small) = h2_start_uploads(&rt, &s, 16, 65536, 100);
+    wait_until("the small bodies being read", Duration::from_secs(15), || {
+        s.metric("tenant_gateway_body_buffer_bytes", &[("kind", "request")]) == (2 << 20) as f64
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    assert_eq!(backend.posts(), 1, "a small body was streamed");
+    assert_eq!(s.metric("tenant_gateway_request_bodies_over_budget_total", &[]), 1.0);
+    drop((large, large_client, small, small_client));
+}
+
+#[test]
 fn a_request_body_that_stops_is_answered_408_and_never_reaches_the_backend() {
-    // A 2,000-byte body may take 1 s of grace and 2 s at 1,000 B/s.
+    // A body read first must keep 1,000 B/s after 1 s of grace: ten bytes
+    // buy 10 ms more.
     let (backend, s) = on_two_workers("[limits]\nmin_body_rate = 1000\nbody_rate_grace_ms = 1000\n");
     let head = b"POST /upload HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nContent-Length: 2000\r\n\r\n";
     // HTTP/1.1: ten bytes of the body, then nothing.
@@ -1243,7 +1315,8 @@ fn a_request_body_that_stops_is_answered_408_and_never_reaches_the_backend() {
     let mut tls = h1_tls(&s, "ferrari.myapp.localhost");
     tls.write_all(&[&head[..], b"0123456789"].concat()).unwrap();
     tls.flush().unwrap();
-    // HTTP/2 likewise (no per-stream rate applies to it as it arrives).
+    // HTTP/2 likewise (no connection deadline watches a stream's bytes: the
+    // gateway holds it to the rate while it reads the body first).
     let rt = driving_runtime();
     let (client, mut uploads) = h2_start_uploads(&rt, &s, 1, 2000, 10);
     // The gateway's own page, with the request id to trace it by.
@@ -1253,17 +1326,20 @@ fn a_request_body_that_stops_is_answered_408_and_never_reaches_the_backend() {
         answer.to_ascii_lowercase().contains("\r\nx-request-id: ") && answer.contains("Request timeout"),
         "{answer}"
     );
-    // Not before the deadline (counted from the head's arrival).
-    assert!(sent.elapsed() >= Duration::from_millis(2500), "{:?}", sent.elapsed());
+    // Not before the grace and what the ten bytes buy (counted from the
+    // head's arrival).
+    assert!(sent.elapsed() >= Duration::from_millis(1010), "{:?}", sent.elapsed());
     assert!(closes(&mut tls), "the connection stays open after the 408");
     let (response, held) = uploads.remove(0);
     assert_eq!(h2_answer(&rt, response).0, 408);
-    // HTTP/1.1 trickled below the rate: cut (as a streamed body is), with
-    // no answer.
+    // HTTP/1.1 trickled below the rate: cut by the connection's rate (as a
+    // streamed body is, with no answer) or the read's (408), whichever
+    // sees it first.
     let mut slow = h1_tls(&s, "ferrari.myapp.localhost");
     slow.sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let (_, seen) = trickle(&mut slow, head, Instant::now(), Duration::from_secs(15));
-    assert!(seen.is_empty(), "{}", String::from_utf8_lossy(&seen));
+    let seen = String::from_utf8_lossy(&seen);
+    assert!(seen.is_empty() || seen.starts_with("HTTP/1.1 408 "), "{seen}");
     assert_eq!(backend.posts(), 0, "a stopped body reached the backend");
     wait_until("both counted, as the tenant's too", Duration::from_secs(10), || {
         s.metric("tenant_gateway_deadline_hits_total", &[("kind", "body_rate")]) >= 2.0

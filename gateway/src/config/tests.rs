@@ -196,6 +196,10 @@ fn errors_name_the_key() {
             "limits.request_body_buffer_total_mib",
         ),
         (
+            format!("{MIN}[limits]\nrequest_body_buffer_bytes = 8388608\nrequest_body_buffer_total_mib = 8\n"),
+            "limits.request_body_buffer_total_mib",
+        ),
+        (
             format!("{MIN}[limits]\nresponse_body_buffer_bytes = 1073741825\nresponse_body_buffer_total_mib = 2048\n"),
             "limits.response_body_buffer_bytes",
         ),

@@ -299,10 +299,15 @@ impl Config {
                 "limits.request_body_buffer_total_mib",
                 "from 1 to 1048576 (to read no body first: request_body_buffer_bytes = 0)",
             ));
-        } else if l.request_body_buffer_bytes > l.request_body_buffer_total_mib << 20 {
+        } else if l.request_body_buffer_bytes
+            > (l.request_body_buffer_total_mib << 20).min(
+                // Bodies over Pingora's buffer may take half of it.
+                (l.request_body_buffer_total_mib << 19).max(crate::body::RETRY_BUFFER),
+            )
+        {
             errs.push(invalid(
                 "limits.request_body_buffer_total_mib",
-                "must hold one body of limits.request_body_buffer_bytes",
+                "must hold two bodies of limits.request_body_buffer_bytes (bodies over 64 KiB may take half of it)",
             ));
         }
         if l.response_body_buffer_bytes > crate::response_body::MAX_BUFFERED {
