@@ -796,9 +796,12 @@ impl ProxyHttp for Gateway {
         Self: 'async_trait,
     {
         // Only in place of the last part Pingora hands on whole, from its
-        // buffer (never an upgraded connection's bytes).
-        if let (Some(held), Some(_), true) = (&ctx.request_body, &body, end_of_stream && !session.was_upgraded()) {
-            *body = Some(held.body.clone());
+        // buffer (never an upgraded connection's bytes). A request without
+        // a copy (nearly all) looks no further.
+        if let Some(held) = &ctx.request_body {
+            if body.is_some() && end_of_stream && !session.was_upgraded() {
+                *body = Some(held.body.clone());
+            }
         }
         Box::pin(Filtered)
     }
