@@ -155,6 +155,57 @@ pub struct Budget {
 /// A body's share of the [`Budget`], given back when dropped.
 pub type Share = OwnedSemaphorePermit;
 
+/// The request bodies' budget: all of it, and the half that bodies read
+/// into a copy of their own (over [`RETRY_BUFFER`]) may hold, so bodies
+/// that fit Pingora's buffer always have the rest.
+#[derive(Debug, Clone)]
+pub struct RequestBudget {
+    all: Budget,
+    copied: Budget,
+}
+
+/// A request body's shares of the [`RequestBudget`], given back when
+/// dropped.
+#[derive(Debug)]
+pub struct Shares {
+    _all: Share,
+    _copied: Option<Share>,
+}
+
+impl RequestBudget {
+    /// At most `max` bytes, half of them for copies.
+    pub fn new(max: u64) -> RequestBudget {
+        RequestBudget {
+            all: Budget::new(max),
+            copied: Budget::new(copies_may_hold(max)),
+        }
+    }
+
+    /// `len` bytes for a body about to be read first, if they are free
+    /// (`None`: it is to be streamed).
+    pub fn take(&self, len: u64) -> Option<Shares> {
+        let all = self.all.take(len)?;
+        let copied = match len > RETRY_BUFFER {
+            true => Some(self.copied.take(len)?),
+            false => None,
+        };
+        Some(Shares {
+            _all: all,
+            _copied: copied,
+        })
+    }
+
+    /// The whole budget (what it holds is what the bodies hold).
+    pub fn all(&self) -> &Budget {
+        &self.all
+    }
+}
+
+/// What bodies read into a copy may hold of a budget of `max` bytes.
+pub fn copies_may_hold(max: u64) -> u64 {
+    max / 2
+}
+
 impl Budget {
     /// At most `max` bytes (capped at what a semaphore can count).
     pub fn new(max: u64) -> Budget {
@@ -412,6 +463,20 @@ pub(crate) mod tests {
         assert_eq!(none.next_wait(1 << 20, 0, s(0)), s(60));
         assert_eq!(none.next_wait(1 << 20, 0, s(65)), s(5));
         assert_eq!(none.next_wait(1 << 20, 0, s(70)), s(0));
+    }
+
+    #[test]
+    fn copies_hold_at_most_half_and_smaller_bodies_keep_the_rest() {
+        let b = RequestBudget::new(4 << 20);
+        let copy = b.take(2 << 20).expect("half");
+        assert!(b.take(RETRY_BUFFER + 1).is_none(), "a copy past the half");
+        // The other half is for bodies that fit Pingora's buffer.
+        let small: Vec<_> = (0..32).map(|_| b.take(RETRY_BUFFER).expect("a small body")).collect();
+        assert!(b.take(1).is_none(), "the whole budget");
+        assert_eq!(b.all().held(), 4 << 20);
+        drop((copy, small));
+        assert_eq!(b.all().held(), 0);
+        assert!(b.take(2 << 20).is_some());
     }
 
     #[test]

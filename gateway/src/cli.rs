@@ -702,15 +702,14 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
             grace: cfg.limits.body_rate_grace,
             idle: cfg.limits.idle_timeout,
         },
-        body_budget: crate::body::Budget::new(cfg.limits.request_body_buffer_total_mib << 20),
-        copied_budget: crate::body::Budget::new(cfg.limits.request_body_buffer_total_mib << 19),
+        body_budget: crate::body::RequestBudget::new(cfg.limits.request_body_buffer_total_mib << 20),
         response_bodies: crate::response_body::Buffering {
             max_bytes: cfg.limits.response_body_buffer_bytes,
         },
         response_budget: crate::body::Budget::new(cfg.limits.response_body_buffer_total_mib << 20),
     };
     let body_budgets = [
-        ("request", gateway.body_budget.clone()),
+        ("request", gateway.body_budget.all().clone()),
         ("response", gateway.response_budget.clone()),
     ];
     // HTTP/2 connections carry no HTTP/1 head deadlines; their idle bound is h2's own.

@@ -155,20 +155,15 @@ impl Forwarding {
             let (name, value) = match edit {
                 Edit::Set(name, value) => (
                     name,
-                    HeaderValue::from_maybe_shared(bytes::Bytes::from(value.into_owned())).ok()?,
+                    shared(HeaderValue::from_maybe_shared(bytes::Bytes::from(value.into_owned())).ok()?),
                 ),
-                Edit::Put(name, value) => (name, value),
+                Edit::Put(name, value) => (name, shared(value)),
                 Edit::Remove(_) => continue,
             };
-            // The first clone turns an owned buffer into a shared one, so
-            // every later clone is a reference count.
-            drop(value.clone());
             let slot = values.iter_mut().find(|(n, _)| *n == name)?;
             slot.1 = Some(value);
         }
-        let host_value = HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(u.host.as_bytes())).ok()?;
-        // As above: shared from now on, so a request's clone is a count.
-        drop(host_value.clone());
+        let host_value = shared(HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(u.host.as_bytes())).ok()?);
         Some(Forwarding {
             peer: u.peer,
             tls: u.tls,
@@ -420,6 +415,13 @@ fn forwarded(peer: Option<IpAddr>, peer_text: &str, host: &str, scheme: &str) ->
     value
 }
 
+/// `value`, kept to be cloned per request: its first clone turns an owned
+/// buffer into a shared one, so every later clone is a reference count.
+fn shared(value: HeaderValue) -> HeaderValue {
+    drop(value.clone());
+    value
+}
+
 /// The request id and `Host`: per request, after the forwarding headers.
 /// `kept`: `u.host` as a shared value, when the connection keeps one.
 fn tail<'a>(u: &Upstream<'a>, kept: Option<&HeaderValue>, out: &mut Edits<'a>) {
@@ -506,10 +508,7 @@ struct KeptTenant {
 
 impl KeptTenant {
     fn new(schema: &str, wire: &str) -> Option<KeptTenant> {
-        let value = HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(wire.as_bytes())).ok()?;
-        // The first clone turns the owned buffer into a shared one, so
-        // every later clone is a reference count.
-        drop(value.clone());
+        let value = shared(HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(wire.as_bytes())).ok()?);
         Some(KeptTenant {
             schema: schema.into(),
             wire: wire.into(),

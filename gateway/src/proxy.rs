@@ -79,10 +79,7 @@ pub struct Gateway {
     /// Which request bodies are read whole before a backend is chosen.
     pub bodies: crate::body::Buffering,
     /// What the bodies being read at once may hold.
-    pub body_budget: crate::body::Budget,
-    /// The part of `body_budget` bodies read into a copy of their own may
-    /// hold (half of it).
-    pub copied_budget: crate::body::Budget,
+    pub body_budget: crate::body::RequestBudget,
     /// Which response bodies are held whole before the client has them.
     pub response_bodies: crate::response_body::Buffering,
     /// What the response bodies held at once may hold.
@@ -153,12 +150,12 @@ impl std::future::Future for Filtered {
     }
 }
 
-/// A request body read first, with its shares of the budget (all of it,
-/// and the half copies may hold), given back once the response begins (a
-/// retry, which sends it again, comes only before).
+/// A request body read first, with its shares of the budget, given back
+/// once the response begins (a retry, which sends it again, comes only
+/// before).
 struct HeldRequest {
     body: bytes::Bytes,
-    _shares: (crate::body::Share, Option<crate::body::Share>),
+    _shares: crate::body::Shares,
 }
 
 /// What the gateway answers itself instead of proxying.
@@ -492,16 +489,7 @@ impl Gateway {
     /// that came whole with its head is answered 431.
     async fn read_body_first(&self, session: &mut Session, ctx: &mut Ctx, len: u64) -> Result<bool> {
         use crate::body::{Read, Reading};
-        let shares = self
-            .body_budget
-            .take(len)
-            .and_then(|all| match len > crate::body::RETRY_BUFFER {
-                // A copy also takes from the half of the budget copies may hold,
-                // so bodies that fit Pingora's buffer always have the rest.
-                true => self.copied_budget.take(len).map(|copied| (all, Some(copied))),
-                false => Some((all, None)),
-            });
-        let Some(shares) = shares else {
+        let Some(shares) = self.body_budget.take(len) else {
             self.metrics.bodies_over_budget.inc();
             return Ok(true);
         };

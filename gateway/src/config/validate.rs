@@ -299,12 +299,9 @@ impl Config {
                 "limits.request_body_buffer_total_mib",
                 "from 1 to 1048576 (to read no body first: request_body_buffer_bytes = 0)",
             ));
-        } else if l.request_body_buffer_bytes
-            > (l.request_body_buffer_total_mib << 20).min(
-                // Bodies over Pingora's buffer may take half of it.
-                (l.request_body_buffer_total_mib << 19).max(crate::body::RETRY_BUFFER),
-            )
-        {
+        } else if l.request_body_buffer_bytes > crate::body::copies_may_hold(l.request_body_buffer_total_mib << 20) {
+            // A budget of at least 1 MiB holds two bodies of Pingora's
+            // buffer, so only copies can fail this.
             errs.push(invalid(
                 "limits.request_body_buffer_total_mib",
                 "must hold two bodies of limits.request_body_buffer_bytes (bodies over 64 KiB may take half of it)",
