@@ -220,6 +220,26 @@ pub fn is_tenant_header(name: &str) -> bool {
         && (b.len() == PREFIX.len() || norm(b[PREFIX.len()]) == b'-')
 }
 
+/// Whether a header name is `X-Forwarded-For`, `-Proto` or `-Host` spelled
+/// with `_` in place of some `-` (`X_Forwarded_Proto`), any case. CGI-style
+/// backends (WSGI and ASGI servers, Django's `META`) fold `_` and `-` into
+/// one variable, so such a header would reach the backend joined with the
+/// gateway's own value, client's first: `X_Forwarded_Proto: https` over
+/// plain HTTP would make Django's `SECURE_PROXY_SSL_HEADER` read `https`.
+/// Removed whoever sent it (a proxy spelling these with `_` is not one the
+/// gateway can trust).
+pub fn is_underscored_forwarding(name: &str) -> bool {
+    const NAMES: [&[u8]; 3] = [b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"];
+    let b = name.as_bytes();
+    if !matches!(b.len(), 15..=17) || !b.contains(&b'_') {
+        return false;
+    }
+    let norm = |c: u8| if c == b'_' { b'-' } else { c.to_ascii_lowercase() };
+    NAMES
+        .iter()
+        .any(|n| n.len() == b.len() && b.iter().zip(n.iter()).all(|(c, p)| norm(*c) == *p))
+}
+
 /// A client-supplied request id we are willing to pass on.
 fn acceptable_request_id(v: &str) -> bool {
     !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
@@ -326,10 +346,15 @@ pub fn upstream<'a>(headers: &HeaderMap, u: &Upstream<'a>, out: &mut Edits<'a>) 
     // The stamp's own two names, when a stamp follows, are replaced by it
     // (setting a header drops all its earlier values), not removed first.
     let stamp_replaces = |n: &HeaderName| u.stamped && (*n == X_TENANT || *n == X_TENANT_SIGNATURE);
+    // A forwarding header spelled with `_` goes too (see
+    // [`is_underscored_forwarding`]).
     out.extend(
         headers
             .keys()
-            .filter(|n| is_tenant_header(n.as_str()) && !stamp_replaces(n))
+            .filter(|n| {
+                let n_str = n.as_str();
+                (is_tenant_header(n_str) && !stamp_replaces(n)) || is_underscored_forwarding(n_str)
+            })
             .map(|n| Edit::Remove(n.clone())),
     );
     // 2. Forwarding headers. What an untrusted client sent is overwritten
@@ -646,6 +671,50 @@ mod tests {
             "xx-tenant",
         ] {
             assert!(!is_tenant_header(no), "{no}");
+        }
+    }
+
+    #[test]
+    fn forwarding_headers_spelled_with_underscores_never_pass() {
+        for yes in [
+            "x_forwarded_for",
+            "x_forwarded_proto",
+            "x_forwarded_host",
+            "X_Forwarded_Proto",
+            "x-forwarded_for",
+            "x_forwarded-host",
+        ] {
+            assert!(is_underscored_forwarding(yes), "{yes}");
+        }
+        for no in [
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x_forwarded_fo",
+            "x_forwarded_forx",
+            "x_forwarded_port",
+            "forwarded",
+        ] {
+            assert!(!is_underscored_forwarding(no), "{no}");
+        }
+        // Removed for untrusted and trusted peers alike, and on a
+        // connection's kept values as on a fresh build.
+        let h = map(&[
+            ("x_forwarded_proto", "https"),
+            ("x_forwarded_for", "6.6.6.6"),
+            ("X_Forwarded_Host", "evil.example"),
+            ("x-forwarded-proto", "https"),
+        ]);
+        let kept = Forwarding::new(&facts(false)).unwrap();
+        let with_kept = Upstream {
+            built: Some(&kept),
+            ..facts(false)
+        };
+        for u in [facts(false), facts(true), with_kept] {
+            let e = edits(&h, &u);
+            let gone = removed(&e);
+            for name in ["x_forwarded_proto", "x_forwarded_for", "x_forwarded_host"] {
+                assert!(gone.iter().any(|g| g == name), "{name} kept: {e:?}");
+            }
         }
     }
 

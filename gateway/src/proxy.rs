@@ -860,11 +860,15 @@ impl ProxyHttp for Gateway {
     async fn response_filter(
         &self,
         session: &mut Session,
-        _resp: &mut ResponseHeader,
+        resp: &mut ResponseHeader,
         ctx: &mut Box<Ctx>,
     ) -> Result<()> {
-        // A body read first is not sent again once a response begins.
-        ctx.request_body = None;
+        // A body read first is not sent again once the response begins: its
+        // final head, or a 101 (Pingora calls this for a 100 or 103 too, after
+        // which the request may still be retried and needs its copy).
+        if ctx.request_body.is_some() && (!resp.status.is_informational() || resp.status == 101) {
+            ctx.request_body = None;
+        }
         // Shutting down: this response is the connection's last.
         if session.is_process_shutting_down() {
             session.set_keepalive(None);

@@ -650,6 +650,41 @@ fn the_certificate_key_rotates_in_place_without_new_certificates() {
         account_after,
         "the re-sealed account was used, not replaced"
     );
+
+    // A sealing key changed without the rotation (the stored certificate
+    // and account open under no configured key): the next handshake orders
+    // a new certificate, with a new account in place of the stored one.
+    const LOST: &str = "4444444444444444444444444444444444444444444444444444444444444444";
+    let renewed =
+        st.s.pg
+            .psql("SELECT md5(chain_pem) FROM tenant_gateway.certificates")
+            .unwrap();
+    let orders_before = orders(&st.s.pg);
+    st.s.restart_gateway_as(|b| b.env("TG_CERT_KEY", LOST).env("TG_CERT_KEY_OLD", UNRELATED));
+    // The probes' handshakes order it.
+    wait_issued(&st.pebble, &st.s.gw, CUSTOM, Duration::from_secs(60));
+    let stored =
+        st.s.pg
+            .psql("SELECT md5(chain_pem) FROM tenant_gateway.certificates")
+            .unwrap();
+    assert_ne!(stored, renewed, "a new certificate was stored");
+    assert_eq!(orders(&st.s.pg), orders_before + 1);
+    let log = st.s.gw.proc_.log();
+    assert!(log.contains("account created"), "{log}");
+    assert_ne!(
+        st.s.pg
+            .psql("SELECT md5(credentials_enc) FROM tenant_gateway.acme_accounts")
+            .unwrap(),
+        account_after,
+        "the unreadable account was replaced"
+    );
+    assert!(
+        st.s.gw
+            .scrape()
+            .unwrap_or_default()
+            .contains("tenant_gateway_certificate_loads_total{result=\"unreadable\"}"),
+        "the unreadable certificate was counted"
+    );
 }
 
 /// Stored certificates are not loaded at start-up: each comes from the

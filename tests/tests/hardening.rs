@@ -148,8 +148,15 @@ fn a_trickled_request_head_or_body_is_cut_at_the_deadline_on_both_listeners() {
     let mut tls = rustls::StreamOwned::new(conn, tcp);
     let (lived, _) = trickle(&mut tls, HEAD_START, start, limit);
     assert!(lived >= deadline - Duration::from_millis(100), "cut early: {lived:?}");
+    // HTTP/2 over TLS: a client that sends none of its preface, or only
+    // part of it, is cut at the same deadline (Pingora itself would wait
+    // for the preface for ever).
+    for sent in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+        let lived = h2_preface_held(&s, sent, limit);
+        assert!(lived >= deadline - Duration::from_millis(100), "cut early: {lived:?}");
+    }
     assert!(
-        s.metric("tenant_gateway_deadline_hits_total", &[("kind", "request_head")]) >= 2.0,
+        s.metric("tenant_gateway_deadline_hits_total", &[("kind", "request_head")]) >= 4.0,
         "{}",
         s.gw.scrape().unwrap_or_default()
     );
@@ -171,6 +178,41 @@ fn a_trickled_request_head_or_body_is_cut_at_the_deadline_on_both_listeners() {
         .send()
         .unwrap();
     assert_eq!(r.json()["tenant"], "mclaren");
+}
+
+/// An HTTPS connection that chooses HTTP/2 and sends `sent` of its
+/// preface, then nothing: how long it lived (from before its TLS
+/// handshake) until the gateway closed it.
+fn h2_preface_held(s: &Stack, sent: &[u8], limit: Duration) -> Duration {
+    let start = Instant::now();
+    let tcp = TcpStream::connect(("127.0.0.1", s.gw.tls_port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(250))).unwrap();
+    let name = rustls::pki_types::ServerName::try_from("ferrari.myapp.localhost").unwrap();
+    let conn = rustls::ClientConnection::new(Arc::new(client_config(s.ca(), &["h2"])), name).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    while tls.conn.is_handshaking() {
+        match tls.conn.complete_io(&mut tls.sock) {
+            Err(e) if !timed_out(&e) || start.elapsed() > limit => panic!("TLS handshake: {e}"),
+            _ => {}
+        }
+    }
+    assert_eq!(tls.conn.alpn_protocol(), Some(&b"h2"[..]));
+    tls.write_all(sent).unwrap();
+    tls.flush().unwrap();
+    let mut buf = [0u8; 512];
+    while start.elapsed() < limit {
+        match tls.read(&mut buf) {
+            Ok(0) => return start.elapsed(),
+            // The gateway's SETTINGS frame.
+            Ok(_) => {}
+            Err(e) if timed_out(&e) => {}
+            Err(_) => return start.elapsed(),
+        }
+    }
+    panic!(
+        "an HTTP/2 connection that sent {} bytes of its preface was still open after {limit:?}",
+        sent.len()
+    );
 }
 
 /// A plain connection whose reads give up after 250 ms (the pace of

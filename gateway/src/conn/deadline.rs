@@ -19,8 +19,14 @@
 //! - `Idle`: a keep-alive connection waiting for its next request; it is
 //!   closed quietly at `idle` after the last response.
 //! - `WebSocket`: upgraded to WebSocket (closed politely at shutdown, see
-//!   [`super::ws`]); `Tunnel`: another upgrade, or HTTP/2. None of the
-//!   deadlines above applies to either.
+//!   [`super::ws`]); `Tunnel`: another upgrade, or HTTP/2 once its preface
+//!   is in. None of the deadlines above applies to either.
+//! - `Preface`: an HTTP/2 connection (ALPN `h2`) whose client preface (24
+//!   bytes) is not in yet: it must be by `head_deadline` from accept, as an
+//!   HTTP/1 connection's first head. Pingora waits for the preface with no
+//!   timeout of its own, and its HTTP/2 idle timeout starts only after it,
+//!   so without this phase a client that completes TLS and sends nothing
+//!   would hold its connection (and its place under the caps) for ever.
 //!
 //! Writing has one deadline in every phase and protocol ([`Stall`]): a
 //! client that takes none of what is written to it (its socket stays full)
@@ -53,7 +59,11 @@ pub enum Phase {
     Idle,
     WebSocket,
     Tunnel,
+    Preface,
 }
+
+/// The HTTP/2 client connection preface (RFC 9113 section 3.4) is this long.
+const H2_PREFACE_LEN: u64 = 24;
 
 /// What a read must turn into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,8 +153,10 @@ pub struct ConnDeadlines {
     t: Timeouts,
     phase: Phase,
     scanner: HeadScanner,
-    /// `Head`: when the head must be complete; `Idle`: when to close.
+    /// `Head`: when the head must be complete; `Idle`: when to close;
+    /// `Preface`: when the preface must be in.
     deadline: Instant,
+    /// `Body`: the body's bytes so far; `Preface`: the preface's.
     body_bytes: u64,
     /// Time spent waiting for the client's body so far.
     body_waited: Duration,
@@ -178,10 +190,11 @@ impl ConnDeadlines {
         }
     }
 
-    /// A connection with no HTTP/1 deadlines (HTTP/2).
-    pub fn tunnel(t: Timeouts, now: Instant) -> ConnDeadlines {
+    /// A new HTTP/2 connection accepted at `now`: its preface is due by the
+    /// head deadline; then no HTTP/1 deadline applies.
+    pub fn http2(t: Timeouts, now: Instant) -> ConnDeadlines {
         ConnDeadlines {
-            phase: Phase::Tunnel,
+            phase: Phase::Preface,
             ..ConnDeadlines::http1(t, now)
         }
     }
@@ -192,13 +205,20 @@ impl ConnDeadlines {
 
     /// The instant a pending read must be woken at, if any.
     pub fn wake_at(&self) -> Option<Instant> {
-        matches!(self.phase, Phase::Head | Phase::Idle).then_some(self.deadline)
+        matches!(self.phase, Phase::Head | Phase::Idle | Phase::Preface).then_some(self.deadline)
     }
 
     /// `bytes` were read; `now` is asked only when the phase needs a clock.
     pub fn on_data(&mut self, bytes: &[u8], now: impl FnOnce() -> Instant) -> Verdict {
         match self.phase {
             Phase::Tunnel | Phase::WebSocket => Verdict::Ok,
+            Phase::Preface => {
+                self.body_bytes += bytes.len() as u64;
+                if self.body_bytes >= H2_PREFACE_LEN {
+                    self.phase = Phase::Tunnel;
+                }
+                Verdict::Ok
+            }
             Phase::Idle | Phase::Responded => {
                 // The first byte of the next request starts its head clock
                 // (read only if this read leaves the head incomplete: a
@@ -250,7 +270,7 @@ impl ConnDeadlines {
     /// needs a clock.
     pub fn on_pending(&mut self, now: impl FnOnce() -> Instant) -> Verdict {
         match self.phase {
-            Phase::Head => self.unless_past(now(), Verdict::HeadTimeout),
+            Phase::Head | Phase::Preface => self.unless_past(now(), Verdict::HeadTimeout),
             Phase::Idle => self.unless_past(now(), Verdict::IdleTimeout),
             Phase::Responded => {
                 self.phase = Phase::Idle;
@@ -286,7 +306,7 @@ impl ConnDeadlines {
                 Some(_) => {}
                 None => self.phase = Phase::Responded,
             },
-            Phase::Responded | Phase::Idle | Phase::WebSocket | Phase::Tunnel => {}
+            Phase::Responded | Phase::Idle | Phase::WebSocket | Phase::Tunnel | Phase::Preface => {}
         }
     }
 }
@@ -428,9 +448,36 @@ mod tests {
         // The first wait for the body starts its clock, later ones do not.
         assert_eq!(c.on_pending(|| t0), Verdict::Ok);
         assert_eq!(c.on_pending(no_clock), Verdict::Ok);
-        let mut t = ConnDeadlines::tunnel(T, t0);
+        let mut t = ConnDeadlines::http2(T, t0);
+        assert_eq!(t.on_data(&[b'P'; 24], no_clock), Verdict::Ok);
+        assert_eq!(t.phase(), Phase::Tunnel);
         assert_eq!(t.on_pending(no_clock), Verdict::Ok);
         assert_eq!(t.on_data(b"x", no_clock), Verdict::Ok);
+    }
+
+    #[test]
+    fn an_http2_preface_must_be_in_by_the_head_deadline() {
+        let t0 = Instant::now();
+        let no_clock = || -> Instant { panic!("clock read") };
+        // Nothing at all: cut at the deadline, counted from accept.
+        let mut c = ConnDeadlines::http2(T, t0);
+        assert_eq!(c.wake_at(), Some(secs(t0, 10)));
+        assert_eq!(c.on_pending(|| secs(t0, 9)), Verdict::Ok);
+        assert_eq!(c.on_pending(|| secs(t0, 10)), Verdict::HeadTimeout);
+        // A preface trickled in parts: still due at the same instant.
+        let mut c = ConnDeadlines::http2(T, t0);
+        for i in 0..23 {
+            assert_eq!(c.on_data(b"P", no_clock), Verdict::Ok, "byte {i}");
+            assert_eq!(c.phase(), Phase::Preface);
+        }
+        assert_eq!(c.on_pending(|| secs(t0, 10)), Verdict::HeadTimeout);
+        // Once it is in (with whatever follows it in the same read), no
+        // deadline of this module applies: Pingora's HTTP/2 idle timeout does.
+        let mut c = ConnDeadlines::http2(T, t0);
+        assert_eq!(c.on_data(&[b'P'; 20], no_clock), Verdict::Ok);
+        assert_eq!(c.on_data(&[b'P'; 30], no_clock), Verdict::Ok);
+        assert_eq!((c.phase(), c.wake_at()), (Phase::Tunnel, None));
+        assert_eq!(c.on_pending(|| secs(t0, 1_000)), Verdict::Ok);
     }
 
     #[test]

@@ -271,7 +271,7 @@ impl<A: ServerApp + Send + Sync + 'static, H: Handshake> Service for Listener<A,
                 };
                 let deadlines = |h2: bool| {
                     if h2 {
-                        ConnDeadlines::tunnel(timeouts, accepted_at)
+                        ConnDeadlines::http2(timeouts, accepted_at)
                     } else {
                         ConnDeadlines::http1(timeouts, accepted_at)
                     }

@@ -308,7 +308,7 @@ impl Metrics {
             certificate_loads: counter_vec(
                 &r,
                 "tenant_gateway_certificate_loads_total",
-                "Stored certificates loaded into memory at a handshake, by result (loaded, not_stored, error, timeout).",
+                "Stored certificates loaded into memory at a handshake, by result (loaded, not_stored, unreadable: no configured key opens it, error, timeout).",
                 &["result"],
             ),
             certificates_in_memory: gauge(

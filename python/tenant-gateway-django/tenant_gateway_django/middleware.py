@@ -12,6 +12,7 @@ does after its own lookup. Put it first in ``MIDDLEWARE``, in place of
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -21,17 +22,19 @@ from django.db.models import Model
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils.deprecation import MiddlewareMixin
 from django_tenants.middleware.main import TenantMainMiddleware
-from django_tenants.utils import get_tenant_model
+from django_tenants.utils import get_tenant_model, remove_www
 
 from .conf import GatewaySettings, load_settings
 from .stamp import StampError, Verifier, normalize_host
 
 __all__ = [
     "TenantGatewayMiddleware",
+    "domain_url",
     "header_values",
     "raw_host",
     "raw_method",
     "raw_path",
+    "target_path",
 ]
 
 logger = logging.getLogger("tenant_gateway_django")
@@ -65,22 +68,48 @@ def header_values(meta: Mapping[str, Any], key: str) -> list[str]:
     return _from_wsgi(str(raw)).split(",")
 
 
+# An absolute-form request target's "scheme://authority" (RFC 3986 scheme,
+# authority up to the first "/", "?" or "#").
+_ABSOLUTE_FORM_PREFIX = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+_PATH_END = re.compile(r"[?#]")
+
+
+def target_path(target: str) -> str:
+    """The path of a request target, as the gateway signs it (docs/stamp.md's P,
+    the Rust ``http`` crate's ``uri.path()``): percent-encoding kept, cut at the
+    query's ``?`` or a fragment's ``#``. An absolute-form target
+    (``http://host/a%20b?q``) gives its path (``/a%20b``), ``/`` if it has none.
+    """
+    absolute = _ABSOLUTE_FORM_PREFIX.match(target)
+    if absolute is None:
+        return _PATH_END.split(target, maxsplit=1)[0]
+    return _PATH_END.split(target[absolute.end():], maxsplit=1)[0] or "/"
+
+
+def _asgi_scope(request: HttpRequest) -> Mapping[str, Any] | None:
+    """The ASGI connection scope of a request Django's ASGI handler built, else None."""
+    scope = getattr(request, "scope", None)
+    return scope if isinstance(scope, Mapping) else None
+
+
 def raw_path(request: HttpRequest) -> str:
     """The request path as received: percent-encoding kept, no query string.
 
     gunicorn sets ``RAW_URI``, uWSGI and others ``REQUEST_URI``; under ASGI the
-    scope's ``raw_path`` is used. ``request.path`` (already percent-decoded) is
-    the last resort, for servers that give none of these.
+    scope's ``raw_path`` is used: the bytes on the wire, which include a
+    ``root_path`` prefix (the gateway signed the path it forwards, so nothing
+    is removed). ``request.path`` (already percent-decoded) is the last
+    resort, for servers that give none of these. See :func:`target_path`.
     """
     for key in ("RAW_URI", "REQUEST_URI"):
         uri = request.META.get(key)
         if uri:
-            return _from_wsgi(str(uri)).split("?", 1)[0]
-    scope = getattr(request, "scope", None)
-    if isinstance(scope, Mapping):
+            return target_path(_from_wsgi(str(uri)))
+    scope = _asgi_scope(request)
+    if scope is not None:
         raw = scope.get("raw_path")
         if isinstance(raw, bytes) and raw:
-            return raw.decode("utf-8", "surrogateescape").split("?", 1)[0]
+            return target_path(raw.decode("utf-8", "surrogateescape"))
     return request.path
 
 
@@ -91,8 +120,23 @@ def raw_host(request: HttpRequest) -> str:
 
 
 def raw_method(request: HttpRequest) -> str:
-    """The method as sent: ``request.method`` is upper-cased by Django."""
+    """The method as sent: ``request.method`` is upper-cased by Django, and so
+    is ``META["REQUEST_METHOD"]`` under ASGI, where the scope's ``method`` is
+    read instead."""
+    scope = _asgi_scope(request)
+    if scope is not None:
+        method = scope.get("method")
+        if isinstance(method, str) and method:
+            return method
     return str(request.META.get("REQUEST_METHOD") or request.method or "")
+
+
+def domain_url(request: HttpRequest) -> str:
+    """``tenant.domain_url`` as django-tenants sets it: the host without a port and
+    without a leading ``www.`` (its ``remove_www``). Taken from the raw ``Host``
+    header, normalised as the stamp's host is, not from ``request.get_host()``,
+    whose ALLOWED_HOSTS check the signed host makes redundant."""
+    return str(remove_www(normalize_host(raw_host(request))))
 
 
 def _sized(response: HttpResponse) -> HttpResponse:
@@ -156,7 +200,8 @@ class TenantGatewayMiddleware(MiddlewareMixin):
         try:
             schema_name = self.verify_request(request)
         except StampError as exc:
-            logger.warning("tenant stamp rejected: %s (%s %s)", exc.code, request.method, request.path)
+            # %r: a decoded path may hold a line break (%0A) that would forge a log line.
+            logger.warning("tenant stamp rejected: %s (%s %r)", exc.code, request.method, request.path)
             return _error(exc.code, exc.message, exc.status)
 
         tenant_model = get_tenant_model()
@@ -170,7 +215,7 @@ class TenantGatewayMiddleware(MiddlewareMixin):
         if active_field is not None and not getattr(tenant, active_field):
             return _error("tenant_suspended", f"tenant {schema_name!r} is suspended", 403)
 
-        tenant.domain_url = normalize_host(raw_host(request))  # type: ignore[attr-defined]
+        tenant.domain_url = domain_url(request)  # type: ignore[attr-defined]
         request.tenant = tenant  # type: ignore[attr-defined]
         connection.set_tenant(request.tenant)  # type: ignore[attr-defined]
         self.setup_url_routing(request)

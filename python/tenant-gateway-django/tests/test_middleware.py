@@ -1,27 +1,36 @@
-"""Settings validation and the middleware's request handling up to the tenant lookup.
+"""Settings validation and the middleware's request handling.
 
 Nothing here opens a database: a request that passes the stamp checks reaches
-the tenant table, which the Rust end-to-end suite covers with a real one.
+the tenant table, which the Rust end-to-end suite covers with a real one; the
+tests that take a stamp past verification stub the lookup (``_activating``).
 """
 
 from __future__ import annotations
 
+import io
 import json
+import logging
+from types import SimpleNamespace
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.core.handlers.asgi import ASGIRequest
 from django.http import HttpRequest, HttpResponse
 from django.test import RequestFactory, override_settings
 
 from conftest import TEST_KEYS
 from tenant_gateway_django.conf import GatewaySettings, parse_settings
+from tenant_gateway_django import middleware as middleware_module
 from tenant_gateway_django.middleware import (
     TenantGatewayMiddleware,
+    domain_url,
     header_values,
     raw_host,
     raw_method,
     raw_path,
+    target_path,
 )
 from tenant_gateway_django.stamp import sign
 
@@ -127,12 +136,95 @@ def test_raw_request_fields() -> None:
     assert raw_method(req) == "get"
 
 
+@pytest.mark.parametrize(
+    ("target", "path"),
+    [
+        ("/whoami", "/whoami"),
+        ("/files/a%20b?x=1", "/files/a%20b"),
+        ("/whoami#top", "/whoami"),  # http's uri.path() drops a fragment
+        ("/a?b#c", "/a"),
+        ("//x/y?z", "//x/y"),  # origin form, not an authority
+        ("*", "*"),
+        # Absolute form: the path only, as the Rust verifier's uri.path().
+        ("http://ferrari.myapp.localhost/whoami", "/whoami"),
+        ("HTTPS://u@ferrari.myapp.localhost:8443/files/a%20b?x=1#f", "/files/a%20b"),
+        ("http://ferrari.myapp.localhost", "/"),
+        ("http://ferrari.myapp.localhost?x=1", "/"),
+        ("http://ferrari.myapp.localhost#f", "/"),
+        ("http://[::1]:8080//a", "//a"),
+    ],
+)
+def test_target_path(target: str, path: str) -> None:
+    assert target_path(target) == path
+    req = RequestFactory().get("/ignored")
+    req.META["RAW_URI"] = target
+    assert raw_path(req) == path
+
+
+def test_absolute_form_raw_uri_verifies(middleware: TenantGatewayMiddleware,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # gunicorn's RAW_URI is the target as sent: `GET http://host/whoami HTTP/1.1`.
+    _activating(middleware, monkeypatch)
+    tenant, sig = _stamp(path="/whoami")
+    req = _gunicorn_like("/whoami", HTTP_X_TENANT=tenant, HTTP_X_TENANT_SIGNATURE=sig)
+    req.META["RAW_URI"] = "http://ferrari.myapp.localhost/whoami?x=1"
+    resp = middleware(req)
+    assert resp.content == b"view reached"
+
+
+def _asgi_request(method: str, raw: bytes, host: str = "ferrari.myapp.localhost",
+                  root_path: str = "", **headers: str) -> ASGIRequest:
+    """An ASGIRequest from a scope as an ASGI server builds it (lower-case header names)."""
+    path, _, query = raw.partition(b"?")
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": unquote(path.decode()),
+        "raw_path": raw,
+        "root_path": root_path,
+        "query_string": query,
+        "headers": [(b"host", host.encode())]
+        + [(name.lower().encode(), value.encode()) for name, value in headers.items()],
+    }
+    return ASGIRequest(scope, io.BytesIO(b""))
+
+
+def test_asgi_method_case_is_kept(middleware: TenantGatewayMiddleware,
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    # Django's ASGIRequest upper-cases the method into META["REQUEST_METHOD"] too.
+    _activating(middleware, monkeypatch)
+    tenant, sig = _stamp(method="get")
+    req = _asgi_request("get", b"/whoami", **{"x-tenant": tenant, "x-tenant-signature": sig})
+    assert (req.method, req.META["REQUEST_METHOD"], raw_method(req)) == ("GET", "GET", "get")
+    assert middleware(req).content == b"view reached"
+
+
+def test_asgi_raw_path_keeps_the_root_path() -> None:
+    # raw_path is the path as received on the wire, which is what the gateway
+    # signed and forwarded; a root_path prefix in it is not removed.
+    req = _asgi_request("GET", b"/app/files/a%20b?x=1", root_path="/app")
+    assert raw_path(req) == "/app/files/a%20b"
+    assert raw_path(_asgi_request("GET", b"http://ferrari.myapp.localhost/a%2Fb?x")) == "/a%2Fb"
+
+
 # --- middleware, up to the tenant lookup -------------------------------------------
 
 
 @pytest.fixture()
 def middleware() -> TenantGatewayMiddleware:
     return TenantGatewayMiddleware(_ok)
+
+
+def _activating(mw: TenantGatewayMiddleware, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Let ``mw`` activate a stamped tenant without a database: ``get_tenant``
+    answers an active tenant whose schema is the stamped name, and
+    ``connection.set_tenant`` records its argument in the list returned."""
+    activated: list[Any] = []
+    monkeypatch.setattr(mw, "get_tenant",
+                        lambda model, name: SimpleNamespace(schema_name=name, is_active=True))
+    monkeypatch.setattr(middleware_module.connection, "set_tenant", activated.append)
+    monkeypatch.setattr(middleware_module.connection, "set_schema_to_public", lambda: None)
+    return activated
 
 
 def _gunicorn_like(path: str, host: str = "ferrari.myapp.localhost", method: str = "GET",
@@ -241,3 +333,47 @@ def test_method_case_is_kept(middleware: TenantGatewayMiddleware) -> None:
     req = _gunicorn_like("/whoami", HTTP_X_TENANT=tenant, HTTP_X_TENANT_SIGNATURE=sig)
     req.META["REQUEST_METHOD"] = "get"
     assert _body(middleware(req))["error"] == "stamp_bad_signature"
+
+
+def test_valid_stamp_over_the_raw_path_reaches_the_view(
+    middleware: TenantGatewayMiddleware, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # request.path is "/files/a b": only the raw path matches the signature.
+    activated = _activating(middleware, monkeypatch)
+    tenant, sig = _stamp(path="/files/a%20b")
+    req = _gunicorn_like("/files/a%20b?x=1", HTTP_X_TENANT=tenant, HTTP_X_TENANT_SIGNATURE=sig)
+    assert req.META["RAW_URI"] == "/files/a%20b?x=1"
+    resp = middleware(req)
+    assert resp.content == b"view reached"
+    assert req.tenant.schema_name == "ferrari"  # type: ignore[attr-defined]
+    assert req.tenant.domain_url == "ferrari.myapp.localhost"  # type: ignore[attr-defined]
+    assert activated == [req.tenant]  # type: ignore[attr-defined]
+
+
+def test_domain_url_drops_www_as_django_tenants(
+    middleware: TenantGatewayMiddleware, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    activated = _activating(middleware, monkeypatch)
+    tenant, sig = _stamp(host="www.ferrari.myapp.localhost")
+    req = _gunicorn_like("/whoami", host="WWW.Ferrari.MyApp.localhost:8080",
+                         HTTP_X_TENANT=tenant, HTTP_X_TENANT_SIGNATURE=sig)
+    assert middleware(req).content == b"view reached"
+    assert activated[0].domain_url == "ferrari.myapp.localhost"
+    for host, expected in [("www.shop.test", "shop.test"), ("wwwx.shop.test", "wwwx.shop.test"),
+                           ("shop.test.", "shop.test"), ("www.localhost:80", "localhost")]:
+        assert domain_url(_gunicorn_like("/", host=host)) == expected
+
+
+def test_rejected_path_is_logged_on_one_line(
+    middleware: TenantGatewayMiddleware, caplog: pytest.LogCaptureFixture
+) -> None:
+    # %0A decodes to a line feed in request.path: logged raw, it would forge a log line.
+    req = _gunicorn_like("/a%0A2030-01-01 forged entry")
+    assert "\n" in req.path
+    with caplog.at_level(logging.WARNING, logger="tenant_gateway_django"):
+        assert middleware(req).status_code == 401
+    (record,) = caplog.records
+    message = record.getMessage()
+    assert "stamp_missing" in message
+    assert "\n" not in message and "\r" not in message
+    assert "/a\\n2030-01-01 forged entry" in message

@@ -119,6 +119,11 @@ impl Acme {
                 let result = match tokio::time::timeout(LOAD_DEADLINE, self.load_one(name)).await {
                     Ok(Ok(Some(_))) => "loaded",
                     Ok(Ok(None)) => "not_stored",
+                    Ok(Err(e @ AcmeError::Unreadable { .. })) => {
+                        // Replaced by an order, which this handshake asks for next.
+                        tracing::warn!(name, error = %e, "a stored certificate cannot be used; a new one is ordered");
+                        "unreadable"
+                    }
                     Ok(Err(e)) => {
                         tracing::warn!(name, error = %e, "cannot load a stored certificate");
                         "error"
@@ -149,10 +154,17 @@ impl Acme {
         }
         let chain: String = row.try_get(0)?;
         let key_enc: Vec<u8> = row.try_get(1)?;
-        let key = self.seal.open(&format!("cert:{name}"), &key_enc)?;
+        let unreadable = |why: String| AcmeError::Unreadable {
+            what: format!("certificate for {name}"),
+            why,
+        };
+        let key = self
+            .seal
+            .open(&format!("cert:{name}"), &key_enc)
+            .map_err(|e| unreadable(e.to_string()))?;
         let renew_at: Option<i64> = row.try_get(3)?;
         let cert = Cert::from_pem(chain.as_bytes(), &key, &format!("database:{name}"))
-            .map_err(other)?
+            .map_err(|e| unreadable(e.to_string()))?
             .with_renew_at(renew_at);
         self.metrics.cert_expiry.with_label_values(&[name]).set(cert.not_after);
         self.store.add_issued(cert);

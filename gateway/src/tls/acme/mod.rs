@@ -166,6 +166,12 @@ pub enum AcmeError {
     Timeout { what: &'static str, limit: Duration },
     #[error("{0}")]
     Other(String),
+    /// A stored secret (a certificate's key, the account's credentials) that
+    /// no configured key opens, or stored data that does not parse: the
+    /// gateway replaces it (a new order, a new account) rather than fail
+    /// for ever (docs/operations.md, "Rotating the sealing key").
+    #[error("stored {what} cannot be used: {why}")]
+    Unreadable { what: String, why: String },
 }
 
 impl AcmeError {

@@ -4,6 +4,17 @@
 
 use super::*;
 
+/// What the database holds as the directory's account.
+pub(super) enum Stored {
+    None,
+    Account(Account),
+    /// Stored, but no configured key opens it (or it does not parse).
+    Unreadable {
+        enc: Vec<u8>,
+        why: AcmeError,
+    },
+}
+
 impl Acme {
     pub(super) async fn account(&self) -> Result<Account, AcmeError> {
         let mut slot = self.account.lock().await;
@@ -23,7 +34,7 @@ impl Acme {
     }
 
     /// The stored account for the directory, if any (decrypted).
-    pub(super) async fn stored_account(&self, dir: &str, aad: &str) -> Result<Option<Account>, AcmeError> {
+    pub(super) async fn stored_account(&self, dir: &str, aad: &str) -> Result<Stored, AcmeError> {
         let stored: Option<Vec<u8>> = bounded(
             "loading the ACME account",
             sqlx::query_scalar("SELECT credentials_enc FROM tenant_gateway.acme_accounts WHERE directory = $1")
@@ -31,20 +42,40 @@ impl Acme {
                 .fetch_optional(&self.db),
         )
         .await?;
-        let Some(enc) = stored else { return Ok(None) };
-        let creds: AccountCredentials = serde_json::from_slice(&self.seal.open(aad, &enc)?).map_err(other)?;
-        Ok(Some(self.account_builder()?.from_credentials(creds).await?))
+        let Some(enc) = stored else { return Ok(Stored::None) };
+        let creds = self
+            .seal
+            .open(aad, &enc)
+            .and_then(|plain| serde_json::from_slice::<AccountCredentials>(&plain).map_err(other));
+        match creds {
+            Ok(creds) => Ok(Stored::Account(self.account_builder()?.from_credentials(creds).await?)),
+            Err(e) => Ok(Stored::Unreadable {
+                enc,
+                why: AcmeError::Unreadable {
+                    what: "ACME account".into(),
+                    why: e.to_string(),
+                },
+            }),
+        }
     }
 
     /// The stored account, or a new one (stored encrypted). No lock is held
     /// across the CA exchange: when two gateways create one at once, the
-    /// first stored wins and the other's stays unused at the CA.
+    /// first stored wins and the other's stays unused at the CA. A stored
+    /// account no configured key opens is replaced by the new one (only
+    /// while it is still the one read); each process creates at most one,
+    /// as it keeps its account for its lifetime.
     pub(super) async fn load_or_create_account(&self) -> Result<Account, AcmeError> {
         let dir = &self.cfg.directory_url;
         let aad = format!("account:{dir}");
-        if let Some(account) = self.stored_account(dir, &aad).await? {
-            return Ok(account);
-        }
+        let unreadable = match self.stored_account(dir, &aad).await? {
+            Stored::Account(account) => return Ok(account),
+            Stored::None => None,
+            Stored::Unreadable { enc, why } => {
+                tracing::warn!(directory = %dir, error = %why, "ACME: the stored account cannot be used (sealed under a key no longer configured, or damaged); creating a new one");
+                Some(enc)
+            }
+        };
         let contact: Vec<&str> = self.cfg.contact.iter().map(String::as_str).collect();
         let eab = match &self.cfg.eab {
             Some(e) => {
@@ -68,19 +99,24 @@ impl Acme {
             .create(&new, dir.to_owned(), eab.as_ref())
             .await?;
         let enc = self.seal.seal(&aad, &serde_json::to_vec(&creds).map_err(other)?)?;
-        let stored = bounded(
-            "storing the ACME account",
-            sqlx::query(
+        let query = match unreadable {
+            None => sqlx::query(
                 "INSERT INTO tenant_gateway.acme_accounts (directory, credentials_enc) VALUES ($1, $2)
                  ON CONFLICT (directory) DO NOTHING",
             )
             .bind(dir)
+            .bind(enc),
+            Some(old) => sqlx::query(
+                "UPDATE tenant_gateway.acme_accounts SET credentials_enc = $2
+                  WHERE directory = $1 AND credentials_enc = $3",
+            )
+            .bind(dir)
             .bind(enc)
-            .execute(&self.db),
-        )
-        .await?;
+            .bind(old),
+        };
+        let stored = bounded("storing the ACME account", query.execute(&self.db)).await?;
         if stored.rows_affected() == 0 {
-            if let Some(theirs) = self.stored_account(dir, &aad).await? {
+            if let Stored::Account(theirs) = self.stored_account(dir, &aad).await? {
                 tracing::info!(directory = %dir, "ACME: another gateway stored an account first; using it");
                 return Ok(theirs);
             }

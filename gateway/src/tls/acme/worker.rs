@@ -442,7 +442,13 @@ impl Acme {
     /// Under a fresh lease: re-check (another gateway may have just
     /// finished), apply the rate limits, log the order.
     pub(super) async fn prepare(&self, name: &str, forced: bool) -> Result<Prepared, AcmeError> {
-        let stored = self.load_one(name).await?;
+        let stored = match self.load_one(name).await {
+            Err(AcmeError::Unreadable { what, why }) => {
+                tracing::warn!(name, error = %why, "ACME: the stored {what} cannot be used (sealed under a key no longer configured, or damaged); ordering a new one");
+                None
+            }
+            loaded => loaded?,
+        };
         if !forced && stored.is_some_and(|c| !c.renewal_due(unix_now())) {
             return Ok(Prepared::NotNeeded);
         }
