@@ -644,6 +644,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
                 &keys,
                 cert_store.clone(),
                 cache.clone(),
+                cfg.strip_www(),
                 cfg.tenant.base_domains.clone(),
                 metrics.clone(),
             )

@@ -125,7 +125,9 @@ pub struct Ctx {
     landing: bool,
     /// Counted in `requests_in_flight`.
     in_flight: bool,
-    /// The tenant's concurrency slot, held until the request ends.
+    /// The tenant's concurrency slot, held until the backend's response has
+    /// come whole (or the request ends): a client still reading it holds
+    /// no backend, so it holds no slot of the tenant's cap either.
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Held back by a limit: the rejection reason.
     limited: Option<&'static str>,
@@ -884,6 +886,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut Box<Ctx>,
     ) -> Result<Option<std::time::Duration>> {
         use crate::response_body::{h2_send_time, Step};
+        if end_of_stream && ctx.slot.is_some() {
+            ctx.slot = None;
+        }
         match ctx.held_response.as_mut() {
             Some(held) => match held.take_in(body, end_of_stream) {
                 Step::Started => self.metrics.responses_held.inc(),

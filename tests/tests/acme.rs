@@ -156,6 +156,33 @@ fn issue_on_domain_add(challenges: &str) {
     assert_eq!(v["acme"]["order"]["failures"], 0, "{v}");
 }
 
+/// With lookups stripping `www.` (`tenant.strip_www`, the django-tenants
+/// preset's default), `www.` of a custom domain is served as the domain is:
+/// its first handshake orders a certificate of its own, and it is retired
+/// with the domain.
+#[test]
+fn www_of_a_custom_domain_gets_its_own_certificate_when_lookups_strip_it() {
+    const BARE: &str = "ferrari-cars.test";
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    app_cli_ok(&pg.url(), &["domain", "add", BARE, "--tenant", "ferrari"]);
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path());
+    let ports = GatewayPorts::free();
+    let pebble = Pebble::start(certs.path(), ports.http, ports.tls, 3600).unwrap();
+    let config = format!("strip_www = true\n{}", acme_config(&pebble, "\"http-01\"", ""));
+    let s = Stack::for_pebble(pg, certs, ports, &config);
+    wait_issued(&pebble, &s.gw, CUSTOM, Duration::from_secs(60));
+    wait_issued(&pebble, &s.gw, BARE, Duration::from_secs(60));
+    app_cli_ok(&s.pg.url(), &["domain", "remove", BARE]);
+    wait_stored(&s.pg, &s.gw, CUSTOM, "removed_at IS NOT NULL");
+    wait_until("www. not presented", Duration::from_secs(10), || {
+        probe(s.gw.tls_port, Some(CUSTOM), &[]).is_err()
+    })
+    .unwrap();
+    drop(s);
+}
+
 #[test]
 fn custom_domain_gets_a_certificate_via_http_01() {
     issue_on_domain_add("\"http-01\"");

@@ -650,8 +650,13 @@ fn a_client_holding_the_admin_listener_is_capped_and_cut_and_tenants_never_notic
 /// The other tenant (mclaren) gets the test backend's `ok` through the
 /// gateway.
 fn other_tenant_answers(s: &Stack) -> bool {
+    answers(s, "mclaren.myapp.localhost")
+}
+
+/// Whether `GET /` for `host` gets the backend's `ok`.
+fn answers(s: &Stack, host: &str) -> bool {
     s.https()
-        .get(&s.https_url("mclaren.myapp.localhost", "/"))
+        .get(&s.https_url(host, "/"))
         .send()
         .is_ok_and(|r| r.status == 200 && r.body == "ok")
 }
@@ -1650,8 +1655,9 @@ fn wait_large_sent(backend: &FewWorkers, s: &Stack, n: usize, what: &str) {
 #[test]
 fn large_responses_are_taken_whole_so_slow_readers_hold_no_backend_worker() {
     // Both tenants share one backend of two workers; a response holds its
-    // worker until its last byte is written.
-    let (backend, s) = on_two_workers(HOLD_LARGE);
+    // worker until its last byte is written. Each tenant may have four
+    // requests in flight to the backends.
+    let (backend, s) = on_two_workers(&format!("{HOLD_LARGE}[limits.tenant]\nmax_concurrent = 4\n"));
     // Two HTTP/1.1 connections and two HTTP/2 streams (with a 1 MiB window;
     // browsers open larger ones; a client whose window takes not even the
     // first reads holds the worker until the send timeout, as a streamed
@@ -1676,6 +1682,12 @@ fn large_responses_are_taken_whole_so_slow_readers_hold_no_backend_worker() {
         "the backend wrote all four large responses while no client read",
     );
     assert!(other_tenant_answers(&s), "the other tenant is served");
+    // So is the readers' own tenant: a response taken whole holds no slot
+    // of its cap (the four unread ones would fill it).
+    wait_until("the readers' own tenant served", Duration::from_secs(10), || {
+        answers(&s, "ferrari.myapp.localhost")
+    })
+    .unwrap();
     assert_eq!(s.metric("tenant_gateway_response_bodies_held_total", &[]), 4.0);
     // Each reader then gets its whole body, byte for byte.
     let want = large_body();

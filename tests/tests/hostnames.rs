@@ -312,6 +312,31 @@ fn the_http_token_proves_a_claim_and_an_unproven_claim_expires() {
     let (pg, gw) = (&s.pg, &s.gw);
     app_cli_ok(&pg.url(), &["domain", "add", SHOP, "--tenant", "ferrari"]);
 
+    // Two tenants claiming a new name at once: the second waits for the
+    // first's row and is refused (409), the first's claim and token stay.
+    let mut first = OpenTransaction::begin(
+        &pg.url(),
+        "INSERT INTO tenant_gateway.custom_hostnames (name, tenant, status, method, token, verify_by)
+         VALUES ('race.test', 'ferrari', 'pending', 'http', 'first-token', now() + interval '1 hour')",
+    );
+    std::thread::scope(|scope| {
+        let second = scope.spawn(|| {
+            gw.api(
+                http::Method::POST,
+                "hostnames?name=race.test&tenant=mclaren",
+                Some(ADMIN_TOKEN),
+            )
+        });
+        pg.wait_until_blocked_by(&first, "the second claim waiting for the first's row");
+        first.execute("COMMIT");
+        let (code, refused) = second.join().unwrap();
+        assert_eq!(code, 409, "{refused}");
+    });
+    assert_eq!(claim_field(pg, "race.test", "tenant"), "ferrari");
+    assert_eq!(claim_field(pg, "race.test", "token"), "first-token");
+    pg.psql("DELETE FROM tenant_gateway.custom_hostnames WHERE name = 'race.test'")
+        .unwrap();
+
     // (c) Claimed through the operator API; the default method is http.
     let (code, added) = gw.api(
         http::Method::POST,
@@ -329,6 +354,12 @@ fn the_http_token_proves_a_claim_and_an_unproven_claim_expires() {
     assert_eq!(claim_field(pg, SHOP, "status"), "pending");
     assert_eq!(claim_field(pg, SHOP, "saw_other_proof"), "t");
     assert_eq!(http_status(gw.port, SHOP), 404);
+    // A hand-edited window that never ends (`infinity`) is read as far
+    // ahead: the batch of due claims that holds it is still checked.
+    pg.psql(&format!(
+        "UPDATE tenant_gateway.custom_hostnames SET verify_by = 'infinity' WHERE name = '{SHOP}'"
+    ))
+    .unwrap();
     *file.lock().unwrap() = token;
     wait_status(pg, SHOP, "active", Duration::from_secs(15));
     wait_routed(gw, SHOP, "ferrari");

@@ -63,11 +63,42 @@ pub struct Claim {
     pub saw_other_proof: bool,
 }
 
-const COLUMNS: &str = "name, tenant, status, method, token, \
-    extract(epoch FROM created_at)::bigint, extract(epoch FROM verify_by)::bigint, \
-    extract(epoch FROM verified_at)::bigint, extract(epoch FROM activated_at)::bigint, \
-    extract(epoch FROM removed_at)::bigint, checks, extract(epoch FROM next_check_at)::bigint, \
-    extract(epoch FROM last_checked_at)::bigint, last_error, saw_other_proof";
+/// A timestamp column as Unix seconds, `infinity` (a hand-edited row) as
+/// far in the future (or past): cast as it is, it fails the whole statement,
+/// and a batch of due claims with it (`take_due`) would fail every round.
+macro_rules! epoch {
+    ($c:literal) => {
+        concat!(
+            "(CASE WHEN isfinite(",
+            $c,
+            ") THEN extract(epoch FROM ",
+            $c,
+            ") WHEN ",
+            $c,
+            " > 'epoch' THEN 1e15 WHEN ",
+            $c,
+            " < 'epoch' THEN -1e15 END)::bigint"
+        )
+    };
+}
+
+const COLUMNS: &str = concat!(
+    "name, tenant, status, method, token, ",
+    epoch!("created_at"),
+    ", ",
+    epoch!("verify_by"),
+    ", ",
+    epoch!("verified_at"),
+    ", ",
+    epoch!("activated_at"),
+    ", ",
+    epoch!("removed_at"),
+    ", checks, ",
+    epoch!("next_check_at"),
+    ", ",
+    epoch!("last_checked_at"),
+    ", last_error, saw_other_proof"
+);
 
 fn claim(row: &sqlx::postgres::PgRow) -> Result<Claim, StoreError> {
     let name: String = row.try_get(0)?;
@@ -184,7 +215,12 @@ impl Store {
             true => (HostnameStatus::Verified, Method::Operator, "preverified"),
             false => (HostnameStatus::Pending, method, "added"),
         };
-        sqlx::query(
+        // `locked` found no row to lock, or a removed one: a concurrent add of
+        // the same name may have inserted its row meanwhile (this insert then
+        // waits for it). Its claim is kept unless the sequential rules above
+        // would replace it: the update happens only for a removed row, or the
+        // same tenant's claim preverified.
+        let written = sqlx::query(
             "INSERT INTO tenant_gateway.custom_hostnames (name, tenant, status, method, token, verify_by, verified_at)
              VALUES ($1, $2, $3, $4, $5, now() + make_interval(secs => $6), CASE WHEN $7 THEN now() END)
              ON CONFLICT (name) DO UPDATE SET
@@ -193,7 +229,9 @@ impl Store {
                  verify_by = EXCLUDED.verify_by, verified_at = EXCLUDED.verified_at,
                  activated_at = NULL, removed_at = NULL, checks = 0, next_check_at = now(),
                  last_checked_at = NULL, last_error = NULL, saw_other_proof = false,
-                 lease_owner = NULL, lease_until = NULL",
+                 lease_owner = NULL, lease_until = NULL
+             WHERE custom_hostnames.status = 'removed'
+                OR (custom_hostnames.tenant = EXCLUDED.tenant AND $7)",
         )
         .bind(name)
         .bind(tenant)
@@ -204,6 +242,22 @@ impl Store {
         .bind(preverified)
         .execute(&mut *tx)
         .await?;
+        if written.rows_affected() == 0 {
+            // The concurrent add won: answer as if it had come first.
+            tx.rollback().await?;
+            let c = self
+                .get(name)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(name.to_owned()))?;
+            if c.tenant != tenant {
+                return Err(StoreError::ClaimedByOther {
+                    name: name.to_owned(),
+                    tenant: c.tenant,
+                    status: c.status.as_str(),
+                });
+            }
+            return Ok(c);
+        }
         self.event(&mut tx, name, tenant, event, actor, Some(method.as_str()))
             .await?;
         self.announce(&mut tx, name).await?;

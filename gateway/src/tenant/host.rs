@@ -1,6 +1,11 @@
 //! Which host a request is for: the Host header (or HTTP/2 `:authority`),
-//! checked against an absolute-form request URI, then normalised by the
-//! shared `tenancy` rules (lower-case, no port, no trailing dot, punycode).
+//! checked against the request URI's authority if it has one, then
+//! normalised by the shared `tenancy` rules (lower-case, no port, no
+//! trailing dot, punycode). Pingora 0.9 hands an HTTP/1 request on with
+//! its URI's path only, having refused an absolute-form target whose
+//! authority differs from `Host` byte for byte; so over HTTP/1 the `Host`
+//! header decides alone, and an absolute-form request without one (HTTP/1.0)
+//! gets 400 like any request without a host.
 //! A connection keeps the normalised form of the first host it sent
 //! ([`HostMemo`]), so its later requests for that host skip normalising.
 

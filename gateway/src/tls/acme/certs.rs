@@ -276,7 +276,16 @@ impl Acme {
                 // Logged once the change is handled here.
                 let logged = running.then(|| name.clone());
                 if me.handle_change(&name, true).await == Some(true) {
-                    me.spawn_attempt(name, false);
+                    me.spawn_attempt(name.clone(), false);
+                }
+                // `www.` of the name is served as the name is: its own
+                // certificate, if presented here, follows the name (never
+                // ordered from here: only a handshake for it asks for one).
+                if me.strip_www && !name.starts_with("www.") {
+                    let www = format!("www.{name}");
+                    if me.store.issued(&www).is_some() {
+                        me.handle_change(&www, true).await;
+                    }
                 }
                 if let Some(name) = logged {
                     tracing::info!(

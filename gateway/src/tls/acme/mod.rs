@@ -323,8 +323,10 @@ pub struct Acme {
     guard: Arc<dyn NameGuard>,
     base_domains: Vec<String>,
     metrics: Arc<Metrics>,
+    /// This process: host name, pid and a random part (unique, so `stop`
+    /// ends only its own orders). Logged on its orders.
     gateway_id: String,
-    /// This process as a lease owner: the gateway id and a random nonce.
+    /// This process as a lease owner: its gateway id.
     lease_owner: String,
     slots: Slots,
     account: tokio::sync::Mutex<Option<Account>>,
@@ -347,6 +349,9 @@ pub struct Acme {
     /// Custom names need an active claim (`custom_domains.verification`):
     /// the scan for missing certificates asks only for claimed names.
     claims_required: bool,
+    /// Lookups strip a leading `www.` (`tenant.strip_www`): `www.` of a
+    /// served name is served, and gets a certificate of its own.
+    strip_www: bool,
     /// Scans run so far (the missing-names query runs every `MISSING_EVERY`).
     scans: std::sync::atomic::AtomicU64,
     alpn_keys: Mutex<HashMap<String, (String, Arc<CertifiedKey>)>>,
@@ -364,12 +369,16 @@ impl Acme {
         keys: &crate::config::AcmeKeys,
         store: Arc<CertStore>,
         cache: Arc<TenantCache>,
+        strip_www: bool,
         base_domains: Vec<String>,
         metrics: Arc<Metrics>,
     ) -> Acme {
         let (tx, rx) = mpsc::unbounded_channel();
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-        let gateway_id = format!("{}:{}", host.trim(), std::process::id());
+        // Host name and pid say which process it is; the random part makes
+        // it unique (two containers on one host network may share both), as
+        // `stop` ends the orders logged under it.
+        let gateway_id = format!("{}:{}/{:08x}", host.trim(), std::process::id(), rand::random::<u32>());
         let opts = (*db.connect_options()).clone();
         let acquire = db.options().get_acquire_timeout();
         let answers = crate::tenant::lookup::lazy_pool(
@@ -394,10 +403,10 @@ impl Acme {
             listen_db,
             seal: Seal::from_keys(keys),
             store,
-            guard: Arc::new(CacheGuard(cache)),
+            guard: Arc::new(CacheGuard { cache, strip_www }),
             base_domains,
             metrics,
-            lease_owner: format!("{gateway_id}/{:08x}", rand::random::<u32>()),
+            lease_owner: gateway_id.clone(),
             gateway_id,
             account: tokio::sync::Mutex::new(None),
             wanted: tx,
@@ -409,6 +418,7 @@ impl Acme {
             loading: Mutex::default(),
             refresh_due: std::sync::atomic::AtomicBool::new(false),
             claims_required: false,
+            strip_www,
             scans: std::sync::atomic::AtomicU64::new(0),
             alpn_keys: Mutex::default(),
             challenge_limit,
@@ -518,13 +528,19 @@ pub trait NameGuard: Send + Sync {
 }
 
 /// The tenant cache as the guard: cached, coalesced, negatively cached, so
-/// floods of random SNI names cost no queries beyond the cache's own.
-struct CacheGuard(Arc<TenantCache>);
+/// floods of random SNI names cost no queries beyond the cache's own. A name
+/// is looked up as a request's host is (`www.` stripped when lookups strip
+/// it), so `www.` of a served name is served and eligible as the name is.
+struct CacheGuard {
+    cache: Arc<TenantCache>,
+    strip_www: bool,
+}
 
 #[async_trait::async_trait]
 impl NameGuard for CacheGuard {
     async fn resolve(&self, name: &str) -> Resolution {
-        self.0.resolve(name).await
+        let lookup = crate::tenant::host::lookup_name(name, self.strip_www);
+        self.cache.resolve(lookup).await
     }
 }
 
