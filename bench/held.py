@@ -49,8 +49,11 @@ def main():
     _, _, url = run.setup_database()
     certs = run.make_certs()
     backends = start_file_backends()
-    on = run.Gateway(url, backends, certs)
-    on.name = "held (default)"
+    # A budget of which the one client wrk is may hold sixteen responses of
+    # 8 MiB (a client may hold a quarter of it): past it a body would be
+    # streamed, and the row would not measure holding.
+    on = run.Gateway(url, backends, certs, extra="[limits]\nresponse_body_buffer_total_mib = 512\n")
+    on.name = "held (default bound)"
     off = run.Gateway(url, backends, certs, extra="[limits]\nresponse_body_buffer_bytes = 0\n")
     off.name = "streamed"
     header = [f"Host: {HOST}"]
@@ -73,6 +76,9 @@ def main():
     print(f"tenant_gateway_response_bodies_held_total (held gateway): {held}")
     if not held:
         raise SystemExit("the default gateway held no body: the measurement is not of holding")
+    over = run.metric(on.admin, "tenant_gateway_response_bodies_over_budget_total")
+    if over:
+        raise SystemExit(f"{over:.0f} bodies were streamed past the budget: the rows do not measure holding")
 
 
 if __name__ == "__main__":

@@ -101,7 +101,7 @@ fn tls_listener(
             timeout: Duration::from_secs(10),
             metrics: metrics.clone(),
         }),
-        limits: limits::ConnLimits::new(total, limits::PerIp::new(per_ip)),
+        limits: limits::ConnLimits::new(total, limits::PerIp::new(per_ip as u64)),
         timeouts: Timeouts {
             head: cfg.request_head_timeout,
             idle: cfg.idle_timeout,

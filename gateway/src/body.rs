@@ -50,8 +50,14 @@
 //! 64 KiB (forms, JSON) always have the other half, however many large
 //! bodies a client announces. Without it, a client's many HTTP/2 streams
 //! (100 per connection, each up to the bound, on each of its connections)
-//! could hold memory for as long as their deadlines let them.
+//! could hold memory for as long as their deadlines let them. Each client
+//! (its address, an IPv6 /64; behind a trusted proxy the address forwarded
+//! for) may hold at most a quarter of each budget, or one largest body if
+//! that is more ([`client_may_hold`]): a client keeping the minimum rate on
+//! many large bodies, or reading held responses as slowly as it may, has
+//! its own further bodies streamed, not every other client's.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +65,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use http::header::{CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use http::{HeaderMap, Version};
+
+use crate::conn::limits::{ClientHold, PerIp};
 
 /// Pingora's buffer for a request body it may have to resend (it drops
 /// what does not fit): a body read first of at most this size is held
@@ -144,16 +152,22 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
 }
 
 /// The bytes the bodies being held whole may hold at once (per process,
-/// one for request bodies and one for responses): a permit per byte.
-/// Clones share it.
+/// one for request bodies and one for responses): a permit per byte, and
+/// optionally a bound per client ([`Budget::per_client`]). Clones share it.
 #[derive(Debug, Clone)]
 pub struct Budget {
     bytes: Arc<Semaphore>,
     max: usize,
+    per_client: Option<Arc<PerIp>>,
 }
 
-/// A body's share of the [`Budget`], given back when dropped.
-pub type Share = OwnedSemaphorePermit;
+/// A body's share of the [`Budget`] (and of its client's bound), given
+/// back when dropped.
+#[derive(Debug)]
+pub struct Share {
+    _bytes: OwnedSemaphorePermit,
+    _client: Option<ClientHold>,
+}
 
 /// The request bodies' budget: all of it, and the half that bodies read
 /// into a copy of their own (over [`RETRY_BUFFER`]) may hold, so bodies
@@ -173,20 +187,21 @@ pub struct Shares {
 }
 
 impl RequestBudget {
-    /// At most `max` bytes, half of them for copies.
-    pub fn new(max: u64) -> RequestBudget {
+    /// At most `max` bytes, half of them for copies; each bounded per client
+    /// for bodies of at most `largest` bytes ([`Budget::per_client`]).
+    pub fn new(max: u64, largest: u64) -> RequestBudget {
         RequestBudget {
-            all: Budget::new(max),
-            copied: Budget::new(copies_may_hold(max)),
+            all: Budget::new(max).per_client(largest),
+            copied: Budget::new(copies_may_hold(max)).per_client(largest),
         }
     }
 
-    /// `len` bytes for a body about to be read first, if they are free
-    /// (`None`: it is to be streamed).
-    pub fn take(&self, len: u64) -> Option<Shares> {
-        let all = self.all.take(len)?;
+    /// `len` bytes for a body about to be read first from `client`, if they
+    /// are free (`None`: it is to be streamed).
+    pub fn take(&self, len: u64, client: Option<IpAddr>) -> Option<Shares> {
+        let all = self.all.take(len, client)?;
         let copied = match len > RETRY_BUFFER {
-            true => Some(self.copied.take(len)?),
+            true => Some(self.copied.take(len, client)?),
             false => None,
         };
         Some(Shares {
@@ -206,6 +221,14 @@ pub fn copies_may_hold(max: u64) -> u64 {
     max / 2
 }
 
+/// What one client's bodies may hold of a budget of `max` bytes for bodies
+/// of at most `largest`: a quarter of it, or one largest body if that is
+/// more (a client can always hold one). Past it the client's bodies are
+/// streamed, as past the budget.
+pub fn client_may_hold(max: u64, largest: u64) -> u64 {
+    (max / 4).max(largest)
+}
+
 impl Budget {
     /// At most `max` bytes (capped at what a semaphore can count).
     pub fn new(max: u64) -> Budget {
@@ -213,14 +236,35 @@ impl Budget {
         Budget {
             bytes: Arc::new(Semaphore::new(max)),
             max,
+            per_client: None,
         }
     }
 
-    /// `len` bytes of the budget for a body about to be held, if they are
-    /// free (`None`: the body is to be streamed).
-    pub fn take(&self, len: u64) -> Option<Share> {
-        let len = u32::try_from(len).ok()?;
-        self.bytes.clone().try_acquire_many_owned(len).ok()
+    /// Each client (its address, an IPv6 /64) may hold at most
+    /// [`client_may_hold`] of it, for bodies of at most `largest` bytes: so
+    /// one client holding bodies open (sent or read at the minimum rate)
+    /// cannot take the whole budget from every other.
+    pub fn per_client(self, largest: u64) -> Budget {
+        let cap = client_may_hold(self.max as u64, largest);
+        Budget {
+            per_client: Some(PerIp::new(cap)),
+            ..self
+        }
+    }
+
+    /// `len` bytes of the budget for a body about to be held for `client`,
+    /// if they are free (`None`: the body is to be streamed).
+    pub fn take(&self, len: u64, client: Option<IpAddr>) -> Option<Share> {
+        let n = u32::try_from(len).ok()?;
+        let client = match (&self.per_client, client) {
+            (Some(per), Some(ip)) => Some(per.hold(ip, len)?),
+            _ => None,
+        };
+        let bytes = self.bytes.clone().try_acquire_many_owned(n).ok()?;
+        Some(Share {
+            _bytes: bytes,
+            _client: client,
+        })
     }
 
     /// Bytes held now.
@@ -467,33 +511,71 @@ pub(crate) mod tests {
 
     #[test]
     fn copies_hold_at_most_half_and_smaller_bodies_keep_the_rest() {
-        let b = RequestBudget::new(4 << 20);
-        let copy = b.take(2 << 20).expect("half");
-        assert!(b.take(RETRY_BUFFER + 1).is_none(), "a copy past the half");
+        let b = RequestBudget::new(4 << 20, 2 << 20);
+        let copy = b.take(2 << 20, None).expect("half");
+        assert!(b.take(RETRY_BUFFER + 1, None).is_none(), "a copy past the half");
         // The other half is for bodies that fit Pingora's buffer.
-        let small: Vec<_> = (0..32).map(|_| b.take(RETRY_BUFFER).expect("a small body")).collect();
-        assert!(b.take(1).is_none(), "the whole budget");
+        let small: Vec<_> = (0..32)
+            .map(|_| b.take(RETRY_BUFFER, None).expect("a small body"))
+            .collect();
+        assert!(b.take(1, None).is_none(), "the whole budget");
         assert_eq!(b.all().held(), 4 << 20);
         drop((copy, small));
         assert_eq!(b.all().held(), 0);
-        assert!(b.take(2 << 20).is_some());
+        assert!(b.take(2 << 20, None).is_some());
     }
 
     #[test]
     fn the_budget_holds_what_is_taken_until_it_is_given_back() {
         let budget = Budget::new(10_000);
-        let a = budget.take(6_000).expect("free");
-        assert!(budget.take(4_001).is_none(), "over the budget");
-        let b = budget.take(4_000).expect("exactly what is left");
+        let a = budget.take(6_000, None).expect("free");
+        assert!(budget.take(4_001, None).is_none(), "over the budget");
+        let b = budget.take(4_000, None).expect("exactly what is left");
         assert_eq!(budget.held(), 10_000);
-        assert!(budget.take(1).is_none());
+        assert!(budget.take(1, None).is_none());
         drop(a);
         assert_eq!(budget.held(), 4_000);
-        assert!(budget.take(6_000).is_some(), "taken and given back at once");
+        assert!(budget.take(6_000, None).is_some(), "taken and given back at once");
         drop(b);
         assert_eq!(budget.held(), 0);
-        assert!(Budget::new(0).take(1).is_none());
-        assert!(Budget::new(u64::MAX).take(MAX_BUFFERED).is_some());
+        assert!(Budget::new(0).take(1, None).is_none());
+        assert!(Budget::new(u64::MAX).take(MAX_BUFFERED, None).is_some());
+    }
+
+    #[test]
+    fn one_client_holds_at_most_a_quarter_or_one_largest_body() {
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // 16 MiB for bodies of up to 1 MiB: a client may hold 4 MiB.
+        let budget = Budget::new(16 << 20).per_client(1 << 20);
+        let held: Vec<_> = (0..4)
+            .map(|_| budget.take(1 << 20, ip("10.0.0.1")).expect("its quarter"))
+            .collect();
+        assert!(budget.take(1, ip("10.0.0.1")).is_none(), "past its quarter");
+        assert!(budget.take(1, ip("::ffff:10.0.0.1")).is_none(), "the same client");
+        assert!(budget.take(4 << 20, ip("10.0.0.2")).is_some(), "another client");
+        assert!(budget.take(1, None).is_some(), "no client known: the budget alone");
+        drop(held);
+        assert!(budget.take(4 << 20, ip("10.0.0.1")).is_some(), "given back");
+        // A quarter smaller than the largest body: one such body still fits.
+        let small = Budget::new(4 << 20).per_client(2 << 20);
+        let one = small.take(2 << 20, ip("10.0.0.1")).expect("one largest body");
+        assert!(small.take(1, ip("10.0.0.1")).is_none());
+        drop(one);
+        // The request budget bounds the client in the whole and in the half
+        // for copies alike.
+        let b = RequestBudget::new(16 << 20, 1 << 20);
+        let copies: Vec<_> = (0..2)
+            .map(|_| b.take(1 << 20, ip("10.0.0.1")).expect("copies"))
+            .collect();
+        assert!(
+            b.take(1 << 20, ip("10.0.0.1")).is_none(),
+            "a quarter of the half for copies"
+        );
+        assert!(
+            b.take(RETRY_BUFFER, ip("10.0.0.1")).is_some(),
+            "a small body: the whole's quarter"
+        );
+        drop(copies);
     }
 
     #[test]

@@ -586,7 +586,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         max_connections_per_ip = max_per_ip,
         "connection caps"
     );
-    let per_ip = conn::limits::PerIp::new(max_per_ip);
+    let per_ip = conn::limits::PerIp::new(max_per_ip as u64);
     let drain = Arc::new(conn::drain::Drain::default());
     let timeouts = conn::deadline::Timeouts {
         head: cfg.limits.request_head_timeout,
@@ -703,11 +703,15 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
             grace: cfg.limits.body_rate_grace,
             idle: cfg.limits.idle_timeout,
         },
-        body_budget: crate::body::RequestBudget::new(cfg.limits.request_body_buffer_total_mib << 20),
+        body_budget: crate::body::RequestBudget::new(
+            cfg.limits.request_body_buffer_total_mib << 20,
+            cfg.limits.request_body_buffer_bytes,
+        ),
         response_bodies: crate::response_body::Buffering {
             max_bytes: cfg.limits.response_body_buffer_bytes,
         },
-        response_budget: crate::body::Budget::new(cfg.limits.response_body_buffer_total_mib << 20),
+        response_budget: crate::body::Budget::new(cfg.limits.response_body_buffer_total_mib << 20)
+            .per_client(cfg.limits.response_body_buffer_bytes),
     };
     let body_budgets = [
         ("request", gateway.body_budget.all().clone()),
@@ -785,7 +789,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         socket: admin_socket,
         app: Arc::new(admin),
         handshake: Arc::new(conn::listener::Plain),
-        limits: conn::limits::ConnLimits::new(admin_cap, conn::limits::PerIp::new(admin_cap)),
+        limits: conn::limits::ConnLimits::new(admin_cap, conn::limits::PerIp::new(admin_cap as u64)),
         timeouts,
         metrics: metrics.clone(),
         drain,

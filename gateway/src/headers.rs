@@ -332,6 +332,30 @@ fn ip_text(peer: Option<IpAddr>) -> String {
     }
 }
 
+/// The client behind trusted proxies: the last `X-Forwarded-For` address
+/// that `trusted` does not vouch for, walking the chain from the gateway's
+/// side (each trusted proxy appended the address it saw), as a rate per
+/// client must key on it (the peer itself is then a proxy shared by many).
+/// `None` when the chain holds no such address or an entry that is not an
+/// address (`unknown`, a name): the caller keeps the peer.
+pub fn forwarded_client(headers: &HeaderMap, trusted: impl Fn(IpAddr) -> bool) -> Option<IpAddr> {
+    let values: Vec<&HeaderValue> = headers.get_all(X_FORWARDED_FOR).iter().collect();
+    for value in values.into_iter().rev() {
+        let text = value.to_str().ok()?;
+        for entry in text.rsplit(',') {
+            let entry = entry.trim();
+            let ip = entry
+                .parse::<IpAddr>()
+                .or_else(|_| entry.parse::<std::net::SocketAddr>().map(|s| s.ip()))
+                .ok()?;
+            if !trusted(ip) {
+                return Some(ip);
+            }
+        }
+    }
+    None
+}
+
 /// Every value of `name` joined with `, ` (a trusted peer's chain), if any.
 fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
     let vals: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
@@ -716,6 +740,35 @@ mod tests {
                 assert!(gone.iter().any(|g| g == name), "{name} kept: {e:?}");
             }
         }
+    }
+
+    #[test]
+    fn the_client_behind_trusted_proxies_is_the_last_address_they_do_not_vouch_for() {
+        let proxies = |ip: IpAddr| ip.to_string().starts_with("10.");
+        let client = |pairs: &[(&str, &str)]| forwarded_client(&map(pairs), proxies);
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // A client's own spoofed entries come first; the last untrusted wins.
+        assert_eq!(
+            client(&[("x-forwarded-for", "6.6.6.6, 203.0.113.7")]),
+            ip("203.0.113.7")
+        );
+        assert_eq!(
+            client(&[("x-forwarded-for", "203.0.113.7, 10.0.0.2")]),
+            ip("203.0.113.7")
+        );
+        // Several headers are one chain, in order.
+        assert_eq!(
+            client(&[
+                ("x-forwarded-for", "6.6.6.6"),
+                ("x-forwarded-for", "2001:db8::1,10.0.0.3")
+            ]),
+            ip("2001:db8::1")
+        );
+        assert_eq!(client(&[("x-forwarded-for", "198.51.100.4:4711")]), ip("198.51.100.4"));
+        // Nothing usable: the caller keeps the peer.
+        assert_eq!(client(&[]), None);
+        assert_eq!(client(&[("x-forwarded-for", "10.0.0.2")]), None);
+        assert_eq!(client(&[("x-forwarded-for", "6.6.6.6, unknown")]), None);
     }
 
     #[test]

@@ -213,11 +213,12 @@ impl Limits {
         Some(limiter)
     }
 
-    /// Whether one more request of `limiter`'s tenant from `client` is
-    /// within the rates (the client's within the tenant, then the tenant's);
-    /// it is counted if so.
-    pub fn check_rate(&self, limiter: &Limiter, client: Option<IpAddr>) -> Result<(), Refused> {
-        if let (Some(per_client), Some(ip)) = (self.client.load().as_deref(), client) {
+    /// Whether one more request of `limiter`'s tenant from `client` (asked
+    /// only when `[limits.client]` is on) is within the rates (the client's
+    /// within the tenant, then the tenant's); it is counted if so.
+    pub fn check_rate(&self, limiter: &Limiter, client: impl FnOnce() -> Option<IpAddr>) -> Result<(), Refused> {
+        let per_client = self.client.load();
+        if let (Some(per_client), Some(ip)) = (per_client.as_deref(), per_client.as_ref().and_then(|_| client())) {
             if let Err(not_until) = per_client.check_key(&(limiter.key, ip)) {
                 return Err(Refused::ClientRate {
                     retry_after_secs: ceil_secs(not_until.wait_time_from(self.clock.now())),
@@ -289,7 +290,7 @@ mod tests {
             limiter: &Limiter,
             client: Option<IpAddr>,
         ) -> Result<Option<OwnedSemaphorePermit>, Refused> {
-            self.check_rate(limiter, client)?;
+            self.check_rate(limiter, || client)?;
             match self.try_slot(limiter) {
                 Ok(slot) => Ok(slot),
                 Err(Full) => self.wait_slot(limiter).await,

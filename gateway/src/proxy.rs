@@ -417,7 +417,7 @@ impl Gateway {
         // once the request is ready to go (`Self::proceed`).
         let rated = tenant
             .limiter()
-            .map(|l| self.limits.check_rate(l, Self::client_ip(session)));
+            .map(|l| self.limits.check_rate(l, || self.rate_client(session)));
         ctx.tenant = Some(tenant);
         if let Some(Err(refused)) = rated {
             return Some(Self::refused(ctx, refused));
@@ -491,7 +491,7 @@ impl Gateway {
     /// that came whole with its head is answered 431.
     async fn read_body_first(&self, session: &mut Session, ctx: &mut Ctx, len: u64) -> Result<bool> {
         use crate::body::{Read, Reading};
-        let Some(shares) = self.body_budget.take(len) else {
+        let Some(shares) = self.body_budget.take(len, self.rate_client(session)) else {
             self.metrics.bodies_over_budget.inc();
             return Ok(true);
         };
@@ -580,7 +580,7 @@ impl Gateway {
         let Some(len) = self.response_bodies.length(&head.headers) else {
             return;
         };
-        let Some(share) = self.response_budget.take(len) else {
+        let Some(share) = self.response_budget.take(len, self.rate_client(session)) else {
             self.metrics.responses_over_budget.inc();
             return;
         };
@@ -630,6 +630,19 @@ impl Gateway {
 
     fn client_ip(session: &Session) -> Option<IpAddr> {
         session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip())
+    }
+
+    /// Who a rate per client counts, and whose bodies are bounded per client
+    /// (`body::Budget::per_client`): the peer, or behind a trusted proxy the
+    /// address it forwarded for ([`headers::forwarded_client`]); an IPv6
+    /// client per /64, as the connection caps count it.
+    fn rate_client(&self, session: &Session) -> Option<IpAddr> {
+        let peer = Self::client_ip(session);
+        let client = match self.trusted(peer) {
+            true => headers::forwarded_client(&session.req_header().headers, |ip| self.trusted(Some(ip))).or(peer),
+            false => peer,
+        };
+        client.map(crate::conn::limits::client_key)
     }
 
     fn trusted(&self, ip: Option<IpAddr>) -> bool {

@@ -215,7 +215,7 @@ mod tests {
     #[test]
     fn the_chunks_are_handed_on_at_the_end_and_the_share_held_until_dropped() {
         let budget = Budget::new(100);
-        let mut held = Held::new(11, budget.take(11).expect("free"));
+        let mut held = Held::new(11, budget.take(11, None).expect("free"));
         let mut body = chunk("hello");
         assert_eq!(held.take_in(&mut body, false), Step::Started);
         assert_eq!(body, None, "nothing reaches the client yet");
@@ -229,7 +229,7 @@ mod tests {
         drop(held);
         assert_eq!(budget.held(), 0);
         // A body whose end comes without data.
-        let mut held = Held::new(2, budget.take(2).expect("free"));
+        let mut held = Held::new(2, budget.take(2, None).expect("free"));
         assert_eq!(held.take_in(&mut chunk("ok"), false), Step::Started);
         let mut end = None;
         assert_eq!(held.take_in(&mut end, true), Step::Whole);
@@ -239,14 +239,14 @@ mod tests {
     #[test]
     fn a_body_that_comes_in_one_read_passes_as_it_is() {
         let budget = Budget::new(100);
-        let mut held = Held::new(5, budget.take(5).expect("free"));
+        let mut held = Held::new(5, budget.take(5, None).expect("free"));
         let one = Bytes::from_static(b"whole");
         let mut body = Some(one.clone());
         assert_eq!(held.take_in(&mut body, true), Step::Passed);
         let body = body.expect("passed on");
         assert_eq!(body.as_ptr(), one.as_ptr(), "not copied");
         // An empty read before it holds nothing either.
-        let mut held = Held::new(5, budget.take(5).expect("free"));
+        let mut held = Held::new(5, budget.take(5, None).expect("free"));
         assert_eq!(held.take_in(&mut None, false), Step::Passed);
         let mut body = Some(one.clone());
         assert_eq!(held.take_in(&mut body, true), Step::Passed);
@@ -266,7 +266,7 @@ mod tests {
     #[test]
     fn more_than_the_length_is_handed_on_at_once_and_not_held() {
         let budget = Budget::new(100);
-        let mut held = Held::new(6, budget.take(6).expect("free"));
+        let mut held = Held::new(6, budget.take(6, None).expect("free"));
         assert_eq!(held.take_in(&mut chunk("abcd"), false), Step::Started);
         let mut body = chunk("efg");
         assert_eq!(held.take_in(&mut body, false), Step::Whole);

@@ -69,8 +69,25 @@ pub async fn h2_connect_with(
     sni: &str,
     builder: &h2::client::Builder,
 ) -> h2::client::SendRequest<bytes::Bytes> {
+    h2_connect_from(ca, port, sni, builder, "127.0.0.1").await
+}
+
+/// [`h2_connect_with`] from the loopback address `from` (another client,
+/// as the gateway counts clients: 127.0.0.2, 127.0.0.3, ...).
+pub async fn h2_connect_from(
+    ca: &Path,
+    port: u16,
+    sni: &str,
+    builder: &h2::client::Builder,
+    from: &str,
+) -> h2::client::SendRequest<bytes::Bytes> {
     let cfg = client_config(ca, &["h2"]);
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(std::net::SocketAddr::new(from.parse().expect("an IPv4 address"), 0))
+        .expect("bind the client's address");
+    let tcp = socket
+        .connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
         .await
         .expect("connect");
     let name = ServerName::try_from(sni.to_owned()).expect("server name");

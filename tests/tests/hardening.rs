@@ -1098,8 +1098,22 @@ fn h2_start_uploads(
     len: usize,
     sent: usize,
 ) -> (h2::client::SendRequest<bytes::Bytes>, Vec<H2Upload>) {
+    h2_start_uploads_from(rt, s, "127.0.0.1", n, len, sent)
+}
+
+/// [`h2_start_uploads`] from another client: the loopback address `from`.
+fn h2_start_uploads_from(
+    rt: &tokio::runtime::Runtime,
+    s: &Stack,
+    from: &str,
+    n: usize,
+    len: usize,
+    sent: usize,
+) -> (h2::client::SendRequest<bytes::Bytes>, Vec<H2Upload>) {
     let open = async {
-        let mut client = h2_connect(s.ca(), s.gw.tls_port, "ferrari.myapp.localhost").await;
+        let builder = h2::client::Builder::new();
+        let mut client =
+            e2e::tls::h2_connect_from(s.ca(), s.gw.tls_port, "ferrari.myapp.localhost", &builder, from).await;
         let mut uploads = Vec::new();
         for _ in 0..n {
             client = client.ready().await.unwrap();
@@ -1309,21 +1323,33 @@ fn an_upgrade_after_a_body_read_first_carries_the_upgraded_bytes_as_they_are() {
 
 #[test]
 fn the_bodies_being_read_first_hold_at_most_their_budget() {
-    // 1 MiB: sixteen bodies of 64 KiB.
+    // 1 MiB: sixteen bodies of 64 KiB, of which one client may hold four.
     let (backend, s) = on_two_workers(
         "[limits]\nbody_rate_grace_ms = 120000\nrequest_body_buffer_bytes = 65536\nrequest_body_buffer_total_mib = 1\n",
     );
     let rt = driving_runtime();
-    let (client, uploads) = h2_start_uploads(&rt, &s, 17, 65536, 100);
-    // Sixteen are read first; the seventeenth is streamed as if it were
-    // large: it reaches the backend before its body is whole.
-    wait_until("one body streamed past the budget", Duration::from_secs(15), || {
-        backend.posts() == 1 && s.metric("tenant_gateway_request_bodies_over_budget_total", &[]) == 1.0
-    })
+    // A client announcing five: four are read first; the fifth is streamed
+    // as if it were large: it reaches the backend before its body is whole.
+    let hostile = h2_start_uploads_from(&rt, &s, "127.0.0.2", 5, 65536, 100);
+    wait_until(
+        "its fifth body streamed past its share",
+        Duration::from_secs(15),
+        || backend.posts() == 1 && s.metric("tenant_gateway_request_bodies_over_budget_total", &[]) == 1.0,
+    )
     .unwrap_or_else(|e| panic!("{e} ({} posts)\n{}", backend.posts(), s.gw.proc_.log()));
+    // Three other clients' four each still fit: the budget holds the
+    // sixteen, all of its bytes, and no more is streamed.
+    let others: Vec<_> = ["127.0.0.3", "127.0.0.4", "127.0.0.5"]
+        .iter()
+        .map(|from| h2_start_uploads_from(&rt, &s, from, 4, 65536, 100))
+        .collect();
+    wait_until("sixteen bodies being read first", Duration::from_secs(15), || {
+        s.metric("tenant_gateway_body_buffer_bytes", &[("kind", "request")]) == (1 << 20) as f64
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    assert_eq!(backend.posts(), 1, "a body within the budget was streamed");
     assert!(other_tenant_answers(&s), "the other tenant is served");
-    assert_eq!(backend.posts(), 1);
-    drop((uploads, client));
+    drop((hostile, others));
 }
 
 #[test]
@@ -1340,8 +1366,9 @@ fn bodies_announced_large_hold_half_the_budget_and_small_ones_keep_the_rest() {
         backend.posts() == 1 && s.metric("tenant_gateway_request_bodies_over_budget_total", &[]) == 1.0
     })
     .unwrap_or_else(|e| panic!("{e} ({} posts)\n{}", backend.posts(), s.gw.proc_.log()));
-    // Sixteen bodies of 64 KiB still fit the other half: all read first.
-    let (small_client, small) = h2_start_uploads(&rt, &s, 16, 65536, 100);
+    // Sixteen bodies of 64 KiB (another client's: one client may hold half
+    // of this budget) still fit the other half: all read first.
+    let (small_client, small) = h2_start_uploads_from(&rt, &s, "127.0.0.2", 16, 65536, 100);
     wait_until("the small bodies being read", Duration::from_secs(15), || {
         s.metric("tenant_gateway_body_buffer_bytes", &[("kind", "request")]) == (2 << 20) as f64
     })
@@ -1656,8 +1683,11 @@ fn wait_large_sent(backend: &FewWorkers, s: &Stack, n: usize, what: &str) {
 fn large_responses_are_taken_whole_so_slow_readers_hold_no_backend_worker() {
     // Both tenants share one backend of two workers; a response holds its
     // worker until its last byte is written. Each tenant may have four
-    // requests in flight to the backends.
-    let (backend, s) = on_two_workers(&format!("{HOLD_LARGE}[limits.tenant]\nmax_concurrent = 4\n"));
+    // requests in flight to the backends. The one client here may hold a
+    // quarter of the response budget: four bodies of 32 MiB.
+    let (backend, s) = on_two_workers(&format!(
+        "{HOLD_LARGE}response_body_buffer_total_mib = 512\n[limits.tenant]\nmax_concurrent = 4\n"
+    ));
     // Two HTTP/1.1 connections and two HTTP/2 streams (with a 1 MiB window;
     // browsers open larger ones; a client whose window takes not even the
     // first reads holds the worker until the send timeout, as a streamed

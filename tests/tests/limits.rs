@@ -202,3 +202,32 @@ fn the_concurrency_cap_holds_under_a_slow_backend() {
         6.0
     );
 }
+
+/// Behind a trusted proxy (a CDN, a load balancer) every visitor arrives
+/// from the proxy's address: the rate per client (`[limits.client]`)
+/// counts the address the proxy forwarded for, so one abusive visitor does
+/// not spend the budget of the tenant's other visitors behind the same
+/// proxy, and entries a visitor writes itself before the proxy's give it no
+/// second budget.
+#[test]
+fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_rate() {
+    let s = stack("[headers]\ntrusted_proxies = [\"127.0.0.1/32\"]\n[limits.client]\nrps = 1\nburst = 1\n");
+    let client = http::client();
+    let port = s.gw.port;
+    let status = |forwarded_for: &str| {
+        client
+            .get(&format!("http://127.0.0.1:{port}/whoami"))
+            .header("host", "ferrari.myapp.localhost")
+            .header("x-forwarded-for", forwarded_for)
+            .send()
+            .unwrap()
+            .status
+    };
+    // One visitor asking again and again (its own spoofed entries first):
+    // refused within a second (each of these takes milliseconds).
+    let abusive: Vec<u16> = (0..5).map(|i| status(&format!("6.6.6.{i}, 203.0.113.7"))).collect();
+    assert_eq!(abusive[0], 200, "{abusive:?}");
+    assert!(abusive.contains(&429), "{abusive:?}");
+    // Another visitor behind the same proxy has its own budget.
+    assert_eq!(status("198.51.100.4"), 200);
+}

@@ -10,6 +10,9 @@
 //!
 //! IPv6 clients are counted per /64: a single host usually owns a whole /64,
 //! so counting per address would let it open 2^64 "clients".
+//!
+//! The same count per client bounds the bytes one client's bodies may hold
+//! of the gateway's body budgets ([`PerIp::hold`], `crate::body::Budget`).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -52,21 +55,48 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
 
 const SHARDS: usize = 16;
 
-/// Open connections per client, shared by the public listeners.
+/// What each client holds, up to `max` each: open connections (shared by
+/// the public listeners), or bytes of a body budget.
+#[derive(Debug)]
 pub struct PerIp {
-    max: usize,
-    shards: [Mutex<HashMap<IpAddr, u32>>; SHARDS],
+    max: u64,
+    shards: [Mutex<HashMap<IpAddr, u64>>; SHARDS],
+}
+
+/// `n` units a client holds of a [`PerIp`], given back when dropped.
+#[derive(Debug)]
+pub struct ClientHold {
+    of: Arc<PerIp>,
+    key: IpAddr,
+    n: u64,
+}
+
+impl Drop for ClientHold {
+    fn drop(&mut self) {
+        self.of.release(self.key, self.n);
+    }
 }
 
 impl PerIp {
-    pub fn new(max: usize) -> Arc<PerIp> {
+    pub fn new(max: u64) -> Arc<PerIp> {
         Arc::new(PerIp {
             max,
             shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
         })
     }
 
-    fn shard(&self, key: &IpAddr) -> parking_lot::MutexGuard<'_, HashMap<IpAddr, u32>> {
+    /// `n` more units for the client of `ip` (its [`client_key`]), if that
+    /// keeps it within the maximum.
+    pub fn hold(self: &Arc<Self>, ip: IpAddr, n: u64) -> Option<ClientHold> {
+        let key = client_key(ip);
+        self.acquire(key, n).then(|| ClientHold {
+            of: self.clone(),
+            key,
+            n,
+        })
+    }
+
+    fn shard(&self, key: &IpAddr) -> parking_lot::MutexGuard<'_, HashMap<IpAddr, u64>> {
         let h = match key {
             IpAddr::V4(v4) => u32::from(*v4) as usize,
             IpAddr::V6(v6) => (u128::from(*v6) >> 64) as usize,
@@ -74,21 +104,21 @@ impl PerIp {
         self.shards[h.wrapping_mul(0x9E37_79B9) % SHARDS].lock()
     }
 
-    fn acquire(&self, key: IpAddr) -> bool {
+    fn acquire(&self, key: IpAddr, n: u64) -> bool {
         let mut shard = self.shard(&key);
-        let n = shard.entry(key).or_insert(0);
-        if *n as usize >= self.max {
+        let held = shard.get(&key).copied().unwrap_or(0);
+        if held.saturating_add(n) > self.max {
             return false;
         }
-        *n += 1;
+        shard.insert(key, held + n);
         true
     }
 
-    fn release(&self, key: IpAddr) {
+    fn release(&self, key: IpAddr, n: u64) {
         let mut shard = self.shard(&key);
-        if let Some(n) = shard.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(held) = shard.get_mut(&key) {
+            *held = held.saturating_sub(n);
+            if *held == 0 {
                 shard.remove(&key);
             }
         }
@@ -126,7 +156,7 @@ impl ConnLimits {
             return Err(Refusal::Total);
         }
         let key = client_key(ip);
-        if !self.per_ip.acquire(key) {
+        if !self.per_ip.acquire(key, 1) {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::PerIp);
         }
@@ -151,7 +181,7 @@ pub struct ConnPermit {
 
 impl Drop for ConnPermit {
     fn drop(&mut self) {
-        self.limits.per_ip.release(self.key);
+        self.limits.per_ip.release(self.key, 1);
         self.limits.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -198,6 +228,23 @@ mod tests {
         assert!(l.admit(ip("2001:db8:1:3::1")).is_ok());
         let _v4 = l.admit(ip("192.0.2.1")).unwrap();
         assert_eq!(l.admit(ip("::ffff:192.0.2.1")).err(), Some(Refusal::PerIp));
+    }
+
+    #[test]
+    fn a_client_holds_bytes_up_to_its_maximum_until_it_gives_them_back() {
+        let per = PerIp::new(100);
+        let a = per.hold(ip("10.0.0.1"), 60).unwrap();
+        assert!(per.hold(ip("10.0.0.1"), 41).is_none());
+        let b = per.hold(ip("10.0.0.1"), 40).unwrap();
+        assert!(per.hold(ip("10.0.0.2"), 100).is_some(), "another client has its own");
+        assert!(per.hold(ip("10.0.0.1"), 1).is_none());
+        drop(a);
+        assert!(per.hold(ip("10.0.0.1"), 60).is_some());
+        drop(b);
+        assert_eq!(per.clients(), 0);
+        // An IPv6 client per /64.
+        let _c = per.hold(ip("2001:db8::1"), 100).unwrap();
+        assert!(per.hold(ip("2001:db8::2"), 1).is_none());
     }
 
     #[test]
