@@ -341,9 +341,11 @@ fn ip_text(peer: Option<IpAddr>) -> String {
 pub fn forwarded_client(headers: &HeaderMap, trusted: impl Fn(IpAddr) -> bool) -> Option<IpAddr> {
     let values: Vec<&HeaderValue> = headers.get_all(X_FORWARDED_FOR).iter().collect();
     for value in values.into_iter().rev() {
-        let text = value.to_str().ok()?;
-        for entry in text.rsplit(',') {
-            let entry = entry.trim();
+        // Entry by entry from the right, as bytes: what the client wrote
+        // before the proxies' entries is read only if they all vouch for
+        // each other (a byte that is not text there must not hide them).
+        for entry in value.as_bytes().rsplit(|&b| b == b',') {
+            let entry = std::str::from_utf8(entry).ok()?.trim();
             let ip = entry
                 .parse::<IpAddr>()
                 .or_else(|_| entry.parse::<std::net::SocketAddr>().map(|s| s.ip()))
@@ -769,6 +771,14 @@ mod tests {
         assert_eq!(client(&[]), None);
         assert_eq!(client(&[("x-forwarded-for", "10.0.0.2")]), None);
         assert_eq!(client(&[("x-forwarded-for", "6.6.6.6, unknown")]), None);
+        // Bytes that are not text, written by the client before the
+        // proxy's entry, do not hide that entry.
+        let mut h = HeaderMap::new();
+        h.append(
+            X_FORWARDED_FOR,
+            HeaderValue::from_bytes(b"6.6.\x80.6, 203.0.113.7").unwrap(),
+        );
+        assert_eq!(forwarded_client(&h, proxies), ip("203.0.113.7"));
     }
 
     #[test]

@@ -126,8 +126,9 @@ pub struct Ctx {
     /// Counted in `requests_in_flight`.
     in_flight: bool,
     /// The tenant's concurrency slot, held until the backend's response has
-    /// come whole (or the request ends): a client still reading it holds
-    /// no backend, so it holds no slot of the tenant's cap either.
+    /// come whole and the request's body has all been sent (or the request
+    /// ends): a client still reading the response holds no backend, so it
+    /// holds no slot of the tenant's cap either.
     slot: Option<tokio::sync::OwnedSemaphorePermit>,
     /// Held back by a limit: the rejection reason.
     limited: Option<&'static str>,
@@ -899,7 +900,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut Box<Ctx>,
     ) -> Result<Option<std::time::Duration>> {
         use crate::response_body::{h2_send_time, Step};
-        if end_of_stream && ctx.slot.is_some() {
+        // The backend is done with the request once its response has come
+        // whole and the client's body has all gone to it (a backend may
+        // answer before it has read the body, and then still read it).
+        if end_of_stream && ctx.slot.is_some() && session.is_body_done() {
             ctx.slot = None;
         }
         match ctx.held_response.as_mut() {

@@ -4,7 +4,8 @@
 //! the two behind the stored-certificate health gauges (0004: expiry,
 //! names held back), the NOTIFY that tells the claim gauges to count
 //! again (0005), the certificate NOTIFY left out of re-sealing a key
-//! (0006), and the index listing one status of claims walks (0007).
+//! (0006), the index listing one status of claims walks (0007), and the
+//! sealing keys the fleet runs with (0008).
 //! Every gateway (and every CLI command that opens the database) makes sure
 //! they are applied: the version recorded in `tenant_gateway.schema_version`
 //! is read first, without locks, and only an older schema runs the scripts
@@ -19,7 +20,7 @@
 
 use sqlx::PgPool;
 
-const MIGRATIONS: [&str; 7] = [
+const MIGRATIONS: [&str; 8] = [
     include_str!("../migrations/0001_acme.sql"),
     include_str!("../migrations/0002_hostnames.sql"),
     include_str!("../migrations/0003_certificate_scale.sql"),
@@ -27,6 +28,7 @@ const MIGRATIONS: [&str; 7] = [
     include_str!("../migrations/0005_claim_counts.sql"),
     include_str!("../migrations/0006_certificate_notify_columns.sql"),
     include_str!("../migrations/0007_claims_by_status.sql"),
+    include_str!("../migrations/0008_sealing_keys.sql"),
 ];
 const MIGRATION_LOCK: i64 = 0x7467_6163_6d65; // "tgacme"
 

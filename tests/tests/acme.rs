@@ -158,8 +158,8 @@ fn issue_on_domain_add(challenges: &str) {
 
 /// With lookups stripping `www.` (`tenant.strip_www`, the django-tenants
 /// preset's default), `www.` of a custom domain is served as the domain is:
-/// its first handshake orders a certificate of its own, and it is retired
-/// with the domain.
+/// its first handshake orders a certificate of its own, retired with the
+/// domain (in memory or not) and serving again when it returns.
 #[test]
 fn www_of_a_custom_domain_gets_its_own_certificate_when_lookups_strip_it() {
     const BARE: &str = "ferrari-cars.test";
@@ -171,16 +171,27 @@ fn www_of_a_custom_domain_gets_its_own_certificate_when_lookups_strip_it() {
     let ports = GatewayPorts::free();
     let pebble = Pebble::start(certs.path(), ports.http, ports.tls, 3600).unwrap();
     let config = format!("strip_www = true\n{}", acme_config(&pebble, "\"http-01\"", ""));
-    let s = Stack::for_pebble(pg, certs, ports, &config);
+    let mut s = Stack::for_pebble(pg, certs, ports, &config);
     wait_issued(&pebble, &s.gw, CUSTOM, Duration::from_secs(60));
     wait_issued(&pebble, &s.gw, BARE, Duration::from_secs(60));
+    assert_eq!(orders(&s.pg), 2);
+    // Presented here: retired, and no longer presented.
     app_cli_ok(&s.pg.url(), &["domain", "remove", BARE]);
     wait_stored(&s.pg, &s.gw, CUSTOM, "removed_at IS NOT NULL");
     wait_until("www. not presented", Duration::from_secs(10), || {
         probe(s.gw.tls_port, Some(CUSTOM), &[]).is_err()
     })
     .unwrap();
-    drop(s);
+    // Back: both serve again, without new orders.
+    app_cli_ok(&s.pg.url(), &["domain", "add", BARE, "--tenant", "ferrari"]);
+    wait_stored(&s.pg, &s.gw, CUSTOM, "removed_at IS NULL");
+    wait_issued(&pebble, &s.gw, CUSTOM, Duration::from_secs(30));
+    // Not in memory (a gateway started since): retired all the same.
+    s.restart_gateway();
+    app_cli_ok(&s.pg.url(), &["domain", "remove", BARE]);
+    wait_stored(&s.pg, &s.gw, CUSTOM, "removed_at IS NOT NULL");
+    assert!(probe(s.gw.tls_port, Some(CUSTOM), &[]).is_err(), "www. not served");
+    assert_eq!(orders(&s.pg), 2);
 }
 
 #[test]
@@ -679,8 +690,10 @@ fn the_certificate_key_rotates_in_place_without_new_certificates() {
     );
 
     // A sealing key changed without the rotation (the stored certificate
-    // and account open under no configured key): the next handshake orders
-    // a new certificate, with a new account in place of the stored one.
+    // and account open under no configured key). While the key they were
+    // sealed with was seen lately (another gateway may still run with it),
+    // nothing is replaced: the fleet's keys differ, and replacing each
+    // other's secrets would go on order after order.
     const LOST: &str = "4444444444444444444444444444444444444444444444444444444444444444";
     let renewed =
         st.s.pg
@@ -688,7 +701,20 @@ fn the_certificate_key_rotates_in_place_without_new_certificates() {
             .unwrap();
     let orders_before = orders(&st.s.pg);
     st.s.restart_gateway_as(|b| b.env("TG_CERT_KEY", LOST).env("TG_CERT_KEY_OLD", UNRELATED));
-    // The probes' handshakes order it.
+    let since = st.s.gw.log_len();
+    assert!(
+        probe(st.s.gw.tls_port, Some(CUSTOM), &[]).is_err(),
+        "nothing to present"
+    );
+    st.s.gw
+        .wait_logged("acme.key_env differs across the fleet", since, Duration::from_secs(20));
+    assert_eq!(orders(&st.s.pg), orders_before);
+    // Once no other key has been seen for a while (every gateway runs with
+    // the new one): the next handshake orders a new certificate, with a new
+    // account in place of the stored one.
+    st.s.pg
+        .psql("UPDATE tenant_gateway.sealing_keys SET seen_at = now() - interval '1 hour'")
+        .unwrap();
     wait_issued(&st.pebble, &st.s.gw, CUSTOM, Duration::from_secs(60));
     let stored =
         st.s.pg

@@ -1349,7 +1349,13 @@ fn the_bodies_being_read_first_hold_at_most_their_budget() {
     .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
     assert_eq!(backend.posts(), 1, "a body within the budget was streamed");
     assert!(other_tenant_answers(&s), "the other tenant is served");
-    drop((hostile, others));
+    // A fifth client's body finds the budget full: streamed.
+    let fifth = h2_start_uploads_from(&rt, &s, "127.0.0.6", 1, 65536, 100);
+    wait_until("a body streamed past the full budget", Duration::from_secs(15), || {
+        backend.posts() == 2 && s.metric("tenant_gateway_request_bodies_over_budget_total", &[]) == 2.0
+    })
+    .unwrap_or_else(|e| panic!("{e} ({} posts)\n{}", backend.posts(), s.gw.proc_.log()));
+    drop((hostile, others, fifth));
 }
 
 #[test]
@@ -1359,9 +1365,15 @@ fn bodies_announced_large_hold_half_the_budget_and_small_ones_keep_the_rest() {
         "[limits]\nbody_rate_grace_ms = 120000\nrequest_body_buffer_bytes = 1048576\nrequest_body_buffer_total_mib = 2\n",
     );
     let rt = driving_runtime();
-    // A client announces two bodies of 1 MiB and sends 100 bytes of each:
-    // the first holds that half, the second is streamed.
-    let (large_client, large) = h2_start_uploads(&rt, &s, 2, 1 << 20, 100);
+    // Two clients announce a body of 1 MiB each and send 100 bytes of it:
+    // the first holds that half, the second is streamed (a client may hold
+    // 1 MiB here, so only the half refuses it).
+    let large = h2_start_uploads(&rt, &s, 1, 1 << 20, 100);
+    wait_until("the first large body being read", Duration::from_secs(15), || {
+        s.metric("tenant_gateway_body_buffer_bytes", &[("kind", "request")]) == (1 << 20) as f64
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    let second = h2_start_uploads_from(&rt, &s, "127.0.0.3", 1, 1 << 20, 100);
     wait_until("the second large body streamed", Duration::from_secs(15), || {
         backend.posts() == 1 && s.metric("tenant_gateway_request_bodies_over_budget_total", &[]) == 1.0
     })
@@ -1375,7 +1387,7 @@ fn bodies_announced_large_hold_half_the_budget_and_small_ones_keep_the_rest() {
     .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
     assert_eq!(backend.posts(), 1, "a small body was streamed");
     assert_eq!(s.metric("tenant_gateway_request_bodies_over_budget_total", &[]), 1.0);
-    drop((large, large_client, small, small_client));
+    drop((large, second, small, small_client));
 }
 
 #[test]

@@ -272,20 +272,23 @@ impl Acme {
         let running: Vec<bool> = names.iter().map(|name| self.mark_changed(name)).collect();
         let me = self.clone();
         tokio::spawn(async move {
+            let (mut www_gone, mut www_back) = (Vec::new(), Vec::new());
             for (name, running) in names.into_iter().zip(running) {
                 // Logged once the change is handled here.
                 let logged = running.then(|| name.clone());
-                if me.handle_change(&name, true).await == Some(true) {
-                    me.spawn_attempt(name.clone(), false);
-                }
+                let served = me.handle_change(&name, true).await;
                 // `www.` of the name is served as the name is: its own
-                // certificate, if presented here, follows the name (never
-                // ordered from here: only a handshake for it asks for one).
+                // certificate follows the name (never ordered from here:
+                // only a handshake for it asks for one).
                 if me.strip_www && !name.starts_with("www.") {
-                    let www = format!("www.{name}");
-                    if me.store.issued(&www).is_some() {
-                        me.handle_change(&www, true).await;
+                    match served {
+                        Some(false) => www_gone.push(format!("www.{name}")),
+                        Some(true) => www_back.push(format!("www.{name}")),
+                        None => {}
                     }
+                }
+                if served == Some(true) {
+                    me.spawn_attempt(name.clone(), false);
                 }
                 if let Some(name) = logged {
                     tracing::info!(
@@ -294,7 +297,56 @@ impl Acme {
                     );
                 }
             }
+            if let Err(e) = me.www_follow(&www_gone, &www_back).await {
+                tracing::error!(error = %e, "ACME: cannot retire or restore the certificates of www. names");
+            }
         });
+    }
+
+    /// `www.` names follow their names (lookups strip `www.`): the stored
+    /// certificates of `gone` are retired (and leave memory), those of
+    /// `back` serve again and a refusal no longer holds them back; one
+    /// statement each, whether or not any such certificate is stored.
+    pub(super) async fn www_follow(&self, gone: &[String], back: &[String]) -> Result<(), AcmeError> {
+        for www in gone {
+            self.unpresent(www);
+        }
+        if !gone.is_empty() {
+            bounded(
+                "retiring www. certificates",
+                sqlx::query(
+                    "UPDATE tenant_gateway.certificates SET removed_at = now()
+                      WHERE name = ANY($1) AND removed_at IS NULL",
+                )
+                .bind(gone)
+                .execute(&self.db),
+            )
+            .await?;
+        }
+        if !back.is_empty() {
+            bounded(
+                "restoring www. certificates",
+                sqlx::query(
+                    "UPDATE tenant_gateway.certificates SET removed_at = NULL
+                      WHERE name = ANY($1) AND removed_at IS NOT NULL",
+                )
+                .bind(back)
+                .execute(&self.db),
+            )
+            .await?;
+            bounded(
+                "clearing www. refusals",
+                sqlx::query(
+                    "UPDATE tenant_gateway.acme_names SET next_attempt_at = now(), last_error = NULL
+                      WHERE name = ANY($1) AND last_error = $2",
+                )
+                .bind(back)
+                .bind(NOT_ELIGIBLE)
+                .execute(&self.db),
+            )
+            .await?;
+        }
+        Ok(())
     }
 
     /// A change to `name`, handled: retired if it is no longer served; if it

@@ -131,7 +131,11 @@ const STOP_WAIT: Duration = Duration::from_secs(2);
 /// SET clause freeing a name's lease (and with it the "pending" status).
 const FREE_LEASE: &str = "lease_owner = NULL, lease_until = NULL, ordering_since = NULL, updated_at = now()";
 /// How long a rate-limited name waits before the next try.
-const RATE_LIMITED_RETRY: &str = "10 minutes";
+const RATE_LIMITED_RETRY: Duration = Duration::from_secs(600);
+/// Another sealing key seen this recently (`tenant_gateway.sealing_keys`)
+/// means another gateway runs with it: a secret this gateway cannot open is
+/// then left alone, not replaced (migration 0008).
+const KEY_LIVE_FOR: &str = "10 minutes";
 /// Bound on loading one stored certificate at a handshake.
 const LOAD_DEADLINE: Duration = Duration::from_secs(2);
 /// Names one scan takes per query (missing, due for renewal).
@@ -305,6 +309,9 @@ enum Prepared {
     NotNeeded,
     /// Held back by a rate limit (the reason).
     RateLimited(String),
+    /// The stored certificate opens under no key of this gateway, and
+    /// another gateway seals with another key (the reason).
+    KeyConflict(String),
     /// Go: the new `acme_orders` row.
     Order(i64),
 }

@@ -72,6 +72,12 @@ impl Acme {
             Stored::Account(account) => return Ok(account),
             Stored::None => None,
             Stored::Unreadable { enc, why } => {
+                if self.other_key_live().await? {
+                    return Err(other(format!(
+                        "{why}, and another gateway seals with another key (acme.key_env differs across the \
+                         fleet): left for it, not replaced"
+                    )));
+                }
                 tracing::warn!(directory = %dir, error = %why, "ACME: the stored account cannot be used (sealed under a key no longer configured, or damaged); creating a new one");
                 Some(enc)
             }

@@ -18,6 +18,8 @@ pub struct Seal {
     seal: LessSafeKey,
     /// Keys that only open, in the configured order.
     open_also: Vec<LessSafeKey>,
+    /// The sealing key's fingerprint ([`Seal::fingerprint`]).
+    fingerprint: String,
 }
 
 /// Which key opened a secret.
@@ -46,10 +48,21 @@ impl Seal {
 
     /// Sealing with `key`, opening with it or any of `open_also`.
     pub fn with_keys(key: &[u8; 32], open_also: &[[u8; 32]]) -> Seal {
+        let mac = aws_lc_rs::hmac::sign(
+            &aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, key),
+            b"tenant-gateway sealing key fingerprint",
+        );
         Seal {
             seal: aes_key(key),
             open_also: open_also.iter().map(aes_key).collect(),
+            fingerprint: const_hex::encode(&mac.as_ref()[..16]),
         }
+    }
+
+    /// What tells the sealing key apart from others without revealing it:
+    /// 32 hex digits of an HMAC of a fixed text under it (migration 0008).
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     pub fn seal(&self, aad: &str, plain: &[u8]) -> Result<Vec<u8>, AcmeError> {
@@ -93,6 +106,15 @@ impl Seal {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fingerprint_tells_sealing_keys_apart_and_is_not_the_key() {
+        let (a, b) = (Seal::new(&[7u8; 32]), Seal::new(&[8u8; 32]));
+        assert_eq!(a.fingerprint(), Seal::with_keys(&[7u8; 32], &[[8u8; 32]]).fingerprint());
+        assert_ne!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint().len(), 32);
+        assert!(!a.fingerprint().contains("0707"));
+    }
 
     #[test]
     fn seal_round_trip_and_binding() {

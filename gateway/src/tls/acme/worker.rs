@@ -90,6 +90,7 @@ impl Acme {
     pub(super) async fn scan(self: &Arc<Self>) -> Result<(), AcmeError> {
         self.metrics.acme_scans.inc();
         self.refresh_if_due().await;
+        self.key_seen().await?;
         self.delete_retired().await?;
         // A fixed number of queries whatever the number of names: each
         // returns only what is due (indexes of migration 0003), in batches.
@@ -383,7 +384,12 @@ impl Acme {
                     .acme_orders
                     .with_label_values(&[name, "rate_limited"])
                     .inc();
-                self.release(name, Some(&why)).await
+                self.release(name, Some((&format!("rate limited: {why}"), RATE_LIMITED_RETRY)))
+                    .await
+            }
+            Ok(Prepared::KeyConflict(why)) => {
+                tracing::error!(name, reason = %why, "ACME: {why}");
+                self.release(name, Some((&why, self.cfg.retry_base))).await
             }
             Err(e) => {
                 if let Err(e) = self.release(name, None).await {
@@ -416,26 +422,59 @@ impl Acme {
         .await
     }
 
-    /// Free the lease without an order; `held_back`: a rate limit's reason.
-    pub(super) async fn release(&self, name: &str, held_back: Option<&str>) -> Result<(), AcmeError> {
+    /// Free the lease without an order; `held_back`: why the name waits,
+    /// and how long, before its next attempt.
+    pub(super) async fn release(&self, name: &str, held_back: Option<(&str, Duration)>) -> Result<(), AcmeError> {
         let sql = match held_back {
             None => format!("UPDATE tenant_gateway.acme_names SET {FREE_LEASE} WHERE name = $1 AND lease_owner = $2"),
             Some(_) => format!(
-                "UPDATE tenant_gateway.acme_names SET {FREE_LEASE}, next_attempt_at = now() + interval '{RATE_LIMITED_RETRY}',
+                "UPDATE tenant_gateway.acme_names SET {FREE_LEASE}, next_attempt_at = now() + make_interval(secs => $4),
                      last_error = $3 WHERE name = $1 AND lease_owner = $2"
             ),
         };
-        let last_error = held_back.map(|why| format!("rate limited: {why}"));
-        let (sql, last_error) = (&sql, &last_error);
+        let (last_error, wait) = held_back.map_or((None, 0.0), |(why, wait)| (Some(why), wait.as_secs_f64()));
+        let sql = &sql;
         retry_once(QUERY_DEADLINE, "freeing the order lease", || async move {
-            sqlx::query(sql)
-                .bind(name)
-                .bind(&self.lease_owner)
-                .bind(last_error)
-                .execute(&self.db)
-                .await?;
+            let query = sqlx::query(sql).bind(name).bind(&self.lease_owner);
+            let query = match last_error {
+                Some(why) => query.bind(why).bind(wait),
+                None => query,
+            };
+            query.execute(&self.db).await?;
             Ok(())
         })
+        .await
+    }
+
+    /// Say that this gateway seals with its key (migration 0008): at start
+    /// and every scan.
+    pub(super) async fn key_seen(&self) -> Result<(), AcmeError> {
+        bounded(
+            "recording the sealing key",
+            sqlx::query(
+                "INSERT INTO tenant_gateway.sealing_keys (fingerprint) VALUES ($1)
+                 ON CONFLICT (fingerprint) DO UPDATE SET seen_at = now()",
+            )
+            .bind(self.seal.fingerprint())
+            .execute(&self.db),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Whether another gateway sealed with another key lately: a secret
+    /// this gateway cannot open is then someone else's to open, not to be
+    /// replaced.
+    pub(super) async fn other_key_live(&self) -> Result<bool, AcmeError> {
+        bounded(
+            "looking for other sealing keys",
+            sqlx::query_scalar(&format!(
+                "SELECT EXISTS (SELECT 1 FROM tenant_gateway.sealing_keys
+                                 WHERE fingerprint <> $1 AND seen_at > now() - interval '{KEY_LIVE_FOR}')"
+            ))
+            .bind(self.seal.fingerprint())
+            .fetch_one(&self.db),
+        )
         .await
     }
 
@@ -444,6 +483,12 @@ impl Acme {
     pub(super) async fn prepare(&self, name: &str, forced: bool) -> Result<Prepared, AcmeError> {
         let stored = match self.load_one(name).await {
             Err(AcmeError::Unreadable { what, why }) => {
+                if self.other_key_live().await? {
+                    return Ok(Prepared::KeyConflict(format!(
+                        "the stored {what} opens under no key of this gateway, and another gateway seals with \
+                         another key (acme.key_env differs across the fleet): left for it, not replaced ({why})"
+                    )));
+                }
                 tracing::warn!(name, error = %why, "ACME: the stored {what} cannot be used (sealed under a key no longer configured, or damaged); ordering a new one");
                 None
             }
