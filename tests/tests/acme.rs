@@ -708,20 +708,37 @@ fn the_certificate_key_rotates_in_place_without_new_certificates() {
     );
     st.s.gw
         .wait_logged("acme.key_env differs across the fleet", since, Duration::from_secs(20));
+    // A new name needs no stored certificate, only the account: held back
+    // before any order is logged, too.
+    const NEW_NAME: &str = "new-cars.test";
+    app_cli_ok(&st.s.pg.url(), &["domain", "add", NEW_NAME, "--tenant", "ferrari"]);
+    let since = st.s.gw.log_len();
+    assert!(
+        probe(st.s.gw.tls_port, Some(NEW_NAME), &[]).is_err(),
+        "nothing to present"
+    );
+    st.s.gw.wait_logged(
+        "the stored ACME account opens under no key",
+        since,
+        Duration::from_secs(20),
+    );
     assert_eq!(orders(&st.s.pg), orders_before);
-    // Once no other key has been seen for a while (every gateway runs with
-    // the new one): the next handshake orders a new certificate, with a new
-    // account in place of the stored one.
+    // Once no other key is live (every gateway runs with the new one): the
+    // next handshake orders a new certificate, with a new account in place
+    // of the stored one.
     st.s.pg
-        .psql("UPDATE tenant_gateway.sealing_keys SET seen_at = now() - interval '1 hour'")
+        .psql("UPDATE tenant_gateway.sealing_keys SET live_until = now() - interval '1 second'")
         .unwrap();
     wait_issued(&st.pebble, &st.s.gw, CUSTOM, Duration::from_secs(60));
     let stored =
         st.s.pg
-            .psql("SELECT md5(chain_pem) FROM tenant_gateway.certificates")
+            .psql(&format!(
+                "SELECT md5(chain_pem) FROM tenant_gateway.certificates WHERE name = '{CUSTOM}'"
+            ))
             .unwrap();
     assert_ne!(stored, renewed, "a new certificate was stored");
-    assert_eq!(orders(&st.s.pg), orders_before + 1);
+    wait_issued(&st.pebble, &st.s.gw, NEW_NAME, Duration::from_secs(60));
+    assert_eq!(orders(&st.s.pg), orders_before + 2);
     let log = st.s.gw.proc_.log();
     assert!(log.contains("account created"), "{log}");
     assert_ne!(

@@ -132,10 +132,11 @@ const STOP_WAIT: Duration = Duration::from_secs(2);
 const FREE_LEASE: &str = "lease_owner = NULL, lease_until = NULL, ordering_since = NULL, updated_at = now()";
 /// How long a rate-limited name waits before the next try.
 const RATE_LIMITED_RETRY: Duration = Duration::from_secs(600);
-/// Another sealing key seen this recently (`tenant_gateway.sealing_keys`)
-/// means another gateway runs with it: a secret this gateway cannot open is
-/// then left alone, not replaced (migration 0008).
-const KEY_LIVE_FOR: &str = "10 minutes";
+/// A gateway's sealing key counts as live (`tenant_gateway.sealing_keys`,
+/// migration 0008) for the longer of this and three of its scan intervals
+/// after it said so: while another key is live, a secret this gateway
+/// cannot open is left alone, not replaced.
+const KEY_LIVE_FOR: Duration = Duration::from_secs(600);
 /// Bound on loading one stored certificate at a handshake.
 const LOAD_DEADLINE: Duration = Duration::from_secs(2);
 /// Names one scan takes per query (missing, due for renewal).

@@ -33,16 +33,45 @@ impl Acme {
         })
     }
 
-    /// The stored account for the directory, if any (decrypted).
-    pub(super) async fn stored_account(&self, dir: &str, aad: &str) -> Result<Stored, AcmeError> {
-        let stored: Option<Vec<u8>> = bounded(
+    /// The directory's stored account credentials, sealed, if any.
+    async fn stored_credentials(&self, dir: &str) -> Result<Option<Vec<u8>>, AcmeError> {
+        bounded(
             "loading the ACME account",
             sqlx::query_scalar("SELECT credentials_enc FROM tenant_gateway.acme_accounts WHERE directory = $1")
                 .bind(dir)
                 .fetch_optional(&self.db),
         )
-        .await?;
-        let Some(enc) = stored else { return Ok(Stored::None) };
+        .await
+    }
+
+    /// Before an order is logged: why it cannot go ahead, if the account it
+    /// needs is one this process has not loaded yet, stored under a key of
+    /// no other gateway's that this one has not either, while another key is
+    /// live (the order would find it unusable and must not replace it). An
+    /// account in use (its lock held) is taken to be loaded.
+    pub(super) async fn account_conflict(&self) -> Result<Option<String>, AcmeError> {
+        if self.account.try_lock().map_or(true, |a| a.is_some()) {
+            return Ok(None);
+        }
+        let dir = &self.cfg.directory_url;
+        let Some(enc) = self.stored_credentials(dir).await? else {
+            return Ok(None);
+        };
+        if self.seal.open(&format!("account:{dir}"), &enc).is_ok() || !self.other_key_live().await? {
+            return Ok(None);
+        }
+        Ok(Some(
+            "the stored ACME account opens under no key of this gateway, and another gateway seals with \
+             another key (acme.key_env differs across the fleet): left for it, not replaced"
+                .into(),
+        ))
+    }
+
+    /// The stored account for the directory, if any (decrypted).
+    pub(super) async fn stored_account(&self, dir: &str, aad: &str) -> Result<Stored, AcmeError> {
+        let Some(enc) = self.stored_credentials(dir).await? else {
+            return Ok(Stored::None);
+        };
         let creds = self
             .seal
             .open(aad, &enc)

@@ -25,6 +25,7 @@ impl Acme {
         // with the number of names.
         tracing::info!(
             cache_size = self.cfg.certificate_cache_size,
+            sealing_key = self.seal.fingerprint(),
             "ACME: ready; stored certificates load at their first handshake"
         );
         tokio::spawn(self.clone().listen());
@@ -452,10 +453,13 @@ impl Acme {
         bounded(
             "recording the sealing key",
             sqlx::query(
-                "INSERT INTO tenant_gateway.sealing_keys (fingerprint) VALUES ($1)
-                 ON CONFLICT (fingerprint) DO UPDATE SET seen_at = now()",
+                "INSERT INTO tenant_gateway.sealing_keys (fingerprint, live_until)
+                 VALUES ($1, now() + make_interval(secs => $2))
+                 ON CONFLICT (fingerprint) DO UPDATE
+                     SET live_until = greatest(sealing_keys.live_until, EXCLUDED.live_until)",
             )
             .bind(self.seal.fingerprint())
+            .bind(KEY_LIVE_FOR.max(self.cfg.check_interval * 3).as_secs_f64())
             .execute(&self.db),
         )
         .await?;
@@ -468,10 +472,10 @@ impl Acme {
     pub(super) async fn other_key_live(&self) -> Result<bool, AcmeError> {
         bounded(
             "looking for other sealing keys",
-            sqlx::query_scalar(&format!(
+            sqlx::query_scalar(
                 "SELECT EXISTS (SELECT 1 FROM tenant_gateway.sealing_keys
-                                 WHERE fingerprint <> $1 AND seen_at > now() - interval '{KEY_LIVE_FOR}')"
-            ))
+                                 WHERE fingerprint <> $1 AND live_until > now())",
+            )
             .bind(self.seal.fingerprint())
             .fetch_one(&self.db),
         )
@@ -499,6 +503,9 @@ impl Acme {
         }
         if let Some(why) = self.rate_limited(name).await? {
             return Ok(Prepared::RateLimited(why));
+        }
+        if let Some(why) = self.account_conflict().await? {
+            return Ok(Prepared::KeyConflict(why));
         }
         let order_id = bounded(
             "logging the order",
