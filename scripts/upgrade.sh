@@ -10,13 +10,16 @@ set -euo pipefail
 sock="${TG_UPGRADE_SOCK:-/tmp/tenant-gateway-upgrade.sock}"   # = listen.upgrade_sock
 if systemctl is-active --quiet tenant-gateway@a; then old=a new=b; else old=b new=a; fi
 systemctl is-active --quiet "tenant-gateway@$old" || { echo "no running instance" >&2; exit 1; }
-/usr/local/bin/gateway --config /etc/tenant-gateway/gateway.toml check-config >/dev/null
+# The config, checked in the service's own environment (its keys, URLs).
+(set -a; . /etc/tenant-gateway/env; set +a; /usr/local/bin/gateway --config /etc/tenant-gateway/gateway.toml check-config >/dev/null)
 mkdir -p /run/tenant-gateway
 echo "TG_START_FLAGS=--upgrade" > "/run/tenant-gateway/$new.flags"
 rm -f "$sock"
 systemctl start "tenant-gateway@$new"
 for _ in $(seq 1 100); do [ -S "$sock" ] && break; sleep 0.1; done
-[ -S "$sock" ] || { echo "tenant-gateway@$new is not waiting on $sock" >&2; systemctl stop "tenant-gateway@$new"; exit 1; }
+# A new process that cannot start (a bad certificate file, a key not set)
+# exits before it waits on the socket: the old one is never told to go.
+[ -S "$sock" ] || { echo "tenant-gateway@$new is not waiting on $sock (journalctl -u tenant-gateway@$new says why)" >&2; systemctl stop "tenant-gateway@$new"; exit 1; }
 systemctl kill --signal=SIGQUIT "tenant-gateway@$old"
 for _ in $(seq 1 600); do systemctl is-active --quiet "tenant-gateway@$old" || break; sleep 0.1; done
 rm -f "/run/tenant-gateway/$new.flags"

@@ -573,6 +573,45 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         upgrade,
         ..Default::default()
     };
+    // TLS: certificates, redirects.
+    let cert_store = Arc::new(tls::store::CertStore::with_issued_capacity(
+        cfg.acme.certificate_cache_size,
+        Some(metrics.cert_expiry.clone()),
+    ));
+    let tls_routing = match cfg.tls.listen {
+        None => None,
+        Some(addr) => {
+            let (certs, default) = tls::files::load_certs(&cfg.tls)?;
+            cert_store.replace_files(certs, default);
+            tls::files::publish_cert_metrics(&cert_store, &metrics);
+            let redirect = cfg.tls.redirect_http.then(|| proxy::Redirect {
+                port: cfg.tls.redirect_port.unwrap_or(addr.port()),
+                exempt: cfg.tls.redirect_exempt.clone(),
+            });
+            Some(Arc::new(proxy::TlsRouting { redirect }))
+        }
+    };
+
+    // Everything else that can refuse the start, before the sockets are
+    // taken: with --upgrade, a process that took them and then failed
+    // would leave nothing listening (the old one stops accepting).
+    let tls_config = match cfg.tls.listen {
+        Some(_) => Some(
+            tls::accept::server_config(cert_store.clone(), cfg.tls.session_resumption)
+                .context("building the TLS server config")?,
+        ),
+        None => None,
+    };
+    let acme_keys = match cfg.acme.enabled {
+        true => Some(cfg.acme_keys()?),
+        false => None,
+    };
+    let checker = match cfg.custom_domains.required() {
+        true => {
+            Some(hostnames::check::Checker::new(&cfg.custom_domains).context("config key `custom_domains.resolver`")?)
+        }
+        false => None,
+    };
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
     // With --upgrade: waits for the running gateway's sockets (sent on SIGQUIT).
     server.bootstrap();
@@ -609,27 +648,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         true => None,
     };
 
-    // TLS: certificates, redirects.
-    let cert_store = Arc::new(tls::store::CertStore::with_issued_capacity(
-        cfg.acme.certificate_cache_size,
-        Some(metrics.cert_expiry.clone()),
-    ));
-    let tls_routing = match cfg.tls.listen {
-        None => None,
-        Some(addr) => {
-            let (certs, default) = tls::files::load_certs(&cfg.tls)?;
-            cert_store.replace_files(certs, default);
-            tls::files::publish_cert_metrics(&cert_store, &metrics);
-            let redirect = cfg.tls.redirect_http.then(|| proxy::Redirect {
-                port: cfg.tls.redirect_port.unwrap_or(addr.port()),
-                exempt: cfg.tls.redirect_exempt.clone(),
-            });
-            Some(Arc::new(proxy::TlsRouting { redirect }))
-        }
-    };
-
-    let acme = if cfg.acme.enabled {
-        let keys = cfg.acme_keys()?;
+    let acme = if let Some(keys) = acme_keys {
         let opts: sqlx::postgres::PgConnectOptions =
             secrets.database_url.parse().context("config key `database.url_env`")?;
         let db = tenant::lookup::lazy_pool(
@@ -654,14 +673,12 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         None
     };
 
-    let hostnames = if cfg.custom_domains.required() {
+    let hostnames = if let Some(checker) = checker {
         let opts: sqlx::postgres::PgConnectOptions =
             secrets.database_url.parse().context("config key `database.url_env`")?;
         let connect = cfg.database.connect_timeout;
         let db = tenant::lookup::lazy_pool(opts.clone().application_name("tenant-gateway-hostnames"), 4, connect);
         let listen_db = tenant::lookup::lazy_pool(opts.application_name("tenant-gateway-hostnames-listen"), 1, connect);
-        let checker =
-            hostnames::check::Checker::new(&cfg.custom_domains).context("config key `custom_domains.resolver`")?;
         let store = hostnames::store::Store::new(db.clone(), &cfg.tenant.notify_channel);
         let worker = Arc::new(hostnames::worker::Worker::new(
             store.clone(),
@@ -726,7 +743,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         app.server_options = Some(options);
         Arc::new(app)
     };
-    if let Some(addr) = cfg.tls.listen {
+    if let (Some(addr), Some(config)) = (cfg.tls.listen, tls_config) {
         let app = proxy_app(gateway.clone());
         server.add_service(conn::listener::Listener {
             name: "https",
@@ -734,8 +751,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
             socket: tls_socket,
             app,
             handshake: Arc::new(tls::accept::TlsHandshake {
-                config: tls::accept::server_config(cert_store.clone(), cfg.tls.session_resumption)
-                    .context("building the TLS server config")?,
+                config,
                 store: cert_store.clone(),
                 acme: acme.clone(),
                 timeout: cfg.tls.handshake_timeout,

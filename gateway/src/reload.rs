@@ -158,16 +158,31 @@ impl Reloader {
         if !fixed.is_empty() {
             return Err(ReloadError::NeedsUpgrade(fixed));
         }
-        let live = Live::from_config(&new)?;
+        let pools_changed = toml::Table::try_from(&running.pools).ok() != toml::Table::try_from(&new.pools).ok();
+        let live = match pools_changed {
+            true => Live::from_config(&new)?,
+            // Unchanged pools stay as they are: each backend's health (an
+            // ejected one stays out) and the checks that follow it.
+            false => {
+                let old = self.live.load();
+                Live {
+                    pools: old.pools.clone(),
+                    pages: Arc::new(Pages::load(&new.pages)?),
+                    landing: old.landing.clone(),
+                }
+            }
+        };
         let mut changed = Vec::new();
-        if toml::Table::try_from(&running.pools).ok() != toml::Table::try_from(&new.pools).ok() {
+        if pools_changed {
             changed.push("pools");
         }
         if toml::Table::try_from(&running.pages).ok() != toml::Table::try_from(&new.pages).ok() {
             changed.push("pages");
         }
         self.live.store(Arc::new(live));
-        self.start_health_checks();
+        if pools_changed {
+            self.start_health_checks();
+        }
         if self.limits.set_settings(new.limits_settings()) {
             // Cached tenants carry limiters of the old defaults: revalidate them.
             self.cache.clear();

@@ -75,7 +75,7 @@ DECLARE
     name text;
 BEGIN
     FOR name IN SELECT DISTINCT lower(d.domain) FROM {domain} d WHERE d.tenant_id = OLD.id LOOP
-        IF length(chunk::text) + length(name) > {CHUNK} THEN
+        IF octet_length(chunk::text) + octet_length(to_jsonb(name)::text) + 2 > {CHUNK} THEN
             PERFORM pg_notify('{channel}', chunk::text);
             chunk := '[]'::jsonb;
         END IF;

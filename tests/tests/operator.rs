@@ -152,7 +152,7 @@ fn the_api_needs_its_token_and_is_never_on_the_public_listeners() {
 #[test]
 fn config_reload_swaps_pools_and_limits_and_refuses_a_bad_file() {
     let s = stack(&format!("redirect_http = false\n{API_ON}"));
-    let other = UpstreamApp::start(&s.pg.url(), "").unwrap();
+    let mut other = UpstreamApp::start(&s.pg.url(), "").unwrap();
     let path = s.gw.dir.path().join("gateway.toml");
     let original = std::fs::read_to_string(&path).unwrap();
     let first = s.apps[0].port.to_string();
@@ -205,4 +205,25 @@ fn config_reload_swaps_pools_and_limits_and_refuses_a_bad_file() {
         (0..3).all(|_| get() == 200)
     })
     .unwrap();
+    // A reload that leaves the pools as they are keeps each backend's
+    // health: an ejected backend stays out (rebuilt, it would take traffic
+    // again until its checks failed anew).
+    std::fs::write(&path, &moved).unwrap();
+    let (status, v) = s.gw.api(Method::POST, "reload", Some(ADMIN_TOKEN));
+    assert_eq!(status, 200, "{v}");
+    s.gw.wait_backend("default", other.port, true, Duration::from_secs(10))
+        .unwrap();
+    other.proc_.terminate(Duration::from_secs(15));
+    s.gw.wait_backend("default", other.port, false, Duration::from_secs(30))
+        .unwrap();
+    std::fs::write(&path, format!("{moved}\n[pages]\ndeleted_status = 410\n")).unwrap();
+    let (status, v) = s.gw.api(Method::POST, "reload", Some(ADMIN_TOKEN));
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["changed"], serde_json::json!(["pages"]), "{v}");
+    let explained = explain(&s, "mclaren.myapp.localhost");
+    assert_eq!(
+        explained["pool"]["backends"][format!("127.0.0.1:{}", other.port)],
+        false,
+        "{explained}"
+    );
 }

@@ -104,3 +104,44 @@ fn an_upgrade_under_load_fails_no_request_and_refuses_no_connection() {
 fn new_requests(p: &Proc) -> usize {
     p.log().matches(" access: ").count()
 }
+
+/// A new process that cannot start (here: its certificate file holds no
+/// certificate, which only loading it finds) exits before it waits for the
+/// sockets: the running gateway is never told to hand them over
+/// (`scripts/upgrade.sh` sends SIGQUIT only once the new one waits) and
+/// goes on serving. Before, it took the sockets first and then failed,
+/// leaving nothing listening.
+#[test]
+fn an_upgrade_that_cannot_start_takes_no_socket() {
+    let mut s = Stack::builder().apps(1).tls("redirect_http = false\n").start();
+    let dir = s.gw.dir.path().to_path_buf();
+    let bad = write_file(&dir, "bad.pem", "not a certificate\n");
+    let config = dir.join("gateway.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let wildcard = text
+        .split('"')
+        .find(|part| part.ends_with("wildcard.pem"))
+        .expect("the config names wildcard.pem")
+        .to_owned();
+    std::fs::write(&config, text.replace(&wildcard, &bad.display().to_string())).unwrap();
+    let mut new = Proc::spawn(
+        "gateway-upgraded",
+        s.gw.cli_command(&s.pg.url(), &["--upgrade"]),
+        dir.join("gateway-upgraded.log"),
+    )
+    .unwrap();
+    wait_until("the new process exits", Duration::from_secs(30), || {
+        new.exited().is_some()
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", new.log()));
+    assert!(!new.exited().unwrap().success(), "{}", new.log());
+    assert!(new.log().contains("tls.certificates"), "{}", new.log());
+    assert!(!dir.join("upgrade.sock").exists(), "it waited for the sockets");
+    let r = s
+        .https()
+        .get(&s.https_url("ferrari.myapp.localhost", "/whoami"))
+        .send()
+        .unwrap();
+    assert_eq!(r.json()["tenant"], "ferrari");
+    s.gw.proc_.terminate(Duration::from_secs(15));
+}

@@ -903,6 +903,29 @@ impl Config {
         let seal = read("acme.key_env".into(), &self.acme.key_env)
             .map_err(|e| errs.push(e))
             .ok();
+        // The EAB key is read only when an account is created, long after
+        // start: checked here, so a bad one refuses the start.
+        if let Some(eab) = &self.acme.eab {
+            use base64::Engine;
+            let var = &eab.hmac_key_env;
+            match env(var) {
+                None => errs.push(invalid(
+                    "acme.eab.hmac_key_env",
+                    format!("environment variable `{var}` is not set"),
+                )),
+                Some(raw) => {
+                    if base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .decode(raw.trim())
+                        .is_err()
+                    {
+                        errs.push(invalid(
+                            "acme.eab.hmac_key_env",
+                            format!("`{var}` must hold the CA's HMAC key in base64url without padding"),
+                        ));
+                    }
+                }
+            }
+        }
         let mut open_also: Vec<[u8; 32]> = Vec::new();
         for (i, var) in self.acme.decrypt_key_envs.iter().enumerate() {
             let key = format!("acme.decrypt_key_envs[{i}]");

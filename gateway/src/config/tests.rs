@@ -107,12 +107,63 @@ fn acme_errors_name_their_own_keys() {
             "acme.removed_certificate_grace_secs",
         ),
         ("on_demand_timeout_ms = 10000\n", "acme.on_demand_timeout_ms"),
+        ("eab = { kid = \"\", hmac_key_env = \"E\" }\n", "acme.eab.kid"),
         ("challenge_rate = 1000001\n", "acme.challenge_rate"),
     ] {
         let c: Config = toml::from_str(&format!("{base}{extra}{MIN}")).unwrap();
         let problems = c.acme_problems();
         let keys: Vec<&str> = problems.iter().filter_map(ConfigError::key).collect();
         assert_eq!(keys, [key], "{extra}");
+    }
+}
+
+#[test]
+fn values_that_break_the_database_or_a_redirect_are_refused_by_key() {
+    for (extra, key) in [
+        ("[database]\nconnect_timeout_ms = 0\n", "database.connect_timeout_ms"),
+        ("[database]\nquery_timeout_ms = 0\n", "database.query_timeout_ms"),
+        (
+            "[database]\nquery_timeout_ms = 2147483648\n",
+            "database.query_timeout_ms",
+        ),
+        (
+            "[tls]\nlisten = \"127.0.0.1:8443\"\ncert_dir = \"/\"\nredirect_port = 0\n",
+            "tls.redirect_port",
+        ),
+    ] {
+        let c: Config = toml::from_str(&format!("{extra}{MIN}")).unwrap();
+        let keys: Vec<String> = c.problems().iter().filter_map(|e| e.key().map(str::to_owned)).collect();
+        assert_eq!(keys, [key], "{extra}");
+    }
+    // The on-demand wait must leave time for the request head, which
+    // counts from accept (its handshake included).
+    let c: Config = toml::from_str(&format!(
+        "[limits]\nrequest_head_timeout_ms = 5000\n[acme]\nenabled = true\n[tls]\nlisten = \"127.0.0.1:8443\"\ncert_dir = \"/\"\n{MIN}"
+    ))
+    .unwrap();
+    let problems = c.acme_problems();
+    let keys: Vec<&str> = problems.iter().filter_map(ConfigError::key).collect();
+    assert_eq!(keys, ["acme.on_demand_timeout_ms"]);
+}
+
+#[test]
+fn an_eab_key_is_read_at_start() {
+    let cfg = |eab: &str| -> Config { toml::from_str(&format!("[acme]\nenabled = true\n{eab}{MIN}")).unwrap() };
+    let key = "0".repeat(64);
+    let env = |var: &str| match var {
+        "TG_CERT_KEY" => Some(key.clone()),
+        "EAB_OK" => Some("c2VjcmV0".to_owned()),
+        "EAB_BAD" => Some("not base64!".to_owned()),
+        _ => None,
+    };
+    assert!(cfg("eab = { kid = \"k\", hmac_key_env = \"EAB_OK\" }\n")
+        .acme_keys_from(env)
+        .is_ok());
+    for var in ["EAB_BAD", "EAB_UNSET"] {
+        let e = cfg(&format!("eab = {{ kid = \"k\", hmac_key_env = \"{var}\" }}\n"))
+            .acme_keys_from(env)
+            .unwrap_err();
+        assert_eq!(e.key(), Some("acme.eab.hmac_key_env"), "{var}: {e}");
     }
 }
 

@@ -219,6 +219,9 @@ impl Config {
         if addr == self.listen.http || addr == self.listen.admin {
             errs.push(invalid("tls.listen", "must differ from listen.http and listen.admin"));
         }
+        if t.redirect_port == Some(0) {
+            errs.push(invalid("tls.redirect_port", "must be a port (1-65535)"));
+        }
         if t.certificates.is_empty() && t.cert_dir.is_none() {
             errs.push(invalid(
                 "tls.certificates",
@@ -334,10 +337,22 @@ impl Config {
             ("database.lookup_deadline_ms", self.database.lookup_deadline),
             ("database.health_check_interval_ms", self.database.health_check_interval),
             ("database.health_check_timeout_ms", self.database.health_check_timeout),
+            // 0 would leave no time to connect at all; a statement timeout
+            // of 0 is PostgreSQL's "none".
+            ("database.connect_timeout_ms", self.database.connect_timeout),
+            ("database.query_timeout_ms", self.database.query_timeout),
         ] {
             if v.is_zero() {
                 errs.push(invalid(key, "must be positive"));
             }
+        }
+        // PostgreSQL's statement_timeout is a 32-bit count of milliseconds:
+        // more is refused at every connection.
+        if self.database.query_timeout.as_millis() > i32::MAX as u128 {
+            errs.push(invalid(
+                "database.query_timeout_ms",
+                format!("must be at most {} (PostgreSQL's statement_timeout)", i32::MAX),
+            ));
         }
         errs
     }
@@ -400,6 +415,22 @@ impl Config {
                     self.tls.handshake_timeout.as_millis()
                 ),
             ));
+        } else if a.on_demand_timeout >= self.limits.request_head_timeout {
+            // The request-head deadline counts from accept, the handshake
+            // (and its on-demand wait) included: a wait as long would leave
+            // the client no time for its request (HTTP/2: its preface).
+            errs.push(invalid(
+                "acme.on_demand_timeout_ms",
+                format!(
+                    "must be less than limits.request_head_timeout_ms ({} ms), which counts from accept, the handshake included",
+                    self.limits.request_head_timeout.as_millis()
+                ),
+            ));
+        }
+        if let Some(eab) = &a.eab {
+            if eab.kid.is_empty() {
+                errs.push(invalid("acme.eab.kid", "must not be empty"));
+            }
         }
         if a.orders_per_hour == 0 {
             errs.push(invalid("acme.orders_per_hour", "must be positive"));

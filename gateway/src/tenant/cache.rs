@@ -82,9 +82,15 @@ enum Negative {
 type Tick = u32;
 const TICK_MS: u64 = 100;
 
-/// Ticks from `fetched` to `now` (wrapping: right for ages under 13 years).
+/// Ticks from `fetched` to `now` (wrapping: right for ages under 6 years).
+/// A `now` read before `fetched` (a request's start, passed in after its
+/// Host lookup waited while another query stored the entry) is age 0, not
+/// a wrapped age past every bound that would drop a fresh entry.
 fn age(now: Tick, fetched: Tick) -> Tick {
-    now.wrapping_sub(fetched)
+    match now.wrapping_sub(fetched) {
+        d if d > Tick::MAX / 2 => 0,
+        d => d,
+    }
 }
 
 /// What one query found (shared by everybody who waited for it).
@@ -597,6 +603,13 @@ mod tests {
 
     use super::*;
     use crate::tenant::Status;
+
+    #[test]
+    fn an_age_read_before_the_entry_was_stamped_is_zero() {
+        assert_eq!(age(7, 5), 2);
+        assert_eq!(age(5, 7), 0, "a clock reading older than the stamp");
+        assert_eq!(age(3, Tick::MAX - 1), 5, "across the wrap");
+    }
 
     /// A domain table in memory whose answers can be held back.
     #[derive(Default)]
