@@ -375,11 +375,7 @@ fn triggers_cmd(path: &std::path::Path, cmd: TriggersCmd) -> anyhow::Result<()> 
 
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let cfg = Config::load(path)?;
-    cfg.secrets()?;
-    cfg.admin_token()?;
-    if cfg.acme.enabled {
-        cfg.acme_keys()?;
-    }
+    cfg.environment()?;
     pages::Pages::load(&cfg.pages)?;
     Pools::from_config(&cfg)?;
     if cfg.tls.listen.is_some() {
@@ -519,8 +515,7 @@ fn raise_file_limit() -> u64 {
 
 fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
     let cfg = Config::load(path)?;
-    let secrets = cfg.secrets()?;
-    let admin_token = cfg.admin_token()?;
+    let (secrets, admin_token, acme_keys) = cfg.environment()?;
     let live = Arc::new(arc_swap::ArcSwap::from_pointee(reload::Live::from_config(&cfg)?));
     let metrics = Arc::new(metrics::Metrics::new(cfg.metrics.max_tenant_labels));
     let nofile = raise_file_limit();
@@ -601,10 +596,6 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
                 .context("building the TLS server config")?,
         ),
         None => None,
-    };
-    let acme_keys = match cfg.acme.enabled {
-        true => Some(cfg.acme_keys()?),
-        false => None,
     };
     let checker = match cfg.custom_domains.required() {
         true => {

@@ -48,6 +48,22 @@ pub(crate) fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Conf
 }
 
 impl ConfigError {
+    /// One error for `errs` (at least one): the error itself if it is the
+    /// only one, else all of them, nested lists flattened.
+    pub fn all(errs: impl IntoIterator<Item = ConfigError>) -> ConfigError {
+        let mut flat: Vec<ConfigError> = Vec::new();
+        for e in errs {
+            match e {
+                ConfigError::Several(inner) => flat.extend(inner),
+                e => flat.push(e),
+            }
+        }
+        match flat.len() {
+            1 => flat.remove(0),
+            _ => ConfigError::Several(flat),
+        }
+    }
+
     /// The offending key of an `Invalid` error.
     pub fn key(&self) -> Option<&str> {
         match self {
@@ -942,59 +958,81 @@ impl Config {
         }
         match (seal, errs.len()) {
             (Some(seal), 0) => Ok(AcmeKeys { seal, open_also }),
-            (_, 1) => Err(errs.remove(0)),
-            _ => Err(ConfigError::Several(errs)),
+            _ => Err(ConfigError::all(errs)),
         }
     }
 
     /// Resolve the environment: database URL and signing key.
     pub fn secrets(&self) -> Result<Secrets, ConfigError> {
-        let url = std::env::var(&self.database.url_env).map_err(|_| {
-            invalid(
-                "database.url_env",
-                format!("environment variable `{}` is not set", self.database.url_env),
-            )
-        })?;
-        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-            return Err(invalid(
-                "database.url_env",
-                format!(
-                    "`{}` must hold a postgres:// or postgresql:// URL",
-                    self.database.url_env
-                ),
-            ));
-        }
-        url.parse::<sqlx::postgres::PgConnectOptions>().map_err(|e| {
-            invalid(
-                "database.url_env",
-                format!("`{}` is not a valid PostgreSQL URL: {e}", self.database.url_env),
-            )
-        })?;
-        let key = stamp::Key::from_config(&self.stamp.signing_key)
-            .map_err(|e| invalid("stamp.signing_key", e.to_string()))?;
+        let url = (|| {
+            let url = std::env::var(&self.database.url_env).map_err(|_| {
+                invalid(
+                    "database.url_env",
+                    format!("environment variable `{}` is not set", self.database.url_env),
+                )
+            })?;
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return Err(invalid(
+                    "database.url_env",
+                    format!(
+                        "`{}` must hold a postgres:// or postgresql:// URL",
+                        self.database.url_env
+                    ),
+                ));
+            }
+            url.parse::<sqlx::postgres::PgConnectOptions>().map_err(|e| {
+                invalid(
+                    "database.url_env",
+                    format!("`{}` is not a valid PostgreSQL URL: {e}", self.database.url_env),
+                )
+            })?;
+            Ok(url)
+        })();
+        let key =
+            stamp::Key::from_config(&self.stamp.signing_key).map_err(|e| invalid("stamp.signing_key", e.to_string()));
         let lookup_url = match &self.database.lookup_url_env {
-            None => None,
-            Some(var) => {
-                let u = std::env::var(var).map_err(|_| {
+            None => Ok(None),
+            Some(var) => std::env::var(var)
+                .map_err(|_| {
                     invalid(
                         "database.lookup_url_env",
                         format!("environment variable `{var}` is not set"),
                     )
-                })?;
-                u.parse::<sqlx::postgres::PgConnectOptions>().map_err(|e| {
-                    invalid(
+                })
+                .and_then(|u| match u.parse::<sqlx::postgres::PgConnectOptions>() {
+                    Ok(_) => Ok(Some(u)),
+                    Err(e) => Err(invalid(
                         "database.lookup_url_env",
                         format!("`{var}` is not a valid PostgreSQL URL: {e}"),
-                    )
-                })?;
-                Some(u)
-            }
+                    )),
+                }),
         };
-        Ok(Secrets {
-            lookup_url,
-            database_url: url,
-            signer: stamp::Signer::new(key),
-        })
+        match (url, key, lookup_url) {
+            (Ok(database_url), Ok(key), Ok(lookup_url)) => Ok(Secrets {
+                lookup_url,
+                database_url,
+                signer: stamp::Signer::new(key),
+            }),
+            (url, key, lookup_url) => Err(ConfigError::all(
+                [url.err(), key.err(), lookup_url.err()].into_iter().flatten(),
+            )),
+        }
+    }
+
+    /// Everything the environment must give, each variable's problem
+    /// named by its key (not only the first): the secrets, the admin
+    /// token, and with ACME on its keys.
+    pub fn environment(&self) -> Result<(Secrets, Option<String>, Option<AcmeKeys>), ConfigError> {
+        let secrets = self.secrets();
+        let token = self.admin_token();
+        let keys = match self.acme.enabled {
+            true => self.acme_keys().map(Some),
+            false => Ok(None),
+        };
+        match (secrets, token, keys) {
+            (Ok(s), Ok(t), Ok(k)) => Ok((s, t, k)),
+            (s, t, k) => Err(ConfigError::all([s.err(), t.err(), k.err()].into_iter().flatten())),
+        }
     }
 
     /// The effective config as TOML (contains no secrets: only env var names).

@@ -147,6 +147,27 @@ fn values_that_break_the_database_or_a_redirect_are_refused_by_key() {
 }
 
 #[test]
+fn every_missing_environment_variable_is_named() {
+    let c: Config = toml::from_str(&format!(
+        "[database]\nurl_env = \"TG_TEST_UNSET_DATABASE_URL\"\n\
+         [stamp]\nsigning_key = {{ id = \"k1\", secret_env = \"TG_TEST_UNSET_STAMP_KEY\" }}\n\
+         [admin]\ntoken_env = \"TG_TEST_UNSET_ADMIN_TOKEN\"\n\
+         [acme]\nenabled = true\nkey_env = \"TG_TEST_UNSET_CERT_KEY\"\n{MIN}"
+    ))
+    .unwrap();
+    let message = c.environment().err().expect("nothing is set").to_string();
+    for key in [
+        "database.url_env",
+        "stamp.signing_key",
+        "admin.token_env",
+        "acme.key_env",
+    ] {
+        assert!(message.contains(&format!("`{key}`")), "{key}: {message}");
+    }
+    assert!(message.starts_with("4 config keys are wrong"), "{message}");
+}
+
+#[test]
 fn an_eab_key_is_read_at_start() {
     let cfg = |eab: &str| -> Config { toml::from_str(&format!("[acme]\nenabled = true\n{eab}{MIN}")).unwrap() };
     let key = "0".repeat(64);
