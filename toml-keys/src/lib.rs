@@ -41,15 +41,21 @@ const MAX_WRONG_FORMS: usize = 50;
 /// key is taken out of the document (an element of an array takes its whole
 /// array, an unknown key itself) and the rest is read again, until it reads
 /// or nothing more can be taken out. A key taken out falls back to its
-/// default, so no error is reported that only the removal caused (a
-/// `missing field` after a removal ends the search). Empty for a file
-/// that is not TOML at all (its syntax error is the one answer).
+/// default, so no error is reported that only the removal caused: a
+/// `missing field` after a removal (the key taken out was required) takes
+/// out the table that needs it, unreported, and the search reads on, so
+/// the sections after it are still searched. Empty for a file that is not
+/// TOML at all (its syntax error is the one answer).
 fn wrong_forms<T: DeserializeOwned>(text: &str) -> Vec<(String, String)> {
     let Ok(mut doc) = text.parse::<toml::Table>() else {
         return Vec::new();
     };
     let mut found = Vec::new();
-    while found.len() < MAX_WRONG_FORMS {
+    // Each round takes something out of the document: bounded by its size,
+    // and by this.
+    let mut rounds = 0;
+    while found.len() < MAX_WRONG_FORMS && rounds < 4 * MAX_WRONG_FORMS {
+        rounds += 1;
         let e = match serde_path_to_error::deserialize::<_, T>(toml::Value::Table(doc.clone())) {
             Ok(_) => break,
             Err(e) => e,
@@ -58,7 +64,11 @@ fn wrong_forms<T: DeserializeOwned>(text: &str) -> Vec<(String, String)> {
         let full = e.inner().to_string();
         let message = full.split_once("\nin `").map_or(full.as_str(), |(m, _)| m).to_owned();
         if !found.is_empty() && message.starts_with("missing field") {
-            break;
+            let table = offending_key(e.path());
+            if table.is_empty() || !remove_key(&mut doc, &table) {
+                break;
+            }
+            continue;
         }
         let key = offending_key(e.path());
         found.push((e.path().to_string(), message));
@@ -119,6 +129,32 @@ mod tests {
     struct Section {
         port: u16,
         hosts: Vec<String>,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct WithRequired {
+        #[serde(default)]
+        pools: std::collections::BTreeMap<String, Pool>,
+        #[serde(default)]
+        section: Section,
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Pool {
+        backends: Vec<u16>,
+    }
+
+    #[test]
+    fn a_required_key_taken_out_does_not_end_the_search() {
+        // `backends` is required: taking its wrong value out leaves its
+        // pool without it; the sections after it are still searched.
+        let err = parse::<WithRequired>("[pools.a]\nbackends = [\"x\"]\n[section]\nport = \"y\"\n").unwrap_err();
+        for key in ["pools.a.backends[0]", "section.port"] {
+            assert_eq!(err.matches(&format!("config key `{key}`")).count(), 1, "{key}: {err}");
+        }
+        assert!(!err.contains("missing field"), "{err}");
     }
 
     #[test]
