@@ -514,6 +514,7 @@ fn raise_file_limit() -> u64 {
 }
 
 fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
+    crate::sys::ignore_hangup_until_handled();
     let cfg = Config::load(path)?;
     let (secrets, admin_token, acme_keys) = cfg.environment()?;
     let live = Arc::new(arc_swap::ArcSwap::from_pointee(reload::Live::from_config(&cfg)?));

@@ -66,6 +66,9 @@ fn an_upgrade_under_load_fails_no_request_and_refuses_no_connection() {
 
     // The upgrade: the new process waits for the sockets, the old one hands them over.
     let mut new = old.upgrade(&pg.url()).unwrap();
+    // A SIGHUP (a reload sent to the whole service) reaching the new
+    // process while it waits for the sockets does not end it.
+    new.signal("HUP");
     old.proc_.signal("QUIT");
     // The WebSocket on the old process ends with a close frame (1001).
     let mut frame = [0u8; 4];
