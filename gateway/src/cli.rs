@@ -569,13 +569,16 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         upgrade,
         ..Default::default()
     };
-    // TLS: certificates, redirects.
+    // Everything that can refuse the start, before the sockets are taken:
+    // with --upgrade, a process that took them and then failed would leave
+    // nothing listening (the old one stops accepting).
+    // TLS: certificates, redirects, the server config.
     let cert_store = Arc::new(tls::store::CertStore::with_issued_capacity(
         cfg.acme.certificate_cache_size,
         Some(metrics.cert_expiry.clone()),
     ));
-    let tls_routing = match cfg.tls.listen {
-        None => None,
+    let (tls_routing, tls_config) = match cfg.tls.listen {
+        None => (None, None),
         Some(addr) => {
             let (certs, default) = tls::files::load_certs(&cfg.tls)?;
             cert_store.replace_files(certs, default);
@@ -584,19 +587,10 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
                 port: cfg.tls.redirect_port.unwrap_or(addr.port()),
                 exempt: cfg.tls.redirect_exempt.clone(),
             });
-            Some(Arc::new(proxy::TlsRouting { redirect }))
+            let config = tls::accept::server_config(cert_store.clone(), cfg.tls.session_resumption)
+                .context("building the TLS server config")?;
+            (Some(Arc::new(proxy::TlsRouting { redirect })), Some(config))
         }
-    };
-
-    // Everything else that can refuse the start, before the sockets are
-    // taken: with --upgrade, a process that took them and then failed
-    // would leave nothing listening (the old one stops accepting).
-    let tls_config = match cfg.tls.listen {
-        Some(_) => Some(
-            tls::accept::server_config(cert_store.clone(), cfg.tls.session_resumption)
-                .context("building the TLS server config")?,
-        ),
-        None => None,
     };
     let checker = match cfg.custom_domains.required() {
         true => {

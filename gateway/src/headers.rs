@@ -207,17 +207,28 @@ impl Forwarding {
     }
 }
 
+/// A header name's byte as a CGI-style backend reads it (WSGI and ASGI
+/// servers, Django's `META`): any case, `_` and `-` alike.
+fn as_cgi_reads(c: u8) -> u8 {
+    match c {
+        b'_' => b'-',
+        c => c.to_ascii_lowercase(),
+    }
+}
+
+/// Whether `name` reads as `want` (lower case, `-`) to a CGI-style backend.
+fn reads_as(name: &[u8], want: &[u8]) -> bool {
+    name.len() == want.len() && name.iter().zip(want).all(|(c, w)| as_cgi_reads(*c) == *w)
+}
+
 /// Whether a header name is one clients must never send upstream:
 /// `x-tenant` or `x-tenant-*`, case-insensitive, `_` counting as `-`.
 pub fn is_tenant_header(name: &str) -> bool {
     const PREFIX: &[u8] = b"x-tenant";
     let b = name.as_bytes();
-    if b.len() < PREFIX.len() {
-        return false;
-    }
-    let norm = |c: u8| if c == b'_' { b'-' } else { c.to_ascii_lowercase() };
-    b[..PREFIX.len()].iter().zip(PREFIX).all(|(c, p)| norm(*c) == *p)
-        && (b.len() == PREFIX.len() || norm(b[PREFIX.len()]) == b'-')
+    b.len() >= PREFIX.len()
+        && reads_as(&b[..PREFIX.len()], PREFIX)
+        && (b.len() == PREFIX.len() || as_cgi_reads(b[PREFIX.len()]) == b'-')
 }
 
 /// Whether a header name is `X-Forwarded-For`, `-Proto` or `-Host` spelled
@@ -231,13 +242,7 @@ pub fn is_tenant_header(name: &str) -> bool {
 pub fn is_underscored_forwarding(name: &str) -> bool {
     const NAMES: [&[u8]; 3] = [b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host"];
     let b = name.as_bytes();
-    if !matches!(b.len(), 15..=17) || !b.contains(&b'_') {
-        return false;
-    }
-    let norm = |c: u8| if c == b'_' { b'-' } else { c.to_ascii_lowercase() };
-    NAMES
-        .iter()
-        .any(|n| n.len() == b.len() && b.iter().zip(n.iter()).all(|(c, p)| norm(*c) == *p))
+    matches!(b.len(), 15..=17) && b.contains(&b'_') && NAMES.iter().any(|n| reads_as(b, n))
 }
 
 /// A client-supplied request id we are willing to pass on.

@@ -217,9 +217,8 @@ impl Limits {
     /// only when `[limits.client]` is on) is within the rates (the client's
     /// within the tenant, then the tenant's); it is counted if so.
     pub fn check_rate(&self, limiter: &Limiter, client: impl FnOnce() -> Option<IpAddr>) -> Result<(), Refused> {
-        let per_client = self.client.load();
-        if let (Some(per_client), Some(ip)) = (per_client.as_deref(), per_client.as_ref().and_then(|_| client())) {
-            if let Err(not_until) = per_client.check_key(&(limiter.key, ip)) {
+        if let Some(per_client) = self.client.load().as_deref() {
+            if let Some(Err(not_until)) = client().map(|ip| per_client.check_key(&(limiter.key, ip))) {
                 return Err(Refused::ClientRate {
                     retry_after_secs: ceil_secs(not_until.wait_time_from(self.clock.now())),
                 });

@@ -964,30 +964,7 @@ impl Config {
 
     /// Resolve the environment: database URL and signing key.
     pub fn secrets(&self) -> Result<Secrets, ConfigError> {
-        let url = (|| {
-            let url = std::env::var(&self.database.url_env).map_err(|_| {
-                invalid(
-                    "database.url_env",
-                    format!("environment variable `{}` is not set", self.database.url_env),
-                )
-            })?;
-            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                return Err(invalid(
-                    "database.url_env",
-                    format!(
-                        "`{}` must hold a postgres:// or postgresql:// URL",
-                        self.database.url_env
-                    ),
-                ));
-            }
-            url.parse::<sqlx::postgres::PgConnectOptions>().map_err(|e| {
-                invalid(
-                    "database.url_env",
-                    format!("`{}` is not a valid PostgreSQL URL: {e}", self.database.url_env),
-                )
-            })?;
-            Ok(url)
-        })();
+        let url = self.database_url();
         let key =
             stamp::Key::from_config(&self.stamp.signing_key).map_err(|e| invalid("stamp.signing_key", e.to_string()));
         let lookup_url = match &self.database.lookup_url_env {
@@ -1017,6 +994,26 @@ impl Config {
                 [url.err(), key.err(), lookup_url.err()].into_iter().flatten(),
             )),
         }
+    }
+
+    /// `database.url_env`'s URL, checked.
+    fn database_url(&self) -> Result<String, ConfigError> {
+        let var = &self.database.url_env;
+        let url = std::env::var(var)
+            .map_err(|_| invalid("database.url_env", format!("environment variable `{var}` is not set")))?;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(invalid(
+                "database.url_env",
+                format!("`{var}` must hold a postgres:// or postgresql:// URL"),
+            ));
+        }
+        url.parse::<sqlx::postgres::PgConnectOptions>().map_err(|e| {
+            invalid(
+                "database.url_env",
+                format!("`{var}` is not a valid PostgreSQL URL: {e}"),
+            )
+        })?;
+        Ok(url)
     }
 
     /// Everything the environment must give, each variable's problem

@@ -155,14 +155,13 @@ impl ConnLimits {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::Total);
         }
-        let key = client_key(ip);
-        if !self.per_ip.acquire(key, 1) {
+        let Some(client) = self.per_ip.hold(ip, 1) else {
             self.open.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::PerIp);
-        }
+        };
         Ok(ConnPermit {
             limits: self.clone(),
-            key,
+            _client: client,
         })
     }
 
@@ -173,15 +172,15 @@ impl ConnLimits {
     }
 }
 
-/// One admitted connection; dropping it frees its place.
+/// One admitted connection; dropping it frees its place (its client's with
+/// it).
 pub struct ConnPermit {
     limits: Arc<ConnLimits>,
-    key: IpAddr,
+    _client: ClientHold,
 }
 
 impl Drop for ConnPermit {
     fn drop(&mut self) {
-        self.limits.per_ip.release(self.key, 1);
         self.limits.open.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use super::policy::{self, HostnameStatus, Method};
-use crate::tls::acme::{restore_certificate, retire_certificate};
+use crate::tls::acme::{restore_certificates, retire_certificates};
 
 /// Wakes the checkers at once (a new claim, a retry).
 pub const WAKE_CHANNEL: &str = "tenant_gateway_hostnames";
@@ -325,7 +325,7 @@ impl Store {
             .bind(name)
             .execute(&mut *tx)
             .await?;
-            retire_certificate(&mut *tx, name).await?;
+            retire_certificates(&mut *tx, &[name]).await?;
             self.event(&mut tx, name, &c.tenant, "removed", actor, Some(c.status.as_str()))
                 .await?;
             self.announce(&mut tx, name).await?;
@@ -446,7 +446,7 @@ impl Store {
                 .await?;
             if next == HostnameStatus::Active {
                 // A certificate retired while the name was away serves again.
-                restore_certificate(&mut *tx, &c.name).await?;
+                restore_certificates(&mut *tx, &[c.name.as_str()]).await?;
             }
             self.announce(&mut tx, &c.name).await?;
         }

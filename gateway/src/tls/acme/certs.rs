@@ -42,24 +42,29 @@ impl Drop for Waiting<'_> {
     }
 }
 
-/// Stop presenting a name's stored certificate on every gateway (the row
-/// update NOTIFYs them) and start its grace period before deletion. Also
-/// the claims' `remove`, inside its transaction.
-pub async fn retire_certificate<'e>(db: impl sqlx::PgExecutor<'e>, name: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE tenant_gateway.certificates SET removed_at = now() WHERE name = $1 AND removed_at IS NULL")
-        .bind(name)
-        .execute(db)
-        .await?;
+/// Stop presenting the names' stored certificates on every gateway (the
+/// row updates NOTIFY them) and start their grace period before deletion.
+/// Also the claims' `remove`, inside its transaction. One statement,
+/// whether or not any of them is stored.
+pub async fn retire_certificates<'e>(db: impl sqlx::PgExecutor<'e>, names: &[&str]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE tenant_gateway.certificates SET removed_at = now() WHERE name = ANY($1) AND removed_at IS NULL",
+    )
+    .bind(names)
+    .execute(db)
+    .await?;
     Ok(())
 }
 
-/// A name served again: its retired certificate (if still stored) serves
-/// again, on every gateway that asks for it.
-pub async fn restore_certificate<'e>(db: impl sqlx::PgExecutor<'e>, name: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("UPDATE tenant_gateway.certificates SET removed_at = NULL WHERE name = $1 AND removed_at IS NOT NULL")
-        .bind(name)
-        .execute(db)
-        .await?;
+/// Names served again: their retired certificates (if still stored) serve
+/// again, on every gateway that asks for them. One statement.
+pub async fn restore_certificates<'e>(db: impl sqlx::PgExecutor<'e>, names: &[&str]) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE tenant_gateway.certificates SET removed_at = NULL WHERE name = ANY($1) AND removed_at IS NOT NULL",
+    )
+    .bind(names)
+    .execute(db)
+    .await?;
     Ok(())
 }
 
@@ -297,56 +302,17 @@ impl Acme {
                     );
                 }
             }
-            if let Err(e) = me.www_follow(&www_gone, &www_back).await {
-                tracing::error!(error = %e, "ACME: cannot retire or restore the certificates of www. names");
+            let (gone, back): (Vec<&str>, Vec<&str>) = (
+                www_gone.iter().map(String::as_str).collect(),
+                www_back.iter().map(String::as_str).collect(),
+            );
+            if let Err(e) = me.retire(&gone).await {
+                tracing::error!(error = %e, "ACME: cannot retire the certificates of www. names");
+            }
+            if let Err(e) = me.welcome_back(&back).await {
+                tracing::error!(error = %e, "ACME: cannot restore the certificates of www. names");
             }
         });
-    }
-
-    /// `www.` names follow their names (lookups strip `www.`): the stored
-    /// certificates of `gone` are retired (and leave memory), those of
-    /// `back` serve again and a refusal no longer holds them back; one
-    /// statement each, whether or not any such certificate is stored.
-    pub(super) async fn www_follow(&self, gone: &[String], back: &[String]) -> Result<(), AcmeError> {
-        for www in gone {
-            self.unpresent(www);
-        }
-        if !gone.is_empty() {
-            bounded(
-                "retiring www. certificates",
-                sqlx::query(
-                    "UPDATE tenant_gateway.certificates SET removed_at = now()
-                      WHERE name = ANY($1) AND removed_at IS NULL",
-                )
-                .bind(gone)
-                .execute(&self.db),
-            )
-            .await?;
-        }
-        if !back.is_empty() {
-            bounded(
-                "restoring www. certificates",
-                sqlx::query(
-                    "UPDATE tenant_gateway.certificates SET removed_at = NULL
-                      WHERE name = ANY($1) AND removed_at IS NOT NULL",
-                )
-                .bind(back)
-                .execute(&self.db),
-            )
-            .await?;
-            bounded(
-                "clearing www. refusals",
-                sqlx::query(
-                    "UPDATE tenant_gateway.acme_names SET next_attempt_at = now(), last_error = NULL
-                      WHERE name = ANY($1) AND last_error = $2",
-                )
-                .bind(back)
-                .bind(NOT_ELIGIBLE)
-                .execute(&self.db),
-            )
-            .await?;
-        }
-        Ok(())
     }
 
     /// A change to `name`, handled: retired if it is no longer served; if it
@@ -356,12 +322,12 @@ impl Acme {
         let served = self.served(name).await;
         match served {
             Some(false) => {
-                if let Err(e) = self.retire(name).await {
+                if let Err(e) = self.retire(&[name]).await {
                     tracing::error!(name, error = %e, "ACME: cannot retire the certificate of a removed name");
                 }
             }
             Some(true) if welcome => {
-                if let Err(e) = self.welcome_back(name).await {
+                if let Err(e) = self.welcome_back(&[name]).await {
                     tracing::warn!(name, error = %e, "ACME: cannot clear the name's retirement");
                 }
             }
@@ -370,17 +336,21 @@ impl Acme {
         served
     }
 
-    /// A name served (again): a retired certificate of it serves again, and
-    /// a refusal by the guard no longer holds its next attempt back.
-    pub(super) async fn welcome_back(&self, name: &str) -> Result<(), AcmeError> {
-        bounded("clearing a retirement", restore_certificate(&self.db, name)).await?;
+    /// Names served (again): their retired certificates serve again, and a
+    /// refusal by the guard no longer holds their next attempts back. Two
+    /// statements, for one name or many (none: nothing).
+    pub(super) async fn welcome_back(&self, names: &[&str]) -> Result<(), AcmeError> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        bounded("clearing a retirement", restore_certificates(&self.db, names)).await?;
         bounded(
             "clearing a refusal",
             sqlx::query(
                 "UPDATE tenant_gateway.acme_names SET next_attempt_at = now(), last_error = NULL
-                  WHERE name = $1 AND last_error = $2",
+                  WHERE name = ANY($1) AND last_error = $2",
             )
-            .bind(name)
+            .bind(names)
             .bind(NOT_ELIGIBLE)
             .execute(&self.db),
         )
@@ -388,11 +358,17 @@ impl Acme {
         Ok(())
     }
 
-    /// Retire a name's stored certificate: the update NOTIFYs every gateway,
-    /// which drop it; its material is deleted after the grace period.
-    pub(super) async fn retire(&self, name: &str) -> Result<(), AcmeError> {
-        self.unpresent(name);
-        bounded("retiring a certificate", retire_certificate(&self.db, name)).await?;
+    /// Retire names' stored certificates: they leave memory here, the
+    /// update NOTIFYs every other gateway, which drop them; their material
+    /// is deleted after the grace period. One statement (none: nothing).
+    pub(super) async fn retire(&self, names: &[&str]) -> Result<(), AcmeError> {
+        if names.is_empty() {
+            return Ok(());
+        }
+        for name in names {
+            self.unpresent(name);
+        }
+        bounded("retiring a certificate", retire_certificates(&self.db, names)).await?;
         Ok(())
     }
 

@@ -102,7 +102,7 @@ mod report;
 mod seal;
 mod worker;
 
-pub use certs::{restore_certificate, retire_certificate};
+pub use certs::{restore_certificates, retire_certificates};
 pub use policy::{backoff, registered_domain, renewal_point};
 pub use rekey::{rekey, RekeyReport};
 pub use report::{force_renewal, status_report};
@@ -137,6 +137,15 @@ const RATE_LIMITED_RETRY: Duration = Duration::from_secs(600);
 /// after it said so: while another key is live, a secret this gateway
 /// cannot open is left alone, not replaced.
 const KEY_LIVE_FOR: Duration = Duration::from_secs(600);
+
+/// Why a stored `what` that opens under no key of this gateway is left as
+/// it is: another sealing key is live (`Acme::other_key_live`).
+fn left_for_other_key(what: &str) -> String {
+    format!(
+        "the stored {what} opens under no key of this gateway, and another gateway seals with another key \
+         (acme.key_env differs across the fleet): left for it, not replaced"
+    )
+}
 /// Bound on loading one stored certificate at a handshake.
 const LOAD_DEADLINE: Duration = Duration::from_secs(2);
 /// Names one scan takes per query (missing, due for renewal).
@@ -332,10 +341,9 @@ pub struct Acme {
     base_domains: Vec<String>,
     metrics: Arc<Metrics>,
     /// This process: host name, pid and a random part (unique, so `stop`
-    /// ends only its own orders). Logged on its orders.
+    /// ends only its own orders). Logged on its orders, and the owner of
+    /// the order leases it takes.
     gateway_id: String,
-    /// This process as a lease owner: its gateway id.
-    lease_owner: String,
     slots: Slots,
     account: tokio::sync::Mutex<Option<Account>>,
     wanted: mpsc::UnboundedSender<(String, bool)>,
@@ -414,7 +422,6 @@ impl Acme {
             guard: Arc::new(CacheGuard { cache, strip_www }),
             base_domains,
             metrics,
-            lease_owner: gateway_id.clone(),
             gateway_id,
             account: tokio::sync::Mutex::new(None),
             wanted: tx,

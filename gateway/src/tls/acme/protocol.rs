@@ -60,11 +60,7 @@ impl Acme {
         if self.seal.open(&format!("account:{dir}"), &enc).is_ok() || !self.other_key_live().await? {
             return Ok(None);
         }
-        Ok(Some(
-            "the stored ACME account opens under no key of this gateway, and another gateway seals with \
-             another key (acme.key_env differs across the fleet): left for it, not replaced"
-                .into(),
-        ))
+        Ok(Some(left_for_other_key("ACME account")))
     }
 
     /// The stored account for the directory, if any (decrypted).
@@ -102,10 +98,7 @@ impl Acme {
             Stored::None => None,
             Stored::Unreadable { enc, why } => {
                 if self.other_key_live().await? {
-                    return Err(other(format!(
-                        "{why}, and another gateway seals with another key (acme.key_env differs across the \
-                         fleet): left for it, not replaced"
-                    )));
+                    return Err(other(format!("{} ({why})", left_for_other_key("ACME account"))));
                 }
                 tracing::warn!(directory = %dir, error = %why, "ACME: the stored account cannot be used (sealed under a key no longer configured, or damaged); creating a new one");
                 Some(enc)

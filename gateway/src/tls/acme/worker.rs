@@ -306,13 +306,12 @@ impl Acme {
                       UPDATE tenant_gateway.acme_names SET {FREE_LEASE} WHERE lease_owner = $1 RETURNING name),
                   stopped AS (
                       UPDATE tenant_gateway.acme_orders SET result = 'stopped'
-                       WHERE gateway = $2 AND result IS NULL AND started_at > now() - interval '1 hour'
+                       WHERE gateway = $1 AND result IS NULL AND started_at > now() - interval '1 hour'
                    RETURNING name),
                   cleared AS (
                       DELETE FROM tenant_gateway.acme_challenges c USING stopped s WHERE c.name = s.name)
                  SELECT count(*) FROM freed"
             ))
-            .bind(&self.lease_owner)
             .bind(&self.gateway_id)
             .fetch_one(&self.db),
         )
@@ -416,7 +415,7 @@ impl Acme {
               RETURNING force_renew",
             )
             .bind(name)
-            .bind(&self.lease_owner)
+            .bind(&self.gateway_id)
             .bind(LEASE.as_secs_f64())
             .fetch_optional(&self.db),
         )
@@ -436,7 +435,7 @@ impl Acme {
         let (last_error, wait) = held_back.map_or((None, 0.0), |(why, wait)| (Some(why), wait.as_secs_f64()));
         let sql = &sql;
         retry_once(QUERY_DEADLINE, "freeing the order lease", || async move {
-            let query = sqlx::query(sql).bind(name).bind(&self.lease_owner);
+            let query = sqlx::query(sql).bind(name).bind(&self.gateway_id);
             let query = match last_error {
                 Some(why) => query.bind(why).bind(wait),
                 None => query,
@@ -488,10 +487,7 @@ impl Acme {
         let stored = match self.load_one(name).await {
             Err(AcmeError::Unreadable { what, why }) => {
                 if self.other_key_live().await? {
-                    return Ok(Prepared::KeyConflict(format!(
-                        "the stored {what} opens under no key of this gateway, and another gateway seals with \
-                         another key (acme.key_env differs across the fleet): left for it, not replaced ({why})"
-                    )));
+                    return Ok(Prepared::KeyConflict(format!("{} ({why})", left_for_other_key(&what))));
                 }
                 tracing::warn!(name, error = %why, "ACME: the stored {what} cannot be used (sealed under a key no longer configured, or damaged); ordering a new one");
                 None
@@ -577,7 +573,7 @@ impl Acme {
                      next_attempt_at = now(), {FREE_LEASE} WHERE name = $1 AND lease_owner = $2"
             ))
             .bind(name)
-            .bind(&self.lease_owner)
+            .bind(&self.gateway_id)
             .execute(&mut *tx)
             .await?;
             end_order(&mut tx, name, order_id, "issued").await?;
@@ -612,7 +608,7 @@ impl Acme {
                   WHERE name = $1 AND lease_owner = $2 RETURNING failures"
             ))
             .bind(name)
-            .bind(&self.lease_owner)
+            .bind(&self.gateway_id)
             .bind(error)
             .fetch_optional(&mut *tx)
             .await?;
