@@ -1,6 +1,7 @@
 //! Header policy of the request path, as pure functions over `http` types:
 //! which client headers never reach a backend (every spelling of
-//! `X-Tenant*`), the forwarding headers and their values (overwritten for
+//! `X-Tenant*`; from a client that is not a trusted proxy, the headers only
+//! a proxy sets, such as `X-Real-IP`), the forwarding headers and their values (overwritten for
 //! clients, appended to for trusted proxies), the request id (the client's
 //! if acceptable, else a new one), the normalised `Host`, the origin-form
 //! request target, and the stamp (`X-Tenant` + signature over exactly what
@@ -245,6 +246,49 @@ pub fn is_underscored_forwarding(name: &str) -> bool {
     matches!(b.len(), 15..=17) && b.contains(&b'_') && NAMES.iter().any(|n| reads_as(b, n))
 }
 
+/// Headers only a proxy sets, which backends read as the client's address,
+/// scheme, port or path prefix, and which the gateway does not set (it
+/// sets `headers.forward`, whose left-out names [`upstream`] removes
+/// itself). Who reads each: `x-real-ip` nginx's realip convention and many
+/// apps; `client-ip` Rails; `x-forwarded-port` Django
+/// (`USE_X_FORWARDED_PORT`), Werkzeug's `ProxyFix`, Rack and Spring;
+/// `x-forwarded-prefix` `ProxyFix` and Spring; `x-forwarded-ssl` and
+/// `-scheme` Rack, Spring, and Django set to read them
+/// (`SECURE_PROXY_SSL_HEADER`); `x-forwarded-server` Traefik and Apache
+/// set it; the client-address ones are django-ipware's list (CDNs set
+/// `true-client-ip`, `cf-connecting-ip`, `fastly-client-ip`).
+const PROXY_ONLY: [&[u8]; 14] = [
+    b"x-real-ip",
+    b"client-ip",
+    b"x-client-ip",
+    b"x-forwarded",
+    b"forwarded-for",
+    b"true-client-ip",
+    b"x-forwarded-ssl",
+    b"cf-connecting-ip",
+    b"fastly-client-ip",
+    b"x-forwarded-port",
+    b"x-forwarded-prefix",
+    b"x-forwarded-scheme",
+    b"x-forwarded-server",
+    b"x-cluster-client-ip",
+];
+
+/// Whether a header name is one only a proxy sets ([`PROXY_ONLY`]), any
+/// case, `_` counting as `-` (a CGI-style backend reads `X_Real_IP` as
+/// `X-Real-IP`). From a client that is not a trusted proxy such a header is
+/// a claim about itself the backend would believe (its address, that it
+/// came over TLS, the port or path prefix of the URLs it builds): removed.
+/// A trusted proxy's pass on.
+fn is_proxy_only(name: &str) -> bool {
+    let b = name.as_bytes();
+    // Most names are rejected here: by length, or by a first letter no
+    // listed name starts with.
+    matches!(b.len(), 9..=19)
+        && matches!(b[0] | 0x20, b'x' | b'c' | b'f' | b't')
+        && PROXY_ONLY.iter().any(|n| reads_as(b, n))
+}
+
 /// A client-supplied request id we are willing to pass on.
 fn acceptable_request_id(v: &str) -> bool {
     !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic())
@@ -378,13 +422,16 @@ pub fn upstream<'a>(headers: &HeaderMap, u: &Upstream<'a>, out: &mut Edits<'a>) 
     // (setting a header drops all its earlier values), not removed first.
     let stamp_replaces = |n: &HeaderName| u.stamped && (*n == X_TENANT || *n == X_TENANT_SIGNATURE);
     // A forwarding header spelled with `_` goes too (see
-    // [`is_underscored_forwarding`]).
+    // [`is_underscored_forwarding`]), and from a client that is not a
+    // trusted proxy, any header only a proxy sets ([`is_proxy_only`]).
     out.extend(
         headers
             .keys()
             .filter(|n| {
                 let n_str = n.as_str();
-                (is_tenant_header(n_str) && !stamp_replaces(n)) || is_underscored_forwarding(n_str)
+                (is_tenant_header(n_str) && !stamp_replaces(n))
+                    || is_underscored_forwarding(n_str)
+                    || (!u.trusted && is_proxy_only(n_str))
             })
             .map(|n| Edit::Remove(n.clone())),
     );
@@ -747,6 +794,73 @@ mod tests {
                 assert!(gone.iter().any(|g| g == name), "{name} kept: {e:?}");
             }
         }
+    }
+
+    #[test]
+    fn headers_only_a_proxy_sets_pass_only_from_trusted_proxies() {
+        for yes in [
+            "x-real-ip",
+            "X-Real-IP",
+            "x_real_ip",
+            "X_REAL_IP",
+            "client-ip",
+            "Client_IP",
+            "x-client-ip",
+            "x-forwarded",
+            "forwarded-for",
+            "true-client-ip",
+            "x-forwarded-ssl",
+            "CF-Connecting-IP",
+            "fastly-client-ip",
+            "x-forwarded-port",
+            "X_Forwarded_Port",
+            "x-forwarded-prefix",
+            "x-forwarded-scheme",
+            "x-forwarded-server",
+            "x-cluster-client-ip",
+        ] {
+            assert!(is_proxy_only(yes), "{yes}");
+        }
+        for no in [
+            "x-real-ipx",
+            "x-real-i",
+            "real-ip",
+            "x-forwarded-for",
+            "x-forwarded-proto",
+            "x-forwarded-host",
+            "forwarded",
+            "x-request-id",
+            "accept-encoding",
+            "user-agent",
+            "x",
+            "",
+        ] {
+            assert!(!is_proxy_only(no), "{no}");
+        }
+        let h = map(&[
+            ("x-real-ip", "6.6.6.6"),
+            ("X_Forwarded_Port", "8443"),
+            ("x-forwarded-prefix", "/evil"),
+            ("true-client-ip", "6.6.6.6"),
+            ("accept", "*/*"),
+        ]);
+        let proxy_only = ["x-real-ip", "x_forwarded_port", "x-forwarded-prefix", "true-client-ip"];
+        // From a client, on a fresh build and on a connection's kept values.
+        let kept = Forwarding::new(&facts(false)).unwrap();
+        let with_kept = Upstream {
+            built: Some(&kept),
+            ..facts(false)
+        };
+        for u in [facts(false), with_kept] {
+            let gone = removed(&edits(&h, &u));
+            for name in proxy_only {
+                assert!(gone.iter().any(|g| g == name), "{name} kept: {gone:?}");
+            }
+            assert!(!gone.iter().any(|g| g == "accept"), "{gone:?}");
+        }
+        // A trusted proxy's pass on.
+        let gone = removed(&edits(&h, &facts(true)));
+        assert!(!gone.iter().any(|g| proxy_only.contains(&g.as_str())), "{gone:?}");
     }
 
     #[test]

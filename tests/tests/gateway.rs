@@ -107,6 +107,15 @@ fn spoofed_headers_never_change_the_tenant() {
         &[("Forwarded", "for=1.2.3.4;host=mclaren.myapp.localhost;proto=https")],
         &[("X-Forwarded-Host", "mclaren.myapp.localhost")],
         &[("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-Proto", "https")],
+        // Headers only a proxy sets, in any spelling a backend reads alike.
+        &[
+            ("X-Real-IP", "6.6.6.6"),
+            ("X_Real_IP", "6.6.6.6"),
+            ("X-Forwarded-Port", "8443"),
+            ("X-Forwarded-Prefix", "/mclaren"),
+            ("X-Forwarded-Ssl", "on"),
+            ("True-Client-IP", "6.6.6.6"),
+        ],
     ];
     for headers in spoofs {
         let who = s.whoami(host, headers);
@@ -126,6 +135,17 @@ fn spoofed_headers_never_change_the_tenant() {
             who["forwarded"],
             json!([format!("for=127.0.0.1;host={host};proto=http")])
         );
+        let names = who["header_names"].as_array().unwrap();
+        for name in [
+            "x-real-ip",
+            "x_real_ip",
+            "x-forwarded-port",
+            "x-forwarded-prefix",
+            "x-forwarded-ssl",
+            "true-client-ip",
+        ] {
+            assert!(!names.contains(&json!(name)), "{headers:?}: {name} passed: {who}");
+        }
     }
     // A request id is added when absent and kept when sane.
     let who = s.whoami(host, &[]);
@@ -816,6 +836,17 @@ fn optional_behaviours_www_landing_trusted_proxies_pages_timeouts() {
     assert_eq!(who["x_forwarded_for"], json!(["203.0.113.7, 127.0.0.1"]));
     assert_eq!(who["x_forwarded_proto"], json!(["https"]));
     assert_eq!(who["tenant"], "ferrari");
+    // So are the headers only a proxy sets, which a client's are not.
+    let who = get(
+        "ferrari.myapp.localhost",
+        "/whoami",
+        &[("x-real-ip", "203.0.113.7"), ("x-forwarded-port", "8443")],
+    )
+    .json();
+    let names = &who["header_names"];
+    for name in ["x-real-ip", "x-forwarded-port"] {
+        assert!(names.as_array().unwrap().contains(&json!(name)), "{name}: {who}");
+    }
     // Custom page and configured status for deleted tenants.
     assert_eq!(
         get("nobody.test", "/", &[("accept", "application/json")]).json()["error"],

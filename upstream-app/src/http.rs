@@ -134,6 +134,7 @@ async fn whoami(mut t: TenantTx, headers: HeaderMap) -> Result<Json<Value>, ApiE
         "forwarded": all("forwarded"),
         "request_id": all("x-request-id"),
         "tenant_headers": tenant_headers,
+        "header_names": headers.keys().map(|n| n.as_str()).collect::<Vec<_>>(),
     })))
 }
 
