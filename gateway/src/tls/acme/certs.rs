@@ -4,11 +4,29 @@
 //! a name no longer served has its certificate retired fleet-wide and, after
 //! `acme.removed_certificate_grace_secs`, deleted.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::*;
 
 /// Handshakes waiting for a name's certificate: how many, and how to wake
 /// them when it arrives in memory.
 pub(super) type Waiters = Mutex<HashMap<String, (usize, Arc<tokio::sync::Notify>)>>;
+
+/// Names being loaded from the database, each with its [`LoadGate`].
+pub(super) type Loading = Mutex<HashMap<String, Arc<LoadGate>>>;
+
+/// One name's load: handshakes take turns on it (the first loads, the
+/// others find the certificate in memory).
+#[derive(Debug, Default)]
+pub(super) struct LoadGate {
+    turn: tokio::sync::Mutex<()>,
+    /// A certificate NOTIFY for the name came while a load may have been
+    /// reading its row: the load reads the row again before it is done.
+    /// Otherwise a load that read the row before its retirement (or
+    /// renewal) could finish after the NOTIFY was handled, and put the
+    /// retired (or old) certificate in memory until evicted.
+    changed: AtomicBool,
+}
 
 /// Registers a handshake waiting for a name's certificate while it lives.
 pub(super) struct Waiting<'a> {
@@ -117,11 +135,16 @@ impl Acme {
             gate,
         };
         {
-            let _turn = gate.gate.lock().await;
+            let _turn = gate.gate.turn.lock().await;
             if self.store.issued(name).is_some() {
                 true
             } else {
-                let result = match tokio::time::timeout(LOAD_DEADLINE, self.load_one(name)).await {
+                // Applied only once no NOTIFY came during the reading.
+                let fresh = async {
+                    let row = read_settled(&gate.gate.changed, || self.read_one(name)).await;
+                    row.map(|row| self.apply(name, row))
+                };
+                let result = match tokio::time::timeout(LOAD_DEADLINE, fresh).await {
                     Ok(Ok(Some(_))) => "loaded",
                     Ok(Ok(None)) => "not_stored",
                     Ok(Err(e @ AcmeError::Unreadable { .. })) => {
@@ -141,7 +164,15 @@ impl Acme {
         }
     }
 
+    /// `name`'s row read and applied: loaded into memory, or dropped from it
+    /// if retired or no longer stored. The certificate now in memory.
     pub(super) async fn load_one(&self, name: &str) -> Result<Option<Arc<Cert>>, AcmeError> {
+        let row = self.read_one(name).await?;
+        Ok(self.apply(name, row))
+    }
+
+    /// `name`'s stored certificate as [`Self::apply`] takes it.
+    async fn read_one(&self, name: &str) -> Result<StoredCert, AcmeError> {
         let row = bounded(
             "loading a certificate",
             sqlx::query(
@@ -152,10 +183,11 @@ impl Acme {
             .fetch_optional(&self.db),
         )
         .await?;
-        let Some(row) = row else { return Ok(None) };
+        let Some(row) = row else {
+            return Ok(StoredCert::Gone);
+        };
         if row.try_get::<bool, _>(2)? {
-            self.unpresent(name);
-            return Ok(None);
+            return Ok(StoredCert::Gone);
         }
         let chain: String = row.try_get(0)?;
         let key_enc: Vec<u8> = row.try_get(1)?;
@@ -171,14 +203,30 @@ impl Acme {
         let cert = Cert::from_pem(chain.as_bytes(), &key, &format!("database:{name}"))
             .map_err(|e| unreadable(e.to_string()))?
             .with_renew_at(renew_at);
-        self.metrics.cert_expiry.with_label_values(&[name]).set(cert.not_after);
-        self.store.add_issued(cert);
-        self.arrived(name);
-        Ok(self.store.issued(name))
+        Ok(StoredCert::Serving(cert))
     }
 
-    /// Whether a certificate NOTIFY concerns this gateway's memory.
+    /// A row read by [`Self::read_one`], into memory.
+    fn apply(&self, name: &str, row: StoredCert) -> Option<Arc<Cert>> {
+        match row {
+            StoredCert::Gone => {
+                self.unpresent(name);
+                None
+            }
+            StoredCert::Serving(cert) => {
+                self.metrics.cert_expiry.with_label_values(&[name]).set(cert.not_after);
+                self.store.add_issued(cert);
+                self.arrived(name);
+                self.store.issued(name)
+            }
+        }
+    }
+
+    /// Whether a certificate NOTIFY concerns this gateway's memory (the
+    /// name's certificate is in memory or awaited by a handshake). A load
+    /// of the name in flight is told to read its row again.
     pub(super) fn wanted_here(&self, name: &str) -> bool {
+        flag_change(&self.loading, name);
         self.store.issued(name).is_some() || self.waiting.lock().contains_key(name)
     }
 
@@ -393,12 +441,38 @@ impl Acme {
     }
 }
 
+/// Tell a load of `name` in flight, if any, that its row changed.
+fn flag_change(loading: &Loading, name: &str) {
+    if let Some(gate) = loading.lock().get(name) {
+        gate.changed.store(true, Ordering::Release);
+    }
+}
+
+/// `read` again until no change was flagged while it read; the last reading.
+async fn read_settled<T, F: Future<Output = T>>(changed: &AtomicBool, mut read: impl FnMut() -> F) -> T {
+    loop {
+        changed.store(false, Ordering::Release);
+        let row = read().await;
+        if !changed.load(Ordering::Acquire) {
+            return row;
+        }
+        tracing::debug!("certificate changed while loading; read again");
+    }
+}
+
+/// A name's stored certificate as read: to serve, or not (none stored, or
+/// retired).
+enum StoredCert {
+    Serving(Cert),
+    Gone,
+}
+
 /// One handshake's hold on a name's load gate; the last one out removes
 /// the gate from the map.
 struct Gate<'a> {
-    loading: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    loading: &'a Loading,
     name: &'a str,
-    gate: Arc<tokio::sync::Mutex<()>>,
+    gate: Arc<LoadGate>,
 }
 
 impl Drop for Gate<'_> {
@@ -417,7 +491,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_gate_leaves_the_map_with_its_last_holder_even_when_cancelled() {
-        let loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>> = Mutex::default();
+        let loading: Loading = Mutex::default();
         let hold = |name| {
             let gate = loading.lock().entry(String::from(name)).or_default().clone();
             Gate {
@@ -427,16 +501,56 @@ mod tests {
             }
         };
         let first = hold("a.example");
-        let turn = first.gate.lock().await;
+        let turn = first.gate.turn.lock().await;
         // A second handshake waits its turn and is dropped (its deadline).
         let second = hold("a.example");
         let waiting = async move {
-            let _turn = second.gate.lock().await;
+            let _turn = second.gate.turn.lock().await;
         };
         assert!(tokio::time::timeout(Duration::from_millis(10), waiting).await.is_err());
         assert!(loading.lock().contains_key("a.example"), "the first still holds it");
         drop(turn);
         drop(first);
         assert!(loading.lock().is_empty());
+    }
+
+    /// A NOTIFY that comes while a handshake's load reads the row (here:
+    /// between the reading and its answer) makes the load read again, and
+    /// only the later reading is applied; one that comes for another name,
+    /// or when nothing is loading, changes nothing.
+    #[tokio::test]
+    async fn a_change_notified_during_a_load_is_read_again() {
+        let loading: Loading = Mutex::default();
+        let gate = loading.lock().entry(String::from("a.example")).or_default().clone();
+        let reads = std::sync::atomic::AtomicUsize::new(0);
+        let (notified_tx, notified_rx) = tokio::sync::oneshot::channel::<()>();
+        let mut notified_rx = Some(notified_rx);
+        let load = read_settled(&gate.changed, || {
+            let n = reads.fetch_add(1, Ordering::SeqCst);
+            let wait = notified_rx.take();
+            async move {
+                // The first reading answers only after the NOTIFY was handled.
+                if let Some(rx) = wait {
+                    let _ = rx.await;
+                }
+                if n == 0 {
+                    "before the retirement"
+                } else {
+                    "retired"
+                }
+            }
+        });
+        let notify = async {
+            flag_change(&loading, "b.example");
+            flag_change(&loading, "a.example");
+            let _ = notified_tx.send(());
+        };
+        let (row, ()) = tokio::join!(load, notify);
+        assert_eq!(row, "retired");
+        assert_eq!(reads.load(Ordering::SeqCst), 2);
+        // Nothing flagged: one reading.
+        let row = read_settled(&gate.changed, || async { "stored" }).await;
+        assert_eq!(row, "stored");
+        flag_change(&Loading::default(), "a.example");
     }
 }

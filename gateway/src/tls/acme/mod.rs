@@ -358,7 +358,7 @@ pub struct Acme {
     /// name loads it even though it is not in memory.
     waiting: certs::Waiters,
     /// One database load per name at a time (handshakes coalesce on it).
-    loading: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    loading: certs::Loading,
     /// The certificates in memory are to be checked against the database
     /// (`refresh_loaded`) before the next scan.
     refresh_due: std::sync::atomic::AtomicBool,
