@@ -286,7 +286,7 @@ fn hostnames_cmd(path: &std::path::Path, cmd: HostnamesCmd) -> anyhow::Result<()
         schema::migrate(&db)
             .await
             .context("preparing the tenant_gateway schema")?;
-        let store = hostnames::store::Store::new(db, &cfg.tenant.notify_channel);
+        let store = hostnames::store::Store::new(db, &cfg.tenant.notify_channel, cfg.lookup_query());
         let ops = hostnames::ops::Ops {
             store: &store,
             cfg: &cfg.custom_domains,
@@ -665,13 +665,12 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         let connect = cfg.database.connect_timeout;
         let db = tenant::lookup::lazy_pool(opts.clone().application_name("tenant-gateway-hostnames"), 4, connect);
         let listen_db = tenant::lookup::lazy_pool(opts.application_name("tenant-gateway-hostnames-listen"), 1, connect);
-        let store = hostnames::store::Store::new(db.clone(), &cfg.tenant.notify_channel);
+        let store = hostnames::store::Store::new(db.clone(), &cfg.tenant.notify_channel, cfg.lookup_query());
         let worker = Arc::new(hostnames::worker::Worker::new(
             store.clone(),
             listen_db,
             checker,
             cfg.custom_domains.clone(),
-            cfg.lookup_query(),
             metrics.clone(),
         ));
         Some((worker, db, store))

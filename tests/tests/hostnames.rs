@@ -244,6 +244,17 @@ fn a_claim_routes_and_gets_a_certificate_only_once_proven_by_its_own_token() {
         http_status(ports.http, SHOP) == 404 && !presented(ports.tls, SHOP)
     })
     .unwrap();
+    // The claim is still active, and its status says the name is not routed.
+    let status = json(gw.cli(&pg.url(), &["hostnames", "status", SHOP]));
+    assert_eq!(status["status"], "active", "{status}");
+    assert_eq!(status["routed"], false, "{status}");
+    let (code, status) = gw.api(
+        http::Method::GET,
+        &format!("hostnames/status?name={SHOP}"),
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(code, 200, "{status}");
+    assert_eq!(status["routed"], false, "{status}");
 
     // The operator moves the name explicitly: remove, then mclaren's own
     // claim with a fresh token. Ferrari's token, still published, does

@@ -71,7 +71,7 @@ impl Ops<'_> {
             .store
             .add(&name, tenant, method, self.cfg.verification_window, preverified, actor)
             .await?;
-        Ok(self.describe(&claim))
+        Ok(self.describe(&claim).await)
     }
 
     /// A claim, its instructions, its certificate and its history.
@@ -82,7 +82,7 @@ impl Ops<'_> {
             .get(&name)
             .await?
             .ok_or_else(|| StoreError::NotFound(name.clone()))?;
-        let mut v = self.describe(&claim);
+        let mut v = self.describe(&claim).await;
         v["certificate"] = self.store.certificate(&name).await?;
         v["events"] = Value::Array(self.store.events(&name).await?);
         Ok(v)
@@ -113,18 +113,31 @@ impl Ops<'_> {
     pub async fn retry(&self, raw: &str, actor: &str) -> Result<Value, OpsError> {
         let name = self.name(raw)?;
         let claim = self.store.retry(&name, self.cfg.verification_window, actor).await?;
-        Ok(self.describe(&claim))
+        Ok(self.describe(&claim).await)
     }
 
     pub async fn remove(&self, raw: &str, actor: &str) -> Result<Value, OpsError> {
         let name = self.name(raw)?;
         let claim = self.store.remove(&name, actor).await?;
-        Ok(self.describe(&claim))
+        Ok(self.describe(&claim).await)
     }
 
-    fn describe(&self, c: &Claim) -> Value {
+    /// The claim as JSON, with whether the gateway routes its name now: an
+    /// active claim whose name the domain table maps to the claim's tenant
+    /// (a row moved to another tenant keeps the name unrouted); `null`
+    /// when the database cannot tell (the action itself is done).
+    async fn describe(&self, c: &Claim) -> Value {
         let mut v = serde_json::to_value(c).unwrap_or_else(|_| json!({}));
-        v["routed"] = json!(c.status == HostnameStatus::Active);
+        v["routed"] = match c.status {
+            HostnameStatus::Active => match self.store.row_tenant(&c.name).await {
+                Ok(row) => json!(row.is_some_and(|t| policy::routes(&t, Some((c.status, &c.tenant))))),
+                Err(e) => {
+                    tracing::warn!(name = %c.name, error = %e, "custom hostnames: cannot read the domain row");
+                    Value::Null
+                }
+            },
+            _ => json!(false),
+        };
         if matches!(
             c.status,
             HostnameStatus::Pending | HostnameStatus::Failed | HostnameStatus::Expired

@@ -133,14 +133,32 @@ fn claim(row: &sqlx::postgres::PgRow) -> Result<Claim, StoreError> {
 pub struct Store {
     db: PgPool,
     channel: String,
+    /// The lookup query in effect (`Config::lookup_query`): which tenant
+    /// the domain table maps a name to.
+    lookup_query: String,
 }
 
 impl Store {
-    pub fn new(db: PgPool, channel: &str) -> Store {
+    pub fn new(db: PgPool, channel: &str, lookup_query: String) -> Store {
         Store {
             db,
             channel: channel.to_owned(),
+            lookup_query,
         }
+    }
+
+    /// The tenant (schema) the domain table maps `name` to, if any, read on
+    /// the primary: a claim routes only if it is this tenant's
+    /// ([`super::policy::routes`]).
+    pub async fn row_tenant(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(&self.lookup_query)
+            .bind(name)
+            .fetch_optional(&self.db)
+            .await?;
+        Ok(match row {
+            Some(row) => Some(row.try_get::<String, _>(0)?),
+            None => None,
+        })
     }
 
     pub fn db(&self) -> &PgPool {

@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgListener;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 
 use super::check::Checker;
 use super::policy::{self, Finding, HostnameStatus};
@@ -61,9 +61,6 @@ pub struct Worker {
     listen_db: PgPool,
     checker: Checker,
     cfg: CustomDomainsConfig,
-    /// The lookup query in effect: a claim becomes active only when it maps
-    /// the name to the claim's tenant.
-    lookup_query: String,
     owner: String,
     metrics: Arc<Metrics>,
     /// Claims changed since they were last counted ([`COUNTS_CHANNEL`]).
@@ -84,7 +81,6 @@ impl Worker {
         listen_db: PgPool,
         checker: Checker,
         cfg: CustomDomainsConfig,
-        lookup_query: String,
         metrics: Arc<Metrics>,
     ) -> Worker {
         let owner = format!(
@@ -98,7 +94,6 @@ impl Worker {
             listen_db,
             checker,
             cfg,
-            lookup_query,
             owner,
             metrics,
             counts_stale: AtomicBool::new(true),
@@ -307,13 +302,8 @@ impl Worker {
     /// Whether the lookup query maps the claim's name to the claim's tenant
     /// (read on the primary, right after the proof).
     async fn routable(&self, c: &Claim) -> bool {
-        let row = sqlx::query(&self.lookup_query)
-            .bind(&c.name)
-            .fetch_optional(self.store.db())
-            .await;
-        match row {
-            Ok(Some(row)) => row.try_get::<String, _>(0).is_ok_and(|schema| schema == c.tenant),
-            Ok(None) => false,
+        match self.store.row_tenant(&c.name).await {
+            Ok(row) => row.is_some_and(|schema| schema == c.tenant),
             Err(e) => {
                 tracing::warn!(name = %c.name, error = %e, "custom hostnames: lookup query failed");
                 false
