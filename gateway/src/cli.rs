@@ -428,15 +428,25 @@ impl BackgroundService for SideTasks {
         });
         // After a NOTIFY: the certificate side (retire, order) and the claims
         // (a verified claim whose domain row just appeared activates now).
+        // After LISTEN (re)connects: the certificates in memory are checked
+        // for what a gap may have hidden (a verified claim is looked at
+        // every check interval anyway).
         let acme = self.acme.clone();
         let claims = self.hostnames.as_ref().map(|(worker, _)| worker.clone());
         let on_change = (acme.is_some() || claims.is_some()).then(|| {
-            Arc::new(move |names: Vec<String>| {
-                if let Some(claims) = &claims {
-                    claims.names_changed(names.clone());
+            Arc::new(move |change: tenant::invalidate::Change| match change {
+                tenant::invalidate::Change::Names(names) => {
+                    if let Some(claims) = &claims {
+                        claims.names_changed(names.clone());
+                    }
+                    if let Some(acme) = &acme {
+                        acme.names_changed(names);
+                    }
                 }
-                if let Some(acme) = &acme {
-                    acme.names_changed(names);
+                tenant::invalidate::Change::Resumed => {
+                    if let Some(acme) = &acme {
+                        acme.recheck_served();
+                    }
                 }
             }) as tenant::invalidate::OnChange
         });

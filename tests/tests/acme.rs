@@ -839,6 +839,38 @@ fn stored_certificates_load_at_their_first_handshake_into_a_bounded_cache() {
     })
     .unwrap_or_else(|e| panic!("{e}\n{}", st.s.gw.proc_.log()));
     assert_eq!(probe(st.s.ports.tls, Some(kept), &[]).unwrap().names, [kept]);
+
+    // A domain row deleted without its NOTIFY (as if during a gap of the
+    // tenant listener): once that listener reconnects, the names in memory
+    // are asked again whether they are served, and the certificate of the
+    // deleted one is retired (in memory and in the database), not kept
+    // until its renewal.
+    st.s.pg
+        .psql(&format!(
+            "SET session_replication_role = replica; DELETE FROM public.domains WHERE domain = '{kept}'"
+        ))
+        .unwrap();
+    assert_eq!(probe(st.s.ports.tls, Some(kept), &[]).unwrap().names, [kept]);
+    st.s.pg
+        .psql(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+              WHERE application_name = 'tenant-gateway-listen'",
+        )
+        .unwrap();
+    let retired_in_db = |name: &str| {
+        st.s.pg
+            .psql(&format!(
+                "SELECT count(*) FROM tenant_gateway.certificates WHERE name = '{name}' AND removed_at IS NOT NULL"
+            ))
+            .is_ok_and(|c| c == "1")
+    };
+    wait_until(
+        "the deleted name's certificate is retired",
+        Duration::from_secs(20),
+        || st.s.gw.metric("tenant_gateway_certificates_in_memory") == 0.0 && retired_in_db(kept),
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", st.s.gw.proc_.log()));
+    assert!(probe(st.s.ports.tls, Some(kept), &[]).map_or(true, |p| p.names != [kept]));
 }
 
 /// The fleet-wide gauges of stored certificates read the database, not

@@ -38,10 +38,11 @@ const BACKOFF_MAX: Duration = Duration::from_secs(1);
 async fn connect(url: &str, channel: &str, connect_timeout: Duration) -> Result<PgListener, sqlx::Error> {
     // A pool of one so connecting is bounded by our timeout (the listener's
     // own default waits 30 s while the database is down).
+    let opts: sqlx::postgres::PgConnectOptions = url.parse()?;
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(connect_timeout)
-        .connect_lazy(url)?;
+        .connect_lazy_with(opts.application_name("tenant-gateway-listen"));
     let mut l = PgListener::connect_with(&pool).await?;
     // Report a lost connection at once instead of reconnecting inside try_recv.
     l.eager_reconnect(false);
@@ -92,7 +93,7 @@ async fn listen(
                         }
                         cache.invalidate(names.iter().map(String::as_str));
                         if let Some(f) = on_change {
-                            f(names);
+                            f(Change::Names(names));
                         }
                     }
                     Err(_) => {
@@ -152,9 +153,19 @@ pub async fn next_notification(
     }
 }
 
-/// Called with the names of every NOTIFY after the cache dropped them (the
-/// certificate side acts on domain changes through it).
-pub type OnChange = Arc<dyn Fn(Vec<String>) + Send + Sync>;
+/// Called with the names of every NOTIFY after the cache dropped them, and
+/// each time LISTEN is (re-)established (the certificate side acts on
+/// domain changes through it).
+pub type OnChange = Arc<dyn Fn(Change) + Send + Sync>;
+
+/// What [`OnChange`] hears.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// These names' domain rows or tenants changed.
+    Names(Vec<String>),
+    /// LISTEN is established: changes made while it was not were not heard.
+    Resumed,
+}
 
 pub async fn run(
     url: String,
@@ -202,6 +213,9 @@ pub async fn run(
         metrics().invalidation_connected.set(1);
         metrics().database_up.set(1);
         tracing::info!(channel = %channel, "tenant invalidation: listening");
+        if let Some(f) = &on_change {
+            f(Change::Resumed);
+        }
         let lost = listen(&mut listener, &cache, timing, primary.as_ref(), on_change.as_ref()).await;
         cache.set_listener_up(false);
         metrics().invalidation_connected.set(0);

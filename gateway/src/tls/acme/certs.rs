@@ -363,6 +363,52 @@ impl Acme {
         });
     }
 
+    /// The tenant listener is (back) up: a domain row deleted or moved while
+    /// it was down was not heard of ([`Acme::names_changed`] never ran for
+    /// it), so each name whose certificate is in memory is asked again
+    /// whether it is served, and retired if not (fleet-wide, as a heard
+    /// change would be). One tenant lookup per name in memory (at most
+    /// `acme.certificate_cache_size`), one at a time, in the background; a
+    /// gap during the check makes it run once more when it ends.
+    pub fn recheck_served(self: &Arc<Self>) {
+        self.recheck_again.store(true, Ordering::Release);
+        if self.rechecking.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                while me.recheck_again.swap(false, Ordering::AcqRel) {
+                    let (mut checked, mut retired, mut unknown) = (0usize, 0usize, 0usize);
+                    for name in me.store.issued_names() {
+                        if me.base_domains.iter().any(|b| tenancy::is_under(&name, b)) {
+                            continue;
+                        }
+                        checked += 1;
+                        match me.handle_change(&name, false).await {
+                            Some(false) => retired += 1,
+                            Some(true) => {}
+                            None => unknown += 1,
+                        }
+                    }
+                    if checked > 0 {
+                        tracing::info!(
+                            checked,
+                            retired,
+                            unknown,
+                            "ACME: the names of the certificates in memory looked up again after a tenant LISTEN gap"
+                        );
+                    }
+                }
+                me.rechecking.store(false, Ordering::Release);
+                // Asked for between the last look and the line above.
+                if !me.recheck_again.load(Ordering::Acquire) || me.rechecking.swap(true, Ordering::AcqRel) {
+                    break;
+                }
+            }
+        });
+    }
+
     /// A change to `name`, handled: retired if it is no longer served; if it
     /// is and `welcome`, [`Acme::welcome_back`]. Whether it is served
     /// (`None`: the database cannot tell).

@@ -362,6 +362,9 @@ pub struct Acme {
     /// The certificates in memory are to be checked against the database
     /// (`refresh_loaded`) before the next scan.
     refresh_due: std::sync::atomic::AtomicBool,
+    /// [`Acme::recheck_served`] is running; it is to run (again).
+    rechecking: std::sync::atomic::AtomicBool,
+    recheck_again: std::sync::atomic::AtomicBool,
     /// Custom names need an active claim (`custom_domains.verification`):
     /// the scan for missing certificates asks only for claimed names.
     claims_required: bool,
@@ -432,6 +435,8 @@ impl Acme {
             waiting: Mutex::default(),
             loading: Mutex::default(),
             refresh_due: std::sync::atomic::AtomicBool::new(false),
+            rechecking: std::sync::atomic::AtomicBool::new(false),
+            recheck_again: std::sync::atomic::AtomicBool::new(false),
             claims_required: false,
             strip_www,
             scans: std::sync::atomic::AtomicU64::new(0),
