@@ -132,6 +132,10 @@ enum AcmeCmd {
         /// Only count what would be re-sealed.
         #[arg(long)]
         dry_run: bool,
+        /// Re-seal even though not every gateway seen lately seals with
+        /// acme.key_env's key (or none does).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -247,9 +251,9 @@ fn acme_cmd(path: &std::path::Path, cmd: AcmeCmd) -> anyhow::Result<()> {
                 tls::acme::force_renewal(&db, &name).await?;
                 println!("renewal of {name} requested");
             }
-            AcmeCmd::Rekey { dry_run } => {
+            AcmeCmd::Rekey { dry_run, force } => {
                 let seal = tls::acme::Seal::from_keys(&cfg.acme_keys()?);
-                let report = tls::acme::rekey(&db, &seal, dry_run).await?;
+                let report = tls::acme::rekey(&db, &seal, dry_run, force).await?;
                 for line in report.lines(dry_run) {
                     println!("{line}");
                 }

@@ -752,8 +752,15 @@ impl ProxyHttp for Gateway {
             .pool
             .as_ref()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no pool chosen"))?;
+        // Every backend tried: Pingora asks again only to retry a request
+        // whose reused connection closed before any answer (a connect
+        // failure is retried only while an untried backend remains,
+        // `fail_to_connect`), which a new connection to the same backend
+        // serves: a pool of one backend would answer 502 to every request
+        // that met a keep-alive connection the backend had just closed.
         let backend = pool
             .select(&ctx.tried)
+            .or_else(|| pool.select(&[]))
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "no backend available"))?;
         let peer = pool.peer(backend);
         ctx.tried.push(backend);

@@ -627,6 +627,24 @@ fn the_certificate_key_rotates_in_place_without_new_certificates() {
     let (ok, out) = rekey(&["acme", "rekey", "--dry-run"], NEW, CERT_KEY_HEX);
     assert!(!ok && out.contains("to re-seal with acme.key_env's key: 2"), "{out}");
     assert_eq!(sealed(&st.s.pg), before);
+    // A pass is refused while a gateway sealed with the old key lately
+    // (the one before the restart, live for minutes), and with a key no
+    // gateway seals with (a mistyped one); nothing changes.
+    let (ok, out) = rekey(&["acme", "rekey"], NEW, CERT_KEY_HEX);
+    assert!(!ok && out.contains("a gateway sealed with another key lately"), "{out}");
+    let (ok, out) = rekey(&["acme", "rekey"], UNRELATED, NEW);
+    assert!(
+        !ok && out.contains("no gateway has sealed with acme.key_env's key"),
+        "{out}"
+    );
+    assert_eq!(sealed(&st.s.pg), before);
+    // The old key's gateway long gone: the running one records its own
+    // again at its next scan (the second to start has the first done), and
+    // the pass goes.
+    st.s.pg
+        .psql("UPDATE tenant_gateway.sealing_keys SET live_until = now() - interval '1 second'")
+        .unwrap();
+    wait_scans(&[&st.s.gw], 2);
     let (ok, out) = rekey(&["acme", "rekey"], NEW, CERT_KEY_HEX);
     assert!(
         ok && out.contains("re-sealed with acme.key_env's key: 2") && out.contains("complete"),

@@ -933,6 +933,94 @@ impl FewWorkers {
     }
 }
 
+/// A backend that answers the first request on each connection, keeping it
+/// alive, and on a later one reads the request whole and hangs up without
+/// a word (as one whose keep-alive ran out while the request was on its
+/// way). Its answer: what it got ([`got`]) and the stamped tenant.
+struct HangsUpOnReuse {
+    port: u16,
+    /// The `Content-Length` of each request hung up on.
+    hung_up: Arc<std::sync::Mutex<Vec<usize>>>,
+}
+
+impl HangsUpOnReuse {
+    fn start() -> HangsUpOnReuse {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hung_up = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = hung_up.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let record = record.clone();
+                std::thread::spawn(move || {
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+                    let mut answered = false;
+                    while let Some(head) = read_request_head(&mut conn) {
+                        let len = content_length(&head);
+                        let got = read_body(&mut conn, &head, len);
+                        if answered {
+                            record.lock().unwrap().push(len);
+                            return;
+                        }
+                        answered = true;
+                        let tenant = String::from_utf8_lossy(&head)
+                            .lines()
+                            .find_map(|l| l.strip_prefix("x-tenant: ").map(str::to_owned))
+                            .unwrap_or_default();
+                        let body = format!("{got} tenant {tenant}");
+                        let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                        if conn.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        HangsUpOnReuse { port, hung_up }
+    }
+
+    fn hung_up(&self) -> Vec<usize> {
+        self.hung_up.lock().unwrap().clone()
+    }
+}
+
+#[test]
+fn a_request_retried_after_its_reused_connection_hung_up_arrives_whole_with_its_own_stamp() {
+    // Pingora retries an idempotent request whose reused connection closed
+    // before any answer, on a new one. The body must go again whole: from
+    // Pingora's buffer (up to 64 KiB), or from the gateway's own copy (a
+    // body read first, larger), and the retry carries its own tenant's
+    // stamp, whoever used the pooled connection before. Requests go until
+    // a body of each size was hung up on (the connection a request gets
+    // is the pool's choice, so how many that takes is not fixed).
+    let backend = HangsUpOnReuse::start();
+    let pools = pools_toml(&[("default", &[backend.port])]);
+    let s = on_backend(backend.port, "", pools, "");
+    let client = s.https();
+    let both_sizes = |lens: &[usize]| lens.iter().any(|l| *l < 65_536) && lens.iter().any(|l| *l > 65_536);
+    let mut sent = 0;
+    while !both_sizes(&backend.hung_up()) {
+        assert!(
+            sent < 60,
+            "no retry of both sizes in {sent} requests: {:?}",
+            backend.hung_up()
+        );
+        let tenant = ["ferrari", "mclaren"][sent / 2 % 2];
+        let body = upload_body([1_000, 200_000][sent % 2] + sent);
+        let host = format!("{tenant}.myapp.localhost");
+        let r = client
+            .request(::reqwest::Method::PUT, &s.https_url(&host, "/upload"))
+            .header("host", &host)
+            .body(body.clone())
+            .send()
+            .unwrap_or_else(|e| panic!("request {sent}: {e}\n{}", s.gw.proc_.log()));
+        assert_eq!(r.status, 200, "request {sent}: {}\n{}", r.body, s.gw.proc_.log());
+        assert_eq!(r.body, format!("{} tenant {tenant}", got(&body)), "request {sent}");
+        sent += 1;
+    }
+}
+
 /// Both tenants' pool: one backend of two workers; `config` is added to
 /// the gateway's (empty: the defaults). Returns once the backend is healthy.
 fn on_two_workers(config: &str) -> (FewWorkers, Stack) {

@@ -55,9 +55,64 @@ const SEALED: [Sealed; 2] = [
 /// about 1 MB of ciphertext, well inside one query's deadline.
 const BATCH: i64 = 500;
 
-/// `gateway acme rekey [--dry-run]`: one pass over every sealed secret.
-pub async fn rekey(db: &PgPool, seal: &Seal, dry_run: bool) -> Result<RekeyReport, AcmeError> {
+/// The sealing keys the fleet ran with lately, as gateways record them at
+/// each scan (`tenant_gateway.sealing_keys`, kept live for 10 minutes or
+/// three check intervals).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FleetKeys {
+    /// A gateway seals with this pass's sealing key.
+    pub mine: bool,
+    /// Until when (Unix seconds) a gateway counts as sealing with another.
+    pub others_until: Option<i64>,
+}
+
+/// Why a pass (not a dry run) is refused without `--force`: after it, a
+/// gateway of the fleet could be unable to open what it re-sealed.
+/// `None`: every gateway that ran lately seals with this key.
+pub(super) fn refusal(keys: &FleetKeys) -> Option<String> {
+    if !keys.mine {
+        return Some(
+            "no gateway has sealed with acme.key_env's key in the last minutes (tenant_gateway.sealing_keys): \
+             what this pass re-seals might open on no running gateway (a mistyped key would lock every stored \
+             certificate out). Make it every gateway's sealing key first (step 2 of the rotation), or pass --force"
+                .to_owned(),
+        );
+    }
+    keys.others_until.map(|until| {
+        format!(
+            "a gateway sealed with another key lately (counted as live until Unix time {until}): until every \
+             gateway seals with acme.key_env's key (step 2 of the rotation), one without it among its opening \
+             keys could not open what this pass re-seals. Run again after that time, or pass --force"
+        )
+    })
+}
+
+/// The fleet's sealing keys as `seal` sees them.
+pub(super) async fn fleet_keys(db: &PgPool, seal: &Seal) -> Result<FleetKeys, AcmeError> {
+    let (mine, others_until): (bool, Option<i64>) = bounded(
+        "reading the fleet's sealing keys",
+        sqlx::query_as(
+            "SELECT coalesce(bool_or(fingerprint = $1), false),
+                    extract(epoch FROM max(live_until) FILTER (WHERE fingerprint <> $1))::bigint
+               FROM tenant_gateway.sealing_keys WHERE live_until > now()",
+        )
+        .bind(seal.fingerprint())
+        .fetch_one(db),
+    )
+    .await?;
+    Ok(FleetKeys { mine, others_until })
+}
+
+/// `gateway acme rekey [--dry-run] [--force]`: one pass over every sealed
+/// secret. A pass that writes is refused (`refusal`: `Err(Other)`)
+/// unless `force`.
+pub async fn rekey(db: &PgPool, seal: &Seal, dry_run: bool, force: bool) -> Result<RekeyReport, AcmeError> {
     Acme::migrate(db).await?;
+    if !dry_run && !force {
+        if let Some(why) = refusal(&fleet_keys(db, seal).await?) {
+            return Err(AcmeError::Other(why));
+        }
+    }
     let mut report = RekeyReport::default();
     for t in &SEALED {
         let read = format!(
@@ -147,6 +202,22 @@ impl RekeyReport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pass_is_refused_unless_every_gateway_of_late_seals_with_its_key() {
+        let keys = |mine, others_until| FleetKeys { mine, others_until };
+        assert_eq!(refusal(&keys(true, None)), None);
+        let typo = refusal(&keys(false, None)).unwrap();
+        assert!(typo.contains("no gateway has sealed with acme.key_env's key"), "{typo}");
+        assert!(refusal(&keys(false, Some(1)))
+            .unwrap()
+            .contains("no gateway has sealed"));
+        let mixed = refusal(&keys(true, Some(1_800_000_000))).unwrap();
+        assert!(mixed.contains("another key") && mixed.contains("1800000000"), "{mixed}");
+        for why in [typo, mixed] {
+            assert!(why.contains("--force"), "{why}");
+        }
+    }
 
     #[test]
     fn a_pass_is_complete_when_every_secret_it_saw_opens_with_the_sealing_key() {
