@@ -254,10 +254,13 @@ pub fn is_underscored_forwarding(name: &str) -> bool {
 /// (`USE_X_FORWARDED_PORT`), Werkzeug's `ProxyFix`, Rack and Spring;
 /// `x-forwarded-prefix` `ProxyFix` and Spring; `x-forwarded-ssl` and
 /// `-scheme` Rack, Spring, and Django set to read them
-/// (`SECURE_PROXY_SSL_HEADER`); `x-forwarded-server` Traefik and Apache
-/// set it; the client-address ones are django-ipware's list (CDNs set
-/// `true-client-ip`, `cf-connecting-ip`, `fastly-client-ip`).
-const PROXY_ONLY: [&[u8]; 14] = [
+/// (`SECURE_PROXY_SSL_HEADER`); `x-forwarded-protocol` gunicorn (its
+/// default `secure_scheme_headers`, trusted from 127.0.0.1: a gateway on
+/// the same host); `x-scheme` Tornado; `x-forwarded-server` Traefik and
+/// Apache set it; the client-address ones are from django-ipware's list
+/// (CDNs set `true-client-ip`, `cf-connecting-ip`, `fastly-client-ip`).
+const PROXY_ONLY: [&[u8]; 16] = [
+    b"x-scheme",
     b"x-real-ip",
     b"client-ip",
     b"x-client-ip",
@@ -272,6 +275,7 @@ const PROXY_ONLY: [&[u8]; 14] = [
     b"x-forwarded-scheme",
     b"x-forwarded-server",
     b"x-cluster-client-ip",
+    b"x-forwarded-protocol",
 ];
 
 /// Whether a header name is one only a proxy sets ([`PROXY_ONLY`]), any
@@ -279,12 +283,14 @@ const PROXY_ONLY: [&[u8]; 14] = [
 /// `X-Real-IP`). From a client that is not a trusted proxy such a header is
 /// a claim about itself the backend would believe (its address, that it
 /// came over TLS, the port or path prefix of the URLs it builds): removed.
-/// A trusted proxy's pass on.
+/// A trusted proxy's pass on, except spelled with `_` (as for
+/// [`is_underscored_forwarding`]: the backend would read it joined with
+/// the proxy's own).
 fn is_proxy_only(name: &str) -> bool {
     let b = name.as_bytes();
     // Most names are rejected here: by length, or by a first letter no
     // listed name starts with.
-    matches!(b.len(), 9..=19)
+    matches!(b.len(), 8..=20)
         && matches!(b[0] | 0x20, b'x' | b'c' | b'f' | b't')
         && PROXY_ONLY.iter().any(|n| reads_as(b, n))
 }
@@ -431,7 +437,7 @@ pub fn upstream<'a>(headers: &HeaderMap, u: &Upstream<'a>, out: &mut Edits<'a>) 
                 let n_str = n.as_str();
                 (is_tenant_header(n_str) && !stamp_replaces(n))
                     || is_underscored_forwarding(n_str)
-                    || (!u.trusted && is_proxy_only(n_str))
+                    || ((!u.trusted || n_str.contains('_')) && is_proxy_only(n_str))
             })
             .map(|n| Edit::Remove(n.clone())),
     );
@@ -818,6 +824,9 @@ mod tests {
             "x-forwarded-scheme",
             "x-forwarded-server",
             "x-cluster-client-ip",
+            "x-forwarded-protocol",
+            "X_Forwarded_Protocol",
+            "x-scheme",
         ] {
             assert!(is_proxy_only(yes), "{yes}");
         }
@@ -832,6 +841,9 @@ mod tests {
             "x-request-id",
             "accept-encoding",
             "user-agent",
+            "x-tenant",
+            "x-schemes",
+            "x-forwarded-protocols",
             "x",
             "",
         ] {
@@ -858,9 +870,9 @@ mod tests {
             }
             assert!(!gone.iter().any(|g| g == "accept"), "{gone:?}");
         }
-        // A trusted proxy's pass on.
+        // A trusted proxy's pass on, except spelled with `_`.
         let gone = removed(&edits(&h, &facts(true)));
-        assert!(!gone.iter().any(|g| proxy_only.contains(&g.as_str())), "{gone:?}");
+        assert_eq!(gone, ["x_forwarded_port"], "{gone:?}");
     }
 
     #[test]

@@ -755,12 +755,13 @@ impl ProxyHttp for Gateway {
         // Every backend tried: Pingora asks again only to retry a request
         // whose reused connection closed before any answer (a connect
         // failure is retried only while an untried backend remains,
-        // `fail_to_connect`), which a new connection to the same backend
+        // `fail_to_connect`), which a new connection to that same backend
+        // (the last tried: one that refused to connect may come earlier)
         // serves: a pool of one backend would answer 502 to every request
         // that met a keep-alive connection the backend had just closed.
         let backend = pool
             .select(&ctx.tried)
-            .or_else(|| pool.select(&[]))
+            .or_else(|| ctx.tried.last().copied())
             .ok_or_else(|| Error::explain(ErrorType::HTTPStatus(502), "no backend available"))?;
         let peer = pool.peer(backend);
         ctx.tried.push(backend);

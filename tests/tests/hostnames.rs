@@ -784,3 +784,21 @@ fn a_domain_row_arriving_during_the_claims_check_still_activates_it() {
     wait_status(pg, "later.test", "active", Duration::from_secs(20));
     wait_routed(gw, "later.test", "ferrari");
 }
+
+/// With `custom_domains.verification = "none"` (the default) claims are
+/// recorded but routing does not consult them: a claim's `routed` says
+/// whether the domain table maps its name, to any tenant, whatever the
+/// claim's status.
+#[test]
+fn without_verification_routed_follows_the_domain_row() {
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    app_cli_ok(&pg.url(), &["domain", "add", SHOP, "--tenant", "ferrari"]);
+    let app = UpstreamApp::start(&pg.url(), "").unwrap();
+    let gw = Gateway::start(&pg.url(), &pools_toml(&[("default", &[app.port])])).unwrap();
+    let mapped = json(gw.cli(&pg.url(), &["hostnames", "add", SHOP, "--tenant", "mclaren"]));
+    assert_eq!(mapped["status"], "pending", "{mapped}");
+    assert_eq!(mapped["routed"], true, "{mapped}");
+    let unmapped = json(gw.cli(&pg.url(), &["hostnames", "add", "nowhere.test", "--tenant", "ferrari"]));
+    assert_eq!(unmapped["routed"], false, "{unmapped}");
+}

@@ -124,19 +124,25 @@ impl Ops<'_> {
 
     /// The claim as JSON, with whether the gateway routes its name now: an
     /// active claim whose name the domain table maps to the claim's tenant
-    /// (a row moved to another tenant keeps the name unrouted); `null`
-    /// when the database cannot tell (the action itself is done).
+    /// (a row moved to another tenant keeps the name unrouted); with
+    /// `custom_domains.verification = "none"`, whether the domain table
+    /// maps the name at all (claims are not consulted); `null` when the
+    /// database cannot tell (the action itself is done).
     async fn describe(&self, c: &Claim) -> Value {
         let mut v = serde_json::to_value(c).unwrap_or_else(|_| json!({}));
-        v["routed"] = match c.status {
-            HostnameStatus::Active => match self.store.row_tenant(&c.name).await {
-                Ok(row) => json!(row.is_some_and(|t| policy::routes(&t, Some((c.status, &c.tenant))))),
+        let required = self.cfg.required();
+        v["routed"] = match c.status == HostnameStatus::Active || !required {
+            false => json!(false),
+            true => match self.store.row_tenant(&c.name).await {
+                Ok(row) => json!(match required {
+                    true => row.is_some_and(|t| policy::routes(&t, Some((c.status, &c.tenant)))),
+                    false => row.is_some(),
+                }),
                 Err(e) => {
                     tracing::warn!(name = %c.name, error = %e, "custom hostnames: cannot read the domain row");
                     Value::Null
                 }
             },
-            _ => json!(false),
         };
         if matches!(
             c.status,

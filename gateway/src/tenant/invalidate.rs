@@ -77,18 +77,8 @@ async fn listen(
                     Ok(names) => {
                         tracing::debug!(?names, "tenant invalidation");
                         if let Some(primary) = primary {
-                            // The change is committed, so its commit record is at or
-                            // before the insert position now (the write position can
-                            // still be behind it with synchronous_commit = off).
-                            let lsn = sqlx::query_scalar::<_, String>("SELECT pg_current_wal_insert_lsn()::text")
-                                .fetch_one(primary);
-                            match tokio::time::timeout(timing.health_timeout, lsn).await {
-                                Ok(Ok(text)) => match super::lookup::parse_lsn(&text) {
-                                    Some(lsn) => cache.require_fresh_as_of(lsn),
-                                    None => tracing::warn!(lsn = text, "tenant invalidation: unreadable WAL position"),
-                                },
-                                Ok(Err(e)) => return Lost::Error(e),
-                                Err(_) => return Lost::Unhealthy("no answer for the WAL position".into()),
+                            if let Err(lost) = fresh_as_of_primary(primary, cache, timing).await {
+                                return lost;
                             }
                         }
                         cache.invalidate(names.iter().map(String::as_str));
@@ -99,6 +89,10 @@ async fn listen(
                     Err(_) => {
                         tracing::warn!(payload = n.payload(), "tenant invalidation: unexpected payload; clearing cache");
                         cache.clear();
+                        // Which names changed is unknown: as after a gap.
+                        if let Some(f) = on_change {
+                            f(Change::Resumed);
+                        }
                     }
                 },
                 Ok(None) => return Lost::Closed,
@@ -114,6 +108,23 @@ async fn listen(
             }
         }
     }
+}
+
+/// Lookups on a replica answer only once it has replayed what the primary
+/// has now: a change already committed (a NOTIFY's, or one made while
+/// nothing listened) is at or before the primary's insert position (the
+/// write position can still be behind it with `synchronous_commit = off`).
+async fn fresh_as_of_primary(primary: &PgPool, cache: &TenantCache, timing: ListenTiming) -> Result<(), Lost> {
+    let lsn = sqlx::query_scalar::<_, String>("SELECT pg_current_wal_insert_lsn()::text").fetch_one(primary);
+    match tokio::time::timeout(timing.health_timeout, lsn).await {
+        Ok(Ok(text)) => match super::lookup::parse_lsn(&text) {
+            Some(lsn) => cache.require_fresh_as_of(lsn),
+            None => tracing::warn!(lsn = text, "tenant invalidation: unreadable WAL position"),
+        },
+        Ok(Err(e)) => return Err(Lost::Error(e)),
+        Err(_) => return Err(Lost::Unhealthy("no answer for the WAL position".into())),
+    }
+    Ok(())
 }
 
 /// How long a side listener may stay silent before it is asked `SELECT 1`
@@ -208,6 +219,13 @@ pub async fn run(
             }
         };
         backoff = BACKOFF_MIN;
+        // What changed while nothing listened is read as of now, on a
+        // replica too (the certificate side looks its names up at once).
+        if let Some(primary) = &primary {
+            if fresh_as_of_primary(primary, &cache, timing).await.is_err() {
+                tracing::warn!("tenant invalidation: no WAL position of the primary; a replica's answers may lag");
+            }
+        }
         cache.clear();
         cache.set_listener_up(true);
         metrics().invalidation_connected.set(1);

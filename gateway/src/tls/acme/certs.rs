@@ -126,24 +126,15 @@ impl Acme {
     /// Load `name`'s stored certificate into memory unless a concurrent
     /// handshake already did; whether it is in memory now.
     pub(super) async fn load_coalesced(&self, name: &str) -> bool {
-        let gate = self.loading.lock().entry(name.to_owned()).or_default().clone();
-        // Leaves the map however this ends (a handshake's deadline can drop
-        // it while it waits its turn).
-        let gate = Gate {
-            loading: &self.loading,
-            name,
-            gate,
-        };
+        let gate = self.gate(name);
         {
             let _turn = gate.gate.turn.lock().await;
-            if self.store.issued(name).is_some() {
+            // In memory (another handshake loaded it), unless a NOTIFY came
+            // since: then this turn reads it again.
+            if self.store.issued(name).is_some() && !gate.gate.changed.load(Ordering::SeqCst) {
                 true
             } else {
-                // Applied only once no NOTIFY came during the reading.
-                let fresh = async {
-                    let row = read_settled(&gate.gate.changed, || self.read_one(name)).await;
-                    row.map(|row| self.apply(name, row))
-                };
+                let fresh = self.load_in_turn(name, &gate.gate);
                 let result = match tokio::time::timeout(LOAD_DEADLINE, fresh).await {
                     Ok(Ok(Some(_))) => "loaded",
                     Ok(Ok(None)) => "not_stored",
@@ -164,11 +155,38 @@ impl Acme {
         }
     }
 
-    /// `name`'s row read and applied: loaded into memory, or dropped from it
-    /// if retired or no longer stored. The certificate now in memory.
+    /// A place in line for `name`'s load gate. Leaves the map however this
+    /// ends (a handshake's deadline can drop it while it waits its turn).
+    fn gate<'a>(&'a self, name: &'a str) -> Gate<'a> {
+        let gate = self.loading.lock().entry(name.to_owned()).or_default().clone();
+        Gate {
+            loading: &self.loading,
+            name,
+            gate,
+        }
+    }
+
+    /// `name`'s row read and applied (loaded into memory, or dropped from
+    /// it if retired or no longer stored), in turn with every other load of
+    /// it: every load from the database goes this way (a handshake's, a
+    /// NOTIFY's, a refresh's, an attempt's), so none applies a reading
+    /// older than another's. The certificate now in memory.
     pub(super) async fn load_one(&self, name: &str) -> Result<Option<Arc<Cert>>, AcmeError> {
-        let row = self.read_one(name).await?;
-        Ok(self.apply(name, row))
+        let gate = self.gate(name);
+        let _turn = gate.gate.turn.lock().await;
+        self.load_in_turn(name, &gate.gate).await
+    }
+
+    /// [`Self::load_one`] for the holder of `gate`'s turn: a reading during
+    /// which a NOTIFY for the name came is not applied but done again.
+    async fn load_in_turn(&self, name: &str, gate: &LoadGate) -> Result<Option<Arc<Cert>>, AcmeError> {
+        read_settled(
+            &self.loading,
+            &gate.changed,
+            || self.read_one(name),
+            |row| self.apply(name, row),
+        )
+        .await
     }
 
     /// `name`'s stored certificate as [`Self::apply`] takes it.
@@ -222,12 +240,27 @@ impl Acme {
         }
     }
 
-    /// Whether a certificate NOTIFY concerns this gateway's memory (the
-    /// name's certificate is in memory or awaited by a handshake). A load
-    /// of the name in flight is told to read its row again.
-    pub(super) fn wanted_here(&self, name: &str) -> bool {
-        flag_change(&self.loading, name);
-        self.store.issued(name).is_some() || self.waiting.lock().contains_key(name)
+    /// A certificate NOTIFY for `name` (stored, renewed or retired): where
+    /// it is in memory, awaited by a handshake or being loaded, its row is
+    /// read again and applied; otherwise it loads at its first handshake.
+    /// A load in flight is told to read again (so it applies no reading
+    /// from before the change), and this reading then waits its turn in a
+    /// task of its own, so the LISTEN loop does not wait behind handshakes.
+    pub(super) async fn certificate_notified(self: &Arc<Self>, name: &str) {
+        let in_flight = flag_change(&self.loading, name);
+        let load = |me: &Arc<Self>, name: String| {
+            let me = me.clone();
+            async move {
+                if let Err(e) = me.load_one(&name).await {
+                    tracing::error!(name, error = %e, "ACME: cannot load new certificate");
+                }
+            }
+        };
+        if in_flight {
+            tokio::spawn(load(self, name.to_owned()));
+        } else if self.store.issued(name).is_some() || self.waiting.lock().contains_key(name) {
+            load(self, name.to_owned()).await;
+        }
     }
 
     /// A certificate for `name` is in memory now: wake the handshakes waiting for it.
@@ -371,14 +404,17 @@ impl Acme {
     /// `acme.certificate_cache_size`), one at a time, in the background; a
     /// gap during the check makes it run once more when it ends.
     pub fn recheck_served(self: &Arc<Self>) {
-        self.recheck_again.store(true, Ordering::Release);
-        if self.rechecking.swap(true, Ordering::AcqRel) {
+        // SeqCst throughout: the caller's store-then-swap and the task's
+        // store-then-load would otherwise let both see the other's old value
+        // and neither run the check.
+        self.recheck_again.store(true, Ordering::SeqCst);
+        if self.rechecking.swap(true, Ordering::SeqCst) {
             return;
         }
         let me = self.clone();
         tokio::spawn(async move {
             loop {
-                while me.recheck_again.swap(false, Ordering::AcqRel) {
+                while me.recheck_again.swap(false, Ordering::SeqCst) {
                     let (mut checked, mut retired, mut unknown) = (0usize, 0usize, 0usize);
                     for name in me.store.issued_names() {
                         if me.base_domains.iter().any(|b| tenancy::is_under(&name, b)) {
@@ -400,9 +436,9 @@ impl Acme {
                         );
                     }
                 }
-                me.rechecking.store(false, Ordering::Release);
+                me.rechecking.store(false, Ordering::SeqCst);
                 // Asked for between the last look and the line above.
-                if !me.recheck_again.load(Ordering::Acquire) || me.rechecking.swap(true, Ordering::AcqRel) {
+                if !me.recheck_again.load(Ordering::SeqCst) || me.rechecking.swap(true, Ordering::SeqCst) {
                     break;
                 }
             }
@@ -487,21 +523,39 @@ impl Acme {
     }
 }
 
-/// Tell a load of `name` in flight, if any, that its row changed.
-fn flag_change(loading: &Loading, name: &str) {
-    if let Some(gate) = loading.lock().get(name) {
-        gate.changed.store(true, Ordering::Release);
+/// Tell a load of `name` in flight or waiting for its turn, if any, that
+/// its row changed; whether there is one.
+fn flag_change(loading: &Loading, name: &str) -> bool {
+    match loading.lock().get(name) {
+        Some(gate) => {
+            gate.changed.store(true, Ordering::SeqCst);
+            true
+        }
+        None => false,
     }
 }
 
-/// `read` again until no change was flagged while it read; the last reading.
-async fn read_settled<T, F: Future<Output = T>>(changed: &AtomicBool, mut read: impl FnMut() -> F) -> T {
+/// `read` again until no change was flagged while it read, then `apply`
+/// the last reading. The check and `apply` hold `loading`'s lock, which
+/// [`flag_change`] takes too: a flag comes either before the check (read
+/// again) or after the reading is applied (the NOTIFY's own reading then
+/// follows it). A reading that fails is returned as it is.
+async fn read_settled<T, R, E, F: Future<Output = Result<T, E>>>(
+    loading: &Loading,
+    changed: &AtomicBool,
+    mut read: impl FnMut() -> F,
+    apply: impl FnOnce(T) -> R,
+) -> Result<R, E> {
     loop {
-        changed.store(false, Ordering::Release);
-        let row = read().await;
-        if !changed.load(Ordering::Acquire) {
-            return row;
+        changed.store(false, Ordering::SeqCst);
+        let row = read().await?;
+        let held = loading.lock();
+        if !changed.load(Ordering::SeqCst) {
+            let applied = apply(row);
+            drop(held);
+            return Ok(applied);
         }
+        drop(held);
         tracing::debug!("certificate changed while loading; read again");
     }
 }
@@ -560,10 +614,10 @@ mod tests {
         assert!(loading.lock().is_empty());
     }
 
-    /// A NOTIFY that comes while a handshake's load reads the row (here:
-    /// between the reading and its answer) makes the load read again, and
-    /// only the later reading is applied; one that comes for another name,
-    /// or when nothing is loading, changes nothing.
+    /// A NOTIFY that comes while a load reads the row (here: between the
+    /// reading and its answer) makes the load read again, and only the
+    /// later reading is applied; one for another name flags nothing, and
+    /// one for a name nobody loads says so.
     #[tokio::test]
     async fn a_change_notified_during_a_load_is_read_again() {
         let loading: Loading = Mutex::default();
@@ -571,32 +625,53 @@ mod tests {
         let reads = std::sync::atomic::AtomicUsize::new(0);
         let (notified_tx, notified_rx) = tokio::sync::oneshot::channel::<()>();
         let mut notified_rx = Some(notified_rx);
-        let load = read_settled(&gate.changed, || {
-            let n = reads.fetch_add(1, Ordering::SeqCst);
-            let wait = notified_rx.take();
-            async move {
-                // The first reading answers only after the NOTIFY was handled.
-                if let Some(rx) = wait {
-                    let _ = rx.await;
+        let mut applied = Vec::new();
+        let load = read_settled(
+            &loading,
+            &gate.changed,
+            || {
+                let n = reads.fetch_add(1, Ordering::SeqCst);
+                let wait = notified_rx.take();
+                async move {
+                    // The first reading answers only after the NOTIFY was handled.
+                    if let Some(rx) = wait {
+                        let _ = rx.await;
+                    }
+                    Ok::<_, ()>(if n == 0 { "before the retirement" } else { "retired" })
                 }
-                if n == 0 {
-                    "before the retirement"
-                } else {
-                    "retired"
-                }
-            }
-        });
+            },
+            |row| {
+                applied.push(row);
+                row
+            },
+        );
         let notify = async {
-            flag_change(&loading, "b.example");
-            flag_change(&loading, "a.example");
+            assert!(!flag_change(&loading, "b.example"), "nobody loads b.example");
+            assert!(
+                !gate.changed.load(Ordering::SeqCst),
+                "another name's NOTIFY flags nothing"
+            );
+            assert!(flag_change(&loading, "a.example"));
             let _ = notified_tx.send(());
         };
         let (row, ()) = tokio::join!(load, notify);
-        assert_eq!(row, "retired");
+        assert_eq!(row, Ok("retired"));
+        assert_eq!(
+            applied,
+            ["retired"],
+            "the reading from before the change is not applied"
+        );
         assert_eq!(reads.load(Ordering::SeqCst), 2);
-        // Nothing flagged: one reading.
-        let row = read_settled(&gate.changed, || async { "stored" }).await;
-        assert_eq!(row, "stored");
-        flag_change(&Loading::default(), "a.example");
+        // Nothing flagged: one reading; a failed one is returned, not applied.
+        let row = read_settled(&loading, &gate.changed, || async { Ok::<_, ()>("stored") }, |r| r).await;
+        assert_eq!(row, Ok("stored"));
+        let row = read_settled(
+            &loading,
+            &gate.changed,
+            || async { Err::<&str, _>("down") },
+            |_| unreachable!(),
+        )
+        .await;
+        assert_eq!(row, Err("down"));
     }
 }

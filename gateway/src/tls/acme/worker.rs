@@ -63,14 +63,7 @@ impl Acme {
             let _ = self.scan().await;
             while let Some(n) = crate::tenant::invalidate::next_notification(&mut l, QUERY_DEADLINE).await {
                 match n.channel() {
-                    // A certificate stored, renewed or retired: in memory (or
-                    // awaited by a handshake) it is reloaded (or dropped);
-                    // otherwise it loads at its first handshake.
-                    CERTS_CHANNEL if self.wanted_here(n.payload()) => {
-                        if let Err(e) = self.load_one(n.payload()).await {
-                            tracing::error!(name = n.payload(), error = %e, "ACME: cannot load new certificate");
-                        }
-                    }
+                    CERTS_CHANNEL => self.certificate_notified(n.payload()).await,
                     RENEW_CHANNEL => self.spawn_attempt(n.payload().to_owned(), true),
                     _ => {}
                 }
