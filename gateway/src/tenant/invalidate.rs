@@ -88,8 +88,13 @@ async fn listen(
                     }
                     Err(_) => {
                         tracing::warn!(payload = n.payload(), "tenant invalidation: unexpected payload; clearing cache");
-                        cache.clear();
                         // Which names changed is unknown: as after a gap.
+                        if let Some(primary) = primary {
+                            if let Err(lost) = fresh_as_of_primary(primary, cache, timing).await {
+                                return lost;
+                            }
+                        }
+                        cache.clear();
                         if let Some(f) = on_change {
                             f(Change::Resumed);
                         }
@@ -220,18 +225,24 @@ pub async fn run(
         };
         backoff = BACKOFF_MIN;
         // What changed while nothing listened is read as of now, on a
-        // replica too (the certificate side looks its names up at once).
-        if let Some(primary) = &primary {
-            if fresh_as_of_primary(primary, &cache, timing).await.is_err() {
-                tracing::warn!("tenant invalidation: no WAL position of the primary; a replica's answers may lag");
-            }
+        // replica too (the certificate side looks its names up at once, and
+        // retires what it finds unserved: not on a replica's old answers).
+        let fresh = match &primary {
+            Some(primary) => fresh_as_of_primary(primary, &cache, timing).await.is_ok(),
+            None => true,
+        };
+        if !fresh {
+            tracing::warn!(
+                "tenant invalidation: no WAL position of the primary; a replica's answers may lag, \
+                 so certificates are not checked for this gap"
+            );
         }
         cache.clear();
         cache.set_listener_up(true);
         metrics().invalidation_connected.set(1);
         metrics().database_up.set(1);
         tracing::info!(channel = %channel, "tenant invalidation: listening");
-        if let Some(f) = &on_change {
+        if let Some(f) = on_change.as_ref().filter(|_| fresh) {
             f(Change::Resumed);
         }
         let lost = listen(&mut listener, &cache, timing, primary.as_ref(), on_change.as_ref()).await;

@@ -4,7 +4,7 @@
 //! a name no longer served has its certificate retired fleet-wide and, after
 //! `acme.removed_certificate_grace_secs`, deleted.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use super::*;
 
@@ -15,8 +15,8 @@ pub(super) type Waiters = Mutex<HashMap<String, (usize, Arc<tokio::sync::Notify>
 /// Names being loaded from the database, each with its [`LoadGate`].
 pub(super) type Loading = Mutex<HashMap<String, Arc<LoadGate>>>;
 
-/// One name's load: handshakes take turns on it (the first loads, the
-/// others find the certificate in memory).
+/// One name's load: loads take turns on it (of handshakes, the first
+/// loads, the others find the certificate in memory).
 #[derive(Debug, Default)]
 pub(super) struct LoadGate {
     turn: tokio::sync::Mutex<()>,
@@ -26,6 +26,12 @@ pub(super) struct LoadGate {
     /// renewal) could finish after the NOTIFY was handled, and put the
     /// retired (or old) certificate in memory until evicted.
     changed: AtomicBool,
+    /// A NOTIFY's reload waits for its turn: later NOTIFYs need none of
+    /// their own (it reads after them).
+    reload_queued: AtomicBool,
+    /// Its [`Gate`]s (changed under the map's lock): the last one out
+    /// removes it from the map.
+    holders: AtomicUsize,
 }
 
 /// Registers a handshake waiting for a name's certificate while it lives.
@@ -127,50 +133,50 @@ impl Acme {
     /// handshake already did; whether it is in memory now.
     pub(super) async fn load_coalesced(&self, name: &str) -> bool {
         let gate = self.gate(name);
-        {
+        // The wait for the turn counts too: another load of the name (an
+        // attempt's, a NOTIFY's) may hold it for as long as the database
+        // takes, and the handshake then falls back in time.
+        let load = async {
             let _turn = gate.gate.turn.lock().await;
             // In memory (another handshake loaded it), unless a NOTIFY came
             // since: then this turn reads it again.
-            if self.store.issued(name).is_some() && !gate.gate.changed.load(Ordering::SeqCst) {
-                true
-            } else {
-                let fresh = self.load_in_turn(name, &gate.gate);
-                let result = match tokio::time::timeout(LOAD_DEADLINE, fresh).await {
-                    Ok(Ok(Some(_))) => "loaded",
-                    Ok(Ok(None)) => "not_stored",
-                    Ok(Err(e @ AcmeError::Unreadable { .. })) => {
-                        // Replaced by an order, which this handshake asks for next.
-                        tracing::warn!(name, error = %e, "a stored certificate cannot be used; a new one is ordered");
-                        "unreadable"
-                    }
-                    Ok(Err(e)) => {
-                        tracing::warn!(name, error = %e, "cannot load a stored certificate");
-                        "error"
-                    }
-                    Err(_) => "timeout",
-                };
-                self.metrics.certificate_loads.with_label_values(&[result]).inc();
-                result == "loaded"
+            match self.store.issued(name).is_some() && !gate.gate.changed.load(Ordering::SeqCst) {
+                true => None,
+                false => Some(self.load_in_turn(name, &gate.gate).await),
             }
-        }
+        };
+        let result = match tokio::time::timeout(LOAD_DEADLINE, load).await {
+            Ok(None) => return true,
+            Ok(Some(Ok(Some(_)))) => "loaded",
+            Ok(Some(Ok(None))) => "not_stored",
+            Ok(Some(Err(e @ AcmeError::Unreadable { .. }))) => {
+                // Replaced by an order, which this handshake asks for next.
+                tracing::warn!(name, error = %e, "a stored certificate cannot be used; a new one is ordered");
+                "unreadable"
+            }
+            Ok(Some(Err(e))) => {
+                tracing::warn!(name, error = %e, "cannot load a stored certificate");
+                "error"
+            }
+            Err(_) => "timeout",
+        };
+        self.metrics.certificate_loads.with_label_values(&[result]).inc();
+        result == "loaded" || (result == "timeout" && self.store.issued(name).is_some())
     }
 
     /// A place in line for `name`'s load gate. Leaves the map however this
     /// ends (a handshake's deadline can drop it while it waits its turn).
     fn gate<'a>(&'a self, name: &'a str) -> Gate<'a> {
-        let gate = self.loading.lock().entry(name.to_owned()).or_default().clone();
-        Gate {
-            loading: &self.loading,
-            name,
-            gate,
-        }
+        Gate::new(&self.loading, name)
     }
 
     /// `name`'s row read and applied (loaded into memory, or dropped from
     /// it if retired or no longer stored), in turn with every other load of
-    /// it: every load from the database goes this way (a handshake's, a
-    /// NOTIFY's, a refresh's, an attempt's), so none applies a reading
-    /// older than another's. The certificate now in memory.
+    /// it (a handshake's, a NOTIFY's, a refresh's, an attempt's), so none
+    /// applies a reading older than another's. (An attempt storing a new
+    /// certificate and a retirement write to memory directly; their own
+    /// NOTIFY then reads the row again after them.) The certificate now in
+    /// memory.
     pub(super) async fn load_one(&self, name: &str) -> Result<Option<Arc<Cert>>, AcmeError> {
         let gate = self.gate(name);
         let _turn = gate.gate.turn.lock().await;
@@ -244,23 +250,26 @@ impl Acme {
     /// it is in memory, awaited by a handshake or being loaded, its row is
     /// read again and applied; otherwise it loads at its first handshake.
     /// A load in flight is told to read again (so it applies no reading
-    /// from before the change), and this reading then waits its turn in a
-    /// task of its own, so the LISTEN loop does not wait behind handshakes.
-    pub(super) async fn certificate_notified(self: &Arc<Self>, name: &str) {
-        let in_flight = flag_change(&self.loading, name);
-        let load = |me: &Arc<Self>, name: String| {
-            let me = me.clone();
-            async move {
-                if let Err(e) = me.load_one(&name).await {
-                    tracing::error!(name, error = %e, "ACME: cannot load new certificate");
-                }
-            }
+    /// from before the change), and the reload waits its turn in a task of
+    /// its own, so the LISTEN loop waits for no load; NOTIFYs that come
+    /// while one is queued share it ([`queue_reload`]). A reload that fails
+    /// leaves the certificates in memory to be checked before the next scan.
+    pub(super) fn certificate_notified(self: &Arc<Self>, name: &str) {
+        let wanted = || self.store.issued(name).is_some() || self.waiting.lock().contains_key(name);
+        let Some(queued) = queue_reload(&self.loading, name, wanted) else {
+            return;
         };
-        if in_flight {
-            tokio::spawn(load(self, name.to_owned()));
-        } else if self.store.issued(name).is_some() || self.waiting.lock().contains_key(name) {
-            load(self, name.to_owned()).await;
-        }
+        let (me, name) = (self.clone(), name.to_owned());
+        tokio::spawn(async move {
+            let gate = Gate::adopt(&me.loading, &name, queued);
+            let _turn = gate.gate.turn.lock().await;
+            // NOTIFYs from here on are read by this reading or queue another.
+            gate.gate.reload_queued.store(false, Ordering::SeqCst);
+            if let Err(e) = me.load_in_turn(&name, &gate.gate).await {
+                me.refresh_due.store(true, Ordering::Release);
+                tracing::error!(name, error = %e, "ACME: cannot load a notified certificate; checked again before the next scan");
+            }
+        });
     }
 
     /// A certificate for `name` is in memory now: wake the handshakes waiting for it.
@@ -523,21 +532,28 @@ impl Acme {
     }
 }
 
-/// Tell a load of `name` in flight or waiting for its turn, if any, that
-/// its row changed; whether there is one.
-fn flag_change(loading: &Loading, name: &str) -> bool {
-    match loading.lock().get(name) {
-        Some(gate) => {
-            gate.changed.store(true, Ordering::SeqCst);
-            true
-        }
-        None => false,
+/// A NOTIFY for `name`: tells a load in flight or waiting for its turn
+/// that the row changed (it reads it again) and, if
+/// the name is being loaded or `wanted` (in memory, awaited), queues one
+/// reload unless one is queued already: the gate for it (held, to be
+/// adopted by the reload's task: [`Gate::adopt`]), or `None`.
+fn queue_reload(loading: &Loading, name: &str, wanted: impl FnOnce() -> bool) -> Option<Arc<LoadGate>> {
+    let mut map = loading.lock();
+    if !map.contains_key(name) && !wanted() {
+        return None;
     }
+    let gate = map.entry(name.to_owned()).or_default();
+    gate.changed.store(true, Ordering::SeqCst);
+    if gate.reload_queued.swap(true, Ordering::SeqCst) {
+        return None;
+    }
+    gate.holders.fetch_add(1, Ordering::Relaxed);
+    Some(gate.clone())
 }
 
 /// `read` again until no change was flagged while it read, then `apply`
 /// the last reading. The check and `apply` hold `loading`'s lock, which
-/// [`flag_change`] takes too: a flag comes either before the check (read
+/// [`queue_reload`] takes too: a flag comes either before the check (read
 /// again) or after the reading is applied (the NOTIFY's own reading then
 /// follows it). A reading that fails is returned as it is.
 async fn read_settled<T, R, E, F: Future<Output = Result<T, E>>>(
@@ -567,19 +583,38 @@ enum StoredCert {
     Gone,
 }
 
-/// One handshake's hold on a name's load gate; the last one out removes
-/// the gate from the map.
+/// One load's hold on a name's load gate; the last one out removes the
+/// gate from the map (holders are counted under the map's lock, so two
+/// leaving at once cannot both see the other still there).
 struct Gate<'a> {
     loading: &'a Loading,
     name: &'a str,
     gate: Arc<LoadGate>,
 }
 
+impl<'a> Gate<'a> {
+    /// A new hold on `name`'s gate (made if there is none).
+    fn new(loading: &'a Loading, name: &'a str) -> Gate<'a> {
+        let mut map = loading.lock();
+        let gate = map.entry(name.to_owned()).or_default();
+        gate.holders.fetch_add(1, Ordering::Relaxed);
+        Gate {
+            loading,
+            name,
+            gate: gate.clone(),
+        }
+    }
+
+    /// A hold taken already ([`queue_reload`]).
+    fn adopt(loading: &'a Loading, name: &'a str, gate: Arc<LoadGate>) -> Gate<'a> {
+        Gate { loading, name, gate }
+    }
+}
+
 impl Drop for Gate<'_> {
     fn drop(&mut self) {
         let mut loading = self.loading.lock();
-        // Ours and the map's: nobody else is waiting on this gate.
-        if Arc::strong_count(&self.gate) <= 2 {
+        if self.gate.holders.fetch_sub(1, Ordering::Relaxed) == 1 {
             loading.remove(self.name);
         }
     }
@@ -592,14 +627,7 @@ mod tests {
     #[tokio::test]
     async fn a_gate_leaves_the_map_with_its_last_holder_even_when_cancelled() {
         let loading: Loading = Mutex::default();
-        let hold = |name| {
-            let gate = loading.lock().entry(String::from(name)).or_default().clone();
-            Gate {
-                loading: &loading,
-                name,
-                gate,
-            }
-        };
+        let hold = |name| Gate::new(&loading, name);
         let first = hold("a.example");
         let turn = first.gate.turn.lock().await;
         // A second handshake waits its turn and is dropped (its deadline).
@@ -611,6 +639,46 @@ mod tests {
         assert!(loading.lock().contains_key("a.example"), "the first still holds it");
         drop(turn);
         drop(first);
+        assert!(loading.lock().is_empty());
+    }
+
+    /// Holders leaving at once on two threads: the map keeps no gate (a
+    /// gate left behind would make every NOTIFY for the name reload it).
+    #[test]
+    fn the_last_of_many_holders_leaving_at_once_removes_the_gate() {
+        let loading: Loading = Mutex::default();
+        for _ in 0..200 {
+            let holds: Vec<Gate<'_>> = (0..4).map(|_| Gate::new(&loading, "a.example")).collect();
+            std::thread::scope(|s| {
+                for g in holds {
+                    s.spawn(move || drop(g));
+                }
+            });
+            assert!(loading.lock().is_empty());
+        }
+    }
+
+    /// NOTIFYs for a name: nothing for a name neither loading nor wanted
+    /// (no gate made); one reload queued for a wanted one, and NOTIFYs
+    /// while it waits share it (each flags the change); once it has its
+    /// turn (and says so), the next NOTIFY queues another.
+    #[test]
+    fn notifies_queue_one_reload_at_a_time() {
+        let loading: Loading = Mutex::default();
+        assert!(queue_reload(&loading, "a.example", || false).is_none());
+        assert!(loading.lock().is_empty(), "no gate for a name nobody needs");
+        let queued = queue_reload(&loading, "a.example", || true).expect("queued");
+        let reload = Gate::adopt(&loading, "a.example", queued);
+        assert!(reload.gate.changed.swap(false, Ordering::SeqCst));
+        // Loading now: wanted or not, a NOTIFY flags it and shares the reload.
+        assert!(queue_reload(&loading, "a.example", || false).is_none());
+        assert!(reload.gate.changed.load(Ordering::SeqCst));
+        reload.gate.reload_queued.store(false, Ordering::SeqCst);
+        let again = queue_reload(&loading, "a.example", || false).expect("queued again");
+        let second = Gate::adopt(&loading, "a.example", again);
+        drop(reload);
+        assert!(loading.lock().contains_key("a.example"), "the second reload holds it");
+        drop(second);
         assert!(loading.lock().is_empty());
     }
 
@@ -646,15 +714,20 @@ mod tests {
             },
         );
         let notify = async {
-            assert!(!flag_change(&loading, "b.example"), "nobody loads b.example");
+            assert!(
+                queue_reload(&loading, "b.example", || false).is_none(),
+                "nobody loads b.example"
+            );
             assert!(
                 !gate.changed.load(Ordering::SeqCst),
                 "another name's NOTIFY flags nothing"
             );
-            assert!(flag_change(&loading, "a.example"));
+            let reload = queue_reload(&loading, "a.example", || false).expect("a reload queued");
             let _ = notified_tx.send(());
+            reload
         };
-        let (row, ()) = tokio::join!(load, notify);
+        let (row, reload) = tokio::join!(load, notify);
+        drop(Gate::adopt(&loading, "a.example", reload));
         assert_eq!(row, Ok("retired"));
         assert_eq!(
             applied,

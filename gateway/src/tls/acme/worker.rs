@@ -63,7 +63,7 @@ impl Acme {
             let _ = self.scan().await;
             while let Some(n) = crate::tenant::invalidate::next_notification(&mut l, QUERY_DEADLINE).await {
                 match n.channel() {
-                    CERTS_CHANNEL => self.certificate_notified(n.payload()).await,
+                    CERTS_CHANNEL => self.certificate_notified(n.payload()),
                     RENEW_CHANNEL => self.spawn_attempt(n.payload().to_owned(), true),
                     _ => {}
                 }
