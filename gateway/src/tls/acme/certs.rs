@@ -262,6 +262,8 @@ impl Acme {
         let (me, name) = (self.clone(), name.to_owned());
         tokio::spawn(async move {
             let gate = Gate::adopt(&me.loading, &name, queued);
+            // Never closed: a permit always comes.
+            let _slot = me.reload_slots.acquire().await;
             let _turn = gate.gate.turn.lock().await;
             // NOTIFYs from here on are read by this reading or queue another.
             gate.gate.reload_queued.store(false, Ordering::SeqCst);

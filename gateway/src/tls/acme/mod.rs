@@ -148,6 +148,9 @@ fn left_for_other_key(what: &str) -> String {
 }
 /// Bound on loading one stored certificate at a handshake.
 const LOAD_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Certificate NOTIFYs' reloads that run at once (the others wait).
+const RELOADS_AT_ONCE: usize = 4;
 /// Names one scan takes per query (missing, due for renewal).
 const SCAN_BATCH: i64 = 500;
 /// The query for names without any certificate reads every listed name
@@ -362,6 +365,10 @@ pub struct Acme {
     /// The certificates in memory are to be checked against the database
     /// (`refresh_loaded`) before the next scan.
     refresh_due: std::sync::atomic::AtomicBool,
+    /// NOTIFY reloads running at once ([`RELOADS_AT_ONCE`]): a fleet's
+    /// bulk renewal NOTIFYs every name in memory, and each reload is a
+    /// query on the ACME pool.
+    reload_slots: tokio::sync::Semaphore,
     /// [`Acme::recheck_served`] is running; it is to run (again).
     rechecking: std::sync::atomic::AtomicBool,
     recheck_again: std::sync::atomic::AtomicBool,
@@ -435,6 +442,7 @@ impl Acme {
             waiting: Mutex::default(),
             loading: Mutex::default(),
             refresh_due: std::sync::atomic::AtomicBool::new(false),
+            reload_slots: tokio::sync::Semaphore::new(RELOADS_AT_ONCE),
             rechecking: std::sync::atomic::AtomicBool::new(false),
             recheck_again: std::sync::atomic::AtomicBool::new(false),
             claims_required: false,
