@@ -88,9 +88,17 @@ pub struct Buffering {
     /// `idle_timeout_ms`: the time a body may take on top of the grace
     /// when there is no rate to derive it from.
     pub idle: Duration,
+    /// `max_request_body_bytes`: larger bodies are refused; 0: no bound.
+    pub max_body: u64,
 }
 
 impl Buffering {
+    /// Whether a body of `len` bytes (its framed length, or what of it came
+    /// so far) is over `max_request_body_bytes`.
+    pub fn too_large(&self, len: u64) -> bool {
+        self.max_body > 0 && len > self.max_body
+    }
+
     /// The body's length, if it is to be read whole first: exactly one
     /// `Content-Length`, a number from 1 to `max_bytes`, and no
     /// `Transfer-Encoding` (a request carrying both is streamed as Pingora
@@ -358,6 +366,7 @@ pub(crate) mod tests {
 
     fn policy(max_bytes: u64) -> Buffering {
         Buffering {
+            max_body: 0,
             max_bytes,
             min_rate: 500,
             grace: Duration::from_secs(10),
@@ -372,6 +381,17 @@ pub(crate) mod tests {
             h.append(*k, http::HeaderValue::from_static(v));
         }
         h
+    }
+
+    #[test]
+    fn only_a_body_over_its_bound_is_too_large() {
+        assert!(!policy(1 << 20).too_large(u64::MAX), "0: no bound");
+        let p = Buffering {
+            max_body: 1000,
+            ..policy(1 << 20)
+        };
+        assert!(!p.too_large(0) && !p.too_large(1000));
+        assert!(p.too_large(1001) && p.too_large(u64::MAX));
     }
 
     #[test]

@@ -718,6 +718,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
             min_rate: cfg.limits.min_body_rate,
             grace: cfg.limits.body_rate_grace,
             idle: cfg.limits.idle_timeout,
+            max_body: cfg.limits.max_request_body_bytes,
         },
         body_budget: crate::body::RequestBudget::new(
             cfg.limits.request_body_buffer_total_mib << 20,

@@ -33,6 +33,8 @@ pub enum PageKind {
     Unverified,
     /// A request body the gateway reads first did not arrive in time.
     RequestTimeout,
+    /// A request body larger than `limits.max_request_body_bytes`.
+    PayloadTooLarge,
 }
 
 impl PageKind {
@@ -51,10 +53,11 @@ impl PageKind {
             PageKind::Busy => "busy",
             PageKind::Unverified => "unverified",
             PageKind::RequestTimeout => "request_timeout",
+            PageKind::PayloadTooLarge => "payload_too_large",
         }
     }
 
-    fn all() -> [PageKind; 13] {
+    fn all() -> [PageKind; 14] {
         [
             PageKind::BadRequest,
             PageKind::NotFound,
@@ -69,6 +72,7 @@ impl PageKind {
             PageKind::Busy,
             PageKind::Unverified,
             PageKind::RequestTimeout,
+            PageKind::PayloadTooLarge,
         ]
     }
 
@@ -96,6 +100,10 @@ impl PageKind {
             ),
             PageKind::Unverified => ("Not found", "No site is served for this host yet."),
             PageKind::RequestTimeout => ("Request timeout", "The request's body did not arrive in time."),
+            PageKind::PayloadTooLarge => (
+                "Payload too large",
+                "The request's body is larger than this site accepts.",
+            ),
         }
     }
 }
@@ -137,6 +145,7 @@ impl Pages {
                 PageKind::Busy => 503,
                 PageKind::Unverified => 404,
                 PageKind::RequestTimeout => 408,
+                PageKind::PayloadTooLarge => 413,
             };
             let (title, text) = kind.default_text();
             let mut html = Bytes::from(format!(

@@ -433,6 +433,13 @@ impl Gateway {
     /// slot among the tenant's requests in flight to the backends.
     async fn proceed(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Option<Reply>> {
         if !session.is_body_empty() {
+            // Refused before any of it is read (a client waiting for
+            // `100 Continue` sends none); the connection closes, as its
+            // body may be on its way.
+            let declared = crate::body::content_length(&session.req_header().headers);
+            if declared.is_some_and(|n| self.bodies.too_large(n)) {
+                return Ok(Some(Reply::Closing(PageKind::PayloadTooLarge)));
+            }
             if let Some(len) = self.bodies.length(&session.req_header().headers) {
                 // Boxed: only a request with a body needs the read's state
                 // in this future, allocated per request.
@@ -807,6 +814,20 @@ impl ProxyHttp for Gateway {
         'life3: 'async_trait,
         Self: 'async_trait,
     {
+        // A body without a length (chunked, HTTP/2 without one) is held to
+        // `max_request_body_bytes` as it comes (one with a length was, by
+        // it, before it was read): 413 if nothing was answered yet.
+        // (Off by default: then only the field is read.)
+        if self.bodies.max_body > 0
+            && body.is_some()
+            && self.bodies.too_large(session.body_bytes_read() as u64)
+            && !session.was_upgraded()
+        {
+            return Box::pin(std::future::ready(Error::e_explain(
+                ErrorType::HTTPStatus(413),
+                "request body over limits.max_request_body_bytes",
+            )));
+        }
         // Only in place of the last part Pingora hands on whole, from its
         // buffer (never an upgraded connection's bytes). A request without
         // a copy (nearly all) looks no further.
@@ -965,11 +986,11 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         }
-        if code == 502 || code == 504 {
-            let kind = if code == 504 {
-                PageKind::GatewayTimeout
-            } else {
-                PageKind::BadGateway
+        if matches!(code, 413 | 502 | 504) {
+            let kind = match code {
+                413 => PageKind::PayloadTooLarge,
+                504 => PageKind::GatewayTimeout,
+                _ => PageKind::BadGateway,
             };
             if self.respond_page(session, ctx, kind, true, None).await.is_err() {
                 return FailToProxy {

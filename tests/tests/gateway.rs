@@ -949,3 +949,69 @@ fn forwarding_values_follow_each_requests_host_on_one_connection() {
         );
     }
 }
+
+/// `limits.max_request_body_bytes`: a body declared larger is refused with
+/// 413 before any of it is read (no backend is tried), one within it
+/// passes, and a chunked body is refused once more than that came (the
+/// backend, waiting for the rest, has not answered); the other tenant is
+/// served throughout.
+#[test]
+fn request_bodies_over_the_bound_get_413() {
+    use std::io::{Read, Write};
+    let s = stack("[limits]\nmax_request_body_bytes = 1000\n");
+    let gw = &s.gw;
+    let client = http::client();
+    // A project named `name`, its JSON padded with `pad` spaces in front.
+    let post = |tenant: &str, name: &str, pad: usize| {
+        client
+            .request(::reqwest::Method::POST, &gw.url("/projects"))
+            .header("host", &format!("{tenant}.myapp.localhost"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json")
+            .body(format!("{}{}", " ".repeat(pad), json!({ "name": name })))
+            .send()
+            .unwrap()
+    };
+    let r = post("ferrari", "too large", 2000);
+    assert_eq!(r.status, 413, "{}", r.body);
+    assert_eq!(r.json()["error"], "payload_too_large");
+    let r = post("mclaren", "just within", 1000 - 25);
+    assert_eq!(r.status, 201, "{}", r.body);
+
+    // Chunked: three chunks of 1,000 bytes of one JSON document.
+    let doc = format!("{{\"name\": \"{}\"}}", "z".repeat(3000 - 12));
+    assert_eq!(doc.len(), 3000);
+    let mut tcp = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    tcp.write_all(
+        b"POST /projects HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nContent-Type: application/json\r\n\
+          Accept: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .unwrap();
+    for part in doc.as_bytes().chunks(1000) {
+        // The gateway may have answered and closed by the last chunks.
+        let _ = tcp.write_all(format!("{:x}\r\n", part.len()).as_bytes());
+        let _ = tcp.write_all(part);
+        let _ = tcp.write_all(b"\r\n");
+    }
+    let _ = tcp.write_all(b"0\r\n\r\n");
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tcp.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}\n{}", gw.proc_.log());
+    assert_eq!(
+        s.metric(
+            "tenant_gateway_tenant_rejected_total",
+            &[("reason", "payload_too_large")]
+        ),
+        2.0
+    );
+    let r = post("mclaren", "after", 0);
+    assert_eq!(r.status, 201, "{}", r.body);
+}

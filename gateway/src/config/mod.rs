@@ -503,6 +503,10 @@ pub struct LimitsConfig {
     /// What the bodies being read first may hold at once, in MiB; past it
     /// a body is streamed.
     pub request_body_buffer_total_mib: u64,
+    /// A request body larger than this many bytes is refused with 413: by
+    /// its `Content-Length` before any of it is read, or, without one, once
+    /// that many bytes have come. 0: no bound.
+    pub max_request_body_bytes: u64,
     /// A response body of 16 KiB to this many bytes (its `Content-Length`)
     /// is taken from the backend whole before the client has it, so a slow
     /// reader holds no backend worker; 0: every response is streamed.
@@ -571,6 +575,7 @@ impl Default for LimitsConfig {
             body_rate_grace: Duration::from_millis(10_000),
             request_body_buffer_bytes: 8 << 20,
             request_body_buffer_total_mib: 128,
+            max_request_body_bytes: 0,
             response_body_buffer_bytes: 8 << 20,
             response_body_buffer_total_mib: 256,
             tenant: TenantLimitsConfig::default(),

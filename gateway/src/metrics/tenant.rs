@@ -23,7 +23,7 @@ pub const METHODS: [&str; 8] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE",
 /// Status classes.
 pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// Why the gateway refused a request itself.
-pub const REJECTIONS: [&str; 11] = [
+pub const REJECTIONS: [&str; 12] = [
     "not_found",
     "suspended",
     "deleted",
@@ -35,6 +35,7 @@ pub const REJECTIONS: [&str; 11] = [
     "client_rate_limited",
     "busy",
     "request_timeout",
+    "payload_too_large",
 ];
 /// Request duration histogram buckets, seconds.
 pub const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
