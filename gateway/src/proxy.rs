@@ -951,6 +951,14 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
+    /// A client's own oversized request (413 over
+    /// `limits.max_request_body_bytes`, 431 for a body that came with a
+    /// huge head) is its request's access line and rejection count, not an
+    /// error line of Pingora's each: a client could fill the error log.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
+        matches!(error.etype(), ErrorType::HTTPStatus(413 | 431))
+    }
+
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Box<Ctx>) -> FailToProxy {
         let code = match e.etype() {
             ErrorType::HTTPStatus(code) => *code,

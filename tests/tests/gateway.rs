@@ -1005,12 +1005,25 @@ fn request_bodies_over_the_bound_get_413() {
     }
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}\n{}", gw.proc_.log());
-    assert_eq!(
+    // Counted when the request ends, just after its page went out.
+    wait_until("both refusals counted", Duration::from_secs(10), || {
         s.metric(
             "tenant_gateway_tenant_rejected_total",
-            &[("reason", "payload_too_large")]
-        ),
-        2.0
+            &[("reason", "payload_too_large")],
+        ) == 2.0
+    })
+    .unwrap();
+    // The declared one tried no backend; neither is an error line of Pingora's.
+    let log = gw.proc_.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("page=payload_too_large") && l.contains("attempts=0")),
+        "{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("Fail to proxy") && l.contains("request body over")),
+        "{log}"
     );
     let r = post("mclaren", "after", 0);
     assert_eq!(r.status, 201, "{}", r.body);
