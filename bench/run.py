@@ -15,6 +15,7 @@ Run it with bench/run.sh (installs packages, builds release). Output:
 bench/results-latest.md (also printed).
 """
 
+import atexit
 import json
 import os
 import re
@@ -37,6 +38,9 @@ TENANTS = 1000
 CUSTOM = 100
 TICK = os.sysconf("SC_CLK_TCK")
 WORK = Path(tempfile.mkdtemp(prefix="tg-bench-"))
+# Made when imported (every bench script imports this module); left only
+# when something was written there (logs, callgrind dumps to look at).
+atexit.register(lambda: WORK.exists() and not any(WORK.iterdir()) and WORK.rmdir())
 PROCS = []
 CLEANUP = []
 
