@@ -546,25 +546,33 @@ struct Trickler {
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// A backend on a free port of its own: `serve` gets each connection on a
+/// thread of its own, until the test ends. Its port.
+fn serve_each(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let serve = Arc::new(serve);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let serve = serve.clone();
+            std::thread::spawn(move || serve(conn));
+        }
+    });
+    port
+}
+
 impl Trickler {
     fn start() -> Trickler {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = stop.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let stopped = stopped.clone();
-                std::thread::spawn(move || {
-                    if read_request_head(&mut conn).is_none() {
-                        return;
-                    }
-                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n");
-                    while !stopped.load(std::sync::atomic::Ordering::Relaxed) && conn.write_all(b"x").is_ok() {
-                        std::thread::sleep(Duration::from_millis(100));
-                    }
-                });
+        let port = serve_each(move |mut conn| {
+            if read_request_head(&mut conn).is_none() {
+                return;
+            }
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n");
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) && conn.write_all(b"x").is_ok() {
+                std::thread::sleep(Duration::from_millis(100));
             }
         });
         Trickler { port, stop }
@@ -946,38 +954,30 @@ struct HangsUpOnReuse {
 
 impl HangsUpOnReuse {
     fn start() -> HangsUpOnReuse {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let hung_up = Arc::new(std::sync::Mutex::new(Vec::new()));
         let record = hung_up.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let record = record.clone();
-                std::thread::spawn(move || {
-                    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-                    let mut answered = false;
-                    while let Some(head) = read_request_head(&mut conn) {
-                        let len = content_length(&head);
-                        let got = read_body(&mut conn, &head, len);
-                        if answered {
-                            if head.starts_with(b"PUT ") {
-                                record.lock().unwrap().push(len);
-                            }
-                            return;
-                        }
-                        answered = true;
-                        let tenant = String::from_utf8_lossy(&head)
-                            .lines()
-                            .find_map(|l| l.strip_prefix("x-tenant: ").map(str::to_owned))
-                            .unwrap_or_default();
-                        let body = format!("{got} tenant {tenant}");
-                        let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-                        if conn.write_all(answer.as_bytes()).is_err() {
-                            return;
-                        }
+        let port = serve_each(move |mut conn| {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
+            let mut answered = false;
+            while let Some(head) = read_request_head(&mut conn) {
+                let len = content_length(&head);
+                let got = read_body(&mut conn, &head, len);
+                if answered {
+                    if head.starts_with(b"PUT ") {
+                        record.lock().unwrap().push(len);
                     }
-                });
+                    return;
+                }
+                answered = true;
+                let tenant = String::from_utf8_lossy(&head)
+                    .lines()
+                    .find_map(|l| l.strip_prefix("x-tenant: ").map(str::to_owned))
+                    .unwrap_or_default();
+                let body = format!("{got} tenant {tenant}");
+                let answer = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                if conn.write_all(answer.as_bytes()).is_err() {
+                    return;
+                }
             }
         });
         HangsUpOnReuse { port, hung_up }
@@ -1546,41 +1546,33 @@ struct Holder {
 impl Holder {
     fn start(hold: Duration) -> Holder {
         use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
         let (open, peak) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let received = Arc::new(AtomicUsize::new(0));
         let (o, p, r) = (open.clone(), peak.clone(), received.clone());
-        std::thread::spawn(move || {
-            for conn in listener.incoming() {
-                let Ok(mut conn) = conn else { continue };
-                let (open, peak, received) = (o.clone(), p.clone(), r.clone());
-                std::thread::spawn(move || {
-                    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-                    let Some(head) = read_request_head(&mut conn) else {
-                        return;
-                    };
-                    // Short reads from here: each one looks whether the
-                    // gateway has hung up.
-                    let _ = conn.set_read_timeout(Some(Duration::from_millis(50)));
-                    let mut buf = [0u8; 1024];
-                    if head.starts_with(b"GET /hold") || head.starts_with(b"POST /hold") {
-                        let now = open.fetch_add(1, SeqCst) + 1;
-                        peak.fetch_max(now, SeqCst);
-                        received.fetch_add(1, SeqCst);
-                        let start = Instant::now();
-                        let mut gone = false;
-                        while start.elapsed() < hold && !gone {
-                            gone = matches!(conn.read(&mut buf), Ok(0));
-                        }
-                        open.fetch_sub(1, SeqCst);
-                        if gone {
-                            return;
-                        }
-                    }
-                    let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
-                });
+        let port = serve_each(move |mut conn| {
+            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+            let Some(head) = read_request_head(&mut conn) else {
+                return;
+            };
+            // Short reads from here: each one looks whether the
+            // gateway has hung up.
+            let _ = conn.set_read_timeout(Some(Duration::from_millis(50)));
+            let mut buf = [0u8; 1024];
+            if head.starts_with(b"GET /hold") || head.starts_with(b"POST /hold") {
+                let now = o.fetch_add(1, SeqCst) + 1;
+                p.fetch_max(now, SeqCst);
+                r.fetch_add(1, SeqCst);
+                let start = Instant::now();
+                let mut gone = false;
+                while start.elapsed() < hold && !gone {
+                    gone = matches!(conn.read(&mut buf), Ok(0));
+                }
+                o.fetch_sub(1, SeqCst);
+                if gone {
+                    return;
+                }
             }
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
         });
         Holder {
             port,

@@ -73,33 +73,32 @@ async fn listen(
         tokio::select! {
             // try_recv is cancel-safe (sqlx reads whole messages or nothing).
             n = listener.try_recv() => match n {
-                Ok(Some(n)) => match serde_json::from_str::<Vec<String>>(n.payload()) {
-                    Ok(names) => {
-                        tracing::debug!(?names, "tenant invalidation");
-                        if let Some(primary) = primary {
-                            if let Err(lost) = fresh_as_of_primary(primary, cache, timing).await {
-                                return lost;
-                            }
-                        }
-                        cache.invalidate(names.iter().map(String::as_str));
-                        if let Some(f) = on_change {
-                            f(Change::Names(names));
+                Ok(Some(n)) => {
+                    // Whatever the payload says, what is read after it is
+                    // read as of now.
+                    if let Some(primary) = primary {
+                        if let Err(lost) = fresh_as_of_primary(primary, cache, timing).await {
+                            return lost;
                         }
                     }
-                    Err(_) => {
-                        tracing::warn!(payload = n.payload(), "tenant invalidation: unexpected payload; clearing cache");
-                        // Which names changed is unknown: as after a gap.
-                        if let Some(primary) = primary {
-                            if let Err(lost) = fresh_as_of_primary(primary, cache, timing).await {
-                                return lost;
+                    match serde_json::from_str::<Vec<String>>(n.payload()) {
+                        Ok(names) => {
+                            tracing::debug!(?names, "tenant invalidation");
+                            cache.invalidate(names.iter().map(String::as_str));
+                            if let Some(f) = on_change {
+                                f(Change::Names(names));
                             }
                         }
-                        cache.clear();
-                        if let Some(f) = on_change {
-                            f(Change::Resumed);
+                        Err(_) => {
+                            tracing::warn!(payload = n.payload(), "tenant invalidation: unexpected payload; clearing cache");
+                            // Which names changed is unknown: as after a gap.
+                            cache.clear();
+                            if let Some(f) = on_change {
+                                f(Change::Resumed);
+                            }
                         }
                     }
-                },
+                }
                 Ok(None) => return Lost::Closed,
                 Err(e) => return Lost::Error(e),
             },

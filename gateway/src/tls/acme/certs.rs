@@ -132,7 +132,7 @@ impl Acme {
     /// Load `name`'s stored certificate into memory unless a concurrent
     /// handshake already did; whether it is in memory now.
     pub(super) async fn load_coalesced(&self, name: &str) -> bool {
-        let gate = self.gate(name);
+        let gate = Gate::new(&self.loading, name);
         // The wait for the turn counts too: another load of the name (an
         // attempt's, a NOTIFY's) may hold it for as long as the database
         // takes, and the handshake then falls back in time.
@@ -164,12 +164,6 @@ impl Acme {
         result == "loaded" || (result == "timeout" && self.store.issued(name).is_some())
     }
 
-    /// A place in line for `name`'s load gate. Leaves the map however this
-    /// ends (a handshake's deadline can drop it while it waits its turn).
-    fn gate<'a>(&'a self, name: &'a str) -> Gate<'a> {
-        Gate::new(&self.loading, name)
-    }
-
     /// `name`'s row read and applied (loaded into memory, or dropped from
     /// it if retired or no longer stored), in turn with every other load of
     /// it (a handshake's, a NOTIFY's, a refresh's, an attempt's), so none
@@ -178,7 +172,7 @@ impl Acme {
     /// NOTIFY then reads the row again after them.) The certificate now in
     /// memory.
     pub(super) async fn load_one(&self, name: &str) -> Result<Option<Arc<Cert>>, AcmeError> {
-        let gate = self.gate(name);
+        let gate = Gate::new(&self.loading, name);
         let _turn = gate.gate.turn.lock().await;
         self.load_in_turn(name, &gate.gate).await
     }
@@ -360,10 +354,7 @@ impl Acme {
     /// A name whose attempt is running is also looked at again when that
     /// attempt ends (`Acme::mark_changed`).
     pub fn names_changed(self: &Arc<Self>, names: Vec<String>) {
-        let names: Vec<String> = names
-            .into_iter()
-            .filter(|name| !self.base_domains.iter().any(|b| tenancy::is_under(name, b)))
-            .collect();
+        let names: Vec<String> = names.into_iter().filter(|name| self.custom(name)).collect();
         // Marked before anything is looked at: what such an attempt does
         // from here on may rest on the state before the change.
         let running: Vec<bool> = names.iter().map(|name| self.mark_changed(name)).collect();
@@ -427,10 +418,7 @@ impl Acme {
             loop {
                 while me.recheck_again.swap(false, Ordering::SeqCst) {
                     let (mut checked, mut retired, mut unknown) = (0usize, 0usize, 0usize);
-                    for name in me.store.issued_names() {
-                        if me.base_domains.iter().any(|b| tenancy::is_under(&name, b)) {
-                            continue;
-                        }
+                    for name in me.store.issued_names().into_iter().filter(|n| me.custom(n)) {
                         checked += 1;
                         match me.handle_change(&name, false).await {
                             Some(false) => retired += 1,
@@ -595,7 +583,9 @@ struct Gate<'a> {
 }
 
 impl<'a> Gate<'a> {
-    /// A new hold on `name`'s gate (made if there is none).
+    /// A new hold on `name`'s gate (made if there is none). Leaves the map
+    /// however the load ends (a handshake's deadline can drop it while it
+    /// waits its turn).
     fn new(loading: &'a Loading, name: &'a str) -> Gate<'a> {
         let mut map = loading.lock();
         let gate = map.entry(name.to_owned()).or_default();

@@ -540,10 +540,13 @@ impl Acme {
     }
 
     pub async fn eligible(&self, name: &str) -> bool {
-        if self.base_domains.iter().any(|b| tenancy::is_under(name, b)) {
-            return false;
-        }
-        policy::eligible(&self.guard.resolve(name).await)
+        self.custom(name) && policy::eligible(&self.guard.resolve(name).await)
+    }
+
+    /// Not under a base domain (whose certificates are the operator's
+    /// files): a name whose certificate ACME looks after.
+    fn custom(&self, name: &str) -> bool {
+        crate::hostnames::needs_claim(name, &self.base_domains)
     }
 }
 

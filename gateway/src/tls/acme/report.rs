@@ -40,7 +40,7 @@ pub async fn status_report(db: &PgPool, cfg: &AcmeConfig, base_domains: &[String
     .await?;
     let mut lines = vec![format!("{:<40} {:<10} DETAIL", "DOMAIN", "STATUS")];
     for (name, until, due, retired, failures, last_error, next, leased, forced) in rows {
-        if base_domains.iter().any(|b| tenancy::is_under(&name, b)) {
+        if !crate::hostnames::needs_claim(&name, base_domains) {
             continue;
         }
         if retired == Some(true) {
