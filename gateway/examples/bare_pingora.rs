@@ -108,6 +108,7 @@ fn tls_listener(
             send: cfg.send_timeout,
             min_body_rate: cfg.min_body_rate,
             body_grace: cfg.body_rate_grace,
+            linger: cfg.lingering_close,
         },
         metrics,
         drain: Arc::new(Drain::default()),

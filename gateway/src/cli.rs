@@ -633,6 +633,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         send: cfg.limits.send_timeout,
         min_body_rate: cfg.limits.min_body_rate,
         body_grace: cfg.limits.body_rate_grace,
+        linger: cfg.limits.lingering_close,
     };
     // Upgrading: the sockets come from the previous process instead.
     let http_socket = match upgrade {

@@ -217,6 +217,14 @@ impl Gateway {
         if close || session.is_process_shutting_down() {
             // Pingora writes `Connection` from its keepalive state.
             session.set_keepalive(None);
+            // A body still on its way is drained before the close, so the
+            // client reads this page, not a reset (not for a client too
+            // slow already: lingering would only give it longer).
+            if close && kind != PageKind::RequestTimeout && !session.is_http2() && !session.is_body_done() {
+                if let Some(conn) = ConnFacts::of(session.digest()) {
+                    conn.linger_on_close();
+                }
+            }
         }
         let head = session.req_header().method == http::Method::HEAD;
         session.write_response_header(Box::new(resp), head).await?;

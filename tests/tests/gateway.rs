@@ -1005,14 +1005,7 @@ fn request_bodies_over_the_bound_get_413() {
     }
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}\n{}", gw.proc_.log());
-    // Counted when the request ends, just after its page went out.
-    wait_until("both refusals counted", Duration::from_secs(10), || {
-        s.metric(
-            "tenant_gateway_tenant_rejected_total",
-            &[("reason", "payload_too_large")],
-        ) == 2.0
-    })
-    .unwrap();
+    two_bodies_refused(&s);
     // The declared one tried no backend; neither is an error line of Pingora's.
     let log = gw.proc_.log();
     assert!(
@@ -1027,4 +1020,96 @@ fn request_bodies_over_the_bound_get_413() {
     );
     let r = post("mclaren", "after", 0);
     assert_eq!(r.status, 201, "{}", r.body);
+}
+
+/// A client refused by its `Content-Length` that sends its whole body
+/// anyway and reads only then (as many HTTP libraries do) gets the 413
+/// page: the gateway drains the upload before it closes. Without that, its
+/// close with unread data resets the connection and the client's write
+/// fails. The drain ends when the client closes, or at
+/// `limits.lingering_close_ms` when it does not; the other tenant is
+/// served meanwhile.
+#[test]
+fn a_refused_upload_is_drained_so_its_client_reads_the_page() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    const LINGER: Duration = Duration::from_secs(8);
+    let s = stack(&format!(
+        "[limits]\nmax_request_body_bytes = 1000\nlingering_close_ms = {}\n",
+        LINGER.as_millis()
+    ));
+    let gw = &s.gw;
+    let open = || s.metric("tenant_gateway_connections_open", &[("listener", "http")]);
+    wait_until("no client connection open", Duration::from_secs(20), || open() == 0.0).unwrap();
+    let connect = || {
+        let tcp = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        tcp.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+        tcp
+    };
+    let post_head = |len: usize| {
+        format!(
+            "POST /projects HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nContent-Type: application/json\r\n\
+             Accept: application/json\r\nContent-Length: {len}\r\n\r\n"
+        )
+    };
+    // 32 MiB: far more than the sockets' buffers hold, so without the
+    // drain the gateway's close meets unread data.
+    let mut tcp = connect();
+    tcp.write_all(post_head(32 << 20).as_bytes()).unwrap();
+    let mib = vec![b' '; 1 << 20];
+    for i in 0..32 {
+        if let Err(e) = tcp.write_all(&mib) {
+            panic!("the upload was cut after {i} MiB: {e}\n{}", gw.proc_.log());
+        }
+    }
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(answer.contains("payload_too_large"), "{answer}");
+    drop(tcp);
+    // Its client closed: the drain ends then, long before its bound.
+    wait_until("the drained connection closed", LINGER / 2, || open() == 0.0).unwrap();
+
+    // A client that sends part of its body and then neither sends nor
+    // closes: answered at once, and closed at the bound.
+    let mut tcp = connect();
+    tcp.write_all(post_head(1 << 20).as_bytes()).unwrap();
+    tcp.write_all(&mib[..100]).unwrap();
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer).unwrap();
+    let answered = Instant::now();
+    assert!(String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 413 "));
+    // The other tenant meanwhile, on a connection of its own.
+    let mut other = connect();
+    other
+        .write_all(b"GET /whoami HTTP/1.1\r\nHost: mclaren.myapp.localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut page = String::new();
+    other.read_to_string(&mut page).unwrap();
+    assert!(page.starts_with("HTTP/1.1 200 "), "{page}");
+    assert!(page.contains("\"tenant\":\"mclaren\""), "{page}");
+    // (`other` ends just after its response.)
+    wait_until("only the lingering connection open", LINGER / 4, || open() == 1.0).unwrap();
+    wait_until("the lingering connection closed", LINGER * 4, || open() == 0.0).unwrap();
+    // Measured from the client's side, after the gateway began to linger.
+    assert!(
+        answered.elapsed() >= LINGER / 2,
+        "closed after {:?}, lingering bound {LINGER:?}",
+        answered.elapsed()
+    );
+    two_bodies_refused(&s);
+}
+
+/// Waits until two requests were refused for their body's size (counted
+/// when a request ends, just after its page went out).
+fn two_bodies_refused(s: &Stack) {
+    wait_until("both refusals counted", Duration::from_secs(10), || {
+        s.metric(
+            "tenant_gateway_tenant_rejected_total",
+            &[("reason", "payload_too_large")],
+        ) == 2.0
+    })
+    .unwrap();
 }

@@ -1141,6 +1141,42 @@ fn a_client_that_reads_none_of_its_responses_is_cut_and_the_shared_backend_freed
     drop((streams, unread));
 }
 
+/// Over TLS too, a refused upload is drained before the close (its
+/// close_notify goes out, then what the client still sends is read and
+/// dropped): a client that sends its whole body before it reads gets the
+/// 413 page, not a reset (tests/tests/gateway.rs has the plain-HTTP case
+/// and the drain's bound).
+#[test]
+fn a_refused_upload_over_tls_is_drained_so_its_client_reads_the_page() {
+    let s = stack("[limits]\nmax_request_body_bytes = 1000\n");
+    let mut tls = h1_tls(&s, "ferrari.myapp.localhost");
+    tls.sock.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    tls.write_all(
+        format!(
+            "POST /projects HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nContent-Length: {}\r\n\r\n",
+            32 << 20
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mib = vec![b' '; 1 << 20];
+    for i in 0..32 {
+        if let Err(e) = tls.write_all(&mib) {
+            panic!("the upload was cut after {i} MiB: {e}\n{}", s.gw.proc_.log());
+        }
+    }
+    let answer = read_until(&mut tls, "</html>");
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(answer.contains("Payload too large"), "{answer}");
+    assert!(closes(&mut tls), "the connection ends after the page");
+    let port = s.gw.tls_port;
+    let r = https_client(s.ca(), port, &["mclaren.myapp.localhost"], &["http/1.1"])
+        .get(&format!("https://mclaren.myapp.localhost:{port}/whoami"))
+        .send()
+        .unwrap();
+    assert_eq!(r.json()["tenant"], "mclaren", "{}", r.body);
+}
+
 /// An HTTP/1.1 connection over TLS to the gateway for `host`.
 fn h1_tls(s: &Stack, host: &str) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let cfg = Arc::new(client_config(s.ca(), &["http/1.1"]));

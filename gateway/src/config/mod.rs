@@ -233,6 +233,10 @@ pub fn quoted_ident(name: &str) -> Option<String> {
     })
 }
 
+/// Longest `limits.lingering_close_ms` (a lingering connection keeps its
+/// place under the connection caps).
+pub const MAX_LINGER: Duration = Duration::from_secs(300);
+
 /// Upper bound of the cache's time settings (its clock is 32-bit).
 pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -507,6 +511,12 @@ pub struct LimitsConfig {
     /// its `Content-Length` before any of it is read, or, without one, once
     /// that many bytes have come. 0: no bound.
     pub max_request_body_bytes: u64,
+    /// A connection closed on a request body not read (a 413, a 502
+    /// during an upload) reads and drops what the client still sends for at
+    /// most this long, so the client reads the answer instead of a reset;
+    /// 0: closed at once.
+    #[serde(rename = "lingering_close_ms", with = "units::ms")]
+    pub lingering_close: Duration,
     /// A response body of 16 KiB to this many bytes (its `Content-Length`)
     /// is taken from the backend whole before the client has it, so a slow
     /// reader holds no backend worker; 0: every response is streamed.
@@ -576,6 +586,7 @@ impl Default for LimitsConfig {
             request_body_buffer_bytes: 8 << 20,
             request_body_buffer_total_mib: 128,
             max_request_body_bytes: 0,
+            lingering_close: Duration::from_millis(5_000),
             response_body_buffer_bytes: 8 << 20,
             response_body_buffer_total_mib: 256,
             tenant: TenantLimitsConfig::default(),

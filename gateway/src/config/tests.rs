@@ -256,6 +256,10 @@ fn errors_name_the_key() {
             "limits.send_timeout_ms",
         ),
         (
+            format!("{MIN}[limits]\nlingering_close_ms = 300001\n"),
+            "limits.lingering_close_ms",
+        ),
+        (
             format!("{MIN}[limits]\nrequest_body_buffer_bytes = 1073741825\nrequest_body_buffer_total_mib = 2048\n"),
             "limits.request_body_buffer_bytes",
         ),

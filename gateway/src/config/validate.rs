@@ -327,6 +327,13 @@ impl Config {
                 "must hold one response of limits.response_body_buffer_bytes",
             ));
         }
+        // A lingering connection keeps its place under the caps.
+        if l.lingering_close > MAX_LINGER {
+            errs.push(invalid(
+                "limits.lingering_close_ms",
+                format!("must be at most {} (0: close at once)", MAX_LINGER.as_millis()),
+            ));
+        }
         if l.max_connections_per_ip == Some(0) {
             errs.push(invalid("limits.max_connections_per_ip", "must be at least 1"));
         }

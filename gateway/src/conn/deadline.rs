@@ -49,6 +49,9 @@ pub struct Timeouts {
     /// Bytes per second; 0 disables the body rate check.
     pub min_body_rate: u64,
     pub body_grace: Duration,
+    /// The longest a lingering close drains what a client still sends
+    /// (`limits.lingering_close_ms`, see [`super::stream`]); 0: none.
+    pub linger: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -354,6 +357,7 @@ mod tests {
         send: Duration::from_secs(60),
         min_body_rate: 100,
         body_grace: Duration::from_secs(5),
+        linger: Duration::from_secs(5),
     };
 
     fn secs(start: Instant, s: u64) -> Instant {

@@ -260,6 +260,7 @@ impl<A: ServerApp + Send + Sync + 'static, H: Handshake> Service for Listener<A,
                 drain: self.drain.clone(),
                 metrics: self.metrics.clone(),
                 send_timeout: timeouts.send,
+                linger: timeouts.linger,
             };
             let (open, shutdown) = (open.clone(), shutdown.clone());
             let accepted_at = Instant::now();

@@ -6,6 +6,15 @@
 //! path inside the connection's own digest, so nothing per connection lives
 //! in global state.
 //!
+//! A connection the request path closes on a request whose body it has not
+//! read (a 413 by `Content-Length`, a 502 in the middle of an upload) ends
+//! with a lingering close, as nginx's `lingering_close`: after the answer
+//! and the end of writes, what the client still sends is read and dropped
+//! until it closes, for at most `limits.lingering_close_ms`. Closing a
+//! socket with unread data makes the kernel send a reset, and a client
+//! still sending its body would then see the reset, often before (or
+//! instead of) the answer.
+//!
 //! At shutdown a WebSocket connection gets a close frame (1001, going away)
 //! between two of the backend's frames, and then reads end of stream, so
 //! Pingora ends the tunnel and closes the backend side too.
@@ -16,6 +25,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
@@ -75,6 +85,8 @@ pub struct ConnFacts {
     pub tenant: TenantMemo,
     /// The `X-Tenant` value of the first tenant stamped.
     pub stamp: StampMemo,
+    /// The connection closes on a body not read: linger ([`Guarded`]).
+    linger: AtomicBool,
 }
 
 impl ConnFacts {
@@ -85,7 +97,14 @@ impl ConnFacts {
             host: HostMemo::default(),
             tenant: TenantMemo::default(),
             stamp: StampMemo::default(),
+            linger: AtomicBool::new(false),
         }
+    }
+
+    /// The request path is closing this connection on a request body it
+    /// has not read: drain what the client still sends before closing.
+    pub fn linger_on_close(&self) {
+        self.linger.store(true, Ordering::Relaxed);
     }
 
     /// The facts as a digest Pingora hands back with every request.
@@ -100,12 +119,11 @@ impl ConnFacts {
     /// The facts of the connection a request arrived on (`None` when the
     /// connection was not accepted by our listeners).
     pub fn of(digest: Option<&pingora_core::protocols::Digest>) -> Option<&ConnFacts> {
-        digest?
-            .proxy_digest
-            .as_ref()?
-            .user_data
-            .as_ref()?
-            .downcast_ref::<ConnFacts>()
+        Self::in_digest(digest?.proxy_digest.as_ref()?)
+    }
+
+    fn in_digest(digest: &ProxyDigest) -> Option<&ConnFacts> {
+        digest.user_data.as_ref()?.downcast_ref::<ConnFacts>()
     }
 }
 
@@ -134,7 +152,28 @@ pub struct Guarded<S> {
     stall: Stall,
     /// Wakes the writer at the stall's deadline (made at the first stall).
     stall_timer: Option<Pin<Box<Sleep>>>,
+    /// `limits.lingering_close_ms`.
+    linger: std::time::Duration,
+    /// Where a lingering close stands.
+    lingering: Lingering,
 }
+
+/// A lingering close: not begun, draining (its deadline and scrap buffer,
+/// allocated only by a close that lingers), or over.
+enum Lingering {
+    No,
+    Draining(Box<Drainer>),
+    Done,
+}
+
+struct Drainer {
+    until: Pin<Box<Sleep>>,
+    scrap: Box<[u8]>,
+}
+
+/// Reads a lingering close makes in one poll before it lets other tasks
+/// run (a client sending fast would otherwise hold the worker).
+const LINGER_READS_PER_POLL: usize = 16;
 
 /// What a public connection is guarded by.
 pub struct Guards {
@@ -143,6 +182,8 @@ pub struct Guards {
     pub metrics: Arc<Metrics>,
     /// A client that takes nothing written to it for this long is cut.
     pub send_timeout: std::time::Duration,
+    /// The longest a lingering close drains (0: none).
+    pub linger: std::time::Duration,
 }
 
 impl<S: Ssl> Guarded<S> {
@@ -169,6 +210,8 @@ impl<S: Ssl> Guarded<S> {
             send_timeout: guards.send_timeout,
             stall: Stall::default(),
             stall_timer: None,
+            linger: guards.linger,
+            lingering: Lingering::No,
         }
     }
 }
@@ -375,7 +418,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
+impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
         match this.deadlines.phase() {
@@ -396,8 +439,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        let closed = Pin::new(&mut this.inner).poll_shutdown(cx);
-        this.bounded_write(closed, cx)
+        if let Lingering::No = this.lingering {
+            let closed = Pin::new(&mut this.inner).poll_shutdown(cx);
+            match this.bounded_write(closed, cx) {
+                Poll::Ready(Ok(())) if this.lingers() => {
+                    this.lingering = Lingering::Draining(Box::new(Drainer {
+                        until: Box::pin(tokio::time::sleep(this.linger)),
+                        scrap: vec![0; 16 * 1024].into_boxed_slice(),
+                    }));
+                }
+                other => return other,
+            }
+        }
+        this.poll_linger(cx)
     }
     fn poll_write_vectored(
         self: Pin<&mut Self>,
@@ -423,6 +477,54 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+impl<S> Guarded<S> {
+    /// Whether this close lingers: the request path asked for it
+    /// ([`ConnFacts::linger_on_close`]) and it is configured.
+    fn lingers(&self) -> bool {
+        !self.linger.is_zero()
+            && self
+                .facts
+                .as_deref()
+                .and_then(ConnFacts::in_digest)
+                .is_some_and(|f| f.linger.load(Ordering::Relaxed))
+    }
+}
+
+impl<S: AsyncRead + Unpin> Guarded<S> {
+    /// A lingering close, writes shut already: read and drop what the
+    /// client still sends until it closes (or fails), or the bound passes.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let Lingering::Draining(d) = &mut self.lingering else {
+            return Poll::Ready(Ok(()));
+        };
+        let mut waiting = false;
+        for _ in 0..LINGER_READS_PER_POLL {
+            let mut buf = ReadBuf::new(&mut d.scrap);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
+                // The client closed, or the connection failed.
+                Poll::Ready(_) => {
+                    self.lingering = Lingering::Done;
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Pending => {
+                    waiting = true;
+                    break;
+                }
+            }
+        }
+        if d.until.as_mut().poll(cx).is_ready() {
+            self.lingering = Lingering::Done;
+            return Poll::Ready(Ok(()));
+        }
+        if !waiting {
+            // Read all it may in one go: let other tasks run first.
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
     }
 }
 
