@@ -248,12 +248,13 @@ impl Limits {
         let settings = **self.settings.load();
         let Some(slots) = &limiter.slots else { return Ok(None) };
         let busy = Refused::Busy { retry_after_secs: 1 };
-        if limiter.queued.fetch_add(1, Ordering::AcqRel) >= settings.max_queued {
-            limiter.queued.fetch_sub(1, Ordering::AcqRel);
+        // Counted out when the wait ends, however it ends (a wait dropped
+        // half-way must not keep its place in the queue for ever).
+        let _queued = Queued::enter(&limiter.queued);
+        if _queued.ahead >= settings.max_queued {
             return Err(busy);
         }
         let waited = tokio::time::timeout(settings.queue_timeout, slots.clone().acquire_owned()).await;
-        limiter.queued.fetch_sub(1, Ordering::AcqRel);
         match waited {
             Ok(Ok(permit)) => Ok(Some(permit)),
             _ => Err(busy),
@@ -275,6 +276,26 @@ impl Limits {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+}
+
+/// A request counted among its tenant's waiting ones while this lives.
+struct Queued<'a> {
+    count: &'a AtomicU32,
+    /// How many were waiting before it.
+    ahead: u32,
+}
+
+impl<'a> Queued<'a> {
+    fn enter(count: &'a AtomicU32) -> Queued<'a> {
+        let ahead = count.fetch_add(1, Ordering::AcqRel);
+        Queued { count, ahead }
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -380,6 +401,25 @@ mod tests {
             (t, l)
         };
         assert_eq!(waiter.0.await.unwrap(), Ok(true));
+    }
+
+    #[tokio::test]
+    async fn a_wait_dropped_half_way_leaves_its_place_in_the_queue() {
+        let l = limits(0, 1, 1);
+        let a = l.limiter("a", Overrides::default()).unwrap();
+        let held = l.wait_slot(&a).await.unwrap();
+        // More waits than `max_queued` (2), each dropped while it waits.
+        for _ in 0..3 {
+            assert!(tokio::time::timeout(Duration::ZERO, l.wait_slot(&a)).await.is_err());
+        }
+        assert_eq!(a.queued.load(Ordering::Acquire), 0);
+        // So the next one still queues, and takes the slot when it is freed.
+        let l = Arc::new(l);
+        let (l2, a2) = (l.clone(), a.clone());
+        let waiter = tokio::spawn(async move { l2.wait_slot(&a2).await.map(|p| p.is_some()) });
+        tokio::task::yield_now().await;
+        drop(held);
+        assert_eq!(waiter.await.unwrap(), Ok(true));
     }
 
     #[tokio::test]
