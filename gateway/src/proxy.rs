@@ -139,6 +139,9 @@ pub struct Ctx {
     /// A request body read first into a copy of its own (larger than
     /// Pingora's buffer): sent in place of the last part Pingora hands on.
     request_body: Option<Box<HeldRequest>>,
+    /// The connection closes on this request's unread body: it lingers
+    /// once the request is logged ([`ConnFacts::linger_on_close`]).
+    linger: bool,
 }
 
 /// What [`Gateway`]'s `request_body_filter` returns: done, and of no size
@@ -220,9 +223,10 @@ impl Gateway {
             // A body still on its way is drained before the close, so the
             // client reads this page, not a reset (not for a client too
             // slow already: lingering would only give it longer).
-            if close && kind != PageKind::RequestTimeout && !session.is_http2() && !session.is_body_done() {
+            if kind != PageKind::RequestTimeout && !session.is_http2() && !session.is_body_done() {
                 if let Some(conn) = ConnFacts::of(session.digest()) {
                     conn.linger_on_close();
+                    ctx.linger = true;
                 }
             }
         }
@@ -738,6 +742,7 @@ impl ProxyHttp for Gateway {
             response_decided: false,
             held_response: None,
             request_body: None,
+            linger: false,
         })
     }
 
@@ -1053,6 +1058,17 @@ impl ProxyHttp for Gateway {
             request_id = %ctx.request_id,
             error = %e.map(|e| e.to_string()).as_deref().unwrap_or("-"),
         );
+        if ctx.linger {
+            // Pingora's error paths drop the session without the shutdown
+            // that lingers, so it is done here, on every path (where the
+            // session is finished normally, its own shutdown then finds it
+            // done). The request's holdings go back first: a lingering
+            // client holds nothing of its tenant's.
+            ctx.slot = None;
+            ctx.held_response = None;
+            ctx.request_body = None;
+            session.downstream_session.shutdown().await;
+        }
     }
 }
 

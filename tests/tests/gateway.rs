@@ -1005,7 +1005,7 @@ fn request_bodies_over_the_bound_get_413() {
     }
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}\n{}", gw.proc_.log());
-    two_bodies_refused(&s);
+    bodies_refused(&s, 2.0);
     // The declared one tried no backend; neither is an error line of Pingora's.
     let log = gw.proc_.log();
     assert!(
@@ -1022,18 +1022,18 @@ fn request_bodies_over_the_bound_get_413() {
     assert_eq!(r.status, 201, "{}", r.body);
 }
 
-/// A client refused by its `Content-Length` that sends its whole body
-/// anyway and reads only then (as many HTTP libraries do) gets the 413
-/// page: the gateway drains the upload before it closes. Without that, its
-/// close with unread data resets the connection and the client's write
-/// fails. The drain ends when the client closes, or at
+/// A client refused by its `Content-Length`, or mid-body without one, that
+/// sends its whole body anyway and reads only then (as many HTTP libraries
+/// do) gets the 413 page: the gateway drains the upload before it closes.
+/// Without that, its close with unread data resets the connection and the
+/// client's write fails. The drain ends when the client closes, or at
 /// `limits.lingering_close_ms` when it does not; the other tenant is
 /// served meanwhile.
 #[test]
 fn a_refused_upload_is_drained_so_its_client_reads_the_page() {
     use std::io::{Read, Write};
     use std::net::TcpStream;
-    const LINGER: Duration = Duration::from_secs(8);
+    const LINGER: Duration = Duration::from_secs(12);
     let s = stack(&format!(
         "[limits]\nmax_request_body_bytes = 1000\nlingering_close_ms = {}\n",
         LINGER.as_millis()
@@ -1063,14 +1063,37 @@ fn a_refused_upload_is_drained_so_its_client_reads_the_page() {
             panic!("the upload was cut after {i} MiB: {e}\n{}", gw.proc_.log());
         }
     }
-    let mut answer = Vec::new();
-    tcp.read_to_end(&mut answer).unwrap();
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
-    assert!(answer.contains("payload_too_large"), "{answer}");
-    drop(tcp);
-    // Its client closed: the drain ends then, long before its bound.
-    wait_until("the drained connection closed", LINGER / 2, || open() == 0.0).unwrap();
+    let read_page = |mut tcp: TcpStream| {
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer).unwrap();
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+        assert!(answer.contains("payload_too_large"), "{answer}");
+        // Its client closes: the drain ends then, long before its bound.
+        drop(tcp);
+        wait_until("the drained connection closed", LINGER / 2, || open() == 0.0).unwrap();
+    };
+    read_page(tcp);
+
+    // The same in chunks: refused once more than the bound has come (the
+    // request went to a backend by then, and fails), drained all the same.
+    let mut tcp = connect();
+    tcp.write_all(
+        b"POST /projects HTTP/1.1\r\nHost: ferrari.myapp.localhost\r\nContent-Type: application/json\r\n\
+          Accept: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .unwrap();
+    for i in 0..32 {
+        let sent = tcp
+            .write_all(b"100000\r\n")
+            .and_then(|()| tcp.write_all(&mib))
+            .and_then(|()| tcp.write_all(b"\r\n"));
+        if let Err(e) = sent {
+            panic!("the chunked upload was cut after {i} MiB: {e}\n{}", gw.proc_.log());
+        }
+    }
+    tcp.write_all(b"0\r\n\r\n").unwrap();
+    read_page(tcp);
 
     // A client that sends part of its body and then neither sends nor
     // closes: answered at once, and closed at the bound.
@@ -1091,7 +1114,7 @@ fn a_refused_upload_is_drained_so_its_client_reads_the_page() {
     assert!(page.starts_with("HTTP/1.1 200 "), "{page}");
     assert!(page.contains("\"tenant\":\"mclaren\""), "{page}");
     // (`other` ends just after its response.)
-    wait_until("only the lingering connection open", LINGER / 4, || open() == 1.0).unwrap();
+    wait_until("only the lingering connection open", LINGER / 2, || open() == 1.0).unwrap();
     wait_until("the lingering connection closed", LINGER * 4, || open() == 0.0).unwrap();
     // Measured from the client's side, after the gateway began to linger.
     assert!(
@@ -1099,17 +1122,17 @@ fn a_refused_upload_is_drained_so_its_client_reads_the_page() {
         "closed after {:?}, lingering bound {LINGER:?}",
         answered.elapsed()
     );
-    two_bodies_refused(&s);
+    bodies_refused(&s, 3.0);
 }
 
-/// Waits until two requests were refused for their body's size (counted
+/// Waits until `n` requests were refused for their body's size (counted
 /// when a request ends, just after its page went out).
-fn two_bodies_refused(s: &Stack) {
-    wait_until("both refusals counted", Duration::from_secs(10), || {
+fn bodies_refused(s: &Stack, n: f64) {
+    wait_until("the refusals counted", Duration::from_secs(10), || {
         s.metric(
             "tenant_gateway_tenant_rejected_total",
             &[("reason", "payload_too_large")],
-        ) == 2.0
+        ) == n
     })
     .unwrap();
 }
