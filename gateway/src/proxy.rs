@@ -964,12 +964,17 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
-    /// A client's own oversized request (413 over
-    /// `limits.max_request_body_bytes`, 431 for a body that came with a
-    /// huge head) is its request's access line and rejection count, not an
-    /// error line of Pingora's each: a client could fill the error log.
+    /// What a client causes is its request's access line (`error=`) and
+    /// counters, not an ERROR line of Pingora's each: a client's own
+    /// oversized request (413 over `limits.max_request_body_bytes`, 431 for
+    /// a body that came with a huge head), and every failure on the
+    /// client's side (it closed or reset its connection or stream, took
+    /// nothing written to it, sent a malformed body). Any client could
+    /// otherwise fill the error log and drown the lines about backends and
+    /// the gateway itself.
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
         matches!(error.etype(), ErrorType::HTTPStatus(413 | 431))
+            || *error.esource() == pingora_error::ErrorSource::Downstream
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Box<Ctx>) -> FailToProxy {

@@ -1139,6 +1139,15 @@ fn a_client_that_reads_none_of_its_responses_is_cut_and_the_shared_backend_freed
     other_served("the other tenant served after the HTTP/2 streams were cut");
     cut("both HTTP/2 streams counted as cut", 4.0);
     drop((streams, unread));
+    // What the clients caused is their requests' access lines, not ERROR
+    // lines (a client could otherwise fill the error log).
+    let log = s.gw.proc_.log();
+    let cut_lines = log
+        .lines()
+        .filter(|l| l.contains("path=/big") && l.contains("error=Downstream"))
+        .count();
+    assert!(cut_lines >= 1, "{log}");
+    assert!(!log.contains("Fail to proxy: Downstream"), "{log}");
 }
 
 /// Over TLS too, a refused upload is drained before the close (its
