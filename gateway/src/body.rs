@@ -99,6 +99,29 @@ impl Buffering {
         self.max_body > 0 && len > self.max_body
     }
 
+    /// Whether the request declares a body over `max_request_body_bytes`:
+    /// any `Content-Length` value (of duplicate fields or a list, which
+    /// Pingora frames the body by when they agree) over it, one too long
+    /// for a `u64` too. Only refusals are decided by this; a message
+    /// framed by `Transfer-Encoding` is not.
+    pub fn declares_too_large(&self, headers: &HeaderMap) -> bool {
+        self.max_body > 0
+            && !headers.contains_key(TRANSFER_ENCODING)
+            && headers
+                .get_all(CONTENT_LENGTH)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .any(|value| {
+                    let digits = value.trim_ascii();
+                    !digits.is_empty()
+                        && digits.iter().all(u8::is_ascii_digit)
+                        && digits
+                            .iter()
+                            .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+                            .is_none_or(|n| n > self.max_body)
+                })
+    }
+
     /// The body's length, if it is to be read whole first: exactly one
     /// `Content-Length`, a number from 1 to `max_bytes`, and no
     /// `Transfer-Encoding` (a request carrying both is streamed as Pingora
@@ -392,6 +415,40 @@ pub(crate) mod tests {
         };
         assert!(!p.too_large(0) && !p.too_large(1000));
         assert!(p.too_large(1001) && p.too_large(u64::MAX));
+    }
+
+    #[test]
+    fn a_body_declared_over_the_bound_in_any_spelling_is_too_large() {
+        let p = Buffering {
+            max_body: 1000,
+            ..policy(1 << 20)
+        };
+        for over in [
+            &[("content-length", "1001")][..],
+            &[("content-length", "1001"), ("content-length", "1001")],
+            &[("content-length", "1001, 1001")],
+            &[("content-length", "5,1001")],
+            &[("content-length", " 1001 ")],
+            &[("content-length", "1000000000000000")],
+            &[("content-length", "99999999999999999999999")],
+        ] {
+            assert!(p.declares_too_large(&headers(over)), "{over:?}");
+        }
+        for not in [
+            &[("content-length", "1000")][..],
+            &[("content-length", "1000"), ("content-length", "1000")],
+            &[("content-length", "+2000")],
+            &[("content-length", "")],
+            &[("content-length", "2000"), ("transfer-encoding", "chunked")],
+            &[("transfer-encoding", "chunked")],
+            &[],
+        ] {
+            assert!(!p.declares_too_large(&headers(not)), "{not:?}");
+        }
+        assert!(
+            !policy(1 << 20).declares_too_large(&headers(&[("content-length", "1001")])),
+            "0: no bound"
+        );
     }
 
     #[test]

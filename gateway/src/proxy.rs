@@ -448,8 +448,7 @@ impl Gateway {
             // Refused before any of it is read (a client waiting for
             // `100 Continue` sends none); the connection closes, as its
             // body may be on its way.
-            let declared = crate::body::content_length(&session.req_header().headers);
-            if declared.is_some_and(|n| self.bodies.too_large(n)) {
+            if self.bodies.declares_too_large(&session.req_header().headers) {
                 return Ok(Some(Reply::Closing(PageKind::PayloadTooLarge)));
             }
             if let Some(len) = self.bodies.length(&session.req_header().headers) {
