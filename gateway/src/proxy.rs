@@ -220,14 +220,21 @@ impl Gateway {
         if close || session.is_process_shutting_down() {
             // Pingora writes `Connection` from its keepalive state.
             session.set_keepalive(None);
-            // A body still on its way is drained before the close, so the
-            // client reads this page, not a reset (not for a client too
-            // slow already: lingering would only give it longer).
-            if kind != PageKind::RequestTimeout && !session.is_http2() && !session.is_body_done() {
-                if let Some(conn) = ConnFacts::of(session.digest()) {
-                    conn.linger_on_close();
-                    ctx.linger = true;
-                }
+        }
+        // The connection ends after this page (asked for here, by the
+        // client's `Connection: close`, or by Pingora at shutdown; Pingora
+        // drains a body only on a connection kept alive): a body still on
+        // its way is drained before the close, so the client reads this
+        // page, not a reset. Not for a client too slow already: lingering
+        // would only give it longer.
+        if kind != PageKind::RequestTimeout
+            && !session.is_http2()
+            && session.downstream_session.get_keepalive().is_none()
+            && !session.is_body_done()
+        {
+            if let Some(conn) = ConnFacts::of(session.digest()) {
+                conn.linger_on_close();
+                ctx.linger = true;
             }
         }
         let head = session.req_header().method == http::Method::HEAD;
@@ -971,9 +978,21 @@ impl ProxyHttp for Gateway {
     /// nothing written to it, sent a malformed body). Any client could
     /// otherwise fill the error log and drown the lines about backends and
     /// the gateway itself.
+    ///
+    /// Only the kinds of failure a client causes at will; any other error
+    /// Pingora puts on the client's side stays an ERROR line. (HTTP/2's
+    /// catch-all kind is among them: mostly a stream the client reset or
+    /// closed, it would also carry the proxy misusing the HTTP/2 library,
+    /// which then shows in the access line only.)
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
-        matches!(error.etype(), ErrorType::HTTPStatus(413 | 431))
-            || *error.esource() == pingora_error::ErrorSource::Downstream
+        use ErrorType::*;
+        match error.etype() {
+            HTTPStatus(413 | 431) => true,
+            ConnectionClosed | ReadError | WriteError | ReadTimedout | WriteTimedout | H2Error | InvalidHTTPHeader => {
+                *error.esource() == pingora_error::ErrorSource::Downstream
+            }
+            _ => false,
+        }
     }
 
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Box<Ctx>) -> FailToProxy {

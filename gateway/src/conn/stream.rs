@@ -448,6 +448,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for Guarded<S> {
                         scrap: vec![0; 16 * 1024].into_boxed_slice(),
                     }));
                 }
+                // Closed: a second shutdown (the request path's, then
+                // Pingora's) finds it done.
+                Poll::Ready(Ok(())) => {
+                    this.lingering = Lingering::Done;
+                    return Poll::Ready(Ok(()));
+                }
                 other => return other,
             }
         }
