@@ -1132,6 +1132,8 @@ fn a_refused_upload_is_drained_so_its_client_reads_the_page() {
         }
     }
     read_page(tcp, "404");
+    let lingered = |end: &str| s.metric("tenant_gateway_lingering_closes_total", &[("end", end)]);
+    assert_eq!((lingered("client_closed"), lingered("bound")), (3.0, 0.0));
 
     // A client that sends part of its body and then neither sends nor
     // closes: answered at once, and closed at the bound.
@@ -1160,6 +1162,7 @@ fn a_refused_upload_is_drained_so_its_client_reads_the_page() {
         "closed after {:?}, lingering bound {LINGER:?}",
         answered.elapsed()
     );
+    assert_eq!((lingered("client_closed"), lingered("bound")), (3.0, 1.0));
     bodies_refused(&s, 3.0);
 }
 

@@ -499,6 +499,15 @@ impl<S> Guarded<S> {
     }
 }
 
+impl<S> Guarded<S> {
+    /// A lingering close is over (`end`: how, the metric's label).
+    fn lingered(&mut self, end: &str) -> Poll<std::io::Result<()>> {
+        self.lingering = Lingering::Done;
+        self.metrics.lingering_closes.with_label_values(&[end]).inc();
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl<S: AsyncRead + Unpin> Guarded<S> {
     /// A lingering close, writes shut already: read and drop what the
     /// client still sends until it closes (or fails), or the bound passes.
@@ -512,10 +521,7 @@ impl<S: AsyncRead + Unpin> Guarded<S> {
             match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
                 Poll::Ready(Ok(())) if !buf.filled().is_empty() => {}
                 // The client closed, or the connection failed.
-                Poll::Ready(_) => {
-                    self.lingering = Lingering::Done;
-                    return Poll::Ready(Ok(()));
-                }
+                Poll::Ready(_) => return self.lingered("client_closed"),
                 Poll::Pending => {
                     waiting = true;
                     break;
@@ -523,8 +529,7 @@ impl<S: AsyncRead + Unpin> Guarded<S> {
             }
         }
         if d.until.as_mut().poll(cx).is_ready() {
-            self.lingering = Lingering::Done;
-            return Poll::Ready(Ok(()));
+            return self.lingered("bound");
         }
         if !waiting {
             // Read all it may in one go: let other tasks run first.

@@ -53,6 +53,7 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     /// Connections cut by a deadline, by kind.
     pub deadline_hits: IntCounterVec,
+    pub lingering_closes: IntCounterVec,
     /// Bodies streamed because the bytes of bodies being read first were at
     /// `limits.request_body_buffer_total_mib`.
     pub bodies_over_budget: IntCounter,
@@ -226,6 +227,12 @@ impl Metrics {
                 "tenant_gateway_deadline_hits_total",
                 "Client connections (HTTP/2: streams) cut by a deadline, by kind (tls_handshake, request_head, body_rate, idle, send).",
                 &["kind"],
+            ),
+            lingering_closes: counter_vec(
+                &r,
+                "tenant_gateway_lingering_closes_total",
+                "Lingering closes (limits.lingering_close_ms) by how they ended: client_closed (the client closed or the connection failed), bound (the client still sent or held it open).",
+                &["end"],
             ),
             bodies_over_budget: counter(
                 &r,
