@@ -6,11 +6,15 @@
 //! path inside the connection's own digest, so nothing per connection lives
 //! in global state.
 //!
-//! A connection the request path closes on a request whose body it has not
-//! read (a 413 by `Content-Length`, a 502 in the middle of an upload) ends
-//! with a lingering close, as nginx's `lingering_close`: after the answer
-//! and the end of writes, what the client still sends is read and dropped
-//! until it closes, for at most `limits.lingering_close_ms`. Closing a
+//! A connection that ends with one of the gateway's pages on a request
+//! whose body it has not read (a 413, a 502 in the middle of an upload, any
+//! page for a client that asked to close) ends with a lingering close, as
+//! nginx's `lingering_close`: after the answer and the end of writes, what
+//! the client still sends is read and dropped until it closes, for at most
+//! `limits.lingering_close_ms`. The request path asks for it
+//! ([`ConnFacts::linger_on_close`]) and shuts the connection down itself
+//! once the request is logged, since Pingora's error paths drop a
+//! connection without shutting it down. Closing a
 //! socket with unread data makes the kernel send a reset, and a client
 //! still sending its body would then see the reset, often before (or
 //! instead of) the answer.
@@ -497,9 +501,7 @@ impl<S> Guarded<S> {
                 .and_then(ConnFacts::in_digest)
                 .is_some_and(|f| f.linger.load(Ordering::Relaxed))
     }
-}
 
-impl<S> Guarded<S> {
     /// A lingering close is over (`end`: how, the metric's label).
     fn lingered(&mut self, end: &str) -> Poll<std::io::Result<()>> {
         self.lingering = Lingering::Done;
