@@ -313,7 +313,7 @@ pub struct PagesConfig {
     /// Replace the built-in page bodies: one entry per kind (`bad_request`,
     /// `not_found`, `suspended`, `deleted`, `unavailable`, `misdirected`,
     /// `bad_gateway`, `gateway_timeout`, `misconfigured`, `rate_limited`,
-    /// `unverified`, `busy`, `request_timeout`).
+    /// `unverified`, `busy`, `request_timeout`, `payload_too_large`).
     pub custom: BTreeMap<crate::pages::PageKind, PageFiles>,
 }
 
