@@ -92,14 +92,16 @@ def _asgi_scope(request: HttpRequest) -> Mapping[str, Any] | None:
     return scope if isinstance(scope, Mapping) else None
 
 
-def raw_path(request: HttpRequest) -> str:
+def raw_path(request: HttpRequest) -> str | None:
     """The request path as received: percent-encoding kept, no query string.
 
     gunicorn sets ``RAW_URI``, uWSGI and others ``REQUEST_URI``; under ASGI the
     scope's ``raw_path`` is used: the bytes on the wire, which include a
     ``root_path`` prefix (the gateway signed the path it forwards, so nothing
-    is removed). ``request.path`` (already percent-decoded) is the last
-    resort, for servers that give none of these. See :func:`target_path`.
+    is removed). ``None`` for a server that gives none of these (Django's
+    ``runserver``): ``request.path`` is percent-decoded, so ``/a%2Fb`` and
+    ``/a/b`` would read alike, and a stamp for one would pass for the other.
+    See :func:`target_path`.
     """
     for key in ("RAW_URI", "REQUEST_URI"):
         uri = request.META.get(key)
@@ -110,7 +112,7 @@ def raw_path(request: HttpRequest) -> str:
         raw = scope.get("raw_path")
         if isinstance(raw, bytes) and raw:
             return target_path(raw.decode("utf-8", "surrogateescape"))
-    return request.path
+    return None
 
 
 def raw_host(request: HttpRequest) -> str:
@@ -137,6 +139,13 @@ def domain_url(request: HttpRequest) -> str:
     header, normalised as the stamp's host is, not from ``request.get_host()``,
     whose ALLOWED_HOSTS check the signed host makes redundant."""
     return str(remove_www(normalize_host(raw_host(request))))
+
+
+_NO_RAW_TARGET = (
+    "the server gives no raw request target (RAW_URI, REQUEST_URI or the ASGI "
+    "scope's raw_path), and the stamp binds the path as sent: serve the app with "
+    "gunicorn, uWSGI or an ASGI server, not runserver"
+)
 
 
 def _sized(response: HttpResponse) -> HttpResponse:
@@ -178,27 +187,36 @@ class TenantGatewayMiddleware(MiddlewareMixin):
         """The tenant whose schema the stamp names (override to customise)."""
         return tenant_model.objects.get(schema_name=schema_name)
 
-    def verify_request(self, request: HttpRequest) -> str:
-        """The stamped tenant name of ``request``; raises :class:`StampError`."""
+    def verify_request(self, request: HttpRequest, path: str) -> str:
+        """The stamped tenant name of ``request`` (``path``: its raw path);
+        raises :class:`StampError`."""
         return self.verifier.verify(
             header_values(request.META, TENANT_META_KEY),
             header_values(request.META, SIGNATURE_META_KEY),
             raw_method(request),
             raw_host(request),
-            raw_path(request),
+            path,
         )
 
     def process_request(self, request: HttpRequest) -> HttpResponse | None:
+        path = raw_path(request)
         health = self.config.health_path
-        if health is not None and raw_path(request) == health:
+        # The health answer reads no tenant data: a decoded path will do.
+        if health is not None and (request.path if path is None else path) == health:
             return _sized(HttpResponse(b"ok", content_type="text/plain"))
 
         # As TenantMainMiddleware: the connection must first be at the public
         # schema, as this is where the tenant metadata is stored.
         connection.set_schema_to_public()  # type: ignore[attr-defined]
 
+        if path is None:
+            # Fail closed: the stamp binds the path as sent, which this
+            # server does not give (docs/stamp.md has no fallback).
+            logger.error("tenant stamp cannot be checked: %s", _NO_RAW_TARGET)
+            return _error("raw_target_unavailable", _NO_RAW_TARGET, 500)
+
         try:
-            schema_name = self.verify_request(request)
+            schema_name = self.verify_request(request, path)
         except StampError as exc:
             # %r: a decoded path may hold a line break (%0A) that would forge a log line.
             logger.warning("tenant stamp rejected: %s (%s %r)", exc.code, request.method, request.path)

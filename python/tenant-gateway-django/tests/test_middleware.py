@@ -119,8 +119,9 @@ def test_header_values(meta: dict[str, str], expected: list[str]) -> None:
 def test_raw_request_fields() -> None:
     rf = RequestFactory()
     req = rf.get("/files/a%20b/%2Fx?q=1", HTTP_HOST="Ferrari.MyApp.localhost:8080")
-    # RequestFactory is not gunicorn: no RAW_URI, so the decoded path is the fallback.
-    assert raw_path(req) == "/files/a b//x"
+    # RequestFactory is not gunicorn: no RAW_URI, and the decoded path is no
+    # stand-in for the path as sent.
+    assert raw_path(req) is None
     req.META["RAW_URI"] = "/files/a%20b/%2Fx?q=1"
     assert raw_path(req) == "/files/a%20b/%2Fx"
     del req.META["RAW_URI"]
@@ -326,6 +327,26 @@ def test_raw_uri_is_what_is_signed(middleware: TenantGatewayMiddleware) -> None:
     req.META["RAW_URI"] = "/files/a%2Fb?x=1"
     resp = middleware(req)
     assert _body(resp)["error"] == "stamp_bad_signature"
+
+
+def test_a_server_without_the_raw_target_fails_closed(
+    middleware: TenantGatewayMiddleware, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # runserver gives no RAW_URI: a stamp valid for the decoded path is not
+    # taken for it (a stamp for /files/a/b would pass for /files/a%2Fb), and
+    # no tenant is activated.
+    activated = _activating(middleware, monkeypatch)
+    tenant, sig = _stamp(path="/files/a/b")
+    req = _gunicorn_like("/files/a%2Fb", HTTP_X_TENANT=tenant, HTTP_X_TENANT_SIGNATURE=sig)
+    del req.META["RAW_URI"]
+    assert req.path == "/files/a/b"
+    resp = middleware(req)
+    assert resp.status_code == 500
+    assert _body(resp)["error"] == "raw_target_unavailable"
+    assert activated == []
+    # The health answer reads no tenant data: it still works there.
+    req = RequestFactory().get("/healthz")
+    assert middleware(req).content == b"ok"
 
 
 def test_method_case_is_kept(middleware: TenantGatewayMiddleware) -> None:
