@@ -4,6 +4,7 @@
 //! ends (commit, rollback or drop) the connection's search_path reverts, so a
 //! pooled connection never carries one tenant into another's request.
 
+use std::borrow::Cow;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::extract::FromRequestParts;
@@ -22,12 +23,33 @@ pub struct TenantTx {
 
 /// What the stamp is checked against, as received (docs/stamp.md, "The
 /// algorithm"): every value of the two headers (a comma separating two),
-/// and the raw `Host` value (empty if absent), all as bytes: a value that is
-/// not ASCII is the algorithm's to refuse, never replaced.
-fn stamp_inputs(headers: &HeaderMap) -> (Vec<&[u8]>, Vec<&[u8]>, &[u8]) {
+/// and the raw `Host` value (empty if absent; sent more than once, its
+/// values joined by `,` as WSGI servers fold them, which no signature
+/// matches), all as bytes: a value that is not ASCII is the algorithm's to
+/// refuse, never replaced.
+fn stamp_inputs(headers: &HeaderMap) -> StampInputs<'_> {
     let values = |name| stamp::header_values(headers.get_all(name).iter().map(|v| v.as_bytes()));
-    let host = headers.get(header::HOST).map_or(&b""[..], |h| h.as_bytes());
-    (values(stamp::TENANT_HEADER), values(stamp::SIGNATURE_HEADER), host)
+    let mut hosts = headers.get_all(header::HOST).iter().map(|h| h.as_bytes());
+    let host = match (hosts.next(), hosts.next()) {
+        (None, _) => Cow::Borrowed(&b""[..]),
+        (Some(one), None) => Cow::Borrowed(one),
+        (Some(first), Some(second)) => {
+            let all: Vec<&[u8]> = [first, second].into_iter().chain(hosts).collect();
+            Cow::Owned(all.join(&b","[..]))
+        }
+    };
+    StampInputs {
+        tenants: values(stamp::TENANT_HEADER),
+        signatures: values(stamp::SIGNATURE_HEADER),
+        host,
+    }
+}
+
+/// [`stamp_inputs`]: the stamp headers' values and the host, as received.
+struct StampInputs<'a> {
+    tenants: Vec<&'a [u8]>,
+    signatures: Vec<&'a [u8]>,
+    host: Cow<'a, [u8]>,
 }
 
 pub fn unix_now() -> u64 {
@@ -41,12 +63,16 @@ impl FromRequestParts<AppState> for TenantTx {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let (tenants, sigs, host) = stamp_inputs(&parts.headers);
+        let StampInputs {
+            tenants,
+            signatures,
+            host,
+        } = stamp_inputs(&parts.headers);
         let tenant = state
             .verifier
             .verify(
                 &tenants,
-                &sigs,
+                &signatures,
                 parts.method.as_str(),
                 host,
                 parts.uri.path(),
@@ -89,18 +115,26 @@ mod tests {
     fn stamp_inputs_are_the_bytes_received() {
         let mut h = HeaderMap::new();
         let none = stamp_inputs(&h);
-        assert!(none.0.is_empty() && none.1.is_empty());
-        assert_eq!(none.2, b"");
+        assert!(none.tenants.is_empty() && none.signatures.is_empty());
+        assert_eq!(&*none.host, b"");
         h.append("x-tenant", HeaderValue::from_static("ferrari"));
         h.append("x-tenant-signature", HeaderValue::from_static("v2;kid=k1,x"));
         h.append("x-tenant-signature", HeaderValue::from_static("v1"));
         // Not visible ASCII: kept as it is, not read as an empty host.
         h.insert(header::HOST, HeaderValue::from_bytes(b"caf\xe9.example").unwrap());
-        let (tenants, sigs, host) = stamp_inputs(&h);
+        let StampInputs {
+            tenants,
+            signatures: sigs,
+            host,
+        } = stamp_inputs(&h);
         assert_eq!(tenants, [&b"ferrari"[..]]);
         // A comma separates two values, as a server folding repeated
         // headers would join them (docs/stamp.md check 1).
         assert_eq!(sigs, [&b"v2;kid=k1"[..], b"x", b"v1"]);
-        assert_eq!(host, b"caf\xe9.example");
+        assert_eq!(&*host, b"caf\xe9.example");
+        // Host twice: both, as a WSGI server folds them (no signature
+        // matches that), not the first alone.
+        h.append(header::HOST, HeaderValue::from_static("mclaren.example"));
+        assert_eq!(&*stamp_inputs(&h).host, b"caf\xe9.example,mclaren.example");
     }
 }
