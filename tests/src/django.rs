@@ -1,4 +1,5 @@
-//! A real Django + django-tenants app (tests/django/) under gunicorn, from
+//! A real Django + django-tenants app (tests/django/) under gunicorn (WSGI)
+//! or uvicorn (ASGI), from
 //! the venv `scripts/python-env.sh` builds (target/python-venv), with the
 //! `tenant-gateway-django` package installed from python/.
 
@@ -56,7 +57,7 @@ pub fn manage(db_url: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The app under gunicorn on a free port (shared schema migrated first).
+/// The app on a free port (shared schema migrated first).
 pub struct Django {
     pub proc_: Proc,
     pub port: u16,
@@ -66,17 +67,34 @@ pub struct Django {
 impl Django {
     /// Migrate the shared apps, then serve with `workers` gunicorn workers.
     pub fn start(db_url: &str, workers: u32) -> Result<Django> {
+        Django::serve(db_url, "gunicorn", |c, port| {
+            c.args(["djproject.wsgi", "--bind", &format!("127.0.0.1:{port}"), "--workers"])
+                .arg(workers.to_string())
+                .args(["--access-logfile", "-", "--log-level", "info"]);
+        })
+    }
+
+    /// Migrate the shared apps, then serve under uvicorn (ASGI: the
+    /// middleware reads the scope's method and raw path).
+    pub fn start_asgi(db_url: &str) -> Result<Django> {
+        Django::serve(db_url, "uvicorn", |c, port| {
+            c.args(["djproject.asgi:application", "--host", "127.0.0.1", "--port"])
+                .arg(port.to_string())
+                .args(["--log-level", "info"]);
+        })
+    }
+
+    fn serve(db_url: &str, server: &str, args: impl FnOnce(&mut Command, u16)) -> Result<Django> {
         manage(db_url, &["migrate_schemas", "--shared", "--noinput"]);
         let dir = tempfile::tempdir()?;
         let port = free_port();
-        let mut c = Command::new(venv_bin("gunicorn"));
+        let mut c = Command::new(venv_bin(server));
         django_env(&mut c, db_url);
-        c.args(["djproject.wsgi", "--bind", &format!("127.0.0.1:{port}"), "--workers"])
-            .arg(workers.to_string())
-            .args(["--access-logfile", "-", "--log-level", "info"]);
-        let mut proc_ = Proc::spawn("gunicorn", c, dir.path().join("gunicorn.log"))?;
+        args(&mut c, port);
+        let mut proc_ = Proc::spawn(server, c, dir.path().join(format!("{server}.log")))?;
         // The middleware answers its health path without a stamp.
-        wait_healthy(&mut proc_, port, "/healthz", Duration::from_secs(60)).context("gunicorn did not start")?;
+        wait_healthy(&mut proc_, port, "/healthz", Duration::from_secs(60))
+            .with_context(|| format!("{server} did not start"))?;
         Ok(Django { proc_, port, _dir: dir })
     }
 

@@ -37,8 +37,13 @@ fn fixture(pg: &Postgres, args: &[&str]) -> String {
 /// The public tenant, ferrari (a custom domain stored with capitals) and
 /// acme-eu (a hyphenated schema), a note in each tenant's own schema.
 fn stack() -> DjangoStack {
+    stack_on(|db| Django::start(db, 2))
+}
+
+/// [`stack`] with the app served by `serve` (gunicorn or uvicorn).
+fn stack_on(serve: impl FnOnce(&str) -> anyhow::Result<Django>) -> DjangoStack {
     let pg = Postgres::start().unwrap();
-    let app = Django::start(&pg.url(), 2).unwrap();
+    let app = serve(&pg.url()).unwrap();
     fixture(&pg, &["create-public", "--domain", "public.test"]);
     // The bare base domain is the public tenant's too (django-tenants' usual setup).
     fixture(
@@ -332,4 +337,63 @@ fn four_hundred_interleaved_requests_to_two_tenants_never_cross() {
         &wrong[..wrong.len().min(5)]
     );
     assert!(start.elapsed() < Duration::from_secs(120));
+}
+
+/// The same app under uvicorn (ASGI), where the middleware reads the
+/// method and the raw path from the scope, not from WSGI's `RAW_URI`:
+/// requests to two tenants through the gateway each run in their own
+/// schema, a path whose percent-encoding matters is verified over the path
+/// as sent (the gateway signs it so), and straight to uvicorn a stamp binds
+/// exactly its request.
+#[test]
+fn under_asgi_the_stamp_binds_the_raw_path_and_tenants_never_cross() {
+    let s = stack_on(Django::start_asgi);
+    for i in 0..40 {
+        let (host, schema) = if i % 2 == 0 {
+            ("ferrari.myapp.localhost", "ferrari")
+        } else {
+            ("acme-eu.myapp.localhost", "acme-eu")
+        };
+        assert_eq!(s.schema_of(host), (200, schema.to_owned()), "request {i}");
+    }
+    // `/whoami%2F` decodes to `/whoami/`, which no URL matches: a 404 from
+    // Django means the stamp over the raw path was accepted (a 401 would
+    // mean the middleware checked the decoded one).
+    let r = s
+        .client
+        .get(&s.gw.url("/whoami%2F"))
+        .header("host", "ferrari.myapp.localhost")
+        .header("accept", "application/json")
+        .send()
+        .unwrap();
+    assert_eq!(r.status, 404, "{}", r.body);
+
+    let now = unix_now();
+    let direct = |path: &str, signed_path: &str, method: &str| {
+        let stamp = sign("ferrari", method, "ferrari.myapp.localhost", signed_path, now, false);
+        let r = http::client()
+            .get(&s.app.url(path))
+            .header("host", "ferrari.myapp.localhost")
+            .header("x-tenant", "ferrari")
+            .header("x-tenant-signature", stamp.as_str())
+            .send()
+            .unwrap();
+        let v: Value = serde_json::from_str(&r.body).unwrap_or_default();
+        (
+            r.status,
+            v["schema"]
+                .as_str()
+                .or(v["error"].as_str())
+                .unwrap_or_default()
+                .to_owned(),
+        )
+    };
+    assert_eq!(direct("/whoami", "/whoami", "GET"), (200, "ferrari".into()));
+    // Signed for the decoded form of the path sent: refused.
+    assert_eq!(
+        direct("/who%61mi", "/whoami", "GET"),
+        (401, "stamp_bad_signature".into())
+    );
+    // Signed for another method (the scope's method, as sent): refused.
+    assert_eq!(direct("/whoami", "/whoami", "get"), (401, "stamp_bad_signature".into()));
 }
