@@ -1800,7 +1800,7 @@ fn on_backend_with_read_timeout(port: u16, read_timeout_ms: u64) -> Stack {
 
 /// HTTP/1 request bodies have a minimum rate (tested above); an HTTP/2
 /// stream's body too large to be read first (over
-/// `request_body_buffer_bytes`, 8 MiB) is not read through the
+/// `request_body_buffer_bytes`, 8 MiB), or without a length, is not read through the
 /// connection's deadlines, and
 /// Pingora sets no timeout on it. What bounds a stream whose body stops is
 /// the pool's read timeout: the backend answers nothing while it waits for
@@ -1811,37 +1811,40 @@ fn an_http2_request_body_that_stops_holds_its_backend_only_until_the_read_timeou
     let backend = Holder::start(Duration::from_secs(60));
     let s = on_backend_with_read_timeout(backend.port, 2000);
     let rt = driving_runtime();
-    // 10 bytes of a 9,000,000-byte body, then nothing (the stream stays open).
-    let (response, held) = rt.block_on(async {
-        let mut client = h2_connect(s.ca(), s.gw.tls_port, "ferrari.myapp.localhost").await;
-        client = client.ready().await.unwrap();
-        let req = ::http::Request::post("https://ferrari.myapp.localhost/hold")
-            .header("content-length", "9000000")
-            .body(())
-            .unwrap();
-        let (response, mut stream) = client.send_request(req, false).unwrap();
-        stream
-            .send_data(bytes::Bytes::from_static(b"0123456789"), false)
-            .unwrap();
-        (response, (client, stream))
-    });
-    wait_until("the request at the backend", Duration::from_secs(10), || {
-        backend.received.load(SeqCst) == 1
-    })
-    .unwrap();
-    // Meanwhile the other tenant is served by the same backend.
-    assert!(other_tenant_answers(&s), "the other tenant is served");
-    let status = rt
-        .block_on(async { tokio::time::timeout(Duration::from_secs(30), response).await })
-        .expect("an answer within the read timeout and a margin")
-        .expect("a response")
-        .status();
-    assert_eq!(status, 504);
-    wait_until("the backend connection closed", Duration::from_secs(10), || {
-        backend.open.load(SeqCst) == 0
-    })
-    .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
-    drop(held);
+    // 10 bytes of a 9,000,000-byte body, then of a body without a length
+    // (streamed too), then nothing (the stream stays open).
+    for (n, length) in [Some("9000000"), None].into_iter().enumerate() {
+        let (response, held) = rt.block_on(async {
+            let mut client = h2_connect(s.ca(), s.gw.tls_port, "ferrari.myapp.localhost").await;
+            client = client.ready().await.unwrap();
+            let mut req = ::http::Request::post("https://ferrari.myapp.localhost/hold");
+            if let Some(length) = length {
+                req = req.header("content-length", length);
+            }
+            let (response, mut stream) = client.send_request(req.body(()).unwrap(), false).unwrap();
+            stream
+                .send_data(bytes::Bytes::from_static(b"0123456789"), false)
+                .unwrap();
+            (response, (client, stream))
+        });
+        wait_until("the request at the backend", Duration::from_secs(10), || {
+            backend.received.load(SeqCst) == n + 1
+        })
+        .unwrap();
+        // Meanwhile the other tenant is served by the same backend.
+        assert!(other_tenant_answers(&s), "the other tenant is served");
+        let status = rt
+            .block_on(async { tokio::time::timeout(Duration::from_secs(30), response).await })
+            .expect("an answer within the read timeout and a margin")
+            .expect("a response")
+            .status();
+        assert_eq!(status, 504, "length {length:?}");
+        wait_until("the backend connection closed", Duration::from_secs(10), || {
+            backend.open.load(SeqCst) == 0
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+        drop(held);
+    }
 }
 
 /// One HTTP/1.1 response framed by its `Content-Length`: its head and body
