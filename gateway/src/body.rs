@@ -111,15 +111,7 @@ impl Buffering {
                 .get_all(CONTENT_LENGTH)
                 .iter()
                 .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-                .any(|value| {
-                    let digits = value.trim_ascii();
-                    !digits.is_empty()
-                        && digits.iter().all(u8::is_ascii_digit)
-                        && digits
-                            .iter()
-                            .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
-                            .is_none_or(|n| n > self.max_body)
-                })
+                .any(|value| decimal(value.trim_ascii()).is_some_and(|n| n.is_none_or(|n| n > self.max_body)))
     }
 
     /// The body's length, if it is to be read whole first: exactly one
@@ -176,10 +168,23 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Option<u64> {
         return None;
     }
     let digits = value.as_bytes();
-    if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_digit) {
+    if digits.len() > 15 {
         return None;
     }
-    Some(digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0')))
+    decimal(digits).flatten()
+}
+
+/// A plain decimal number (ASCII digits only, at least one), `Some(None)`
+/// when it is too large for a `u64`; `None` for anything else.
+fn decimal(digits: &[u8]) -> Option<Option<u64>> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    Some(
+        digits
+            .iter()
+            .try_fold(0u64, |n, d| n.checked_mul(10)?.checked_add(u64::from(d - b'0'))),
+    )
 }
 
 /// The bytes the bodies being held whole may hold at once (per process,

@@ -250,8 +250,8 @@ impl Limits {
         let busy = Refused::Busy { retry_after_secs: 1 };
         // Counted out when the wait ends, however it ends (a wait dropped
         // half-way must not keep its place in the queue for ever).
-        let _queued = Queued::enter(&limiter.queued);
-        if _queued.ahead >= settings.max_queued {
+        let queued = Queued::enter(&limiter.queued);
+        if queued.ahead >= settings.max_queued {
             return Err(busy);
         }
         let waited = tokio::time::timeout(settings.queue_timeout, slots.clone().acquire_owned()).await;

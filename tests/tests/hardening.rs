@@ -1189,9 +1189,9 @@ fn a_refused_upload_over_tls_is_drained_so_its_client_reads_the_page() {
     assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
     assert!(answer.contains("Payload too large"), "{answer}");
     assert!(closes(&mut tls), "the connection ends after the page");
-    let port = s.gw.tls_port;
-    let r = https_client(s.ca(), port, &["mclaren.myapp.localhost"], &["http/1.1"])
-        .get(&format!("https://mclaren.myapp.localhost:{port}/whoami"))
+    let r = s
+        .https()
+        .get(&s.https_url("mclaren.myapp.localhost", "/whoami"))
         .send()
         .unwrap();
     assert_eq!(r.json()["tenant"], "mclaren", "{}", r.body);
