@@ -65,10 +65,16 @@ fn the_demo_script_serves_what_it_prints_and_stops_cleanly() {
     let projects = tls.get(&url("ferrari.myapp.localhost", "/projects")).send().unwrap();
     assert_eq!(projects.status, 200, "{}", projects.body);
     assert!(projects.body.contains("ferrari demo project"), "{}", projects.body);
+    assert!(
+        !projects.body.contains("mclaren"),
+        "another tenant's rows: {}",
+        projects.body
+    );
 
     let whoami = tls.get(&url("mclaren.myapp.localhost", "/whoami")).send().unwrap();
     assert_eq!(whoami.status, 200, "{}", whoami.body);
     assert_eq!(whoami.json()["schema"], "mclaren", "{}", whoami.body);
+    assert_eq!(whoami.json()["tenant"], "mclaren", "{}", whoami.body);
 
     // The custom domain is served with its own certificate (the wildcard
     // would not verify for this name) and routes to its tenant.
