@@ -623,6 +623,8 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         nofile,
         max_connections = max_total,
         max_connections_per_ip = max_per_ip,
+        admin_max_connections = cfg.admin.max_connections,
+        admin_max_connections_per_ip = cfg.admin.max_connections_per_ip(),
         "connection caps"
     );
     let per_ip = conn::limits::PerIp::new(max_per_ip as u64);
@@ -806,7 +808,10 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         socket: admin_socket,
         app: Arc::new(admin),
         handshake: Arc::new(conn::listener::Plain),
-        limits: conn::limits::ConnLimits::new(admin_cap, conn::limits::PerIp::new(admin_cap as u64)),
+        limits: conn::limits::ConnLimits::new(
+            admin_cap,
+            conn::limits::PerIp::new(cfg.admin.max_connections_per_ip() as u64),
+        ),
         timeouts,
         metrics: metrics.clone(),
         drain,

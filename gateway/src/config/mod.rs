@@ -453,6 +453,20 @@ pub struct AdminConfig {
     pub metrics_token: bool,
     /// Open connections on the admin listener; more are closed at accept.
     pub max_connections: usize,
+    /// Open admin connections per client address (IPv6: per /64); more
+    /// are closed at accept. `None`: [`AdminConfig::max_connections_per_ip`].
+    #[serde(rename = "max_connections_per_ip")]
+    pub per_ip: Option<usize>,
+}
+
+impl AdminConfig {
+    /// Admin connections one client address may hold: as configured, or a
+    /// quarter of `max_connections` (at least 1), so one stuck scraper or
+    /// leaking script cannot keep the others (Prometheus, a load
+    /// balancer's `/readyz`) out.
+    pub fn max_connections_per_ip(&self) -> usize {
+        self.per_ip.unwrap_or((self.max_connections / 4).max(1))
+    }
 }
 
 /// Most connections `admin.max_connections` may allow: the listener is
@@ -466,6 +480,7 @@ impl Default for AdminConfig {
             token_env: None,
             metrics_token: false,
             max_connections: 64,
+            per_ip: None,
         }
     }
 }

@@ -467,10 +467,23 @@ fn acme_keys_name_every_variable_that_is_unset_malformed_or_repeated() {
 fn the_admin_listener_is_bounded_and_its_metrics_token_needs_a_token() {
     let c = parse(MIN).unwrap();
     assert_eq!(c.admin.max_connections, 64);
+    assert_eq!(c.admin.max_connections_per_ip(), 16);
     assert!(!c.admin.metrics_token);
+    let small = parse(&format!("{MIN}[admin]\nmax_connections = 3\n")).unwrap();
+    assert_eq!(small.admin.max_connections_per_ip(), 1);
+    let set = parse(&format!(
+        "{MIN}[admin]\nmax_connections = 8\nmax_connections_per_ip = 8\n"
+    ))
+    .unwrap();
+    assert_eq!(set.admin.max_connections_per_ip(), 8);
     for (text, key) in [
         ("[admin]\nmax_connections = 0\n", "admin.max_connections"),
         ("[admin]\nmax_connections = 4097\n", "admin.max_connections"),
+        ("[admin]\nmax_connections_per_ip = 0\n", "admin.max_connections_per_ip"),
+        (
+            "[admin]\nmax_connections = 8\nmax_connections_per_ip = 9\n",
+            "admin.max_connections_per_ip",
+        ),
         ("[admin]\nmetrics_token = true\n", "admin.metrics_token"),
     ] {
         let c: Config = toml::from_str(&format!("{MIN}{text}")).unwrap();

@@ -33,6 +33,16 @@ impl Config {
                 format!("must be between 1 and {MAX_ADMIN_CONNECTIONS}"),
             ));
         }
+        if self
+            .admin
+            .per_ip
+            .is_some_and(|n| n == 0 || n > self.admin.max_connections)
+        {
+            errs.push(invalid(
+                "admin.max_connections_per_ip",
+                "must be between 1 and admin.max_connections",
+            ));
+        }
         if self.admin.metrics_token && self.admin.token_env.is_none() {
             errs.push(invalid(
                 "admin.metrics_token",
