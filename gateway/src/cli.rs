@@ -433,8 +433,8 @@ impl BackgroundService for SideTasks {
         // After a NOTIFY: the certificate side (retire, order) and the claims
         // (a verified claim whose domain row just appeared activates now).
         // After LISTEN (re)connects: the certificates in memory are checked
-        // for what a gap may have hidden (a verified claim is looked at
-        // every check interval anyway).
+        // for what a gap may have hidden, and every verified claim is looked
+        // at (its domain row may have appeared unheard).
         let acme = self.acme.clone();
         let claims = self.hostnames.as_ref().map(|(worker, _)| worker.clone());
         let on_change = (acme.is_some() || claims.is_some()).then(|| {
@@ -448,6 +448,9 @@ impl BackgroundService for SideTasks {
                     }
                 }
                 tenant::invalidate::Change::Resumed => {
+                    if let Some(claims) = &claims {
+                        claims.resumed();
+                    }
                     if let Some(acme) = &acme {
                         acme.recheck_served();
                     }

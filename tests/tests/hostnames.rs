@@ -720,30 +720,68 @@ fn removal_stops_the_certificate_on_two_gateways_through_notify() {
     drop(gw2);
 }
 
+/// A stack whose claim for `later.test` (ferrari's) is proven and has been
+/// checked once: `verified`, since no domain row maps the name yet.
+fn verified_claim(check_interval_secs: u64) -> Stack {
+    let s = Stack::builder()
+        .setup(tenants)
+        .apps(1)
+        .config(&format!(
+            "[custom_domains]\nverification = \"required\"\ncheck_interval_secs = {check_interval_secs}"
+        ))
+        .start();
+    s.gw.cli(
+        &s.pg.url(),
+        &["hostnames", "add", "later.test", "--tenant", "ferrari", "--preverified"],
+    );
+    wait_until("the claim looked at", Duration::from_secs(15), || {
+        !claim_field(&s.pg, "later.test", "last_checked_at").is_empty()
+    })
+    .unwrap();
+    assert_eq!(claim_field(&s.pg, "later.test", "status"), "verified");
+    assert!(claim_field(&s.pg, "later.test", "last_error").contains("does not map"));
+    s
+}
+
 /// A claim proven before the app adds its domain row stays `verified`
 /// (not routed); the row's NOTIFY activates it at once, not at the next
 /// check (a minute here).
 #[test]
 fn a_verified_claim_activates_when_its_domain_row_appears() {
-    let s = Stack::builder()
-        .setup(tenants)
-        .apps(1)
-        .config("[custom_domains]\nverification = \"required\"\ncheck_interval_secs = 60")
-        .start();
+    let s = verified_claim(60);
     let (pg, gw) = (&s.pg, &s.gw);
-    gw.cli(
-        &pg.url(),
-        &["hostnames", "add", "later.test", "--tenant", "ferrari", "--preverified"],
-    );
-    wait_until("the claim looked at", Duration::from_secs(15), || {
-        !claim_field(pg, "later.test", "last_checked_at").is_empty()
-    })
-    .unwrap();
-    assert_eq!(claim_field(pg, "later.test", "status"), "verified");
-    assert!(claim_field(pg, "later.test", "last_error").contains("does not map"));
     assert_eq!(http_status(gw.port, "later.test"), 404);
     app_cli_ok(&pg.url(), &["domain", "add", "later.test", "--tenant", "ferrari"]);
     wait_status(pg, "later.test", "active", Duration::from_secs(10));
+    wait_routed(gw, "later.test", "ferrari");
+}
+
+/// The same when the row appears while the gateway's tenant LISTEN
+/// connection is down (here: added with triggers off for the session, then
+/// that connection terminated): no NOTIFY tells of it, but on reconnecting
+/// the gateway looks at every verified claim at once, not at its next check
+/// (an hour away here).
+#[test]
+fn a_verified_claim_whose_row_appeared_during_a_listen_gap_activates_on_reconnect() {
+    let s = verified_claim(3600);
+    let (pg, gw) = (&s.pg, &s.gw);
+    pg.psql(
+        "UPDATE tenant_gateway.custom_hostnames SET next_check_at = now() + interval '1 hour' \
+         WHERE name = 'later.test'",
+    )
+    .unwrap();
+    pg.psql(
+        "SET session_replication_role = replica; \
+         INSERT INTO public.domains (domain, tenant_id, is_primary) \
+         SELECT 'later.test', id, false FROM public.tenants WHERE schema_name = 'ferrari'",
+    )
+    .unwrap();
+    assert_eq!(claim_field(pg, "later.test", "status"), "verified");
+    let killed = pg
+        .psql("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'tenant-gateway-listen'")
+        .unwrap();
+    assert_eq!(killed, "1", "the gateway's tenant LISTEN connection");
+    wait_status(pg, "later.test", "active", Duration::from_secs(20));
     wait_routed(gw, "later.test", "ferrari");
 }
 

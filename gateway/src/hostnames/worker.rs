@@ -281,6 +281,33 @@ impl Worker {
         });
     }
 
+    /// After a tenant LISTEN gap (or a NOTIFY whose names were unreadable):
+    /// a domain row may have appeared unheard, so every `verified` claim is
+    /// looked at now rather than at its next check. Verified claims are
+    /// the ones proven and waiting for their row: few, and each check one
+    /// read on the primary.
+    pub fn resumed(self: &Arc<Self>) {
+        let me = self.clone();
+        tokio::spawn(async move { me.look_at_verified().await });
+    }
+
+    /// Every verified claim due now, and the fleet's checkers woken once.
+    async fn look_at_verified(&self) {
+        let due = sqlx::query(
+            "WITH due AS (UPDATE tenant_gateway.custom_hostnames SET next_check_at = now()
+                           WHERE status = 'verified' AND next_check_at > now()
+                       RETURNING 1)
+             SELECT pg_notify($1, '') FROM (SELECT 1 FROM due LIMIT 1) AS any_due",
+        )
+        .bind(WAKE_CHANNEL)
+        .execute(self.store.db());
+        match tokio::time::timeout(STEP, due).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "custom hostnames: cannot look at verified claims after a gap"),
+            Err(_) => tracing::warn!("custom hostnames: looking at verified claims after a gap timed out"),
+        }
+    }
+
     /// Verified claims among `names` due now, and the fleet's checkers woken.
     async fn look_now(&self, names: &[String]) {
         let due = sqlx::query(
