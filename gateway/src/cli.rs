@@ -447,11 +447,14 @@ impl BackgroundService for SideTasks {
                         acme.names_changed(names);
                     }
                 }
-                tenant::invalidate::Change::Resumed => {
+                tenant::invalidate::Change::Resumed { fresh } => {
+                    // Claims are checked on the primary; the certificate
+                    // side retires what lookups say is unserved, so not on
+                    // a replica's answers that may predate the gap.
                     if let Some(claims) = &claims {
                         claims.resumed();
                     }
-                    if let Some(acme) = &acme {
+                    if let Some(acme) = acme.as_ref().filter(|_| fresh) {
                         acme.recheck_served();
                     }
                 }

@@ -44,6 +44,11 @@ impl InFlight {
     pub fn mark_changed(&self, name: &str) -> bool {
         self.0.lock().get_mut(name).map(|changed| *changed = true).is_some()
     }
+
+    /// Marks all work in flight (changes to any name may have gone unheard).
+    pub fn mark_all_changed(&self) {
+        self.0.lock().values_mut().for_each(|changed| *changed = true);
+    }
 }
 
 /// A name's registration while its work runs.
@@ -105,6 +110,18 @@ mod tests {
         assert!(set.start("a.example"));
         drop(running);
         assert!(!set.start("a.example"));
+    }
+
+    #[test]
+    fn a_gap_marks_all_work_in_flight() {
+        let set = InFlight::default();
+        assert!(set.start("a.example") && set.start("b.example"));
+        let (mut a, mut b) = (set.running("a.example"), set.running("b.example"));
+        set.mark_all_changed();
+        assert!(!a.finish_unless_changed() && !b.finish_unless_changed());
+        assert!(a.finish_unless_changed() && b.finish_unless_changed());
+        set.mark_all_changed();
+        assert!(set.start("a.example"), "nothing was in flight to mark");
     }
 
     #[tokio::test]

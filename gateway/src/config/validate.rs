@@ -40,7 +40,10 @@ impl Config {
         {
             errs.push(invalid(
                 "admin.max_connections_per_ip",
-                "must be between 1 and admin.max_connections",
+                format!(
+                    "must be between 1 and admin.max_connections ({})",
+                    self.admin.max_connections
+                ),
             ));
         }
         if self.admin.metrics_token && self.admin.token_env.is_none() {

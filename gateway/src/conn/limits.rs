@@ -1,7 +1,8 @@
 //! Connection caps: for the public listeners a total per listener and a
 //! cap per client address shared by both, so one client cannot take the
 //! file descriptors every other tenant's visitors need; the admin listener
-//! has caps of its own (`admin.max_connections`).
+//! has caps of its own (`admin.max_connections`, and
+//! `admin.max_connections_per_ip` per client address).
 //!
 //! Written here rather than taken from a crate: this is counting, not rate
 //! limiting (rate-limit crates such as `governor` bound events per second,

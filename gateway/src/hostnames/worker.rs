@@ -68,6 +68,8 @@ pub struct Worker {
     counts_stale: AtomicBool,
     /// The LISTEN connection is up: a change would be heard.
     listening: AtomicBool,
+    /// The schema is prepared and the checkers run ([`Worker::run`]).
+    running: AtomicBool,
     /// Names this gateway is checking, marked when their domain row or
     /// tenant changes during the check ([`Worker::names_changed`]): what
     /// the check read may predate the change, so the claim is looked at
@@ -98,12 +100,17 @@ impl Worker {
             metrics,
             counts_stale: AtomicBool::new(true),
             listening: AtomicBool::new(false),
+            running: AtomicBool::new(false),
             checking: crate::inflight::InFlight::default(),
         }
     }
 
     /// Runs for the life of the gateway (the schema is prepared by the caller).
     pub async fn run(self: Arc<Self>) {
+        // What changed while this gateway was not running went unheard here
+        // (a [`Worker::resumed`] before now found no schema to look in).
+        self.running.store(true, Ordering::SeqCst);
+        self.look_at_verified().await;
         let (wake_tx, mut wake) = tokio::sync::mpsc::channel::<()>(1);
         tokio::spawn(self.clone().listen(wake_tx));
         let poll = POLL_MAX.min(self.cfg.check_interval);
@@ -283,19 +290,28 @@ impl Worker {
 
     /// After a tenant LISTEN gap (or a NOTIFY whose names were unreadable):
     /// a domain row may have appeared unheard, so every `verified` claim is
-    /// looked at now rather than at its next check. Verified claims are
-    /// the ones proven and waiting for their row: few, and each check one
-    /// read on the primary.
+    /// looked at now rather than at its next check, and every check in
+    /// flight looks again once written (what it read may predate the gap's
+    /// changes). Verified claims are the ones proven and waiting for their
+    /// row; each check is one read on the primary.
     pub fn resumed(self: &Arc<Self>) {
+        self.checking.mark_all_changed();
+        if !self.running.load(Ordering::SeqCst) {
+            return;
+        }
         let me = self.clone();
         tokio::spawn(async move { me.look_at_verified().await });
     }
 
     /// Every verified claim due now, and the fleet's checkers woken once.
+    /// Gateways reconnecting together (a database restart) skip the rows
+    /// another is moving rather than wait on its locks.
     async fn look_at_verified(&self) {
         let due = sqlx::query(
             "WITH due AS (UPDATE tenant_gateway.custom_hostnames SET next_check_at = now()
-                           WHERE status = 'verified' AND next_check_at > now()
+                           WHERE name IN (SELECT name FROM tenant_gateway.custom_hostnames
+                                          WHERE status = 'verified' AND next_check_at > now()
+                                          ORDER BY name FOR UPDATE SKIP LOCKED)
                        RETURNING 1)
              SELECT pg_notify($1, '') FROM (SELECT 1 FROM due LIMIT 1) AS any_due",
         )

@@ -94,7 +94,7 @@ async fn listen(
                             // Which names changed is unknown: as after a gap.
                             cache.clear();
                             if let Some(f) = on_change {
-                                f(Change::Resumed);
+                                f(Change::Resumed { fresh: true });
                             }
                         }
                     }
@@ -179,7 +179,10 @@ pub enum Change {
     /// These names' domain rows or tenants changed.
     Names(Vec<String>),
     /// LISTEN is established: changes made while it was not were not heard.
-    Resumed,
+    /// `fresh`: lookups now answer as of the primary's position (always,
+    /// without replica lookups); if not, a replica's answers may predate the
+    /// gap's changes.
+    Resumed { fresh: bool },
 }
 
 pub async fn run(
@@ -241,8 +244,8 @@ pub async fn run(
         metrics().invalidation_connected.set(1);
         metrics().database_up.set(1);
         tracing::info!(channel = %channel, "tenant invalidation: listening");
-        if let Some(f) = on_change.as_ref().filter(|_| fresh) {
-            f(Change::Resumed);
+        if let Some(f) = on_change.as_ref() {
+            f(Change::Resumed { fresh });
         }
         let lost = listen(&mut listener, &cache, timing, primary.as_ref(), on_change.as_ref()).await;
         cache.set_listener_up(false);
