@@ -1082,16 +1082,17 @@ fn a_refused_upload_is_drained_so_its_client_reads_the_page() {
             panic!("the upload was cut after {i} MiB: {e}\n{}", gw.proc_.log());
         }
     }
-    let read_page = |mut tcp: TcpStream, status: &str| {
+    let read_page = |mut tcp: TcpStream, status: &str, error: &str| {
         let mut answer = Vec::new();
         tcp.read_to_end(&mut answer).unwrap();
         let answer = String::from_utf8_lossy(&answer).into_owned();
         assert!(answer.starts_with(&format!("HTTP/1.1 {status} ")), "{answer}");
+        assert!(answer.contains(error), "{answer}");
         // Its client closes: the drain ends then, long before its bound.
         drop(tcp);
         wait_until("the drained connection closed", LINGER / 2, || open() == 0.0).unwrap();
     };
-    read_page(tcp, "413");
+    read_page(tcp, "413", "payload_too_large");
 
     // The same in chunks: refused once more than the bound has come (the
     // request went to a backend by then, and fails), drained all the same.
@@ -1111,7 +1112,7 @@ fn a_refused_upload_is_drained_so_its_client_reads_the_page() {
         }
     }
     tcp.write_all(b"0\r\n\r\n").unwrap();
-    read_page(tcp, "413");
+    read_page(tcp, "413", "payload_too_large");
 
     // A page that keeps its connection (404, no such site) for a client
     // that asked to close it: the body is drained all the same (kept
@@ -1120,7 +1121,7 @@ fn a_refused_upload_is_drained_so_its_client_reads_the_page() {
     tcp.write_all(
         format!(
             "POST /projects HTTP/1.1\r\nHost: nobody.myapp.localhost\r\nConnection: close\r\n\
-             Content-Length: {}\r\n\r\n",
+             Accept: application/json\r\nContent-Length: {}\r\n\r\n",
             32 << 20
         )
         .as_bytes(),
@@ -1131,7 +1132,7 @@ fn a_refused_upload_is_drained_so_its_client_reads_the_page() {
             panic!("the upload to no site was cut after {i} MiB: {e}\n{}", gw.proc_.log());
         }
     }
-    read_page(tcp, "404");
+    read_page(tcp, "404", "not_found");
     let lingered = |end: &str| s.metric("tenant_gateway_lingering_closes_total", &[("end", end)]);
     assert_eq!((lingered("client_closed"), lingered("bound")), (3.0, 0.0));
 
