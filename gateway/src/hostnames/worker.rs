@@ -70,6 +70,8 @@ pub struct Worker {
     listening: AtomicBool,
     /// The schema is prepared and the checkers run ([`Worker::run`]).
     running: AtomicBool,
+    /// A [`Worker::resumed`] came before [`Worker::run`]: `run` looks then.
+    resumed_early: AtomicBool,
     /// Names this gateway is checking, marked when their domain row or
     /// tenant changes during the check ([`Worker::names_changed`]): what
     /// the check read may predate the change, so the claim is looked at
@@ -101,16 +103,21 @@ impl Worker {
             counts_stale: AtomicBool::new(true),
             listening: AtomicBool::new(false),
             running: AtomicBool::new(false),
+            resumed_early: AtomicBool::new(false),
             checking: crate::inflight::InFlight::default(),
         }
     }
 
     /// Runs for the life of the gateway (the schema is prepared by the caller).
     pub async fn run(self: Arc<Self>) {
-        // What changed while this gateway was not running went unheard here
-        // (a [`Worker::resumed`] before now found no schema to look in).
+        // A gap heard before the schema was ready (the first LISTEN at
+        // start is one: what changed while this gateway was down went
+        // unheard) is looked at now; one heard from here on looks itself.
+        // SeqCst: `resumed` stores its flag before it reads `running`.
         self.running.store(true, Ordering::SeqCst);
-        self.look_at_verified().await;
+        if self.resumed_early.swap(false, Ordering::SeqCst) {
+            self.look_at_verified().await;
+        }
         let (wake_tx, mut wake) = tokio::sync::mpsc::channel::<()>(1);
         tokio::spawn(self.clone().listen(wake_tx));
         let poll = POLL_MAX.min(self.cfg.check_interval);
@@ -296,9 +303,11 @@ impl Worker {
     /// row; each check is one read on the primary.
     pub fn resumed(self: &Arc<Self>) {
         self.checking.mark_all_changed();
+        self.resumed_early.store(true, Ordering::SeqCst);
         if !self.running.load(Ordering::SeqCst) {
             return;
         }
+        self.resumed_early.store(false, Ordering::SeqCst);
         let me = self.clone();
         tokio::spawn(async move { me.look_at_verified().await });
     }
