@@ -10,7 +10,7 @@ scripts/python-env.sh    # target/python-venv: Django, django-tenants, gunicorn,
 cargo fmt --all -- --check
 # The benchmark scripts are not run here (they need nginx, HAProxy, Caddy,
 # valgrind and minutes of a quiet machine), but they must at least parse.
-python3 -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' bench/*.py
+python3 -c 'import ast, sys; [ast.parse(open(f).read(), f) for f in sys.argv[1:]]' bench/*.py fuzz/*.py
 for f in bench/*.sh scripts/*.sh; do bash -n "$f"; done
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 # The code's own documentation: every intra-doc link resolves.

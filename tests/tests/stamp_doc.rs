@@ -1,6 +1,7 @@
 //! docs/stamp.md is the contract for backends in other languages: run the
 //! Python verifier printed there against every shared vector
-//! (stamp/vectors.json) and against stamps made by the Rust signer.
+//! (stamp/vectors.json), every differential case the stamp fuzz target made
+//! (stamp/differential.json), and stamps made by the Rust signer.
 
 use std::process::Command;
 
@@ -22,6 +23,7 @@ fn python_verifier_from_the_doc_agrees_with_the_rust_signer() {
         false,
     );
     let vectors = concat!(env!("CARGO_MANIFEST_DIR"), "/../stamp/vectors.json");
+    let differential = concat!(env!("CARGO_MANIFEST_DIR"), "/../stamp/differential.json");
     let script = format!(
         r#"{code}
 import json
@@ -38,6 +40,18 @@ for h in doc["host_normalization"]:
     assert normalize_host(h["in"]) == h["out"], h
 for e in doc["tenant_encoding"]:
     assert encode_tenant(e["name"]) == e["wire"] and decode_tenant(e["wire"]) == e["name"], e
+diff = json.load(open("{differential}", encoding="utf-8"))
+received = lambda h: bytes.fromhex(h).decode("utf-8", "surrogateescape")
+assert len(diff["cases"]) >= 100
+for i, c in enumerate(diff["cases"]):
+    try:
+        got = "tenant:" + verify(diff["keys"], [received(t) for t in c["tenants"]],
+                                 [received(s) for s in c["signatures"]], c["method"],
+                                 received(c["host"]), received(c["path"]), now=c["now"],
+                                 max_skew=diff["max_skew"])
+    except StampError as e:
+        got = str(e)
+    assert got == c["result"], (i, c, got)
 rust = {{"k1": "{secret}"}}
 fresh = "{fresh}"
 assert verify(rust, ["mclaren"], [fresh], "POST", "McLaren.myapp.localhost:8443", "/projects/7") == "mclaren"
