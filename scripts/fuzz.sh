@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Fuzzes the request path's hostile-input handling (fuzz/src: the header
 # policy with a connection's memos, the stamp contract, host normalisation,
-# the WebSocket frame tracker, the configuration) with cargo-fuzz, each
+# the WebSocket frame tracker, the tenant cache's host table, the redirect
+# exemptions, the configuration) with cargo-fuzz, each
 # target for SECONDS (default 120). Not part of scripts/test.sh, which
 # replays fuzz/seeds/ and a fixed-seed sweep instead (fuzz/tests/replay.rs).
 #
 # Usage: scripts/fuzz.sh [SECONDS] [TARGET...]
-#   targets: forward stamp host ws_frames config (default: all)
+#   targets: forward stamp host ws_frames table paths config (default: all)
 # The corpus grows in fuzz/corpus/<target>/ (not committed), starting from
 # the stored inputs (fuzz/seeds/<target>.hex); a failing input is written to
 # fuzz/artifacts/<target>/. See it as the property reads it with
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/.."
 secs="${1:-120}"
 [ $# -gt 0 ] && shift
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(forward stamp host ws_frames config)
+[ ${#targets[@]} -gt 0 ] || targets=(forward stamp host ws_frames table paths config)
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 # The workspace's release profile links with whole-program LTO (for the
 # benchmarks): minutes per target that fuzzing does not need.

@@ -345,6 +345,16 @@ fn one(input: &Input, forward: Forward, signer: &Signer, verifier: &Verifier, co
         );
     }
 
+    // The client behind trusted proxies (what per-client limits key on):
+    // never an address the gateway trusts.
+    let trusted_ip = |ip: IpAddr| ip.is_loopback() || Some(ip) == input.peer;
+    if let Some(ip) = headers::forwarded_client(&req.headers, trusted_ip) {
+        assert!(
+            !trusted_ip(ip),
+            "the client behind the proxies is {ip}, a trusted address"
+        );
+    }
+
     // The request id.
     let id = sent.one("x-request-id").expect("a request id");
     assert_eq!(

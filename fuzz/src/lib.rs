@@ -17,13 +17,19 @@
 //!   fresh normalisation would.
 //! - [`ws`]: the WebSocket frame tracker reads the same frame boundaries
 //!   however the writes are split.
+//! - [`table`]: the host table under the tenant cache answers a host only
+//!   with what was written for that exact host, within its bound.
+//! - [`paths`]: a path exempt from the HTTPS redirect stays under its
+//!   exemption as a backend resolves it; challenge tokens are one segment.
 //! - [`config`]: any configuration text is refused or accepted, never a
 //!   panic.
 
 pub mod config;
 pub mod forward;
 pub mod host;
+pub mod paths;
 pub mod stamp;
+pub mod table;
 pub mod ws;
 
 /// The input of `T` that `data` encodes, if any (a fuzzer's bytes that

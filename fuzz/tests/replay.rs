@@ -63,6 +63,16 @@ fn ws_frames() {
 }
 
 #[test]
+fn table() {
+    replay("table", fuzz::table::run);
+}
+
+#[test]
+fn paths() {
+    replay("paths", fuzz::paths::run);
+}
+
+#[test]
 fn config() {
     replay("config", fuzz::config::run);
 }
@@ -80,6 +90,8 @@ fn show() {
         "stamp" => fuzz::show::<fuzz::stamp::Input>(&bytes),
         "host" => fuzz::show::<fuzz::host::Input>(&bytes),
         "ws_frames" => fuzz::show::<fuzz::ws::Input>(&bytes),
+        "table" => fuzz::show::<fuzz::table::Input>(&bytes),
+        "paths" => fuzz::show::<fuzz::paths::Input>(&bytes),
         "config" => String::from_utf8_lossy(&bytes).into_owned(),
         other => panic!("no target {other}"),
     };
