@@ -13,7 +13,9 @@
 //!   CGI-style backend reads as `X-Tenant*`, whatever the client sent;
 //! - the forwarding headers name this request's host, and for a client
 //!   that is not a trusted proxy, its own address and scheme only; none of
-//!   the headers only a proxy sets;
+//!   the headers only a proxy sets (a sample of `headers.rs`'s list) from
+//!   a client; the client behind trusted proxies is never a trusted
+//!   address;
 //! - exactly one request id, the client's if acceptable;
 //! - the edits always apply (a request the policy accepted is never
 //!   refused for a header value the gateway built).

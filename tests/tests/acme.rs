@@ -799,10 +799,12 @@ fn stored_certificates_load_at_their_first_handshake_into_a_bounded_cache() {
 
     st.s.restart_gateway();
     assert_eq!(st.s.gw.metric("tenant_gateway_certificates_in_memory"), 0.0);
-    let log = st.s.gw.proc_.log();
-    assert!(
-        log.contains("stored certificates load at their first handshake"),
-        "{log}"
+    // Logged once the worker's schema is ready, in the background of a
+    // gateway already serving: waited for, not read at once.
+    st.s.gw.wait_logged(
+        "stored certificates load at their first handshake",
+        0,
+        Duration::from_secs(30),
     );
     for _round in 0..2 {
         for n in names {
