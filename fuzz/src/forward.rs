@@ -33,7 +33,8 @@ use http::header::HOST;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 use stamp::{Key, Signer, Verifier};
 
-use crate::host::Pick;
+use crate::host::KNOWN as HOSTS;
+use crate::Choice;
 
 #[derive(Debug, Arbitrary)]
 pub struct Input {
@@ -59,32 +60,20 @@ pub struct Request {
     pub tenant: Option<Choice>,
 }
 
-/// One of a list of realistic values, or anything.
-#[derive(Debug, Arbitrary)]
-pub enum Choice {
-    Known(u8),
-    Raw(String),
-}
-
-impl Choice {
-    fn pick<'a>(&'a self, known: &[&'a str]) -> &'a str {
-        match self {
-            Choice::Known(i) => known[usize::from(*i) % known.len()],
-            Choice::Raw(s) => s,
-        }
-    }
-}
-
 #[derive(Debug, Arbitrary)]
 pub enum Target {
     Origin(String),
-    Absolute { https: bool, authority: Pick, path: String },
+    Absolute {
+        https: bool,
+        authority: Choice,
+        path: String,
+    },
     Raw(String),
 }
 
 #[derive(Debug, Arbitrary)]
 pub enum Value {
-    Host(Pick),
+    Host(Choice),
     Text(String),
     Bytes(Vec<u8>),
 }
@@ -153,7 +142,7 @@ impl Request {
                 format!(
                     "{}://{}/{path}",
                     if *https { "https" } else { "http" },
-                    authority.text()
+                    authority.pick(&HOSTS)
                 )
             }
             Target::Raw(raw) => raw.clone(),
@@ -163,7 +152,7 @@ impl Request {
         for (name, value) in self.headers.iter().take(12) {
             let name = HeaderName::from_bytes(name.pick(&NAMES).as_bytes()).ok()?;
             let value = match value {
-                Value::Host(pick) => HeaderValue::from_str(pick.text()).ok()?,
+                Value::Host(pick) => HeaderValue::from_str(pick.pick(&HOSTS)).ok()?,
                 Value::Text(s) => HeaderValue::from_str(s).ok()?,
                 Value::Bytes(b) => HeaderValue::from_bytes(b).ok()?,
             };
@@ -192,9 +181,7 @@ impl Request {
 }
 
 pub fn run(data: &[u8]) {
-    if let Some(input) = crate::input::<Input>(data) {
-        check(&input);
-    }
+    crate::run::<Input>(data, check);
 }
 
 pub fn check(input: &Input) {

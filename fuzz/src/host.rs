@@ -5,17 +5,13 @@
 use arbitrary::Arbitrary;
 use gateway::tenant::host::{lookup_name, HostMemo};
 
+use crate::Choice;
+
 /// One connection's `Host` values, in order; realistic ones are picked by
 /// index so the memo sees repeats.
 #[derive(Debug, Arbitrary)]
 pub struct Input {
-    pub hosts: Vec<Pick>,
-}
-
-#[derive(Debug, Arbitrary)]
-pub enum Pick {
-    Known(u8),
-    Raw(String),
+    pub hosts: Vec<Choice>,
 }
 
 /// Hosts a real client sends, in the spellings that normalise alike.
@@ -34,25 +30,14 @@ pub const KNOWN: [&str; 12] = [
     "shop.example.com:80",
 ];
 
-impl Pick {
-    pub fn text(&self) -> &str {
-        match self {
-            Pick::Known(i) => KNOWN[usize::from(*i) % KNOWN.len()],
-            Pick::Raw(s) => s,
-        }
-    }
-}
-
 pub fn run(data: &[u8]) {
-    if let Some(input) = crate::input::<Input>(data) {
-        check(&input);
-    }
+    crate::run::<Input>(data, check);
 }
 
 pub fn check(input: &Input) {
     let memo = HostMemo::default();
     for pick in input.hosts.iter().take(16) {
-        let raw = pick.text();
+        let raw = pick.pick(&KNOWN);
         let fresh = tenancy::normalize_host(raw);
         // The memo answers exactly as normalising would, whatever came before.
         let kept = memo.normalize(raw).map(|h| String::from(&*h));

@@ -32,6 +32,30 @@ pub mod stamp;
 pub mod table;
 pub mod ws;
 
+/// Checks `check` on the input of `T` that `data` encodes (a target's
+/// `run`; bytes that encode none are skipped).
+pub fn run<'a, T: arbitrary::Arbitrary<'a>>(data: &'a [u8], check: fn(&T)) {
+    if let Some(input) = input::<T>(data) {
+        check(&input);
+    }
+}
+
+/// One of a target's list of realistic values (by index), or anything.
+#[derive(Debug, arbitrary::Arbitrary)]
+pub enum Choice {
+    Known(u8),
+    Raw(String),
+}
+
+impl Choice {
+    pub fn pick<'a>(&'a self, known: &[&'a str]) -> &'a str {
+        match self {
+            Choice::Known(i) => known[usize::from(*i) % known.len()],
+            Choice::Raw(s) => s,
+        }
+    }
+}
+
 /// The input of `T` that `data` encodes, if any (a fuzzer's bytes that
 /// run out early still make one; `None` only for a malformed encoding).
 pub fn input<'a, T: arbitrary::Arbitrary<'a>>(data: &'a [u8]) -> Option<T> {

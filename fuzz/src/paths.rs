@@ -6,6 +6,8 @@
 use arbitrary::Arbitrary;
 use gateway::route;
 
+use crate::Choice;
+
 #[derive(Debug, Arbitrary)]
 pub struct Input {
     pub exempt: Vec<Segments>,
@@ -14,13 +16,7 @@ pub struct Input {
 
 /// A path built from segments a fuzzer picks among the tricky ones.
 #[derive(Debug, Arbitrary)]
-pub struct Segments(pub Vec<Segment>);
-
-#[derive(Debug, Arbitrary)]
-pub enum Segment {
-    Known(u8),
-    Raw(String),
-}
+pub struct Segments(pub Vec<Choice>);
 
 const KNOWN: [&str; 14] = [
     "healthz",
@@ -50,10 +46,7 @@ impl Segments {
         let mut s = String::new();
         for seg in self.0.iter().take(8) {
             s.push('/');
-            s.push_str(match seg {
-                Segment::Known(i) => KNOWN[usize::from(*i) % KNOWN.len()],
-                Segment::Raw(r) => r,
-            });
+            s.push_str(seg.pick(&KNOWN));
         }
         if s.is_empty() {
             s.push('/');
@@ -63,9 +56,7 @@ impl Segments {
 }
 
 pub fn run(data: &[u8]) {
-    if let Some(input) = crate::input::<Input>(data) {
-        check(&input);
-    }
+    crate::run::<Input>(data, check);
 }
 
 /// The path as a backend resolves it: percent-decoded once, then dot
@@ -154,7 +145,7 @@ mod tests {
     /// left to the redirect (a fuzzer finds them too; these keep them).
     #[test]
     fn dot_segments_in_any_spelling_do_not_leave_an_exemption() {
-        let healthz = || Segments(vec![Segment::Known(0)]);
+        let healthz = || Segments(vec![Choice::Known(0)]);
         for path in [
             "/healthz/../whoami",
             "/healthz/%2e%2e/whoami",

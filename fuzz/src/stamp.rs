@@ -53,9 +53,7 @@ fn verifier() -> Verifier {
 }
 
 pub fn run(data: &[u8]) {
-    if let Some(input) = crate::input::<Input>(data) {
-        check(&input);
-    }
+    crate::run::<Input>(data, check);
 }
 
 pub fn check(input: &Input) {

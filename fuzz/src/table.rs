@@ -54,9 +54,7 @@ impl Key {
 const TTL: u32 = 5;
 
 pub fn run(data: &[u8]) {
-    if let Some(input) = crate::input::<Input>(data) {
-        check(&input);
-    }
+    crate::run::<Input>(data, check);
 }
 
 pub fn check(input: &Input) {

@@ -49,9 +49,7 @@ impl Frame {
 }
 
 pub fn run(data: &[u8]) {
-    if let Some(input) = crate::input::<Input>(data) {
-        check(&input);
-    }
+    crate::run::<Input>(data, check);
 }
 
 /// `bytes` fed in writes of the given lengths (cycled; 0 counts as 1).
