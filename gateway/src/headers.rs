@@ -23,7 +23,7 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::OnceLock;
 
-use http::header::{FORWARDED, HOST};
+use http::header::{CONTENT_LENGTH, FORWARDED, HOST};
 use http::{HeaderMap, HeaderName, HeaderValue, Uri};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -430,17 +430,22 @@ pub fn upstream<'a>(headers: &HeaderMap, u: &Upstream<'a>, out: &mut Edits<'a>) 
     // A forwarding header spelled with `_` goes too (see
     // [`is_underscored_forwarding`]), and from a client that is not a
     // trusted proxy, any header only a proxy sets ([`is_proxy_only`]).
-    out.extend(
-        headers
-            .keys()
-            .filter(|n| {
-                let n_str = n.as_str();
-                (is_tenant_header(n_str) && !stamp_replaces(n))
-                    || is_underscored_forwarding(n_str)
-                    || ((!u.trusted || n_str.contains('_')) && is_proxy_only(n_str))
-            })
-            .map(|n| Edit::Remove(n.clone())),
-    );
+    let mut length = false;
+    for n in headers.keys() {
+        let n_str = n.as_str();
+        length |= *n == CONTENT_LENGTH;
+        if (is_tenant_header(n_str) && !stamp_replaces(n))
+            || is_underscored_forwarding(n_str)
+            || ((!u.trusted || n_str.contains('_')) && is_proxy_only(n_str))
+        {
+            out.push(Edit::Remove(n.clone()));
+        }
+    }
+    // 1b. One `Content-Length`, as RFC 9110 section 8.6 has a proxy send
+    // it, where the client repeated or listed the value.
+    if let Some(single) = length.then(|| single_length(headers)).flatten() {
+        out.push(single);
+    }
     // 2. Forwarding headers. What an untrusted client sent is overwritten
     // (or, for a header not set, removed), so only a trusted peer's values
     // are read at all.
@@ -495,6 +500,29 @@ pub fn upstream<'a>(headers: &HeaderMap, u: &Upstream<'a>, out: &mut Edits<'a>) 
         out.push(Edit::Remove(X_FORWARDED_HOST));
     }
     tail(u, None, out);
+}
+
+/// `Content-Length` as one value, when the client sent it repeated or as a
+/// list whose values agree (Pingora frames the body by such values and
+/// refuses ones that disagree): `None` when it came as one plain value, or
+/// in any form this does not read (left as it came). A backend may refuse
+/// repeated values, or read only the first of a list.
+fn single_length(headers: &HeaderMap) -> Option<Edit<'static>> {
+    let mut values = headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii);
+    let first = values.next()?;
+    let mut more = false;
+    for v in values {
+        if v != first {
+            return None;
+        }
+        more = true;
+    }
+    let plain = first.iter().all(u8::is_ascii_digit) && !first.is_empty();
+    (more && plain).then(|| Edit::Set(CONTENT_LENGTH, String::from_utf8_lossy(first).into_owned().into()))
 }
 
 fn scheme(tls: bool) -> &'static str {
@@ -730,6 +758,46 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_repeated_or_listed_content_length_goes_upstream_once() {
+        for trusted in [false, true] {
+            let u = facts(trusted);
+            let length = |pairs: &[(&str, &str)]| {
+                let h = map(pairs);
+                let e = edits(&h, &u);
+                // Whatever else changes, the length is set at most once.
+                assert!(
+                    e.iter()
+                        .filter(|e| matches!(e, Edit::Set(n, _) | Edit::Put(n, _) if *n == CONTENT_LENGTH))
+                        .count()
+                        <= 1
+                );
+                set(&e, "content-length").map(str::to_owned)
+            };
+            assert_eq!(
+                length(&[("content-length", "5"), ("content-length", "5")]).as_deref(),
+                Some("5")
+            );
+            assert_eq!(length(&[("content-length", "5, 5")]).as_deref(), Some("5"));
+            assert_eq!(
+                length(&[("content-length", "5 ,5"), ("content-length", "5")]).as_deref(),
+                Some("5")
+            );
+            // One plain value is left as it came; so is what Pingora refuses
+            // (values that disagree, not numbers), and no length at all.
+            for left in [
+                &[("content-length", "5")][..],
+                &[("content-length", "5"), ("content-length", "6")],
+                &[("content-length", "5, 6")],
+                &[("content-length", "+5"), ("content-length", "+5")],
+                &[("content-length", ","), ("content-length", ",")],
+                &[("host", "a.example")],
+            ] {
+                assert_eq!(length(left), None, "{left:?}");
+            }
+        }
     }
 
     #[test]

@@ -42,6 +42,7 @@ use http::header::{ACCEPT, CONTENT_LENGTH, CONTENT_TYPE};
 use ipnet::IpNet;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
+use pingora_http::authority::{raw_target_authority, RawTargetAuthority};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 
@@ -298,6 +299,10 @@ impl Gateway {
 
         // Gather the facts, ask `decide`, act.
         let req = session.req_header();
+        if !forwardable_target(req.raw_path(), &req.method) {
+            tracing::debug!(request_id = %ctx.request_id, "request target in no form the gateway forwards");
+            return Some(Reply::page(PageKind::BadRequest));
+        }
         let conn = ConnFacts::of(session.digest());
         let host = match host::request_host(&req.headers, &req.uri, conn.map(|f| &f.host)) {
             Ok((h, sent)) => {
@@ -687,6 +692,22 @@ fn final_head(session: &Session) -> Option<&ResponseHeader> {
 
 /// An empty request header (no allocation) to stand in while the real one's
 /// parts are edited.
+/// Whether a request target (as the client sent it: Pingora's raw path) is
+/// one the gateway forwards: origin form (`/path`), absolute form (whose
+/// authority Pingora checks against `Host`, giving its path as the URI),
+/// or `*` for `OPTIONS`. Any other, an authority form outside `CONNECT` or
+/// a request line Pingora escaped into a target (`G ET /x` reads as method
+/// `G`, target `ET%20/x`), has no path of its own: Pingora gives `/` as its
+/// URI, so forwarded, the backend would get a request the client never
+/// sent. Refused with a 400.
+pub fn forwardable_target(raw: &[u8], method: &http::Method) -> bool {
+    match raw {
+        [b'/', ..] => true,
+        b"*" => method == http::Method::OPTIONS,
+        _ => matches!(raw_target_authority(raw), RawTargetAuthority::Absolute { .. }),
+    }
+}
+
 fn placeholder() -> RequestHeader {
     RequestHeader::from(http::Request::new(()).into_parts().0)
 }
@@ -1098,6 +1119,31 @@ impl ProxyHttp for Gateway {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_origin_absolute_and_asterisk_targets_are_forwarded() {
+        use http::Method;
+        for (target, method) in [
+            ("/", Method::GET),
+            ("/w/1?q=2", Method::POST),
+            ("http://ferrari.myapp.localhost/w", Method::GET),
+            ("https://ferrari.myapp.localhost", Method::GET),
+            ("*", Method::OPTIONS),
+        ] {
+            assert!(forwardable_target(target.as_bytes(), &method), "{target}");
+        }
+        for (target, method) in [
+            ("ET%20/w/1", Method::GET),
+            ("ferrari.myapp.localhost:80", Method::GET),
+            ("*", Method::GET),
+            ("w/1", Method::GET),
+            ("", Method::GET),
+            ("http:/\\host/", Method::GET),
+            ("://host/", Method::GET),
+        ] {
+            assert!(!forwardable_target(target.as_bytes(), &method), "{target}");
+        }
+    }
 
     fn request(target: &[u8]) -> RequestHeader {
         let mut req = RequestHeader::build("GET", b"/", Some(2)).unwrap();
