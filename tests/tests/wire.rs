@@ -25,6 +25,16 @@
 //!
 //! The run is deterministic in what it sends (a fixed seed; `WIRE_SEED` and
 //! `WIRE_CONNECTIONS` choose another run, e.g. a longer one by hand).
+//!
+//! HTTP/2 (over TLS) has a fixed list of cases instead, written frame by
+//! frame with a header block of raw literals (so any bytes can be sent):
+//! the ways a request HTTP/2 frames unambiguously can turn ambiguous once
+//! written as HTTP/1.1 for the backend (H2.CL, H2.TE, CR, LF or NUL in a
+//! name, value or pseudo-header, `:authority` and `host` naming different
+//! tenants, trailers carrying tenant or framing fields), and malformed
+//! header blocks. The same backend and the same rules; `WIRE_CASE` runs one
+//! case, `WIRE_DEBUG` prints the frames read, `WIRE_TIMEOUT` bounds each
+//! read (15 s: only a gateway that neither answers nor closes waits it).
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -63,6 +73,15 @@ struct Seen {
     violations: Vec<String>,
     /// Stamped requests served, per tenant.
     served: std::collections::BTreeMap<String, usize>,
+}
+
+impl Seen {
+    /// Each tenant was served at least `n` requests (a run that is not vacuous).
+    fn both_served(&self, n: usize) {
+        for t in ["ferrari", "mclaren"] {
+            assert!(self.served.get(t).copied().unwrap_or(0) >= n, "{t}: {:?}", self.served);
+        }
+    }
 }
 
 /// A backend that parses each connection's bytes strictly and answers
@@ -124,7 +143,7 @@ fn serve(mut conn: TcpStream, seen: &Mutex<Seen>, verifier: &stamp::Verifier) {
                 let body = match answer(&req, verifier) {
                     Ok(Some(tenant)) => {
                         *seen.lock().expect("seen").served.entry(tenant.clone()).or_default() += 1;
-                        format!("{tenant} {} {}", req.target, req.body.len())
+                        format!("backend {tenant} {} {}", req.target, req.body.len())
                     }
                     Ok(None) => "ok".to_owned(),
                     Err(why) => {
@@ -159,6 +178,8 @@ struct Req {
     method: String,
     target: String,
     headers: Vec<(String, Vec<u8>)>,
+    /// The names of a chunked body's trailer fields.
+    trailers: Vec<String>,
     body: Vec<u8>,
     raw: Vec<u8>,
 }
@@ -192,6 +213,12 @@ fn answer(req: &Req, verifier: &stamp::Verifier) -> Result<Option<String>, Strin
     }
     if path.contains("smuggled") {
         return Err("a request hidden in a body reached the backend".into());
+    }
+    if let Some(t) = req.trailers.iter().find(|t| {
+        let t = t.replace('_', "-");
+        t.starts_with("x-tenant") || ["host", "content-length", "transfer-encoding"].contains(&t.as_str())
+    }) {
+        return Err(format!("a client's trailer `{t}` reached the backend"));
     }
     if path == "/healthz" && req.values("x-tenant").is_empty() {
         return Ok(None);
@@ -290,6 +317,7 @@ fn parse_request(buf: &[u8]) -> Parsed {
         method: String::from_utf8_lossy(method).into_owned(),
         target: String::from_utf8_lossy(target).into_owned(),
         headers,
+        trailers: Vec::new(),
         body: Vec::new(),
         raw: Vec::new(),
     };
@@ -317,8 +345,9 @@ fn parse_request(buf: &[u8]) -> Parsed {
             n
         }
         ([], [te]) if te.eq_ignore_ascii_case(b"chunked") && version == b"HTTP/1.1" => match chunked(rest) {
-            Ok(Some((body, used))) => {
+            Ok(Some((body, used, trailers))) => {
                 req.body = body;
+                req.trailers = trailers;
                 used
             }
             Ok(None) => return Parsed::Incomplete { expects_continue },
@@ -338,10 +367,14 @@ fn parse_request(buf: &[u8]) -> Parsed {
 }
 
 /// A chunked body, strictly: hex sizes (an extension allowed), CRLFs,
-/// the last chunk and an empty trailer section. `Ok(None)`: incomplete.
-fn chunked(mut b: &[u8]) -> Result<Option<(Vec<u8>, usize)>, String> {
+/// the last chunk and a trailer section: the body, the bytes it took and
+/// the trailer fields' names (lower case). `Ok(None)`: incomplete.
+type Dechunked = (Vec<u8>, usize, Vec<String>);
+
+fn chunked(mut b: &[u8]) -> Result<Option<Dechunked>, String> {
     let start = b.len();
     let mut body = Vec::new();
+    let mut trailers = Vec::new();
     loop {
         let Some(eol) = find(b, b"\r\n") else {
             return match bare_cr_or_lf(b) {
@@ -366,11 +399,13 @@ fn chunked(mut b: &[u8]) -> Result<Option<(Vec<u8>, usize)>, String> {
                 let line = &b[..eol];
                 b = &b[eol + 2..];
                 if line.is_empty() {
-                    return Ok(Some((body, start - b.len())));
+                    return Ok(Some((body, start - b.len(), trailers)));
                 }
                 if bare_cr_or_lf(line) || line.first().is_some_and(|&c| c == b' ' || c == b'\t') {
                     return Err("bad trailer".into());
                 }
+                let name = line.split(|&c| c == b':').next().unwrap_or_default();
+                trailers.push(String::from_utf8_lossy(name).to_ascii_lowercase());
             }
         }
         if b.len() < n + 2 {
@@ -842,10 +877,10 @@ fn read_response(conn: &mut TcpStream, buf: &mut Vec<u8>) -> Result<Option<Resp>
         let body = loop {
             let whole = match (chunked_body, len) {
                 (true, _) => chunked(buf).map_err(|e| format!("response body: {e}"))?,
-                (false, Some(n)) => (buf.len() >= n).then(|| (buf[..n].to_vec(), n)),
+                (false, Some(n)) => (buf.len() >= n).then(|| (buf[..n].to_vec(), n, Vec::new())),
                 (false, None) => return Err(format!("a response without a length: {head:?}")),
             };
-            if let Some((body, used)) = whole {
+            if let Some((body, used, _)) = whole {
                 buf.drain(..used);
                 break body;
             }
@@ -893,6 +928,16 @@ struct Tally {
 
 fn shown(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).escape_debug().to_string()
+}
+
+/// The tenant and path a backend's answer names (`backend <tenant>
+/// <target> <body length>`), the target without its query; `None` for
+/// anything else (one of the gateway's pages).
+fn backend_answer(body: &str) -> Option<(&str, &str)> {
+    let mut words = body.strip_prefix("backend ")?.split(' ');
+    let tenant = words.next()?;
+    let path = words.next()?.split('?').next()?;
+    Some((tenant, path))
 }
 
 /// Requests that once went wrong (or would, by a reading of the gateway
@@ -982,10 +1027,7 @@ fn connection(port: u16, rng: &mut StdRng, c: usize, tally: &mut Tally) {
                     return;
                 }
             };
-            let mut words = r.body.split(' ');
-            let (tenant, target) = (words.next().unwrap_or_default(), words.next().unwrap_or_default());
-            let path = target.split('?').next().unwrap_or_default();
-            if r.status != 200 || tenant != want || path != s.path {
+            if r.status != 200 || backend_answer(&r.body) != Some((want, &s.path)) {
                 tally
                     .failures
                     .push(format!("{}: another request's answer: {r:?}", context()));
@@ -1008,18 +1050,49 @@ fn connection(port: u16, rng: &mut StdRng, c: usize, tally: &mut Tally) {
     }
 }
 
+/// A stack whose one pool is `backend` (`tls`: with the TLS listener),
+/// `config` added to the gateway's; returns once the backend is healthy.
+fn stack_on(backend: &StrictBackend, tls: bool, config: &str) -> Stack {
+    let mut b = Stack::builder()
+        .apps(0)
+        .pools(pools_toml(&[("default", &[backend.port])]))
+        .config(config);
+    if tls {
+        b = b.tls("");
+    }
+    let s = b.start();
+    s.gw.wait_backend("default", backend.port, true, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    s
+}
+
+/// Fail with every failure of a run (`run` names it): the clients', the
+/// backend's, and a panic in the gateway's log.
+fn assert_none(mut failures: Vec<String>, seen: &Seen, s: &Stack, run: &str) {
+    failures.extend(seen.violations.iter().map(|v| format!("backend: {v}")));
+    let log = s.gw.proc_.log();
+    if log.contains("panicked") {
+        failures.push("the gateway panicked".into());
+    }
+    assert!(
+        failures.is_empty(),
+        "{run}: {} failures:\n{}\n\ngateway log tail:\n{}",
+        failures.len(),
+        failures.join("\n"),
+        log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
+    );
+}
+
 #[test]
 fn hostile_http1_requests_never_desync_cross_tenants_or_reach_the_backend_ambiguous() {
     let backend = StrictBackend::start();
-    let s = Stack::builder()
-        .apps(0)
-        .pools(pools_toml(&[("default", &[backend.port])]))
-        // Incomplete heads and bodies are cut soon, so a request the
-        // gateway reads as longer than sent costs the run seconds, not ten.
-        .config("[limits]\nrequest_head_timeout_ms = 2000\nbody_rate_grace_ms = 1000\n")
-        .start();
-    s.gw.wait_backend("default", backend.port, true, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    // Incomplete heads and bodies are cut soon, so a request the gateway
+    // reads as longer than sent costs the run seconds, not ten.
+    let s = stack_on(
+        &backend,
+        false,
+        "[limits]\nrequest_head_timeout_ms = 2000\nbody_rate_grace_ms = 1000\n",
+    );
 
     let seed: u64 = std::env::var("WIRE_SEED")
         .ok()
@@ -1047,20 +1120,9 @@ fn hostile_http1_requests_never_desync_cross_tenants_or_reach_the_backend_ambigu
         workers.into_iter().map(|w| w.join().expect("client thread")).collect()
     });
 
-    let mut failures: Vec<String> = tallies.iter().flat_map(|t| t.failures.clone()).collect();
+    let failures: Vec<String> = tallies.iter().flat_map(|t| t.failures.clone()).collect();
     let seen = backend.seen.lock().expect("seen");
-    failures.extend(seen.violations.iter().map(|v| format!("backend: {v}")));
-    let log = s.gw.proc_.log();
-    if log.contains("panicked") {
-        failures.push("the gateway panicked".into());
-    }
-    assert!(
-        failures.is_empty(),
-        "seed {seed}: {} failures:\n{}\n\ngateway log tail:\n{}",
-        failures.len(),
-        failures.join("\n"),
-        log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
-    );
+    assert_none(failures, &seen, &s, &format!("seed {seed}"));
     let backend_answers: usize = tallies.iter().map(|t| t.backend).sum();
     let refused: usize = tallies.iter().map(|t| t.refused).sum();
     let mut statuses = std::collections::BTreeMap::new();
@@ -1074,16 +1136,7 @@ fn hostile_http1_requests_never_desync_cross_tenants_or_reach_the_backend_ambigu
         seen.served
     );
     // Not vacuous: both tenants served, and the mutations met refusals.
-    assert!(
-        seen.served.get("ferrari").copied().unwrap_or(0) >= 20,
-        "{:?}",
-        seen.served
-    );
-    assert!(
-        seen.served.get("mclaren").copied().unwrap_or(0) >= 20,
-        "{:?}",
-        seen.served
-    );
+    seen.both_served(20);
     assert!(refused >= 50, "only {refused} refusals");
 }
 
@@ -1101,12 +1154,7 @@ fn show() {
         .replace("\\t", "\t")
         .replace("\\0", "\0");
     let backend = StrictBackend::start();
-    let s = Stack::builder()
-        .apps(0)
-        .pools(pools_toml(&[("default", &[backend.port])]))
-        .start();
-    s.gw.wait_backend("default", backend.port, true, Duration::from_secs(10))
-        .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    let s = stack_on(&backend, false, "");
     let mut conn = TcpStream::connect(("127.0.0.1", s.gw.port)).expect("connect");
     conn.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
     conn.write_all(raw.as_bytes()).expect("write");
@@ -1117,4 +1165,428 @@ fn show() {
     let seen = backend.seen.lock().expect("seen");
     eprintln!("backend: served {:?}, violations {:?}", seen.served, seen.violations);
     eprintln!("{}", s.gw.proc_.log());
+}
+
+// ---------------------------------------------------------------- HTTP/2
+
+/// HTTP/2 frame types and flags used here (RFC 9113 section 6).
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+const PADDED: u8 = 0x8;
+const ACK: u8 = 0x1;
+
+fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    let len = payload.len() as u32;
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// An HPACK integer with a 7-bit prefix (RFC 7541 section 5.1), the
+/// prefix's other bit clear (no Huffman).
+fn hpack_len(out: &mut Vec<u8>, mut n: usize) {
+    if n < 127 {
+        out.push(n as u8);
+        return;
+    }
+    out.push(127);
+    n -= 127;
+    while n >= 128 {
+        out.push((n % 128 + 128) as u8);
+        n /= 128;
+    }
+    out.push(n as u8);
+}
+
+/// A header block of literals without indexing, new names, no Huffman
+/// (RFC 7541 section 6.2.2): the bytes exactly as given, so anything a
+/// client could put on the wire can be sent, however malformed.
+fn hpack(fields: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (name, value) in fields {
+        out.push(0x00);
+        hpack_len(&mut out, name.len());
+        out.extend_from_slice(name);
+        hpack_len(&mut out, value.len());
+        out.extend_from_slice(value);
+    }
+    out
+}
+
+/// A header block's fields, names and values as raw bytes.
+type Fields = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// One stream of a hostile HTTP/2 case.
+struct H2Stream {
+    fields: Fields,
+    data: Vec<Vec<u8>>,
+    /// A trailing HEADERS frame (trailers) after the data.
+    trailers: Fields,
+    expect: Expect,
+    path: String,
+}
+
+fn field(name: &str, value: impl AsRef<[u8]>) -> (Vec<u8>, Vec<u8>) {
+    (name.as_bytes().to_vec(), value.as_ref().to_vec())
+}
+
+/// The usual request's fields for `host` and `path`, `method` first.
+fn base(method: &str, host: &str, path: &str) -> Fields {
+    vec![
+        field(":method", method),
+        field(":scheme", "https"),
+        field(":path", path),
+        field(":authority", host),
+        field("user-agent", "wire"),
+    ]
+}
+
+/// The hostile HTTP/2 cases: the ways a request that HTTP/2 frames
+/// unambiguously can turn ambiguous once written as HTTP/1.1 for the
+/// backend (a length that disagrees with the data, `transfer-encoding`,
+/// CR, LF or NUL inside a name, value or pseudo-header, an `:authority`
+/// and a `host` naming different tenants, trailers carrying framing or
+/// tenant fields), and malformed header blocks. Each is a connection (SNI:
+/// `host`) with a plain request for the other tenant's host's path beside
+/// it where that tells whether the connection survived. `c` goes into
+/// every path (the caller takes case `c` of them, so each path is its own).
+fn h2_cases(host: &'static str, c: usize) -> Vec<(&'static str, Vec<H2Stream>)> {
+    let o = other(host);
+    let t = tenant_of(host).unwrap_or_default();
+    let p = |i: usize| format!("/w/h2-{c}-{i}");
+    let hidden = |to: &str| format!("GET /w/smuggled-h2-{c} HTTP/1.1\r\nHost: {to}\r\n\r\n").into_bytes();
+    let stream = |fields: Fields, data: Vec<Vec<u8>>, expect: Expect, path: String| H2Stream {
+        fields,
+        data,
+        trailers: Vec::new(),
+        expect,
+        path,
+    };
+    let either = Expect::Either(t);
+    let post = |extra: Fields, data: Vec<Vec<u8>>| {
+        let mut f = base("POST", host, &p(0));
+        f.extend(extra);
+        stream(f, data, either, p(0))
+    };
+    let get = |extra: Fields| {
+        let mut f = base("GET", host, &p(0));
+        f.extend(extra);
+        stream(f, Vec::new(), either, p(0))
+    };
+    let with_base = |edit: &dyn Fn(&mut Fields), expect: Expect| {
+        let mut f = base("GET", host, &p(0));
+        edit(&mut f);
+        stream(f, Vec::new(), expect, p(0))
+    };
+    let mut body_cl = b"hello".to_vec();
+    body_cl.extend(hidden(o));
+    let mut body_te = b"0\r\n\r\n".to_vec();
+    body_te.extend(hidden(o));
+    let trailing = |fields: Fields| {
+        let mut s = post(Vec::new(), vec![b"hello".to_vec()]);
+        s.trailers = fields;
+        vec![s]
+    };
+    let cases: Vec<(&'static str, Vec<H2Stream>)> = vec![
+        (
+            "plain",
+            vec![stream(base("GET", host, &p(0)), Vec::new(), Expect::Served(t), p(0))],
+        ),
+        (
+            "spoofed tenant headers",
+            vec![get(vec![
+                field("x-tenant", "mclaren"),
+                field("x_tenant", "x"),
+                field("x-tenant-signature", "v1"),
+            ])],
+        ),
+        (
+            "H2.CL: content-length 0, a request in the data",
+            vec![post(vec![field("content-length", "0")], vec![hidden(o)])],
+        ),
+        (
+            "H2.CL: a short content-length",
+            vec![post(vec![field("content-length", "5")], vec![body_cl])],
+        ),
+        (
+            "H2.TE: transfer-encoding: chunked",
+            vec![post(vec![field("transfer-encoding", "chunked")], vec![body_te])],
+        ),
+        (
+            "CRLF in a header value",
+            vec![get(vec![field(
+                "x-note",
+                format!("a\r\nHost: {o}\r\n\r\nGET /w/smuggled-h2-{c} HTTP/1.1"),
+            )])],
+        ),
+        (
+            "LF in a header value",
+            vec![get(vec![field("x-note", format!("a\nHost: {o}"))])],
+        ),
+        ("NUL in a header value", vec![get(vec![field("x-note", "a\0b")])]),
+        (
+            "CRLF in a header name",
+            vec![get(vec![field(&format!("x-a\r\nhost: {o}\r\nx-b"), "1")])],
+        ),
+        (
+            "CRLF in :path",
+            vec![with_base(
+                &|f| f[2].1 = format!("{} HTTP/1.1\r\nHost: {o}\r\n\r\nGET /w/smuggled-h2-{c}", p(0)).into_bytes(),
+                either,
+            )],
+        ),
+        (
+            "CRLF in :method",
+            vec![with_base(
+                &|f| f[0].1 = format!("GET /w/smuggled-h2-{c} HTTP/1.1\r\nHost: {o}\r\n\r\nGET").into_bytes(),
+                either,
+            )],
+        ),
+        (
+            "CRLF in :authority",
+            vec![with_base(
+                &|f| f[3].1 = format!("{host}\r\nHost: {o}").into_bytes(),
+                Expect::Refused,
+            )],
+        ),
+        (":authority and host naming two tenants", {
+            let mut s = get(vec![field("host", o)]);
+            s.expect = Expect::Refused;
+            vec![s]
+        }),
+        (
+            "host only, no :authority",
+            vec![with_base(&|f| f[3] = field("host", host), either)],
+        ),
+        (
+            "userinfo in :authority",
+            vec![with_base(
+                &|f| f[3].1 = format!("{o}@{host}").into_bytes(),
+                Expect::Refused,
+            )],
+        ),
+        (
+            "an empty :authority",
+            vec![with_base(&|f| f[3].1 = Vec::new(), Expect::Refused)],
+        ),
+        (
+            "upper case in a name",
+            vec![get(vec![field("Transfer-Encoding", "chunked")])],
+        ),
+        ("a space in a name", vec![get(vec![field("x foo", "1")])]),
+        (
+            "connection-specific headers",
+            vec![get(vec![
+                field("connection", "keep-alive, x-tenant"),
+                field("keep-alive", "1"),
+            ])],
+        ),
+        ("te other than trailers", vec![get(vec![field("te", "gzip")])]),
+        (
+            "two :path",
+            vec![with_base(
+                &|f| f.push(field(":path", format!("/w/smuggled-h2-{c}"))),
+                either,
+            )],
+        ),
+        (
+            "a pseudo-header after a field",
+            vec![with_base(&|f| f.push(field(":path", p(0))), either)],
+        ),
+        (
+            ":path without a slash",
+            vec![with_base(&|f| f[2].1 = b"w/x".to_vec(), Expect::Refused)],
+        ),
+        (
+            ":path * for GET",
+            vec![with_base(&|f| f[2].1 = b"*".to_vec(), Expect::Refused)],
+        ),
+        (
+            "trailers carrying tenant fields",
+            trailing(vec![
+                field("x-tenant", "mclaren"),
+                field("x-tenant-signature", "v1;kid=k1"),
+                field("x_tenant", "x"),
+            ]),
+        ),
+        ("trailers carrying a host", trailing(vec![field("host", o)])),
+        (
+            "trailers carrying a length",
+            trailing(vec![field("content-length", "0")]),
+        ),
+        (
+            "trailers carrying a transfer-encoding",
+            trailing(vec![field("transfer-encoding", "chunked")]),
+        ),
+        ("a pseudo-header in trailers", trailing(vec![field(":authority", o)])),
+        (
+            "a content-length under the data, in two frames",
+            vec![post(
+                vec![field("content-length", "6")],
+                vec![b"hel".to_vec(), b"lo world".to_vec()],
+            )],
+        ),
+        (
+            "another tenant's request beside one for the SNI's",
+            vec![
+                stream(base("GET", host, &p(0)), Vec::new(), Expect::Served(t), p(0)),
+                stream(base("GET", o, &p(1)), Vec::new(), Expect::Refused, p(1)),
+            ],
+        ),
+    ];
+    cases
+}
+
+/// What the client read on one stream.
+#[derive(Debug, Default)]
+struct H2Read {
+    data: Vec<u8>,
+    ended: bool,
+    reset: bool,
+}
+
+/// One case on a connection of its own: its streams sent, then frames read
+/// until every stream ended or the connection did (bounded); failures.
+fn h2_case(s: &Stack, host: &'static str, name: &str, streams: &[H2Stream]) -> Vec<String> {
+    let cfg = Arc::new(e2e::tls::client_config(s.ca(), &["h2"]));
+    let server = rustls::pki_types::ServerName::try_from(host.to_owned()).expect("server name");
+    let tls = rustls::ClientConnection::new(cfg, server).expect("TLS client");
+    let tcp = TcpStream::connect(("127.0.0.1", s.gw.tls_port)).expect("connect");
+    let secs = std::env::var("WIRE_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    tcp.set_read_timeout(Some(Duration::from_secs(secs))).expect("timeout");
+    let began = std::time::Instant::now();
+    let mut conn = rustls::StreamOwned::new(tls, tcp);
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, SETTINGS, 0, 0, &[]);
+    for (i, st) in streams.iter().enumerate() {
+        let id = 2 * i as u32 + 1;
+        let last = st.data.is_empty() && st.trailers.is_empty();
+        frame(
+            &mut out,
+            HEADERS,
+            END_HEADERS | if last { END_STREAM } else { 0 },
+            id,
+            &hpack(&st.fields),
+        );
+        for (j, d) in st.data.iter().enumerate() {
+            let last = j + 1 == st.data.len() && st.trailers.is_empty();
+            frame(&mut out, DATA, if last { END_STREAM } else { 0 }, id, d);
+        }
+        if !st.trailers.is_empty() {
+            frame(&mut out, HEADERS, END_HEADERS | END_STREAM, id, &hpack(&st.trailers));
+        }
+    }
+    let context = |what: String| format!("HTTP/2 {name} ({host}): {what}");
+    if conn.write_all(&out).is_err() {
+        return vec![context("the connection closed before the request was written".into())];
+    }
+    let mut read: Vec<H2Read> = streams.iter().map(|_| H2Read::default()).collect();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    'reading: loop {
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            let id = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            let payload = buf[9..9 + len].to_vec();
+            buf.drain(..9 + len);
+            if std::env::var("WIRE_DEBUG").is_ok() {
+                eprintln!(
+                    "  frame {kind} flags {flags:#x} stream {id} {:?}",
+                    String::from_utf8_lossy(&payload[..payload.len().min(40)])
+                );
+            }
+            let st = (id % 2 == 1).then(|| read.get_mut((id as usize - 1) / 2)).flatten();
+            match (kind, st) {
+                (SETTINGS, _) if flags & ACK == 0 => {
+                    let mut ack = Vec::new();
+                    frame(&mut ack, SETTINGS, ACK, 0, &[]);
+                    if conn.write_all(&ack).is_err() {
+                        break 'reading;
+                    }
+                }
+                (GOAWAY, _) => {}
+                (DATA, Some(st)) => {
+                    let data = match flags & PADDED {
+                        0 => &payload[..],
+                        _ => {
+                            let pad = payload.first().copied().unwrap_or(0) as usize;
+                            &payload[1.min(payload.len())..payload.len().saturating_sub(pad)]
+                        }
+                    };
+                    st.data.extend_from_slice(data);
+                    st.ended |= flags & END_STREAM != 0;
+                }
+                (HEADERS, Some(st)) => st.ended |= flags & END_STREAM != 0,
+                (RST_STREAM, Some(st)) => {
+                    st.ended = true;
+                    st.reset = true;
+                }
+                _ => {}
+            }
+        }
+        if read.iter().all(|r| r.ended) {
+            break;
+        }
+        match conn.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    if std::env::var("WIRE_DEBUG").is_ok() {
+        eprintln!("{name} ({host}) after {:?}: {read:?}", began.elapsed());
+    }
+    let mut failures = Vec::new();
+    for (st, r) in streams.iter().zip(&read) {
+        let body = String::from_utf8_lossy(&r.data);
+        match (backend_answer(&body), st.expect) {
+            (Some(_), Expect::Refused) => {
+                failures.push(context(format!("{}: answered by the backend: {body}", st.path)))
+            }
+            (Some(answer), Expect::Served(t) | Expect::Either(t)) if answer != (t, st.path.as_str()) => {
+                failures.push(context(format!("{}: another request's answer: {body}", st.path)))
+            }
+            (None, Expect::Served(_)) => failures.push(context(format!("{}: not served: {r:?}", st.path))),
+            _ => {}
+        }
+    }
+    failures
+}
+
+#[test]
+fn hostile_http2_requests_never_reach_the_backend_ambiguous_or_cross_tenants() {
+    let backend = StrictBackend::start();
+    let s = stack_on(&backend, true, "");
+    let mut failures = Vec::new();
+    for (h, host) in [FERRARI, MCLAREN].into_iter().enumerate() {
+        for i in 0..h2_cases(host, 0).len() {
+            let c = 100 * h + i;
+            let only = std::env::var("WIRE_CASE").ok();
+            if let Some((name, streams)) = h2_cases(host, c)
+                .into_iter()
+                .nth(i)
+                .filter(|(n, _)| only.as_deref().is_none_or(|o| o == *n))
+            {
+                failures.extend(h2_case(&s, host, name, &streams));
+            }
+        }
+    }
+    let seen = backend.seen.lock().expect("seen");
+    assert_none(failures, &seen, &s, "HTTP/2");
+    eprintln!("served {:?}", seen.served);
+    // Not vacuous: the plain requests of both tenants were served.
+    seen.both_served(2);
 }
