@@ -503,26 +503,31 @@ pub fn upstream<'a>(headers: &HeaderMap, u: &Upstream<'a>, out: &mut Edits<'a>) 
 }
 
 /// `Content-Length` as one value, when the client sent it repeated or as a
-/// list whose values agree (Pingora frames the body by such values and
-/// refuses ones that disagree): `None` when it came as one plain value, or
-/// in any form this does not read (left as it came). A backend may refuse
-/// repeated values, or read only the first of a list.
+/// list whose values agree as numbers (`5`, `05`: Pingora frames the body
+/// by such values and refuses ones that disagree): `None` when it came as
+/// one value, or in any form this does not read (left as it came). A
+/// backend may refuse repeated values, or read only the first of a list.
 fn single_length(headers: &HeaderMap) -> Option<Edit<'static>> {
+    let number = |v: &[u8]| {
+        let v = v.trim_ascii();
+        let digits = !v.is_empty() && v.iter().all(u8::is_ascii_digit);
+        digits
+            .then(|| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+            .flatten()
+    };
     let mut values = headers
         .get_all(CONTENT_LENGTH)
         .iter()
-        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-        .map(<[u8]>::trim_ascii);
-    let first = values.next()?;
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','));
+    let first = number(values.next()?)?;
     let mut more = false;
     for v in values {
-        if v != first {
+        if number(v)? != first {
             return None;
         }
         more = true;
     }
-    let plain = first.iter().all(u8::is_ascii_digit) && !first.is_empty();
-    (more && plain).then(|| Edit::Set(CONTENT_LENGTH, String::from_utf8_lossy(first).into_owned().into()))
+    more.then(|| Edit::Set(CONTENT_LENGTH, first.to_string().into()))
 }
 
 fn scheme(tls: bool) -> &'static str {
@@ -785,6 +790,11 @@ mod tests {
                 length(&[("content-length", "5 ,5"), ("content-length", "5")]).as_deref(),
                 Some("5")
             );
+            assert_eq!(
+                length(&[("content-length", "05"), ("content-length", "5")]).as_deref(),
+                Some("5")
+            );
+            assert_eq!(length(&[("content-length", "0, 00")]).as_deref(), Some("0"));
             // One plain value is left as it came; so is what Pingora refuses
             // (values that disagree, not numbers), and no length at all.
             for left in [

@@ -531,7 +531,7 @@ fn request(rng: &mut StdRng, id: &str, first: bool, pipelined: bool) -> Sent {
     let mut what = Vec::new();
     let n = if rng.gen_bool(0.3) { 0 } else { rng.gen_range(1..=4) };
     for _ in 0..n {
-        let m = rng.gen_range(0..25);
+        let m = rng.gen_range(0..27);
         what.push(mutate(rng, &mut d, m, host, id));
     }
     let bytes = d.bytes();
@@ -790,6 +790,27 @@ fn mutate(rng: &mut StdRng, d: &mut Draft, m: u32, host: &'static str, id: &str)
             d.body = b"hello".to_vec();
             "Expect: 100-continue"
         }
+        25 => {
+            // An upgrade the backend does not take (it answers 200): the
+            // bytes after it are HTTP again, never a tunnel to the backend.
+            let lines: &[&[u8]] = &[
+                b"Connection: Upgrade",
+                b"Upgrade: websocket",
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==",
+                b"Sec-WebSocket-Version: 13",
+            ];
+            d.lines.extend(lines.iter().map(|l| l.to_vec()));
+            "a WebSocket upgrade the backend refuses"
+        }
+        26 => {
+            let lines: &[&[u8]] = &[
+                b"Connection: Upgrade, HTTP2-Settings",
+                b"Upgrade: h2c",
+                b"HTTP2-Settings: AAMAAABkAAQAAP__",
+            ];
+            d.lines.extend(lines.iter().map(|l| l.to_vec()));
+            "an upgrade to h2c"
+        }
         23 => {
             let (name, n) = [("X-Long", 1), ("X-Many", 150)][rng.gen_range(0..2)];
             for i in 0..n {
@@ -954,6 +975,8 @@ const KNOWN: &[&str] = &[
     "POST {P} HTTP/1.1\r\nHost: {H}\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
     "POST {P} HTTP/1.1\r\nHost: {H}\r\nContent-Length: 5, 5\r\n\r\nhello",
     "POST {P} HTTP/1.1\r\nHost: {H}\r\nContent-Length: 0, 0\r\n\r\n",
+    // Values that agree as numbers only (seed 14 of the generator).
+    "POST {P} HTTP/1.1\r\nHost: {H}\r\nContent-Length: 05\r\nContent-Length: 5\r\n\r\nhello",
 ];
 
 /// [`KNOWN`]'s request `i` for a tenant, as sent.
