@@ -977,6 +977,9 @@ const KNOWN: &[&str] = &[
     "POST {P} HTTP/1.1\r\nHost: {H}\r\nContent-Length: 0, 0\r\n\r\n",
     // Values that agree as numbers only (seed 14 of the generator).
     "POST {P} HTTP/1.1\r\nHost: {H}\r\nContent-Length: 05\r\nContent-Length: 5\r\n\r\nhello",
+    // The one length written for those must never sit beside chunks.
+    "POST {P} HTTP/1.1\r\nHost: {H}\r\nContent-Length: 5, 5\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "POST {P} HTTP/1.1\r\nHost: {H}\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
 ];
 
 /// [`KNOWN`]'s request `i` for a tenant, as sent.
