@@ -982,11 +982,12 @@ const KNOWN: &[&str] = &[
     "POST {P} HTTP/1.1\r\nHost: {H}\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
 ];
 
-/// [`KNOWN`]'s request `i` for a tenant, as sent.
-fn known(i: usize, c: usize) -> Sent {
-    let host = [FERRARI, MCLAREN][i % 2];
+/// [`KNOWN`]'s request `c` (sent on connection `c`), for one tenant or the
+/// other in turn.
+fn known(c: usize) -> Sent {
+    let host = [FERRARI, MCLAREN][c % 2];
     let path = format!("/w/{c}-0");
-    let bytes = KNOWN[i].replace("{H}", host).replace("{P}", &path).into_bytes();
+    let bytes = KNOWN[c].replace("{H}", host).replace("{P}", &path).into_bytes();
     Sent {
         expect: Expect::Either(tenant_of(host).unwrap_or_default()),
         what: vec!["a known case"],
@@ -1001,7 +1002,7 @@ fn connection(port: u16, rng: &mut StdRng, c: usize, tally: &mut Tally) {
     let k = rng.gen_range(1..=5);
     let pipelined = rng.gen_bool(0.4);
     let sent: Vec<Sent> = match c < KNOWN.len() {
-        true => vec![known(c, c)],
+        true => vec![known(c)],
         false => (0..k)
             .map(|i| request(rng, &format!("{c}-{i}"), i == 0, pipelined))
             .collect(),
