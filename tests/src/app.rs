@@ -105,14 +105,19 @@ pub fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// Sign like the gateway does, with key k1 (or k2 with `rotated`).
-pub fn sign(tenant: &str, method: &str, host: &str, path: &str, ts: u64, rotated: bool) -> String {
+/// The test gateways' stamp key k1 (or k2 with `rotated`).
+pub fn stamp_key(rotated: bool) -> stamp::Key {
     let key = if rotated {
         stamp::Key::new(STAMP_KEY2_ID, STAMP_SECRET2.as_bytes().to_vec())
     } else {
         stamp::Key::new(STAMP_KEY_ID, STAMP_SECRET.as_bytes().to_vec())
     };
-    let signer = stamp::Signer::new(key.expect("test key"));
+    key.expect("test key")
+}
+
+/// Sign like the gateway does, with key k1 (or k2 with `rotated`).
+pub fn sign(tenant: &str, method: &str, host: &str, path: &str, ts: u64, rotated: bool) -> String {
+    let signer = stamp::Signer::new(stamp_key(rotated));
     signer.sign(
         &stamp::Request {
             tenant,

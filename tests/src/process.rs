@@ -1,5 +1,6 @@
 //! Child processes stopped by PID, readiness by polling with a bound, free
-//! ports, the project's binaries, files and environment for them.
+//! ports (and a backend thread on one), the project's binaries, files and
+//! environment for them.
 
 use crate::*;
 
@@ -204,6 +205,22 @@ pub fn common_env(cmd: &mut Command, db_url: &str) {
         .env("TG_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("RUST_LOG", "info,sqlx=warn")
         .env_remove("UPSTREAM_APP_CONFIG");
+}
+
+/// A backend on a free port of its own: `serve` gets each connection on a
+/// thread of its own, until the test ends. Its port.
+pub fn serve_each(serve: impl Fn(std::net::TcpStream) + Send + Sync + 'static) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a backend");
+    let port = listener.local_addr().expect("backend address").port();
+    let serve = std::sync::Arc::new(serve);
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let serve = serve.clone();
+            std::thread::spawn(move || serve(conn));
+        }
+    });
+    port
 }
 
 #[cfg(test)]

@@ -546,22 +546,6 @@ struct Trickler {
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// A backend on a free port of its own: `serve` gets each connection on a
-/// thread of its own, until the test ends. Its port.
-fn serve_each(serve: impl Fn(TcpStream) + Send + Sync + 'static) -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let serve = Arc::new(serve);
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(conn) = conn else { continue };
-            let serve = serve.clone();
-            std::thread::spawn(move || serve(conn));
-        }
-    });
-    port
-}
-
 impl Trickler {
     fn start() -> Trickler {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
