@@ -5,7 +5,9 @@
 //! names held back), the NOTIFY that tells the claim gauges to count
 //! again (0005), the certificate NOTIFY left out of re-sealing a key
 //! (0006), the index listing one status of claims walks (0007), and the
-//! sealing keys the fleet runs with (0008).
+//! sealing keys the fleet runs with (0008), and moved claims (0009: the
+//! `moved` status, since when a name has pointed elsewhere, and the index
+//! of active claims due for a look).
 //! Every gateway (and every CLI command that opens the database) makes sure
 //! they are applied: the version recorded in `tenant_gateway.schema_version`
 //! is read first, without locks, and only an older schema runs the scripts
@@ -20,7 +22,7 @@
 
 use sqlx::PgPool;
 
-const MIGRATIONS: [&str; 8] = [
+const MIGRATIONS: [&str; 9] = [
     include_str!("../migrations/0001_acme.sql"),
     include_str!("../migrations/0002_hostnames.sql"),
     include_str!("../migrations/0003_certificate_scale.sql"),
@@ -29,6 +31,7 @@ const MIGRATIONS: [&str; 8] = [
     include_str!("../migrations/0006_certificate_notify_columns.sql"),
     include_str!("../migrations/0007_claims_by_status.sql"),
     include_str!("../migrations/0008_sealing_keys.sql"),
+    include_str!("../migrations/0009_moved_claims.sql"),
 ];
 const MIGRATION_LOCK: i64 = 0x7467_6163_6d65; // "tgacme"
 

@@ -95,6 +95,12 @@ impl DnsServer {
     pub fn clear_txt(&self, name: &str) {
         self.manage("clear-txt", serde_json::json!({ "host": format!("{name}.") }));
     }
+
+    /// Answer every query for `name` with SERVFAIL (`false`: answer again).
+    pub fn servfail(&self, name: &str, fail: bool) {
+        let op = if fail { "set-servfail" } else { "clear-servfail" };
+        self.manage(op, serde_json::json!({ "host": format!("{name}.") }));
+    }
 }
 
 /// Read a request head from `s` (up to its blank line, and whatever came

@@ -9,7 +9,9 @@
 //! certificate is deleted after its grace period; a claim nobody proves
 //! expires and can be retried; a domain row arriving while its claim is
 //! being checked still activates it at once; listing one status walks only
-//! that status's claims.
+//! that status's claims; with rechecks, an active claim whose name points
+//! elsewhere moves (unrouted), comes back when it points here again, and is
+//! removed when it does not, while a name its DNS cannot answer for stays.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -839,4 +841,144 @@ fn without_verification_routed_follows_the_domain_row() {
     assert_eq!(mapped["routed"], true, "{mapped}");
     let unmapped = json(gw.cli(&pg.url(), &["hostnames", "add", "nowhere.test", "--tenant", "ferrari"]));
     assert_eq!(unmapped["routed"], false, "{unmapped}");
+}
+
+/// Rechecks (`recheck_interval_secs`): an active claim whose name points
+/// elsewhere for `moved_after_secs` moves (not routed), is active again
+/// when the name points here within `moved_window_secs`, and is removed
+/// after it, freeing the name. A name its DNS answers SERVFAIL for (no
+/// answer to go by) stays active for longer than `moved_after_secs`, and
+/// the other tenant's name routes throughout.
+#[test]
+fn an_active_claim_whose_name_points_elsewhere_moves_then_comes_back_or_is_removed() {
+    const A: &str = "shop.ferrari.test";
+    const B: &str = "shop.mclaren.test";
+    const EDGE: &str = "edge.myapp.localhost";
+    let dir = tempfile::tempdir().unwrap();
+    let dns = DnsServer::start(dir.path()).unwrap();
+    let s = Stack::builder()
+        .setup(tenants)
+        .apps(1)
+        .config("[admin]\ntoken_env = \"TG_ADMIN_TOKEN\"")
+        .config(&format!(
+            "{}recheck_interval_secs = 1\nmoved_after_secs = 3\nmoved_window_secs = 8\n",
+            verification(dns.port, 80, "\"cname\", \"txt\"", 600)
+        ))
+        .start();
+    let (pg, gw) = (&s.pg, &s.gw);
+    for (name, tenant) in [(A, "ferrari"), (B, "mclaren")] {
+        app_cli_ok(&pg.url(), &["domain", "add", name, "--tenant", tenant]);
+        dns.set_cname(name, EDGE);
+        let (code, added) = gw.api(
+            http::Method::POST,
+            &format!("hostnames?name={name}&tenant={tenant}&method=cname"),
+            Some(ADMIN_TOKEN),
+        );
+        assert_eq!(code, 200, "{added}");
+    }
+    for (name, tenant) in [(A, "ferrari"), (B, "mclaren")] {
+        wait_status(pg, name, "active", Duration::from_secs(30));
+        wait_routed(gw, name, tenant);
+    }
+    // Active claims are looked at again (each look is recorded).
+    let looked_again = |name: &str| {
+        claim_field(
+            pg,
+            name,
+            "last_checked_at > activated_at AND failing_since IS NULL AND last_error IS NULL",
+        ) == "t"
+    };
+    wait_until("A looked at once active", Duration::from_secs(30), || looked_again(A)).unwrap();
+    // A's stored certificate (ACME is off here: a row stands for one) is
+    // retired while A is moved, and serves again when A comes back.
+    pg.psql(&format!(
+        "INSERT INTO tenant_gateway.certificates (name, chain_pem, key_enc, not_before, not_after) \
+         VALUES ('{A}', 'stands for a chain', '\\x00', now(), now() + interval '90 days')"
+    ))
+    .unwrap();
+    let retired = || {
+        pg.psql(&format!(
+            "SELECT removed_at IS NOT NULL FROM tenant_gateway.certificates WHERE name = '{A}'"
+        ))
+        .unwrap()
+    };
+    let events = |name: &str| {
+        pg.psql(&format!(
+            "SELECT string_agg(event || ':' || actor, ',' ORDER BY id) FROM tenant_gateway.custom_hostname_events \
+              WHERE name = '{name}'"
+        ))
+        .unwrap()
+    };
+
+    // A points elsewhere: it moves once every answer has said so for 3 s.
+    dns.set_cname(A, "elsewhere.example");
+    let pointed_away = Instant::now();
+    wait_status(pg, A, "moved", Duration::from_secs(30));
+    assert!(
+        pointed_away.elapsed() >= Duration::from_secs(2),
+        "moved after {:?}",
+        pointed_away.elapsed()
+    );
+    assert!(claim_field(pg, A, "last_error").contains("elsewhere.example"));
+    assert!(events(A).ends_with("active:checker,moved:checker"), "{}", events(A));
+    wait_until("A unrouted", Duration::from_secs(10), || http_status(gw.port, A) == 404).unwrap();
+    assert_eq!(retired(), "t");
+    wait_routed(gw, B, "mclaren");
+    let (code, status) = gw.api(
+        http::Method::GET,
+        &format!("hostnames/status?name={A}"),
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(code, 200);
+    assert_eq!(status["status"], "moved");
+    assert_eq!(status["routed"], false);
+    assert_eq!(status["instructions"]["cname_target"], EDGE, "{status}");
+
+    // Pointed here again within its window: active and routed again.
+    dns.set_cname(A, EDGE);
+    wait_status(pg, A, "active", Duration::from_secs(30));
+    wait_routed(gw, A, "ferrari");
+    assert_eq!(claim_field(pg, A, "failing_since IS NULL AND moved_at IS NULL"), "t");
+    assert_eq!(retired(), "f");
+
+    // B's DNS answers SERVFAIL: no answer to go by, however long. Its
+    // looks keep failing for longer than moved_after_secs, and it stays.
+    dns.servfail(B, true);
+    wait_until("B's look failing", Duration::from_secs(30), || {
+        claim_field(pg, B, "last_error").contains("the DNS answered Server Failure")
+    })
+    .unwrap_or_else(|e| panic!("{e}: {}", claim_field(pg, B, "last_error")));
+    let first_failed = claim_field(pg, B, "last_checked_at");
+    wait_until("B failing for over 4 s", Duration::from_secs(60), || {
+        claim_field(
+            pg,
+            B,
+            &format!(
+                "last_checked_at > '{first_failed}'::timestamptz + interval '4 seconds' AND last_error IS NOT NULL"
+            ),
+        ) == "t"
+    })
+    .unwrap();
+    assert_eq!(claim_field(pg, B, "status"), "active");
+    assert_eq!(claim_field(pg, B, "failing_since IS NULL"), "t");
+    wait_routed(gw, B, "mclaren");
+    dns.servfail(B, false);
+
+    // A away again, and for longer than its window: removed, by the
+    // checker, and the name is free for another tenant's claim.
+    dns.set_cname(A, "elsewhere.example");
+    wait_status(pg, A, "moved", Duration::from_secs(30));
+    wait_status(pg, A, "removed", Duration::from_secs(40));
+    assert!(events(A).ends_with("moved:checker,removed:checker"), "{}", events(A));
+    assert_eq!(retired(), "t");
+    assert_eq!(http_status(gw.port, A), 404);
+    let (code, added) = gw.api(
+        http::Method::POST,
+        &format!("hostnames?name={A}&tenant=mclaren&method=txt"),
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(code, 200, "{added}");
+    assert_eq!(added["status"], "pending");
+    assert_eq!(added["tenant"], "mclaren");
+    wait_routed(gw, B, "mclaren");
 }

@@ -1,4 +1,6 @@
-//! One ownership check of a claim: DNS through hickory-resolver (the
+//! One ownership check of a claim, or one look at where an active claim's
+//! name points (the `cname` method's rule, told apart from no answer at
+//! all): DNS through hickory-resolver (the
 //! configured server or the system's, no answer cache so a record the
 //! customer just published is seen), HTTP through hyper on an address that
 //! same resolver gave (a public one, unless `http_private_addresses`).
@@ -14,11 +16,13 @@ use std::time::Duration;
 
 use hickory_resolver::config::{NameServerConfigGroup, ResolveHosts, ResolverConfig, ResolverOpts};
 use hickory_resolver::name_server::TokioConnectionProvider;
+use hickory_resolver::proto::op::ResponseCode;
 use hickory_resolver::proto::rr::{RData, RecordType};
-use hickory_resolver::TokioResolver;
+use hickory_resolver::proto::ProtoErrorKind;
+use hickory_resolver::{ResolveError, TokioResolver};
 use http_body_util::{BodyExt, Empty, Limited};
 
-use super::policy::{self, Finding, Method};
+use super::policy::{self, Finding, Method, Pointing};
 use super::settings::CustomDomainsConfig;
 
 /// Longest HTTP body read: a token is 32 bytes.
@@ -75,13 +79,29 @@ impl Checker {
             match method {
                 Method::Txt => self.txt(name, token).await,
                 Method::Http => self.http(name, token).await,
-                Method::Cname => self.cname(name).await,
+                Method::Cname => match self.pointing(name).await {
+                    Pointing::Here => Finding::Proven,
+                    Pointing::Elsewhere { other, detail } => Finding::NotYet {
+                        other_proof: other,
+                        detail,
+                    },
+                    Pointing::Unknown(detail) => not_yet(detail),
+                },
                 Method::Operator => Finding::Proven,
             }
         };
         match tokio::time::timeout(self.timeout, run).await {
             Ok(found) => found,
             Err(_) => not_yet(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+
+    /// Where `name` points (the `cname` method's rule), within the check
+    /// timeout (past it: unknown).
+    pub async fn points_here(&self, name: &str) -> Pointing {
+        match tokio::time::timeout(self.timeout, self.pointing(name)).await {
+            Ok(found) => found,
+            Err(_) => Pointing::Unknown(format!("no answer within {:?}", self.timeout)),
         }
     }
 
@@ -138,45 +158,89 @@ impl Checker {
         }
     }
 
-    async fn cname(&self, name: &str) -> Finding {
+    /// A CNAME to `cname_target` is here; another CNAME is elsewhere. Without
+    /// a CNAME, the name's addresses are here if every one is among
+    /// `cname_addresses` (none: elsewhere). An answer of no such name or no
+    /// records is elsewhere; an error without an answer is unknown.
+    async fn pointing(&self, name: &str) -> Pointing {
         let Some(target) = &self.cname_target else {
-            return not_yet("no cname_target configured".into());
+            if self.cname_addresses.is_empty() {
+                return Pointing::Unknown("no cname_target configured".into());
+            }
+            return self.addresses(name).await;
         };
-        if let Ok(found) = self.resolver.lookup(fqdn(name).as_str(), RecordType::CNAME).await {
-            let targets: Vec<String> = found
-                .record_iter()
-                .filter_map(|r| match r.data() {
-                    RData::CNAME(c) => Some(c.0.to_ascii().trim_end_matches('.').to_ascii_lowercase()),
-                    _ => None,
-                })
-                .collect();
-            if targets.iter().any(|t| t == target) {
-                return Finding::Proven;
+        match self.resolver.lookup(fqdn(name).as_str(), RecordType::CNAME).await {
+            Ok(found) => {
+                let targets: Vec<String> = found
+                    .record_iter()
+                    .filter_map(|r| match r.data() {
+                        RData::CNAME(c) => Some(c.0.to_ascii().trim_end_matches('.').to_ascii_lowercase()),
+                        _ => None,
+                    })
+                    .collect();
+                if targets.iter().any(|t| t == target) {
+                    return Pointing::Here;
+                }
+                if !targets.is_empty() {
+                    return Pointing::Elsewhere {
+                        other: true,
+                        detail: format!("{name} is a CNAME to {}", targets.join(", ")),
+                    };
+                }
             }
-            if !targets.is_empty() {
-                return Finding::NotYet {
-                    other_proof: true,
-                    detail: format!("{name} is a CNAME to {}", targets.join(", ")),
-                };
-            }
+            Err(e) if answered_none(&e) => {}
+            Err(e) => return Pointing::Unknown(format!("CNAME {name}: {}", no_answer(&e))),
         }
         if self.cname_addresses.is_empty() {
-            return not_yet(format!("{name} has no CNAME to {target}"));
+            return Pointing::Elsewhere {
+                other: false,
+                detail: format!("{name} has no CNAME to {target}"),
+            };
         }
+        self.addresses(name).await
+    }
+
+    /// Here if every address of `name` is among `cname_addresses`.
+    async fn addresses(&self, name: &str) -> Pointing {
         match self.resolver.lookup_ip(fqdn(name).as_str()).await {
             Ok(found) => {
                 let ips: Vec<IpAddr> = found.iter().collect();
                 if !ips.is_empty() && ips.iter().all(|ip| self.cname_addresses.contains(ip)) {
-                    Finding::Proven
+                    Pointing::Here
                 } else {
-                    Finding::NotYet {
-                        other_proof: !ips.is_empty(),
+                    Pointing::Elsewhere {
+                        other: !ips.is_empty(),
                         detail: format!("{name} points at {ips:?}, not only at the platform's addresses"),
                     }
                 }
             }
-            Err(e) => not_yet(format!("cannot resolve {name}: {e}")),
+            Err(e) if answered_none(&e) => Pointing::Elsewhere {
+                other: false,
+                detail: format!("{name} has no address"),
+            },
+            Err(e) => Pointing::Unknown(format!("cannot resolve {name}: {}", no_answer(&e))),
         }
+    }
+}
+
+/// Whether the DNS answered that there is no such record (NXDOMAIN, or
+/// NOERROR without one), as opposed to not answering (SERVFAIL, REFUSED),
+/// which hickory reports as no records found too.
+fn answered_none(e: &ResolveError) -> bool {
+    match e.proto().map(|p| p.kind()) {
+        Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => {
+            matches!(response_code, ResponseCode::NXDomain | ResponseCode::NoError)
+        }
+        _ => false,
+    }
+}
+
+/// What a failure to answer was: the response code the DNS gave, if it
+/// gave one.
+fn no_answer(e: &ResolveError) -> String {
+    match e.proto().map(|p| p.kind()) {
+        Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => format!("the DNS answered {response_code}"),
+        _ => e.to_string(),
     }
 }
 

@@ -144,11 +144,15 @@ impl Ops<'_> {
                 }
             },
         };
-        if matches!(
-            c.status,
-            HostnameStatus::Pending | HostnameStatus::Failed | HostnameStatus::Expired
-        ) {
-            let i = policy::instructions(&c.name, c.method, &c.token, self.cfg.cname_target.as_deref());
+        // What the customer does next: publish the proof, or (moved) point
+        // the name here again.
+        let method = match c.status {
+            HostnameStatus::Pending | HostnameStatus::Failed | HostnameStatus::Expired => Some(c.method),
+            HostnameStatus::Moved => self.cfg.cname_target.as_ref().map(|_| Method::Cname),
+            _ => None,
+        };
+        if let Some(method) = method {
+            let i = policy::instructions(&c.name, method, &c.token, self.cfg.cname_target.as_deref());
             v["instructions"] = serde_json::to_value(i).unwrap_or(Value::Null);
         }
         v

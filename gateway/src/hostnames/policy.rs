@@ -1,6 +1,7 @@
 //! The custom-hostname lifecycle as pure functions over plain types: the
 //! states and methods, whether a claim lets a host route, what a check's
-//! result does to a claim, the check back-off, and the instructions a
+//! result does to a claim (a pending claim's proof, an active or moved
+//! claim's look at where its name points), the check back-off, and the instructions a
 //! product shows its customer, and which addresses the `http` method may
 //! connect to. No I/O here; `store` and `worker` act on it.
 
@@ -22,18 +23,25 @@ pub enum HostnameStatus {
     Failed,
     /// The window ended with no proof seen.
     Expired,
-    /// Removed by an operator; its certificate is no longer presented.
+    /// Removed by an operator, or moved for longer than its window; its
+    /// certificate is no longer presented.
     Removed,
+    /// Was active, and its name has pointed elsewhere for `moved_after_secs`
+    /// (`recheck_interval_secs`): not routed, its certificate retired. It
+    /// returns to `active` if the name points here again within
+    /// `moved_window_secs`, and is removed after.
+    Moved,
 }
 
 impl HostnameStatus {
-    pub const ALL: [HostnameStatus; 6] = [
+    pub const ALL: [HostnameStatus; 7] = [
         HostnameStatus::Pending,
         HostnameStatus::Verified,
         HostnameStatus::Active,
         HostnameStatus::Failed,
         HostnameStatus::Expired,
         HostnameStatus::Removed,
+        HostnameStatus::Moved,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -44,6 +52,7 @@ impl HostnameStatus {
             HostnameStatus::Failed => "failed",
             HostnameStatus::Expired => "expired",
             HostnameStatus::Removed => "removed",
+            HostnameStatus::Moved => "moved",
         }
     }
 
@@ -55,7 +64,7 @@ impl HostnameStatus {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            HostnameStatus::Pending | HostnameStatus::Failed | HostnameStatus::Expired
+            HostnameStatus::Pending | HostnameStatus::Failed | HostnameStatus::Expired | HostnameStatus::Moved
         )
     }
 }
@@ -141,6 +150,77 @@ pub fn after_check(finding: &Finding, routable: bool, now: i64, verify_by: i64, 
             }
         }
         Finding::NotYet { .. } => HostnameStatus::Pending,
+    }
+}
+
+/// Where an active or moved claim's name points, by the `cname` method's
+/// rule (a CNAME to `cname_target`, or only `cname_addresses`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pointing {
+    Here,
+    /// The DNS answered, and not with the platform: another CNAME target or
+    /// other addresses (`other`), or no such record at all.
+    Elsewhere {
+        other: bool,
+        detail: String,
+    },
+    /// No answer to go by (a timeout, SERVFAIL, a refused query): never
+    /// counts against a claim, so a failing resolver moves nothing.
+    Unknown(String),
+}
+
+/// How long names may point elsewhere (`[custom_domains]`, seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoveRules {
+    /// An active claim pointing elsewhere this long (by every answer since
+    /// the first that did) becomes `moved`.
+    pub moved_after: i64,
+    /// A moved claim not pointing here again this long after it moved is
+    /// removed.
+    pub moved_window: i64,
+}
+
+/// An active or moved claim after a look at where its name points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AfterRecheck {
+    pub status: HostnameStatus,
+    /// Since when its answers have said elsewhere (unix seconds), if they do.
+    pub failing_since: Option<i64>,
+}
+
+/// An active or moved claim's next state after a look at `now`.
+/// `failing_since`: since when answers have said elsewhere; `moved_at`:
+/// when a moved claim moved. An unknown answer changes nothing; an answer
+/// of here ends any failing and brings a moved claim back. Any other status
+/// is returned as it is.
+pub fn after_recheck(
+    status: HostnameStatus,
+    pointing: &Pointing,
+    failing_since: Option<i64>,
+    moved_at: Option<i64>,
+    now: i64,
+    rules: MoveRules,
+) -> AfterRecheck {
+    let keep = |status| AfterRecheck { status, failing_since };
+    match (status, pointing) {
+        (HostnameStatus::Active | HostnameStatus::Moved, Pointing::Here) => AfterRecheck {
+            status: HostnameStatus::Active,
+            failing_since: None,
+        },
+        (HostnameStatus::Active, Pointing::Elsewhere { .. }) => {
+            let since = failing_since.unwrap_or(now).min(now);
+            AfterRecheck {
+                status: match now - since >= rules.moved_after {
+                    true => HostnameStatus::Moved,
+                    false => HostnameStatus::Active,
+                },
+                failing_since: Some(since),
+            }
+        }
+        (HostnameStatus::Moved, _) if now - moved_at.unwrap_or(now) >= rules.moved_window => {
+            keep(HostnameStatus::Removed)
+        }
+        (other, _) => keep(other),
     }
 }
 
@@ -390,6 +470,75 @@ mod tests {
     }
 
     #[test]
+    fn a_claim_whose_name_points_elsewhere_moves_only_after_a_while_of_answers_saying_so() {
+        use HostnameStatus::{Active, Moved, Pending, Removed};
+        let rules = MoveRules {
+            moved_after: 100,
+            moved_window: 1000,
+        };
+        let here = Pointing::Here;
+        let away = Pointing::Elsewhere {
+            other: true,
+            detail: "CNAME to elsewhere.example".into(),
+        };
+        let unknown = Pointing::Unknown("SERVFAIL".into());
+        let at = |status, failing_since| AfterRecheck { status, failing_since };
+        // The first answer of elsewhere starts the clock; the claim stays.
+        assert_eq!(
+            after_recheck(Active, &away, None, None, 50, rules),
+            at(Active, Some(50))
+        );
+        assert_eq!(
+            after_recheck(Active, &away, Some(50), None, 149, rules),
+            at(Active, Some(50))
+        );
+        // Elsewhere for `moved_after`: moved.
+        assert_eq!(
+            after_recheck(Active, &away, Some(50), None, 150, rules),
+            at(Moved, Some(50))
+        );
+        // An answer of here ends the failing; no answer changes nothing,
+        // however long it lasts (a resolver down moves no claim).
+        assert_eq!(
+            after_recheck(Active, &here, Some(50), None, 149, rules),
+            at(Active, None)
+        );
+        assert_eq!(
+            after_recheck(Active, &unknown, Some(50), None, 10_000, rules),
+            at(Active, Some(50))
+        );
+        assert_eq!(
+            after_recheck(Active, &unknown, None, None, 10_000, rules),
+            at(Active, None)
+        );
+        // A clock that went back does not make the failing older.
+        assert_eq!(
+            after_recheck(Active, &away, Some(500), None, 400, rules),
+            at(Active, Some(400))
+        );
+        // Moved: back to active when it points here within its window;
+        // removed once the window ends without that, whatever the answer.
+        assert_eq!(
+            after_recheck(Moved, &here, Some(50), Some(150), 900, rules),
+            at(Active, None)
+        );
+        assert_eq!(
+            after_recheck(Moved, &away, Some(50), Some(150), 1149, rules),
+            at(Moved, Some(50))
+        );
+        assert_eq!(
+            after_recheck(Moved, &unknown, Some(50), Some(150), 1150, rules),
+            at(Removed, Some(50))
+        );
+        assert_eq!(
+            after_recheck(Moved, &away, Some(50), Some(150), 1150, rules),
+            at(Removed, Some(50))
+        );
+        // Another status is not this look's to change.
+        assert_eq!(after_recheck(Pending, &here, None, None, 0, rules), at(Pending, None));
+    }
+
+    #[test]
     fn checks_back_off_up_to_the_interval() {
         let i = Duration::from_secs(60);
         assert!(next_check_delay(0, i, 0.5) == Duration::from_secs(5));
@@ -432,5 +581,6 @@ mod tests {
             assert_eq!(Method::parse(m.as_str()), Some(m));
         }
         assert!(HostnameStatus::Expired.retryable() && !HostnameStatus::Active.retryable());
+        assert!(HostnameStatus::Moved.retryable() && !HostnameStatus::Removed.retryable());
     }
 }

@@ -54,6 +54,21 @@ pub struct CustomDomainsConfig {
     pub verification_window: Duration,
     /// Checks this gateway runs at once.
     pub max_concurrent_checks: u32,
+    /// How often an active claim looks at whether its name still points
+    /// here (by the `cname` method's rule: `cname_target` or
+    /// `cname_addresses`, one of which must be set); 0: never. Off by
+    /// default: a platform whose customers may put their own CDN or proxy
+    /// in front of it cannot tell where a name points.
+    #[serde(rename = "recheck_interval_secs", with = "crate::config::units::secs")]
+    pub recheck_interval: Duration,
+    /// How long every answer must have said elsewhere before an active
+    /// claim is moved (unrouted, its certificate retired).
+    #[serde(rename = "moved_after_secs", with = "crate::config::units::secs")]
+    pub moved_after: Duration,
+    /// How long a moved claim may take to point here again (it is active
+    /// again at once) before it is removed and its name is free.
+    #[serde(rename = "moved_window_secs", with = "crate::config::units::secs")]
+    pub moved_window: Duration,
 }
 
 impl Default for CustomDomainsConfig {
@@ -70,6 +85,9 @@ impl Default for CustomDomainsConfig {
             check_timeout: Duration::from_millis(5_000),
             verification_window: Duration::from_secs(7 * 86_400),
             max_concurrent_checks: 16,
+            recheck_interval: Duration::ZERO,
+            moved_after: Duration::from_secs(86_400),
+            moved_window: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -122,7 +140,30 @@ impl CustomDomainsConfig {
         if self.max_concurrent_checks == 0 {
             out.push(invalid("max_concurrent_checks", "must be at least 1"));
         }
+        if self.rechecks() && self.cname_target.is_none() && self.cname_addresses.is_empty() {
+            out.push(invalid(
+                "recheck_interval_secs",
+                "needs cname_target or cname_addresses: what pointing here means",
+            ));
+        }
+        if self.rechecks() && self.moved_window < self.check_interval {
+            out.push(invalid("moved_window_secs", "must be at least check_interval_secs"));
+        }
         out
+    }
+
+    /// Whether active claims look at where their names point.
+    pub fn rechecks(&self) -> bool {
+        !self.recheck_interval.is_zero()
+    }
+
+    /// `moved_after_secs` and `moved_window_secs` as the policy takes them.
+    pub fn move_rules(&self) -> super::policy::MoveRules {
+        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+        super::policy::MoveRules {
+            moved_after: secs(self.moved_after),
+            moved_window: secs(self.moved_window),
+        }
     }
 
     /// The method a claim gets when none is asked for.
@@ -157,6 +198,27 @@ mod tests {
                 "custom_domains.max_concurrent_checks"
             ]
         );
+        // Rechecks need to know what pointing here means, and a moved
+        // claim at least one check before it is removed.
+        let c = CustomDomainsConfig {
+            recheck_interval: Duration::from_secs(3600),
+            moved_window: Duration::from_secs(10),
+            ..CustomDomainsConfig::default()
+        };
+        let keys: Vec<String> = c.problems().iter().filter_map(|e| e.key().map(str::to_owned)).collect();
+        assert_eq!(
+            keys,
+            [
+                "custom_domains.recheck_interval_secs",
+                "custom_domains.moved_window_secs"
+            ]
+        );
+        let c = CustomDomainsConfig {
+            cname_addresses: vec!["192.0.2.1".parse().unwrap()],
+            ..c
+        };
+        let keys: Vec<String> = c.problems().iter().filter_map(|e| e.key().map(str::to_owned)).collect();
+        assert_eq!(keys, ["custom_domains.moved_window_secs"]);
         assert!(CustomDomainsConfig::default().problems().is_empty());
     }
 }

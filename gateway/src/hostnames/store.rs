@@ -32,7 +32,7 @@ pub enum StoreError {
     },
     #[error("no claim for `{0}`")]
     NotFound(String),
-    #[error("`{name}` is {status}: only pending, failed or expired claims can be retried")]
+    #[error("`{name}` is {status}: only pending, failed, expired or moved claims can be retried")]
     NotRetryable { name: String, status: &'static str },
     #[error("the database holds an unknown {what} `{value}` for `{name}`")]
     BadRow {
@@ -40,6 +40,21 @@ pub enum StoreError {
         what: &'static str,
         value: String,
     },
+}
+
+/// What one check (or look) of a claim decided.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome<'a> {
+    pub status: HostnameStatus,
+    /// What the check saw (None: proven, or pointing here).
+    pub detail: Option<&'a str>,
+    /// The check found someone else's proof.
+    pub other_proof: bool,
+    /// When to look again.
+    pub next_check: Duration,
+    /// An active or moved claim's: since when its name has pointed
+    /// elsewhere (unix seconds).
+    pub failing_since: Option<i64>,
 }
 
 /// One claim, as stored. Times are Unix seconds.
@@ -61,6 +76,11 @@ pub struct Claim {
     pub last_checked_at: Option<i64>,
     pub last_error: Option<String>,
     pub saw_other_proof: bool,
+    /// Active or moved: since when every answer has said its name points
+    /// elsewhere (`recheck_interval_secs`).
+    pub failing_since: Option<i64>,
+    /// Moved: when.
+    pub moved_at: Option<i64>,
 }
 
 /// A timestamp column as Unix seconds, `infinity` (a hand-edited row) as
@@ -97,7 +117,10 @@ const COLUMNS: &str = concat!(
     epoch!("next_check_at"),
     ", ",
     epoch!("last_checked_at"),
-    ", last_error, saw_other_proof"
+    ", last_error, saw_other_proof, ",
+    epoch!("failing_since"),
+    ", ",
+    epoch!("moved_at")
 );
 
 fn claim(row: &sqlx::postgres::PgRow) -> Result<Claim, StoreError> {
@@ -124,6 +147,8 @@ fn claim(row: &sqlx::postgres::PgRow) -> Result<Claim, StoreError> {
         last_checked_at: row.try_get(12)?,
         last_error: row.try_get(13)?,
         saw_other_proof: row.try_get(14)?,
+        failing_since: row.try_get(15)?,
+        moved_at: row.try_get(16)?,
         name,
     })
 }
@@ -247,7 +272,7 @@ impl Store {
                  verify_by = EXCLUDED.verify_by, verified_at = EXCLUDED.verified_at,
                  activated_at = NULL, removed_at = NULL, checks = 0, next_check_at = now(),
                  last_checked_at = NULL, last_error = NULL, saw_other_proof = false,
-                 lease_owner = NULL, lease_until = NULL
+                 failing_since = NULL, moved_at = NULL, lease_owner = NULL, lease_until = NULL
              WHERE custom_hostnames.status = 'removed'
                 OR (custom_hostnames.tenant = EXCLUDED.tenant AND $7)",
         )
@@ -294,7 +319,8 @@ impl Store {
             .ok_or_else(|| StoreError::NotFound(name.to_owned()))
     }
 
-    /// Check again now; a failed or expired claim gets a new window (same token).
+    /// Check again now; a failed, expired or moved claim gets a new window
+    /// (same token) and is proven again by its method.
     pub async fn retry(&self, name: &str, window: Duration, actor: &str) -> Result<Claim, StoreError> {
         let mut tx = self.db.begin().await?;
         let Some(c) = self.locked(&mut tx, name).await? else {
@@ -309,7 +335,8 @@ impl Store {
         sqlx::query(
             "UPDATE tenant_gateway.custom_hostnames SET status = 'pending', next_check_at = now(), updated_at = now(),
                     verify_by = CASE WHEN status = 'pending' THEN verify_by ELSE now() + make_interval(secs => $2) END,
-                    saw_other_proof = CASE WHEN status = 'pending' THEN saw_other_proof ELSE false END
+                    saw_other_proof = CASE WHEN status = 'pending' THEN saw_other_proof ELSE false END,
+                    failing_since = NULL, moved_at = NULL
               WHERE name = $1",
         )
         .bind(name)
@@ -407,16 +434,42 @@ impl Store {
 
     // ---- the checkers ----
 
-    /// Lease up to `limit` claims due for a check (pending) or for a
-    /// routability look (verified) to `owner` for `lease_secs`.
-    pub async fn take_due(&self, owner: &str, lease_secs: f64, limit: i64) -> Result<Vec<Claim>, StoreError> {
+    /// Lease up to `limit` claims due for a check (pending), a routability
+    /// look (verified) or, with `rechecks`, a look at where their names
+    /// point (active, moved) to `owner` for `lease_secs`.
+    pub async fn take_due(
+        &self,
+        owner: &str,
+        lease_secs: f64,
+        limit: i64,
+        rechecks: bool,
+    ) -> Result<Vec<Claim>, StoreError> {
+        // Each set of statuses written into its own part of the statement,
+        // so that each walks the partial index of its due claims (0002,
+        // 0009); the earliest due of both are taken.
+        let of = |statuses: &str| {
+            format!(
+                "SELECT name, next_check_at FROM tenant_gateway.custom_hostnames
+                  WHERE status IN ({statuses}) AND next_check_at <= now()
+                    AND (lease_owner IS NULL OR lease_until <= now())
+                  ORDER BY next_check_at LIMIT $3 FOR UPDATE SKIP LOCKED"
+            )
+        };
+        let due = match rechecks {
+            false => format!("WITH due AS ({})", of("'pending', 'verified'")),
+            true => format!(
+                "WITH proving AS ({}), rechecking AS ({}),
+                      due AS (SELECT * FROM proving UNION ALL SELECT * FROM rechecking
+                               ORDER BY next_check_at LIMIT $3)",
+                of("'pending', 'verified'"),
+                of("'active', 'moved'")
+            ),
+        };
         let rows = sqlx::query(&format!(
-            "UPDATE tenant_gateway.custom_hostnames
+            "{due}
+             UPDATE tenant_gateway.custom_hostnames
                 SET lease_owner = $1, lease_until = now() + make_interval(secs => $2)
-              WHERE name IN (SELECT name FROM tenant_gateway.custom_hostnames
-                              WHERE status IN ('pending', 'verified') AND next_check_at <= now()
-                                AND (lease_owner IS NULL OR lease_until <= now())
-                              ORDER BY next_check_at LIMIT $3 FOR UPDATE SKIP LOCKED)
+              WHERE name IN (SELECT name FROM due)
           RETURNING {COLUMNS}"
         ))
         .bind(owner)
@@ -428,24 +481,31 @@ impl Store {
     }
 
     /// Write a check's outcome and free the lease (only if `owner` still
-    /// holds it). `detail`: what the check saw (None: proven).
-    pub async fn record(
-        &self,
-        c: &Claim,
-        owner: &str,
-        next: HostnameStatus,
-        detail: Option<&str>,
-        other_proof: bool,
-        next_check_secs: f64,
-    ) -> Result<(), StoreError> {
+    /// holds it). A claim that moves has its certificate retired (as a
+    /// removal does), one that comes back active has it restored.
+    pub async fn record(&self, c: &Claim, owner: &str, outcome: &Outcome<'_>) -> Result<(), StoreError> {
+        let Outcome {
+            status: next,
+            detail,
+            other_proof,
+            next_check,
+            failing_since,
+        } = *outcome;
         let mut tx = self.db.begin().await?;
         let updated = sqlx::query(
             "UPDATE tenant_gateway.custom_hostnames
                 SET status = $3, checks = checks + CASE WHEN status = 'pending' THEN 1 ELSE 0 END,
                     last_checked_at = now(), last_error = $4, saw_other_proof = saw_other_proof OR $5,
                     next_check_at = now() + make_interval(secs => $6), updated_at = now(),
-                    verified_at = CASE WHEN $3 IN ('verified', 'active') THEN coalesce(verified_at, now()) END,
-                    activated_at = CASE WHEN $3 = 'active' THEN now() END,
+                    verified_at = CASE WHEN $3 IN ('verified', 'active', 'moved', 'removed')
+                                       THEN coalesce(verified_at, now()) END,
+                    activated_at = CASE WHEN $3 = 'active' AND status = 'active' THEN activated_at
+                                        WHEN $3 = 'active' THEN now()
+                                        WHEN $3 IN ('moved', 'removed') THEN activated_at END,
+                    removed_at = CASE WHEN $3 = 'removed' THEN coalesce(removed_at, now()) ELSE removed_at END,
+                    failing_since = to_timestamp($8),
+                    moved_at = CASE WHEN $3 = 'moved' THEN coalesce(moved_at, now())
+                                    WHEN $3 = 'removed' THEN moved_at END,
                     lease_owner = NULL, lease_until = NULL
               WHERE name = $1 AND lease_owner = $2 AND status = $7",
         )
@@ -454,17 +514,23 @@ impl Store {
         .bind(next.as_str())
         .bind(detail)
         .bind(other_proof)
-        .bind(next_check_secs)
+        .bind(next_check.as_secs_f64())
         .bind(c.status.as_str())
+        .bind(failing_since.map(|s| s as f64))
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if updated == 1 && next != c.status {
             self.event(&mut tx, &c.name, &c.tenant, next.as_str(), "checker", detail)
                 .await?;
-            if next == HostnameStatus::Active {
+            match next {
                 // A certificate retired while the name was away serves again.
-                restore_certificates(&mut *tx, &[c.name.as_str()]).await?;
+                HostnameStatus::Active => restore_certificates(&mut *tx, &[c.name.as_str()]).await?,
+                // Not presented, not renewed: the name points elsewhere.
+                HostnameStatus::Moved | HostnameStatus::Removed => {
+                    retire_certificates(&mut *tx, &[c.name.as_str()]).await?
+                }
+                _ => {}
             }
             self.announce(&mut tx, &c.name).await?;
         }

@@ -1,4 +1,6 @@
-//! The checkers: every gateway runs one; claims due for a check are leased
+//! The checkers: every gateway runs one; claims due for a check (pending),
+//! a routability look (verified) or, with `recheck_interval_secs`, a look
+//! at where their names point (active, moved) are leased
 //! to one gateway at a time (`take_due`: `FOR UPDATE SKIP LOCKED` plus a
 //! lease that outlives a crashed checker by a bounded time), checked at
 //! most `max_concurrent_checks` at once, and written back with their next
@@ -25,9 +27,9 @@ use sqlx::postgres::PgListener;
 use sqlx::PgPool;
 
 use super::check::Checker;
-use super::policy::{self, Finding, HostnameStatus};
+use super::policy::{self, Finding, HostnameStatus, Pointing};
 use super::settings::CustomDomainsConfig;
-use super::store::{Claim, Store, COUNTS_CHANNEL, WAKE_CHANNEL};
+use super::store::{Claim, Outcome, Store, COUNTS_CHANNEL, WAKE_CHANNEL};
 use crate::clock::unix_now;
 use crate::metrics::Metrics;
 
@@ -176,7 +178,8 @@ impl Worker {
         let lease = self.cfg.check_timeout * 2 + Duration::from_secs(30);
         let due = tokio::time::timeout(
             STEP,
-            self.store.take_due(&self.owner, lease.as_secs_f64(), (cap * 4) as i64),
+            self.store
+                .take_due(&self.owner, lease.as_secs_f64(), (cap * 4) as i64, self.cfg.rechecks()),
         )
         .await;
         let due = match due {
@@ -221,6 +224,8 @@ impl Worker {
         let mut checking = self.checking.running(&c.name);
         let now = unix_now();
         let interval = self.cfg.check_interval;
+        let jitter = f64::from(rand::random::<u32>()) / f64::from(u32::MAX);
+        let mut failing_since = c.failing_since;
         let (next, detail, other, delay) = match c.status {
             HostnameStatus::Pending => {
                 let finding = self.checker.check(&c.name, c.method, &c.token).await;
@@ -235,7 +240,6 @@ impl Worker {
                     .inc();
                 let routable = finding == Finding::Proven && self.routable(&c).await;
                 let next = policy::after_check(&finding, routable, now, c.verify_by, c.saw_other_proof);
-                let jitter = f64::from(rand::random::<u32>()) / f64::from(u32::MAX);
                 let delay = match next {
                     HostnameStatus::Pending => policy::next_check_delay(c.checks.max(0) as u32, interval, jitter),
                     _ => interval,
@@ -250,14 +254,46 @@ impl Worker {
                 true => (HostnameStatus::Active, None, false, interval),
                 false => (HostnameStatus::Verified, Some(unroutable(&c)), false, interval),
             },
+            HostnameStatus::Active | HostnameStatus::Moved if self.cfg.rechecks() => {
+                let pointing = self.checker.points_here(&c.name).await;
+                let (result, detail) = match &pointing {
+                    Pointing::Here => ("here", None),
+                    Pointing::Elsewhere { detail, .. } => ("elsewhere", Some(detail.clone())),
+                    Pointing::Unknown(detail) => ("unknown", Some(detail.clone())),
+                };
+                self.metrics
+                    .hostname_checks
+                    .with_label_values(&["recheck", result])
+                    .inc();
+                let after = policy::after_recheck(
+                    c.status,
+                    &pointing,
+                    c.failing_since,
+                    c.moved_at,
+                    now,
+                    self.cfg.move_rules(),
+                );
+                failing_since = after.failing_since;
+                // Pointing here: the next look in a recheck interval (spread
+                // by ±25 %, so claims activated together do not stay
+                // together); otherwise soon, to see it come back or go.
+                let delay = match (after.status, failing_since) {
+                    (HostnameStatus::Active, None) => self.cfg.recheck_interval.mul_f64(0.75 + 0.5 * jitter),
+                    _ => interval,
+                };
+                (after.status, detail, false, delay)
+            }
             // Leased in another state only if it changed in between: free it.
             other => (other, c.last_error.clone(), false, interval),
         };
-        if let Err(e) = self
-            .store
-            .record(&c, &self.owner, next, detail.as_deref(), other, delay.as_secs_f64())
-            .await
-        {
+        let outcome = Outcome {
+            status: next,
+            detail: detail.as_deref(),
+            other_proof: other,
+            next_check: delay,
+            failing_since,
+        };
+        if let Err(e) = self.store.record(&c, &self.owner, &outcome).await {
             tracing::warn!(name = %c.name, error = %e, "custom hostnames: cannot record a check; its lease expires on its own");
         }
         // A change heard during the check found nothing to move (the claim

@@ -301,7 +301,7 @@ impl Metrics {
                 IntGaugeVec::new(
                     Opts::new(
                         "tenant_gateway_custom_hostnames",
-                        "Custom-hostname claims by status (pending, verified, active, failed, expired, removed), fleet-wide.",
+                        "Custom-hostname claims by status (pending, verified, active, failed, expired, removed, moved), fleet-wide.",
                     ),
                     &["status"],
                 )
@@ -336,7 +336,7 @@ impl Metrics {
             hostname_checks: counter_vec(
                 &r,
                 "tenant_gateway_custom_hostname_checks_total",
-                "Ownership checks run by this gateway, by method and result (proven, not_yet, other_proof).",
+                "Ownership checks run by this gateway, by method and result (proven, not_yet, other_proof); method recheck: an active or moved claim's look at where its name points (here, elsewhere, unknown: no answer to go by).",
                 &["method", "result"],
             ),
             acme_orders_in_progress: gauge(
