@@ -848,11 +848,16 @@ fn without_verification_routed_follows_the_domain_row() {
 /// when the name points here within `moved_window_secs`, and is removed
 /// after it, freeing the name. A name its DNS answers SERVFAIL for (no
 /// answer to go by) stays active for longer than `moved_after_secs`, and
-/// the other tenant's name routes throughout.
+/// the other tenant's name routes throughout. An apex-like name without a
+/// CNAME points here by its addresses (`cname_addresses`), and moves when
+/// they change.
 #[test]
 fn an_active_claim_whose_name_points_elsewhere_moves_then_comes_back_or_is_removed() {
     const A: &str = "shop.ferrari.test";
     const B: &str = "shop.mclaren.test";
+    // Without a CNAME: here by its addresses (every name of the test DNS
+    // server has 127.0.0.1 unless set otherwise).
+    const APEX: &str = "ferrari-apex.test";
     const EDGE: &str = "edge.myapp.localhost";
     let dir = tempfile::tempdir().unwrap();
     let dns = DnsServer::start(dir.path()).unwrap();
@@ -861,14 +866,16 @@ fn an_active_claim_whose_name_points_elsewhere_moves_then_comes_back_or_is_remov
         .apps(1)
         .config("[admin]\ntoken_env = \"TG_ADMIN_TOKEN\"")
         .config(&format!(
-            "{}recheck_interval_secs = 1\nmoved_after_secs = 3\nmoved_window_secs = 8\n",
+            "{}cname_addresses = [\"127.0.0.1\"]\nrecheck_interval_secs = 1\nmoved_after_secs = 3\nmoved_window_secs = 8\n",
             verification(dns.port, 80, "\"cname\", \"txt\"", 600)
         ))
         .start();
     let (pg, gw) = (&s.pg, &s.gw);
-    for (name, tenant) in [(A, "ferrari"), (B, "mclaren")] {
+    for (name, tenant) in [(A, "ferrari"), (B, "mclaren"), (APEX, "ferrari")] {
         app_cli_ok(&pg.url(), &["domain", "add", name, "--tenant", tenant]);
-        dns.set_cname(name, EDGE);
+        if name != APEX {
+            dns.set_cname(name, EDGE);
+        }
         let (code, added) = gw.api(
             http::Method::POST,
             &format!("hostnames?name={name}&tenant={tenant}&method=cname"),
@@ -876,7 +883,7 @@ fn an_active_claim_whose_name_points_elsewhere_moves_then_comes_back_or_is_remov
         );
         assert_eq!(code, 200, "{added}");
     }
-    for (name, tenant) in [(A, "ferrari"), (B, "mclaren")] {
+    for (name, tenant) in [(A, "ferrari"), (B, "mclaren"), (APEX, "ferrari")] {
         wait_status(pg, name, "active", Duration::from_secs(30));
         wait_routed(gw, name, tenant);
     }
@@ -911,9 +918,13 @@ fn an_active_claim_whose_name_points_elsewhere_moves_then_comes_back_or_is_remov
     };
 
     // A points elsewhere: it moves once every answer has said so for 3 s.
+    // So does the apex name once its addresses are another platform's.
     dns.set_cname(A, "elsewhere.example");
+    dns.set_a(APEX, &["192.0.2.7"]);
     let pointed_away = Instant::now();
     wait_status(pg, A, "moved", Duration::from_secs(30));
+    wait_status(pg, APEX, "moved", Duration::from_secs(30));
+    assert!(claim_field(pg, APEX, "last_error").contains("192.0.2.7"));
     assert!(
         pointed_away.elapsed() >= Duration::from_secs(2),
         "moved after {:?}",
