@@ -161,7 +161,7 @@ fn rule_exprs() -> Vec<(String, String)> {
             }
         }
     }
-    assert_eq!(out.len(), 12, "{out:?}");
+    assert_eq!(out.len(), 14, "{out:?}");
     out
 }
 
