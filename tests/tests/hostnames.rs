@@ -993,3 +993,69 @@ fn an_active_claim_whose_name_points_elsewhere_moves_then_comes_back_or_is_remov
     assert_eq!(added["tenant"], "mclaren");
     wait_routed(gw, B, "mclaren");
 }
+
+/// A proof waits for its domain row only for `verification_window_secs`
+/// (a domain can change hands meanwhile): a claim proven by its TXT record
+/// while no row maps the name expires at the window's end, and a row that
+/// arrives afterwards does not route it; a retry proves it again and it
+/// activates. A preverified claim (an operator's word) waits for its row
+/// as long as it takes.
+#[test]
+fn a_proof_waits_for_its_domain_row_only_for_the_verification_window() {
+    const LATE: &str = "late.ferrari.test";
+    const VOUCHED: &str = "vouched.ferrari.test";
+    let dir = tempfile::tempdir().unwrap();
+    let dns = DnsServer::start(dir.path()).unwrap();
+    let s = Stack::builder()
+        .setup(tenants)
+        .apps(1)
+        .config("[admin]\ntoken_env = \"TG_ADMIN_TOKEN\"")
+        .config(&verification(dns.port, 80, "\"txt\"", 8))
+        .start();
+    let (pg, gw) = (&s.pg, &s.gw);
+    let (code, added) = gw.api(
+        http::Method::POST,
+        &format!("hostnames?name={LATE}&tenant=ferrari"),
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(code, 200, "{added}");
+    let token = added["instructions"]["txt_value"].as_str().unwrap().to_owned();
+    dns.set_txt(&format!("_tenant-gateway.{LATE}"), &token);
+    gw.cli(
+        &pg.url(),
+        &["hostnames", "add", VOUCHED, "--tenant", "ferrari", "--preverified"],
+    );
+    wait_status(pg, LATE, "verified", Duration::from_secs(15));
+    wait_status(pg, LATE, "expired", Duration::from_secs(30));
+    assert!(
+        claim_field(pg, LATE, "last_error").contains("within verification_window_secs"),
+        "{}",
+        claim_field(pg, LATE, "last_error")
+    );
+    // The operator's claim, looked at after as long, still waits.
+    wait_until(
+        "the vouched claim looked at past the window",
+        Duration::from_secs(30),
+        || claim_field(pg, VOUCHED, "last_checked_at > verified_at + interval '8 seconds'") == "t",
+    )
+    .unwrap();
+    assert_eq!(claim_field(pg, VOUCHED, "status"), "verified");
+
+    // The rows arrive: the operator's claim activates; the expired one
+    // does not route until a retry proves it again.
+    for name in [LATE, VOUCHED] {
+        app_cli_ok(&pg.url(), &["domain", "add", name, "--tenant", "ferrari"]);
+    }
+    wait_status(pg, VOUCHED, "active", Duration::from_secs(10));
+    wait_routed(gw, VOUCHED, "ferrari");
+    assert_eq!(claim_field(pg, LATE, "status"), "expired");
+    assert_eq!(http_status(gw.port, LATE), 404);
+    let (code, retried) = gw.api(
+        http::Method::POST,
+        &format!("hostnames/retry?name={LATE}"),
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(code, 200, "{retried}");
+    wait_status(pg, LATE, "active", Duration::from_secs(15));
+    wait_routed(gw, LATE, "ferrari");
+}

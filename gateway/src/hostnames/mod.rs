@@ -7,7 +7,10 @@
 //! `verified` (ownership proven) → `active` (the domain table maps the name
 //! to the claim's tenant: routed, certificate ordered) → `removed`; a claim
 //! not proven within `verification_window_secs` ends `expired` (no proof
-//! seen) or `failed` (someone else's proof seen). Names under
+//! seen) or `failed` (someone else's proof seen), and so does a proof
+//! whose domain row does not come within it; with rechecks, an active
+//! claim whose name points elsewhere is `moved`, then active again or
+//! removed. Names under
 //! `tenant.base_domains` need no claim; `custom_domains.verification =
 //! "none"` routes every domain row as before claims existed.
 //!

@@ -15,7 +15,8 @@ pub enum HostnameStatus {
     /// Created; not routed, no certificate ordered; checks run.
     Pending,
     /// Ownership proven; waiting for the domain table to map the name to
-    /// the claim's tenant.
+    /// the claim's tenant (a proof by a check counts for
+    /// `verification_window_secs`, then the claim expires).
     Verified,
     /// Routed; certificate ordered.
     Active,
@@ -150,6 +151,22 @@ pub fn after_check(finding: &Finding, routable: bool, now: i64, verify_by: i64, 
             }
         }
         Finding::NotYet { .. } => HostnameStatus::Pending,
+    }
+}
+
+/// A verified claim's next state after a look at the domain table at `now`:
+/// active once the table maps the name to the claim's tenant (`routable`);
+/// otherwise it waits, but a proof by a check counts only for `window`
+/// seconds after `verified_at` (a domain can change hands while its row
+/// never comes, and the row must not activate a stale proof): then the
+/// claim expires, and a retry proves it again. An operator's word
+/// (`--preverified`) does not expire.
+pub fn after_look(routable: bool, method: Method, verified_at: Option<i64>, now: i64, window: i64) -> HostnameStatus {
+    let stale = method != Method::Operator && verified_at.is_some_and(|at| now - at >= window);
+    match (routable, stale) {
+        (true, _) => HostnameStatus::Active,
+        (false, true) => HostnameStatus::Expired,
+        (false, false) => HostnameStatus::Verified,
     }
 }
 
@@ -467,6 +484,19 @@ mod tests {
         assert_eq!(after_check(&none, true, 100, 100, false), HostnameStatus::Expired);
         assert_eq!(after_check(&other, true, 100, 100, false), HostnameStatus::Failed);
         assert_eq!(after_check(&none, true, 100, 100, true), HostnameStatus::Failed);
+    }
+
+    #[test]
+    fn a_proof_waits_for_its_domain_row_only_for_the_window() {
+        use HostnameStatus::{Active, Expired, Verified};
+        // The row maps the name: active, whenever it comes (a row read at
+        // the same look as the window's end still counts).
+        assert_eq!(after_look(true, Method::Txt, Some(0), 100, 100), Active);
+        assert_eq!(after_look(false, Method::Txt, Some(0), 99, 100), Verified);
+        assert_eq!(after_look(false, Method::Http, Some(0), 100, 100), Expired);
+        // An operator's word does not expire; nor a claim with no proof time.
+        assert_eq!(after_look(false, Method::Operator, Some(0), 10_000, 100), Verified);
+        assert_eq!(after_look(false, Method::Cname, None, 10_000, 100), Verified);
     }
 
     #[test]

@@ -49,7 +49,8 @@ pub struct CustomDomainsConfig {
     /// Bound on one check (DNS queries, or connecting and reading the file).
     #[serde(rename = "check_timeout_ms", with = "crate::config::units::ms")]
     pub check_timeout: Duration,
-    /// How long a claim stays pending before it expires (or fails).
+    /// How long a claim stays pending before it expires (or fails), and how
+    /// long a proof waits for its domain row (then it expires too).
     #[serde(rename = "verification_window_secs", with = "crate::config::units::secs")]
     pub verification_window: Duration,
     /// Checks this gateway runs at once.

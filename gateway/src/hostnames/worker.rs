@@ -250,10 +250,15 @@ impl Worker {
                     Finding::NotYet { other_proof, detail } => (next, Some(detail), other_proof, delay),
                 }
             }
-            HostnameStatus::Verified => match self.routable(&c).await {
-                true => (HostnameStatus::Active, None, false, interval),
-                false => (HostnameStatus::Verified, Some(unroutable(&c)), false, interval),
-            },
+            HostnameStatus::Verified => {
+                let routable = self.routable(&c).await;
+                let window = i64::try_from(self.cfg.verification_window.as_secs()).unwrap_or(i64::MAX);
+                match policy::after_look(routable, c.method, c.verified_at, now, window) {
+                    HostnameStatus::Active => (HostnameStatus::Active, None, false, interval),
+                    HostnameStatus::Expired => (HostnameStatus::Expired, Some(stale_proof(&c)), false, interval),
+                    _ => (HostnameStatus::Verified, Some(unroutable(&c)), false, interval),
+                }
+            }
             HostnameStatus::Active | HostnameStatus::Moved if self.cfg.rechecks() => {
                 let pointing = self.checker.points_here(&c.name).await;
                 let (result, detail) = match &pointing {
@@ -434,6 +439,14 @@ impl Worker {
             .map_or(0, |created| (unix_now() - created).max(0));
         self.metrics.hostnames_oldest_pending_seconds.set(age);
     }
+}
+
+fn stale_proof(c: &Claim) -> String {
+    format!(
+        "ownership proven, but the domain table did not map {} to tenant {} within \
+         verification_window_secs of the proof; a retry proves it again",
+        c.name, c.tenant
+    )
 }
 
 fn unroutable(c: &Claim) -> String {
