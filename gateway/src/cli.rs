@@ -694,6 +694,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
             listen_db,
             checker,
             cfg.custom_domains.clone(),
+            cfg.strip_www(),
             metrics.clone(),
         ));
         Some((worker, db, store))

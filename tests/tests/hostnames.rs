@@ -46,6 +46,18 @@ fn verification_public_only(dns_port: u16, http_port: u16, methods: &str, window
     )
 }
 
+/// The two tenants, one upstream-app and the operator API, with
+/// `custom_domains` (its checks asking the test's DNS server; lines before
+/// its first section are `[tenant]` keys).
+fn claims_stack(custom_domains: &str) -> Stack {
+    Stack::builder()
+        .setup(tenants)
+        .apps(1)
+        .config(custom_domains)
+        .config("[admin]\ntoken_env = \"TG_ADMIN_TOKEN\"")
+        .start()
+}
+
 /// The stack on `pg` with one upstream-app, TLS with the development
 /// certificates in `certs` (which `pebble` uses too), ACME against `pebble`
 /// (whose DNS also answers the checks), the operator API, on `ports`.
@@ -316,12 +328,7 @@ fn the_http_token_proves_a_claim_and_an_unproven_claim_expires() {
     // The customer's own web server (every name resolves to 127.0.0.1).
     let file = Arc::new(Mutex::new("not the token".to_owned()));
     let web_port = serve_text(file.clone());
-    let s = Stack::builder()
-        .setup(tenants)
-        .apps(1)
-        .config("[admin]\ntoken_env = \"TG_ADMIN_TOKEN\"")
-        .config(&verification(dns.port, web_port, "\"http\", \"txt\", \"cname\"", 20))
-        .start();
+    let s = claims_stack(&verification(dns.port, web_port, "\"http\", \"txt\", \"cname\"", 20));
     let (pg, gw) = (&s.pg, &s.gw);
     app_cli_ok(&pg.url(), &["domain", "add", SHOP, "--tenant", "ferrari"]);
 
@@ -520,12 +527,7 @@ fn the_http_method_connects_only_to_public_addresses_by_default() {
     let trap_port = trap.local_addr().unwrap().port();
     const METADATA: &str = "metadata.ferrari-cars.test";
     dns.set_a(METADATA, &["169.254.169.254"]);
-    let s = Stack::builder()
-        .setup(tenants)
-        .apps(1)
-        .config("[admin]\ntoken_env = \"TG_ADMIN_TOKEN\"")
-        .config(&verification_public_only(dns.port, trap_port, "\"http\"", 600))
-        .start();
+    let s = claims_stack(&verification_public_only(dns.port, trap_port, "\"http\"", 600));
     let (pg, gw) = (&s.pg, &s.gw);
     for (name, address) in [(SHOP, "127.0.0.1"), (METADATA, "169.254.169.254")] {
         let (code, v) = gw.api(
@@ -850,7 +852,8 @@ fn without_verification_routed_follows_the_domain_row() {
 /// answer to go by) stays active for longer than `moved_after_secs`, and
 /// the other tenant's name routes throughout. An apex-like name without a
 /// CNAME points here by its addresses (`cname_addresses`), and moves when
-/// they change.
+/// they change. A claim covers its name and `www.` of it (`strip_www`, as
+/// the django-tenants preset has it): it stays while either points here.
 #[test]
 fn an_active_claim_whose_name_points_elsewhere_moves_then_comes_back_or_is_removed() {
     const A: &str = "shop.ferrari.test";
@@ -861,21 +864,19 @@ fn an_active_claim_whose_name_points_elsewhere_moves_then_comes_back_or_is_remov
     const EDGE: &str = "edge.myapp.localhost";
     let dir = tempfile::tempdir().unwrap();
     let dns = DnsServer::start(dir.path()).unwrap();
-    let s = Stack::builder()
-        .setup(tenants)
-        .apps(1)
-        .config("[admin]\ntoken_env = \"TG_ADMIN_TOKEN\"")
-        .config(&format!(
-            "{}cname_addresses = [\"127.0.0.1\"]\nrecheck_interval_secs = 1\nmoved_after_secs = 3\nmoved_window_secs = 8\n",
-            verification(dns.port, 80, "\"cname\", \"txt\"", 600)
-        ))
-        .start();
+    let s = claims_stack(&format!(
+        "strip_www = true\n{}cname_addresses = [\"127.0.0.1\"]\nrecheck_interval_secs = 1\nmoved_after_secs = 3\nmoved_window_secs = 8\n",
+        verification(dns.port, 80, "\"cname\", \"txt\"", 600)
+    ));
     let (pg, gw) = (&s.pg, &s.gw);
     for (name, tenant) in [(A, "ferrari"), (B, "mclaren"), (APEX, "ferrari")] {
         app_cli_ok(&pg.url(), &["domain", "add", name, "--tenant", tenant]);
         if name != APEX {
             dns.set_cname(name, EDGE);
         }
+        // Its `www.` name points elsewhere (the test DNS server would
+        // answer 127.0.0.1, one of cname_addresses).
+        dns.set_cname(&format!("www.{name}"), "elsewhere.example");
         let (code, added) = gw.api(
             http::Method::POST,
             &format!("hostnames?name={name}&tenant={tenant}&method=cname"),
@@ -917,9 +918,25 @@ fn an_active_claim_whose_name_points_elsewhere_moves_then_comes_back_or_is_remov
         .unwrap()
     };
 
-    // A points elsewhere: it moves once every answer has said so for 3 s.
-    // So does the apex name once its addresses are another platform's.
+    // Only `www.` of A points here, the name itself elsewhere: a customer
+    // keeping its apex elsewhere. Looked at for longer than 3 s, A stays.
+    let changed = pg.psql("SELECT now()").unwrap();
     dns.set_cname(A, "elsewhere.example");
+    dns.set_cname(&format!("www.{A}"), EDGE);
+    wait_until("A looked at for over 4 s", Duration::from_secs(60), || {
+        claim_field(
+            pg,
+            A,
+            &format!("last_checked_at > '{changed}'::timestamptz + interval '4 seconds'"),
+        ) == "t"
+    })
+    .unwrap();
+    assert_eq!(claim_field(pg, A, "status"), "active");
+    wait_routed(gw, A, "ferrari");
+
+    // Both point elsewhere: A moves once every answer has said so for 3 s.
+    // So does the apex name once its addresses are another platform's.
+    dns.set_cname(&format!("www.{A}"), "elsewhere.example");
     dns.set_a(APEX, &["192.0.2.7"]);
     let pointed_away = Instant::now();
     wait_status(pg, A, "moved", Duration::from_secs(30));
@@ -1006,12 +1023,7 @@ fn a_proof_waits_for_its_domain_row_only_for_the_verification_window() {
     const VOUCHED: &str = "vouched.ferrari.test";
     let dir = tempfile::tempdir().unwrap();
     let dns = DnsServer::start(dir.path()).unwrap();
-    let s = Stack::builder()
-        .setup(tenants)
-        .apps(1)
-        .config("[admin]\ntoken_env = \"TG_ADMIN_TOKEN\"")
-        .config(&verification(dns.port, 80, "\"txt\"", 8))
-        .start();
+    let s = claims_stack(&verification(dns.port, 80, "\"txt\"", 8));
     let (pg, gw) = (&s.pg, &s.gw);
     let (code, added) = gw.api(
         http::Method::POST,

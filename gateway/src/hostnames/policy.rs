@@ -186,6 +186,23 @@ pub enum Pointing {
     Unknown(String),
 }
 
+/// Where a claim's name points when its `www.` name is served as it is
+/// (`tenant.strip_www`: the claim covers both): here if either points here
+/// (a customer may point only `www.` at the platform and keep the apex
+/// elsewhere), elsewhere only if both answers say so, otherwise unknown.
+pub fn either(name: Pointing, www: Pointing) -> Pointing {
+    match (name, www) {
+        (Pointing::Here, _) | (_, Pointing::Here) => Pointing::Here,
+        (Pointing::Elsewhere { other: a, detail: da }, Pointing::Elsewhere { other: b, detail: db }) => {
+            Pointing::Elsewhere {
+                other: a || b,
+                detail: format!("{da}; {db}"),
+            }
+        }
+        (Pointing::Unknown(detail), _) | (_, Pointing::Unknown(detail)) => Pointing::Unknown(detail),
+    }
+}
+
 /// How long names may point elsewhere (`[custom_domains]`, seconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MoveRules {
@@ -566,6 +583,28 @@ mod tests {
         );
         // Another status is not this look's to change.
         assert_eq!(after_recheck(Pending, &here, None, None, 0, rules), at(Pending, None));
+    }
+
+    #[test]
+    fn a_name_and_its_www_point_here_if_either_does() {
+        let here = || Pointing::Here;
+        let away = |d: &str| Pointing::Elsewhere {
+            other: d == "other",
+            detail: d.into(),
+        };
+        let unknown = || Pointing::Unknown("SERVFAIL".into());
+        assert_eq!(either(away("none"), here()), Pointing::Here);
+        assert_eq!(either(here(), unknown()), Pointing::Here);
+        assert_eq!(
+            either(away("none"), away("other")),
+            Pointing::Elsewhere {
+                other: true,
+                detail: "none; other".into()
+            }
+        );
+        // One answer missing: nothing to go by.
+        assert_eq!(either(away("none"), unknown()), unknown());
+        assert_eq!(either(unknown(), away("none")), unknown());
     }
 
     #[test]
