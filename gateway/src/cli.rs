@@ -613,9 +613,10 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         }
     };
     let checker = match cfg.custom_domains.required() {
-        true => {
-            Some(hostnames::check::Checker::new(&cfg.custom_domains).context("config key `custom_domains.resolver`")?)
-        }
+        true => Some(
+            hostnames::check::Checker::new(&cfg.custom_domains, cfg.strip_www())
+                .context("config key `custom_domains.resolver`")?,
+        ),
         false => None,
     };
     let mut server = Server::new_with_opt_and_conf(Some(opt), conf);
@@ -694,7 +695,6 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
             listen_db,
             checker,
             cfg.custom_domains.clone(),
-            cfg.strip_www(),
             metrics.clone(),
         ));
         Some((worker, db, store))

@@ -853,7 +853,8 @@ fn without_verification_routed_follows_the_domain_row() {
 /// the other tenant's name routes throughout. An apex-like name without a
 /// CNAME points here by its addresses (`cname_addresses`), and moves when
 /// they change. A claim covers its name and `www.` of it (`strip_www`, as
-/// the django-tenants preset has it): it stays while either points here.
+/// the django-tenants preset has it): it stays while either points here,
+/// and the `cname` method's proof is either pointing here.
 #[test]
 fn an_active_claim_whose_name_points_elsewhere_moves_then_comes_back_or_is_removed() {
     const A: &str = "shop.ferrari.test";
@@ -1009,6 +1010,21 @@ fn an_active_claim_whose_name_points_elsewhere_moves_then_comes_back_or_is_remov
     assert_eq!(added["status"], "pending");
     assert_eq!(added["tenant"], "mclaren");
     wait_routed(gw, B, "mclaren");
+
+    // The `cname` proof follows the same rule: a claim whose `www.` name
+    // alone points here is proven.
+    const WWW_ONLY: &str = "www-only.mclaren.test";
+    app_cli_ok(&pg.url(), &["domain", "add", WWW_ONLY, "--tenant", "mclaren"]);
+    dns.set_cname(WWW_ONLY, "elsewhere.example");
+    dns.set_cname(&format!("www.{WWW_ONLY}"), EDGE);
+    let (code, added) = gw.api(
+        http::Method::POST,
+        &format!("hostnames?name={WWW_ONLY}&tenant=mclaren&method=cname"),
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(code, 200, "{added}");
+    wait_status(pg, WWW_ONLY, "active", Duration::from_secs(30));
+    wait_routed(gw, WWW_ONLY, "mclaren");
 }
 
 /// A proof waits for its domain row only for `verification_window_secs`

@@ -1,6 +1,7 @@
 //! One ownership check of a claim, or one look at where an active claim's
 //! name points (the `cname` method's rule, told apart from no answer at
-//! all): DNS through hickory-resolver (the
+//! all; with `tenant.strip_www` the claim's name or `www.` of it): DNS
+//! through hickory-resolver (the
 //! configured server or the system's, no answer cache so a record the
 //! customer just published is seen), HTTP through hyper on an address that
 //! same resolver gave (a public one, unless `http_private_addresses`).
@@ -42,10 +43,13 @@ pub struct Checker {
     timeout: Duration,
     cname_target: Option<String>,
     cname_addresses: Vec<IpAddr>,
+    /// `tenant.strip_www`: a claim covers its name and `www.` of it, which
+    /// points here while either does ([`policy::either`]).
+    strip_www: bool,
 }
 
 impl Checker {
-    pub fn new(cfg: &CustomDomainsConfig) -> Result<Checker, CheckerError> {
+    pub fn new(cfg: &CustomDomainsConfig, strip_www: bool) -> Result<Checker, CheckerError> {
         let timeout = cfg.check_timeout;
         let mut builder = match cfg.resolver {
             Some(addr) => TokioResolver::builder_with_config(
@@ -70,6 +74,7 @@ impl Checker {
             timeout,
             cname_target: cfg.cname_target.clone(),
             cname_addresses: cfg.cname_addresses.clone(),
+            strip_www,
         })
     }
 
@@ -79,7 +84,7 @@ impl Checker {
             match method {
                 Method::Txt => self.txt(name, token).await,
                 Method::Http => self.http(name, token).await,
-                Method::Cname => match self.pointing(name).await {
+                Method::Cname => match self.claimed_pointing(name).await {
                     Pointing::Here => Finding::Proven,
                     Pointing::Elsewhere { other, detail } => Finding::NotYet {
                         other_proof: other,
@@ -99,7 +104,7 @@ impl Checker {
     /// Where `name` points (the `cname` method's rule), within the check
     /// timeout (past it: unknown).
     pub async fn points_here(&self, name: &str) -> Pointing {
-        match tokio::time::timeout(self.timeout, self.pointing(name)).await {
+        match tokio::time::timeout(self.timeout, self.claimed_pointing(name)).await {
             Ok(found) => found,
             Err(_) => Pointing::Unknown(format!("no answer within {:?}", self.timeout)),
         }
@@ -156,6 +161,17 @@ impl Checker {
             Ok((status, _)) => not_yet(format!("http://{name}{} answered {status}", policy::HTTP_PATH)),
             Err(e) => not_yet(format!("http://{name}{}: {e}", policy::HTTP_PATH)),
         }
+    }
+
+    /// Where the names a claim on `name` covers point: `name`, and with
+    /// `strip_www` also `www.` of it (looked at together).
+    async fn claimed_pointing(&self, name: &str) -> Pointing {
+        if !self.strip_www {
+            return self.pointing(name).await;
+        }
+        let www = format!("www.{name}");
+        let (name, www) = tokio::join!(self.pointing(name), self.pointing(&www));
+        policy::either(name, www)
     }
 
     /// A CNAME to `cname_target` is here; another CNAME is elsewhere. Without

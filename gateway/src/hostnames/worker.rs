@@ -63,8 +63,6 @@ pub struct Worker {
     listen_db: PgPool,
     checker: Checker,
     cfg: CustomDomainsConfig,
-    /// `tenant.strip_www`: a claim covers its name and `www.` of it.
-    strip_www: bool,
     owner: String,
     metrics: Arc<Metrics>,
     /// Claims changed since they were last counted ([`COUNTS_CHANNEL`]).
@@ -89,7 +87,6 @@ impl Worker {
         listen_db: PgPool,
         checker: Checker,
         cfg: CustomDomainsConfig,
-        strip_www: bool,
         metrics: Arc<Metrics>,
     ) -> Worker {
         let owner = format!(
@@ -103,7 +100,6 @@ impl Worker {
             listen_db,
             checker,
             cfg,
-            strip_www,
             owner,
             metrics,
             counts_stale: AtomicBool::new(true),
@@ -264,15 +260,7 @@ impl Worker {
                 }
             }
             HostnameStatus::Active | HostnameStatus::Moved if self.cfg.rechecks() => {
-                let pointing = match self.strip_www {
-                    true => {
-                        let www = format!("www.{}", c.name);
-                        let (name, www) =
-                            tokio::join!(self.checker.points_here(&c.name), self.checker.points_here(&www));
-                        policy::either(name, www)
-                    }
-                    false => self.checker.points_here(&c.name).await,
-                };
+                let pointing = self.checker.points_here(&c.name).await;
                 let (result, detail) = match &pointing {
                     Pointing::Here => ("here", None),
                     Pointing::Elsewhere { detail, .. } => ("elsewhere", Some(detail.clone())),
