@@ -189,14 +189,43 @@ fn every_dashboard_and_alert_expression_works_against_real_prometheus() {
         .ports(ports)
         .tls("redirect_http = false")
         // `/metrics` behind the admin token: Prometheus scrapes with it.
+        // Ownership verification on, its checks against Pebble's DNS
+        // server, so the custom-domain panels have claims and checks to show.
         .config(&format!(
             "[admin]\ntoken_env = \"TG_ADMIN_TOKEN\"\nmetrics_token = true\n\
-             [acme]\nenabled = true\ndirectory_url = \"{}\"\nca_root = \"{}\"\ncheck_interval_secs = 1",
+             [acme]\nenabled = true\ndirectory_url = \"{}\"\nca_root = \"{}\"\ncheck_interval_secs = 1\n\
+             [custom_domains]\nresolver = \"127.0.0.1:{}\"\ncheck_interval_secs = 1",
             pebble.directory(),
             pebble.directory_ca().display(),
+            pebble.dns().port,
         ))
         .start();
     let gw = &s.gw;
+    // The custom domain routes (and gets its certificate) by an operator's
+    // word; another claim waits for a proof that never comes.
+    gw.cli(
+        &s.pg.url(),
+        &[
+            "hostnames",
+            "add",
+            "www.ferrari-cars.test",
+            "--tenant",
+            "ferrari",
+            "--preverified",
+        ],
+    );
+    gw.cli(
+        &s.pg.url(),
+        &[
+            "hostnames",
+            "add",
+            "unproven.ferrari-cars.test",
+            "--tenant",
+            "ferrari",
+            "--method",
+            "txt",
+        ],
+    );
     wait_until("ACME certificate", Duration::from_secs(60), || {
         probe(ports.tls, Some("www.ferrari-cars.test"), &[]).is_ok_and(|p| p.names == ["www.ferrari-cars.test"])
     })
