@@ -1087,3 +1087,61 @@ fn a_proof_waits_for_its_domain_row_only_for_the_verification_window() {
     wait_status(pg, LATE, "active", Duration::from_secs(15));
     wait_routed(gw, LATE, "ferrari");
 }
+
+/// Turning rechecks on for claims long active is no burst of DNS queries:
+/// when the checkers start, active claims overdue for a recheck by more
+/// than an interval are spread over the next interval; a claim due within
+/// an interval keeps its time.
+#[test]
+fn active_claims_long_overdue_for_a_recheck_are_spread_over_the_interval() {
+    let dir = tempfile::tempdir().unwrap();
+    let dns = DnsServer::start(dir.path()).unwrap();
+    let mut s = claims_stack(&format!(
+        "{}recheck_interval_secs = 3600\n",
+        verification(dns.port, 80, "\"cname\"", 600)
+    ));
+    s.gw.cli(&s.pg.url(), &["hostnames", "list"]);
+    // Held by another checker's lease, so the running gateway leaves them.
+    let claims = |names: &str, due: &str| {
+        format!(
+            "INSERT INTO tenant_gateway.custom_hostnames \
+               (name, tenant, status, method, token, verify_by, verified_at, activated_at, next_check_at, \
+                lease_owner, lease_until) \
+             SELECT {names}, 'ferrari', 'active', 'txt', 'token', now(), now() - interval '30 days', \
+                    now() - interval '30 days', now() - interval '{due}', 'another', now() + interval '10 minutes'"
+        )
+    };
+    s.pg.psql(&format!(
+        "{} FROM generate_series(1, 50) AS i",
+        claims("'old' || i || '.test'", "30 days")
+    ))
+    .unwrap();
+    s.pg.psql(&claims("'recent.test'", "1 minute")).unwrap();
+    let recent_due = |pg: &Postgres| {
+        pg.psql("SELECT next_check_at FROM tenant_gateway.custom_hostnames WHERE name = 'recent.test'")
+            .unwrap()
+    };
+    let recent_before = recent_due(&s.pg);
+    let restarted_at = s.pg.psql("SELECT now()").unwrap();
+    s.restart_gateway();
+    let pg = &s.pg;
+    wait_until("the overdue claims spread", Duration::from_secs(30), || {
+        pg.psql(
+            "SELECT count(*) FROM tenant_gateway.custom_hostnames \
+              WHERE name LIKE 'old%' AND next_check_at < now()",
+        )
+        .is_ok_and(|n| n == "0")
+    })
+    .unwrap();
+    // Within the next hour, after the restart, and not at one moment.
+    let spread = pg
+        .psql(&format!(
+            "SELECT min(next_check_at) > '{restarted_at}'::timestamptz, \
+                    max(next_check_at) <= now() + interval '1 hour', \
+                    count(DISTINCT date_trunc('minute', next_check_at)) >= 10 \
+               FROM tenant_gateway.custom_hostnames WHERE name LIKE 'old%'"
+        ))
+        .unwrap();
+    assert_eq!(spread, "t|t|t");
+    assert_eq!(recent_due(pg), recent_before);
+}

@@ -480,6 +480,23 @@ impl Store {
         rows.iter().map(claim).collect()
     }
 
+    /// Active claims overdue for a recheck by more than `interval` (rechecks
+    /// just turned on, or off for a while) are spread over the next
+    /// `interval`, so turning rechecks on at 100,000 claims is no burst of
+    /// DNS queries. Claims due within one interval keep their time. How
+    /// many were spread.
+    pub async fn spread_overdue(&self, interval: Duration) -> Result<u64, StoreError> {
+        let spread = sqlx::query(
+            "UPDATE tenant_gateway.custom_hostnames
+                SET next_check_at = now() + random() * make_interval(secs => $1)
+              WHERE status = 'active' AND next_check_at < now() - make_interval(secs => $1)",
+        )
+        .bind(interval.as_secs_f64())
+        .execute(&self.db)
+        .await?;
+        Ok(spread.rows_affected())
+    }
+
     /// Write a check's outcome and free the lease (only if `owner` still
     /// holds it). A claim that moves has its certificate retired (as a
     /// removal does), one that comes back active has it restored.

@@ -120,6 +120,9 @@ impl Worker {
         if self.resumed_early.swap(false, Ordering::SeqCst) {
             self.look_at_verified().await;
         }
+        if self.cfg.rechecks() {
+            self.spread_overdue().await;
+        }
         let (wake_tx, mut wake) = tokio::sync::mpsc::channel::<()>(1);
         tokio::spawn(self.clone().listen(wake_tx));
         let poll = POLL_MAX.min(self.cfg.check_interval);
@@ -371,6 +374,20 @@ impl Worker {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "custom hostnames: cannot look at verified claims after a gap"),
             Err(_) => tracing::warn!("custom hostnames: looking at verified claims after a gap timed out"),
+        }
+    }
+
+    /// Before the first round: active claims long overdue for a recheck
+    /// are spread over the next interval ([`Store::spread_overdue`]).
+    async fn spread_overdue(&self) {
+        match tokio::time::timeout(STEP, self.store.spread_overdue(self.cfg.recheck_interval)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(
+                claims = n,
+                "custom hostnames: active claims overdue for a recheck spread over the next recheck interval"
+            ),
+            Ok(Err(e)) => tracing::warn!(error = %e, "custom hostnames: cannot spread overdue rechecks"),
+            Err(_) => tracing::warn!("custom hostnames: spreading overdue rechecks timed out"),
         }
     }
 
