@@ -93,6 +93,7 @@ enum HostnamesCmd {
     /// Claims by name, optionally of one status, a page at a time (`next`:
     /// pass it as --after for the following page).
     List {
+        /// pending, verified, active, failed, expired, removed or moved.
         #[arg(long)]
         status: Option<String>,
         /// Claims on this page (1 to 1,000).
@@ -102,7 +103,7 @@ enum HostnamesCmd {
         #[arg(long)]
         after: Option<String>,
     },
-    /// Check again now (a failed or expired claim gets a new window).
+    /// Check again now (a failed, expired or moved claim gets a new window).
     Retry { name: String },
     /// Remove a claim: unrouted and its certificate retired at once on every gateway.
     Remove { name: String },
