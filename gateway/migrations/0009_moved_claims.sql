@@ -13,3 +13,7 @@ ALTER TABLE tenant_gateway.custom_hostnames ADD CONSTRAINT custom_hostnames_stat
     CHECK (status IN ('pending', 'verified', 'active', 'failed', 'expired', 'removed', 'moved'));
 CREATE INDEX IF NOT EXISTS custom_hostnames_recheck_due_idx
     ON tenant_gateway.custom_hostnames (next_check_at) WHERE status IN ('active', 'moved');
+-- Listing the claims whose names point elsewhere (`?failing=1`,
+-- `gateway hostnames list --failing`): few among many, by name.
+CREATE INDEX IF NOT EXISTS custom_hostnames_failing_idx
+    ON tenant_gateway.custom_hostnames (name) WHERE failing_since IS NOT NULL;

@@ -20,7 +20,7 @@
 //! - custom hostnames (with `custom_domains.verification = "required"`):
 //!   `POST /api/v1/hostnames?name=N&tenant=T[&method=txt|http|cname][&preverified=1]`
 //!   claims a name and answers the verification instructions;
-//!   `GET /api/v1/hostnames[?status=S][&limit=N][&after=NAME]` lists claims
+//!   `GET /api/v1/hostnames[?status=S][&failing=1][&limit=N][&after=NAME]` lists claims
 //!   a page at a time;
 //!   `GET /api/v1/hostnames/status?name=N` shows one (claim, instructions,
 //!   certificate, history); `POST /api/v1/hostnames/retry?name=N` checks
@@ -465,7 +465,8 @@ impl Admin {
                     Err(message) => return error(400, "bad_limit", &message),
                 };
                 let (status, after) = (query_param(query, "status"), query_param(query, "after"));
-                ops.list(status.as_deref(), after.as_deref(), limit).await
+                let failing = query_param(query, "failing").is_some_and(|v| v == "1" || v == "true");
+                ops.list(status.as_deref(), after.as_deref(), limit, failing).await
             }
             (&Method::POST, "/api/v1/hostnames") => {
                 let (Some(name), Some(tenant)) = (name, query_param(query, "tenant")) else {

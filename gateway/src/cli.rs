@@ -102,6 +102,10 @@ enum HostnamesCmd {
         /// Start after this name (the previous page's `next`).
         #[arg(long)]
         after: Option<String>,
+        /// Only claims whose names point elsewhere by the last rechecks
+        /// (active ones about to move, and moved ones).
+        #[arg(long)]
+        failing: bool,
     },
     /// Check again now (a failed, expired or moved claim gets a new window).
     Retry { name: String },
@@ -315,7 +319,12 @@ fn hostnames_cmd(path: &std::path::Path, cmd: HostnamesCmd) -> anyhow::Result<()
                 ops.add(&name, &tenant, method, preverified, &actor).await?
             }
             HostnamesCmd::Status { name } => ops.status(&name).await?,
-            HostnamesCmd::List { status, limit, after } => ops.list(status.as_deref(), after.as_deref(), limit).await?,
+            HostnamesCmd::List {
+                status,
+                limit,
+                after,
+                failing,
+            } => ops.list(status.as_deref(), after.as_deref(), limit, failing).await?,
             HostnamesCmd::Retry { name } => ops.retry(&name, &actor).await?,
             HostnamesCmd::Remove { name } => ops.remove(&name, &actor).await?,
         };

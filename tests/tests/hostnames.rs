@@ -962,12 +962,16 @@ fn an_active_claim_whose_name_points_elsewhere_moves_then_comes_back_or_is_remov
     assert_eq!(status["status"], "moved");
     assert_eq!(status["routed"], false);
     assert_eq!(status["instructions"]["cname_target"], EDGE, "{status}");
+    // The claims whose names point elsewhere, listed by themselves.
+    assert_eq!(page_through(gw, "failing=1&limit=1").0, [APEX, A]);
+    assert_eq!(page_through(gw, "failing=1&status=active").0, Vec::<String>::new());
 
     // Pointed here again within its window: active and routed again.
     dns.set_cname(A, EDGE);
     wait_status(pg, A, "active", Duration::from_secs(30));
     wait_routed(gw, A, "ferrari");
     assert_eq!(claim_field(pg, A, "failing_since IS NULL AND moved_at IS NULL"), "t");
+    assert_eq!(page_through(gw, "failing=1").0, [APEX]);
     assert_eq!(retired(), "f");
 
     // B's DNS answers SERVFAIL: no answer to go by, however long. Its

@@ -89,13 +89,20 @@ impl Ops<'_> {
     }
 
     /// One page of claims: `{"claims": [...], "next": N}`, `next` the
-    /// name to pass as `after` for the following page (null on the last).
-    pub async fn list(&self, status: Option<&str>, after: Option<&str>, limit: i64) -> Result<Value, OpsError> {
+    /// name to pass as `after` for the following page (null on the last);
+    /// `failing`: only claims whose names point elsewhere (rechecks).
+    pub async fn list(
+        &self,
+        status: Option<&str>,
+        after: Option<&str>,
+        limit: i64,
+        failing: bool,
+    ) -> Result<Value, OpsError> {
         let status = status
             .map(|s| HostnameStatus::parse(s).ok_or_else(|| OpsError::BadStatus(s.to_owned())))
             .transpose()?;
         // One more than asked: whether a next page exists.
-        let mut claims = self.store.list(status, after, limit.saturating_add(1)).await?;
+        let mut claims = self.store.list(status, after, limit.saturating_add(1), failing).await?;
         let more = usize::try_from(limit).is_ok_and(|l| claims.len() > l);
         if more {
             claims.pop();

@@ -201,12 +201,15 @@ impl Store {
     }
 
     /// Up to `limit` claims, optionally of one status, by name, starting
-    /// after the name `after` (one index walk per page).
+    /// after the name `after` (one index walk per page); `failing`: only
+    /// claims whose names point elsewhere by the last answers (active ones
+    /// about to move, and moved ones: the partial index of migration 0009).
     pub async fn list(
         &self,
         status: Option<HostnameStatus>,
         after: Option<&str>,
         limit: i64,
+        failing: bool,
     ) -> Result<Vec<Claim>, StoreError> {
         // A walk of one index from `after` (every name sorts after ''): the
         // primary key, or for one status (status, name) of migration 0007.
@@ -215,9 +218,10 @@ impl Store {
         // for: with the status as a parameter the generic plan PostgreSQL
         // settles on after five runs walks the primary key for every status.
         let of_status = status.map_or(String::new(), |s| format!("status = '{}' AND ", s.as_str()));
+        let failing = if failing { "failing_since IS NOT NULL AND " } else { "" };
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM tenant_gateway.custom_hostnames \
-              WHERE {of_status}name > $1 ORDER BY name LIMIT $2"
+              WHERE {of_status}{failing}name > $1 ORDER BY name LIMIT $2"
         ))
         .bind(after.unwrap_or_default())
         .bind(limit)
