@@ -74,6 +74,14 @@ fn acme_stack(pg: Postgres, certs: tempfile::TempDir, ports: GatewayPorts, pebbl
     Stack::for_pebble(pg, certs, ports, &acme)
 }
 
+/// Claim a name through the operator API (`POST /api/v1/hostnames?{query}`),
+/// which must accept it; the claim as it answers.
+fn claim(gw: &Gateway, query: &str) -> serde_json::Value {
+    let (code, added) = gw.api(http::Method::POST, &format!("hostnames?{query}"), Some(ADMIN_TOKEN));
+    assert_eq!(code, 200, "{query}: {added}");
+    added
+}
+
 fn json(text: String) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
 }
@@ -364,12 +372,7 @@ fn the_http_token_proves_a_claim_and_an_unproven_claim_expires() {
         .unwrap();
 
     // (c) Claimed through the operator API; the default method is http.
-    let (code, added) = gw.api(
-        http::Method::POST,
-        &format!("hostnames?name={SHOP}&tenant=ferrari"),
-        Some(ADMIN_TOKEN),
-    );
-    assert_eq!(code, 200, "{added}");
+    let added = claim(gw, &format!("name={SHOP}&tenant=ferrari"));
     assert_eq!(added["method"], "http");
     assert_eq!(
         added["instructions"]["http_url"],
@@ -400,12 +403,7 @@ fn the_http_token_proves_a_claim_and_an_unproven_claim_expires() {
 
     // The opt-in cname method: proven once the name points at the target.
     app_cli_ok(&pg.url(), &["domain", "add", "pointed.test", "--tenant", "mclaren"]);
-    let (code, added) = gw.api(
-        http::Method::POST,
-        "hostnames?name=pointed.test&tenant=mclaren&method=cname",
-        Some(ADMIN_TOKEN),
-    );
-    assert_eq!(code, 200, "{added}");
+    let added = claim(gw, "name=pointed.test&tenant=mclaren&method=cname");
     assert_eq!(added["instructions"]["cname_target"], "edge.myapp.localhost");
     wait_checks(pg, "pointed.test", 2);
     assert_eq!(claim_field(pg, "pointed.test", "status"), "pending");
@@ -421,12 +419,7 @@ fn the_http_token_proves_a_claim_and_an_unproven_claim_expires() {
     // A claim nobody proves expires at the end of its window (20 s here);
     // a retry opens a new one. The name was never routed.
     app_cli_ok(&pg.url(), &["domain", "add", "nowhere.test", "--tenant", "mclaren"]);
-    let (code, _) = gw.api(
-        http::Method::POST,
-        "hostnames?name=nowhere.test&tenant=mclaren&method=txt",
-        Some(ADMIN_TOKEN),
-    );
-    assert_eq!(code, 200);
+    claim(gw, "name=nowhere.test&tenant=mclaren&method=txt");
     wait_status(pg, "nowhere.test", "expired", Duration::from_secs(60));
     assert_eq!(http_status(gw.port, "nowhere.test"), 404);
     let (code, retried) = gw.api(
@@ -530,12 +523,7 @@ fn the_http_method_connects_only_to_public_addresses_by_default() {
     let s = claims_stack(&verification_public_only(dns.port, trap_port, "\"http\"", 600));
     let (pg, gw) = (&s.pg, &s.gw);
     for (name, address) in [(SHOP, "127.0.0.1"), (METADATA, "169.254.169.254")] {
-        let (code, v) = gw.api(
-            http::Method::POST,
-            &format!("hostnames?name={name}&tenant=ferrari"),
-            Some(ADMIN_TOKEN),
-        );
-        assert_eq!(code, 200, "{v}");
+        claim(gw, &format!("name={name}&tenant=ferrari"));
         wait_checks(pg, name, 2);
         assert_eq!(claim_field(pg, name, "status"), "pending");
         let why = claim_field(pg, name, "last_error");
@@ -878,12 +866,7 @@ fn an_active_claim_whose_name_points_elsewhere_moves_then_comes_back_or_is_remov
         // Its `www.` name points elsewhere (the test DNS server would
         // answer 127.0.0.1, one of cname_addresses).
         dns.set_cname(&format!("www.{name}"), "elsewhere.example");
-        let (code, added) = gw.api(
-            http::Method::POST,
-            &format!("hostnames?name={name}&tenant={tenant}&method=cname"),
-            Some(ADMIN_TOKEN),
-        );
-        assert_eq!(code, 200, "{added}");
+        claim(gw, &format!("name={name}&tenant={tenant}&method=cname"));
     }
     for (name, tenant) in [(A, "ferrari"), (B, "mclaren"), (APEX, "ferrari")] {
         wait_status(pg, name, "active", Duration::from_secs(30));
@@ -1005,12 +988,7 @@ fn an_active_claim_whose_name_points_elsewhere_moves_then_comes_back_or_is_remov
     assert!(events(A).ends_with("moved:checker,removed:checker"), "{}", events(A));
     assert_eq!(retired(), "t");
     assert_eq!(http_status(gw.port, A), 404);
-    let (code, added) = gw.api(
-        http::Method::POST,
-        &format!("hostnames?name={A}&tenant=mclaren&method=txt"),
-        Some(ADMIN_TOKEN),
-    );
-    assert_eq!(code, 200, "{added}");
+    let added = claim(gw, &format!("name={A}&tenant=mclaren&method=txt"));
     assert_eq!(added["status"], "pending");
     assert_eq!(added["tenant"], "mclaren");
     wait_routed(gw, B, "mclaren");
@@ -1021,12 +999,7 @@ fn an_active_claim_whose_name_points_elsewhere_moves_then_comes_back_or_is_remov
     app_cli_ok(&pg.url(), &["domain", "add", WWW_ONLY, "--tenant", "mclaren"]);
     dns.set_cname(WWW_ONLY, "elsewhere.example");
     dns.set_cname(&format!("www.{WWW_ONLY}"), EDGE);
-    let (code, added) = gw.api(
-        http::Method::POST,
-        &format!("hostnames?name={WWW_ONLY}&tenant=mclaren&method=cname"),
-        Some(ADMIN_TOKEN),
-    );
-    assert_eq!(code, 200, "{added}");
+    claim(gw, &format!("name={WWW_ONLY}&tenant=mclaren&method=cname"));
     wait_status(pg, WWW_ONLY, "active", Duration::from_secs(30));
     wait_routed(gw, WWW_ONLY, "mclaren");
 }
@@ -1045,12 +1018,7 @@ fn a_proof_waits_for_its_domain_row_only_for_the_verification_window() {
     let dns = DnsServer::start(dir.path()).unwrap();
     let s = claims_stack(&verification(dns.port, 80, "\"txt\"", 8));
     let (pg, gw) = (&s.pg, &s.gw);
-    let (code, added) = gw.api(
-        http::Method::POST,
-        &format!("hostnames?name={LATE}&tenant=ferrari"),
-        Some(ADMIN_TOKEN),
-    );
-    assert_eq!(code, 200, "{added}");
+    let added = claim(gw, &format!("name={LATE}&tenant=ferrari"));
     let token = added["instructions"]["txt_value"].as_str().unwrap().to_owned();
     dns.set_txt(&format!("_tenant-gateway.{LATE}"), &token);
     gw.cli(

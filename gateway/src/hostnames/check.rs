@@ -132,8 +132,8 @@ impl Checker {
                     }
                 }
             }
-            Err(e) if e.is_no_records_found() => not_yet(format!("no TXT record {record}")),
-            Err(e) => not_yet(format!("TXT {record}: {e}")),
+            Err(e) if answered_none(&e) => not_yet(format!("no TXT record {record}")),
+            Err(e) => not_yet(format!("TXT {record}: {}", no_answer(&e))),
         }
     }
 
@@ -239,24 +239,27 @@ impl Checker {
     }
 }
 
-/// Whether the DNS answered that there is no such record (NXDOMAIN, or
-/// NOERROR without one), as opposed to not answering (SERVFAIL, REFUSED),
-/// which hickory reports as no records found too.
-fn answered_none(e: &ResolveError) -> bool {
+/// The response code of an answer without records: hickory reports a
+/// refusal to answer (SERVFAIL, REFUSED) as no records found too.
+fn no_records_code(e: &ResolveError) -> Option<ResponseCode> {
     match e.proto().map(|p| p.kind()) {
-        Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => {
-            matches!(response_code, ResponseCode::NXDomain | ResponseCode::NoError)
-        }
-        _ => false,
+        Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => Some(*response_code),
+        _ => None,
     }
+}
+
+/// Whether the DNS answered that there is no such record (NXDOMAIN, or
+/// NOERROR without one), as opposed to not answering (SERVFAIL, REFUSED).
+fn answered_none(e: &ResolveError) -> bool {
+    matches!(no_records_code(e), Some(ResponseCode::NXDomain | ResponseCode::NoError))
 }
 
 /// What a failure to answer was: the response code the DNS gave, if it
 /// gave one.
 fn no_answer(e: &ResolveError) -> String {
-    match e.proto().map(|p| p.kind()) {
-        Some(ProtoErrorKind::NoRecordsFound { response_code, .. }) => format!("the DNS answered {response_code}"),
-        _ => e.to_string(),
+    match no_records_code(e) {
+        Some(code) => format!("the DNS answered {code}"),
+        None => e.to_string(),
     }
 }
 

@@ -264,8 +264,27 @@ pub fn after_recheck(
 /// proof waits at most `interval` (or asks for a retry).
 pub fn next_check_delay(checks: u32, interval: Duration, jitter: f64) -> Duration {
     let base = Duration::from_secs(5).saturating_mul(1u32 << checks.min(20));
-    let capped = base.min(interval);
-    capped.mul_f64(0.75 + 0.5 * jitter.clamp(0.0, 1.0)).min(interval)
+    spread(base.min(interval), jitter).min(interval)
+}
+
+/// Delay before an active or moved claim's next look: a recheck interval
+/// (±25 %, so claims activated together do not stay together) while its
+/// name points here; otherwise `check_interval`, to see it come back or go.
+pub fn next_recheck_delay(
+    after: &AfterRecheck,
+    recheck_interval: Duration,
+    check_interval: Duration,
+    jitter: f64,
+) -> Duration {
+    match (after.status, after.failing_since) {
+        (HostnameStatus::Active, None) => spread(recheck_interval, jitter),
+        _ => check_interval,
+    }
+}
+
+/// `d` ±25 % (`jitter` in 0..1).
+fn spread(d: Duration, jitter: f64) -> Duration {
+    d.mul_f64(0.75 + 0.5 * jitter.clamp(0.0, 1.0))
 }
 
 /// What a product shows its customer to prove a claim.
@@ -605,6 +624,29 @@ mod tests {
         // One answer missing: nothing to go by.
         assert_eq!(either(away("none"), unknown()), unknown());
         assert_eq!(either(unknown(), away("none")), unknown());
+    }
+
+    #[test]
+    fn a_claim_pointing_here_is_looked_at_again_a_recheck_interval_later() {
+        let (day, minute) = (Duration::from_secs(86_400), Duration::from_secs(60));
+        let at = |status, failing_since| AfterRecheck { status, failing_since };
+        assert_eq!(
+            next_recheck_delay(&at(HostnameStatus::Active, None), day, minute, 0.0),
+            day.mul_f64(0.75)
+        );
+        assert_eq!(
+            next_recheck_delay(&at(HostnameStatus::Active, None), day, minute, 1.0),
+            day.mul_f64(1.25)
+        );
+        // Failing, or moved: soon.
+        assert_eq!(
+            next_recheck_delay(&at(HostnameStatus::Active, Some(5)), day, minute, 0.5),
+            minute
+        );
+        assert_eq!(
+            next_recheck_delay(&at(HostnameStatus::Moved, Some(5)), day, minute, 0.5),
+            minute
+        );
     }
 
     #[test]

@@ -160,17 +160,26 @@ impl CustomDomainsConfig {
 
     /// `moved_after_secs` and `moved_window_secs` as the policy takes them.
     pub fn move_rules(&self) -> super::policy::MoveRules {
-        let secs = |d: Duration| i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
         super::policy::MoveRules {
             moved_after: secs(self.moved_after),
             moved_window: secs(self.moved_window),
         }
     }
 
+    /// `verification_window_secs` as the policy takes it.
+    pub fn verification_window_secs(&self) -> i64 {
+        secs(self.verification_window)
+    }
+
     /// The method a claim gets when none is asked for.
     pub fn default_method(&self) -> Method {
         self.methods.first().copied().unwrap_or(Method::Txt)
     }
+}
+
+/// Whole seconds as the policy's unix-time arithmetic takes them.
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]

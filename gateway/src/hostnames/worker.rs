@@ -255,7 +255,7 @@ impl Worker {
             }
             HostnameStatus::Verified => {
                 let routable = self.routable(&c).await;
-                let window = i64::try_from(self.cfg.verification_window.as_secs()).unwrap_or(i64::MAX);
+                let window = self.cfg.verification_window_secs();
                 match policy::after_look(routable, c.method, c.verified_at, now, window) {
                     HostnameStatus::Active => (HostnameStatus::Active, None, false, interval),
                     HostnameStatus::Expired => (HostnameStatus::Expired, Some(stale_proof(&c)), false, interval),
@@ -282,13 +282,7 @@ impl Worker {
                     self.cfg.move_rules(),
                 );
                 failing_since = after.failing_since;
-                // Pointing here: the next look in a recheck interval (spread
-                // by ±25 %, so claims activated together do not stay
-                // together); otherwise soon, to see it come back or go.
-                let delay = match (after.status, failing_since) {
-                    (HostnameStatus::Active, None) => self.cfg.recheck_interval.mul_f64(0.75 + 0.5 * jitter),
-                    _ => interval,
-                };
+                let delay = policy::next_recheck_delay(&after, self.cfg.recheck_interval, interval, jitter);
                 (after.status, detail, false, delay)
             }
             // Leased in another state only if it changed in between: free it.
