@@ -165,30 +165,16 @@ enum CertsCmd {
     },
 }
 
-/// Log filter without `RUST_LOG`. rustls warns about what a peer sent (an
-/// IP address as SNI, which wrk and some HTTP libraries send, is one line
-/// per handshake): a client must not choose what fills the log. Failed
-/// handshakes are counted (`tls_handshakes_total{result="failed"}`) and
-/// logged at debug by the gateway itself.
-const DEFAULT_LOG_FILTER: &str = "info,sqlx=warn,rustls=error";
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if std::env::var("LOG_FORMAT").is_ok_and(|v| v == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
 /// The `gateway` command: parse the command line, run the command.
 pub fn main() -> ExitCode {
-    init_logging();
+    // Held to the end: dropping it writes the lines still waiting.
+    let _log = match crate::logging::init() {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let cli = Cli::parse();
     let result = match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => check_config(&cli.config),
@@ -428,6 +414,8 @@ struct SideTasks {
 impl BackgroundService for SideTasks {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let mut tasks = tokio::task::JoinSet::new();
+        // The log says when it had to drop lines.
+        tasks.spawn(crate::logging::report_dropped());
         let (limits, acme) = (self.limits.clone(), self.acme.clone());
         tasks.spawn(async move {
             // Limiters of tenants no longer cached, idle per-client state.
@@ -855,18 +843,8 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
         },
     ));
     tracing::info!(http = %cfg.listen.http, admin = %cfg.listen.admin, "gateway starting");
-    server.run_forever()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::DEFAULT_LOG_FILTER;
-
-    #[test]
-    fn the_default_log_filter_parses_and_silences_peer_induced_rustls_warnings() {
-        let filter = tracing_subscriber::EnvFilter::try_new(DEFAULT_LOG_FILTER).expect("a valid filter");
-        let text = filter.to_string();
-        assert!(text.contains("rustls=error"), "{text}");
-        assert!(text.contains("sqlx=warn"), "{text}");
-    }
+    // Returns once the server has stopped (`run_forever` would end the
+    // process there, before the log's last lines are written).
+    server.run(pingora_core::server::RunArgs::default());
+    Ok(())
 }

@@ -9,7 +9,8 @@
 //!   lookup, invalidation), `limits`, `body` (which request bodies are read
 //!   whole first), `upstream` (pools), `pages`;
 //! - around it: `config`, `reload`, `admin` and `admin_client` (the
-//!   operator API), `metrics`, `hostnames` (custom-hostname claims),
+//!   operator API), `metrics`, `logging` (the log, written off the request
+//!   path), `hostnames` (custom-hostname claims),
 //!   `schema` (the gateway's own tables), `triggers` (django-tenants), `sys`
 //!   (the only FFI);
 //! - `cli`: the command line and the server's assembly.
@@ -26,6 +27,7 @@ pub mod headers;
 pub mod hostnames;
 pub mod inflight;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod pages;
 pub mod proxy;

@@ -60,6 +60,7 @@ pub struct GatewayBuilder {
     grace_secs: u64,
     pub(crate) ports: Option<GatewayPorts>,
     env: Vec<(String, String)>,
+    log: Option<PathBuf>,
 }
 
 impl GatewayBuilder {
@@ -88,9 +89,24 @@ impl GatewayBuilder {
         self
     }
 
+    /// Where the gateway's stdout and stderr go (default: `gateway.log`
+    /// in its directory). A FIFO here is a log nobody reads until the test
+    /// does; [`Proc::log`] (which reads to its end) must not be used then.
+    pub fn log_file(mut self, path: &Path) -> GatewayBuilder {
+        self.log = Some(path.to_owned());
+        self
+    }
+
     pub fn start(self) -> Result<Gateway> {
         let ports = self.ports.unwrap_or_else(GatewayPorts::free);
-        Gateway::launch(&self.db_url, &self.body, self.grace_secs, ports, &self.env)
+        Gateway::launch(
+            &self.db_url,
+            &self.body,
+            self.grace_secs,
+            ports,
+            &self.env,
+            self.log.as_deref(),
+        )
     }
 }
 
@@ -106,6 +122,7 @@ impl Gateway {
             grace_secs: 1,
             ports: None,
             env: Vec::new(),
+            log: None,
         }
     }
 
@@ -120,6 +137,7 @@ impl Gateway {
         grace_secs: u64,
         ports: GatewayPorts,
         env: &[(String, String)],
+        log: Option<&Path>,
     ) -> Result<Gateway> {
         let dir = tempfile::tempdir()?;
         let GatewayPorts {
@@ -143,7 +161,8 @@ impl Gateway {
         common_env(&mut c, db_url);
         c.envs(env.iter().map(|(k, v)| (k, v)));
         c.arg("--config").arg(&path);
-        let mut proc_ = Proc::spawn("gateway", c, dir.path().join("gateway.log"))?;
+        let log = log.map_or_else(|| dir.path().join("gateway.log"), Path::to_owned);
+        let mut proc_ = Proc::spawn("gateway", c, log)?;
         wait_healthy(&mut proc_, admin_port, "/healthz", Duration::from_secs(30))?;
         wait_until("gateway public port", Duration::from_secs(10), || port_open(port))?;
         let gw = Gateway {

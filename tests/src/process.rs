@@ -123,6 +123,24 @@ impl Proc {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// The log once `ready` holds for it, waiting up to `timeout` (panics
+    /// with the log then). The gateway's lines are written by a thread of
+    /// their own, a moment after what they tell of: a test that looks for
+    /// one waits for it.
+    pub fn log_when(&self, what: &str, timeout: Duration, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let log = self.log();
+            if ready(&log) {
+                return log;
+            }
+            if Instant::now() > deadline {
+                panic!("{}: no {what} in its log after {timeout:?}:\n{log}", self.name);
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     /// Send a signal by PID.
     pub fn signal(&self, sig: &str) {
         let _ = Command::new("kill")

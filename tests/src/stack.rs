@@ -256,6 +256,12 @@ impl StackBuilder {
         self
     }
 
+    /// Where the gateways' output goes ([`GatewayBuilder::log_file`]).
+    pub fn log_file(mut self, path: &Path) -> StackBuilder {
+        self.gateway = self.gateway.log_file(path);
+        self
+    }
+
     /// Wait until the gateway counts every upstream-app healthy.
     pub fn wait_backends(mut self) -> StackBuilder {
         self.wait_backends = true;

@@ -130,8 +130,8 @@ fn issue_on_domain_add(challenges: &str) {
     app_cli_ok(&st.s.pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
     wait_issued(&st.pebble, &st.s.gw, CUSTOM, Duration::from_secs(60));
     assert_eq!(orders(&st.s.pg), 1);
-    let log = st.s.gw.proc_.log();
-    assert!(log.contains("certificate issued and stored"), "{log}");
+    st.s.gw
+        .wait_logged("certificate issued and stored", 0, Duration::from_secs(10));
     let metrics = st.s.gw.scrape().unwrap();
     assert_eq!(
         metric_sum(
@@ -304,11 +304,10 @@ fn a_failing_challenge_type_falls_back_to_the_next() {
     let (pg, gw) = (&s.pg, &s.gw);
     app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
     wait_issued(&pebble, gw, CUSTOM, Duration::from_secs(60));
-    let log = gw.proc_.log();
-    assert!(
-        log.contains("order failed with this challenge") && log.contains("TlsAlpn01"),
-        "{log}"
-    );
+    gw.proc_
+        .log_when("line of the failed challenge", Duration::from_secs(10), |log| {
+            log.contains("order failed with this challenge") && log.contains("TlsAlpn01")
+        });
     assert_eq!(orders(pg), 1, "the fallback is part of the same order attempt");
 }
 
@@ -757,8 +756,7 @@ fn the_certificate_key_rotates_in_place_without_new_certificates() {
     assert_ne!(stored, renewed, "a new certificate was stored");
     wait_issued(&st.pebble, &st.s.gw, NEW_NAME, Duration::from_secs(60));
     assert_eq!(orders(&st.s.pg), orders_before + 2);
-    let log = st.s.gw.proc_.log();
-    assert!(log.contains("account created"), "{log}");
+    st.s.gw.wait_logged("account created", 0, Duration::from_secs(10));
     assert_ne!(
         st.s.pg
             .psql("SELECT md5(credentials_enc) FROM tenant_gateway.acme_accounts")

@@ -99,7 +99,9 @@ fn an_upgrade_under_load_fails_no_request_and_refuses_no_connection() {
     }
     eprintln!("{total} requests across the upgrade, none failed");
     assert!(total >= 40, "too little load to say anything: {total}");
-    assert!(new.log().contains("listening socket taken over"), "{}", new.log());
+    new.log_when("socket taken over", Duration::from_secs(10), |log| {
+        log.contains("listening socket taken over")
+    });
     new.terminate(Duration::from_secs(15));
 }
 

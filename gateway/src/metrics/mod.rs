@@ -3,6 +3,7 @@
 //! entry. The request path only bumps atomics.
 
 pub mod per_thread;
+pub mod sampled;
 pub mod tenant;
 
 use prometheus::{
@@ -88,6 +89,9 @@ pub struct Metrics {
     pub certificate_loads: IntCounterVec,
     /// Issued certificates in memory (refreshed at scrape).
     pub certificates_in_memory: IntGauge,
+    /// Log lines dropped because `LOG_BUFFER_LINES` were waiting (read
+    /// from the log's writer at scrape).
+    pub log_lines_dropped: sampled::Sampled,
     /// notAfter of the first stored certificate to expire, fleet-wide (0:
     /// none stored); refreshed by each ACME scan.
     pub stored_certificates_earliest_expiry: IntGauge,
@@ -348,6 +352,15 @@ impl Metrics {
                 &r,
                 "tenant_gateway_acme_orders_waiting",
                 "ACME order attempts waiting for a slot (acme.max_concurrent_orders).",
+            ),
+            log_lines_dropped: register(
+                &r,
+                sampled::Sampled::counter(
+                    "tenant_gateway_log_lines_dropped_total",
+                    "Log lines dropped because LOG_BUFFER_LINES lines were waiting for the log's writer (its reader, e.g. a stopped collector's pipe, did not keep up).",
+                    crate::logging::dropped_lines,
+                )
+                .expect("valid metric"),
             ),
             tls_handshakes,
             cert_expiry,

@@ -1,0 +1,149 @@
+//! The process's log: the `tracing` subscriber (`RUST_LOG`, `LOG_FORMAT`,
+//! `LOG_BUFFER_LINES`) and the writer behind it.
+//!
+//! No thread that serves requests writes to stderr. It formats its line
+//! and hands it to a thread of its own (tracing-appender's non-blocking
+//! writer), which writes the lines waiting in one buffer per wake-up. A log
+//! reader that stops (a pipe nobody empties: a blocked Docker log driver, a
+//! stuck collector) would otherwise stop every request of every tenant at
+//! its access line once the pipe's 64 KiB are full. Past
+//! `LOG_BUFFER_LINES` lines waiting, a new line is dropped and counted
+//! (`tenant_gateway_log_lines_dropped_total`), and once lines flow again
+//! the log says how many went missing ([`report_dropped`]).
+//!
+//! The writer's thread writes what is waiting when the process ends, for
+//! at most about a second, as the [`Log`] that [`init`] returns is dropped:
+//! `main` holds it until the command is done.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+
+/// The filter when `RUST_LOG` is unset. rustls warns about what a peer
+/// sent (an IP address as SNI, which wrk and some HTTP libraries send, is
+/// one line per handshake): a client must not choose what fills the log.
+/// Failed handshakes are counted (`tls_handshakes_total{result="failed"}`)
+/// and logged at debug by the gateway itself.
+const DEFAULT_FILTER: &str = "info,sqlx=warn,rustls=error";
+
+/// Lines that may wait for the writer when `LOG_BUFFER_LINES` is unset:
+/// ~5 MiB of ~300-byte access lines, a few seconds of a busy gateway.
+pub const DEFAULT_BUFFER_LINES: usize = 16_384;
+
+/// The most `LOG_BUFFER_LINES` may be.
+pub const MAX_BUFFER_LINES: usize = 1 << 20;
+
+/// The buffer between the writer's thread and stderr.
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// How often [`report_dropped`] looks at the count.
+pub const REPORT_EVERY: Duration = Duration::from_secs(10);
+
+/// The lines dropped so far, once [`init`] has run.
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// The log's writer, running until this is dropped (which writes what is
+/// still waiting).
+#[must_use = "dropping it stops the log"]
+pub struct Log {
+    _writer: WorkerGuard,
+}
+
+/// A log setting from the environment the gateway refuses.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LogError {
+    #[error("LOG_BUFFER_LINES: {value:?} is not a whole number from 1 to {MAX_BUFFER_LINES}")]
+    BufferLines { value: String },
+}
+
+/// `LOG_BUFFER_LINES` as set (`None`: unset), or why it is refused.
+pub fn buffer_lines(value: Option<&str>) -> Result<usize, LogError> {
+    let Some(value) = value else {
+        return Ok(DEFAULT_BUFFER_LINES);
+    };
+    match value.trim().parse::<usize>() {
+        Ok(n @ 1..=MAX_BUFFER_LINES) => Ok(n),
+        _ => Err(LogError::BufferLines {
+            value: value.to_owned(),
+        }),
+    }
+}
+
+/// Sets up the process's log as the environment says, or says which
+/// variable it refuses (nothing is logged then).
+pub fn init() -> Result<Log, LogError> {
+    let lines = buffer_lines(std::env::var("LOG_BUFFER_LINES").ok().as_deref())?;
+    // The writer's thread flushes the buffer whenever no more lines are
+    // waiting, so a line waits only while others are being written.
+    let stderr = std::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, std::io::stderr());
+    let (writer, guard) = NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(lines)
+        .thread_name("log-writer")
+        .finish(stderr);
+    let _ = DROPPED.set(writer.error_counter());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if std::env::var("LOG_FORMAT").is_ok_and(|v| v == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    Ok(Log { _writer: guard })
+}
+
+/// Lines dropped because `LOG_BUFFER_LINES` were waiting (0 before [`init`]).
+pub fn dropped_lines() -> u64 {
+    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+}
+
+/// Logs, every [`REPORT_EVERY`], how many lines were dropped since it last
+/// did. Its own line may be dropped too while the reader is stuck: that
+/// raises the count again, so it says so again until a line gets through.
+pub async fn report_dropped() {
+    let mut said = dropped_lines();
+    let mut every = tokio::time::interval(REPORT_EVERY);
+    loop {
+        every.tick().await;
+        let now = dropped_lines();
+        if now > said {
+            tracing::warn!(
+                dropped = now - said,
+                total = now,
+                "log lines dropped: the log's reader did not keep up (LOG_BUFFER_LINES lines were waiting)"
+            );
+            said = now;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_filter_parses_and_silences_peer_induced_rustls_warnings() {
+        let filter = tracing_subscriber::EnvFilter::try_new(DEFAULT_FILTER).expect("a valid filter");
+        let text = filter.to_string();
+        assert!(text.contains("rustls=error"), "{text}");
+        assert!(text.contains("sqlx=warn"), "{text}");
+    }
+
+    #[test]
+    fn buffer_lines_default_bounds_and_refusals_name_the_variable() {
+        assert_eq!(buffer_lines(None), Ok(DEFAULT_BUFFER_LINES));
+        assert_eq!(buffer_lines(Some("1")), Ok(1));
+        assert_eq!(buffer_lines(Some(" 256 ")), Ok(256));
+        assert_eq!(buffer_lines(Some("1048576")), Ok(MAX_BUFFER_LINES));
+        for bad in ["0", "1048577", "-1", "many", "", "1e3"] {
+            let e = buffer_lines(Some(bad)).unwrap_err();
+            assert_eq!(e, LogError::BufferLines { value: bad.to_owned() });
+            assert!(e.to_string().starts_with("LOG_BUFFER_LINES: "), "{e}");
+        }
+    }
+}
