@@ -291,7 +291,10 @@ class Peer:
 class Gateway(Peer):
     name = "tenant-gateway"
 
-    def __init__(self, url, backends, certs, extra=""):
+    def __init__(self, url, backends, certs, extra="", log_filter=None, binary=None, tag=None):
+        """`log_filter`: RUST_LOG (default LOG_FILTER, no access lines);
+        `binary`: another build's gateway; `tag`: names its log file, for
+        more than one gateway at once."""
         self.http, self.tls, self.admin = free_port(), free_port(), free_port()
         cfg = WORK / "gateway.toml"
         cfg.write_text(f"""
@@ -317,8 +320,10 @@ verification = "none"
 [pools.default]
 backends = ["127.0.0.1:{backends[0]}", "127.0.0.1:{backends[1]}"]
 """)
-        env = {"DATABASE_URL": url, "TG_STAMP_KEY_K1": "bench-secret-0123456789abcdef", "RUST_LOG": LOG_FILTER}
-        self.pid = spawn("gateway", [str(REL / "gateway"), "--config", str(cfg)], 0, env).pid
+        env = {"DATABASE_URL": url, "TG_STAMP_KEY_K1": "bench-secret-0123456789abcdef",
+               "RUST_LOG": log_filter or LOG_FILTER}
+        self.pid = spawn(f"gateway-{tag}" if tag else "gateway", [str(binary or REL / "gateway"), "--config", str(cfg)],
+                         0, env).pid
         wait_port(self.tls)
         wait_port(self.http)
 
