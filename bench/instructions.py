@@ -9,6 +9,11 @@ Usage: python3 bench/instructions.py [N_REQUESTS]   (after bench/run.sh has
 built the release binaries and installed valgrind, h2load and PostgreSQL)
        python3 bench/instructions.py --limits [N]   the gateway with per-tenant
        limits on (far above the load) next to the same gateway with them off
+       python3 bench/instructions.py --access-log [N]   the gateway with its
+       access log on (RUST_LOG=info, as by default; stderr to a file)
+       next to the same gateway with it off (every other count here is
+       with it off, as bare Pingora writes no line per request), and the
+       functions the difference is made of
        python3 bench/instructions.py --extra 'TOML' [N]   a third column: the
        gateway with TOML appended to its config (e.g. a shorter
        `[headers] forward` list)
@@ -193,7 +198,35 @@ def limits_cost(n):
             print(f"- {c / n:,.0f}  {f}")
 
 
+def access_log_cost(n):
+    """Instructions per request with the access log on vs off (HTTP/1.1),
+    the log's own thread included."""
+    _, _, url = R.setup_database()
+    certs = R.make_certs()
+    backends = R.start_backends()
+    runs = {"off": profile("gateway", backends, url, certs, n)}
+    default_filter = R.LOG_FILTER
+    R.LOG_FILTER = "info,sqlx=warn,rustls=error"  # the gateway's default
+    try:
+        runs["on"] = profile("gateway-logged", backends, url, certs, n)
+    finally:
+        R.LOG_FILTER = default_filter
+    per = {w: {f: c / sent for f, c in s.items() if not SHA.search(f)} for w, (s, _, sent) in runs.items()}
+    total = {w: sum(p.values()) for w, p in per.items()}
+    d = total["on"] - total["off"]
+    print(f"Instructions per HTTP/1.1 keep-alive request without SHA-256 ({n:,} requests, 16 connections, one tenant):\n")
+    print("| access log off | access log on | difference |\n| ---: | ---: | ---: |")
+    print(f"| {total['off']:,.0f} | {total['on']:,.0f} | {d:+,.0f} ({100 * d / total['off']:+.1f} %) |")
+    diff = collections.Counter({f: per["on"].get(f, 0) - per["off"].get(f, 0) for f in set(per["on"]) | set(per["off"])})
+    print("\nWhat the difference is made of (self cost per request, the largest):\n")
+    for f, c in diff.most_common(15):
+        print(f"- {c:+,.0f}  {f[:140]}")
+
+
 def main():
+    if "--access-log" in sys.argv:
+        rest = [a for a in sys.argv[1:] if a != "--access-log"]
+        return access_log_cost(int(rest[0]) if rest else 10_000)
     if "--limits" in sys.argv:
         rest = [a for a in sys.argv[1:] if a != "--limits"]
         return limits_cost(int(rest[0]) if rest else 10_000)
