@@ -82,6 +82,35 @@ fn tenants_are_isolated_through_the_gateway() {
     ] {
         assert!(line.contains(field), "access log lacks {field}: {line}");
     }
+    // LOG_FORMAT=json: the same line as one JSON object (the gateway writes
+    // it itself, as tracing-subscriber's JSON format would: logging/json.rs).
+    let gw = s.gateway().env("LOG_FORMAT", "json").start().unwrap();
+    let r = s
+        .client
+        .get(&gw.url("/whoami"))
+        .header("host", "mclaren-racing.test")
+        .header("X-Tenant", "ferrari")
+        .send()
+        .unwrap();
+    assert_eq!(r.status, 200);
+    let log = gw.proc_.log_when("JSON access line", Duration::from_secs(10), |log| {
+        log.lines().any(|l| l.contains("\"target\":\"access\""))
+    });
+    let line = log.lines().find(|l| l.contains("\"target\":\"access\"")).unwrap();
+    let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert_eq!(v["level"], "INFO", "{line}");
+    let f = &v["fields"];
+    assert_eq!(
+        (&f["tenant"], &f["host"], &f["path"]),
+        (&json!("mclaren"), &json!("mclaren-racing.test"), &json!("/whoami")),
+        "{line}"
+    );
+    assert_eq!((&f["status"], &f["attempts"]), (&json!(200), &json!(1)), "{line}");
+    assert!(f["latency_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{line}");
+    assert!(
+        humantime::parse_rfc3339(v["timestamp"].as_str().unwrap_or_default()).is_ok(),
+        "{line}"
+    );
 }
 
 /// The `X-Tenant*` headers the backend received (`name: value`), as

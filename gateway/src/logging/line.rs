@@ -43,12 +43,7 @@ where
     fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut w: Writer<'_>, event: &Event<'_>) -> fmt::Result {
         let normalized = event.normalized_metadata();
         let meta = normalized.as_ref().unwrap_or_else(|| event.metadata());
-        // The default's RFC 3339 time in microseconds, written by humantime
-        // (digits into one buffer, not a `write!` per part). Before 1970 or
-        // after 9999, which humantime does not take, the default's own.
-        let now = std::time::SystemTime::now();
-        let written = now >= std::time::UNIX_EPOCH && write!(w, "{}", humantime::format_rfc3339_micros(now)).is_ok();
-        if !written && SystemTime.format_time(&mut w).is_err() {
+        if !super::time(&mut w) && SystemTime.format_time(&mut w).is_err() {
             w.write_str("<unknown time>")?;
         }
         w.write_str(match *meta.level() {
@@ -149,23 +144,7 @@ impl Visit for Visitor<'_> {
         };
     }
 
-    fn record_u64(&mut self, field: &Field, value: u64) {
-        if self.start(field) {
-            self.result = self.w.write_str(itoa::Buffer::new().format(value));
-        }
-    }
-
-    fn record_i64(&mut self, field: &Field, value: i64) {
-        if self.start(field) {
-            self.result = self.w.write_str(itoa::Buffer::new().format(value));
-        }
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        if self.start(field) {
-            self.result = self.w.write_str(if value { "true" } else { "false" });
-        }
-    }
+    super::plain_values!(start);
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         if !self.start(field) {
@@ -234,95 +213,7 @@ fn needs_escape(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
-    use tracing_subscriber::fmt::MakeWriter;
-
-    #[derive(Clone, Default)]
-    struct Buf(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Buf {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Buf {
-        type Writer = Buf;
-        fn make_writer(&'a self) -> Buf {
-            self.clone()
-        }
-    }
-
-    #[derive(Debug)]
-    struct Outer(Inner);
-    #[derive(Debug)]
-    struct Inner;
-    impl fmt::Display for Outer {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("outer \x1b[31m failed")
-        }
-    }
-    impl fmt::Display for Inner {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("inner cause")
-        }
-    }
-    impl std::error::Error for Outer {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            Some(&self.0)
-        }
-    }
-    impl std::error::Error for Inner {}
-
-    /// Every kind of event the gateway and its libraries log.
-    fn events() {
-        let ip: std::net::IpAddr = "10.1.2.3".parse().unwrap();
-        tracing::info!(
-            target: "access",
-            tenant = %"ferrari",
-            host = %"ferrari.myapp.localhost",
-            method = %http::Method::GET,
-            status = 200u16,
-            attempts = 1usize,
-            latency_ms = 0.25f64,
-            small = 1e-7f64,
-            negative = -3i64,
-            up = true,
-            backend = %ip,
-            request_id = %"0f3a",
-            error = %"-",
-        );
-        tracing::warn!(
-            name = "quoted \"str\"",
-            r#type = 3u8,
-            "a message with {} and \x1b[2J escapes \u{9b}",
-            "args"
-        );
-        tracing::error!(error = &Outer(Inner) as &(dyn std::error::Error + 'static), "failed");
-        tracing::error!(error = &Inner as &(dyn std::error::Error + 'static));
-        tracing::debug!(detail = ?Some("x"), list = ?vec![1, 2]);
-        let span = tracing::info_span!("conn", peer = %ip, id = 7u64);
-        let _in = span.enter();
-        let inner = tracing::info_span!("empty");
-        let _in2 = inner.enter();
-        tracing::info!("inside spans");
-        // What `log` records carry (Pingora logs through `log`).
-        tracing_log::format_trace(
-            &log::Record::builder()
-                .args(format_args!("from the log crate: {}", 42))
-                .level(log::Level::Warn)
-                .target("a_library::x")
-                .module_path(Some("a_library::x"))
-                .file(Some("x.rs"))
-                .line(Some(7))
-                .build(),
-        )
-        .unwrap();
-    }
+    use crate::logging::testing::{builder, events, logged};
 
     /// The lines with their timestamps cut off (each line's first field).
     fn without_time(out: &[u8]) -> Vec<String> {
@@ -334,23 +225,8 @@ mod tests {
 
     #[test]
     fn lines_are_the_default_formats_without_colours() {
-        let ours = Buf::default();
-        let default = Buf::default();
-        let sub = tracing_subscriber::fmt()
-            .with_max_level(Level::TRACE)
-            .with_ansi(false)
-            .with_writer(ours.clone())
-            .fmt_fields(Fields)
-            .event_format(Line)
-            .finish();
-        tracing::subscriber::with_default(sub, events);
-        let sub = tracing_subscriber::fmt()
-            .with_max_level(Level::TRACE)
-            .with_ansi(false)
-            .with_writer(default.clone())
-            .finish();
-        tracing::subscriber::with_default(sub, events);
-        let (ours, default) = (ours.0.lock().unwrap(), default.0.lock().unwrap());
+        let ours = logged(|w| builder(w).fmt_fields(Fields).event_format(Line).finish(), events);
+        let default = logged(|w| builder(w).finish(), events);
         let (a, b) = (without_time(&ours), without_time(&default));
         assert_eq!(a.len(), 7, "{a:#?}");
         assert_eq!(a, b);
