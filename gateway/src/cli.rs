@@ -170,8 +170,10 @@ pub fn main() -> ExitCode {
     // Held to the end: dropping it writes the lines still waiting.
     let _log = match crate::logging::init() {
         Ok(log) => log,
-        Err(e) => {
-            eprintln!("error: {e}");
+        Err(refused) => {
+            for e in refused {
+                eprintln!("error: {e}");
+            }
             return ExitCode::FAILURE;
         }
     };

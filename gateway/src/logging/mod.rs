@@ -11,15 +11,17 @@
 //! (`tenant_gateway_log_lines_dropped_total`), and once lines flow again
 //! the log says how many went missing ([`report_dropped`]).
 //!
-//! The text line is `line.rs`'s: the default format's bytes without
-//! colours, at half its cost.
+//! The lines are the default formats' bytes, written at half (text,
+//! `line.rs`) and a third (`LOG_FORMAT=json`, `json.rs`) of their cost.
 //!
 //! The writer's thread writes what is waiting when the process ends, for
 //! at most about a second, as the [`Log`] that [`init`] returns is dropped:
 //! `main` holds it until the command is done.
 
-mod json;
-mod line;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 
 /// Writes the time as both default formats write it (RFC 3339 in
 /// microseconds), by humantime (its digits into one buffer, not a
@@ -57,17 +59,15 @@ macro_rules! plain_values {
 }
 use plain_values;
 
-use std::sync::OnceLock;
-use std::time::Duration;
-
-use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+mod json;
+mod line;
 
 /// The filter when `RUST_LOG` is unset. rustls warns about what a peer
 /// sent (an IP address as SNI, which wrk and some HTTP libraries send, is
 /// one line per handshake): a client must not choose what fills the log.
 /// Failed handshakes are counted (`tls_handshakes_total{result="failed"}`)
 /// and logged at debug by the gateway itself.
-const DEFAULT_FILTER: &str = "info,sqlx=warn,rustls=error";
+pub const DEFAULT_FILTER: &str = "info,sqlx=warn,rustls=error";
 
 /// Lines that may wait for the writer when `LOG_BUFFER_LINES` is unset:
 /// ~5 MiB of ~300-byte access lines, a few seconds of a busy gateway.
@@ -97,42 +97,106 @@ pub struct Log {
 pub enum LogError {
     #[error("LOG_BUFFER_LINES: {value:?} is not a whole number from 1 to {MAX_BUFFER_LINES}")]
     BufferLines { value: String },
+    #[error("LOG_FORMAT: {value:?} is neither \"json\" nor \"text\"")]
+    Format { value: String },
+    #[error("RUST_LOG: {value:?} is not a log filter: {reason}")]
+    Filter { value: String, reason: String },
 }
 
-/// `LOG_BUFFER_LINES` as set (`None`: unset), or why it is refused.
-pub fn buffer_lines(value: Option<&str>) -> Result<usize, LogError> {
-    let Some(value) = value else {
-        return Ok(DEFAULT_BUFFER_LINES);
-    };
-    match value.trim().parse::<usize>() {
-        Ok(n @ 1..=MAX_BUFFER_LINES) => Ok(n),
-        _ => Err(LogError::BufferLines {
-            value: value.to_owned(),
-        }),
+/// The log's settings, from the environment.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// `LOG_FORMAT=json`: one JSON object a line.
+    pub json: bool,
+    /// `LOG_BUFFER_LINES`.
+    pub buffer_lines: usize,
+    /// `RUST_LOG`, else [`DEFAULT_FILTER`].
+    pub filter: String,
+}
+
+impl Settings {
+    /// The settings the variables' values give (`None`: unset), or every
+    /// one of them refused, each naming its variable.
+    pub fn from_values(
+        rust_log: Option<&str>,
+        format: Option<&str>,
+        buffer_lines: Option<&str>,
+    ) -> Result<Settings, Vec<LogError>> {
+        let mut errors = Vec::new();
+        let filter = match rust_log.filter(|v| !v.trim().is_empty()) {
+            None => DEFAULT_FILTER.to_owned(),
+            Some(value) => {
+                if let Err(e) = tracing_subscriber::EnvFilter::try_new(value) {
+                    errors.push(LogError::Filter {
+                        value: value.to_owned(),
+                        reason: e.to_string(),
+                    });
+                }
+                value.to_owned()
+            }
+        };
+        let json = match format.map(str::trim) {
+            None | Some("" | "text") => false,
+            Some("json") => true,
+            Some(_) => {
+                errors.push(LogError::Format {
+                    value: format.unwrap_or_default().to_owned(),
+                });
+                false
+            }
+        };
+        let buffer_lines = match buffer_lines.map(|v| (v, v.trim().parse::<usize>())) {
+            None => DEFAULT_BUFFER_LINES,
+            Some((_, Ok(n @ 1..=MAX_BUFFER_LINES))) => n,
+            Some((value, _)) => {
+                errors.push(LogError::BufferLines {
+                    value: value.to_owned(),
+                });
+                DEFAULT_BUFFER_LINES
+            }
+        };
+        match errors.is_empty() {
+            true => Ok(Settings {
+                json,
+                buffer_lines,
+                filter,
+            }),
+            false => Err(errors),
+        }
+    }
+
+    /// [`Settings::from_values`] of the process's environment.
+    pub fn from_env() -> Result<Settings, Vec<LogError>> {
+        let var = |name| std::env::var(name).ok();
+        Settings::from_values(
+            var("RUST_LOG").as_deref(),
+            var("LOG_FORMAT").as_deref(),
+            var("LOG_BUFFER_LINES").as_deref(),
+        )
     }
 }
 
 /// Sets up the process's log as the environment says, or says which
-/// variable it refuses (nothing is logged then).
-pub fn init() -> Result<Log, LogError> {
-    let lines = buffer_lines(std::env::var("LOG_BUFFER_LINES").ok().as_deref())?;
+/// variables it refuses (nothing is logged then).
+pub fn init() -> Result<Log, Vec<LogError>> {
+    let settings = Settings::from_env()?;
     // The writer's thread flushes the buffer whenever no more lines are
     // waiting, so a line waits only while others are being written.
     let stderr = std::io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, std::io::stderr());
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
-        .buffered_lines_limit(lines)
+        .buffered_lines_limit(settings.buffer_lines)
         .thread_name("log-writer")
         .finish(stderr);
     let _ = DROPPED.set(writer.error_counter());
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
+    // Checked by `from_values`.
+    let filter = tracing_subscriber::EnvFilter::new(&settings.filter);
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
         .with_ansi(terminal);
-    if std::env::var("LOG_FORMAT").is_ok_and(|v| v == "json") {
+    if settings.json {
         // The default's JSON at a third of its cost (`json.rs`).
         builder
             .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
@@ -312,6 +376,10 @@ mod tests {
         assert!(text.contains("sqlx=warn"), "{text}");
     }
 
+    fn buffer_lines(value: Option<&str>) -> Result<usize, Vec<LogError>> {
+        Settings::from_values(None, None, value).map(|s| s.buffer_lines)
+    }
+
     #[test]
     fn buffer_lines_default_bounds_and_refusals_name_the_variable() {
         assert_eq!(buffer_lines(None), Ok(DEFAULT_BUFFER_LINES));
@@ -320,8 +388,29 @@ mod tests {
         assert_eq!(buffer_lines(Some("1048576")), Ok(MAX_BUFFER_LINES));
         for bad in ["0", "1048577", "-1", "many", "", "1e3"] {
             let e = buffer_lines(Some(bad)).unwrap_err();
-            assert_eq!(e, LogError::BufferLines { value: bad.to_owned() });
-            assert!(e.to_string().starts_with("LOG_BUFFER_LINES: "), "{e}");
+            assert_eq!(e, [LogError::BufferLines { value: bad.to_owned() }]);
+            assert!(e[0].to_string().starts_with("LOG_BUFFER_LINES: "), "{}", e[0]);
+        }
+    }
+
+    #[test]
+    fn defaults_formats_filters_and_every_refusal_at_once() {
+        let s = Settings::from_values(None, None, None).unwrap();
+        assert_eq!((s.json, s.filter.as_str()), (false, DEFAULT_FILTER));
+        let s = Settings::from_values(Some("warn,access=info"), Some("json"), Some("64")).unwrap();
+        assert_eq!(
+            (s.json, s.filter.as_str(), s.buffer_lines),
+            (true, "warn,access=info", 64)
+        );
+        for text in ["text", "", " text "] {
+            assert!(!Settings::from_values(None, Some(text), None).unwrap().json, "{text:?}");
+        }
+        // Every variable refused is named, not only the first.
+        let e = Settings::from_values(Some("info,[{"), Some("JSON"), Some("0")).unwrap_err();
+        let names: Vec<String> = e.iter().map(|e| e.to_string()).collect();
+        assert_eq!(e.len(), 3, "{names:?}");
+        for (error, name) in names.iter().zip(["RUST_LOG: ", "LOG_FORMAT: ", "LOG_BUFFER_LINES: "]) {
+            assert!(error.starts_with(name), "{error}");
         }
     }
 }
