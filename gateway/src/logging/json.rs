@@ -232,7 +232,7 @@ mod tests {
         );
         let default = logged(|w| builder(w).json().finish(), all);
         let (a, b) = (without_time(&ours), without_time(&default));
-        assert_eq!(a.len(), 8, "{a:#?}");
+        assert_eq!(a.len(), 10, "{a:#?}");
         assert_eq!(a, b);
         for line in String::from_utf8_lossy(&ours).lines() {
             let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));

@@ -152,8 +152,8 @@ impl Visit for Visitor<'_> {
         }
         let mut out = self.escaped(format_args!("{value}"));
         if let Some(mut source) = value.source() {
-            let name = field.name();
-            out = out.and_then(|()| write!(self.w, " {}.sources=[", name.strip_prefix("r#").unwrap_or(name)));
+            // The name as it is, `r#` included, as the default writes it here.
+            out = out.and_then(|()| write!(self.w, " {}.sources=[", field.name()));
             let mut first = true;
             loop {
                 if !std::mem::replace(&mut first, false) {
@@ -228,7 +228,7 @@ mod tests {
         let ours = logged(|w| builder(w).fmt_fields(Fields).event_format(Line).finish(), events);
         let default = logged(|w| builder(w).finish(), events);
         let (a, b) = (without_time(&ours), without_time(&default));
-        assert_eq!(a.len(), 7, "{a:#?}");
+        assert_eq!(a.len(), 9, "{a:#?}");
         assert_eq!(a, b);
         // Time first, in the default's form (the two ran one after the other).
         let (ours, default) = (String::from_utf8_lossy(&ours), String::from_utf8_lossy(&default));

@@ -343,13 +343,20 @@ mod testing {
         );
         tracing::error!(error = &Outer(Inner) as &(dyn std::error::Error + 'static), "failed");
         tracing::error!(error = &Inner as &(dyn std::error::Error + 'static));
+        tracing::error!(r#err = &Outer(Inner) as &(dyn std::error::Error + 'static));
         tracing::debug!(detail = ?Some("x"), list = ?vec![1, 2]);
+        from_the_log_crate();
         let span = tracing::info_span!("conn", peer = %ip, id = 7u64);
         let _in = span.enter();
         let inner = tracing::info_span!("empty");
         let _in2 = inner.enter();
         tracing::info!("inside spans");
-        // What `log` records carry (Pingora logs through `log`).
+        from_the_log_crate();
+    }
+
+    /// An event as the `log` crate's records arrive (Pingora logs through
+    /// `log`): its target and place are `log.*` fields.
+    fn from_the_log_crate() {
         tracing_log::format_trace(
             &log::Record::builder()
                 .args(format_args!("from the log crate: {}", 42))
