@@ -246,10 +246,9 @@ impl Gateway {
     /// the step that should make it log; 0: anywhere); the log is shown if
     /// it does not.
     pub fn wait_logged(&self, text: &str, since: usize, timeout: Duration) {
-        wait_until(&format!("the gateway to log {text:?}"), timeout, || {
-            self.proc_.log().get(since..).is_some_and(|after| after.contains(text))
-        })
-        .unwrap_or_else(|e| panic!("{e}\n{}", self.proc_.log()));
+        self.proc_.log_when(&format!("{text:?}"), timeout, |log| {
+            log.get(since..).is_some_and(|after| after.contains(text))
+        });
     }
 
     /// The value of an unlabelled metric (or the sum over its label sets).

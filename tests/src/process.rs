@@ -128,17 +128,13 @@ impl Proc {
     /// their own, a moment after what they tell of: a test that looks for
     /// one waits for it.
     pub fn log_when(&self, what: &str, timeout: Duration, ready: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let log = self.log();
-            if ready(&log) {
-                return log;
-            }
-            if Instant::now() > deadline {
-                panic!("{}: no {what} in its log after {timeout:?}:\n{log}", self.name);
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        let mut log = String::new();
+        wait_until(&format!("{} to log {what}", self.name), timeout, || {
+            log = self.log();
+            ready(&log)
+        })
+        .unwrap_or_else(|e| panic!("{e}\n{}", self.log()));
+        log
     }
 
     /// Send a signal by PID.

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use crossbeam_utils::CachePadded;
 use prometheus::core::{Collector, Desc, Describer};
 use prometheus::proto::MetricFamily;
-use prometheus::{IntCounter, IntGauge, Opts};
+use prometheus::{IntGauge, Opts};
 use thread_local::ThreadLocal;
 
 /// What the sum is exposed as.
@@ -95,16 +95,11 @@ impl Collector for PerThread {
 
     fn collect(&self) -> Vec<MetricFamily> {
         // A fresh metric with the registered options, holding the sum.
-        let opts = self.0.opts.clone();
+        let opts = &self.0.opts;
         let sum = self.get();
         match self.0.kind {
-            Kind::Counter => IntCounter::with_opts(opts)
-                .map(|c| {
-                    c.inc_by(u64::try_from(sum).unwrap_or(0));
-                    c.collect()
-                })
-                .unwrap_or_default(),
-            Kind::Gauge => IntGauge::with_opts(opts)
+            Kind::Counter => super::sampled::counter_family(opts, u64::try_from(sum).unwrap_or(0)),
+            Kind::Gauge => IntGauge::with_opts(opts.clone())
                 .map(|g| {
                     g.set(sum);
                     g.collect()

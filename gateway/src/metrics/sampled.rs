@@ -33,13 +33,20 @@ impl Collector for Sampled {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        IntCounter::with_opts(self.opts.clone())
-            .map(|c| {
-                c.inc_by(self.get());
-                c.collect()
-            })
-            .unwrap_or_default()
+        counter_family(&self.opts, self.get())
     }
+}
+
+/// A counter family of `opts` holding `value`: what a scrape shows of a
+/// counter kept elsewhere (a library's, or summed over threads:
+/// [`super::per_thread`]).
+pub(super) fn counter_family(opts: &Opts, value: u64) -> Vec<MetricFamily> {
+    IntCounter::with_opts(opts.clone())
+        .map(|c| {
+            c.inc_by(value);
+            c.collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]
