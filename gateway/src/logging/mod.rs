@@ -14,6 +14,10 @@
 //! The lines are the default formats' bytes, written at half (text,
 //! `line.rs`) and a third (`LOG_FORMAT=json`, `json.rs`) of their cost.
 //!
+//! A panic is a line of the log too (`panic.rs`): the default hook would
+//! write it from the panicking thread, blocking on the same stderr, and
+//! not as JSON.
+//!
 //! The writer's thread writes what is waiting when the process ends, for
 //! at most about a second, as the [`Log`] that [`init`] returns is dropped:
 //! `main` holds it until the command is done.
@@ -61,6 +65,7 @@ use plain_values;
 
 mod json;
 mod line;
+mod panic;
 
 /// The filter when `RUST_LOG` is unset. rustls warns about what a peer
 /// sent (an IP address as SNI, which wrk and some HTTP libraries send, is
@@ -186,7 +191,7 @@ pub fn init() -> Result<Log, Vec<LogError>> {
     let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(settings.buffer_lines)
-        .thread_name("log-writer")
+        .thread_name(panic::WRITER_THREAD)
         .finish(stderr);
     let _ = DROPPED.set(writer.error_counter());
     // Checked by `from_values`.
@@ -208,6 +213,7 @@ pub fn init() -> Result<Log, Vec<LogError>> {
         // The default's line without colours, at half its cost (`line`).
         builder.fmt_fields(line::Fields).event_format(line::Line).init();
     }
+    panic::install();
     Ok(Log { _writer: guard })
 }
 
