@@ -67,6 +67,8 @@ mod json;
 mod line;
 mod panic;
 
+pub use panic::panics;
+
 /// The filter when `RUST_LOG` is unset. rustls warns about what a peer
 /// sent (an IP address as SNI, which wrk and some HTTP libraries send, is
 /// one line per handshake): a client must not choose what fills the log.

@@ -18,9 +18,22 @@
 //! - The default hook still writes the panics nothing else would write:
 //!   those of the log's own thread, and any the log's filter leaves out
 //!   (a `RUST_LOG` that does not enable this module's errors).
+//!
+//! Every panic is counted ([`panics`], `tenant_gateway_panics_total`): a
+//! request's panic ends only its own task, and the gateway goes on, so
+//! without a count only the log would tell.
 
 use std::backtrace::{Backtrace, BacktraceStatus};
 use std::panic::PanicHookInfo;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Panics since the hook was installed.
+static PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// Panics of any thread so far (0 before [`install`]).
+pub fn panics() -> u64 {
+    PANICS.load(Ordering::Relaxed)
+}
 
 /// The name of the log's writer thread (a panic there has no log to go to).
 pub(super) const WRITER_THREAD: &str = "log-writer";
@@ -29,6 +42,7 @@ pub(super) const WRITER_THREAD: &str = "log-writer";
 pub(super) fn install() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
+        PANICS.fetch_add(1, Ordering::Relaxed);
         let current = std::thread::current();
         let thread = current.name();
         let logged = thread != Some(WRITER_THREAD) && tracing::enabled!(tracing::Level::ERROR);
@@ -188,6 +202,7 @@ mod tests {
             .spawn(|| std::panic::panic_any(MESSAGE.to_owned()))
             .expect("spawn");
         assert!(doomed.join().is_err());
+        assert_eq!(super::panics(), 1);
         println!("joined");
         std::io::stdout().flush().expect("stdout");
         let mut go = String::new();

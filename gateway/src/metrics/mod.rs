@@ -92,6 +92,9 @@ pub struct Metrics {
     /// Log lines dropped because `LOG_BUFFER_LINES` were waiting (read
     /// from the log's writer at scrape).
     pub log_lines_dropped: sampled::Sampled,
+    /// Panics of any of the process's threads (read from the log's panic
+    /// hook at scrape).
+    pub panics: sampled::Sampled,
     /// notAfter of the first stored certificate to expire, fleet-wide (0:
     /// none stored); refreshed by each ACME scan.
     pub stored_certificates_earliest_expiry: IntGauge,
@@ -359,6 +362,15 @@ impl Metrics {
                     "tenant_gateway_log_lines_dropped_total",
                     "Log lines dropped because LOG_BUFFER_LINES lines were waiting for the log's writer (its reader, e.g. a stopped collector's pipe, did not keep up).",
                     crate::logging::dropped_lines,
+                )
+                .expect("valid metric"),
+            ),
+            panics: register(
+                &r,
+                sampled::Sampled::counter(
+                    "tenant_gateway_panics_total",
+                    "Panics of any of the gateway's threads, each logged as 'a thread panicked' (a request's panic ends only its own task; the gateway goes on).",
+                    crate::logging::panics,
                 )
                 .expect("valid metric"),
             ),
