@@ -116,6 +116,11 @@ fn register<M: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: M
     m
 }
 
+/// A counter kept elsewhere, read at each scrape ([`sampled`]).
+fn sampled_counter(r: &Registry, name: &str, help: &str, read: fn() -> u64) -> sampled::Sampled {
+    register(r, sampled::Sampled::counter(name, help, read).expect("valid metric"))
+}
+
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
     register(r, IntCounter::new(name, help).expect("valid metric"))
 }
@@ -356,23 +361,17 @@ impl Metrics {
                 "tenant_gateway_acme_orders_waiting",
                 "ACME order attempts waiting for a slot (acme.max_concurrent_orders).",
             ),
-            log_lines_dropped: register(
+            log_lines_dropped: sampled_counter(
                 &r,
-                sampled::Sampled::counter(
-                    "tenant_gateway_log_lines_dropped_total",
-                    "Log lines dropped because LOG_BUFFER_LINES lines were waiting for the log's writer (its reader, e.g. a stopped collector's pipe, did not keep up).",
-                    crate::logging::dropped_lines,
-                )
-                .expect("valid metric"),
+                "tenant_gateway_log_lines_dropped_total",
+                "Log lines dropped because LOG_BUFFER_LINES lines were waiting for the log's writer (its reader, e.g. a stopped collector's pipe, did not keep up).",
+                crate::logging::dropped_lines,
             ),
-            panics: register(
+            panics: sampled_counter(
                 &r,
-                sampled::Sampled::counter(
-                    "tenant_gateway_panics_total",
-                    "Panics of any of the gateway's threads, each logged as 'a thread panicked' (a request's panic ends only its own task; the gateway goes on).",
-                    crate::logging::panics,
-                )
-                .expect("valid metric"),
+                "tenant_gateway_panics_total",
+                "Panics of any of the gateway's threads, each logged as 'a thread panicked' (a request's panic ends only its own task; the gateway goes on).",
+                crate::logging::panics,
             ),
             tls_handshakes,
             cert_expiry,
