@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Panics since the hook was installed.
 static PANICS: AtomicU64 = AtomicU64::new(0);
 
-/// Panics of any thread so far (0 before [`install`]).
+/// Panics of any thread so far (0 before the hook is installed).
 pub fn panics() -> u64 {
     PANICS.load(Ordering::Relaxed)
 }
