@@ -147,7 +147,7 @@ def gateway_env(url):
 
 
 def write_config(url, http, tls, admin, certs, cache=CACHE, name="gateway-scale.toml", acme_extra=""):
-    """`cache=None`: no `certificate_cache_size` key (a gateway from before it)."""
+    """`cache=None`: no `certificate_cache_size` or `load_rate` key (a gateway from before them)."""
     tls_section = "" if certs is None else f"""
 [tls]
 listen = "127.0.0.1:{tls}"
@@ -159,6 +159,7 @@ enabled = true
 directory_url = "https://127.0.0.1:9/dir"
 check_interval_secs = 1
 {"" if cache is None else f"certificate_cache_size = {cache}"}
+{"" if cache is None else "load_rate = 0  # one client touches every name"}
 {acme_extra}
 """
     cfg = run.WORK / name

@@ -88,6 +88,16 @@ fn reply(status: u16, ctype: &str, body: String) -> Response<Vec<u8>> {
 }
 
 /// `GET /api/v1/certs/stored`: how many certificates by default, and at most.
+/// The longest an operator API call may take: 503 `deadline` past it.
+/// Its database statements have timeouts of the server's, which a frozen
+/// or partitioned server never applies, so without this a call would wait
+/// for the database as long as it is gone, holding its admin connection;
+/// a script retrying its calls would then fill the listener's caps
+/// (`admin.max_connections_per_ip`, `admin.max_connections`) and
+/// `/readyz` and `/metrics`, which never wait for the database, would be
+/// refused with them.
+pub const API_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 const STORED_DEFAULT: i64 = 50;
 const STORED_MAX: i64 = 1_000;
 
@@ -527,7 +537,24 @@ impl ServeHttp for Admin {
                 }
                 match self.authorized(&req.headers, p) {
                     Some(refused) => refused,
-                    None => self.api(&method, p, query.as_deref()).await,
+                    None => match tokio::time::timeout(API_DEADLINE, self.api(&method, p, query.as_deref())).await {
+                        Ok(answer) => answer,
+                        Err(_) => {
+                            let path = p.get(..p.floor_char_boundary(100)).unwrap_or_default();
+                            tracing::warn!(
+                                path,
+                                "operator API: no answer within {API_DEADLINE:?}; is the database answering?"
+                            );
+                            error(
+                                503,
+                                "deadline",
+                                &format!(
+                                    "no answer within {} s (is the database answering?); a change asked for may or may not have been made: look again",
+                                    API_DEADLINE.as_secs()
+                                ),
+                            )
+                        }
+                    },
                 }
             }
             _ => reply(404, "text/plain", "not found\n".into()),

@@ -135,13 +135,33 @@ impl Buffering {
     /// held to the rate as an HTTP/1 body is, and a body cannot buy a long
     /// stall with a fast start. Zero: too late already.
     pub fn next_wait(&self, len: u64, read: u64, elapsed: Duration) -> Duration {
-        let by_rate = match self.min_rate {
+        self.deadline(len)
+            .min(self.by_rate(read))
+            .saturating_sub(elapsed)
+            .min(self.idle)
+    }
+
+    /// Whether a body streamed to its backend, `read` bytes of it in
+    /// `elapsed` after it started going there, has fallen below the minimum
+    /// rate (once the grace is over). For an HTTP/2 stream, looked at as
+    /// each part comes: no connection deadline watches a stream's bytes, and
+    /// Pingora's read timeout on the backend restarts with every part the
+    /// client sends, so a byte every few seconds would hold the backend
+    /// for ever. The time counted includes waits for a slow backend to
+    /// read: a body is held to the average, so a fast start covers them.
+    pub fn below_rate(&self, read: u64, elapsed: Duration) -> bool {
+        self.min_rate > 0 && elapsed > self.by_rate(read)
+    }
+
+    /// The time by which `read` bytes fall below the minimum rate (after the
+    /// grace); `Duration::MAX` without a rate.
+    fn by_rate(&self, read: u64) -> Duration {
+        match self.min_rate {
             0 => Duration::MAX,
             rate => self
                 .grace
                 .saturating_add(Duration::from_millis(read.saturating_mul(1000) / rate)),
-        };
-        self.deadline(len).min(by_rate).saturating_sub(elapsed).min(self.idle)
+        }
     }
 
     /// How long a body of `len` bytes may take to arrive whole.
@@ -589,6 +609,25 @@ pub(crate) mod tests {
         assert_eq!(none.next_wait(1 << 20, 0, s(0)), s(60));
         assert_eq!(none.next_wait(1 << 20, 0, s(65)), s(5));
         assert_eq!(none.next_wait(1 << 20, 0, s(70)), s(0));
+    }
+
+    #[test]
+    fn a_streamed_body_falls_below_the_rate_once_the_grace_is_over() {
+        let p = policy(1 << 20); // 500 B/s, 10 s grace
+        let s = Duration::from_secs;
+        // Within the grace, whatever came.
+        assert!(!p.below_rate(0, s(10)));
+        assert!(p.below_rate(0, Duration::from_millis(10_001)));
+        // 5,000 bytes cover 10 s past the grace, on average.
+        assert!(!p.below_rate(5000, s(20)));
+        assert!(p.below_rate(5000, s(21)));
+        // A fast start covers a later wait (a backend slow to read).
+        assert!(!p.below_rate(1 << 20, s(1000)));
+        // A byte every few seconds does not.
+        assert!(p.below_rate(10, s(15)));
+        // Without a rate, never.
+        let none = Buffering { min_rate: 0, ..p };
+        assert!(!none.below_rate(0, s(1 << 30)));
     }
 
     #[test]

@@ -17,13 +17,16 @@
 //!    every client tenant header, forwarding headers, request id, Host,
 //!    origin-form target, the `X-Tenant` stamp).
 //! 4. `request_body_filter`: a body read first into a copy of its own goes
-//!    in place of the last part Pingora hands on ([`crate::body`]).
+//!    in place of the last part Pingora hands on ([`crate::body`]); an
+//!    HTTP/2 body streamed to the backend is held to the minimum rate as
+//!    its parts come (408 below it).
 //! 5. `response_filter`: while the process shuts down, responses say
 //!    `Connection: close` so keep-alive clients reconnect elsewhere.
 //! 6. `response_body_filter`: a response body of known, bounded length is
 //!    held until it is whole ([`crate::response_body`]), so the backend's
 //!    worker is free before a slow client has read it.
-//! 7. `fail_to_proxy`: 502/504 pages for backend failures and timeouts (a
+//! 7. `fail_to_proxy`: 502/504 pages for backend failures and timeouts, 408
+//!    and 413 for a client's body (a
 //!    response already begun ends short instead: no page after its head);
 //!    a client that took none of its response within the send timeout
 //!    gets nothing more.
@@ -143,6 +146,19 @@ pub struct Ctx {
     /// The connection closes on this request's unread body: it lingers
     /// once the request is logged ([`ConnFacts::linger_on_close`]).
     linger: bool,
+    /// An HTTP/2 request body streamed to the backend (not read first):
+    /// held to `limits.min_body_rate` as its parts come.
+    streamed: Option<Streamed>,
+}
+
+/// An HTTP/2 request body on its way to the backend
+/// ([`crate::body::Buffering::below_rate`]).
+#[derive(Debug, Clone, Copy)]
+struct Streamed {
+    /// When the request was ready to go to the backend.
+    since: Instant,
+    /// The body's bytes handed on so far.
+    bytes: u64,
 }
 
 /// What [`Gateway`]'s `request_body_filter` returns: done, and of no size
@@ -488,6 +504,16 @@ impl Gateway {
                 }
             }
         }
+        // A body still to come goes to the backend as it comes. Over
+        // HTTP/1 the connection's deadlines hold it to the minimum rate;
+        // an HTTP/2 stream's parts are looked at as they come
+        // (`request_body_filter`).
+        if session.is_http2() && !session.is_body_done() {
+            ctx.streamed = Some(Streamed {
+                since: Instant::now(),
+                bytes: 0,
+            });
+        }
         Ok(None)
     }
 
@@ -770,6 +796,7 @@ impl ProxyHttp for Gateway {
             held_response: None,
             request_body: None,
             linger: false,
+            streamed: None,
         })
     }
 
@@ -867,6 +894,20 @@ impl ProxyHttp for Gateway {
                 ErrorType::HTTPStatus(413),
                 "request body over limits.max_request_body_bytes",
             )));
+        }
+        // An HTTP/2 body streamed to the backend, below the minimum rate:
+        // 408 if nothing was answered yet (a byte every few seconds would
+        // otherwise hold the backend's worker for ever: Pingora's read
+        // timeout on the backend restarts with each part).
+        if let (Some(streamed), Some(part)) = (ctx.streamed.as_mut(), body.as_ref()) {
+            streamed.bytes = streamed.bytes.saturating_add(part.len() as u64);
+            if self.bodies.below_rate(streamed.bytes, streamed.since.elapsed()) {
+                self.metrics.deadline_hits.with_label_values(&["body_rate"]).inc();
+                return Box::pin(std::future::ready(Error::e_explain(
+                    ErrorType::HTTPStatus(408),
+                    "request body below limits.min_body_rate",
+                )));
+            }
         }
         // Only in place of the last part Pingora hands on whole, from its
         // buffer (never an upgraded connection's bytes). A request without
@@ -994,7 +1035,8 @@ impl ProxyHttp for Gateway {
     /// What a client causes is its request's access line (`error=`) and
     /// counters, not an ERROR line of Pingora's each: a client's own
     /// oversized request (413 over `limits.max_request_body_bytes`, 431 for
-    /// a body that came with a huge head), and every failure on the
+    /// a body that came with a huge head), its HTTP/2 body streamed below
+    /// `limits.min_body_rate` (408), and every failure on the
     /// client's side (it closed or reset its connection or stream, took
     /// nothing written to it, sent a malformed body). Any client could
     /// otherwise fill the error log and drown the lines about backends and
@@ -1008,7 +1050,7 @@ impl ProxyHttp for Gateway {
     fn suppress_error_log(&self, _session: &Session, _ctx: &Self::CTX, error: &Error) -> bool {
         use ErrorType::*;
         match error.etype() {
-            HTTPStatus(413 | 431) => true,
+            HTTPStatus(408 | 413 | 431) => true,
             ConnectionClosed | ReadError | WriteError | ReadTimedout | WriteTimedout | H2Error | InvalidHTTPHeader => {
                 *error.esource() == pingora_error::ErrorSource::Downstream
             }
@@ -1051,8 +1093,9 @@ impl ProxyHttp for Gateway {
                 can_reuse_downstream: false,
             };
         }
-        if matches!(code, 413 | 502 | 504) {
+        if matches!(code, 408 | 413 | 502 | 504) {
             let kind = match code {
+                408 => PageKind::RequestTimeout,
                 413 => PageKind::PayloadTooLarge,
                 504 => PageKind::GatewayTimeout,
                 _ => PageKind::BadGateway,

@@ -160,6 +160,11 @@ pub struct Presented {
 /// Handshake with SNI `sni` (None: no SNI, by connecting to an IP name)
 /// and report the certificate presented, without verifying it.
 pub fn probe(port: u16, sni: Option<&str>, alpn: &[&str]) -> Result<Presented> {
+    probe_from("127.0.0.1", port, sni, alpn)
+}
+
+/// [`probe`] from the source address `from` (a loopback address).
+pub fn probe_from(from: &str, port: u16, sni: Option<&str>, alpn: &[&str]) -> Result<Presented> {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     rt.block_on(async {
         let recorder = Arc::new(Recorder(Mutex::new(Vec::new()), provider()));
@@ -174,7 +179,14 @@ pub fn probe(port: u16, sni: Option<&str>, alpn: &[&str]) -> Result<Presented> {
             Some(s) => ServerName::try_from(s.to_owned())?,
             None => ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into()),
         };
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        let socket = tokio::net::TcpSocket::new_v4()?;
+        socket.bind(format!("{from}:0").parse()?)?;
+        let tcp = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            socket.connect(([127, 0, 0, 1], port).into()),
+        )
+        .await
+        .context("connect timed out")??;
         let tls = tokio::time::timeout(
             std::time::Duration::from_secs(10),
             tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp),

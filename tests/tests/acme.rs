@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use e2e::tls::{dev_certs, https_client, probe};
+use e2e::tls::{dev_certs, https_client, probe, probe_from};
 use e2e::*;
 
 const CUSTOM: &str = "www.ferrari-cars.test";
@@ -1205,13 +1205,11 @@ fn connect_from(from: &str, port: u16) -> std::net::TcpStream {
     tcp
 }
 
-#[test]
-fn one_client_flooding_challenge_lookups_is_refused_and_the_cas_answers_still_come() {
-    // ACME on (a CA that is never reached: no name needs an order), two
-    // challenge lookups a second per client, a burst of four.
+/// The stack on `pg` (tenants set up) with TLS and ACME on against a CA
+/// that accepts connections and never answers (kept open by the listener
+/// returned), `acme` added to `[acme]`.
+fn never_answering_ca_stack(pg: Postgres, acme: &str) -> (Stack, GatewayPorts, std::net::TcpListener) {
     let never = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let pg = Postgres::start().unwrap();
-    tenants(&pg);
     let certs = tempfile::tempdir().unwrap();
     let ca = dev_certs(certs.path());
     let ports = GatewayPorts::free();
@@ -1220,12 +1218,21 @@ fn one_client_flooding_challenge_lookups_is_refused_and_the_cas_answers_still_co
         certs,
         ports,
         &format!(
-            "[acme]\nenabled = true\ndirectory_url = \"https://127.0.0.1:{}/dir\"\nca_root = \"{}\"\n\
-             challenge_rate = 2\n",
+            "[acme]\nenabled = true\ndirectory_url = \"https://127.0.0.1:{}/dir\"\nca_root = \"{}\"\n{acme}",
             never.local_addr().unwrap().port(),
             ca.display()
         ),
     );
+    (s, ports, never)
+}
+
+#[test]
+fn one_client_flooding_challenge_lookups_is_refused_and_the_cas_answers_still_come() {
+    // ACME on (a CA that is never reached: no name needs an order), two
+    // challenge lookups a second per client, a burst of four.
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    let (s, ports, _never) = never_answering_ca_stack(pg, "challenge_rate = 2\n");
     // A pending HTTP-01 challenge, as any gateway of the fleet stores it.
     wait_until("challenge stored", Duration::from_secs(30), || {
         s.pg.psql(
@@ -1263,6 +1270,53 @@ fn one_client_flooding_challenge_lookups_is_refused_and_the_cas_answers_still_co
         let refused = s.metric("tenant_gateway_acme_challenges_refused_total", &[("kind", kind)]);
         assert!(refused >= 1.0, "{kind}: {refused}");
     }
+    // Tenants are served as ever.
+    for host in ["ferrari.myapp.localhost", "mclaren.myapp.localhost"] {
+        let r = s.https().get(&s.https_url(host, "/whoami")).send().unwrap();
+        assert_eq!(r.json()["tenant"], host.split('.').next().unwrap());
+    }
+}
+
+/// A client cycling through served names whose certificates are not in
+/// memory causes at most `acme.load_rate` loads a second (each a query on
+/// the ACME connections every tenant's first handshakes need): its other
+/// handshakes go on without a load (the default certificate), counted as
+/// refused, while another client's handshake for such a name still loads.
+#[test]
+fn one_client_cycling_through_names_not_in_memory_is_refused_loads_and_another_client_is_not() {
+    // ACME on (a CA that never answers: no certificate is stored or
+    // ordered in time), one load a second per client, a burst of two.
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    let names: Vec<String> = (0..21).map(|i| format!("n{i}.ferrari-cars.test")).collect();
+    for n in &names {
+        app_cli_ok(&pg.url(), &["domain", "add", n, "--tenant", "ferrari"]);
+    }
+    let (s, ports, _never) = never_answering_ca_stack(pg, "load_rate = 1\non_demand_timeout_ms = 100\n");
+    let loads = |result: &str| s.metric("tenant_gateway_certificate_loads_total", &[("result", result)]);
+    // Its tables exist (a load before them is an error, which orders nothing).
+    s.gw.wait_logged("ACME: ready", 0, Duration::from_secs(30));
+    // One client (127.0.0.2), twenty names: its burst is looked up (none
+    // stored), and one a second after; the rest refused without a query.
+    for n in &names[..20] {
+        let _ = probe_from("127.0.0.2", ports.tls, Some(n), &[]);
+    }
+    let (refused, looked) = (loads("refused"), loads("not_stored"));
+    let all = || {
+        s.gw.scrape()
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.starts_with("tenant_gateway_certificate_loads_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert!(refused >= 1.0, "refused {refused}: {}", all());
+    assert!(looked >= 1.0, "looked up {looked}: {}\n{}", all(), s.gw.proc_.log());
+    assert_eq!(refused + looked, 20.0, "one load or refusal per handshake");
+    // Another client's handshake for a name not in memory is looked up.
+    let _ = probe_from("127.0.0.3", ports.tls, Some(&names[20]), &[]);
+    assert_eq!(loads("not_stored"), looked + 1.0);
+    assert_eq!(loads("refused"), refused);
     // Tenants are served as ever.
     for host in ["ferrari.myapp.localhost", "mclaren.myapp.localhost"] {
         let r = s.https().get(&s.https_url(host, "/whoami")).send().unwrap();

@@ -360,6 +360,115 @@ fn a_frozen_database_never_hangs_a_request_and_invalidation_resumes() {
     .unwrap();
 }
 
+/// `GET path` on the admin listener `port` with the operator token, on a
+/// connection of its own read for up to `limit`: the status and the body.
+fn admin_get_within(port: u16, path: &str, limit: Duration) -> (u16, String) {
+    let mut tcp = TcpStream::connect(("127.0.0.1", port)).expect("admin listener accepts");
+    tcp.set_read_timeout(Some(limit)).unwrap();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = Vec::new();
+    if let Err(e) = tcp.read_to_end(&mut answer) {
+        panic!(
+            "{path}: no answer within {limit:?} ({e}); got {:?}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    let status = answer.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, answer)
+}
+
+/// The operator API waits for the database with a deadline of its own:
+/// its statements' timeouts are the server's, which a frozen server never
+/// applies, so a call whose statement is under way when the database
+/// freezes would otherwise hold its admin connection for as long as the
+/// database is gone, and a script retrying calls would fill its address's
+/// share of the listener and keep that address's `/readyz` (a load
+/// balancer's probe, which never waits for the database) out.
+#[test]
+fn operator_api_calls_against_a_frozen_database_end_at_their_deadline_and_readyz_is_answered() {
+    const NAME: &str = "locked.example";
+    let mut s = stack(
+        "redirect_http = false\n[admin]\nmax_connections_per_ip = 4\ntoken_env = \"TG_ADMIN_TOKEN\"\n\
+         [custom_domains]\nverification = \"required\"\n",
+    );
+    let admin = s.gw.admin_port;
+    let (code, added) = s.gw.api(
+        ::http::Method::POST,
+        &format!("hostnames?name={NAME}&tenant=ferrari&method=txt"),
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(code, 200, "{added}");
+    // The claim's row locked by another session: each call's statement
+    // waits for it, under way on its connection.
+    let rt = driving_runtime();
+    let mut lock = rt.block_on(async {
+        use sqlx::Connection;
+        let mut conn = sqlx::PgConnection::connect(&s.pg.url()).await.unwrap();
+        sqlx::query("BEGIN").execute(&mut conn).await.unwrap();
+        sqlx::query("SELECT 1 FROM tenant_gateway.custom_hostnames WHERE name = $1 FOR UPDATE")
+            .bind(NAME)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn
+    });
+    // As many calls as this address may hold, each over a connection of
+    // its own.
+    let start = Instant::now();
+    let path = format!("/api/v1/hostnames/retry?name={NAME}");
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut tcp = TcpStream::connect(("127.0.0.1", admin)).expect("admin listener accepts");
+                tcp.set_read_timeout(Some(Duration::from_secs(90))).unwrap();
+                write!(
+                    tcp,
+                    "POST {path} HTTP/1.1\r\nHost: admin\r\nAuthorization: Bearer {ADMIN_TOKEN}\r\n\
+                     Content-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+                .unwrap();
+                let mut answer = Vec::new();
+                let read = tcp.read_to_end(&mut answer);
+                (
+                    read.map_err(|e| e.to_string()),
+                    String::from_utf8_lossy(&answer).into_owned(),
+                )
+            })
+        })
+        .collect();
+    wait_until("the calls wait for the lock", Duration::from_secs(30), || {
+        s.pg.psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            .is_ok_and(|n| n == "4")
+    })
+    .unwrap();
+    // Then the database freezes: their statements never end, nor does
+    // the server's statement timeout fire. Each is answered 503 at the
+    // API's deadline (10 s), with a generous margin for a slow machine.
+    s.pg.freeze().unwrap();
+    for call in calls {
+        let (read, answer) = call.join().unwrap();
+        assert!(read.is_ok(), "no answer: {read:?} {answer:?}");
+        let status = answer.get(9..12).and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+        assert_eq!(status, 503, "{answer}");
+        assert!(answer.contains("\"error\":\"deadline\""), "{answer}");
+    }
+    assert!(start.elapsed() < Duration::from_secs(60), "{:?}", start.elapsed());
+    // From the same address, with the database still frozen.
+    let (status, answer) = admin_get_within(admin, "/readyz", Duration::from_secs(10));
+    assert_eq!(status, 200, "{answer}");
+    s.gw.wait_logged("operator API: no answer within", 0, Duration::from_secs(10));
+    s.pg.thaw().unwrap();
+    rt.block_on(async { sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap() });
+    let (code, listed) = s.gw.api(::http::Method::GET, "hostnames", Some(ADMIN_TOKEN));
+    assert_eq!(code, 200, "{listed}");
+}
+
 fn p99(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[(v.len() * 99).div_ceil(100) - 1]
@@ -1843,6 +1952,66 @@ fn an_http2_request_body_that_stops_holds_its_backend_only_until_the_read_timeou
         .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
         drop(held);
     }
+}
+
+/// An HTTP/2 body streamed to its backend (no length: never read first) is
+/// held to `limits.min_body_rate` as its parts come. Pingora's read timeout
+/// on the backend restarts with every part the client sends, so before, a
+/// byte every half second held the backend's connection (a worker of a
+/// sync app server) for as long as the client went on. Now, once the grace
+/// is over and the body is short of the rate, it is answered 408 and the
+/// backend's connection closed, long before the read timeout (60 s here).
+#[test]
+fn an_http2_body_streamed_below_the_minimum_rate_is_cut_and_frees_its_backend() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let backend = Holder::start(Duration::from_secs(120));
+    let pools = pools_toml(&[("default", &[backend.port])]).replace(
+        "connect_timeout_ms = 500\n",
+        "connect_timeout_ms = 500\nread_timeout_ms = 60000\n",
+    );
+    let s = on_backend(
+        backend.port,
+        "",
+        pools,
+        "[limits]\nmin_body_rate = 1000\nbody_rate_grace_ms = 2000\n",
+    );
+    let rt = driving_runtime();
+    let start = Instant::now();
+    let (status, held) = rt.block_on(async {
+        let mut client = h2_connect(s.ca(), s.gw.tls_port, "ferrari.myapp.localhost").await;
+        client = client.ready().await.unwrap();
+        let req = ::http::Request::post("https://ferrari.myapp.localhost/hold")
+            .body(())
+            .unwrap();
+        let (response, mut stream) = client.send_request(req, false).unwrap();
+        stream
+            .send_data(bytes::Bytes::from_static(b"0123456789"), false)
+            .unwrap();
+        tokio::pin!(response);
+        // A byte every half second until the answer (at most 40 s).
+        let status = loop {
+            tokio::select! {
+                r = &mut response => break r.map(|r| r.status().as_u16()),
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                    assert!(start.elapsed() < Duration::from_secs(40), "no answer while the body trickled");
+                    let _ = stream.send_data(bytes::Bytes::from_static(b"x"), false);
+                }
+            }
+        };
+        (status, (client, stream))
+    });
+    assert_eq!(status.expect("a response"), 408);
+    assert_eq!(backend.received.load(SeqCst), 1, "the request reached the backend");
+    wait_until("the backend connection closed", Duration::from_secs(10), || {
+        backend.open.load(SeqCst) == 0
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    assert!(
+        s.metric("tenant_gateway_deadline_hits_total", &[("kind", "body_rate")]) >= 1.0,
+        "counted"
+    );
+    assert!(other_tenant_answers(&s), "the other tenant is served");
+    drop(held);
 }
 
 /// One HTTP/1.1 response framed by its `Content-Length`: its head and body

@@ -1004,6 +1004,143 @@ fn an_active_claim_whose_name_points_elsewhere_moves_then_comes_back_or_is_remov
     wait_routed(gw, WWW_ONLY, "mclaren");
 }
 
+/// A claim that ended unproven gives way: a name typed first by the wrong
+/// tenant (a squatter, a typo) is refused to others only while its window
+/// is open. With `strip_www`, a name that is `www.` of a `www.` name is
+/// refused: it would be stored as the `www.` name and proven by where
+/// that one points (here, for another tenant's claim on the apex).
+#[test]
+fn a_claim_that_ended_unproven_gives_way_to_another_tenants_and_www_www_is_refused() {
+    const NAME: &str = "squatted.test";
+    let dir = tempfile::tempdir().unwrap();
+    let dns = DnsServer::start(dir.path()).unwrap();
+    let s = claims_stack(&format!(
+        "strip_www = true\n{}",
+        verification(dns.port, 80, "\"txt\"", 3)
+    ));
+    let (pg, gw) = (&s.pg, &s.gw);
+    let post = |query: &str| gw.api(http::Method::POST, &format!("hostnames?{query}"), Some(ADMIN_TOKEN));
+    // mclaren's product sent it first; it is never proven.
+    let first = claim(gw, &format!("name={NAME}&tenant=mclaren&method=txt"));
+    let (code, refused) = post(&format!("name={NAME}&tenant=ferrari&method=txt"));
+    assert_eq!(code, 409, "refused while its window is open: {refused}");
+    wait_status(pg, NAME, "expired", Duration::from_secs(30));
+    // Ferrari's claim replaces it, with a token of its own.
+    let second = claim(gw, &format!("name={NAME}&tenant=ferrari&method=txt"));
+    assert_eq!(second["tenant"], "ferrari", "{second}");
+    assert_eq!(second["status"], "pending", "{second}");
+    let token = second["instructions"]["txt_value"].as_str().unwrap().to_owned();
+    assert_ne!(first["instructions"]["txt_value"], token);
+    app_cli_ok(&pg.url(), &["domain", "add", NAME, "--tenant", "ferrari"]);
+    dns.set_txt(&format!("_tenant-gateway.{NAME}"), &token);
+    wait_status(pg, NAME, "active", Duration::from_secs(30));
+    wait_routed(gw, NAME, "ferrari");
+    // An active claim is not replaced.
+    let (code, refused) = post(&format!("name={NAME}&tenant=mclaren&method=txt"));
+    assert_eq!(code, 409, "{refused}");
+    assert_eq!(claim_field(pg, NAME, "tenant"), "ferrari");
+    // `www.www.` of a name.
+    let (code, refused) = post(&format!("name=www.www.{NAME}&tenant=mclaren&method=txt"));
+    assert_eq!(code, 400, "{refused}");
+    assert!(
+        refused["message"].as_str().unwrap_or_default().contains("www."),
+        "{refused}"
+    );
+}
+
+/// A moved claim whose name points here again comes back only by a proof
+/// that names it: the name may have changed hands while it pointed
+/// elsewhere, and a new owner pointing it here (to sign up with another
+/// tenant) must not reach the old one. A `cname` claim comes back at once
+/// (pointing here was all its proof), a `txt` claim once its TXT record
+/// holds the claim's token again, an operator's (or `http`) claim only
+/// when the operator vouches again.
+#[test]
+fn a_moved_claim_comes_back_only_by_a_proof_that_names_it() {
+    const CNAME: &str = "by-cname.ferrari.test";
+    const TXT: &str = "by-txt.ferrari.test";
+    const VOUCHED: &str = "vouched.ferrari.test";
+    const EDGE: &str = "edge.myapp.localhost";
+    let dir = tempfile::tempdir().unwrap();
+    let dns = DnsServer::start(dir.path()).unwrap();
+    let s = claims_stack(&format!(
+        "{}recheck_interval_secs = 1\nmoved_after_secs = 2\nmoved_window_secs = 300\n",
+        verification(dns.port, 80, "\"cname\", \"txt\"", 600)
+    ));
+    let (pg, gw) = (&s.pg, &s.gw);
+    let record = format!("_tenant-gateway.{TXT}");
+    for name in [CNAME, TXT, VOUCHED] {
+        app_cli_ok(&pg.url(), &["domain", "add", name, "--tenant", "ferrari"]);
+        dns.set_cname(name, EDGE);
+    }
+    claim(gw, &format!("name={CNAME}&tenant=ferrari&method=cname"));
+    let added = claim(gw, &format!("name={TXT}&tenant=ferrari&method=txt"));
+    let token = added["instructions"]["txt_value"].as_str().unwrap().to_owned();
+    dns.set_txt(&record, &token);
+    claim(gw, &format!("name={VOUCHED}&tenant=ferrari&preverified=1"));
+    for name in [CNAME, TXT, VOUCHED] {
+        wait_status(pg, name, "active", Duration::from_secs(30));
+        wait_routed(gw, name, "ferrari");
+    }
+
+    // All three point elsewhere, and the TXT record is gone (a domain
+    // that lapsed and was registered again has none of it).
+    for name in [CNAME, TXT, VOUCHED] {
+        dns.set_cname(name, "elsewhere.example");
+    }
+    dns.clear_txt(&record);
+    for name in [CNAME, TXT, VOUCHED] {
+        wait_status(pg, name, "moved", Duration::from_secs(30));
+        wait_until(&format!("{name} unrouted"), Duration::from_secs(10), || {
+            http_status(gw.port, name) == 404
+        })
+        .unwrap();
+    }
+
+    // All three point here again: only the `cname` claim is back.
+    let pointed_back = pg.psql("SELECT now()").unwrap();
+    for name in [CNAME, TXT, VOUCHED] {
+        dns.set_cname(name, EDGE);
+    }
+    wait_status(pg, CNAME, "active", Duration::from_secs(30));
+    wait_routed(gw, CNAME, "ferrari");
+    for (name, why) in [
+        (TXT, "its TXT record holds the claim's token"),
+        (VOUCHED, "add it again with preverified"),
+    ] {
+        wait_until(
+            &format!("{name} looked at since it points here"),
+            Duration::from_secs(30),
+            || {
+                claim_field(
+                    pg,
+                    name,
+                    &format!(
+                        "last_checked_at > '{pointed_back}'::timestamptz AND last_error LIKE 'points here again%'"
+                    ),
+                ) == "t"
+            },
+        )
+        .unwrap_or_else(|e| panic!("{e}: {}", claim_field(pg, name, "last_error")));
+        assert!(
+            claim_field(pg, name, "last_error").contains(why),
+            "{}",
+            claim_field(pg, name, "last_error")
+        );
+        assert_eq!(claim_field(pg, name, "status"), "moved");
+        assert_eq!(http_status(gw.port, name), 404, "{name} routed while moved");
+    }
+
+    // The TXT record with the claim's token again: back, routed.
+    dns.set_txt(&record, &token);
+    wait_status(pg, TXT, "active", Duration::from_secs(30));
+    wait_routed(gw, TXT, "ferrari");
+    // The operator vouches again: back, routed.
+    claim(gw, &format!("name={VOUCHED}&tenant=ferrari&preverified=1"));
+    wait_status(pg, VOUCHED, "active", Duration::from_secs(30));
+    wait_routed(gw, VOUCHED, "ferrari");
+}
+
 /// A proof waits for its domain row only for `verification_window_secs`
 /// (a domain can change hands meanwhile): a claim proven by its TXT record
 /// while no row maps the name expires at the window's end, and a row that

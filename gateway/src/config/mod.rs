@@ -411,9 +411,16 @@ pub struct AcmeConfig {
     /// twice that; 0: no limit. Each costs a query on the challenge
     /// answers' two connections, which the CA's validations need.
     pub challenge_rate: u32,
+    /// Stored certificates one client address (IPv6: its /64) may have
+    /// loaded per second by handshakes for names not in memory, with a
+    /// burst of twice that; 0: no limit. Each load is a query on the ACME
+    /// connections, which every tenant's first handshakes and the orders
+    /// need.
+    pub load_rate: u32,
 }
 
-/// Most `acme.challenge_rate` may be (its burst, twice that, must fit a u32).
+/// Most `acme.challenge_rate` and `acme.load_rate` may be (the burst,
+/// twice that, must fit a u32).
 pub const MAX_CHALLENGE_RATE: u32 = 1_000_000;
 
 impl Default for AcmeConfig {
@@ -438,6 +445,7 @@ impl Default for AcmeConfig {
             removed_certificate_grace: Duration::from_secs(86_400),
             certificate_cache_size: 10_000,
             challenge_rate: 20,
+            load_rate: 20,
         }
     }
 }

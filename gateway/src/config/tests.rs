@@ -109,6 +109,7 @@ fn acme_errors_name_their_own_keys() {
         ("on_demand_timeout_ms = 10000\n", "acme.on_demand_timeout_ms"),
         ("eab = { kid = \"\", hmac_key_env = \"E\" }\n", "acme.eab.kid"),
         ("challenge_rate = 1000001\n", "acme.challenge_rate"),
+        ("load_rate = 1000001\n", "acme.load_rate"),
     ] {
         let c: Config = toml::from_str(&format!("{base}{extra}{MIN}")).unwrap();
         let problems = c.acme_problems();

@@ -461,11 +461,16 @@ impl Config {
         if a.max_concurrent_orders == 0 {
             errs.push(invalid("acme.max_concurrent_orders", "must be at least 1"));
         }
-        if a.challenge_rate > MAX_CHALLENGE_RATE {
-            errs.push(invalid(
-                "acme.challenge_rate",
-                format!("must be at most {MAX_CHALLENGE_RATE} (0: no limit)"),
-            ));
+        for (key, rate) in [
+            ("acme.challenge_rate", a.challenge_rate),
+            ("acme.load_rate", a.load_rate),
+        ] {
+            if rate > MAX_CHALLENGE_RATE {
+                errs.push(invalid(
+                    key,
+                    format!("must be at most {MAX_CHALLENGE_RATE} (0: no limit)"),
+                ));
+            }
         }
         if a.certificate_cache_size == 0 {
             errs.push(invalid("acme.certificate_cache_size", "must be at least 1"));

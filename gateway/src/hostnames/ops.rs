@@ -60,6 +60,17 @@ impl Ops<'_> {
         actor: &str,
     ) -> Result<Value, OpsError> {
         let name = self.name(raw)?;
+        if self.strip_www && name.starts_with("www.") {
+            // `www.www.x` would be stored as `www.x`, and proven by where
+            // `www.x` points: perhaps here as another tenant's `x` claim
+            // covers it.
+            return Err(OpsError::BadName {
+                name: raw.to_owned(),
+                reason: "with tenant.strip_www a claim covers its name and www. of it, so a name still \
+                         starting with www. once one www. is stripped cannot be claimed"
+                    .to_owned(),
+            });
+        }
         if !stamp::is_valid_tenant_name(tenant) {
             return Err(OpsError::BadTenant(tenant.to_owned()));
         }
@@ -152,9 +163,11 @@ impl Ops<'_> {
             },
         };
         // What the customer does next: publish the proof, or (moved) point
-        // the name here again.
+        // the name here again, and for a `txt` claim publish its record
+        // again (`last_error` says which is missing).
         let method = match c.status {
             HostnameStatus::Pending | HostnameStatus::Failed | HostnameStatus::Expired => Some(c.method),
+            HostnameStatus::Moved if policy::comeback(c.method) == policy::Comeback::Txt => Some(Method::Txt),
             HostnameStatus::Moved => self.cfg.cname_target.as_ref().map(|_| Method::Cname),
             _ => None,
         };

@@ -35,6 +35,12 @@ pub enum HostnameStatus {
 }
 
 impl HostnameStatus {
+    /// A claim whose window ended without a proof of its own: another
+    /// tenant's claim on the name replaces it.
+    pub fn ended_unproven(self) -> bool {
+        matches!(self, HostnameStatus::Expired | HostnameStatus::Failed)
+    }
+
     pub const ALL: [HostnameStatus; 7] = [
         HostnameStatus::Pending,
         HostnameStatus::Verified,
@@ -222,11 +228,42 @@ pub struct AfterRecheck {
     pub failing_since: Option<i64>,
 }
 
+/// How a moved claim whose name points here again comes back. While its
+/// name pointed elsewhere for `moved_after_secs` it may have changed hands
+/// (sold, lapsed and registered again), and a name pointing here says
+/// nothing about who pointed it: the new owner, about to sign up with
+/// another tenant, would reach the old one. So it comes back only by a
+/// proof that names the claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comeback {
+    /// `cname`: pointing here was all its proof ever was (it binds no
+    /// tenant: first to claim wins, as for any name pointing here).
+    Pointing,
+    /// `txt`: its TXT record with the claim's token is there again (the
+    /// one check that binds the claim without the name routing here).
+    Txt,
+    /// `http`, an operator's word: no look can prove it again while the
+    /// name points here (the gateway answers the token's path for an
+    /// unrouted name with 404), so only the operator brings it back (added
+    /// again `--preverified`) or it is removed when its window ends.
+    Operator,
+}
+
+/// How a moved claim proven by `method` comes back ([`Comeback`]).
+pub fn comeback(method: Method) -> Comeback {
+    match method {
+        Method::Cname => Comeback::Pointing,
+        Method::Txt => Comeback::Txt,
+        Method::Http | Method::Operator => Comeback::Operator,
+    }
+}
+
 /// An active or moved claim's next state after a look at `now`.
 /// `failing_since`: since when answers have said elsewhere; `moved_at`:
-/// when a moved claim moved. An unknown answer changes nothing; an answer
-/// of here ends any failing and brings a moved claim back. Any other status
-/// is returned as it is.
+/// when a moved claim moved; `reproven`: for a moved claim, whether the
+/// proof it comes back by ([`comeback`]) holds again. An unknown answer
+/// changes nothing; an answer of here ends any failing and brings a moved
+/// claim back if it is reproven. Any other status is returned as it is.
 pub fn after_recheck(
     status: HostnameStatus,
     pointing: &Pointing,
@@ -234,13 +271,16 @@ pub fn after_recheck(
     moved_at: Option<i64>,
     now: i64,
     rules: MoveRules,
+    reproven: bool,
 ) -> AfterRecheck {
     let keep = |status| AfterRecheck { status, failing_since };
+    let back = AfterRecheck {
+        status: HostnameStatus::Active,
+        failing_since: None,
+    };
     match (status, pointing) {
-        (HostnameStatus::Active | HostnameStatus::Moved, Pointing::Here) => AfterRecheck {
-            status: HostnameStatus::Active,
-            failing_since: None,
-        },
+        (HostnameStatus::Active, Pointing::Here) => back,
+        (HostnameStatus::Moved, Pointing::Here) if reproven => back,
         (HostnameStatus::Active, Pointing::Elsewhere { .. }) => {
             let since = failing_since.unwrap_or(now).min(now);
             AfterRecheck {
@@ -536,6 +576,14 @@ mod tests {
     }
 
     #[test]
+    fn a_moved_claim_comes_back_only_by_a_proof_that_names_it() {
+        assert_eq!(comeback(Method::Cname), Comeback::Pointing);
+        assert_eq!(comeback(Method::Txt), Comeback::Txt);
+        assert_eq!(comeback(Method::Http), Comeback::Operator);
+        assert_eq!(comeback(Method::Operator), Comeback::Operator);
+    }
+
+    #[test]
     fn a_claim_whose_name_points_elsewhere_moves_only_after_a_while_of_answers_saying_so() {
         use HostnameStatus::{Active, Moved, Pending, Removed};
         let rules = MoveRules {
@@ -551,57 +599,74 @@ mod tests {
         let at = |status, failing_since| AfterRecheck { status, failing_since };
         // The first answer of elsewhere starts the clock; the claim stays.
         assert_eq!(
-            after_recheck(Active, &away, None, None, 50, rules),
+            after_recheck(Active, &away, None, None, 50, rules, true),
             at(Active, Some(50))
         );
         assert_eq!(
-            after_recheck(Active, &away, Some(50), None, 149, rules),
+            after_recheck(Active, &away, Some(50), None, 149, rules, true),
             at(Active, Some(50))
         );
         // Elsewhere for `moved_after`: moved.
         assert_eq!(
-            after_recheck(Active, &away, Some(50), None, 150, rules),
+            after_recheck(Active, &away, Some(50), None, 150, rules, true),
             at(Moved, Some(50))
         );
         // An answer of here ends the failing; no answer changes nothing,
         // however long it lasts (a resolver down moves no claim).
         assert_eq!(
-            after_recheck(Active, &here, Some(50), None, 149, rules),
+            after_recheck(Active, &here, Some(50), None, 149, rules, true),
             at(Active, None)
         );
         assert_eq!(
-            after_recheck(Active, &unknown, Some(50), None, 10_000, rules),
+            after_recheck(Active, &unknown, Some(50), None, 10_000, rules, true),
             at(Active, Some(50))
         );
         assert_eq!(
-            after_recheck(Active, &unknown, None, None, 10_000, rules),
+            after_recheck(Active, &unknown, None, None, 10_000, rules, true),
             at(Active, None)
         );
         // A clock that went back does not make the failing older.
         assert_eq!(
-            after_recheck(Active, &away, Some(500), None, 400, rules),
+            after_recheck(Active, &away, Some(500), None, 400, rules, true),
             at(Active, Some(400))
         );
-        // Moved: back to active when it points here within its window;
-        // removed once the window ends without that, whatever the answer.
+        // Moved: back to active when it points here within its window and
+        // its proof holds again; removed once the window ends without
+        // that, whatever the answer.
         assert_eq!(
-            after_recheck(Moved, &here, Some(50), Some(150), 900, rules),
+            after_recheck(Moved, &here, Some(50), Some(150), 900, rules, true),
             at(Active, None)
         );
         assert_eq!(
-            after_recheck(Moved, &away, Some(50), Some(150), 1149, rules),
+            after_recheck(Moved, &here, Some(50), Some(150), 900, rules, false),
             at(Moved, Some(50))
         );
         assert_eq!(
-            after_recheck(Moved, &unknown, Some(50), Some(150), 1150, rules),
+            after_recheck(Moved, &here, Some(50), Some(150), 1150, rules, false),
+            at(Removed, Some(50))
+        );
+        // Reproven means nothing to an active claim.
+        assert_eq!(
+            after_recheck(Active, &here, Some(50), None, 149, rules, false),
+            at(Active, None)
+        );
+        assert_eq!(
+            after_recheck(Moved, &away, Some(50), Some(150), 1149, rules, true),
+            at(Moved, Some(50))
+        );
+        assert_eq!(
+            after_recheck(Moved, &unknown, Some(50), Some(150), 1150, rules, true),
             at(Removed, Some(50))
         );
         assert_eq!(
-            after_recheck(Moved, &away, Some(50), Some(150), 1150, rules),
+            after_recheck(Moved, &away, Some(50), Some(150), 1150, rules, true),
             at(Removed, Some(50))
         );
         // Another status is not this look's to change.
-        assert_eq!(after_recheck(Pending, &here, None, None, 0, rules), at(Pending, None));
+        assert_eq!(
+            after_recheck(Pending, &here, None, None, 0, rules, true),
+            at(Pending, None)
+        );
     }
 
     #[test]

@@ -232,8 +232,11 @@ impl Store {
 
     /// Claim `name` for `tenant`: a new pending claim with a fresh token
     /// (`preverified`: verified by the operator, no check). Adding the same
-    /// claim again returns it unchanged; a name another tenant holds (in any
-    /// state but removed) is refused: moving a name is `remove` + `add`.
+    /// claim again returns it unchanged; a name another tenant holds is
+    /// refused (moving a name is `remove` + `add`), unless that claim ended
+    /// unproven (`expired`, `failed`): then it is replaced, or anyone who
+    /// typed a name first (a squatter, a typo) would keep its owner from
+    /// claiming it until an operator stepped in.
     pub async fn add(
         &self,
         name: &str,
@@ -249,12 +252,21 @@ impl Store {
                 if c.tenant == tenant && !preverified {
                     return Ok(c);
                 }
-                if c.tenant != tenant {
+                if c.tenant != tenant && !c.status.ended_unproven() {
                     return Err(StoreError::ClaimedByOther {
                         name: name.to_owned(),
                         tenant: c.tenant,
                         status: c.status.as_str(),
                     });
+                }
+                if c.tenant != tenant {
+                    tracing::info!(
+                        name,
+                        tenant,
+                        replaced = %c.tenant,
+                        status = c.status.as_str(),
+                        "custom hostname: another tenant's claim that ended unproven is replaced"
+                    );
                 }
             }
         }
@@ -278,6 +290,7 @@ impl Store {
                  last_checked_at = NULL, last_error = NULL, saw_other_proof = false,
                  failing_since = NULL, moved_at = NULL, lease_owner = NULL, lease_until = NULL
              WHERE custom_hostnames.status = 'removed'
+                OR (custom_hostnames.status IN ('expired', 'failed') AND custom_hostnames.tenant <> EXCLUDED.tenant)
                 OR (custom_hostnames.tenant = EXCLUDED.tenant AND $7)",
         )
         .bind(name)

@@ -273,6 +273,10 @@ impl Worker {
                     .hostname_checks
                     .with_label_values(&["recheck", result])
                     .inc();
+                let (reproven, detail) = match (c.status, &pointing) {
+                    (HostnameStatus::Moved, Pointing::Here) => self.reproven(&c).await,
+                    _ => (false, detail),
+                };
                 let after = policy::after_recheck(
                     c.status,
                     &pointing,
@@ -280,6 +284,7 @@ impl Worker {
                     c.moved_at,
                     now,
                     self.cfg.move_rules(),
+                    reproven,
                 );
                 failing_since = after.failing_since;
                 let delay = policy::next_recheck_delay(&after, self.cfg.recheck_interval, interval, jitter);
@@ -401,6 +406,29 @@ impl Worker {
             Ok(Err(e)) => tracing::debug!(error = %e, "custom hostnames: cannot look at changed names now"),
             Err(_) => tracing::debug!("custom hostnames: looking at changed names timed out"),
         }
+    }
+
+    /// Whether a moved claim whose name points here again is proven again
+    /// by what it comes back by ([`policy::comeback`]), and if not, why
+    /// (its `last_error`).
+    async fn reproven(&self, c: &Claim) -> (bool, Option<String>) {
+        let why = match policy::comeback(c.method) {
+            policy::Comeback::Pointing => return (true, None),
+            policy::Comeback::Txt => match self.checker.check(&c.name, policy::Method::Txt, &c.token).await {
+                Finding::Proven => return (true, None),
+                Finding::NotYet { detail, .. } => format!(
+                    "points here again, but the name may have changed hands while it pointed elsewhere: \
+                     it comes back once its TXT record holds the claim's token again ({detail})"
+                ),
+            },
+            policy::Comeback::Operator => format!(
+                "points here again, but the name may have changed hands while it pointed elsewhere, and its {} \
+                 proof cannot be made again while it points here: add it again with preverified once its owner \
+                 is known, or it is removed when its window ends",
+                c.method.as_str()
+            ),
+        };
+        (false, Some(why))
     }
 
     /// Whether the lookup query maps the claim's name to the claim's tenant

@@ -327,7 +327,7 @@ impl Metrics {
             certificate_loads: counter_vec(
                 &r,
                 "tenant_gateway_certificate_loads_total",
-                "Stored certificates loaded into memory at a handshake, by result (loaded, not_stored, unreadable: no configured key opens it, error, timeout).",
+                "Stored certificates loaded into memory at a handshake, by result (loaded, not_stored, unreadable: no configured key opens it, error, timeout, refused: the client is over acme.load_rate).",
                 &["result"],
             ),
             certificates_in_memory: gauge(

@@ -269,7 +269,7 @@ impl TlsHandshake {
             }
             if self.store.lookup(name).is_none() {
                 // On demand: an eligible name waits (bounded) for its certificate.
-                acme.on_demand(name).await;
+                acme.on_demand(name, peer).await;
             }
         }
         let tls = start.into_stream(self.config.clone()).await?;

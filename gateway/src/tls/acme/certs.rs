@@ -66,6 +66,17 @@ impl Drop for Waiting<'_> {
     }
 }
 
+/// What a handshake's load of a stored certificate came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Loaded {
+    /// In memory now.
+    InMemory,
+    /// None stored, or none that can be used: an order may replace it.
+    Missing,
+    /// The database did not answer in time, or failed.
+    Failed,
+}
+
 /// Stop presenting the names' stored certificates on every gateway (the
 /// row updates NOTIFY them) and start their grace period before deletion.
 /// Also the claims' `remove`, inside its transaction. One statement,
@@ -93,17 +104,25 @@ pub async fn restore_certificates<'e>(db: impl sqlx::PgExecutor<'e>, names: &[&s
 }
 
 impl Acme {
-    /// A handshake for `name` found no certificate in memory. A name not
-    /// served (the tenant cache says so, negatively cached) costs nothing
-    /// more; a served name's stored certificate is loaded (one indexed
-    /// query, coalesced per name, under `LOAD_DEADLINE`); an eligible name
-    /// without one is ordered, and the handshake waits (bounded) for it.
-    pub async fn on_demand(&self, name: &str) {
+    /// A handshake from `client` for `name` found no certificate in
+    /// memory. A name not served (the tenant cache says so, negatively
+    /// cached) costs nothing more; a served name's stored certificate is
+    /// loaded (one indexed query, coalesced per name, under
+    /// `LOAD_DEADLINE`, at most `acme.load_rate` a second per client); an
+    /// eligible name without one is ordered, and the handshake waits
+    /// (bounded) for it. A load that failed or did not finish in time
+    /// (the database is slow or busy) orders nothing: the order's
+    /// statements would go to the same connections.
+    pub async fn on_demand(&self, name: &str, client: Option<std::net::IpAddr>) {
         if self.store.lookup(name).is_some() || self.served(name).await != Some(true) {
             return;
         }
-        if self.load_coalesced(name).await {
+        if !self.admit_load(client) {
             return;
+        }
+        match self.load_coalesced(name).await {
+            Loaded::InMemory | Loaded::Failed => return,
+            Loaded::Missing => {}
         }
         if !self.eligible(name).await {
             return;
@@ -130,8 +149,8 @@ impl Acme {
     }
 
     /// Load `name`'s stored certificate into memory unless a concurrent
-    /// handshake already did; whether it is in memory now.
-    pub(super) async fn load_coalesced(&self, name: &str) -> bool {
+    /// handshake already did.
+    pub(super) async fn load_coalesced(&self, name: &str) -> Loaded {
         let gate = Gate::new(&self.loading, name);
         // The wait for the turn counts too: another load of the name (an
         // attempt's, a NOTIFY's) may hold it for as long as the database
@@ -146,7 +165,7 @@ impl Acme {
             }
         };
         let result = match tokio::time::timeout(LOAD_DEADLINE, load).await {
-            Ok(None) => return true,
+            Ok(None) => return Loaded::InMemory,
             Ok(Some(Ok(Some(_)))) => "loaded",
             Ok(Some(Ok(None))) => "not_stored",
             Ok(Some(Err(e @ AcmeError::Unreadable { .. }))) => {
@@ -161,7 +180,12 @@ impl Acme {
             Err(_) => "timeout",
         };
         self.metrics.certificate_loads.with_label_values(&[result]).inc();
-        result == "loaded" || (result == "timeout" && self.store.issued(name).is_some())
+        match result {
+            "loaded" => Loaded::InMemory,
+            "not_stored" | "unreadable" => Loaded::Missing,
+            _ if self.store.issued(name).is_some() => Loaded::InMemory,
+            _ => Loaded::Failed,
+        }
     }
 
     /// `name`'s row read and applied (loaded into memory, or dropped from

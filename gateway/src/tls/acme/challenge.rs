@@ -5,6 +5,18 @@
 
 use super::*;
 
+/// Whether `limit` lets `client` (by address, IPv6 /64) cause one more
+/// lookup (no limit, or no address: yes).
+fn admit(
+    limit: Option<&governor::DefaultKeyedRateLimiter<std::net::IpAddr>>,
+    client: Option<std::net::IpAddr>,
+) -> bool {
+    match (limit, client) {
+        (Some(limit), Some(ip)) => limit.check_key(&crate::conn::limits::client_key(ip)).is_ok(),
+        _ => true,
+    }
+}
+
 impl Acme {
     /// Whether a client may cause one more challenge lookup of `kind`
     /// (`acme.challenge_rate`, per address or IPv6 /64): a flood from one
@@ -12,19 +24,30 @@ impl Acme {
     /// where it would queue the CA's own validations behind it. Refusals
     /// are counted by kind.
     pub fn admit_challenge(&self, client: Option<std::net::IpAddr>, kind: &'static str) -> bool {
-        let (Some(limit), Some(ip)) = (&self.challenge_limit, client) else {
-            return true;
-        };
-        if limit.check_key(&crate::conn::limits::client_key(ip)).is_ok() {
+        if admit(self.challenge_limit.as_ref(), client) {
             return true;
         }
         self.metrics.acme_challenges_refused.with_label_values(&[kind]).inc();
         false
     }
 
-    /// Forget the challenge limit's idle clients (called every minute).
+    /// Whether a client's handshake may load a stored certificate
+    /// (`acme.load_rate`, per address or IPv6 /64): a client cycling
+    /// through names not in memory would otherwise keep the ACME
+    /// connections busy with its loads, and other tenants' first
+    /// handshakes (and the orders) would wait behind them. Refusals are
+    /// counted as loads refused.
+    pub(super) fn admit_load(&self, client: Option<std::net::IpAddr>) -> bool {
+        if admit(self.load_limit.as_ref(), client) {
+            return true;
+        }
+        self.metrics.certificate_loads.with_label_values(&["refused"]).inc();
+        false
+    }
+
+    /// Forget the limits' idle clients (called every minute).
     pub fn sweep(&self) {
-        if let Some(limit) = &self.challenge_limit {
+        for limit in [&self.challenge_limit, &self.load_limit].into_iter().flatten() {
             limit.retain_recent();
             limit.shrink_to_fit();
         }

@@ -383,6 +383,9 @@ pub struct Acme {
     alpn_keys: Mutex<HashMap<String, (String, Arc<CertifiedKey>)>>,
     /// Challenge lookups per client (`acme.challenge_rate`; None: no limit).
     challenge_limit: Option<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>,
+    /// Handshake-caused certificate loads per client (`acme.load_rate`;
+    /// None: no limit).
+    load_limit: Option<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>,
 }
 
 impl Acme {
@@ -417,6 +420,8 @@ impl Acme {
         // The rate per second, a burst of twice that (validated to fit).
         let challenge_limit = crate::limits::quota(cfg.challenge_rate, cfg.challenge_rate.saturating_mul(2))
             .map(governor::RateLimiter::dashmap);
+        let load_limit =
+            crate::limits::quota(cfg.load_rate, cfg.load_rate.saturating_mul(2)).map(governor::RateLimiter::dashmap);
         Acme {
             slots: Slots::new(
                 cfg.max_concurrent_orders,
@@ -450,6 +455,7 @@ impl Acme {
             scans: std::sync::atomic::AtomicU64::new(0),
             alpn_keys: Mutex::default(),
             challenge_limit,
+            load_limit,
         }
     }
 
