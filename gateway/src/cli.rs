@@ -663,7 +663,7 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
             secrets.database_url.parse().context("config key `database.url_env`")?;
         let db = tenant::lookup::lazy_pool(
             opts.application_name("tenant-gateway-acme"),
-            4,
+            tls::acme::CONNECTIONS,
             cfg.database.connect_timeout,
         );
         Some(Arc::new(

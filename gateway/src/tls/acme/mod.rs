@@ -149,8 +149,14 @@ fn left_for_other_key(what: &str) -> String {
 /// Bound on loading one stored certificate at a handshake.
 const LOAD_DEADLINE: Duration = Duration::from_secs(2);
 
-/// Certificate NOTIFYs' reloads that run at once (the others wait).
-const RELOADS_AT_ONCE: usize = 4;
+/// The ACME work's own connections (orders, scans, loads, reloads); the
+/// challenge answers have theirs (`ANSWER_CONNECTIONS`).
+pub const CONNECTIONS: u32 = 4;
+
+/// Certificate NOTIFYs' reloads that run at once (the others wait): half
+/// the ACME connections, so a bulk renewal's NOTIFYs leave the rest to
+/// handshakes' loads and the orders.
+const RELOADS_AT_ONCE: usize = CONNECTIONS as usize / 2;
 /// Names one scan takes per query (missing, due for renewal).
 const SCAN_BATCH: i64 = 500;
 /// The query for names without any certificate reads every listed name
