@@ -1254,3 +1254,63 @@ fn active_claims_long_overdue_for_a_recheck_are_spread_over_the_interval() {
     assert_eq!(spread, "t|t|t");
     assert_eq!(recent_due(pg), recent_before);
 }
+
+/// A hostile (or unlucky) tenant's claims do not hold back another's: with
+/// two check slots, mclaren claims 40 names whose `http` proof never
+/// answers (a web server that takes connections and never replies: each
+/// check takes its whole 3 s timeout), then ferrari claims one. Taken by
+/// due time, ferrari's claim waited behind every one of mclaren's overdue
+/// claims (about a minute for each of its checks); with the slots shared,
+/// the next free slot is ferrari's and its claim is active within seconds,
+/// while mclaren's claims go on being checked.
+#[test]
+fn one_tenants_many_unanswering_claims_do_not_hold_back_anothers() {
+    const NAME: &str = "prompt.ferrari.test";
+    let dir = tempfile::tempdir().unwrap();
+    let dns = DnsServer::start(dir.path()).unwrap();
+    // Connections complete in the kernel's queue; nothing ever reads them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let s = claims_stack(&format!(
+        "{}max_concurrent_checks = 2\n",
+        verification(dns.port, silent_port, "\"http\", \"txt\"", 3600)
+    ));
+    let (pg, gw) = (&s.pg, &s.gw);
+    for i in 0..40 {
+        claim(gw, &format!("name=never{i}.mclaren.test&tenant=mclaren&method=http"));
+    }
+    let mclaren_checks = || {
+        pg.psql("SELECT coalesce(sum(checks), 0) FROM tenant_gateway.custom_hostnames WHERE tenant = 'mclaren'")
+            .ok()
+            .and_then(|n| n.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    // The flood is being checked (each check its whole timeout) and is
+    // overdue by the time ferrari comes.
+    wait_until("mclaren's first checks", Duration::from_secs(30), || {
+        mclaren_checks() >= 4
+    })
+    .unwrap();
+    app_cli_ok(&pg.url(), &["domain", "add", NAME, "--tenant", "ferrari"]);
+    let added = claim(gw, &format!("name={NAME}&tenant=ferrari&method=txt"));
+    let token = added["instructions"]["txt_value"].as_str().unwrap().to_owned();
+    // Ferrari's first check finds no record yet; its next waits for a slot
+    // again.
+    wait_checks(pg, NAME, 1);
+    dns.set_txt(&format!("_tenant-gateway.{NAME}"), &token);
+    let published = Instant::now();
+    wait_status(pg, NAME, "active", Duration::from_secs(25));
+    wait_routed(gw, NAME, "ferrari");
+    let before = mclaren_checks();
+    wait_until("mclaren's claims still checked", Duration::from_secs(30), || {
+        mclaren_checks() >= before + 2
+    })
+    .unwrap();
+    assert_eq!(
+        pg.psql("SELECT count(*) FROM tenant_gateway.custom_hostnames WHERE tenant = 'mclaren' AND status = 'pending'")
+            .unwrap(),
+        "40",
+        "proven in {:?}",
+        published.elapsed()
+    );
+}

@@ -19,6 +19,8 @@
 //! - `settings`: the `[custom_domains]` section.
 //! - `check`: one DNS (TXT, CNAME/A) or HTTP check.
 //! - `store`: the claims in PostgreSQL, events, NOTIFY.
+//! - `share`: which due claims take the free check slots (the tenant with
+//!   fewest checks running first; pure).
 //! - `worker`: the fleet's checkers (leases, back-off, wake-ups, gauges).
 //! - `ops`: the operator's actions on claims, shared by the CLI and the
 //!   operator API.
@@ -30,6 +32,7 @@ pub mod check;
 pub mod ops;
 pub mod policy;
 pub mod settings;
+pub mod share;
 pub mod store;
 pub mod worker;
 

@@ -4,12 +4,14 @@
 //! on the tenant channel (every gateway's cache drops it) and an event row
 //! naming who made it.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::{PgPool, Postgres, Row, Transaction};
 
 use super::policy::{self, HostnameStatus, Method};
+use super::share::Due;
 use crate::tls::acme::{restore_certificates, retire_certificates};
 
 /// Wakes the checkers at once (a new claim, a retry).
@@ -17,6 +19,9 @@ pub const WAKE_CHANNEL: &str = "tenant_gateway_hostnames";
 /// NOTIFYed by triggers (migration 0005) when claims are added or removed
 /// or a claim's status changes, on commit: the claim gauges count again.
 pub const COUNTS_CHANNEL: &str = "tenant_gateway_hostname_counts";
+/// A claim no checker holds: never leased, or its lease ran out (a checker
+/// that crashed or gave up).
+const FREE: &str = "(lease_owner IS NULL OR lease_until <= now())";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -85,7 +90,7 @@ pub struct Claim {
 
 /// A timestamp column as Unix seconds, `infinity` (a hand-edited row) as
 /// far in the future (or past): cast as it is, it fails the whole statement,
-/// and a batch of due claims with it (`take_due`) would fail every round.
+/// and a batch of due claims with it (`lease`) would fail every round.
 macro_rules! epoch {
     ($c:literal) => {
         concat!(
@@ -451,47 +456,100 @@ impl Store {
 
     // ---- the checkers ----
 
-    /// Lease up to `limit` claims due for a check (pending), a routability
-    /// look (verified) or, with `rechecks`, a look at where their names
-    /// point (active, moved) to `owner` for `lease_secs`.
-    pub async fn take_due(
+    /// The claims due for a check (pending), a routability look (verified)
+    /// or, with `rechecks`, a look at where their names point (active,
+    /// moved) that no checker holds, for [`share::pick`](super::share::pick)
+    /// to choose from; and how many checks each tenant has running across
+    /// the fleet (unexpired leases). Pending and verified claims are read
+    /// per tenant: a walk over the tenants that have any (one index seek
+    /// each, migration 0010) takes up to `per_tenant` of each one's
+    /// earliest due, so a tenant's claims are among the candidates however
+    /// many another tenant has overdue. Rechecks are the `rechecks_at_most`
+    /// earliest due of all (every tenant has active claims; their looks are
+    /// spread over the recheck interval).
+    pub async fn due(
+        &self,
+        per_tenant: i64,
+        rechecks_at_most: i64,
+        rechecks: bool,
+    ) -> Result<(Vec<Due>, HashMap<String, u64>), StoreError> {
+        let rows = sqlx::query(&format!(
+            "WITH RECURSIVE open_tenants(tenant) AS (
+                 (SELECT tenant FROM tenant_gateway.custom_hostnames
+                   WHERE status IN ('pending', 'verified') ORDER BY tenant LIMIT 1)
+               UNION ALL
+                 SELECT (SELECT c.tenant FROM tenant_gateway.custom_hostnames c
+                          WHERE c.status IN ('pending', 'verified') AND c.tenant > t.tenant
+                          ORDER BY c.tenant LIMIT 1)
+                   FROM open_tenants t WHERE t.tenant IS NOT NULL
+             ),
+             due AS (
+                 SELECT d.* FROM open_tenants t CROSS JOIN LATERAL (
+                     SELECT name, tenant, next_check_at FROM tenant_gateway.custom_hostnames
+                      WHERE tenant = t.tenant AND status IN ('pending', 'verified')
+                        AND next_check_at <= now() AND {FREE}
+                      ORDER BY next_check_at LIMIT $1) d
+                  WHERE t.tenant IS NOT NULL
+               UNION ALL
+                 (SELECT name, tenant, next_check_at FROM tenant_gateway.custom_hostnames
+                   WHERE $3 AND status IN ('active', 'moved') AND next_check_at <= now() AND {FREE}
+                   ORDER BY next_check_at LIMIT $2)
+             )
+             SELECT name, tenant, extract(epoch FROM next_check_at)::float8 AS due_at FROM due"
+        ))
+        .bind(per_tenant)
+        .bind(rechecks_at_most)
+        .bind(rechecks)
+        .fetch_all(&self.db)
+        .await?;
+        let due = rows
+            .iter()
+            .map(|r| {
+                Ok(Due {
+                    name: r.try_get("name")?,
+                    tenant: r.try_get("tenant")?,
+                    due_at: r.try_get("due_at")?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let running: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT tenant, count(*) FROM tenant_gateway.custom_hostnames
+              WHERE lease_owner IS NOT NULL AND lease_until > now() GROUP BY tenant",
+        )
+        .fetch_all(&self.db)
+        .await?;
+        let running = running.into_iter().map(|(t, n)| (t, n.max(0) as u64)).collect();
+        Ok((due, running))
+    }
+
+    /// Lease the claims among `names` that are still due and free (another
+    /// checker may have taken some since they were read) to `owner` for
+    /// `lease_secs`.
+    pub async fn lease(
         &self,
         owner: &str,
         lease_secs: f64,
-        limit: i64,
+        names: &[String],
         rechecks: bool,
     ) -> Result<Vec<Claim>, StoreError> {
-        // Each set of statuses written into its own part of the statement,
-        // so that each walks the partial index of its due claims (0002,
-        // 0009); the earliest due of both are taken.
-        let of = |statuses: &str| {
-            format!(
-                "SELECT name, next_check_at FROM tenant_gateway.custom_hostnames
-                  WHERE status IN ({statuses}) AND next_check_at <= now()
-                    AND (lease_owner IS NULL OR lease_until <= now())
-                  ORDER BY next_check_at LIMIT $3 FOR UPDATE SKIP LOCKED"
-            )
-        };
-        let due = match rechecks {
-            false => format!("WITH due AS ({})", of("'pending', 'verified'")),
-            true => format!(
-                "WITH proving AS ({}), rechecking AS ({}),
-                      due AS (SELECT * FROM proving UNION ALL SELECT * FROM rechecking
-                               ORDER BY next_check_at LIMIT $3)",
-                of("'pending', 'verified'"),
-                of("'active', 'moved'")
-            ),
+        let statuses = match rechecks {
+            false => "'pending', 'verified'",
+            true => "'pending', 'verified', 'active', 'moved'",
         };
         let rows = sqlx::query(&format!(
-            "{due}
+            "WITH taken AS (
+                 SELECT name FROM tenant_gateway.custom_hostnames
+                  WHERE name = ANY($3) AND status IN ({statuses}) AND next_check_at <= now() AND {FREE}
+                  FOR UPDATE SKIP LOCKED
+             )
              UPDATE tenant_gateway.custom_hostnames
                 SET lease_owner = $1, lease_until = now() + make_interval(secs => $2)
-              WHERE name IN (SELECT name FROM due)
+              WHERE name IN (SELECT name FROM taken)
           RETURNING {COLUMNS}"
         ))
         .bind(owner)
         .bind(lease_secs)
-        .bind(limit)
+        .bind(names)
         .fetch_all(&self.db)
         .await?;
         rows.iter().map(claim).collect()

@@ -1,10 +1,12 @@
 //! The checkers: every gateway runs one; claims due for a check (pending),
 //! a routability look (verified) or, with `recheck_interval_secs`, a look
 //! at where their names point (active, moved) are leased
-//! to one gateway at a time (`take_due`: `FOR UPDATE SKIP LOCKED` plus a
-//! lease that outlives a crashed checker by a bounded time), checked at
+//! to one gateway at a time (`Store::lease`: `FOR UPDATE SKIP LOCKED` plus
+//! a lease that outlives a crashed checker by a bounded time), checked at
 //! most `max_concurrent_checks` at once, and written back with their next
-//! check time (back-off capped at `check_interval_secs`). A new claim or a
+//! check time (back-off capped at `check_interval_secs`). A free slot goes
+//! to the tenant with the fewest checks running (`share`), so one tenant's
+//! many slow or unanswering claims do not hold back another's. A new claim or a
 //! retry wakes the checkers through NOTIFY; otherwise they poll the indexed
 //! `next_check_at` every few seconds (one query, whatever the number of
 //! claims). Also keeps the claim gauges: counted again only when claims
@@ -29,7 +31,8 @@ use sqlx::PgPool;
 use super::check::Checker;
 use super::policy::{self, Finding, HostnameStatus, Pointing};
 use super::settings::CustomDomainsConfig;
-use super::store::{Claim, Outcome, Store, COUNTS_CHANNEL, WAKE_CHANNEL};
+use super::share;
+use super::store::{Claim, Outcome, Store, StoreError, COUNTS_CHANNEL, WAKE_CHANNEL};
 use crate::clock::unix_now;
 use crate::metrics::Metrics;
 
@@ -37,6 +40,9 @@ use crate::metrics::Metrics;
 const POLL_MAX: Duration = Duration::from_secs(5);
 /// Deadline of one database step (leasing due claims, counting them).
 const STEP: Duration = Duration::from_secs(10);
+/// Active and moved claims due for a look read per free slot, for
+/// [`share::pick`] to choose among (the earliest due of all tenants).
+const RECHECK_CANDIDATES_PER_SLOT: usize = 16;
 /// How often the claim gauges are looked at (counted only if due, see
 /// [`must_count`]).
 const GAUGES_EVERY: Duration = Duration::from_secs(15);
@@ -130,10 +136,20 @@ impl Worker {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut gauges = tokio::time::interval(GAUGES_EVERY);
         let mut counted = None;
+        let mut running = tokio::task::JoinSet::new();
+        // Slots are refilled as checks end, once half of them are free (or
+        // all, below two), so a busy checker reads the due claims once per
+        // few checks, not once per check.
+        let refill_at = (self.cfg.max_concurrent_checks as usize / 2).max(1);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.round().await,
-                Some(()) = wake.recv() => self.round().await,
+                _ = tick.tick() => self.fill(&mut running).await,
+                Some(()) = wake.recv() => self.fill(&mut running).await,
+                Some(_) = running.join_next(), if !running.is_empty() => {
+                    if running.len() < refill_at {
+                        self.fill(&mut running).await;
+                    }
+                }
                 _ = gauges.tick() => self.refresh_gauges(&mut counted).await,
             }
         }
@@ -175,54 +191,82 @@ impl Worker {
         }
     }
 
-    /// Lease the due claims and handle them, `max_concurrent_checks` at a time.
-    async fn round(self: &Arc<Self>) {
+    /// Fill the free check slots (`max_concurrent_checks` less the checks
+    /// in `running`): read the due claims, let [`share::pick`] choose
+    /// which take the slots (the tenants with fewest checks running across
+    /// the fleet first), lease those and start their checks. A claim is
+    /// leased only when its check can start, so it is checked well inside
+    /// its lease, and a slow check holds one slot, not a whole batch. When
+    /// another gateway leased some of the chosen claims first, the choice
+    /// is made once more.
+    async fn fill(self: &Arc<Self>, running: &mut tokio::task::JoinSet<()>) {
         let cap = self.cfg.max_concurrent_checks as usize;
-        let lease = self.cfg.check_timeout * 2 + Duration::from_secs(30);
-        let due = tokio::time::timeout(
-            STEP,
-            self.store
-                .take_due(&self.owner, lease.as_secs_f64(), (cap * 4) as i64, self.cfg.rechecks()),
-        )
-        .await;
-        let due = match due {
-            Ok(Ok(due)) => due,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "custom hostnames: cannot read due claims");
-                return;
-            }
-            Err(_) => {
-                tracing::warn!("custom hostnames: no due claims read within {STEP:?}");
-                return;
-            }
-        };
         // Well inside the lease: a claim given up on here is checked again
         // once its lease ends.
         let each = self.cfg.check_timeout + STEP * 3;
-        let mut running = tokio::task::JoinSet::new();
-        for claim in due {
-            while running.len() >= cap {
-                running.join_next().await;
+        let lease = self.cfg.check_timeout * 2 + Duration::from_secs(30);
+        for _ in 0..2 {
+            let free = cap.saturating_sub(running.len());
+            if free == 0 {
+                return;
             }
-            let me = self.clone();
-            running.spawn(async move {
-                let name = claim.name.clone();
-                if tokio::time::timeout(each, me.handle(claim)).await.is_err() {
-                    tracing::warn!(
-                        name,
-                        "custom hostnames: check not finished within {each:?}; retried after its lease"
-                    );
+            let leased = tokio::time::timeout(STEP, self.take(free, lease)).await;
+            let (claims, chosen) = match leased {
+                Ok(Ok(leased)) => leased,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "custom hostnames: cannot lease due claims");
+                    return;
                 }
-            });
+                Err(_) => {
+                    tracing::warn!("custom hostnames: no due claims leased within {STEP:?}");
+                    return;
+                }
+            };
+            let all_taken = claims.len() == chosen;
+            for claim in claims {
+                let me = self.clone();
+                running.spawn(async move {
+                    let name = claim.name.clone();
+                    if tokio::time::timeout(each, me.handle(claim)).await.is_err() {
+                        tracing::warn!(
+                            name,
+                            "custom hostnames: check not finished within {each:?}; retried after its lease"
+                        );
+                    }
+                });
+            }
+            if all_taken {
+                return;
+            }
         }
-        while running.join_next().await.is_some() {}
+    }
+
+    /// Up to `free` due claims, chosen by [`share::pick`] and leased for
+    /// `lease`; and how many were chosen (more than were leased when
+    /// another checker took some first).
+    async fn take(&self, free: usize, lease: Duration) -> Result<(Vec<Claim>, usize), StoreError> {
+        let rechecks = self.cfg.rechecks();
+        let (due, busy) = self
+            .store
+            .due(free as i64, (free * RECHECK_CANDIDATES_PER_SLOT) as i64, rechecks)
+            .await?;
+        let chosen: Vec<String> = share::pick(due, &busy, free).into_iter().map(|d| d.name).collect();
+        if chosen.is_empty() {
+            return Ok((Vec::new(), 0));
+        }
+        let claims = self
+            .store
+            .lease(&self.owner, lease.as_secs_f64(), &chosen, rechecks)
+            .await?;
+        Ok((claims, chosen.len()))
     }
 
     async fn handle(&self, c: Claim) {
         // Left however the handling ends (its deadline included: the
         // claim's lease then runs out and it is checked afresh). Checks of
-        // one name never overlap here (a round ends before the next leases),
-        // so the registration is this check's.
+        // one name never overlap here (it is not leased again before its
+        // lease runs out, and its handling ends before that), so the
+        // registration is this check's.
         self.checking.start(&c.name);
         let mut checking = self.checking.running(&c.name);
         let now = unix_now();
