@@ -8,7 +8,8 @@
 //! sealing keys the fleet runs with (0008), and moved claims (0009: the
 //! `moved` status, since when a name has pointed elsewhere, and the index
 //! of active claims due for a look), and the checkers' fair share (0010:
-//! pending and verified claims by tenant, and the leased ones).
+//! pending and verified claims by tenant, and the leased ones), and the
+//! tenant of each ACME order (0011: each tenant's share of the budget).
 //! Every gateway (and every CLI command that opens the database) makes sure
 //! they are applied: the version recorded in `tenant_gateway.schema_version`
 //! is read first, without locks, and only an older schema runs the scripts
@@ -23,7 +24,7 @@
 
 use sqlx::PgPool;
 
-const MIGRATIONS: [&str; 10] = [
+const MIGRATIONS: [&str; 11] = [
     include_str!("../migrations/0001_acme.sql"),
     include_str!("../migrations/0002_hostnames.sql"),
     include_str!("../migrations/0003_certificate_scale.sql"),
@@ -34,6 +35,7 @@ const MIGRATIONS: [&str; 10] = [
     include_str!("../migrations/0008_sealing_keys.sql"),
     include_str!("../migrations/0009_moved_claims.sql"),
     include_str!("../migrations/0010_fair_checks.sql"),
+    include_str!("../migrations/0011_acme_orders_by_tenant.sql"),
 ];
 const MIGRATION_LOCK: i64 = 0x7467_6163_6d65; // "tgacme"
 

@@ -3,7 +3,8 @@
 //! stale cache entry while its NOTIFY arrives (and one removed mid-order has
 //! the certificate its order stored retired), two gateways place exactly one
 //! order, the guard never orders for unknown or suspended names, tenants
-//! under one public suffix do not share an order limit, renewal
+//! under one public suffix do not share an order limit, one tenant's many
+//! domains get only its share of the order budget, renewal
 //! survives the CA being down, stored certificates survive restarts with
 //! their keys encrypted, many names at once queue for order slots while
 //! every challenge is still answered, and a gateway stopping mid-order (a
@@ -350,6 +351,55 @@ fn order_limit_is_per_registrable_domain_not_per_public_suffix() {
     st.s.gw
         .wait_logged("1 orders for ferrari.co.uk this week", 0, Duration::from_secs(30));
     assert_eq!(orders(&st.s.pg), 2, "no order for the held-back name");
+}
+
+/// One tenant cannot spend the fleet's order budget: mclaren's four new
+/// domains (each under its own registrable domain, as throwaway domains
+/// would be) get two orders, its share (`orders_per_tenant_per_hour = 2`),
+/// though they ask at once on four order slots; ferrari's domain, added
+/// after, still gets its certificate within the fleet's budget of three.
+/// Without the share, mclaren's names took all three orders and ferrari's
+/// waited for the next hour.
+#[test]
+fn one_tenants_many_domains_do_not_spend_another_tenants_orders() {
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    let st = acme_stack_with(
+        pg,
+        "\"http-01\"",
+        "orders_per_hour = 3\norders_per_tenant_per_hour = 2\n",
+    );
+    let (pg, gw) = (&st.s.pg, &st.s.gw);
+    let theirs: Vec<String> = (0..4).map(|i| format!("shop.mclaren{i}.test")).collect();
+    for name in &theirs {
+        app_cli_ok(&pg.url(), &["domain", "add", name, "--tenant", "mclaren"]);
+    }
+    let held_back = || {
+        pg.psql(
+            "SELECT count(*) FROM tenant_gateway.acme_names
+              WHERE name LIKE 'shop.mclaren%' AND last_error LIKE '%acme.orders_per_tenant_per_hour%'",
+        )
+        .unwrap_or_default()
+    };
+    wait_until(
+        "mclaren's share used and the rest held back",
+        Duration::from_secs(60),
+        || {
+            held_back() == "2"
+                && pg
+                    .psql("SELECT count(*) FROM tenant_gateway.certificates WHERE name LIKE 'shop.mclaren%'")
+                    .is_ok_and(|n| n == "2")
+        },
+    )
+    .unwrap_or_else(|e| panic!("{e}\n{}", gw.proc_.log()));
+    app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
+    wait_issued(&st.pebble, gw, CUSTOM, Duration::from_secs(60));
+    assert_eq!(
+        pg.psql("SELECT tenant, count(*) FROM tenant_gateway.acme_orders GROUP BY tenant ORDER BY tenant")
+            .unwrap(),
+        "ferrari|1\nmclaren|2"
+    );
+    gw.wait_logged("orders for tenant mclaren in the last hour", 0, Duration::from_secs(5));
 }
 
 #[test]
@@ -1037,7 +1087,12 @@ fn twenty_domains_at_once_queue_for_order_slots_and_every_challenge_is_answered(
     const NAMES: usize = 20;
     let pg = Postgres::start().unwrap();
     tenants(&pg);
-    let st = acme_stack_with(pg, "\"http-01\"", "max_concurrent_orders = 3\n");
+    // All twenty are one tenant's: its share of the order budget covers them.
+    let st = acme_stack_with(
+        pg,
+        "\"http-01\"",
+        "max_concurrent_orders = 3\norders_per_tenant_per_hour = 20\n",
+    );
     // One transaction: the domain trigger NOTIFYs all twenty at commit.
     st.s.pg
         .psql(&format!(

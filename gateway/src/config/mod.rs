@@ -395,6 +395,10 @@ pub struct AcmeConfig {
     pub retry_max: Duration,
     /// New orders allowed per hour, across all names.
     pub orders_per_hour: u32,
+    /// New orders allowed per hour for one tenant's names (at most
+    /// `orders_per_hour`): its share, so one tenant cannot spend the
+    /// fleet's budget.
+    pub orders_per_tenant_per_hour: u32,
     /// New orders allowed per week per registered domain (Let's Encrypt allows 50).
     pub orders_per_domain_per_week: u32,
     /// Orders this gateway runs at once; further names wait for a slot.
@@ -440,6 +444,7 @@ impl Default for AcmeConfig {
             retry_base: Duration::from_secs(60),
             retry_max: Duration::from_secs(86_400),
             orders_per_hour: 50,
+            orders_per_tenant_per_hour: 10,
             orders_per_domain_per_week: 20,
             max_concurrent_orders: 4,
             removed_certificate_grace: Duration::from_secs(86_400),

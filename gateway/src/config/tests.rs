@@ -96,6 +96,11 @@ fn acme_errors_name_their_own_keys() {
     for (extra, key) in [
         ("check_interval_secs = 0\n", "acme.check_interval_secs"),
         ("orders_per_domain_per_week = 0\n", "acme.orders_per_domain_per_week"),
+        ("orders_per_tenant_per_hour = 0\n", "acme.orders_per_tenant_per_hour"),
+        (
+            "orders_per_hour = 5\norders_per_tenant_per_hour = 6\n",
+            "acme.orders_per_tenant_per_hour",
+        ),
         ("retry_base_secs = 10\nretry_max_secs = 5\n", "acme.retry_max_secs"),
         (
             "check_interval_secs = 9223372036854775807\n",

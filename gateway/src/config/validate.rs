@@ -455,6 +455,12 @@ impl Config {
         if a.orders_per_hour == 0 {
             errs.push(invalid("acme.orders_per_hour", "must be positive"));
         }
+        if a.orders_per_tenant_per_hour == 0 || a.orders_per_tenant_per_hour > a.orders_per_hour.max(1) {
+            errs.push(invalid(
+                "acme.orders_per_tenant_per_hour",
+                format!("must be between 1 and acme.orders_per_hour ({})", a.orders_per_hour),
+            ));
+        }
         if a.orders_per_domain_per_week == 0 {
             errs.push(invalid("acme.orders_per_domain_per_week", "must be positive"));
         }

@@ -21,8 +21,11 @@
 //!   NOTIFY.
 //! - Renewal when between 60 % and 66.7 % of the lifetime has passed
 //!   (jittered; a third or more is left); failures back off exponentially
-//!   with jitter, capped; the last certificate keeps being served; global
-//!   and per-registrable-domain (Public Suffix List) order rate limits.
+//!   with jitter, capped; the last certificate keeps being served; order
+//!   budgets for the fleet, for each tenant (its share of the fleet's, so
+//!   one tenant's bulk import or hundreds of throwaway domains do not
+//!   hold back another's first certificate) and per registrable domain
+//!   (Public Suffix List).
 //!
 //! Bounds: orders must never starve the database connections that answer
 //! challenges, and every attempt ends with its bookkeeping written.
@@ -132,6 +135,9 @@ const STOP_WAIT: Duration = Duration::from_secs(2);
 const FREE_LEASE: &str = "lease_owner = NULL, lease_until = NULL, ordering_since = NULL, updated_at = now()";
 /// How long a rate-limited name waits before the next try.
 const RATE_LIMITED_RETRY: Duration = Duration::from_secs(600);
+/// The advisory lock (transaction-scoped) under which an order's budgets
+/// are counted and its row logged, fleet-wide.
+const ORDER_BUDGET_LOCK: i64 = 0x7467_6275_6467; // "tgbudg"
 /// A gateway's sealing key counts as live (`tenant_gateway.sealing_keys`,
 /// migration 0008) for the longer of this and three of its scan intervals
 /// after it said so: while another key is live, a secret this gateway
@@ -552,7 +558,16 @@ impl Acme {
     }
 
     pub async fn eligible(&self, name: &str) -> bool {
-        self.custom(name) && policy::eligible(&self.guard.resolve(name).await)
+        self.eligible_for(name).await.is_some()
+    }
+
+    /// The tenant an order for `name` would be made for (and counted
+    /// against), `None` when the name is not eligible.
+    pub(super) async fn eligible_for(&self, name: &str) -> Option<String> {
+        if !self.custom(name) {
+            return None;
+        }
+        policy::ordered_for(&self.guard.resolve(name).await).map(str::to_owned)
     }
 
     /// Not under a base domain (whose certificates are the operator's

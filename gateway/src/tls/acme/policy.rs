@@ -1,6 +1,6 @@
 //! Order policy as pure functions: the unit of the per-domain rate limit
-//! (Public Suffix List), the failure back-off, and when a certificate is
-//! renewed.
+//! (Public Suffix List), which order budget holds an order back, the
+//! failure back-off, and when a certificate is renewed.
 
 use super::*;
 
@@ -13,11 +13,61 @@ pub fn registered_domain(name: &str) -> String {
     psl::domain_str(name).unwrap_or(name).to_owned()
 }
 
-/// Whether a name may have a certificate ordered: its tenant is active (and,
-/// with claims, its claim is; an unverified name's tenant status is
-/// `Unverified`). Base domains are excluded by the caller.
-pub(super) fn eligible(found: &Resolution) -> bool {
-    matches!(found, Resolution::Found(t) if t.status == Status::Active)
+/// The tenant (its schema) an order for the name is made for and counted
+/// against, `Some` only when the name may have a certificate ordered: its
+/// tenant is active (and, with claims, its claim is; an unverified name's
+/// tenant status is `Unverified`). Base domains are excluded by the caller.
+pub(super) fn ordered_for(found: &Resolution) -> Option<&str> {
+    match found {
+        Resolution::Found(t) if t.status == Status::Active => Some(t.schema()),
+        _ => None,
+    }
+}
+
+/// Orders placed lately, as the budgets count them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct RecentOrders {
+    /// In the last hour, across the fleet.
+    pub hour: i64,
+    /// In the last hour, for the tenant of the name about to be ordered.
+    pub tenant_hour: i64,
+    /// In the last 7 days, for the name's registrable domain.
+    pub domain_week: i64,
+}
+
+/// The order budgets (`acme.orders_per_hour`,
+/// `acme.orders_per_tenant_per_hour`, `acme.orders_per_domain_per_week`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Budgets {
+    pub per_hour: u32,
+    pub per_tenant_per_hour: u32,
+    pub per_domain_per_week: u32,
+}
+
+/// Why an order for a name of `tenant` under `domain` is held back, naming
+/// the budget's key, or `None` when every budget has room. The tenant's
+/// share is looked at first: a tenant that used it up is told so, even when
+/// the whole fleet's is spent too.
+pub(super) fn over_budget(recent: RecentOrders, budgets: Budgets, tenant: &str, domain: &str) -> Option<String> {
+    let RecentOrders {
+        hour,
+        tenant_hour,
+        domain_week,
+    } = recent;
+    if tenant_hour >= i64::from(budgets.per_tenant_per_hour) {
+        return Some(format!(
+            "{tenant_hour} orders for tenant {tenant} in the last hour (acme.orders_per_tenant_per_hour)"
+        ));
+    }
+    if hour >= i64::from(budgets.per_hour) {
+        return Some(format!("{hour} orders in the last hour (acme.orders_per_hour)"));
+    }
+    if domain_week >= i64::from(budgets.per_domain_per_week) {
+        return Some(format!(
+            "{domain_week} orders for {domain} this week (acme.orders_per_domain_per_week)"
+        ));
+    }
+    None
 }
 
 /// Whether a name is served (its certificate is presented): routed to a
@@ -52,11 +102,11 @@ mod tests {
     #[test]
     fn only_active_tenants_get_orders_and_unverified_names_are_not_served() {
         let t = |s| Resolution::Found(Arc::new(crate::tenant::Tenant::new("acme", s, None).expect("tenant")));
-        assert!(eligible(&t(Status::Active)));
+        assert!(ordered_for(&t(Status::Active)).is_some());
         for s in [Status::Suspended, Status::Deleted, Status::Unverified] {
-            assert!(!eligible(&t(s)), "{s:?}");
+            assert!(ordered_for(&t(s)).is_none(), "{s:?}");
         }
-        assert!(!eligible(&Resolution::NotFound) && !eligible(&Resolution::Unavailable));
+        assert!(ordered_for(&Resolution::NotFound).is_none() && ordered_for(&Resolution::Unavailable).is_none());
         assert_eq!(
             served(&t(Status::Suspended)),
             Some(true),
@@ -66,6 +116,52 @@ mod tests {
         assert_eq!(served(&Resolution::NotFound), Some(false));
         assert_eq!(served(&Resolution::Unavailable), None, "never retire on a guess");
         assert_eq!(served(&Resolution::Misconfigured), None);
+    }
+
+    #[test]
+    fn an_order_is_counted_against_the_active_tenant_it_is_for() {
+        let t = |s| {
+            Resolution::Found(Arc::new(
+                crate::tenant::Tenant::new("acme", s, Some("eu")).expect("tenant"),
+            ))
+        };
+        assert_eq!(
+            ordered_for(&t(Status::Active)),
+            Some("acme"),
+            "the schema, not the pool"
+        );
+        assert_eq!(ordered_for(&t(Status::Suspended)), None);
+        assert_eq!(ordered_for(&Resolution::NotFound), None);
+    }
+
+    #[test]
+    fn a_tenant_over_its_share_is_held_back_while_others_have_room() {
+        let budgets = Budgets {
+            per_hour: 50,
+            per_tenant_per_hour: 10,
+            per_domain_per_week: 20,
+        };
+        let recent = |hour, tenant_hour, domain_week| RecentOrders {
+            hour,
+            tenant_hour,
+            domain_week,
+        };
+        assert_eq!(over_budget(recent(49, 9, 19), budgets, "acme", "acme.com"), None);
+        let tenant = over_budget(recent(10, 10, 0), budgets, "acme", "acme.com").expect("held back");
+        assert!(
+            tenant.contains("tenant acme") && tenant.contains("acme.orders_per_tenant_per_hour"),
+            "{tenant}"
+        );
+        let fleet = over_budget(recent(50, 0, 0), budgets, "acme", "acme.com").expect("held back");
+        assert!(fleet.ends_with("(acme.orders_per_hour)"), "{fleet}");
+        let domain = over_budget(recent(0, 0, 20), budgets, "acme", "acme.com").expect("held back");
+        assert!(
+            domain.contains("acme.com this week (acme.orders_per_domain_per_week)"),
+            "{domain}"
+        );
+        // Both spent: the tenant hears about its own share.
+        let both = over_budget(recent(50, 10, 20), budgets, "acme", "acme.com").expect("held back");
+        assert!(both.contains("acme.orders_per_tenant_per_hour"), "{both}");
     }
 
     #[test]

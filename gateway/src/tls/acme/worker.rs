@@ -313,7 +313,7 @@ impl Acme {
     }
 
     pub(super) async fn attempt(&self, name: &str, force_hint: bool) -> Result<(), AcmeError> {
-        if !self.eligible(name).await {
+        let Some(tenant) = self.eligible_for(name).await else {
             tracing::debug!(name, "ACME: not eligible; no order");
             // The scan leaves it alone for a while (a change to the name
             // clears this at once: `welcome_back`), a forced renewal too:
@@ -333,7 +333,7 @@ impl Acme {
             )
             .await?;
             return Ok(());
-        }
+        };
         bounded(
             "registering the name",
             sqlx::query("INSERT INTO tenant_gateway.acme_names (name) VALUES ($1) ON CONFLICT (name) DO NOTHING")
@@ -368,11 +368,11 @@ impl Acme {
             );
             return Ok(());
         };
-        match self.prepare(name, forced).await {
+        match self.prepare(name, &tenant, forced).await {
             Ok(Prepared::Order(order_id)) => self.run_order(name, order_id).await,
             Ok(Prepared::NotNeeded) => self.release(name, None).await,
             Ok(Prepared::RateLimited(why)) => {
-                tracing::warn!(name, reason = %why, "ACME: rate limit holds back the order for {name}: {why}");
+                tracing::warn!(name, tenant, reason = %why, "ACME: rate limit holds back the order for {name}: {why}");
                 self.metrics
                     .acme_orders
                     .with_label_values(&[name, "rate_limited"])
@@ -475,8 +475,9 @@ impl Acme {
     }
 
     /// Under a fresh lease: re-check (another gateway may have just
-    /// finished), apply the rate limits, log the order.
-    pub(super) async fn prepare(&self, name: &str, forced: bool) -> Result<Prepared, AcmeError> {
+    /// finished), apply the rate limits, log the order (counted against
+    /// `tenant`).
+    pub(super) async fn prepare(&self, name: &str, tenant: &str, forced: bool) -> Result<Prepared, AcmeError> {
         let stored = match self.load_one(name).await {
             Err(AcmeError::Unreadable { what, why }) => {
                 if self.other_key_live().await? {
@@ -490,24 +491,63 @@ impl Acme {
         if !forced && stored.is_some_and(|c| !c.renewal_due(unix_now())) {
             return Ok(Prepared::NotNeeded);
         }
-        if let Some(why) = self.rate_limited(name).await? {
-            return Ok(Prepared::RateLimited(why));
-        }
         if let Some(why) = self.account_conflict().await? {
             return Ok(Prepared::KeyConflict(why));
         }
-        let order_id = bounded(
-            "logging the order",
-            sqlx::query_scalar(
-                "INSERT INTO tenant_gateway.acme_orders (name, registered_domain, gateway) VALUES ($1, $2, $3) RETURNING id",
-            )
-            .bind(name)
-            .bind(registered_domain(name))
-            .bind(&self.gateway_id)
-            .fetch_one(&self.db),
+        match bounded("logging the order", self.log_order(name, tenant)).await? {
+            Ok(order_id) => Ok(Prepared::Order(order_id)),
+            Err(why) => Ok(Prepared::RateLimited(why)),
+        }
+    }
+
+    /// Log an order for `name` (of `tenant`) if every budget has room
+    /// ([`policy::over_budget`]): its `acme_orders` row, or why not. The
+    /// count and the row are one transaction under an advisory lock, so
+    /// attempts running at once on any gateway of the fleet never pass a
+    /// budget together (orders are rare: the lock is never contended for
+    /// long).
+    async fn log_order(&self, name: &str, tenant: &str) -> Result<Result<i64, String>, sqlx::Error> {
+        let domain = registered_domain(name);
+        let mut tx = self.db.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(ORDER_BUDGET_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let (hour, tenant_hour, domain_week): (i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE started_at > now() - interval '1 hour'),
+                    count(*) FILTER (WHERE tenant = $2 AND started_at > now() - interval '1 hour'),
+                    count(*) FILTER (WHERE registered_domain = $1 AND started_at > now() - interval '7 days')
+               FROM tenant_gateway.acme_orders WHERE started_at > now() - interval '7 days'",
         )
+        .bind(&domain)
+        .bind(tenant)
+        .fetch_one(&mut *tx)
         .await?;
-        Ok(Prepared::Order(order_id))
+        let recent = policy::RecentOrders {
+            hour,
+            tenant_hour,
+            domain_week,
+        };
+        let budgets = policy::Budgets {
+            per_hour: self.cfg.orders_per_hour,
+            per_tenant_per_hour: self.cfg.orders_per_tenant_per_hour,
+            per_domain_per_week: self.cfg.orders_per_domain_per_week,
+        };
+        if let Some(why) = policy::over_budget(recent, budgets, tenant, &domain) {
+            return Ok(Err(why));
+        }
+        let order_id = sqlx::query_scalar(
+            "INSERT INTO tenant_gateway.acme_orders (name, registered_domain, gateway, tenant)
+             VALUES ($1, $2, $3, $4) RETURNING id",
+        )
+        .bind(name)
+        .bind(&domain)
+        .bind(&self.gateway_id)
+        .bind(tenant)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Ok(order_id))
     }
 
     /// The order under `ORDER_DEADLINE`, then its record, whatever happened.
@@ -624,30 +664,6 @@ impl Acme {
             Ok((failures.unwrap_or(0), wait))
         })
         .await
-    }
-
-    pub(super) async fn rate_limited(&self, name: &str) -> Result<Option<String>, AcmeError> {
-        let (hour, week): (i64, i64) = bounded(
-            "counting recent orders",
-            sqlx::query_as(
-                "SELECT count(*) FILTER (WHERE started_at > now() - interval '1 hour'),
-                        count(*) FILTER (WHERE registered_domain = $1 AND started_at > now() - interval '7 days')
-                   FROM tenant_gateway.acme_orders WHERE started_at > now() - interval '7 days'",
-            )
-            .bind(registered_domain(name))
-            .fetch_one(&self.db),
-        )
-        .await?;
-        if hour >= i64::from(self.cfg.orders_per_hour) {
-            return Ok(Some(format!("{hour} orders in the last hour (acme.orders_per_hour)")));
-        }
-        if week >= i64::from(self.cfg.orders_per_domain_per_week) {
-            return Ok(Some(format!(
-                "{week} orders for {} this week (acme.orders_per_domain_per_week)",
-                registered_domain(name)
-            )));
-        }
-        Ok(None)
     }
 }
 
