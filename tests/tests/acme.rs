@@ -4,7 +4,8 @@
 //! the certificate its order stored retired), two gateways place exactly one
 //! order, the guard never orders for unknown or suspended names, tenants
 //! under one public suffix do not share an order limit, one tenant's many
-//! domains get only its share of the order budget, renewal
+//! domains get only its share of the order budget, a scan stalled on the
+//! database does not hold back the order a handshake asks for, renewal
 //! survives the CA being down, stored certificates survive restarts with
 //! their keys encrypted, many names at once queue for order slots while
 //! every challenge is still answered, and a gateway stopping mid-order (a
@@ -255,6 +256,45 @@ fn a_name_refused_while_its_domain_row_arrives_is_still_ordered() {
     // Stored without any handshake asking for it, then served.
     wait_stored(pg, gw, CUSTOM, "true");
     wait_issued(&st.pebble, gw, CUSTOM, Duration::from_secs(20));
+    assert_eq!(orders(pg), 1);
+}
+
+/// A scan stalled on the database does not hold back the order a
+/// handshake asks for: with the scan's first write blocked (its sealing-key
+/// row behind an operator's lock, which lets reads through), a handshake
+/// for a new name whose NOTIFY never came still gets its certificate
+/// within its own wait (8 s). The scan ran inside the loop that starts the
+/// attempts handshakes ask for, so that order started only once the
+/// scan's step gave up (10 s), after the handshake had ended without it.
+#[test]
+fn a_scan_stalled_on_the_database_does_not_hold_back_an_order_a_handshake_asks_for() {
+    const NAME: &str = "late.ferrari-cars.test";
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    let st = acme_stack_with(pg, "\"http-01\"", "");
+    let (pg, gw) = (&st.s.pg, &st.s.gw);
+    wait_scans(&[gw], 1);
+    // The domain row, its NOTIFY not sent: only a handshake (or the next
+    // full scan) finds it.
+    pg.psql(&format!(
+        "SET session_replication_role = replica;
+         INSERT INTO public.domains (domain, tenant_id)
+         SELECT '{NAME}', id FROM public.tenants WHERE schema_name = 'ferrari'"
+    ))
+    .unwrap();
+    let mut lock = OpenTransaction::begin(&pg.url(), "LOCK TABLE tenant_gateway.sealing_keys IN SHARE MODE");
+    pg.wait_until_blocked_by(&lock, "a scan waiting to record its sealing key");
+    let started = std::time::Instant::now();
+    let first = probe(gw.tls_port, Some(NAME), &["http/1.1"]);
+    assert!(
+        first.as_ref().is_ok_and(|p| p.names == [NAME]),
+        "the first handshake after {:?}: {:?}\n{}",
+        started.elapsed(),
+        first.map(|p| p.names),
+        gw.proc_.log()
+    );
+    lock.execute("ROLLBACK");
+    wait_issued(&st.pebble, gw, NAME, Duration::from_secs(20));
     assert_eq!(orders(pg), 1);
 }
 

@@ -86,10 +86,8 @@ impl Acme {
     /// The TLS-ALPN-01 challenge certificate for a name, if a challenge is pending.
     pub async fn alpn_key(&self, name: &str) -> Option<Arc<CertifiedKey>> {
         let ka = self.challenge_answer("tls-alpn-01", name).await?;
-        if let Some((cached_ka, key)) = self.alpn_keys.lock().get(name) {
-            if *cached_ka == ka {
-                return Some(key.clone());
-            }
+        if let Some(key) = self.alpn_keys.lock().get(name, &ka) {
+            return Some(key);
         }
         let key = match alpn_challenge_key(name, &ka) {
             Ok(k) => Arc::new(k),
@@ -98,8 +96,61 @@ impl Acme {
                 return None;
             }
         };
-        self.alpn_keys.lock().insert(name.to_owned(), (ka, key.clone()));
+        self.alpn_keys
+            .lock()
+            .insert(name, ka, key.clone(), std::time::Instant::now());
         Some(key)
+    }
+}
+
+/// TLS-ALPN-01 challenge certificates built for the CA's validation
+/// handshakes (it makes several, from several places, for one challenge),
+/// by name with the key authorization each was built for. Each is kept for
+/// one order's length (`ORDER_DEADLINE`), after which its challenge is
+/// over: an insert drops the older ones, so the map holds the names
+/// validated lately, not every name this process ever answered for.
+#[derive(Default)]
+pub(super) struct AlpnKeys(HashMap<String, AlpnKey>);
+
+struct AlpnKey {
+    key_authorization: String,
+    key: Arc<CertifiedKey>,
+    built: std::time::Instant,
+}
+
+impl AlpnKeys {
+    /// The certificate built for `name` and this key authorization.
+    pub(super) fn get(&self, name: &str, key_authorization: &str) -> Option<Arc<CertifiedKey>> {
+        self.0
+            .get(name)
+            .filter(|k| k.key_authorization == key_authorization)
+            .map(|k| k.key.clone())
+    }
+
+    /// Keep `key` for `name`, dropping those built an order's length
+    /// before `now`.
+    pub(super) fn insert(
+        &mut self,
+        name: &str,
+        key_authorization: String,
+        key: Arc<CertifiedKey>,
+        now: std::time::Instant,
+    ) {
+        self.0
+            .retain(|_, k| now.saturating_duration_since(k.built) < ORDER_DEADLINE);
+        self.0.insert(
+            name.to_owned(),
+            AlpnKey {
+                key_authorization,
+                key,
+                built: now,
+            },
+        );
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.len()
     }
 }
 
@@ -128,5 +179,23 @@ mod tests {
     fn alpn_certificate_is_built() {
         let k = alpn_challenge_key("shop.test", "token.thumbprint").unwrap();
         assert_eq!(k.cert.len(), 1);
+    }
+
+    #[test]
+    fn alpn_certificates_are_kept_for_their_challenge_only() {
+        let key = Arc::new(alpn_challenge_key("a.test", "ka-a").unwrap());
+        let mut keys = AlpnKeys::default();
+        let t0 = std::time::Instant::now();
+        keys.insert("a.test", "ka-a".into(), key.clone(), t0);
+        assert!(keys.get("a.test", "ka-a").is_some());
+        assert!(keys.get("a.test", "ka-new").is_none(), "another challenge's answer");
+        assert!(keys.get("b.test", "ka-a").is_none());
+        keys.insert("b.test", "ka-b".into(), key.clone(), t0 + ORDER_DEADLINE / 2);
+        assert_eq!(keys.len(), 2, "both challenges may still be validated");
+        // An order's length later, a.test's challenge is over.
+        keys.insert("c.test", "ka-c".into(), key, t0 + ORDER_DEADLINE);
+        assert!(keys.get("a.test", "ka-a").is_none());
+        assert!(keys.get("b.test", "ka-b").is_some() && keys.get("c.test", "ka-c").is_some());
+        assert_eq!(keys.len(), 2);
     }
 }

@@ -392,7 +392,8 @@ pub struct Acme {
     strip_www: bool,
     /// Scans run so far (the missing-names query runs every `MISSING_EVERY`).
     scans: std::sync::atomic::AtomicU64,
-    alpn_keys: Mutex<HashMap<String, (String, Arc<CertifiedKey>)>>,
+    /// TLS-ALPN-01 certificates built for validations in progress.
+    alpn_keys: Mutex<challenge::AlpnKeys>,
     /// Challenge lookups per client (`acme.challenge_rate`; None: no limit).
     challenge_limit: Option<governor::DefaultKeyedRateLimiter<std::net::IpAddr>>,
     /// Handshake-caused certificate loads per client (`acme.load_rate`;

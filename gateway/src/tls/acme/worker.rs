@@ -33,12 +33,23 @@ impl Acme {
             return;
         };
         let mut tick = tokio::time::interval(self.cfg.check_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A scan runs beside this loop, one at a time: run inline, a slow
+        // one (each of its steps may take its whole deadline when the
+        // database is busy) held back the orders handshakes ask for here,
+        // and their wait ended first.
+        let mut scanning: Option<tokio::task::JoinHandle<()>> = None;
         loop {
             tokio::select! {
                 Some((name, force)) = rx.recv() => self.spawn_attempt(name, force),
                 _ = tick.tick() => {
-                    if let Err(e) = self.scan().await {
-                        tracing::warn!(error = %e, "ACME: scan failed");
+                    if scanning.as_ref().is_none_or(|s| s.is_finished()) {
+                        let me = self.clone();
+                        scanning = Some(tokio::spawn(async move {
+                            if let Err(e) = me.scan().await {
+                                tracing::warn!(error = %e, "ACME: scan failed");
+                            }
+                        }));
                     }
                 }
             }
