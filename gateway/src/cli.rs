@@ -677,7 +677,13 @@ fn run(path: &std::path::Path, upgrade: bool) -> anyhow::Result<()> {
                 cfg.tenant.base_domains.clone(),
                 metrics.clone(),
             )
-            .with_claims_required(cfg.custom_domains.required()),
+            .with_claims_required(cfg.custom_domains.required())
+            .with_www_check_if(
+                cfg.strip_www()
+                    .then(|| hostnames::check::Checker::new(&cfg.custom_domains, true))
+                    .transpose()
+                    .context("config key `custom_domains.resolver`")?,
+            ),
         ))
     } else {
         None

@@ -92,6 +92,11 @@ impl DnsServer {
         );
     }
 
+    /// Drop `name`'s A records: it has the default 127.0.0.1 again.
+    pub fn clear_a(&self, name: &str) {
+        self.manage("clear-a", serde_json::json!({ "host": format!("{name}.") }));
+    }
+
     pub fn clear_txt(&self, name: &str) {
         self.manage("clear-txt", serde_json::json!({ "host": format!("{name}.") }));
     }

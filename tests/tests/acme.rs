@@ -172,7 +172,13 @@ fn www_of_a_custom_domain_gets_its_own_certificate_when_lookups_strip_it() {
     dev_certs(certs.path());
     let ports = GatewayPorts::free();
     let pebble = Pebble::start(certs.path(), ports.http, ports.tls, 3600).unwrap();
-    let config = format!("strip_www = true\n{}", acme_config(&pebble, "\"http-01\"", ""));
+    // `www.` of it is ordered only once the DNS says it exists (the test
+    // DNS answers every name).
+    let config = format!(
+        "strip_www = true\n{}[custom_domains]\nverification = \"none\"\nresolver = \"127.0.0.1:{}\"\n",
+        acme_config(&pebble, "\"http-01\"", ""),
+        pebble.dns().port
+    );
     let mut s = Stack::for_pebble(pg, certs, ports, &config);
     wait_issued(&pebble, &s.gw, CUSTOM, Duration::from_secs(60));
     wait_issued(&pebble, &s.gw, BARE, Duration::from_secs(60));
@@ -194,6 +200,78 @@ fn www_of_a_custom_domain_gets_its_own_certificate_when_lookups_strip_it() {
     wait_stored(&s.pg, &s.gw, CUSTOM, "removed_at IS NOT NULL");
     assert!(probe(s.gw.tls_port, Some(CUSTOM), &[]).is_err(), "www. not served");
     assert_eq!(orders(&s.pg), 2);
+}
+
+/// A client cannot make the gateway order for `www.` names that do not
+/// point here: with lookups stripping `www.`, `www.` of every served name
+/// is served, and each handshake for one asked for an order that failed at
+/// the CA and was then retried for ever, each try spending the tenant's,
+/// the domain's and the fleet's order budgets (a client going through a
+/// CT log's names could hold every tenant's first certificates back). Now
+/// the DNS must say it points here (`cname_addresses` here) before it is
+/// ordered; the name itself, and a `www.` that does point here, are.
+#[test]
+fn a_handshake_for_a_www_name_pointing_elsewhere_orders_nothing() {
+    const BARE: &str = "ferrari-cars.test";
+    const ELSEWHERE: &str = "www.mclaren-cars.test";
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    app_cli_ok(&pg.url(), &["domain", "add", BARE, "--tenant", "ferrari"]);
+    app_cli_ok(
+        &pg.url(),
+        &["domain", "add", "mclaren-cars.test", "--tenant", "mclaren"],
+    );
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path());
+    let ports = GatewayPorts::free();
+    let pebble = Pebble::start(certs.path(), ports.http, ports.tls, 3600).unwrap();
+    // The customer's www. is hosted elsewhere.
+    pebble.dns().set_a(ELSEWHERE, &["127.0.0.2"]);
+    let config = format!(
+        "strip_www = true\n{}[custom_domains]\nverification = \"none\"\nresolver = \"127.0.0.1:{}\"\n\
+         cname_addresses = [\"127.0.0.1\"]\n",
+        acme_config(&pebble, "\"http-01\"", ""),
+        pebble.dns().port
+    );
+    let s = Stack::for_pebble(pg, certs, ports, &config);
+    wait_issued_for(&pebble, &s.gw, "mclaren-cars.test", "mclaren", Duration::from_secs(60));
+    wait_issued(&pebble, &s.gw, BARE, Duration::from_secs(60));
+    // Handshakes for it: refused at once (no order to wait for).
+    for _ in 0..2 {
+        let started = std::time::Instant::now();
+        assert!(probe(s.gw.tls_port, Some(ELSEWHERE), &[]).is_err(), "no certificate");
+        assert!(started.elapsed() < Duration::from_secs(6), "{:?}", started.elapsed());
+    }
+    // One whose order failed before (the retries scan takes it up at its
+    // next attempt time): looked at, held back, not ordered.
+    const FAILED: &str = CUSTOM;
+    pebble.dns().set_a(FAILED, &["127.0.0.2"]);
+    s.pg.psql(&format!(
+        "INSERT INTO tenant_gateway.acme_names (name, failures, last_error, next_attempt_at)
+         VALUES ('{FAILED}', 1, 'an earlier order failed', now())"
+    ))
+    .unwrap();
+    wait_until("the failed www. name held back", Duration::from_secs(30), || {
+        s.pg.psql(&format!(
+            "SELECT last_error FROM tenant_gateway.acme_names WHERE name = '{FAILED}'"
+        ))
+        .is_ok_and(|e| e == "not eligible")
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", s.gw.proc_.log()));
+    s.gw.wait_logged("does not point here", 0, Duration::from_secs(5));
+    wait_scans(&[&s.gw], 3);
+    assert_eq!(
+        s.pg.psql("SELECT count(*) FROM tenant_gateway.acme_orders WHERE name LIKE 'www.%'")
+            .unwrap(),
+        "0"
+    );
+    // Pointed here, it is ordered at its first handshake once a change to
+    // its domain clears the hold.
+    pebble.dns().clear_a(FAILED);
+    s.pg.psql(&format!("SELECT pg_notify('tenant_gateway', '[\"{BARE}\"]')"))
+        .unwrap();
+    wait_issued(&pebble, &s.gw, FAILED, Duration::from_secs(30));
+    assert_eq!(orders(&s.pg), 3);
 }
 
 #[test]

@@ -110,6 +110,35 @@ impl Checker {
         }
     }
 
+    /// Whether `www.` of a served name (served only because lookups strip
+    /// `www.`) may have a certificate ordered: it points here by the
+    /// `cname` method's rule when `cname_target` or `cname_addresses` is
+    /// set, else it has an address at all (no such name, or no address:
+    /// elsewhere). Within the check timeout (past it: unknown).
+    pub async fn www_points_here(&self, name: &str) -> Pointing {
+        let run = async {
+            if self.cname_target.is_some() || !self.cname_addresses.is_empty() {
+                return self.pointing(name).await;
+            }
+            match self.resolver.lookup_ip(fqdn(name).as_str()).await {
+                Ok(found) if found.iter().next().is_some() => Pointing::Here,
+                Ok(_) => Pointing::Elsewhere {
+                    other: false,
+                    detail: format!("{name} has no address"),
+                },
+                Err(e) if answered_none(&e) => Pointing::Elsewhere {
+                    other: false,
+                    detail: format!("{name} has no address"),
+                },
+                Err(e) => Pointing::Unknown(format!("cannot resolve {name}: {}", no_answer(&e))),
+            }
+        };
+        match tokio::time::timeout(self.timeout, run).await {
+            Ok(found) => found,
+            Err(_) => Pointing::Unknown(format!("no answer within {:?}", self.timeout)),
+        }
+    }
+
     async fn txt(&self, name: &str, token: &str) -> Finding {
         let record = fqdn(&policy::txt_record_name(name));
         match self.resolver.txt_lookup(record.as_str()).await {

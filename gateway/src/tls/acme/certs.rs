@@ -127,6 +127,10 @@ impl Acme {
         if !self.eligible(name).await {
             return;
         }
+        if let Err(why) = self.www_may_order(name).await {
+            tracing::debug!(name, reason = %why, "ACME: a www. name served through its stripped name does not point here; no order");
+            return;
+        }
         let waiting = Waiting::new(&self.waiting, name);
         let _ = self.wanted.send((name.to_owned(), false));
         let deadline = tokio::time::Instant::now() + self.cfg.on_demand_timeout;

@@ -390,6 +390,9 @@ pub struct Acme {
     /// Lookups strip a leading `www.` (`tenant.strip_www`): `www.` of a
     /// served name is served, and gets a certificate of its own.
     strip_www: bool,
+    /// With `strip_www`: where a `www.` name points, looked at before it is
+    /// ordered (no look: ordered as any served name).
+    www_dns: Option<crate::hostnames::check::Checker>,
     /// Scans run so far (the missing-names query runs every `MISSING_EVERY`).
     scans: std::sync::atomic::AtomicU64,
     /// TLS-ALPN-01 certificates built for validations in progress.
@@ -465,6 +468,7 @@ impl Acme {
             recheck_again: std::sync::atomic::AtomicBool::new(false),
             claims_required: false,
             strip_www,
+            www_dns: None,
             scans: std::sync::atomic::AtomicU64::new(0),
             alpn_keys: Mutex::default(),
             challenge_limit,
@@ -476,6 +480,13 @@ impl Acme {
     /// claim (with `custom_domains.verification = "required"`).
     pub fn with_claims_required(mut self, required: bool) -> Acme {
         self.claims_required = required;
+        self
+    }
+
+    /// With `tenant.strip_www`: the DNS look a `www.` name served through
+    /// its stripped name must pass before it is ordered (`www_may_order`).
+    pub fn with_www_check_if(mut self, dns: Option<crate::hostnames::check::Checker>) -> Acme {
+        self.www_dns = dns;
         self
     }
 
@@ -569,6 +580,27 @@ impl Acme {
             return None;
         }
         policy::ordered_for(&self.guard.resolve(name).await).map(str::to_owned)
+    }
+
+    /// Whether `name` may be ordered as far as DNS can tell: a `www.` name
+    /// served only because lookups strip `www.` (no tenant listed it) must
+    /// point here ([`Checker::www_points_here`](crate::hostnames::check::Checker::www_points_here)),
+    /// since any client can ask for one in a handshake, and an order for a
+    /// name that does not exist or points elsewhere fails at the CA after
+    /// spending its tenant's, its domain's and the fleet's order budgets.
+    /// Every other name: yes. `Err`: why not.
+    pub(super) async fn www_may_order(&self, name: &str) -> Result<(), String> {
+        let Some(dns) = &self.www_dns else {
+            return Ok(());
+        };
+        if crate::tenant::host::lookup_name(name, self.strip_www) == name {
+            return Ok(());
+        }
+        match dns.www_points_here(name).await {
+            crate::hostnames::policy::Pointing::Here => Ok(()),
+            crate::hostnames::policy::Pointing::Elsewhere { detail, .. }
+            | crate::hostnames::policy::Pointing::Unknown(detail) => Err(detail),
+        }
     }
 
     /// Not under a base domain (whose certificates are the operator's

@@ -324,7 +324,17 @@ impl Acme {
     }
 
     pub(super) async fn attempt(&self, name: &str, force_hint: bool) -> Result<(), AcmeError> {
-        let Some(tenant) = self.eligible_for(name).await else {
+        let eligible = match self.eligible_for(name).await {
+            Some(tenant) => match self.www_may_order(name).await {
+                Ok(()) => Some(tenant),
+                Err(why) => {
+                    tracing::info!(name, reason = %why, "ACME: a www. name served through its stripped name does not point here; no order");
+                    None
+                }
+            },
+            None => None,
+        };
+        let Some(tenant) = eligible else {
             tracing::debug!(name, "ACME: not eligible; no order");
             // The scan leaves it alone for a while (a change to the name
             // clears this at once: `welcome_back`), a forced renewal too:
