@@ -520,6 +520,55 @@ fn one_tenants_many_domains_do_not_spend_another_tenants_orders() {
     gw.wait_logged("orders for tenant mclaren in the last hour", 0, Duration::from_secs(5));
 }
 
+/// One tenant's orders that take their whole deadline do not hold every
+/// order slot: with two slots, mclaren's two new names' attempts stall
+/// (their lease rows held by an open transaction, as a slow database or a
+/// CA that never answers would hold them, each for its 10 s step
+/// deadline, again at every retry); ferrari's name, added while they
+/// stall, takes the slot mclaren's share leaves and is issued at once.
+/// Without the share both slots were mclaren's and ferrari's order waited
+/// for one of them to give up.
+#[test]
+fn one_tenants_stalled_orders_leave_order_slots_to_another_tenant() {
+    let pg = Postgres::start().unwrap();
+    tenants(&pg);
+    let st = acme_stack_with(pg, "\"http-01\"", "max_concurrent_orders = 2\n");
+    let (pg, gw) = (&st.s.pg, &st.s.gw);
+    wait_scans(&[gw], 1);
+    let theirs = ["shop.mclaren-one.test", "shop.mclaren-two.test"];
+    pg.psql(&format!(
+        "INSERT INTO tenant_gateway.acme_names (name) VALUES ('{}'), ('{}')",
+        theirs[0], theirs[1]
+    ))
+    .unwrap();
+    let mut holder = OpenTransaction::begin(
+        &pg.url(),
+        &format!(
+            "SELECT 1 FROM tenant_gateway.acme_names WHERE name IN ('{}', '{}') FOR UPDATE",
+            theirs[0], theirs[1]
+        ),
+    );
+    for name in theirs {
+        app_cli_ok(&pg.url(), &["domain", "add", name, "--tenant", "mclaren"]);
+    }
+    // Both of mclaren's attempts have come for a slot (running or waiting
+    // for their share), and one is stalled in its lease.
+    wait_until("mclaren's two attempts at the slots", Duration::from_secs(30), || {
+        gw.metric("tenant_gateway_acme_orders_in_progress") + gw.metric("tenant_gateway_acme_orders_waiting") >= 2.0
+    })
+    .unwrap();
+    pg.wait_until_blocked_by(&holder, "mclaren's attempt stalled in its lease");
+    let added = std::time::Instant::now();
+    app_cli_ok(&pg.url(), &["domain", "add", CUSTOM, "--tenant", "ferrari"]);
+    wait_issued(&st.pebble, gw, CUSTOM, Duration::from_secs(8));
+    let took = added.elapsed();
+    holder.execute("ROLLBACK");
+    for name in theirs {
+        wait_issued_for(&st.pebble, gw, name, "mclaren", Duration::from_secs(60));
+    }
+    assert!(took < Duration::from_secs(8), "{took:?}");
+}
+
 #[test]
 fn two_gateways_place_one_order_and_both_serve_it() {
     let pg = Postgres::start().unwrap();
@@ -1195,28 +1244,30 @@ fn stored_certificate_health_is_reported_without_loading_certificates() {
     .unwrap();
 }
 
-/// Twenty custom domains arrive at once with three order slots: all get
-/// certificates, at most three orders run at a time (the rest wait for a
-/// slot), and every HTTP-01 validation request is answered (challenge
-/// answers have their own connections, which orders cannot take).
+/// Twenty custom domains of two tenants arrive at once with two order
+/// slots (each tenant's share: one): all get certificates, at most two
+/// orders run at a time (the rest wait for a slot), and every HTTP-01
+/// validation request is answered (challenge answers have their own
+/// connections, which orders cannot take).
 #[test]
 fn twenty_domains_at_once_queue_for_order_slots_and_every_challenge_is_answered() {
-    const SLOTS: f64 = 3.0;
+    const SLOTS: f64 = 2.0;
     const NAMES: usize = 20;
     let pg = Postgres::start().unwrap();
     tenants(&pg);
-    // All twenty are one tenant's: its share of the order budget covers them.
+    // Ten each: each tenant's share of the order budget covers them.
     let st = acme_stack_with(
         pg,
         "\"http-01\"",
-        "max_concurrent_orders = 3\norders_per_tenant_per_hour = 20\n",
+        "max_concurrent_orders = 2\norders_per_tenant_per_hour = 20\n",
     );
     // One transaction: the domain trigger NOTIFYs all twenty at commit.
     st.s.pg
         .psql(&format!(
             "INSERT INTO public.domains (domain, tenant_id)
          SELECT 'www.team' || lpad(i::text, 2, '0') || '.test', t.id
-           FROM generate_series(1, {NAMES}) i, public.tenants t WHERE t.schema_name = 'ferrari'"
+           FROM generate_series(1, {NAMES}) i JOIN public.tenants t
+             ON t.schema_name = CASE WHEN i % 2 = 0 THEN 'ferrari' ELSE 'mclaren' END"
         ))
         .unwrap();
     let (mut most_running, mut most_waiting) = (0.0f64, 0.0f64);
@@ -1239,10 +1290,11 @@ fn twenty_domains_at_once_queue_for_order_slots_and_every_challenge_is_answered(
         "orders should have queued: running {most_running}, waiting {most_waiting}"
     );
     for i in 1..=NAMES {
-        wait_issued(
+        wait_issued_for(
             &st.pebble,
             &st.s.gw,
             &format!("www.team{i:02}.test"),
+            if i % 2 == 0 { "ferrari" } else { "mclaren" },
             Duration::from_secs(30),
         );
     }

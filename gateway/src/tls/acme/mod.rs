@@ -30,8 +30,9 @@
 //! Bounds: orders must never starve the database connections that answer
 //! challenges, and every attempt ends with its bookkeeping written.
 //!
-//! - At most `acme.max_concurrent_orders` orders run in this gateway; further
-//!   attempts wait for a slot (`Slots`, a semaphore) holding no database
+//! - At most `acme.max_concurrent_orders` orders run in this gateway, at
+//!   most half of them (at least one) for one tenant's names; further
+//!   attempts wait for a slot (`Slots`, semaphores) holding no database
 //!   connection. Gauges: `tenant_gateway_acme_orders_in_progress` and
 //!   `tenant_gateway_acme_orders_waiting`.
 //! - Three pools: order work (bookkeeping, scans, certificate loads; the pool
@@ -294,37 +295,67 @@ impl Drop for GaugeHold {
     }
 }
 
-/// The cap on concurrent orders in this gateway, with its two gauges.
+/// The cap on concurrent orders in this gateway, with its two gauges, and
+/// each tenant's share of it: one tenant's names hold at most half the
+/// slots (at least one), so its orders that take their whole deadline (its
+/// names pointing at a server that never answers the CA) or its bulk import
+/// leave the rest to the other tenants. A tenant's names wait for their
+/// share before they wait for a slot, so they queue behind no one else's.
 struct Slots {
     permits: Arc<Semaphore>,
+    /// Per tenant with an attempt waiting or running: its share's permits
+    /// (dropped when no attempt holds them).
+    shares: Mutex<HashMap<String, Arc<Semaphore>>>,
+    share: usize,
     waiting: IntGauge,
     running: IntGauge,
 }
 
 /// One order slot. Field order matters: the running gauge drops before the
-/// permit, so the gauge never shows more than the cap.
+/// permits, so the gauge never shows more than the cap.
 struct Slot {
     _running: GaugeHold,
     _permit: OwnedSemaphorePermit,
+    _share: OwnedSemaphorePermit,
 }
 
 impl Slots {
     fn new(cap: u32, waiting: IntGauge, running: IntGauge) -> Slots {
+        let cap = usize::try_from(cap.max(1)).unwrap_or(1);
         Slots {
-            permits: Arc::new(Semaphore::new(usize::try_from(cap.max(1)).unwrap_or(1))),
+            permits: Arc::new(Semaphore::new(cap)),
+            shares: Mutex::default(),
+            share: (cap / 2).max(1),
             waiting,
             running,
         }
     }
 
-    /// Wait (counted in the waiting gauge) for a free slot.
-    async fn acquire(&self) -> Result<Slot, AcmeError> {
+    /// Wait (counted in the waiting gauge) for a free slot within
+    /// `tenant`'s share.
+    async fn acquire(&self, tenant: &str) -> Result<Slot, AcmeError> {
         let _waiting = GaugeHold::new(&self.waiting);
+        let share = {
+            let mut shares = self.shares.lock();
+            // Only the map holds an idle tenant's semaphore.
+            shares.retain(|_, s| Arc::strong_count(s) > 1);
+            shares
+                .entry(tenant.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(self.share)))
+                .clone()
+        };
+        let share = share.acquire_owned().await.map_err(other)?;
         let permit = self.permits.clone().acquire_owned().await.map_err(other)?;
         Ok(Slot {
             _running: GaugeHold::new(&self.running),
             _permit: permit,
+            _share: share,
         })
+    }
+
+    #[cfg(test)]
+    fn tenants(&self) -> usize {
+        self.shares.lock().len()
     }
 }
 
@@ -725,17 +756,17 @@ mod tests {
         let waiting = IntGauge::new("waiting", "w").unwrap();
         let running = IntGauge::new("running", "r").unwrap();
         let slots = Slots::new(2, waiting.clone(), running.clone());
-        let first = slots.acquire().await.unwrap();
-        let _second = slots.acquire().await.unwrap();
+        let first = slots.acquire("a").await.unwrap();
+        let _second = slots.acquire("b").await.unwrap();
         assert_eq!((running.get(), waiting.get()), (2, 0));
         // A third waits (it can never finish while both slots are held).
-        let mut third = Box::pin(slots.acquire());
+        let mut third = Box::pin(slots.acquire("c"));
         assert!(tokio::time::timeout(Duration::from_millis(20), &mut third)
             .await
             .is_err());
         assert_eq!((running.get(), waiting.get()), (2, 1));
         // A waiter that gives up is no longer counted.
-        let mut fourth = Box::pin(slots.acquire());
+        let mut fourth = Box::pin(slots.acquire("d"));
         assert!(tokio::time::timeout(Duration::from_millis(20), &mut fourth)
             .await
             .is_err());
@@ -752,5 +783,48 @@ mod tests {
         assert_eq!((running.get(), waiting.get()), (2, 0));
         drop(third);
         assert_eq!(running.get(), 1);
+    }
+
+    #[tokio::test]
+    async fn one_tenant_holds_at_most_half_the_slots_and_waits_behind_no_one_else() {
+        let waiting = IntGauge::new("waiting", "w").unwrap();
+        let running = IntGauge::new("running", "r").unwrap();
+        let slots = Slots::new(4, waiting.clone(), running.clone());
+        let a1 = slots.acquire("a").await.unwrap();
+        let _a2 = slots.acquire("a").await.unwrap();
+        // A's third waits for its own share, not for a slot: two are free.
+        let mut a3 = Box::pin(slots.acquire("a"));
+        assert!(tokio::time::timeout(Duration::from_millis(20), &mut a3).await.is_err());
+        assert_eq!((running.get(), waiting.get()), (2, 1));
+        // B takes the two other slots at once, ahead of A's waiting third.
+        let b1 = tokio::time::timeout(Duration::from_secs(30), slots.acquire("b"))
+            .await
+            .expect("a free slot")
+            .unwrap();
+        let b2 = tokio::time::timeout(Duration::from_secs(30), slots.acquire("b"))
+            .await
+            .expect("a free slot")
+            .unwrap();
+        assert_eq!(running.get(), 4);
+        // A's own slot freed: its third goes.
+        drop(a1);
+        let _a3 = tokio::time::timeout(Duration::from_secs(30), a3)
+            .await
+            .expect("A's freed share")
+            .unwrap();
+        assert_eq!((running.get(), waiting.get()), (4, 0));
+        drop(b1);
+        drop(b2);
+        // B has no attempt left: its share is forgotten at the next acquire.
+        let _c = slots.acquire("c").await.unwrap();
+        assert_eq!(slots.tenants(), 2, "a and c");
+    }
+
+    #[test]
+    fn a_single_slot_is_every_tenants_share() {
+        let g = || IntGauge::new("g", "g").unwrap();
+        assert_eq!(Slots::new(1, g(), g()).share, 1);
+        assert_eq!(Slots::new(4, g(), g()).share, 2);
+        assert_eq!(Slots::new(5, g(), g()).share, 2);
     }
 }

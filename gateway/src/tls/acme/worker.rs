@@ -379,8 +379,9 @@ impl Acme {
             tracing::debug!(name, force_hint, "ACME: backing off");
             return Ok(());
         }
-        // Wait for one of this gateway's order slots, holding no connection.
-        let _slot = self.slots.acquire().await?;
+        // Wait for one of this gateway's order slots within the tenant's
+        // share, holding no connection.
+        let _slot = self.slots.acquire(&tenant).await?;
         // One order per name across the fleet.
         let Some(forced) = self.claim(name).await? else {
             tracing::debug!(
