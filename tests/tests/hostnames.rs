@@ -1006,7 +1006,8 @@ fn an_active_claim_whose_name_points_elsewhere_moves_then_comes_back_or_is_remov
 
 /// A claim that ended unproven gives way: a name typed first by the wrong
 /// tenant (a squatter, a typo) is refused to others only while its window
-/// is open. With `strip_www`, a name that is `www.` of a `www.` name is
+/// is open, and its holder cannot reopen it by `retry` once another tenant
+/// asked for it meanwhile. With `strip_www`, a name that is `www.` of a `www.` name is
 /// refused: it would be stored as the `www.` name and proven by where
 /// that one points (here, for another tenant's claim on the apex).
 #[test]
@@ -1024,7 +1025,33 @@ fn a_claim_that_ended_unproven_gives_way_to_another_tenants_and_www_www_is_refus
     let first = claim(gw, &format!("name={NAME}&tenant=mclaren&method=txt"));
     let (code, refused) = post(&format!("name={NAME}&tenant=ferrari&method=txt"));
     assert_eq!(code, 409, "refused while its window is open: {refused}");
+    // Asked again: the contest is recorded once.
+    let (code, _) = post(&format!("name={NAME}&tenant=ferrari&method=txt"));
+    assert_eq!(code, 409);
     wait_status(pg, NAME, "expired", Duration::from_secs(30));
+    // Its holder cannot reopen it ahead of ferrari, which asked while it
+    // was pending (a squatter retrying at each expiry kept the owner out).
+    let (code, refused) = gw.api(
+        http::Method::POST,
+        &format!("hostnames/retry?name={NAME}"),
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(code, 409, "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("`ferrari` asked for it"),
+        "{refused}"
+    );
+    assert_eq!(claim_field(pg, NAME, "status"), "expired");
+    assert_eq!(
+        pg.psql(&format!(
+            "SELECT count(*) FROM tenant_gateway.custom_hostname_events WHERE name = '{NAME}' AND event = 'contested'"
+        ))
+        .unwrap(),
+        "1"
+    );
     // Ferrari's claim replaces it, with a token of its own.
     let second = claim(gw, &format!("name={NAME}&tenant=ferrari&method=txt"));
     assert_eq!(second["tenant"], "ferrari", "{second}");

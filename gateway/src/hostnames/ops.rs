@@ -189,7 +189,9 @@ impl OpsError {
             | OpsError::MethodNotAllowed(_)
             | OpsError::BadStatus(_) => 400,
             OpsError::Store(StoreError::NotFound(_)) => 404,
-            OpsError::Store(StoreError::ClaimedByOther { .. } | StoreError::NotRetryable { .. }) => 409,
+            OpsError::Store(
+                StoreError::ClaimedByOther { .. } | StoreError::NotRetryable { .. } | StoreError::Contested { .. },
+            ) => 409,
             OpsError::Store(StoreError::Database(_) | StoreError::BadRow { .. }) => 503,
         }
     }

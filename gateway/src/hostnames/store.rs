@@ -39,6 +39,11 @@ pub enum StoreError {
     NotFound(String),
     #[error("`{name}` is {status}: only pending, failed, expired or moved claims can be retried")]
     NotRetryable { name: String, status: &'static str },
+    #[error(
+        "`{name}` ended unproven after tenant `{contender}` asked for it while it was pending: it is not \
+         reopened for its holder; `{contender}`'s add takes it (or remove it and add it again, deliberately)"
+    )]
+    Contested { name: String, contender: String },
     #[error("the database holds an unknown {what} `{value}` for `{name}`")]
     BadRow {
         name: String,
@@ -258,6 +263,13 @@ impl Store {
                     return Ok(c);
                 }
                 if c.tenant != tenant && !c.status.ended_unproven() {
+                    if c.status == HostnameStatus::Pending {
+                        // Kept although the add is refused: once the claim
+                        // ends unproven its holder cannot reopen it
+                        // (`retry`) ahead of this tenant.
+                        self.contested(&mut tx, name, tenant, &c.tenant, actor).await?;
+                        tx.commit().await?;
+                    }
                     return Err(StoreError::ClaimedByOther {
                         name: name.to_owned(),
                         tenant: c.tenant,
@@ -353,6 +365,27 @@ impl Store {
                 name: name.to_owned(),
                 status: c.status.as_str(),
             });
+        }
+        // A claim that ended unproven after another tenant asked for the
+        // name gives way to that tenant: reopened by its holder, a
+        // squatter's claim (retried each time it expires) would keep the
+        // owner out for ever.
+        if c.status.ended_unproven() {
+            let contender: Option<String> = sqlx::query_scalar(
+                "SELECT e.tenant FROM tenant_gateway.custom_hostname_events e
+                   JOIN tenant_gateway.custom_hostnames h ON h.name = e.name
+                  WHERE e.name = $1 AND e.event = 'contested' AND e.tenant <> h.tenant AND e.at >= h.created_at
+                  ORDER BY e.id LIMIT 1",
+            )
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(contender) = contender {
+                return Err(StoreError::Contested {
+                    name: name.to_owned(),
+                    contender,
+                });
+            }
         }
         sqlx::query(
             "UPDATE tenant_gateway.custom_hostnames SET status = 'pending', next_check_at = now(), updated_at = now(),
@@ -683,6 +716,33 @@ impl Store {
         .bind(event)
         .bind(actor)
         .bind(detail)
+        .execute(&mut **tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Another tenant (`contender`) asked for `name` while `holder`'s claim
+    /// on it was pending: an event, once per contender and claim.
+    async fn contested(
+        &self,
+        tx: &mut Transaction<'_, Postgres>,
+        name: &str,
+        contender: &str,
+        holder: &str,
+        actor: &str,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO tenant_gateway.custom_hostname_events (name, tenant, event, actor, detail)
+             SELECT $1, $2, 'contested', $3, $4
+              WHERE NOT EXISTS (
+                    SELECT 1 FROM tenant_gateway.custom_hostname_events e
+                      JOIN tenant_gateway.custom_hostnames h ON h.name = e.name
+                     WHERE e.name = $1 AND e.tenant = $2 AND e.event = 'contested' AND e.at >= h.created_at)",
+        )
+        .bind(name)
+        .bind(contender)
+        .bind(actor)
+        .bind(holder)
         .execute(&mut **tx)
         .await?;
         Ok(())
