@@ -87,7 +87,6 @@ fn reply(status: u16, ctype: &str, body: String) -> Response<Vec<u8>> {
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
-/// `GET /api/v1/certs/stored`: how many certificates by default, and at most.
 /// The longest an operator API call may take: 503 `deadline` past it.
 /// Its database statements have timeouts of the server's, which a frozen
 /// or partitioned server never applies, so without this a call would wait
@@ -98,6 +97,7 @@ fn reply(status: u16, ctype: &str, body: String) -> Response<Vec<u8>> {
 /// refused with them.
 pub const API_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// `GET /api/v1/certs/stored`: how many certificates by default, and at most.
 const STORED_DEFAULT: i64 = 50;
 const STORED_MAX: i64 = 1_000;
 

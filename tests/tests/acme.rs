@@ -158,6 +158,24 @@ fn issue_on_domain_add(challenges: &str) {
     assert_eq!(v["acme"]["order"]["failures"], 0, "{v}");
 }
 
+/// The stack on `pg` with lookups stripping `www.`, ACME against a Pebble
+/// of its own, and `[custom_domains]` without claims asking Pebble's DNS
+/// (which answers every name with 127.0.0.1 unless told otherwise) whether
+/// a `www.` name points here; `extra`: more of its keys, one per line.
+fn www_stack(pg: Postgres, extra: &str) -> AcmeStack {
+    let certs = tempfile::tempdir().unwrap();
+    dev_certs(certs.path());
+    let ports = GatewayPorts::free();
+    let pebble = Pebble::start(certs.path(), ports.http, ports.tls, 3600).unwrap();
+    let config = format!(
+        "strip_www = true\n{}[custom_domains]\nverification = \"none\"\nresolver = \"127.0.0.1:{}\"\n{extra}",
+        acme_config(&pebble, "\"http-01\"", ""),
+        pebble.dns().port
+    );
+    let s = Stack::for_pebble(pg, certs, ports, &config);
+    AcmeStack { s, pebble }
+}
+
 /// With lookups stripping `www.` (`tenant.strip_www`, the django-tenants
 /// preset's default), `www.` of a custom domain is served as the domain is:
 /// its first handshake orders a certificate of its own, retired with the
@@ -168,18 +186,10 @@ fn www_of_a_custom_domain_gets_its_own_certificate_when_lookups_strip_it() {
     let pg = Postgres::start().unwrap();
     tenants(&pg);
     app_cli_ok(&pg.url(), &["domain", "add", BARE, "--tenant", "ferrari"]);
-    let certs = tempfile::tempdir().unwrap();
-    dev_certs(certs.path());
-    let ports = GatewayPorts::free();
-    let pebble = Pebble::start(certs.path(), ports.http, ports.tls, 3600).unwrap();
     // `www.` of it is ordered only once the DNS says it exists (the test
     // DNS answers every name).
-    let config = format!(
-        "strip_www = true\n{}[custom_domains]\nverification = \"none\"\nresolver = \"127.0.0.1:{}\"\n",
-        acme_config(&pebble, "\"http-01\"", ""),
-        pebble.dns().port
-    );
-    let mut s = Stack::for_pebble(pg, certs, ports, &config);
+    // Bound Pebble first, so the gateway is dropped (stopped) before it.
+    let AcmeStack { pebble, mut s } = www_stack(pg, "");
     wait_issued(&pebble, &s.gw, CUSTOM, Duration::from_secs(60));
     wait_issued(&pebble, &s.gw, BARE, Duration::from_secs(60));
     assert_eq!(orders(&s.pg), 2);
@@ -221,19 +231,9 @@ fn a_handshake_for_a_www_name_pointing_elsewhere_orders_nothing() {
         &pg.url(),
         &["domain", "add", "mclaren-cars.test", "--tenant", "mclaren"],
     );
-    let certs = tempfile::tempdir().unwrap();
-    dev_certs(certs.path());
-    let ports = GatewayPorts::free();
-    let pebble = Pebble::start(certs.path(), ports.http, ports.tls, 3600).unwrap();
+    let AcmeStack { pebble, s } = www_stack(pg, "cname_addresses = [\"127.0.0.1\"]\n");
     // The customer's www. is hosted elsewhere.
     pebble.dns().set_a(ELSEWHERE, &["127.0.0.2"]);
-    let config = format!(
-        "strip_www = true\n{}[custom_domains]\nverification = \"none\"\nresolver = \"127.0.0.1:{}\"\n\
-         cname_addresses = [\"127.0.0.1\"]\n",
-        acme_config(&pebble, "\"http-01\"", ""),
-        pebble.dns().port
-    );
-    let s = Stack::for_pebble(pg, certs, ports, &config);
     wait_issued_for(&pebble, &s.gw, "mclaren-cars.test", "mclaren", Duration::from_secs(60));
     wait_issued(&pebble, &s.gw, BARE, Duration::from_secs(60));
     // Handshakes for it: refused at once (no order to wait for).

@@ -104,10 +104,7 @@ impl Checker {
     /// Where `name` points (the `cname` method's rule), within the check
     /// timeout (past it: unknown).
     pub async fn points_here(&self, name: &str) -> Pointing {
-        match tokio::time::timeout(self.timeout, self.claimed_pointing(name)).await {
-            Ok(found) => found,
-            Err(_) => Pointing::Unknown(format!("no answer within {:?}", self.timeout)),
-        }
+        self.within_timeout(self.claimed_pointing(name)).await
     }
 
     /// Whether `www.` of a served name (served only because lookups strip
@@ -116,24 +113,23 @@ impl Checker {
     /// set, else it has an address at all (no such name, or no address:
     /// elsewhere). Within the check timeout (past it: unknown).
     pub async fn www_points_here(&self, name: &str) -> Pointing {
-        let run = async {
+        self.within_timeout(async {
             if self.cname_target.is_some() || !self.cname_addresses.is_empty() {
                 return self.pointing(name).await;
             }
-            match self.resolver.lookup_ip(fqdn(name).as_str()).await {
-                Ok(found) if found.iter().next().is_some() => Pointing::Here,
-                Ok(_) => Pointing::Elsewhere {
-                    other: false,
-                    detail: format!("{name} has no address"),
-                },
-                Err(e) if answered_none(&e) => Pointing::Elsewhere {
-                    other: false,
-                    detail: format!("{name} has no address"),
-                },
-                Err(e) => Pointing::Unknown(format!("cannot resolve {name}: {}", no_answer(&e))),
+            match self.lookup_addresses(name).await {
+                Ok(ips) if !ips.is_empty() => Pointing::Here,
+                Ok(_) => no_address(name),
+                Err(said) => said,
             }
-        };
-        match tokio::time::timeout(self.timeout, run).await {
+        })
+        .await
+    }
+
+    /// A look at where a name points, within the check timeout (past it:
+    /// unknown).
+    async fn within_timeout(&self, look: impl std::future::Future<Output = Pointing>) -> Pointing {
+        match tokio::time::timeout(self.timeout, look).await {
             Ok(found) => found,
             Err(_) => Pointing::Unknown(format!("no answer within {:?}", self.timeout)),
         }
@@ -247,24 +243,36 @@ impl Checker {
 
     /// Here if every address of `name` is among `cname_addresses`.
     async fn addresses(&self, name: &str) -> Pointing {
-        match self.resolver.lookup_ip(fqdn(name).as_str()).await {
-            Ok(found) => {
-                let ips: Vec<IpAddr> = found.iter().collect();
-                if !ips.is_empty() && ips.iter().all(|ip| self.cname_addresses.contains(ip)) {
-                    Pointing::Here
-                } else {
-                    Pointing::Elsewhere {
-                        other: !ips.is_empty(),
-                        detail: format!("{name} points at {ips:?}, not only at the platform's addresses"),
-                    }
-                }
+        let ips = match self.lookup_addresses(name).await {
+            Ok(ips) => ips,
+            Err(said) => return said,
+        };
+        if !ips.is_empty() && ips.iter().all(|ip| self.cname_addresses.contains(ip)) {
+            Pointing::Here
+        } else {
+            Pointing::Elsewhere {
+                other: !ips.is_empty(),
+                detail: format!("{name} points at {ips:?}, not only at the platform's addresses"),
             }
-            Err(e) if answered_none(&e) => Pointing::Elsewhere {
-                other: false,
-                detail: format!("{name} has no address"),
-            },
-            Err(e) => Pointing::Unknown(format!("cannot resolve {name}: {}", no_answer(&e))),
         }
+    }
+
+    /// `name`'s addresses, or what the DNS said instead: no such name or no
+    /// address is elsewhere, no answer is unknown.
+    async fn lookup_addresses(&self, name: &str) -> Result<Vec<IpAddr>, Pointing> {
+        match self.resolver.lookup_ip(fqdn(name).as_str()).await {
+            Ok(found) => Ok(found.iter().collect()),
+            Err(e) if answered_none(&e) => Err(no_address(name)),
+            Err(e) => Err(Pointing::Unknown(format!("cannot resolve {name}: {}", no_answer(&e)))),
+        }
+    }
+}
+
+/// `name` has no address: elsewhere, with nothing else seen.
+fn no_address(name: &str) -> Pointing {
+    Pointing::Elsewhere {
+        other: false,
+        detail: format!("{name} has no address"),
     }
 }
 

@@ -11,7 +11,7 @@
 //! answer, and the leases that count a tenant's running checks are ours.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 
 /// A claim due for a look, as the checkers choose among them.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,41 +58,35 @@ pub fn pick(due: Vec<Due>, running: &HashMap<String, u64>, limit: usize) -> Vec<
     for d in due {
         by_tenant.entry(d.tenant.clone()).or_default().push(d);
     }
-    let mut queues: Vec<(u64, std::vec::IntoIter<Due>)> = Vec::with_capacity(by_tenant.len());
-    let mut heads: Vec<Option<Due>> = Vec::with_capacity(by_tenant.len());
-    let mut heap = BinaryHeap::new();
+    // Each tenant's claims, earliest due first, in a queue of its own
+    // (tenants in name order: `Turn::tenant` indexes them).
     let mut tenants: Vec<(String, Vec<Due>)> = by_tenant.into_iter().collect();
     tenants.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut queues: Vec<VecDeque<Due>> = Vec::with_capacity(tenants.len());
+    let mut heap = BinaryHeap::with_capacity(tenants.len());
     for (i, (tenant, mut claims)) in tenants.into_iter().enumerate() {
         claims.sort_by(|a, b| a.due_at.total_cmp(&b.due_at).then_with(|| a.name.cmp(&b.name)));
-        let runs = running.get(&tenant).copied().unwrap_or(0);
-        let mut claims = claims.into_iter();
-        let head = claims.next();
-        if let Some(h) = &head {
+        if let Some(first) = claims.first() {
             heap.push(Reverse(Turn {
-                running: runs,
-                due_at: h.due_at,
+                running: running.get(&tenant).copied().unwrap_or(0),
+                due_at: first.due_at,
                 tenant: i,
             }));
         }
-        queues.push((runs, claims));
-        heads.push(head);
+        queues.push(claims.into());
     }
     let mut picked = Vec::with_capacity(limit.min(heap.len()));
     while picked.len() < limit {
         let Some(Reverse(turn)) = heap.pop() else { break };
-        let i = turn.tenant;
-        let Some(claim) = heads[i].take() else { continue };
+        let queue = &mut queues[turn.tenant];
+        let Some(claim) = queue.pop_front() else { continue };
         picked.push(claim);
-        let (runs, rest) = &mut queues[i];
-        *runs += 1;
-        if let Some(next) = rest.next() {
+        if let Some(next) = queue.front() {
             heap.push(Reverse(Turn {
-                running: *runs,
+                running: turn.running.saturating_add(1),
                 due_at: next.due_at,
-                tenant: i,
+                tenant: turn.tenant,
             }));
-            heads[i] = Some(next);
         }
     }
     picked

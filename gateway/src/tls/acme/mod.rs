@@ -627,10 +627,10 @@ impl Acme {
         if crate::tenant::host::lookup_name(name, self.strip_www) == name {
             return Ok(());
         }
+        use crate::hostnames::policy::Pointing;
         match dns.www_points_here(name).await {
-            crate::hostnames::policy::Pointing::Here => Ok(()),
-            crate::hostnames::policy::Pointing::Elsewhere { detail, .. }
-            | crate::hostnames::policy::Pointing::Unknown(detail) => Err(detail),
+            Pointing::Here => Ok(()),
+            Pointing::Elsewhere { detail, .. } | Pointing::Unknown(detail) => Err(detail),
         }
     }
 
