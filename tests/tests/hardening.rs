@@ -403,6 +403,21 @@ fn operator_api_calls_against_a_frozen_database_end_at_their_deadline_and_readyz
         Some(ADMIN_TOKEN),
     );
     assert_eq!(code, 200, "{added}");
+    // The checkers leave the claim alone meanwhile: its first check ended,
+    // its next an hour away. (A check whose outcome waited for the lock
+    // below would hold one of the pool's four connections, and one of the
+    // calls would wait for a connection instead of its statement.)
+    wait_until("the claim's first check", Duration::from_secs(30), || {
+        s.pg.psql(&format!(
+            "SELECT checks >= 1 AND lease_owner IS NULL FROM tenant_gateway.custom_hostnames WHERE name = '{NAME}'"
+        ))
+        .is_ok_and(|t| t == "t")
+    })
+    .unwrap();
+    s.pg.psql(&format!(
+        "UPDATE tenant_gateway.custom_hostnames SET next_check_at = now() + interval '1 hour' WHERE name = '{NAME}'"
+    ))
+    .unwrap();
     // The claim's row locked by another session: each call's statement
     // waits for it, under way on its connection.
     let rt = driving_runtime();
